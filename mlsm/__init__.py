@@ -1,0 +1,13 @@
+"""mlsm, the ML Server Manager.
+
+Public pieces: :mod:`mlsm.config` (settings), :mod:`mlsm.errors` (the exception tree),
+:mod:`mlsm.wire` (every struct that crosses a process boundary), :mod:`mlsm.client`
+(the typed HTTP client). The master lives in :mod:`mlsm.master`.
+"""
+
+__version__ = "0.1.0"
+
+#: Version of the agent <-> master wire protocol. Bumped on incompatible changes;
+#: the master accepts agents whose protocol lies in [MIN_AGENT_PROTOCOL, PROTOCOL_VERSION].
+PROTOCOL_VERSION = 1
+MIN_AGENT_PROTOCOL = 1

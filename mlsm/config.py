@@ -1,0 +1,210 @@
+"""Settings: one object, four sources.
+
+Precedence, highest first: command-line flags, ``MLSM_<KEY>`` environment variables, the
+TOML file ``$XDG_CONFIG_HOME/mlsm/config.toml`` (or ``MLSM_CONFIG``), then the defaults
+below. Every key is documented in ``docs/configuration.md``; a bad value raises
+:class:`~mlsm.errors.ConfigError` naming the key and where it came from.
+
+The login (master URL and token) is kept apart in ``credentials.toml`` (mode 0600) beside
+the config file, because ``mlsm login`` writes it while people edit ``config.toml``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from mlsm.errors import ConfigError
+
+DEFAULT_PORT = 8765
+Positive = Annotated[float, Meta(gt=0)]
+Port = Annotated[int, Meta(ge=0, le=65535)]
+
+
+def xdg_config_home() -> Path:
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+
+
+def xdg_data_home() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+
+
+def config_dir() -> Path:
+    return xdg_config_home() / "mlsm"
+
+
+def config_file() -> Path:
+    return Path(os.environ["MLSM_CONFIG"]) if os.environ.get("MLSM_CONFIG") else config_dir() / "config.toml"
+
+
+def credentials_file() -> Path:
+    return config_file().parent / "credentials.toml"
+
+
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Every setting of mlsm. Keep ``docs/configuration.md`` in step with this class."""
+
+    # --- client side (CLI, dashboard)
+    url: str = ""  # master URL; "" = the embedded local service
+    token: str = ""  # API or session token
+    ca_file: str = ""  # CA bundle to verify the master's certificate
+    fingerprint: str = ""  # pinned SHA-256 fingerprint of the master's certificate
+    # --- master
+    host: str = "127.0.0.1"
+    port: Port = DEFAULT_PORT
+    data_dir: str = ""  # "" = $XDG_DATA_HOME/mlsm
+    database_url: str = ""  # "" = sqlite at <data_dir>/mlsm.db
+    tls_cert: str = ""
+    tls_key: str = ""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    session_ttl: Positive = 7 * 24 * 3600.0  # seconds a login session lasts
+    login_attempts_per_minute: Annotated[int, Meta(ge=1)] = 10
+    max_body_bytes: Annotated[int, Meta(ge=1024)] = 1 << 20  # JSON API bodies
+    agent_max_body_bytes: Annotated[int, Meta(ge=1024)] = 4 << 20  # MessagePack bodies
+    heartbeat_interval: Positive = 2.0
+    node_lease: Positive = 30.0  # no heartbeat this long -> offline
+    stale_after: Positive = 6.0  # no heartbeat this long -> stale
+    history_retention_days: Positive = 30.0
+    fairshare_half_life_hours: Positive = 24.0
+    schedule_tick: Positive = 1.0
+    allow_plain_http: bool = False  # let secrets cross plain HTTP to a non-loopback master
+    # --- agent
+    master: str = ""  # URL the agent dials
+    join_token: str = ""
+    node_name: str = ""  # "" = hostname
+    agent_data_dir: str = ""  # "" = <data_dir>/agent
+    dataset_roots: list[str] = []
+    labels: dict[str, str] = {}
+    simulate_gpus: str = ""  # e.g. "2xA100-80GB"
+
+    # ---------------------------------------------------------------- derived
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser() if self.data_dir else xdg_data_home() / "mlsm"
+
+    @property
+    def agent_data_path(self) -> Path:
+        return Path(self.agent_data_dir).expanduser() if self.agent_data_dir else self.data_path / "agent"
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.data_path / 'mlsm.db'}"
+
+
+_FIELDS = set(Settings.__struct_fields__)
+_LIST_KEYS = {"dataset_roots"}
+_DICT_KEYS = {"labels"}
+
+
+def _from_env(environ: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in _FIELDS:
+        raw = environ.get(f"MLSM_{key.upper()}")
+        if raw is None or raw == "":
+            continue
+        if key in _LIST_KEYS:
+            out[key] = [p for p in raw.split(os.pathsep) if p]
+        elif key in _DICT_KEYS:
+            out[key] = dict(_split_kv(item, f"MLSM_{key.upper()}") for item in raw.split(",") if item)
+        else:
+            out[key] = raw
+    return out
+
+
+def _split_kv(item: str, where: str) -> tuple[str, str]:
+    if "=" not in item:
+        raise ConfigError(f"{where}: expected key=value, got {item!r}")
+    k, v = item.split("=", 1)
+    return k.strip(), v.strip()
+
+
+def _from_file(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc}") from None
+    # [agent] and [master] tables are allowed for readability; their keys are flat settings.
+    flat: dict[str, Any] = {}
+    for k, v in data.items():
+        if isinstance(v, dict) and k in ("agent", "master", "client"):
+            flat.update(v)
+        else:
+            flat[k] = v
+    unknown = sorted(set(flat) - _FIELDS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown setting {unknown[0]!r}")
+    return flat
+
+
+def _validate(layer: dict[str, Any], source: str) -> None:
+    for key, value in layer.items():
+        try:
+            msgspec.convert({key: value}, Settings, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"setting {key!r} from {source}: {exc}") from None
+
+
+def load_settings(
+    overrides: dict[str, Any] | None = None,
+    *,
+    environ: dict[str, str] | None = None,
+    use_file: bool = True,
+) -> Settings:
+    """Merge defaults < config file < environment < overrides (flags)."""
+    env = dict(os.environ if environ is None else environ)
+    merged: dict[str, Any] = {}
+    if use_file:
+        path = Path(env["MLSM_CONFIG"]) if env.get("MLSM_CONFIG") else config_file()
+        layer = _from_file(path)
+        _validate(layer, str(path))
+        merged.update(layer)
+        creds = _from_file(path.parent / "credentials.toml")
+        merged.update({k: v for k, v in creds.items() if k in ("url", "token", "ca_file", "fingerprint")})
+    layer = _from_env(env)
+    _validate(layer, "environment (MLSM_*)")
+    merged.update(layer)
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None and v != () and v != []}
+    unknown = sorted(set(flags) - _FIELDS)
+    if unknown:
+        raise ConfigError(f"unknown setting {unknown[0]!r}")
+    _validate(flags, "command line")
+    merged.update(flags)
+    try:
+        return msgspec.convert(merged, Settings, strict=False)
+    except msgspec.ValidationError as exc:  # pragma: no cover - layers validated above
+        raise ConfigError(f"settings: {exc}") from None
+
+
+def save_credentials(url: str, token: str, *, ca_file: str = "", fingerprint: str = "") -> Path:
+    """Write the login to ``credentials.toml`` with mode 0600 (created that way, never wider)."""
+    path = credentials_file()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lines = [f"url = {_toml_str(url)}", f"token = {_toml_str(token)}"]
+    if ca_file:
+        lines.append(f"ca_file = {_toml_str(ca_file)}")
+    if fingerprint:
+        lines.append(f"fingerprint = {_toml_str(fingerprint)}")
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+    return path
+
+
+def clear_credentials() -> None:
+    credentials_file().unlink(missing_ok=True)
+
+
+def _toml_str(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -1,0 +1,146 @@
+"""The one exception tree of mlsm.
+
+Every error a client can cause maps to one HTTP status and one stable ``code``; the master
+renders them as ``{"error": {"code", "message", "details"}}`` and the client turns that JSON
+back into the same class, so the CLI and the dashboard print one readable line::
+
+    MlsmError                      500 internal          (never raised for client input)
+    ├── ConfigError                    config_invalid    (bad setting: names the key; CLI only)
+    ├── ClientError                400 bad_request
+    │   ├── ValidationError        400 validation_error  (details.path names the field)
+    │   ├── AuthenticationError    401 unauthenticated
+    │   ├── PermissionDenied       403 forbidden
+    │   ├── NotFound               404 not_found
+    │   ├── Conflict               409 conflict
+    │   ├── PayloadTooLarge        413 payload_too_large
+    │   ├── RateLimited            429 rate_limited
+    │   └── ProtocolMismatch       426 protocol_mismatch (agent speaks an unsupported version)
+    ├── UnavailableError           503 unavailable       (master unreachable, database busy)
+    └── DatabaseTooNew             500 database_too_new  (schema newer than this mlsm)
+
+Codes are part of the API: add new ones, never rename.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class MlsmError(Exception):
+    """Base of every mlsm error."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal"
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: dict[str, Any] = details or {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+
+
+class ConfigError(MlsmError):
+    code = "config_invalid"
+
+
+class ClientError(MlsmError):
+    status = 400
+    code = "bad_request"
+
+
+class ValidationError(ClientError):
+    status = 400
+    code = "validation_error"
+
+    def __init__(
+        self, message: str, *, path: str | None = None, details: dict[str, Any] | None = None
+    ) -> None:
+        d = dict(details or {})
+        if path is not None:
+            d.setdefault("path", path)
+        super().__init__(message, details=d)
+
+
+class AuthenticationError(ClientError):
+    status = 401
+    code = "unauthenticated"
+
+
+class PermissionDenied(ClientError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(ClientError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(ClientError):
+    status = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(ClientError):
+    status = 413
+    code = "payload_too_large"
+
+
+class RateLimited(ClientError):
+    status = 429
+    code = "rate_limited"
+
+
+class ProtocolMismatch(ClientError):
+    status = 426
+    code = "protocol_mismatch"
+
+
+class UnavailableError(MlsmError):
+    status = 503
+    code = "unavailable"
+
+
+class DatabaseTooNew(MlsmError):
+    code = "database_too_new"
+
+
+_BY_CODE: dict[str, type[MlsmError]] = {
+    cls.code: cls
+    for cls in (
+        MlsmError,
+        ConfigError,
+        ClientError,
+        ValidationError,
+        AuthenticationError,
+        PermissionDenied,
+        NotFound,
+        Conflict,
+        PayloadTooLarge,
+        RateLimited,
+        ProtocolMismatch,
+        UnavailableError,
+        DatabaseTooNew,
+    )
+}
+
+
+def from_response(status: int, body: Any) -> MlsmError:
+    """Rebuild the error a master sent (used by :mod:`mlsm.client`)."""
+    err = body.get("error") if isinstance(body, dict) else None
+    if isinstance(err, dict) and isinstance(err.get("code"), str):
+        cls = _BY_CODE.get(err["code"], ClientError if 400 <= status < 500 else MlsmError)
+        exc = cls.__new__(cls)
+        MlsmError.__init__(exc, str(err.get("message", "")), details=err.get("details") or {})
+        return exc
+    if status == 401:
+        return AuthenticationError("not logged in")
+    if status == 403:
+        return PermissionDenied("not allowed")
+    if status == 404:
+        return NotFound("not found")
+    if 400 <= status < 500:
+        return ClientError(f"request refused (HTTP {status})")
+    return MlsmError(f"master error (HTTP {status})")

@@ -1,0 +1,337 @@
+"""Agent <-> master messages, encoded as MessagePack.
+
+Every struct here is shared by both sides. Rules for evolution: a field added later always
+gets a default; a field is never renamed or re-typed; commands are a tagged union, and a new
+command kind is only sent to agents whose protocol version knows it.
+
+Routes (all under ``/agent/v1``, body and answer MessagePack, auth ``Authorization: Node
+<secret>`` except register):
+
+=====================  ===================  =======================
+route                  body                 answer
+=====================  ===================  =======================
+POST register          RegisterRequest      RegisterReply
+POST heartbeat         Heartbeat            HeartbeatReply
+POST commands          CommandPoll          CommandBatch (long-poll)
+POST events            JobEvents            Ack
+POST logs              LogChunk             LogAck
+POST datasets          DatasetReport        Ack
+=====================  ===================  =======================
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+# Bounds applied at decode time, so a hostile body fails validation, not the master.
+Name = Annotated[str, Meta(min_length=1, max_length=128)]
+ShortStr = Annotated[str, Meta(max_length=256)]
+LongStr = Annotated[str, Meta(max_length=4096)]
+NonNeg = Annotated[int, Meta(ge=0)]
+Pct = Annotated[float, Meta(ge=0, le=100)]
+
+MAX_LOG_CHUNK = 1 << 20  # bytes of log in one LogChunk
+LogBytes = Annotated[bytes, Meta(max_length=MAX_LOG_CHUNK)]
+
+
+# ---------------------------------------------------------------- static node facts
+class NodeInfo(Struct, kw_only=True, omit_defaults=True):
+    """What a node is; sent at register and again when it changes."""
+
+    hostname: ShortStr = ""
+    os: ShortStr = ""  # e.g. "Debian GNU/Linux 12"
+    kernel: ShortStr = ""  # e.g. "6.1.0-18-amd64"
+    arch: ShortStr = ""
+    cpu_model: ShortStr = ""
+    cpu_cores: NonNeg = 0  # logical CPUs
+    cpu_physical: NonNeg = 0
+    mem_total: NonNeg = 0  # bytes
+    agent_version: ShortStr = ""
+    python: ShortStr = ""
+    gpu_probe: Literal["nvml", "simulated", "none"] = "none"
+    driver_version: ShortStr = ""
+    cuda_version: ShortStr = ""
+    dataset_roots: list[LongStr] = []
+    runtimes: list[ShortStr] = msgspec.field(default_factory=lambda: ["process"])
+    docker_available: bool = False
+    docker_error: LongStr = ""
+    runs_as_root: bool = False
+
+
+# ---------------------------------------------------------------- telemetry
+class DiskUsage(Struct, kw_only=True, omit_defaults=True):
+    path: LongStr
+    total: NonNeg = 0
+    used: NonNeg = 0
+    free: NonNeg = 0
+    role: Literal["data", "dataset_root", "other"] = "other"
+
+
+class HostSample(Struct, kw_only=True, omit_defaults=True):
+    ts: float = 0.0  # unix seconds when sampled
+    cpu_percent: Pct = 0.0
+    load1: float = 0.0
+    load5: float = 0.0
+    load15: float = 0.0
+    mem_total: NonNeg = 0
+    mem_used: NonNeg = 0
+    mem_available: NonNeg = 0
+    swap_total: NonNeg = 0
+    swap_used: NonNeg = 0
+    disks: list[DiskUsage] = []
+    net_rx_bps: float = 0.0
+    net_tx_bps: float = 0.0
+    uptime_s: float = 0.0
+
+
+class GpuProcess(Struct, kw_only=True, omit_defaults=True):
+    pid: NonNeg
+    used_mem: NonNeg = 0  # bytes
+    user: ShortStr = ""  # Unix user owning the process ("" when unknown)
+    name: ShortStr = ""  # process name
+    job_id: int | None = None  # filled by the agent when the pid belongs to an mlsm job
+
+
+class GpuSample(Struct, kw_only=True, omit_defaults=True):
+    index: NonNeg
+    uuid: ShortStr = ""
+    name: ShortStr = ""
+    bus_id: ShortStr = ""
+    mem_total: NonNeg = 0  # bytes
+    mem_used: NonNeg = 0  # bytes
+    util: Pct = 0.0  # SM utilisation %
+    mem_util: Pct = 0.0  # memory controller utilisation %
+    temperature: float = 0.0  # Celsius
+    power_w: float = 0.0
+    power_limit_w: float = 0.0
+    ecc_errors: int | None = None  # volatile uncorrected, None where not supported
+    processes: list[GpuProcess] = []
+    error: LongStr | None = None  # set when this GPU could not be read this time
+    simulated: bool = False
+
+
+# ---------------------------------------------------------------- jobs as the agent sees them
+AgentJobState = Literal["starting", "running", "exited", "failed_to_start", "lost"]
+
+
+class JobReport(Struct, kw_only=True, omit_defaults=True):
+    """State of one job on a node (in heartbeats, and in events the moment it changes)."""
+
+    job_id: int
+    attempt: NonNeg = 0
+    state: AgentJobState
+    pid: int | None = None
+    container_id: ShortStr | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: LongStr = ""  # why it ended, in words ("exit code 1", "cancelled by alice", "timeout")
+    end_kind: Literal["", "exit", "cancelled", "timeout", "oom", "error", "lost"] = ""
+    log_size: NonNeg = 0  # bytes of output.log written so far
+
+
+# ---------------------------------------------------------------- datasets
+class DatasetEntry(Struct, kw_only=True, omit_defaults=True):
+    root: LongStr
+    name: Name
+    path: LongStr
+    size: NonNeg = 0
+    files: NonNeg = 0
+    modified: float = 0.0
+    digest: ShortStr | None = None  # "sha256:..." when computed on request
+    top: list[ShortStr] = []  # a sample of top-level entries
+
+
+class DatasetReport(Struct, kw_only=True, omit_defaults=True):
+    """A catalog delta; ``full`` replaces everything the master knows of this node."""
+
+    full: bool = False
+    upsert: list[DatasetEntry] = []
+    removed: list[LongStr] = []  # paths
+    catalog_digest: ShortStr = ""
+
+
+class TransferProgress(Struct, kw_only=True, omit_defaults=True):
+    """Progress of a dataset import/copy command running on the agent."""
+
+    command_id: int
+    done_bytes: NonNeg = 0
+    total_bytes: int | None = None
+    rate_bps: float = 0.0
+    state: Literal["running", "succeeded", "failed", "cancelled"] = "running"
+    message: LongStr = ""
+
+
+# ---------------------------------------------------------------- register / heartbeat
+class RegisterRequest(Struct, kw_only=True):
+    protocol: int
+    join_token: Annotated[str, Meta(min_length=8, max_length=512)]
+    name: Annotated[str, Meta(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+    labels: dict[Name, ShortStr] = {}
+    info: NodeInfo = msgspec.field(default_factory=NodeInfo)
+
+
+class RegisterReply(Struct, kw_only=True):
+    node_id: int
+    name: str
+    node_secret: str  # shown once; the agent keeps it 0600
+    heartbeat_interval: float
+    lease: float
+
+
+class Heartbeat(Struct, kw_only=True, omit_defaults=True):
+    protocol: int
+    seq: NonNeg = 0
+    sent_at: float = 0.0
+    info: NodeInfo | None = None  # only when changed since the last accepted heartbeat
+    host: HostSample = msgspec.field(default_factory=HostSample)
+    gpus: list[GpuSample] = []
+    gpu_error: LongStr | None = None  # the probe as a whole failed (e.g. no driver)
+    jobs: list[JobReport] = []
+    datasets_digest: ShortStr = ""
+    transfers: list[TransferProgress] = []
+
+
+class HeartbeatReply(Struct, kw_only=True, omit_defaults=True):
+    heartbeat_interval: float = 2.0
+    lease: float = 30.0
+    want_full_catalog: bool = False  # master lost track of this node's datasets
+    drain: bool = False
+
+
+# ---------------------------------------------------------------- commands (tagged union)
+class Mount(Struct, kw_only=True, omit_defaults=True):
+    source: LongStr
+    target: LongStr
+    read_only: bool = True
+
+
+class JobSpec(Struct, kw_only=True, omit_defaults=True):
+    """Everything the agent needs to run one job attempt."""
+
+    job_id: int
+    attempt: NonNeg = 0
+    name: ShortStr = ""
+    user: ShortStr = ""  # mlsm user name of the submitter
+    unix_user: ShortStr = ""  # account to run as when the agent runs as root ("" = agent's own)
+    argv: list[LongStr]
+    env: dict[ShortStr, LongStr] = {}
+    workdir: LongStr = ""
+    env_kind: Literal["process", "venv", "conda", "docker"] = "process"
+    venv: LongStr = ""
+    conda: ShortStr = ""
+    image: ShortStr = ""
+    mounts: list[Mount] = []
+    network: ShortStr = ""
+    keep_container: bool = False
+    gpus: list[NonNeg] = []  # indices on the node
+    gpu_uuids: list[ShortStr] = []
+    cpus: float = 0.0
+    mem_bytes: NonNeg = 0
+    timeout_s: float = 0.0  # 0 = none
+    kill_grace_s: float = 10.0
+    array_index: int | None = None
+    datasets: dict[Name, LongStr] = {}  # name -> path on this node
+
+
+class StartJob(Struct, tag="start_job", kw_only=True):
+    id: int
+    job: JobSpec
+
+
+class CancelJob(Struct, tag="cancel_job", kw_only=True):
+    id: int
+    job_id: int
+    attempt: NonNeg = 0
+    reason: LongStr = "cancelled"
+    end_kind: Literal["cancelled", "timeout", "error"] = "cancelled"
+    grace_s: float = 10.0
+
+
+class ImportDataset(Struct, tag="import_dataset", kw_only=True):
+    id: int
+    url: LongStr
+    name: Name
+    root: LongStr = ""  # "" = the agent's first dataset root
+    sha256: ShortStr = ""
+    max_bytes: NonNeg = 0
+    allow_cidrs: list[ShortStr] = []
+    unpack: bool = True
+
+
+class DeleteDataset(Struct, tag="delete_dataset", kw_only=True):
+    id: int
+    path: LongStr
+
+
+class DigestDataset(Struct, tag="digest_dataset", kw_only=True):
+    id: int
+    path: LongStr
+
+
+class CancelTransfer(Struct, tag="cancel_transfer", kw_only=True):
+    id: int
+    command_id: int
+
+
+Command = StartJob | CancelJob | ImportDataset | DeleteDataset | DigestDataset | CancelTransfer
+
+
+class CommandPoll(Struct, kw_only=True, omit_defaults=True):
+    protocol: int
+    wait_s: Annotated[float, Meta(ge=0, le=60)] = 25.0
+    ack: list[int] = []  # command ids handled since the last poll
+
+
+class CommandBatch(Struct, kw_only=True, omit_defaults=True):
+    commands: list[Command] = []
+
+
+class JobEvents(Struct, kw_only=True):
+    protocol: int
+    jobs: list[JobReport]
+
+
+class LogChunk(Struct, kw_only=True):
+    job_id: int
+    offset: NonNeg
+    data: LogBytes
+    attempt: NonNeg = 0
+
+
+class LogAck(Struct, kw_only=True):
+    job_id: int
+    next_offset: int  # what the master holds; the agent resends from here
+
+
+class Ack(Struct, kw_only=True, omit_defaults=True):
+    ok: bool = True
+
+
+class AgentError(Struct, kw_only=True):
+    """Error body on agent routes (MessagePack twin of the JSON error)."""
+
+    code: str
+    message: str
+
+
+# One encoder/decoder per message type, built once (msgspec perf tips).
+encoder = msgspec.msgpack.Encoder()
+decode_register = msgspec.msgpack.Decoder(RegisterRequest).decode
+decode_register_reply = msgspec.msgpack.Decoder(RegisterReply).decode
+decode_heartbeat = msgspec.msgpack.Decoder(Heartbeat).decode
+decode_heartbeat_reply = msgspec.msgpack.Decoder(HeartbeatReply).decode
+decode_poll = msgspec.msgpack.Decoder(CommandPoll).decode
+decode_batch = msgspec.msgpack.Decoder(CommandBatch).decode
+decode_events = msgspec.msgpack.Decoder(JobEvents).decode
+decode_log_chunk = msgspec.msgpack.Decoder(LogChunk).decode
+decode_log_ack = msgspec.msgpack.Decoder(LogAck).decode
+decode_dataset_report = msgspec.msgpack.Decoder(DatasetReport).decode
+decode_ack = msgspec.msgpack.Decoder(Ack).decode
+decode_agent_error = msgspec.msgpack.Decoder(AgentError).decode
+
+MSGPACK = "application/msgpack"

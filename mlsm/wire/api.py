@@ -1,0 +1,349 @@
+"""JSON API structs (``/api/v1``), shared by the master, the CLI and the dashboard.
+
+Request structs carry their validation (msgspec ``Meta`` constraints) so bad input is
+refused at the edge with a 400 naming the field. Every field added later gets a default.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from mlsm.wire.agent import GpuSample, HostSample, NodeInfo
+
+Role = Literal["member", "admin", "superadmin"]
+ROLE_RANK: dict[str, int] = {"member": 1, "admin": 2, "superadmin": 3}
+
+UserName = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[a-z_][a-z0-9_.-]*$")]
+NodeName = Annotated[str, Meta(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+Password = Annotated[str, Meta(min_length=8, max_length=1024)]
+ShortStr = Annotated[str, Meta(max_length=256)]
+LongStr = Annotated[str, Meta(max_length=4096)]
+LabelKey = Annotated[str, Meta(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")]
+LabelVal = Annotated[str, Meta(max_length=128)]
+
+JobState = Literal[
+    "queued", "held", "assigned", "running", "succeeded", "failed", "cancelled", "interrupted"
+]
+ACTIVE_STATES: frozenset[str] = frozenset({"assigned", "running"})
+PENDING_STATES: frozenset[str] = frozenset({"queued", "held"})
+FINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
+NodeState = Literal["online", "stale", "offline", "draining"]
+
+
+# ---------------------------------------------------------------- auth
+class LoginRequest(Struct, kw_only=True):
+    username: UserName
+    password: Annotated[str, Meta(min_length=1, max_length=1024)]
+
+
+class LoginReply(Struct, kw_only=True):
+    token: str
+    username: str
+    role: Role
+    expires_at: float
+
+
+class Me(Struct, kw_only=True):
+    username: str
+    role: Role
+    token_kind: Literal["session", "api"]
+
+
+# ---------------------------------------------------------------- users
+class User(Struct, kw_only=True):
+    id: int
+    username: str
+    role: Role
+    disabled: bool
+    created_at: float
+    unix_user: str = ""
+    gpu_cap: int | None = None
+    last_login: float | None = None
+
+
+class UserCreate(Struct, kw_only=True, forbid_unknown_fields=True):
+    username: UserName
+    password: Password
+    role: Role = "member"
+    unix_user: Annotated[str, Meta(max_length=32, pattern=r"^([a-z_][a-z0-9_-]*)?$")] = ""
+
+
+class UserUpdate(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    role: Role | None = None
+    disabled: bool | None = None
+    password: Password | None = None
+    unix_user: Annotated[str, Meta(max_length=32, pattern=r"^([a-z_][a-z0-9_-]*)?$")] | None = None
+    gpu_cap: Annotated[int, Meta(ge=0, le=100000)] | None = None
+    clear_gpu_cap: bool = False
+
+
+# ---------------------------------------------------------------- API tokens
+class ApiToken(Struct, kw_only=True):
+    id: int
+    name: str
+    username: str
+    created_at: float
+    expires_at: float | None
+    last_used: float | None = None
+    kind: Literal["session", "api"] = "api"
+
+
+class ApiTokenCreate(Struct, kw_only=True, forbid_unknown_fields=True):
+    name: Annotated[str, Meta(min_length=1, max_length=64)]
+    ttl_s: Annotated[float, Meta(gt=0, le=10 * 365 * 86400)] | None = None
+
+
+class ApiTokenCreated(Struct, kw_only=True):
+    token: str  # shown once
+    info: ApiToken
+
+
+# ---------------------------------------------------------------- join tokens
+class JoinTokenCreate(Struct, kw_only=True, forbid_unknown_fields=True):
+    ttl_s: Annotated[float, Meta(gt=0, le=365 * 86400)] = 24 * 3600.0
+    uses: Annotated[int, Meta(ge=1, le=10000)] = 1
+    note: ShortStr = ""
+
+
+class JoinToken(Struct, kw_only=True):
+    id: int
+    created_by: str
+    created_at: float
+    expires_at: float
+    uses: int
+    used: int
+    revoked: bool
+    note: str = ""
+
+
+class JoinTokenCreated(Struct, kw_only=True):
+    token: str  # shown once; "<secret>" or "<secret>@<fingerprint>" when the master has TLS
+    info: JoinToken
+
+
+# ---------------------------------------------------------------- audit
+class AuditEntry(Struct, kw_only=True):
+    id: int
+    ts: float
+    actor: str
+    role: str
+    action: str
+    target: str
+    outcome: Literal["ok", "denied", "failed", "error"]
+    client: str
+    request_id: str
+    details: dict[str, object] = {}
+    hash: str = ""
+
+
+class AuditVerify(Struct, kw_only=True):
+    ok: bool
+    rows: int
+    first_broken: int | None = None
+    message: str = ""
+
+
+# ---------------------------------------------------------------- nodes
+class GpuView(Struct, kw_only=True):
+    """A GPU as people see it: telemetry plus who holds it."""
+
+    sample: GpuSample
+    job_ids: list[int] = []  # mlsm jobs allocated to this GPU
+    foreign: bool = False  # processes mlsm did not start hold memory on it
+    busy: bool = False
+
+
+class Node(Struct, kw_only=True):
+    id: int
+    name: str
+    state: NodeState
+    labels: dict[str, str] = {}
+    draining: bool = False
+    last_seen: float | None = None
+    registered_at: float = 0.0
+    info: NodeInfo = msgspec.field(default_factory=NodeInfo)
+    host: HostSample | None = None
+    gpus: list[GpuView] = []
+    gpu_error: str | None = None
+    running_jobs: int = 0
+
+
+class NodeUpdate(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    labels: dict[LabelKey, LabelVal] | None = None
+    docker_network: ShortStr | None = None
+
+
+class HistoryPoint(Struct, kw_only=True, array_like=True):
+    ts: float
+    mean: float
+    max: float
+
+
+class NodeHistory(Struct, kw_only=True):
+    node: str
+    resolution_s: float
+    series: dict[str, list[HistoryPoint]]  # "cpu", "mem", "gpu0.util", "gpu0.mem", ...
+
+
+# ---------------------------------------------------------------- jobs
+class JobSubmit(Struct, kw_only=True, forbid_unknown_fields=True):
+    argv: Annotated[list[Annotated[str, Meta(max_length=8192)]], Meta(min_length=1, max_length=4096)]
+    name: ShortStr = ""
+    gpus: Annotated[int, Meta(ge=0, le=64)] = 0
+    gpu_mem_gib: Annotated[float, Meta(ge=0, le=4096)] = 0.0
+    cpus: Annotated[float, Meta(ge=0, le=4096)] = 0.0
+    mem_gib: Annotated[float, Meta(ge=0, le=65536)] = 0.0
+    node: NodeName | None = None
+    labels: dict[LabelKey, LabelVal] = {}
+    datasets: Annotated[list[Annotated[str, Meta(min_length=1, max_length=128)]], Meta(max_length=16)] = []
+    env_kind: Literal["process", "venv", "conda", "docker"] = "process"
+    venv: LongStr = ""
+    conda: ShortStr = ""
+    image: ShortStr = ""
+    mounts: Annotated[list[LongStr], Meta(max_length=32)] = []
+    keep_container: bool = False
+    workdir: LongStr = ""
+    env: dict[Annotated[str, Meta(min_length=1, max_length=256, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], LongStr] = {}
+    priority: Annotated[int, Meta(ge=-1000, le=1000)] = 0
+    after: Annotated[list[Annotated[str, Meta(max_length=32, pattern=r"^[0-9]+(:(ok|any))?$")]], Meta(max_length=256)] = []
+    retries: Annotated[int, Meta(ge=0, le=100)] = 0
+    timeout_s: Annotated[float, Meta(ge=0, le=365 * 86400)] = 0.0
+    array: Annotated[str, Meta(max_length=64, pattern=r"^([0-9]+(-[0-9]+)?(%[0-9]+)?)?$")] = ""
+    hold: bool = False
+
+
+class JobEvent(Struct, kw_only=True, array_like=True):
+    ts: float
+    state: str
+    message: str = ""
+
+
+class Job(Struct, kw_only=True):
+    id: int
+    name: str
+    user: str
+    state: JobState
+    argv: list[str]
+    created_at: float
+    priority: int = 0
+    gpus: int = 0
+    gpu_mem_gib: float = 0.0
+    cpus: float = 0.0
+    mem_gib: float = 0.0
+    env_kind: str = "process"
+    venv: str = ""
+    conda: str = ""
+    image: str = ""
+    workdir: str = ""
+    env: dict[str, str] | None = None  # only for the owner and admins
+    node_req: str | None = None
+    labels: dict[str, str] = {}
+    datasets: list[str] = []
+    after: list[str] = []
+    retries: int = 0
+    attempt: int = 0
+    timeout_s: float = 0.0
+    array_parent: int | None = None
+    array_index: int | None = None
+    array_throttle: int = 0
+    node: str | None = None
+    gpu_indices: list[int] = []
+    reason: str = ""  # why it waits, or why it ended
+    exit_code: int | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    log_size: int = 0
+    history: list[JobEvent] = []
+
+
+class JobList(Struct, kw_only=True):
+    jobs: list[Job]
+    total: int
+
+
+class CancelRequest(Struct, kw_only=True, forbid_unknown_fields=True):
+    ids: Annotated[list[int], Meta(min_length=1, max_length=10000)]
+
+
+class CancelResult(Struct, kw_only=True):
+    cancelled: list[int]
+    skipped: dict[str, str] = {}  # id -> why not
+
+
+# ---------------------------------------------------------------- datasets
+class DatasetCopy(Struct, kw_only=True):
+    node: str
+    path: str
+    size: int
+    files: int
+    modified: float
+    digest: str | None = None
+    top: list[str] = []
+    node_state: str = ""
+
+
+class Dataset(Struct, kw_only=True):
+    name: str
+    description: str = ""
+    tags: list[str] = []
+    owner: str = ""
+    copies: list[DatasetCopy] = []
+    used_by: list[int] = []
+
+
+class DatasetUpdate(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    description: Annotated[str, Meta(max_length=4096)] | None = None
+    tags: Annotated[list[Annotated[str, Meta(min_length=1, max_length=64)]], Meta(max_length=64)] | None = None
+    owner: UserName | None = None
+
+
+class DatasetImport(Struct, kw_only=True, forbid_unknown_fields=True):
+    url: Annotated[str, Meta(min_length=8, max_length=4096)]
+    node: NodeName
+    name: Annotated[str, Meta(min_length=1, max_length=128)]
+    sha256: Annotated[str, Meta(pattern=r"^([0-9a-fA-F]{64})?$")] = ""
+    unpack: bool = True
+
+
+class DatasetTransfer(Struct, kw_only=True, forbid_unknown_fields=True):
+    name: Annotated[str, Meta(min_length=1, max_length=128)]
+    src: NodeName
+    dst: NodeName
+    move: bool = False
+
+
+class Transfer(Struct, kw_only=True):
+    id: int
+    kind: Literal["import", "copy", "move", "delete", "digest"]
+    dataset: str
+    node: str
+    state: Literal["pending", "running", "succeeded", "failed", "cancelled"]
+    done_bytes: int = 0
+    total_bytes: int | None = None
+    rate_bps: float = 0.0
+    message: str = ""
+    created_at: float = 0.0
+
+
+# ---------------------------------------------------------------- lab summary
+class LabSummary(Struct, kw_only=True):
+    nodes_online: int
+    nodes_total: int
+    gpus_total: int
+    gpus_busy: int
+    jobs_running: int
+    jobs_queued: int
+    gpus_by_user: dict[str, int] = {}
+
+
+class Health(Struct, kw_only=True):
+    status: Literal["ok"]
+    version: str
+    protocol: int
+    database: str
+
+
+json_encoder = msgspec.json.Encoder()
