@@ -1,0 +1,90 @@
+"""The interface every job runtime (process, docker) implements.
+
+The agent owns one runtime per environment kind and talks to it only through this
+interface. A runtime starts a job attempt, reports its state, stops it, and after an agent
+restart re-adopts attempts it started earlier from what :class:`AdoptRecord` saved.
+
+Everything a runtime does is synchronous or cheap; the agent calls blocking parts through
+``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from mlsm.wire.agent import JobReport, JobSpec
+
+
+@dataclass
+class RuntimeContext:
+    """Facts about the node a runtime needs to build a job's environment."""
+
+    node_name: str
+    agent_data: Path  # <agent data>; job dirs live in <agent data>/jobs/<id>/
+    runs_as_root: bool = False
+    simulated_gpus: bool = False
+
+
+@dataclass
+class AdoptRecord:
+    """What the agent's state file keeps about a running attempt, to re-adopt it later."""
+
+    job_id: int
+    attempt: int
+    runtime: str  # "process" | "docker"
+    job_dir: str
+    started_at: float
+    pid: int | None = None  # process runtime: pid of the job's shim (session leader)
+    pid_start: float | None = None  # its create_time, so a reused pid is not mistaken
+    container_id: str | None = None  # docker runtime
+    timeout_s: float = 0.0
+    kill_grace_s: float = 10.0
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class JobHandle(Protocol):
+    """One running attempt."""
+
+    record: AdoptRecord
+
+    def poll(self) -> JobReport | None:
+        """The final report once the attempt has ended, else ``None``. Never blocks long."""
+
+    def stop(self, reason: str, end_kind: str, grace_s: float) -> None:
+        """Ask it to end (SIGTERM / docker stop), escalate to kill after ``grace_s``.
+
+        Returns at once; the ending is seen later by :meth:`poll`, whose report carries
+        ``end_kind`` and ``reason``. A final marker line naming the reason is appended to
+        the job's ``output.log``.
+        """
+
+
+class Runtime(Protocol):
+    name: str
+
+    def start(self, spec: JobSpec, job_dir: Path) -> JobHandle:
+        """Start an attempt; output (stdout+stderr) goes to ``job_dir/output.log``.
+
+        Raises :class:`RuntimeStartError` with a readable message when the attempt cannot
+        start (missing image, bad venv, unknown Unix user ...).
+        """
+
+    def adopt(self, record: AdoptRecord) -> JobHandle | JobReport:
+        """Re-attach to an attempt started before an agent restart.
+
+        Returns a handle when it still runs, or the final report when it ended meanwhile
+        (exit code when known; ``state="lost"`` with the reason when it vanished).
+        """
+
+
+class RuntimeStartError(Exception):
+    """An attempt could not start; the message says why in plain words."""
+
+
+LOG_NAME = "output.log"
+
+
+def job_dir_for(agent_data: Path, job_id: int) -> Path:
+    return agent_data / "jobs" / str(job_id)
