@@ -25,6 +25,9 @@ class RuntimeContext:
     agent_data: Path  # <agent data>; job dirs live in <agent data>/jobs/<id>/
     runs_as_root: bool = False
     simulated_gpus: bool = False
+    # Account for jobs that name no Unix user while the agent runs as root ("" = the
+    # agent's own account, said so in the job's log header).
+    default_unix_user: str = ""
 
 
 @dataclass

@@ -1,0 +1,73 @@
+"""Small file-system helpers shared by import, receive and delete."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import secrets
+import shutil
+import stat
+from pathlib import Path
+
+from .errors import DatasetExistsError
+from .paths import RESERVED_PREFIX
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+
+try:
+    _renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    _renameat2.restype = ctypes.c_int
+except (OSError, AttributeError):  # not glibc >= 2.28
+    _renameat2 = None
+
+
+def rename_noreplace(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst`` atomically, failing with DatasetExistsError if dst exists.
+
+    Plain ``os.rename`` silently replaces an empty directory, so Linux's
+    ``renameat2(RENAME_NOREPLACE)`` is used; where the kernel or file system lacks it, a
+    check-then-rename is the fallback (the agent runs one operation per name at a time).
+    """
+    if _renameat2 is not None:
+        rc = _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE)
+        if rc == 0:
+            return
+        err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            raise DatasetExistsError(f"a dataset named {dst.name!r} already exists in {dst.parent}")
+        if err not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+            raise OSError(err, os.strerror(err), os.fspath(src), None, os.fspath(dst))
+    if os.path.lexists(dst):
+        raise DatasetExistsError(f"a dataset named {dst.name!r} already exists in {dst.parent}")
+    os.rename(src, dst)
+
+
+def make_temp_dir(root: Path, kind: str, name: str) -> Path:
+    """Create ``<root>/.mlsm-<kind>-<name>-<random>/`` (mode 0700) and return it."""
+    path = Path(root) / f"{RESERVED_PREFIX}{kind}-{name}-{secrets.token_hex(6)}"
+    os.mkdir(path, 0o700)
+    return path
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a file or directory tree; never follows symlinks; quiet if already gone."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        # shutil.rmtree uses the fd-based walk on Linux: symlinks inside are unlinked,
+        # never followed. Make read-only dirs writable on the way if needed.
+        def _onerror(func, p, exc_info):  # type: ignore[no-untyped-def]
+            try:
+                os.chmod(os.path.dirname(p), 0o700)
+                func(p)
+            except OSError:
+                pass
+
+        shutil.rmtree(path, onerror=_onerror)
+    else:
+        os.unlink(path)

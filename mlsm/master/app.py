@@ -1,0 +1,116 @@
+"""The Litestar app factory: routes by domain, the one role guard, error mapping, services.
+
+``create_app(settings)`` builds everything; the database is migrated in the app's lifespan,
+so tests can run the real app in-process (``litestar.testing``) as well as under uvicorn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+
+from mlsm import __version__
+from mlsm.config import Settings
+from mlsm.master.db import Database
+from mlsm.master.http import RequestMiddleware, handle_exception
+from mlsm.master.routes import audit as audit_routes
+from mlsm.master.routes import auth as auth_routes
+from mlsm.master.routes import health as health_routes
+from mlsm.master.routes import tokens as token_routes
+from mlsm.master.routes import users as user_routes
+from mlsm.master.security import check_handler_roles, role_guard
+from mlsm.master.services.audit import AuditLog
+from mlsm.master.services.auth import AuthService
+from mlsm.master.services.users import UserService
+
+log = logging.getLogger("mlsm.master")
+
+#: Route modules; each exposes ROUTES. Later domains append here.
+ROUTE_MODULES: list[Any] = [health_routes, auth_routes, user_routes, token_routes, audit_routes]
+
+#: Extra start-up/shutdown hooks registered by domain modules: (startup, shutdown) pairs.
+Hook = Callable[[State], Any]
+
+
+def _all_route_handlers() -> list[Any]:
+    handlers: list[Any] = []
+    for mod in ROUTE_MODULES:
+        handlers.extend(mod.ROUTES)
+    return handlers
+
+
+def build_services(state: State, settings: Settings, db: Database) -> None:
+    state.settings = settings
+    state.db = db
+    state.audit = AuditLog(db)
+    state.auth = AuthService(db, settings)
+    state.users = UserService(db, on_change=state.auth.forget_user)
+    state.background = set()
+
+
+def create_app(
+    settings: Settings,
+    *,
+    db: Database | None = None,
+    migrate: bool = True,
+    extra_startup: Sequence[Hook] = (),
+    extra_shutdown: Sequence[Hook] = (),
+) -> Litestar:
+    database = db or Database(settings.db_url)
+    handlers = _all_route_handlers()
+    check_handler_roles(handlers)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        if migrate:
+            await database.migrate()
+        for hook in app.state.startup_hooks:
+            res = hook(app.state)
+            if asyncio.iscoroutine(res):
+                await res
+        try:
+            yield
+        finally:
+            for hook in app.state.shutdown_hooks:
+                res = hook(app.state)
+                if asyncio.iscoroutine(res):
+                    await res
+            for task in list(app.state.background):
+                task.cancel()
+            await database.close()
+
+    state = State()
+    build_services(state, settings, database)
+    state.startup_hooks = list(extra_startup)
+    state.shutdown_hooks = list(extra_shutdown)
+    for mod in ROUTE_MODULES:
+        setup = getattr(mod, "setup", None)
+        if setup is not None:
+            setup(state)
+
+    app = Litestar(
+        route_handlers=handlers,
+        guards=[role_guard],
+        middleware=[RequestMiddleware()],
+        exception_handlers={Exception: handle_exception},
+        request_max_body_size=settings.max_body_bytes,
+        lifespan=[lifespan],
+        state=state,
+        openapi_config=OpenAPIConfig(
+            title="mlsm master API",
+            version=__version__,
+            path="/schema",
+            render_plugins=[SwaggerRenderPlugin()],
+        ),
+        debug=False,
+        logging_config=None,
+    )
+    return app

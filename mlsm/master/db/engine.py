@@ -1,0 +1,144 @@
+"""The master's database: engine, sessions, and migrations applied at start.
+
+SQLite runs in WAL mode with a busy timeout and foreign keys on; PostgreSQL goes through
+asyncpg. The schema is Alembic's business only: :meth:`Database.migrate` applies pending
+migrations (copying a SQLite file aside first) and refuses a database newer than this mlsm.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from mlsm.errors import ConfigError, DatabaseTooNew
+
+log = logging.getLogger("mlsm.master.db")
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def alembic_config(url: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+class Database:
+    """One engine + session factory for the master's lifetime."""
+
+    def __init__(self, url: str) -> None:
+        try:
+            parsed = make_url(url)
+        except Exception as exc:
+            raise ConfigError(f"setting 'database_url': cannot parse {url!r}: {exc}") from None
+        self.url = url
+        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+            raise ConfigError("setting 'database_url': only sqlite and postgresql are supported")
+        kwargs: dict[str, Any] = {}
+        if self.is_sqlite:
+            self.sqlite_path = Path(parsed.database or "")
+            if parsed.database:
+                self.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+        else:
+            kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
+        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        if self.is_sqlite:
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def backend(self) -> str:
+        return "sqlite" if self.is_sqlite else "postgresql"
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        async with self.sessionmaker() as s:
+            yield s
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        async with self.sessionmaker() as s, s.begin():
+            yield s
+
+    async def current_revision(self) -> str | None:
+        async with self.engine.connect() as conn:
+            return await conn.run_sync(lambda c: MigrationContext.configure(c).get_current_revision())
+
+    def head_revision(self) -> str:
+        head = ScriptDirectory.from_config(alembic_config(self.url)).get_current_head()
+        assert head is not None
+        return head
+
+    async def migrate(self, *, backup: bool = True) -> tuple[str | None, str]:
+        """Apply pending migrations; returns (revision before, revision after)."""
+        cfg = alembic_config(self.url)
+        script = ScriptDirectory.from_config(cfg)
+        head = script.get_current_head()
+        current = await self.current_revision()
+        known = {rev.revision for rev in script.walk_revisions()}
+        if current is not None and current not in known:
+            raise DatabaseTooNew(
+                f"the database is at schema revision {current}, newer than this mlsm knows "
+                f"(head {head}); upgrade mlsm before starting the master"
+            )
+        if current == head:
+            return current, head or ""
+        if backup and current is not None and self.is_sqlite and self.sqlite_path.exists():
+            dest = self.sqlite_path.with_name(
+                f"{self.sqlite_path.name}.pre-{current}-{int(time.time())}.bak"
+            )
+            self.backup_sqlite(dest)
+            log.info("copied the database aside to %s before migrating", dest)
+
+        def _upgrade(sync_conn: Any) -> None:
+            cfg.attributes["connection"] = sync_conn
+            command.upgrade(cfg, "head")
+
+        async with self.engine.begin() as conn:
+            await conn.run_sync(_upgrade)
+        log.info("database migrated from %s to %s", current, head)
+        return current, head or ""
+
+    def backup_sqlite(self, dest: Path) -> None:
+        """A consistent online copy through SQLite's backup API (safe under WAL writers)."""
+        if not self.is_sqlite:
+            raise ConfigError("online backup through mlsm is for SQLite; use pg_dump for PostgreSQL")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        src = sqlite3.connect(str(self.sqlite_path), timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
+        try:
+            dst = sqlite3.connect(str(dest))
+            try:
+                src.backup(dst)
+            finally:
+                dst.close()
+        finally:
+            src.close()
+
+    async def close(self) -> None:
+        await self.engine.dispose()

@@ -1,0 +1,214 @@
+"""HTTP plumbing shared by every route: request ids, the per-request JSON log line, the audit
+hook for mutations, and the mapping of every exception to the structured error body."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import secrets
+import sys
+import time
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import (
+    HTTPException,
+    MethodNotAllowedException,
+    NotAuthorizedException,
+    NotFoundException,
+    PermissionDeniedException,
+    ValidationException,
+)
+from litestar.middleware import ASGIMiddleware
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from mlsm.errors import MlsmError
+from mlsm.wire.agent import MSGPACK, AgentError
+
+log = logging.getLogger("mlsm.master")
+request_log = logging.getLogger("mlsm.master.request")
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# Agent routes that fire many times a second are logged at debug level only.
+QUIET_PATHS = ("/agent/v1/heartbeat", "/agent/v1/commands", "/agent/v1/logs", "/agent/v1/events")
+
+
+class JsonLogFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        extra = getattr(record, "fields", None)
+        if isinstance(extra, dict):
+            data.update(extra)
+        if record.exc_info:
+            data["exc"] = self.formatException(record.exc_info)
+        return json.dumps(data, default=str)
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLogFormatter())
+    root = logging.getLogger("mlsm")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+def client_addr(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "-"
+
+
+class RequestMiddleware(ASGIMiddleware):
+    """Request id, timing, one JSON log line, and an audit row for every mutation."""
+
+    scopes = ("http",)  # type: ignore[assignment]
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        start = time.perf_counter()
+        rid = ""
+        for k, v in scope.get("headers", ()):
+            if k == b"x-request-id":
+                cand = v.decode("latin-1")
+                rid = cand if _REQUEST_ID_OK.match(cand) else ""
+                break
+        rid = rid or secrets.token_hex(8)
+        state = scope.setdefault("state", {})
+        state["request_id"] = rid
+        status = 500
+
+        async def _send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", rid.encode()))
+                message["headers"] = headers  # type: ignore[typeddict-unknown-key]
+            await send(message)
+
+        try:
+            await next_app(scope, receive, _send)
+        finally:
+            elapsed_ms = (time.perf_counter() - start) * 1000
+            path = scope.get("path", "")
+            method = scope.get("method", "")
+            user = scope.get("user")
+            fields = {
+                "request_id": rid,
+                "method": method,
+                "path": path,
+                "status": status,
+                "ms": round(elapsed_ms, 2),
+                "client": client_addr(scope),
+                "user": getattr(user, "name", None),
+            }
+            level = logging.DEBUG if path.startswith(QUIET_PATHS) else logging.INFO
+            if request_log.isEnabledFor(level):
+                request_log.log(level, "request", extra={"fields": fields})
+            handler = scope.get("route_handler")
+            if method in MUTATING and handler is not None and handler.opt.get("audit"):
+                await _audit(scope, handler.opt["audit"], status, rid)
+
+
+async def _audit(scope: Scope, action: str, status: int, rid: str) -> None:
+    state = scope.get("state", {})
+    user = scope.get("user")
+    actor = getattr(user, "name", None) or state.get("audit_actor") or "anonymous"
+    role = getattr(user, "role", None) or "anonymous"
+    if status < 400:
+        outcome = "ok"
+    elif status in (401, 403):
+        outcome = "denied"
+    elif status < 500:
+        outcome = "failed"
+    else:
+        outcome = "error"
+    details = dict(state.get("audit_details") or {})
+    if status >= 400:
+        details["status"] = status
+        if state.get("error_code"):
+            details["error"] = state["error_code"]
+    target = state.get("audit_target") or scope.get("path", "")
+    try:
+        await scope["app"].state.audit.append(
+            actor=str(actor),
+            role=str(role),
+            action=action,
+            target=str(target),
+            outcome=outcome,
+            client=client_addr(scope),
+            request_id=rid,
+            details=details,
+        )
+    except Exception:  # the response is already sent; never lose the request over it
+        log.exception("could not write the audit row for %s", action)
+
+
+def audit_target(request: Request[Any, Any, Any], target: str, **details: Any) -> None:
+    """Handlers name what a mutation touched (the audit row's target and details)."""
+    request.scope["state"]["audit_target"] = target
+    if details:
+        request.scope["state"].setdefault("audit_details", {}).update(details)
+
+
+# ---------------------------------------------------------------- errors -> responses
+def _body(request: Request[Any, Any, Any], status: int, code: str, message: str, details: dict[str, Any]) -> Response[Any]:
+    request.scope.setdefault("state", {})["error_code"] = code
+    if request.scope.get("path", "").startswith("/agent/"):
+        return Response(
+            content=msgspec.msgpack.encode(AgentError(code=code, message=message)),
+            status_code=status,
+            media_type=MSGPACK,
+        )
+    return Response(
+        content={"error": {"code": code, "message": message, "details": details}},
+        status_code=status,
+    )
+
+
+def _validation_details(exc: ValidationException) -> tuple[str, dict[str, Any]]:
+    extra = exc.extra
+    items = extra if isinstance(extra, list) else [extra] if isinstance(extra, dict) else []
+    for item in items:
+        if isinstance(item, dict):
+            msg = str(item.get("message", "")) or exc.detail
+            path = item.get("key") or ""
+            m = re.search(r"at `\$\.?([^`]*)`", msg)
+            if m:
+                path = m.group(1) or path
+            clean = re.sub(r" - at `[^`]*`", "", msg)
+            return clean, {"path": path, "source": item.get("source", "body")}
+    return exc.detail or "invalid request", {}
+
+
+def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    if isinstance(exc, MlsmError):
+        if exc.status >= 500:
+            log.error("%s: %s", exc.code, exc.message)
+        return _body(request, exc.status, exc.code, exc.message, exc.details)
+    if isinstance(exc, ValidationException):
+        message, details = _validation_details(exc)
+        return _body(request, 400, "validation_error", message, details)
+    if isinstance(exc, NotAuthorizedException):
+        return _body(request, 401, "unauthenticated", exc.detail or "authentication required", {})
+    if isinstance(exc, PermissionDeniedException):
+        return _body(request, 403, "forbidden", exc.detail or "not allowed", {})
+    if isinstance(exc, NotFoundException):
+        return _body(request, 404, "not_found", exc.detail or "not found", {})
+    if isinstance(exc, MethodNotAllowedException):
+        return _body(request, 405, "method_not_allowed", exc.detail or "method not allowed", {})
+    if isinstance(exc, HTTPException):
+        code = {413: "payload_too_large", 429: "rate_limited", 415: "unsupported_media_type"}.get(
+            exc.status_code, "bad_request" if exc.status_code < 500 else "internal"
+        )
+        if exc.status_code >= 500:
+            log.error("HTTP %s: %s", exc.status_code, exc.detail)
+        return _body(request, exc.status_code, code, exc.detail or "request refused", {})
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _body(request, 500, "internal", "internal error; the master's log has details", {"request_id": request.scope.get("state", {}).get("request_id", "")})

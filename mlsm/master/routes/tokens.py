@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, delete, get, post
+
+from mlsm.master.http import audit_target
+from mlsm.master.routes.common import principal, services
+from mlsm.wire import api
+
+
+@get("/api/v1/tokens", opt={"role": "member"}, tags=["tokens"])
+async def list_tokens(request: Request[Any, Any, Any], all: bool = False) -> list[api.ApiToken]:
+    return await services(request).auth.list_tokens(principal(request), all)
+
+
+@post("/api/v1/tokens", opt={"role": "member", "audit": "token.create"}, tags=["tokens"])
+async def create_token(request: Request[Any, Any, Any], data: api.ApiTokenCreate) -> api.ApiTokenCreated:
+    audit_target(request, f"token:{data.name}")
+    return await services(request).auth.create_api_token(principal(request), data)
+
+
+@delete("/api/v1/tokens/{token_id:int}", opt={"role": "member", "audit": "token.revoke"}, status_code=200, tags=["tokens"])
+async def revoke_token(request: Request[Any, Any, Any], token_id: int) -> dict[str, bool]:
+    audit_target(request, f"token:{token_id}")
+    await services(request).auth.revoke(principal(request), token_id)
+    return {"ok": True}
+
+
+ROUTES = [list_tokens, create_token, revoke_token]

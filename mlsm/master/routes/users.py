@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, get, patch, post
+
+from mlsm.master.http import audit_target
+from mlsm.master.routes.common import principal, services
+from mlsm.wire import api
+
+
+@get("/api/v1/users", opt={"role": "admin"}, tags=["users"])
+async def list_users(request: Request[Any, Any, Any]) -> list[api.User]:
+    return await services(request).users.list()
+
+
+@post("/api/v1/users", opt={"role": "admin", "audit": "user.create"}, tags=["users"])
+async def create_user(request: Request[Any, Any, Any], data: api.UserCreate) -> api.User:
+    audit_target(request, f"user:{data.username}", role=data.role)
+    return await services(request).users.create(principal(request), data)
+
+
+@get("/api/v1/users/{username:str}", opt={"role": "admin"}, tags=["users"])
+async def get_user(request: Request[Any, Any, Any], username: str) -> api.User:
+    return await services(request).users.get(username)
+
+
+@patch("/api/v1/users/{username:str}", opt={"role": "admin", "audit": "user.update"}, tags=["users"])
+async def update_user(request: Request[Any, Any, Any], username: str, data: api.UserUpdate) -> api.User:
+    changes = {k: v for k, v in {"role": data.role, "disabled": data.disabled, "gpu_cap": data.gpu_cap, "unix_user": data.unix_user}.items() if v is not None}
+    if data.password is not None:
+        changes["password"] = "changed"
+    audit_target(request, f"user:{username}", **changes)
+    return await services(request).users.update(principal(request), username, data)
+
+
+ROUTES = [list_users, create_user, get_user, update_user]

@@ -1,0 +1,506 @@
+"""Job placement: a pure function from the queue and the nodes' free capacity to placements.
+
+The job service builds the inputs from the database and live node state, calls
+:func:`schedule` once per pass and applies the result: assign ``placements``, store each
+waiting job's ``reasons`` entry, cancel the jobs in ``never`` with the reason given. Nothing
+here touches the database or the network, so a pass is cheap to test and to time.
+
+Rules as implemented
+--------------------
+* **Dependencies** first. ``(dep, "ok")`` is met when the dependency succeeded, ``"any"``
+  when it reached any final state. A dependency that ended otherwise than ``ok`` accepts,
+  or that names an unknown job, puts the job in ``never``. Otherwise it waits with
+  ``"waiting for job 17"``.
+* **Order.** Priority, higher first. Within one priority the next job comes from the user
+  with the lowest *effective usage*, and each user's jobs go oldest first (``submitted_at``,
+  then id). Effective usage starts at ``ctx.usage[user]`` (decayed recent GPU-hours) and
+  grows within the pass by :data:`PASS_CHARGE_GPU_HOURS` for each GPU placed
+  (:data:`CPU_JOB_CHARGE` for a job without GPUs). So two users with equal usage who flood
+  the queue alternate. A tie on usage goes to the user whose next job is older.
+* **Limits.** No more than ``array_throttle`` tasks of one array run at once (placements
+  in this pass count), and no user goes over ``ctx.user_caps[user]`` GPUs (no entry means
+  no cap).
+* **Node filters.** The node the job names, every label, every dataset (servers do not
+  share storage), and the runtime (``env_kind`` must be in the node's ``runtimes``).
+  Only schedulable nodes (online and not draining) get jobs.
+* **Fit.** Whole GPUs, each with ``mem_total_bytes >= gpu_mem_bytes``, all on one node.
+  CPUs and memory are checked and reserved only when the job asks for them (> 0).
+* **Best fit.** The job goes to the node with the fewest free GPUs that suit it, so
+  whole servers stay free for big jobs. Jobs without GPUs go to the nodes with the fewest
+  free GPUs too. For equal counts the pick is stable but not meaningful: nodes are kept in
+  buckets by free count, in input order at the start of the pass, and a node whose count
+  changes joins the end of its new bucket. (When a job's filters leave 16 nodes or fewer,
+  ties go to fewer free GPUs of any size, then input order.) On the node, the job gets the
+  first ``gpus`` indices of the shortest run of consecutive suitable free GPUs that is long
+  enough; when no run is, the lowest suitable indices.
+* **Backfill, no reservations.** A job that cannot fit holds nothing back, so smaller
+  jobs behind it, even of lower priority, take what is free. A large job can wait a long
+  time on a busy cluster; draining nodes is how an admin makes room for it.
+
+Every unplaced job gets one reason, the most specific one found, in plain words.
+Speed: capacity only shrinks during a pass, so a request that found no node is remembered
+and the same request with the same filters later fails without a search; per GPU-memory
+class, nodes sit in buckets by free GPU count, so finding the best fit does not scan
+every node.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import sys
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from mlsm.wire.api import FINAL_STATES
+
+__all__ = [
+    "CPU_JOB_CHARGE",
+    "DEFAULT_RUNTIMES",
+    "PASS_CHARGE_GPU_HOURS",
+    "GpuSlot",
+    "NodeCap",
+    "PendingJob",
+    "Placement",
+    "SchedContext",
+    "SchedResult",
+    "add_usage",
+    "decay_usage",
+    "schedule",
+]
+
+#: Fair-share charge (GPU-hours) per GPU placed within one pass.
+PASS_CHARGE_GPU_HOURS = 1.0
+#: Fair-share charge for a job without GPUs, so CPU-only floods alternate too.
+CPU_JOB_CHARGE = 0.01
+DEFAULT_RUNTIMES: frozenset[str] = frozenset({"process", "venv", "conda"})
+#: With this many candidate nodes or fewer, a job's nodes are scanned instead of bucketed.
+_SMALL_CANDIDATE_SET = 16
+_ENDED = {"failed": "failed", "cancelled": "was cancelled", "interrupted": "was interrupted"}
+
+
+# ---------------------------------------------------------------- inputs and outputs
+@dataclass(slots=True, frozen=True)
+class GpuSlot:
+    index: int
+    mem_total_bytes: int
+    #: False when an mlsm job holds it, foreign processes use it, or it reported an error.
+    free: bool = True
+
+
+@dataclass(slots=True, frozen=True)
+class NodeCap:
+    name: str
+    schedulable: bool = True  # online and not draining
+    gpus: Sequence[GpuSlot] = ()
+    cpus_free: float = math.inf
+    mem_free_bytes: int = sys.maxsize
+    labels: Mapping[str, str] = field(default_factory=dict)
+    datasets: frozenset[str] = frozenset()
+    runtimes: frozenset[str] = DEFAULT_RUNTIMES
+    #: Why it is not schedulable, as it reads after "node gpu3 is": "offline", "draining".
+    reason_unschedulable: str = ""
+
+
+@dataclass(slots=True, frozen=True)
+class PendingJob:
+    id: int
+    user: str
+    priority: int = 0
+    submitted_at: float = 0.0
+    gpus: int = 0
+    gpu_mem_bytes: int = 0  # per GPU; 0 = any
+    cpus: float = 0.0  # 0 = not requested
+    mem_bytes: int = 0  # 0 = not requested
+    node: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    datasets: tuple[str, ...] = ()
+    env_kind: str = "process"
+    deps: tuple[tuple[int, str], ...] = ()  # (job id, "ok" | "any")
+    array_parent: int | None = None
+    array_throttle: int = 0  # 0 = no throttle
+
+
+@dataclass(slots=True, frozen=True)
+class SchedContext:
+    #: State of every job named in a dependency; a missing id is an unknown job.
+    dep_states: Mapping[int, str] = field(default_factory=dict)
+    #: Array parent id -> tasks now assigned or running.
+    running_array: Mapping[int, int] = field(default_factory=dict)
+    user_gpus_in_use: Mapping[str, int] = field(default_factory=dict)
+    user_caps: Mapping[str, int] = field(default_factory=dict)  # no entry = no cap
+    usage: Mapping[str, float] = field(default_factory=dict)  # decayed recent GPU-hours
+
+
+@dataclass(slots=True, frozen=True)
+class Placement:
+    job_id: int
+    node: str
+    gpu_indices: tuple[int, ...]
+
+
+@dataclass(slots=True)
+class SchedResult:
+    placements: list[Placement] = field(default_factory=list)
+    reasons: dict[int, str] = field(default_factory=dict)  # why each unplaced job waits
+    never: dict[int, str] = field(default_factory=dict)  # jobs to cancel, with the reason
+
+
+# ---------------------------------------------------------------- usage accounting
+def decay_usage(prev: float, elapsed_s: float, half_life_s: float) -> float:
+    """Usage left after ``elapsed_s`` with exponential decay; ``half_life_s <= 0`` forgets all."""
+    if half_life_s <= 0:
+        return 0.0
+    if elapsed_s <= 0:
+        return prev
+    return prev * 0.5 ** (elapsed_s / half_life_s)
+
+
+def add_usage(prev: float, gpus: int, elapsed_s: float) -> float:
+    """Add ``gpus`` GPUs held for ``elapsed_s`` seconds, in GPU-hours.
+
+    Per tick the service does ``u = add_usage(decay_usage(u, dt, half_life), gpus_held, dt)``.
+    """
+    return prev + max(gpus, 0) * max(elapsed_s, 0.0) / 3600.0
+
+
+# ---------------------------------------------------------------- pass state
+class _Node:
+    __slots__ = ("cap", "counts", "cpus", "free", "mem", "name", "pos", "totals")
+
+    def __init__(self, cap: NodeCap, pos: int, thresholds: list[int]) -> None:
+        self.cap = cap
+        self.name = cap.name
+        self.pos = pos
+        self.cpus = cap.cpus_free
+        self.mem = cap.mem_free_bytes
+        self.free = sorted((g.index, g.mem_total_bytes) for g in cap.gpus if g.free)
+        mems = [g.mem_total_bytes for g in cap.gpus]
+        self.totals = [sum(1 for m in mems if m >= t) for t in thresholds]
+        self.counts = [sum(1 for _, m in self.free if m >= t) for t in thresholds]
+
+
+class _Cand:
+    """The nodes one set of job filters allows, or why there are none."""
+
+    __slots__ = ("members", "nodes", "reason", "single", "where")
+
+    def __init__(self, nodes: list[_Node], where: str, reason: str = "") -> None:
+        self.nodes = nodes
+        self.where = where  # "online node that holds dataset x", or "node gpu3"
+        self.reason = reason
+        self.single = where.startswith("node ")
+        self.members: set[int] | None = None  # None = every schedulable node
+
+    def no(self, thing: str) -> str:
+        return (
+            f"{self.where} does not have {thing}" if self.single else f"no {self.where} has {thing}"
+        )
+
+
+def _gib(n: float) -> str:
+    return f"{n / (1 << 30):.3g} GiB"
+
+
+def _gpus(n: int) -> str:
+    return "1 GPU" if n == 1 else f"{n} GPUs"
+
+
+def _dep_verdict(job: PendingJob, states: Mapping[int, str]) -> tuple[bool, str] | None:
+    """None when every dependency is met, else (never, reason)."""
+    waiting: list[int] = []
+    for dep, mode in job.deps:
+        state = states.get(dep)
+        if state is None:
+            return True, f"dependency {dep} does not exist"
+        if state not in FINAL_STATES:
+            waiting.append(dep)
+        elif state != "succeeded" and mode != "any":
+            return True, f"dependency {dep} {_ENDED.get(state, 'ended ' + state)}"
+    if not waiting:
+        return None
+    more = f" (and {len(waiting) - 1} more)" if len(waiting) > 1 else ""
+    return False, f"waiting for job {waiting[0]}{more}"
+
+
+class _Pass:
+    def __init__(self, nodes: Iterable[NodeCap], ctx: SchedContext) -> None:
+        self.ctx = ctx
+        self.caps = {c.name: c for c in nodes}
+        online = [c for c in self.caps.values() if c.schedulable]
+        self.thresholds = sorted({0} | {g.mem_total_bytes for c in online for g in c.gpus})
+        self.nodes = [_Node(c, i, self.thresholds) for i, c in enumerate(online)]
+        self.by_name = {n.name: n for n in self.nodes}
+        width = max((len(c.gpus) for c in online), default=0) + 1
+        # buckets[ti][k]: nodes with exactly k free GPUs of >= thresholds[ti] bytes
+        self.buckets: list[list[dict[_Node, None]]] = []
+        for ti in range(len(self.thresholds)):
+            row: list[dict[_Node, None]] = [{} for _ in range(width)]
+            for n in self.nodes:
+                row[n.counts[ti]][n] = None
+            self.buckets.append(row)
+        self.top = [width - 1] * len(self.thresholds)
+        self.cands: dict[object, _Cand] = {}
+        self.failed: dict[tuple[object, ...], str] = {}
+        self.user_placed: dict[str, int] = {}
+        self.array_placed: dict[int, int] = {}
+
+    # ---- candidates
+    def _cand(self, job: PendingJob) -> _Cand:
+        if job.node is not None:
+            return self._named(job)
+        tests: list[tuple[str, Callable[[NodeCap], bool], str]] = []
+        for d in sorted(set(job.datasets)):
+            tests.append((f"holds dataset {d}", lambda c, d=d: d in c.datasets, self._no_ds(d)))
+        for k, v in sorted(job.labels.items()):
+            tests.append(
+                (
+                    f"is labelled {k}={v}",
+                    lambda c, k=k, v=v: c.labels.get(k) == v,
+                    f"no online node is labelled {k}={v}",
+                )
+            )
+        env = job.env_kind
+        runs = f"can run {env} jobs"
+        single = f"no online node {runs}" + (" (Docker unavailable)" if env == "docker" else "")
+        run_test = (runs, lambda c: env in c.runtimes, single)
+        if not self.nodes:
+            return _Cand([], "", "no online nodes")
+        kept = self.nodes
+        descs = []
+        for desc, pred, alone in [*tests, run_test]:
+            if not any(pred(n.cap) for n in self.nodes):
+                return _Cand([], "", alone)
+            before = len(kept)
+            kept = [n for n in kept if pred(n.cap)]
+            if desc != runs or len(kept) < before:
+                descs.append(desc)
+            if not kept:
+                return _Cand([], "", "no online node " + " and ".join(descs))
+        where = "online node" + (" that " + " and ".join(descs) if descs else "")
+        cand = _Cand(kept, where)
+        if len(kept) < len(self.nodes):
+            cand.members = {n.pos for n in kept}
+        return cand
+
+    def _no_ds(self, d: str) -> str:
+        elsewhere = sorted(
+            c.name for c in self.caps.values() if not c.schedulable and d in c.datasets
+        )
+        if elsewhere:
+            states = ", ".join(
+                f"{n} ({self.caps[n].reason_unschedulable or 'unschedulable'})"
+                for n in elsewhere[:3]
+            )
+            return f"dataset {d} is only on {states}"
+        return f"no online node holds dataset {d}"
+
+    def _named(self, job: PendingJob) -> _Cand:
+        name = job.node
+        cap = self.caps.get(name)  # type: ignore[arg-type]
+        where = f"node {name}"
+        if cap is None:
+            return _Cand([], where, f"no node named {name}")
+        if not cap.schedulable:
+            return _Cand([], where, f"{where} is {cap.reason_unschedulable or 'not schedulable'}")
+        for k, v in sorted(job.labels.items()):
+            if cap.labels.get(k) != v:
+                return _Cand([], where, f"{where} is not labelled {k}={v}")
+        for d in sorted(set(job.datasets)):
+            if d not in cap.datasets:
+                return _Cand([], where, f"{where} does not hold dataset {d}")
+        if job.env_kind not in cap.runtimes:
+            extra = " (Docker unavailable)" if job.env_kind == "docker" else ""
+            return _Cand([], where, f"{where} cannot run {job.env_kind} jobs{extra}")
+        cand = _Cand([self.by_name[name]], where)  # type: ignore[index]
+        cand.members = {cand.nodes[0].pos}
+        return cand
+
+    # ---- search and allocation
+    def _maxfree(self, ti: int) -> int:
+        row, k = self.buckets[ti], self.top[ti]
+        while k > 0 and not row[k]:
+            k -= 1
+        self.top[ti] = k
+        return k
+
+    def _pick(self, cand: _Cand, g: int, ti: int, cpus: float, mem: int) -> _Node | None:
+        if cand.members is not None and len(cand.nodes) <= _SMALL_CANDIDATE_SET:
+            best, best_key = None, None
+            for n in cand.nodes:
+                c = n.counts[ti]
+                if c < g or (cpus and n.cpus < cpus) or (mem and n.mem < mem):
+                    continue
+                key = (c, n.counts[0], n.pos)
+                if best_key is None or key < best_key:
+                    best, best_key = n, key
+            return best
+        members = cand.members
+        row = self.buckets[ti]
+        for k in range(g, self._maxfree(ti) + 1):
+            for n in row[k]:
+                if members is not None and n.pos not in members:
+                    continue
+                if (cpus and n.cpus < cpus) or (mem and n.mem < mem):
+                    continue
+                return n
+        return None
+
+    def _take(self, n: _Node, job: PendingJob) -> tuple[int, ...]:
+        if job.cpus:
+            n.cpus -= job.cpus
+        if job.mem_bytes:
+            n.mem -= job.mem_bytes
+        if not job.gpus:
+            return ()
+        chosen = _choose(n.free, job.gpus, job.gpu_mem_bytes)
+        taken = set(chosen)
+        mems = [m for i, m in n.free if i in taken]
+        n.free = [(i, m) for i, m in n.free if i not in taken]
+        for ti, t in enumerate(self.thresholds):
+            lost = sum(1 for m in mems if m >= t)
+            if lost:
+                row, old = self.buckets[ti], n.counts[ti]
+                del row[old][n]
+                row[old - lost][n] = None
+                n.counts[ti] = old - lost
+        return chosen
+
+    def _why(self, cand: _Cand, job: PendingJob, ti: int) -> str:
+        """The most specific reason no candidate node fits the job right now."""
+        g, need = job.gpus, job.gpu_mem_bytes
+        res = []
+        if job.cpus:
+            res.append(f"{job.cpus:g} CPUs")
+        if job.mem_bytes:
+            res.append(f"{_gib(job.mem_bytes)} memory")
+        extra = " and ".join(res) + " free"
+        if g == 0:
+            return cand.no(extra) if res else f"no room on any {cand.where}"
+        kind = f" with >= {_gib(need)}" if need else ""
+        most = 0 if ti >= len(self.thresholds) else max(n.totals[ti] for n in cand.nodes)
+        if most == 0:
+            return cand.no(f"GPUs{kind}")
+        if most < g:
+            return cand.no(f"{_gpus(g)}{kind}")
+        free = f"{g} free GPU{'s' if g > 1 else ''}{kind}"
+        if not res or not any(n.counts[ti] >= g for n in cand.nodes):
+            return cand.no(free)
+        return cand.no(f"{free} plus {extra}")
+
+    def place(self, job: PendingJob, out: SchedResult) -> bool:
+        ctx = self.ctx
+        g = job.gpus
+        parent = job.array_parent
+        if parent is not None and job.array_throttle > 0:
+            if (
+                ctx.running_array.get(parent, 0) + self.array_placed.get(parent, 0)
+                >= job.array_throttle
+            ):
+                out.reasons[job.id] = f"array throttle {job.array_throttle} reached"
+                return False
+        if g > 0:
+            cap = ctx.user_caps.get(job.user)
+            if cap is not None:
+                used = ctx.user_gpus_in_use.get(job.user, 0) + self.user_placed.get(job.user, 0)
+                if used + g > cap:
+                    out.reasons[job.id] = (
+                        f"user GPU cap {cap} reached"
+                        if g <= cap
+                        else f"asks for {_gpus(g)}, more than the user GPU cap of {cap}"
+                    )
+                    return False
+        if job.node is None and not job.labels and not job.datasets:
+            ckey: object = job.env_kind
+        else:
+            ckey = (
+                job.node,
+                tuple(sorted(job.labels.items())),
+                tuple(sorted(set(job.datasets))),
+                job.env_kind,
+            )
+        cand = self.cands.get(ckey)
+        if cand is None:
+            cand = self.cands[ckey] = self._cand(job)
+        if cand.reason:
+            out.reasons[job.id] = cand.reason
+            return False
+        ti = bisect_left(self.thresholds, job.gpu_mem_bytes) if g else 0
+        fkey = (ckey, g, ti, job.cpus, job.mem_bytes)
+        why = self.failed.get(fkey)
+        if why is None:
+            node = None
+            if ti < len(self.thresholds) and g <= self._maxfree(ti):
+                node = self._pick(cand, g, ti, job.cpus, job.mem_bytes)
+            if node is not None:
+                out.placements.append(Placement(job.id, node.name, self._take(node, job)))
+                if g:
+                    self.user_placed[job.user] = self.user_placed.get(job.user, 0) + g
+                if parent is not None:
+                    self.array_placed[parent] = self.array_placed.get(parent, 0) + 1
+                return True
+            why = self.failed[fkey] = self._why(cand, job, ti)
+        out.reasons[job.id] = why
+        return False
+
+
+def _choose(free: list[tuple[int, int]], g: int, need: int) -> tuple[int, ...]:
+    """Indices for ``g`` GPUs: the shortest long-enough run of consecutive ones, else lowest."""
+    elig = [i for i, m in free if m >= need]
+    best_start, best_len, start = -1, len(elig) + 1, 0
+    for k in range(1, len(elig) + 1):
+        if k == len(elig) or elig[k] != elig[k - 1] + 1:
+            length = k - start
+            if g <= length < best_len:
+                best_start, best_len = start, length
+            start = k
+    if best_start < 0:
+        return tuple(elig[:g])
+    return tuple(elig[best_start : best_start + g])
+
+
+def _age(job: PendingJob) -> tuple[float, int]:
+    return (job.submitted_at, job.id)
+
+
+# ---------------------------------------------------------------- the pass
+def schedule(
+    jobs: Iterable[PendingJob], nodes: Iterable[NodeCap], ctx: SchedContext | None = None
+) -> SchedResult:
+    """Place what can run now; say why everything else waits (see the module docstring)."""
+    ctx = ctx or SchedContext()
+    out = SchedResult()
+    state = _Pass(nodes, ctx)
+    queues: dict[int, dict[str, list[PendingJob]]] = {}
+    for job in jobs:
+        if job.deps:
+            verdict = _dep_verdict(job, ctx.dep_states)
+            if verdict is not None:
+                (out.never if verdict[0] else out.reasons)[job.id] = verdict[1]
+                continue
+        queues.setdefault(job.priority, {}).setdefault(job.user, []).append(job)
+
+    effective: dict[str, float] = {}
+    for prio in sorted(queues, reverse=True):
+        users = queues[prio]
+        heap: list[tuple[float, float, int, str, int]] = []
+        for user, mine in users.items():
+            mine.sort(key=_age)
+            u = effective.setdefault(user, ctx.usage.get(user, 0.0))
+            heap.append((u, mine[0].submitted_at, mine[0].id, user, 0))
+        heapq.heapify(heap)
+        while heap:
+            u, _, _, user, i = heap[0]
+            mine = users[user]
+            job = mine[i]
+            if state.place(job, out):
+                u += job.gpus * PASS_CHARGE_GPU_HOURS if job.gpus else CPU_JOB_CHARGE
+                effective[user] = u
+            i += 1
+            if i < len(mine):
+                nxt = mine[i]
+                heapq.heapreplace(heap, (u, nxt.submitted_at, nxt.id, user, i))
+            else:
+                heapq.heappop(heap)
+    return out

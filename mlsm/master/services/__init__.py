@@ -1,0 +1,1 @@
+"""Services hold the master's logic; route handlers stay thin and call one of them."""

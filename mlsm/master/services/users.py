@@ -1,0 +1,128 @@
+"""User management with the role rules of the design.
+
+- admins create, change and disable members; only a superadmin creates, promotes, demotes
+  or disables admins and superadmins;
+- the last enabled superadmin can be neither demoted nor disabled;
+- nobody changes their own role.
+"""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mlsm.errors import Conflict, NotFound, PermissionDenied
+from mlsm.master.db import Database
+from mlsm.master.db.models import User
+from mlsm.master.security import Principal, hash_password
+from mlsm.wire import api
+
+PRIVILEGED = ("admin", "superadmin")
+
+
+def to_wire(u: User) -> api.User:
+    return api.User(
+        id=u.id,
+        username=u.username,
+        role=u.role,  # type: ignore[arg-type]
+        disabled=u.disabled,
+        created_at=u.created_at,
+        unix_user=u.unix_user,
+        gpu_cap=u.gpu_cap,
+        last_login=u.last_login,
+    )
+
+
+async def _get(s: AsyncSession, username: str) -> User:
+    user = (await s.execute(select(User).where(User.username == username))).scalar_one_or_none()
+    if user is None:
+        raise NotFound(f"no user named {username!r}")
+    return user
+
+
+async def _superadmins_left(s: AsyncSession) -> int:
+    q = select(func.count()).select_from(User).where(User.role == "superadmin", User.disabled.is_(False))
+    return int((await s.execute(q)).scalar_one())
+
+
+class UserService:
+    def __init__(self, db: Database, on_change: object = None) -> None:
+        self.db = db
+        self._on_change = on_change  # callable(user_id) to drop cached principals
+
+    async def list(self) -> list[api.User]:
+        async with self.db.session() as s:
+            rows = (await s.execute(select(User).order_by(User.username))).scalars().all()
+        return [to_wire(u) for u in rows]
+
+    async def get(self, username: str) -> api.User:
+        async with self.db.session() as s:
+            return to_wire(await _get(s, username))
+
+    async def create(self, actor: Principal, body: api.UserCreate) -> api.User:
+        if body.role in PRIVILEGED and not actor.at_least("superadmin"):
+            raise PermissionDenied(f"only a superadmin can create an {body.role}")
+        try:
+            async with self.db.transaction() as s:
+                user = User(
+                    username=body.username,
+                    password_hash=hash_password(body.password),
+                    role=body.role,
+                    unix_user=body.unix_user,
+                    created_at=time.time(),
+                )
+                s.add(user)
+                await s.flush()
+                return to_wire(user)
+        except IntegrityError:
+            raise Conflict(f"user {body.username!r} already exists") from None
+
+    async def update(self, actor: Principal, username: str, body: api.UserUpdate) -> api.User:
+        async with self.db.transaction() as s:
+            user = await _get(s, username)
+            touches_privileged = user.role in PRIVILEGED or (body.role in PRIVILEGED)
+            if touches_privileged and not actor.at_least("superadmin"):
+                raise PermissionDenied("only a superadmin can change admins or make admins")
+            if body.role is not None and body.role != user.role:
+                if user.id == actor.user_id:
+                    raise PermissionDenied("you cannot change your own role")
+                if user.role == "superadmin" and await _superadmins_left(s) <= 1:
+                    raise Conflict("the last superadmin cannot be demoted")
+                user.role = body.role
+            if body.disabled is not None and body.disabled != user.disabled:
+                if body.disabled and user.id == actor.user_id:
+                    raise PermissionDenied("you cannot disable yourself")
+                if body.disabled and user.role == "superadmin" and await _superadmins_left(s) <= 1:
+                    raise Conflict("the last superadmin cannot be disabled")
+                user.disabled = body.disabled
+            if body.password is not None:
+                user.password_hash = hash_password(body.password)
+            if body.unix_user is not None:
+                user.unix_user = body.unix_user
+            if body.clear_gpu_cap:
+                user.gpu_cap = None
+            elif body.gpu_cap is not None:
+                user.gpu_cap = body.gpu_cap
+            result = to_wire(user)
+        if callable(self._on_change):
+            self._on_change(result.id)
+        return result
+
+    async def bootstrap_superadmin(self, username: str, password: str) -> bool:
+        """Create the first superadmin; does nothing (False) when any user exists."""
+        async with self.db.transaction() as s:
+            count = int((await s.execute(select(func.count()).select_from(User))).scalar_one())
+            if count:
+                return False
+            s.add(
+                User(
+                    username=username,
+                    password_hash=hash_password(password),
+                    role="superadmin",
+                    created_at=time.time(),
+                )
+            )
+            return True

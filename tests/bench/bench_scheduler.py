@@ -1,0 +1,102 @@
+"""One scheduling pass over a full queue: 10,000 queued jobs, 200 nodes x 8 GPUs.
+
+Run: ``.venv/bin/python tests/bench/bench_scheduler.py [passes]``. Prints the median and
+maximum time per pass and how many jobs were placed; the target is under 200 ms.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import sys
+import time
+
+from mlsm.master.scheduler import GpuSlot, NodeCap, PendingJob, SchedContext, schedule
+
+GIB = 1 << 30
+N_JOBS = 10_000
+N_NODES = 200
+SEED = 4
+
+
+def build(seed: int = SEED) -> tuple[list[PendingJob], list[NodeCap], SchedContext]:
+    rnd = random.Random(seed)
+    nodes = []
+    for i in range(N_NODES):
+        mem = (24 if i % 4 == 0 else 40 if i % 4 == 1 else 80) * GIB
+        busy = rnd.choice([0, 0, 2, 4, 6, 8])  # some partly or fully busy
+        gpus = [GpuSlot(g, mem, free=g >= busy) for g in range(8)]
+        nodes.append(
+            NodeCap(
+                name=f"gpu{i:03d}",
+                schedulable=i % 25 != 0,  # 8 draining
+                reason_unschedulable="" if i % 25 else "draining",
+                gpus=gpus,
+                cpus_free=float(rnd.choice([16, 32, 64])),
+                mem_free_bytes=rnd.choice([128, 256, 512]) * GIB,
+                labels={"rack": f"r{i % 10}"},
+                datasets=frozenset({f"ds{i % 20}"}),
+                runtimes=frozenset({"process", "venv", "docker"} if i % 2 else {"process"}),
+            )
+        )
+    users = [f"user{u}" for u in range(12)]
+    jobs = []
+    for j in range(N_JOBS):
+        jid = 1000 + j
+        gpus = rnd.choice([0, 1, 1, 1, 2, 2, 4, 8])
+        jobs.append(
+            PendingJob(
+                id=jid,
+                user=rnd.choice(users),
+                priority=rnd.choice([0, 0, 0, 0, 10, -5]),
+                submitted_at=1_700_000_000.0 + j,
+                gpus=gpus,
+                gpu_mem_bytes=rnd.choice([0, 0, 0, 20 * GIB, 40 * GIB, 70 * GIB]) if gpus else 0,
+                cpus=float(rnd.choice([0, 0, 2, 4, 8])),
+                mem_bytes=rnd.choice([0, 0, 16, 64]) * GIB,
+                node=f"gpu{rnd.randrange(N_NODES):03d}" if rnd.random() < 0.02 else None,
+                labels={"rack": f"r{rnd.randrange(10)}"} if rnd.random() < 0.05 else {},
+                datasets=(f"ds{rnd.randrange(25)}",) if rnd.random() < 0.1 else (),
+                env_kind=rnd.choice(["process", "process", "venv", "docker"]),
+                deps=((jid - rnd.randint(1, 50), "ok"),) if rnd.random() < 0.1 else (),
+                array_parent=jid // 100 if rnd.random() < 0.2 else None,
+                array_throttle=8,
+            )
+        )
+    states = ["queued", "running", "succeeded", "succeeded", "failed"]
+    dep_states = {d: rnd.choice(states) for job in jobs for d, _ in job.deps}
+    ctx = SchedContext(
+        dep_states=dep_states,
+        running_array={p: rnd.randint(0, 8) for p in range(10, 120)},
+        user_gpus_in_use={u: rnd.randint(0, 20) for u in users},
+        user_caps={u: 64 for u in users[:6]},
+        usage={u: rnd.uniform(0, 100) for u in users},
+    )
+    return jobs, nodes, ctx
+
+
+def main(passes: int = 7) -> None:
+    jobs, nodes, ctx = build()
+    times = []
+    result = None
+    for _ in range(passes):
+        t0 = time.perf_counter()
+        result = schedule(jobs, nodes, ctx)
+        times.append((time.perf_counter() - t0) * 1000)
+    assert result is not None
+    gpus = sum(len(p.gpu_indices) for p in result.placements)
+    print(f"jobs={len(jobs)} nodes={len(nodes)} passes={passes}")
+    print(f"median {statistics.median(times):.1f} ms  max {max(times):.1f} ms per pass")
+    print(
+        f"placed {len(result.placements)} jobs ({gpus} GPUs), waiting {len(result.reasons)},"
+        f" never {len(result.never)}"
+    )
+    top = {}
+    for why in result.reasons.values():
+        top[why] = top.get(why, 0) + 1
+    for why, n in sorted(top.items(), key=lambda kv: -kv[1])[:8]:
+        print(f"  {n:5d}  {why}")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 7)
