@@ -50,7 +50,7 @@ import heapq
 import math
 import sys
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from mlsm.wire.api import FINAL_STATES
@@ -250,32 +250,29 @@ class _Pass:
     def _cand(self, job: PendingJob) -> _Cand:
         if job.node is not None:
             return self._named(job)
-        tests: list[tuple[str, Callable[[NodeCap], bool], str]] = []
-        for d in sorted(set(job.datasets)):
-            tests.append((f"holds dataset {d}", lambda c, d=d: d in c.datasets, self._no_ds(d)))
-        for k, v in sorted(job.labels.items()):
-            tests.append(
-                (
-                    f"is labelled {k}={v}",
-                    lambda c, k=k, v=v: c.labels.get(k) == v,
-                    f"no online node is labelled {k}={v}",
-                )
-            )
-        env = job.env_kind
-        runs = f"can run {env} jobs"
-        single = f"no online node {runs}" + (" (Docker unavailable)" if env == "docker" else "")
-        run_test = (runs, lambda c: env in c.runtimes, single)
         if not self.nodes:
             return _Cand([], "", "no online nodes")
+        # (what a node must do, the nodes that do it, the reason when none does)
+        tests: list[tuple[str, list[_Node], str]] = []
+        for d in sorted(set(job.datasets)):
+            ok = [n for n in self.nodes if d in n.cap.datasets]
+            tests.append((f"holds dataset {d}", ok, self._no_ds(d)))
+        for k, v in sorted(job.labels.items()):
+            ok = [n for n in self.nodes if n.cap.labels.get(k) == v]
+            tests.append((f"is labelled {k}={v}", ok, f"no online node is labelled {k}={v}"))
+        env = job.env_kind
+        ok = [n for n in self.nodes if env in n.cap.runtimes]
+        if len(ok) < len(self.nodes):  # a runtime every node has is not worth naming
+            docker = " (Docker unavailable)" if env == "docker" else ""
+            tests.append((f"can run {env} jobs", ok, f"no online node can run {env} jobs{docker}"))
         kept = self.nodes
         descs = []
-        for desc, pred, alone in [*tests, run_test]:
-            if not any(pred(n.cap) for n in self.nodes):
+        for desc, ok, alone in tests:
+            if not ok:
                 return _Cand([], "", alone)
-            before = len(kept)
-            kept = [n for n in kept if pred(n.cap)]
-            if desc != runs or len(kept) < before:
-                descs.append(desc)
+            descs.append(desc)
+            allowed = {n.pos for n in ok}
+            kept = [n for n in kept if n.pos in allowed]
             if not kept:
                 return _Cand([], "", "no online node " + " and ".join(descs))
         where = "online node" + (" that " + " and ".join(descs) if descs else "")
