@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import msgspec
 import psutil
 import pynvml
 
@@ -193,16 +194,16 @@ class NvmlProbe:
             pynvml.NVML_VOLATILE_ECC,
         )
         processes = self._processes(reading, handle)
-        identity = {
-            "uuid": _text(uuid or "")[:_SHORT_MAX],
-            "name": _text(name or "")[:_SHORT_MAX],
-            "bus_id": _text(pci.busId)[:_SHORT_MAX] if pci is not None else "",
-        }
-        if reading.lost is not None:
-            return GpuSample(index=index, **identity, error=reading.error())
-        return GpuSample(
+        found = GpuSample(
             index=index,
-            **identity,
+            uuid=_text(uuid or "")[:_SHORT_MAX],
+            name=_text(name or "")[:_SHORT_MAX],
+            bus_id=_text(pci.busId)[:_SHORT_MAX] if pci is not None else "",
+        )
+        if reading.lost is not None:  # the readings taken before it went are not trusted
+            return msgspec.structs.replace(found, error=reading.error())
+        return msgspec.structs.replace(
+            found,
             mem_total=mem_total,
             mem_used=min(mem_used, mem_total) if mem_total else mem_used,
             util=_clamp_pct(rates.gpu) if rates is not None else 0.0,

@@ -137,7 +137,9 @@ def parse_spec(spec: str) -> list[tuple[str, int, GpuModel]]:
             raise ValueError(f"GPU count in {item!r} must be at least 1")
         gpus += [(f"{model}-{gb}GB", gb * GIB, figures)] * count
     if len(gpus) > MAX_SIMULATED_GPUS:
-        raise ValueError(f"GPU spec {spec!r} asks for {len(gpus)} GPUs; at most {MAX_SIMULATED_GPUS}")
+        raise ValueError(
+            f"GPU spec {spec!r} asks for {len(gpus)} GPUs; at most {MAX_SIMULATED_GPUS}"
+        )
     return gpus
 
 
@@ -223,7 +225,9 @@ class _SimGpu:
         )
         idle_mem = _IDLE_MEM_FRACTION * self.mem_total
         target_mem = max(self.busy_mem, idle_mem) if self.busy else idle_mem
-        self.mem_used = _clamp(_approach(self.mem_used, target_mem, _MEM_RESPONSE), 0, self.mem_total)
+        self.mem_used = _clamp(
+            _approach(self.mem_used, target_mem, _MEM_RESPONSE), 0, self.mem_total
+        )
         target_c = _AMBIENT_C + (_BUSY_C - _AMBIENT_C) * self.util / _PCT_MAX
         self.temperature = _clamp(
             _approach(self.temperature, target_c, _TEMP_RESPONSE) + rng.gauss(0, _TEMP_NOISE),

@@ -90,7 +90,7 @@ def _walk_dir(top: str, cp: _Checkpoint) -> tuple[int, int, float, list[str], in
         with it:
             for e in it:
                 cp.tick()
-                if d is top:
+                if d == top:
                     top_names.append(e.name)
                 try:
                     if e.is_dir(follow_symlinks=False):

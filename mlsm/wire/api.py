@@ -347,3 +347,50 @@ class Health(Struct, kw_only=True):
 
 
 json_encoder = msgspec.json.Encoder()
+
+
+class SubmitReply(Struct, kw_only=True):
+    job: Job  # the job, or the first task of an array
+    ids: list[int] = []  # every job id created (one, or each array task)
+
+
+#: The JSON API's routes, for clients (kept in step with mlsm/master/routes).
+ROUTES_DOC = """
+GET    /healthz                          Health            public
+POST   /api/v1/auth/login                LoginRequest -> LoginReply
+POST   /api/v1/auth/logout
+GET    /api/v1/auth/me                   Me
+GET    /api/v1/users                     list[User]        admin
+POST   /api/v1/users                     UserCreate -> User admin
+GET    /api/v1/users/{name}              User              admin
+PATCH  /api/v1/users/{name}              UserUpdate -> User admin
+GET    /api/v1/tokens[?all=true]         list[ApiToken]
+POST   /api/v1/tokens                    ApiTokenCreate -> ApiTokenCreated
+DELETE /api/v1/tokens/{id}
+GET    /api/v1/audit[?since&actor&action&limit]  list[AuditEntry]  admin
+GET    /api/v1/audit/verify              AuditVerify       admin
+GET    /api/v1/join-tokens               list[JoinToken]   admin
+POST   /api/v1/join-tokens               JoinTokenCreate -> JoinTokenCreated admin
+DELETE /api/v1/join-tokens/{id}                            admin
+GET    /api/v1/summary                   LabSummary
+GET    /api/v1/nodes[?label=k=v]         list[Node]
+GET    /api/v1/nodes/{name}              Node
+GET    /api/v1/nodes/{name}/history[?window=3600]  NodeHistory
+POST   /api/v1/nodes/{name}/drain        Node              admin
+POST   /api/v1/nodes/{name}/resume       Node              admin
+DELETE /api/v1/nodes/{name}[?force=true]                   admin
+GET    /api/v1/jobs[?state&user&node&all&limit]  JobList
+POST   /api/v1/jobs                      JobSubmit -> SubmitReply
+GET    /api/v1/jobs/{id}                 Job
+POST   /api/v1/jobs/cancel               CancelRequest -> CancelResult
+GET    /api/v1/jobs/{id}/log[?offset&limit]   raw bytes (text/plain), header X-Log-Size
+GET    /api/v1/jobs/{id}/log/follow[?offset]  text/event-stream: event "log" (data: text),
+                                              event "end" (data: final state) then closes
+GET    /api/v1/datasets[?node]           list[Dataset]
+GET    /api/v1/datasets/{name}           Dataset
+PATCH  /api/v1/datasets/{name}           DatasetUpdate -> Dataset
+POST   /api/v1/datasets/import           DatasetImport -> Transfer   admin
+POST   /api/v1/datasets/transfer         DatasetTransfer -> Transfer admin
+DELETE /api/v1/datasets/{name}?node=N                      admin
+GET    /api/v1/transfers                 list[Transfer]
+"""

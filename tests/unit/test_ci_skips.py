@@ -1,6 +1,6 @@
 """Under CI=true, tests that need Docker or PostgreSQL may not pass by skipping.
 
-Each test runs pytest on a small test file with a copy of the real ``tests/conftest.py``.
+Each test runs pytest on a small test file beside a copy of the real ``tests/conftest.py``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,10 @@ MARKERS_INI = """
 markers =
     docker: needs a Docker engine
     postgres: needs a PostgreSQL server
+asyncio_default_fixture_loop_scope = function
 """
+# In-process runs are fast; the snapshot plugin keeps process-global state, so it stays off.
+INNER_ARGS = ("-p", "no:cacheprovider", "-p", "no:textual-snapshot", "-rs")
 
 
 @pytest.fixture
@@ -33,7 +36,7 @@ def _run(suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, ci: str | None
     else:
         monkeypatch.setenv("CI", ci)
     suite.makepyfile(source)
-    return suite.runpytest_inprocess("-p", "no:cacheprovider", "-rs")
+    return suite.runpytest_inprocess(*INNER_ARGS)
 
 
 MARKED_SKIP = """
@@ -139,5 +142,5 @@ def test_db(postgres_url):
     result = _run(suite, monkeypatch, "true", source)
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*marked postgres*no server*"])
-    result = suite.runpytest_inprocess("-p", "no:cacheprovider", "-m", "not postgres")
+    result = suite.runpytest_inprocess(*INNER_ARGS, "-m", "not postgres")
     result.assert_outcomes(deselected=1)

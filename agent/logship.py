@@ -1,0 +1,154 @@
+"""Ships each job's ``output.log`` to the master, chunk by chunk, resumable by offset.
+
+The master is the source of truth: every chunk says at which byte offset it starts, the
+master appends it idempotently and answers the offset it now holds, and the shipper goes on
+from that answer (seeking back or forward when it differs from what it sent). A failed send
+keeps the offset and is retried after a growing backoff, so a retry neither loses nor
+duplicates a byte. Memory stays bounded: at most one chunk (``MAX_LOG_CHUNK``) per job is
+read at a time, in a worker thread.
+
+One log file per job spans its attempts (each attempt appends), so offsets only grow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.state import AgentState
+from mlsm.wire.agent import MAX_LOG_CHUNK
+
+log = logging.getLogger(__name__)
+
+# send(job_id, attempt, offset, data) -> the master's next_offset
+SendFn = Callable[[int, int, int, bytes], Awaitable[int]]
+
+BACKOFF_INITIAL_S = 0.5
+BACKOFF_MAX_S = 30.0
+FLUSH_TIMEOUT_S = 60.0
+_EOF, _SENT, _FAILED = "eof", "sent", "failed"
+
+
+@dataclass
+class _Tail:
+    job_id: int
+    attempt: int
+    path: Path
+    offset: int
+    failures: int = 0
+    retry_at: float = 0.0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class LogShipper:
+    """Tails the logs of the jobs it is told to :meth:`watch` and sends what is new."""
+
+    def __init__(
+        self,
+        send: SendFn,
+        *,
+        state: AgentState | None = None,
+        chunk_size: int = MAX_LOG_CHUNK,
+        backoff_initial_s: float = BACKOFF_INITIAL_S,
+        backoff_max_s: float = BACKOFF_MAX_S,
+    ) -> None:
+        if not 0 < chunk_size <= MAX_LOG_CHUNK:
+            raise ValueError(f"chunk_size must be in 1..{MAX_LOG_CHUNK}")
+        self._send = send
+        self._state = state
+        self._chunk = chunk_size
+        self._backoff_initial = backoff_initial_s
+        self._backoff_max = backoff_max_s
+        self._tails: dict[int, _Tail] = {}
+
+    def watch(self, job_id: int, attempt: int, path: Path, offset: int | None = None) -> None:
+        """Ship ``path`` for ``job_id`` from ``offset`` (default: what the state file acked)."""
+        if offset is None:
+            offset = self._state.log_acked.get(job_id, 0) if self._state else 0
+        tail = self._tails.get(job_id)
+        if tail is None:
+            self._tails[job_id] = _Tail(job_id, attempt, Path(path), offset)
+        else:  # a new attempt of the same job appends to the same file
+            tail.attempt, tail.path = attempt, Path(path)
+
+    def forget(self, job_id: int) -> None:
+        self._tails.pop(job_id, None)
+
+    def offset(self, job_id: int) -> int | None:
+        tail = self._tails.get(job_id)
+        return tail.offset if tail else None
+
+    def jobs(self) -> list[int]:
+        return list(self._tails)
+
+    async def pump_once(self) -> int:
+        """Send at most one chunk per job whose backoff has passed; returns bytes accepted."""
+        sent = 0
+        now = time.monotonic()
+        for tail in list(self._tails.values()):
+            if tail.retry_at > now or tail.lock.locked():
+                continue
+            async with tail.lock:
+                _, n = await self._ship_chunk(tail)
+            sent += n
+        return sent
+
+    async def flush(self, job_id: int, *, timeout_s: float = FLUSH_TIMEOUT_S) -> bool:
+        """Ship ``job_id``'s log to its end (call once the job has ended, before its report).
+
+        Returns ``True`` at end of file, ``False`` when the master stayed unreachable for
+        ``timeout_s`` (the rest goes later with :meth:`pump_once`).
+        """
+        tail = self._tails.get(job_id)
+        if tail is None:
+            return True
+        deadline = time.monotonic() + timeout_s
+        async with tail.lock:
+            while True:
+                status, _ = await self._ship_chunk(tail)
+                if status == _EOF:
+                    return True
+                if status == _FAILED:
+                    wait = max(0.0, tail.retry_at - time.monotonic())
+                    if time.monotonic() + wait > deadline:
+                        return False
+                    await asyncio.sleep(wait)
+
+    async def _ship_chunk(self, tail: _Tail) -> tuple[str, int]:
+        """One read + send: (status, bytes the master accepted)."""
+        data = await asyncio.to_thread(_read_chunk, tail.path, tail.offset, self._chunk)
+        if not data:
+            return _EOF, 0
+        try:
+            next_offset = await self._send(tail.job_id, tail.attempt, tail.offset, data)
+            if next_offset == tail.offset:
+                raise RuntimeError(f"master accepted nothing at offset {next_offset}")
+        except Exception as e:  # any transport/master failure: keep the offset, retry later
+            tail.failures += 1
+            delay = min(self._backoff_max, self._backoff_initial * 2 ** (tail.failures - 1))
+            tail.retry_at = time.monotonic() + delay
+            log.debug("log chunk of job %s at %s failed: %s", tail.job_id, tail.offset, e)
+            return _FAILED, 0
+        tail.failures, tail.retry_at = 0, 0.0
+        if next_offset != tail.offset + len(data):
+            log.debug(
+                "master holds job %s log up to %s; resending from there", tail.job_id, next_offset
+            )
+        accepted = max(0, next_offset - tail.offset)
+        tail.offset = max(0, next_offset)
+        if self._state is not None:
+            self._state.set_log_offset(tail.job_id, tail.offset)
+        return _SENT, accepted
+
+
+def _read_chunk(path: Path, offset: int, size: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(size)
+    except FileNotFoundError:
+        return b""

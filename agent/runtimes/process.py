@@ -1,0 +1,687 @@
+"""Runs job attempts as plain processes: env kinds "process", "venv" and "conda".
+
+Each attempt runs under :mod:`agent.runtimes.shim`, a tiny supervisor started in a new
+session. The job is the shim's child in that session; the shim ignores SIGTERM/SIGINT/SIGHUP
+and writes ``exit.json`` when the job ends, so an attempt survives the agent being
+kill -9'd and its outcome is still known when the agent comes back (:meth:`adopt`).
+
+Which Unix account a job runs as:
+
+* agent not root: the agent's own account (``unix_user`` cannot be honoured and the log
+  header says so);
+* agent root, ``spec.unix_user`` set: that account, which must exist (else
+  :class:`RuntimeStartError`); the job never falls back to root;
+* agent root, no ``unix_user``: ``ctx.default_unix_user`` when configured (must exist),
+  else the agent's own account (root), stated in the log header;
+* an account with uid 0 is never used through ``unix_user``/``default_unix_user``.
+
+The job's environment is built, not inherited: ``PATH``, ``LANG`` (and ``LC_ALL``, ``TZ``
+when set) from the agent; ``HOME``, ``USER``, ``LOGNAME`` of the job's account;
+``PYTHONUNBUFFERED=1`` so logs stream; then the spec's ``env``; then venv/conda activation
+(``PATH`` prefix, ``VIRTUAL_ENV`` / ``CONDA_PREFIX`` + ``CONDA_DEFAULT_ENV``, no
+``PYTHONHOME``; conda's ``activate.d`` scripts are not run); last the variables mlsm owns
+and a job cannot override: ``CUDA_VISIBLE_DEVICES`` / ``NVIDIA_VISIBLE_DEVICES`` (the
+allocated indices, ``""`` / ``void`` when none), ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` (so CUDA
+numbers GPUs as NVML does), ``MLSM_JOB_ID``, ``MLSM_ATTEMPT``, ``MLSM_NODE``,
+``MLSM_OUTPUT_DIR``, ``MLSM_ARRAY_INDEX``, ``MLSM_DATASET_<NAME>``.
+
+Ending: :meth:`ProcessHandle.stop` sends SIGTERM to every process of the job's session and
+SIGKILL after the grace period. When the job's main process ends, whatever it left behind
+in its session is killed (as Slurm cleans up at job end). A process that leaves the session
+with ``setsid`` escapes this; only cgroups would catch it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from agent.runtimes.base import LOG_NAME, AdoptRecord, RuntimeContext, RuntimeStartError
+from mlsm.wire.agent import JobReport, JobSpec
+
+SHIM_PATH = Path(__file__).with_name("shim.py")
+EXIT_NAME = "exit.json"  # written by the shim
+STOP_NAME = "stop.json"  # written by stop(), so a re-adopted attempt knows why it ends
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+CONDA_LIST_TIMEOUT_S = 30.0
+CREATE_TIME_TOLERANCE_S = 0.05  # psutil create_time of one process read twice
+KILL_ROUNDS = 5  # rescans while killing a session, for processes forked meanwhile
+MARKER_TAIL_BYTES = 4096
+LOST_WHILE_DOWN = "process vanished while the agent was down"
+SHIM_DIED = "the job's supervisor died without recording how the job ended"
+_PASSED_VARS = ("LC_ALL", "TZ")  # copied from the agent when set
+_OWNED_KINDS = ("process", "venv", "conda")
+
+
+@dataclass(frozen=True)
+class _Account:
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    home: str
+    switch: bool  # start the shim as this account (the agent is root)
+    note: str = ""  # said in the log header
+
+
+@dataclass
+class _Stop:
+    reason: str  # as reported ("cancelled: ...", "timeout after 5s")
+    end_kind: str
+    kill_at: float
+
+
+class ProcessRuntime:
+    """:class:`~agent.runtimes.base.Runtime` for processes, venvs and conda envs."""
+
+    name = "process"
+    env_kinds = _OWNED_KINDS
+
+    def __init__(self, ctx: RuntimeContext, *, conda_exe: str | None = None) -> None:
+        self.ctx = ctx
+        self._conda_exe = conda_exe
+
+    # ------------------------------------------------------------------ start
+    def start(self, spec: JobSpec, job_dir: Path) -> ProcessHandle:
+        job_dir = Path(job_dir)
+        log_path = job_dir / LOG_NAME
+        try:
+            return self._start(spec, job_dir, log_path)
+        except RuntimeStartError as e:
+            if job_dir.is_dir():
+                _append_line(log_path, f"[mlsm] job {spec.job_id} could not start: {e}")
+            raise
+
+    def _start(self, spec: JobSpec, job_dir: Path, log_path: Path) -> ProcessHandle:
+        if spec.env_kind not in _OWNED_KINDS:
+            raise RuntimeStartError(f"the process runtime cannot run env kind {spec.env_kind}")
+        if not spec.argv:
+            raise RuntimeStartError("the job has no command")
+        acct = self._account(spec)
+        self._prepare_job_dir(job_dir, acct)
+        workdir = Path(spec.workdir) if spec.workdir else job_dir
+        if not workdir.is_dir():
+            raise RuntimeStartError(f"workdir {workdir} does not exist on this node")
+        if acct.switch and not _can_access(workdir, acct, os.R_OK | os.X_OK):
+            raise RuntimeStartError(f"workdir {workdir} is not accessible to Unix user {acct.name}")
+        env = self._environment(spec, job_dir, workdir, acct)
+        exe = _resolve_command(spec.argv[0], env["PATH"], workdir, acct)
+        python, shim = self._shim_for(acct)
+
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        try:
+            if acct.switch:
+                os.fchown(fd, acct.uid, acct.gid)
+            when = datetime.now().astimezone().isoformat(timespec="seconds")
+            header = (
+                f"[mlsm] job {spec.job_id} attempt {spec.attempt} on {self.ctx.node_name} "
+                f"started {when} as {acct.name}{acct.note}\n"
+            )
+            os.write(fd, header.encode())
+            argv = [python, "-I", "-S", shim, str(job_dir), "--exe", exe, "--", *spec.argv]
+            extra: dict[str, Any] = {}
+            if acct.switch:
+                extra = {"user": acct.uid, "group": acct.gid, "extra_groups": list(acct.groups)}
+            started_at = time.time()
+            try:
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=fd,
+                    stderr=fd,
+                    cwd=workdir,
+                    env=env,
+                    start_new_session=True,
+                    **extra,
+                )
+            except OSError as e:
+                raise RuntimeStartError(f"could not start the job: {e}") from e
+        finally:
+            os.close(fd)
+        try:
+            pid_start = psutil.Process(proc.pid).create_time()
+        except psutil.Error:
+            pid_start = started_at
+        record = AdoptRecord(
+            job_id=spec.job_id,
+            attempt=spec.attempt,
+            runtime=self.name,
+            job_dir=str(job_dir),
+            started_at=started_at,
+            pid=proc.pid,
+            pid_start=pid_start,
+            timeout_s=spec.timeout_s,
+            kill_grace_s=spec.kill_grace_s,
+        )
+        return ProcessHandle(record, popen=proc)
+
+    # ------------------------------------------------------------------ adopt
+    def adopt(self, record: AdoptRecord) -> ProcessHandle | JobReport:
+        if record.pid is None or record.pid_start is None:
+            return JobReport(
+                job_id=record.job_id,
+                attempt=record.attempt,
+                state="lost",
+                end_kind="lost",
+                reason=LOST_WHILE_DOWN,
+                started_at=record.started_at,
+            )
+        handle = ProcessHandle(record)
+        with handle._lock:
+            if handle._alive():
+                handle._restore_stop()
+                return handle
+            return handle._finish(lost_reason=LOST_WHILE_DOWN)
+
+    # ------------------------------------------------------------------ helpers
+    def _account(self, spec: JobSpec) -> _Account:
+        if not self.ctx.runs_as_root:
+            uid = os.geteuid()
+            try:
+                pw = pwd.getpwuid(uid)
+                name, home = pw.pw_name, pw.pw_dir
+            except KeyError:
+                name, home = os.environ.get("USER", str(uid)), os.environ.get("HOME", "/")
+            note = ""
+            if spec.unix_user and spec.unix_user != name:
+                note = f" (the agent is not root, so not as {spec.unix_user})"
+            return _Account(name, uid, os.getegid(), (), home, switch=False, note=note)
+        name = spec.unix_user or self.ctx.default_unix_user
+        if not name:
+            pw = pwd.getpwuid(os.geteuid())
+            note = " (the agent's own account: no Unix user given and no default configured)"
+            return _Account(pw.pw_name, pw.pw_uid, pw.pw_gid, (), pw.pw_dir, False, note)
+        try:
+            pw = pwd.getpwnam(name)
+        except KeyError:
+            raise RuntimeStartError(f"Unix user {name} does not exist on this node") from None
+        if pw.pw_uid == 0:
+            raise RuntimeStartError(f"refusing to run a job as Unix user {name}: it is uid 0")
+        groups = tuple(os.getgrouplist(pw.pw_name, pw.pw_gid))
+        return _Account(pw.pw_name, pw.pw_uid, pw.pw_gid, groups, pw.pw_dir, switch=True)
+
+    def _prepare_job_dir(self, job_dir: Path, acct: _Account) -> None:
+        job_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(job_dir, 0o750)  # noqa: S103 (group may read outputs, as specified)
+        for name in (EXIT_NAME, EXIT_NAME + ".tmp", STOP_NAME):  # from an earlier attempt
+            with contextlib.suppress(FileNotFoundError):
+                (job_dir / name).unlink()
+        if not acct.switch:
+            return
+        os.chown(job_dir, acct.uid, acct.gid)
+        log = job_dir / LOG_NAME
+        if log.exists():
+            os.chown(log, acct.uid, acct.gid)
+        # The job's account must reach its dir: let it traverse (not list) the agent's dirs.
+        data = Path(self.ctx.agent_data)
+        if data in job_dir.parents:
+            for d in [data, *[p for p in job_dir.parents if data in p.parents]]:
+                mode = d.stat().st_mode
+                if not mode & stat.S_IXOTH:
+                    os.chmod(d, stat.S_IMODE(mode) | stat.S_IXOTH)
+        if not _can_access(job_dir, acct, os.R_OK | os.W_OK | os.X_OK):
+            raise RuntimeStartError(
+                f"job directory {job_dir} is not reachable by Unix user {acct.name}: "
+                "a parent directory is not searchable (put the agent's data dir under /var/lib)"
+            )
+
+    def _environment(
+        self, spec: JobSpec, job_dir: Path, workdir: Path, acct: _Account
+    ) -> dict[str, str]:
+        env = {
+            "PATH": os.environ.get("PATH") or DEFAULT_PATH,
+            "HOME": acct.home,
+            "USER": acct.name,
+            "LOGNAME": acct.name,
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+            "PYTHONUNBUFFERED": "1",
+        }
+        for k in _PASSED_VARS:
+            if k in os.environ:
+                env[k] = os.environ[k]
+        env.update(spec.env)
+        if spec.env_kind == "venv":
+            venv = Path(spec.venv) if spec.venv else Path()
+            if not venv.is_absolute():
+                venv = workdir / venv
+            if not spec.venv or not (venv / "bin" / "python").exists():
+                raise RuntimeStartError(f"venv {spec.venv} not found on this node")
+            env["PATH"] = f"{venv / 'bin'}:{env.get('PATH', DEFAULT_PATH)}"
+            env["VIRTUAL_ENV"] = str(venv)
+            env.pop("PYTHONHOME", None)
+        elif spec.env_kind == "conda":
+            prefix = self._conda_prefix(spec.conda)
+            env["PATH"] = f"{prefix / 'bin'}:{env.get('PATH', DEFAULT_PATH)}"
+            env["CONDA_PREFIX"] = str(prefix)
+            env["CONDA_DEFAULT_ENV"] = spec.conda
+            env.pop("PYTHONHOME", None)
+        gpus = ",".join(str(i) for i in spec.gpus)
+        env["CUDA_VISIBLE_DEVICES"] = gpus
+        env["NVIDIA_VISIBLE_DEVICES"] = gpus or "void"
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+        env["MLSM_JOB_ID"] = str(spec.job_id)
+        env["MLSM_ATTEMPT"] = str(spec.attempt)
+        env["MLSM_NODE"] = self.ctx.node_name
+        env["MLSM_OUTPUT_DIR"] = str(job_dir)
+        if spec.name:
+            env["MLSM_JOB_NAME"] = spec.name
+        if spec.array_index is not None:
+            env["MLSM_ARRAY_INDEX"] = str(spec.array_index)
+        for name, path in spec.datasets.items():
+            env["MLSM_DATASET_" + re.sub(r"[^A-Za-z0-9]", "_", name).upper()] = path
+        return env
+
+    def _conda_prefix(self, name: str) -> Path:
+        if not name:
+            raise RuntimeStartError("no conda environment named")
+        exe = (
+            self._conda_exe
+            or os.environ.get("CONDA_EXE")
+            or shutil.which("conda")
+            or next((p for p in ("/opt/conda/bin/conda",) if os.access(p, os.X_OK)), None)
+        )
+        if not exe or not os.access(exe, os.X_OK):
+            raise RuntimeStartError("conda is not installed on this node")
+        if os.path.isabs(name) and (Path(name) / "conda-meta").is_dir():
+            return Path(name)
+        try:
+            out = subprocess.run(
+                [exe, "env", "list", "--json"],
+                capture_output=True,
+                timeout=CONDA_LIST_TIMEOUT_S,
+                check=True,
+            )
+            envs = [Path(p) for p in json.loads(out.stdout).get("envs", [])]
+        except (OSError, subprocess.SubprocessError, ValueError, AttributeError) as e:
+            raise RuntimeStartError(f"could not list conda environments: {e}") from e
+        for prefix in envs:
+            if prefix.name == name:
+                return prefix
+        if name == "base":
+            root = Path(exe).resolve().parent.parent
+            if (root / "conda-meta").is_dir():
+                return root
+        raise RuntimeStartError(f"conda environment {name} not found on this node")
+
+    def _shim_for(self, acct: _Account) -> tuple[str, str]:
+        """An interpreter and a shim file the job's account can use (root's may be 0700)."""
+        if not acct.switch:
+            return sys.executable, str(SHIM_PATH)
+        pythons = [sys.executable, "/usr/bin/python3", shutil.which("python3") or ""]
+        python = next((p for p in pythons if p and _can_access(Path(p), acct, os.X_OK)), None)
+        if python is None:
+            raise RuntimeStartError(f"no Python interpreter is executable by Unix user {acct.name}")
+        shim = SHIM_PATH
+        if not _can_access(shim, acct, os.R_OK):
+            shim = Path(self.ctx.agent_data) / "mlsm-shim.py"
+            code = SHIM_PATH.read_bytes()
+            if not shim.exists() or shim.read_bytes() != code:
+                tmp = shim.with_suffix(".tmp")
+                tmp.write_bytes(code)
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, shim)
+            if not _can_access(shim, acct, os.R_OK):
+                raise RuntimeStartError(
+                    f"the job supervisor is not readable by Unix user {acct.name}"
+                )
+        return python, str(shim)
+
+
+class ProcessHandle:
+    """One attempt running under its shim; thread-safe (a timer thread escalates stops)."""
+
+    def __init__(self, record: AdoptRecord, popen: subprocess.Popen[bytes] | None = None) -> None:
+        assert record.pid is not None
+        self.record = record
+        self._popen = popen
+        self._pid: int = record.pid
+        self._lock = threading.Lock()
+        self._dead = False
+        self._stop: _Stop | None = None
+        self._timer: threading.Timer | None = None
+        self._final: JobReport | None = None
+
+    @property
+    def job_dir(self) -> Path:
+        return Path(self.record.job_dir)
+
+    @property
+    def session_id(self) -> int:
+        """The job's session (and process group) id: its shim's pid."""
+        return self._pid
+
+    def session_pids(self) -> list[int]:
+        """Pids of the job's processes (without the shim), e.g. to attribute GPU use."""
+        return _session_members(self._pid, not_before=self.record.pid_start)
+
+    # ------------------------------------------------------------------ protocol
+    def poll(self) -> JobReport | None:
+        with self._lock:
+            if self._final is not None:
+                return self._final
+            if self._alive():
+                now = time.time()
+                t = self.record.timeout_s
+                if t > 0 and self._stop is None and now - self.record.started_at > t:
+                    self._stop_locked(f"timeout after {t:g}s", "timeout", self.record.kill_grace_s)
+                if self._stop is not None and now >= self._stop.kill_at:
+                    self._kill_session()
+                return None
+            return self._finish(lost_reason=SHIM_DIED)
+
+    def stop(self, reason: str, end_kind: str, grace_s: float) -> None:
+        with self._lock:
+            if self._final is None and self._alive():
+                self._stop_locked(reason, end_kind, grace_s)
+
+    # ------------------------------------------------------------------ internals
+    def _stop_locked(self, reason: str, end_kind: str, grace_s: float) -> None:
+        now = time.time()
+        kill_at = now + max(0.0, grace_s)
+        if self._stop is None:
+            self._stop = _Stop(_stop_reason(reason, end_kind), end_kind, kill_at)
+            _write_json(
+                self.job_dir / STOP_NAME,
+                {"reason": self._stop.reason, "end_kind": end_kind, "kill_at": kill_at},
+            )
+        else:  # a repeated stop can only bring the kill forward
+            self._stop.kill_at = min(self._stop.kill_at, kill_at)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._pid, signal.SIGTERM)
+        for pid in _session_members(self._pid, not_before=self.record.pid_start):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)  # members that moved to another process group
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        assert self._stop is not None
+        self._timer = threading.Timer(max(0.0, self._stop.kill_at - time.time()), self._on_timer)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _on_timer(self) -> None:
+        with self._lock:
+            if self._final is None and self._alive():
+                self._kill_session()
+
+    def _restore_stop(self) -> None:
+        try:
+            data = json.loads((self.job_dir / STOP_NAME).read_bytes())
+            self._stop = _Stop(str(data["reason"]), str(data["end_kind"]), float(data["kill_at"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        self._arm_timer()
+
+    def _kill_session(self) -> None:
+        """SIGKILL every process of the job's session except the shim, which records it."""
+        for _ in range(KILL_ROUNDS):
+            pids = _session_members(self._pid, not_before=self.record.pid_start)
+            if not pids:
+                return
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+
+    def _alive(self) -> bool:
+        if self._dead:
+            return False
+        if self._popen is not None:
+            alive = self._popen.poll() is None
+        else:
+            try:
+                alive = os.waitpid(self._pid, os.WNOHANG)[0] == 0  # our child (same process)
+            except ChildProcessError:
+                alive = _same_process_alive(self._pid, self.record.pid_start)
+        self._dead = not alive
+        return alive
+
+    def _finish(self, *, lost_reason: str) -> JobReport:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._kill_session()  # leftovers of a job whose main process ended
+        if self._stop is None:
+            self._restore_stop_quietly()
+        report = _final_report(
+            self.record, _read_json(self.job_dir / EXIT_NAME), self._stop, lost_reason
+        )
+        if self._stop is not None:
+            _append_marker(self.job_dir / LOG_NAME, self.record.job_id, self._stop.reason)
+            report.log_size = _size(self.job_dir / LOG_NAME)
+        self._final = report
+        return report
+
+    def _restore_stop_quietly(self) -> None:
+        data = _read_json(self.job_dir / STOP_NAME)
+        if data and "reason" in data:
+            self._stop = _Stop(str(data["reason"]), str(data.get("end_kind", "cancelled")), 0.0)
+
+
+# ---------------------------------------------------------------------- module helpers
+def _stop_reason(reason: str, end_kind: str) -> str:
+    reason = reason.strip()
+    word = {"timeout": "timeout", "cancelled": "cancelled"}.get(end_kind, "stopped")
+    low = reason.lower()
+    if not reason:
+        return word
+    if low.startswith(("cancel", "timeout", "timed out", "stopped")):
+        return reason
+    return f"{word}: {reason}"
+
+
+def _marker(job_id: int, reason: str) -> str:
+    if reason.startswith("timeout"):
+        reason = "timed out" + reason[len("timeout") :]
+    return f"[mlsm] job {job_id} {reason}"
+
+
+def _append_marker(log: Path, job_id: int, reason: str) -> None:
+    line = _marker(job_id, reason)
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - MARKER_TAIL_BYTES))
+            if line.encode() in f.read():
+                return  # written before an agent restart
+    except OSError:
+        pass
+    _append_line(log, line)
+
+
+def _append_line(log: Path, line: str) -> None:
+    try:
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    except OSError:
+        return
+    try:
+        # Start on a fresh line when the job's output did not end with one.
+        size = os.fstat(fd).st_size
+        prefix = b""
+        if size:
+            with open(log, "rb") as f:
+                f.seek(size - 1)
+                prefix = b"" if f.read(1) == b"\n" else b"\n"
+        os.write(fd, prefix + line.encode() + b"\n")
+    finally:
+        os.close(fd)
+
+
+def _final_report(
+    record: AdoptRecord, info: dict[str, Any] | None, stop: _Stop | None, lost_reason: str
+) -> JobReport:
+    common: dict[str, Any] = {
+        "job_id": record.job_id,
+        "attempt": record.attempt,
+        "pid": record.pid,
+        "started_at": record.started_at,
+        "log_size": _size(Path(record.job_dir) / LOG_NAME),
+    }
+    if info is None:
+        if stop is not None:  # never expected: stop() leaves the shim alive to record it
+            return JobReport(
+                state="exited",
+                ended_at=time.time(),
+                reason=stop.reason,
+                end_kind=stop.end_kind,
+                **common,
+            )
+        return JobReport(
+            state="lost", end_kind="lost", reason=lost_reason, ended_at=time.time(), **common
+        )
+    ended_at = info.get("ended_at") if isinstance(info.get("ended_at"), float) else time.time()
+    code, sig = info.get("exit_code"), info.get("signal")
+    code = code if isinstance(code, int) else None
+    sig = sig if isinstance(sig, int) else None
+    if info.get("error"):
+        return JobReport(
+            state="failed_to_start",
+            exit_code=code,
+            ended_at=ended_at,
+            reason=str(info["error"]),
+            end_kind="error",
+            **common,
+        )
+    if stop is not None:
+        reason, end_kind = stop.reason, stop.end_kind
+    elif sig is not None:
+        reason, end_kind = f"killed by signal {sig} ({_signame(sig)})", "exit"
+    else:
+        reason, end_kind = f"exit code {code}", "exit"
+    return JobReport(
+        state="exited",
+        exit_code=code,
+        signal=sig,
+        ended_at=ended_at,
+        reason=reason,
+        end_kind=end_kind,
+        **common,
+    )
+
+
+def _signame(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return "?"
+
+
+def _resolve_command(cmd: str, path: str, workdir: Path, acct: _Account) -> str:
+    if "/" in cmd:
+        p = Path(cmd) if os.path.isabs(cmd) else workdir / cmd
+        found = str(p) if p.is_file() and os.access(p, os.X_OK) else None
+    else:
+        found = shutil.which(cmd, path=path)
+    if not found:
+        raise RuntimeStartError(f"command not found: {cmd}")
+    if acct.switch and not _can_access(Path(found), acct, os.X_OK):
+        raise RuntimeStartError(f"command {cmd} is not executable by Unix user {acct.name}")
+    return os.path.abspath(found)
+
+
+def _can_access(path: Path, acct: _Account, want: int) -> bool:
+    """Whether ``acct`` may ``want`` (R/W/X bits) ``path``, by mode bits (ACLs not read)."""
+    if acct.uid == 0:
+        return True
+    groups = {acct.gid, *acct.groups}
+    for p in {Path(os.path.abspath(path)), Path(os.path.realpath(path))}:
+        for d in p.parents:
+            if not _perm(d, acct.uid, groups, os.X_OK):
+                return False
+        if not _perm(p, acct.uid, groups, want):
+            return False
+    return True
+
+
+def _perm(path: Path, uid: int, groups: set[int], want: int) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    if st.st_uid == uid:
+        bits = st.st_mode >> 6
+    elif st.st_gid in groups:
+        bits = st.st_mode >> 3
+    else:
+        bits = st.st_mode
+    return bits & want == want
+
+
+def _same_process_alive(pid: int, create_time: float | None) -> bool:
+    try:
+        p = psutil.Process(pid)
+        if create_time is not None and abs(p.create_time() - create_time) > CREATE_TIME_TOLERANCE_S:
+            return False  # the pid was reused
+        return p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True
+
+
+def _session_members(sid: int, *, not_before: float | None) -> list[int]:
+    """Live processes of session ``sid`` except its leader, the shim.
+
+    Linux does not hand out a pid while a session still uses it as its id, so members of
+    ``sid`` are the job's own; but once they are all gone the pid may be reused by a new
+    session leader, whose members must be left alone: hence the leader check.
+    """
+    try:
+        leader_start = psutil.Process(sid).create_time()
+        if not_before is not None and abs(leader_start - not_before) > CREATE_TIME_TOLERANCE_S:
+            return []
+    except psutil.Error:
+        pass
+    out = []
+    for pid in psutil.pids():
+        if pid == sid:
+            continue
+        try:
+            if os.getsid(pid) != sid:
+                continue
+            p = psutil.Process(pid)
+            if p.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if not_before is not None and p.create_time() < not_before - CREATE_TIME_TOLERANCE_S:
+                continue  # older than the job: not its own
+        except (OSError, psutil.Error):
+            continue
+        out.append(pid)
+    return out
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with contextlib.suppress(OSError):
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0

@@ -1,0 +1,111 @@
+"""The ``mlsm`` command.
+
+Subcommands are imported lazily (their help text lives here), so ``mlsm --help`` and
+``mlsm --version`` never import textual, litestar, sqlalchemy or docker. Errors print one
+line on stderr and exit non-zero; a traceback means a bug in mlsm, never a user mistake.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import click
+
+from mlsm import PROTOCOL_VERSION, __version__
+
+# name -> (module, attribute, short help)
+_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "ui": ("mlsm.cli.local", "ui", "Open the dashboard."),
+    "up": ("mlsm.cli.local", "up", "Start the embedded local service (master + agent)."),
+    "down": ("mlsm.cli.local", "down", "Stop the embedded local service."),
+    "status": ("mlsm.cli.local", "status", "Show the embedded local service and the login."),
+    "master": ("mlsm.cli.master", "master", "Run the master server."),
+    "agent": ("mlsm.cli.agent", "agent", "Run the agent on this server."),
+    "login": ("mlsm.cli.auth", "login", "Log in to a master and keep the token."),
+    "logout": ("mlsm.cli.auth", "logout", "Revoke the session and forget the token."),
+    "whoami": ("mlsm.cli.auth", "whoami", "Show who you are logged in as."),
+    "users": ("mlsm.cli.users", "users", "List users."),
+    "user": ("mlsm.cli.users", "user", "Add, change and disable users."),
+    "token": ("mlsm.cli.users", "token", "Create, list and revoke API tokens."),
+    "audit": ("mlsm.cli.audit", "audit", "Read and verify the audit log."),
+    "join-token": ("mlsm.cli.nodes", "join_token", "Create, list and revoke join tokens for agents."),
+    "nodes": ("mlsm.cli.nodes", "nodes", "List nodes."),
+    "node": ("mlsm.cli.nodes", "node", "Show, drain, resume or remove a node."),
+    "submit": ("mlsm.cli.jobs", "submit", "Submit a job: mlsm submit [OPTIONS] -- CMD ARG..."),
+    "jobs": ("mlsm.cli.jobs", "jobs", "List jobs."),
+    "job": ("mlsm.cli.jobs", "job", "Show a job."),
+    "logs": ("mlsm.cli.jobs", "logs", "Print or follow a job's log."),
+    "cancel": ("mlsm.cli.jobs", "cancel", "Cancel jobs."),
+    "datasets": ("mlsm.cli.datasets", "datasets", "List datasets."),
+    "dataset": ("mlsm.cli.datasets", "dataset", "Show, import, copy, move or remove datasets."),
+    "db": ("mlsm.cli.db", "db", "Back up or upgrade the master's database."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        entry = _COMMANDS.get(name)
+        if entry is None:
+            return None
+        try:
+            mod = importlib.import_module(entry[0])
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith(entry[0]):
+                return None  # a command whose module is not part of this build yet
+            raise
+        return getattr(mod, entry[1], None)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, _COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(
+    __version__, "-V", "--version", message=f"mlsm %(version)s (protocol {PROTOCOL_VERSION})"
+)
+@click.option("--url", envvar="MLSM_URL", help="Master URL (default: the stored login or the embedded service).")
+@click.option("--token", envvar="MLSM_TOKEN", help="API or session token (default: the stored login).")
+@click.pass_context
+def cli(ctx: click.Context, url: str | None, token: str | None) -> None:
+    """mlsm - the ML Server Manager: your lab's GPU servers, jobs and datasets.
+
+    With no command, opens the dashboard (starting the embedded local service when
+    nothing is configured).
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["url"] = url
+    ctx.obj["token"] = token
+    if ctx.invoked_subcommand is None:
+        from mlsm.cli.local import open_default
+
+        open_default(ctx)
+
+
+def main(argv: list[str] | None = None) -> Any:
+    from mlsm.errors import MlsmError
+
+    try:
+        return cli.main(args=argv, prog_name="mlsm", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("mlsm: aborted", err=True)
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except MlsmError as exc:
+        click.echo(f"mlsm: error: {exc.message}", err=True)
+        sys.exit(2 if exc.code in ("config_invalid", "validation_error", "bad_request") else 1)
+    except KeyboardInterrupt:
+        click.echo("mlsm: interrupted", err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)

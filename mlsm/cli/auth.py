@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import click
+
+from mlsm.cli.common import client_from, emit_json, json_option, read_password, settings_from
+from mlsm.client import Client, check_url, ssl_context
+
+
+@click.command()
+@click.argument("url")
+@click.option("--user", "-u", "username", help="User name (default: your Unix user name).")
+@click.option("--ca-file", help="CA bundle that signed the master's certificate.")
+@click.option("--fingerprint", help="Pin the master certificate's SHA-256 fingerprint.")
+@click.pass_context
+def login(ctx: click.Context, url: str, username: str | None, ca_file: str | None, fingerprint: str | None) -> None:
+    """Log in to the master at URL; the session token is kept 0600 in your config."""
+    import getpass
+
+    from mlsm.config import save_credentials
+
+    s = settings_from(ctx)
+    url = check_url(url, allow_plain_http=s.allow_plain_http)
+    username = username or getpass.getuser()
+    password = read_password(f"Password for {username}@{url}")
+    verify: object = ssl_context(ca_file or "")
+    if fingerprint:
+        from mlsm.tls import normalise_fingerprint, pinned_context
+
+        fingerprint = normalise_fingerprint(fingerprint)
+        verify = pinned_context(fingerprint, url)
+    with Client(url, verify=verify) as c:  # type: ignore[arg-type]
+        reply = c.login(username, password)
+    path = save_credentials(url, reply.token, ca_file=ca_file or "", fingerprint=fingerprint or "")
+    click.echo(f"logged in to {url} as {reply.username} ({reply.role}); token kept in {path}")
+
+
+@click.command()
+@click.pass_context
+def logout(ctx: click.Context) -> None:
+    """Revoke this session on the master and forget the stored token."""
+    from mlsm.config import clear_credentials
+    from mlsm.errors import MlsmError
+
+    try:
+        with client_from(ctx) as c:
+            c.call("POST", "/api/v1/auth/logout")
+    except MlsmError as exc:
+        click.echo(f"mlsm: note: {exc.message}", err=True)
+    clear_credentials()
+    click.echo("logged out")
+
+
+@click.command()
+@json_option
+@click.pass_context
+def whoami(ctx: click.Context, as_json: bool) -> None:
+    """Show who you are on which master."""
+    with client_from(ctx) as c:
+        me = c.me()
+        if as_json:
+            emit_json(me)
+        else:
+            click.echo(f"{me.username} ({me.role}) at {c.url}")

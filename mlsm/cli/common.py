@@ -1,0 +1,122 @@
+"""What every CLI command shares: settings, the client, passwords, tables and JSON output."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import click
+import msgspec
+
+from mlsm.client import Client, check_url, ssl_context
+from mlsm.config import Settings, load_settings
+from mlsm.errors import AuthenticationError, ConfigError
+
+
+def settings_from(ctx: click.Context, **flags: Any) -> Settings:
+    root = ctx.find_root().obj or {}
+    overrides = {"url": root.get("url"), "token": root.get("token")}
+    overrides.update(flags)
+    return load_settings(overrides)
+
+
+def client_from(ctx: click.Context, *, need_token: bool = True) -> Client:
+    s = settings_from(ctx)
+    url = s.url
+    if not url:
+        from mlsm.local import local_url
+
+        url = local_url(s)
+        if not url:
+            raise ConfigError("no master configured: run `mlsm login URL`, `mlsm up`, or set MLSM_URL")
+    url = check_url(url, allow_plain_http=s.allow_plain_http)
+    if need_token and not s.token:
+        raise AuthenticationError(f"not logged in to {url}: run `mlsm login {url}`")
+    return Client(url, s.token, verify=_verify(s))
+
+
+def _verify(s: Settings) -> Any:
+    if s.fingerprint:
+        from mlsm.tls import pinned_context
+
+        return pinned_context(s.fingerprint, s.url)
+    return ssl_context(s.ca_file)
+
+
+def read_password(prompt: str = "Password", *, confirm: bool = False) -> str:
+    """MLSM_PASSWORD answers instead of the prompt, so scripts never need a terminal."""
+    env = os.environ.get("MLSM_PASSWORD")
+    if env:
+        return env
+    if not sys.stdin.isatty():
+        raise ConfigError("no password given: set MLSM_PASSWORD or run from a terminal")
+    return str(click.prompt(prompt, hide_input=True, confirmation_prompt=confirm))
+
+
+def emit_json(data: Any) -> None:
+    click.echo(msgspec.json.format(msgspec.json.encode(data), indent=2).decode())
+
+
+def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
+    """A plain, aligned table: readable in a terminal, greppable in a script."""
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for n, r in enumerate(cells):
+        line = "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        click.echo(click.style(line, bold=True) if n == 0 and sys.stdout.isatty() else line)
+
+
+def ago(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    d = max(0.0, time.time() - ts)
+    if d < 60:
+        return f"{int(d)}s ago"
+    if d < 3600:
+        return f"{int(d // 60)}m ago"
+    if d < 86400:
+        return f"{int(d // 3600)}h ago"
+    return f"{int(d // 86400)}d ago"
+
+
+def when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def human_bytes(n: float | int | None) -> str:
+    if n is None:
+        return "-"
+    v = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(v) < 1024 or unit == "TiB":
+            return f"{v:.0f} {unit}" if unit == "B" else f"{v:.1f} {unit}"
+        v /= 1024
+    return f"{v:.1f} PiB"
+
+
+def parse_duration(text: str) -> float:
+    """'90', '90s', '15m', '2h', '1d', '1h30m' -> seconds."""
+    t = text.strip().lower()
+    if not t:
+        raise click.BadParameter("empty duration")
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    total, num = 0.0, ""
+    for ch in t:
+        if ch.isdigit() or ch == ".":
+            num += ch
+        elif ch in units and num:
+            total += float(num) * units[ch]
+            num = ""
+        else:
+            raise click.BadParameter(f"{text!r} is not a duration like 90s, 15m, 2h, 1d")
+    if num:
+        total += float(num)
+    if total <= 0:
+        raise click.BadParameter(f"{text!r}: a duration must be positive")
+    return total
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")

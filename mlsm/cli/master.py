@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import click
+
+from mlsm.cli.common import read_password, settings_from
+
+
+@click.command()
+@click.option("--host", help="Address to listen on (default 127.0.0.1).")
+@click.option("--port", type=int, help="Port to listen on (default 8765).")
+@click.option("--data-dir", help="Where the master keeps its database and logs.")
+@click.option("--database-url", help="sqlite+aiosqlite:///PATH or postgresql+asyncpg://...")
+@click.option("--tls-cert", help="Serve HTTPS with this certificate (PEM).")
+@click.option("--tls-key", help="Private key of --tls-cert (PEM).")
+@click.option("--init-admin", metavar="NAME", help="Create this superadmin if there are no users (password: prompt or MLSM_PASSWORD).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.pass_context
+def master(ctx: click.Context, init_admin: str | None, **flags: object) -> None:
+    """Run the master server (foreground; use the systemd unit for a service)."""
+    from mlsm.master.server import run_master
+
+    settings = settings_from(ctx, **flags)
+    password = None
+    if init_admin:
+        from mlsm.wire.api import UserCreate
+        import msgspec
+
+        password = read_password(f"Password for {init_admin}", confirm=True)
+        try:
+            msgspec.convert({"username": init_admin, "password": password}, UserCreate)
+        except msgspec.ValidationError as exc:
+            raise click.BadParameter(str(exc), param_hint="--init-admin / MLSM_PASSWORD") from None
+    run_master(settings, init_admin=init_admin, password=password)

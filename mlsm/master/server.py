@@ -1,0 +1,67 @@
+"""Run the master under uvicorn: migrate, bootstrap the first superadmin, serve."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+from mlsm.config import Settings
+from mlsm.errors import ConfigError
+from mlsm.master.app import create_app
+from mlsm.master.db import Database
+from mlsm.master.http import setup_logging
+from mlsm.master.services.users import UserService
+
+log = logging.getLogger("mlsm.master")
+
+
+async def prepare(settings: Settings, init_admin: str | None, password: str | None) -> bool:
+    """Migrate and (optionally) create the first superadmin before the server starts."""
+    db = Database(settings.db_url)
+    try:
+        await db.migrate()
+        created = False
+        if init_admin:
+            assert password is not None
+            created = await UserService(db).bootstrap_superadmin(init_admin, password)
+        return created
+    finally:
+        await db.close()
+
+
+def run_master(settings: Settings, *, init_admin: str | None = None, password: str | None = None) -> None:
+    import uvicorn
+
+    setup_logging(settings.log_level)
+    settings.data_path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise ConfigError("settings 'tls_cert' and 'tls_key' go together: give both or neither")
+    created = asyncio.run(prepare(settings, init_admin, password))
+    if init_admin:
+        log.info(
+            "superadmin %s %s", init_admin, "created" if created else "not created: users already exist"
+        )
+    app = create_app(settings, migrate=False)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        ssl_certfile=settings.tls_cert or None,
+        ssl_keyfile=settings.tls_key or None,
+        timeout_graceful_shutdown=5,
+        backlog=4096,
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    log.info(
+        "master listening on %s://%s:%s (database: %s, pid %s)",
+        "https" if settings.tls_cert else "http",
+        settings.host,
+        settings.port,
+        Database(settings.db_url).backend,
+        os.getpid(),
+    )
+    server.run()
