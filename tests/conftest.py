@@ -84,6 +84,12 @@ def _asyncpg_dsn(sqlalchemy_url: str) -> str:
     return url.render_as_string(hide_password=False)
 
 
+def _hide_password(sqlalchemy_url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(sqlalchemy_url).render_as_string(hide_password=True)
+
+
 def _with_database(sqlalchemy_url: str, database: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -109,7 +115,8 @@ def postgres_url() -> str:
     try:
         _run_async(_pg_execute(url, "SELECT 1"))
     except Exception as exc:
-        require(False, f"no PostgreSQL at {url} ({type(exc).__name__}: {exc}); see .ci/run")
+        shown = _hide_password(url)
+        require(False, f"no PostgreSQL at {shown} ({type(exc).__name__}: {exc}); see .ci/run")
     return url
 
 
