@@ -48,16 +48,15 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast, get_args
 
 import psutil
 
 from agent.runtimes.base import LOG_NAME, AdoptRecord, RuntimeContext, RuntimeStartError
+from agent.runtimes.shim import EXIT_NAME, STOP_NAME  # STOP_NAME also tells a re-adopter why
 from mlsm.wire.agent import JobReport, JobSpec
 
 SHIM_PATH = Path(__file__).with_name("shim.py")
-EXIT_NAME = "exit.json"  # written by the shim
-STOP_NAME = "stop.json"  # written by stop(), so a re-adopted attempt knows why it ends
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CONDA_LIST_TIMEOUT_S = 30.0
 CREATE_TIME_TOLERANCE_S = 0.05  # psutil create_time of one process read twice
@@ -67,6 +66,8 @@ LOST_WHILE_DOWN = "process vanished while the agent was down"
 SHIM_DIED = "the job's supervisor died without recording how the job ended"
 _PASSED_VARS = ("LC_ALL", "TZ")  # copied from the agent when set
 _OWNED_KINDS = ("process", "venv", "conda")
+EndKind = Literal["", "exit", "cancelled", "timeout", "oom", "error", "lost"]  # JobReport's
+_SHIM_IGNORES = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ class _Account:
 @dataclass
 class _Stop:
     reason: str  # as reported ("cancelled: ...", "timeout after 5s")
-    end_kind: str
+    end_kind: EndKind
     kill_at: float
 
 
@@ -139,6 +140,9 @@ class ProcessRuntime:
             if acct.switch:
                 extra = {"user": acct.uid, "group": acct.gid, "extra_groups": list(acct.groups)}
             started_at = time.time()
+            # The shim inherits this thread's signal mask: it must not die of a SIGTERM sent
+            # before it has set itself to ignore it (see shim.py).
+            old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SHIM_IGNORES)
             try:
                 proc = subprocess.Popen(
                     argv,
@@ -152,6 +156,8 @@ class ProcessRuntime:
                 )
             except OSError as e:
                 raise RuntimeStartError(f"could not start the job: {e}") from e
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         finally:
             os.close(fd)
         try:
@@ -395,7 +401,7 @@ class ProcessHandle:
         now = time.time()
         kill_at = now + max(0.0, grace_s)
         if self._stop is None:
-            self._stop = _Stop(_stop_reason(reason, end_kind), end_kind, kill_at)
+            self._stop = _Stop(_stop_reason(reason, end_kind), _end_kind(end_kind), kill_at)
             _write_json(
                 self.job_dir / STOP_NAME,
                 {"reason": self._stop.reason, "end_kind": end_kind, "kill_at": kill_at},
@@ -404,9 +410,12 @@ class ProcessHandle:
             self._stop.kill_at = min(self._stop.kill_at, kill_at)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._pid, signal.SIGTERM)
+        # Members that moved to another process group; the others got it once already (a
+        # second SIGTERM can kill a Python job that is exiting cleanly from the first).
         for pid in _session_members(self._pid, not_before=self.record.pid_start):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGTERM)  # members that moved to another process group
+            with contextlib.suppress(OSError):
+                if os.getpgid(pid) != self._pid:
+                    os.kill(pid, signal.SIGTERM)
         self._arm_timer()
 
     def _arm_timer(self) -> None:
@@ -425,7 +434,9 @@ class ProcessHandle:
     def _restore_stop(self) -> None:
         try:
             data = json.loads((self.job_dir / STOP_NAME).read_bytes())
-            self._stop = _Stop(str(data["reason"]), str(data["end_kind"]), float(data["kill_at"]))
+            self._stop = _Stop(
+                str(data["reason"]), _end_kind(data["end_kind"]), float(data["kill_at"])
+            )
         except (OSError, ValueError, KeyError, TypeError):
             return
         self._arm_timer()
@@ -471,10 +482,15 @@ class ProcessHandle:
     def _restore_stop_quietly(self) -> None:
         data = _read_json(self.job_dir / STOP_NAME)
         if data and "reason" in data:
-            self._stop = _Stop(str(data["reason"]), str(data.get("end_kind", "cancelled")), 0.0)
+            self._stop = _Stop(str(data["reason"]), _end_kind(data.get("end_kind")), 0.0)
 
 
 # ---------------------------------------------------------------------- module helpers
+def _end_kind(value: object) -> EndKind:
+    """A stop's end kind as JobReport knows them; anything else counts as a cancel."""
+    return cast(EndKind, value) if value in get_args(EndKind) and value else "cancelled"
+
+
 def _stop_reason(reason: str, end_kind: str) -> str:
     reason = reason.strip()
     word = {"timeout": "timeout", "cancelled": "cancelled"}.get(end_kind, "stopped")

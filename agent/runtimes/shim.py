@@ -4,27 +4,33 @@ Started by :mod:`agent.runtimes.process` as::
 
     python -I -S shim.py JOB_DIR [--exe PATH] -- ARGV...
 
-in a new session, already running as the job's Unix account, with stdin ``/dev/null`` and
-stdout+stderr appended to ``JOB_DIR/output.log``. It spawns ``ARGV`` (executing ``PATH``
-when given, else ``ARGV[0]`` as is) as its only child, in the same session and process
-group, so that a SIGTERM to the process group reaches the job while the shim itself
-ignores it and lives on to record the outcome. When the child ends it writes
-``JOB_DIR/exit.json`` atomically (tmp + rename)::
+in a new session, already running as the job's Unix account, with stdin ``/dev/null``,
+stdout+stderr appended to ``JOB_DIR/output.log``, and SIGTERM/SIGINT/SIGHUP blocked (so a
+stop that arrives while the interpreter is still starting cannot kill the shim). It
+spawns ``ARGV`` (executing ``PATH`` when given, else ``ARGV[0]`` as is) as its only child,
+in the same session and process group, so that a SIGTERM to the process group reaches the
+job while the shim itself ignores it and lives on to record the outcome. When the child
+ends it writes ``JOB_DIR/exit.json`` atomically (tmp + rename)::
 
     {"exit_code": int | null, "signal": int | null, "ended_at": float, "error": str?}
 
 ``error`` is only present when the child could not be executed at all (exit_code 127).
 
 It never touches the agent's pipes, so it survives the agent being kill -9'd. Start-up is
-kept cheap: no ``site``, no imports beyond ``os``, ``sys``, ``signal`` and ``time``.
+kept cheap: no ``site``, no imports beyond ``os``, ``sys``, ``_signal`` and ``time``.
 """
 
 import os
-import signal
 import sys
 import time
 
+try:  # the C module: `signal` itself would import enum, which triples our start-up time
+    import _signal as signal
+except ImportError:  # not CPython
+    import signal  # type: ignore[no-redef]
+
 EXIT_NAME = "exit.json"
+STOP_NAME = "stop.json"  # written by the agent before it signals a stop
 _IGNORED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # Python ignores SIGPIPE and SIGXFSZ itself; ignored dispositions survive exec, so the job
 # gets them (and the signals the shim ignores) reset to their defaults.
@@ -77,8 +83,11 @@ def main(args: list[str]) -> int:
         sys.stderr.write("usage: shim.py JOB_DIR [--exe PATH] -- ARGV...\n")
         return 2
 
+    # The agent starts us with these blocked, so a SIGTERM sent before this point is held
+    # pending; ignoring discards it, and only then do we unblock.
     for s in _IGNORED:
         signal.signal(s, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _IGNORED)
     try:
         pid = os.posix_spawn(exe, argv, os.environ, setsigdef=_RESET, setsigmask=())
     except OSError as e:
@@ -86,6 +95,13 @@ def main(args: list[str]) -> int:
         sys.stderr.write("[mlsm] " + msg + "\n")
         write_exit(job_dir, 127, None, msg)
         return 0
+    # A stop signalled while we were starting hit no job (and we discarded it): the agent
+    # writes STOP_NAME before it signals, so looking after the spawn never misses one.
+    if os.path.exists(os.path.join(job_dir, STOP_NAME)):
+        try:
+            os.killpg(os.getpgrp(), signal.SIGTERM)
+        except OSError:
+            pass
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
     if code < 0:

@@ -1,0 +1,114 @@
+"""The agent's local state file: round trip, atomic writes, corrupt files set aside."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from agent.runtimes.base import AdoptRecord
+from agent.state import AgentState
+
+
+def record(job_id: int, **kw: object) -> AdoptRecord:
+    fields: dict[str, object] = {
+        "attempt": 1,
+        "runtime": "process",
+        "job_dir": f"/data/jobs/{job_id}",
+        "started_at": 1700000000.5,
+        "pid": 4242,
+        "pid_start": 1700000000.25,
+        "timeout_s": 60.0,
+        "extra": {"k": "v"},
+    }
+    return AdoptRecord(job_id=job_id, **{**fields, **kw})  # type: ignore[arg-type]
+
+
+def test_records_and_node_survive_a_reload(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    st = AgentState(path).load()
+    st.set_node(7, "node1")
+    st.add(record(1))
+    st.add(record(2, container_id="abc", runtime="docker"))
+    st.set_log_offset(1, 1234)
+    st.save()
+
+    again = AgentState(path).load()
+    assert (again.node_id, again.node_name) == (7, "node1")
+    assert again.records() == [record(1), record(2, container_id="abc", runtime="docker")]
+    assert again.log_acked == {1: 1234}
+
+
+def test_add_replaces_the_record_of_the_same_job(tmp_path: Path) -> None:
+    st = AgentState(tmp_path / "s.json").load()
+    st.add(record(1))
+    st.add(record(1, kill_grace_s=3.0))
+    assert [r.kill_grace_s for r in AgentState(tmp_path / "s.json").load().records()] == [3.0]
+
+
+def test_remove_forgets_record_and_log_offset(tmp_path: Path) -> None:
+    st = AgentState(tmp_path / "s.json").load()
+    st.add(record(1))
+    st.add(record(2))
+    st.set_log_offset(1, 10)
+    st.remove(1)
+    again = AgentState(tmp_path / "s.json").load()
+    assert [r.job_id for r in again.records()] == [2]
+    assert again.log_acked == {}
+
+
+def test_missing_file_starts_empty(tmp_path: Path) -> None:
+    st = AgentState(tmp_path / "nothing" / "s.json").load()
+    assert st.records() == [] and st.node_id is None and st.log_acked == {}
+
+
+def test_file_is_private(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    old = os.umask(0)
+    try:
+        AgentState(path).load().add(record(1))
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_node_secret_is_not_stored(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    AgentState(path).load().set_node(3, "n")
+    assert "secret" not in path.read_text()
+
+
+def test_corrupt_file_is_set_aside_and_state_starts_empty(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "s.json"
+    path.write_text('{"jobs": [{"job_id": "not a number"')
+    with caplog.at_level(logging.WARNING, logger="agent.state"):
+        st = AgentState(path).load()
+    assert st.records() == []
+    aside = list(tmp_path.glob("s.json.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_text().startswith('{"jobs"')
+    assert "unreadable" in caplog.text
+    st.add(record(9))
+    assert [r.job_id for r in AgentState(path).load().records()] == [9]
+
+
+def test_wrong_types_count_as_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    path.write_text('{"jobs": [{"job_id": "x"}]}')
+    assert AgentState(path).load().records() == []
+    assert list(tmp_path.glob("s.json.corrupt-*"))
+
+
+def test_interrupted_write_leaves_the_previous_version(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    st = AgentState(path).load()
+    st.add(record(1))
+    # A crash mid-save leaves at most a stray temp file next to the intact state file.
+    (tmp_path / f".s.json.{os.getpid()}.tmp").write_text('{"jobs": [{"job')
+    assert [r.job_id for r in AgentState(path).load().records()] == [1]
+    st.add(record(2))
+    assert [r.job_id for r in AgentState(path).load().records()] == [1, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.json"]
