@@ -21,20 +21,32 @@ from mlsm import __version__
 from mlsm.config import Settings
 from mlsm.master.db import Database
 from mlsm.master.http import RequestMiddleware, handle_exception
+from mlsm.master.routes import agent as agent_routes
 from mlsm.master.routes import audit as audit_routes
 from mlsm.master.routes import auth as auth_routes
+from mlsm.master.routes import datasets as dataset_routes
 from mlsm.master.routes import health as health_routes
+from mlsm.master.routes import jobs as job_routes
+from mlsm.master.routes import nodes as node_routes
 from mlsm.master.routes import tokens as token_routes
 from mlsm.master.routes import users as user_routes
 from mlsm.master.security import check_handler_roles, role_guard
 from mlsm.master.services.audit import AuditLog
 from mlsm.master.services.auth import AuthService
+from mlsm.master.services.datasets import DatasetService
+from mlsm.master.services.joblogs import LogStore
+from mlsm.master.services.jobs import JobService
+from mlsm.master.services.nodes import NodeRegistry
+from mlsm.master.services.telemetry import History
 from mlsm.master.services.users import UserService
 
 log = logging.getLogger("mlsm.master")
 
 #: Route modules; each exposes ROUTES. Later domains append here.
-ROUTE_MODULES: list[Any] = [health_routes, auth_routes, user_routes, token_routes, audit_routes]
+ROUTE_MODULES: list[Any] = [
+    health_routes, auth_routes, user_routes, token_routes, audit_routes,
+    agent_routes, node_routes, job_routes, dataset_routes,
+]
 
 #: Extra start-up/shutdown hooks registered by domain modules: (startup, shutdown) pairs.
 Hook = Callable[[State], Any]
@@ -52,8 +64,48 @@ def build_services(state: State, settings: Settings, db: Database) -> None:
     state.db = db
     state.audit = AuditLog(db)
     state.auth = AuthService(db, settings)
-    state.users = UserService(db, on_change=state.auth.forget_user)
+    state.history = History(db, settings.heartbeat_interval, settings.history_retention_days)
+    state.nodes = NodeRegistry(db, settings, state.history)
+    state.auth.registry = state.nodes
+    state.jobs = JobService(db, settings, state.nodes, LogStore(settings.data_path / "logs"))
+    state.datasets = DatasetService(db, state.nodes)
+    state.jobs.datasets = state.datasets
+
+    def _user_changed(user_id: int) -> None:
+        state.auth.forget_user(user_id)
+        _spawn(state, state.jobs.refresh_users())
+
+    state.users = UserService(db, on_change=_user_changed)
     state.background = set()
+    state.tls_fingerprint = ""
+    if settings.tls_cert:
+        from mlsm.tls import fingerprint_of_file
+
+        state.tls_fingerprint = fingerprint_of_file(settings.tls_cert)
+
+
+def _spawn(state: State, coro: Any) -> None:
+    task = asyncio.get_running_loop().create_task(coro)
+    state.background.add(task)
+    task.add_done_callback(state.background.discard)
+
+
+async def _start_domains(state: State) -> None:
+    await state.nodes.load()
+    await state.datasets.load()
+    await state.jobs.load()
+    _spawn(state, state.nodes.run_background())
+    _spawn(state, state.jobs.run_loop())
+
+
+async def _stop_domains(state: State) -> None:
+    for task in list(state.background):
+        task.cancel()
+    try:
+        await state.nodes.flush()
+        await state.jobs.flush_usage()
+    except Exception:
+        log.exception("final flush failed")
 
 
 def create_app(
@@ -72,6 +124,7 @@ def create_app(
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         if migrate:
             await database.migrate()
+        await _start_domains(app.state)
         for hook in app.state.startup_hooks:
             res = hook(app.state)
             if asyncio.iscoroutine(res):
@@ -83,8 +136,7 @@ def create_app(
                 res = hook(app.state)
                 if asyncio.iscoroutine(res):
                     await res
-            for task in list(app.state.background):
-                task.cancel()
+            await _stop_domains(app.state)
             await database.close()
 
     state = State()

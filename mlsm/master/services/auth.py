@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 
@@ -71,6 +72,7 @@ class AuthService:
         self._node_cache: dict[str, _Cached] = {}
         self._rate = _RateLimiter(settings.login_attempts_per_minute)
         self._last_used_written: dict[int, float] = {}
+        self.registry: Any = None  # the node registry resolves node secrets from memory
 
     # ------------------------------------------------------------- login / logout
     async def login(self, username: str, password: str, client: str) -> api.LoginReply:
@@ -151,6 +153,11 @@ class AuthService:
         return principal
 
     async def resolve_node(self, secret: str) -> Principal:
+        if self.registry is not None:
+            found = self.registry.resolve_secret(secret)
+            if found is None:
+                raise AuthenticationError("unknown node secret: this node was removed or never joined")
+            return found
         h = token_hash(secret)
         now = time.time()
         hit = self._node_cache.get(h)

@@ -1,0 +1,430 @@
+"""The agent: one process per server. Joins once, then heartbeats, long-polls for commands,
+runs jobs, ships their logs and reports their ends, and scans its dataset roots.
+
+Every loop survives the master being away: calls are retried with capped exponential
+backoff and jitter while sampling goes on, and the node is online again within one
+interval of the master's return. SIGTERM stops the agent cleanly and leaves jobs running;
+a restarted agent re-adopts them from its state file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from agent.collectors import AsyncGpuSampler, HostCollector, make_probe
+from agent.link import MasterError, MasterLink, is_auth_failure
+from agent.logship import LogShipper
+from agent.runtimes.base import AdoptRecord, JobHandle, Runtime, RuntimeContext, RuntimeStartError, job_dir_for
+from agent.state import AgentState
+from mlsm import PROTOCOL_VERSION, __version__
+from mlsm.wire import agent as w
+
+log = logging.getLogger("mlsm.agent")
+
+BACKOFF_INITIAL_S = 0.5
+BACKOFF_MAX_S = 30.0
+POLL_WAIT_S = 25.0
+JOB_CHECK_S = 0.2
+LOG_PUMP_S = 0.5
+SCAN_INTERVAL_S = 30.0
+STATE_SAVE_S = 10.0
+
+
+def backoff(attempt: int) -> float:
+    """Capped exponential backoff with full jitter."""
+    cap = min(BACKOFF_MAX_S, BACKOFF_INITIAL_S * (2 ** min(attempt, 10)))
+    return random.uniform(cap / 2, cap)
+
+
+@dataclass
+class AgentConfig:
+    master: str
+    data_dir: Path
+    name: str = ""
+    join_token: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    dataset_roots: list[Path] = field(default_factory=list)
+    simulate_gpus: str = ""
+    verify: Any = True
+    heartbeat_interval: float = 2.0
+
+
+@dataclass
+class _Running:
+    handle: JobHandle
+    spec: w.JobSpec
+    report: w.JobReport
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+        cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.name = cfg.name or socket.gethostname().split(".")[0]
+        self.link = MasterLink(cfg.master, cfg.data_dir, verify=cfg.verify)
+        self.state = AgentState(cfg.data_dir / "state.json").load()
+        self.host = HostCollector(cfg.data_dir, cfg.dataset_roots)
+        probe, self.gpu_error = make_probe(cfg.simulate_gpus, cfg.data_dir / "simulated-gpus.json", identity=self.name)
+        self.probe = probe
+        self.sampler = AsyncGpuSampler(probe)
+        self.interval = cfg.heartbeat_interval
+        ctx = RuntimeContext(
+            node_name=self.name,
+            agent_data=cfg.data_dir,
+            runs_as_root=os.geteuid() == 0,
+            simulated_gpus=probe.kind == "simulated",
+        )
+        self.runtimes: dict[str, Runtime] = {}
+        from agent.runtimes.process import ProcessRuntime
+
+        proc = ProcessRuntime(ctx)
+        for kind in ("process", "venv", "conda"):
+            self.runtimes[kind] = proc
+        self.docker_error = ""
+        try:
+            from agent.runtimes.docker import DockerRuntime
+
+            dr = DockerRuntime(ctx)
+            ok, why = dr.available()
+            if ok:
+                self.runtimes["docker"] = dr
+            else:
+                self.docker_error = why
+        except Exception as exc:  # docker SDK missing or broken: no container jobs here
+            self.docker_error = f"Docker unavailable: {exc}"
+        self.jobs: dict[int, _Running] = {}
+        self.done_cmds: set[int] = set()
+        self.to_ack: list[int] = []
+        self.shipper = LogShipper(self._send_log, state=self.state)
+        self.info = self._info()
+        self._info_sent = False
+        self.seq = 0
+        self.stopping = asyncio.Event()
+        self.registered = asyncio.Event()
+        self.scanner: Any = None
+        if cfg.dataset_roots:
+            from agent.datasets.scan import DatasetScanner
+
+            self.scanner = DatasetScanner(cfg.dataset_roots)
+        self.last_error = ""
+        self._finished: list[tuple[AdoptRecord, w.JobReport]] = []
+        self._want_full = True
+
+    # ---------------------------------------------------------------- facts
+    def _info(self) -> w.NodeInfo:
+        info = self.host.info()
+        info.agent_version = __version__
+        info.gpu_probe = self.probe.kind
+        d = self.probe.describe()
+        info.driver_version = d.get("driver_version", "")
+        info.cuda_version = d.get("cuda_version", "")
+        info.runtimes = sorted(self.runtimes)
+        info.docker_available = "docker" in self.runtimes
+        info.docker_error = self.docker_error
+        return info
+
+    # ---------------------------------------------------------------- run
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop)
+        self._adopt()
+        await self._register()
+        tasks = [
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self._command_loop(), name="commands"),
+            asyncio.create_task(self._job_loop(), name="jobs"),
+            asyncio.create_task(self._log_loop(), name="logs"),
+        ]
+        if self.scanner is not None:
+            tasks.append(asyncio.create_task(self._scan_loop(), name="datasets"))
+        await self.stopping.wait()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.state.save()
+        await self.link.aclose()
+        self.probe.close()
+        log.info("agent stopped; %d job(s) keep running and will be re-adopted", len(self.jobs))
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    async def _register(self) -> None:
+        if self.link.secret:
+            self.registered.set()
+            return
+        if not self.cfg.join_token:
+            raise SystemExit("this agent has not joined yet: give --join-token (from `mlsm join-token create`)")
+        req = w.RegisterRequest(
+            protocol=PROTOCOL_VERSION,
+            join_token=self.cfg.join_token,
+            name=self.name,
+            labels=self.cfg.labels,
+            info=self.info,
+        )
+        attempt = 0
+        while not self.stopping.is_set():
+            try:
+                reply = await self.link.register(req)
+            except MasterError as exc:
+                raise SystemExit(f"the master refused to register this node: {exc.message}") from None
+            except httpx.HTTPError as exc:
+                wait = backoff(attempt)
+                attempt += 1
+                log.warning("cannot reach the master at %s (%s); retrying in %.1f s", self.cfg.master, exc, wait)
+                await self._sleep(wait)
+                continue
+            self.link.store_secret(reply.node_secret)
+            self.state.set_node(reply.node_id, reply.name)
+            self.name = reply.name
+            self.interval = reply.heartbeat_interval
+            log.info("joined the master as node %s (id %s)", reply.name, reply.node_id)
+            self.registered.set()
+            self._info_sent = True
+            return
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
+
+    def _fatal_auth(self, exc: MasterError) -> None:
+        log.error("the master no longer accepts this node (%s); join it again with a new join token", exc.message)
+        self.last_error = exc.message
+
+    # ---------------------------------------------------------------- heartbeat
+    async def _heartbeat_loop(self) -> None:
+        failures = 0
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            gpus, gpu_err = await self.sampler.sample()
+            self._attribute_gpu_processes(gpus)
+            host = await asyncio.to_thread(self.host.sample)
+            self.seq += 1
+            hb = w.Heartbeat(
+                protocol=PROTOCOL_VERSION,
+                seq=self.seq,
+                sent_at=time.time(),
+                info=None if self._info_sent else self.info,
+                host=host,
+                gpus=gpus,
+                gpu_error=gpu_err or self.gpu_error,
+                jobs=[r.report for r in self.jobs.values()],
+                datasets_digest=self.scanner.catalog_digest if self.scanner is not None else "",
+            )
+            try:
+                reply = await self.link.call("heartbeat", hb, w.decode_heartbeat_reply)
+                self._info_sent = True
+                if failures:
+                    log.info("the master is back after %d failed heartbeat(s)", failures)
+                failures = 0
+                self.interval = reply.heartbeat_interval
+                if reply.want_full_catalog and self.scanner is not None:
+                    self._want_full = True
+                wait = max(0.0, self.interval - (time.monotonic() - started))
+            except MasterError as exc:
+                failures += 1
+                if exc.code == "protocol_mismatch":
+                    log.error("%s", exc.message)
+                elif is_auth_failure(exc):
+                    self._fatal_auth(exc)
+                else:
+                    log.warning("heartbeat refused: %s", exc.message)
+                wait = backoff(failures)
+            except httpx.HTTPError as exc:
+                failures += 1
+                self._info_sent = False
+                wait = min(backoff(failures), max(self.interval, BACKOFF_INITIAL_S) * 2 ** min(failures, 4))
+                log.warning("master unreachable (%s: %s); retrying in %.1f s", type(exc).__name__, exc, wait)
+            await self._sleep(wait)
+
+    def _attribute_gpu_processes(self, gpus: list[w.GpuSample]) -> None:
+        sessions: dict[int, int] = {}
+        for jid, r in self.jobs.items():
+            sid = getattr(r.handle, "session_id", None)
+            if sid:
+                sessions[sid] = jid
+        if not sessions:
+            return
+        for g in gpus:
+            for p in g.processes:
+                if p.job_id is None:
+                    with contextlib.suppress(OSError):
+                        p.job_id = sessions.get(os.getsid(p.pid))
+
+    # ---------------------------------------------------------------- commands
+    async def _command_loop(self) -> None:
+        failures = 0
+        await self.registered.wait()
+        while not self.stopping.is_set():
+            ack, self.to_ack = self.to_ack, []
+            try:
+                batch = await self.link.call(
+                    "commands",
+                    w.CommandPoll(protocol=PROTOCOL_VERSION, wait_s=POLL_WAIT_S, ack=ack),
+                    w.decode_batch,
+                    timeout=POLL_WAIT_S + 10,
+                )
+                failures = 0
+            except (MasterError, httpx.HTTPError) as exc:
+                self.to_ack = ack + self.to_ack
+                failures += 1
+                if isinstance(exc, MasterError) and is_auth_failure(exc):
+                    self._fatal_auth(exc)
+                await self._sleep(backoff(failures))
+                continue
+            for cmd in batch.commands:
+                if cmd.id in self.done_cmds:
+                    self.to_ack.append(cmd.id)
+                    continue
+                try:
+                    await self._handle(cmd)
+                except Exception:
+                    log.exception("command %s failed", cmd.id)
+                self.done_cmds.add(cmd.id)
+                self.to_ack.append(cmd.id)
+
+    async def _handle(self, cmd: w.Command) -> None:
+        if isinstance(cmd, w.StartJob):
+            await self._start_job(cmd.job)
+        elif isinstance(cmd, w.CancelJob):
+            r = self.jobs.get(cmd.job_id)
+            if r is not None and r.spec.attempt == cmd.attempt:
+                await asyncio.to_thread(r.handle.stop, cmd.reason, cmd.end_kind, cmd.grace_s)
+        else:
+            log.warning("command %s is not handled by this agent version", type(cmd).__name__)
+
+    async def _start_job(self, spec: w.JobSpec) -> None:
+        cur = self.jobs.get(spec.job_id)
+        if cur is not None and cur.spec.attempt >= spec.attempt:
+            return  # idempotent: this attempt already runs here
+        runtime = self.runtimes.get(spec.env_kind)
+        job_dir = job_dir_for(self.cfg.data_dir, spec.job_id)
+        if runtime is None:
+            why = self.docker_error if spec.env_kind == "docker" else f"no {spec.env_kind} runtime on this node"
+            await self._send_events([w.JobReport(job_id=spec.job_id, attempt=spec.attempt, state="failed_to_start", reason=why, end_kind="error", ended_at=time.time())])
+            return
+        try:
+            handle = await asyncio.to_thread(runtime.start, spec, job_dir)
+        except RuntimeStartError as exc:
+            await self._send_events([w.JobReport(job_id=spec.job_id, attempt=spec.attempt, state="failed_to_start", reason=str(exc), end_kind="error", ended_at=time.time())])
+            return
+        rec = handle.record
+        self.state.add(rec)
+        report = w.JobReport(job_id=spec.job_id, attempt=spec.attempt, state="running", pid=rec.pid, container_id=rec.container_id, started_at=rec.started_at)
+        self.jobs[spec.job_id] = _Running(handle, spec, report)
+        self._mark_gpus(spec.gpus, True, rec.pid)
+        self.shipper.watch(spec.job_id, spec.attempt, job_dir / "output.log")
+        await self._send_events([report])
+
+    def _mark_gpus(self, gpus: list[int], busy: bool, pid: int | None = None) -> None:
+        set_busy = getattr(self.probe, "set_busy", None)
+        if set_busy is None:
+            return
+        for g in gpus:
+            with contextlib.suppress(Exception):
+                set_busy(g, busy, pid=pid) if busy else set_busy(g, False)
+
+    async def _send_events(self, reports: list[w.JobReport]) -> bool:
+        try:
+            await self.link.call("events", w.JobEvents(protocol=PROTOCOL_VERSION, jobs=reports), w.decode_ack)
+            return True
+        except (MasterError, httpx.HTTPError) as exc:
+            log.warning("could not report job events now (%s); the next heartbeat carries them", exc)
+            return False
+
+    # ---------------------------------------------------------------- jobs
+    def _adopt(self) -> None:
+        for rec in self.state.records():
+            runtime = self.runtimes.get(rec.runtime) or self.runtimes.get("process")
+            if rec.runtime == "docker" and "docker" not in self.runtimes:
+                log.warning("job %s ran in Docker, which is unavailable now; reporting it lost", rec.job_id)
+                self._ended(rec, w.JobReport(job_id=rec.job_id, attempt=rec.attempt, state="lost", end_kind="lost", reason="Docker became unavailable while the agent was down"))
+                continue
+            assert runtime is not None
+            try:
+                got = runtime.adopt(rec)
+            except Exception as exc:
+                got = w.JobReport(job_id=rec.job_id, attempt=rec.attempt, state="lost", end_kind="lost", reason=f"could not re-adopt: {exc}")
+            spec = w.JobSpec(job_id=rec.job_id, attempt=rec.attempt, argv=["?"])
+            self.shipper.watch(rec.job_id, rec.attempt, Path(rec.job_dir) / "output.log")
+            if isinstance(got, w.JobReport):
+                self._ended(rec, got)
+            else:
+                report = w.JobReport(job_id=rec.job_id, attempt=rec.attempt, state="running", pid=rec.pid, container_id=rec.container_id, started_at=rec.started_at)
+                self.jobs[rec.job_id] = _Running(got, spec, report)
+                log.info("re-adopted job %s (attempt %s)", rec.job_id, rec.attempt)
+
+    def _ended(self, rec: AdoptRecord, final: w.JobReport) -> None:
+        """Keep a finished job's report until the master has it and its log."""
+        self._finished.append((rec, final))
+
+    async def _job_loop(self) -> None:
+        while not self.stopping.is_set():
+            for jid, r in list(self.jobs.items()):
+                final = await asyncio.to_thread(r.handle.poll)
+                if final is not None:
+                    del self.jobs[jid]
+                    self._mark_gpus(r.spec.gpus, False)
+                    self._finished.append((r.handle.record, final))
+            if self._finished:
+                await self._report_finished()
+            await self._sleep(JOB_CHECK_S)
+
+    async def _report_finished(self) -> None:
+        pending = []
+        for rec, final in self._finished:
+            await self.shipper.flush(rec.job_id, timeout_s=5.0)
+            final.log_size = self.shipper.offset(rec.job_id) or 0
+            if await self._send_events([final]):
+                self.shipper.forget(rec.job_id)
+                self.state.remove(rec.job_id)
+            else:
+                pending.append((rec, final))
+        self._finished = pending
+        if pending:
+            await self._sleep(backoff(1))
+
+    async def _log_loop(self) -> None:
+        last_save = time.monotonic()
+        while not self.stopping.is_set():
+            with contextlib.suppress(Exception):
+                await self.shipper.pump_once()
+            if time.monotonic() - last_save > STATE_SAVE_S:
+                last_save = time.monotonic()
+                self.state.save()
+            await self._sleep(LOG_PUMP_S)
+
+    async def _send_log(self, job_id: int, attempt: int, offset: int, data: bytes) -> int:
+        ack = await self.link.call("logs", w.LogChunk(job_id=job_id, attempt=attempt, offset=offset, data=data), w.decode_log_ack)
+        return int(ack.next_offset)
+
+    # ---------------------------------------------------------------- datasets
+    async def _scan_loop(self) -> None:
+        await self.registered.wait()
+        while not self.stopping.is_set():
+            full = self._want_full
+            try:
+                report = await asyncio.to_thread(self.scanner.scan, full)
+                if report.full or report.upsert or report.removed:
+                    await self.link.call("datasets", report, w.decode_ack)
+                self._want_full = False
+            except (MasterError, httpx.HTTPError) as exc:
+                log.warning("could not report datasets (%s); rescanning fully later", exc)
+                self._want_full = True
+            except Exception:
+                log.exception("dataset scan failed")
+            await self._sleep(SCAN_INTERVAL_S)

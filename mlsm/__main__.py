@@ -1,0 +1,3 @@
+from mlsm.cli import main
+
+main()

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import click
+
+from mlsm.cli.common import settings_from
+
+
+def _labels(items: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise click.BadParameter(f"{item!r} is not key=value", param_hint="--label")
+        out[k] = v
+    return out
+
+
+@click.command()
+@click.option("--master", help="URL of the master (MLSM_MASTER).")
+@click.option("--join-token", help="One-time join token from `mlsm join-token create` (first start only).")
+@click.option("--name", "node_name", help="Node name (default: the host name).")
+@click.option("--data-dir", "agent_data_dir", help="Agent state, job outputs and logs (default <data dir>/agent).")
+@click.option("--dataset-root", "dataset_roots", multiple=True, help="A directory whose entries are datasets (repeatable).")
+@click.option("--label", "labels", multiple=True, help="k=v label of this node (repeatable).")
+@click.option("--simulate-gpus", help="Simulated GPUs for tests and demos, e.g. 2xA100-80GB.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--print-systemd-unit", is_flag=True, help="Print a systemd unit for this agent with these settings and exit.")
+@click.pass_context
+def agent(ctx: click.Context, labels: tuple[str, ...], dataset_roots: tuple[str, ...], print_systemd_unit: bool, **flags: object) -> None:
+    """Run the agent on this server (foreground; use the systemd unit for a service)."""
+    import asyncio
+    import os
+    from pathlib import Path
+
+    from mlsm.errors import ConfigError
+
+    overrides: dict[str, object] = dict(flags)
+    if labels:
+        overrides["labels"] = _labels(labels)
+    if dataset_roots:
+        overrides["dataset_roots"] = [str(Path(p).resolve()) for p in dataset_roots]
+    s = settings_from(ctx, **overrides)
+    if print_systemd_unit:
+        from mlsm.packaging import agent_unit
+
+        click.echo(agent_unit(s))
+        return
+    if not s.master:
+        raise ConfigError("the agent needs --master URL (or MLSM_MASTER)")
+    from mlsm.client import check_url
+
+    check_url(s.master, allow_plain_http=s.allow_plain_http)
+    from agent.main import Agent, AgentConfig
+    from mlsm.master.http import setup_logging
+
+    setup_logging(s.log_level)
+    data = s.agent_data_path
+    data.mkdir(parents=True, exist_ok=True, mode=0o700)
+    verify: object = True
+    fp_file = data / "master-fingerprint"
+    token = s.join_token
+    if token and "@" in token:
+        from agent.link import write_secret
+        from mlsm.tls import normalise_fingerprint
+
+        write_secret(fp_file, normalise_fingerprint(token.split("@", 1)[1]))
+    if fp_file.exists() and s.master.startswith("https"):
+        from mlsm.tls import pinned_context
+
+        verify = pinned_context(fp_file.read_text().strip(), s.master)
+    elif s.ca_file:
+        from mlsm.client import ssl_context
+
+        verify = ssl_context(s.ca_file)
+    cfg = AgentConfig(
+        master=s.master,
+        data_dir=data,
+        name=s.node_name,
+        join_token=token,
+        labels=s.labels,
+        dataset_roots=[Path(p) for p in s.dataset_roots],
+        simulate_gpus=s.simulate_gpus,
+        verify=verify,
+        heartbeat_interval=s.heartbeat_interval,
+    )
+    os.umask(0o022)
+    asyncio.run(Agent(cfg).run())

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import sys
+
+import click
+
+from mlsm.cli.common import emit_json, json_option, settings_from
+
+
+@click.command()
+@click.option("--simulate-gpus", default="", help="Give the local agent simulated GPUs (demos), e.g. 2xA100-80GB.")
+@click.pass_context
+def up(ctx: click.Context, simulate_gpus: str) -> None:
+    """Start the embedded local service (master with SQLite + a local agent) in the background."""
+    from mlsm.local import up as start
+
+    start(settings_from(ctx), simulate_gpus=simulate_gpus)
+
+
+@click.command()
+@click.pass_context
+def down(ctx: click.Context) -> None:
+    """Stop the embedded local service; running jobs go on and are re-adopted by `mlsm up`."""
+    from mlsm.local import down as stop
+
+    stopped = stop(settings_from(ctx))
+    click.echo("stopped " + " and ".join(stopped) if stopped else "mlsm is not running")
+
+
+@click.command()
+@json_option
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Show whether the embedded local service runs, and where you are logged in."""
+    from mlsm.local import status as st
+
+    s = settings_from(ctx)
+    info = st(s)
+    info["login_url"] = s.url
+    if as_json:
+        emit_json(info)
+    else:
+        if info["master_pid"]:
+            click.echo(f"local service: running at {info['url']} (master pid {info['master_pid']}, agent pid {info['agent_pid'] or '-'})"
+                       f"{'' if info['healthy'] else ' - NOT ANSWERING'}")
+        else:
+            click.echo("local service: not running (start it with `mlsm up`)")
+        click.echo(f"data dir:      {info['data_dir']}")
+        click.echo(f"logged in to:  {s.url or '-'}")
+    if info["master_pid"] and not info["healthy"]:
+        sys.exit(1)
+
+
+@click.command()
+@click.option("--readonly", is_flag=True, help="Hide every action: look, do not touch.")
+@click.pass_context
+def ui(ctx: click.Context, readonly: bool) -> None:
+    """Open the dashboard."""
+    _open(ctx, readonly=readonly, start_local=False)
+
+
+def open_default(ctx: click.Context) -> None:
+    """`mlsm` with no command: start the local service when nothing is configured, then the dashboard."""
+    _open(ctx, readonly=False, start_local=True)
+
+
+def _open(ctx: click.Context, *, readonly: bool, start_local: bool) -> None:
+    from mlsm.cli.common import _verify
+    from mlsm.client import check_url
+    from mlsm.errors import ConfigError
+
+    s = settings_from(ctx)
+    url = s.url
+    if not url:
+        from mlsm.local import local_url, up
+
+        url = local_url(s)
+        if not url and start_local:
+            url = up(s, quiet=False)
+            s = settings_from(ctx)
+        if not url:
+            raise ConfigError("no master configured: run `mlsm login URL` or `mlsm up`")
+    url = check_url(url, allow_plain_http=s.allow_plain_http)
+    from tui import run_dashboard
+
+    run_dashboard(url, s.token, readonly=readonly, verify=_verify(s) if url.startswith("https") else True)

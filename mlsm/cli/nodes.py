@@ -1,0 +1,201 @@
+from __future__ import annotations
+
+import time
+
+import click
+
+from mlsm.cli.common import ago, client_from, emit_json, human_bytes, json_option, parse_duration, table, when
+from mlsm.wire import api
+
+
+@click.group("join-token")
+def join_token() -> None:
+    """Create, list and revoke join tokens for agents (admins)."""
+
+
+@join_token.command("create")
+@click.option("--ttl", default="24h", show_default=True, help="How long the token is valid.")
+@click.option("--uses", type=click.IntRange(1, 10000), default=1, show_default=True, help="How many agents may join with it.")
+@click.option("--note", default="", help="A note for the list.")
+@json_option
+@click.pass_context
+def join_token_create(ctx: click.Context, ttl: str, uses: int, note: str, as_json: bool) -> None:
+    """Create a join token; it is shown once."""
+    with client_from(ctx) as c:
+        t = c.call("POST", "/api/v1/join-tokens", json=api.JoinTokenCreate(ttl_s=parse_duration(ttl), uses=uses, note=note), type=api.JoinTokenCreated)
+        url = c.url
+    if as_json:
+        emit_json(t)
+        return
+    click.echo(t.token)
+    click.echo(
+        f"join token {t.info.id}: {uses} use(s), expires {when(t.info.expires_at)}. On each server run:\n"
+        f"  mlsm agent --master {url} --join-token <token>",
+        err=True,
+    )
+
+
+@join_token.command("list")
+@json_option
+@click.pass_context
+def join_token_list(ctx: click.Context, as_json: bool) -> None:
+    """List join tokens."""
+    with client_from(ctx) as c:
+        rows = c.call("GET", "/api/v1/join-tokens", type=list[api.JoinToken])
+    if as_json:
+        emit_json(rows)
+        return
+    now = time.time()
+    table([(t.id, t.created_by, when(t.created_at), when(t.expires_at), f"{t.used}/{t.uses}",
+            "revoked" if t.revoked else "expired" if t.expires_at <= now else "used up" if t.used >= t.uses else "valid", t.note)
+           for t in rows], ["ID", "BY", "CREATED", "EXPIRES", "USED", "STATE", "NOTE"])
+
+
+@join_token.command("revoke")
+@click.argument("token_id", type=int)
+@click.pass_context
+def join_token_revoke(ctx: click.Context, token_id: int) -> None:
+    """Revoke a join token."""
+    with client_from(ctx) as c:
+        c.call("DELETE", f"/api/v1/join-tokens/{token_id}")
+    click.echo(f"join token {token_id} revoked")
+
+
+def _gpu_summary(n: api.Node) -> tuple[str, str, str]:
+    if not n.gpus:
+        return "-", "-", "-"
+    busy = sum(1 for g in n.gpus if g.busy)
+    ok = [g.sample for g in n.gpus if not g.sample.error]
+    util = f"{sum(g.util for g in ok) / len(ok):.0f}%" if ok else "-"
+    used = sum(g.mem_used for g in ok)
+    total = sum(g.mem_total for g in ok)
+    sim = " (sim)" if any(g.sample.simulated for g in n.gpus) else ""
+    return f"{busy}/{len(n.gpus)}{sim}", util, f"{human_bytes(used)}/{human_bytes(total)}"
+
+
+@click.command()
+@click.option("--label", "labels", multiple=True, help="Only nodes with this k=v label (repeatable).")
+@json_option
+@click.pass_context
+def nodes(ctx: click.Context, labels: tuple[str, ...], as_json: bool) -> None:
+    """List nodes: state, GPUs busy/total, GPU use, CPU and memory."""
+    with client_from(ctx) as c:
+        rows = c.call("GET", "/api/v1/nodes", params={"label": list(labels) or None}, type=list[api.Node])
+    if as_json:
+        emit_json(rows)
+        return
+    out = []
+    for n in rows:
+        gb, gu, gm = _gpu_summary(n)
+        h = n.host
+        out.append((n.name, n.state, ",".join(f"{k}={v}" for k, v in n.labels.items()) or "-", gb, gu, gm,
+                    f"{h.cpu_percent:.0f}%" if h else "-",
+                    f"{human_bytes(h.mem_used)}/{human_bytes(h.mem_total)}" if h else "-", n.running_jobs, ago(n.last_seen)))
+    table(out, ["NODE", "STATE", "LABELS", "GPUS BUSY", "GPU UTIL", "GPU MEM", "CPU", "MEM", "JOBS", "LAST SEEN"])
+
+
+@click.group()
+def node() -> None:
+    """Show, drain, resume, label or remove a node."""
+
+
+@node.command("show")
+@click.argument("name")
+@json_option
+@click.pass_context
+def node_show(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Every GPU with its processes and who owns them, and a recent history summary."""
+    with client_from(ctx) as c:
+        n = c.call("GET", f"/api/v1/nodes/{name}", type=api.Node)
+        hist = c.call("GET", f"/api/v1/nodes/{name}/history", params={"window": 900}, type=api.NodeHistory)
+    if as_json:
+        emit_json({"node": n, "history": hist})
+        return
+    i = n.info
+    click.echo(f"node      {n.name} ({n.state}{', draining' if n.draining else ''})  last seen {ago(n.last_seen)}")
+    click.echo(f"host      {i.hostname}  {i.os}  kernel {i.kernel}  {i.cpu_model} x{i.cpu_cores}  {human_bytes(i.mem_total)} RAM")
+    click.echo(f"agent     mlsm {i.agent_version}  GPUs: {i.gpu_probe}{' (SIMULATED)' if i.gpu_probe == 'simulated' else ''}"
+               f"{'  driver ' + i.driver_version if i.driver_version else ''}  docker: {'yes' if i.docker_available else 'no'}")
+    if n.labels:
+        click.echo("labels    " + ", ".join(f"{k}={v}" for k, v in n.labels.items()))
+    if n.host:
+        h = n.host
+        click.echo(f"now       CPU {h.cpu_percent:.0f}%  load {h.load1:.2f}  mem {human_bytes(h.mem_used)}/{human_bytes(h.mem_total)}  "
+                   f"net rx {human_bytes(h.net_rx_bps)}/s tx {human_bytes(h.net_tx_bps)}/s")
+        for d in h.disks:
+            click.echo(f"disk      {d.path} ({d.role}): {human_bytes(d.used)} used of {human_bytes(d.total)}")
+    if n.gpu_error:
+        click.echo(f"GPUs      error: {n.gpu_error}")
+    for g in n.gpus:
+        s = g.sample
+        who = f"jobs {','.join(map(str, g.job_ids))}" if g.job_ids else ("FOREIGN processes" if g.foreign else "free")
+        if s.error:
+            click.echo(f"GPU {s.index}     ERROR: {s.error}")
+            continue
+        click.echo(f"GPU {s.index}     {s.name}{' (simulated)' if s.simulated else ''}  util {s.util:.0f}%  mem {human_bytes(s.mem_used)}/{human_bytes(s.mem_total)}  "
+                   f"{s.temperature:.0f}C  {s.power_w:.0f}/{s.power_limit_w:.0f} W  -> {who}")
+        for p in s.processes:
+            owner = f"job {p.job_id}" if p.job_id else f"user {p.user or '?'} (not started by mlsm)"
+            click.echo(f"            pid {p.pid} {p.name or '?'} {human_bytes(p.used_mem)}  {owner}")
+    if hist.series:
+        click.echo("last 15 min (mean / max):")
+        for key in sorted(hist.series):
+            pts = hist.series[key]
+            if pts:
+                mean = sum(p.mean for p in pts) / len(pts)
+                click.echo(f"  {key:<14} {mean:6.1f} / {max(p.max for p in pts):6.1f}")
+
+
+def _node_action(ctx: click.Context, name: str, action: str, as_json: bool) -> None:
+    with client_from(ctx) as c:
+        n = c.call("POST", f"/api/v1/nodes/{name}/{action}", type=api.Node)
+    if as_json:
+        emit_json(n)
+    else:
+        click.echo(f"node {n.name}: {'draining: no new jobs' if n.draining else 'accepting jobs'}")
+
+
+@node.command("drain")
+@click.argument("name")
+@json_option
+@click.pass_context
+def node_drain(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Stop placing new jobs on a node (running jobs go on)."""
+    _node_action(ctx, name, "drain", as_json)
+
+
+@node.command("resume")
+@click.argument("name")
+@json_option
+@click.pass_context
+def node_resume(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Place jobs on a drained node again."""
+    _node_action(ctx, name, "resume", as_json)
+
+
+@node.command("label")
+@click.argument("name")
+@click.argument("labels", nargs=-1)
+@click.pass_context
+def node_label(ctx: click.Context, name: str, labels: tuple[str, ...]) -> None:
+    """Replace a node's labels: mlsm node label NAME k=v ..."""
+    from mlsm.cli.agent import _labels
+
+    with client_from(ctx) as c:
+        c.call("POST", f"/api/v1/nodes/{name}/labels", json=api.NodeUpdate(labels=_labels(labels)))
+    click.echo(f"node {name} labels set")
+
+
+@node.command("remove")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Remove even while jobs run there (they are interrupted).")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def node_remove(ctx: click.Context, name: str, force: bool, yes: bool) -> None:
+    """Remove a node; its agent must join again to come back."""
+    if not yes:
+        click.confirm(f"Remove node {name}?", abort=True)
+    with client_from(ctx) as c:
+        res = c.call("DELETE", f"/api/v1/nodes/{name}", params={"force": force or None})
+    extra = f"; interrupted jobs {res['interrupted']}" if res.get("interrupted") else ""
+    click.echo(f"node {name} removed{extra}")

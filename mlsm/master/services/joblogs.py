@@ -1,0 +1,93 @@
+"""Job logs on the master: one file per job attempt, appended idempotently by offset.
+
+The agent is the writer and the master the source of truth for what it holds: a chunk
+whose offset is past the end is refused with the current size (the agent resends from
+there), bytes the master already has are skipped, so retries after a network fault neither
+lose nor repeat a byte. Reading and following stream from the file in fixed blocks, so a
+100 MB log costs the master no more memory than a small one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+READ_BLOCK = 64 * 1024
+
+
+class LogStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._waiters: dict[int, asyncio.Event] = {}
+        self._sizes: dict[tuple[int, int], int] = {}
+
+    def path(self, job_id: int, attempt: int) -> Path:
+        return self.root / f"{job_id}.{attempt}.log"
+
+    def size(self, job_id: int, attempt: int) -> int:
+        key = (job_id, attempt)
+        if key not in self._sizes:
+            p = self.path(job_id, attempt)
+            self._sizes[key] = p.stat().st_size if p.exists() else 0
+        return self._sizes[key]
+
+    def append(self, job_id: int, attempt: int, offset: int, data: bytes) -> int:
+        """Append what lies past the current end; returns the new size."""
+        size = self.size(job_id, attempt)
+        if offset > size:
+            return size  # a gap: the agent resends from `size`
+        skip = size - offset
+        if skip < len(data):
+            with open(self.path(job_id, attempt), "ab") as fh:
+                fh.write(data[skip:])
+            size += len(data) - skip
+            self._sizes[(job_id, attempt)] = size
+            self.notify(job_id)
+        return size
+
+    def notify(self, job_id: int) -> None:
+        ev = self._waiters.get(job_id)
+        if ev is not None:
+            ev.set()
+
+    def read(self, job_id: int, attempt: int, offset: int, limit: int) -> bytes:
+        p = self.path(job_id, attempt)
+        if not p.exists():
+            return b""
+        with open(p, "rb") as fh:
+            fh.seek(offset)
+            return fh.read(limit)
+
+    async def stream(self, job_id: int, attempt: int, offset: int = 0, limit: int | None = None) -> AsyncIterator[bytes]:
+        p = self.path(job_id, attempt)
+        if not p.exists():
+            return
+        remaining = limit if limit is not None else -1
+        with open(p, "rb") as fh:
+            fh.seek(offset)
+            while remaining != 0:
+                n = READ_BLOCK if remaining < 0 else min(READ_BLOCK, remaining)
+                block = fh.read(n)
+                if not block:
+                    break
+                if remaining > 0:
+                    remaining -= len(block)
+                yield block
+
+    async def wait(self, job_id: int, timeout: float) -> None:
+        ev = self._waiters.setdefault(job_id, asyncio.Event())
+        ev.clear()
+        try:
+            await asyncio.wait_for(ev.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    def remove(self, job_id: int, attempts: int) -> None:
+        for a in range(attempts + 1):
+            try:
+                os.unlink(self.path(job_id, a))
+            except FileNotFoundError:
+                pass

@@ -1,0 +1,451 @@
+"""The node registry: joins, heartbeats, node states, the command outbox and long-polls.
+
+Hot state lives in memory (one :class:`LiveNode` per node): heartbeats update it and the
+telemetry history without touching the database; a flusher writes ``last_seen`` and node
+info of changed nodes, and finished history minutes, in one transaction every few seconds.
+Commands for agents are written to the database when queued (so a master restart loses
+none) and kept in memory until the agent acknowledges them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from sqlalchemy import select, update
+
+from mlsm import MIN_AGENT_PROTOCOL, PROTOCOL_VERSION
+from mlsm.config import Settings
+from mlsm.errors import AuthenticationError, Conflict, NotFound, ProtocolMismatch
+from mlsm.master.db import Database
+from mlsm.master.db.models import Command as CommandRow
+from mlsm.master.db.models import JoinToken, Node
+from mlsm.master.security import Principal, new_token, token_hash
+from mlsm.master.services.telemetry import History
+from mlsm.wire import agent as w
+from mlsm.wire import api
+
+log = logging.getLogger("mlsm.master.nodes")
+
+FLUSH_INTERVAL_S = 5.0
+WATCH_INTERVAL_S = 1.0
+PRUNE_INTERVAL_S = 3600.0
+_cmd_decoder = msgspec.msgpack.Decoder(w.Command)
+
+
+@dataclass(eq=False)
+class LiveNode:
+    id: int
+    name: str
+    secret_hash: str
+    labels: dict[str, str]
+    registered_at: float
+    draining: bool = False
+    docker_network: str = "none"
+    info: w.NodeInfo = field(default_factory=w.NodeInfo)
+    last_seen: float | None = None
+    host: w.HostSample | None = None
+    gpus: list[w.GpuSample] = field(default_factory=list)
+    gpu_error: str | None = None
+    jobs: dict[int, w.JobReport] = field(default_factory=dict)
+    protocol: int = PROTOCOL_VERSION
+    datasets_digest: str = ""
+    outbox: dict[int, w.Command] = field(default_factory=dict)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    dirty: bool = False
+    lost: bool = False  # lease expired and its jobs were handled
+
+
+Listener = Callable[..., Awaitable[None] | None]
+
+
+class NodeRegistry:
+    def __init__(self, db: Database, settings: Settings, history: History) -> None:
+        self.db = db
+        self.settings = settings
+        self.history = history
+        self.nodes: dict[int, LiveNode] = {}
+        self.by_name: dict[str, LiveNode] = {}
+        self.by_secret: dict[str, LiveNode] = {}
+        # Hooks set by other services (jobs, datasets, scheduler).
+        self.on_reports: Listener | None = None  # (node, reports, full: bool)
+        self.on_lost: Listener | None = None  # (node)
+        self.on_change: Listener | None = None  # () -> something a scheduler cares about changed
+        self.on_transfers: Listener | None = None  # (node, progress list)
+
+    # ---------------------------------------------------------------- lifecycle
+    async def load(self) -> None:
+        async with self.db.session() as s:
+            rows = (await s.execute(select(Node).where(Node.removed.is_(False)))).scalars().all()
+            cmds = (await s.execute(select(CommandRow).where(CommandRow.acked.is_(False)))).scalars().all()
+        now = time.time()
+        for r in rows:
+            n = LiveNode(
+                id=r.id,
+                name=r.name,
+                secret_hash=r.secret_hash,
+                labels=dict(r.labels or {}),
+                registered_at=r.registered_at,
+                draining=r.draining,
+                docker_network=r.docker_network,
+                info=msgspec.convert(r.info or {}, w.NodeInfo),
+                last_seen=r.last_seen,
+            )
+            # After a master restart a node's lease counts from now: it gets a full lease to
+            # reconnect before its jobs are declared lost.
+            if n.last_seen is not None:
+                n.last_seen = max(n.last_seen, now - self.settings.stale_after)
+            self._index(n)
+        for c in cmds:
+            node = self.nodes.get(c.node_id)
+            if node is not None:
+                node.outbox[c.id] = _cmd_decoder.decode(c.body)
+
+    def _index(self, n: LiveNode) -> None:
+        self.nodes[n.id] = n
+        self.by_name[n.name] = n
+        self.by_secret[n.secret_hash] = n
+
+    def _unindex(self, n: LiveNode) -> None:
+        self.nodes.pop(n.id, None)
+        self.by_name.pop(n.name, None)
+        self.by_secret.pop(n.secret_hash, None)
+
+    async def run_background(self) -> None:
+        """Flusher + lease watchdog; runs for the master's lifetime."""
+        last_flush = last_prune = time.monotonic()
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            try:
+                await self._watch()
+                mono = time.monotonic()
+                if mono - last_flush >= FLUSH_INTERVAL_S:
+                    last_flush = mono
+                    await self.flush()
+                if mono - last_prune >= PRUNE_INTERVAL_S:
+                    last_prune = mono
+                    await self.history.prune()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("node registry background step failed; carrying on")
+
+    async def flush(self) -> None:
+        dirty = [n for n in self.nodes.values() if n.dirty]
+        if dirty:
+            async with self.db.transaction() as s:
+                for n in dirty:
+                    n.dirty = False
+                    await s.execute(
+                        update(Node)
+                        .where(Node.id == n.id)
+                        .values(last_seen=n.last_seen, info=msgspec.to_builtins(n.info))
+                    )
+        await self.history.flush()
+
+    async def _watch(self) -> None:
+        now = time.time()
+        for n in list(self.nodes.values()):
+            if n.last_seen is None or n.lost:
+                continue
+            if now - n.last_seen > self.settings.node_lease:
+                n.lost = True
+                log.warning("node %s missed its lease (%.0f s): offline", n.name, self.settings.node_lease)
+                if self.on_lost is not None:
+                    res = self.on_lost(n)
+                    if asyncio.iscoroutine(res):
+                        await res
+
+    # ---------------------------------------------------------------- states
+    def state_of(self, n: LiveNode, now: float | None = None) -> str:
+        now = now or time.time()
+        if n.last_seen is None:
+            return "offline"
+        age = now - n.last_seen
+        if age > self.settings.node_lease:
+            return "offline"
+        if age > self.settings.stale_after:
+            return "stale"
+        return "draining" if n.draining else "online"
+
+    def schedulable(self, n: LiveNode, now: float | None = None) -> bool:
+        return self.state_of(n, now) == "online"
+
+    def get(self, name: str) -> LiveNode:
+        n = self.by_name.get(name)
+        if n is None:
+            raise NotFound(f"no node named {name!r}")
+        return n
+
+    # ---------------------------------------------------------------- join tokens
+    async def create_join_token(self, actor: Principal, body: api.JoinTokenCreate, fingerprint: str = "") -> api.JoinTokenCreated:
+        now = time.time()
+        secret = new_token("join")
+        async with self.db.transaction() as s:
+            row = JoinToken(
+                token_hash=token_hash(secret),
+                created_by=actor.name,
+                created_at=now,
+                expires_at=now + body.ttl_s,
+                uses=body.uses,
+                note=body.note,
+            )
+            s.add(row)
+            await s.flush()
+            info = _join_wire(row)
+        token = f"{secret}@{fingerprint}" if fingerprint else secret
+        return api.JoinTokenCreated(token=token, info=info)
+
+    async def list_join_tokens(self) -> list[api.JoinToken]:
+        async with self.db.session() as s:
+            rows = (await s.execute(select(JoinToken).order_by(JoinToken.id))).scalars().all()
+        return [_join_wire(r) for r in rows]
+
+    async def revoke_join_token(self, token_id: int) -> None:
+        async with self.db.transaction() as s:
+            row = await s.get(JoinToken, token_id)
+            if row is None:
+                raise NotFound(f"no join token {token_id}")
+            row.revoked = True
+
+    # ---------------------------------------------------------------- agent calls
+    def check_protocol(self, version: int) -> None:
+        if not MIN_AGENT_PROTOCOL <= version <= PROTOCOL_VERSION:
+            raise ProtocolMismatch(
+                f"this master speaks agent protocol {MIN_AGENT_PROTOCOL}..{PROTOCOL_VERSION}, the agent "
+                f"speaks {version}: install the same mlsm version on the agent and the master"
+            )
+
+    async def register(self, req: w.RegisterRequest) -> w.RegisterReply:
+        self.check_protocol(req.protocol)
+        secret_token = req.join_token.split("@", 1)[0]
+        now = time.time()
+        node_secret = new_token("node")
+        async with self.db.transaction() as s:
+            jt = (
+                await s.execute(select(JoinToken).where(JoinToken.token_hash == token_hash(secret_token)))
+            ).scalar_one_or_none()
+            if jt is None:
+                raise AuthenticationError("unknown join token: ask an admin for a new one (mlsm join-token create)")
+            if jt.revoked:
+                raise AuthenticationError("this join token was revoked")
+            if jt.expires_at <= now:
+                raise AuthenticationError("this join token has expired: ask an admin for a new one")
+            if jt.used >= jt.uses:
+                raise AuthenticationError(f"this join token is used up ({jt.uses} uses)")
+            existing = (await s.execute(select(Node).where(Node.name == req.name))).scalar_one_or_none()
+            if existing is not None and not existing.removed:
+                live = self.nodes.get(existing.id)
+                if live is not None and self.state_of(live, now) != "offline":
+                    raise Conflict(f"a node named {req.name!r} is online; pick another --name")
+                # An offline node re-joining with a fresh token: same node, new secret.
+                existing.secret_hash = token_hash(node_secret)
+                existing.labels = dict(req.labels)
+                existing.info = msgspec.to_builtins(req.info)
+                existing.join_token_id = jt.id
+                row = existing
+            else:
+                if existing is not None:  # a removed node's name is free again
+                    existing.name = f"{existing.name}~removed-{existing.id}"
+                    await s.flush()
+                row = Node(
+                    name=req.name,
+                    secret_hash=token_hash(node_secret),
+                    labels=dict(req.labels),
+                    info=msgspec.to_builtins(req.info),
+                    registered_at=now,
+                    join_token_id=jt.id,
+                )
+                s.add(row)
+            jt.used += 1
+            await s.flush()
+            node_id, name = row.id, row.name
+        old = self.nodes.get(node_id)
+        if old is not None:
+            self._unindex(old)
+        n = LiveNode(
+            id=node_id,
+            name=name,
+            secret_hash=token_hash(node_secret),
+            labels=dict(req.labels),
+            registered_at=now,
+            info=req.info,
+            draining=old.draining if old else False,
+            outbox=old.outbox if old else {},
+        )
+        self._index(n)
+        log.info("node %s (id %s) joined", name, node_id)
+        return w.RegisterReply(
+            node_id=node_id,
+            name=name,
+            node_secret=node_secret,
+            heartbeat_interval=self.settings.heartbeat_interval,
+            lease=self.settings.node_lease,
+        )
+
+    def node_for(self, principal: Principal) -> LiveNode:
+        n = self.nodes.get(principal.node_id or -1)
+        if n is None:
+            raise AuthenticationError("this node was removed: join it again with a new join token")
+        return n
+
+    def resolve_secret(self, secret: str) -> Principal | None:
+        n = self.by_secret.get(token_hash(secret))
+        if n is None:
+            return None
+        return Principal(kind="node", name=n.name, role="node", node_id=n.id)
+
+    async def heartbeat(self, n: LiveNode, hb: w.Heartbeat) -> w.HeartbeatReply:
+        self.check_protocol(hb.protocol)
+        now = time.time()
+        came_back = n.last_seen is None or self.state_of(n, now) in ("offline", "stale") or n.lost
+        n.last_seen = now
+        n.lost = False
+        n.protocol = hb.protocol
+        if hb.info is not None:
+            n.info = hb.info
+        n.host = hb.host
+        n.gpus = hb.gpus
+        n.gpu_error = hb.gpu_error
+        n.dirty = True
+        self.history.record(n.id, now, hb.host, hb.gpus)
+        want_catalog = bool(hb.datasets_digest) and hb.datasets_digest != n.datasets_digest
+        if hb.jobs or n.jobs:
+            n.jobs = {r.job_id: r for r in hb.jobs}
+            if self.on_reports is not None:
+                res = self.on_reports(n, hb.jobs, True)
+                if asyncio.iscoroutine(res):
+                    await res
+        if hb.transfers and self.on_transfers is not None:
+            res = self.on_transfers(n, hb.transfers)
+            if asyncio.iscoroutine(res):
+                await res
+        if came_back and self.on_change is not None:
+            log.info("node %s is online", n.name)
+            res = self.on_change()
+            if asyncio.iscoroutine(res):
+                await res
+        return w.HeartbeatReply(
+            heartbeat_interval=self.settings.heartbeat_interval,
+            lease=self.settings.node_lease,
+            want_full_catalog=want_catalog,
+            drain=n.draining,
+        )
+
+    async def events(self, n: LiveNode, reports: list[w.JobReport]) -> None:
+        n.last_seen = time.time()
+        for r in reports:
+            n.jobs[r.job_id] = r
+        if self.on_reports is not None:
+            res = self.on_reports(n, reports, False)
+            if asyncio.iscoroutine(res):
+                await res
+
+    # ---------------------------------------------------------------- commands
+    async def enqueue(self, node_id: int, make: Callable[[int], w.Command]) -> int:
+        """Persist a command (its id comes from the database) and wake the node's long-poll."""
+        async with self.db.transaction() as s:
+            row = CommandRow(node_id=node_id, kind="", body=b"", created_at=time.time())
+            s.add(row)
+            await s.flush()
+            cmd = make(row.id)
+            row.kind = type(cmd).__name__
+            row.body = w.encoder.encode(cmd)
+            cmd_id = row.id
+        n = self.nodes.get(node_id)
+        if n is not None:
+            n.outbox[cmd_id] = cmd
+            n.wake.set()
+        return cmd_id
+
+    async def poll(self, n: LiveNode, req: w.CommandPoll) -> w.CommandBatch:
+        n.last_seen = time.time()
+        if req.ack:
+            acked = [i for i in req.ack if i in n.outbox]
+            for i in acked:
+                n.outbox.pop(i, None)
+            if acked:
+                async with self.db.transaction() as s:
+                    await s.execute(update(CommandRow).where(CommandRow.id.in_(acked)).values(acked=True))
+        if not n.outbox and req.wait_s > 0:
+            n.wake.clear()
+            try:
+                await asyncio.wait_for(n.wake.wait(), timeout=req.wait_s)
+            except TimeoutError:
+                pass
+        n.last_seen = time.time()
+        return w.CommandBatch(commands=[n.outbox[k] for k in sorted(n.outbox)])
+
+    # ---------------------------------------------------------------- admin actions
+    async def set_draining(self, name: str, draining: bool) -> LiveNode:
+        n = self.get(name)
+        n.draining = draining
+        async with self.db.transaction() as s:
+            await s.execute(update(Node).where(Node.id == n.id).values(draining=draining))
+        if not draining and self.on_change is not None:
+            res = self.on_change()
+            if asyncio.iscoroutine(res):
+                await res
+        return n
+
+    async def set_labels(self, name: str, labels: dict[str, str]) -> LiveNode:
+        n = self.get(name)
+        n.labels = dict(labels)
+        async with self.db.transaction() as s:
+            await s.execute(update(Node).where(Node.id == n.id).values(labels=n.labels))
+        return n
+
+    async def remove(self, name: str) -> LiveNode:
+        n = self.get(name)
+        async with self.db.transaction() as s:
+            await s.execute(update(Node).where(Node.id == n.id).values(removed=True))
+            await s.execute(update(CommandRow).where(CommandRow.node_id == n.id).values(acked=True))
+        self._unindex(n)
+        self.history.forget(n.id)
+        n.wake.set()
+        return n
+
+    # ---------------------------------------------------------------- views
+    def view(self, n: LiveNode, job_gpus: dict[int, list[int]] | None = None, now: float | None = None) -> api.Node:
+        """``job_gpus`` maps GPU index -> mlsm job ids holding it (from the jobs service)."""
+        job_gpus = job_gpus or {}
+        mlsm_pids = {r.pid for r in n.jobs.values() if r.pid}
+        gpus = []
+        for g in n.gpus:
+            holders = job_gpus.get(g.index, [])
+            foreign = any(p.job_id is None and p.pid not in mlsm_pids for p in g.processes) and not holders
+            gpus.append(api.GpuView(sample=g, job_ids=holders, foreign=foreign, busy=bool(holders) or foreign or bool(g.error)))
+        return api.Node(
+            id=n.id,
+            name=n.name,
+            state=self.state_of(n, now),  # type: ignore[arg-type]
+            labels=n.labels,
+            draining=n.draining,
+            last_seen=n.last_seen,
+            registered_at=n.registered_at,
+            info=n.info,
+            host=n.host,
+            gpus=gpus,
+            gpu_error=n.gpu_error,
+            running_jobs=sum(1 for r in n.jobs.values() if r.state in ("starting", "running")),
+        )
+
+
+def _join_wire(r: JoinToken) -> api.JoinToken:
+    return api.JoinToken(
+        id=r.id,
+        created_by=r.created_by,
+        created_at=r.created_at,
+        expires_at=r.expires_at,
+        uses=r.uses,
+        used=r.used,
+        revoked=r.revoked,
+        note=r.note,
+    )
+
+
