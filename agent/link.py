@@ -65,7 +65,9 @@ class MasterLink:
         write_secret(self.secret_path, secret)
         self.secret = secret
 
-    async def call(self, path: str, body: Any, decode: Any, *, timeout: float | None = None, auth: bool = True) -> Any:
+    async def call(
+        self, path: str, body: Any, decode: Any, *, timeout: float | None = None, auth: bool = True
+    ) -> Any:
         headers = {"authorization": f"Node {self.secret}"} if auth and self.secret else {}
         kw: dict[str, Any] = {"headers": headers}
         if timeout is not None:

@@ -26,7 +26,14 @@ import httpx
 from agent.collectors import AsyncGpuSampler, HostCollector, make_probe
 from agent.link import MasterError, MasterLink, is_auth_failure
 from agent.logship import LogShipper
-from agent.runtimes.base import AdoptRecord, JobHandle, Runtime, RuntimeContext, RuntimeStartError, job_dir_for
+from agent.runtimes.base import (
+    AdoptRecord,
+    JobHandle,
+    Runtime,
+    RuntimeContext,
+    RuntimeStartError,
+    job_dir_for,
+)
 from agent.state import AgentState
 from mlsm import PROTOCOL_VERSION, __version__
 from mlsm.wire import agent as w
@@ -76,7 +83,9 @@ class Agent:
         self.link = MasterLink(cfg.master, cfg.data_dir, verify=cfg.verify)
         self.state = AgentState(cfg.data_dir / "state.json").load()
         self.host = HostCollector(cfg.data_dir, cfg.dataset_roots)
-        probe, self.gpu_error = make_probe(cfg.simulate_gpus, cfg.data_dir / "simulated-gpus.json", identity=self.name)
+        probe, self.gpu_error = make_probe(
+            cfg.simulate_gpus, cfg.data_dir / "simulated-gpus.json", identity=self.name
+        )
         self.probe = probe
         self.sampler = AsyncGpuSampler(probe)
         self.interval = cfg.heartbeat_interval
@@ -168,7 +177,9 @@ class Agent:
             self.registered.set()
             return
         if not self.cfg.join_token:
-            raise SystemExit("this agent has not joined yet: give --join-token (from `mlsm join-token create`)")
+            raise SystemExit(
+                "this agent has not joined yet: give --join-token (from `mlsm join-token create`)"
+            )
         req = w.RegisterRequest(
             protocol=PROTOCOL_VERSION,
             join_token=self.cfg.join_token,
@@ -181,11 +192,18 @@ class Agent:
             try:
                 reply = await self.link.register(req)
             except MasterError as exc:
-                raise SystemExit(f"the master refused to register this node: {exc.message}") from None
+                raise SystemExit(
+                    f"the master refused to register this node: {exc.message}"
+                ) from None
             except httpx.HTTPError as exc:
                 wait = backoff(attempt)
                 attempt += 1
-                log.warning("cannot reach the master at %s (%s); retrying in %.1f s", self.cfg.master, exc, wait)
+                log.warning(
+                    "cannot reach the master at %s (%s); retrying in %.1f s",
+                    self.cfg.master,
+                    exc,
+                    wait,
+                )
                 await self._sleep(wait)
                 continue
             self.link.store_secret(reply.node_secret)
@@ -202,7 +220,10 @@ class Agent:
             await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
 
     def _fatal_auth(self, exc: MasterError) -> None:
-        log.error("the master no longer accepts this node (%s); join it again with a new join token", exc.message)
+        log.error(
+            "the master no longer accepts this node (%s); join it again with a new join token",
+            exc.message,
+        )
         self.last_error = exc.message
 
     # ---------------------------------------------------------------- heartbeat
@@ -247,8 +268,12 @@ class Agent:
             except httpx.HTTPError as exc:
                 failures += 1
                 self._info_sent = False
-                wait = min(backoff(failures), max(self.interval, BACKOFF_INITIAL_S) * 2 ** min(failures, 4))
-                log.warning("master unreachable (%s: %s); retrying in %.1f s", type(exc).__name__, exc, wait)
+                wait = min(
+                    backoff(failures), max(self.interval, BACKOFF_INITIAL_S) * 2 ** min(failures, 4)
+                )
+                log.warning(
+                    "master unreachable (%s: %s); retrying in %.1f s", type(exc).__name__, exc, wait
+                )
             await self._sleep(wait)
 
     def _attribute_gpu_processes(self, gpus: list[w.GpuSample]) -> None:
@@ -314,17 +339,50 @@ class Agent:
         runtime = self.runtimes.get(spec.env_kind)
         job_dir = job_dir_for(self.cfg.data_dir, spec.job_id)
         if runtime is None:
-            why = self.docker_error if spec.env_kind == "docker" else f"no {spec.env_kind} runtime on this node"
-            await self._send_events([w.JobReport(job_id=spec.job_id, attempt=spec.attempt, state="failed_to_start", reason=why, end_kind="error", ended_at=time.time())])
+            why = (
+                self.docker_error
+                if spec.env_kind == "docker"
+                else f"no {spec.env_kind} runtime on this node"
+            )
+            await self._send_events(
+                [
+                    w.JobReport(
+                        job_id=spec.job_id,
+                        attempt=spec.attempt,
+                        state="failed_to_start",
+                        reason=why,
+                        end_kind="error",
+                        ended_at=time.time(),
+                    )
+                ]
+            )
             return
         try:
             handle = await asyncio.to_thread(runtime.start, spec, job_dir)
         except RuntimeStartError as exc:
-            await self._send_events([w.JobReport(job_id=spec.job_id, attempt=spec.attempt, state="failed_to_start", reason=str(exc), end_kind="error", ended_at=time.time())])
+            await self._send_events(
+                [
+                    w.JobReport(
+                        job_id=spec.job_id,
+                        attempt=spec.attempt,
+                        state="failed_to_start",
+                        reason=str(exc),
+                        end_kind="error",
+                        ended_at=time.time(),
+                    )
+                ]
+            )
             return
         rec = handle.record
         self.state.add(rec)
-        report = w.JobReport(job_id=spec.job_id, attempt=spec.attempt, state="running", pid=rec.pid, container_id=rec.container_id, started_at=rec.started_at)
+        report = w.JobReport(
+            job_id=spec.job_id,
+            attempt=spec.attempt,
+            state="running",
+            pid=rec.pid,
+            container_id=rec.container_id,
+            started_at=rec.started_at,
+        )
         self.jobs[spec.job_id] = _Running(handle, spec, report)
         self._mark_gpus(spec.gpus, True, rec.pid)
         self.shipper.watch(spec.job_id, spec.attempt, job_dir / "output.log")
@@ -340,10 +398,14 @@ class Agent:
 
     async def _send_events(self, reports: list[w.JobReport]) -> bool:
         try:
-            await self.link.call("events", w.JobEvents(protocol=PROTOCOL_VERSION, jobs=reports), w.decode_ack)
+            await self.link.call(
+                "events", w.JobEvents(protocol=PROTOCOL_VERSION, jobs=reports), w.decode_ack
+            )
             return True
         except (MasterError, httpx.HTTPError) as exc:
-            log.warning("could not report job events now (%s); the next heartbeat carries them", exc)
+            log.warning(
+                "could not report job events now (%s); the next heartbeat carries them", exc
+            )
             return False
 
     # ---------------------------------------------------------------- jobs
@@ -351,20 +413,44 @@ class Agent:
         for rec in self.state.records():
             runtime = self.runtimes.get(rec.runtime) or self.runtimes.get("process")
             if rec.runtime == "docker" and "docker" not in self.runtimes:
-                log.warning("job %s ran in Docker, which is unavailable now; reporting it lost", rec.job_id)
-                self._ended(rec, w.JobReport(job_id=rec.job_id, attempt=rec.attempt, state="lost", end_kind="lost", reason="Docker became unavailable while the agent was down"))
+                log.warning(
+                    "job %s ran in Docker, which is unavailable now; reporting it lost", rec.job_id
+                )
+                self._ended(
+                    rec,
+                    w.JobReport(
+                        job_id=rec.job_id,
+                        attempt=rec.attempt,
+                        state="lost",
+                        end_kind="lost",
+                        reason="Docker became unavailable while the agent was down",
+                    ),
+                )
                 continue
             assert runtime is not None
             try:
                 got = runtime.adopt(rec)
             except Exception as exc:
-                got = w.JobReport(job_id=rec.job_id, attempt=rec.attempt, state="lost", end_kind="lost", reason=f"could not re-adopt: {exc}")
+                got = w.JobReport(
+                    job_id=rec.job_id,
+                    attempt=rec.attempt,
+                    state="lost",
+                    end_kind="lost",
+                    reason=f"could not re-adopt: {exc}",
+                )
             spec = w.JobSpec(job_id=rec.job_id, attempt=rec.attempt, argv=["?"])
             self.shipper.watch(rec.job_id, rec.attempt, Path(rec.job_dir) / "output.log")
             if isinstance(got, w.JobReport):
                 self._ended(rec, got)
             else:
-                report = w.JobReport(job_id=rec.job_id, attempt=rec.attempt, state="running", pid=rec.pid, container_id=rec.container_id, started_at=rec.started_at)
+                report = w.JobReport(
+                    job_id=rec.job_id,
+                    attempt=rec.attempt,
+                    state="running",
+                    pid=rec.pid,
+                    container_id=rec.container_id,
+                    started_at=rec.started_at,
+                )
                 self.jobs[rec.job_id] = _Running(got, spec, report)
                 log.info("re-adopted job %s (attempt %s)", rec.job_id, rec.attempt)
 
@@ -409,7 +495,11 @@ class Agent:
             await self._sleep(LOG_PUMP_S)
 
     async def _send_log(self, job_id: int, attempt: int, offset: int, data: bytes) -> int:
-        ack = await self.link.call("logs", w.LogChunk(job_id=job_id, attempt=attempt, offset=offset, data=data), w.decode_log_ack)
+        ack = await self.link.call(
+            "logs",
+            w.LogChunk(job_id=job_id, attempt=attempt, offset=offset, data=data),
+            w.decode_log_ack,
+        )
         return int(ack.next_offset)
 
     # ---------------------------------------------------------------- datasets

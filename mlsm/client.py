@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import AsyncIterator, Iterator
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 from urllib.parse import urlsplit
 
 import httpx
@@ -60,7 +60,9 @@ def _raise_for(resp: httpx.Response) -> None:
 
 
 def _unavailable(base: str, exc: Exception) -> errors.UnavailableError:
-    return errors.UnavailableError(f"cannot reach the master at {base}: {exc.__class__.__name__}: {exc}")
+    return errors.UnavailableError(
+        f"cannot reach the master at {base}: {exc.__class__.__name__}: {exc}"
+    )
 
 
 class _Base:
@@ -85,7 +87,9 @@ class Client(_Base):
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
     ) -> None:
         super().__init__(url, token)
-        self._http = httpx.Client(base_url=self.url, verify=verify, transport=transport, timeout=timeout)
+        self._http = httpx.Client(
+            base_url=self.url, verify=verify, transport=transport, timeout=timeout
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -96,11 +100,36 @@ class Client(_Base):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def call(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None, type: type[T] | Any = Any) -> T:
+    @overload
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = ...,
+        params: dict[str, Any] | None = ...,
+        type: type[T],
+    ) -> T: ...
+    @overload
+    def call(
+        self, method: str, path: str, *, json: Any = ..., params: dict[str, Any] | None = ...
+    ) -> Any: ...
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        type: type[T] | Any = Any,
+    ) -> Any:
         try:
             resp = self._http.request(
-                method, path, json=msgspec.to_builtins(json) if json is not None else None,
-                params={k: v for k, v in (params or {}).items() if v is not None}, headers=self._headers(),
+                method,
+                path,
+                json=msgspec.to_builtins(json) if json is not None else None,
+                params={k: v for k, v in (params or {}).items() if v is not None},
+                headers=self._headers(),
             )
         except httpx.HTTPError as exc:
             raise _unavailable(self.url, exc) from None
@@ -111,7 +140,9 @@ class Client(_Base):
     def stream_lines(self, path: str, params: dict[str, Any] | None = None) -> Iterator[bytes]:
         """Raw bytes of a streamed response (logs, SSE), chunk by chunk; memory stays flat."""
         try:
-            with self._http.stream("GET", path, params=params, headers=self._headers(), timeout=STREAM_TIMEOUT) as resp:
+            with self._http.stream(
+                "GET", path, params=params, headers=self._headers(), timeout=STREAM_TIMEOUT
+            ) as resp:
                 if resp.status_code >= 400:
                     resp.read()
                     _raise_for(resp)
@@ -124,7 +155,12 @@ class Client(_Base):
         return self.call("GET", "/healthz", type=api.Health)
 
     def login(self, username: str, password: str) -> api.LoginReply:
-        return self.call("POST", "/api/v1/auth/login", json=api.LoginRequest(username=username, password=password), type=api.LoginReply)
+        return self.call(
+            "POST",
+            "/api/v1/auth/login",
+            json=api.LoginRequest(username=username, password=password),
+            type=api.LoginReply,
+        )
 
     def me(self) -> api.Me:
         return self.call("GET", "/api/v1/auth/me", type=api.Me)
@@ -143,16 +179,43 @@ class AsyncClient(_Base):
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
     ) -> None:
         super().__init__(url, token)
-        self._http = httpx.AsyncClient(base_url=self.url, verify=verify, transport=transport, timeout=timeout)
+        self._http = httpx.AsyncClient(
+            base_url=self.url, verify=verify, transport=transport, timeout=timeout
+        )
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def call(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None, type: type[T] | Any = Any) -> T:
+    @overload
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = ...,
+        params: dict[str, Any] | None = ...,
+        type: type[T],
+    ) -> T: ...
+    @overload
+    async def call(
+        self, method: str, path: str, *, json: Any = ..., params: dict[str, Any] | None = ...
+    ) -> Any: ...
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        type: type[T] | Any = Any,
+    ) -> Any:
         try:
             resp = await self._http.request(
-                method, path, json=msgspec.to_builtins(json) if json is not None else None,
-                params={k: v for k, v in (params or {}).items() if v is not None}, headers=self._headers(),
+                method,
+                path,
+                json=msgspec.to_builtins(json) if json is not None else None,
+                params={k: v for k, v in (params or {}).items() if v is not None},
+                headers=self._headers(),
             )
         except httpx.HTTPError as exc:
             raise _unavailable(self.url, exc) from None
@@ -162,7 +225,9 @@ class AsyncClient(_Base):
 
     async def stream(self, path: str, params: dict[str, Any] | None = None) -> AsyncIterator[bytes]:
         try:
-            async with self._http.stream("GET", path, params=params, headers=self._headers(), timeout=STREAM_TIMEOUT) as resp:
+            async with self._http.stream(
+                "GET", path, params=params, headers=self._headers(), timeout=STREAM_TIMEOUT
+            ) as resp:
                 if resp.status_code >= 400:
                     await resp.aread()
                     _raise_for(resp)

@@ -39,7 +39,11 @@ def config_dir() -> Path:
 
 
 def config_file() -> Path:
-    return Path(os.environ["MLSM_CONFIG"]) if os.environ.get("MLSM_CONFIG") else config_dir() / "config.toml"
+    return (
+        Path(os.environ["MLSM_CONFIG"])
+        if os.environ.get("MLSM_CONFIG")
+        else config_dir() / "config.toml"
+    )
 
 
 def credentials_file() -> Path:
@@ -89,7 +93,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     @property
     def agent_data_path(self) -> Path:
-        return Path(self.agent_data_dir).expanduser() if self.agent_data_dir else self.data_path / "agent"
+        return (
+            Path(self.agent_data_dir).expanduser()
+            if self.agent_data_dir
+            else self.data_path / "agent"
+        )
 
     @property
     def db_url(self) -> str:
@@ -112,7 +120,9 @@ def _from_env(environ: dict[str, str]) -> dict[str, Any]:
         if key in _LIST_KEYS:
             out[key] = [p for p in raw.split(os.pathsep) if p]
         elif key in _DICT_KEYS:
-            out[key] = dict(_split_kv(item, f"MLSM_{key.upper()}") for item in raw.split(",") if item)
+            out[key] = dict(
+                _split_kv(item, f"MLSM_{key.upper()}") for item in raw.split(",") if item
+            )
         else:
             out[key] = raw
     return out
@@ -168,7 +178,9 @@ def load_settings(
         _validate(layer, str(path))
         merged.update(layer)
         creds = _from_file(path.parent / "credentials.toml")
-        merged.update({k: v for k, v in creds.items() if k in ("url", "token", "ca_file", "fingerprint")})
+        merged.update(
+            {k: v for k, v in creds.items() if k in ("url", "token", "ca_file", "fingerprint")}
+        )
     layer = _from_env(env)
     _validate(layer, "environment (MLSM_*)")
     merged.update(layer)

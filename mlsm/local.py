@@ -124,7 +124,10 @@ def _wait(cond: object, timeout: float, what: str, log: Path) -> None:
             return
         time.sleep(POLL_S)
     tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
-    raise UnavailableError(f"{what} did not come up within {timeout:.0f} s; see {log}" + (": " + " | ".join(tail) if tail else ""))
+    raise UnavailableError(
+        f"{what} did not come up within {timeout:.0f} s; see {log}"
+        + (": " + " | ".join(tail) if tail else "")
+    )
 
 
 def status(s: Settings) -> dict[str, object]:
@@ -156,24 +159,53 @@ def up(s: Settings, *, simulate_gpus: str = "", quiet: bool = False) -> str:
             _write_private(lp.password, secrets.token_urlsafe(18))
         admin = _admin_name()
         menv = dict(env, MLSM_PASSWORD=lp.password.read_text().strip())
-        _spawn(["master", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(lp.root), "--init-admin", admin],
-               lp.log("master"), lp.pid("master"), menv)
+        _spawn(
+            [
+                "master",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(lp.root),
+                "--init-admin",
+                admin,
+            ],
+            lp.log("master"),
+            lp.pid("master"),
+            menv,
+        )
         lp.state.write_text(json.dumps({"url": url}))
         _wait(lambda: _healthy(url), START_TIMEOUT_S, "the local master", lp.log("master"))
         started_master = True
     token = _ensure_token(s, url, lp)
     if _read_pid(lp.pid("agent")) is None:
         aenv = dict(env)
-        args = ["agent", "--master", url, "--data-dir", str(lp.root / "agent"), "--name", socket.gethostname().split(".")[0] or "local"]
+        args = [
+            "agent",
+            "--master",
+            url,
+            "--data-dir",
+            str(lp.root / "agent"),
+            "--name",
+            socket.gethostname().split(".")[0] or "local",
+        ]
         if not (lp.root / "agent" / "node-secret").exists():
             with Client(url, token) as c:
-                jt = c.call("POST", "/api/v1/join-tokens", json={"ttl_s": 600, "uses": 1, "note": "embedded local agent"})
+                jt = c.call(
+                    "POST",
+                    "/api/v1/join-tokens",
+                    json={"ttl_s": 600, "uses": 1, "note": "embedded local agent"},
+                )
             args += ["--join-token", jt["token"]]
         if simulate_gpus:
             args += ["--simulate-gpus", simulate_gpus]
         _spawn(args, lp.log("agent"), lp.pid("agent"), aenv)
     if not quiet:
-        print(f"mlsm is {'running' if started_master else 'already running'} at {url} (data in {lp.root})", file=sys.stderr)
+        print(
+            f"mlsm is {'running' if started_master else 'already running'} at {url} (data in {lp.root})",
+            file=sys.stderr,
+        )
     return url
 
 
@@ -197,7 +229,9 @@ def _ensure_token(s: Settings, url: str, lp: LocalPaths) -> str:
     with Client(url) as c:
         reply = c.login(_admin_name(), lp.password.read_text().strip())
     with Client(url, reply.token) as c:
-        api_token = c.call("POST", "/api/v1/tokens", json={"name": "embedded local service"})["token"]
+        api_token = c.call("POST", "/api/v1/tokens", json={"name": "embedded local service"})[
+            "token"
+        ]
     save_credentials(url, api_token)
     return str(api_token)
 

@@ -30,7 +30,9 @@ def agent_unit(s: Settings) -> str:
     if s.dataset_roots:
         env.append(f"Environment=MLSM_DATASET_ROOTS={_quote(':'.join(s.dataset_roots))}")
     if s.labels:
-        env.append(f"Environment=MLSM_LABELS={_quote(','.join(f'{k}={v}' for k, v in s.labels.items()))}")
+        env.append(
+            f"Environment=MLSM_LABELS={_quote(','.join(f'{k}={v}' for k, v in s.labels.items()))}"
+        )
     if s.simulate_gpus:
         env.append(f"Environment=MLSM_SIMULATE_GPUS={_quote(s.simulate_gpus)}")
     out = []

@@ -40,9 +40,13 @@ def pinned_context(fingerprint: str, url: str) -> ssl.SSLContext:
     if parts.scheme != "https" or not parts.hostname:
         raise ConfigError(f"a certificate fingerprint needs an https URL, not {url!r}")
     try:
-        pem = ssl.get_server_certificate((parts.hostname, parts.port or 443), timeout=FETCH_TIMEOUT_S)
+        pem = ssl.get_server_certificate(
+            (parts.hostname, parts.port or 443), timeout=FETCH_TIMEOUT_S
+        )
     except OSError as exc:
-        raise UnavailableError(f"cannot reach {parts.hostname}:{parts.port or 443}: {exc}") from None
+        raise UnavailableError(
+            f"cannot reach {parts.hostname}:{parts.port or 443}: {exc}"
+        ) from None
     got = fingerprint_of_pem(pem)
     if got != want:
         raise ConfigError(

@@ -30,7 +30,11 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "user": ("mlsm.cli.users", "user", "Add, change and disable users."),
     "token": ("mlsm.cli.users", "token", "Create, list and revoke API tokens."),
     "audit": ("mlsm.cli.audit", "audit", "Read and verify the audit log."),
-    "join-token": ("mlsm.cli.nodes", "join_token", "Create, list and revoke join tokens for agents."),
+    "join-token": (
+        "mlsm.cli.nodes",
+        "join_token",
+        "Create, list and revoke join tokens for agents.",
+    ),
     "nodes": ("mlsm.cli.nodes", "nodes", "List nodes."),
     "node": ("mlsm.cli.nodes", "node", "Show, drain, resume or remove a node."),
     "submit": ("mlsm.cli.jobs", "submit", "Submit a job: mlsm submit [OPTIONS] -- CMD ARG..."),
@@ -66,12 +70,22 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
 
-@click.group(cls=LazyGroup, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=LazyGroup,
+    invoke_without_command=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.version_option(
     __version__, "-V", "--version", message=f"mlsm %(version)s (protocol {PROTOCOL_VERSION})"
 )
-@click.option("--url", envvar="MLSM_URL", help="Master URL (default: the stored login or the embedded service).")
-@click.option("--token", envvar="MLSM_TOKEN", help="API or session token (default: the stored login).")
+@click.option(
+    "--url",
+    envvar="MLSM_URL",
+    help="Master URL (default: the stored login or the embedded service).",
+)
+@click.option(
+    "--token", envvar="MLSM_TOKEN", help="API or session token (default: the stored login)."
+)
 @click.pass_context
 def cli(ctx: click.Context, url: str | None, token: str | None) -> None:
     """mlsm - the ML Server Manager: your lab's GPU servers, jobs and datasets.

@@ -17,16 +17,37 @@ def _labels(items: tuple[str, ...]) -> dict[str, str]:
 
 @click.command()
 @click.option("--master", help="URL of the master (MLSM_MASTER).")
-@click.option("--join-token", help="One-time join token from `mlsm join-token create` (first start only).")
+@click.option(
+    "--join-token", help="One-time join token from `mlsm join-token create` (first start only)."
+)
 @click.option("--name", "node_name", help="Node name (default: the host name).")
-@click.option("--data-dir", "agent_data_dir", help="Agent state, job outputs and logs (default <data dir>/agent).")
-@click.option("--dataset-root", "dataset_roots", multiple=True, help="A directory whose entries are datasets (repeatable).")
+@click.option(
+    "--data-dir",
+    "agent_data_dir",
+    help="Agent state, job outputs and logs (default <data dir>/agent).",
+)
+@click.option(
+    "--dataset-root",
+    "dataset_roots",
+    multiple=True,
+    help="A directory whose entries are datasets (repeatable).",
+)
 @click.option("--label", "labels", multiple=True, help="k=v label of this node (repeatable).")
 @click.option("--simulate-gpus", help="Simulated GPUs for tests and demos, e.g. 2xA100-80GB.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
-@click.option("--print-systemd-unit", is_flag=True, help="Print a systemd unit for this agent with these settings and exit.")
+@click.option(
+    "--print-systemd-unit",
+    is_flag=True,
+    help="Print a systemd unit for this agent with these settings and exit.",
+)
 @click.pass_context
-def agent(ctx: click.Context, labels: tuple[str, ...], dataset_roots: tuple[str, ...], print_systemd_unit: bool, **flags: object) -> None:
+def agent(
+    ctx: click.Context,
+    labels: tuple[str, ...],
+    dataset_roots: tuple[str, ...],
+    print_systemd_unit: bool,
+    **flags: object,
+) -> None:
     """Run the agent on this server (foreground; use the systemd unit for a service)."""
     import asyncio
     import os

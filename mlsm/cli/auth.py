@@ -12,7 +12,9 @@ from mlsm.client import Client, check_url, ssl_context
 @click.option("--ca-file", help="CA bundle that signed the master's certificate.")
 @click.option("--fingerprint", help="Pin the master certificate's SHA-256 fingerprint.")
 @click.pass_context
-def login(ctx: click.Context, url: str, username: str | None, ca_file: str | None, fingerprint: str | None) -> None:
+def login(
+    ctx: click.Context, url: str, username: str | None, ca_file: str | None, fingerprint: str | None
+) -> None:
     """Log in to the master at URL; the session token is kept 0600 in your config."""
     import getpass
 

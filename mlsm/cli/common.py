@@ -31,7 +31,9 @@ def client_from(ctx: click.Context, *, need_token: bool = True) -> Client:
 
         url = local_url(s)
         if not url:
-            raise ConfigError("no master configured: run `mlsm login URL`, `mlsm up`, or set MLSM_URL")
+            raise ConfigError(
+                "no master configured: run `mlsm login URL`, `mlsm up`, or set MLSM_URL"
+            )
     url = check_url(url, allow_plain_http=s.allow_plain_http)
     if need_token and not s.token:
         raise AuthenticationError(f"not logged in to {url}: run `mlsm login {url}`")

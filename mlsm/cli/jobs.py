@@ -20,33 +20,75 @@ def _kv(items: tuple[str, ...], what: str) -> dict[str, str]:
 
 @click.command(context_settings={"ignore_unknown_options": False, "allow_interspersed_args": False})
 @click.option("--name", default="", help="A name for the job (default: the command).")
-@click.option("--gpus", type=click.IntRange(0, 64), default=0, show_default=True, help="Number of GPUs.")
-@click.option("--gpu-mem", type=click.FloatRange(0), default=0.0, help="GiB of memory each GPU must have.")
+@click.option(
+    "--gpus", type=click.IntRange(0, 64), default=0, show_default=True, help="Number of GPUs."
+)
+@click.option(
+    "--gpu-mem", type=click.FloatRange(0), default=0.0, help="GiB of memory each GPU must have."
+)
 @click.option("--cpus", type=click.FloatRange(0), default=0.0, help="CPUs to reserve.")
 @click.option("--mem", type=click.FloatRange(0), default=0.0, help="GiB of memory to reserve.")
 @click.option("--node", default=None, help="Run on this node only.")
-@click.option("--label", "labels", multiple=True, help="Run on a node with this k=v label (repeatable).")
-@click.option("--dataset", "datasets", multiple=True, help="Run where this dataset is stored (repeatable).")
-@click.option("--env", "env_kind", type=click.Choice(["process", "venv", "conda", "docker"]), default="process", show_default=True)
+@click.option(
+    "--label", "labels", multiple=True, help="Run on a node with this k=v label (repeatable)."
+)
+@click.option(
+    "--dataset", "datasets", multiple=True, help="Run where this dataset is stored (repeatable)."
+)
+@click.option(
+    "--env",
+    "env_kind",
+    type=click.Choice(["process", "venv", "conda", "docker"]),
+    default="process",
+    show_default=True,
+)
 @click.option("--venv", default="", help="Path of a virtualenv on the node (--env venv).")
 @click.option("--conda", default="", help="Name of a conda environment on the node (--env conda).")
 @click.option("--image", default="", help="Container image (--env docker).")
-@click.option("--mount", "mounts", multiple=True, help="SRC:DST[:ro|rw] host path into the container (repeatable).")
+@click.option(
+    "--mount",
+    "mounts",
+    multiple=True,
+    help="SRC:DST[:ro|rw] host path into the container (repeatable).",
+)
 @click.option("--keep-container", is_flag=True, help="Keep the container after the job ends.")
-@click.option("--workdir", default="", help="Working directory on the node (default: the job's output dir).")
-@click.option("-e", "--setenv", "env", multiple=True, help="KEY=VALUE for the job's environment (repeatable).")
+@click.option(
+    "--workdir", default="", help="Working directory on the node (default: the job's output dir)."
+)
+@click.option(
+    "-e", "--setenv", "env", multiple=True, help="KEY=VALUE for the job's environment (repeatable)."
+)
 @click.option("--priority", type=click.IntRange(-1000, 1000), default=0, show_default=True)
 @click.option("--after", multiple=True, help="JOBID[:ok|any]: start after that job (repeatable).")
-@click.option("--retries", type=click.IntRange(0, 100), default=0, show_default=True, help="Requeue this often after an infrastructure fault.")
+@click.option(
+    "--retries",
+    type=click.IntRange(0, 100),
+    default=0,
+    show_default=True,
+    help="Requeue this often after an infrastructure fault.",
+)
 @click.option("--timeout", default=None, help="Stop the job after this long (e.g. 90m, 2h).")
-@click.option("--array", default="", help="N tasks: A-B[%T] (MLSM_ARRAY_INDEX; at most T running at once).")
+@click.option(
+    "--array", default="", help="N tasks: A-B[%T] (MLSM_ARRAY_INDEX; at most T running at once)."
+)
 @click.option("--hold", is_flag=True, help="Submit held; release with `mlsm job release ID`.")
 @json_option
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_context
-def submit(ctx: click.Context, command: tuple[str, ...], env: tuple[str, ...], labels: tuple[str, ...], timeout: str | None,
-           datasets: tuple[str, ...], mounts: tuple[str, ...], after: tuple[str, ...], as_json: bool, gpu_mem: float, mem: float,
-           **opts: object) -> None:
+def submit(
+    ctx: click.Context,
+    command: tuple[str, ...],
+    env: tuple[str, ...],
+    labels: tuple[str, ...],
+    timeout: str | None,
+    datasets: tuple[str, ...],
+    mounts: tuple[str, ...],
+    after: tuple[str, ...],
+    as_json: bool,
+    gpu_mem: float,
+    mem: float,
+    **opts: object,
+) -> None:
     """Submit a job: mlsm submit [OPTIONS] -- CMD ARG...
 
     The command is run as an argument list, never through a shell; to use shell syntax,
@@ -85,9 +127,9 @@ def submit(ctx: click.Context, command: tuple[str, ...], env: tuple[str, ...], l
 
 
 def _gpus(j: api.Job) -> str:
-    if j.gpu_indices:
-        return ",".join(map(str, j.gpu_indices))
-    return str(j.gpus) if j.gpus else "-"
+    if not j.gpus:
+        return "-"
+    return f"{j.gpus} [{','.join(map(str, j.gpu_indices))}]" if j.gpu_indices else str(j.gpus)
 
 
 @click.command()
@@ -98,16 +140,48 @@ def _gpus(j: api.Job) -> str:
 @click.option("--limit", type=click.IntRange(1, 10000), default=1000, show_default=True)
 @json_option
 @click.pass_context
-def jobs(ctx: click.Context, all_jobs: bool, state: str | None, user: str | None, node: str | None, limit: int, as_json: bool) -> None:
+def jobs(
+    ctx: click.Context,
+    all_jobs: bool,
+    state: str | None,
+    user: str | None,
+    node: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
     """List jobs (queued and running unless --all); REASON says why a job waits."""
     with client_from(ctx) as c:
-        res = c.call("GET", "/api/v1/jobs", params={"all": all_jobs or None, "state": state, "user": user, "node": node, "limit": limit}, type=api.JobList)
+        res = c.call(
+            "GET",
+            "/api/v1/jobs",
+            params={
+                "all": all_jobs or None,
+                "state": state,
+                "user": user,
+                "node": node,
+                "limit": limit,
+            },
+            type=api.JobList,
+        )
     if as_json:
         emit_json(res)
         return
-    table([(j.id, j.name[:24], j.user, j.state, j.node or "-", _gpus(j), ago(j.created_at),
-            j.reason if j.state in ("queued", "held") or j.state in api.FINAL_STATES else "") for j in res.jobs],
-          ["ID", "NAME", "USER", "STATE", "NODE", "GPUS", "SUBMITTED", "REASON"])
+    table(
+        [
+            (
+                j.id,
+                j.name[:24],
+                j.user,
+                j.state,
+                j.node or "-",
+                _gpus(j),
+                ago(j.created_at),
+                j.reason if j.state in ("queued", "held") or j.state in api.FINAL_STATES else "",
+            )
+            for j in res.jobs
+        ],
+        ["ID", "NAME", "USER", "STATE", "NODE", "GPUS", "SUBMITTED", "REASON"],
+    )
     if res.total > len(res.jobs):
         click.echo(f"({len(res.jobs)} of {res.total} shown; use --limit)", err=True)
 
@@ -131,21 +205,46 @@ def job_show(ctx: click.Context, job_id: int, as_json: bool) -> None:
     import shlex
 
     rows = [
-        ("job", f"{j.id} {j.name}"), ("user", j.user), ("state", j.state),
-        ("reason", j.reason or "-"), ("command", shlex.join(j.argv)),
-        ("env", j.env_kind + (f" {j.venv}" if j.venv else "") + (f" {j.conda}" if j.conda else "") + (f" {j.image}" if j.image else "")),
-        ("resources", f"{j.gpus} GPU(s)" + (f" >= {j.gpu_mem_gib:g} GiB" if j.gpu_mem_gib else "") + (f", {j.cpus:g} CPUs" if j.cpus else "") + (f", {j.mem_gib:g} GiB" if j.mem_gib else "")),
+        ("job", f"{j.id} {j.name}"),
+        ("user", j.user),
+        ("state", j.state),
+        ("reason", j.reason or "-"),
+        ("command", shlex.join(j.argv)),
+        (
+            "env",
+            j.env_kind
+            + (f" {j.venv}" if j.venv else "")
+            + (f" {j.conda}" if j.conda else "")
+            + (f" {j.image}" if j.image else ""),
+        ),
+        (
+            "resources",
+            f"{j.gpus} GPU(s)"
+            + (f" >= {j.gpu_mem_gib:g} GiB" if j.gpu_mem_gib else "")
+            + (f", {j.cpus:g} CPUs" if j.cpus else "")
+            + (f", {j.mem_gib:g} GiB" if j.mem_gib else ""),
+        ),
         ("node", f"{j.node} GPUs {j.gpu_indices}" if j.node else "-"),
-        ("priority", j.priority), ("attempt", f"{j.attempt} of {j.retries + 1}"),
-        ("submitted", when(j.created_at)), ("started", when(j.started_at)), ("ended", when(j.ended_at)),
-        ("exit code", "-" if j.exit_code is None else j.exit_code), ("log", f"{j.log_size} bytes"),
+        ("priority", j.priority),
+        ("attempt", f"{j.attempt} of {j.retries + 1}"),
+        ("submitted", when(j.created_at)),
+        ("started", when(j.started_at)),
+        ("ended", when(j.ended_at)),
+        ("exit code", "-" if j.exit_code is None else j.exit_code),
+        ("log", f"{j.log_size} bytes"),
     ]
     if j.after:
         rows.append(("after", ", ".join(j.after)))
     if j.datasets:
         rows.append(("datasets", ", ".join(j.datasets)))
     if j.array_index is not None:
-        rows.append(("array", f"task {j.array_index} of {j.array_parent}" + (f" (max {j.array_throttle} at once)" if j.array_throttle else "")))
+        rows.append(
+            (
+                "array",
+                f"task {j.array_index} of {j.array_parent}"
+                + (f" (max {j.array_throttle} at once)" if j.array_throttle else ""),
+            )
+        )
     if j.timeout_s:
         rows.append(("timeout", f"{j.timeout_s:g} s"))
     for k, v in rows:
@@ -186,7 +285,8 @@ def logs(ctx: click.Context, job_id: int, follow: bool) -> None:
 def _follow_sse(chunks: object, out: object) -> str:
     """Decode server-sent events incrementally; write 'log' data as it arrives."""
     buf = b""
-    event, data = "message", []
+    event = "message"
+    data: list[bytes] = []
     for chunk in chunks:  # type: ignore[attr-defined]
         buf += chunk
         while b"\n" in buf:
@@ -215,12 +315,17 @@ def _follow_sse(chunks: object, out: object) -> str:
 def cancel(ctx: click.Context, job_ids: tuple[int, ...], as_json: bool) -> None:
     """Cancel jobs: queued ones at once, running ones with SIGTERM then SIGKILL."""
     with client_from(ctx) as c:
-        res = c.call("POST", "/api/v1/jobs/cancel", json=api.CancelRequest(ids=list(job_ids)), type=api.CancelResult)
+        res = c.call(
+            "POST",
+            "/api/v1/jobs/cancel",
+            json=api.CancelRequest(ids=list(job_ids)),
+            type=api.CancelResult,
+        )
     if as_json:
         emit_json(res)
         return
-    for jid in res.cancelled:
-        click.echo(f"job {jid} cancelled")
+    for done in res.cancelled:
+        click.echo(f"job {done} cancelled")
     for jid, why in res.skipped.items():
         click.echo(f"mlsm: job {jid} not cancelled: {why}", err=True)
     if res.skipped:

@@ -8,7 +8,11 @@ from mlsm.cli.common import emit_json, json_option, settings_from
 
 
 @click.command()
-@click.option("--simulate-gpus", default="", help="Give the local agent simulated GPUs (demos), e.g. 2xA100-80GB.")
+@click.option(
+    "--simulate-gpus",
+    default="",
+    help="Give the local agent simulated GPUs (demos), e.g. 2xA100-80GB.",
+)
 @click.pass_context
 def up(ctx: click.Context, simulate_gpus: str) -> None:
     """Start the embedded local service (master with SQLite + a local agent) in the background."""
@@ -41,8 +45,10 @@ def status(ctx: click.Context, as_json: bool) -> None:
         emit_json(info)
     else:
         if info["master_pid"]:
-            click.echo(f"local service: running at {info['url']} (master pid {info['master_pid']}, agent pid {info['agent_pid'] or '-'})"
-                       f"{'' if info['healthy'] else ' - NOT ANSWERING'}")
+            click.echo(
+                f"local service: running at {info['url']} (master pid {info['master_pid']}, agent pid {info['agent_pid'] or '-'})"
+                f"{'' if info['healthy'] else ' - NOT ANSWERING'}"
+            )
         else:
             click.echo("local service: not running (start it with `mlsm up`)")
         click.echo(f"data dir:      {info['data_dir']}")
@@ -83,4 +89,6 @@ def _open(ctx: click.Context, *, readonly: bool, start_local: bool) -> None:
     url = check_url(url, allow_plain_http=s.allow_plain_http)
     from tui import run_dashboard
 
-    run_dashboard(url, s.token, readonly=readonly, verify=_verify(s) if url.startswith("https") else True)
+    run_dashboard(
+        url, s.token, readonly=readonly, verify=_verify(s) if url.startswith("https") else True
+    )

@@ -12,7 +12,11 @@ from mlsm.cli.common import read_password, settings_from
 @click.option("--database-url", help="sqlite+aiosqlite:///PATH or postgresql+asyncpg://...")
 @click.option("--tls-cert", help="Serve HTTPS with this certificate (PEM).")
 @click.option("--tls-key", help="Private key of --tls-cert (PEM).")
-@click.option("--init-admin", metavar="NAME", help="Create this superadmin if there are no users (password: prompt or MLSM_PASSWORD).")
+@click.option(
+    "--init-admin",
+    metavar="NAME",
+    help="Create this superadmin if there are no users (password: prompt or MLSM_PASSWORD).",
+)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.pass_context
 def master(ctx: click.Context, init_admin: str | None, **flags: object) -> None:
@@ -22,8 +26,9 @@ def master(ctx: click.Context, init_admin: str | None, **flags: object) -> None:
     settings = settings_from(ctx, **flags)
     password = None
     if init_admin:
-        from mlsm.wire.api import UserCreate
         import msgspec
+
+        from mlsm.wire.api import UserCreate
 
         password = read_password(f"Password for {init_admin}", confirm=True)
         try:

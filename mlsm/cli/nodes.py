@@ -4,7 +4,16 @@ import time
 
 import click
 
-from mlsm.cli.common import ago, client_from, emit_json, human_bytes, json_option, parse_duration, table, when
+from mlsm.cli.common import (
+    ago,
+    client_from,
+    emit_json,
+    human_bytes,
+    json_option,
+    parse_duration,
+    table,
+    when,
+)
 from mlsm.wire import api
 
 
@@ -15,14 +24,25 @@ def join_token() -> None:
 
 @join_token.command("create")
 @click.option("--ttl", default="24h", show_default=True, help="How long the token is valid.")
-@click.option("--uses", type=click.IntRange(1, 10000), default=1, show_default=True, help="How many agents may join with it.")
+@click.option(
+    "--uses",
+    type=click.IntRange(1, 10000),
+    default=1,
+    show_default=True,
+    help="How many agents may join with it.",
+)
 @click.option("--note", default="", help="A note for the list.")
 @json_option
 @click.pass_context
 def join_token_create(ctx: click.Context, ttl: str, uses: int, note: str, as_json: bool) -> None:
     """Create a join token; it is shown once."""
     with client_from(ctx) as c:
-        t = c.call("POST", "/api/v1/join-tokens", json=api.JoinTokenCreate(ttl_s=parse_duration(ttl), uses=uses, note=note), type=api.JoinTokenCreated)
+        t = c.call(
+            "POST",
+            "/api/v1/join-tokens",
+            json=api.JoinTokenCreate(ttl_s=parse_duration(ttl), uses=uses, note=note),
+            type=api.JoinTokenCreated,
+        )
         url = c.url
     if as_json:
         emit_json(t)
@@ -46,9 +66,27 @@ def join_token_list(ctx: click.Context, as_json: bool) -> None:
         emit_json(rows)
         return
     now = time.time()
-    table([(t.id, t.created_by, when(t.created_at), when(t.expires_at), f"{t.used}/{t.uses}",
-            "revoked" if t.revoked else "expired" if t.expires_at <= now else "used up" if t.used >= t.uses else "valid", t.note)
-           for t in rows], ["ID", "BY", "CREATED", "EXPIRES", "USED", "STATE", "NOTE"])
+    table(
+        [
+            (
+                t.id,
+                t.created_by,
+                when(t.created_at),
+                when(t.expires_at),
+                f"{t.used}/{t.uses}",
+                "revoked"
+                if t.revoked
+                else "expired"
+                if t.expires_at <= now
+                else "used up"
+                if t.used >= t.uses
+                else "valid",
+                t.note,
+            )
+            for t in rows
+        ],
+        ["ID", "BY", "CREATED", "EXPIRES", "USED", "STATE", "NOTE"],
+    )
 
 
 @join_token.command("revoke")
@@ -74,13 +112,17 @@ def _gpu_summary(n: api.Node) -> tuple[str, str, str]:
 
 
 @click.command()
-@click.option("--label", "labels", multiple=True, help="Only nodes with this k=v label (repeatable).")
+@click.option(
+    "--label", "labels", multiple=True, help="Only nodes with this k=v label (repeatable)."
+)
 @json_option
 @click.pass_context
 def nodes(ctx: click.Context, labels: tuple[str, ...], as_json: bool) -> None:
     """List nodes: state, GPUs busy/total, GPU use, CPU and memory."""
     with client_from(ctx) as c:
-        rows = c.call("GET", "/api/v1/nodes", params={"label": list(labels) or None}, type=list[api.Node])
+        rows = c.call(
+            "GET", "/api/v1/nodes", params={"label": list(labels) or None}, type=list[api.Node]
+        )
     if as_json:
         emit_json(rows)
         return
@@ -88,10 +130,35 @@ def nodes(ctx: click.Context, labels: tuple[str, ...], as_json: bool) -> None:
     for n in rows:
         gb, gu, gm = _gpu_summary(n)
         h = n.host
-        out.append((n.name, n.state, ",".join(f"{k}={v}" for k, v in n.labels.items()) or "-", gb, gu, gm,
-                    f"{h.cpu_percent:.0f}%" if h else "-",
-                    f"{human_bytes(h.mem_used)}/{human_bytes(h.mem_total)}" if h else "-", n.running_jobs, ago(n.last_seen)))
-    table(out, ["NODE", "STATE", "LABELS", "GPUS BUSY", "GPU UTIL", "GPU MEM", "CPU", "MEM", "JOBS", "LAST SEEN"])
+        out.append(
+            (
+                n.name,
+                n.state,
+                ",".join(f"{k}={v}" for k, v in n.labels.items()) or "-",
+                gb,
+                gu,
+                gm,
+                f"{h.cpu_percent:.0f}%" if h else "-",
+                f"{human_bytes(h.mem_used)}/{human_bytes(h.mem_total)}" if h else "-",
+                n.running_jobs,
+                ago(n.last_seen),
+            )
+        )
+    table(
+        out,
+        [
+            "NODE",
+            "STATE",
+            "LABELS",
+            "GPUS BUSY",
+            "GPU UTIL",
+            "GPU MEM",
+            "CPU",
+            "MEM",
+            "JOBS",
+            "LAST SEEN",
+        ],
+    )
 
 
 @click.group()
@@ -107,36 +174,56 @@ def node_show(ctx: click.Context, name: str, as_json: bool) -> None:
     """Every GPU with its processes and who owns them, and a recent history summary."""
     with client_from(ctx) as c:
         n = c.call("GET", f"/api/v1/nodes/{name}", type=api.Node)
-        hist = c.call("GET", f"/api/v1/nodes/{name}/history", params={"window": 900}, type=api.NodeHistory)
+        hist = c.call(
+            "GET", f"/api/v1/nodes/{name}/history", params={"window": 900}, type=api.NodeHistory
+        )
     if as_json:
         emit_json({"node": n, "history": hist})
         return
     i = n.info
-    click.echo(f"node      {n.name} ({n.state}{', draining' if n.draining else ''})  last seen {ago(n.last_seen)}")
-    click.echo(f"host      {i.hostname}  {i.os}  kernel {i.kernel}  {i.cpu_model} x{i.cpu_cores}  {human_bytes(i.mem_total)} RAM")
-    click.echo(f"agent     mlsm {i.agent_version}  GPUs: {i.gpu_probe}{' (SIMULATED)' if i.gpu_probe == 'simulated' else ''}"
-               f"{'  driver ' + i.driver_version if i.driver_version else ''}  docker: {'yes' if i.docker_available else 'no'}")
+    click.echo(
+        f"node      {n.name} ({n.state}{', draining' if n.draining else ''})  last seen {ago(n.last_seen)}"
+    )
+    click.echo(
+        f"host      {i.hostname}  {i.os}  kernel {i.kernel}  {i.cpu_model} x{i.cpu_cores}  {human_bytes(i.mem_total)} RAM"
+    )
+    click.echo(
+        f"agent     mlsm {i.agent_version}  GPUs: {i.gpu_probe}{' (SIMULATED)' if i.gpu_probe == 'simulated' else ''}"
+        f"{'  driver ' + i.driver_version if i.driver_version else ''}  docker: {'yes' if i.docker_available else 'no'}"
+    )
     if n.labels:
         click.echo("labels    " + ", ".join(f"{k}={v}" for k, v in n.labels.items()))
     if n.host:
         h = n.host
-        click.echo(f"now       CPU {h.cpu_percent:.0f}%  load {h.load1:.2f}  mem {human_bytes(h.mem_used)}/{human_bytes(h.mem_total)}  "
-                   f"net rx {human_bytes(h.net_rx_bps)}/s tx {human_bytes(h.net_tx_bps)}/s")
+        click.echo(
+            f"now       CPU {h.cpu_percent:.0f}%  load {h.load1:.2f}  mem {human_bytes(h.mem_used)}/{human_bytes(h.mem_total)}  "
+            f"net rx {human_bytes(h.net_rx_bps)}/s tx {human_bytes(h.net_tx_bps)}/s"
+        )
         for d in h.disks:
-            click.echo(f"disk      {d.path} ({d.role}): {human_bytes(d.used)} used of {human_bytes(d.total)}")
+            click.echo(
+                f"disk      {d.path} ({d.role}): {human_bytes(d.used)} used of {human_bytes(d.total)}"
+            )
     if n.gpu_error:
         click.echo(f"GPUs      error: {n.gpu_error}")
     for g in n.gpus:
         s = g.sample
-        who = f"jobs {','.join(map(str, g.job_ids))}" if g.job_ids else ("FOREIGN processes" if g.foreign else "free")
+        who = (
+            f"jobs {','.join(map(str, g.job_ids))}"
+            if g.job_ids
+            else ("FOREIGN processes" if g.foreign else "free")
+        )
         if s.error:
             click.echo(f"GPU {s.index}     ERROR: {s.error}")
             continue
-        click.echo(f"GPU {s.index}     {s.name}{' (simulated)' if s.simulated else ''}  util {s.util:.0f}%  mem {human_bytes(s.mem_used)}/{human_bytes(s.mem_total)}  "
-                   f"{s.temperature:.0f}C  {s.power_w:.0f}/{s.power_limit_w:.0f} W  -> {who}")
+        click.echo(
+            f"GPU {s.index}     {s.name}{' (simulated)' if s.simulated else ''}  util {s.util:.0f}%  mem {human_bytes(s.mem_used)}/{human_bytes(s.mem_total)}  "
+            f"{s.temperature:.0f}C  {s.power_w:.0f}/{s.power_limit_w:.0f} W  -> {who}"
+        )
         for p in s.processes:
             owner = f"job {p.job_id}" if p.job_id else f"user {p.user or '?'} (not started by mlsm)"
-            click.echo(f"            pid {p.pid} {p.name or '?'} {human_bytes(p.used_mem)}  {owner}")
+            click.echo(
+                f"            pid {p.pid} {p.name or '?'} {human_bytes(p.used_mem)}  {owner}"
+            )
     if hist.series:
         click.echo("last 15 min (mean / max):")
         for key in sorted(hist.series):
@@ -188,7 +275,9 @@ def node_label(ctx: click.Context, name: str, labels: tuple[str, ...]) -> None:
 
 @node.command("remove")
 @click.argument("name")
-@click.option("--force", is_flag=True, help="Remove even while jobs run there (they are interrupted).")
+@click.option(
+    "--force", is_flag=True, help="Remove even while jobs run there (they are interrupted)."
+)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_context
 def node_remove(ctx: click.Context, name: str, force: bool, yes: bool) -> None:

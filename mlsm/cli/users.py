@@ -2,7 +2,16 @@ from __future__ import annotations
 
 import click
 
-from mlsm.cli.common import ago, client_from, emit_json, json_option, parse_duration, read_password, table, when
+from mlsm.cli.common import (
+    ago,
+    client_from,
+    emit_json,
+    json_option,
+    parse_duration,
+    read_password,
+    table,
+    when,
+)
 from mlsm.wire import api
 
 
@@ -17,8 +26,17 @@ def users(ctx: click.Context, as_json: bool) -> None:
         emit_json(rows)
         return
     table(
-        [(u.username, u.role, "disabled" if u.disabled else "active", u.unix_user or "-",
-          "-" if u.gpu_cap is None else u.gpu_cap, ago(u.last_login)) for u in rows],
+        [
+            (
+                u.username,
+                u.role,
+                "disabled" if u.disabled else "active",
+                u.unix_user or "-",
+                "-" if u.gpu_cap is None else u.gpu_cap,
+                ago(u.last_login),
+            )
+            for u in rows
+        ],
         ["USER", "ROLE", "STATE", "UNIX USER", "GPU CAP", "LAST LOGIN"],
     )
 
@@ -39,7 +57,12 @@ def _patch(ctx: click.Context, name: str, body: api.UserUpdate, as_json: bool, d
 
 @user.command("add")
 @click.argument("name")
-@click.option("--role", type=click.Choice(["member", "admin", "superadmin"]), default="member", show_default=True)
+@click.option(
+    "--role",
+    type=click.Choice(["member", "admin", "superadmin"]),
+    default="member",
+    show_default=True,
+)
 @click.option("--unix-user", default="", help="Unix account the user's jobs run as on nodes.")
 @json_option
 @click.pass_context
@@ -47,7 +70,12 @@ def user_add(ctx: click.Context, name: str, role: str, unix_user: str, as_json: 
     """Add a user (password: prompt or MLSM_PASSWORD)."""
     password = read_password(f"Password for {name}", confirm=True)
     with client_from(ctx) as c:
-        u = c.call("POST", "/api/v1/users", json=api.UserCreate(username=name, password=password, role=role, unix_user=unix_user), type=api.User)  # type: ignore[arg-type]
+        u = c.call(
+            "POST",
+            "/api/v1/users",
+            json={"username": name, "password": password, "role": role, "unix_user": unix_user},
+            type=api.User,
+        )
     if as_json:
         emit_json(u)
     else:
@@ -65,9 +93,15 @@ def user_show(ctx: click.Context, name: str, as_json: bool) -> None:
     if as_json:
         emit_json(u)
         return
-    for k, v in (("user", u.username), ("role", u.role), ("state", "disabled" if u.disabled else "active"),
-                 ("unix user", u.unix_user or "-"), ("gpu cap", "-" if u.gpu_cap is None else u.gpu_cap),
-                 ("created", when(u.created_at)), ("last login", when(u.last_login))):
+    for k, v in (
+        ("user", u.username),
+        ("role", u.role),
+        ("state", "disabled" if u.disabled else "active"),
+        ("unix user", u.unix_user or "-"),
+        ("gpu cap", "-" if u.gpu_cap is None else u.gpu_cap),
+        ("created", when(u.created_at)),
+        ("last login", when(u.last_login)),
+    ):
         click.echo(f"{k:<11} {v}")
 
 
@@ -115,10 +149,22 @@ def user_passwd(ctx: click.Context, name: str) -> None:
 @click.option("--no-gpu-cap", is_flag=True, help="Remove the user's GPU cap.")
 @json_option
 @click.pass_context
-def user_set(ctx: click.Context, name: str, unix_user: str | None, gpu_cap: int | None, no_gpu_cap: bool, as_json: bool) -> None:
+def user_set(
+    ctx: click.Context,
+    name: str,
+    unix_user: str | None,
+    gpu_cap: int | None,
+    no_gpu_cap: bool,
+    as_json: bool,
+) -> None:
     """Set a user's Unix account or GPU cap."""
-    _patch(ctx, name, api.UserUpdate(unix_user=unix_user, gpu_cap=gpu_cap, clear_gpu_cap=no_gpu_cap), as_json,
-           "user {u.username} updated")
+    _patch(
+        ctx,
+        name,
+        api.UserUpdate(unix_user=unix_user, gpu_cap=gpu_cap, clear_gpu_cap=no_gpu_cap),
+        as_json,
+        "user {u.username} updated",
+    )
 
 
 @click.group()
@@ -154,8 +200,21 @@ def token_list(ctx: click.Context, all_users: bool, as_json: bool) -> None:
     if as_json:
         emit_json(rows)
         return
-    table([(t.id, t.kind, t.name, t.username, when(t.created_at), when(t.expires_at) if t.expires_at else "never", ago(t.last_used)) for t in rows],
-          ["ID", "KIND", "NAME", "USER", "CREATED", "EXPIRES", "LAST USED"])
+    table(
+        [
+            (
+                t.id,
+                t.kind,
+                t.name,
+                t.username,
+                when(t.created_at),
+                when(t.expires_at) if t.expires_at else "never",
+                ago(t.last_used),
+            )
+            for t in rows
+        ],
+        ["ID", "KIND", "NAME", "USER", "CREATED", "EXPIRES", "LAST USED"],
+    )
 
 
 @token.command("revoke")

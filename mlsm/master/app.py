@@ -27,6 +27,7 @@ from mlsm.master.routes import auth as auth_routes
 from mlsm.master.routes import datasets as dataset_routes
 from mlsm.master.routes import health as health_routes
 from mlsm.master.routes import jobs as job_routes
+from mlsm.master.routes import metrics as metric_routes
 from mlsm.master.routes import nodes as node_routes
 from mlsm.master.routes import tokens as token_routes
 from mlsm.master.routes import users as user_routes
@@ -44,8 +45,16 @@ log = logging.getLogger("mlsm.master")
 
 #: Route modules; each exposes ROUTES. Later domains append here.
 ROUTE_MODULES: list[Any] = [
-    health_routes, auth_routes, user_routes, token_routes, audit_routes,
-    agent_routes, node_routes, job_routes, dataset_routes,
+    health_routes,
+    auth_routes,
+    user_routes,
+    token_routes,
+    audit_routes,
+    agent_routes,
+    node_routes,
+    job_routes,
+    dataset_routes,
+    metric_routes,
 ]
 
 #: Extra start-up/shutdown hooks registered by domain modules: (startup, shutdown) pairs.

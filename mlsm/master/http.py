@@ -158,7 +158,9 @@ def audit_target(request: Request[Any, Any, Any], target: str, **details: Any) -
 
 
 # ---------------------------------------------------------------- errors -> responses
-def _body(request: Request[Any, Any, Any], status: int, code: str, message: str, details: dict[str, Any]) -> Response[Any]:
+def _body(
+    request: Request[Any, Any, Any], status: int, code: str, message: str, details: dict[str, Any]
+) -> Response[Any]:
     request.scope.setdefault("state", {})["error_code"] = code
     if request.scope.get("path", "").startswith("/agent/"):
         return Response(
@@ -211,4 +213,10 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
             log.error("HTTP %s: %s", exc.status_code, exc.detail)
         return _body(request, exc.status_code, code, exc.detail or "request refused", {})
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return _body(request, 500, "internal", "internal error; the master's log has details", {"request_id": request.scope.get("state", {}).get("request_id", "")})
+    return _body(
+        request,
+        500,
+        "internal",
+        "internal error; the master's log has details",
+        {"request_id": request.scope.get("state", {}).get("request_id", "")},
+    )

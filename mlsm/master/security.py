@@ -92,7 +92,9 @@ def bearer(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     return None
 
 
-async def role_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+async def role_guard(
+    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+) -> None:
     """The single guard: authenticate the caller and check the route's declared role."""
     need = handler.opt.get("role")
     if need == "public" or (need is None and connection.scope["path"].startswith(SCHEMA_PATH)):

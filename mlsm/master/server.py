@@ -30,7 +30,9 @@ async def prepare(settings: Settings, init_admin: str | None, password: str | No
         await db.close()
 
 
-def run_master(settings: Settings, *, init_admin: str | None = None, password: str | None = None) -> None:
+def run_master(
+    settings: Settings, *, init_admin: str | None = None, password: str | None = None
+) -> None:
     import uvicorn
 
     setup_logging(settings.log_level)
@@ -40,7 +42,9 @@ def run_master(settings: Settings, *, init_admin: str | None = None, password: s
     created = asyncio.run(prepare(settings, init_admin, password))
     if init_admin:
         log.info(
-            "superadmin %s %s", init_admin, "created" if created else "not created: users already exist"
+            "superadmin %s %s",
+            init_admin,
+            "created" if created else "not created: users already exist",
         )
     app = create_app(settings, migrate=False)
     config = uvicorn.Config(

@@ -17,11 +17,15 @@ Role = Literal["member", "admin", "superadmin"]
 ROLE_RANK: dict[str, int] = {"member": 1, "admin": 2, "superadmin": 3}
 
 UserName = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[a-z_][a-z0-9_.-]*$")]
-NodeName = Annotated[str, Meta(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+NodeName = Annotated[
+    str, Meta(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+]
 Password = Annotated[str, Meta(min_length=8, max_length=1024)]
 ShortStr = Annotated[str, Meta(max_length=256)]
 LongStr = Annotated[str, Meta(max_length=4096)]
-LabelKey = Annotated[str, Meta(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")]
+LabelKey = Annotated[
+    str, Meta(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+]
 LabelVal = Annotated[str, Meta(max_length=128)]
 
 JobState = Literal[
@@ -190,7 +194,9 @@ class NodeHistory(Struct, kw_only=True):
 
 # ---------------------------------------------------------------- jobs
 class JobSubmit(Struct, kw_only=True, forbid_unknown_fields=True):
-    argv: Annotated[list[Annotated[str, Meta(max_length=8192)]], Meta(min_length=1, max_length=4096)]
+    argv: Annotated[
+        list[Annotated[str, Meta(max_length=8192)]], Meta(min_length=1, max_length=4096)
+    ]
     name: ShortStr = ""
     gpus: Annotated[int, Meta(ge=0, le=64)] = 0
     gpu_mem_gib: Annotated[float, Meta(ge=0, le=4096)] = 0.0
@@ -198,7 +204,9 @@ class JobSubmit(Struct, kw_only=True, forbid_unknown_fields=True):
     mem_gib: Annotated[float, Meta(ge=0, le=65536)] = 0.0
     node: NodeName | None = None
     labels: dict[LabelKey, LabelVal] = {}
-    datasets: Annotated[list[Annotated[str, Meta(min_length=1, max_length=128)]], Meta(max_length=16)] = []
+    datasets: Annotated[
+        list[Annotated[str, Meta(min_length=1, max_length=128)]], Meta(max_length=16)
+    ] = []
     env_kind: Literal["process", "venv", "conda", "docker"] = "process"
     venv: LongStr = ""
     conda: ShortStr = ""
@@ -206,9 +214,15 @@ class JobSubmit(Struct, kw_only=True, forbid_unknown_fields=True):
     mounts: Annotated[list[LongStr], Meta(max_length=32)] = []
     keep_container: bool = False
     workdir: LongStr = ""
-    env: dict[Annotated[str, Meta(min_length=1, max_length=256, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], LongStr] = {}
+    env: dict[
+        Annotated[str, Meta(min_length=1, max_length=256, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")],
+        LongStr,
+    ] = {}
     priority: Annotated[int, Meta(ge=-1000, le=1000)] = 0
-    after: Annotated[list[Annotated[str, Meta(max_length=32, pattern=r"^[0-9]+(:(ok|any))?$")]], Meta(max_length=256)] = []
+    after: Annotated[
+        list[Annotated[str, Meta(max_length=32, pattern=r"^[0-9]+(:(ok|any))?$")]],
+        Meta(max_length=256),
+    ] = []
     retries: Annotated[int, Meta(ge=0, le=100)] = 0
     timeout_s: Annotated[float, Meta(ge=0, le=365 * 86400)] = 0.0
     array: Annotated[str, Meta(max_length=64, pattern=r"^([0-9]+(-[0-9]+)?(%[0-9]+)?)?$")] = ""
@@ -296,7 +310,10 @@ class Dataset(Struct, kw_only=True):
 
 class DatasetUpdate(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
     description: Annotated[str, Meta(max_length=4096)] | None = None
-    tags: Annotated[list[Annotated[str, Meta(min_length=1, max_length=64)]], Meta(max_length=64)] | None = None
+    tags: (
+        Annotated[list[Annotated[str, Meta(min_length=1, max_length=64)]], Meta(max_length=64)]
+        | None
+    ) = None
     owner: UserName | None = None
 
 

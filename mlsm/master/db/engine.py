@@ -21,7 +21,12 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 from mlsm.errors import ConfigError, DatabaseTooNew
 
@@ -88,7 +93,9 @@ class Database:
 
     async def current_revision(self) -> str | None:
         async with self.engine.connect() as conn:
-            return await conn.run_sync(lambda c: MigrationContext.configure(c).get_current_revision())
+            return await conn.run_sync(
+                lambda c: MigrationContext.configure(c).get_current_revision()
+            )
 
     def head_revision(self) -> str:
         head = ScriptDirectory.from_config(alembic_config(self.url)).get_current_head()
@@ -128,7 +135,9 @@ class Database:
     def backup_sqlite(self, dest: Path) -> None:
         """A consistent online copy through SQLite's backup API (safe under WAL writers)."""
         if not self.is_sqlite:
-            raise ConfigError("online backup through mlsm is for SQLite; use pg_dump for PostgreSQL")
+            raise ConfigError(
+                "online backup through mlsm is for SQLite; use pg_dump for PostgreSQL"
+            )
         dest.parent.mkdir(parents=True, exist_ok=True)
         src = sqlite3.connect(str(self.sqlite_path), timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
         try:

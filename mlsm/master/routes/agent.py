@@ -37,10 +37,12 @@ def _reply(obj: Any) -> Response[bytes]:
     return Response(content=w.encoder.encode(obj), media_type=w.MSGPACK)
 
 
-_opts = {"request_max_body_size": AGENT_BODY_LIMIT, "include_in_schema": False}
+_opts: dict[str, Any] = {"request_max_body_size": AGENT_BODY_LIMIT, "include_in_schema": False}
 
 
-@post("/agent/v1/register", opt={"role": "public", "audit": "node.register"}, status_code=200, **_opts)
+@post(
+    "/agent/v1/register", opt={"role": "public", "audit": "node.register"}, status_code=200, **_opts
+)
 async def register(request: Request[Any, Any, Any]) -> Response[bytes]:
     req = await _decode(request, w.decode_register)
     request.scope["state"]["audit_actor"] = f"node:{req.name}"

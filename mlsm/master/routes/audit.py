@@ -17,7 +17,7 @@ async def list_audit(
     action: str | None = Parameter(default=None, max_length=64),
     limit: int = Parameter(default=1000, ge=1, le=100_000),
 ) -> list[api.AuditEntry]:
-    return await services(request).audit.list(since=since, actor=actor, action=action, limit=limit)
+    return await services(request).audit.query(since=since, actor=actor, action=action, limit=limit)
 
 
 @get("/api/v1/audit/verify", opt={"role": "admin"}, tags=["audit"])

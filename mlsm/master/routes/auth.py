@@ -9,14 +9,26 @@ from mlsm.master.routes.common import principal, services
 from mlsm.wire import api
 
 
-@post("/api/v1/auth/login", opt={"role": "public", "audit": "auth.login"}, status_code=200, tags=["auth"])
+@post(
+    "/api/v1/auth/login",
+    opt={"role": "public", "audit": "auth.login"},
+    status_code=200,
+    tags=["auth"],
+)
 async def login(request: Request[Any, Any, Any], data: api.LoginRequest) -> api.LoginReply:
     request.scope["state"]["audit_actor"] = data.username
     audit_target(request, f"user:{data.username}")
-    return await services(request).auth.login(data.username, data.password, client_addr(request.scope))
+    return await services(request).auth.login(
+        data.username, data.password, client_addr(request.scope)
+    )
 
 
-@post("/api/v1/auth/logout", opt={"role": "member", "audit": "auth.logout"}, status_code=200, tags=["auth"])
+@post(
+    "/api/v1/auth/logout",
+    opt={"role": "member", "audit": "auth.logout"},
+    status_code=200,
+    tags=["auth"],
+)
 async def logout(request: Request[Any, Any, Any]) -> dict[str, bool]:
     await services(request).auth.logout(principal(request))
     return {"ok": True}

@@ -11,8 +11,10 @@ from mlsm.wire import api
 
 
 @get("/api/v1/datasets", opt={"role": "member"}, tags=["datasets"])
-async def list_datasets(request: Request[Any, Any, Any], node: str | None = Parameter(default=None, max_length=63)) -> list[api.Dataset]:
-    return await services(request).datasets.list(node)
+async def list_datasets(
+    request: Request[Any, Any, Any], node: str | None = Parameter(default=None, max_length=63)
+) -> list[api.Dataset]:
+    return await services(request).datasets.query(node)
 
 
 @get("/api/v1/datasets/{name:str}", opt={"role": "member"}, tags=["datasets"])
@@ -20,8 +22,14 @@ async def show_dataset(request: Request[Any, Any, Any], name: str) -> api.Datase
     return await services(request).datasets.show(name)
 
 
-@patch("/api/v1/datasets/{name:str}", opt={"role": "member", "audit": "dataset.update"}, tags=["datasets"])
-async def update_dataset(request: Request[Any, Any, Any], name: str, data: api.DatasetUpdate) -> api.Dataset:
+@patch(
+    "/api/v1/datasets/{name:str}",
+    opt={"role": "member", "audit": "dataset.update"},
+    tags=["datasets"],
+)
+async def update_dataset(
+    request: Request[Any, Any, Any], name: str, data: api.DatasetUpdate
+) -> api.Dataset:
     audit_target(request, f"dataset:{name}")
     return await services(request).datasets.update(principal(request), name, data)
 

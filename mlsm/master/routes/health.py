@@ -12,7 +12,10 @@ from mlsm.wire import api
 async def healthz(request: Request[Any, Any, Any]) -> api.Health:
     """Liveness: the master answers and knows its database backend."""
     return api.Health(
-        status="ok", version=__version__, protocol=PROTOCOL_VERSION, database=request.app.state.db.backend
+        status="ok",
+        version=__version__,
+        protocol=PROTOCOL_VERSION,
+        database=request.app.state.db.backend,
     )
 
 

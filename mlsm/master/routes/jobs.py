@@ -3,7 +3,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from litestar import Request, Response, get, post
+from litestar import Request, get, post
 from litestar.params import Parameter
 from litestar.response import ServerSentEvent, Stream
 
@@ -17,7 +17,9 @@ MAX_LIST = 10_000
 @post("/api/v1/jobs", opt={"role": "member", "audit": "job.submit"}, tags=["jobs"])
 async def submit_job(request: Request[Any, Any, Any], data: api.JobSubmit) -> api.SubmitReply:
     reply = await services(request).jobs.submit(principal(request), data)
-    audit_target(request, f"job:{reply.job.id}", argv=data.argv[:8], gpus=data.gpus, tasks=len(reply.ids))
+    audit_target(
+        request, f"job:{reply.job.id}", argv=data.argv[:8], gpus=data.gpus, tasks=len(reply.ids)
+    )
     return reply
 
 
@@ -30,7 +32,9 @@ async def list_jobs(
     all: bool = False,
     limit: int = Parameter(default=1000, ge=1, le=MAX_LIST),
 ) -> api.JobList:
-    return await services(request).jobs.list(principal(request), state=state_filter, user=user, node=node, all=all, limit=limit)
+    return await services(request).jobs.query(
+        principal(request), state=state_filter, user=user, node=node, all=all, limit=limit
+    )
 
 
 @get("/api/v1/jobs/{job_id:int}", opt={"role": "member"}, tags=["jobs"])
@@ -38,13 +42,23 @@ async def show_job(request: Request[Any, Any, Any], job_id: int) -> api.Job:
     return await services(request).jobs.get(principal(request), job_id)
 
 
-@post("/api/v1/jobs/cancel", opt={"role": "member", "audit": "job.cancel"}, status_code=200, tags=["jobs"])
+@post(
+    "/api/v1/jobs/cancel",
+    opt={"role": "member", "audit": "job.cancel"},
+    status_code=200,
+    tags=["jobs"],
+)
 async def cancel_jobs(request: Request[Any, Any, Any], data: api.CancelRequest) -> api.CancelResult:
     audit_target(request, "job:" + ",".join(str(i) for i in data.ids[:20]))
     return await services(request).jobs.cancel(principal(request), data.ids)
 
 
-@post("/api/v1/jobs/{job_id:int}/release", opt={"role": "member", "audit": "job.release"}, status_code=200, tags=["jobs"])
+@post(
+    "/api/v1/jobs/{job_id:int}/release",
+    opt={"role": "member", "audit": "job.release"},
+    status_code=200,
+    tags=["jobs"],
+)
 async def release_job(request: Request[Any, Any, Any], job_id: int) -> api.Job:
     audit_target(request, f"job:{job_id}")
     return await services(request).jobs.release(principal(request), job_id)
@@ -57,14 +71,20 @@ async def job_log(
     offset: int = Parameter(default=0, ge=0),
     limit: int | None = Parameter(default=None, ge=1),
 ) -> Stream:
-    size, chunks = await services(request).jobs.log_stream(principal(request), job_id, offset, limit)
+    size, chunks = await services(request).jobs.log_stream(
+        principal(request), job_id, offset, limit
+    )
     return Stream(chunks, media_type="text/plain; charset=utf-8", headers={"X-Log-Size": str(size)})
 
 
 @get("/api/v1/jobs/{job_id:int}/log/follow", opt={"role": "member"}, tags=["jobs"])
-async def follow_log(request: Request[Any, Any, Any], job_id: int, offset: int = Parameter(default=0, ge=0)) -> ServerSentEvent:
+async def follow_log(
+    request: Request[Any, Any, Any], job_id: int, offset: int = Parameter(default=0, ge=0)
+) -> ServerSentEvent:
     events = services(request).jobs.follow(principal(request), job_id, offset)
-    first = await anext(aiter(_prime(events)))  # permission errors surface as JSON, not a broken stream
+    first = await anext(
+        aiter(_prime(events))
+    )  # permission errors surface as JSON, not a broken stream
 
     async def gen() -> AsyncIterator[dict[str, str]]:
         if first is not None:

@@ -17,14 +17,21 @@ async def list_join_tokens(request: Request[Any, Any, Any]) -> list[api.JoinToke
 
 
 @post("/api/v1/join-tokens", opt={"role": "admin", "audit": "join_token.create"}, tags=["nodes"])
-async def create_join_token(request: Request[Any, Any, Any], data: api.JoinTokenCreate) -> api.JoinTokenCreated:
+async def create_join_token(
+    request: Request[Any, Any, Any], data: api.JoinTokenCreate
+) -> api.JoinTokenCreated:
     st = services(request)
     created = await st.nodes.create_join_token(principal(request), data, st.tls_fingerprint)
     audit_target(request, f"join_token:{created.info.id}", uses=data.uses, ttl_s=data.ttl_s)
     return created
 
 
-@delete("/api/v1/join-tokens/{token_id:int}", opt={"role": "admin", "audit": "join_token.revoke"}, status_code=200, tags=["nodes"])
+@delete(
+    "/api/v1/join-tokens/{token_id:int}",
+    opt={"role": "admin", "audit": "join_token.revoke"},
+    status_code=200,
+    tags=["nodes"],
+)
 async def revoke_join_token(request: Request[Any, Any, Any], token_id: int) -> dict[str, bool]:
     audit_target(request, f"join_token:{token_id}")
     await services(request).nodes.revoke_join_token(token_id)
@@ -42,7 +49,9 @@ def _label_filter(label: list[str] | None) -> dict[str, str]:
 
 
 @get("/api/v1/nodes", opt={"role": "member"}, tags=["nodes"])
-async def list_nodes(request: Request[Any, Any, Any], label: list[str] | None = Parameter(default=None)) -> list[api.Node]:
+async def list_nodes(
+    request: Request[Any, Any, Any], label: list[str] | None = Parameter(default=None)
+) -> list[api.Node]:
     st = services(request)
     want = _label_filter(label)
     gpu_map = st.jobs.gpu_holders()
@@ -63,30 +72,51 @@ async def show_node(request: Request[Any, Any, Any], name: str) -> api.Node:
 
 @get("/api/v1/nodes/{name:str}/history", opt={"role": "member"}, tags=["nodes"])
 async def node_history(
-    request: Request[Any, Any, Any], name: str, window: float = Parameter(default=3600.0, gt=0, le=90 * 86400)
+    request: Request[Any, Any, Any],
+    name: str,
+    window: float = Parameter(default=3600.0, gt=0, le=90 * 86400),
 ) -> api.NodeHistory:
     st = services(request)
     n = st.nodes.get(name)
     resolution, series = await st.nodes.history.window(n.id, window)
-    return api.NodeHistory(node=n.name, resolution_s=resolution or st.settings.heartbeat_interval, series=series)
+    return api.NodeHistory(
+        node=n.name, resolution_s=resolution or st.settings.heartbeat_interval, series=series
+    )
 
 
-@post("/api/v1/nodes/{name:str}/drain", opt={"role": "admin", "audit": "node.drain"}, status_code=200, tags=["nodes"])
+@post(
+    "/api/v1/nodes/{name:str}/drain",
+    opt={"role": "admin", "audit": "node.drain"},
+    status_code=200,
+    tags=["nodes"],
+)
 async def drain_node(request: Request[Any, Any, Any], name: str) -> api.Node:
     audit_target(request, f"node:{name}")
     st = services(request)
     return st.nodes.view(await st.nodes.set_draining(name, True))
 
 
-@post("/api/v1/nodes/{name:str}/resume", opt={"role": "admin", "audit": "node.resume"}, status_code=200, tags=["nodes"])
+@post(
+    "/api/v1/nodes/{name:str}/resume",
+    opt={"role": "admin", "audit": "node.resume"},
+    status_code=200,
+    tags=["nodes"],
+)
 async def resume_node(request: Request[Any, Any, Any], name: str) -> api.Node:
     audit_target(request, f"node:{name}")
     st = services(request)
     return st.nodes.view(await st.nodes.set_draining(name, False))
 
 
-@post("/api/v1/nodes/{name:str}/labels", opt={"role": "admin", "audit": "node.labels"}, status_code=200, tags=["nodes"])
-async def set_node_labels(request: Request[Any, Any, Any], name: str, data: api.NodeUpdate) -> api.Node:
+@post(
+    "/api/v1/nodes/{name:str}/labels",
+    opt={"role": "admin", "audit": "node.labels"},
+    status_code=200,
+    tags=["nodes"],
+)
+async def set_node_labels(
+    request: Request[Any, Any, Any], name: str, data: api.NodeUpdate
+) -> api.Node:
     audit_target(request, f"node:{name}", labels=data.labels)
     st = services(request)
     n = st.nodes.get(name)
@@ -95,8 +125,15 @@ async def set_node_labels(request: Request[Any, Any, Any], name: str, data: api.
     return st.nodes.view(n)
 
 
-@delete("/api/v1/nodes/{name:str}", opt={"role": "admin", "audit": "node.remove"}, status_code=200, tags=["nodes"])
-async def remove_node(request: Request[Any, Any, Any], name: str, force: bool = False) -> dict[str, Any]:
+@delete(
+    "/api/v1/nodes/{name:str}",
+    opt={"role": "admin", "audit": "node.remove"},
+    status_code=200,
+    tags=["nodes"],
+)
+async def remove_node(
+    request: Request[Any, Any, Any], name: str, force: bool = False
+) -> dict[str, Any]:
     audit_target(request, f"node:{name}", force=force)
     st = services(request)
     interrupted = await st.jobs.remove_node(name, force=force)
@@ -108,5 +145,16 @@ async def summary(request: Request[Any, Any, Any]) -> api.LabSummary:
     return await services(request).jobs.summary()
 
 
-ROUTES = [list_join_tokens, create_join_token, revoke_join_token, list_nodes, show_node, node_history,
-          drain_node, resume_node, set_node_labels, remove_node, summary]
+ROUTES = [
+    list_join_tokens,
+    create_join_token,
+    revoke_join_token,
+    list_nodes,
+    show_node,
+    node_history,
+    drain_node,
+    resume_node,
+    set_node_labels,
+    remove_node,
+    summary,
+]

@@ -15,12 +15,19 @@ async def list_tokens(request: Request[Any, Any, Any], all: bool = False) -> lis
 
 
 @post("/api/v1/tokens", opt={"role": "member", "audit": "token.create"}, tags=["tokens"])
-async def create_token(request: Request[Any, Any, Any], data: api.ApiTokenCreate) -> api.ApiTokenCreated:
+async def create_token(
+    request: Request[Any, Any, Any], data: api.ApiTokenCreate
+) -> api.ApiTokenCreated:
     audit_target(request, f"token:{data.name}")
     return await services(request).auth.create_api_token(principal(request), data)
 
 
-@delete("/api/v1/tokens/{token_id:int}", opt={"role": "member", "audit": "token.revoke"}, status_code=200, tags=["tokens"])
+@delete(
+    "/api/v1/tokens/{token_id:int}",
+    opt={"role": "member", "audit": "token.revoke"},
+    status_code=200,
+    tags=["tokens"],
+)
 async def revoke_token(request: Request[Any, Any, Any], token_id: int) -> dict[str, bool]:
     audit_target(request, f"token:{token_id}")
     await services(request).auth.revoke(principal(request), token_id)

@@ -11,7 +11,7 @@ from mlsm.wire import api
 
 @get("/api/v1/users", opt={"role": "admin"}, tags=["users"])
 async def list_users(request: Request[Any, Any, Any]) -> list[api.User]:
-    return await services(request).users.list()
+    return await services(request).users.query()
 
 
 @post("/api/v1/users", opt={"role": "admin", "audit": "user.create"}, tags=["users"])
@@ -25,9 +25,22 @@ async def get_user(request: Request[Any, Any, Any], username: str) -> api.User:
     return await services(request).users.get(username)
 
 
-@patch("/api/v1/users/{username:str}", opt={"role": "admin", "audit": "user.update"}, tags=["users"])
-async def update_user(request: Request[Any, Any, Any], username: str, data: api.UserUpdate) -> api.User:
-    changes = {k: v for k, v in {"role": data.role, "disabled": data.disabled, "gpu_cap": data.gpu_cap, "unix_user": data.unix_user}.items() if v is not None}
+@patch(
+    "/api/v1/users/{username:str}", opt={"role": "admin", "audit": "user.update"}, tags=["users"]
+)
+async def update_user(
+    request: Request[Any, Any, Any], username: str, data: api.UserUpdate
+) -> api.User:
+    changes = {
+        k: v
+        for k, v in {
+            "role": data.role,
+            "disabled": data.disabled,
+            "gpu_cap": data.gpu_cap,
+            "unix_user": data.unix_user,
+        }.items()
+        if v is not None
+    }
     if data.password is not None:
         changes["password"] = "changed"
     audit_target(request, f"user:{username}", **changes)

@@ -82,7 +82,9 @@ class AuditLog:
         details: dict[str, Any] | None = None,
     ) -> None:
         async with self._lock, self.db.transaction() as s:
-            last = (await s.execute(select(AuditRow).order_by(AuditRow.id.desc()).limit(1))).scalar_one_or_none()
+            last = (
+                await s.execute(select(AuditRow).order_by(AuditRow.id.desc()).limit(1))
+            ).scalar_one_or_none()
             prev = last.hash if last is not None else GENESIS
             row = AuditRow(
                 id=(last.id + 1) if last is not None else 1,
@@ -101,7 +103,7 @@ class AuditLog:
             row.hash = row_hash(prev, row)
             s.add(row)
 
-    async def list(
+    async def query(
         self,
         *,
         since: float | None = None,
@@ -128,10 +130,17 @@ class AuditLog:
         async with self.db.session() as s:
             while True:
                 rows = (
-                    await s.execute(
-                        select(AuditRow).where(AuditRow.id > last_id).order_by(AuditRow.id).limit(VERIFY_BATCH)
+                    (
+                        await s.execute(
+                            select(AuditRow)
+                            .where(AuditRow.id > last_id)
+                            .order_by(AuditRow.id)
+                            .limit(VERIFY_BATCH)
+                        )
                     )
-                ).scalars().all()
+                    .scalars()
+                    .all()
+                )
                 if not rows:
                     break
                 for r in rows:

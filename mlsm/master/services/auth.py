@@ -85,10 +85,16 @@ class AuthService:
                     details={"retry_after": int(wait) + 1},
                 )
         async with self.db.transaction() as s:
-            user = (await s.execute(select(User).where(User.username == username))).scalar_one_or_none()
+            user = (
+                await s.execute(select(User).where(User.username == username))
+            ).scalar_one_or_none()
             if user is None:
                 burn_password_check(password)
-            ok = user is not None and not user.disabled and verify_password(user.password_hash, password)
+            ok = (
+                user is not None
+                and not user.disabled
+                and verify_password(user.password_hash, password)
+            )
             if not ok or user is None:
                 self._rate.hit(f"user:{username}", now)
                 self._rate.hit(f"client:{client}", now)
@@ -107,7 +113,12 @@ class AuthService:
                 )
             )
             user.last_login = now
-            return api.LoginReply(token=token, username=user.username, role=user.role, expires_at=expires)  # type: ignore[arg-type]
+            return api.LoginReply(
+                token=token,
+                username=user.username,
+                role=user.role,  # type: ignore[arg-type]
+                expires_at=expires,
+            )
 
     async def logout(self, principal: Principal) -> None:
         if principal.token_id is None:
@@ -126,7 +137,9 @@ class AuthService:
         async with self.db.transaction() as s:
             row = (
                 await s.execute(
-                    select(Token, User).join(User, User.id == Token.user_id).where(Token.token_hash == h)
+                    select(Token, User)
+                    .join(User, User.id == Token.user_id)
+                    .where(Token.token_hash == h)
                 )
             ).one_or_none()
             if row is None:
@@ -156,7 +169,9 @@ class AuthService:
         if self.registry is not None:
             found = self.registry.resolve_secret(secret)
             if found is None:
-                raise AuthenticationError("unknown node secret: this node was removed or never joined")
+                raise AuthenticationError(
+                    "unknown node secret: this node was removed or never joined"
+                )
             return found
         h = token_hash(secret)
         now = time.time()
@@ -180,7 +195,9 @@ class AuthService:
             del self._node_cache[k]
 
     # ------------------------------------------------------------- API tokens
-    async def create_api_token(self, principal: Principal, body: api.ApiTokenCreate) -> api.ApiTokenCreated:
+    async def create_api_token(
+        self, principal: Principal, body: api.ApiTokenCreate
+    ) -> api.ApiTokenCreated:
         now = time.time()
         token = new_token("api")
         expires = now + body.ttl_s if body.ttl_s else None
@@ -196,13 +213,21 @@ class AuthService:
             s.add(row)
             await s.flush()
             info = api.ApiToken(
-                id=row.id, name=row.name, username=principal.name, created_at=now, expires_at=expires
+                id=row.id,
+                name=row.name,
+                username=principal.name,
+                created_at=now,
+                expires_at=expires,
             )
         return api.ApiTokenCreated(token=token, info=info)
 
     async def list_tokens(self, principal: Principal, all_users: bool) -> list[api.ApiToken]:
         async with self.db.session() as s:
-            q = select(Token, User.username).join(User, User.id == Token.user_id).where(Token.revoked.is_(False))
+            q = (
+                select(Token, User.username)
+                .join(User, User.id == Token.user_id)
+                .where(Token.revoked.is_(False))
+            )
             if not (all_users and principal.is_admin):
                 q = q.where(Token.user_id == principal.user_id)
             rows = (await s.execute(q.order_by(Token.id))).all()

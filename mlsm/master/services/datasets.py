@@ -51,7 +51,9 @@ class DatasetService:
                 self._where[node.id] = {}
             elif report.removed:
                 await s.execute(
-                    delete(DatasetCopy).where(DatasetCopy.node_id == node.id, DatasetCopy.path.in_(report.removed))
+                    delete(DatasetCopy).where(
+                        DatasetCopy.node_id == node.id, DatasetCopy.path.in_(report.removed)
+                    )
                 )
                 where = self._where.setdefault(node.id, {})
                 for name in [n for n, p in where.items() if p in set(report.removed)]:
@@ -59,12 +61,21 @@ class DatasetService:
             known = set((await s.execute(select(DatasetRow.name))).scalars())
             for e in report.upsert:
                 row = (
-                    await s.execute(select(DatasetCopy).where(DatasetCopy.node_id == node.id, DatasetCopy.path == e.path))
+                    await s.execute(
+                        select(DatasetCopy).where(
+                            DatasetCopy.node_id == node.id, DatasetCopy.path == e.path
+                        )
+                    )
                 ).scalar_one_or_none()
                 if row is None:
                     row = DatasetCopy(node_id=node.id, path=e.path, name=e.name, root=e.root)
                     s.add(row)
-                row.size, row.files, row.modified, row.top = e.size, e.files, e.modified, list(e.top)
+                row.size, row.files, row.modified, row.top = (
+                    e.size,
+                    e.files,
+                    e.modified,
+                    list(e.top),
+                )
                 if e.digest:
                     row.digest = e.digest
                 if e.name not in known:
@@ -75,13 +86,21 @@ class DatasetService:
         if self.nodes.on_change is not None and report.upsert:
             self.nodes.on_change()
 
-    async def list(self, node: str | None = None) -> list[api.Dataset]:
+    async def query(self, node: str | None = None) -> list[api.Dataset]:
         async with self.db.session() as s:
             metas = {d.name: d for d in (await s.execute(select(DatasetRow))).scalars()}
-            copies = (await s.execute(select(DatasetCopy).order_by(DatasetCopy.name))).scalars().all()
+            copies = (
+                (await s.execute(select(DatasetCopy).order_by(DatasetCopy.name))).scalars().all()
+            )
         return self._assemble(metas, copies, node)
 
-    def _assemble(self, metas: dict[str, DatasetRow], copies: Any, node: str | None, used: dict[str, list[int]] | None = None) -> list[api.Dataset]:
+    def _assemble(
+        self,
+        metas: dict[str, DatasetRow],
+        copies: Any,
+        node: str | None,
+        used: dict[str, list[int]] | None = None,
+    ) -> list[api.Dataset]:
         out: dict[str, api.Dataset] = {}
         now = time.time()
         for c in copies:
@@ -100,17 +119,36 @@ class DatasetService:
                 )
             d.copies.append(
                 api.DatasetCopy(
-                    node=n.name, path=c.path, size=c.size, files=c.files, modified=c.modified,
-                    digest=c.digest, top=list(c.top or []), node_state=self.nodes.state_of(n, now),
+                    node=n.name,
+                    path=c.path,
+                    size=c.size,
+                    files=c.files,
+                    modified=c.modified,
+                    digest=c.digest,
+                    top=list(c.top or []),
+                    node_state=self.nodes.state_of(n, now),
                 )
             )
         return sorted(out.values(), key=lambda d: d.name)
 
     async def show(self, name: str) -> api.Dataset:
         async with self.db.session() as s:
-            metas = {d.name: d for d in (await s.execute(select(DatasetRow).where(DatasetRow.name == name))).scalars()}
-            copies = (await s.execute(select(DatasetCopy).where(DatasetCopy.name == name))).scalars().all()
-            jobs = (await s.execute(select(JobRow.id, JobRow.spec).order_by(JobRow.id.desc()).limit(5000))).all()
+            metas = {
+                d.name: d
+                for d in (
+                    await s.execute(select(DatasetRow).where(DatasetRow.name == name))
+                ).scalars()
+            }
+            copies = (
+                (await s.execute(select(DatasetCopy).where(DatasetCopy.name == name)))
+                .scalars()
+                .all()
+            )
+            jobs = (
+                await s.execute(
+                    select(JobRow.id, JobRow.spec).order_by(JobRow.id.desc()).limit(5000)
+                )
+            ).all()
         used = [jid for jid, spec in jobs if name in (spec or {}).get("datasets", [])][:50]
         found = self._assemble(metas, copies, None, {name: used})
         if not found:
@@ -119,11 +157,15 @@ class DatasetService:
 
     async def update(self, p: Principal, name: str, body: api.DatasetUpdate) -> api.Dataset:
         async with self.db.transaction() as s:
-            row = (await s.execute(select(DatasetRow).where(DatasetRow.name == name))).scalar_one_or_none()
+            row = (
+                await s.execute(select(DatasetRow).where(DatasetRow.name == name))
+            ).scalar_one_or_none()
             if row is None:
                 raise NotFound(f"no dataset named {name!r}")
             if not p.is_admin and row.owner != p.name:
-                raise PermissionDenied(f"only the owner of {name} ({row.owner or 'nobody'}) and admins edit it")
+                raise PermissionDenied(
+                    f"only the owner of {name} ({row.owner or 'nobody'}) and admins edit it"
+                )
             if body.owner is not None and not p.is_admin:
                 raise PermissionDenied("only admins change a dataset's owner")
             if body.description is not None:

@@ -61,7 +61,9 @@ class LogStore:
             fh.seek(offset)
             return fh.read(limit)
 
-    async def stream(self, job_id: int, attempt: int, offset: int = 0, limit: int | None = None) -> AsyncIterator[bytes]:
+    async def stream(
+        self, job_id: int, attempt: int, offset: int = 0, limit: int | None = None
+    ) -> AsyncIterator[bytes]:
         p = self.path(job_id, attempt)
         if not p.exists():
             return

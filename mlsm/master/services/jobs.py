@@ -76,7 +76,9 @@ def parse_array(spec: str) -> tuple[list[int], int]:
 def parse_mount(text: str) -> w.Mount:
     parts = text.split(":")
     if len(parts) not in (2, 3) or not parts[0].startswith("/") or not parts[1].startswith("/"):
-        raise ValidationError(f"mount {text!r}: expected /host/path:/container/path[:ro|rw]", path="mounts")
+        raise ValidationError(
+            f"mount {text!r}: expected /host/path:/container/path[:ro|rw]", path="mounts"
+        )
     mode = parts[2] if len(parts) == 3 else "ro"
     if mode not in ("ro", "rw"):
         raise ValidationError(f"mount {text!r}: mode must be ro or rw", path="mounts")
@@ -88,7 +90,9 @@ def _event(state: str, message: str = "") -> list[Any]:
 
 
 class JobService:
-    def __init__(self, db: Database, settings: Settings, nodes: NodeRegistry, logs: LogStore) -> None:
+    def __init__(
+        self, db: Database, settings: Settings, nodes: NodeRegistry, logs: LogStore
+    ) -> None:
         self.db = db
         self.settings = settings
         self.nodes = nodes
@@ -113,7 +117,15 @@ class JobService:
     # ---------------------------------------------------------------- lifecycle
     async def load(self) -> None:
         async with self.db.session() as s:
-            rows = (await s.execute(select(JobRow).where(JobRow.state.in_(("queued", "assigned", "running"))))).scalars().all()
+            rows = (
+                (
+                    await s.execute(
+                        select(JobRow).where(JobRow.state.in_(("queued", "assigned", "running")))
+                    )
+                )
+                .scalars()
+                .all()
+            )
             usage = (await s.execute(select(UsageRecord))).scalars().all()
             await self._load_users(s)
         for r in rows:
@@ -123,12 +135,21 @@ class JobService:
             else:
                 node = self.nodes.by_name.get(r.node or "")
                 self._active[r.id] = Active(
-                    r.id, r.user, node.id if node else -1, tuple(r.gpu_indices or ()), r.attempt, r.state,
-                    r.started_at or r.created_at, r.gpus, r.array_parent,
+                    r.id,
+                    r.user,
+                    node.id if node else -1,
+                    tuple(r.gpu_indices or ()),
+                    r.attempt,
+                    r.state,
+                    r.started_at or r.created_at,
+                    r.gpus,
+                    r.array_parent,
                 )
         now = time.time()
         for u in usage:
-            self._usage[u.user] = sched.decay_usage(u.gpu_hours, now - u.updated_at, self._half_life())
+            self._usage[u.user] = sched.decay_usage(
+                u.gpu_hours, now - u.updated_at, self._half_life()
+            )
 
     async def _load_users(self, s: Any) -> None:
         users = (await s.execute(select(User.username, User.gpu_cap, User.unix_user))).all()
@@ -221,7 +242,9 @@ class JobService:
         async with self.db.transaction() as s:
             if body.after:
                 ids = [int(a.split(":")[0]) for a in body.after]
-                found = set((await s.execute(select(JobRow.id).where(JobRow.id.in_(ids)))).scalars())
+                found = set(
+                    (await s.execute(select(JobRow.id).where(JobRow.id.in_(ids)))).scalars()
+                )
                 missing = [i for i in ids if i not in found]
                 if missing:
                     raise ValidationError(f"--after: no job {missing[0]}", path="after")
@@ -296,15 +319,25 @@ class JobService:
             started_at=r.started_at,
             ended_at=r.ended_at,
             log_size=self.logs.size(r.id, r.attempt),
-            history=[api.JobEvent(ts=e[0], state=e[1], message=e[2] if len(e) > 2 else "") for e in (r.history or [])],
+            history=[
+                api.JobEvent(ts=e[0], state=e[1], message=e[2] if len(e) > 2 else "")
+                for e in (r.history or [])
+            ],
         )
 
-    async def list(
-        self, p: Principal, *, state: str | None, user: str | None, node: str | None, all: bool, limit: int
+    async def query(
+        self,
+        p: Principal,
+        *,
+        state: str | None,
+        user: str | None,
+        node: str | None,
+        all: bool,
+        limit: int,
     ) -> api.JobList:
         q = select(JobRow)
         cq = select(func.count()).select_from(JobRow)
-        conds = []
+        conds: list[Any] = []
         if state:
             states = [x.strip() for x in state.split(",") if x.strip()]
             conds.append(JobRow.state.in_(states))
@@ -367,16 +400,25 @@ class JobService:
             if msg == "no such job":
                 raise NotFound(f"no job {ids[0]}")
             if msg == "not your job":
-                raise PermissionDenied(f"job {ids[0]} is not yours: members cancel only their own jobs")
+                raise PermissionDenied(
+                    f"job {ids[0]} is not yours: members cancel only their own jobs"
+                )
             raise Conflict(f"job {ids[0]} is {msg.removeprefix('already ')}")
         if done:
             self.kick()
         return api.CancelResult(cancelled=done, skipped=skipped)
 
-    async def _send_cancel(self, a: Active, reason: str, end_kind: str, grace: float = KILL_GRACE_S) -> None:
+    async def _send_cancel(
+        self, a: Active, reason: str, end_kind: str, grace: float = KILL_GRACE_S
+    ) -> None:
         await self.nodes.enqueue(
             a.node_id,
-            lambda cid: w.CancelJob(id=cid, job_id=a.job_id, attempt=a.attempt, reason=reason, end_kind=end_kind, grace_s=grace),  # type: ignore[arg-type]
+            w.CancelJob,
+            job_id=a.job_id,
+            attempt=a.attempt,
+            reason=reason,
+            end_kind=end_kind,
+            grace_s=grace,
         )
 
     async def release(self, p: Principal, job_id: int) -> api.Job:
@@ -394,7 +436,9 @@ class JobService:
         self.kick()
         return await self.get(p, job_id)
 
-    def _finish_row(self, r: JobRow, state: str, reason: str, now: float, exit_code: int | None = None) -> None:
+    def _finish_row(
+        self, r: JobRow, state: str, reason: str, now: float, exit_code: int | None = None
+    ) -> None:
         r.state = state
         r.reason = reason
         r.ended_at = now
@@ -460,7 +504,9 @@ class JobService:
                 unknown.append(d)
         if unknown:
             async with self.db.session() as s:
-                for jid, st in (await s.execute(select(JobRow.id, JobRow.state).where(JobRow.id.in_(unknown)))).all():
+                for jid, st in (
+                    await s.execute(select(JobRow.id, JobRow.state).where(JobRow.id.in_(unknown)))
+                ).all():
                     out[jid] = st
                     if st in api.FINAL_STATES:
                         self._final_states[jid] = st
@@ -477,7 +523,9 @@ class JobService:
             if a.state == "running":
                 held[a.user] = held.get(a.user, 0) + a.gpu_count
         for user in set(self._usage) | set(held):
-            self._usage[user] = sched.add_usage(sched.decay_usage(self._usage.get(user, 0.0), dt, hl), held.get(user, 0), dt)
+            self._usage[user] = sched.add_usage(
+                sched.decay_usage(self._usage.get(user, 0.0), dt, hl), held.get(user, 0), dt
+            )
 
     async def schedule_pass(self) -> sched.SchedResult | None:
         if not self._pending:
@@ -510,7 +558,10 @@ class JobService:
         async with self.db.transaction() as s:
             if result.placements:
                 ids = [pl.job_id for pl in result.placements]
-                rows = {r.id: r for r in (await s.execute(select(JobRow).where(JobRow.id.in_(ids)))).scalars()}
+                rows = {
+                    r.id: r
+                    for r in (await s.execute(select(JobRow).where(JobRow.id.in_(ids)))).scalars()
+                }
                 for pl in result.placements:
                     r = rows.get(pl.job_id)
                     node = self.nodes.by_name.get(pl.node)
@@ -521,10 +572,28 @@ class JobService:
                     r.node = pl.node
                     r.gpu_indices = list(pl.gpu_indices)
                     r.reason = ""
-                    r.history = [*r.history, _event("assigned", f"on {pl.node} GPUs {list(pl.gpu_indices)}" if pl.gpu_indices else f"on {pl.node}")]
+                    r.history = [
+                        *r.history,
+                        _event(
+                            "assigned",
+                            f"on {pl.node} GPUs {list(pl.gpu_indices)}"
+                            if pl.gpu_indices
+                            else f"on {pl.node}",
+                        ),
+                    ]
                     self._pending.pop(r.id, None)
                     self._reasons.pop(r.id, None)
-                    self._active[r.id] = Active(r.id, r.user, node.id, pl.gpu_indices, r.attempt, "assigned", now, r.gpus, r.array_parent)
+                    self._active[r.id] = Active(
+                        r.id,
+                        r.user,
+                        node.id,
+                        pl.gpu_indices,
+                        r.attempt,
+                        "assigned",
+                        now,
+                        r.gpus,
+                        r.array_parent,
+                    )
                     starts.append((node.id, self._agent_spec(r, node, pl.gpu_indices)))
             for jid, why in result.never.items():
                 r = await s.get(JobRow, jid)
@@ -537,7 +606,7 @@ class JobService:
                 )
                 self._reasons.update(changed_reasons)
         for node_id, spec in starts:
-            await self.nodes.enqueue(node_id, lambda cid, spec=spec: w.StartJob(id=cid, job=spec))
+            await self.nodes.enqueue(node_id, w.StartJob, job=spec)
 
     def _agent_spec(self, r: JobRow, node: LiveNode, gpus: tuple[int, ...]) -> w.JobSpec:
         spec = r.spec
@@ -611,7 +680,10 @@ class JobService:
                         if r.state == "assigned":
                             r.state = "running"
                             r.started_at = rep.started_at or now
-                            r.history = [*r.history, _event("running", f"pid {rep.pid}" if rep.pid else "")]
+                            r.history = [
+                                *r.history,
+                                _event("running", f"pid {rep.pid}" if rep.pid else ""),
+                            ]
                             a.state = "running"
                         continue
                     ended = True
@@ -624,14 +696,18 @@ class JobService:
                         # The StartJob may have been lost with a restart: send it again (idempotent).
                         a.assigned_at = now
                         spec = self._agent_spec(r, node, a.gpus)
-                        await self.nodes.enqueue(node.id, lambda cid, spec=spec: w.StartJob(id=cid, job=spec))
+                        await self.nodes.enqueue(node.id, w.StartJob, job=spec)
                         continue
                     ended = True
                     self._interrupt(r, f"the agent on {node.name} no longer knows this job", now)
         for rep in stale:
             await self.nodes.enqueue(
                 node.id,
-                lambda cid, rep=rep: w.CancelJob(id=cid, job_id=rep.job_id, attempt=rep.attempt, reason="this attempt is no longer wanted by the master", end_kind="cancelled"),
+                w.CancelJob,
+                job_id=rep.job_id,
+                attempt=rep.attempt,
+                reason="this attempt is no longer wanted by the master",
+                end_kind="cancelled",
             )
         if ended:
             self.kick()
@@ -658,7 +734,11 @@ class JobService:
 
     def _interrupt(self, r: JobRow, why: str, now: float) -> None:
         if r.attempt < r.retries:
-            r.history = [*r.history, _event("interrupted", why), _event("queued", f"requeued as attempt {r.attempt + 1}")]
+            r.history = [
+                *r.history,
+                _event("interrupted", why),
+                _event("queued", f"requeued as attempt {r.attempt + 1}"),
+            ]
             r.attempt += 1
             r.state = "queued"
             r.node = None
@@ -679,7 +759,11 @@ class JobService:
             for a in mine:
                 r = await s.get(JobRow, a.job_id)
                 if r is not None:
-                    self._interrupt(r, f"node {node.name} was lost (no heartbeat for {self.settings.node_lease:.0f} s)", now)
+                    self._interrupt(
+                        r,
+                        f"node {node.name} was lost (no heartbeat for {self.settings.node_lease:.0f} s)",
+                        now,
+                    )
         self.kick()
 
     async def remove_node(self, name: str, *, force: bool) -> list[int]:
@@ -693,7 +777,9 @@ class JobService:
         now = time.time()
         async with self.db.transaction() as s:
             for a in mine:
-                await self._send_cancel(a, f"node {name} was removed", "cancelled", grace=KILL_GRACE_S)
+                await self._send_cancel(
+                    a, f"node {name} was removed", "cancelled", grace=KILL_GRACE_S
+                )
                 r = await s.get(JobRow, a.job_id)
                 if r is not None:
                     self._interrupt(r, f"node {name} was removed by an admin", now)
@@ -717,14 +803,20 @@ class JobService:
         if r is None:
             raise NotFound(f"no job {job_id}")
         if not self._may_see_private(p, r):
-            raise PermissionDenied(f"job {job_id} belongs to {r.user}: only its owner and admins read its log")
+            raise PermissionDenied(
+                f"job {job_id} belongs to {r.user}: only its owner and admins read its log"
+            )
         return r
 
-    async def log_stream(self, p: Principal, job_id: int, offset: int, limit: int | None) -> tuple[int, AsyncIterator[bytes]]:
+    async def log_stream(
+        self, p: Principal, job_id: int, offset: int, limit: int | None
+    ) -> tuple[int, AsyncIterator[bytes]]:
         r = await self._readable(p, job_id)
         return self.logs.size(job_id, r.attempt), self.logs.stream(job_id, r.attempt, offset, limit)
 
-    async def follow(self, p: Principal, job_id: int, offset: int) -> AsyncIterator[tuple[str, bytes]]:
+    async def follow(
+        self, p: Principal, job_id: int, offset: int
+    ) -> AsyncIterator[tuple[str, bytes]]:
         """(event, data) pairs: 'log' with new bytes, then 'end' with the final state."""
         r = await self._readable(p, job_id)
         attempt = r.attempt

@@ -82,7 +82,11 @@ class NodeRegistry:
     async def load(self) -> None:
         async with self.db.session() as s:
             rows = (await s.execute(select(Node).where(Node.removed.is_(False)))).scalars().all()
-            cmds = (await s.execute(select(CommandRow).where(CommandRow.acked.is_(False)))).scalars().all()
+            cmds = (
+                (await s.execute(select(CommandRow).where(CommandRow.acked.is_(False))))
+                .scalars()
+                .all()
+            )
         now = time.time()
         for r in rows:
             n = LiveNode(
@@ -155,7 +159,9 @@ class NodeRegistry:
                 continue
             if now - n.last_seen > self.settings.node_lease:
                 n.lost = True
-                log.warning("node %s missed its lease (%.0f s): offline", n.name, self.settings.node_lease)
+                log.warning(
+                    "node %s missed its lease (%.0f s): offline", n.name, self.settings.node_lease
+                )
                 if self.on_lost is not None:
                     res = self.on_lost(n)
                     if asyncio.iscoroutine(res):
@@ -183,7 +189,9 @@ class NodeRegistry:
         return n
 
     # ---------------------------------------------------------------- join tokens
-    async def create_join_token(self, actor: Principal, body: api.JoinTokenCreate, fingerprint: str = "") -> api.JoinTokenCreated:
+    async def create_join_token(
+        self, actor: Principal, body: api.JoinTokenCreate, fingerprint: str = ""
+    ) -> api.JoinTokenCreated:
         now = time.time()
         secret = new_token("join")
         async with self.db.transaction() as s:
@@ -228,17 +236,23 @@ class NodeRegistry:
         node_secret = new_token("node")
         async with self.db.transaction() as s:
             jt = (
-                await s.execute(select(JoinToken).where(JoinToken.token_hash == token_hash(secret_token)))
+                await s.execute(
+                    select(JoinToken).where(JoinToken.token_hash == token_hash(secret_token))
+                )
             ).scalar_one_or_none()
             if jt is None:
-                raise AuthenticationError("unknown join token: ask an admin for a new one (mlsm join-token create)")
+                raise AuthenticationError(
+                    "unknown join token: ask an admin for a new one (mlsm join-token create)"
+                )
             if jt.revoked:
                 raise AuthenticationError("this join token was revoked")
             if jt.expires_at <= now:
                 raise AuthenticationError("this join token has expired: ask an admin for a new one")
             if jt.used >= jt.uses:
                 raise AuthenticationError(f"this join token is used up ({jt.uses} uses)")
-            existing = (await s.execute(select(Node).where(Node.name == req.name))).scalar_one_or_none()
+            existing = (
+                await s.execute(select(Node).where(Node.name == req.name))
+            ).scalar_one_or_none()
             if existing is not None and not existing.removed:
                 live = self.nodes.get(existing.id)
                 if live is not None and self.state_of(live, now) != "offline":
@@ -347,13 +361,13 @@ class NodeRegistry:
                 await res
 
     # ---------------------------------------------------------------- commands
-    async def enqueue(self, node_id: int, make: Callable[[int], w.Command]) -> int:
+    async def enqueue(self, node_id: int, kind: type[Any], **fields: Any) -> int:
         """Persist a command (its id comes from the database) and wake the node's long-poll."""
         async with self.db.transaction() as s:
             row = CommandRow(node_id=node_id, kind="", body=b"", created_at=time.time())
             s.add(row)
             await s.flush()
-            cmd = make(row.id)
+            cmd = kind(id=row.id, **fields)
             row.kind = type(cmd).__name__
             row.body = w.encoder.encode(cmd)
             cmd_id = row.id
@@ -371,7 +385,9 @@ class NodeRegistry:
                 n.outbox.pop(i, None)
             if acked:
                 async with self.db.transaction() as s:
-                    await s.execute(update(CommandRow).where(CommandRow.id.in_(acked)).values(acked=True))
+                    await s.execute(
+                        update(CommandRow).where(CommandRow.id.in_(acked)).values(acked=True)
+                    )
         if not n.outbox and req.wait_s > 0:
             n.wake.clear()
             try:
@@ -411,15 +427,27 @@ class NodeRegistry:
         return n
 
     # ---------------------------------------------------------------- views
-    def view(self, n: LiveNode, job_gpus: dict[int, list[int]] | None = None, now: float | None = None) -> api.Node:
+    def view(
+        self, n: LiveNode, job_gpus: dict[int, list[int]] | None = None, now: float | None = None
+    ) -> api.Node:
         """``job_gpus`` maps GPU index -> mlsm job ids holding it (from the jobs service)."""
         job_gpus = job_gpus or {}
         mlsm_pids = {r.pid for r in n.jobs.values() if r.pid}
         gpus = []
         for g in n.gpus:
             holders = job_gpus.get(g.index, [])
-            foreign = any(p.job_id is None and p.pid not in mlsm_pids for p in g.processes) and not holders
-            gpus.append(api.GpuView(sample=g, job_ids=holders, foreign=foreign, busy=bool(holders) or foreign or bool(g.error)))
+            foreign = (
+                any(p.job_id is None and p.pid not in mlsm_pids for p in g.processes)
+                and not holders
+            )
+            gpus.append(
+                api.GpuView(
+                    sample=g,
+                    job_ids=holders,
+                    foreign=foreign,
+                    busy=bool(holders) or foreign or bool(g.error),
+                )
+            )
         return api.Node(
             id=n.id,
             name=n.name,
@@ -447,5 +475,3 @@ def _join_wire(r: JoinToken) -> api.JoinToken:
         revoked=r.revoked,
         note=r.note,
     )
-
-

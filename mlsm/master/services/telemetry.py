@@ -107,7 +107,13 @@ class History:
             elif b.minute != minute:
                 if b.count:
                     self._pending.append(
-                        {"node_id": node_id, "series": name, "ts": b.minute, "mean": b.total / b.count, "max": b.peak}
+                        {
+                            "node_id": node_id,
+                            "series": name,
+                            "ts": b.minute,
+                            "mean": b.total / b.count,
+                            "max": b.peak,
+                        }
                     )
                 b.minute, b.total, b.count, b.peak = minute, 0.0, 0, float("-inf")
             b.total += v
@@ -135,7 +141,9 @@ class History:
         async with self.db.transaction() as s:
             await s.execute(delete(MetricPoint).where(MetricPoint.ts < cutoff))
 
-    async def window(self, node_id: int, window_s: float, now: float | None = None) -> tuple[float, dict[str, list[HistoryPoint]]]:
+    async def window(
+        self, node_id: int, window_s: float, now: float | None = None
+    ) -> tuple[float, dict[str, list[HistoryPoint]]]:
         """A node's history: memory rings for up to an hour, the database beyond that."""
         now = now or time.time()
         start = now - window_s

@@ -44,7 +44,11 @@ async def _get(s: AsyncSession, username: str) -> User:
 
 
 async def _superadmins_left(s: AsyncSession) -> int:
-    q = select(func.count()).select_from(User).where(User.role == "superadmin", User.disabled.is_(False))
+    q = (
+        select(func.count())
+        .select_from(User)
+        .where(User.role == "superadmin", User.disabled.is_(False))
+    )
     return int((await s.execute(q)).scalar_one())
 
 
@@ -53,7 +57,7 @@ class UserService:
         self.db = db
         self._on_change = on_change  # callable(user_id) to drop cached principals
 
-    async def list(self) -> list[api.User]:
+    async def query(self) -> list[api.User]:
         async with self.db.session() as s:
             rows = (await s.execute(select(User).order_by(User.username))).scalars().all()
         return [to_wire(u) for u in rows]
