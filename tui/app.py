@@ -1,0 +1,404 @@
+"""The dashboard app: sections as modes, one poll worker for the screen on top, every action."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
+from functools import partial
+from typing import Any
+
+import msgspec
+from textual import work
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.css.query import NoMatches
+from textual.reactive import reactive
+from textual.screen import Screen
+from textual.timer import Timer
+
+from mlsm.errors import AuthenticationError, MlsmError, UnavailableError
+from mlsm.wire import api
+from tui.screens import AdminScreen, DatasetsScreen, JobScreen, JobsScreen, NodeScreen, OverviewScreen
+from tui.screens.base import View
+from tui.source import DataSource
+from tui.widgets.confirm import ConfirmModal
+from tui.widgets.forms import Field, FormModal, MessageModal, SubmitForm
+from tui.widgets.help import CommandLine, HelpScreen, LoginModal
+from tui.widgets.status import Connection, StatusBar
+
+#: Seconds between polls of the screen on top.
+POLL_S = 2.0
+#: Longest wait between reconnect attempts while the master is away.
+MAX_BACKOFF_S = 30.0
+#: Retry delay when data arrived before the screen finished composing.
+COMPOSE_RETRY_S = 0.05
+VIEW_NAMES = ("nodes", "jobs", "datasets", "admin")
+
+
+class MlsmApp(App[None]):
+    """ML Server Manager dashboard. ``source`` is any :class:`~tui.source.DataSource`."""
+
+    TITLE = "mlsm"
+    CSS_PATH = str(Path(__file__).with_name("mlsm.tcss"))
+    MODES = {"nodes": OverviewScreen, "jobs": JobsScreen, "datasets": DatasetsScreen, "admin": AdminScreen}
+    DEFAULT_MODE = "nodes"
+    BINDINGS = [
+        Binding("q", "quit", "Quit"),
+        Binding("question_mark", "help", "Help"),
+        Binding("colon", "command_line", "Go to", key_display=":"),
+        Binding("1", "view('nodes')", "Nodes", show=False),
+        Binding("2", "view('jobs')", "Jobs", show=False),
+        Binding("3", "view('datasets')", "Datasets", show=False),
+        Binding("4", "view('admin')", "Admin", show=False),
+        Binding("ctrl+t", "toggle_theme", "Light/dark", show=False),
+        Binding("ctrl+r", "refresh", "Refresh now", show=False),
+    ]
+
+    conn: reactive[Connection] = reactive(Connection, always_update=True)
+
+    def __init__(
+        self, source: DataSource, *, readonly: bool = False, clock: Callable[[], float] = time.time,
+        poll_s: float = POLL_S, light: bool = False,
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.readonly = readonly
+        self.clock = clock
+        self.poll_s = poll_s
+        self.light = light
+        self._timer: Timer | None = None
+        self._fails = 0
+        self._asking_login = False
+        self._stale_ticker: Timer | None = None
+        self.first_data_at: float | None = None
+
+    # ------------------------------------------------------------ state
+    def now(self) -> float:
+        return self.clock()
+
+    @property
+    def is_admin(self) -> bool:
+        return api.ROLE_RANK.get(self.conn.role, 0) >= api.ROLE_RANK["admin"]
+
+    def on_mount(self) -> None:
+        self.theme = "textual-light" if self.light else "textual-dark"
+        self.conn = Connection(url=self.source.url)
+        self.poll_now()
+
+    async def on_unmount(self) -> None:
+        await self.source.aclose()
+
+    def watch_conn(self, conn: Connection) -> None:
+        stale = conn.state == "stale"
+        for screen in self.screen_stack:
+            if isinstance(screen, View):
+                screen.set_stale(stale)
+        if stale and self._stale_ticker is None:
+            self._stale_ticker = self.set_interval(1.0, self._tick_status)
+        elif not stale and self._stale_ticker is not None:
+            self._stale_ticker.stop()
+            self._stale_ticker = None
+
+    def _tick_status(self) -> None:
+        for bar in self.screen.query(StatusBar):
+            bar._show()
+
+    def top_view(self) -> View | None:
+        return next((s for s in reversed(self.screen_stack) if isinstance(s, View)), None)
+
+    # ------------------------------------------------------------ polling
+    def poll_now(self) -> None:
+        """Poll the screen on top now (and from then on every few seconds)."""
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer = None
+        self.poll()
+
+    @work(exclusive=True, group="poll")
+    async def poll(self) -> None:
+        view = self.top_view()
+        delay = (view.POLL_S if view and view.POLL_S else None) or self.poll_s
+        try:
+            if not self.conn.user:
+                me = await self.source.me()
+                self.conn = replace(self.conn, user=me.username, role=me.role, state="live")
+                self.refresh_bindings()
+            data = await view.fetch() if view is not None else None
+        except AuthenticationError:
+            self.conn = replace(self.conn, state="login", user="", role="")
+            self._ask_login()
+            return
+        except UnavailableError as exc:
+            self._fails += 1
+            delay = min(self.poll_s * 2 ** min(self._fails, 5), MAX_BACKOFF_S)
+            self.conn = replace(self.conn, state="stale", message=exc.message, retry_at=self.now() + delay)
+        except MlsmError as exc:
+            self.notify(exc.message, title="master", severity="error", timeout=4)
+        else:
+            self._fails = 0
+            self.conn = replace(self.conn, state="live", last_ok=self.now(), retry_at=None, message="")
+            if view is not None and not view.ready:
+                delay = COMPOSE_RETRY_S
+            elif view is not None and data is not None and view.is_attached:
+                try:
+                    with self.batch_update():
+                        view.apply(data)
+                except NoMatches:  # the screen is still composing; try again in a moment
+                    delay = COMPOSE_RETRY_S
+                else:
+                    if self.first_data_at is None:
+                        self.first_data_at = time.monotonic()
+        self._timer = self.set_timer(delay, self.poll)
+
+    def _ask_login(self) -> None:
+        if self._asking_login:
+            return
+        self._asking_login = True
+
+        def done(ok: bool | None) -> None:
+            self._asking_login = False
+            if ok:
+                self.conn = replace(self.conn, user="", role="")
+                self.poll_now()
+
+        self.push_screen(LoginModal(self.source.url, self.source.login), done)
+
+    # ------------------------------------------------------------ navigation
+    def action_view(self, name: str) -> None:
+        if name == "admin" and not self.is_admin:
+            self.notify("the admin view is for admins", severity="warning")
+            return
+        if name not in VIEW_NAMES:
+            self.notify(f"no view {name!r}: try {', '.join(VIEW_NAMES)}", severity="warning")
+            return
+        self.switch_mode(name)
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen(self.screen))
+
+    def action_command_line(self) -> None:
+        self.push_screen(CommandLine(), self.run_command)
+
+    def action_toggle_theme(self) -> None:
+        self.light = not self.light
+        self.theme = "textual-light" if self.light else "textual-dark"
+
+    def action_refresh(self) -> None:
+        self.poll_now()
+
+    def run_command(self, text: str | None) -> None:
+        """Run a ``:`` command: a view name, ``job ID``, ``node NAME``, ``theme`` or ``q``."""
+        if not text:
+            return
+        word, _, arg = text.strip().partition(" ")
+        word = word.lower()
+        aliases = {"node": "nodes", "overview": "nodes", "job": "jobs", "dataset": "datasets", "ds": "datasets"}
+        if word in ("q", "quit", "exit"):
+            self.exit()
+        elif word == "theme":
+            self.action_toggle_theme()
+        elif word in ("job", "j") and arg.strip().isdigit():
+            self.open_job(int(arg))
+        elif word in ("node", "n") and arg.strip():
+            self.open_node(arg.strip())
+        else:
+            self.action_view(aliases.get(word, word))
+
+    def open_node(self, name: str) -> None:
+        self.push_screen(NodeScreen(name))
+
+    def open_job(self, job_id: int, tab: str = "details") -> None:
+        self.push_screen(JobScreen(job_id, tab))
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        """The palette reaches every view and every binding of the screen it was opened on."""
+        yield from super().get_system_commands(screen)
+        for name in VIEW_NAMES:
+            if name != "admin" or self.is_admin:
+                yield SystemCommand(f"Go to {name}", f"switch to the {name} view (:{name})", partial(self.action_view, name))
+        yield SystemCommand("Light/dark theme", "switch between light and dark (ctrl+t)", self.action_toggle_theme)
+        yield SystemCommand("Refresh now", "fetch from the master now (ctrl+r)", self.action_refresh)
+        seen = {"quit", "help", "command_line", "toggle_theme", "refresh", "command_palette"}
+        for key, active in screen.active_bindings.items():
+            binding = active.binding
+            if not active.enabled or not binding.description or binding.action in seen or binding.action.startswith("view("):
+                continue
+            seen.add(binding.action)
+            yield SystemCommand(
+                binding.description, f"key {self.get_key_display(binding) or key}",
+                partial(self.run_action, binding.action, active.node),
+            )
+
+    # ------------------------------------------------------------ actions on the master
+    def _run(self, coro: Awaitable[Any], done: str | Callable[[Any], str] = "") -> None:
+        async def go() -> None:
+            try:
+                result = await coro
+            except MlsmError as exc:
+                self.notify(exc.message, title="refused", severity="error")
+                return
+            message = done(result) if callable(done) else done
+            if message:
+                self.notify(message)
+            self.poll_now()
+
+        self.run_worker(go(), group="action")
+
+    def _confirm(self, question: str, then: Callable[[], Awaitable[Any]], done: str = "", yes: str = "Yes") -> None:
+        def answered(ok: bool | None) -> None:
+            if ok:
+                self._run(then(), done)
+
+        self.push_screen(ConfirmModal(question, yes=yes), answered)
+
+    def _guard(self, admin: bool = False) -> bool:
+        if self.readonly:
+            self.notify("read-only dashboard", severity="warning")
+            return False
+        if admin and not self.is_admin:
+            self.notify("only admins can do that", severity="warning")
+            return False
+        return True
+
+    def node_action(self, name: str, kind: str) -> None:
+        if not self._guard(admin=True):
+            return
+        if kind == "resume":
+            self._run(self.source.resume(name), f"{name}: resumed")
+        elif kind == "drain":
+            self._confirm(f"Drain {name}? Running jobs finish; no new jobs start there.", partial(self.source.drain, name), f"{name}: draining", yes="Drain")
+        elif kind == "remove":
+            self._confirm(f"Remove node {name} from the lab? Its agent must join again.", partial(self.source.remove_node, name), f"{name}: removed", yes="Remove")
+
+    def submit_job(self) -> None:
+        if not self._guard():
+            return
+
+        def done(reply: api.SubmitReply | None) -> None:
+            if reply is not None:
+                ids = reply.ids or [reply.job.id]
+                self.notify(f"submitted job {', '.join(map(str, ids))}")
+                self.poll_now()
+
+        self.push_screen(SubmitForm(self.source.submit), done)
+
+    def cancel_job(self, job: api.Job) -> None:
+        if not self._guard():
+            return
+        if job.state in api.FINAL_STATES:
+            self.notify(f"job {job.id} already ended ({job.state})", severity="warning")
+            return
+        if job.user != self.conn.user and not self.is_admin:
+            self.notify(f"job {job.id} belongs to {job.user}", severity="warning")
+            return
+
+        def said(result: api.CancelResult) -> str:
+            if job.id in result.cancelled:
+                return f"job {job.id} cancelled"
+            return f"job {job.id} not cancelled: {result.skipped.get(str(job.id), 'refused')}"
+
+        def answered(ok: bool | None) -> None:
+            if ok:
+                self._run(self.source.cancel([job.id]), said)
+
+        what = f"job {job.id}" + (f" ({job.name})" if job.name else "") + f" of {job.user}"
+        self.push_screen(ConfirmModal(f"Cancel {what}?", yes="Cancel job"), answered)
+
+    def _form(self, title: str, fields: list[Field], action: Callable[[dict[str, str]], Awaitable[Any]], ok: str = "OK",
+              after: Callable[[Any], None] | None = None) -> None:
+        def done(result: Any) -> None:
+            if result is None:
+                return
+            if after:
+                after(result)
+            self.poll_now()
+
+        self.push_screen(FormModal(title, fields, action, ok=ok), done)
+
+    def import_dataset(self, node: str = "") -> None:
+        if not self._guard(admin=True):
+            return
+
+        async def go(v: dict[str, str]) -> api.Transfer:
+            req = msgspec.convert({"url": v["url"].strip(), "node": v["node"].strip(), "name": v["name"].strip(), "sha256": v["sha256"].strip()}, api.DatasetImport)
+            return await self.source.import_dataset(req)
+
+        self._form(
+            "Import a dataset onto a node (progress shows under Transfers)",
+            [Field("url", "URL", "https://host/data.tar.gz"), Field("node", "Node", value=node), Field("name", "Name"), Field("sha256", "sha256", "optional")],
+            go, ok="Import", after=lambda t: self.notify(f"import {t.id} started on {t.node}"),
+        )
+
+    def transfer_dataset(self, name: str, src: str, *, move: bool) -> None:
+        if not self._guard(admin=True):
+            return
+        verb = "Move" if move else "Copy"
+
+        async def go(v: dict[str, str]) -> api.Transfer:
+            req = msgspec.convert({"name": name, "src": src, "dst": v["dst"].strip(), "move": move}, api.DatasetTransfer)
+            return await self.source.transfer_dataset(req)
+
+        note = " (the copy on the source is deleted afterwards)" if move else ""
+        self._form(f"{verb} {name} from {src} to…{note}", [Field("dst", "To node")], go, ok=verb,
+                   after=lambda t: self.notify(f"{verb.lower()} {t.id} started"))
+
+    def delete_dataset(self, name: str, node: str) -> None:
+        if not self._guard(admin=True):
+            return
+        self._confirm(f"Delete dataset {name} on {node}? The files are removed from disk.",
+                      partial(self.source.delete_dataset, name, node), f"deleting {name} on {node}", yes="Delete")
+
+    def add_user(self) -> None:
+        if not self._guard(admin=True):
+            return
+
+        async def go(v: dict[str, str]) -> api.User:
+            req = msgspec.convert({"username": v["username"].strip(), "password": v["password"], "role": v["role"], "unix_user": v["unix_user"].strip()}, api.UserCreate)
+            return await self.source.create_user(req)
+
+        self._form("Add a user", [Field("username", "User name"), Field("password", "Password", "8 characters or more", password=True),
+                                  Field("role", "Role", options=["member", "admin", "superadmin"]), Field("unix_user", "Unix account", "optional")],
+                   go, ok="Add", after=lambda u: self.notify(f"user {u.username} added"))
+
+    def set_role(self, user: api.User) -> None:
+        if not self._guard(admin=True):
+            return
+
+        async def go(v: dict[str, str]) -> api.User:
+            return await self.source.update_user(user.username, msgspec.convert({"role": v["role"]}, api.UserUpdate))
+
+        self._form(f"Role of {user.username}", [Field("role", "Role", value=user.role, options=["member", "admin", "superadmin"])],
+                   go, ok="Set role", after=lambda u: self.notify(f"{u.username} is now {u.role}"))
+
+    def toggle_user(self, user: api.User) -> None:
+        if not self._guard(admin=True):
+            return
+        verb = "Enable" if user.disabled else "Disable"
+        self._confirm(f"{verb} user {user.username}?", partial(self.source.update_user, user.username, api.UserUpdate(disabled=not user.disabled)),
+                      f"{user.username}: {verb.lower()}d", yes=verb)
+
+    def new_join_token(self) -> None:
+        if not self._guard(admin=True):
+            return
+
+        async def go(v: dict[str, str]) -> api.JoinTokenCreated:
+            hours = float(v["ttl"] or 24)
+            req = msgspec.convert({"ttl_s": hours * 3600, "uses": int(v["uses"] or 1), "note": v["note"]}, api.JoinTokenCreate)
+            return await self.source.create_join_token(req)
+
+        def show(created: api.JoinTokenCreated) -> None:
+            self.push_screen(MessageModal(
+                "New join token (shown once):", created.token,
+                f"On the new server: mlsm agent --master {self.source.url} --join-token {created.token}",
+            ))
+
+        self._form("New join token for agents", [Field("ttl", "Valid hours", value="24"), Field("uses", "Uses", value="1"), Field("note", "Note", "optional")],
+                   go, ok="Create", after=show)
+
+    def revoke_join_token(self, token_id: int) -> None:
+        if not self._guard(admin=True):
+            return
+        self._confirm(f"Revoke join token {token_id}?", partial(self.source.revoke_join_token, token_id), f"join token {token_id} revoked", yes="Revoke")

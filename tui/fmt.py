@@ -1,0 +1,114 @@
+"""Pure formatting helpers: numbers, ages and tiny bar charts as Rich ``Text``.
+
+Everything time-based takes ``now`` so snapshots stay deterministic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.text import Text
+
+BLOCKS = " ▁▂▃▄▅▆▇█"
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "?"
+    value = float(n)
+    for unit in ("B", "K", "M", "G", "T", "P"):
+        if abs(value) < 1024 or unit == "P":
+            return f"{value:.0f}{unit}" if unit == "B" or value >= 100 else f"{value:.1f}{unit}"
+        value /= 1024
+    return f"{value:.1f}P"  # pragma: no cover
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(max(seconds, 0))
+    if s < 60:
+        return f"{s}s"
+    if s < 600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 3600:
+        return f"{s // 60}m"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def ago(ts: float | None, now: float) -> str:
+    if not ts:
+        return "never"
+    return f"{duration(now - ts)} ago"
+
+
+def level_style(frac: float) -> str:
+    """Green, yellow, red by how full something is."""
+    if frac >= 0.9:
+        return "red"
+    if frac >= 0.6:
+        return "yellow"
+    return "green"
+
+
+def bar(frac: float, width: int, *, label: str = "") -> Text:
+    """A horizontal bar ``██████░░░░`` with an optional label after it."""
+    frac = min(max(frac, 0.0), 1.0)
+    full = round(frac * width)
+    text = Text()
+    text.append("█" * full, style=level_style(frac))
+    text.append("░" * (width - full), style="dim")
+    if label:
+        text.append(f" {label}")
+    return text
+
+
+def block(frac: float) -> str:
+    """One vertical block character for a 0..1 value (``▁`` is shown even for 0)."""
+    frac = min(max(frac, 0.0), 1.0)
+    return BLOCKS[max(1, round(frac * (len(BLOCKS) - 1)))]
+
+
+def blocks(fracs: Sequence[float], *, colour_by: Sequence[float] | None = None, sep: str = "") -> Text:
+    """One block per value (per GPU); coloured by ``colour_by`` (or by the value)."""
+    text = Text()
+    for i, frac in enumerate(fracs):
+        if i and sep:
+            text.append(sep)
+        text.append(block(frac), style=level_style(colour_by[i] if colour_by else frac))
+    return text
+
+
+def sparkline(values: Sequence[float], width: int, *, top: float = 100.0) -> Text:
+    """The last ``width`` values as a one-line sparkline, padded on the left."""
+    tail = list(values)[-width:]
+    chars = [SPARK[min(len(SPARK) - 1, int(v / top * (len(SPARK) - 1) + 0.5))] if top else SPARK[0] for v in tail]
+    return Text(" " * (width - len(chars)) + "".join(chars), style="cyan")
+
+
+def pct(frac: float) -> str:
+    return f"{frac * 100:3.0f}%"
+
+
+STATE_STYLE = {
+    "online": "green",
+    "stale": "yellow",
+    "offline": "red",
+    "draining": "magenta",
+    "queued": "cyan",
+    "held": "magenta",
+    "assigned": "blue",
+    "running": "green",
+    "succeeded": "dim green",
+    "failed": "red",
+    "cancelled": "dim",
+    "interrupted": "yellow",
+    "pending": "cyan",
+}
+
+
+def state_text(state: str) -> Text:
+    return Text(state, style=STATE_STYLE.get(state, ""))

@@ -1,0 +1,10 @@
+"""One screen per section (modes) plus detail screens pushed on top of them."""
+
+from tui.screens.admin import AdminScreen
+from tui.screens.datasets import DatasetsScreen
+from tui.screens.job import JobScreen
+from tui.screens.jobs import JobsScreen
+from tui.screens.node import NodeScreen
+from tui.screens.overview import OverviewScreen
+
+__all__ = ["AdminScreen", "DatasetsScreen", "JobScreen", "JobsScreen", "NodeScreen", "OverviewScreen"]

@@ -1,0 +1,179 @@
+"""Datasets by node with sizes and tags; detail; import with live progress; copy, move, delete."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from rich.table import Table
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.widgets import DataTable, Input, Label, Static
+
+from mlsm.wire import api
+from tui import fmt
+from tui.screens.base import View
+from tui.widgets.forms import MessageModal
+from tui.widgets.table import LabTable
+
+
+@dataclass
+class DatasetsData:
+    datasets: list[api.Dataset]
+    transfers: list[api.Transfer]
+
+
+def dataset_details(ds: api.Dataset, now: float) -> Table:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    grid.add_row("Name", ds.name)
+    grid.add_row("Description", ds.description or "-")
+    grid.add_row("Tags", ", ".join(ds.tags) or "-")
+    grid.add_row("Owner", ds.owner or "-")
+    grid.add_row("Used by jobs", ", ".join(map(str, ds.used_by)) or "-")
+    for copy in ds.copies:
+        grid.add_row(
+            f"on {copy.node}",
+            f"{copy.path}\n{fmt.human_bytes(copy.size)}, {copy.files} files, modified {fmt.ago(copy.modified, now)}"
+            + (f"\n{copy.digest}" if copy.digest else "")
+            + (f"\ntop: {', '.join(copy.top[:8])}" if copy.top else ""),
+        )
+    return grid
+
+
+def progress(t: api.Transfer) -> Text:
+    if t.total_bytes:
+        frac = t.done_bytes / t.total_bytes
+        return fmt.bar(frac, 10, label=f"{frac * 100:3.0f}%")
+    return Text(fmt.human_bytes(t.done_bytes))
+
+
+class DatasetsScreen(View):
+    TITLE = "Datasets"
+    MUTATING = frozenset({"import_dataset", "copy", "move", "delete"})
+    ADMIN = frozenset({"import_dataset", "copy", "move", "delete"})
+    BINDINGS = [
+        Binding("enter", "open", "Detail"),
+        Binding("slash", "filter", "Filter"),
+        Binding("i", "import_dataset", "Import"),
+        Binding("c", "copy", "Copy"),
+        Binding("m", "move", "Move"),
+        Binding("D", "delete", "Delete"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data: DatasetsData | None = None
+
+    def body(self) -> ComposeResult:
+        yield Input(placeholder="filter: name, node or tag (esc clears)", id="filter", classes="filter")
+        yield LabTable(id="datasets")
+        yield Label(" Transfers", id="transfers-title")
+        yield LabTable(id="transfers")
+
+    @property
+    def table(self) -> LabTable:
+        return self.query_one("#datasets", LabTable)
+
+    def setup(self) -> None:
+        for label, key, width in (("Name", "key", 22), ("Node", "node", 12), ("Size", "size", 7), ("Files", "files", 7), ("Tags", "tags", 14), ("Modified", "mod", 10)):
+            self.table.add_column(label, key=key, width=width)
+        tr = self.query_one("#transfers", LabTable)
+        for label, key, width in (("ID", "id", 4), ("Kind", "kind", 6), ("Dataset", "ds", 14), ("Node", "node", 10), ("State", "state", 9), ("Progress", "prog", 15), ("Rate", "rate", 8)):
+            tr.add_column(label, key=key, width=width)
+        self.table.focus()
+
+    async def fetch(self) -> DatasetsData:
+        datasets, transfers = await asyncio.gather(self.source.datasets(), self.source.transfers())
+        return DatasetsData(datasets, transfers)
+
+    def apply(self, data: DatasetsData) -> None:
+        self.data = data
+        now = self.mlsm.now()
+        term = self.query_one("#filter", Input).value.strip().lower()
+        rows = []
+        for ds in sorted(data.datasets, key=lambda d: d.name):
+            for copy in sorted(ds.copies, key=lambda c: c.node):
+                hay = " ".join([ds.name, copy.node, *ds.tags]).lower()
+                if term and not all(w in hay for w in term.split()):
+                    continue
+                key = f"{ds.name}@{copy.node}"
+                node_style = "" if copy.node_state in ("", "online") else "dim"
+                rows.append((key, [ds.name, Text(copy.node, style=node_style), fmt.human_bytes(copy.size), str(copy.files), ",".join(ds.tags), fmt.ago(copy.modified, now).replace(" ago", "")]))
+        self.table.sync(rows)
+        transfers = sorted(data.transfers, key=lambda t: -t.id)[:20]
+        self.query_one("#transfers", LabTable).sync(
+            [
+                (str(t.id), [str(t.id), t.kind, t.dataset, t.node, fmt.state_text(t.state), progress(t), f"{fmt.human_bytes(t.rate_bps)}/s" if t.rate_bps else "-"])
+                for t in transfers
+            ]
+        )
+        self.set_class(bool(transfers), "-has-transfers")
+
+    # ------------------------------------------------------------ actions
+    def focus_main(self) -> None:
+        self.table.focus()
+
+    def selected(self) -> tuple[api.Dataset, api.DatasetCopy] | None:
+        key = self.table.current_key
+        if not key or not self.data:
+            return None
+        name, _, node = key.rpartition("@")
+        for ds in self.data.datasets:
+            if ds.name == name:
+                for copy in ds.copies:
+                    if copy.node == node:
+                        return ds, copy
+        return None
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.add_class("-shown")
+        box.focus()
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        event.input.set_class(bool(event.value), "-shown")
+        if self.data:
+            self.apply(self.data)
+
+    @on(Input.Submitted, "#filter")
+    def _filter_done(self) -> None:
+        self.table.focus()
+
+    def action_open(self) -> None:
+        if sel := self.selected():
+            self.app.push_screen(DatasetDetail(sel[0], self.mlsm.now()))
+
+    @on(DataTable.RowSelected, "#datasets")
+    def _selected(self) -> None:
+        self.action_open()
+
+    def action_import_dataset(self) -> None:
+        sel = self.selected()
+        self.mlsm.import_dataset(node=sel[1].node if sel else "")
+
+    def action_copy(self) -> None:
+        if sel := self.selected():
+            self.mlsm.transfer_dataset(sel[0].name, sel[1].node, move=False)
+
+    def action_move(self) -> None:
+        if sel := self.selected():
+            self.mlsm.transfer_dataset(sel[0].name, sel[1].node, move=True)
+
+    def action_delete(self) -> None:
+        if sel := self.selected():
+            self.mlsm.delete_dataset(sel[0].name, sel[1].node)
+
+
+class DatasetDetail(MessageModal):
+    def __init__(self, ds: api.Dataset, now: float) -> None:
+        super().__init__(f"Dataset {ds.name}", "")
+        self.ds = ds
+        self.now = now
+
+    def setup(self) -> None:
+        self.query_one("#secret", Static).update(dataset_details(self.ds, self.now))

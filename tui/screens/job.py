@@ -1,0 +1,160 @@
+"""One job: its spec, state history, why it waits, where it ran, and its live log."""
+
+from __future__ import annotations
+
+import asyncio
+
+from rich.table import Table
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.widgets import Static, TabbedContent, TabPane
+
+from mlsm.errors import MlsmError, UnavailableError
+from mlsm.wire import api
+from tui import fmt
+from tui.screens.base import View
+from tui.source import LOG_TAIL_BYTES
+from tui.widgets.logview import LogView
+
+#: Wait before reopening a log stream the master dropped.
+LOG_RETRY_S = 2.0
+
+
+def job_details(job: api.Job, now: float) -> Table:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
+
+    def row(label: str, value: object) -> None:
+        if value not in (None, "", [], {}):
+            grid.add_row(label, value if isinstance(value, Text) else str(value))
+
+    row("Job", f"{job.id}  {job.name}")
+    row("State", fmt.state_text(job.state))
+    if job.state in api.PENDING_STATES:
+        row("Waiting because", Text(job.reason or "waiting for the scheduler", style="yellow"))
+    elif job.reason:
+        row("Reason", job.reason)
+    row("User", job.user)
+    row("Command", " ".join(job.argv))
+    env = job.env_kind
+    if job.env_kind == "venv":
+        env += f" {job.venv}"
+    elif job.env_kind == "conda":
+        env += f" {job.conda}"
+    elif job.env_kind == "docker":
+        env += f" {job.image}"
+    row("Environment", env)
+    row("Workdir", job.workdir)
+    res = f"{job.gpus} GPU" + (f" ≥{job.gpu_mem_gib:g} GiB" if job.gpu_mem_gib else "")
+    if job.cpus:
+        res += f", {job.cpus:g} CPU"
+    if job.mem_gib:
+        res += f", {job.mem_gib:g} GiB RAM"
+    row("Resources", res)
+    row("Wanted node", job.node_req)
+    row("Labels", " ".join(f"{k}={v}" for k, v in job.labels.items()))
+    row("Datasets", ", ".join(job.datasets))
+    row("After", ", ".join(job.after))
+    row("Priority", job.priority)
+    row("Retries", f"{job.attempt}/{job.retries}" if job.retries else "")
+    row("Timeout", fmt.duration(job.timeout_s) if job.timeout_s else "")
+    row("Ran on", f"{job.node} GPUs {','.join(map(str, job.gpu_indices)) or '-'}" if job.node else "")
+    row("Submitted", fmt.ago(job.created_at, now))
+    row("Started", fmt.ago(job.started_at, now) if job.started_at else "")
+    if job.started_at:
+        row("Runtime", fmt.duration((job.ended_at or now) - job.started_at))
+    row("Exit code", job.exit_code)
+    row("Log", fmt.human_bytes(job.log_size) if job.log_size else "")
+    if job.history:
+        hist = Text()
+        for ev in job.history:
+            hist.append(f"{fmt.ago(ev.ts, now):>12}  ", style="dim")
+            hist.append_text(fmt.state_text(ev.state))
+            if ev.message:
+                hist.append(f"  {ev.message}")
+            hist.append("\n")
+        hist.rstrip()
+        row("History", hist)
+    return grid
+
+
+class JobScreen(View):
+    MUTATING = frozenset({"cancel_job"})
+    BINDINGS = [
+        Binding("i", "tab('details')", "Details"),
+        Binding("l", "tab('log')", "Log"),
+        Binding("C", "cancel_job", "Cancel job"),
+    ]
+
+    def __init__(self, job_id: int, tab: str = "details") -> None:
+        super().__init__()
+        self.job_id = job_id
+        self.tab = tab
+        self.title = f"Job {job_id}"
+        self.job: api.Job | None = None
+
+    def body(self) -> ComposeResult:
+        with TabbedContent(initial=self.tab):
+            with TabPane("Details", id="details"):
+                with VerticalScroll():
+                    yield Static(f"job {self.job_id}: loading…", id="job-details")
+            with TabPane("Log", id="log"):
+                yield LogView(id="log-view")
+
+    def setup(self) -> None:
+        self.stream_log()
+        if self.tab == "log":
+            self.query_one(LogView).focus_log()
+
+    async def fetch(self) -> api.Job:
+        return await self.source.job(self.job_id)
+
+    def apply(self, job: api.Job) -> None:
+        self.job = job
+        self.query_one("#job-details", Static).update(job_details(job, self.mlsm.now()))
+
+    def action_tab(self, tab: str) -> None:
+        self.query_one(TabbedContent).active = tab
+        if tab == "log":
+            self.query_one(LogView).focus_log()
+
+    def action_cancel_job(self) -> None:
+        if self.job:
+            self.mlsm.cancel_job(self.job)
+
+    @work(exclusive=True, group="log")
+    async def stream_log(self) -> None:
+        """The tail of the log, then follow it live; reconnect while the master is away."""
+        view = self.query_one(LogView)
+        offset: int | None = None
+        while True:
+            try:
+                if offset is None:
+                    job = await self.source.job(self.job_id)
+                    start = max(0, job.log_size - LOG_TAIL_BYTES)
+                    data = await self.source.log(self.job_id, offset=start)
+                    text = data.decode("utf-8", "replace")
+                    if start:
+                        text = text.split("\n", 1)[1] if "\n" in text else ""
+                    view.append(text)
+                    offset = start + len(data)
+                    if job.state in api.FINAL_STATES and offset >= job.log_size:
+                        view.end(job.state)
+                        return
+                async for event, payload in self.source.follow_log(self.job_id, offset):
+                    if event == "log":
+                        view.append(payload + "\n" if not payload.endswith("\n") else payload)
+                        offset += len(payload.encode())
+                    elif event == "end":
+                        view.end(payload)
+                        return
+                return
+            except UnavailableError:
+                await asyncio.sleep(LOG_RETRY_S)
+            except MlsmError as exc:
+                view.append(f"[log unavailable: {exc.message}]\n")
+                return

@@ -1,0 +1,74 @@
+"""The bottom line: which view, who is logged in, and whether the data is live."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rich.text import Text
+from textual.widgets import Static
+
+from tui.fmt import duration
+
+VIEWS = (("nodes", "1 Nodes"), ("jobs", "2 Jobs"), ("datasets", "3 Datasets"), ("admin", "4 Admin"))
+
+
+@dataclass(frozen=True)
+class Connection:
+    """State of the link to the master, as the status bar shows it."""
+
+    state: str = "connecting"  # connecting | live | stale | login
+    user: str = ""
+    role: str = ""
+    url: str = ""
+    message: str = ""
+    last_ok: float | None = None
+    retry_at: float | None = None
+
+
+class StatusBar(Static):
+    DEFAULT_CSS = """
+    StatusBar { dock: top; height: 1; background: $panel; color: $text; }
+    """
+
+    def on_mount(self) -> None:
+        self.watch(self.app, "conn", self._show, init=True)
+
+    def _show(self, _conn: Connection | None = None) -> None:
+        self.update(self.render_status())
+
+    def render_status(self) -> Text:
+        app = self.app
+        conn: Connection = app.conn  # type: ignore[attr-defined]
+        now: float = app.now()  # type: ignore[attr-defined]
+        text = Text()
+        narrow = self.size.width < 100
+        url = conn.url.split("://", 1)[-1] if narrow else conn.url
+        current = app.current_mode
+        for mode, label in VIEWS:
+            if mode == "admin" and not app.is_admin:  # type: ignore[attr-defined]
+                continue
+            style = "reverse bold" if mode == current else "dim"
+            text.append(f" {label} ", style=style)
+        text.append("  ")
+        if conn.state == "live":
+            text.append("● ", style="green")
+            who = f"{conn.user} ({conn.role})" if conn.user else "?"
+            text.append(f"{who} @ {url}")
+        elif conn.state == "connecting":
+            text.append("◌ connecting to ", style="yellow")
+            text.append(url)
+        elif conn.state == "login":
+            text.append("● login needed at ", style="yellow")
+            text.append(url)
+        else:
+            text.append("✗ master unreachable", style="bold red")
+            if conn.last_ok is not None:
+                text.append(f", data {duration(now - conn.last_ok)} old", style="red")
+            if conn.retry_at is not None:
+                text.append(f", retry in {duration(conn.retry_at - now)}", style="red")
+        if app.readonly:  # type: ignore[attr-defined]
+            text.append(" [read-only]", style="bold magenta")
+        return text
+
+    def on_resize(self) -> None:
+        self._show()

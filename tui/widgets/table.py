@@ -1,0 +1,71 @@
+"""A DataTable that knows vim keys and updates its rows by key instead of refilling."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from textual._two_way_dict import TwoWayDict
+from textual.binding import Binding
+from textual.widgets import DataTable
+from textual.widgets.data_table import CellDoesNotExist, RowKey
+
+Row = tuple[str, Sequence[object]]
+
+
+class LabTable(DataTable[object]):
+    """Rows are keyed by a string; ``sync`` updates them in place."""
+
+    BINDINGS = [
+        Binding("j", "cursor_down", "Down", show=False),
+        Binding("k", "cursor_up", "Up", show=False),
+        Binding("g", "first", "Top", show=False),
+        Binding("G", "last", "Bottom", show=False),
+    ]
+
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes, cursor_type="row", zebra_stripes=False)
+
+    def action_first(self) -> None:
+        self.move_cursor(row=0)
+
+    def action_last(self) -> None:
+        self.move_cursor(row=max(self.row_count - 1, 0))
+
+    @property
+    def current_key(self) -> str | None:
+        """Key of the row under the cursor."""
+        if not self.row_count:
+            return None
+        try:
+            return self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value
+        except CellDoesNotExist:
+            return None
+
+    def _order_by_keys(self, order: list[str]) -> None:
+        """Sort once by row key. ``DataTable.sort`` only sees cell values, so this sets
+        the row order the same way it does (``_row_locations``)."""
+        self._row_locations = TwoWayDict({RowKey(key): i for i, key in enumerate(order)})
+        self._update_count += 1
+        self.refresh()
+
+    def sync(self, rows: Sequence[Row]) -> None:
+        """Make the table show ``rows`` in that order: add, update changed cells, remove, sort once."""
+        keep = self.current_key
+        wanted = {key: cells for key, cells in rows}
+        for row_key in list(self.rows):
+            if row_key.value not in wanted:
+                self.remove_row(row_key)
+        columns = list(self.columns)
+        for key, cells in rows:
+            if RowKey(key) in self.rows:
+                old = self.get_row(key)
+                for column, before, after in zip(columns, old, cells, strict=False):
+                    if before != after:
+                        self.update_cell(key, column, after)
+            else:
+                self.add_row(*cells, key=key)
+        order = [key for key, _ in rows]
+        if [row.key.value for row in self.ordered_rows] != order:
+            self._order_by_keys(order)
+        if keep is not None and keep in wanted:
+            self.move_cursor(row=self.get_row_index(keep), animate=False)
