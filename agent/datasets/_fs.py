@@ -9,16 +9,24 @@ import secrets
 import shutil
 import stat
 from pathlib import Path
+from typing import IO, Any
 
 from .errors import DatasetExistsError
-from .paths import RESERVED_PREFIX
+from .paths import RESERVED_PREFIX, confine
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
 
+_renameat2: Any
 try:
     _renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    _renameat2.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
     _renameat2.restype = ctypes.c_int
 except (OSError, AttributeError):  # not glibc >= 2.28
     _renameat2 = None
@@ -43,6 +51,20 @@ def rename_noreplace(src: Path, dst: Path) -> None:
     if os.path.lexists(dst):
         raise DatasetExistsError(f"a dataset named {dst.name!r} already exists in {dst.parent}")
     os.rename(src, dst)
+
+
+def prepare_target(root: Path, name: str, kind: str) -> tuple[Path, Path]:
+    """Check that ``<root>/<name>`` is free; make the temp dir; return (target, temp dir)."""
+    target = confine(root, name)
+    if os.path.lexists(target):
+        raise DatasetExistsError(f"a dataset named {name!r} already exists in {root}")
+    return target, make_temp_dir(target.parent, kind, name)
+
+
+def open_new(path: Path) -> IO[bytes]:
+    """Open a new file for writing; never follows or replaces anything already there."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    return open(os.open(path, flags, 0o600), "wb", buffering=0)
 
 
 def make_temp_dir(root: Path, kind: str, name: str) -> Path:

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from ._fs import open_new
 from .errors import DatasetCancelled, DatasetError, DatasetTooLargeError, UnsafeArchiveError
 
 COPY_BLOCK = 1 << 20  # bytes copied at a time
@@ -139,7 +140,8 @@ class SafeWriter:
             kind = self._kinds.get(prefix)
             if kind == "l":
                 raise UnsafeArchiveError(
-                    f"archive entry {_show(name)} would be written through the symlink {_show(prefix)}"
+                    f"archive entry {_show(name)} would be written through "
+                    f"the symlink {_show(prefix)}"
                 )
             if kind == "f":
                 raise UnsafeArchiveError(
@@ -162,7 +164,9 @@ class SafeWriter:
                 f"archive entry {_show(name)} replaces a directory of the same name"
             )
         if new_kind == "d":
-            raise UnsafeArchiveError(f"archive entry {_show(name)} replaces a file with a directory")
+            raise UnsafeArchiveError(
+                f"archive entry {_show(name)} replaces a file with a directory"
+            )
         os.unlink(self.dest / rel)  # a later duplicate wins, as with tar itself
         del self._kinds[rel]
         if self.hashes is not None:
@@ -191,11 +195,11 @@ class SafeWriter:
             raise self._too_large(name, self.bytes_written + size)
         path = self._parent(rel, name)
         self._clear(rel, name, "f")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        out = open_new(path)
         self._kinds[rel] = "f"
         h = hashlib.sha256() if self.hashes is not None else None
         view = memoryview(self._buf)
-        with open(fd, "wb", buffering=0) as out:
+        with out:
             while True:
                 n = src.readinto(view) if hasattr(src, "readinto") else self._read_into(src, view)
                 if not n:
@@ -249,7 +253,9 @@ class SafeWriter:
         self._count_entry(name)
         rel = self._clean(name)
         if not self.limits.allow_links:
-            raise UnsafeArchiveError(f"archive entry {_show(name)} is a hard link (not allowed here)")
+            raise UnsafeArchiveError(
+                f"archive entry {_show(name)} is a hard link (not allowed here)"
+            )
         trel = self._clean(target, "hard link target")
         if not rel or self._kinds.get(trel) != "f":
             raise UnsafeArchiveError(
@@ -350,7 +356,7 @@ def extract_zip(path: Path, writer: SafeWriter) -> None:
                         )
                     target = zf.read(info).decode("utf-8", "surrogateescape")
                     writer.symlink(info.filename, target)
-                elif mode and not stat.S_ISREG(mode):
+                elif stat.S_IFMT(mode) not in (0, stat.S_IFREG):  # 0: no type recorded
                     raise UnsafeArchiveError(
                         f"archive entry {_show(info.filename)} is a special file"
                     )

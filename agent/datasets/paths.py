@@ -116,7 +116,9 @@ def validate_dataset_name(name: object) -> str:
     if name.startswith("-"):
         raise DatasetPathError(f"dataset name {shown} starts with '-'")
     if name.startswith("."):
-        raise DatasetPathError(f"dataset name {shown} starts with '.' (hidden names are not datasets)")
+        raise DatasetPathError(
+            f"dataset name {shown} starts with '.' (hidden names are not datasets)"
+        )
     if name != name.strip():
         raise DatasetPathError(f"dataset name {shown} starts or ends with a space")
     return name

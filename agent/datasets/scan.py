@@ -203,9 +203,7 @@ class DatasetScanner:
                 upsert = [current[p] for p in sorted(current)]
                 removed: list[str] = []
             else:
-                upsert = [
-                    current[p] for p in sorted(current) if self._known.get(p) != current[p]
-                ]
+                upsert = [current[p] for p in sorted(current) if self._known.get(p) != current[p]]
                 removed = sorted(p for p in self._known if p not in current)
             self._known = current
             self._digests = {p: v for p, v in self._digests.items() if p in current}

@@ -1,0 +1,430 @@
+"""Import a dataset from an http(s) URL onto this node's disk.
+
+Guards, in the order they apply:
+
+1. Only ``http`` and ``https`` URLs, on the first request and on every redirect hop.
+2. Server-side request forgery: the host is resolved by the agent, and only addresses
+   that are globally routable unicast are used (loopback, link-local, RFC 1918 private,
+   ``fc00::/7``, CGNAT, multicast, unspecified and reserved ranges are refused, IPv4
+   mapped into IPv6 included), unless the address lies in an admin-allowed CIDR
+   (``allow_cidrs`` of the agent plus those the master forwards in the command).
+   **DNS rebinding** is prevented by connecting to the very address that was checked:
+   the request goes to ``scheme://<checked IP>:<port>/...`` with the ``Host`` header set to
+   the name, and for https the ``sni_hostname`` request extension of httpx/httpcore set to
+   the name, which httpcore uses both for SNI and for certificate hostname verification.
+   So a second DNS answer can never redirect the connection. Every hop gets a fresh
+   client (no connection reuse across names), and ``trust_env=False`` keeps environment
+   proxies and ``.netrc`` out of it.
+3. Redirects are followed by hand (at most ``max_redirects``), each hop checked as above.
+4. Size: ``Content-Length`` over the limit is refused before reading, and the limit is
+   enforced again on the bytes actually received (``Accept-Encoding: identity``, so what
+   is counted is what is written and hashed).
+5. ``cmd.sha256`` (``"<hex>"`` or ``"sha256:<hex>"``) is compared with the sha256 of the
+   downloaded bytes; a mismatch names both.
+6. Archives (zip, or tar with any compression tarfile reads) are unpacked when
+   ``cmd.unpack`` through :mod:`.extract` (safe extraction, same byte limit, bomb ratio).
+
+Layout: everything happens in ``<root>/.mlsm-import-<name>-<random>/`` (mode 0700, hidden
+from the scanner): the download goes to ``download``, the dataset is built in ``data/``.
+A dataset is always a **directory**: an archive's content, or the single downloaded file
+under its sanitised basename from the final URL's path (so jobs always get a directory to
+mount, and a later import into the same layout never has to guess). ``data/`` is then
+renamed to ``<root>/<name>`` with ``renameat2(RENAME_NOREPLACE)``, so the dataset appears
+whole or not at all, and an existing name is never replaced. On any error or cancel the
+temp dir is removed and nothing new remains under the root.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import ipaddress
+import logging
+import os
+import re
+import socket
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import IO
+from urllib.parse import unquote
+
+import httpx
+
+from mlsm.wire.agent import DatasetEntry, ImportDataset, TransferProgress
+
+from ._fs import open_new, prepare_target, remove_tree, rename_noreplace
+from ._tasks import Progress, run_cancellable, run_thread_cancellable
+from .errors import (
+    DatasetCancelled,
+    DatasetError,
+    DatasetImportError,
+    DatasetTooLargeError,
+)
+from .extract import MAX_RATIO, Limits, SafeWriter, archive_kind, extract_tar, extract_zip
+from .paths import validate_dataset_name
+from .scan import scan_entry
+
+log = logging.getLogger(__name__)
+
+ALLOWED_SCHEMES = frozenset({"http", "https"})
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+WRITE_BLOCK = 1 << 20  # downloaded bytes buffered before one write+hash in a thread
+CONNECT_TIMEOUT = 15.0
+READ_TIMEOUT = 60.0
+USER_AGENT = "mlsm-agent"
+
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+AddrIP = ipaddress.IPv4Address | ipaddress.IPv6Address
+AddrNet = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+# ------------------------------------------------------------------ addresses
+def parse_cidrs(cidrs: Sequence[str]) -> list[AddrNet]:
+    nets: list[AddrNet] = []
+    for c in cidrs:
+        try:
+            nets.append(ipaddress.ip_network(c.strip(), strict=False))
+        except ValueError:
+            raise DatasetImportError(f"allowed CIDR {c!r} is not a valid network") from None
+    return nets
+
+
+def address_refusal(ip: AddrIP, allowed: Sequence[AddrNet] = ()) -> str | None:
+    """Why ``ip`` may not be fetched from, or ``None`` when it may."""
+    if any(ip.version == net.version and ip in net for net in allowed):
+        return None
+    check = ip
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        check = ip.ipv4_mapped
+        if any(net.version == 4 and check in net for net in allowed):
+            return None
+    for attr, what in (
+        ("is_unspecified", "unspecified"),
+        ("is_loopback", "loopback"),
+        ("is_link_local", "link-local"),
+        ("is_multicast", "multicast"),
+        ("is_private", "private"),
+        ("is_reserved", "reserved"),
+    ):
+        if getattr(check, attr):
+            return what
+    if not check.is_global:
+        return "not globally routable"
+    return None
+
+
+async def _system_resolve(host: str, port: int) -> list[str]:
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    seen: list[str] = []
+    for _family, _type, _proto, _canon, sockaddr in infos:
+        addr = str(sockaddr[0]).split("%", 1)[0]  # drop an IPv6 zone id
+        if addr not in seen:
+            seen.append(addr)
+    return seen
+
+
+async def resolve_checked(
+    host: str, port: int, allowed: Sequence[AddrNet], resolve: Resolver | None = None
+) -> list[str]:
+    """The addresses of ``host`` that may be connected to; refuses when there are none."""
+    try:
+        literal: AddrIP | None = ipaddress.ip_address(host)
+    except ValueError:
+        literal = None
+    if literal is not None:
+        addrs = [str(literal)]
+    else:
+        try:
+            addrs = await (resolve or _system_resolve)(host, port)
+        except OSError as e:
+            raise DatasetImportError(f"cannot resolve host {host!r}: {e}") from None
+    usable: list[str] = []
+    reasons: list[str] = []
+    for a in addrs:
+        why = address_refusal(ipaddress.ip_address(a), allowed)
+        if why is None:
+            usable.append(a)
+        else:
+            reasons.append(f"{a} is {why}")
+    if not usable:
+        detail = "; ".join(reasons) or "no address"
+        raise DatasetImportError(
+            f"refusing to fetch from {host!r}: {detail} "
+            "(an admin can allow a network with allow_cidrs)"
+        )
+    return usable
+
+
+# ------------------------------------------------------------------ URLs and requests
+def redact(url: httpx.URL) -> str:
+    """The URL without user:password, for messages."""
+    return str(url.copy_with(userinfo=b"")) if url.userinfo else str(url)
+
+
+def _check_scheme(url: httpx.URL) -> None:
+    if url.scheme not in ALLOWED_SCHEMES:
+        raise DatasetImportError(
+            f"URL scheme {url.scheme!r} is not allowed (only http and https): {redact(url)}"
+        )
+    if not url.host:
+        raise DatasetImportError(f"URL has no host: {redact(url)}")
+
+
+def _host_header(url: httpx.URL) -> str:
+    host = url.raw_host.decode("ascii")
+    if ":" in host:
+        host = f"[{host}]"
+    return host if url.port is None else f"{host}:{url.port}"
+
+
+def build_request(url: httpx.URL, ip: str) -> httpx.Request:
+    """A GET of ``url`` that connects to ``ip`` while naming the host (Host + SNI)."""
+    name = url.raw_host.decode("ascii")
+    headers = {
+        "Host": _host_header(url),
+        "Accept-Encoding": "identity",
+        "User-Agent": USER_AGENT,
+    }
+    extensions = {"sni_hostname": name} if url.scheme == "https" else {}
+    return httpx.Request("GET", url.copy_with(host=ip), headers=headers, extensions=extensions)
+
+
+def safe_basename(url: httpx.URL) -> str:
+    """The last path segment of ``url`` as a safe file name ("download" if none is left)."""
+    raw = url.raw_path.decode("ascii").split("?", 1)[0]
+    seg = unquote(raw.rsplit("/", 1)[-1])  # split before decoding: %2F stays in the name
+    seg = re.sub(r"[^A-Za-z0-9._+-]", "_", seg).lstrip(".-")[:200]
+    return seg or "download"
+
+
+# ------------------------------------------------------------------ the download
+def _write_and_hash(f: IO[bytes], h: hashlib._Hash, data: bytes) -> None:
+    f.write(data)
+    h.update(data)
+
+
+async def _download(
+    url: httpx.URL,
+    dest: Path,
+    *,
+    limit: int,
+    max_redirects: int,
+    allowed: Sequence[AddrNet],
+    resolve: Resolver | None,
+    progress: Progress,
+) -> tuple[httpx.URL, str]:
+    """Fetch ``url`` into ``dest``; return the final URL and the sha256 hex of the body."""
+    timeout = httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT)
+    for hop in range(max_redirects + 1):
+        _check_scheme(url)
+        port = url.port or (443 if url.scheme == "https" else 80)
+        addrs = await resolve_checked(url.raw_host.decode("ascii"), port, allowed, resolve)
+        last_error: Exception | None = None
+        for ip in addrs:
+            async with httpx.AsyncClient(
+                timeout=timeout, trust_env=False, follow_redirects=False
+            ) as client:
+                try:
+                    resp = await client.send(build_request(url, ip), stream=True)
+                except httpx.ConnectError as e:
+                    last_error = e
+                    continue
+                try:
+                    if resp.status_code in REDIRECT_STATUSES and "location" in resp.headers:
+                        if hop >= max_redirects:
+                            raise DatasetImportError(
+                                f"too many redirects (more than {max_redirects}) "
+                                f"fetching {redact(url)}"
+                            )
+                        url = url.join(resp.headers["location"])
+                        break
+                    if resp.status_code != 200:
+                        raise DatasetImportError(
+                            f"{redact(url)} answered HTTP {resp.status_code} "
+                            f"{resp.reason_phrase}".rstrip()
+                        )
+                    sha = await _stream_body(resp, url, dest, limit, progress)
+                    return url, sha
+                finally:
+                    await resp.aclose()
+        else:
+            raise DatasetImportError(f"cannot connect to {redact(url)}: {last_error}")
+    raise DatasetImportError(f"too many redirects (more than {max_redirects})")  # unreachable
+
+
+async def _stream_body(
+    resp: httpx.Response, url: httpx.URL, dest: Path, limit: int, progress: Progress
+) -> str:
+    length = resp.headers.get("content-length")
+    if length is not None:
+        try:
+            total = int(length)
+        except ValueError:
+            raise DatasetImportError(
+                f"{redact(url)} sent a bad Content-Length {length!r}"
+            ) from None
+        if total > limit:
+            raise DatasetTooLargeError(
+                f"{redact(url)} announces {total} bytes, over the limit of {limit} bytes"
+            )
+        progress.total = total
+    h = hashlib.sha256()
+    done = 0
+    buf = bytearray()
+    pending: asyncio.Future[None] | None = None
+    f = await asyncio.to_thread(open_new, dest)
+    try:
+        try:
+            async for chunk in resp.aiter_bytes():
+                done += len(chunk)
+                if done > limit:
+                    raise DatasetTooLargeError(
+                        f"{redact(url)} sent more than the limit of {limit} bytes"
+                    )
+                buf += chunk
+                if len(buf) >= WRITE_BLOCK:
+                    data, buf = bytes(buf), bytearray()
+                    pending = asyncio.ensure_future(asyncio.to_thread(_write_and_hash, f, h, data))
+                    await asyncio.shield(pending)
+                progress.update(done, "downloading")
+            if buf:
+                pending = asyncio.ensure_future(
+                    asyncio.to_thread(_write_and_hash, f, h, bytes(buf))
+                )
+                await asyncio.shield(pending)
+        finally:
+            # A write already handed to a thread finishes before the file is closed.
+            while pending is not None and not pending.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(pending)
+    finally:
+        await asyncio.to_thread(f.close)
+    if progress.total is not None and done != progress.total:
+        raise DatasetImportError(
+            f"{redact(url)} ended after {done} of {progress.total} announced bytes"
+        )
+    progress.update(done, "downloaded", force=True)
+    return h.hexdigest()
+
+
+def _normalise_sha(value: str) -> str:
+    v = value.strip().lower()
+    if v.startswith("sha256:"):
+        v = v[len("sha256:") :]
+    if not re.fullmatch(r"[0-9a-f]{64}", v):
+        raise DatasetImportError(f"expected sha256 {value!r} is not 64 hex digits")
+    return v
+
+
+# ------------------------------------------------------------------ the whole import
+def _build_dataset(
+    download: Path,
+    data: Path,
+    basename: str,
+    *,
+    unpack: bool,
+    limit: int,
+    stop: threading.Event,
+) -> None:
+    kind = archive_kind(download) if unpack else None
+    if kind is None:
+        os.mkdir(data, 0o755)
+        os.rename(download, data / basename)
+        return
+    os.mkdir(data, 0o755)
+    limits = Limits(max_bytes=limit, max_ratio=MAX_RATIO, archive_size=download.stat().st_size)
+    writer = SafeWriter(data, limits, should_stop=stop.is_set)
+    if kind == "zip":
+        extract_zip(download, writer)
+    else:
+        with open(download, "rb") as f:
+            extract_tar(f, writer)
+
+
+async def import_dataset(
+    cmd: ImportDataset,
+    root: Path,
+    *,
+    progress: Callable[[TransferProgress], None],
+    cancel: asyncio.Event,
+    max_bytes: int,
+    max_redirects: int = 5,
+    allow_cidrs: Sequence[str] = (),
+    resolve: Resolver | None = None,
+) -> DatasetEntry:
+    """Download ``cmd.url`` into ``<root>/<cmd.name>``; see the module docstring.
+
+    ``max_bytes`` is the agent's own limit (> 0); ``cmd.max_bytes``, when set, can only
+    lower it. ``allow_cidrs`` (the agent's) and ``cmd.allow_cidrs`` (forwarded by the
+    master from the admin setting) together name the networks exempt from the address
+    check. ``resolve`` replaces the system resolver (tests). ``progress`` gets running
+    reports at most ~4 times a second and one final report (succeeded / failed /
+    cancelled). Raises a :class:`DatasetError` subclass on failure.
+    """
+    if max_bytes <= 0:
+        raise ValueError("max_bytes must be positive")
+    report = Progress(cmd.id, progress)
+    tmp: Path | None = None
+    try:
+        name = validate_dataset_name(cmd.name)
+        limit = min(max_bytes, cmd.max_bytes) if cmd.max_bytes > 0 else max_bytes
+        allowed = parse_cidrs([*allow_cidrs, *cmd.allow_cidrs])
+        expected = _normalise_sha(cmd.sha256) if cmd.sha256 else ""
+        try:
+            url = httpx.URL(cmd.url)
+        except (httpx.InvalidURL, TypeError, ValueError) as e:
+            raise DatasetImportError(f"invalid URL: {e}") from None
+        _check_scheme(url)
+        target, work_dir = await asyncio.to_thread(prepare_target, root, name, "import")
+        tmp = work_dir
+        download = work_dir / "download"
+        final_url, sha = await run_cancellable(
+            _download(
+                url,
+                download,
+                limit=limit,
+                max_redirects=max_redirects,
+                allowed=allowed,
+                resolve=resolve,
+                progress=report,
+            ),
+            cancel,
+        )
+        if expected and sha != expected:
+            raise DatasetImportError(
+                f"checksum mismatch for {redact(url)}: expected sha256 {expected}, got {sha}"
+            )
+        report.update(report.done, "unpacking" if cmd.unpack else "finishing", force=True)
+        data = work_dir / "data"
+        basename = safe_basename(final_url)
+        await run_thread_cancellable(
+            lambda stop: _build_dataset(
+                download, data, basename, unpack=cmd.unpack, limit=limit, stop=stop
+            ),
+            cancel,
+        )
+        if cancel.is_set():
+            raise DatasetCancelled("cancelled")
+        rename_noreplace(data, target)
+        entry = await asyncio.to_thread(scan_entry, target.parent, name)
+    except DatasetCancelled:
+        report.final("cancelled", "cancelled")
+        raise
+    except DatasetError as e:
+        report.final("failed", e.message)
+        raise
+    except asyncio.CancelledError:
+        report.final("cancelled", "cancelled")
+        raise
+    except (OSError, httpx.HTTPError) as e:
+        msg = f"import of {cmd.name!r} failed: {e}"
+        report.final("failed", msg)
+        raise DatasetImportError(msg) from e
+    finally:
+        if tmp is not None:
+            await asyncio.to_thread(remove_tree, tmp)
+    report.final("succeeded", f"imported {entry.files} files, {entry.size} bytes")
+    return entry
