@@ -1,0 +1,103 @@
+"""Fixtures for integration tests: real ``mlsm master`` processes and the real ``mlsm`` CLI.
+
+- ``master``: one master per test module (SQLite unless the module overrides
+  ``database_kind``, e.g. ``params=["sqlite", pytest.param("postgresql", marks=...)]``);
+  an object with ``.url``, ``.data_dir``, ``.proc``, ``.log_path``, ``.admin_token``,
+  ``.stop()``, ``.kill()``, ``.restart()`` (see :class:`helpers.Master`).
+- ``master_factory``: start extra masters for tests that change global state (rate limits,
+  broken databases); every one is stopped at the end of the test.
+- ``make_user(role)``: a new user on ``master``; returns a session token of theirs.
+- ``mlsm_cli(args, token=...)``: the real executable against ``master`` with an isolated
+  HOME; returns ``(rc, stdout, stderr)``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import _pg_execute, _run_async, _with_database
+from tests.integration.helpers import CliResult, Master
+
+PG_PARAM = pytest.param("postgresql", marks=pytest.mark.postgres)
+#: Use as ``@pytest.fixture(scope="module", params=BOTH_DATABASES)`` to override database_kind.
+BOTH_DATABASES = ["sqlite", PG_PARAM]
+
+
+@pytest.fixture(scope="module")
+def database_kind() -> str:
+    """Which database the module's ``master`` uses; modules override it to run both."""
+    return "sqlite"
+
+
+@pytest.fixture(scope="module")
+def module_postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test module, dropped afterwards."""
+    base = request.getfixturevalue("postgres_url")
+    name = f"mlsm_m_{secrets.token_hex(6)}"
+    _run_async(_pg_execute(base, f'CREATE DATABASE "{name}"'))
+    try:
+        yield _with_database(base, name)
+    finally:
+        _run_async(_pg_execute(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def database_url_for(kind: str, request: pytest.FixtureRequest) -> str | None:
+    if kind == "sqlite":
+        return None
+    assert kind == "postgresql", kind
+    return str(request.getfixturevalue("module_postgres_url"))
+
+
+@pytest.fixture(scope="module")
+def master(
+    database_kind: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Master]:
+    """A running master shared by the tests of one module."""
+    url = database_url_for(database_kind, request)
+    m = Master(tmp_path_factory.mktemp(f"master-{database_kind}"), database_url=url)
+    m.start()
+    try:
+        yield m
+    finally:
+        m.stop()
+
+
+@pytest.fixture
+def master_factory(tmp_path: Path) -> Iterator[Callable[..., Master]]:
+    """``master_factory(database_url=None, start=True, **kw)``: a master for this test only."""
+    started: list[Master] = []
+
+    def make(*, database_url: str | None = None, start: bool = True, **kwargs: Any) -> Master:
+        m = Master(tmp_path / f"m{len(started)}", database_url=database_url, **kwargs)
+        started.append(m)
+        return m.start() if start else m
+
+    try:
+        yield make
+    finally:
+        for m in started:
+            m.stop()
+
+
+@pytest.fixture(scope="module")
+def make_user(master: Master) -> Callable[..., str]:
+    """``make_user(role, name=None)`` -> a session token of a new user on ``master``."""
+    return master.make_user
+
+
+@pytest.fixture
+def mlsm_cli(master: Master, tmp_path: Path) -> Callable[..., CliResult]:
+    """``mlsm_cli(args, token=None, password=None)`` runs ``mlsm`` against ``master``."""
+    home = tmp_path / "cli-home"
+    home.mkdir(exist_ok=True)
+
+    def run(args: list[str], **kwargs: Any) -> CliResult:
+        kwargs.setdefault("home", home)
+        return master.cli(args, **kwargs)
+
+    return run
