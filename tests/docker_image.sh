@@ -20,6 +20,7 @@ if ! "$BUSYBOX" --list >/dev/null 2>&1; then
 fi
 
 ROOTFS="$(mktemp -d)"
+chmod 755 "$ROOTFS"  # mktemp makes it 0700: no other user could reach /bin
 trap 'rm -rf "$ROOTFS"' EXIT
 
 mkdir -p "$ROOTFS/bin" "$ROOTFS/etc" "$ROOTFS/tmp" "$ROOTFS/root" "$ROOTFS/proc" \

@@ -301,6 +301,7 @@ class _LogFollower(threading.Thread):
     def run(self) -> None:
         backoff = RECONNECT_MIN_S
         while not self._closing.is_set():
+            opened = time.monotonic()
             try:
                 self._pump(follow=True)
                 if self._closing.is_set():
@@ -309,14 +310,17 @@ class _LogFollower(threading.Thread):
                 if self.container.status not in _RUNNING:
                     self._pump(follow=False)  # catch up on anything the stream missed
                     return
-                backoff = RECONNECT_MIN_S
+                why = "log stream ended while the container runs"
             except docker.errors.NotFound:
                 self.vanished = True
                 return
-            except _ENGINE_ERRORS as exc:
-                log.warning("log of %s: engine unreachable (%s); retrying", self.name, _why(exc))
-                self._closing.wait(backoff)
-                backoff = min(backoff * 2, RECONNECT_MAX_S)
+            except Exception as exc:  # the engine went away, or anything else: retry
+                why = f"engine unreachable ({_why(exc)})"
+            if time.monotonic() - opened > RECONNECT_MAX_S:
+                backoff = RECONNECT_MIN_S  # it had been streaming fine: reconnect at once
+            log.warning("log of %s: %s; reconnecting in %.1fs", self.name, why, backoff)
+            self._closing.wait(backoff)
+            backoff = min(backoff * 2, RECONNECT_MAX_S)
 
     def _pump(self, follow: bool) -> None:
         since, skip = self.sink.resume_point()
@@ -398,6 +402,10 @@ class DockerJobHandle:
         self.record.container_id = container.id
         if sink.cursor.stop_kind and not self._stop_kind:
             self._stop_reason, self._stop_kind = sink.cursor.stop_reason, sink.cursor.stop_kind
+        elif self._stop_kind and not sink.cursor.stop_kind:  # stop() came while unattached
+            sink.set_stop(self._stop_reason, self._stop_kind)
+            sink.marker(_stop_marker(self.record.job_id, self._stop_reason, self._stop_kind))
+            _spawn_stop(container, self._stop_grace or 0.0, self.record.job_id)
         self._follower = _LogFollower(container, sink)
         self._follower.start()
 
@@ -440,14 +448,8 @@ class DockerJobHandle:
                     self._sink.set_stop(reason, end_kind)
                     self._sink.marker(_stop_marker(self.record.job_id, reason, end_kind))
             container = self._container
-        if container is None:
-            return
-        threading.Thread(
-            target=_stop_container,
-            args=(container, grace_s),
-            name=f"mlsm-docker-stop-{self.record.job_id}",
-            daemon=True,
-        ).start()
+        if container is not None:
+            _spawn_stop(container, grace_s, self.record.job_id)
 
     # -- for the agent's shutdown (and tests that play one)
     def detach(self, *, save: bool = True) -> None:
@@ -496,8 +498,10 @@ class DockerJobHandle:
         else:
             kind, reason = "exit", f"exit code {code}"
         assert self._sink is not None
-        if kind in ("oom", "error"):
+        if kind == "oom":
             self._sink.marker(f"[mlsm] job {self.record.job_id} {reason}\n")
+        elif kind == "error":
+            self._sink.marker(f"[mlsm] job {self.record.job_id} failed: {reason}\n")
         report = JobReport(
             job_id=self.record.job_id,
             attempt=self.record.attempt,
@@ -555,6 +559,15 @@ class DockerJobHandle:
 def _stop_marker(job_id: int, reason: str, end_kind: str) -> str:
     verb = {"cancelled": "cancelled", "timeout": "timed out"}.get(end_kind, "stopped")
     return f"[mlsm] job {job_id} {verb}: {reason}\n"
+
+
+def _spawn_stop(container: Any, grace_s: float, job_id: int) -> None:
+    threading.Thread(
+        target=_stop_container,
+        args=(container, grace_s),
+        name=f"mlsm-docker-stop-{job_id}",
+        daemon=True,
+    ).start()
 
 
 def _stop_container(container: Any, grace_s: float) -> None:
@@ -655,7 +668,7 @@ class DockerRuntime:
         }
         if spec.workdir:
             kwargs["working_dir"] = spec.workdir
-        user = _unix_user(spec.unix_user)
+        user = self._unix_user(spec)
         if user is not None:
             kwargs["user"] = f"{user.pw_uid}:{user.pw_gid}"
         if spec.cpus > 0:
@@ -718,6 +731,16 @@ class DockerRuntime:
             mounts.append(docker.types.Mount(target, m.source, type="bind", read_only=m.read_only))
         return mounts
 
+    def _unix_user(self, spec: JobSpec) -> pwd.struct_passwd | None:
+        """The local account the container runs as; None keeps the image's own user."""
+        name = spec.unix_user or (self.ctx.default_unix_user if self.ctx.runs_as_root else "")
+        if not name:
+            return None
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            return None
+
     def _network(self, spec: JobSpec) -> str:
         wanted = spec.network or self.network
         if wanted not in self.allowed_networks:
@@ -751,7 +774,7 @@ class DockerRuntime:
         kwargs = self._container_kwargs(spec, job_dir)
         self._ensure_image(client, spec.image)
         job_dir.mkdir(parents=True, exist_ok=True)
-        user = _unix_user(spec.unix_user)
+        user = self._unix_user(spec)
         if user is not None and self.ctx.runs_as_root:
             os.chown(job_dir, user.pw_uid, user.pw_gid)
         if not kwargs.get("device_requests") and spec.gpus:
@@ -776,7 +799,7 @@ class DockerRuntime:
         sink.marker(
             f"[mlsm] job {spec.job_id} attempt {spec.attempt} on {self.ctx.node_name} started "
             f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC in image {spec.image} "
-            f"(container {container.short_id})\n"
+            f"as {user.pw_name if user else 'the image user'} (container {container.short_id})\n"
         )
         try:
             container.start()
@@ -819,7 +842,11 @@ class DockerRuntime:
         """Remove a same-named container that never ran (an agent crash mid-start)."""
         try:
             old = client.containers.get(name)
-            if old.labels.get("mlsm.managed") != "1" or old.status in _RUNNING:
+            labels = old.labels
+            mine = (
+                labels.get("mlsm.managed") == "1" and labels.get("mlsm.node") == self.ctx.node_name
+            )
+            if not mine or old.status in _RUNNING:
                 return False
             old.remove(force=True)
             return True
@@ -887,15 +914,6 @@ class DockerRuntime:
             },
         )
         return found[0] if found else None
-
-
-def _unix_user(name: str) -> pwd.struct_passwd | None:
-    if not name:
-        return None
-    try:
-        return pwd.getpwnam(name)
-    except KeyError:
-        return None
 
 
 def _env_key(name: str) -> str:
