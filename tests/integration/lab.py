@@ -1,0 +1,420 @@
+"""A lab on loopback for integration tests: a real ``mlsm master`` and real ``mlsm agent``
+processes, the real ``mlsm`` CLI, and the typed client.
+
+Each test module builds its own :class:`Lab` (module scope) under a temporary directory::
+
+    @pytest.fixture(scope="module")
+    def lab(tmp_path_factory):
+        with Lab(tmp_path_factory.mktemp("nodes")) as lab:
+            lab.start_master()
+            yield lab
+
+The master runs with a fast heartbeat (0.5 s), ``stale`` after 2 s and a 5 s lease, so node
+state and lease tests take seconds. Every process the lab starts, and every job process
+those agents started under the lab's directory, is killed when the lab closes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import msgspec
+import psutil
+
+from mlsm.client import Client
+from mlsm.wire import agent as w
+from mlsm.wire import api
+
+T = TypeVar("T")
+
+ADMIN = "root"
+PASSWORD = "integration-pass-1"
+MLSM = str(Path(sys.executable).with_name("mlsm"))
+HEARTBEAT_S = 0.5
+STALE_S = 2.0
+LEASE_S = 5.0
+START_DEADLINE_S = 30.0
+DEADLINE_S = 20.0
+POLL_S = 0.05
+CLI_TIMEOUT_S = 60.0
+STOP_DEADLINE_S = 15.0
+MASTER_ENV = {
+    "MLSM_HEARTBEAT_INTERVAL": str(HEARTBEAT_S),
+    "MLSM_STALE_AFTER": str(STALE_S),
+    "MLSM_NODE_LEASE": str(LEASE_S),
+}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(
+    predicate: Callable[[], T], timeout: float = DEADLINE_S, what: str = "", poll: float = POLL_S
+) -> T:
+    """Poll ``predicate`` until it returns something truthy; return that, or fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    last_exc: BaseException | None = None
+    while True:
+        try:
+            value = predicate()
+        except AssertionError as exc:  # a predicate may assert; its last message is kept
+            value, last_exc = None, exc  # type: ignore[assignment]
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            why = f": {last_exc}" if last_exc else ""
+            raise AssertionError(
+                f"timed out after {timeout:g} s waiting for {what or predicate}{why}"
+            )
+        time.sleep(poll)
+
+
+def kill(proc: subprocess.Popen[Any], sig: int = signal.SIGKILL) -> int:
+    """Send ``sig`` to ``proc`` and reap it; returns its exit status."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+    return proc.wait(timeout=STOP_DEADLINE_S)
+
+
+@dataclass
+class AgentProc:
+    name: str
+    data_dir: Path
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    gpus: str = ""
+    labels: tuple[str, ...] = ()
+
+    @property
+    def secret(self) -> str:
+        return (self.data_dir / "node-secret").read_text().strip()
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def job_log(self, job_id: int) -> bytes:
+        return (self.data_dir / "jobs" / str(job_id) / "output.log").read_bytes()
+
+
+@dataclass
+class CliResult:
+    args: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+    stdout_bytes: bytes = b""
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+@dataclass
+class Lab:
+    root: Path
+    port: int = 0
+    master_proc: subprocess.Popen[bytes] | None = None
+    master_data: Path | None = None
+    agents: dict[str, AgentProc] = field(default_factory=dict)
+    token: str = ""
+    _admin: Client | None = None
+    _procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    _logs: list[Any] = field(default_factory=list)
+
+    def __enter__(self) -> Lab:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ environment
+    def env(self, **extra: str) -> dict[str, str]:
+        """A clean environment: no MLSM_* of the caller, HOME and XDG dirs inside the lab."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLSM_")}
+        home = self.root / "home"
+        env.update(
+            HOME=str(home),
+            XDG_CONFIG_HOME=str(home / ".config"),
+            XDG_DATA_HOME=str(home / ".local" / "share"),
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(extra)
+        return env
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _spawn(
+        self, argv: list[str], log_name: str, env: dict[str, str]
+    ) -> subprocess.Popen[bytes]:
+        log_path = self.root / "logs" / log_name
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(log_path, "ab")
+        self._logs.append(fh)
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, env=env
+        )
+        self._procs.append(proc)
+        return proc
+
+    # ------------------------------------------------------------------ master
+    def start_master(
+        self, data_dir: Path | None = None, port: int | None = None, **env: str
+    ) -> subprocess.Popen[bytes]:
+        """Start (or restart, on the same port and data dir) the master; wait for /healthz."""
+        self.master_data = data_dir or self.master_data or self.root / "master"
+        self.port = port or self.port or free_port()
+        proc = self._spawn(
+            [
+                MLSM,
+                "master",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--data-dir",
+                str(self.master_data),
+                "--init-admin",
+                ADMIN,
+            ],
+            "master.log",
+            self.env(MLSM_PASSWORD=PASSWORD, **MASTER_ENV, **env),
+        )
+        self.master_proc = proc
+
+        def healthy() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"the master exited with {proc.returncode}:\n{self.master_log()}"
+                )
+            try:
+                r = httpx.get(f"{self.url}/healthz", timeout=1.0)
+            except httpx.HTTPError:
+                return False
+            return r.status_code == 200
+
+        wait_for(healthy, START_DEADLINE_S, "the master's /healthz")
+        if not self.token:
+            self.token = self.login(ADMIN, PASSWORD)
+        return proc
+
+    def stop_master(self, sig: int = signal.SIGTERM) -> int:
+        assert self.master_proc is not None
+        code = kill(self.master_proc, sig)
+        self.master_proc = None
+        return code
+
+    def master_log(self) -> str:
+        p = self.root / "logs" / "master.log"
+        return p.read_text(errors="replace")[-5000:] if p.exists() else ""
+
+    def login(self, user: str, password: str) -> str:
+        with Client(self.url) as c:
+            return c.login(user, password).token
+
+    @property
+    def admin(self) -> Client:
+        """The superadmin's client (its session survives master restarts)."""
+        if self._admin is None:
+            self._admin = Client(self.url, self.token)
+        return self._admin
+
+    def client(self, token: str) -> Client:
+        return Client(self.url, token)
+
+    def add_user(self, name: str, role: str = "member", password: str = PASSWORD) -> str:
+        """Create a user; returns a session token of theirs."""
+        self.admin.call(
+            "POST",
+            "/api/v1/users",
+            json=api.UserCreate(username=name, password=password, role=role),
+        )
+        return self.login(name, password)
+
+    def join_token(self, ttl_s: float = 3600.0, uses: int = 1) -> str:
+        created = self.admin.call(
+            "POST",
+            "/api/v1/join-tokens",
+            json=api.JoinTokenCreate(ttl_s=ttl_s, uses=uses),
+            type=api.JoinTokenCreated,
+        )
+        return created.token
+
+    # ------------------------------------------------------------------ agents
+    def start_agent(
+        self,
+        name: str,
+        gpus: str = "2xA100-80GB",
+        data_dir: Path | None = None,
+        token: str | None = None,
+        labels: tuple[str, ...] = (),
+        wait: bool = True,
+    ) -> AgentProc:
+        """Start an agent (a fresh join token unless ``token`` is given, "" for none).
+
+        A restart of a known agent reuses its data dir (and so its node secret).
+        """
+        old = self.agents.get(name)
+        data_dir = data_dir or (old.data_dir if old else self.root / "agents" / name)
+        if token is None:
+            token = "" if (data_dir / "node-secret").exists() else self.join_token()
+        argv = [MLSM, "agent", "--master", self.url, "--name", name, "--data-dir", str(data_dir)]
+        if token:
+            argv += ["--join-token", token]
+        if gpus:
+            argv += ["--simulate-gpus", gpus]
+        for label in labels:
+            argv += ["--label", label]
+        proc = self._spawn(argv, f"agent-{name}.log", self.env())
+        agent = AgentProc(
+            name, data_dir, proc, self.root / "logs" / f"agent-{name}.log", gpus, labels
+        )
+        self.agents[name] = agent
+        if wait:
+            self.wait_node_state(name, "online", START_DEADLINE_S)
+        return agent
+
+    def stop_agent(self, name: str, sig: int = signal.SIGTERM) -> int:
+        return kill(self.agents[name].proc, sig)
+
+    # ------------------------------------------------------------------ reading state
+    def node(self, name: str) -> api.Node:
+        return self.admin.call("GET", f"/api/v1/nodes/{name}", type=api.Node)
+
+    def nodes(self) -> list[api.Node]:
+        return self.admin.call("GET", "/api/v1/nodes", type=list[api.Node])
+
+    def node_state(self, name: str) -> str | None:
+        for n in self.nodes():
+            if n.name == name:
+                return n.state
+        return None
+
+    def wait_node_state(self, name: str, state: str, timeout: float = DEADLINE_S) -> api.Node:
+        def check() -> api.Node | None:
+            agent = self.agents.get(name)
+            if agent is not None and agent.proc.poll() is not None and state == "online":
+                raise RuntimeError(f"agent {name} exited:\n{agent.output()[-3000:]}")
+            for n in self.nodes():
+                if n.name == name and n.state == state:
+                    return n
+            return None
+
+        return wait_for(check, timeout, f"node {name} to be {state}")
+
+    def job(self, job_id: int, client: Client | None = None) -> api.Job:
+        return (client or self.admin).call("GET", f"/api/v1/jobs/{job_id}", type=api.Job)
+
+    def wait_job(
+        self,
+        job_id: int,
+        states: str | tuple[str, ...] = api.FINAL_STATES,  # type: ignore[assignment]
+        timeout: float = DEADLINE_S,
+    ) -> api.Job:
+        want = (states,) if isinstance(states, str) else tuple(states)
+
+        def check() -> api.Job | None:
+            j = self.job(job_id)
+            return j if j.state in want else None
+
+        return wait_for(check, timeout, f"job {job_id} to be {'/'.join(want)}")
+
+    def submit(self, *args: str, token: str | None = None) -> int:
+        """``mlsm submit ARGS`` through the real CLI; returns the job id."""
+        res = self.cli("submit", "--json", *args, token=token)
+        assert res.returncode == 0, res.stderr
+        return int(res.json()["job"]["id"])
+
+    def log(self, job_id: int) -> bytes:
+        res = self.cli("logs", str(job_id))
+        assert res.returncode == 0, res.stderr
+        return res.stdout_bytes
+
+    # ------------------------------------------------------------------ the CLI
+    def cli(
+        self, *args: str, token: str | None = None, timeout: float = CLI_TIMEOUT_S
+    ) -> CliResult:
+        """Run the real ``mlsm`` executable with MLSM_URL/MLSM_TOKEN set (never raises on rc)."""
+        env = self.env(MLSM_URL=self.url, MLSM_TOKEN=self.token if token is None else token)
+        proc = subprocess.run(
+            [MLSM, *args], capture_output=True, env=env, timeout=timeout, stdin=subprocess.DEVNULL
+        )
+        return CliResult(
+            args,
+            proc.returncode,
+            proc.stdout.decode(errors="replace"),
+            proc.stderr.decode(errors="replace"),
+            proc.stdout,
+        )
+
+    def cli_popen(self, *args: str, token: str | None = None) -> subprocess.Popen[bytes]:
+        env = self.env(MLSM_URL=self.url, MLSM_TOKEN=self.token if token is None else token)
+        proc = subprocess.Popen(
+            [MLSM, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+        )
+        self._procs.append(proc)
+        return proc
+
+    # ------------------------------------------------------------------ raw agent protocol
+    def agent_call(self, path: str, body: bytes | Any, secret: str | None) -> httpx.Response:
+        """POST a MessagePack body (a struct, or raw bytes) to ``/agent/v1/<path>``."""
+        content = body if isinstance(body, bytes) else w.encoder.encode(body)
+        headers = {"content-type": w.MSGPACK}
+        if secret:
+            headers["authorization"] = f"Node {secret}"
+        return httpx.post(
+            f"{self.url}/agent/v1/{path}", content=content, headers=headers, timeout=30.0
+        )
+
+    # ------------------------------------------------------------------ teardown
+    def close(self) -> None:
+        if self._admin is not None:
+            self._admin.close()
+        for proc in reversed(self._procs):
+            with contextlib.suppress(Exception):
+                kill(proc, signal.SIGKILL)
+        kill_processes_under(self.root)
+        for fh in self._logs:
+            fh.close()
+
+
+def kill_processes_under(root: Path) -> None:
+    """SIGKILL what this lab's agents left running: job shims (their argv names a job dir
+    under ``root``), every process of their sessions, and anything whose cwd is under it."""
+    prefix = str(root)
+    mine = os.getpid()
+    doomed: set[int] = set()
+    for p in psutil.process_iter(["pid", "cmdline", "cwd"]):
+        with contextlib.suppress(psutil.Error):
+            cmd = p.info["cmdline"] or []
+            cwd = p.info["cwd"] or ""
+            if p.pid != mine and (cwd.startswith(prefix) or any(a.startswith(prefix) for a in cmd)):
+                doomed.add(p.pid)
+    sessions = set(doomed)
+    for pid in psutil.pids():
+        with contextlib.suppress(OSError):
+            if os.getsid(pid) in sessions and pid != mine:
+                doomed.add(pid)
+    for pid in doomed:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def msgpack(obj: Any) -> bytes:
+    return msgspec.msgpack.encode(obj)
