@@ -43,13 +43,16 @@ async def _get(s: AsyncSession, username: str) -> User:
     return user
 
 
-async def _superadmins_left(s: AsyncSession) -> int:
+async def _is_last_superadmin(s: AsyncSession, user: User) -> bool:
+    """True when ``user`` is the only enabled superadmin (a disabled one never is)."""
+    if user.role != "superadmin" or user.disabled:
+        return False
     q = (
         select(func.count())
         .select_from(User)
-        .where(User.role == "superadmin", User.disabled.is_(False))
+        .where(User.role == "superadmin", User.disabled.is_(False), User.id != user.id)
     )
-    return int((await s.execute(q)).scalar_one())
+    return int((await s.execute(q)).scalar_one()) == 0
 
 
 class UserService:
@@ -90,17 +93,19 @@ class UserService:
             touches_privileged = user.role in PRIVILEGED or (body.role in PRIVILEGED)
             if touches_privileged and not actor.at_least("superadmin"):
                 raise PermissionDenied("only a superadmin can change admins or make admins")
+            # The last-superadmin rule is checked first: it is the reason that matters when
+            # the only superadmin tries to demote or disable themselves.
             if body.role is not None and body.role != user.role:
+                if await _is_last_superadmin(s, user):
+                    raise Conflict("the last superadmin cannot be demoted")
                 if user.id == actor.user_id:
                     raise PermissionDenied("you cannot change your own role")
-                if user.role == "superadmin" and await _superadmins_left(s) <= 1:
-                    raise Conflict("the last superadmin cannot be demoted")
                 user.role = body.role
             if body.disabled is not None and body.disabled != user.disabled:
+                if body.disabled and await _is_last_superadmin(s, user):
+                    raise Conflict("the last superadmin cannot be disabled")
                 if body.disabled and user.id == actor.user_id:
                     raise PermissionDenied("you cannot disable yourself")
-                if body.disabled and user.role == "superadmin" and await _superadmins_left(s) <= 1:
-                    raise Conflict("the last superadmin cannot be disabled")
                 user.disabled = body.disabled
             if body.password is not None:
                 user.password_hash = hash_password(body.password)
