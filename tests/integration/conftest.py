@@ -1,7 +1,7 @@
 """Fixtures for integration tests: real ``mlsm master`` processes and the real ``mlsm`` CLI.
 
 - ``master``: one master per test module (SQLite unless the module overrides
-  ``database_kind``, e.g. ``params=["sqlite", pytest.param("postgresql", marks=...)]``);
+  ``database_kind`` with ``params=helpers.BOTH_DATABASES`` to run on both engines);
   an object with ``.url``, ``.data_dir``, ``.proc``, ``.log_path``, ``.admin_token``,
   ``.stop()``, ``.kill()``, ``.restart()`` (see :class:`helpers.Master`).
 - ``master_factory``: start extra masters for tests that change global state (rate limits,
@@ -22,10 +22,6 @@ import pytest
 
 from tests.conftest import _pg_execute, _run_async, _with_database
 from tests.integration.helpers import CliResult, Master
-
-PG_PARAM = pytest.param("postgresql", marks=pytest.mark.postgres)
-#: Use as ``@pytest.fixture(scope="module", params=BOTH_DATABASES)`` to override database_kind.
-BOTH_DATABASES = ["sqlite", PG_PARAM]
 
 
 @pytest.fixture(scope="module")

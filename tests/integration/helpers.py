@@ -15,6 +15,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import httpx
 import msgspec
+import pytest
 
 from mlsm.client import Client
 from mlsm.wire import agent as w
@@ -31,6 +32,9 @@ STOP_TIMEOUT_S = 15.0
 CLI_TIMEOUT_S = 60.0
 HTTP_TIMEOUT_S = 30.0
 POLL_S = 0.05
+#: ``@pytest.fixture(scope="module", params=BOTH_DATABASES) def database_kind(request)``
+#: in a test module runs its ``master`` on SQLite and on PostgreSQL.
+BOTH_DATABASES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
 
 def poll(cond: Callable[[], T], timeout: float, what: str) -> T:
