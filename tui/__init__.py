@@ -7,7 +7,9 @@ Public: :func:`run_dashboard`, and :class:`~tui.app.MlsmApp` with the
 from __future__ import annotations
 
 
-def run_dashboard(url: str, token: str, *, readonly: bool = False, verify: bool = True, light: bool = False) -> None:
+def run_dashboard(
+    url: str, token: str, *, readonly: bool = False, verify: bool = True, light: bool = False
+) -> None:
     """Open the dashboard against the master at ``url`` (blocks until the user quits).
 
     A master that is down shows as "unreachable" and is retried; a missing or expired

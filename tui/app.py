@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -20,7 +20,14 @@ from textual.timer import Timer
 
 from mlsm.errors import AuthenticationError, MlsmError, UnavailableError
 from mlsm.wire import api
-from tui.screens import AdminScreen, DatasetsScreen, JobScreen, JobsScreen, NodeScreen, OverviewScreen
+from tui.screens import (
+    AdminScreen,
+    DatasetsScreen,
+    JobScreen,
+    JobsScreen,
+    NodeScreen,
+    OverviewScreen,
+)
 from tui.screens.base import View
 from tui.source import DataSource
 from tui.widgets.confirm import ConfirmModal
@@ -42,7 +49,12 @@ class MlsmApp(App[None]):
 
     TITLE = "mlsm"
     CSS_PATH = str(Path(__file__).with_name("mlsm.tcss"))
-    MODES = {"nodes": OverviewScreen, "jobs": JobsScreen, "datasets": DatasetsScreen, "admin": AdminScreen}
+    MODES = {
+        "nodes": OverviewScreen,
+        "jobs": JobsScreen,
+        "datasets": DatasetsScreen,
+        "admin": AdminScreen,
+    }
     DEFAULT_MODE = "nodes"
     BINDINGS = [
         Binding("q", "quit", "Quit"),
@@ -59,8 +71,13 @@ class MlsmApp(App[None]):
     conn: reactive[Connection] = reactive(Connection, always_update=True)
 
     def __init__(
-        self, source: DataSource, *, readonly: bool = False, clock: Callable[[], float] = time.time,
-        poll_s: float = POLL_S, light: bool = False,
+        self,
+        source: DataSource,
+        *,
+        readonly: bool = False,
+        clock: Callable[[], float] = time.time,
+        poll_s: float = POLL_S,
+        light: bool = False,
     ) -> None:
         super().__init__()
         self.source = source
@@ -133,12 +150,16 @@ class MlsmApp(App[None]):
         except UnavailableError as exc:
             self._fails += 1
             delay = min(self.poll_s * 2 ** min(self._fails, 5), MAX_BACKOFF_S)
-            self.conn = replace(self.conn, state="stale", message=exc.message, retry_at=self.now() + delay)
+            self.conn = replace(
+                self.conn, state="stale", message=exc.message, retry_at=self.now() + delay
+            )
         except MlsmError as exc:
             self.notify(exc.message, title="master", severity="error", timeout=4)
         else:
             self._fails = 0
-            self.conn = replace(self.conn, state="live", last_ok=self.now(), retry_at=None, message="")
+            self.conn = replace(
+                self.conn, state="live", last_ok=self.now(), retry_at=None, message=""
+            )
             if view is not None and not view.ready:
                 delay = COMPOSE_RETRY_S
             elif view is not None and data is not None and view.is_attached:
@@ -195,7 +216,13 @@ class MlsmApp(App[None]):
             return
         word, _, arg = text.strip().partition(" ")
         word = word.lower()
-        aliases = {"node": "nodes", "overview": "nodes", "job": "jobs", "dataset": "datasets", "ds": "datasets"}
+        aliases = {
+            "node": "nodes",
+            "overview": "nodes",
+            "job": "jobs",
+            "dataset": "datasets",
+            "ds": "datasets",
+        }
         if word in ("q", "quit", "exit"):
             self.exit()
         elif word == "theme":
@@ -218,17 +245,31 @@ class MlsmApp(App[None]):
         yield from super().get_system_commands(screen)
         for name in VIEW_NAMES:
             if name != "admin" or self.is_admin:
-                yield SystemCommand(f"Go to {name}", f"switch to the {name} view (:{name})", partial(self.action_view, name))
-        yield SystemCommand("Light/dark theme", "switch between light and dark (ctrl+t)", self.action_toggle_theme)
-        yield SystemCommand("Refresh now", "fetch from the master now (ctrl+r)", self.action_refresh)
+                yield SystemCommand(
+                    f"Go to {name}",
+                    f"switch to the {name} view (:{name})",
+                    partial(self.action_view, name),
+                )
+        yield SystemCommand(
+            "Light/dark theme", "switch between light and dark (ctrl+t)", self.action_toggle_theme
+        )
+        yield SystemCommand(
+            "Refresh now", "fetch from the master now (ctrl+r)", self.action_refresh
+        )
         seen = {"quit", "help", "command_line", "toggle_theme", "refresh", "command_palette"}
         for key, active in screen.active_bindings.items():
             binding = active.binding
-            if not active.enabled or not binding.description or binding.action in seen or binding.action.startswith("view("):
+            if (
+                not active.enabled
+                or not binding.description
+                or binding.action in seen
+                or binding.action.startswith("view(")
+            ):
                 continue
             seen.add(binding.action)
             yield SystemCommand(
-                binding.description, f"key {self.get_key_display(binding) or key}",
+                binding.description,
+                f"key {self.get_key_display(binding) or key}",
                 partial(self.run_action, binding.action, active.node),
             )
 
@@ -247,7 +288,9 @@ class MlsmApp(App[None]):
 
         self.run_worker(go(), group="action")
 
-    def _confirm(self, question: str, then: Callable[[], Awaitable[Any]], done: str = "", yes: str = "Yes") -> None:
+    def _confirm(
+        self, question: str, then: Callable[[], Awaitable[Any]], done: str = "", yes: str = "Yes"
+    ) -> None:
         def answered(ok: bool | None) -> None:
             if ok:
                 self._run(then(), done)
@@ -269,9 +312,19 @@ class MlsmApp(App[None]):
         if kind == "resume":
             self._run(self.source.resume(name), f"{name}: resumed")
         elif kind == "drain":
-            self._confirm(f"Drain {name}? Running jobs finish; no new jobs start there.", partial(self.source.drain, name), f"{name}: draining", yes="Drain")
+            self._confirm(
+                f"Drain {name}? Running jobs finish; no new jobs start there.",
+                partial(self.source.drain, name),
+                f"{name}: draining",
+                yes="Drain",
+            )
         elif kind == "remove":
-            self._confirm(f"Remove node {name} from the lab? Its agent must join again.", partial(self.source.remove_node, name), f"{name}: removed", yes="Remove")
+            self._confirm(
+                f"Remove node {name} from the lab? Its agent must join again.",
+                partial(self.source.remove_node, name),
+                f"{name}: removed",
+                yes="Remove",
+            )
 
     def submit_job(self) -> None:
         if not self._guard():
@@ -307,8 +360,14 @@ class MlsmApp(App[None]):
         what = f"job {job.id}" + (f" ({job.name})" if job.name else "") + f" of {job.user}"
         self.push_screen(ConfirmModal(f"Cancel {what}?", yes="Cancel job"), answered)
 
-    def _form(self, title: str, fields: list[Field], action: Callable[[dict[str, str]], Awaitable[Any]], ok: str = "OK",
-              after: Callable[[Any], None] | None = None) -> None:
+    def _form(
+        self,
+        title: str,
+        fields: list[Field],
+        action: Callable[[dict[str, str]], Awaitable[Any]],
+        ok: str = "OK",
+        after: Callable[[Any], None] | None = None,
+    ) -> None:
         def done(result: Any) -> None:
             if result is None:
                 return
@@ -323,13 +382,28 @@ class MlsmApp(App[None]):
             return
 
         async def go(v: dict[str, str]) -> api.Transfer:
-            req = msgspec.convert({"url": v["url"].strip(), "node": v["node"].strip(), "name": v["name"].strip(), "sha256": v["sha256"].strip()}, api.DatasetImport)
+            req = msgspec.convert(
+                {
+                    "url": v["url"].strip(),
+                    "node": v["node"].strip(),
+                    "name": v["name"].strip(),
+                    "sha256": v["sha256"].strip(),
+                },
+                api.DatasetImport,
+            )
             return await self.source.import_dataset(req)
 
         self._form(
             "Import a dataset onto a node (progress shows under Transfers)",
-            [Field("url", "URL", "https://host/data.tar.gz"), Field("node", "Node", value=node), Field("name", "Name"), Field("sha256", "sha256", "optional")],
-            go, ok="Import", after=lambda t: self.notify(f"import {t.id} started on {t.node}"),
+            [
+                Field("url", "URL", "https://host/data.tar.gz"),
+                Field("node", "Node", value=node),
+                Field("name", "Name"),
+                Field("sha256", "sha256", "optional"),
+            ],
+            go,
+            ok="Import",
+            after=lambda t: self.notify(f"import {t.id} started on {t.node}"),
         )
 
     def transfer_dataset(self, name: str, src: str, *, move: bool) -> None:
@@ -338,47 +412,89 @@ class MlsmApp(App[None]):
         verb = "Move" if move else "Copy"
 
         async def go(v: dict[str, str]) -> api.Transfer:
-            req = msgspec.convert({"name": name, "src": src, "dst": v["dst"].strip(), "move": move}, api.DatasetTransfer)
+            req = msgspec.convert(
+                {"name": name, "src": src, "dst": v["dst"].strip(), "move": move},
+                api.DatasetTransfer,
+            )
             return await self.source.transfer_dataset(req)
 
         note = " (the copy on the source is deleted afterwards)" if move else ""
-        self._form(f"{verb} {name} from {src} to…{note}", [Field("dst", "To node")], go, ok=verb,
-                   after=lambda t: self.notify(f"{verb.lower()} {t.id} started"))
+        self._form(
+            f"{verb} {name} from {src} to…{note}",
+            [Field("dst", "To node")],
+            go,
+            ok=verb,
+            after=lambda t: self.notify(f"{verb.lower()} {t.id} started"),
+        )
 
     def delete_dataset(self, name: str, node: str) -> None:
         if not self._guard(admin=True):
             return
-        self._confirm(f"Delete dataset {name} on {node}? The files are removed from disk.",
-                      partial(self.source.delete_dataset, name, node), f"deleting {name} on {node}", yes="Delete")
+        self._confirm(
+            f"Delete dataset {name} on {node}? The files are removed from disk.",
+            partial(self.source.delete_dataset, name, node),
+            f"deleting {name} on {node}",
+            yes="Delete",
+        )
 
     def add_user(self) -> None:
         if not self._guard(admin=True):
             return
 
         async def go(v: dict[str, str]) -> api.User:
-            req = msgspec.convert({"username": v["username"].strip(), "password": v["password"], "role": v["role"], "unix_user": v["unix_user"].strip()}, api.UserCreate)
+            req = msgspec.convert(
+                {
+                    "username": v["username"].strip(),
+                    "password": v["password"],
+                    "role": v["role"],
+                    "unix_user": v["unix_user"].strip(),
+                },
+                api.UserCreate,
+            )
             return await self.source.create_user(req)
 
-        self._form("Add a user", [Field("username", "User name"), Field("password", "Password", "8 characters or more", password=True),
-                                  Field("role", "Role", options=["member", "admin", "superadmin"]), Field("unix_user", "Unix account", "optional")],
-                   go, ok="Add", after=lambda u: self.notify(f"user {u.username} added"))
+        self._form(
+            "Add a user",
+            [
+                Field("username", "User name"),
+                Field("password", "Password", "8 characters or more", password=True),
+                Field("role", "Role", options=["member", "admin", "superadmin"]),
+                Field("unix_user", "Unix account", "optional"),
+            ],
+            go,
+            ok="Add",
+            after=lambda u: self.notify(f"user {u.username} added"),
+        )
 
     def set_role(self, user: api.User) -> None:
         if not self._guard(admin=True):
             return
 
         async def go(v: dict[str, str]) -> api.User:
-            return await self.source.update_user(user.username, msgspec.convert({"role": v["role"]}, api.UserUpdate))
+            return await self.source.update_user(
+                user.username, msgspec.convert({"role": v["role"]}, api.UserUpdate)
+            )
 
-        self._form(f"Role of {user.username}", [Field("role", "Role", value=user.role, options=["member", "admin", "superadmin"])],
-                   go, ok="Set role", after=lambda u: self.notify(f"{u.username} is now {u.role}"))
+        self._form(
+            f"Role of {user.username}",
+            [Field("role", "Role", value=user.role, options=["member", "admin", "superadmin"])],
+            go,
+            ok="Set role",
+            after=lambda u: self.notify(f"{u.username} is now {u.role}"),
+        )
 
     def toggle_user(self, user: api.User) -> None:
         if not self._guard(admin=True):
             return
         verb = "Enable" if user.disabled else "Disable"
-        self._confirm(f"{verb} user {user.username}?", partial(self.source.update_user, user.username, api.UserUpdate(disabled=not user.disabled)),
-                      f"{user.username}: {verb.lower()}d", yes=verb)
+        self._confirm(
+            f"{verb} user {user.username}?",
+            partial(
+                self.source.update_user, user.username, api.UserUpdate(disabled=not user.disabled)
+            ),
+            f"{user.username}: {verb.lower()}d",
+            yes=verb,
+        )
 
     def new_join_token(self) -> None:
         if not self._guard(admin=True):
@@ -386,19 +502,39 @@ class MlsmApp(App[None]):
 
         async def go(v: dict[str, str]) -> api.JoinTokenCreated:
             hours = float(v["ttl"] or 24)
-            req = msgspec.convert({"ttl_s": hours * 3600, "uses": int(v["uses"] or 1), "note": v["note"]}, api.JoinTokenCreate)
+            req = msgspec.convert(
+                {"ttl_s": hours * 3600, "uses": int(v["uses"] or 1), "note": v["note"]},
+                api.JoinTokenCreate,
+            )
             return await self.source.create_join_token(req)
 
         def show(created: api.JoinTokenCreated) -> None:
-            self.push_screen(MessageModal(
-                "New join token (shown once):", created.token,
-                f"On the new server: mlsm agent --master {self.source.url} --join-token {created.token}",
-            ))
+            self.push_screen(
+                MessageModal(
+                    "New join token (shown once):",
+                    created.token,
+                    f"On the new server: mlsm agent --master {self.source.url} --join-token {created.token}",
+                )
+            )
 
-        self._form("New join token for agents", [Field("ttl", "Valid hours", value="24"), Field("uses", "Uses", value="1"), Field("note", "Note", "optional")],
-                   go, ok="Create", after=show)
+        self._form(
+            "New join token for agents",
+            [
+                Field("ttl", "Valid hours", value="24"),
+                Field("uses", "Uses", value="1"),
+                Field("note", "Note", "optional"),
+            ],
+            go,
+            ok="Create",
+            after=show,
+        )
 
     def revoke_join_token(self, token_id: int) -> None:
         if not self._guard(admin=True):
             return
-        self._confirm(f"Revoke join token {token_id}?", partial(self.source.revoke_join_token, token_id), f"join token {token_id} revoked", yes="Revoke")
+        self._confirm(
+            f"Revoke join token {token_id}?",
+            partial(self.source.revoke_join_token, token_id),
+            f"join token {token_id} revoked",
+            yes="Revoke",
+        )

@@ -72,7 +72,9 @@ def block(frac: float) -> str:
     return BLOCKS[max(1, round(frac * (len(BLOCKS) - 1)))]
 
 
-def blocks(fracs: Sequence[float], *, colour_by: Sequence[float] | None = None, sep: str = "") -> Text:
+def blocks(
+    fracs: Sequence[float], *, colour_by: Sequence[float] | None = None, sep: str = ""
+) -> Text:
     """One block per value (per GPU); coloured by ``colour_by`` (or by the value)."""
     text = Text()
     for i, frac in enumerate(fracs):
@@ -85,7 +87,10 @@ def blocks(fracs: Sequence[float], *, colour_by: Sequence[float] | None = None, 
 def sparkline(values: Sequence[float], width: int, *, top: float = 100.0) -> Text:
     """The last ``width`` values as a one-line sparkline, padded on the left."""
     tail = list(values)[-width:]
-    chars = [SPARK[min(len(SPARK) - 1, int(v / top * (len(SPARK) - 1) + 0.5))] if top else SPARK[0] for v in tail]
+    chars = [
+        SPARK[min(len(SPARK) - 1, int(v / top * (len(SPARK) - 1) + 0.5))] if top else SPARK[0]
+        for v in tail
+    ]
     return Text(" " * (width - len(chars)) + "".join(chars), style="cyan")
 
 

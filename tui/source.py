@@ -87,8 +87,13 @@ class DataSource:
 
     # ------------------------------------------------------------ jobs
     async def jobs(
-        self, *, state: str | None = None, user: str | None = None, node: str | None = None,
-        all: bool = True, limit: int = 2000,
+        self,
+        *,
+        state: str | None = None,
+        user: str | None = None,
+        node: str | None = None,
+        all: bool = True,
+        limit: int = 2000,
     ) -> api.JobList:
         raise NotImplementedError
 
@@ -198,7 +203,9 @@ class DataSource:
 class MasterSource(DataSource):
     """The real thing: the master's JSON API through :class:`AsyncClient`."""
 
-    def __init__(self, url: str, token: str = "", *, verify: bool = True, client: AsyncClient | None = None) -> None:
+    def __init__(
+        self, url: str, token: str = "", *, verify: bool = True, client: AsyncClient | None = None
+    ) -> None:
         self.url = url.rstrip("/")
         self.client = client or AsyncClient(self.url, token, verify=verify)
 
@@ -210,8 +217,10 @@ class MasterSource(DataSource):
 
     async def login(self, username: str, password: str) -> api.LoginReply:
         reply = await self.client.call(
-            "POST", "/api/v1/auth/login",
-            json=api.LoginRequest(username=username, password=password), type=api.LoginReply,
+            "POST",
+            "/api/v1/auth/login",
+            json=api.LoginRequest(username=username, password=password),
+            type=api.LoginReply,
         )
         self.set_token(reply.token)
         return reply
@@ -230,7 +239,10 @@ class MasterSource(DataSource):
 
     async def node_history(self, name: str, window_s: int = 600) -> api.NodeHistory:
         return await self.client.call(
-            "GET", f"/api/v1/nodes/{name}/history", params={"window": window_s}, type=api.NodeHistory
+            "GET",
+            f"/api/v1/nodes/{name}/history",
+            params={"window": window_s},
+            type=api.NodeHistory,
         )
 
     async def drain(self, name: str) -> api.Node:
@@ -240,13 +252,26 @@ class MasterSource(DataSource):
         return await self.client.call("POST", f"/api/v1/nodes/{name}/resume", type=api.Node)
 
     async def remove_node(self, name: str, force: bool = False) -> None:
-        await self.client.call("DELETE", f"/api/v1/nodes/{name}", params={"force": "true" if force else None})
+        await self.client.call(
+            "DELETE", f"/api/v1/nodes/{name}", params={"force": "true" if force else None}
+        )
 
     async def jobs(
-        self, *, state: str | None = None, user: str | None = None, node: str | None = None,
-        all: bool = True, limit: int = 2000,
+        self,
+        *,
+        state: str | None = None,
+        user: str | None = None,
+        node: str | None = None,
+        all: bool = True,
+        limit: int = 2000,
     ) -> api.JobList:
-        params = {"state": state, "user": user, "node": node, "all": "true" if all else None, "limit": limit}
+        params = {
+            "state": state,
+            "user": user,
+            "node": node,
+            "all": "true" if all else None,
+            "limit": limit,
+        }
         return await self.client.call("GET", "/api/v1/jobs", params=params, type=api.JobList)
 
     async def job(self, job_id: int) -> api.Job:
@@ -271,21 +296,29 @@ class MasterSource(DataSource):
 
     async def follow_log(self, job_id: int, offset: int = 0) -> AsyncIterator[tuple[str, str]]:
         parser = SseParser()
-        async for chunk in self.client.stream(f"/api/v1/jobs/{job_id}/log/follow", params={"offset": offset}):
+        async for chunk in self.client.stream(
+            f"/api/v1/jobs/{job_id}/log/follow", params={"offset": offset}
+        ):
             for event in parser.feed(chunk):
                 yield event
 
     async def datasets(self, node: str | None = None) -> list[api.Dataset]:
-        return await self.client.call("GET", "/api/v1/datasets", params={"node": node}, type=list[api.Dataset])
+        return await self.client.call(
+            "GET", "/api/v1/datasets", params={"node": node}, type=list[api.Dataset]
+        )
 
     async def dataset(self, name: str) -> api.Dataset:
         return await self.client.call("GET", f"/api/v1/datasets/{name}", type=api.Dataset)
 
     async def import_dataset(self, req: api.DatasetImport) -> api.Transfer:
-        return await self.client.call("POST", "/api/v1/datasets/import", json=req, type=api.Transfer)
+        return await self.client.call(
+            "POST", "/api/v1/datasets/import", json=req, type=api.Transfer
+        )
 
     async def transfer_dataset(self, req: api.DatasetTransfer) -> api.Transfer:
-        return await self.client.call("POST", "/api/v1/datasets/transfer", json=req, type=api.Transfer)
+        return await self.client.call(
+            "POST", "/api/v1/datasets/transfer", json=req, type=api.Transfer
+        )
 
     async def delete_dataset(self, name: str, node: str) -> None:
         await self.client.call("DELETE", f"/api/v1/datasets/{name}", params={"node": node})
@@ -306,13 +339,17 @@ class MasterSource(DataSource):
         return await self.client.call("GET", "/api/v1/join-tokens", type=list[api.JoinToken])
 
     async def create_join_token(self, req: api.JoinTokenCreate) -> api.JoinTokenCreated:
-        return await self.client.call("POST", "/api/v1/join-tokens", json=req, type=api.JoinTokenCreated)
+        return await self.client.call(
+            "POST", "/api/v1/join-tokens", json=req, type=api.JoinTokenCreated
+        )
 
     async def revoke_join_token(self, token_id: int) -> None:
         await self.client.call("DELETE", f"/api/v1/join-tokens/{token_id}")
 
     async def audit(self, limit: int = 500) -> list[api.AuditEntry]:
-        return await self.client.call("GET", "/api/v1/audit", params={"limit": limit}, type=list[api.AuditEntry])
+        return await self.client.call(
+            "GET", "/api/v1/audit", params={"limit": limit}, type=list[api.AuditEntry]
+        )
 
     async def audit_verify(self) -> api.AuditVerify:
         return await self.client.call("GET", "/api/v1/audit/verify", type=api.AuditVerify)

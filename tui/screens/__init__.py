@@ -7,4 +7,11 @@ from tui.screens.jobs import JobsScreen
 from tui.screens.node import NodeScreen
 from tui.screens.overview import OverviewScreen
 
-__all__ = ["AdminScreen", "DatasetsScreen", "JobScreen", "JobsScreen", "NodeScreen", "OverviewScreen"]
+__all__ = [
+    "AdminScreen",
+    "DatasetsScreen",
+    "JobScreen",
+    "JobsScreen",
+    "NodeScreen",
+    "OverviewScreen",
+]

@@ -21,13 +21,29 @@ TAB_ACTIONS = {
     "nodes": {"drain", "resume", "remove_node"},
     "audit": {"verify"},
 }
-TABLES = {"users": "#users-table", "tokens": "#tokens-table", "nodes": "#admin-nodes", "audit": "#audit-table"}
+TABLES = {
+    "users": "#users-table",
+    "tokens": "#tokens-table",
+    "nodes": "#admin-nodes",
+    "audit": "#audit-table",
+}
 
 
 class AdminScreen(View):
     TITLE = "Admin"
     POLL_S = 5.0
-    MUTATING = frozenset({"add_user", "set_role", "toggle_user", "new_token", "revoke_token", "drain", "resume", "remove_node"})
+    MUTATING = frozenset(
+        {
+            "add_user",
+            "set_role",
+            "toggle_user",
+            "new_token",
+            "revoke_token",
+            "drain",
+            "resume",
+            "remove_node",
+        }
+    )
     BINDINGS = [
         Binding("a", "add_user", "Add user"),
         Binding("r", "set_role", "Role"),
@@ -59,10 +75,38 @@ class AdminScreen(View):
 
     def setup(self) -> None:
         cols = {
-            "#users-table": (("User", 16), ("Role", 11), ("Status", 9), ("Unix", 10), ("GPU cap", 7), ("Last login", 14)),
-            "#tokens-table": (("ID", 5), ("By", 10), ("Uses", 7), ("Expires", 12), ("State", 9), ("Note", 20)),
-            "#admin-nodes": (("Node", 14), ("State", 9), ("GPUs", 5), ("Jobs", 5), ("Seen", 12), ("Labels", 24)),
-            "#audit-table": (("ID", 6), ("When", 10), ("Actor", 10), ("Action", 18), ("Target", 14), ("Outcome", 8)),
+            "#users-table": (
+                ("User", 16),
+                ("Role", 11),
+                ("Status", 9),
+                ("Unix", 10),
+                ("GPU cap", 7),
+                ("Last login", 14),
+            ),
+            "#tokens-table": (
+                ("ID", 5),
+                ("By", 10),
+                ("Uses", 7),
+                ("Expires", 12),
+                ("State", 9),
+                ("Note", 20),
+            ),
+            "#admin-nodes": (
+                ("Node", 14),
+                ("State", 9),
+                ("GPUs", 5),
+                ("Jobs", 5),
+                ("Seen", 12),
+                ("Labels", 24),
+            ),
+            "#audit-table": (
+                ("ID", 6),
+                ("When", 10),
+                ("Actor", 10),
+                ("Action", 18),
+                ("Target", 14),
+                ("Outcome", 8),
+            ),
         }
         for table_id, columns in cols.items():
             table = self.query_one(table_id, LabTable)
@@ -102,8 +146,19 @@ class AdminScreen(View):
         now = self.mlsm.now()
         self.table("users").sync(
             [
-                (u.username, [u.username, u.role, Text("disabled", style="red") if u.disabled else Text("active", style="green"),
-                              u.unix_user or "-", "-" if u.gpu_cap is None else str(u.gpu_cap), fmt.ago(u.last_login, now)])
+                (
+                    u.username,
+                    [
+                        u.username,
+                        u.role,
+                        Text("disabled", style="red")
+                        if u.disabled
+                        else Text("active", style="green"),
+                        u.unix_user or "-",
+                        "-" if u.gpu_cap is None else str(u.gpu_cap),
+                        fmt.ago(u.last_login, now),
+                    ],
+                )
                 for u in sorted(data.users, key=lambda u: u.username)
             ]
         )
@@ -119,21 +174,51 @@ class AdminScreen(View):
 
         self.table("tokens").sync(
             [
-                (str(t.id), [str(t.id), t.created_by, f"{t.used}/{t.uses}", fmt.duration(t.expires_at - now) if t.expires_at > now else "-", token_state(t), t.note])
+                (
+                    str(t.id),
+                    [
+                        str(t.id),
+                        t.created_by,
+                        f"{t.used}/{t.uses}",
+                        fmt.duration(t.expires_at - now) if t.expires_at > now else "-",
+                        token_state(t),
+                        t.note,
+                    ],
+                )
                 for t in sorted(data.join_tokens, key=lambda t: -t.id)
             ]
         )
         self.table("nodes").sync(
             [
-                (n.name, [n.name, fmt.state_text("draining" if n.draining and n.state == "online" else n.state), str(len(n.gpus)),
-                          str(n.running_jobs), fmt.ago(n.last_seen, now), " ".join(f"{k}={v}" for k, v in sorted(n.labels.items()))])
+                (
+                    n.name,
+                    [
+                        n.name,
+                        fmt.state_text(
+                            "draining" if n.draining and n.state == "online" else n.state
+                        ),
+                        str(len(n.gpus)),
+                        str(n.running_jobs),
+                        fmt.ago(n.last_seen, now),
+                        " ".join(f"{k}={v}" for k, v in sorted(n.labels.items())),
+                    ],
+                )
                 for n in sorted(data.nodes, key=lambda n: n.name)
             ]
         )
         self.table("audit").sync(
             [
-                (str(e.id), [str(e.id), fmt.ago(e.ts, now).replace(" ago", ""), e.actor, e.action, e.target,
-                             Text(e.outcome, style="green" if e.outcome == "ok" else "red")])
+                (
+                    str(e.id),
+                    [
+                        str(e.id),
+                        fmt.ago(e.ts, now).replace(" ago", ""),
+                        e.actor,
+                        e.action,
+                        e.target,
+                        Text(e.outcome, style="green" if e.outcome == "ok" else "red"),
+                    ],
+                )
                 for e in sorted(data.audit, key=lambda e: -e.id)
             ]
         )
@@ -156,7 +241,11 @@ class AdminScreen(View):
 
     def _user(self) -> api.User | None:
         key = self._key()
-        return next((u for u in self.data.users if u.username == key), None) if self.data and key else None
+        return (
+            next((u for u in self.data.users if u.username == key), None)
+            if self.data and key
+            else None
+        )
 
     def action_add_user(self) -> None:
         self.mlsm.add_user()

@@ -69,7 +69,9 @@ class DatasetsScreen(View):
         self.data: DatasetsData | None = None
 
     def body(self) -> ComposeResult:
-        yield Input(placeholder="filter: name, node or tag (esc clears)", id="filter", classes="filter")
+        yield Input(
+            placeholder="filter: name, node or tag (esc clears)", id="filter", classes="filter"
+        )
         yield LabTable(id="datasets")
         yield Label(" Transfers", id="transfers-title")
         yield LabTable(id="transfers")
@@ -79,10 +81,25 @@ class DatasetsScreen(View):
         return self.query_one("#datasets", LabTable)
 
     def setup(self) -> None:
-        for label, key, width in (("Name", "key", 22), ("Node", "node", 12), ("Size", "size", 7), ("Files", "files", 7), ("Tags", "tags", 14), ("Modified", "mod", 10)):
+        for label, key, width in (
+            ("Name", "key", 22),
+            ("Node", "node", 12),
+            ("Size", "size", 7),
+            ("Files", "files", 7),
+            ("Tags", "tags", 14),
+            ("Modified", "mod", 10),
+        ):
             self.table.add_column(label, key=key, width=width)
         tr = self.query_one("#transfers", LabTable)
-        for label, key, width in (("ID", "id", 4), ("Kind", "kind", 6), ("Dataset", "ds", 14), ("Node", "node", 10), ("State", "state", 9), ("Progress", "prog", 15), ("Rate", "rate", 8)):
+        for label, key, width in (
+            ("ID", "id", 4),
+            ("Kind", "kind", 6),
+            ("Dataset", "ds", 14),
+            ("Node", "node", 10),
+            ("State", "state", 9),
+            ("Progress", "prog", 15),
+            ("Rate", "rate", 8),
+        ):
             tr.add_column(label, key=key, width=width)
         self.table.focus()
 
@@ -102,12 +119,35 @@ class DatasetsScreen(View):
                     continue
                 key = f"{ds.name}@{copy.node}"
                 node_style = "" if copy.node_state in ("", "online") else "dim"
-                rows.append((key, [ds.name, Text(copy.node, style=node_style), fmt.human_bytes(copy.size), str(copy.files), ",".join(ds.tags), fmt.ago(copy.modified, now).replace(" ago", "")]))
+                rows.append(
+                    (
+                        key,
+                        [
+                            ds.name,
+                            Text(copy.node, style=node_style),
+                            fmt.human_bytes(copy.size),
+                            str(copy.files),
+                            ",".join(ds.tags),
+                            fmt.ago(copy.modified, now).replace(" ago", ""),
+                        ],
+                    )
+                )
         self.table.sync(rows)
         transfers = sorted(data.transfers, key=lambda t: -t.id)[:20]
         self.query_one("#transfers", LabTable).sync(
             [
-                (str(t.id), [str(t.id), t.kind, t.dataset, t.node, fmt.state_text(t.state), progress(t), f"{fmt.human_bytes(t.rate_bps)}/s" if t.rate_bps else "-"])
+                (
+                    str(t.id),
+                    [
+                        str(t.id),
+                        t.kind,
+                        t.dataset,
+                        t.node,
+                        fmt.state_text(t.state),
+                        progress(t),
+                        f"{fmt.human_bytes(t.rate_bps)}/s" if t.rate_bps else "-",
+                    ],
+                )
                 for t in transfers
             ]
         )

@@ -62,7 +62,10 @@ def job_details(job: api.Job, now: float) -> Table:
     row("Priority", job.priority)
     row("Retries", f"{job.attempt}/{job.retries}" if job.retries else "")
     row("Timeout", fmt.duration(job.timeout_s) if job.timeout_s else "")
-    row("Ran on", f"{job.node} GPUs {','.join(map(str, job.gpu_indices)) or '-'}" if job.node else "")
+    row(
+        "Ran on",
+        f"{job.node} GPUs {','.join(map(str, job.gpu_indices)) or '-'}" if job.node else "",
+    )
     row("Submitted", fmt.ago(job.created_at, now))
     row("Started", fmt.ago(job.started_at, now) if job.started_at else "")
     if job.started_at:

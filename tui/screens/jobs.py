@@ -51,7 +51,9 @@ def job_matches(job: api.Job, keyed: dict[str, str], words: list[str], quick: st
     if "id" in keyed and str(job.id) != keyed["id"]:
         return False
     if words:
-        hay = " ".join([str(job.id), job.name, job.user, job.state, job.node or "", *job.argv]).lower()
+        hay = " ".join(
+            [str(job.id), job.name, job.user, job.state, job.node or "", *job.argv]
+        ).lower()
         return all(w in hay for w in words)
     return True
 
@@ -79,7 +81,11 @@ class JobsScreen(View):
 
     def body(self) -> ComposeResult:
         yield Static(id="jobs-filter-line")
-        yield Input(placeholder="filter: words, state:S user:U node:N (esc clears)", id="filter", classes="filter")
+        yield Input(
+            placeholder="filter: words, state:S user:U node:N (esc clears)",
+            id="filter",
+            classes="filter",
+        )
         yield LabTable(id="jobs")
 
     @property
@@ -100,8 +106,15 @@ class JobsScreen(View):
         self.wide = self.size.width >= WIDE
         table = self.table
         table.clear(columns=True)
-        widths = [("ID", "id", 6), ("User", "user", 10 if self.wide else 8), ("Name", "name", 24 if self.wide else 12),
-                  ("State", "state", 11), ("Node", "node", 12 if self.wide else 8), ("GPU", "gpus", 3), ("Time", "time", 6)]
+        widths = [
+            ("ID", "id", 6),
+            ("User", "user", 10 if self.wide else 8),
+            ("Name", "name", 24 if self.wide else 12),
+            ("State", "state", 11),
+            ("Node", "node", 12 if self.wide else 8),
+            ("GPU", "gpus", 3),
+            ("Time", "time", 6),
+        ]
         for label, key, width in widths:
             table.add_column(label, key=key, width=width)
         used = sum(w for _, _, w in widths) + 2 * (len(widths) + 1) + 2
@@ -123,7 +136,8 @@ class JobsScreen(View):
         keyed, words = parse_filter(self.query_one("#filter", Input).value)
         me = self.mlsm.conn.user
         out = [
-            j for j in self.jobs.values()
+            j
+            for j in self.jobs.values()
             if job_matches(j, keyed, words, self.quick) and (not self.mine or j.user == me)
         ]
         order = {"running": 0, "assigned": 1, "queued": 2, "held": 3}
@@ -142,8 +156,14 @@ class JobsScreen(View):
             if job.exit_code is not None and job.state in api.FINAL_STATES:
                 reason = f"exit {job.exit_code} {reason}".strip()
             cells: list[object] = [
-                str(job.id), job.user, job.name or (job.argv[0] if job.argv else ""), fmt.state_text(job.state),
-                job.node or (Text(job.node_req or "-", style="dim")), str(job.gpus), time_cell, Text(reason, style="dim"),
+                str(job.id),
+                job.user,
+                job.name or (job.argv[0] if job.argv else ""),
+                fmt.state_text(job.state),
+                job.node or (Text(job.node_req or "-", style="dim")),
+                str(job.gpus),
+                time_cell,
+                Text(reason, style="dim"),
             ]
             if self.wide:
                 cells.append(" ".join(job.argv))

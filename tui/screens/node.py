@@ -45,7 +45,10 @@ class GpuPanel(Vertical):
         text.append(f"GPU{s.index} ", style="bold")
         text.append(f"{s.name.replace('NVIDIA ', '')[:18]:<18} ")
         text.append(f"util {s.util:3.0f}% ", style=fmt.level_style(s.util / 100))
-        text.append(f"mem {fmt.human_bytes(s.mem_used)}/{fmt.human_bytes(s.mem_total)} ", style=fmt.level_style(mem))
+        text.append(
+            f"mem {fmt.human_bytes(s.mem_used)}/{fmt.human_bytes(s.mem_total)} ",
+            style=fmt.level_style(mem),
+        )
         text.append(f"{s.temperature:.0f}°C {s.power_w:.0f}/{s.power_limit_w:.0f}W")
         if gpu.job_ids:
             text.append(f" jobs {','.join(map(str, gpu.job_ids))}", style="green")
@@ -77,7 +80,9 @@ class NodeScreen(View):
 
     def body(self) -> ComposeResult:
         yield Static(f" {self.node_name}: loading…", id="node-info")
-        yield Label(" history (10 min): " + " │ ".join(label for _, label in SERIES), id="gpu-legend")
+        yield Label(
+            " history (10 min): " + " │ ".join(label for _, label in SERIES), id="gpu-legend"
+        )
         yield VerticalScroll(id="gpus")
         with TabbedContent(initial="processes"):
             with TabPane("Processes", id="processes"):
@@ -89,13 +94,32 @@ class NodeScreen(View):
 
     def setup(self) -> None:
         procs = self.query_one("#procs", LabTable)
-        for label, key, width in (("GPU/PID", "key", 12), ("User", "user", 10), ("Memory", "mem", 8), ("Owner", "owner", 20), ("Process", "pname", None)):
+        for label, key, width in (
+            ("GPU/PID", "key", 12),
+            ("User", "user", 10),
+            ("Memory", "mem", 8),
+            ("Owner", "owner", 20),
+            ("Process", "pname", None),
+        ):
             procs.add_column(label, key=key, width=width)
         jobs = self.query_one("#node-jobs", LabTable)
-        for label, key, width in (("ID", "id", 6), ("User", "user", 10), ("Name", "name", 16), ("State", "state", 10), ("GPUs", "gpus", 6), ("Runtime", "age", 8)):
+        for label, key, width in (
+            ("ID", "id", 6),
+            ("User", "user", 10),
+            ("Name", "name", 16),
+            ("State", "state", 10),
+            ("GPUs", "gpus", 6),
+            ("Runtime", "age", 8),
+        ):
             jobs.add_column(label, key=key, width=width)
         sets = self.query_one("#node-datasets", LabTable)
-        for label, key, width in (("Name", "name", 20), ("Size", "size", 8), ("Files", "files", 8), ("Tags", "tags", 16), ("Path", "path", None)):
+        for label, key, width in (
+            ("Name", "name", 20),
+            ("Size", "size", 8),
+            ("Files", "files", 8),
+            ("Tags", "tags", 16),
+            ("Path", "path", None),
+        ):
             sets.add_column(label, key=key, width=width)
         procs.focus()
 
@@ -120,7 +144,9 @@ class NodeScreen(View):
         if info.driver_version:
             text.append(f"  driver {info.driver_version} CUDA {info.cuda_version}")
         if node.labels:
-            text.append("  " + " ".join(f"{k}={v}" for k, v in sorted(node.labels.items())), style="cyan")
+            text.append(
+                "  " + " ".join(f"{k}={v}" for k, v in sorted(node.labels.items())), style="cyan"
+            )
         if node.gpu_error:
             text.append(f"\n GPU probe: {node.gpu_error}", style="red")
         self.query_one("#node-info", Static).update(text)
@@ -128,8 +154,19 @@ class NodeScreen(View):
         self._procs(node)
         self.query_one("#node-jobs", LabTable).sync(
             [
-                (str(j.id), [str(j.id), j.user, j.name or " ".join(j.argv)[:16], fmt.state_text(j.state), ",".join(map(str, j.gpu_indices)) or "-",
-                             fmt.duration(((j.ended_at or now) - j.started_at) if j.started_at else None)])
+                (
+                    str(j.id),
+                    [
+                        str(j.id),
+                        j.user,
+                        j.name or " ".join(j.argv)[:16],
+                        fmt.state_text(j.state),
+                        ",".join(map(str, j.gpu_indices)) or "-",
+                        fmt.duration(
+                            ((j.ended_at or now) - j.started_at) if j.started_at else None
+                        ),
+                    ],
+                )
                 for j in sorted(data.jobs, key=lambda j: -j.id)
             ]
         )
@@ -137,7 +174,18 @@ class NodeScreen(View):
         for ds in sorted(data.datasets, key=lambda d: d.name):
             for copy in ds.copies:
                 if copy.node == node.name:
-                    rows.append((ds.name, [ds.name, fmt.human_bytes(copy.size), str(copy.files), ",".join(ds.tags), copy.path]))
+                    rows.append(
+                        (
+                            ds.name,
+                            [
+                                ds.name,
+                                fmt.human_bytes(copy.size),
+                                str(copy.files),
+                                ",".join(ds.tags),
+                                copy.path,
+                            ],
+                        )
+                    )
         self.query_one("#node-datasets", LabTable).sync(rows)
 
     def _gpus(self, node: api.Node, history: api.NodeHistory | None) -> None:
@@ -154,10 +202,7 @@ class NodeScreen(View):
             i = gpu.sample.index
             panel.show(
                 gpu,
-                {
-                    key: [p.mean for p in series.get(f"gpu{i}.{key}", [])]
-                    for key, _ in SERIES
-                },
+                {key: [p.mean for p in series.get(f"gpu{i}.{key}", [])] for key, _ in SERIES},
             )
 
     def _procs(self, node: api.Node) -> None:
@@ -169,7 +214,9 @@ class NodeScreen(View):
                 else:
                     owner = Text(f"foreign ({proc.user or 'unknown'})", style="bold red")
                 key = f"{gpu.sample.index}/{proc.pid}"
-                rows.append((key, [key, proc.user or "?", fmt.human_bytes(proc.used_mem), owner, proc.name]))
+                rows.append(
+                    (key, [key, proc.user or "?", fmt.human_bytes(proc.used_mem), owner, proc.name])
+                )
         self.query_one("#procs", LabTable).sync(rows)
 
     # ------------------------------------------------------------ actions

@@ -108,7 +108,9 @@ class OverviewScreen(View):
 
     @staticmethod
     def _matches(node: api.Node, term: str) -> bool:
-        hay = " ".join([node.name, node.state, *(f"{k}={v}" for k, v in node.labels.items())]).lower()
+        hay = " ".join(
+            [node.name, node.state, *(f"{k}={v}" for k, v in node.labels.items())]
+        ).lower()
         return all(part in hay for part in term.split())
 
     def _cells(self, node: api.Node, jobs: list[api.Job]) -> list[object]:
@@ -125,19 +127,31 @@ class OverviewScreen(View):
             util_cell = Text("no GPU", style="dim")
             mem_cell = Text("")
         host = node.host
-        cpu = Text(f"{host.cpu_percent:3.0f}%", style=fmt.level_style(host.cpu_percent / 100)) if host else Text("-")
+        cpu = (
+            Text(f"{host.cpu_percent:3.0f}%", style=fmt.level_style(host.cpu_percent / 100))
+            if host
+            else Text("-")
+        )
         ram_frac = mem_frac(host.mem_used, host.mem_total) if host else 0.0
         ram = Text(fmt.pct(ram_frac), style=fmt.level_style(ram_frac)) if host else Text("-")
         cells: list[object] = [node.name, fmt.state_text(state)]
         if self.wide:
             model = node.gpus[0].sample.name.replace("NVIDIA ", "") if node.gpus else ""
             cells.append(f"{len(node.gpus)}x {model}" if node.gpus else "-")
-        cells += [util_cell, mem_cell, fmt.sparkline(self.history[node.name], 20 if self.wide else 10)]
+        cells += [
+            util_cell,
+            mem_cell,
+            fmt.sparkline(self.history[node.name], 20 if self.wide else 10),
+        ]
         cells += [cpu, ram]
         if self.wide:
             cells.append(", ".join(f"{j.id}:{j.user}" for j in jobs) or Text("idle", style="dim"))
         else:
-            cells.append(str(len(jobs) or node.running_jobs) if (jobs or node.running_jobs) else Text("-", style="dim"))
+            cells.append(
+                str(len(jobs) or node.running_jobs)
+                if (jobs or node.running_jobs)
+                else Text("-", style="dim")
+            )
         return cells
 
     def _totals(self, data: Overview) -> None:
@@ -145,7 +159,10 @@ class OverviewScreen(View):
         free = s.gpus_total - s.gpus_busy
         text = Text()
         text.append(" Nodes ", style="bold")
-        text.append(f"{s.nodes_online}/{s.nodes_total} online", style="green" if s.nodes_online == s.nodes_total else "yellow")
+        text.append(
+            f"{s.nodes_online}/{s.nodes_total} online",
+            style="green" if s.nodes_online == s.nodes_total else "yellow",
+        )
         text.append("  GPUs ", style="bold")
         text.append(f"{free} free", style="green")
         text.append(f" {s.gpus_busy} busy", style="yellow")
@@ -196,4 +213,3 @@ class OverviewScreen(View):
     def action_resume(self) -> None:
         if key := self.table.current_key:
             self.mlsm.node_action(key, "resume")
-

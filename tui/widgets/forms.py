@@ -26,9 +26,12 @@ FORM_CSS = """
 }}
 {name} .title {{ text-style: bold; width: 100%; }}
 {name} VerticalScroll {{ height: auto; max-height: 1fr; }}
-{name} .row {{ height: auto; }}
-{name} .row Label {{ width: 16; padding: 1 1 0 0; text-align: right; }}
+{name} .row {{ height: 1; }}
+{name} .row Label {{ width: 16; padding: 0 1 0 0; text-align: right; }}
 {name} .row Input, {name} .row Select {{ width: 1fr; }}
+{name} .row Input {{ border: none; height: 1; padding: 0 1; background: $boost; }}
+{name} .row SelectCurrent {{ border: none; height: 1; padding: 0 1; }}
+{name} .row Select {{ height: 1; }}
 {name} .error {{ color: $error; height: auto; min-height: 1; }}
 {name} .ok {{ color: $success; height: auto; min-height: 1; }}
 {name} .buttons {{ height: auto; align-horizontal: right; }}
@@ -146,6 +149,7 @@ class SubmitForm(ModalScreen[api.SubmitReply | None]):
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Label("Submit a job  (ctrl+s submits, esc closes)", classes="title")
+            yield Static("", id="problem", classes="error")
             with VerticalScroll():
                 for key, label, hint in SUBMIT_FIELDS[:2]:
                     with Horizontal(classes="row"):
@@ -154,14 +158,20 @@ class SubmitForm(ModalScreen[api.SubmitReply | None]):
                 with Horizontal(classes="row"):
                     yield Label("Environment")
                     yield Select(
-                        [("process", "process"), ("venv", "venv"), ("conda", "conda"), ("docker image", "docker")],
-                        value="process", allow_blank=False, id="f-env_kind",
+                        [
+                            ("process", "process"),
+                            ("venv", "venv"),
+                            ("conda", "conda"),
+                            ("docker image", "docker"),
+                        ],
+                        value="process",
+                        allow_blank=False,
+                        id="f-env_kind",
                     )
                 for key, label, hint in SUBMIT_FIELDS[2:]:
                     with Horizontal(classes="row", id=f"row-{key}"):
                         yield Label(label)
                         yield Input(placeholder=hint, id=f"f-{key}")
-            yield Static("", id="problem", classes="error")
             with Horizontal(classes="buttons"):
                 yield Button("Cancel", id="cancel")
                 yield Button("Submit", id="submit", variant="primary", disabled=True)
@@ -177,7 +187,9 @@ class SubmitForm(ModalScreen[api.SubmitReply | None]):
 
     def _show_env_rows(self, kind: str) -> None:
         for key in ("venv", "conda", "image"):
-            self.query_one(f"#row-{key}").display = (kind == "docker" and key == "image") or kind == key
+            self.query_one(f"#row-{key}").display = (
+                kind == "docker" and key == "image"
+            ) or kind == key
 
     def validate(self) -> api.JobSubmit | None:
         problem = self.query_one("#problem", Static)
@@ -248,7 +260,14 @@ class FormModal(ModalScreen[Any]):
     DEFAULT_CSS = FORM_CSS.format(name="FormModal")
     BINDINGS = [Binding("escape", "close", "Close"), Binding("ctrl+s", "ok", "OK")]
 
-    def __init__(self, title: str, fields: list[Field], action: Callable[[dict[str, str]], Awaitable[Any]], *, ok: str = "OK") -> None:
+    def __init__(
+        self,
+        title: str,
+        fields: list[Field],
+        action: Callable[[dict[str, str]], Awaitable[Any]],
+        *,
+        ok: str = "OK",
+    ) -> None:
         super().__init__()
         self.form_title = title
         self.fields = fields
@@ -263,11 +282,18 @@ class FormModal(ModalScreen[Any]):
                     yield Label(field.label)
                     if field.options:
                         yield Select(
-                            [(o, o) for o in field.options], value=field.value or field.options[0],
-                            allow_blank=False, id=f"f-{field.key}",
+                            [(o, o) for o in field.options],
+                            value=field.value or field.options[0],
+                            allow_blank=False,
+                            id=f"f-{field.key}",
                         )
                     else:
-                        yield Input(field.value, placeholder=field.placeholder, password=field.password, id=f"f-{field.key}")
+                        yield Input(
+                            field.value,
+                            placeholder=field.placeholder,
+                            password=field.password,
+                            id=f"f-{field.key}",
+                        )
             yield Static("", id="problem", classes="error")
             with Horizontal(classes="buttons"):
                 yield Button("Cancel", id="cancel")

@@ -45,21 +45,31 @@ class HelpScreen(ModalScreen[None]):
         table.add_column(style="bold cyan", no_wrap=True)
         table.add_column()
         seen: set[str] = set()
-        for key, active in self.target.active_bindings.items():
+        self.entries: list[tuple[str, str]] = []
+
+        def rank(item: tuple[str, object]) -> int:
+            node = item[1].node  # type: ignore[attr-defined]
+            return 0 if node is self.target else 1 if node is self.app else 2
+
+        for key, active in sorted(self.target.active_bindings.items(), key=rank):
             binding = active.binding
             if not binding.description or binding.action in seen:
                 continue
             seen.add(binding.action)
             style = "" if active.enabled else "dim"
-            table.add_row(self.app.get_key_display(binding), Text(binding.description, style=style))
-            del key
+            shown = self.app.get_key_display(binding) or key
+            self.entries.append((shown, binding.description))
+            table.add_row(shown, Text(binding.description, style=style))
         commands = Table.grid(padding=(0, 2))
         commands.add_column(style="bold cyan")
         commands.add_column()
         for cmd, what in COMMANDS_HELP:
             commands.add_row(cmd, what)
         with VerticalScroll():
-            yield Label(f"Keys on this screen ({self.target.title or type(self.target).__name__})", classes="title")
+            yield Label(
+                f"Keys on this screen ({self.target.title or type(self.target).__name__})",
+                classes="title",
+            )
             yield Static(table)
             yield Label("\nCommand line (press :)")
             yield Static(commands)

@@ -1,0 +1,98 @@
+"""Fixtures of the dashboard tests: a fake lab (test double) and a real master process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from fakes import NOW, FakeSource
+
+from tests.conftest import free_port
+from tui.app import MlsmApp
+
+MASTER_START_TIMEOUT_S = 30.0
+ADMIN_PASSWORD = "admin-password-1"
+MLSM = str(Path(sys.executable).parent / "mlsm")
+
+
+def make_app(source: FakeSource | None = None, **kwargs: object) -> MlsmApp:
+    """The real app over the fake source, with a frozen clock and no polling between steps."""
+    kwargs.setdefault("clock", lambda: NOW)
+    kwargs.setdefault("poll_s", 3600.0)
+    return MlsmApp(source or FakeSource(), **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def fake() -> FakeSource:
+    return FakeSource()
+
+
+@dataclass
+class RealMaster:
+    url: str
+    token: str
+    data_dir: Path
+    proc: subprocess.Popen[bytes]
+
+
+def route_exists(url: str, token: str, path: str) -> bool:
+    resp = httpx.get(url + path, headers={"Authorization": f"Bearer {token}"}, timeout=5)
+    return (
+        resp.status_code != 404
+        or ("not_found" in resp.text
+        and "route" not in resp.text.lower()
+        and resp.status_code != 404)
+    )
+
+
+@pytest.fixture
+def real_master(tmp_path: Path) -> Iterator[RealMaster]:
+    """``mlsm master`` on a free loopback port with superadmin ``admin``, logged in."""
+    from mlsm.client import Client
+
+    port = free_port()
+    data_dir = tmp_path / "master"
+    env = {**os.environ, "MLSM_PASSWORD": ADMIN_PASSWORD, "HOME": str(tmp_path)}
+    log = (tmp_path / "master.log").open("wb")
+    proc = subprocess.Popen(
+        [MLSM, "master", "--data-dir", str(data_dir), "--port", str(port), "--init-admin", "admin"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + MASTER_START_TIMEOUT_S
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"master exited: {(tmp_path / 'master.log').read_text()[-2000:]}")
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("master did not answer /healthz in time")
+            time.sleep(
+                0.1
+            )  # polling a subprocess with a deadline, not waiting for a condition blindly
+        with Client(url) as client:
+            token = client.login("admin", ADMIN_PASSWORD).token
+        yield RealMaster(url=url, token=token, data_dir=data_dir, proc=proc)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
