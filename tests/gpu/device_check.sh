@@ -81,7 +81,7 @@ kill $FPID; wait $FPID 2>/dev/null
 for _ in $(seq 300); do M job show "$J2" --json | grep -q '"state": "succeeded"' && break; sleep 0.2; done
 M job show "$J2" --json | grep -q '"state": "succeeded"' && echo "OK: job $J2 ran once the GPU was free" || { echo "FAIL: job $J2 did not run"; fail=1; }
 
-kill $APID $MPID; wait 2>/dev/null
+kill $APID $MPID; wait $APID $MPID 2>/dev/null
 echo; echo "--- agent log tail"; tail -5 "$W/agent.log"
 echo; [ $fail = 0 ] && echo "DEVICE CHECK OK" || echo "DEVICE CHECK FAILED"
 exit $fail
