@@ -18,9 +18,9 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tui"))
 
-from fakes import FakeSource, big_lab  # noqa: E402
+from fakes import FakeSource, big_lab
 
-from tui.app import MlsmApp  # noqa: E402
+from tui.app import MlsmApp
 
 
 async def main(idle_s: float, nodes: int, jobs: int) -> None:

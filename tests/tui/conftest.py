@@ -45,16 +45,6 @@ class RealMaster:
     proc: subprocess.Popen[bytes]
 
 
-def route_exists(url: str, token: str, path: str) -> bool:
-    resp = httpx.get(url + path, headers={"Authorization": f"Bearer {token}"}, timeout=5)
-    return (
-        resp.status_code != 404
-        or ("not_found" in resp.text
-        and "route" not in resp.text.lower()
-        and resp.status_code != 404)
-    )
-
-
 @pytest.fixture
 def real_master(tmp_path: Path) -> Iterator[RealMaster]:
     """``mlsm master`` on a free loopback port with superadmin ``admin``, logged in."""
