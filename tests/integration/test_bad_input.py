@@ -200,3 +200,36 @@ def test_no_unhandled_errors_in_the_log(master: Master) -> None:
     """Runs last in this module: nothing above made the master log an unhandled error."""
     bad = [r for r in master.log_records() if r.get("level") == "error" or r.get("status") == 500]
     assert not bad, bad
+
+
+def _int_param_routes() -> list[Any]:
+    app = create_app(Settings(data_dir="/nonexistent-mlsm-test"))
+    out = []
+    for route in app.routes:
+        if ":int}" not in route.path:
+            continue
+        for handler in getattr(route, "route_handlers", ()):
+            for method in getattr(handler, "http_methods", ()) or ():
+                if method == "OPTIONS":
+                    continue
+                marks = []
+                if route.path.startswith(("/api/v1/jobs/", "/api/v1/join-tokens/")):
+                    marks.append(
+                        pytest.mark.xfail(
+                            strict=True,
+                            reason="bug outside this suite's files: an id beyond 64 bits reaches "
+                            "the database driver (OverflowError) and answers 500",
+                        )
+                    )
+                out.append(
+                    pytest.param(method, route.path, id=f"{method} {route.path}", marks=marks)
+                )
+    return out
+
+
+@pytest.mark.parametrize(("method", "template"), _int_param_routes())
+def test_id_beyond_64_bits(master: Master, admin: str, method: str, template: str) -> None:
+    path = _PARAM.sub(lambda m: str(2**70) if m.group(2) == "int" else "x", template)
+    kwargs: dict[str, Any] = {"json": {}} if method in ("POST", "PATCH", "PUT") else {}
+    resp = master.request(method, path, token=admin, **kwargs)
+    _assert_4xx(resp)
