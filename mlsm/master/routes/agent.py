@@ -7,9 +7,11 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import msgspec
-from litestar import Request, Response, post
+from litestar import Request, Response, asgi, post
+from litestar.exceptions import MethodNotAllowedException
+from litestar.types import Receive, Scope, Send
 
-from mlsm.errors import ValidationError
+from mlsm.errors import PayloadTooLarge, ValidationError
 from mlsm.master.http import audit_target
 from mlsm.master.routes.common import principal, services
 from mlsm.wire import agent as w
@@ -22,8 +24,6 @@ async def _decode(request: Request[Any, Any, Any], decode: Callable[[bytes], T])
     body = await request.body()
     limit = services(request).settings.agent_max_body_bytes
     if len(body) > limit:
-        from mlsm.errors import PayloadTooLarge
-
         raise PayloadTooLarge(f"agent message of {len(body)} bytes exceeds the limit of {limit}")
     try:
         return decode(body)
@@ -37,6 +37,7 @@ def _reply(obj: Any) -> Response[bytes]:
     return Response(content=w.encoder.encode(obj), media_type=w.MSGPACK)
 
 
+_MSGPACK = w.MSGPACK.encode()
 _opts: dict[str, Any] = {"request_max_body_size": AGENT_BODY_LIMIT, "include_in_schema": False}
 
 
@@ -50,11 +51,44 @@ async def register(request: Request[Any, Any, Any]) -> Response[bytes]:
     return _reply(await services(request).nodes.register(req))
 
 
-@post("/agent/v1/heartbeat", opt={"role": "node"}, status_code=200, **_opts)
-async def heartbeat(request: Request[Any, Any, Any]) -> Response[bytes]:
-    hb = await _decode(request, w.decode_heartbeat)
-    reg = services(request).nodes
-    return _reply(await reg.heartbeat(reg.node_for(principal(request)), hb))
+@asgi("/agent/v1/heartbeat", opt={"role": "node"}, copy_scope=False)
+async def heartbeat(scope: Scope, receive: Receive, send: Send) -> None:
+    """The hot path (every node, every interval): a raw ASGI handler, no response machinery."""
+    if scope.get("method") != "POST":
+        raise MethodNotAllowedException()
+    st = scope["app"].state
+    limit = st.settings.agent_max_body_bytes
+    chunks: list[bytes] = []
+    size = 0
+    more = True
+    while more:
+        msg: Any = await receive()
+        part: bytes = msg.get("body", b"")
+        size += len(part)
+        if size > limit:
+            raise PayloadTooLarge(f"agent message exceeds the limit of {limit} bytes")
+        chunks.append(part)
+        more = bool(msg.get("more_body", False))
+    try:
+        hb = w.decode_heartbeat(b"".join(chunks))
+    except msgspec.ValidationError as exc:
+        raise ValidationError(f"invalid agent message: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ValidationError(f"malformed MessagePack: {exc}") from None
+    reg = st.nodes
+    reply = await reg.heartbeat(reg.node_for(scope["user"]), hb)
+    payload = w.encoder.encode(reply)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", _MSGPACK),
+                (b"content-length", str(len(payload)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload, "more_body": False})
 
 
 @post("/agent/v1/commands", opt={"role": "node"}, status_code=200, **_opts)

@@ -44,6 +44,7 @@ FOLLOW_POLL_S = 5.0  # a follower re-checks the job's state at least this often
 KILL_GRACE_S = 10.0
 MAX_ARRAY_TASKS = 10_000
 ASSIGN_GRACE_S = 60.0  # an assigned job the agent has not mentioned for this long is re-sent
+MISSED_REPORTS_LOST = 2  # full reports in a row without a running job: the agent lost it
 
 
 @dataclass(slots=True)
@@ -57,6 +58,7 @@ class Active:
     assigned_at: float
     gpu_count: int
     array_parent: int | None
+    missed: int = 0  # full reports in a row from its node that did not mention it
 
 
 def parse_array(spec: str) -> tuple[list[int], int]:
@@ -527,6 +529,22 @@ class JobService:
                 sched.decay_usage(self._usage.get(user, 0.0), dt, hl), held.get(user, 0), dt
             )
 
+    def _effective_usage(self) -> dict[str, float]:
+        """Recent GPU-hours plus the scheduler's placement charge for what users hold now.
+
+        A pass charges each placement as it goes, so that users alternate; a job placed in
+        an earlier pass and still holding its GPUs is charged the same, so the order does
+        not depend on how the queue happened to be split into passes (without this, two
+        users with equal history never alternate: ties go to the older job).
+        """
+        out = dict(self._usage)
+        for a in self._active.values():
+            charge = (
+                a.gpu_count * sched.PASS_CHARGE_GPU_HOURS if a.gpu_count else sched.CPU_JOB_CHARGE
+            )
+            out[a.user] = out.get(a.user, 0.0) + charge
+        return out
+
     async def schedule_pass(self) -> sched.SchedResult | None:
         if not self._pending:
             return None
@@ -544,7 +562,7 @@ class JobService:
             running_array=running_array,
             user_gpus_in_use=in_use,
             user_caps=self._caps,
-            usage=self._usage,
+            usage=self._effective_usage(),
         )
         result = sched.schedule(list(self._pending.values()), self._node_caps(now), ctx)
         await self._apply(result, now)
@@ -666,9 +684,18 @@ class JobService:
         if full:
             seen = {r.job_id for r in reports}
             for a in self._active.values():
-                if a.node_id == node.id and a.job_id not in seen:
-                    if a.state == "running" or now - a.assigned_at > ASSIGN_GRACE_S:
+                if a.node_id != node.id:
+                    continue
+                if a.job_id in seen:
+                    a.missed = 0
+                elif a.state == "running":
+                    # One heartbeat may have been sampled before the job's start event was
+                    # sent; only a second one in a row that lacks it means the agent lost it.
+                    a.missed += 1
+                    if a.missed >= MISSED_REPORTS_LOST:
                         missing.append(a)
+                elif now - a.assigned_at > ASSIGN_GRACE_S:
+                    missing.append(a)
         if updates or missing:
             async with self.db.transaction() as s:
                 for jid, rep in updates.items():

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from mlsm import MIN_AGENT_PROTOCOL, PROTOCOL_VERSION
 from mlsm.config import Settings
@@ -36,6 +36,7 @@ FLUSH_INTERVAL_S = 5.0
 WATCH_INTERVAL_S = 1.0
 PRUNE_INTERVAL_S = 3600.0
 _cmd_decoder = msgspec.msgpack.Decoder(w.Command)
+_SET_LAST_SEEN = text("UPDATE nodes SET last_seen = :ls WHERE id = :id")
 
 
 @dataclass(eq=False)
@@ -58,6 +59,7 @@ class LiveNode:
     outbox: dict[int, w.Command] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     dirty: bool = False
+    info_dirty: bool = False
     lost: bool = False  # lease expired and its jobs were handled
 
 
@@ -140,15 +142,18 @@ class NodeRegistry:
                 log.exception("node registry background step failed; carrying on")
 
     async def flush(self) -> None:
-        dirty = [n for n in self.nodes.values() if n.dirty]
-        if dirty:
+        seen = [{"ls": n.last_seen, "id": n.id} for n in self.nodes.values() if n.dirty]
+        infos = [n for n in self.nodes.values() if n.info_dirty]
+        if seen or infos:
+            for n in self.nodes.values():
+                n.dirty = False
             async with self.db.transaction() as s:
-                for n in dirty:
-                    n.dirty = False
+                if seen:  # one executemany for every node that heartbeated
+                    await s.execute(_SET_LAST_SEEN, seen)
+                for n in infos:
+                    n.info_dirty = False
                     await s.execute(
-                        update(Node)
-                        .where(Node.id == n.id)
-                        .values(last_seen=n.last_seen, info=msgspec.to_builtins(n.info))
+                        update(Node).where(Node.id == n.id).values(info=msgspec.to_builtins(n.info))
                     )
         await self.history.flush()
 
@@ -321,8 +326,9 @@ class NodeRegistry:
         n.last_seen = now
         n.lost = False
         n.protocol = hb.protocol
-        if hb.info is not None:
+        if hb.info is not None and hb.info != n.info:
             n.info = hb.info
+            n.info_dirty = True
         n.host = hb.host
         n.gpus = hb.gpus
         n.gpu_error = hb.gpu_error

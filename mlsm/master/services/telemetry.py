@@ -2,8 +2,9 @@
 the database.
 
 Per node, each series (``cpu``, ``mem``, ``gpu<i>.util``, ``gpu<i>.mem``, ``gpu<i>.temp``,
-``gpu<i>.power``) keeps a ring of float32 samples (``array('f')``: 4 bytes a point, so 500
-nodes x 8 GPUs x one hour cost ~120 MB at most) and a running minute bucket. Finished
+``gpu<i>.power``) keeps a ring of uint16 tenths (2 bytes a point, one shared timestamp
+column per node: 500 nodes x 8 GPUs x one hour at 2 s cost ~70 MB) and a running minute
+bucket. Finished
 minutes queue up and are written by :meth:`History.flush` in one transaction for all nodes;
 nothing here touches the database per heartbeat.
 """
@@ -13,9 +14,9 @@ from __future__ import annotations
 import time
 from array import array
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, select, text
 
 from mlsm.master.db import Database
 from mlsm.master.db.models import MetricPoint
@@ -23,34 +24,69 @@ from mlsm.wire.agent import GpuSample, HostSample
 from mlsm.wire.api import HistoryPoint
 
 MEMORY_WINDOW_S = 3600.0
+_INSERT_POINT = text(
+    "INSERT INTO metric_points (node_id, series, ts, mean, max) VALUES (:n, :s, :t, :a, :x)"
+)
 MINUTE_S = 60.0
 
 
-class _Ring:
-    """Fixed-size ring of (ts, value) as two float arrays."""
+MISSING = 0xFFFF  # a series without a value at that sample (e.g. a GPU that errored)
+SCALE = 10.0  # values are kept as uint16 tenths: 0.0 .. 6553.4 (percent, Celsius, watts)
 
-    __slots__ = ("n", "pos", "size", "ts", "val")
+
+def _enc(v: float) -> int:
+    return min(MISSING - 1, max(0, int(v * SCALE + 0.5)))
+
+
+class _NodeHistory:
+    """One node's ring: a shared timestamp column and a uint16 column per series.
+
+    Arrays grow by appending until the window is full, then wrap; a series that appears
+    later is back-filled with MISSING. Per point: 8 bytes of time per node plus 2 bytes per
+    series, so a node with 8 GPUs costs about 140 KiB for an hour at a 2 s interval.
+    """
+
+    __slots__ = ("buckets", "n", "pos", "size", "ts", "vals")
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.ts = array("d", bytes(8 * size))
-        self.val = array("f", bytes(4 * size))
-        self.pos = 0
+        self.ts = array("d")
+        self.vals: dict[str, array[int]] = {}
+        self.pos = 0  # next slot to overwrite once full (= the oldest)
         self.n = 0
+        self.buckets: dict[str, _Bucket] = {}
 
-    def add(self, ts: float, v: float) -> None:
-        self.ts[self.pos] = ts
-        self.val[self.pos] = v
-        self.pos = (self.pos + 1) % self.size
-        self.n = min(self.n + 1, self.size)
+    def add(self, ts: float, pairs: list[tuple[str, float]]) -> None:
+        if self.n < self.size:
+            idx = self.n
+            self.ts.append(ts)
+            for arr in self.vals.values():
+                arr.append(MISSING)
+            self.n += 1
+        else:
+            idx = self.pos
+            self.ts[idx] = ts
+            self.pos = (self.pos + 1) % self.size
+            for arr in self.vals.values():
+                arr[idx] = MISSING
+        for name, v in pairs:
+            col = self.vals.get(name)
+            if col is None:
+                col = self.vals[name] = array("H", [MISSING]) * len(self.ts)
+            col[idx] = _enc(v)
 
-    def since(self, start: float) -> list[tuple[float, float]]:
-        out = []
-        first = (self.pos - self.n) % self.size
-        for i in range(self.n):
-            j = (first + i) % self.size
-            if self.ts[j] >= start:
-                out.append((self.ts[j], float(self.val[j])))
+    def order(self) -> list[int]:
+        if self.n < self.size:
+            return list(range(self.n))
+        return list(range(self.pos, self.size)) + list(range(self.pos))
+
+    def since(self, start: float) -> dict[str, list[tuple[float, float]]]:
+        idx = [i for i in self.order() if self.ts[i] >= start]
+        out: dict[str, list[tuple[float, float]]] = {}
+        for name, arr in self.vals.items():
+            pts = [(self.ts[i], arr[i] / SCALE) for i in idx if arr[i] != MISSING]
+            if pts:
+                out[name] = pts
         return out
 
 
@@ -60,12 +96,6 @@ class _Bucket:
     total: float = 0.0
     count: int = 0
     peak: float = float("-inf")
-
-
-@dataclass(slots=True)
-class _NodeHistory:
-    rings: dict[str, _Ring] = field(default_factory=dict)
-    buckets: dict[str, _Bucket] = field(default_factory=dict)
 
 
 def series_of(host: HostSample, gpus: Iterable[GpuSample]) -> list[tuple[str, float]]:
@@ -94,13 +124,11 @@ class History:
     def record(self, node_id: int, ts: float, host: HostSample, gpus: Iterable[GpuSample]) -> None:
         h = self._nodes.get(node_id)
         if h is None:
-            h = self._nodes[node_id] = _NodeHistory()
+            h = self._nodes[node_id] = _NodeHistory(self.ring_size)
         minute = ts - (ts % MINUTE_S)
-        for name, v in series_of(host, gpus):
-            ring = h.rings.get(name)
-            if ring is None:
-                ring = h.rings[name] = _Ring(self.ring_size)
-            ring.add(ts, v)
+        pairs = series_of(host, gpus)
+        h.add(ts, pairs)
+        for name, v in pairs:
             b = h.buckets.get(name)
             if b is None:
                 b = h.buckets[name] = _Bucket(minute=minute)
@@ -108,11 +136,11 @@ class History:
                 if b.count:
                     self._pending.append(
                         {
-                            "node_id": node_id,
-                            "series": name,
-                            "ts": b.minute,
-                            "mean": b.total / b.count,
-                            "max": b.peak,
+                            "n": node_id,
+                            "s": name,
+                            "t": b.minute,
+                            "a": b.total / b.count,
+                            "x": b.peak,
                         }
                     )
                 b.minute, b.total, b.count, b.peak = minute, 0.0, 0, float("-inf")
@@ -132,8 +160,8 @@ class History:
         if not self._pending:
             return 0
         batch, self._pending = self._pending, []
-        async with self.db.transaction() as s:
-            await s.execute(insert(MetricPoint), batch)
+        async with self.db.transaction() as s:  # one executemany, no ORM work per point
+            await s.execute(_INSERT_POINT, batch)
         return len(batch)
 
     async def prune(self, now: float | None = None) -> None:
@@ -151,8 +179,8 @@ class History:
             h = self._nodes.get(node_id)
             series: dict[str, list[HistoryPoint]] = {}
             if h is not None:
-                for name, ring in h.rings.items():
-                    series[name] = [HistoryPoint(ts=t, mean=v, max=v) for t, v in ring.since(start)]
+                for name, pts in h.since(start).items():
+                    series[name] = [HistoryPoint(ts=t, mean=v, max=v) for t, v in pts]
             return 0.0, series
         async with self.db.session() as s:
             rows = (
