@@ -116,10 +116,19 @@ def main(argv: list[str] | None = None) -> Any:
         exc.show()
         sys.exit(exc.exit_code)
     except MlsmError as exc:
-        click.echo(f"mlsm: error: {exc.message}", err=True)
+        click.echo(f"mlsm: error: {_one_line(exc)}", err=True)
         sys.exit(2 if exc.code in ("config_invalid", "validation_error", "bad_request") else 1)
     except KeyboardInterrupt:
         click.echo("mlsm: interrupted", err=True)
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
+
+
+def _one_line(exc: Any) -> str:
+    """The error's message on one line, led by the field a validation error names."""
+    message = " ".join(str(exc.message).split())
+    path = exc.details.get("path") if exc.code == "validation_error" else None
+    if isinstance(path, str) and path and not message.startswith(path):
+        return f"{path}: {message}"
+    return message

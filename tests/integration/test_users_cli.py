@@ -78,6 +78,12 @@ def test_admin_adds_a_member_and_it_can_log_in(
     assert _me(master, master.login("alice", "alice-password")).json()["role"] == "member"
 
 
+def test_invalid_user_name_names_the_field(master: Master, mlsm_cli: Cli) -> None:
+    res = mlsm_cli(["user", "add", "Bad Name"], token=master.admin_token, password=USER_PASSWORD)
+    assert_one_line_error(res)
+    assert res.err.startswith("mlsm: error: username: "), res
+
+
 def test_admin_cannot_create_or_promote_admins(
     master: Master, mlsm_cli: Cli, make_user: Callable[..., str]
 ) -> None:
