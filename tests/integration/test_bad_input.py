@@ -13,8 +13,7 @@ import msgspec
 import pytest
 
 from mlsm.config import Settings
-from mlsm.master.app import create_app
-from tests.integration.helpers import Master, agent_error_of, error_of
+from tests.integration.helpers import Master, agent_error_of, error_of, route_table
 
 _PARAM = re.compile(r"\{(\w+):(\w+)\}")
 DUMMY_BY_TYPE = {"int": "999999", "str": "no-such-thing"}
@@ -24,20 +23,13 @@ MUTATING = ("POST", "PUT", "PATCH", "DELETE")
 
 
 def _routes() -> list[tuple[str, str, Any]]:
-    """(method, path template, data type) of every handler that reads a body."""
-    app = create_app(Settings(data_dir="/nonexistent-mlsm-test"))
+    """(method, path template, data type or None) of every mutating handler."""
     out = []
-    for route in app.routes:
-        for handler in getattr(route, "route_handlers", ()):
-            methods = [m for m in (getattr(handler, "http_methods", ()) or ()) if m in MUTATING]
-            for method in methods:
-                hints = typing.get_type_hints(handler.fn)
-                data_type = (
-                    hints.get("data")
-                    if "data" in inspect.signature(handler.fn).parameters
-                    else None
-                )
-                out.append((method, route.path, data_type))
+    for method, path, handler in route_table():
+        if method in MUTATING:
+            fn = handler.fn
+            takes_data = "data" in inspect.signature(fn).parameters
+            out.append((method, path, typing.get_type_hints(fn)["data"] if takes_data else None))
     return sorted(out, key=lambda r: (r[1], r[0]))
 
 
@@ -203,27 +195,20 @@ def test_no_unhandled_errors_in_the_log(master: Master) -> None:
 
 
 def _int_param_routes() -> list[Any]:
-    app = create_app(Settings(data_dir="/nonexistent-mlsm-test"))
     out = []
-    for route in app.routes:
-        if ":int}" not in route.path:
+    for method, path, _ in route_table():
+        if ":int}" not in path:
             continue
-        for handler in getattr(route, "route_handlers", ()):
-            for method in getattr(handler, "http_methods", ()) or ():
-                if method == "OPTIONS":
-                    continue
-                marks = []
-                if route.path.startswith(("/api/v1/jobs/", "/api/v1/join-tokens/")):
-                    marks.append(
-                        pytest.mark.xfail(
-                            strict=True,
-                            reason="bug outside this suite's files: an id beyond 64 bits reaches "
-                            "the database driver (OverflowError) and answers 500",
-                        )
-                    )
-                out.append(
-                    pytest.param(method, route.path, id=f"{method} {route.path}", marks=marks)
+        marks = []
+        if path.startswith(("/api/v1/jobs/", "/api/v1/join-tokens/")):
+            marks.append(
+                pytest.mark.xfail(
+                    strict=True,
+                    reason="bug outside this suite's files: an id beyond 64 bits reaches "
+                    "the database driver (OverflowError) and answers 500",
                 )
+            )
+        out.append(pytest.param(method, path, id=f"{method} {path}", marks=marks))
     return out
 
 
