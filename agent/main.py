@@ -47,6 +47,8 @@ JOB_CHECK_S = 0.2
 LOG_PUMP_S = 0.5
 SCAN_INTERVAL_S = 30.0
 STATE_SAVE_S = 10.0
+LOG_FLUSH_S = 5.0  # how long a job's end waits for its log to reach the master, per try
+FINAL_WAIT_MAX_S = 120.0  # after this, a job's end is reported even if its log is refused
 
 
 def backoff(attempt: int) -> float:
@@ -129,6 +131,7 @@ class Agent:
             self.scanner = DatasetScanner(cfg.dataset_roots)
         self.last_error = ""
         self._finished: list[tuple[AdoptRecord, w.JobReport]] = []
+        self._finish_tries: dict[int, float] = {}  # job id -> when its end was first sent
         self._want_full = True
 
     # ---------------------------------------------------------------- facts
@@ -243,7 +246,7 @@ class Agent:
                 host=host,
                 gpus=gpus,
                 gpu_error=gpu_err or self.gpu_error,
-                jobs=[r.report for r in self.jobs.values()],
+                jobs=self._job_reports(),
                 datasets_digest=self.scanner.catalog_digest if self.scanner is not None else "",
             )
             try:
@@ -275,6 +278,28 @@ class Agent:
                     "master unreachable (%s: %s); retrying in %.1f s", type(exc).__name__, exc, wait
                 )
             await self._sleep(wait)
+
+    def _job_reports(self) -> list[w.JobReport]:
+        """Every job this node has, for a heartbeat (the master's full view of the node).
+
+        A job that ended but whose final report (sent after its log) has not reached the
+        master yet is still listed as running: left out, the master would take it for a job
+        the agent lost and interrupt it.
+        """
+        out = [r.report for r in self.jobs.values()]
+        for rec, _ in self._finished:
+            if rec.job_id not in self.jobs:
+                out.append(
+                    w.JobReport(
+                        job_id=rec.job_id,
+                        attempt=rec.attempt,
+                        state="running",
+                        pid=rec.pid,
+                        container_id=rec.container_id,
+                        started_at=rec.started_at,
+                    )
+                )
+        return out
 
     def _attribute_gpu_processes(self, gpus: list[w.GpuSample]) -> None:
         sessions: dict[int, int] = {}
@@ -471,17 +496,21 @@ class Agent:
             await self._sleep(JOB_CHECK_S)
 
     async def _report_finished(self) -> None:
-        pending = []
-        for rec, final in self._finished:
-            await self.shipper.flush(rec.job_id, timeout_s=5.0)
+        # Entries leave the list only once delivered, so a heartbeat sent meanwhile still
+        # lists the job (see _job_reports).
+        for item in list(self._finished):
+            rec, final = item
+            first_try = self._finish_tries.setdefault(rec.job_id, time.monotonic())
+            flushed = await self.shipper.flush(rec.job_id, timeout_s=LOG_FLUSH_S)
+            if not flushed and time.monotonic() - first_try < FINAL_WAIT_MAX_S:
+                continue  # the end goes after the whole log, so a follower misses nothing
             final.log_size = self.shipper.offset(rec.job_id) or 0
             if await self._send_events([final]):
+                self._finished.remove(item)
+                self._finish_tries.pop(rec.job_id, None)
                 self.shipper.forget(rec.job_id)
                 self.state.remove(rec.job_id)
-            else:
-                pending.append((rec, final))
-        self._finished = pending
-        if pending:
+        if self._finished:
             await self._sleep(backoff(1))
 
     async def _log_loop(self) -> None:

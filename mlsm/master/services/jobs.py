@@ -441,6 +441,7 @@ class JobService:
     def _finish_row(
         self, r: JobRow, state: str, reason: str, now: float, exit_code: int | None = None
     ) -> None:
+        self._update_usage(time.time())  # charge its GPUs up to its end, before release
         r.state = state
         r.reason = reason
         r.ended_at = now
@@ -515,6 +516,11 @@ class JobService:
         return out
 
     def _update_usage(self, now: float) -> None:
+        """Charge the GPUs running jobs hold since the last update, decayed.
+
+        Called before the set of running jobs changes (a start, an end), so every job is
+        charged for exactly its run, however short, not just for the ticks it overlapped.
+        """
         dt = now - self._usage_at
         if dt <= 0:
             return
@@ -711,6 +717,7 @@ class JobService:
                                 *r.history,
                                 _event("running", f"pid {rep.pid}" if rep.pid else ""),
                             ]
+                            self._update_usage(time.time())  # charged from now on
                             a.state = "running"
                         continue
                     ended = True
@@ -761,6 +768,7 @@ class JobService:
 
     def _interrupt(self, r: JobRow, why: str, now: float) -> None:
         if r.attempt < r.retries:
+            self._update_usage(time.time())
             r.history = [
                 *r.history,
                 _event("interrupted", why),
