@@ -15,6 +15,10 @@ import click
 
 from mlsm import PROTOCOL_VERSION, __version__
 
+# httpx imports its own command-line tool (and with it rich and pygments, ~55 ms) only to
+# offer `httpx.main`, which mlsm never uses; every CLI call would pay for it at start-up.
+sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+
 # name -> (module, attribute, short help)
 _COMMANDS: dict[str, tuple[str, str, str]] = {
     "ui": ("mlsm.cli.local", "ui", "Open the dashboard."),

@@ -160,7 +160,6 @@ def create_app(
     app = Litestar(
         route_handlers=handlers,
         guards=[role_guard],
-        middleware=[RequestMiddleware()],
         exception_handlers={Exception: handle_exception},
         request_max_body_size=settings.max_body_bytes,
         lifespan=[lifespan],
@@ -174,4 +173,7 @@ def create_app(
         debug=False,
         logging_config=None,
     )
+    # Around the whole app rather than per route, so unrouted requests (404, 405) get a
+    # request id and a log line too.
+    app.asgi_handler = RequestMiddleware()(app.asgi_handler)
     return app

@@ -97,8 +97,14 @@ async def role_guard(
 ) -> None:
     """The single guard: authenticate the caller and check the route's declared role."""
     need = handler.opt.get("role")
-    if need == "public" or (need is None and connection.scope["path"].startswith(SCHEMA_PATH)):
-        return
+    if need == "public" or (
+        need is None
+        and (
+            connection.scope["path"].startswith(SCHEMA_PATH)
+            or connection.scope.get("method") == "OPTIONS"
+        )
+    ):
+        return  # OpenAPI document, and Litestar's automatic OPTIONS answers (they run no handler code)
     if need not in ROUTE_ROLES:
         raise PermissionDenied("this route declares no role")
     auth = connection.app.state.auth

@@ -38,7 +38,7 @@ NodeState = Literal["online", "stale", "offline", "draining"]
 
 
 # ---------------------------------------------------------------- auth
-class LoginRequest(Struct, kw_only=True):
+class LoginRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     username: UserName
     password: Annotated[str, Meta(min_length=1, max_length=1024)]
 

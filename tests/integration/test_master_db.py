@@ -127,11 +127,6 @@ def test_one_json_log_line_per_request_and_request_id_echoed(master: Master) -> 
     assert found[anonymous][0]["status"] == 401
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in mlsm/master/app.py: RequestMiddleware is route-level middleware, so a "
-    "request that matches no route (404, 405) gets no X-Request-ID and no log line",
-)
 def test_unrouted_requests_get_a_request_id_and_a_log_line(master: Master) -> None:
     for method, path in (("GET", "/api/v1/no-such-route"), ("DELETE", "/healthz")):
         resp = master.request(method, path, headers={"X-Request-ID": f"unrouted-{method}"})

@@ -7,6 +7,7 @@ migrations (copying a SQLite file aside first) and refuses a database newer than
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import time
@@ -76,6 +77,8 @@ class Database:
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._write_lock: asyncio.Lock | None = asyncio.Lock() if self.is_sqlite else None
+        self._write_owner: asyncio.Task[Any] | None = None
 
     @property
     def backend(self) -> str:
@@ -88,8 +91,29 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
-        async with self.sessionmaker() as s, s.begin():
-            yield s
+        """A read-write transaction, committed on exit.
+
+        SQLite has one writer at a time; connections that collide wait in SQLite's busy
+        handler, which sleeps in growing steps (up to 100 ms). So on SQLite the master's own
+        writers queue on an asyncio lock instead: no sleeping, first come first served.
+        The lock is re-entrant per task, so a nested transaction does not deadlock on it.
+        """
+        if self._write_lock is None:
+            async with self.sessionmaker() as s, s.begin():
+                yield s
+            return
+        task = asyncio.current_task()
+        if self._write_owner is task:
+            async with self.sessionmaker() as s, s.begin():
+                yield s
+            return
+        async with self._write_lock:
+            self._write_owner = task
+            try:
+                async with self.sessionmaker() as s, s.begin():
+                    yield s
+            finally:
+                self._write_owner = None
 
     async def current_revision(self) -> str | None:
         async with self.engine.connect() as conn:

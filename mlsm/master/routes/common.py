@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Request
+from litestar.params import Parameter
 
 from mlsm.master.security import Principal
 
@@ -17,3 +18,7 @@ def principal(request: Request[Any, Any, Any]) -> Principal:
 
 def services(request: Request[Any, Any, Any]) -> Any:
     return request.app.state
+
+
+#: A database id in a path: positive and within 64 bits, so it never overflows a driver.
+DbId = Annotated[int, Parameter(ge=1, le=2**63 - 1)]

@@ -8,7 +8,7 @@ from litestar.params import Parameter
 from litestar.response import ServerSentEvent, Stream
 
 from mlsm.master.http import audit_target
-from mlsm.master.routes.common import principal, services
+from mlsm.master.routes.common import DbId, principal, services
 from mlsm.wire import api
 
 MAX_LIST = 10_000
@@ -38,7 +38,7 @@ async def list_jobs(
 
 
 @get("/api/v1/jobs/{job_id:int}", opt={"role": "member"}, tags=["jobs"])
-async def show_job(request: Request[Any, Any, Any], job_id: int) -> api.Job:
+async def show_job(request: Request[Any, Any, Any], job_id: DbId) -> api.Job:
     return await services(request).jobs.get(principal(request), job_id)
 
 
@@ -59,7 +59,7 @@ async def cancel_jobs(request: Request[Any, Any, Any], data: api.CancelRequest) 
     status_code=200,
     tags=["jobs"],
 )
-async def release_job(request: Request[Any, Any, Any], job_id: int) -> api.Job:
+async def release_job(request: Request[Any, Any, Any], job_id: DbId) -> api.Job:
     audit_target(request, f"job:{job_id}")
     return await services(request).jobs.release(principal(request), job_id)
 
@@ -67,7 +67,7 @@ async def release_job(request: Request[Any, Any, Any], job_id: int) -> api.Job:
 @get("/api/v1/jobs/{job_id:int}/log", opt={"role": "member"}, tags=["jobs"])
 async def job_log(
     request: Request[Any, Any, Any],
-    job_id: int,
+    job_id: DbId,
     offset: int = Parameter(default=0, ge=0),
     limit: int | None = Parameter(default=None, ge=1),
 ) -> Stream:
@@ -79,7 +79,7 @@ async def job_log(
 
 @get("/api/v1/jobs/{job_id:int}/log/follow", opt={"role": "member"}, tags=["jobs"])
 async def follow_log(
-    request: Request[Any, Any, Any], job_id: int, offset: int = Parameter(default=0, ge=0)
+    request: Request[Any, Any, Any], job_id: DbId, offset: int = Parameter(default=0, ge=0)
 ) -> ServerSentEvent:
     events = services(request).jobs.follow(principal(request), job_id, offset)
     first = await anext(

@@ -7,7 +7,7 @@ from litestar.params import Parameter
 
 from mlsm.errors import ValidationError
 from mlsm.master.http import audit_target
-from mlsm.master.routes.common import principal, services
+from mlsm.master.routes.common import DbId, principal, services
 from mlsm.wire import api
 
 
@@ -32,7 +32,7 @@ async def create_join_token(
     status_code=200,
     tags=["nodes"],
 )
-async def revoke_join_token(request: Request[Any, Any, Any], token_id: int) -> dict[str, bool]:
+async def revoke_join_token(request: Request[Any, Any, Any], token_id: DbId) -> dict[str, bool]:
     audit_target(request, f"join_token:{token_id}")
     await services(request).nodes.revoke_join_token(token_id)
     return {"ok": True}

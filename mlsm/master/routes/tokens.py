@@ -1,16 +1,14 @@
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 from litestar import Request, delete, get, post
-from litestar.params import Parameter
 
 from mlsm.master.http import audit_target
-from mlsm.master.routes.common import principal, services
+from mlsm.master.routes.common import DbId, principal, services
 from mlsm.wire import api
 
 # Ids are 64-bit in the database; a larger number is a bad request, not a driver overflow.
-TokenId = Annotated[int, Parameter(ge=1, le=2**63 - 1)]
 
 
 @get("/api/v1/tokens", opt={"role": "member"}, tags=["tokens"])
@@ -32,7 +30,7 @@ async def create_token(
     status_code=200,
     tags=["tokens"],
 )
-async def revoke_token(request: Request[Any, Any, Any], token_id: TokenId) -> dict[str, bool]:
+async def revoke_token(request: Request[Any, Any, Any], token_id: DbId) -> dict[str, bool]:
     audit_target(request, f"token:{token_id}")
     await services(request).auth.revoke(principal(request), token_id)
     return {"ok": True}
