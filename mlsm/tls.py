@@ -9,7 +9,9 @@ compares its fingerprint, and then trusts exactly that certificate for the real 
 from __future__ import annotations
 
 import hashlib
+import os
 import ssl
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from mlsm.errors import ConfigError, UnavailableError
@@ -58,3 +60,60 @@ def pinned_context(fingerprint: str, url: str) -> ssl.SSLContext:
     ctx.check_hostname = False
     ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     return ctx
+
+
+SELF_SIGNED_DAYS = 3650
+
+
+def ensure_self_signed(directory: Path, hostnames: list[str]) -> tuple[Path, Path]:
+    """A self-signed certificate for the master in ``directory`` (made once, then reused).
+
+    Nobody needs to trust it through a CA: join tokens carry its fingerprint, and
+    ``mlsm login --fingerprint`` pins it for people.
+    """
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    cert_path, key_path = directory / "tls-cert.pem", directory / "tls-key.pem"
+    if cert_path.exists() and key_path.exists():
+        return cert_path, key_path
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = ec.generate_private_key(ec.SECP256R1())
+    names: list[x509.GeneralName] = []
+    for h in hostnames:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(h)))
+        except ValueError:
+            names.append(x509.DNSName(h))
+    subject = x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0] if hostnames else "mlsm-master")]
+    )
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=SELF_SIGNED_DAYS))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return cert_path, key_path

@@ -13,17 +13,38 @@ from mlsm.cli.common import read_password, settings_from
 @click.option("--tls-cert", help="Serve HTTPS with this certificate (PEM).")
 @click.option("--tls-key", help="Private key of --tls-cert (PEM).")
 @click.option(
+    "--tls-self-signed",
+    is_flag=True,
+    help="Serve HTTPS with a self-signed certificate kept in the data dir.",
+)
+@click.option(
     "--init-admin",
     metavar="NAME",
     help="Create this superadmin if there are no users (password: prompt or MLSM_PASSWORD).",
 )
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.pass_context
-def master(ctx: click.Context, init_admin: str | None, **flags: object) -> None:
+def master(
+    ctx: click.Context, init_admin: str | None, tls_self_signed: bool, **flags: object
+) -> None:
     """Run the master server (foreground; use the systemd unit for a service)."""
     from mlsm.master.server import run_master
 
     settings = settings_from(ctx, **flags)
+    if tls_self_signed and not settings.tls_cert:
+        import socket
+
+        import msgspec
+
+        from mlsm.tls import ensure_self_signed
+
+        hosts = [socket.getfqdn(), socket.gethostname(), "localhost", "127.0.0.1"]
+        if settings.host not in ("0.0.0.0", "::", ""):
+            hosts.insert(0, settings.host)
+        cert, key = ensure_self_signed(
+            settings.data_path, list(dict.fromkeys(h for h in hosts if h))
+        )
+        settings = msgspec.structs.replace(settings, tls_cert=str(cert), tls_key=str(key))
     password = None
     if init_admin:
         import msgspec

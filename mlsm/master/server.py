@@ -60,6 +60,13 @@ def run_master(
         server_header=False,
     )
     server = uvicorn.Server(config)
+    if settings.tls_cert:
+        from mlsm.tls import fingerprint_of_file
+
+        log.info(
+            "TLS certificate fingerprint sha256:%s (join tokens carry it)",
+            fingerprint_of_file(settings.tls_cert),
+        )
     log.info(
         "master listening on %s://%s:%s (database: %s, pid %s)",
         "https" if settings.tls_cert else "http",
