@@ -17,6 +17,7 @@ import random
 import signal
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,8 @@ JOB_CHECK_S = 0.2
 LOG_PUMP_S = 0.5
 SCAN_INTERVAL_S = 30.0
 STATE_SAVE_S = 10.0
+FORBIDDEN = 403
+REFUSED_RETRY_INTERVALS = 4  # a refused heartbeat is retried within this many intervals
 LOG_FLUSH_S = 5.0  # how long a job's end waits for its log to reach the master, per try
 FINAL_WAIT_MAX_S = 120.0  # after this, a job's end is reported even if its log is refused
 
@@ -130,6 +133,11 @@ class Agent:
 
             self.scanner = DatasetScanner(cfg.dataset_roots)
         self.last_error = ""
+        # Commands other than StartJob/CancelJob, by type: filled by feature modules
+        # (e.g. agent.datasets.service for imports, copies, deletes and digests).
+        self.command_handlers: dict[type, Callable[[Any], Awaitable[None]]] = {}
+        # Progress of running transfers (command id -> latest), sent with each heartbeat.
+        self.transfers: dict[int, w.TransferProgress] = {}
         self._finished: list[tuple[AdoptRecord, w.JobReport]] = []
         self._finish_tries: dict[int, float] = {}  # job id -> when its end was first sent
         self._want_full = True
@@ -248,6 +256,7 @@ class Agent:
                 gpu_error=gpu_err or self.gpu_error,
                 jobs=self._job_reports(),
                 datasets_digest=self.scanner.catalog_digest if self.scanner is not None else "",
+                transfers=list(self.transfers.values()),
             )
             try:
                 reply = await self.link.call("heartbeat", hb, w.decode_heartbeat_reply)
@@ -255,25 +264,29 @@ class Agent:
                 if failures:
                     log.info("the master is back after %d failed heartbeat(s)", failures)
                 failures = 0
+                for t in hb.transfers:  # ended transfers are reported once, then dropped
+                    if t.state != "running" and self.transfers.get(t.command_id) is t:
+                        del self.transfers[t.command_id]
                 self.interval = reply.heartbeat_interval
                 if reply.want_full_catalog and self.scanner is not None:
                     self._want_full = True
                 wait = max(0.0, self.interval - (time.monotonic() - started))
             except MasterError as exc:
                 failures += 1
+                wait = backoff(failures)
                 if exc.code == "protocol_mismatch":
                     log.error("%s", exc.message)
                 elif is_auth_failure(exc):
                     self._fatal_auth(exc)
-                else:
+                else:  # a busy or failing master: retry well within the lease
                     log.warning("heartbeat refused: %s", exc.message)
-                wait = backoff(failures)
+                    wait = min(wait, self.interval * REFUSED_RETRY_INTERVALS)
             except httpx.HTTPError as exc:
                 failures += 1
                 self._info_sent = False
-                wait = min(
-                    backoff(failures), max(self.interval, BACKOFF_INITIAL_S) * 2 ** min(failures, 4)
-                )
+                # Never slower than the heartbeat itself: a master that comes back must see
+                # this node within an interval, long before the lease ends its jobs.
+                wait = min(backoff(failures), self.interval)
                 log.warning(
                     "master unreachable (%s: %s); retrying in %.1f s", type(exc).__name__, exc, wait
                 )
@@ -332,9 +345,12 @@ class Agent:
             except (MasterError, httpx.HTTPError) as exc:
                 self.to_ack = ack + self.to_ack
                 failures += 1
+                wait = backoff(failures)
                 if isinstance(exc, MasterError) and is_auth_failure(exc):
                     self._fatal_auth(exc)
-                await self._sleep(backoff(failures))
+                else:  # commands must flow again as soon as the master is back
+                    wait = min(wait, self.interval)
+                await self._sleep(wait)
                 continue
             for cmd in batch.commands:
                 if cmd.id in self.done_cmds:
@@ -354,8 +370,10 @@ class Agent:
             r = self.jobs.get(cmd.job_id)
             if r is not None and r.spec.attempt == cmd.attempt:
                 await asyncio.to_thread(r.handle.stop, cmd.reason, cmd.end_kind, cmd.grace_s)
+        elif type(cmd) in self.command_handlers:
+            await self.command_handlers[type(cmd)](cmd)
         else:
-            log.warning("command %s is not handled by this agent version", type(cmd).__name__)
+            log.warning("command %s is not handled by this agent", type(cmd).__name__)
 
     async def _start_job(self, spec: w.JobSpec) -> None:
         cur = self.jobs.get(spec.job_id)
@@ -524,11 +542,23 @@ class Agent:
             await self._sleep(LOG_PUMP_S)
 
     async def _send_log(self, job_id: int, attempt: int, offset: int, data: bytes) -> int:
-        ack = await self.link.call(
-            "logs",
-            w.LogChunk(job_id=job_id, attempt=attempt, offset=offset, data=data),
-            w.decode_log_ack,
-        )
+        try:
+            ack = await self.link.call(
+                "logs",
+                w.LogChunk(job_id=job_id, attempt=attempt, offset=offset, data=data),
+                w.decode_log_ack,
+            )
+        except MasterError as exc:
+            if exc.status != FORBIDDEN:
+                raise
+            # The master no longer takes this job's log from this node (the attempt was
+            # moved elsewhere): it stays in output.log here; stop resending it forever.
+            log.warning(
+                "job %s: the master refuses its log (%s); kept on this node only",
+                job_id,
+                exc.message,
+            )
+            return offset + len(data)
         return int(ack.next_offset)
 
     # ---------------------------------------------------------------- datasets
