@@ -29,6 +29,7 @@ from mlsm.master.routes import health as health_routes
 from mlsm.master.routes import jobs as job_routes
 from mlsm.master.routes import metrics as metric_routes
 from mlsm.master.routes import nodes as node_routes
+from mlsm.master.routes import settings as settings_routes
 from mlsm.master.routes import tokens as token_routes
 from mlsm.master.routes import users as user_routes
 from mlsm.master.security import check_handler_roles, role_guard
@@ -38,6 +39,7 @@ from mlsm.master.services.datasets import DatasetService
 from mlsm.master.services.joblogs import LogStore
 from mlsm.master.services.jobs import JobService
 from mlsm.master.services.nodes import NodeRegistry
+from mlsm.master.services.settings import SettingsService
 from mlsm.master.services.telemetry import History
 from mlsm.master.services.users import UserService
 
@@ -55,6 +57,7 @@ ROUTE_MODULES: list[Any] = [
     job_routes,
     dataset_routes,
     metric_routes,
+    settings_routes,
 ]
 
 #: Extra start-up/shutdown hooks registered by domain modules: (startup, shutdown) pairs.
@@ -78,6 +81,7 @@ def build_services(state: State, settings: Settings, db: Database) -> None:
     state.auth.registry = state.nodes
     state.jobs = JobService(db, settings, state.nodes, LogStore(settings.data_path / "logs"))
     state.datasets = DatasetService(db, state.nodes)
+    state.lab_settings = SettingsService(db)
     state.jobs.datasets = state.datasets
 
     def _user_changed(user_id: int) -> None:
@@ -100,6 +104,7 @@ def _spawn(state: State, coro: Any) -> None:
 
 
 async def _start_domains(state: State) -> None:
+    await state.lab_settings.load()
     await state.nodes.load()
     await state.datasets.load()
     await state.jobs.load()

@@ -411,3 +411,25 @@ POST   /api/v1/datasets/transfer         DatasetTransfer -> Transfer admin
 DELETE /api/v1/datasets/{name}?node=N                      admin
 GET    /api/v1/transfers                 list[Transfer]
 """
+
+
+# ---------------------------------------------------------------- lab settings (admins)
+Cidr = Annotated[str, Meta(min_length=3, max_length=64, pattern=r"^[0-9a-fA-F:.]+/[0-9]{1,3}$")]
+Pattern = Annotated[str, Meta(min_length=1, max_length=256)]
+HostPath = Annotated[str, Meta(min_length=1, max_length=4096, pattern=r"^/")]
+
+
+class LabSettings(Struct, kw_only=True):
+    """Policies admins set for the whole lab."""
+
+    image_patterns: list[Pattern] = []  # images members may run (fnmatch); [] = any image
+    mount_allow: list[HostPath] = []  # host paths members may mount into containers
+    import_allow_cidrs: list[Cidr] = []  # internal ranges dataset imports may reach
+    import_max_bytes: Annotated[int, Meta(ge=0)] = 1 << 40  # largest dataset import (1 TiB)
+
+
+class LabSettingsUpdate(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    image_patterns: list[Pattern] | None = None
+    mount_allow: list[HostPath] | None = None
+    import_allow_cidrs: list[Cidr] | None = None
+    import_max_bytes: Annotated[int, Meta(ge=0)] | None = None

@@ -60,6 +60,9 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/nodes/{name:str}/resume"): "admin",
     ("POST", "/api/v1/nodes/{name:str}/labels"): "admin",
     ("GET", "/api/v1/summary"): "member",
+    # lab settings
+    ("GET", "/api/v1/settings"): "member",
+    ("PATCH", "/api/v1/settings"): "admin",
     # jobs
     ("GET", "/api/v1/jobs"): "member",
     ("POST", "/api/v1/jobs"): "member",

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import click
+
+from mlsm.cli.common import client_from, emit_json, human_bytes, json_option
+from mlsm.wire import api
+
+
+@click.group("settings")
+def settings_cmd() -> None:
+    """Show or change the lab's policies (admins change them)."""
+
+
+@settings_cmd.command("show")
+@json_option
+@click.pass_context
+def settings_show(ctx: click.Context, as_json: bool) -> None:
+    """Show the lab's policies."""
+    with client_from(ctx) as c:
+        s = c.call("GET", "/api/v1/settings", type=api.LabSettings)
+    if as_json:
+        emit_json(s)
+        return
+    click.echo(f"image patterns      {', '.join(s.image_patterns) or 'any image'}")
+    click.echo(f"mountable paths     {', '.join(s.mount_allow) or 'none (members mount nothing)'}")
+    click.echo(f"import may reach    {', '.join(s.import_allow_cidrs) or 'public addresses only'}")
+    click.echo(f"largest import      {human_bytes(s.import_max_bytes)}")
+
+
+@settings_cmd.command("set")
+@click.option(
+    "--image-pattern",
+    "image_patterns",
+    multiple=True,
+    help="Image members may run, e.g. 'pytorch/pytorch:*' (repeatable; replaces the list).",
+)
+@click.option("--any-image", is_flag=True, help="Allow every image (clears the patterns).")
+@click.option(
+    "--mount-allow",
+    multiple=True,
+    help="Host path members may mount into containers (repeatable; replaces the list).",
+)
+@click.option("--no-mounts", is_flag=True, help="Allow no host mounts.")
+@click.option(
+    "--import-allow-cidr",
+    "import_allow_cidrs",
+    multiple=True,
+    help="Internal range dataset imports may reach (repeatable; replaces the list).",
+)
+@click.option("--import-max-gib", type=click.FloatRange(0), help="Largest dataset import in GiB.")
+@json_option
+@click.pass_context
+def settings_set(
+    ctx: click.Context,
+    image_patterns: tuple[str, ...],
+    any_image: bool,
+    mount_allow: tuple[str, ...],
+    no_mounts: bool,
+    import_allow_cidrs: tuple[str, ...],
+    import_max_gib: float | None,
+    as_json: bool,
+) -> None:
+    """Change the lab's policies (admins; audited)."""
+    body = api.LabSettingsUpdate(
+        image_patterns=[] if any_image else (list(image_patterns) or None),
+        mount_allow=[] if no_mounts else (list(mount_allow) or None),
+        import_allow_cidrs=list(import_allow_cidrs) or None,
+        import_max_bytes=int(import_max_gib * (1 << 30)) if import_max_gib is not None else None,
+    )
+    with client_from(ctx) as c:
+        s = c.call("PATCH", "/api/v1/settings", json=body, type=api.LabSettings)
+    if as_json:
+        emit_json(s)
+    else:
+        click.echo("settings updated")
