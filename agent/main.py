@@ -108,9 +108,11 @@ class Agent:
             self.runtimes[kind] = proc
         self.docker_error = ""
         try:
-            from agent.runtimes.docker import DockerRuntime
+            from agent.runtimes.docker import ANY_NETWORK, DockerRuntime
 
-            dr = DockerRuntime(ctx)
+            # The network mode comes with each job: the node's admin sets it on the master
+            # (`mlsm node set NAME --docker-network ...`), which this agent already trusts.
+            dr = DockerRuntime(ctx, allowed_networks=(ANY_NETWORK,))
             ok, why = dr.available()
             if ok:
                 self.runtimes["docker"] = dr

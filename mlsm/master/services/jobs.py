@@ -734,7 +734,12 @@ class JobService:
                         continue
                     ended = True
                     self._interrupt(r, f"the agent on {node.name} no longer knows this job", now)
+        pending_cancels = {
+            (c.job_id, c.attempt) for c in node.outbox.values() if isinstance(c, w.CancelJob)
+        }
         for rep in stale:
+            if (rep.job_id, rep.attempt) in pending_cancels:
+                continue  # already told; every heartbeat would otherwise add one more
             await self.nodes.enqueue(
                 node.id,
                 w.CancelJob,

@@ -1,0 +1,124 @@
+"""Faults under running jobs: an agent or the master killed (-9) or restarted mid-run, and a
+node that stays away past its lease. Nothing a job wrote may be lost or repeated: the log the
+master serves is compared byte for byte with the file on the node."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.lab import HEARTBEAT_S, LEASE_S, Lab, kill, wait_for
+
+# Prints numbered lines (with bytes that are not UTF-8) for about `n` tenths of a second.
+TICKER = (
+    "i=0; while [ $i -lt {n} ]; do i=$((i+1)); printf 'tick %d \\377\\376 %s\\n' $i "
+    '"$(date +%s.%N)"; sleep 0.1; done; exit {code}'
+)
+UNREACHABLE = "master unreachable"
+BACK_ONLINE_S = 4 * HEARTBEAT_S + 1.0  # "a couple of intervals", with room for a slow box
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    with Lab(tmp_path_factory.mktemp("restarts")) as lab:
+        lab.start_master()
+        lab.start_agent("r1")
+        lab.start_agent("r2")
+        yield lab
+
+
+def _ticks_on_node(lab: Lab, node: str, job_id: int) -> int:
+    try:
+        return lab.agents[node].job_log(job_id).count(b"tick ")
+    except FileNotFoundError:
+        return 0
+
+
+def test_master_sigterm_restart_under_running_agents(lab: Lab) -> None:
+    before = {n.name: n.id for n in lab.nodes()}
+    # uvicorn shuts down gracefully, then re-raises the signal so the status tells it
+    marks = {n: lab.agents[n].output().count(UNREACHABLE) for n in ("r1", "r2")}
+    assert lab.stop_master(signal.SIGTERM) in (0, -signal.SIGTERM)
+    # Stay away long enough for the agents' retries to back off several times.
+    wait_for(
+        lambda: all(lab.agents[n].output().count(UNREACHABLE) >= m + 3 for n, m in marks.items()),
+        what="three failed heartbeats of each agent",
+    )
+    lab.start_master()
+    back = time.monotonic()
+    for name in ("r1", "r2"):
+        lab.wait_node_state(name, "online", BACK_ONLINE_S)
+    assert time.monotonic() - back <= BACK_ONLINE_S
+    assert {n.name: n.id for n in lab.nodes()} == before
+
+
+def test_agent_kill9_mid_job_readopts_ships_the_rest_and_reports_the_exit_code(lab: Lab) -> None:
+    job_id = lab.submit("--node", "r1", "--", "sh", "-c", TICKER.format(n=40, code=7))
+    lab.wait_job(job_id, "running")
+    wait_for(lambda: lab.job(job_id).log_size > 200, what="some log on the master")
+    kill(lab.agents["r1"].proc, signal.SIGKILL)
+    ticks = _ticks_on_node(lab, "r1", job_id)
+    wait_for(
+        lambda: _ticks_on_node(lab, "r1", job_id) > ticks + 3,
+        what="the job to keep running without its agent",
+    )
+    lab.start_agent("r1")
+    job = lab.wait_job(job_id, timeout=30)
+    assert (job.state, job.exit_code, job.reason) == ("failed", 7, "exit code 7"), job
+    on_node = lab.agents["r1"].job_log(job_id)
+    assert on_node.count(b"tick ") == 40
+    assert lab.log(job_id) == on_node
+    assert job.log_size == len(on_node)
+
+
+def test_master_kill9_mid_job_loses_nothing(lab: Lab) -> None:
+    job_id = lab.submit("--node", "r2", "--", "sh", "-c", TICKER.format(n=40, code=0))
+    lab.wait_job(job_id, "running")
+    wait_for(lambda: lab.job(job_id).log_size > 200, what="some log on the master")
+    lab.stop_master(signal.SIGKILL)
+    ticks = _ticks_on_node(lab, "r2", job_id)
+    wait_for(lambda: _ticks_on_node(lab, "r2", job_id) > ticks + 3, what="the job to go on")
+    lab.start_master()
+    job = lab.wait_job(job_id, timeout=30)
+    assert job.state == "succeeded" and job.exit_code == 0, job
+    on_node = lab.agents["r2"].job_log(job_id)
+    assert on_node.count(b"tick ") == 40
+    assert lab.log(job_id) == on_node
+    assert [e.state for e in job.history].count("running") == 1
+
+
+def test_a_node_away_past_its_lease_interrupts_its_jobs_and_requeues_those_with_retries(
+    lab: Lab,
+) -> None:
+    assert lab.cli("node", "drain", "r2").returncode == 0
+    script = 'echo "attempt $MLSM_ATTEMPT on $MLSM_NODE"; [ "$MLSM_NODE" = r2 ] || sleep 120'
+    retried = lab.submit("--retries", "1", "--gpus", "1", "--", "sh", "-c", script)
+    lost = lab.submit("--gpus", "1", "--", "sleep", "120")
+    for jid in (retried, lost):
+        assert lab.wait_job(jid, "running").node == "r1"
+    assert lab.cli("node", "resume", "r2").returncode == 0
+    killed_at = time.monotonic()
+    kill(lab.agents["r1"].proc, signal.SIGKILL)
+
+    gone = lab.wait_job(lost, timeout=LEASE_S * 4)
+    assert time.monotonic() - killed_at >= LEASE_S
+    assert gone.state == "interrupted", gone
+    assert "r1" in gone.reason and "lost" in gone.reason, gone.reason
+
+    done = lab.wait_job(retried, "succeeded", timeout=LEASE_S * 4)
+    assert (done.node, done.attempt) == ("r2", 1), done
+    states = [e.state for e in done.history]
+    assert states[states.index("interrupted") + 1] == "queued", states
+    assert "interrupted" not in [done.state] and lab.log(retried).endswith(b"attempt 1 on r2\n")
+
+    # r1 comes back: the attempts it still runs are no longer wanted and are stopped.
+    agent = lab.start_agent("r1")
+    for jid in (retried, lost):
+        wait_for(
+            lambda jid=jid: b"no longer wanted" in agent.job_log(jid),
+            what=f"the stale attempt of job {jid} on r1 to be stopped",
+        )
+    assert lab.job(lost).state == "interrupted" and lab.job(retried).state == "succeeded"
