@@ -43,7 +43,9 @@ MIN_PASS_GAP_S = 0.005  # coalesce bursts of triggers into one pass
 FOLLOW_POLL_S = 5.0  # a follower re-checks the job's state at least this often
 KILL_GRACE_S = 10.0
 MAX_ARRAY_TASKS = 10_000
-ASSIGN_GRACE_S = 60.0  # an assigned job the agent has not mentioned for this long is re-sent
+ASSIGN_GRACE_S = 60.0
+REMOVE_ACK_WAIT_S = 5.0  # how long node removal waits for the agent to take its cancels
+REMOVE_ACK_POLL_S = 0.05  # an assigned job the agent has not mentioned for this long is re-sent
 MISSED_REPORTS_LOST = 2  # full reports in a row without a running job: the agent lost it
 
 
@@ -108,6 +110,8 @@ class JobService:
         self._usage: dict[str, float] = {}
         self._usage_at = time.time()
         self._kick = asyncio.Event()
+        self._inserts: list[tuple[list[JobRow], asyncio.Future[None]]] = []
+        self._inserter: asyncio.Task[None] | None = None
         self._caps: dict[str, int] = {}
         self._unix: dict[str, str] = {}
         self.passes = 0
@@ -238,46 +242,78 @@ class JobService:
         indices: list[int | None] = [None]
         if body.array:
             indices = list(parse_array(body.array)[0])
-        now = time.time()
-        state = "held" if body.hold else "queued"
-        rows: list[JobRow] = []
-        async with self.db.transaction() as s:
-            if body.after:
-                ids = [int(a.split(":")[0]) for a in body.after]
+        if body.after:
+            ids = [int(a.split(":")[0]) for a in body.after]
+            async with self.db.session() as s:
                 found = set(
                     (await s.execute(select(JobRow.id).where(JobRow.id.in_(ids)))).scalars()
                 )
-                missing = [i for i in ids if i not in found]
-                if missing:
-                    raise ValidationError(f"--after: no job {missing[0]}", path="after")
-            for i, idx in enumerate(indices):
-                r = JobRow(
-                    name=body.name or (body.argv[0].rsplit("/", 1)[-1])[:256],
-                    user=p.name,
-                    state=state,
-                    spec=spec,
-                    priority=body.priority,
-                    gpus=body.gpus,
-                    created_at=now,
-                    retries=body.retries,
-                    array_index=idx,
-                    history=[_event(state, "submitted")],
-                    reason="held by user" if body.hold else "waiting for the scheduler",
-                )
-                if i > 0:
-                    r.array_parent = rows[0].id
-                s.add(r)
-                if i == 0:
-                    await s.flush()
-                    if idx is not None:
-                        r.array_parent = r.id
-                rows.append(r)
-            await s.flush()
+            missing = [i for i in ids if i not in found]
+            if missing:
+                raise ValidationError(f"--after: no job {missing[0]}", path="after")
+        now = time.time()
+        state = "held" if body.hold else "queued"
+        rows = [
+            JobRow(
+                name=body.name or (body.argv[0].rsplit("/", 1)[-1])[:256],
+                user=p.name,
+                state=state,
+                spec=spec,
+                priority=body.priority,
+                gpus=body.gpus,
+                created_at=now,
+                retries=body.retries,
+                array_index=idx,
+                history=[_event(state, "submitted")],
+                reason="held by user" if body.hold else "waiting for the scheduler",
+            )
+            for idx in indices
+        ]
+        await self._insert(rows)
         if state == "queued":
             for r in rows:
                 self._pending[r.id] = self._pending_of(r)
             self.kick()
         return api.SubmitReply(job=self._wire(rows[0], p), ids=[r.id for r in rows])
+
+    async def _insert(self, rows: list[JobRow]) -> None:
+        """Insert one submission's rows; returns once committed.
+
+        Submissions that arrive while a batch is being written are committed together in
+        the next transaction (group commit), so a burst of submissions costs a few
+        transactions instead of one each, and every caller still returns only after its
+        jobs are durable.
+        """
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._inserts.append((rows, done))
+        if self._inserter is None or self._inserter.done():
+            self._inserter = asyncio.create_task(self._write_inserts())
+        await done
+
+    async def _write_inserts(self) -> None:
+        while self._inserts:
+            batch = self._inserts
+            self._inserts = []
+            try:
+                async with self.db.transaction() as s:
+                    for rows, _ in batch:
+                        first = rows[0]
+                        s.add(first)
+                        if first.array_index is not None:  # tasks name the first as their parent
+                            await s.flush()
+                            first.array_parent = first.id
+                            for r in rows[1:]:
+                                r.array_parent = first.id
+                        s.add_all(rows[1:])
+                    await s.flush()
+            except Exception as exc:
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_result(None)
 
     # ---------------------------------------------------------------- views
     def _may_see_private(self, p: Principal, r: JobRow) -> bool:
@@ -320,7 +356,7 @@ class JobService:
             exit_code=r.exit_code,
             started_at=r.started_at,
             ended_at=r.ended_at,
-            log_size=self.logs.size(r.id, r.attempt),
+            log_size=self.logs.size(r.id, r.attempt) if r.started_at or r.attempt else 0,
             history=[
                 api.JobEvent(ts=e[0], state=e[1], message=e[2] if len(e) > 2 else "")
                 for e in (r.history or [])
@@ -702,6 +738,7 @@ class JobService:
                         missing.append(a)
                 elif now - a.assigned_at > ASSIGN_GRACE_S:
                     missing.append(a)
+        resend: list[w.JobSpec] = []
         if updates or missing:
             async with self.db.transaction() as s:
                 for jid, rep in updates.items():
@@ -729,11 +766,12 @@ class JobService:
                     if a.state == "assigned":
                         # The StartJob may have been lost with a restart: send it again (idempotent).
                         a.assigned_at = now
-                        spec = self._agent_spec(r, node, a.gpus)
-                        await self.nodes.enqueue(node.id, w.StartJob, job=spec)
+                        resend.append(self._agent_spec(r, node, a.gpus))
                         continue
                     ended = True
                     self._interrupt(r, f"the agent on {node.name} no longer knows this job", now)
+        for spec in resend:  # after the transaction: enqueue writes in its own
+            await self.nodes.enqueue(node.id, w.StartJob, job=spec)
         pending_cancels = {
             (c.job_id, c.attempt) for c in node.outbox.values() if isinstance(c, w.CancelJob)
         }
@@ -814,12 +852,21 @@ class JobService:
                 f"node {name} runs {len(mine)} job(s) ({', '.join(str(a.job_id) for a in mine[:5])}); "
                 "drain it and wait, or remove it with --force"
             )
+        for a in mine:
+            await self._send_cancel(a, f"node {name} was removed", "cancelled", grace=KILL_GRACE_S)
+        # Give a connected agent the moment it needs to take the cancels before its secret
+        # stops working; an offline node's jobs are interrupted all the same.
+        deadline = time.monotonic() + REMOVE_ACK_WAIT_S
+        while (  # noqa: ASYNC110 - polls the outbox the agent drains, with a deadline
+            mine
+            and node.outbox
+            and time.monotonic() < deadline
+            and self.nodes.state_of(node) == "online"
+        ):
+            await asyncio.sleep(REMOVE_ACK_POLL_S)
         now = time.time()
         async with self.db.transaction() as s:
             for a in mine:
-                await self._send_cancel(
-                    a, f"node {name} was removed", "cancelled", grace=KILL_GRACE_S
-                )
                 r = await s.get(JobRow, a.job_id)
                 if r is not None:
                     self._interrupt(r, f"node {name} was removed by an admin", now)
