@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from typing import Any
 
 from mlsm.config import Settings
 from mlsm.errors import ConfigError
@@ -28,6 +29,26 @@ async def prepare(settings: Settings, init_admin: str | None, password: str | No
         return created
     finally:
         await db.close()
+
+
+def _server_class() -> type:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, releasing agents' long-polls as soon as a stop signal arrives
+        (uvicorn would otherwise wait out its grace period on them, then cancel them)."""
+
+        on_exit: Any = None
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if self.on_exit is not None:
+                try:
+                    asyncio.get_running_loop().call_soon_threadsafe(self.on_exit)
+                except RuntimeError:
+                    pass
+            super().handle_exit(sig, frame)
+
+    return Server
 
 
 def run_master(
@@ -59,7 +80,8 @@ def run_master(
         backlog=4096,
         server_header=False,
     )
-    server = uvicorn.Server(config)
+    server = _server_class()(config)
+    server.on_exit = app.state.nodes.release_polls
     if settings.tls_cert:
         from mlsm.tls import fingerprint_of_file
 

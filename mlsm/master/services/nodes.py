@@ -79,6 +79,13 @@ class NodeRegistry:
         self.on_lost: Listener | None = None  # (node)
         self.on_change: Listener | None = None  # () -> something a scheduler cares about changed
         self.on_transfers: Listener | None = None  # (node, progress list)
+        self.closing = False  # set at shutdown: long-polls answer at once
+
+    def release_polls(self) -> None:
+        """Answer every open long-poll now (the master is stopping; agents retry elsewhere)."""
+        self.closing = True
+        for n in self.nodes.values():
+            n.wake.set()
 
     # ---------------------------------------------------------------- lifecycle
     async def load(self) -> None:
@@ -394,7 +401,7 @@ class NodeRegistry:
                     await s.execute(
                         update(CommandRow).where(CommandRow.id.in_(acked)).values(acked=True)
                     )
-        if not n.outbox and req.wait_s > 0:
+        if not n.outbox and req.wait_s > 0 and not self.closing:
             n.wake.clear()
             try:
                 await asyncio.wait_for(n.wake.wait(), timeout=req.wait_s)
