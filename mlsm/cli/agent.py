@@ -85,7 +85,13 @@ def agent(
         from mlsm.tls import normalise_fingerprint
 
         write_secret(fp_file, normalise_fingerprint(token.split("@", 1)[1]))
-    if fp_file.exists() and s.master.startswith("https"):
+    if fp_file.exists() and not s.master.startswith("https://"):
+        raise ConfigError(
+            f"this agent is pinned to the master's certificate ({fp_file}), but --master "
+            f"{s.master} is not https: use the https:// URL (the node secret never crosses "
+            "plain HTTP once a certificate is pinned)"
+        )
+    if fp_file.exists():
         from mlsm.tls import pinned_context
 
         verify = pinned_context(fp_file.read_text().strip(), s.master)

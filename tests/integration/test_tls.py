@@ -1,0 +1,217 @@
+"""HTTPS with pinned joins, end to end, with real processes.
+
+``mlsm master --tls-self-signed`` makes a certificate in its data dir; ``mlsm login
+--fingerprint`` pins it for people and a join token carries it for agents. A real agent
+joins over HTTPS and comes online. Then the master comes back on the same port with a
+*different* certificate: the agent's TLS handshake fails, so it sends nothing (least of
+all its node secret), and it says why in its log (the two fingerprints); an agent started
+afresh against that master refuses to start, in one line.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from mlsm.tls import ensure_self_signed, fingerprint_of_file
+from tests.integration.helpers import (
+    ADMIN,
+    ADMIN_PASSWORD,
+    MLSM,
+    START_TIMEOUT_S,
+    CliResult,
+    Master,
+    assert_one_line_error,
+    isolated_env,
+    poll,
+    run_cli,
+)
+
+HEARTBEAT_S = 0.5
+MASTER_ENV = {"MLSM_HEARTBEAT_INTERVAL": str(HEARTBEAT_S), "MLSM_STALE_AFTER": "2"}
+NODE = "tls-node"
+JOIN_TIMEOUT_S = 30.0
+MISMATCH_TIMEOUT_S = 30.0
+AGENT_EXIT_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 15.0
+#: TEST-NET-1 (RFC 5737): not loopback, never routed; the refusal must come before any dial.
+NON_LOOPBACK = "192.0.2.1"
+
+
+class TlsMaster(Master):
+    """A :class:`Master` serving HTTPS; readiness is checked against its own certificate."""
+
+    def __init__(self, workdir: Path, *, port: int | None = None, **kw: Any) -> None:
+        super().__init__(workdir, env=MASTER_ENV, **kw)
+        if port is not None:
+            self.port = port
+        self.url = f"https://127.0.0.1:{self.port}"
+        self.cert_path = self.data_dir / "tls-cert.pem"
+        for i, arg in enumerate(self.extra_args):
+            if arg == "--tls-cert":
+                self.cert_path = Path(self.extra_args[i + 1])
+
+    def start(self) -> TlsMaster:
+        proc = self.spawn()
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"master exited with {proc.returncode}:\n{self.log_tail()}")
+            if not self.cert_path.exists():
+                return False
+            ctx = ssl.create_default_context(cafile=str(self.cert_path))
+            try:
+                return httpx.get(f"{self.url}/healthz", verify=ctx, timeout=1.0).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        poll(ready, START_TIMEOUT_S, f"HTTPS master at {self.url} answering /healthz")
+        return self
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint_of_file(str(self.cert_path))
+
+    def request_paths(self) -> list[str]:
+        return [str(r.get("path")) for r in self.log_records() if r.get("msg") == "request"]
+
+
+@pytest.fixture
+def tls_master(tmp_path: Path) -> Iterator[TlsMaster]:
+    m = TlsMaster(tmp_path / "master", extra_args=("--tls-self-signed",))
+    m.start()
+    try:
+        yield m
+    finally:
+        m.stop()
+
+
+def cli(home: Path, args: list[str], **env: str) -> CliResult:
+    return run_cli(args, home=home, password=ADMIN_PASSWORD, env=env)
+
+
+def login(home: Path, master: TlsMaster, fingerprint: str) -> CliResult:
+    return cli(home, ["login", master.url, "--user", ADMIN, "--fingerprint", fingerprint])
+
+
+def test_login_with_the_wrong_fingerprint_refuses_and_the_right_one_works(
+    tls_master: TlsMaster, tmp_path: Path
+) -> None:
+    home = tmp_path / "cli"
+    wrong = "sha256:" + "ab" * 32
+    res = login(home, tls_master, wrong)
+    assert_one_line_error(res)
+    assert "fingerprint" in res.err and tls_master.fingerprint in res.err, res.err
+    assert "refusing" in res.err
+
+    res = login(home, tls_master, tls_master.fingerprint)
+    assert res.rc == 0, res.err
+    nodes = cli(home, ["nodes", "--json"])
+    assert nodes.rc == 0, nodes.err
+    assert json.loads(nodes.out) == []
+
+
+def test_login_refuses_plain_http_to_a_non_loopback_master(tmp_path: Path) -> None:
+    res = cli(tmp_path / "cli", ["login", f"http://{NON_LOOPBACK}:8765", "--user", ADMIN])
+    assert_one_line_error(res)
+    assert "http" in res.err.lower() and "MLSM_ALLOW_PLAIN_HTTP" in res.err, res.err
+
+
+def test_an_agent_joins_pinned_and_refuses_a_master_with_another_certificate(
+    tls_master: TlsMaster, tmp_path: Path
+) -> None:
+    home = tmp_path / "cli"
+    assert login(home, tls_master, tls_master.fingerprint).rc == 0
+    created = cli(home, ["join-token", "create", "--uses", "1", "--json"])
+    assert created.rc == 0, created.err
+    token = json.loads(created.out)["token"]
+    assert token.endswith("@" + tls_master.fingerprint), token
+
+    data = tmp_path / "agent"
+    agent_log = tmp_path / "agent.log"
+    argv = [MLSM, "agent", "--master", tls_master.url, "--join-token", token]
+    argv += ["--name", NODE, "--data-dir", str(data), "--simulate-gpus", "1xA100"]
+    env = isolated_env(tmp_path / "agent-home")
+    with open(agent_log, "wb") as out:
+        agent = subprocess.Popen(
+            argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+
+        def node_state() -> str:
+            res = cli(home, ["nodes", "--json"])
+            assert res.rc == 0, res.err
+            states = {n["name"]: n["state"] for n in json.loads(res.out)}
+            return str(states.get(NODE, ""))
+
+        poll(lambda: node_state() == "online", JOIN_TIMEOUT_S, f"{NODE} online over HTTPS")
+        assert (data / "master-fingerprint").read_text().strip() == tls_master.fingerprint
+        secret = (data / "node-secret").read_text().strip()
+
+        # The same master, data and port, but another certificate.
+        tls_master.stop()
+        other_cert, other_key = ensure_self_signed(tmp_path / "other-cert", ["127.0.0.1"])
+        swapped = TlsMaster(
+            tls_master.workdir,
+            port=tls_master.port,
+            extra_args=("--tls-cert", str(other_cert), "--tls-key", str(other_key)),
+        )
+        assert swapped.fingerprint != tls_master.fingerprint
+        log_start = len(swapped.log_records())
+        swapped.start()
+        try:
+
+            def says_mismatch() -> str:
+                text = agent_log.read_text(errors="replace")
+                return text if "certificate fingerprint mismatch" in text else ""
+
+            text = poll(says_mismatch, MISMATCH_TIMEOUT_S, "the agent reporting the mismatch")
+            assert swapped.fingerprint in text and tls_master.fingerprint in text
+            assert agent.poll() is None, "the agent keeps retrying, it does not crash"
+            assert "Traceback" not in text
+            # Nothing reached the swapped master: no agent call, and so never the secret.
+            paths = [r.get("path") for r in swapped.log_records()[log_start:] if r.get("path")]
+            assert not [p for p in paths if str(p).startswith("/agent/")], paths
+            assert secret not in swapped.log_path.read_text(errors="replace")
+
+            # An agent started afresh against the swapped master refuses in one line.
+            agent.terminate()
+            agent.wait(timeout=STOP_TIMEOUT_S)
+            again = subprocess.run(
+                [MLSM, "agent", "--master", swapped.url, "--data-dir", str(data)],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=AGENT_EXIT_TIMEOUT_S,
+                check=False,
+            )
+            assert_one_line_error(CliResult(again.returncode, again.stdout, again.stderr))
+            assert "refusing to talk" in again.stderr and swapped.fingerprint in again.stderr
+
+            # Pinned, the agent will not fall back to plain HTTP either.
+            plain_url = f"http://127.0.0.1:{swapped.port}"
+            plain = subprocess.run(
+                [MLSM, "agent", "--master", plain_url, "--data-dir", str(data)],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=AGENT_EXIT_TIMEOUT_S,
+                check=False,
+            )
+            assert_one_line_error(CliResult(plain.returncode, plain.stdout, plain.stderr))
+            assert "pinned" in plain.stderr and "https://" in plain.stderr
+        finally:
+            swapped.stop()
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait(timeout=STOP_TIMEOUT_S)
