@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -61,6 +63,8 @@ class Active:
     gpu_count: int
     array_parent: int | None
     missed: int = 0  # full reports in a row from its node that did not mention it
+    cpus: float = 0.0  # reserved CPUs (0: none asked for)
+    mem: int = 0  # reserved memory in bytes
 
 
 def parse_array(spec: str) -> tuple[list[int], int]:
@@ -150,6 +154,8 @@ class JobService:
                     r.started_at or r.created_at,
                     r.gpus,
                     r.array_parent,
+                    cpus=float(r.spec.get("cpus", 0.0)),
+                    mem=int(r.spec.get("mem_gib", 0.0) * GIB),
                 )
         now = time.time()
         for u in usage:
@@ -502,8 +508,13 @@ class JobService:
     def _node_caps(self, now: float) -> list[sched.NodeCap]:
         holders = self.gpu_holders()
         held_ds = self.datasets.holders() if self.datasets is not None else {}
+        reserved: dict[int, tuple[float, int]] = {}
+        for a in self._active.values():
+            c, m = reserved.get(a.node_id, (0.0, 0))
+            reserved[a.node_id] = (c + a.cpus, m + a.mem)
         caps = []
         for n in self.nodes.nodes.values():
+            rc, rm = reserved.get(n.id, (0.0, 0))
             state = self.nodes.state_of(n, now)
             mine = holders.get(n.id, {})
             mlsm_pids = {r.pid for r in n.jobs.values() if r.pid}
@@ -524,6 +535,10 @@ class JobService:
                     datasets=frozenset(held_ds.get(n.id, ())),
                     runtimes=frozenset(runtimes),
                     reason_unschedulable=state,
+                    # CPUs and memory that jobs asked for are reserved against the node's
+                    # size; a node that has not said its size is not limited.
+                    cpus_free=n.info.cpu_cores - rc if n.info.cpu_cores else math.inf,
+                    mem_free_bytes=n.info.mem_total - rm if n.info.mem_total else sys.maxsize,
                 )
             )
         return caps
@@ -653,6 +668,8 @@ class JobService:
                         now,
                         r.gpus,
                         r.array_parent,
+                        cpus=float(r.spec.get("cpus", 0.0)),
+                        mem=int(r.spec.get("mem_gib", 0.0) * GIB),
                     )
                     starts.append((node.id, self._agent_spec(r, node, pl.gpu_indices)))
             for jid, why in result.never.items():
