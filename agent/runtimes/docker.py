@@ -72,6 +72,7 @@ FOLLOWER_JOIN_S = 2.0  # longest poll() waits for the follower to flush a finish
 ADOPT_DRAIN_S = 30.0  # adopt() waits this long to copy an ended container's remaining log
 ADOPT_ENGINE_WAIT_S = 300.0  # engine away this long after a restart -> the attempt is lost
 VANISHED_WHILE_DOWN = "container vanished while the agent was down"
+ANY_NETWORK = "*"  # in ``allowed_networks``: any network mode the master names for the node
 
 _RUNNING = frozenset({"running", "paused", "restarting"})
 _ENGINE_ERRORS: tuple[type[BaseException], ...] = (
@@ -525,8 +526,11 @@ class DockerJobHandle:
         return self._conclude(report)
 
     def _finish_lost(self, reason: str) -> JobReport:
+        line = f"[mlsm] job {self.record.job_id} lost: {reason}\n"
         if self._sink is not None:
-            self._sink.marker(f"[mlsm] job {self.record.job_id} lost: {reason}\n")
+            self._sink.marker(line)
+        else:  # never re-attached: the log is as the last agent left it
+            _append_line(self._log_path(), line)
         report = JobReport(
             job_id=self.record.job_id,
             attempt=self.record.attempt,
@@ -580,6 +584,20 @@ def _stop_container(container: Any, grace_s: float) -> None:
         log.warning("cannot stop container %s: %s", container.short_id, _why(exc))
 
 
+def _append_line(path: Path, line: str) -> None:
+    """Append an mlsm line to an existing log, on a line of its own."""
+    try:
+        with open(path, "r+b") as f:
+            end = f.seek(0, os.SEEK_END)
+            if end:
+                f.seek(end - 1)
+                if f.read(1) != b"\n":
+                    line = "\n" + line
+            f.write(line.encode())
+    except OSError as exc:
+        log.warning("cannot append to %s: %s", path, exc)
+
+
 def _file_size(path: Path) -> int:
     try:
         return path.stat().st_size
@@ -604,8 +622,9 @@ class DockerRuntime:
         mount_roots: Sequence[str] | None = None,
     ) -> None:
         """``network`` is the node's default network mode; a job may name ``none`` or one
-        of ``allowed_networks``. ``mount_roots``, when given, re-checks every extra mount on
-        the node with symlinks resolved (the master already checked it lexically)."""
+        of ``allowed_networks`` (:data:`ANY_NETWORK` among them: whatever the master's admin
+        set for this node). ``mount_roots``, when given, re-checks every extra mount on the
+        node with symlinks resolved (the master already checked it lexically)."""
         self.ctx = ctx
         self.network = network
         self.allowed_networks = frozenset({"none", network, *allowed_networks})
@@ -657,7 +676,7 @@ class DockerRuntime:
         kwargs: dict[str, Any] = {
             "image": spec.image,
             "command": list(spec.argv),
-            "name": f"mlsm-job-{spec.job_id}-{spec.attempt}",
+            "name": f"mlsm-job-{spec.job_id}-{spec.attempt}",  # see _create
             "environment": env,
             "labels": labels,
             "mounts": self._mounts(spec, job_dir),
@@ -743,7 +762,9 @@ class DockerRuntime:
 
     def _network(self, spec: JobSpec) -> str:
         wanted = spec.network or self.network
-        if wanted not in self.allowed_networks:
+        if wanted.startswith("container:") or not wanted:
+            raise RuntimeStartError(f"network {wanted} is not allowed on node {self.ctx.node_name}")
+        if wanted not in self.allowed_networks and ANY_NETWORK not in self.allowed_networks:
             raise RuntimeStartError(f"network {wanted} is not allowed on node {self.ctx.node_name}")
         return wanted
 
@@ -823,12 +844,22 @@ class DockerRuntime:
         return handle
 
     def _create(self, client: Any, kwargs: dict[str, Any]) -> Any:
-        name = kwargs["name"]
-        for _ in range(2):
+        """Create the container; ``kwargs["name"]`` ends up as the name it got.
+
+        Job ids are per master, so another agent sharing this engine (a second lab, a test
+        lab) may hold ``mlsm-job-<id>-<attempt>`` already: then the name is qualified with
+        this node's name. A leftover of this node that never ran is removed and replaced.
+        """
+        for _ in range(3):
+            name = kwargs["name"]
             try:
                 return client.containers.create(**kwargs)
             except docker.errors.APIError as exc:
-                if exc.status_code != 409 or not self._remove_leftover(client, name):
+                whose = self._leftover(client, name) if exc.status_code == 409 else "error"
+                if whose == "foreign" and name == _base_name(kwargs):
+                    kwargs["name"] = f"{name}.{_name_part(self.ctx.node_name)}"
+                    continue
+                if whose != "removed":
                     raise RuntimeStartError(
                         f"container {name} could not be created: {_why(exc)}"
                     ) from exc
@@ -836,22 +867,26 @@ class DockerRuntime:
                 raise RuntimeStartError(
                     f"container {name} could not be created: {_why(exc)}"
                 ) from exc
-        raise RuntimeStartError(f"container {name} already exists on node {self.ctx.node_name}")
+        raise RuntimeStartError(
+            f"container {kwargs['name']} already exists on node {self.ctx.node_name}"
+        )
 
-    def _remove_leftover(self, client: Any, name: str) -> bool:
-        """Remove a same-named container that never ran (an agent crash mid-start)."""
+    def _leftover(self, client: Any, name: str) -> str:
+        """Who holds ``name``: "foreign" (not this node's), "busy" (this node's, running or
+        unreadable) or "removed" (this node's, never ran or ended: removed just now)."""
         try:
             old = client.containers.get(name)
             labels = old.labels
-            mine = (
+            if not (
                 labels.get("mlsm.managed") == "1" and labels.get("mlsm.node") == self.ctx.node_name
-            )
-            if not mine or old.status in _RUNNING:
-                return False
+            ):
+                return "foreign"
+            if old.status in _RUNNING:
+                return "busy"
             old.remove(force=True)
-            return True
+            return "removed"
         except _ENGINE_ERRORS:
-            return False
+            return "busy"
 
     def adopt(self, record: AdoptRecord) -> DockerJobHandle | JobReport:
         handle = DockerJobHandle(self, record, keep_container=False, device_request_ids=[])
@@ -916,12 +951,23 @@ class DockerRuntime:
         return found[0] if found else None
 
 
+def _base_name(kwargs: dict[str, Any]) -> str:
+    labels = kwargs["labels"]
+    return f"mlsm-job-{labels['mlsm.job']}-{labels['mlsm.attempt']}"
+
+
+def _name_part(text: str) -> str:
+    """``text`` as characters a container name may hold ([a-zA-Z0-9_.-])."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)[:64] or "node"
+
+
 def _env_key(name: str) -> str:
     return re.sub(r"[^A-Z0-9]", "_", name.upper())
 
 
 __all__ = [
     "ADOPT_ENGINE_WAIT_S",
+    "ANY_NETWORK",
     "OUTPUT_MOUNT",
     "VANISHED_WHILE_DOWN",
     "DockerJobHandle",
