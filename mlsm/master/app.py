@@ -39,6 +39,7 @@ from mlsm.master.services.datasets import DatasetService
 from mlsm.master.services.joblogs import LogStore
 from mlsm.master.services.jobs import JobService
 from mlsm.master.services.nodes import NodeRegistry
+from mlsm.master.services.policy import JobPolicy
 from mlsm.master.services.settings import SettingsService
 from mlsm.master.services.telemetry import History
 from mlsm.master.services.users import UserService
@@ -82,6 +83,7 @@ def build_services(state: State, settings: Settings, db: Database) -> None:
     state.jobs = JobService(db, settings, state.nodes, LogStore(settings.data_path / "logs"))
     state.datasets = DatasetService(db, state.nodes)
     state.lab_settings = SettingsService(db)
+    state.jobs.policy = JobPolicy(state.lab_settings)
     state.jobs.datasets = state.datasets
 
     def _user_changed(user_id: int) -> None:
