@@ -163,7 +163,7 @@ def nodes(ctx: click.Context, labels: tuple[str, ...], as_json: bool) -> None:
 
 @click.group()
 def node() -> None:
-    """Show, drain, resume, label or remove a node."""
+    """Show, drain, resume, label, set or remove a node."""
 
 
 @node.command("show")
@@ -191,6 +191,8 @@ def node_show(ctx: click.Context, name: str, as_json: bool) -> None:
         f"agent     mlsm {i.agent_version}  GPUs: {i.gpu_probe}{' (SIMULATED)' if i.gpu_probe == 'simulated' else ''}"
         f"{'  driver ' + i.driver_version if i.driver_version else ''}  docker: {'yes' if i.docker_available else 'no'}"
     )
+    if not i.docker_available and i.docker_error:
+        click.echo(f"docker    unavailable: {i.docker_error}")
     if n.labels:
         click.echo("labels    " + ", ".join(f"{k}={v}" for k, v in n.labels.items()))
     if n.host:
@@ -271,6 +273,45 @@ def node_label(ctx: click.Context, name: str, labels: tuple[str, ...]) -> None:
     with client_from(ctx) as c:
         c.call("POST", f"/api/v1/nodes/{name}/labels", json=api.NodeUpdate(labels=_labels(labels)))
     click.echo(f"node {name} labels set")
+
+
+@node.command("set")
+@click.argument("name")
+@click.option(
+    "--docker-network",
+    metavar="none|host|NAME",
+    help="Network mode of the node's container jobs: none (default), host, bridge, "
+    "or a network on its engine. Jobs started from now on get it.",
+)
+@click.option(
+    "--label", "labels", multiple=True, help="A k=v label (repeatable; replaces the labels)."
+)
+@json_option
+@click.pass_context
+def node_set(
+    ctx: click.Context,
+    name: str,
+    docker_network: str | None,
+    labels: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Change a node's settings (admins; audited)."""
+    from mlsm.cli.agent import _labels
+
+    if docker_network is None and not labels:
+        raise click.UsageError("nothing to set: give --docker-network and/or --label")
+    body = api.NodeUpdate(docker_network=docker_network, labels=_labels(labels) if labels else None)
+    with client_from(ctx) as c:
+        n = c.call("PATCH", f"/api/v1/nodes/{name}", json=body, type=api.Node)
+    if as_json:
+        emit_json(n)
+        return
+    if docker_network is not None:
+        click.echo(
+            f"node {n.name}: container jobs started from now on use network {docker_network}"
+        )
+    if labels:
+        click.echo(f"node {n.name} labels set")
 
 
 @node.command("remove")

@@ -55,6 +55,7 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/nodes"): "member",
     ("GET", "/api/v1/nodes/{name:str}"): "member",
     ("DELETE", "/api/v1/nodes/{name:str}"): "admin",
+    ("PATCH", "/api/v1/nodes/{name:str}"): "admin",
     ("GET", "/api/v1/nodes/{name:str}/history"): "member",
     ("POST", "/api/v1/nodes/{name:str}/drain"): "admin",
     ("POST", "/api/v1/nodes/{name:str}/resume"): "admin",

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Request, delete, get, post
+from litestar import Request, delete, get, patch, post
 from litestar.params import Parameter
 
 from mlsm.errors import ValidationError
@@ -125,6 +125,23 @@ async def set_node_labels(
     return st.nodes.view(n)
 
 
+@patch(
+    "/api/v1/nodes/{name:str}",
+    opt={"role": "admin", "audit": "node.update"},
+    tags=["nodes"],
+)
+async def update_node(request: Request[Any, Any, Any], name: str, data: api.NodeUpdate) -> api.Node:
+    """Change a node's labels and/or the network mode of its container jobs."""
+    audit_target(request, f"node:{name}", labels=data.labels, docker_network=data.docker_network)
+    st = services(request)
+    n = st.nodes.get(name)
+    if data.docker_network is not None:
+        n = await st.nodes.set_docker_network(name, data.docker_network)
+    if data.labels is not None:
+        n = await st.nodes.set_labels(name, data.labels)
+    return st.nodes.view(n, st.jobs.gpu_holders().get(n.id))
+
+
 @delete(
     "/api/v1/nodes/{name:str}",
     opt={"role": "admin", "audit": "node.remove"},
@@ -155,6 +172,7 @@ ROUTES = [
     drain_node,
     resume_node,
     set_node_labels,
+    update_node,
     remove_node,
     summary,
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from sqlalchemy import select, text, update
 
 from mlsm import MIN_AGENT_PROTOCOL, PROTOCOL_VERSION
 from mlsm.config import Settings
-from mlsm.errors import AuthenticationError, Conflict, NotFound, ProtocolMismatch
+from mlsm.errors import AuthenticationError, Conflict, NotFound, ProtocolMismatch, ValidationError
 from mlsm.master.db import Database
 from mlsm.master.db.models import Command as CommandRow
 from mlsm.master.db.models import JoinToken, Node
@@ -36,6 +37,8 @@ FLUSH_INTERVAL_S = 5.0
 WATCH_INTERVAL_S = 1.0
 PRUNE_INTERVAL_S = 3600.0
 _cmd_decoder = msgspec.msgpack.Decoder(w.Command)
+# A container network mode an admin may give a node: a name, never "container:<id>".
+DOCKER_NETWORK_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _SET_LAST_SEEN = text("UPDATE nodes SET last_seen = :ls WHERE id = :id")
 
 
@@ -427,6 +430,21 @@ class NodeRegistry:
         n.labels = dict(labels)
         async with self.db.transaction() as s:
             await s.execute(update(Node).where(Node.id == n.id).values(labels=n.labels))
+        return n
+
+    async def set_docker_network(self, name: str, network: str) -> LiveNode:
+        """The network mode of the node's container jobs (``none``, ``host``, ``bridge`` or
+        the name of a network on its engine); jobs started from now on get it."""
+        if not DOCKER_NETWORK_RE.fullmatch(network):
+            raise ValidationError(
+                f"docker network {network!r}: expected none, host, bridge or a network name "
+                "(letters, digits, '_', '.', '-')",
+                path="docker_network",
+            )
+        n = self.get(name)
+        async with self.db.transaction() as s:
+            await s.execute(update(Node).where(Node.id == n.id).values(docker_network=network))
+        n.docker_network = network
         return n
 
     async def remove(self, name: str) -> LiveNode:
