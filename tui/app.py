@@ -68,7 +68,8 @@ class MlsmApp(App[None]):
         Binding("ctrl+r", "refresh", "Refresh now", show=False),
     ]
 
-    conn: reactive[Connection] = reactive(Connection, always_update=True)
+    #: No repaint of its own: the status bar watches it and repaints itself when its line changes.
+    conn: reactive[Connection] = reactive(Connection, always_update=True, repaint=False)
 
     def __init__(
         self,

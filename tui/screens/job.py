@@ -10,6 +10,7 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
+from textual.css.query import NoMatches
 from textual.widgets import Static, TabbedContent, TabPane
 
 from mlsm.errors import MlsmError, UnavailableError
@@ -132,7 +133,10 @@ class JobScreen(View):
     @work(exclusive=True, group="log")
     async def stream_log(self) -> None:
         """The tail of the log, then follow it live; reconnect while the master is away."""
-        view = self.query_one(LogView)
+        try:
+            view = self.query_one(LogView)
+        except NoMatches:  # the screen closed before the worker started
+            return
         offset: int | None = None
         while True:
             try:
@@ -150,8 +154,13 @@ class JobScreen(View):
                         return
                 async for event, payload in self.source.follow_log(self.job_id, offset):
                     if event == "log":
-                        view.append(payload + "\n" if not payload.endswith("\n") else payload)
+                        # Raw chunks: a line may be split across events. The view holds
+                        # the unfinished tail until its newline (or the end) arrives.
+                        view.append(payload)
                         offset += len(payload.encode())
+                    elif event == "attempt":
+                        view.append(("\n" if view.pending else "") + f"--- attempt {payload} ---\n")
+                        offset = 0
                     elif event == "end":
                         view.end(payload)
                         return

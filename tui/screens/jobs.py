@@ -132,7 +132,7 @@ class JobsScreen(View):
         self.total = data.total
         self._show()
 
-    def visible(self) -> list[api.Job]:
+    def shown_jobs(self) -> list[api.Job]:
         keyed, words = parse_filter(self.query_one("#filter", Input).value)
         me = self.mlsm.conn.user
         out = [
@@ -147,7 +147,7 @@ class JobsScreen(View):
     def _show(self) -> None:
         now = self.mlsm.now()
         rows = []
-        for job in self.visible():
+        for job in self.shown_jobs():
             if job.started_at:
                 time_cell = fmt.duration((job.ended_at or now) - job.started_at)
             else:

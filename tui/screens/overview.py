@@ -48,6 +48,9 @@ class OverviewScreen(View):
         self.history: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=HISTORY_POINTS))
         self.data: Overview | None = None
         self.wide = False
+        self._totals_shown: Text | None = None
+        #: Per node: the inputs of its row and the cells built from them, reused while equal.
+        self._row_cache: dict[str, tuple[object, list[object]]] = {}
 
     def body(self) -> ComposeResult:
         yield Static("loading the lab…", id="totals")
@@ -103,7 +106,7 @@ class OverviewScreen(View):
         for node in sorted(data.nodes, key=lambda n: n.name):
             if term and not self._matches(node, term):
                 continue
-            rows.append((node.name, self._cells(node, jobs_by_node[node.name])))
+            rows.append((node.name, self._row(node, jobs_by_node[node.name])))
         self.table.sync(rows)
 
     @staticmethod
@@ -112,6 +115,30 @@ class OverviewScreen(View):
             [node.name, node.state, *(f"{k}={v}" for k, v in node.labels.items())]
         ).lower()
         return all(part in hay for part in term.split())
+
+    def _row(self, node: api.Node, jobs: list[api.Job]) -> list[object]:
+        """The row's cells, rebuilt only when what they show changed (most polls change
+        a few nodes; building Rich text for all of them was most of an idle poll)."""
+        history = self.history[node.name]
+        host = node.host
+        key = (
+            self.wide,
+            node.state,
+            node.draining,
+            node.gpu_error,
+            node.running_jobs,
+            tuple((g.sample.util, g.sample.mem_used, g.sample.mem_total) for g in node.gpus),
+            node.gpus[0].sample.name if node.gpus else "",
+            (host.cpu_percent, host.mem_used, host.mem_total) if host else None,
+            tuple(history)[-(20 if self.wide else 10) :],
+            tuple((j.id, j.user) for j in jobs),
+        )
+        cached = self._row_cache.get(node.name)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        cells = self._cells(node, jobs)
+        self._row_cache[node.name] = (key, cells)
+        return cells
 
     def _cells(self, node: api.Node, jobs: list[api.Job]) -> list[object]:
         state = "draining" if node.draining and node.state == "online" else node.state
@@ -176,7 +203,9 @@ class OverviewScreen(View):
             text.append(" · ".join(f"{user} {n}" for user, n in by_user))
         else:
             text.append("nobody", style="dim")
-        self.query_one("#totals", Static).update(text)
+        if text != self._totals_shown:
+            self._totals_shown = text
+            self.query_one("#totals", Static).update(text, layout=False)
 
     # ------------------------------------------------------------ actions
     def focus_main(self) -> None:

@@ -64,11 +64,21 @@ class LogView(Vertical, can_focus=False):
         self.text_log.focus()
 
     # ------------------------------------------------------------ data in
+    @property
+    def pending(self) -> str:
+        """The unfinished last line, held back until its newline arrives."""
+        return self._partial
+
     def append(self, chunk: str) -> None:
-        """Add text; only whole lines are shown, in one batched write."""
+        """Add text; only whole lines are shown, in one batched write. Chunks may split
+        lines (and ``\\r\\n``) anywhere: the unfinished tail waits for the next chunk."""
         data = self._partial + chunk
-        parts = data.split("\n")
-        self._partial = parts.pop()
+        if data.endswith("\r"):  # maybe half of a \r\n: decide with the next chunk
+            data, held = data[:-1], "\r"
+        else:
+            held = ""
+        parts = data.replace("\r\n", "\n").split("\n")
+        self._partial = parts.pop() + held
         if not parts:
             return
         over = len(self.lines) + len(parts) - self.max_lines
@@ -81,6 +91,7 @@ class LogView(Vertical, can_focus=False):
     def end(self, state: str) -> None:
         if self._partial:
             self.append("\n")
+            self._partial = ""
         self.ended = state
         self._show_info()
 
@@ -106,7 +117,7 @@ class LogView(Vertical, can_focus=False):
             parts.append(f"search {self.term!r}")
         if self.ended:
             parts.append(f"ended: {self.ended}")
-        self.query_one("#log-info", Static).update(" " + " · ".join(parts))
+        self.query_one("#log-info", Static).update(" " + " · ".join(parts), layout=False)
 
     # ------------------------------------------------------------ actions
     def watch_follow(self, follow: bool) -> None:

@@ -30,11 +30,17 @@ class StatusBar(Static):
     StatusBar { dock: top; height: 1; background: $panel; color: $text; }
     """
 
+    _shown: Text | None = None
+
     def on_mount(self) -> None:
         self.watch(self.app, "conn", self._show, init=True)
 
     def _show(self, _conn: Connection | None = None) -> None:
-        self.update(self.render_status())
+        """Repaint only when the line changes: every poll sets ``conn``, most change nothing."""
+        text = self.render_status()
+        if text != self._shown:
+            self._shown = text
+            self.update(text, layout=False)
 
     def render_status(self) -> Text:
         app = self.app
@@ -71,4 +77,5 @@ class StatusBar(Static):
         return text
 
     def on_resize(self) -> None:
+        self._shown = None
         self._show()

@@ -49,23 +49,33 @@ class LabTable(DataTable[object]):
         self.refresh()
 
     def sync(self, rows: Sequence[Row]) -> None:
-        """Make the table show ``rows`` in that order: add, update changed cells, remove, sort once."""
+        """Make the table show ``rows`` in that order: add, update changed cells, remove,
+        sort once. Unchanged cells are not touched, and changed ones are written together
+        with one refresh, so an idle poll costs no repaint."""
         keep = self.current_key
         wanted = {key: cells for key, cells in rows}
         for row_key in list(self.rows):
             if row_key.value not in wanted:
                 self.remove_row(row_key)
         columns = list(self.columns)
+        changed = False
         for key, cells in rows:
-            if RowKey(key) in self.rows:
-                old = self.get_row(key)
-                for column, before, after in zip(columns, old, cells, strict=False):
-                    if before != after:
-                        self.update_cell(key, column, after)
-            else:
+            row_key = RowKey(key)
+            data = self._data.get(row_key)
+            if data is None or row_key not in self.rows:
                 self.add_row(*cells, key=key)
+                continue
+            for column, after in zip(columns, cells, strict=False):
+                if data.get(column) != after:
+                    data[column] = after
+                    changed = True
+        if changed:
+            self._update_count += 1
+            self.refresh()
         order = [key for key, _ in rows]
         if [row.key.value for row in self.ordered_rows] != order:
             self._order_by_keys(order)
         if keep is not None and keep in wanted:
-            self.move_cursor(row=self.get_row_index(keep), animate=False)
+            index = self.get_row_index(keep)
+            if self.cursor_row != index:
+                self.move_cursor(row=index, animate=False)

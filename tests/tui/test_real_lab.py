@@ -1,0 +1,232 @@
+"""The real dashboard against a real lab: one ``mlsm master`` and two ``mlsm agent``
+processes (2 simulated A100s each) on loopback, driven through Pilot with the real
+:class:`~tui.source.MasterSource`. Every wait polls the app with a deadline."""
+
+from __future__ import annotations
+
+import shlex
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from textual.pilot import Pilot
+from textual.widgets import Input
+
+from mlsm.wire import api
+from tests.integration.lab import Lab
+from tui.app import MlsmApp
+from tui.screens import AdminScreen, JobScreen, JobsScreen, OverviewScreen
+from tui.source import MasterSource
+from tui.widgets.forms import SubmitForm
+from tui.widgets.logview import LogView
+from tui.widgets.table import LabTable
+
+#: Longest wait for anything the lab does (a job starting, a master restarting).
+DEADLINE_S = 30.0
+#: How often the app polls the master in these tests.
+POLL_S = 0.3
+NODES = ("lab-a", "lab-b")
+
+#: A job that prints each line in two writes, flushed apart, so log chunks split lines.
+SLOW_LINES = """\
+import sys, time
+for i in range(5):
+    sys.stdout.write(f"line {i} begins")
+    sys.stdout.flush()
+    time.sleep(0.3)
+    sys.stdout.write(f" and ends {i}\\n")
+    sys.stdout.flush()
+"""
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    with Lab(tmp_path_factory.mktemp("tui-lab")) as lab:
+        lab.start_master()
+        for name in NODES:
+            lab.start_agent(name, gpus="2xA100-80GB")
+        yield lab
+
+
+def make(lab: Lab, token: str | None = None, **kwargs: Any) -> MlsmApp:
+    return MlsmApp(MasterSource(lab.url, token or lab.token), poll_s=POLL_S, **kwargs)
+
+
+async def until(pilot: Pilot[None], condition: Callable[[], object], what: str) -> None:
+    """Let the app run until ``condition()`` is true; fail after ``DEADLINE_S``."""
+    deadline = time.monotonic() + DEADLINE_S
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await pilot.pause(0.05)
+
+
+def rows(app: MlsmApp, table: str) -> list[str]:
+    found = app.screen.query(table)
+    if not found:
+        return []
+    return [str(r.key.value) for r in found.first(LabTable).ordered_rows]
+
+
+def cell(app: MlsmApp, table: str, row: str, column: str) -> str:
+    return str(app.screen.query_one(table, LabTable).get_cell(row, column))
+
+
+def bindings(app: MlsmApp) -> set[str]:
+    return {b.binding.action for b in app.screen.active_bindings.values()}
+
+
+def submit(lab: Lab, argv: list[str], **extra: Any) -> int:
+    reply = lab.admin.call(
+        "POST", "/api/v1/jobs", json=api.JobSubmit(argv=argv, **extra), type=api.SubmitReply
+    )
+    return reply.job.id
+
+
+async def test_overview_shows_both_nodes_online_with_their_gpus(lab: Lab) -> None:
+    app = make(lab)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await until(pilot, lambda: set(NODES) <= set(rows(app, "#nodes")), "both node rows")
+        await until(
+            pilot,
+            lambda: all(cell(app, "#nodes", n, "state") == "online" for n in NODES),
+            "both nodes online",
+        )
+        for name in NODES:
+            model = cell(app, "#nodes", name, "model")
+            assert model.startswith("2x ") and "A100-80GB" in model
+            assert len(cell(app, "#nodes", name, "util").split()) == 2  # one bar per GPU
+        totals = str(app.screen.query_one("#totals").render())
+        assert "2/2 online" in totals and "of 4" in totals
+
+
+async def test_submitted_job_runs_and_its_log_follows_split_lines(lab: Lab, tmp_path: Path) -> None:
+    script = tmp_path / "slow_lines.py"
+    script.write_text(SLOW_LINES)
+    app = make(lab)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: app.conn.state == "live", "login")
+        await pilot.press("2")
+        await until(pilot, lambda: isinstance(app.screen, JobsScreen), "jobs view")
+        await pilot.press("n")
+        await until(pilot, lambda: isinstance(app.screen, SubmitForm), "submit form")
+        form = app.screen
+        form.query_one("#f-command", Input).value = shlex.join([sys.executable, str(script)])
+        form.query_one("#f-name", Input).focus()
+        await pilot.press(*"slow-lines", "ctrl+s")
+        await until(pilot, lambda: isinstance(app.screen, JobsScreen), "form closed")
+        jobs = app.screen
+        assert isinstance(jobs, JobsScreen)
+        await until(
+            pilot,
+            lambda: any(j.name == "slow-lines" for j in jobs.jobs.values()),
+            "the job in the table",
+        )
+        job = next(j for j in jobs.jobs.values() if j.name == "slow-lines")
+        assert str(job.id) in rows(app, "#jobs")
+        jobs.table.move_cursor(row=rows(app, "#jobs").index(str(job.id)))
+        await pilot.press("l")
+        await until(pilot, lambda: isinstance(app.screen, JobScreen), "job screen")
+        view = app.screen.query_one(LogView)
+        await until(pilot, lambda: "line 0 begins and ends 0" in view.lines, "the first line")
+        assert view.ended is None, "the log view followed a job that was still running"
+        await until(pilot, lambda: view.ended is not None, "the end of the log")
+        assert view.ended == "succeeded"
+        ours = [line for line in view.lines if not line.startswith("[mlsm]")]
+        assert ours == [f"line {i} begins and ends {i}" for i in range(5)]
+
+
+async def test_cancel_with_capital_c_and_confirm_ends_a_running_job(lab: Lab) -> None:
+    job_id = submit(lab, ["sleep", "60"], name="to-cancel")
+    app = make(lab)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: app.conn.state == "live", "login")
+        app.open_job(job_id)
+        await until(
+            pilot,
+            lambda: (
+                isinstance(app.screen, JobScreen)
+                and app.screen.job is not None
+                and app.screen.job.state == "running"
+            ),
+            "the job running",
+        )
+        await pilot.press("C")
+        await until(pilot, lambda: type(app.screen).__name__ == "ConfirmModal", "confirm")
+        await pilot.press("y")
+        await until(
+            pilot,
+            lambda: (
+                isinstance(app.screen, JobScreen)
+                and app.screen.job is not None
+                and app.screen.job.state == "cancelled"
+            ),
+            "the job cancelled",
+        )
+    assert lab.job(job_id).state == "cancelled"
+
+
+async def test_admin_adds_a_user(lab: Lab) -> None:
+    app = make(lab)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: app.is_admin, "admin login")
+        await pilot.press("4")
+        await until(
+            pilot,
+            lambda: isinstance(app.screen, AdminScreen) and "root" in rows(app, "#users-table"),
+            "users table",
+        )
+        await pilot.press("a")
+        await until(pilot, lambda: app.screen.query("#problem"), "user form")
+        await pilot.press(*"lena", "tab", *"lena-password-1", "ctrl+s")
+        await until(pilot, lambda: "lena" in rows(app, "#users-table"), "the new user's row")
+    users = lab.admin.call("GET", "/api/v1/users", type=list[api.User])
+    assert any(u.username == "lena" and u.role == "member" for u in users)
+
+
+async def test_readonly_hides_every_action(lab: Lab) -> None:
+    job_id = submit(lab, ["true"], name="ro")
+    app = make(lab, readonly=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: app.is_admin and app.first_data_at, "data")
+        assert isinstance(app.screen, OverviewScreen)
+        assert not {"drain", "resume"} & bindings(app)
+        await pilot.press("2")
+        await until(pilot, lambda: isinstance(app.screen, JobsScreen), "jobs view")
+        assert not {"submit", "cancel_job"} & bindings(app)
+        await pilot.press("n")
+        assert not isinstance(app.screen, SubmitForm)
+        app.open_job(job_id)
+        await until(
+            pilot, lambda: isinstance(app.screen, JobScreen) and app.screen.ready, "job screen"
+        )
+        assert "cancel_job" not in bindings(app)
+        assert "read-only" in str(app.screen.query_one("StatusBar").render())
+
+
+async def test_master_killed_and_restarted_underneath(lab: Lab) -> None:
+    app = make(lab)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: set(NODES) <= set(rows(app, "#nodes")), "node rows")
+        screen = app.screen
+        status = screen.query_one("StatusBar")
+        lab.stop_master(signal.SIGKILL)
+        try:
+            await until(pilot, lambda: app.conn.state == "stale", "stale state")
+            assert "master unreachable" in str(status.render())
+            assert screen.has_class("-stale")
+            assert set(NODES) <= set(rows(app, "#nodes")), "the last data stays on screen"
+        finally:
+            lab.start_master()
+        await until(pilot, lambda: app.conn.state == "live", "reconnected")
+        assert not screen.has_class("-stale")
+        assert "unreachable" not in str(status.render())
+        await until(
+            pilot,
+            lambda: all(cell(app, "#nodes", n, "state") == "online" for n in NODES),
+            "nodes online again",
+        )
