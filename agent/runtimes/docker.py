@@ -685,8 +685,9 @@ class DockerRuntime:
             "tty": False,  # keeps the log stream framed (see the module docstring)
             "detach": True,
         }
-        if spec.workdir:
-            kwargs["working_dir"] = spec.workdir
+        # Like a process job, relative paths land in the output dir unless told otherwise
+        # (an image's own WORKDIR would be thrown away with the container).
+        kwargs["working_dir"] = spec.workdir or OUTPUT_MOUNT
         user = self._unix_user(spec)
         if user is not None:
             kwargs["user"] = f"{user.pw_uid}:{user.pw_gid}"

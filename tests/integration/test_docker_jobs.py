@@ -235,7 +235,7 @@ def test_dataset_is_mounted_read_only_and_the_output_dir_writable(
 
     wait_for(on_node, START_DEADLINE_S, f"dataset {DATASET} reported by {NODE}")
     script = (
-        f"exec 2>&1; cat /datasets/{DATASET}/hello.txt; echo $MLSM_OUTPUT_DIR; "
+        f"exec 2>&1; cat /datasets/{DATASET}/hello.txt; pwd; "
         f"if touch /datasets/{DATASET}/new; then echo wrote; else echo refused; fi; "
         "echo result > /mlsm/output/result.txt"
     )
@@ -486,3 +486,23 @@ def test_a_node_without_an_engine_reports_it_and_gets_no_container_jobs(
         assert job.state == "queued" and job.node is None
         process_job = lab.submit("--", "true")  # the node itself is fine
         assert lab.wait_job(process_job, timeout=JOB_DEADLINE_S).state == "succeeded"
+
+
+# ---------------------------------------------------------------- a shared engine
+def test_a_container_name_held_by_another_lab_is_qualified_with_the_node(
+    lab: Lab, engine: docker.DockerClient, image: str
+) -> None:
+    # Job ids are per master: another lab on this engine may hold the plain name already.
+    last = submit(lab, image, "--", "true")
+    finished(lab, last)
+    taken = f"mlsm-job-{last + 1}-0"
+    foreign = engine.containers.create(image, ["true"], name=taken, labels={"test": TAG})
+    try:
+        jid = submit(lab, image, "--keep-container", "--", "echo", "ok")
+        assert jid == last + 1
+        job = finished(lab, jid)
+        assert job.state == "succeeded", job.reason
+        assert container_of(engine, jid).name == f"{taken}.{NODE}"
+        assert body(lab.log(jid)) == b"ok\n"
+    finally:
+        foreign.remove(force=True)
