@@ -143,6 +143,10 @@ class Agent:
         self._finished: list[tuple[AdoptRecord, w.JobReport]] = []
         self._finish_tries: dict[int, float] = {}  # job id -> when its end was first sent
         self._want_full = True
+        if cfg.dataset_roots:
+            from agent.datasets.service import DatasetCommands
+
+            DatasetCommands(self).install()
 
     # ---------------------------------------------------------------- facts
     def _info(self) -> w.NodeInfo:

@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import sys
+import time
+from typing import Any
+
 import click
 
 from mlsm.cli.common import ago, client_from, emit_json, human_bytes, json_option, table
@@ -38,7 +42,7 @@ def datasets(ctx: click.Context, node: str | None, as_json: bool) -> None:
 
 @click.group()
 def dataset() -> None:
-    """Show datasets and edit their description and tags."""
+    """Show, import, copy, move and remove datasets; edit their description and tags."""
 
 
 @dataset.command("show")
@@ -94,3 +98,202 @@ def dataset_set(
         emit_json(d)
     else:
         click.echo(f"dataset {d.name} updated")
+
+
+# ---------------------------------------------------------------- changes on nodes (admins)
+WAIT_POLL_S = 0.5  # how often --wait asks for progress
+
+
+def _progress_line(t: api.Transfer) -> str:
+    done = human_bytes(t.done_bytes)
+    total = f" of {human_bytes(t.total_bytes)}" if t.total_bytes else ""
+    rate = f" at {human_bytes(t.rate_bps)}/s" if t.rate_bps else ""
+    return f"{t.kind} {t.dataset} -> {t.node}: {t.state}, {done}{total}{rate}  {t.message}".rstrip()
+
+
+def _follow(c: Any, t: api.Transfer, as_json: bool) -> None:
+    """Show live progress until the transfer ends; exit non-zero unless it succeeded."""
+    live = sys.stderr.isatty() and not as_json
+    last = ""
+    while t.state in ("pending", "running"):
+        line = _progress_line(t)
+        if live:
+            click.echo("\r\x1b[2K" + line[:200], nl=False, err=True)
+        elif line != last and not as_json:
+            click.echo(line, err=True)
+        last = line
+        time.sleep(WAIT_POLL_S)
+        t = c.call("GET", f"/api/v1/transfers/{t.id}", type=api.Transfer)
+    if live:
+        click.echo("\r\x1b[2K", nl=False, err=True)
+    if as_json:
+        emit_json(t)
+    elif t.state == "succeeded":
+        click.echo(_progress_line(t))
+    if t.state != "succeeded":
+        raise click.ClickException(f"transfer {t.id} {t.state}: {t.message or 'no reason given'}")
+
+
+def _started(c: Any, t: api.Transfer, wait: bool | None, as_json: bool) -> None:
+    if wait is None:
+        wait = sys.stdout.isatty()
+    if wait:
+        _follow(c, t, as_json)
+    elif as_json:
+        emit_json(t)
+    else:
+        click.echo(
+            f"transfer {t.id} started ({t.kind} {t.dataset} -> {t.node}); see `mlsm transfers`"
+        )
+
+
+wait_option = click.option(
+    "--wait/--no-wait",
+    default=None,
+    help="Show progress until it ends (default: on a terminal).",
+)
+
+
+@dataset.command("import")
+@click.argument("url")
+@click.option("--node", required=True, help="Node whose dataset root receives it.")
+@click.option("--name", required=True, help="Dataset name (one path component).")
+@click.option("--sha256", default="", help="Expected sha256 of the downloaded file.")
+@click.option("--no-unpack", is_flag=True, help="Keep an archive as one file.")
+@wait_option
+@json_option
+@click.pass_context
+def dataset_import(
+    ctx: click.Context,
+    url: str,
+    node: str,
+    name: str,
+    sha256: str,
+    no_unpack: bool,
+    wait: bool | None,
+    as_json: bool,
+) -> None:
+    """Download URL (http/https) onto NODE as dataset NAME (admins)."""
+    body = api.DatasetImport(
+        url=url, node=node, name=name, sha256=sha256.removeprefix("sha256:"), unpack=not no_unpack
+    )
+    with client_from(ctx) as c:
+        t = c.call("POST", "/api/v1/datasets/import", json=body, type=api.Transfer)
+        _started(c, t, wait, as_json)
+
+
+def _transfer(
+    ctx: click.Context, name: str, src: str, dst: str, move: bool, wait: bool | None, as_json: bool
+) -> None:
+    body = api.DatasetTransfer(name=name, src=src, dst=dst, move=move)
+    with client_from(ctx) as c:
+        t = c.call("POST", "/api/v1/datasets/transfer", json=body, type=api.Transfer)
+        _started(c, t, wait, as_json)
+
+
+@dataset.command("copy")
+@click.argument("name")
+@click.option("--from", "src", required=True, help="Node that holds the dataset.")
+@click.option("--to", "dst", required=True, help="Node that receives a copy.")
+@wait_option
+@json_option
+@click.pass_context
+def dataset_copy(
+    ctx: click.Context, name: str, src: str, dst: str, wait: bool | None, as_json: bool
+) -> None:
+    """Copy a dataset to another node, verified file by file (admins)."""
+    _transfer(ctx, name, src, dst, False, wait, as_json)
+
+
+@dataset.command("move")
+@click.argument("name")
+@click.option("--from", "src", required=True, help="Node that holds the dataset.")
+@click.option("--to", "dst", required=True, help="Node that receives it.")
+@wait_option
+@json_option
+@click.pass_context
+def dataset_move(
+    ctx: click.Context, name: str, src: str, dst: str, wait: bool | None, as_json: bool
+) -> None:
+    """Move a dataset: copy, verify file by file, then delete the source (admins)."""
+    _transfer(ctx, name, src, dst, True, wait, as_json)
+
+
+@dataset.command("rm")
+@click.argument("name")
+@click.option("--node", required=True, help="Node whose copy is removed.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@wait_option
+@json_option
+@click.pass_context
+def dataset_rm(
+    ctx: click.Context, name: str, node: str, yes: bool, wait: bool | None, as_json: bool
+) -> None:
+    """Delete the copy of NAME on NODE from its disk (admins; audited)."""
+    if not yes:
+        if not sys.stdin.isatty():
+            raise click.ClickException("deleting needs confirmation: add --yes")
+        click.confirm(f"Delete dataset {name} from the disk of {node}?", abort=True)
+    with client_from(ctx) as c:
+        t = c.call("DELETE", f"/api/v1/datasets/{name}", params={"node": node}, type=api.Transfer)
+        _started(c, t, True if wait is None else wait, as_json)
+
+
+def _transfer_rows(rows: list[api.Transfer]) -> None:
+    table(
+        [
+            (
+                t.id,
+                t.kind,
+                t.dataset,
+                t.node,
+                t.state,
+                human_bytes(t.done_bytes),
+                human_bytes(t.total_bytes) if t.total_bytes else "-",
+                f"{human_bytes(t.rate_bps)}/s" if t.rate_bps else "-",
+                ago(t.created_at),
+                t.message[:60],
+            )
+            for t in rows
+        ],
+        ["ID", "KIND", "DATASET", "NODE", "STATE", "DONE", "TOTAL", "RATE", "CREATED", "MESSAGE"],
+    )
+
+
+@click.command()
+@click.option("--active", is_flag=True, help="Only transfers still running.")
+@json_option
+@click.pass_context
+def transfers(ctx: click.Context, active: bool, as_json: bool) -> None:
+    """List dataset imports, copies, moves and deletes, newest first."""
+    with client_from(ctx) as c:
+        rows = c.call("GET", "/api/v1/transfers", type=list[api.Transfer])
+    if active:
+        rows = [t for t in rows if t.state in ("pending", "running")]
+    if as_json:
+        emit_json(rows)
+    else:
+        _transfer_rows(rows)
+
+
+@dataset.command("transfers")
+@click.option("--active", is_flag=True, help="Only transfers still running.")
+@json_option
+@click.pass_context
+def dataset_transfers(ctx: click.Context, active: bool, as_json: bool) -> None:
+    """List dataset imports, copies, moves and deletes (same as `mlsm transfers`)."""
+    ctx.invoke(transfers, active=active, as_json=as_json)
+
+
+@dataset.command("cancel")
+@click.argument("transfer_id", type=int)
+@json_option
+@click.pass_context
+def dataset_cancel(ctx: click.Context, transfer_id: int, as_json: bool) -> None:
+    """Cancel an import, copy or move; nothing half-made stays behind (admins)."""
+    with client_from(ctx) as c:
+        t = c.call("POST", f"/api/v1/transfers/{transfer_id}/cancel", type=api.Transfer)
+    if as_json:
+        emit_json(t)
+    else:
+        click.echo(f"transfer {t.id}: {t.state} {t.message}".rstrip())

@@ -48,6 +48,8 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("POST", "/agent/v1/events"): "node",
     ("POST", "/agent/v1/logs"): "node",
     ("POST", "/agent/v1/datasets"): "node",
+    ("POST", "/agent/v1/transfers/upload"): "node",
+    ("POST", "/agent/v1/transfers/fetch"): "node",
     # nodes and join tokens
     ("GET", "/api/v1/join-tokens"): "admin",
     ("POST", "/api/v1/join-tokens"): "admin",
@@ -76,6 +78,12 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/datasets"): "member",
     ("GET", "/api/v1/datasets/{name:str}"): "member",
     ("PATCH", "/api/v1/datasets/{name:str}"): "member",
+    ("POST", "/api/v1/datasets/import"): "admin",
+    ("POST", "/api/v1/datasets/transfer"): "admin",
+    ("DELETE", "/api/v1/datasets/{name:str}"): "admin",
+    ("GET", "/api/v1/transfers"): "member",
+    ("GET", "/api/v1/transfers/{transfer_id:int}"): "member",
+    ("POST", "/api/v1/transfers/{transfer_id:int}/cancel"): "admin",
 }
 
 USER_ROLES = ("member", "admin", "superadmin")

@@ -127,3 +127,25 @@ async def datasets(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 
 ROUTES = [register, heartbeat, commands, events, logs, datasets]
+
+
+# ---------------------------------------------------------------- dataset copies via the master
+@post("/agent/v1/transfers/upload", opt={"role": "node"}, status_code=200, **_opts)
+async def transfer_upload(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """A source node's chunk of a copy (manifest or packed data), idempotent by offset."""
+    chunk = await _decode(request, w.decode_transfer_chunk)
+    st = services(request)
+    node = st.nodes.node_for(principal(request))
+    return _reply(await st.datasets.upload(node, chunk))
+
+
+@post("/agent/v1/transfers/fetch", opt={"role": "node"}, status_code=200, **_opts)
+async def transfer_fetch(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """A target node reads a spooled copy from an offset."""
+    req = await _decode(request, w.decode_transfer_fetch)
+    st = services(request)
+    node = st.nodes.node_for(principal(request))
+    return _reply(await st.datasets.fetch(node, req))
+
+
+ROUTES += [transfer_upload, transfer_fetch]
