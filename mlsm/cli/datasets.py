@@ -239,6 +239,23 @@ def dataset_rm(
         _started(c, t, True if wait is None else wait, as_json)
 
 
+@dataset.command("digest")
+@click.argument("name")
+@click.option("--node", required=True, help="Node whose copy is hashed.")
+@wait_option
+@json_option
+@click.pass_context
+def dataset_digest(
+    ctx: click.Context, name: str, node: str, wait: bool | None, as_json: bool
+) -> None:
+    """Compute the content digest of a copy (sha256 over every file; admins)."""
+    with client_from(ctx) as c:
+        t = c.call(
+            "POST", f"/api/v1/datasets/{name}/digest", params={"node": node}, type=api.Transfer
+        )
+        _started(c, t, True if wait is None else wait, as_json)
+
+
 def _transfer_rows(rows: list[api.Transfer]) -> None:
     table(
         [

@@ -75,6 +75,8 @@ BEFORE: dict[str, dict[str, dict[str, bytes]]] = {
         "shared": {"readme.txt": b"same name, two nodes\n"},
         "corpus": CORPUS,
         "queued-on": {"x": b"1"},
+        "oversized": {"a.bin": os.urandom(3 << 20)},
+        "tocancel": {"a.bin": os.urandom(4 << 20)},
     },
     "dsb": {
         "shared": {"readme.txt": b"same name, two nodes\n"},
@@ -443,6 +445,16 @@ def test_copy_between_two_agents_is_verified_file_by_file(lab: Lab) -> None:
     assert not list((lab.master_data / "transfers").iterdir())
     no_leftovers(root_of(lab, "dsb"))
     print(f"copy of {BIG_FILE / 2**20:.1f} MiB through the master: {elapsed:.2f} s (CLI included)")
+    res = lab.cli("dataset", "digest", "corpus", "--node", "dsb")
+    assert res.returncode == 0, res.stderr
+    d = catalog(lab, "corpus")
+    assert d is not None
+    digests = {c.node: c.digest for c in d.copies}
+    assert digests["dsb"] and digests["dsb"] in res.stdout
+    res = lab.cli("dataset", "digest", "corpus", "--node", "dsa")
+    assert res.returncode == 0, res.stderr
+    d = catalog(lab, "corpus")
+    assert d is not None and {c.digest for c in d.copies} == {digests["dsb"]}
     again = raw(
         lab,
         "POST",
@@ -461,6 +473,40 @@ def test_move_deletes_the_source_only_after_the_copy(lab: Lab) -> None:
     assert tree(root_of(lab, "dsa") / "tomove") == files
     assert not (root_of(lab, "dsb") / "tomove").exists()
     wait_copies(lab, "tomove", {"dsa"})
+
+
+def test_a_copy_over_the_size_limit_fails_and_leaves_nothing(lab: Lab) -> None:
+    wait_copies(lab, "oversized", {"dsa"})
+    assert lab.cli("settings", "set", "--import-max-gib", str(1 / 1024)).returncode == 0
+    try:
+        res = lab.cli("dataset", "copy", "oversized", "--from", "dsa", "--to", "dsb", "--wait")
+    finally:
+        assert lab.cli("settings", "set", "--import-max-gib", "1024").returncode == 0
+    assert res.returncode != 0 and "over the limit" in res.stderr, res.stderr
+    assert not (root_of(lab, "dsb") / "oversized").exists()
+    assert lab.master_data is not None
+    assert not list((lab.master_data / "transfers").iterdir())
+    no_leftovers(root_of(lab, "dsb"))
+    assert copies_on(lab, "oversized") == {"dsa"}
+
+
+def test_a_cancelled_copy_leaves_nothing(lab: Lab) -> None:
+    wait_copies(lab, "tocancel", {"dsa"})
+    body = api.DatasetTransfer(name="tocancel", src="dsa", dst="dsb")
+    t = lab.admin.call("POST", "/api/v1/datasets/transfer", json=body, type=api.Transfer)
+    lab.admin.call("POST", f"/api/v1/transfers/{t.id}/cancel")
+    end = wait_transfer(lab, t.id)
+    assert end.state == "cancelled", end
+    assert not (root_of(lab, "dsb") / "tocancel").exists()
+    assert lab.master_data is not None
+    wait_for(
+        lambda: not list((lab.master_data / "transfers").iterdir()),  # type: ignore[operator]
+        TRANSFER_DEADLINE_S,
+        "no spool file",
+    )
+    no_leftovers(root_of(lab, "dsb"))
+    again = lab.cli("dataset", "copy", "tocancel", "--from", "dsa", "--to", "dsb", "--wait")
+    assert again.returncode == 0, again.stderr  # a later copy of the same dataset works
 
 
 def test_copy_refusals(lab: Lab) -> None:

@@ -81,6 +81,7 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/datasets/import"): "admin",
     ("POST", "/api/v1/datasets/transfer"): "admin",
     ("DELETE", "/api/v1/datasets/{name:str}"): "admin",
+    ("POST", "/api/v1/datasets/{name:str}/digest"): "admin",
     ("GET", "/api/v1/transfers"): "member",
     ("GET", "/api/v1/transfers/{transfer_id:int}"): "member",
     ("POST", "/api/v1/transfers/{transfer_id:int}/cancel"): "admin",

@@ -82,6 +82,20 @@ async def delete_dataset(
     return await services(request).datasets.start_delete(principal(request), name, node)  # type: ignore[no-any-return]
 
 
+@post(
+    "/api/v1/datasets/{name:str}/digest",
+    opt={"role": "admin", "audit": "dataset.digest"},
+    status_code=202,
+    tags=["datasets"],
+)
+async def digest_dataset(
+    request: Request[Any, Any, Any], name: str, node: str = Parameter(min_length=1, max_length=63)
+) -> api.Transfer:
+    """Compute the content digest of the copy on ``node`` (sha256 over every file)."""
+    audit_target(request, f"dataset:{name}", node=node)
+    return await services(request).datasets.start_digest(principal(request), name, node)  # type: ignore[no-any-return]
+
+
 @get("/api/v1/transfers", opt={"role": "member"}, tags=["datasets"])
 async def list_transfers(request: Request[Any, Any, Any]) -> list[api.Transfer]:
     return await services(request).datasets.list_transfers()  # type: ignore[no-any-return]
@@ -110,6 +124,7 @@ ROUTES = [
     import_dataset,
     transfer_dataset,
     delete_dataset,
+    digest_dataset,
     list_transfers,
     show_transfer,
     cancel_transfer,

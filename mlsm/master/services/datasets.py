@@ -84,6 +84,7 @@ class _Live:
     sizes: dict[str, int] = field(default_factory=dict)  # spooled bytes per part
     closed: set[str] = field(default_factory=set)  # parts uploaded whole
     digest: str = ""
+    cancel_by: str = ""  # who asked to cancel a copy that is already being received
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -143,8 +144,7 @@ class DatasetService:
                     e.modified,
                     list(e.top),
                 )
-                if e.digest:
-                    row.digest = e.digest
+                row.digest = e.digest  # None once the content changed since it was hashed
                 if e.name not in known:
                     s.add(DatasetRow(name=e.name, created_at=now))
                     known.add(e.name)
@@ -469,6 +469,30 @@ class DatasetService:
         await self._save(live)
         return _view(live)
 
+    async def start_digest(self, p: Principal, name: str, node_name: str) -> api.Transfer:
+        """Hash every file of the copy on ``node_name``; the digest shows on that copy."""
+        self._check_name(name)
+        node = self._online(node_name, "the")
+        path = self.path_on(node.id, name)
+        if path is None:
+            raise NotFound(f"node {node_name} holds no dataset {name}")
+        live = await self._new(
+            _Live(
+                id=0,
+                kind="digest",
+                dataset=name,
+                node=node.name,
+                node_id=node.id,
+                created_at=time.time(),
+                created_by=p.name,
+                state="running",
+                message=f"hashing {path}",
+            )
+        )
+        await self._command(live, "digest", node.id, w.DigestDataset, path=path)
+        await self._save(live)
+        return _view(live)
+
     async def _refuse_if_needed(self, name: str, node: LiveNode) -> None:
         """409 while a job needs this copy: it runs there, or it waits and no other online
         node holds the dataset."""
@@ -557,7 +581,10 @@ class DatasetService:
             raise Conflict(f"transfer {transfer_id} is removing files; it cannot be cancelled")
         for cmd_id, (_role, node_id) in list(live.cmds.items()):
             await self.nodes.enqueue(node_id, w.CancelTransfer, command_id=cmd_id)
-        if live.kind == "import":  # the agent removes its temp dir, then reports "cancelled"
+        if live.kind == "import" or live.phase == "receive":
+            # The agent removes its temp dir and reports "cancelled", or "succeeded" when
+            # the dataset was already in place: the transfer ends with what really happened.
+            live.cancel_by = p.name
             live.message = f"cancelling (asked by {p.name})"
             return _view(live)
         await self._end(live, "cancelled", f"cancelled by {p.name}")
@@ -596,9 +623,19 @@ class DatasetService:
         elif role == "receive":
             live.done, live.rate = pr.done_bytes, pr.rate_bps
             if pr.state == "running":
-                live.message = f"{where}: {pr.message or 'receiving'} on {live.node}"
+                if not live.cancel_by:
+                    live.message = f"{where}: {pr.message or 'receiving'} on {live.node}"
+            elif pr.state != "succeeded" and live.cancel_by:
+                await self._end(live, "cancelled", f"{where}: cancelled by {live.cancel_by}")
             elif pr.state != "succeeded":
                 await self._end(live, pr.state, f"{where}: receiving failed: {pr.message}")
+            elif live.cancel_by:
+                await self._end(
+                    live,
+                    "succeeded",
+                    f"{where}: copied and verified before the cancel arrived"
+                    + ("; the source was kept" if live.kind == "move" else ""),
+                )
             elif live.kind == "move" and live.src_id is not None:
                 live.phase = "delete-source"
                 live.message = f"{where}: verified on {live.node}; removing it from {live.src_node}"
@@ -663,6 +700,9 @@ class DatasetService:
                 await asyncio.to_thread(_pwrite, self._spool_path(live.id, part), size, data)
                 size += len(data)
                 live.sizes[part] = size
+                if live.state not in ACTIVE:  # cancelled while writing: no spool may remain
+                    self._drop_spool(live.id)
+                    return self._ack(live, size)
             if part == "data":
                 live.done = size
                 elapsed = max(time.monotonic() - live.phase_started, 1e-6)
@@ -719,6 +759,8 @@ class DatasetService:
         live = self._copy_for(req.transfer_id)
         if live.node_id != node.id:
             raise PermissionDenied(f"transfer {live.id} does not go to node {node.name}")
+        if live.cancel_by:
+            raise Conflict(f"transfer {live.id} was cancelled by {live.cancel_by}")
         if req.part not in live.closed or live.phase != "receive":
             raise Conflict(f"the {req.part} of transfer {live.id} is not uploaded yet")
         size = live.sizes.get(req.part, 0)
