@@ -48,6 +48,7 @@ JOB_CHECK_S = 0.2
 LOG_PUMP_S = 0.5
 SCAN_INTERVAL_S = 30.0
 STATE_SAVE_S = 10.0
+DOCKER_CHECK_S = 15.0  # how often the agent re-checks its Docker engine
 FORBIDDEN = 403
 REFUSED_RETRY_INTERVALS = 4  # a refused heartbeat is retried within this many intervals
 LOG_FLUSH_S = 5.0  # how long a job's end waits for its log to reach the master, per try
@@ -107,19 +108,21 @@ class Agent:
         for kind in ("process", "venv", "conda"):
             self.runtimes[kind] = proc
         self.docker_error = ""
+        self.docker: Any = None  # kept even while the engine is down, to notice it coming back
         try:
             from agent.runtimes.docker import ANY_NETWORK, DockerRuntime
 
             # The network mode comes with each job: the node's admin sets it on the master
             # (`mlsm node set NAME --docker-network ...`), which this agent already trusts.
-            dr = DockerRuntime(ctx, allowed_networks=(ANY_NETWORK,))
-            ok, why = dr.available()
+            self.docker = DockerRuntime(ctx, allowed_networks=(ANY_NETWORK,))
+            ok, why = self.docker.available()
             if ok:
-                self.runtimes["docker"] = dr
+                self.runtimes["docker"] = self.docker
             else:
                 self.docker_error = why
         except Exception as exc:  # docker SDK missing or broken: no container jobs here
             self.docker_error = f"Docker unavailable: {exc}"
+        self._docker_checked = time.monotonic()
         self.jobs: dict[int, _Running] = {}
         self.done_cmds: set[int] = set()
         self.to_ack: list[int] = []
@@ -248,6 +251,9 @@ class Agent:
         failures = 0
         while not self.stopping.is_set():
             started = time.monotonic()
+            if self.docker is not None and started - self._docker_checked >= DOCKER_CHECK_S:
+                self._docker_checked = started
+                await self._check_docker()
             gpus, gpu_err = await self.sampler.sample()
             self._attribute_gpu_processes(gpus)
             host = await asyncio.to_thread(self.host.sample)
@@ -319,6 +325,22 @@ class Agent:
                     )
                 )
         return out
+
+    async def _check_docker(self) -> None:
+        """Notice the engine going away or coming back, and tell the master (node info)."""
+        ok, why = await asyncio.to_thread(self.docker.available)
+        if ok == ("docker" in self.runtimes):
+            return
+        if ok:
+            self.runtimes["docker"] = self.docker
+            self.docker_error = ""
+            log.info("the Docker engine is available again: container jobs are accepted")
+        else:
+            self.runtimes.pop("docker", None)
+            self.docker_error = why
+            log.warning("%s: no new container jobs until it is back", why)
+        self.info = self._info()
+        self._info_sent = False
 
     def _attribute_gpu_processes(self, gpus: list[w.GpuSample]) -> None:
         sessions: dict[int, int] = {}

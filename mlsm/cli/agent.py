@@ -92,9 +92,7 @@ def agent(
             "plain HTTP once a certificate is pinned)"
         )
     if fp_file.exists():
-        from mlsm.tls import pinned_context
-
-        verify = pinned_context(fp_file.read_text().strip(), s.master)
+        verify = _pinned_with_retry(fp_file.read_text().strip(), s.master)
     elif s.ca_file:
         from mlsm.client import ssl_context
 
@@ -112,3 +110,25 @@ def agent(
     )
     os.umask(0o022)
     asyncio.run(Agent(cfg).run())
+
+
+PIN_RETRY_MAX_S = 30.0
+
+
+def _pinned_with_retry(fingerprint: str, url: str) -> object:
+    """The pinned TLS context; while the master is unreachable, wait for it (backoff), as the
+    agent does for every other call. A different certificate is refused at once."""
+    import logging
+    import time
+
+    from mlsm.errors import UnavailableError
+    from mlsm.tls import pinned_context
+
+    wait = 0.5
+    while True:
+        try:
+            return pinned_context(fingerprint, url)
+        except UnavailableError as exc:
+            logging.getLogger("mlsm.agent").warning("%s; retrying in %.0f s", exc.message, wait)
+            time.sleep(wait)  # nothing else to do before the first contact
+            wait = min(PIN_RETRY_MAX_S, wait * 2)

@@ -47,6 +47,13 @@ def master(
         settings = msgspec.structs.replace(settings, tls_cert=str(cert), tls_key=str(key))
     password = None
     if init_admin:
+        import asyncio
+
+        from mlsm.master.server import has_users
+
+        if asyncio.run(has_users(settings)):
+            init_admin = None  # users exist: nothing to create, no password to ask for
+    if init_admin:
         import msgspec
 
         from mlsm.wire.api import UserCreate

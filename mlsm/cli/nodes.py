@@ -189,7 +189,7 @@ def node_show(ctx: click.Context, name: str, as_json: bool) -> None:
     )
     click.echo(
         f"agent     mlsm {i.agent_version}  GPUs: {i.gpu_probe}{' (SIMULATED)' if i.gpu_probe == 'simulated' else ''}"
-        f"{'  driver ' + i.driver_version if i.driver_version else ''}  docker: {'yes' if i.docker_available else 'no'}"
+        f"{'  driver ' + i.driver_version if i.driver_version else ''}  docker: {('yes, network ' + n.docker_network) if i.docker_available else 'no'}"
     )
     if not i.docker_available and i.docker_error:
         click.echo(f"docker    unavailable: {i.docker_error}")

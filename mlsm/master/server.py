@@ -51,6 +51,23 @@ def _server_class() -> type:
     return Server
 
 
+async def has_users(settings: Settings) -> bool:
+    """Whether the database already has users (so --init-admin needs no password)."""
+    from sqlalchemy import func, select
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    from mlsm.master.db.models import User
+
+    db = Database(settings.db_url)
+    try:
+        async with db.session() as s:
+            return int((await s.execute(select(func.count()).select_from(User))).scalar_one()) > 0
+    except (OperationalError, ProgrammingError):  # no schema yet
+        return False
+    finally:
+        await db.close()
+
+
 def run_master(
     settings: Settings, *, init_admin: str | None = None, password: str | None = None
 ) -> None:

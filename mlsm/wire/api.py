@@ -173,6 +173,7 @@ class Node(Struct, kw_only=True):
     gpus: list[GpuView] = []
     gpu_error: str | None = None
     running_jobs: int = 0
+    docker_network: str = "none"
 
 
 class NodeUpdate(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):

@@ -491,6 +491,7 @@ class NodeRegistry:
             host=n.host,
             gpus=gpus,
             gpu_error=n.gpu_error,
+            docker_network=n.docker_network,
             running_jobs=sum(1 for r in n.jobs.values() if r.state in ("starting", "running")),
         )
 

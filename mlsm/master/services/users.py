@@ -83,9 +83,12 @@ class UserService:
                 )
                 s.add(user)
                 await s.flush()
-                return to_wire(user)
+                result = to_wire(user)
         except IntegrityError:
             raise Conflict(f"user {body.username!r} already exists") from None
+        if callable(self._on_change):
+            self._on_change(result.id)  # the job service learns the Unix account and cap
+        return result
 
     async def update(self, actor: Principal, username: str, body: api.UserUpdate) -> api.User:
         async with self.db.transaction() as s:
