@@ -49,6 +49,11 @@ def ssl_context(ca_file: str = "") -> ssl.SSLContext | bool:
     return True
 
 
+def _verify_for(url: str, verify: ssl.SSLContext | bool) -> ssl.SSLContext | bool:
+    """Plain-HTTP URLs use no TLS: skip loading the CA bundle (~50 ms per CLI call)."""
+    return False if url.startswith("http://") and verify is True else verify
+
+
 def _raise_for(resp: httpx.Response) -> None:
     if resp.status_code < 400:
         return
@@ -88,7 +93,10 @@ class Client(_Base):
     ) -> None:
         super().__init__(url, token)
         self._http = httpx.Client(
-            base_url=self.url, verify=verify, transport=transport, timeout=timeout
+            base_url=self.url,
+            verify=_verify_for(self.url, verify),
+            transport=transport,
+            timeout=timeout,
         )
 
     def close(self) -> None:
@@ -180,7 +188,10 @@ class AsyncClient(_Base):
     ) -> None:
         super().__init__(url, token)
         self._http = httpx.AsyncClient(
-            base_url=self.url, verify=verify, transport=transport, timeout=timeout
+            base_url=self.url,
+            verify=_verify_for(self.url, verify),
+            transport=transport,
+            timeout=timeout,
         )
 
     async def aclose(self) -> None:
