@@ -50,22 +50,67 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60.0)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="mlsm-bench-agent-"))
-    env = dict(os.environ, MLSM_PASSWORD="bench-password", MLSM_LOG_LEVEL="warning", PYTHONPATH=str(ROOT))
+    env = dict(
+        os.environ, MLSM_PASSWORD="bench-password", MLSM_LOG_LEVEL="warning", PYTHONPATH=str(ROOT)
+    )
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        procs.append(subprocess.Popen([sys.executable, "-m", "mlsm", "master", "--port", str(port), "--data-dir", str(tmp / "m"), "--init-admin", "root"],
-                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "mlsm",
+                    "master",
+                    "--port",
+                    str(port),
+                    "--data-dir",
+                    str(tmp / "m"),
+                    "--init-admin",
+                    "root",
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         wait(lambda: httpx.get(f"{url}/healthz").status_code == 200, 30, "master start")
-        tok = httpx.post(f"{url}/api/v1/auth/login", json={"username": "root", "password": "bench-password"}).json()["token"]
+        tok = httpx.post(
+            f"{url}/api/v1/auth/login", json={"username": "root", "password": "bench-password"}
+        ).json()["token"]
         h = {"Authorization": f"Bearer {tok}"}
         jt = httpx.post(f"{url}/api/v1/join-tokens", json={}, headers=h).json()["token"]
-        agent = subprocess.Popen([sys.executable, "-m", "mlsm", "agent", "--master", url, "--join-token", jt, "--name", "cost",
-                                  "--data-dir", str(tmp / "a"), "--simulate-gpus", args.gpus],
-                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        agent = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlsm",
+                "agent",
+                "--master",
+                url,
+                "--join-token",
+                jt,
+                "--name",
+                "cost",
+                "--data-dir",
+                str(tmp / "a"),
+                "--simulate-gpus",
+                args.gpus,
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         procs.append(agent)
-        wait(lambda: any(n["state"] == "online" for n in httpx.get(f"{url}/api/v1/nodes", headers=h).json()), 30, "agent online")
+        wait(
+            lambda: any(
+                n["state"] == "online" for n in httpx.get(f"{url}/api/v1/nodes", headers=h).json()
+            ),
+            30,
+            "agent online",
+        )
         time.sleep(SETTLE_S)  # let start-up work (imports, first samples) pass before measuring
         p = psutil.Process(agent.pid)
         t0 = p.cpu_times()
@@ -77,7 +122,9 @@ def main() -> None:
         rss = p.memory_info().rss / 2**20
         n = httpx.get(f"{url}/api/v1/nodes", headers=h).json()[0]
         print(f"agent with {args.gpus} (simulated), heartbeat {2.0:g} s, window {wall:.0f} s")
-        print(f"  CPU: {cpu:.2f}% of one core   RSS: {rss:.1f} MiB   GPUs reported: {len(n['gpus'])}")
+        print(
+            f"  CPU: {cpu:.2f}% of one core   RSS: {rss:.1f} MiB   GPUs reported: {len(n['gpus'])}"
+        )
     finally:
         for proc in reversed(procs):
             proc.terminate()

@@ -72,7 +72,11 @@ def wait_healthy(url: str, path: str = "/healthz", timeout: float = 30.0) -> Non
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if httpx.post(url + path, content=b"") if path.startswith("/agent") else httpx.get(url + path):
+            if (
+                httpx.post(url + path, content=b"")
+                if path.startswith("/agent")
+                else httpx.get(url + path)
+            ):
                 return
         except httpx.HTTPError:
             pass
@@ -83,7 +87,9 @@ def wait_healthy(url: str, path: str = "/healthz", timeout: float = 30.0) -> Non
 def run_wrk(url: str, lua: Path, seconds: int, connections: int) -> dict[str, float]:
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(lua), url],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     res: dict[str, float] = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}  # type: ignore[union-attr]
     for pct in ("50", "90", "99"):
@@ -105,27 +111,58 @@ def main() -> None:
     if not shutil.which("wrk"):
         raise SystemExit("needs wrk (apt-get install wrk)")
     tmp = Path(tempfile.mkdtemp(prefix="mlsm-bench-hb-"))
-    env = dict(os.environ, MLSM_PASSWORD="bench-password", MLSM_LOG_LEVEL="warning", PYTHONPATH=str(ROOT))
+    env = dict(
+        os.environ, MLSM_PASSWORD="bench-password", MLSM_LOG_LEVEL="warning", PYTHONPATH=str(ROOT)
+    )
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     master = subprocess.Popen(
-        [sys.executable, "-m", "mlsm", "master", "--port", str(port), "--data-dir", str(tmp / "m"), "--init-admin", "root"],
-        env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "master.log", "wb"),
+        [
+            sys.executable,
+            "-m",
+            "mlsm",
+            "master",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(tmp / "m"),
+            "--init-admin",
+            "root",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp / "master.log", "wb"),
     )
     procs = [master]
     try:
         wait_healthy(url)
-        tok = httpx.post(f"{url}/api/v1/auth/login", json={"username": "root", "password": "bench-password"}).json()["token"]
+        tok = httpx.post(
+            f"{url}/api/v1/auth/login", json={"username": "root", "password": "bench-password"}
+        ).json()["token"]
         h = {"Authorization": f"Bearer {tok}"}
-        jt = httpx.post(f"{url}/api/v1/join-tokens", json={"uses": args.nodes, "ttl_s": 3600}, headers=h).json()["token"]
+        jt = httpx.post(
+            f"{url}/api/v1/join-tokens", json={"uses": args.nodes, "ttl_s": 3600}, headers=h
+        ).json()["token"]
         secrets = []
         with httpx.Client(base_url=url) as c:
             for i in range(args.nodes):
-                req = w.RegisterRequest(protocol=PROTOCOL_VERSION, join_token=jt, name=f"bench{i:04d}")
-                r = c.post("/agent/v1/register", content=w.encoder.encode(req), headers={"content-type": w.MSGPACK})
+                req = w.RegisterRequest(
+                    protocol=PROTOCOL_VERSION, join_token=jt, name=f"bench{i:04d}"
+                )
+                r = c.post(
+                    "/agent/v1/register",
+                    content=w.encoder.encode(req),
+                    headers={"content-type": w.MSGPACK},
+                )
                 secrets.append(w.decode_register_reply(r.content).node_secret)
         probe = SimulatedProbe("8xA100-80GB", identity="bench")
-        hb = w.Heartbeat(protocol=PROTOCOL_VERSION, seq=1, sent_at=time.time(), host=HostCollector(tmp).sample(), gpus=probe.sample())
+        hb = w.Heartbeat(
+            protocol=PROTOCOL_VERSION,
+            seq=1,
+            sent_at=time.time(),
+            host=HostCollector(tmp).sample(),
+            gpus=probe.sample(),
+        )
         body = w.encoder.encode(hb)
         (tmp / "secrets.txt").write_text("\n".join(secrets) + "\n")
         (tmp / "body.bin").write_bytes(body)
@@ -134,8 +171,22 @@ def main() -> None:
         print(f"{args.nodes} nodes registered; heartbeat body {len(body)} bytes (8 GPUs)")
         spy = None
         if os.environ.get("BENCH_PROFILE"):  # py-spy samples the master while wrk runs
-            spy = subprocess.Popen(["py-spy", "record", "--pid", str(master.pid), "-d", str(args.seconds), "-f", "raw", "-o", os.environ["BENCH_PROFILE"]],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            spy = subprocess.Popen(
+                [
+                    "py-spy",
+                    "record",
+                    "--pid",
+                    str(master.pid),
+                    "-d",
+                    str(args.seconds),
+                    "-f",
+                    "raw",
+                    "-o",
+                    os.environ["BENCH_PROFILE"],
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         mine = run_wrk(url, lua, args.seconds, args.connections)
         if spy is not None:
             spy.wait(timeout=60)
@@ -148,8 +199,23 @@ def main() -> None:
         (peer_dir / "peer_app.py").write_text(PEER_APP)
         pport = free_port()
         peer = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "peer_app:app", "--port", str(pport), "--log-level", "warning", "--no-access-log", "--backlog", "4096"],
-            cwd=peer_dir, env=dict(env, PYTHONPATH=f"{peer_dir}:{ROOT}"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "peer_app:app",
+                "--port",
+                str(pport),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+                "--backlog",
+                "4096",
+            ],
+            cwd=peer_dir,
+            env=dict(env, PYTHONPATH=f"{peer_dir}:{ROOT}"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         procs.append(peer)
         purl = f"http://127.0.0.1:{pport}"
@@ -162,8 +228,13 @@ def main() -> None:
                 time.sleep(0.1)
         theirs = run_wrk(purl, lua, args.seconds, args.connections)
         print(f"{'':34} {'req/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
-        for name, r in (("mlsm master (SQLite, full ingest)", mine), ("plain Litestar decode+reply peer", theirs)):
-            print(f"{name:34} {r['rps']:8.0f} {r.get('p50_ms', 0):8.2f} {r.get('p90_ms', 0):8.2f} {r.get('p99_ms', 0):8.2f} {r['non2xx']:8.0f}")
+        for name, r in (
+            ("mlsm master (SQLite, full ingest)", mine),
+            ("plain Litestar decode+reply peer", theirs),
+        ):
+            print(
+                f"{name:34} {r['rps']:8.0f} {r.get('p50_ms', 0):8.2f} {r.get('p90_ms', 0):8.2f} {r.get('p99_ms', 0):8.2f} {r['non2xx']:8.0f}"
+            )
         print(f"mlsm/peer throughput: {mine['rps'] / theirs['rps']:.2f}")
     finally:
         for p in procs:

@@ -53,7 +53,11 @@ async def submit_flood(url: str, token: str, n: int, concurrency: int) -> tuple[
     body = {"argv": ["true"], "labels": {"bench": "nowhere"}}
     lat: list[float] = []
     todo = iter(range(n))
-    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}, limits=httpx.Limits(max_connections=concurrency)) as c:
+    async with httpx.AsyncClient(
+        base_url=url,
+        headers={"Authorization": f"Bearer {token}"},
+        limits=httpx.Limits(max_connections=concurrency),
+    ) as c:
 
         async def worker() -> None:
             for _ in todo:
@@ -74,22 +78,69 @@ def main() -> None:
     ap.add_argument("--latency-runs", type=int, default=20)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="mlsm-bench-jobs-"))
-    env = dict(os.environ, MLSM_PASSWORD="bench-password", MLSM_LOG_LEVEL="warning", PYTHONPATH=str(ROOT))
+    env = dict(
+        os.environ, MLSM_PASSWORD="bench-password", MLSM_LOG_LEVEL="warning", PYTHONPATH=str(ROOT)
+    )
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        procs.append(subprocess.Popen([sys.executable, "-m", "mlsm", "master", "--port", str(port), "--data-dir", str(tmp / "m"), "--init-admin", "root"],
-                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "mlsm",
+                    "master",
+                    "--port",
+                    str(port),
+                    "--data-dir",
+                    str(tmp / "m"),
+                    "--init-admin",
+                    "root",
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         wait(lambda: httpx.get(f"{url}/healthz").status_code == 200, 30, "master start")
-        tok = httpx.post(f"{url}/api/v1/auth/login", json={"username": "root", "password": "bench-password"}).json()["token"]
+        tok = httpx.post(
+            f"{url}/api/v1/auth/login", json={"username": "root", "password": "bench-password"}
+        ).json()["token"]
         h = {"Authorization": f"Bearer {tok}"}
         jt = httpx.post(f"{url}/api/v1/join-tokens", json={}, headers=h).json()["token"]
         agent_dir = tmp / "a"
-        procs.append(subprocess.Popen([sys.executable, "-m", "mlsm", "agent", "--master", url, "--join-token", jt, "--name", "bench",
-                                       "--data-dir", str(agent_dir), "--simulate-gpus", "2xA100-80GB"],
-                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        wait(lambda: any(n["state"] == "online" for n in httpx.get(f"{url}/api/v1/nodes", headers=h).json()), 30, "agent online")
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "mlsm",
+                    "agent",
+                    "--master",
+                    url,
+                    "--join-token",
+                    jt,
+                    "--name",
+                    "bench",
+                    "--data-dir",
+                    str(agent_dir),
+                    "--simulate-gpus",
+                    "2xA100-80GB",
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        wait(
+            lambda: any(
+                n["state"] == "online" for n in httpx.get(f"{url}/api/v1/nodes", headers=h).json()
+            ),
+            30,
+            "agent online",
+        )
 
         # 2. idle submit-to-start first, on an empty queue
         starts = []
@@ -97,35 +148,65 @@ def main() -> None:
             for _ in range(args.latency_runs):
                 code = "import os, time; open(os.environ['MLSM_OUTPUT_DIR'] + '/t0', 'w').write(repr(time.time()))"
                 t_submit = time.time()
-                jid = c.post("/api/v1/jobs", json={"argv": [sys.executable, "-S", "-c", code]}).json()["job"]["id"]
+                jid = c.post(
+                    "/api/v1/jobs", json={"argv": [sys.executable, "-S", "-c", code]}
+                ).json()["job"]["id"]
                 f = agent_dir / "jobs" / str(jid) / "t0"
                 wait(lambda f=f: f.stat().st_size > 0, 30, f"job {jid} start")
                 starts.append((float(f.read_text()) - t_submit) * 1000)
-                wait(lambda jid=jid: c.get(f"/api/v1/jobs/{jid}").json()["state"] == "succeeded", 30, f"job {jid} end")
+                wait(
+                    lambda jid=jid: c.get(f"/api/v1/jobs/{jid}").json()["state"] == "succeeded",
+                    30,
+                    f"job {jid} end",
+                )
         # the job itself is a Python start (-S); the same job run directly costs:
         direct = []
         for _ in range(5):
             t = time.time()
-            out = subprocess.run([sys.executable, "-S", "-c", "import time; print(repr(time.time()))"], capture_output=True, text=True).stdout
+            out = subprocess.run(
+                [sys.executable, "-S", "-c", "import time; print(repr(time.time()))"],
+                capture_output=True,
+                text=True,
+            ).stdout
             direct.append((float(out) - t) * 1000)
 
         # 1. submit flood (BENCH_PROFILE=path: py-spy samples the master meanwhile)
         spy = None
         if os.environ.get("BENCH_PROFILE"):
-            spy = subprocess.Popen(["py-spy", "record", "--pid", str(procs[0].pid), "-d", "8", "-f", "raw", "-o", os.environ["BENCH_PROFILE"]],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            spy = subprocess.Popen(
+                [
+                    "py-spy",
+                    "record",
+                    "--pid",
+                    str(procs[0].pid),
+                    "-d",
+                    "8",
+                    "-f",
+                    "raw",
+                    "-o",
+                    os.environ["BENCH_PROFILE"],
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         wall, lat = asyncio.run(submit_flood(url, tok, args.jobs, args.concurrency))
         if spy is not None:
             spy.wait(timeout=60)
         lat.sort()
-        queued = httpx.get(f"{url}/api/v1/jobs", params={"state": "queued", "limit": 1}, headers=h).json()
+        queued = httpx.get(
+            f"{url}/api/v1/jobs", params={"state": "queued", "limit": 1}, headers=h
+        ).json()
         reason = queued["jobs"][0]["reason"] if queued["jobs"] else ""
-        print(f"submit rate: {args.jobs / wall:.0f} jobs/s ({args.jobs} jobs, {args.concurrency} connections, {wall:.2f} s); "
-              f"call median {statistics.median(lat):.1f} ms, p99 {lat[int(len(lat) * 0.99) - 1]:.1f} ms; {queued['total']} queued, reason: {reason!r}")
+        print(
+            f"submit rate: {args.jobs / wall:.0f} jobs/s ({args.jobs} jobs, {args.concurrency} connections, {wall:.2f} s); "
+            f"call median {statistics.median(lat):.1f} ms, p99 {lat[int(len(lat) * 0.99) - 1]:.1f} ms; {queued['total']} queued, reason: {reason!r}"
+        )
         starts.sort()
         q = statistics.quantiles(starts, n=10)
-        print(f"idle submit->first instruction: median {statistics.median(starts):.1f} ms, p10 {q[0]:.1f} / p90 {q[-1]:.1f} ms "
-              f"over {len(starts)} jobs (of which the job's own Python start, run directly: median {statistics.median(direct):.1f} ms)")
+        print(
+            f"idle submit->first instruction: median {statistics.median(starts):.1f} ms, p10 {q[0]:.1f} / p90 {q[-1]:.1f} ms "
+            f"over {len(starts)} jobs (of which the job's own Python start, run directly: median {statistics.median(direct):.1f} ms)"
+        )
     finally:
         for proc in reversed(procs):
             proc.terminate()
