@@ -13,6 +13,7 @@ import http.server
 import io
 import itertools
 import os
+import signal
 import tarfile
 import threading
 import time
@@ -585,3 +586,21 @@ def test_transfers_list_for_members(lab: Lab) -> None:
     assert r.status_code == 403
     r = raw(lab, "POST", f"/api/v1/transfers/{rows[0].id}/cancel")
     assert r.status_code == 409
+
+
+def test_an_agent_killed_mid_import_fails_it_and_sweeps_its_temp_dir(
+    lab: Lab, allowed: str, web: str
+) -> None:
+    """Runs last: it restarts node dsb."""
+    root = root_of(lab, "dsb")
+    before = listing(root)
+    body = api.DatasetImport(url=f"{web}/slow", node="dsb", name="crashed")
+    t = lab.admin.call("POST", "/api/v1/datasets/import", json=body, type=api.Transfer)
+    wait_for(lambda: transfer(lab, t.id).done_bytes > 0, TRANSFER_DEADLINE_S, "bytes arriving")
+    lab.stop_agent("dsb", signal.SIGKILL)
+    assert any(n.startswith(".mlsm-import-crashed") for n in listing(root))
+    end = wait_transfer(lab, t.id)
+    assert end.state == "failed" and "offline" in end.message, end
+    start_agent(lab, "dsb", [root])
+    assert listing(root) == before
+    no_leftovers(root)

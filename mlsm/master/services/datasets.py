@@ -530,7 +530,21 @@ class DatasetService:
             )
 
     # ---------------------------------------------------------------- reading and cancelling
+    async def _reap(self) -> None:
+        """End transfers whose working node went offline (its agent lost the work, or
+        cannot report it): checked when transfers are read, which is what waits on them."""
+        for live in list(self._live.values()):
+            if live.phase in ("send", "delete-source"):
+                node_id = live.src_id
+            else:
+                node_id = live.node_id
+            node = self.nodes.nodes.get(node_id) if node_id is not None else None
+            if node is None or self.nodes.state_of(node) == "offline":
+                name = node.name if node is not None else "(removed)"
+                await self._end(live, "failed", f"node {name} went offline during the transfer")
+
     async def list_transfers(self) -> list[api.Transfer]:
+        await self._reap()
         async with self.db.session() as s:
             rows = (
                 (
@@ -563,6 +577,7 @@ class DatasetService:
         )
 
     async def get_transfer(self, transfer_id: int) -> api.Transfer:
+        await self._reap()
         live = self._live.get(transfer_id)
         if live is not None:
             return _view(live)
