@@ -112,18 +112,22 @@ def _progress_line(t: api.Transfer) -> str:
 
 
 def _follow(c: Any, t: api.Transfer, as_json: bool) -> None:
-    """Show live progress until the transfer ends; exit non-zero unless it succeeded."""
+    """Show live progress (on a terminal) until the transfer ends; exit non-zero unless it
+    succeeded. Ctrl-C stops watching, not the transfer."""
     live = sys.stderr.isatty() and not as_json
-    last = ""
-    while t.state in ("pending", "running"):
-        line = _progress_line(t)
-        if live:
-            click.echo("\r\x1b[2K" + line[:200], nl=False, err=True)
-        elif line != last and not as_json:
-            click.echo(line, err=True)
-        last = line
-        time.sleep(WAIT_POLL_S)
-        t = c.call("GET", f"/api/v1/transfers/{t.id}", type=api.Transfer)
+    try:
+        while t.state in ("pending", "running"):
+            if live:
+                click.echo("\r\x1b[2K" + _progress_line(t)[:200], nl=False, err=True)
+            time.sleep(WAIT_POLL_S)
+            t = c.call("GET", f"/api/v1/transfers/{t.id}", type=api.Transfer)
+    except KeyboardInterrupt:
+        click.echo(
+            f"\nmlsm: stopped watching; transfer {t.id} goes on "
+            f"(`mlsm dataset transfers`, `mlsm dataset cancel {t.id}`)",
+            err=True,
+        )
+        sys.exit(130)
     if live:
         click.echo("\r\x1b[2K", nl=False, err=True)
     if as_json:

@@ -361,6 +361,7 @@ def test_a_failed_import_leaves_nothing(
     res = lab.cli(*args)
     assert res.returncode != 0
     assert why in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert listing(root) == before
     assert not (lab.root / "escaped-by-zip.txt").exists()
     assert not Path("/etc/escaped-by-tar").exists()
