@@ -397,19 +397,36 @@ class DatasetCommands:
         part: w.TransferPart,
         cancel: asyncio.Event,
     ) -> AsyncIterator[bytes]:
-        offset = 0
-        while True:
+        """The spooled ``part`` from the master, in order; the next chunk is already being
+        fetched while the caller unpacks and hashes this one."""
+
+        def fetch(offset: int) -> asyncio.Future[w.TransferData]:
             req = w.TransferFetch(transfer_id=transfer_id, part=part, offset=offset)
-            got = await self._call("transfers/fetch", req, w.decode_transfer_data, cancel)
-            if got.offset != offset:
-                raise DatasetError(f"the master answered offset {got.offset}, asked {offset}")
-            if got.data:
+            return asyncio.ensure_future(
+                self._call("transfers/fetch", req, w.decode_transfer_data, cancel)
+            )
+
+        offset = 0
+        pending = fetch(offset)
+        try:
+            while True:
+                got = await pending
+                if got.offset != offset:
+                    raise DatasetError(f"the master answered offset {got.offset}, asked {offset}")
+                if not got.data and not got.eof:
+                    raise DatasetError(f"the master sent no bytes of the {part} at {offset}")
                 offset += len(got.data)
-                yield got.data
-            if got.eof:
-                return
-            if not got.data:
-                raise DatasetError(f"the master sent no bytes of the {part} at {offset}")
+                if not got.eof:
+                    pending = fetch(offset)
+                if got.data:
+                    yield got.data
+                if got.eof:
+                    return
+        finally:
+            if not pending.done():
+                pending.cancel()
+                with contextlib.suppress(BaseException):
+                    await pending
 
 
 def _pieces(data: bytes, size: int = w.MAX_TRANSFER_CHUNK) -> Iterator[bytes]:

@@ -348,15 +348,17 @@ class DatasetService:
     async def _end(self, live: _Live, state: str, message: str) -> None:
         if live.state not in ACTIVE:
             return
-        live.state, live.message = state, message
+        live.state, live.message = state, message  # final now: a second _end returns above
         for cmd_id in live.cmds:
             self._by_cmd.pop(cmd_id, None)
-        self._live.pop(live.id, None)
         self._drop_spool(live.id)
         if live.kind == "delete" and state != "succeeded":
             self._restore(live)
         log.info("transfer %s (%s %s) %s: %s", live.id, live.kind, live.dataset, state, message)
-        await self._save(live)
+        try:
+            await self._save(live)
+        finally:  # readers see the live view until the row holds the end
+            self._live.pop(live.id, None)
 
     def _restore(self, live: _Live) -> None:
         """A failed delete: the copy is still there, so the scheduler may use it again."""
