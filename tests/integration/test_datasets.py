@@ -23,9 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
+from mlsm import PROTOCOL_VERSION
 from mlsm.client import Client
+from mlsm.wire import agent as w
 from mlsm.wire import api
 from tests.integration.lab import (
     MLSM,
@@ -587,6 +590,72 @@ def test_transfers_list_for_members(lab: Lab) -> None:
     assert r.status_code == 403
     r = raw(lab, "POST", f"/api/v1/transfers/{rows[0].id}/cancel")
     assert r.status_code == 409
+
+
+def test_a_forged_copy_fails_verification_and_leaves_nothing(lab: Lab) -> None:
+    """A hostile source node sends a file that differs from its own manifest."""
+    from agent.datasets import manifest_digest
+
+    reg = lab.agent_call(
+        "register",
+        w.RegisterRequest(
+            protocol=PROTOCOL_VERSION,
+            join_token=lab.join_token(),
+            name="dsfake",
+            info=w.NodeInfo(dataset_roots=["/fake"]),
+        ),
+        None,
+    )
+    secret = msgspec.msgpack.decode(reg.content, type=w.RegisterReply).node_secret
+
+    def call(route: str, body: Any) -> httpx.Response:
+        resp = lab.agent_call(route, body, secret)
+        assert resp.status_code == 200, resp.content
+        return resp
+
+    call("heartbeat", w.Heartbeat(protocol=PROTOCOL_VERSION))
+    entry = w.DatasetEntry(root="/fake", name="forged", path="/fake/forged", size=7, files=1)
+    call("datasets", w.DatasetReport(full=True, upsert=[entry]))
+    body = api.DatasetTransfer(name="forged", src="dsfake", dst="dsa")
+    t = lab.admin.call("POST", "/api/v1/datasets/transfer", json=body, type=api.Transfer)
+    batch = msgspec.msgpack.decode(
+        call("commands", w.CommandPoll(protocol=PROTOCOL_VERSION, wait_s=5)).content,
+        type=w.CommandBatch,
+    )
+    send = next(c for c in batch.commands if isinstance(c, w.SendDataset))
+    assert (send.transfer_id, send.path) == (t.id, "/fake/forged")
+    manifest = {"a.txt": sha256_of(b"genuine")}
+    blob = msgspec.msgpack.encode(manifest)
+    call(
+        "transfers/upload", w.TransferChunk(transfer_id=t.id, part="manifest", offset=0, data=blob)
+    )
+    eof = w.TransferChunk(
+        transfer_id=t.id,
+        part="manifest",
+        offset=len(blob),
+        eof=True,
+        digest=manifest_digest(manifest),
+    )
+    call("transfers/upload", eof)
+    packed = io.BytesIO()
+    with tarfile.open(fileobj=packed, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        ti = tarfile.TarInfo("a.txt")
+        ti.size = 7
+        tf.addfile(ti, io.BytesIO(b"forged!"))
+    data = packed.getvalue()
+    call("transfers/upload", w.TransferChunk(transfer_id=t.id, offset=0, data=data))
+    # a retried chunk is taken once: the master answers what it holds
+    again = call("transfers/upload", w.TransferChunk(transfer_id=t.id, offset=0, data=data))
+    assert msgspec.msgpack.decode(again.content, type=w.TransferAck).next_offset == len(data)
+    fetch = lab.agent_call("transfers/fetch", w.TransferFetch(transfer_id=t.id), secret)
+    assert fetch.status_code == 403  # only the target reads the spool
+    call("transfers/upload", w.TransferChunk(transfer_id=t.id, offset=len(data), eof=True))
+    call("heartbeat", w.Heartbeat(protocol=PROTOCOL_VERSION))
+    end = wait_transfer(lab, t.id)
+    assert end.state == "failed" and "'a.txt' differs" in end.message, end
+    assert not (root_of(lab, "dsa") / "forged").exists()
+    no_leftovers(root_of(lab, "dsa"))
+    assert copies_on(lab, "forged") == {"dsfake"}
 
 
 def test_an_agent_killed_mid_import_fails_it_and_sweeps_its_temp_dir(
