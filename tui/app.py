@@ -359,7 +359,7 @@ class MlsmApp(App[None]):
                 self._run(self.source.cancel([job.id]), said)
 
         what = f"job {job.id}" + (f" ({job.name})" if job.name else "") + f" of {job.user}"
-        self.push_screen(ConfirmModal(f"Cancel {what}?", yes="Cancel job"), answered)
+        self.push_screen(ConfirmModal(f"Cancel {what}?", yes="Cancel job", no="Keep it"), answered)
 
     def _form(
         self,

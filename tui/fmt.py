@@ -5,6 +5,7 @@ Everything time-based takes ``now`` so snapshots stay deterministic.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 
 from rich.text import Text
@@ -117,3 +118,17 @@ STATE_STYLE = {
 
 def state_text(state: str) -> Text:
     return Text(state, style=STATE_STYLE.get(state, ""))
+
+
+def command(argv: Sequence[str]) -> str:
+    """The argv as a person would type it: plain words bare, the rest quoted, preferring
+    double quotes (``'"'"'`` soup is correct shell but unreadable)."""
+    out = []
+    for arg in argv:
+        if arg and shlex.quote(arg) == arg:
+            out.append(arg)
+        elif not any(c in arg for c in '"$`\\'):
+            out.append(f'"{arg}"')
+        else:
+            out.append(shlex.quote(arg))
+    return " ".join(out)

@@ -1,32 +1,269 @@
 """Dashboard benchmark: time to first data, idle CPU on the overview, resident memory.
 
-Runs the real app headless (``App.run_test``) over the FAKE data source (a test double
-from ``tests/tui/fakes.py``) holding a simulated lab of 100 nodes x 8 GPUs and 1,000 jobs,
-so it measures the dashboard itself (rendering, table updates by key, polling every 2 s),
-not the master. Run: ``.venv/bin/python tests/bench/bench_tui.py [--idle-s 20]``.
+Default (``--real``, when ``tmux`` is installed): starts a real ``mlsm master``, registers
+100 nodes through the agent protocol and keeps them alive from a background thread with
+heartbeats of 8 simulated GPUs every 2 s (values change every beat, as a real lab's do),
+submits 1,000 jobs (most queued: they want a label no node has), then runs the real
+``mlsm ui`` in tmux at 160x48 and measures that process from outside with psutil.
+
+``--fake``: the app in this process, headless (``App.run_test``), over the FAKE data
+source of ``tests/tui/fakes.py`` (a static lab): the dashboard alone, no network.
+
+    .venv/bin/python tests/bench/bench_tui.py [--fake] [--idle-s 20] [--nodes 100 --jobs 1000]
+
+Figures only; targets (issue 7): first data < 1.5 s, idle CPU < 5% of a core, RSS < 200 MB.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import shutil
+import socket
+import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
+import httpx
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tui"))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "tui"))
 
-from fakes import FakeSource, big_lab
+from agent.collectors import HostCollector, SimulatedProbe  # noqa: E402
+from mlsm import PROTOCOL_VERSION  # noqa: E402
+from mlsm.wire import agent as w  # noqa: E402
 
-from tui.app import MlsmApp
+MLSM = str(Path(sys.executable).parent / "mlsm")
+PASSWORD = "bench-password-1"
+HEARTBEAT_S = 2.0
+START_TIMEOUT_S = 30.0
+FIRST_DATA_TIMEOUT_S = 30.0
+SCREEN_POLL_S = 0.02  # capture-pane cadence while waiting for the first data
+JOBS_PER_SUBMIT = 250  # array jobs: one request submits this many
 
 
-async def main(idle_s: float, nodes: int, jobs: int) -> None:
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Lab:
+    """A real master with ``nodes`` heartbeat-driven simulated nodes and ``jobs`` jobs."""
+
+    def __init__(self, tmp: Path, nodes: int, jobs: int) -> None:
+        self.tmp = tmp
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = dict(os.environ, MLSM_PASSWORD=PASSWORD, MLSM_LOG_LEVEL="warning", HOME=str(tmp))
+        self.master = subprocess.Popen(
+            [
+                MLSM,
+                "master",
+                "--port",
+                str(self.port),
+                "--data-dir",
+                str(tmp / "m"),
+                "--init-admin",
+                "root",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=(tmp / "master.log").open("wb"),
+        )
+        self._stop = threading.Event()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or self.master.poll() is not None:
+                raise SystemExit(f"master did not start: see {tmp / 'master.log'}")
+            time.sleep(0.1)  # polling a starting process, with a deadline
+        self.token = httpx.post(
+            f"{self.url}/api/v1/auth/login", json={"username": "root", "password": PASSWORD}
+        ).json()["token"]
+        auth = {"Authorization": f"Bearer {self.token}"}
+        join = httpx.post(
+            f"{self.url}/api/v1/join-tokens", json={"uses": nodes, "ttl_s": 3600}, headers=auth
+        ).json()["token"]
+        self.secrets: list[tuple[str, str]] = []
+        with httpx.Client(base_url=self.url) as c:
+            for i in range(nodes):
+                name = f"gpu{i:03d}"
+                req = w.RegisterRequest(protocol=PROTOCOL_VERSION, join_token=join, name=name)
+                r = c.post(
+                    "/agent/v1/register",
+                    content=w.encoder.encode(req),
+                    headers={"content-type": w.MSGPACK},
+                )
+                r.raise_for_status()
+                self.secrets.append((name, w.decode_register_reply(r.content).node_secret))
+        self.probes = {
+            name: SimulatedProbe("8xA100-80GB", identity=name) for name, _ in self.secrets
+        }
+        self.host = HostCollector(tmp)
+        self._beat_once()
+        self.beater = threading.Thread(target=self._beat, daemon=True)
+        self.beater.start()
+        with httpx.Client(base_url=self.url, headers=auth, timeout=60) as c:
+            left = jobs
+            while left > 0:
+                n = min(left, JOBS_PER_SUBMIT)
+                spec = {
+                    "argv": ["python", "train.py"],
+                    "name": "bench",
+                    "gpus": 1,
+                    "labels": {"pool": "nowhere"},
+                    "array": f"1-{n}" if n > 1 else "",
+                }
+                c.post("/api/v1/jobs", json=spec).raise_for_status()
+                left -= n
+            self.jobs = c.get("/api/v1/jobs", params={"all": "true", "limit": 1}).json()["total"]
+
+    def _beat_once(self, client: httpx.Client | None = None) -> None:
+        own = client is None
+        c = client or httpx.Client(base_url=self.url)
+        host = self.host.sample()
+        try:
+            for seq, (name, secret) in enumerate(self.secrets):
+                hb = w.Heartbeat(
+                    protocol=PROTOCOL_VERSION,
+                    seq=seq,
+                    sent_at=time.time(),
+                    host=host,
+                    gpus=self.probes[name].sample(),
+                )
+                c.post(
+                    "/agent/v1/heartbeat",
+                    content=w.encoder.encode(hb),
+                    headers={"content-type": w.MSGPACK, "authorization": f"Node {secret}"},
+                )
+        finally:
+            if own:
+                c.close()
+
+    def _beat(self) -> None:
+        with httpx.Client(base_url=self.url) as c:
+            while not self._stop.wait(HEARTBEAT_S):
+                try:
+                    self._beat_once(c)
+                except httpx.HTTPError:
+                    pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self.master.terminate()
+        try:
+            self.master.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.master.kill()
+
+
+def _pane(session: str) -> str:
+    return subprocess.run(
+        ["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True
+    ).stdout
+
+
+def _dashboard_process(session: str) -> psutil.Process:
+    pid = int(
+        subprocess.run(
+            ["tmux", "display", "-p", "-t", session, "#{pane_pid}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    proc = psutil.Process(pid)
+    for p in [proc, *proc.children(recursive=True)]:
+        if any("mlsm" in part for part in p.cmdline()):
+            return p
+    return proc
+
+
+def measure_real(args: argparse.Namespace) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="mlsm-bench-tui-"))
+    session = f"mlsm-bench-{os.getpid()}"
+    lab = Lab(tmp, args.nodes, args.jobs)
+    try:
+        env = {
+            "HOME": str(tmp),
+            "MLSM_URL": lab.url,
+            "MLSM_TOKEN": lab.token,
+            "TERM": "xterm-256color",
+        }
+        if os.environ.get("PYTHONPATH"):  # lets a before/after run point at another tui/
+            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+        exports = " ".join(f"{k}={v}" for k, v in env.items())
+        start = time.monotonic()
+        subprocess.run(
+            [
+                "tmux",
+                "new-session",
+                "-d",
+                "-s",
+                session,
+                "-x",
+                "160",
+                "-y",
+                "48",
+                f"env {exports} {MLSM} ui",
+            ],
+            check=True,
+        )
+        first = None
+        deadline = start + FIRST_DATA_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if "gpu000" in _pane(session):
+                first = time.monotonic() - start
+                break
+            time.sleep(SCREEN_POLL_S)  # polling the screen, with a deadline
+        if first is None:
+            raise SystemExit("no data on screen in time:\n" + _pane(session))
+        proc = _dashboard_process(session)
+        time.sleep(2 * HEARTBEAT_S + 0.5)  # settle: history filled by a couple of polls
+        cpu0 = proc.cpu_times()
+        t0 = time.monotonic()
+        time.sleep(args.idle_s)  # the measured idle period
+        cpu1 = proc.cpu_times()
+        wall = time.monotonic() - t0
+        busy = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+        rss = proc.memory_info().rss
+        screen = _pane(session)
+        print(
+            f"lab: real master, {args.nodes} nodes x 8 simulated GPUs heartbeating every "
+            f"{HEARTBEAT_S:.0f} s, {lab.jobs} jobs; `mlsm ui` in tmux 160x48 (pid {proc.pid})"
+        )
+        print(f"time to first data on screen: {first * 1000:.0f} ms (from tmux spawn)")
+        print(
+            f"CPU while idle on the overview ({args.idle_s:.0f} s, polling every 2 s): "
+            f"{busy / wall * 100:.1f}% of one core"
+        )
+        print(f"resident memory: {rss / 2**20:.0f} MiB")
+        if args.show:
+            print(screen)
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+        lab.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def measure_fake(args: argparse.Namespace) -> None:
+    from fakes import FakeSource, big_lab
+
+    from tui.app import MlsmApp
+
     proc = psutil.Process()
-    source = FakeSource(lab=big_lab(nodes, jobs))
-    app = MlsmApp(source, poll_s=2.0)
+    app = MlsmApp(FakeSource(lab=big_lab(args.nodes, args.jobs)), poll_s=2.0)
     start = time.monotonic()
     async with app.run_test(size=(160, 48)) as pilot:
         while app.first_data_at is None:
@@ -35,25 +272,38 @@ async def main(idle_s: float, nodes: int, jobs: int) -> None:
         await pilot.pause(2.5)  # one more poll so the history is filled and caches are warm
         cpu0 = proc.cpu_times()
         t0 = time.monotonic()
-        await asyncio.sleep(idle_s)
+        await asyncio.sleep(args.idle_s)
         cpu1 = proc.cpu_times()
         wall = time.monotonic() - t0
         busy = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
         rss = proc.memory_info().rss
         rows = app.screen.query_one("#nodes").row_count
-    print(f"lab: {nodes} nodes x 8 GPUs, {jobs} jobs (fake source, in process, headless 160x48)")
+    print(
+        f"lab: {args.nodes} nodes x 8 GPUs, {args.jobs} jobs "
+        "(FAKE source, static, in process, headless 160x48)"
+    )
     print(f"rows on the overview: {rows}")
     print(f"time to first data: {first * 1000:.0f} ms")
     print(
-        f"CPU while idle on the overview ({idle_s:.0f} s, polling every 2 s): {busy / wall * 100:.1f}% of one core"
+        f"CPU while idle on the overview ({args.idle_s:.0f} s, polling every 2 s): "
+        f"{busy / wall * 100:.1f}% of one core"
     )
     print(f"resident memory: {rss / 2**20:.0f} MiB")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--real", action="store_true", help="real master + mlsm ui in tmux")
+    mode.add_argument("--fake", action="store_true", help="in-process app over the fake lab")
     parser.add_argument("--idle-s", type=float, default=20.0)
     parser.add_argument("--nodes", type=int, default=100)
     parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--show", action="store_true", help="print the screen at the end")
     args = parser.parse_args()
-    asyncio.run(main(args.idle_s, args.nodes, args.jobs))
+    if args.fake or (not args.real and not shutil.which("tmux")):
+        asyncio.run(measure_fake(args))
+    else:
+        if not shutil.which("tmux"):
+            raise SystemExit("--real needs tmux")
+        measure_real(args)

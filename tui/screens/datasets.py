@@ -18,6 +18,9 @@ from tui.screens.base import View
 from tui.widgets.forms import MessageModal
 from tui.widgets.table import LabTable
 
+#: Widest the dataset name column gets on a big terminal.
+NAME_MAX_W = 40
+
 
 @dataclass
 class DatasetsData:
@@ -81,14 +84,16 @@ class DatasetsScreen(View):
         return self.query_one("#datasets", LabTable)
 
     def setup(self) -> None:
-        for label, key, width in (
-            ("Name", "key", 22),
-            ("Node", "node", 12),
+        others = [
+            ("Node", "node", 11),
             ("Size", "size", 7),
             ("Files", "files", 7),
-            ("Tags", "tags", 14),
-            ("Modified", "mod", 10),
-        ):
+            ("Tags", "tags", 12),
+            ("Modified", "mod", 9),
+        ]
+        used = sum(w for _, _, w in others) + 2 * (len(others) + 1) + 2
+        name_w = min(max(self.size.width - used, 12), NAME_MAX_W)
+        for label, key, width in [("Name", "key", name_w), *others]:
             self.table.add_column(label, key=key, width=width)
         tr = self.query_one("#transfers", LabTable)
         for label, key, width in (

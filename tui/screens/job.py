@@ -40,7 +40,7 @@ def job_details(job: api.Job, now: float) -> Table:
     elif job.reason:
         row("Reason", job.reason)
     row("User", job.user)
-    row("Command", " ".join(job.argv))
+    row("Command", fmt.command(job.argv))
     env = job.env_kind
     if job.env_kind == "venv":
         env += f" {job.venv}"
@@ -86,6 +86,19 @@ def job_details(job: api.Job, now: float) -> Table:
     return grid
 
 
+def job_title(job: api.Job) -> Text:
+    """One line that says which job this screen is about, and where it stands."""
+    text = Text(f" Job {job.id}", style="bold")
+    if job.name:
+        text.append(f" {job.name}")
+    text.append("  ")
+    text.append_text(fmt.state_text(job.state))
+    if job.node:
+        text.append(f" on {job.node}")
+    text.append(f"  {job.user}", style="dim")
+    return text
+
+
 class JobScreen(View):
     MUTATING = frozenset({"cancel_job"})
     BINDINGS = [
@@ -102,6 +115,7 @@ class JobScreen(View):
         self.job: api.Job | None = None
 
     def body(self) -> ComposeResult:
+        yield Static(f" Job {self.job_id}", id="job-title")
         with TabbedContent(initial=self.tab):
             with TabPane("Details", id="details"):
                 with VerticalScroll():
@@ -120,6 +134,7 @@ class JobScreen(View):
     def apply(self, job: api.Job) -> None:
         self.job = job
         self.query_one("#job-details", Static).update(job_details(job, self.mlsm.now()))
+        self.query_one("#job-title", Static).update(job_title(job), layout=False)
 
     def action_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab

@@ -107,11 +107,11 @@ class JobsScreen(View):
         table = self.table
         table.clear(columns=True)
         widths = [
-            ("ID", "id", 6),
+            ("ID", "id", 6 if self.wide else 5),
             ("User", "user", 10 if self.wide else 8),
-            ("Name", "name", 24 if self.wide else 12),
+            ("Name", "name", 24 if self.wide else 10),
             ("State", "state", 11),
-            ("Node", "node", 12 if self.wide else 8),
+            ("Node", "node", 12 if self.wide else 7),
             ("GPU", "gpus", 3),
             ("Time", "time", 6),
         ]
@@ -153,7 +153,11 @@ class JobsScreen(View):
             else:
                 time_cell = fmt.duration(now - job.created_at)
             reason = job.reason
-            if job.exit_code is not None and job.state in api.FINAL_STATES:
+            if (
+                job.exit_code is not None
+                and job.state in api.FINAL_STATES
+                and not reason.startswith("exit")
+            ):
                 reason = f"exit {job.exit_code} {reason}".strip()
             cells: list[object] = [
                 str(job.id),
@@ -166,7 +170,7 @@ class JobsScreen(View):
                 Text(reason, style="dim"),
             ]
             if self.wide:
-                cells.append(" ".join(job.argv))
+                cells.append(fmt.command(job.argv).replace("\n", " ⏎ "))
             rows.append((str(job.id), cells))
         self.table.sync(rows)
         self._filter_line(len(rows))

@@ -28,6 +28,14 @@ def node_util(node: api.Node) -> float:
     return node.host.cpu_percent if node.host else 0.0
 
 
+def gpu_model(name: str) -> str:
+    """``NVIDIA A100-SXM4-80GB`` -> ``A100-SXM4-80GB``: the vendor (or "Simulated") is noise
+    in a column of models."""
+    for prefix in ("NVIDIA ", "Simulated "):
+        name = name.removeprefix(prefix)
+    return name
+
+
 def mem_frac(used: int, total: int) -> float:
     return used / total if total else 0.0
 
@@ -48,6 +56,7 @@ class OverviewScreen(View):
         self.history: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=HISTORY_POINTS))
         self.data: Overview | None = None
         self.wide = False
+        self._built_width = 0
         self._totals_shown: Text | None = None
         #: Per node: the inputs of its row and the cells built from them, reused while equal.
         self._row_cache: dict[str, tuple[object, list[object]]] = {}
@@ -67,26 +76,30 @@ class OverviewScreen(View):
 
     def on_resize(self) -> None:
         wide = self.size.width >= WIDE
-        if wide != self.wide:
+        if wide != self.wide or (wide and self.size.width != self._built_width):
             self._columns()
             if self.data:
                 self.apply(self.data, record=False)
 
     def _columns(self) -> None:
         self.wide = self.size.width >= WIDE
+        self._built_width = self.size.width
         table = self.table
         table.clear(columns=True)
         gpu_w = 31 if self.wide else 8
         table.add_column("Node", key="name", width=14 if self.wide else 12)
         table.add_column("State", key="state", width=8)
         if self.wide:
-            table.add_column("GPUs", key="model", width=14)
+            table.add_column("GPUs", key="model", width=18)
         table.add_column("GPU util", key="util", width=gpu_w)
         table.add_column("GPU mem", key="mem", width=gpu_w)
         table.add_column("History", key="hist", width=20 if self.wide else 10)
         table.add_column("CPU", key="cpu", width=4)
         table.add_column("RAM", key="ram", width=4)
-        table.add_column("Jobs", key="jobs", width=24 if self.wide else 4)
+        # In wide mode the job list takes the room a big terminal has left.
+        used = (14 + 8 + 18 + 2 * gpu_w + 20 + 4 + 4) + 2 * 9 + 2
+        jobs_w = max(24, self.size.width - used) if self.wide else 4
+        table.add_column("Jobs", key="jobs", width=jobs_w)
 
     async def fetch(self) -> Overview:
         return await self.source.overview()
@@ -163,7 +176,7 @@ class OverviewScreen(View):
         ram = Text(fmt.pct(ram_frac), style=fmt.level_style(ram_frac)) if host else Text("-")
         cells: list[object] = [node.name, fmt.state_text(state)]
         if self.wide:
-            model = node.gpus[0].sample.name.replace("NVIDIA ", "") if node.gpus else ""
+            model = gpu_model(node.gpus[0].sample.name) if node.gpus else ""
             cells.append(f"{len(node.gpus)}x {model}" if node.gpus else "-")
         cells += [
             util_cell,
