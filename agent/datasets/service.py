@@ -328,7 +328,7 @@ class DatasetCommands:
                 raise _Stopped(ack.state, ack.message or f"the transfer is {ack.state}")
             if ack.next_offset >= end:
                 return end
-            if ack.next_offset < offset:  # the master lost bytes: resend from its offset
+            if ack.next_offset < offset:  # the master lost bytes it had acknowledged
                 raise DatasetError(
                     f"the master holds {ack.next_offset} bytes of the {part}, "
                     f"expected at least {offset}"

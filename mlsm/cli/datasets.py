@@ -302,7 +302,7 @@ def transfers(ctx: click.Context, active: bool, as_json: bool) -> None:
 @json_option
 @click.pass_context
 def dataset_transfers(ctx: click.Context, active: bool, as_json: bool) -> None:
-    """List dataset imports, copies, moves and deletes (same as `mlsm transfers`)."""
+    """List dataset imports, copies, moves, deletes and digests, newest first."""
     ctx.invoke(transfers, active=active, as_json=as_json)
 
 
