@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,8 +27,11 @@ from tests.integration.helpers import CliResult, Master
 
 @pytest.fixture(scope="module")
 def database_kind() -> str:
-    """Which database the module's ``master`` uses; modules override it to run both."""
-    return "sqlite"
+    """Which database the module's ``master`` uses; modules override it to run both.
+
+    ``MLSM_TEST_DATABASE=postgresql`` (CI's second pass) moves every module to PostgreSQL.
+    """
+    return os.environ.get("MLSM_TEST_DATABASE", "sqlite")
 
 
 @pytest.fixture(scope="module")

@@ -135,6 +135,10 @@ class Lab:
     _admin: Client | None = None
     _procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _logs: list[Any] = field(default_factory=list)
+    #: The master's database: SQLite in its data dir, or (``MLSM_TEST_DATABASE=postgresql``,
+    #: as CI's second pass sets) a fresh PostgreSQL database made for this lab.
+    database_url: str = ""
+    _pg_name: str = ""
 
     def __enter__(self) -> Lab:
         return self
@@ -180,6 +184,9 @@ class Lab:
         """Start (or restart, on the same port and data dir) the master; wait for /healthz."""
         self.master_data = data_dir or self.master_data or self.root / "master"
         self.port = port or self.port or free_port()
+        if not self.database_url and os.environ.get("MLSM_TEST_DATABASE") == "postgresql":
+            self._make_postgres_database()
+        db_args = ["--database-url", self.database_url] if self.database_url else []
         proc = self._spawn(
             [
                 MLSM,
@@ -192,6 +199,7 @@ class Lab:
                 str(self.master_data),
                 "--init-admin",
                 ADMIN,
+                *db_args,
             ],
             "master.log",
             self.env(MLSM_PASSWORD=PASSWORD, **MASTER_ENV, **env),
@@ -383,6 +391,16 @@ class Lab:
         )
 
     # ------------------------------------------------------------------ teardown
+    def _make_postgres_database(self) -> None:
+        import secrets
+
+        from tests.conftest import DEFAULT_POSTGRES_URL, _pg_execute, _run_async, _with_database
+
+        base = os.environ.get("MLSM_TEST_POSTGRES_URL") or DEFAULT_POSTGRES_URL
+        self._pg_name = f"mlsm_l_{secrets.token_hex(6)}"
+        _run_async(_pg_execute(base, f'CREATE DATABASE "{self._pg_name}"'))
+        self.database_url = _with_database(base, self._pg_name)
+
     def close(self) -> None:
         if self._admin is not None:
             self._admin.close()
@@ -392,6 +410,14 @@ class Lab:
         kill_processes_under(self.root)
         for fh in self._logs:
             fh.close()
+        if self._pg_name:
+            from tests.conftest import DEFAULT_POSTGRES_URL, _pg_execute, _run_async
+
+            base = os.environ.get("MLSM_TEST_POSTGRES_URL") or DEFAULT_POSTGRES_URL
+            with contextlib.suppress(Exception):
+                _run_async(
+                    _pg_execute(base, f'DROP DATABASE IF EXISTS "{self._pg_name}" WITH (FORCE)')
+                )
 
 
 def kill_processes_under(root: Path) -> None:
