@@ -48,6 +48,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "cancel": ("mlsm.cli.jobs", "cancel", "Cancel jobs."),
     "datasets": ("mlsm.cli.datasets", "datasets", "List datasets."),
     "dataset": ("mlsm.cli.datasets", "dataset", "Show, import, copy, move or remove datasets."),
+    "transfers": ("mlsm.cli.datasets", "transfers", "List dataset imports, copies and deletes."),
     "db": ("mlsm.cli.db", "db", "Back up or upgrade the master's database."),
     "settings": ("mlsm.cli.settings", "settings_cmd", "Show or change the lab's policies."),
 }

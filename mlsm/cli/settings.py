@@ -47,6 +47,7 @@ def settings_show(ctx: click.Context, as_json: bool) -> None:
     multiple=True,
     help="Internal range dataset imports may reach (repeatable; replaces the list).",
 )
+@click.option("--no-import-cidrs", is_flag=True, help="Imports may reach public addresses only.")
 @click.option("--import-max-gib", type=click.FloatRange(0), help="Largest dataset import in GiB.")
 @json_option
 @click.pass_context
@@ -57,6 +58,7 @@ def settings_set(
     mount_allow: tuple[str, ...],
     no_mounts: bool,
     import_allow_cidrs: tuple[str, ...],
+    no_import_cidrs: bool,
     import_max_gib: float | None,
     as_json: bool,
 ) -> None:
@@ -64,7 +66,7 @@ def settings_set(
     body = api.LabSettingsUpdate(
         image_patterns=[] if any_image else (list(image_patterns) or None),
         mount_allow=[] if no_mounts else (list(mount_allow) or None),
-        import_allow_cidrs=list(import_allow_cidrs) or None,
+        import_allow_cidrs=[] if no_import_cidrs else (list(import_allow_cidrs) or None),
         import_max_bytes=int(import_max_gib * (1 << 30)) if import_max_gib is not None else None,
     )
     with client_from(ctx) as c:

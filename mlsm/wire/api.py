@@ -344,6 +344,7 @@ class Transfer(Struct, kw_only=True):
     rate_bps: float = 0.0
     message: str = ""
     created_at: float = 0.0
+    src_node: str | None = None  # copies and moves: where the bytes come from
 
 
 # ---------------------------------------------------------------- lab summary
@@ -410,7 +411,15 @@ PATCH  /api/v1/datasets/{name}           DatasetUpdate -> Dataset
 POST   /api/v1/datasets/import           DatasetImport -> Transfer   admin
 POST   /api/v1/datasets/transfer         DatasetTransfer -> Transfer admin
 DELETE /api/v1/datasets/{name}?node=N                      admin
+POST   /api/v1/datasets/{name}/digest?node=N -> Transfer   admin
 GET    /api/v1/transfers                 list[Transfer]
+GET    /api/v1/transfers/{id}            Transfer
+POST   /api/v1/transfers/{id}/cancel     Transfer
+GET    /api/v1/settings                  LabSettings
+PATCH  /api/v1/settings                  LabSettingsUpdate -> LabSettings admin
+PATCH  /api/v1/nodes/{name}              NodeUpdate -> Node (labels, docker_network) admin
+POST   /api/v1/jobs/{id}/release         Job (a held job joins the queue)
+GET    /metrics                          Prometheus text exposition       public
 """
 
 

@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import delete, select
 
+from mlsm import COMMAND_SINCE
 from mlsm.datasets_names import dataset_name_problem
 from mlsm.errors import Conflict, NotFound, PayloadTooLarge, PermissionDenied, ValidationError
 from mlsm.master.db import Database
@@ -415,6 +416,12 @@ class DatasetService:
         dst = self._online(body.dst, "target")
         self._with_roots(dst)
         self._not_there(dst, body.name)
+        for n in (src, dst):
+            if n.protocol < COMMAND_SINCE["send_dataset"]:
+                raise Conflict(
+                    f"the agent on {n.name} speaks protocol {n.protocol}, too old for copies between "
+                    f"servers (needs {COMMAND_SINCE['send_dataset']}): upgrade mlsm on that server"
+                )
         kind = "move" if body.move else "copy"
         live = await self._new(
             _Live(
@@ -576,6 +583,7 @@ class DatasetService:
             rate_bps=r.rate_bps,
             message=r.message,
             created_at=r.created_at,
+            src_node=r.src_node,
         )
 
     async def get_transfer(self, transfer_id: int) -> api.Transfer:
@@ -879,4 +887,5 @@ def _view(live: _Live) -> api.Transfer:
         rate_bps=live.rate,
         message=live.message,
         created_at=live.created_at,
+        src_node=live.src_node or None,
     )
