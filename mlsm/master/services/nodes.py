@@ -410,7 +410,7 @@ class NodeRegistry:
                 await asyncio.wait_for(n.wake.wait(), timeout=req.wait_s)
             except TimeoutError:
                 pass
-        n.last_seen = time.time()
+        # No last_seen here: a poll that outlived its agent (killed mid-wait) proves nothing.
         return w.CommandBatch(commands=[n.outbox[k] for k in sorted(n.outbox)])
 
     # ---------------------------------------------------------------- admin actions
