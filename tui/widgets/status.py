@@ -66,6 +66,12 @@ class StatusBar(Static):
         elif conn.state == "login":
             text.append("● login needed at ", style="yellow")
             text.append(url)
+        elif narrow:  # the same facts in the 40 columns an 80-column terminal leaves
+            text.append("✗ unreachable", style="bold red")
+            if conn.last_ok is not None:
+                text.append(f" · data {duration(now - conn.last_ok)} old", style="red")
+            if conn.retry_at is not None:
+                text.append(f" · retry {duration(conn.retry_at - now)}", style="red")
         else:
             text.append("✗ master unreachable", style="bold red")
             if conn.last_ok is not None:
