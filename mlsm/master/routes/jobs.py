@@ -89,19 +89,21 @@ async def follow_log(
     async def gen() -> AsyncIterator[dict[str, str]]:
         if first is not None:
             yield first
-        async for kind, data in events:
-            yield {"event": kind, "data": data.decode("utf-8", "replace")}
+        async for kind, text, offset in events:
+            yield {"event": kind, "data": text, "id": str(offset)}
 
     return ServerSentEvent(gen())
 
 
-async def _prime(events: AsyncIterator[tuple[str, bytes]]) -> AsyncIterator[dict[str, str] | None]:
+async def _prime(
+    events: AsyncIterator[tuple[str, str, int]],
+) -> AsyncIterator[dict[str, str] | None]:
     try:
-        kind, data = await anext(events)
+        kind, text, offset = await anext(events)
     except StopAsyncIteration:
         yield None
         return
-    yield {"event": kind, "data": data.decode("utf-8", "replace")}
+    yield {"event": kind, "data": text, "id": str(offset)}
 
 
 ROUTES = [submit_job, list_jobs, show_job, cancel_jobs, release_job, job_log, follow_log]

@@ -14,6 +14,7 @@ the job, requeued as a new attempt while retries remain; ``held`` until released
 from __future__ import annotations
 
 import asyncio
+import codecs
 import logging
 import math
 import re
@@ -238,6 +239,10 @@ class JobService:
             for m in mounts:
                 self.policy.check_mount(p, m.source)
         spec = msgspec.to_builtins(body)
+        if self.policy is not None and mounts and not p.is_admin:
+            # The agent re-checks a member's mounts against the allow-list once it can
+            # resolve symlinks (see _agent_spec): the check here is only lexical.
+            spec["member_mounts"] = True
         if body.array:
             _, throttle = parse_array(body.array)
             spec["array_throttle"] = throttle
@@ -722,6 +727,11 @@ class JobService:
             kill_grace_s=KILL_GRACE_S,
             array_index=r.array_index,
             datasets=datasets,
+            mount_roots=(
+                list(self.policy.settings.current.mount_allow)
+                if spec.get("member_mounts") and self.policy is not None
+                else None
+            ),
         )
 
     # ---------------------------------------------------------------- agent reports
@@ -920,21 +930,33 @@ class JobService:
 
     async def follow(
         self, p: Principal, job_id: int, offset: int
-    ) -> AsyncIterator[tuple[str, bytes]]:
-        """(event, data) pairs: 'log' with new bytes, then 'end' with the final state."""
+    ) -> AsyncIterator[tuple[str, str, int]]:
+        """(event, text, byte offset after it): 'log' with new output, 'attempt' when a retry
+        starts a new log, then 'end' with the final state.
+
+        Bytes are decoded incrementally, so a UTF-8 character split between two blocks
+        arrives whole; the offset lets a client resume exactly where it stopped.
+        """
         r = await self._readable(p, job_id)
         attempt = r.attempt
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         while True:
             async for block in self.logs.stream(job_id, attempt, offset):
                 offset += len(block)
-                yield "log", block
+                text = decoder.decode(block)
+                if text:
+                    yield "log", text, offset
             state, cur_attempt = await self._state_of(job_id)
             if cur_attempt != attempt:
                 attempt, offset = cur_attempt, 0
-                yield "attempt", str(cur_attempt).encode()
+                decoder.reset()
+                yield "attempt", str(cur_attempt), 0
                 continue
             if state in api.FINAL_STATES and offset >= self.logs.size(job_id, attempt):
-                yield "end", state.encode()
+                tail = decoder.decode(b"", final=True)
+                if tail:
+                    yield "log", tail, offset
+                yield "end", state, offset
                 return
             await self.logs.wait(job_id, FOLLOW_POLL_S)
 
