@@ -113,3 +113,49 @@ def test_units_pass_systemd_analyze_verify(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.strip() == "", proc.stderr
+
+
+def test_units_shipped_in_the_package_match_packaging() -> None:
+    """`mlsm agent --print-systemd-unit` renders mlsm/data's copy: it must not drift."""
+    root = Path(__file__).resolve().parents[2]
+    for name in ("mlsm-agent.service", "mlsm-master.service"):
+        assert (root / "mlsm" / "data" / name).read_text() == (
+            root / "packaging" / "systemd" / name
+        ).read_text(), f"mlsm/data/{name} differs from packaging/systemd/{name}: copy it over"
+
+
+def test_print_systemd_unit_fills_in_this_host(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlsm",
+            "agent",
+            "--master",
+            "https://m.lab:8765",
+            "--dataset-root",
+            str(tmp_path),
+            "--label",
+            "gpu=a100",
+            "--print-systemd-unit",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(tmp_path),
+            "XDG_CONFIG_HOME": str(tmp_path / "cfg"),
+        },
+    ).stdout
+    assert 'Environment=MLSM_MASTER="https://m.lab:8765"' in out
+    assert f'Environment=MLSM_DATASET_ROOTS="{tmp_path}"' in out
+    assert 'Environment=MLSM_LABELS="gpu=a100"' in out
+    assert (
+        "KillMode=process" in out
+        and "ExecStart=" in out
+        and out.rstrip().endswith("WantedBy=multi-user.target")
+    )
