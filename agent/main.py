@@ -33,6 +33,7 @@ from agent.runtimes.base import (
     Runtime,
     RuntimeContext,
     RuntimeStartError,
+    RuntimeUnavailable,
     job_dir_for,
 )
 from agent.state import AgentState
@@ -48,7 +49,8 @@ JOB_CHECK_S = 0.2
 LOG_PUMP_S = 0.5
 SCAN_INTERVAL_S = 30.0
 STATE_SAVE_S = 10.0
-DOCKER_CHECK_S = 15.0  # how often the agent re-checks its Docker engine
+# How often the agent re-checks its Docker engine (seconds; tests shorten it).
+DOCKER_CHECK_S = float(os.environ.get("MLSM_DOCKER_CHECK_INTERVAL") or 15.0)
 FORBIDDEN = 403
 REFUSED_RETRY_INTERVALS = 4  # a refused heartbeat is retried within this many intervals
 LOG_FLUSH_S = 5.0  # how long a job's end waits for its log to reach the master, per try
@@ -409,27 +411,41 @@ class Agent:
             return  # idempotent: this attempt already runs here
         runtime = self.runtimes.get(spec.env_kind)
         job_dir = job_dir_for(self.cfg.data_dir, spec.job_id)
-        if runtime is None:
-            why = (
-                self.docker_error
-                if spec.env_kind == "docker"
-                else f"no {spec.env_kind} runtime on this node"
-            )
+        try:
+            if runtime is None and spec.env_kind == "docker":
+                raise RuntimeUnavailable(self.docker_error or "Docker unavailable on this node")
+            if runtime is None:
+                raise RuntimeStartError(f"no {spec.env_kind} runtime on this node")
+            handle = await asyncio.to_thread(runtime.start, spec, job_dir)
+        except RuntimeUnavailable as exc:
+            # Not the job's fault: the master interrupts the attempt (requeued while retries
+            # remain). An engine that went away since the last check is dropped at once, and
+            # the master hears so (next heartbeat) before the attempt's end, so it does not
+            # hand the requeued attempt straight back to this node.
+            if spec.env_kind == "docker" and self.runtimes.pop("docker", None) is not None:
+                self.docker_error = str(exc)
+                self._docker_checked = time.monotonic()
+                self.info = self._info()
+                self._info_sent = False
+                log.warning("%s: no new container jobs until it is back", exc)
+                told_by = time.monotonic() + 2 * self.interval
+                while not self._info_sent and time.monotonic() < told_by:
+                    if self.stopping.is_set():
+                        break
+                    await self._sleep(JOB_CHECK_S)
             await self._send_events(
                 [
                     w.JobReport(
                         job_id=spec.job_id,
                         attempt=spec.attempt,
-                        state="failed_to_start",
-                        reason=why,
-                        end_kind="error",
+                        state="lost",
+                        reason=str(exc),
+                        end_kind="lost",
                         ended_at=time.time(),
                     )
                 ]
             )
             return
-        try:
-            handle = await asyncio.to_thread(runtime.start, spec, job_dir)
         except RuntimeStartError as exc:
             await self._send_events(
                 [

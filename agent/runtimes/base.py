@@ -86,6 +86,12 @@ class RuntimeStartError(Exception):
     """An attempt could not start; the message says why in plain words."""
 
 
+class RuntimeUnavailable(RuntimeStartError):
+    """An attempt could not start because the runtime itself is unreachable (the Docker
+    engine went away): not the job's fault, so the agent reports the attempt lost (the
+    master requeues it while retries remain) and stops taking jobs of that kind."""
+
+
 LOG_NAME = "output.log"
 
 

@@ -54,7 +54,13 @@ import docker.types
 import msgspec
 import requests
 
-from agent.runtimes.base import LOG_NAME, AdoptRecord, RuntimeContext, RuntimeStartError
+from agent.runtimes.base import (
+    LOG_NAME,
+    AdoptRecord,
+    RuntimeContext,
+    RuntimeStartError,
+    RuntimeUnavailable,
+)
 from mlsm.policy import mount_allowed
 from mlsm.wire.agent import JobReport, JobSpec
 
@@ -90,6 +96,20 @@ def _why(exc: BaseException) -> str:
     if isinstance(explanation, str) and explanation:
         text = explanation
     return text if len(text) <= 400 else text[:397] + "..."
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the engine could not be reached at all (no connection, a
+    broken one, a timeout), as opposed to an answer from it that refuses something."""
+    return isinstance(exc, _ENGINE_ERRORS) and not isinstance(exc, docker.errors.APIError)
+
+
+def _start_error(what: str, exc: BaseException) -> RuntimeStartError:
+    """The error for a failed engine call: :class:`RuntimeUnavailable` when the engine is
+    unreachable (the job is not at fault), else a plain start error naming ``what``."""
+    if _unreachable(exc):
+        return RuntimeUnavailable(f"Docker engine unavailable: {_why(exc)}")
+    return RuntimeStartError(f"{what}: {_why(exc)}")
 
 
 def _fmt_bytes(n: int) -> str:
@@ -623,8 +643,8 @@ class DockerRuntime:
     ) -> None:
         """``network`` is the node's default network mode; a job may name ``none`` or one
         of ``allowed_networks`` (:data:`ANY_NETWORK` among them: whatever the master's admin
-        set for this node). ``mount_roots``, when given, re-checks every extra mount on the
-        node with symlinks resolved (the master already checked it lexically)."""
+        set for this node). ``mount_roots``, when given, confines every extra mount of every
+        job on this node (symlinks resolved), on top of each job's own ``mount_roots``."""
         self.ctx = ctx
         self.network = network
         self.allowed_networks = frozenset({"none", network, *allowed_networks})
@@ -744,12 +764,31 @@ class DockerRuntime:
                 raise RuntimeStartError(
                     f"mount target {m.target!r} must be an absolute path below /"
                 )
-            if self.mount_roots is not None and not mount_allowed(m.source, self.mount_roots):
-                raise RuntimeStartError(
-                    f"mount {m.source} is outside the allowed roots on node {self.ctx.node_name}"
-                )
-            mounts.append(docker.types.Mount(target, m.source, type="bind", read_only=m.read_only))
+            source = self._mount_source(spec, m.source)
+            mounts.append(docker.types.Mount(target, source, type="bind", read_only=m.read_only))
         return mounts
+
+    def _mount_source(self, spec: JobSpec, source: str) -> str:
+        """The host path to bind for ``source``: symlinks resolved here on the node, and
+        confined to the job's ``mount_roots`` (a member's job: the lab's allow-list, which
+        the master could only check as text) and to this runtime's own roots.
+
+        The resolved path is what gets mounted, so a link swapped after this check cannot
+        redirect the mount.
+        """
+        if not source.startswith("/") or "\x00" in source:
+            raise RuntimeStartError(f"mount source {source!r} must be an absolute host path")
+        real = os.path.realpath(source)
+        for roots in (spec.mount_roots, self.mount_roots):
+            if roots is None or mount_allowed(real, roots):
+                continue
+            shown = source if real == os.path.normpath(source) else f"{source} (-> {real})"
+            allowed = ", ".join(roots) if roots else "none"
+            raise RuntimeStartError(
+                f"mount {shown} is outside the allowed roots on node {self.ctx.node_name} "
+                f"(allowed: {allowed})"
+            )
+        return real
 
     def _unix_user(self, spec: JobSpec) -> pwd.struct_passwd | None:
         """The local account the container runs as; None keeps the image's own user."""
@@ -779,7 +818,7 @@ class DockerRuntime:
                     f"image {image} not present on node {self.ctx.node_name}"
                 ) from None
         except _ENGINE_ERRORS as exc:
-            raise RuntimeStartError(f"Docker engine unavailable: {_why(exc)}") from exc
+            raise _start_error(f"image {image} could not be inspected", exc) from exc
         try:
             client.images.pull(image)
         except _ENGINE_ERRORS as exc:
@@ -792,7 +831,7 @@ class DockerRuntime:
         try:
             client = self._engine()
         except Exception as exc:
-            raise RuntimeStartError(f"Docker engine unavailable: {_why(exc)}") from exc
+            raise RuntimeUnavailable(f"Docker engine unavailable: {_why(exc)}") from exc
         kwargs = self._container_kwargs(spec, job_dir)
         self._ensure_image(client, spec.image)
         job_dir.mkdir(parents=True, exist_ok=True)
@@ -832,9 +871,7 @@ class DockerRuntime:
             sink.discard_cursor()
             with contextlib.suppress(*_ENGINE_ERRORS):
                 container.remove(force=True)
-            raise RuntimeStartError(
-                f"container for job {spec.job_id} could not start: {why}"
-            ) from exc
+            raise _start_error(f"container for job {spec.job_id} could not start", exc) from exc
         handle = DockerJobHandle(
             self,
             record,
@@ -865,9 +902,7 @@ class DockerRuntime:
                         f"container {name} could not be created: {_why(exc)}"
                     ) from exc
             except _ENGINE_ERRORS as exc:
-                raise RuntimeStartError(
-                    f"container {name} could not be created: {_why(exc)}"
-                ) from exc
+                raise _start_error(f"container {name} could not be created", exc) from exc
         raise RuntimeStartError(
             f"container {kwargs['name']} already exists on node {self.ctx.node_name}"
         )

@@ -238,6 +238,9 @@ class JobSpec(Struct, kw_only=True, omit_defaults=True):
     kill_grace_s: float = 10.0
     array_index: int | None = None
     datasets: dict[Name, LongStr] = {}  # name -> path on this node
+    # Host roots the job's --mount sources must lie under once the node resolves their
+    # symlinks: the lab's mount allow-list for a member's job, None (no limit) for an admin's.
+    mount_roots: list[LongStr] | None = None
 
 
 class StartJob(Struct, tag="start_job", kw_only=True):

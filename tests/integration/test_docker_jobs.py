@@ -36,6 +36,7 @@ from tests.integration.lab import (
     Lab,
     wait_for,
 )
+from tests.integration.test_docker_runtime import _EngineProxy
 
 pytestmark = pytest.mark.docker
 
@@ -45,6 +46,7 @@ DATASET = f"ds{TAG}"
 GPUS = "2xA100-80GB"
 JOB_DEADLINE_S = 60.0
 NO_DOCKER = "unix:///nonexistent-mlsm-test.sock"
+ENGINE_NOTICE_S = 20.0  # the node reports its engine gone (or back) within this
 
 
 # ---------------------------------------------------------------- lab
@@ -506,3 +508,145 @@ def test_a_container_name_held_by_another_lab_is_qualified_with_the_node(
         assert body(lab.log(jid)) == b"ok\n"
     finally:
         foreign.remove(force=True)
+
+
+# ---------------------------------------------------------------- the engine going away
+class _Proxy(_EngineProxy):
+    """The engine proxy of test_docker_runtime.py, safe to cut or restore twice."""
+
+    is_up = False
+
+    def up(self) -> None:
+        if not self.is_up:
+            super().up()
+            self.is_up = True
+
+    def down(self) -> None:
+        if self.is_up:
+            super().down()
+            self.is_up = False
+
+
+@pytest.fixture
+def proxy(tmp_path: Path, engine: docker.DockerClient) -> Iterator[_Proxy]:
+    """A cut-and-restore UNIX socket in front of the engine, up at first."""
+    p = _Proxy(tmp_path / "e.sock")
+    p.up()
+    try:
+        yield p
+    finally:
+        p.down()
+
+
+def start_proxied_agent(lab: Lab, name: str, proxy: _Proxy, check_s: float) -> AgentProc:
+    """An agent whose engine is reached through ``proxy``, re-checked every ``check_s``."""
+    env = {"DOCKER_HOST": f"unix://{proxy.path}", "MLSM_DOCKER_CHECK_INTERVAL": str(check_s)}
+    agent = start_agent(lab, name, env=env)
+    assert lab.node(name).info.docker_available, lab.node(name).info.docker_error
+    return agent
+
+
+def waiting_for_docker(lab: Lab, job_id: int, node: str) -> api.Job:
+    """The job once it waits for ``node``'s engine; fails soon if it ends instead."""
+    want = f"node {node} cannot run docker jobs (Docker unavailable)"
+
+    def check() -> api.Job | None:
+        job = lab.job(job_id)
+        if job.state not in ("queued", "assigned", "running"):
+            pytest.fail(f"job {job_id} ended {job.state}: {job.reason}")
+        return job if job.reason == want else None
+
+    job = wait_for(check, JOB_DEADLINE_S, f"job {job_id} to wait for the engine")
+    assert job is not None
+    return job
+
+
+def test_an_engine_lost_while_the_node_is_online_is_reported_and_its_return_noticed(
+    tmp_path: Path, engine: docker.DockerClient, image: str, proxy: _Proxy
+) -> None:
+    name = f"cut{TAG}"
+    with Lab(tmp_path / "lab") as lab:
+        try:
+            lab.start_master()
+            start_proxied_agent(lab, name, proxy, check_s=1.0)
+
+            proxy.down()
+
+            def gone() -> api.NodeInfo | None:
+                info = lab.node(name).info
+                return info if info.docker_available is False else None
+
+            info = wait_for(gone, ENGINE_NOTICE_S, "the node to report Docker unavailable")
+            assert info is not None
+            assert info.docker_error.startswith("Docker engine unavailable: "), info
+            assert "docker" not in info.runtimes
+            shown = lab.cli("node", "show", name)
+            assert shown.returncode == 0, shown.stderr
+            assert "docker: no" in shown.stdout
+            assert "docker    unavailable: Docker engine unavailable" in shown.stdout
+
+            jid = submit(lab, image, "--node", name, "--", "echo", "back")
+            job = waiting_for_docker(lab, jid, name)
+            assert (job.state, job.node, job.attempt) == ("queued", None, 0)
+
+            proxy.up()
+            job = lab.wait_job(jid, timeout=ENGINE_NOTICE_S + JOB_DEADLINE_S)
+            assert (job.state, job.node, job.attempt) == ("succeeded", name, 0), job.reason
+            assert body(lab.log(jid)) == b"back\n"
+            info = lab.node(name).info
+            assert info.docker_available and not info.docker_error
+            assert "docker" in info.runtimes
+        finally:
+            remove_containers(engine, name)
+
+
+def test_a_start_the_engine_cannot_take_interrupts_the_job_and_the_node_stops_taking_containers(
+    tmp_path: Path, engine: docker.DockerClient, image: str, proxy: _Proxy
+) -> None:
+    name = f"gone{TAG}"
+    with Lab(tmp_path / "lab") as lab:
+        try:
+            lab.start_master()
+            # The re-check never comes during the test: the failed start alone must tell.
+            start_proxied_agent(lab, name, proxy, check_s=3600.0)
+            proxy.down()
+
+            jid = submit(lab, image, "--node", name, "--retries", "1", "--", "true")
+            job = waiting_for_docker(lab, jid, name)
+            # Attempt 0 was interrupted (the engine's fault, not the job's) and requeued;
+            # attempt 1 waits instead of being sent back to the same node.
+            assert (job.state, job.attempt, job.exit_code) == ("queued", 1, None)
+            ends = [e for e in job.history if e.state in ("interrupted", "failed")]
+            assert [e.state for e in ends] == ["interrupted"], job.history
+            assert ends[0].message.startswith("Docker engine unavailable: "), ends[0]
+            info = lab.node(name).info
+            assert info.docker_available is False
+            assert info.docker_error == ends[0].message
+            assert "Docker engine unavailable" in lab.agents[name].output()
+        finally:
+            remove_containers(engine, name)
+
+
+# ---------------------------------------------------------------- mounts, resolved on the node
+def test_a_members_mount_through_a_symlink_is_checked_on_the_node_and_an_admins_is_not(
+    lab: Lab, image: str, member: tuple[str, str]
+) -> None:
+    _, token = member
+    root = lab.root / f"allowed-{TAG}"
+    root.mkdir()
+    (root / "link").symlink_to("/etc")
+    res = lab.cli("settings", "set", "--mount-allow", str(root))
+    assert res.returncode == 0, res.stderr
+    cmd = ("--mount", f"{root}/link:/x:ro", "--", "head", "-c", "5", "/x/passwd")
+
+    member_job = submit(lab, image, *cmd, token=token)  # passes the master's lexical check
+    job = finished(lab, member_job)
+    assert job.state == "failed"
+    assert job.reason == (
+        f"mount {root}/link (-> /etc) is outside the allowed roots on node {NODE} (allowed: {root})"
+    ), job.reason
+
+    admin_job = submit(lab, image, *cmd)  # admins may mount any host path, links included
+    job = finished(lab, admin_job)
+    assert job.state == "succeeded", job.reason
+    assert body(lab.log(admin_job)) == b"root:"
