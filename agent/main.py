@@ -49,8 +49,22 @@ JOB_CHECK_S = 0.2
 LOG_PUMP_S = 0.5
 SCAN_INTERVAL_S = 30.0
 STATE_SAVE_S = 10.0
+
+
 # How often the agent re-checks its Docker engine (seconds; tests shorten it).
-DOCKER_CHECK_S = float(os.environ.get("MLSM_DOCKER_CHECK_INTERVAL") or 15.0)
+def _env_seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name, "")
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        logging.getLogger("mlsm.agent").warning(
+            "%s=%r is not a number of seconds; using %s", name, raw, default
+        )
+        return default
+    return value if value > 0 else default
+
+
+DOCKER_CHECK_S = _env_seconds("MLSM_DOCKER_CHECK_INTERVAL", 15.0)  # re-check the Docker engine
 FORBIDDEN = 403
 REFUSED_RETRY_INTERVALS = 4  # a refused heartbeat is retried within this many intervals
 LOG_FLUSH_S = 5.0  # how long a job's end waits for its log to reach the master, per try
