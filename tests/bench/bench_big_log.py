@@ -12,99 +12,28 @@ from __future__ import annotations
 
 import argparse
 import filecmp
-import os
 import resource
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import httpx
 import psutil
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait(cond: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if cond():  # type: ignore[operator]
-                return
-        except (httpx.HTTPError, KeyError, IndexError):
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"{what} did not happen within {timeout:.0f} s")
+from benchlab import BenchLab, wait
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mib", type=int, default=100)
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="mlsm-bench-log-"))
-    env = dict(
-        os.environ, MLSM_PASSWORD="bench-password", MLSM_LOG_LEVEL="warning", PYTHONPATH=str(ROOT)
-    )
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    procs: list[subprocess.Popen[bytes]] = []
-    mlsm = [sys.executable, "-m", "mlsm"]
-    try:
-        master = subprocess.Popen(
-            [
-                *mlsm,
-                "master",
-                "--port",
-                str(port),
-                "--data-dir",
-                str(tmp / "m"),
-                "--init-admin",
-                "root",
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        procs.append(master)
-        wait(lambda: httpx.get(f"{url}/healthz").status_code == 200, 30, "master start")
-        tok = httpx.post(
-            f"{url}/api/v1/auth/login", json={"username": "root", "password": "bench-password"}
-        ).json()["token"]
-        h = {"Authorization": f"Bearer {tok}"}
-        jt = httpx.post(f"{url}/api/v1/join-tokens", json={}, headers=h).json()["token"]
-        procs.append(
-            subprocess.Popen(
-                [
-                    *mlsm,
-                    "agent",
-                    "--master",
-                    url,
-                    "--join-token",
-                    jt,
-                    "--name",
-                    "log",
-                    "--data-dir",
-                    str(tmp / "a"),
-                ],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-        wait(
-            lambda: httpx.get(f"{url}/api/v1/nodes", headers=h).json()[0]["state"] == "online",
-            30,
-            "agent online",
-        )
+    with BenchLab("mlsm-bench-log-") as lab:
+        lab.start_master()
+        assert lab.master is not None
+        master, url, h, tok, tmp = lab.master, lab.url, lab.headers, lab.token, lab.dir
+        env = lab.env
+        mlsm = [sys.executable, "-m", "mlsm"]
+        lab.start_agent("log")
+        lab.wait_online()
         rss0 = psutil.Process(master.pid).memory_info().rss
         code = (
             "import sys\n"
@@ -135,7 +64,7 @@ def main() -> None:
         t_read = time.monotonic() - t1
         cli_peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         rss2 = psutil.Process(master.pid).memory_info().rss
-        node_file = tmp / "a" / "jobs" / str(jid) / "output.log"
+        node_file = lab.agent_dir("log") / "jobs" / str(jid) / "output.log"
         same = filecmp.cmp(node_file, out, shallow=False)
         size = node_file.stat().st_size
         print(
@@ -148,14 +77,6 @@ def main() -> None:
             f"`mlsm logs` peak RSS: {cli_peak_kib / 1024:.0f} MiB (the only child that has exited)"
         )
         print(f"copy identical to the node's output.log: {same}")
-    finally:
-        for proc in reversed(procs):
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -16,22 +16,20 @@ import argparse
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
 
 import httpx
+from benchlab import ROOT, BenchLab, free_port
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # run as a script: make mlsm and agent importable
 
-from agent.collectors import HostCollector, SimulatedProbe  # noqa: E402
-from mlsm import PROTOCOL_VERSION  # noqa: E402
-from mlsm.wire import agent as w  # noqa: E402
+from agent.collectors import HostCollector, SimulatedProbe
+from mlsm import PROTOCOL_VERSION
+from mlsm.wire import agent as w
 
 PEER_APP = textwrap.dedent(
     """
@@ -62,28 +60,6 @@ end
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_healthy(url: str, path: str = "/healthz", timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if (
-                httpx.post(url + path, content=b"")
-                if path.startswith("/agent")
-                else httpx.get(url + path)
-            ):
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"{url} did not come up")
-
-
 def run_wrk(url: str, lua: Path, seconds: int, connections: int) -> dict[str, float]:
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(lua), url],
@@ -110,39 +86,11 @@ def main() -> None:
     args = ap.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("needs wrk (apt-get install wrk)")
-    tmp = Path(tempfile.mkdtemp(prefix="mlsm-bench-hb-"))
-    env = dict(
-        os.environ, MLSM_PASSWORD="bench-password", MLSM_LOG_LEVEL="warning", PYTHONPATH=str(ROOT)
-    )
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    master = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlsm",
-            "master",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(tmp / "m"),
-            "--init-admin",
-            "root",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp / "master.log", "wb"),
-    )
-    procs = [master]
-    try:
-        wait_healthy(url)
-        tok = httpx.post(
-            f"{url}/api/v1/auth/login", json={"username": "root", "password": "bench-password"}
-        ).json()["token"]
-        h = {"Authorization": f"Bearer {tok}"}
-        jt = httpx.post(
-            f"{url}/api/v1/join-tokens", json={"uses": args.nodes, "ttl_s": 3600}, headers=h
-        ).json()["token"]
+    with BenchLab("mlsm-bench-hb-") as lab:
+        lab.start_master()
+        assert lab.master is not None
+        master, url, tmp, env = lab.master, lab.url, lab.dir, lab.env
+        jt = lab.join_token(uses=args.nodes)
         secrets = []
         with httpx.Client(base_url=url) as c:
             for i in range(args.nodes):
@@ -190,9 +138,7 @@ def main() -> None:
         mine = run_wrk(url, lua, args.seconds, args.connections)
         if spy is not None:
             spy.wait(timeout=60)
-        master.terminate()
-        master.wait(timeout=30)
-        procs.remove(master)
+        lab.stop(master)
 
         peer_dir = tmp / "peer"
         peer_dir.mkdir()
@@ -217,7 +163,7 @@ def main() -> None:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        procs.append(peer)
+        lab.procs.append(peer)
         purl = f"http://127.0.0.1:{pport}"
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -236,14 +182,6 @@ def main() -> None:
                 f"{name:34} {r['rps']:8.0f} {r.get('p50_ms', 0):8.2f} {r.get('p90_ms', 0):8.2f} {r.get('p99_ms', 0):8.2f} {r['non2xx']:8.0f}"
             )
         print(f"mlsm/peer throughput: {mine['rps'] / theirs['rps']:.2f}")
-    finally:
-        for p in procs:
-            p.terminate()
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -17,36 +17,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import httpx
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait(cond: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if cond():  # type: ignore[operator]
-                return
-        except (httpx.HTTPError, OSError, ValueError):
-            pass
-        time.sleep(0.01)
-    raise SystemExit(f"{what} did not happen within {timeout:.0f} s")
+from benchlab import BenchLab, wait
 
 
 async def submit_flood(url: str, token: str, n: int, concurrency: int) -> tuple[float, list[float]]:
@@ -77,70 +54,12 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--latency-runs", type=int, default=20)
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="mlsm-bench-jobs-"))
-    env = dict(
-        os.environ, MLSM_PASSWORD="bench-password", MLSM_LOG_LEVEL="warning", PYTHONPATH=str(ROOT)
-    )
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "mlsm",
-                    "master",
-                    "--port",
-                    str(port),
-                    "--data-dir",
-                    str(tmp / "m"),
-                    "--init-admin",
-                    "root",
-                ],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-        wait(lambda: httpx.get(f"{url}/healthz").status_code == 200, 30, "master start")
-        tok = httpx.post(
-            f"{url}/api/v1/auth/login", json={"username": "root", "password": "bench-password"}
-        ).json()["token"]
-        h = {"Authorization": f"Bearer {tok}"}
-        jt = httpx.post(f"{url}/api/v1/join-tokens", json={}, headers=h).json()["token"]
-        agent_dir = tmp / "a"
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "mlsm",
-                    "agent",
-                    "--master",
-                    url,
-                    "--join-token",
-                    jt,
-                    "--name",
-                    "bench",
-                    "--data-dir",
-                    str(agent_dir),
-                    "--simulate-gpus",
-                    "2xA100-80GB",
-                ],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-        wait(
-            lambda: any(
-                n["state"] == "online" for n in httpx.get(f"{url}/api/v1/nodes", headers=h).json()
-            ),
-            30,
-            "agent online",
-        )
+    with BenchLab("mlsm-bench-jobs-") as lab:
+        lab.start_master()
+        url, h, tok = lab.url, lab.headers, lab.token
+        agent_dir = lab.agent_dir("bench")
+        lab.start_agent("bench", "--simulate-gpus", "2xA100-80GB")
+        lab.wait_online()
 
         # 2. idle submit-to-start first, on an empty queue
         starts = []
@@ -178,7 +97,7 @@ def main() -> None:
                     "py-spy",
                     "record",
                     "--pid",
-                    str(procs[0].pid),
+                    str(lab.master.pid),
                     "-d",
                     "8",
                     "-f",
@@ -207,14 +126,6 @@ def main() -> None:
             f"idle submit->first instruction: median {statistics.median(starts):.1f} ms, p10 {q[0]:.1f} / p90 {q[-1]:.1f} ms "
             f"over {len(starts)} jobs (of which the job's own Python start, run directly: median {statistics.median(direct):.1f} ms)"
         )
-    finally:
-        for proc in reversed(procs):
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
