@@ -88,6 +88,7 @@ class AgentConfig:
     simulate_gpus: str = ""
     verify: Any = True
     heartbeat_interval: float = 2.0
+    default_unix_user: str = ""  # jobs of unmapped users run as this account (agent as root)
 
 
 @dataclass
@@ -116,6 +117,7 @@ class Agent:
             agent_data=cfg.data_dir,
             runs_as_root=os.geteuid() == 0,
             simulated_gpus=probe.kind == "simulated",
+            default_unix_user=cfg.default_unix_user,
         )
         self.runtimes: dict[str, Runtime] = {}
         from agent.runtimes.process import ProcessRuntime

@@ -85,6 +85,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     dataset_roots: list[str] = []
     labels: dict[str, str] = {}
     simulate_gpus: str = ""  # e.g. "2xA100-80GB"
+    default_unix_user: str = ""  # account for jobs of users with no mapping (agent as root)
 
     # ---------------------------------------------------------------- derived
     @property

@@ -34,6 +34,7 @@ def _labels(items: tuple[str, ...]) -> dict[str, str]:
 )
 @click.option("--label", "labels", multiple=True, help="k=v label of this node (repeatable).")
 @click.option("--simulate-gpus", help="Simulated GPUs for tests and demos, e.g. 2xA100-80GB.")
+@click.option("--default-unix-user", help="Run jobs of users with no Unix mapping as this account (agent as root).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option(
     "--print-systemd-unit",
@@ -107,6 +108,7 @@ def agent(
         simulate_gpus=s.simulate_gpus,
         verify=verify,
         heartbeat_interval=s.heartbeat_interval,
+        default_unix_user=s.default_unix_user,
     )
     os.umask(0o022)
     asyncio.run(Agent(cfg).run())

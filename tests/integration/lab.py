@@ -273,6 +273,7 @@ class Lab:
         token: str | None = None,
         labels: tuple[str, ...] = (),
         wait: bool = True,
+        env: dict[str, str] | None = None,
     ) -> AgentProc:
         """Start an agent (a fresh join token unless ``token`` is given, "" for none).
 
@@ -289,7 +290,7 @@ class Lab:
             argv += ["--simulate-gpus", gpus]
         for label in labels:
             argv += ["--label", label]
-        proc = self._spawn(argv, f"agent-{name}.log", self.env())
+        proc = self._spawn(argv, f"agent-{name}.log", self.env(**(env or {})))
         agent = AgentProc(
             name, data_dir, proc, self.root / "logs" / f"agent-{name}.log", gpus, labels
         )

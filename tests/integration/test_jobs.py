@@ -6,10 +6,13 @@ from __future__ import annotations
 import itertools
 import os
 import queue
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import msgspec
 import psutil
@@ -326,3 +329,27 @@ def test_owner_and_admins_read_a_log_other_members_get_403_and_no_env(lab: Lab) 
     refused = lab.cli("cancel", str(other), token=bob)
     assert refused.returncode != 0 and "not yours" in refused.stderr
     assert lab.job(other).state != "cancelled"
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0, reason="runs jobs as another account: the agent must be root"
+)
+def test_jobs_of_unmapped_users_run_as_the_agents_default_account(lab: Lab) -> None:
+    """An agent given --default-unix-user (here via MLSM_DEFAULT_UNIX_USER) never runs a job of
+    a user without a Unix mapping as root, and the log header names the account."""
+    # The job's account must be able to reach its job dir: not under pytest's 0700 tmp root.
+    base = Path(tempfile.mkdtemp(prefix="mlsm-test-j3-"))
+    base.chmod(0o755)
+    lab.start_agent(
+        "j3", gpus="", data_dir=base / "agent", env={"MLSM_DEFAULT_UNIX_USER": "nobody"}
+    )
+    try:
+        job_id = lab.submit("--node", "j3", "--", "id", "-un")
+        assert lab.wait_job(job_id).state == "succeeded"
+        out = lab.log(job_id)
+        assert out.endswith(b"nobody\n"), out
+        assert b" as nobody" in out.splitlines()[0], out
+    finally:
+        lab.agents["j3"].proc.kill()
+        lab.cli("node", "remove", "j3", "--force", "--yes")
+        shutil.rmtree(base, ignore_errors=True)
