@@ -34,7 +34,10 @@ def _labels(items: tuple[str, ...]) -> dict[str, str]:
 )
 @click.option("--label", "labels", multiple=True, help="k=v label of this node (repeatable).")
 @click.option("--simulate-gpus", help="Simulated GPUs for tests and demos, e.g. 2xA100-80GB.")
-@click.option("--default-unix-user", help="Run jobs of users with no Unix mapping as this account (agent as root).")
+@click.option(
+    "--default-unix-user",
+    help="Run jobs of users with no Unix mapping as this account (agent as root).",
+)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option(
     "--print-systemd-unit",
