@@ -449,32 +449,10 @@ class Agent:
                     if self.stopping.is_set():
                         break
                     await self._sleep(JOB_CHECK_S)
-            await self._send_events(
-                [
-                    w.JobReport(
-                        job_id=spec.job_id,
-                        attempt=spec.attempt,
-                        state="lost",
-                        reason=str(exc),
-                        end_kind="lost",
-                        ended_at=time.time(),
-                    )
-                ]
-            )
+            await self._report_unstarted(spec, "lost", str(exc))
             return
         except RuntimeStartError as exc:
-            await self._send_events(
-                [
-                    w.JobReport(
-                        job_id=spec.job_id,
-                        attempt=spec.attempt,
-                        state="failed_to_start",
-                        reason=str(exc),
-                        end_kind="error",
-                        ended_at=time.time(),
-                    )
-                ]
-            )
+            await self._report_unstarted(spec, "failed_to_start", str(exc))
             return
         rec = handle.record
         self.state.add(rec)
@@ -490,6 +468,22 @@ class Agent:
         self._mark_gpus(spec.gpus, True, rec.pid)
         self.shipper.watch(spec.job_id, spec.attempt, job_dir / "output.log")
         await self._send_events([report])
+
+    async def _report_unstarted(self, spec: w.JobSpec, state: str, reason: str) -> None:
+        """Tell the master at once that an attempt never started: ``lost`` (not the job's
+        fault: the master requeues it) or ``failed_to_start`` (the job's own error)."""
+        await self._send_events(
+            [
+                w.JobReport(
+                    job_id=spec.job_id,
+                    attempt=spec.attempt,
+                    state=state,  # type: ignore[arg-type]
+                    reason=reason,
+                    end_kind="lost" if state == "lost" else "error",
+                    ended_at=time.time(),
+                )
+            ]
+        )
 
     def _mark_gpus(self, gpus: list[int], busy: bool, pid: int | None = None) -> None:
         set_busy = getattr(self.probe, "set_busy", None)

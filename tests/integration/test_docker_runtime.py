@@ -28,6 +28,7 @@ from agent.runtimes import docker as docker_rt
 from agent.runtimes.base import LOG_NAME, AdoptRecord, RuntimeContext, RuntimeStartError
 from agent.runtimes.docker import DockerJobHandle, DockerRuntime
 from mlsm.wire.agent import JobReport, JobSpec, Mount
+from tests.conftest import require
 
 pytestmark = pytest.mark.docker
 
@@ -37,12 +38,6 @@ NODE = f"pytest-{os.getpid()}"
 DEADLINE_S = 30.0
 
 
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true but {reason}")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def engine() -> Iterator[docker.DockerClient]:
     """A client of the local engine with the test image present."""
@@ -50,13 +45,13 @@ def engine() -> Iterator[docker.DockerClient]:
         client = docker.from_env()
         client.ping()
     except Exception as exc:
-        _unavailable(f"no Docker engine reachable: {exc}")
+        require(False, f"no Docker engine reachable: {exc}")
     try:
         client.images.get(IMAGE)
     except docker.errors.ImageNotFound:
         built = subprocess.run([str(IMAGE_SCRIPT)], capture_output=True, text=True)
         if built.returncode != 0:
-            _unavailable(f"cannot build {IMAGE}: {built.stderr.strip() or built.stdout.strip()}")
+            require(False, f"cannot build {IMAGE}: {built.stderr.strip() or built.stdout.strip()}")
     yield client
     for c in client.containers.list(all=True, filters={"label": f"mlsm.node={NODE}"}):
         c.remove(force=True)
