@@ -10,9 +10,9 @@ path-based call fails once a path passes PATH_MAX (4096 bytes). So every walk he
   with ``O_DIRECTORY | O_NOFOLLOW`` (a symlink is never entered, whatever was swapped in
   after it was listed), entries are removed or statted relative to that descriptor, so no
   path ever grows past one name;
-- holds at most three descriptors at a time: going back up opens ``..`` and checks it is
-  the very directory it came from (device and inode), so a tree moved mid-walk stops the
-  walk (:class:`TreeChangedError`) instead of leading it elsewhere;
+- holds a fixed handful of descriptors (never one per level): going back up opens ``..``
+  and checks it is the very directory it came from (device and inode), so a tree moved
+  mid-walk stops the walk (:class:`TreeChangedError`) instead of leading it elsewhere;
 - keeps memory to the names on the current path (and, for :func:`walk`, the
   not-yet-visited subdirectories of the directories on it).
 
@@ -138,7 +138,7 @@ def remove_tree(path: str | os.PathLike[str]) -> None:
     """Remove the file, link or directory tree at ``path``; quiet if it is already gone.
 
     Links inside (and ``path`` itself, when it is one) are unlinked, never followed; the
-    directories above ``path`` are taken as given. Any depth, at most three descriptors,
+    directories above ``path`` are taken as given. Any depth, four descriptors at most,
     memory for the names on the current path only. Raises OSError when something cannot
     be removed (what was removed stays removed; a second call carries on).
     """
