@@ -1,18 +1,25 @@
-"""Small file-system helpers shared by import, receive and delete."""
+"""Small file-system helpers shared by import, receive and delete.
+
+Trees are removed with :func:`agent.fsutil.remove_tree` (iterative, descriptor based,
+never follows a link, any depth); :func:`cleanup` is its form for ``finally`` blocks.
+"""
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import logging
 import os
 import secrets
-import shutil
-import stat
 from pathlib import Path
 from typing import IO, Any
 
+from agent.fsutil import remove_tree
+
 from .errors import DatasetExistsError
 from .paths import RESERVED_PREFIX, confine
+
+log = logging.getLogger("mlsm.agent.datasets")
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
@@ -61,10 +68,11 @@ def prepare_target(root: Path, name: str, kind: str) -> tuple[Path, Path]:
     return target, make_temp_dir(target.parent, kind, name)
 
 
-def open_new(path: Path) -> IO[bytes]:
-    """Open a new file for writing; never follows or replaces anything already there."""
+def open_new(path: str | os.PathLike[str], dir_fd: int | None = None) -> IO[bytes]:
+    """Open a new file for writing (``path`` relative to ``dir_fd`` when given); never
+    follows or replaces anything already there."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    return open(os.open(path, flags, 0o600), "wb", buffering=0)
+    return open(os.open(path, flags, 0o600, dir_fd=dir_fd), "wb", buffering=0)
 
 
 def make_temp_dir(root: Path, kind: str, name: str) -> Path:
@@ -74,22 +82,11 @@ def make_temp_dir(root: Path, kind: str, name: str) -> Path:
     return path
 
 
-def remove_tree(path: Path) -> None:
-    """Remove a file or directory tree; never follows symlinks; quiet if already gone."""
+def cleanup(path: Path) -> None:
+    """Remove a temp tree in a ``finally`` block: a failure is logged, never raised, so it
+    cannot hide the error that led here; what is left is swept at the agent's next start
+    (:func:`~.delete.purge_leftovers`)."""
     try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        # shutil.rmtree uses the fd-based walk on Linux: symlinks inside are unlinked,
-        # never followed. Make read-only dirs writable on the way if needed.
-        def _onerror(func, p, exc_info):  # type: ignore[no-untyped-def]
-            try:
-                os.chmod(os.path.dirname(p), 0o700)
-                func(p)
-            except OSError:
-                pass
-
-        shutil.rmtree(path, onerror=_onerror)
-    else:
-        os.unlink(path)
+        remove_tree(path)
+    except OSError as exc:
+        log.warning("could not remove %s (%s); it is removed at the next start", path, exc)

@@ -4,19 +4,27 @@ A delete first renames the dataset to ``<root>/.mlsm-trash-<name>-<random>`` (at
 hidden from the scanner), then removes that tree. So the catalog sees the dataset whole
 or not at all, never half-deleted; if the agent dies mid-way, :func:`purge_leftovers`
 removes the trash (and any import/receive temp dir) at the next start.
+
+Trees go with :func:`agent.fsutil.remove_tree`: a loop over directory descriptors that
+never follows a link, so a dataset of any depth is deleted (``shutil.rmtree`` recursed
+once per level and died near depth 1000, at the agent's start-up sweep too).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import stat
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
-from ._fs import remove_tree
-from .errors import DatasetPathError
+from agent.fsutil import remove_tree
+
+from .errors import DatasetError, DatasetPathError
 from .paths import RESERVED_PREFIX, confine_path
+
+log = logging.getLogger("mlsm.agent.datasets")
 
 
 def _owning_root(roots: Sequence[Path], path: str) -> Path:
@@ -54,14 +62,21 @@ def delete_dataset(roots: Sequence[Path], path: str | os.PathLike[str]) -> bool:
         os.rename(real, trash)
     except FileNotFoundError:
         return False
-    remove_tree(trash)
+    try:
+        remove_tree(trash)
+    except OSError as exc:
+        raise DatasetError(
+            f"dataset {real.name!r} is out of the catalog, but removing its files failed "
+            f"({exc.strerror or exc}); the agent retries at its next start"
+        ) from None
     return True
 
 
 def purge_leftovers(roots: Sequence[Path]) -> list[Path]:
     """Remove ``.mlsm-*`` temp and trash entries under each root; return what went.
 
-    Call at agent start only, when no import, receive or delete can be running.
+    Call at agent start only, when no import, receive or delete can be running. An entry
+    that cannot be removed is logged and left for the next start: the agent comes up anyway.
     """
     removed: list[Path] = []
     for root in roots:
@@ -71,6 +86,10 @@ def purge_leftovers(roots: Sequence[Path]) -> list[Path]:
             continue
         for e in entries:
             if e.name.startswith(RESERVED_PREFIX):
-                remove_tree(Path(e.path))
+                try:
+                    remove_tree(e.path)
+                except OSError as exc:
+                    log.warning("could not remove leftover %s (%s)", e.path, exc)
+                    continue
                 removed.append(Path(e.path))
     return removed

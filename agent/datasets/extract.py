@@ -8,7 +8,7 @@ entry) anything that could land outside the destination or surprise the host:
 - entries whose parent is a symlink made by the same archive (no writing *through* a
   link), or a file;
 - symlinks with an absolute target or one that leads outside (checked lexically when made,
-  and again with ``realpath`` once the whole tree exists, which catches chains of links);
+  and again once the whole tree exists, following chains of links);
 - hard links to anything but a regular file extracted earlier from the same archive;
 - devices, fifos and other special files;
 - more than ``max_bytes`` of file content or ``max_entries`` entries in total, and for
@@ -20,28 +20,30 @@ execute bits only (no setuid/setgid/sticky, no group/other write, owner always r
 ownership is never restored. For tar, ``tarfile.data_filter`` (Python >= 3.11.4) is run
 on every member as a second, independent check.
 
+Entries are written relative to descriptors of their directories (never through a
+path), so an archive of any depth unpacks; links are checked at the end by resolving
+them from what was written, in a loop (``realpath`` would recurse once per link).
+
 The destination is expected to be a new, private directory that nothing else writes to
-(the ``.mlsm-*`` temp dir); the caller removes it whole on any error.
+(the ``.mlsm-*`` temp dir); the caller removes it whole on any error. The tar and zip
+drivers that feed the writer live in :mod:`.archives`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import lzma
 import os
 import posixpath
-import stat
-import tarfile
-import zipfile
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from agent.fsutil import DirFds
+
 from ._fs import open_new
-from .errors import DatasetCancelled, DatasetError, DatasetTooLargeError, UnsafeArchiveError
+from .errors import DatasetCancelled, DatasetTooLargeError, UnsafeArchiveError
 
 COPY_BLOCK = 1 << 20  # bytes copied at a time
 MAX_ENTRIES = 2_000_000  # entries (files, dirs, links) in one archive
@@ -64,7 +66,12 @@ def _show(name: str) -> str:
 
 
 class SafeWriter:
-    """Writes archive entries under ``dest``; see the module docstring for the rules."""
+    """Writes archive entries under ``dest``; see the module docstring for the rules.
+
+    Every file-system call is made relative to a descriptor of the entry's directory
+    (:class:`agent.fsutil.DirFds`), so an archive of any depth unpacks without a path ever
+    passing PATH_MAX. :meth:`close` (the archive drivers call it) releases them.
+    """
 
     def __init__(
         self,
@@ -83,7 +90,20 @@ class SafeWriter:
         self.entries = 0
         self.hashes: dict[str, str] | None = {} if hash_files else None
         self._kinds: dict[str, str] = {}  # rel path -> "d" | "f" | "l"
+        self._links: dict[str, str] = {}  # rel path of a symlink -> its target
         self._buf = bytearray(COPY_BLOCK)
+        self._fds: DirFds | None = None
+
+    def _dir(self, rel: str) -> int:
+        """A descriptor of directory ``rel`` ("" = dest), one this writer made."""
+        if self._fds is None:
+            self._fds = DirFds(self.dest)
+        return self._fds.get(rel)
+
+    def close(self) -> None:
+        if self._fds is not None:
+            self._fds.close()
+            self._fds = None
 
     # ---------------------------------------------------------------- checks
     def _stop_check(self) -> None:
@@ -96,12 +116,18 @@ class SafeWriter:
             raise UnsafeArchiveError(f"archive {what} {_show(name)} contains a NUL byte")
         if name.startswith("/"):
             raise UnsafeArchiveError(f"archive {what} {_show(name)} has an absolute path")
-        parts = [p for p in name.split("/") if p not in ("", ".")]
+        parts = name.split("/")
         if ".." in parts:
             raise UnsafeArchiveError(f"archive {what} {_show(name)} contains '..'")
-        for p in parts:
-            if len(p.encode("utf-8", "surrogateescape")) > 255:
-                raise UnsafeArchiveError(f"archive {what} {_show(name)} has a name over 255 bytes")
+        if "" in parts or "." in parts:
+            parts = [p for p in parts if p not in ("", ".")]
+        # a name of at most 63 characters is at most 252 bytes: only longer ones are encoded
+        if max(map(len, parts), default=0) > 63:
+            for p in parts:
+                if len(p.encode("utf-8", "surrogateescape")) > 255:
+                    raise UnsafeArchiveError(
+                        f"archive {what} {_show(name)} has a name over 255 bytes"
+                    )
         return "/".join(parts)
 
     def _count_entry(self, name: str) -> None:
@@ -131,28 +157,32 @@ class SafeWriter:
             f"{self.limits.archive_size} bytes (at entry {_show(name)}): refused as a bomb"
         )
 
-    def _parent(self, rel: str, name: str) -> Path:
-        """Make sure every parent of ``rel`` is a real directory we made; return the path."""
-        parts = rel.split("/")[:-1]
-        prefix = ""
-        for p in parts:
-            prefix = f"{prefix}/{p}" if prefix else p
-            kind = self._kinds.get(prefix)
+    def _parent(self, rel: str, name: str) -> tuple[int, str]:
+        """Make sure every parent of ``rel`` is a real directory we made; return a
+        descriptor of the last one and ``rel``'s own name in it."""
+        parent, _, base = rel.rpartition("/")
+        missing: list[str] = []
+        anc = parent
+        # Every parent of a directory we made is one too, so the first known one going up
+        # decides: a directory (create what is missing below it), or a link or file (refuse).
+        while anc and (kind := self._kinds.get(anc)) != "d":
             if kind == "l":
                 raise UnsafeArchiveError(
-                    f"archive entry {_show(name)} would be written through "
-                    f"the symlink {_show(prefix)}"
+                    f"archive entry {_show(name)} would be written through the symlink {_show(anc)}"
                 )
             if kind == "f":
                 raise UnsafeArchiveError(
-                    f"archive entry {_show(name)} has the file {_show(prefix)} as a parent"
+                    f"archive entry {_show(name)} has the file {_show(anc)} as a parent"
                 )
-            if kind is None:
-                os.mkdir(self.dest / prefix, 0o755)
-                self._kinds[prefix] = "d"
-        return self.dest / rel
+            anc, _, last = anc.rpartition("/")
+            missing.append(last)
+        for last in reversed(missing):
+            os.mkdir(last, 0o755, dir_fd=self._dir(anc))
+            anc = f"{anc}/{last}" if anc else last
+            self._kinds[anc] = "d"
+        return self._dir(parent), base
 
-    def _clear(self, rel: str, name: str, new_kind: str) -> bool:
+    def _clear(self, rel: str, name: str, new_kind: str, dir_fd: int, base: str) -> bool:
         """Handle an entry that names an existing path; True when nothing is left to do."""
         kind = self._kinds.get(rel)
         if kind is None:
@@ -167,8 +197,9 @@ class SafeWriter:
             raise UnsafeArchiveError(
                 f"archive entry {_show(name)} replaces a file with a directory"
             )
-        os.unlink(self.dest / rel)  # a later duplicate wins, as with tar itself
+        os.unlink(base, dir_fd=dir_fd)  # a later duplicate wins, as with tar itself
         del self._kinds[rel]
+        self._links.pop(rel, None)
         if self.hashes is not None:
             self.hashes.pop(rel, None)
         return False
@@ -179,10 +210,10 @@ class SafeWriter:
         rel = self._clean(name)
         if not rel:
             return  # the archive's "./" entry
-        path = self._parent(rel, name)
-        if self._clear(rel, name, "d"):
+        dir_fd, base = self._parent(rel, name)
+        if self._clear(rel, name, "d", dir_fd, base):
             return
-        os.mkdir(path, 0o755)
+        os.mkdir(base, 0o755, dir_fd=dir_fd)
         self._kinds[rel] = "d"
 
     def file(self, name: str, src: IO[bytes], size: int | None, mode: int, mtime: float) -> None:
@@ -193,9 +224,9 @@ class SafeWriter:
         budget = self._byte_budget()
         if size is not None and self.bytes_written + size > budget:
             raise self._too_large(name, self.bytes_written + size)
-        path = self._parent(rel, name)
-        self._clear(rel, name, "f")
-        out = open_new(path)
+        dir_fd, base = self._parent(rel, name)
+        self._clear(rel, name, "f", dir_fd, base)
+        out = open_new(base, dir_fd=dir_fd)
         self._kinds[rel] = "f"
         h = hashlib.sha256() if self.hashes is not None else None
         view = memoryview(self._buf)
@@ -215,10 +246,10 @@ class SafeWriter:
                     self.on_bytes(n)
                 self._stop_check()
             os.fchmod(out.fileno(), (mode & 0o755 if mode & 0o100 else mode & 0o644) | 0o600)
+            with contextlib.suppress(OSError, OverflowError, ValueError):
+                os.utime(out.fileno(), (mtime, mtime))
         if h is not None and self.hashes is not None:
             self.hashes[rel] = h.hexdigest()
-        with contextlib.suppress(OSError, OverflowError, ValueError):
-            os.utime(path, (mtime, mtime), follow_symlinks=False)
 
     @staticmethod
     def _read_into(src: IO[bytes], view: memoryview) -> int:
@@ -244,10 +275,11 @@ class SafeWriter:
             raise UnsafeArchiveError(
                 f"archive symlink {_show(name)} -> {_show(target)} points outside the dataset"
             )
-        path = self._parent(rel, name)
-        self._clear(rel, name, "l")
-        os.symlink(target, path)
+        dir_fd, base = self._parent(rel, name)
+        self._clear(rel, name, "l", dir_fd, base)
+        os.symlink(target, base, dir_fd=dir_fd)
         self._kinds[rel] = "l"
+        self._links[rel] = target
 
     def hardlink(self, name: str, target: str) -> None:
         self._count_entry(name)
@@ -262,133 +294,61 @@ class SafeWriter:
                 f"archive hard link {_show(name)} -> {_show(target)} does not point to a file "
                 "extracted earlier from the same archive"
             )
-        path = self._parent(rel, name)
+        dir_fd, base = self._parent(rel, name)
         if rel == trel:
             return
-        self._clear(rel, name, "f")
-        os.link(self.dest / trel, path, follow_symlinks=False)
+        self._clear(rel, name, "f", dir_fd, base)
+        tparent, _, tbase = trel.rpartition("/")
+        src_fd = self._dir(tparent)  # two fetches: dir_fd stays open (DirFds keeps 16)
+        os.link(tbase, base, src_dir_fd=src_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
         self._kinds[rel] = "f"
         if self.hashes is not None:
             self.hashes[rel] = self.hashes[trel]
 
     def finish(self) -> None:
         """Check every symlink against the finished tree (chains of links included)."""
-        dest = str(self.dest)
-        for rel, kind in self._kinds.items():
-            if kind != "l":
-                continue
-            real = os.path.realpath(self.dest / rel)
-            if real != dest and not real.startswith(dest + os.sep):
+        resolved: dict[str, str] = {}  # link -> where it leads (rel), once worked out
+        for rel in self._links:
+            if not self._leads_inside(rel, resolved):
                 raise UnsafeArchiveError(
-                    f"archive symlink {_show(rel)} resolves outside the dataset (to {_show(real)})"
+                    f"archive symlink {_show(rel)} resolves outside the dataset "
+                    f"(through {_show(self._links[rel])})"
                 )
 
+    def _leads_inside(self, link: str, resolved: dict[str, str]) -> bool:
+        """Whether ``link`` resolves inside the dataset, following the links it meets.
 
-# -------------------------------------------------------------------- archive drivers
-def _data_filter_check(member: tarfile.TarInfo, dest: Path) -> None:
-    data_filter = getattr(tarfile, "data_filter", None)
-    if data_filter is None:  # Python < 3.11.4: our own checks stand alone
-        return
-    try:
-        data_filter(member, os.fspath(dest))
-    except tarfile.FilterError as e:
-        raise UnsafeArchiveError(f"archive entry {_show(member.name)} refused: {e}") from None
-
-
-def extract_tar(src: IO[bytes], writer: SafeWriter) -> None:
-    """Extract a tar stream (any compression tarfile reads) through ``writer``."""
-    try:
-        with tarfile.open(fileobj=src, mode="r|*") as tf:
-            for m in tf:
-                if m.issym() or m.islnk():
-                    # Ours first: they give the clearer messages for links.
-                    if m.issym():
-                        writer.symlink(m.name, m.linkname)
-                    else:
-                        writer.hardlink(m.name, m.linkname)
-                    continue
-                if not (m.isdir() or m.isreg()):
-                    kind = (
-                        "device"
-                        if (m.ischr() or m.isblk())
-                        else "fifo"
-                        if m.isfifo()
-                        else "special file"
-                    )
-                    raise UnsafeArchiveError(f"archive entry {_show(m.name)} is a {kind}")
-                _data_filter_check(m, writer.dest)
-                if m.isdir():
-                    writer.directory(m.name)
-                else:
-                    f = tf.extractfile(m)
-                    if f is None:  # pragma: no cover - isreg() members always have data
-                        raise UnsafeArchiveError(f"archive entry {_show(m.name)} has no data")
-                    writer.file(m.name, f, m.size, m.mode, m.mtime)
-    except DatasetError:
-        raise
-    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError, ValueError) as e:
-        raise UnsafeArchiveError(f"not a readable tar archive: {e}") from None
-    writer.finish()
-
-
-def extract_zip(path: Path, writer: SafeWriter) -> None:
-    """Extract a zip file through ``writer`` (declared sizes are checked up front too)."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            infos = zf.infolist()
-            if len(infos) > writer.limits.max_entries:
-                raise DatasetTooLargeError(
-                    f"archive has {len(infos)} entries (at most {writer.limits.max_entries})"
-                )
-            declared = sum(i.file_size for i in infos)
-            if declared > writer._byte_budget():
-                raise writer._too_large(infos[-1].filename, declared)
-            for info in infos:
-                mode = (info.external_attr >> 16) if info.create_system == 3 else 0
-                if info.flag_bits & 0x1:
-                    raise UnsafeArchiveError(f"archive entry {_show(info.filename)} is encrypted")
-                if info.is_dir() or stat.S_ISDIR(mode):
-                    writer.directory(info.filename)
-                elif stat.S_ISLNK(mode):
-                    if info.file_size > MAX_LINK_TARGET:
-                        raise UnsafeArchiveError(
-                            f"archive symlink {_show(info.filename)} has an invalid target"
-                        )
-                    target = zf.read(info).decode("utf-8", "surrogateescape")
-                    writer.symlink(info.filename, target)
-                elif stat.S_IFMT(mode) not in (0, stat.S_IFREG):  # 0: no type recorded
-                    raise UnsafeArchiveError(
-                        f"archive entry {_show(info.filename)} is a special file"
-                    )
-                else:
-                    mtime = _zip_mtime(info)
-                    with zf.open(info) as f:
-                        writer.file(info.filename, f, info.file_size, mode or 0o644, mtime)
-    except DatasetError:
-        raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError) as e:
-        raise UnsafeArchiveError(f"not a readable zip archive: {e}") from None
-    except (EOFError, zlib.error, lzma.LZMAError, OSError, ValueError) as e:
-        raise UnsafeArchiveError(f"not a readable zip archive: {e}") from None
-    writer.finish()
-
-
-def _zip_mtime(info: zipfile.ZipInfo) -> float:
-    import time
-
-    try:
-        return time.mktime((*info.date_time, 0, 0, -1))
-    except (OverflowError, ValueError):
-        return 0.0
-
-
-def archive_kind(path: Path) -> str | None:
-    """``"zip"``, ``"tar"`` or ``None`` (not an archive we unpack)."""
-    try:
-        if zipfile.is_zipfile(path):
-            return "zip"
-        if tarfile.is_tarfile(path):
-            return "tar"
-    except (OSError, EOFError, zlib.error, lzma.LZMAError):
-        return None
-    return None
+        Worked out from what this writer made (no ``realpath``: it recurses once per link
+        and would die on a long chain), in a loop with memory of the links already
+        resolved. A link's parents are always real directories (nothing is written through
+        a link), so only its target needs resolving. A loop never resolves, so it leads
+        nowhere outside.
+        """
+        path = link.rpartition("/")[0]
+        todo: list[str | tuple[str]] = [(link,), *reversed(self._links[link].split("/"))]
+        active = {link}
+        while todo:
+            item = todo.pop()
+            if isinstance(item, tuple):  # a link's target is worked out: remember it
+                resolved[item[0]] = path
+                active.discard(item[0])
+                continue
+            if item in ("", "."):
+                continue
+            if item == "..":
+                if not path:
+                    return False
+                path = path.rpartition("/")[0]
+                continue
+            here = f"{path}/{item}" if path else item
+            if self._kinds.get(here) != "l":
+                path = here
+            elif here in resolved:
+                path = resolved[here]
+            elif here in active:
+                return True
+            else:
+                active.add(here)
+                todo.append((here,))
+                todo.extend(reversed(self._links[here].split("/")))
+        return True

@@ -23,6 +23,10 @@ Guards, in the order they apply:
    downloaded bytes; a mismatch names both.
 6. Archives (zip, or tar with any compression tarfile reads) are unpacked when
    ``cmd.unpack`` through :mod:`.extract` (safe extraction, same byte limit, bomb ratio).
+7. The URL's secrets (userinfo, query string, fragment: a presigned signature, say) are
+   in no message: URLs are shown through :func:`redact`, and every message that leaves
+   (progress, errors, httpx's own log lines) passes :func:`mlsm.redact.redact_text` with
+   the URL's secret parts as literals.
 
 Layout: everything happens in ``<root>/.mlsm-import-<name>-<random>/`` (mode 0700, hidden
 from the scanner): the download goes to ``download``, the dataset is built in ``data/``.
@@ -52,21 +56,26 @@ from urllib.parse import unquote
 
 import httpx
 
+from mlsm.redact import redact_http_logs, redact_text, redact_url, url_secrets
 from mlsm.wire.agent import DatasetEntry, ImportDataset, TransferProgress
 
-from ._fs import open_new, prepare_target, remove_tree, rename_noreplace
+from ._fs import cleanup, open_new, prepare_target, rename_noreplace
 from ._tasks import Progress, run_cancellable, run_thread_cancellable
+from .archives import archive_kind, extract_tar, extract_zip
 from .errors import (
     DatasetCancelled,
     DatasetError,
     DatasetImportError,
     DatasetTooLargeError,
 )
-from .extract import MAX_RATIO, Limits, SafeWriter, archive_kind, extract_tar, extract_zip
+from .extract import MAX_RATIO, Limits, SafeWriter
 from .paths import validate_dataset_name
 from .scan import scan_entry
 
 log = logging.getLogger(__name__)
+# httpx logs "HTTP Request: GET <url>" and httpcore traces response headers (a redirect's
+# Location): never with a URL's secrets, whatever logging configuration the process has.
+redact_http_logs()
 
 ALLOWED_SCHEMES = frozenset({"http", "https"})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -160,8 +169,9 @@ async def resolve_checked(
 
 # ------------------------------------------------------------------ URLs and requests
 def redact(url: httpx.URL) -> str:
-    """The URL without user:password, for messages."""
-    return str(url.copy_with(userinfo=b"")) if url.userinfo else str(url)
+    """The URL for messages: no userinfo, query or fragment (they may hold credentials,
+    such as a presigned signature; see :mod:`mlsm.redact`)."""
+    return redact_url(str(url))
 
 
 def _check_scheme(url: httpx.URL) -> None:
@@ -171,6 +181,8 @@ def _check_scheme(url: httpx.URL) -> None:
         )
     if not url.host:
         raise DatasetImportError(f"URL has no host: {redact(url)}")
+    if url.port is not None and not 0 < url.port < 65536:
+        raise DatasetImportError(f"URL has an invalid port: {redact(url)}")
 
 
 def _host_header(url: httpx.URL) -> str:
@@ -366,6 +378,7 @@ async def import_dataset(
     """
     if max_bytes <= 0:
         raise ValueError("max_bytes must be positive")
+    secrets = url_secrets(cmd.url)
     report = Progress(cmd.id, progress)
     tmp: Path | None = None
     try:
@@ -376,7 +389,7 @@ async def import_dataset(
         try:
             url = httpx.URL(cmd.url)
         except (httpx.InvalidURL, TypeError, ValueError) as e:
-            raise DatasetImportError(f"invalid URL: {e}") from None
+            raise DatasetImportError(f"invalid URL: {e}") from None  # redacted below
         _check_scheme(url)
         target, work_dir = await asyncio.to_thread(prepare_target, root, name, "import")
         tmp = work_dir
@@ -414,17 +427,20 @@ async def import_dataset(
         report.final("cancelled", "cancelled")
         raise
     except DatasetError as e:
-        report.final("failed", e.message)
-        raise
+        msg = redact_text(e.message, secrets)
+        report.final("failed", msg)
+        if msg == e.message:
+            raise
+        raise type(e)(msg) from None
     except asyncio.CancelledError:
         report.final("cancelled", "cancelled")
         raise
-    except (OSError, httpx.HTTPError) as e:
-        msg = f"import of {cmd.name!r} failed: {e}"
+    except (OSError, httpx.HTTPError, httpx.InvalidURL) as e:
+        msg = redact_text(f"import of {cmd.name!r} failed: {e}", secrets)
         report.final("failed", msg)
-        raise DatasetImportError(msg) from e
+        raise DatasetImportError(msg) from None
     finally:
         if tmp is not None:
-            await asyncio.to_thread(remove_tree, tmp)
+            await asyncio.to_thread(cleanup, tmp)
     report.final("succeeded", f"imported {entry.files} files, {entry.size} bytes")
     return entry

@@ -14,7 +14,8 @@ mtime of any directory or regular file in the tree, ``top`` the first 20 top-lev
 in sorted order.
 
 The scanner is meant to run in a worker thread (``asyncio.to_thread``). It walks with
-``os.scandir`` and an explicit stack (no recursion limit), and every
+:func:`agent.fsutil.walk` (a loop over directory descriptors: no recursion, no path
+length limit, links never entered, so a tree of any depth scans), and every
 ``checkpoint_every`` entries it yields the GIL (``time.sleep(0)``) and checks its
 ``should_stop`` event, so a root with millions of files neither starves the agent's other
 threads nor blocks its shutdown. Each scan re-walks every tree: caching by directory
@@ -35,6 +36,7 @@ from pathlib import Path
 
 import msgspec
 
+from agent.fsutil import walk
 from mlsm.wire.agent import DatasetEntry, DatasetReport
 
 from .errors import DatasetCancelled, DatasetNotFoundError, DatasetPathError
@@ -79,35 +81,34 @@ def _walk_dir(top: str, cp: _Checkpoint) -> tuple[int, int, float, list[str], in
     errors = 0
     latest = os.lstat(top).st_mtime
     top_names: list[str] = []
-    stack = [top]
-    while stack:
-        d = stack.pop()
-        try:
-            it = os.scandir(d)
-        except OSError:  # vanished or unreadable: count, go on
-            errors += 1
-            continue
-        with it:
-            for e in it:
-                cp.tick()
-                if d == top:
-                    top_names.append(e.name)
-                try:
-                    if e.is_dir(follow_symlinks=False):
-                        stack.append(e.path)
-                        mtime = e.stat(follow_symlinks=False).st_mtime
-                    elif e.is_file(follow_symlinks=False):
-                        st = e.stat(follow_symlinks=False)
-                        size += st.st_size
-                        files += 1
-                        mtime = st.st_mtime
-                    else:  # symlink, socket, fifo, device: not counted
-                        continue
-                except OSError:
-                    errors += 1
+
+    def count(_exc: OSError) -> None:  # vanished or unreadable: count, go on
+        nonlocal errors
+        errors += 1
+
+    try:
+        for w in walk(top, on_error=count):
+            cp.tick()
+            e = w.entry
+            if w.depth == 1:
+                top_names.append(e.name)
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    mtime = e.stat(follow_symlinks=False).st_mtime
+                elif e.is_file(follow_symlinks=False):
+                    st = e.stat(follow_symlinks=False)
+                    size += st.st_size
+                    files += 1
+                    mtime = st.st_mtime
+                else:  # symlink, socket, fifo, device: not counted
                     continue
-                if mtime > latest:
-                    latest = mtime
+            except OSError:
+                errors += 1
+                continue
+            if mtime > latest:
+                latest = mtime
+    except OSError:  # the top went away or was moved mid-walk: what was seen stands
+        errors += 1
     top_names.sort()
     return size, files, latest, [_printable(n) for n in top_names[:SAMPLE_TOP]], errors
 
@@ -284,10 +285,12 @@ class DatasetScanner:
 
 
 # ------------------------------------------------------------------ content digest
-def _sha256_file(path: str, buf: bytearray, cp: _Checkpoint | None) -> str:
+def _sha256_file(
+    path: str, buf: bytearray, cp: _Checkpoint | None, dir_fd: int | None = None
+) -> str:
     h = hashlib.sha256()
     view = memoryview(buf)
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     with open(fd, "rb", buffering=0) as f:
         while True:
             n = f.readinto(view)
@@ -333,17 +336,10 @@ def digest(
         return manifest_digest(manifest), manifest
     if not stat.S_ISDIR(st.st_mode):
         raise DatasetPathError(f"{p!r} is neither a directory nor a regular file")
-    stack: list[tuple[str, str]] = [(p, "")]
-    while stack:
-        d, rel = stack.pop()
-        with os.scandir(d) as it:
-            for e in it:
-                cp.tick()
-                r = rel + e.name
-                if e.is_dir(follow_symlinks=False):
-                    stack.append((e.path, r + "/"))
-                elif e.is_file(follow_symlinks=False):
-                    if on_file is not None:
-                        on_file(r)
-                    manifest[r] = _sha256_file(e.path, buf, cp)
+    for w in walk(p):
+        cp.tick()
+        if w.entry.is_file(follow_symlinks=False):
+            if on_file is not None:
+                on_file(w.rel)
+            manifest[w.rel] = _sha256_file(w.name, buf, cp, dir_fd=w.dir_fd)
     return manifest_digest(manifest), manifest

@@ -7,6 +7,8 @@ progress under its own id in ``agent.transfers`` (sent with each heartbeat); the
 report is held back until the catalog change it causes has been sent to the master, so
 when the master sees "succeeded" the new (or removed) dataset is already in its catalog.
 A command id is acted on once per agent process, however often it is delivered.
+Every report and log line about a command passes :func:`mlsm.redact.redact_text` (an
+import's URL secrets are scrubbed as literals too), so no credential in a URL leaves.
 
 Copies never connect two agents: the source uploads the manifest and the packed dataset
 to the master in chunks (idempotent by offset, resent from the master's ``next_offset``
@@ -19,12 +21,15 @@ import asyncio
 import contextlib
 import logging
 import threading
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import msgspec
 
+from mlsm.redact import redact_text, url_secrets
 from mlsm.wire import agent as w
 
 from . import (
@@ -69,6 +74,7 @@ class DatasetCommands:
         self.cancels: dict[int, asyncio.Event] = {}  # command id -> its cancel flag
         self.tasks: set[asyncio.Task[None]] = set()
         self.seen: set[int] = set()
+        self.secrets: dict[int, tuple[str, ...]] = {}  # command id -> its URL's secret parts
         self._scan_lock = asyncio.Lock()
 
     def install(self) -> None:
@@ -110,12 +116,21 @@ class DatasetCommands:
             self._final(cmd.id, "cancelled", "the agent is stopping")
             raise
         except Exception as exc:  # never lose a command silently
-            log.exception("dataset command %s failed", cmd.id)
+            trace = "".join(traceback.format_exception(exc))
+            log.error("dataset command %s failed: %s", cmd.id, self._redact(cmd.id, trace))
             self._final(cmd.id, "failed", f"{type(exc).__name__}: {exc}")
         finally:
             self.cancels.pop(cmd.id, None)
+            self.secrets.pop(cmd.id, None)
+
+    def _redact(self, command_id: int, text: str) -> str:
+        return redact_text(text, self.secrets.get(command_id, ()))
 
     def _report(self, p: w.TransferProgress) -> None:
+        """Every report to the master passes here: no URL secret leaves in a message."""
+        clean = self._redact(p.command_id, p.message)
+        if clean != p.message:
+            p = msgspec.structs.replace(p, message=clean)
         self.agent.transfers[p.command_id] = p
 
     def _final(self, command_id: int, state: str, message: str) -> None:
@@ -175,6 +190,7 @@ class DatasetCommands:
             flag.set()
 
     async def _import(self, cmd: w.ImportDataset, cancel: asyncio.Event) -> None:
+        self.secrets[cmd.id] = url_secrets(cmd.url)
         root = pick_root(self.roots, cmd.root)
         cb, finals = self._held()
         try:

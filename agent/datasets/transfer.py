@@ -25,22 +25,25 @@ import stat
 import tarfile
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from agent.fsutil import walk
 from mlsm.wire.agent import DatasetEntry, TransferProgress
 
-from ._fs import prepare_target, remove_tree, rename_noreplace
+from ._fs import cleanup, prepare_target, rename_noreplace
 from ._tasks import Progress, run_thread_cancellable
+from .archives import extract_tar
 from .errors import (
     DatasetCancelled,
     DatasetError,
     TransferVerifyError,
     UnsafeArchiveError,
 )
-from .extract import Limits, SafeWriter, extract_tar
+from .extract import Limits, SafeWriter
 from .paths import validate_dataset_name
 from .scan import digest, manifest_digest, scan_entry
 
@@ -63,28 +66,35 @@ def _header(name: str, st: os.stat_result, kind: bytes, size: int = 0) -> bytes:
     return ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
-def _iter_members(path: str) -> Iterator[tuple[str, str, bool]]:
-    """(absolute path, name in the archive, is_dir), parents before children, sorted."""
+@dataclass(slots=True)
+class _Member:
+    """One packed entry; for a file, ``name`` opened relative to ``dir_fd`` (None: a path)."""
+
+    rel: str  # the name in the archive
+    name: str
+    dir_fd: int | None
+    is_dir: bool
+    st: os.stat_result | None  # a directory's lstat
+
+
+def _iter_members(path: str) -> Iterator[_Member]:
+    """The entries to pack, parents before children, each directory's in sorted order.
+
+    Walked by descriptor (:func:`agent.fsutil.walk`), so a dataset of any depth packs;
+    a member's ``dir_fd`` is valid until the next one is asked for.
+    """
     st = os.lstat(path)
     if stat.S_ISREG(st.st_mode):
-        yield path, os.path.basename(path), False
+        yield _Member(os.path.basename(path), path, None, False, None)
         return
     if not stat.S_ISDIR(st.st_mode):
         raise DatasetError(f"{path!r} is neither a directory nor a regular file")
-    stack: list[tuple[str, str]] = [(path, "")]
-    while stack:
-        d, rel = stack.pop()
-        with os.scandir(d) as it:
-            entries = sorted(it, key=lambda e: e.name)
-        subdirs = []
-        for e in entries:
-            r = rel + e.name
-            if e.is_dir(follow_symlinks=False):
-                yield e.path, r, True
-                subdirs.append((e.path, r + "/"))
-            elif e.is_file(follow_symlinks=False):
-                yield e.path, r, False
-        stack.extend(reversed(subdirs))
+    for w in walk(path, sort=True):
+        e = w.entry
+        if e.is_dir(follow_symlinks=False):
+            yield _Member(w.rel, e.name, w.dir_fd, True, e.stat(follow_symlinks=False))
+        elif e.is_file(follow_symlinks=False):
+            yield _Member(w.rel, e.name, w.dir_fd, False, None)
 
 
 def pack_dataset(
@@ -101,22 +111,23 @@ def pack_dataset(
     out = bytearray()
     buf = bytearray(READ_BLOCK)
     view = memoryview(buf)
-    for abs_path, name, is_dir in _iter_members(os.fspath(path)):
+    for m in _iter_members(os.fspath(path)):
         if should_stop is not None and should_stop.is_set():
             raise DatasetCancelled("cancelled")
-        if is_dir:
-            out += _header(name, os.lstat(abs_path), tarfile.DIRTYPE)
+        if m.is_dir:
+            assert m.st is not None
+            out += _header(m.rel, m.st, tarfile.DIRTYPE)
             continue
-        fd = os.open(abs_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(m.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=m.dir_fd)
         with open(fd, "rb", buffering=0) as f:
             st = os.fstat(f.fileno())
             size = st.st_size
-            out += _header(name, st, tarfile.REGTYPE, size)
+            out += _header(m.rel, st, tarfile.REGTYPE, size)
             left = size
             while left:
                 n = f.readinto(view[: min(READ_BLOCK, chunk_size, left)])
                 if not n:
-                    raise DatasetError(f"file {name!r} shrank while it was being packed")
+                    raise DatasetError(f"file {m.rel!r} shrank while it was being packed")
                 out += view[:n]
                 left -= n
                 if len(out) >= chunk_size:
@@ -281,6 +292,6 @@ async def receive_dataset(
         raise DatasetError(msg) from e
     finally:
         if tmp is not None:
-            await asyncio.to_thread(remove_tree, tmp)
+            await asyncio.to_thread(cleanup, tmp)
     report.final("succeeded", f"received {entry.files} files, {entry.size} bytes")
     return msgspec.structs.replace(entry, digest=want_digest)

@@ -274,10 +274,12 @@ class Lab:
         labels: tuple[str, ...] = (),
         wait: bool = True,
         env: dict[str, str] | None = None,
+        dataset_roots: list[Path] | tuple[Path, ...] = (),
     ) -> AgentProc:
         """Start an agent (a fresh join token unless ``token`` is given, "" for none).
 
         A restart of a known agent reuses its data dir (and so its node secret).
+        ``dataset_roots`` are made if missing and given as ``--dataset-root``.
         """
         old = self.agents.get(name)
         data_dir = data_dir or (old.data_dir if old else self.root / "agents" / name)
@@ -290,6 +292,9 @@ class Lab:
             argv += ["--simulate-gpus", gpus]
         for label in labels:
             argv += ["--label", label]
+        for root in dataset_roots:
+            root.mkdir(parents=True, exist_ok=True)
+            argv += ["--dataset-root", str(root)]
         proc = self._spawn(argv, f"agent-{name}.log", self.env(**(env or {})))
         agent = AgentProc(
             name, data_dir, proc, self.root / "logs" / f"agent-{name}.log", gpus, labels

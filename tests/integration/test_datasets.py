@@ -31,9 +31,7 @@ from mlsm.client import Client
 from mlsm.wire import agent as w
 from mlsm.wire import api
 from tests.integration.lab import (
-    MLSM,
     STALE_S,
-    START_DEADLINE_S,
     AgentProc,
     Lab,
     wait_for,
@@ -47,23 +45,8 @@ BIG_FILE = 5 * (1 << 20) + 123  # spans several 1 MiB transfer chunks
 
 # ------------------------------------------------------------------ the lab
 def start_agent(lab: Lab, name: str, roots: list[Path], *, wait: bool = True) -> AgentProc:
-    """An agent with dataset roots (``Lab.start_agent`` takes none)."""
-    data_dir = lab.root / "agents" / name
-    token = "" if (data_dir / "node-secret").exists() else lab.join_token()
-    argv = [MLSM, "agent", "--master", lab.url, "--name", name, "--data-dir", str(data_dir)]
-    argv += ["--simulate-gpus", "1xA100-80GB"]
-    if token:
-        argv += ["--join-token", token]
-    for root in roots:
-        root.mkdir(parents=True, exist_ok=True)
-        argv += ["--dataset-root", str(root)]
-    log_name = f"agent-{name}.log"
-    proc = lab._spawn(argv, log_name, lab.env())
-    agent = AgentProc(name, data_dir, proc, lab.root / "logs" / log_name, "1xA100-80GB")
-    lab.agents[name] = agent
-    if wait:
-        lab.wait_node_state(name, "online", START_DEADLINE_S)
-    return agent
+    """An agent with dataset roots and one simulated GPU."""
+    return lab.start_agent(name, gpus="1xA100-80GB", dataset_roots=roots, wait=wait)
 
 
 #: Datasets on each node's disk before its agent starts (so the first scan reports them).

@@ -8,6 +8,7 @@ from litestar.params import Parameter
 
 from mlsm.master.http import audit_target
 from mlsm.master.routes.common import DbId, principal, services
+from mlsm.redact import redact_url
 from mlsm.wire import api
 
 
@@ -50,7 +51,8 @@ async def update_dataset(
 async def import_dataset(request: Request[Any, Any, Any], data: api.DatasetImport) -> api.Transfer:
     """Download a URL onto a node's dataset root (http/https only; internal addresses only
     where the lab settings allow their range). Answers the transfer to follow."""
-    audit_target(request, f"dataset:{data.name}", node=data.node, url=data.url[:512])
+    # The audit row names the URL without its secrets (userinfo, query, fragment).
+    audit_target(request, f"dataset:{data.name}", node=data.node, url=redact_url(data.url)[:512])
     return await services(request).datasets.start_import(principal(request), data)  # type: ignore[no-any-return]
 
 

@@ -18,6 +18,13 @@ uploads the manifest and then the packed dataset in chunks (idempotent by offset
 the manifest and renames the dataset into place; only its success report (sent after the
 target's catalog delta) ends the copy, and only then is a move's source deleted. A failed
 or cancelled transfer deletes its spool files; the agents remove their temp dirs.
+
+An import URL may carry a secret (userinfo, a presigned query, a fragment): the full URL
+goes only into the agent's ImportDataset command, and is redacted there too once the
+import ends. Every message that reaches a transfer row, a view, a log line or an error is
+passed through :func:`mlsm.redact.redact_text` where the master takes it in (with the
+import's own secrets as literals while it runs), and rows written before that rule are
+redacted again when read.
 """
 
 from __future__ import annotations
@@ -33,18 +40,21 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import msgspec
 from sqlalchemy import delete, select
 
 from mlsm import COMMAND_SINCE
 from mlsm.datasets_names import dataset_name_problem
 from mlsm.errors import Conflict, NotFound, PayloadTooLarge, PermissionDenied, ValidationError
 from mlsm.master.db import Database
+from mlsm.master.db.models import Command as CommandRow
 from mlsm.master.db.models import Dataset as DatasetRow
 from mlsm.master.db.models import DatasetCopy
 from mlsm.master.db.models import Job as JobRow
 from mlsm.master.db.models import Transfer as TransferRow
 from mlsm.master.security import Principal
 from mlsm.master.services.nodes import LiveNode, NodeRegistry
+from mlsm.redact import redact_text, redact_url, url_secrets
 from mlsm.wire import agent as w
 from mlsm.wire import api
 
@@ -57,6 +67,7 @@ MANIFEST_MAX_BYTES = 256 << 20  # a million files' manifest is ~100 MiB of Messa
 TRANSFER_LIST_LIMIT = 200
 IMPORT_SCHEMES = ("http", "https")
 _SINGLE = ("import", "delete", "digest")  # transfers that are one command on one node
+_decode_import = msgspec.msgpack.Decoder(w.ImportDataset).decode
 
 
 @dataclass(eq=False)
@@ -86,6 +97,7 @@ class _Live:
     closed: set[str] = field(default_factory=set)  # parts uploaded whole
     digest: str = ""
     cancel_by: str = ""  # who asked to cancel a copy that is already being received
+    secrets: tuple[str, ...] = ()  # an import URL's secret parts, scrubbed from its messages
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -259,6 +271,10 @@ class DatasetService:
                 if r.kind in _SINGLE and node is not None and r.command_id is not None:
                     live = _live_of(r, node.id)
                     live.cmds[r.command_id] = (r.kind, node.id)
+                    if r.kind == "import":
+                        cmd = await s.get(CommandRow, r.command_id)
+                        if cmd is not None and cmd.kind == w.ImportDataset.__name__:
+                            live.secrets = url_secrets(_decode_import(cmd.body).url)
                     self._live[r.id] = live
                     self._by_cmd[r.command_id] = r.id
                 else:
@@ -355,11 +371,25 @@ class DatasetService:
         self._drop_spool(live.id)
         if live.kind == "delete" and state != "succeeded":
             self._restore(live)
+        if live.kind == "import" and live.command_id is not None:
+            await self._forget_url(live.command_id)
         log.info("transfer %s (%s %s) %s: %s", live.id, live.kind, live.dataset, state, message)
         try:
             await self._save(live)
         finally:  # readers see the live view until the row holds the end
             self._live.pop(live.id, None)
+
+    async def _forget_url(self, command_id: int) -> None:
+        """Redact the URL in a finished import's stored command: no agent needs it now."""
+        try:
+            async with self.db.transaction() as s:
+                row = await s.get(CommandRow, command_id)
+                if row is None or row.kind != w.ImportDataset.__name__:
+                    return
+                cmd = _decode_import(row.body)
+                row.body = w.encoder.encode(msgspec.structs.replace(cmd, url=redact_url(cmd.url)))
+        except Exception:  # the transfer's end must still be saved
+            log.exception("could not redact the URL of command %s", command_id)
 
     def _restore(self, live: _Live) -> None:
         """A failed delete: the copy is still there, so the scheduler may use it again."""
@@ -385,6 +415,7 @@ class DatasetService:
                 created_by=p.name,
                 state="running",
                 message="queued on the node",
+                secrets=url_secrets(body.url),
             )
         )
         await self._command(
@@ -581,7 +612,7 @@ class DatasetService:
             done_bytes=r.done_bytes,
             total_bytes=r.total_bytes,
             rate_bps=r.rate_bps,
-            message=r.message,
+            message=redact_text(r.message),  # rows written before redaction was the rule
             created_at=r.created_at,
             src_node=r.src_node,
         )
@@ -625,6 +656,9 @@ class DatasetService:
             role, node_id = live.cmds.get(pr.command_id, ("", -1))
             if node_id != node.id:  # a node reports only the commands it was sent
                 continue
+            clean = redact_text(pr.message, live.secrets)  # whatever the agent's version
+            if clean != pr.message:
+                pr = msgspec.structs.replace(pr, message=clean)
             try:
                 await self._progress(live, role, pr)
             except Exception:
@@ -828,8 +862,14 @@ def _check_url(url: str, allowed: list[str]) -> None:
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
-    except ValueError as exc:
-        raise ValidationError(f"invalid URL: {exc}", path="url") from None
+        port = parts.port  # raises for a port that is not a number up to 65535
+    except ValueError:  # the parser's words may quote a password: none are echoed
+        raise ValidationError(
+            "invalid URL: its host or port cannot be read (a port is a number up to 65535)",
+            path="url",
+        ) from None
+    if port == 0:
+        raise ValidationError("invalid URL: port 0", path="url")
     if parts.scheme.lower() not in IMPORT_SCHEMES:
         raise ValidationError(
             f"URL scheme {parts.scheme or '(none)'!r} is not allowed: only http and https",

@@ -10,6 +10,7 @@ import bz2
 import hashlib
 import io
 import ipaddress
+import logging
 import os
 import tarfile
 import threading
@@ -36,10 +37,14 @@ from agent.datasets import (
 )
 from agent.datasets import extract as extract_mod
 from agent.datasets.importer import address_refusal, build_request, safe_basename
+from agent.fsutil import walk
 from mlsm.wire.agent import ImportDataset, TransferProgress
+from tests.deep_trees import DEEP, LAB_DEEP, deep_tar, deepest_rel
 
 LOOPBACK = ["127.0.0.0/8"]
 MAX = 64 << 20
+SIGNATURE = "Sig-0f9e8d7c6b5a"  # the secret part of a presigned URL
+PASSWORD = "pw-5e3r3t-xyz"  # the secret part of a URL's userinfo
 
 
 # ------------------------------------------------------------------ the test server
@@ -70,8 +75,8 @@ def _make_handler(site: Site) -> type[BaseHTTPRequestHandler]:
             site.hosts.append(self.headers.get("Host", ""))
             parts = self.path.split("/", 3)[1:]
             kind = parts[0]
-            if kind == "f":  # /f/<name>: with Content-Length
-                body = site.files.get(unquote(parts[1]))
+            if kind == "f":  # /f/<name>: with Content-Length (a query is ignored)
+                body = site.files.get(unquote(parts[1].partition("?")[0]))
                 self._send(200, body) if body is not None else self._send(404)
             elif kind == "nolen":  # /nolen/<name>: no length, ends with the connection
                 body = site.files[parts[1]]
@@ -87,6 +92,16 @@ def _make_handler(site: Site) -> type[BaseHTTPRequestHandler]:
                 self._send(302, headers={"Location": loc})
             elif kind == "goto":  # /goto/<quoted absolute URL>
                 self._send(302, headers={"Location": unquote(parts[1])})
+            elif kind == "signed":  # /signed/<name>?sig=<SIGNATURE>: a presigned URL
+                name, _, query = parts[1].partition("?")
+                body = site.files.get(unquote(name))
+                if query != f"sig={SIGNATURE}" or body is None:
+                    self._send(403, b"SignatureDoesNotMatch")
+                else:
+                    self._send(200, body)
+            elif kind == "to-signed":  # /to-signed/<name>: to a presigned URL that fails
+                loc = f"/signed/{parts[1]}?sig=wrong-{SIGNATURE}"
+                self._send(302, headers={"Location": loc})
             elif kind == "loop":
                 self._send(302, headers={"Location": "/loop"})
             elif kind == "stall":  # some bytes, then nothing until released
@@ -552,3 +567,119 @@ def test_safe_basename(url: str, name: str) -> None:
 def test_errors_share_one_base() -> None:
     for cls in (DatasetImportError, UnsafeArchiveError, DatasetTooLargeError, DatasetCancelled):
         assert issubclass(cls, DatasetError)
+
+
+# ------------------------------------------------------------------ secrets in URLs
+def _secret_free(*texts: str) -> None:
+    for t in texts:
+        assert SIGNATURE not in t and PASSWORD not in t, t
+
+
+@pytest.mark.parametrize(
+    ("path", "exc", "expect"),
+    [
+        ("/signed/x.tar?sig=wrong-{sig}", DatasetImportError, "403"),
+        ("/f/missing?sig={sig}#frag-{sig}", DatasetImportError, "404"),
+        ("/to-signed/y", DatasetImportError, "403"),
+        ("/f/x?sig={sig}", DatasetImportError, "checksum mismatch"),
+    ],
+    ids=["bad-signature", "query-and-fragment", "redirect-to-signed", "checksum"],
+)
+async def test_a_failed_import_names_its_url_without_secrets(
+    site: Site, root: Path, caplog: pytest.LogCaptureFixture, path: str, exc: type, expect: str
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    site.files["x"] = b"x"
+    port = site.base.rsplit(":", 1)[1]
+    url = f"http://user:{PASSWORD}@127.0.0.1:{port}" + path.format(sig=SIGNATURE)
+    events: list[TransferProgress] = []
+    kw = {"sha256": "0" * 64} if expect.startswith("checksum") else {}
+    with pytest.raises(exc) as info:
+        await _run(root, url, events=events, **kw)
+    msg = str(info.value)
+    assert expect in msg and "?***" in msg, msg  # the URL is named, its secrets are not
+    assert f"127.0.0.1:{port}/" in msg
+    _secret_free(msg, *(e.message for e in events), caplog.text)
+    assert events[-1].state == "failed"
+
+
+async def test_unreachable_and_invalid_urls_keep_their_secrets(
+    root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    from tests.integration.lab import free_port
+
+    closed = f"http://127.0.0.1:{free_port()}/x?sig={SIGNATURE}"
+    msg = await _fails(root, DatasetImportError, closed)
+    assert "cannot connect" in msg and "?***" in msg, msg
+    bad = f"http://user:{PASSWORD}@127.0.0.1:99999999/x?sig={SIGNATURE}"
+    msg2 = await _fails(root, DatasetImportError, bad)
+    _secret_free(msg, msg2, caplog.text)
+
+
+async def test_a_signed_import_that_succeeds_logs_no_secret(
+    site: Site, root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    site.files["w.bin"] = b"weights"
+    events: list[TransferProgress] = []
+    await _run(root, f"{site.base}/signed/w.bin?sig={SIGNATURE}", events=events)
+    assert (root / "ds" / "w.bin").read_bytes() == b"weights"
+    assert "HTTP Request" in caplog.text  # httpx's own line is there, redacted
+    _secret_free(caplog.text, *(e.message for e in events))
+
+
+# ------------------------------------------------------------------ deep trees
+def _read_deepest(top: Path, depth: int) -> bytes:
+    for w in walk(top):
+        if w.rel == deepest_rel(depth):
+            fd = os.open(w.name, os.O_RDONLY, dir_fd=w.dir_fd)
+            with open(fd, "rb") as f:
+                return f.read()
+    raise AssertionError(f"{deepest_rel(depth)[-40:]} is not under {top}")
+
+
+async def test_an_archive_5000_deep_is_unpacked(site: Site, root: Path, deep_cleanup: None) -> None:
+    site.files["deep.tar"] = deep_tar(DEEP)
+    entry = await _run(root, f"{site.base}/f/deep.tar")
+    assert (entry.files, entry.size, entry.top) == (1, 6, ["d"])
+    assert _read_deepest(root / "ds", DEEP) == b"bottom"
+    assert sorted(os.listdir(root)) == ["ds", "existing"]
+
+
+async def test_a_deep_archive_that_fails_at_its_end_leaves_nothing(
+    site: Site, root: Path, deep_cleanup: None
+) -> None:
+    """The whole deep tree is unpacked before the last entry is refused: all of it goes."""
+    evil = tarfile.TarInfo("evil")
+    evil.type = tarfile.SYMTYPE
+    evil.linkname = "/etc"
+    site.files["deep-bad.tar"] = deep_tar(LAB_DEEP, last=evil)
+    msg = await _fails(root, UnsafeArchiveError, f"{site.base}/f/deep-bad.tar")
+    assert "'evil'" in msg and "/etc" in msg
+    assert sorted(os.listdir(root)) == ["existing"]
+
+
+def _chain(n: int, end: str) -> list[tuple[tarfile.TarInfo, bytes | None]]:
+    """Links l0 -> l1 -> ... -> l<n-1> -> ``end``, and a directory a/b with a/b/up -> ../.."""
+    members: list[tuple[tarfile.TarInfo, bytes | None]] = [
+        (_ti("a/b", tarfile.DIRTYPE), None),
+        (_ti("a/b/up", tarfile.SYMTYPE, "../.."), None),
+        (_ti("a/b/f.txt"), b"f"),
+    ]
+    members += [(_ti(f"l{i}", tarfile.SYMTYPE, f"l{i + 1}"), None) for i in range(n - 1)]
+    members.append((_ti(f"l{n - 1}", tarfile.SYMTYPE, end), None))
+    return members
+
+
+async def test_a_chain_of_1500_links_is_checked_without_recursion(site: Site, root: Path) -> None:
+    site.files["chain.tar"] = _tar(_chain(LAB_DEEP, "a/b/f.txt"), mode="w")
+    entry = await _run(root, f"{site.base}/f/chain.tar")
+    assert entry.files == 1 and os.readlink(root / "ds" / "l0") == "l1"
+
+
+async def test_a_chain_of_1500_links_that_ends_outside_is_refused(site: Site, root: Path) -> None:
+    # a/b/up is the dataset's top, so a/b/up/.. is outside it (lexically it is a/b)
+    site.files["chain-out.tar"] = _tar(_chain(LAB_DEEP, "a/b/up/.."), mode="w")
+    msg = await _fails(root, UnsafeArchiveError, f"{site.base}/f/chain-out.tar")
+    assert "resolves outside the dataset" in msg

@@ -1,0 +1,106 @@
+"""Datasets 5,000 levels deep (paths far past PATH_MAX): scanned, digested, copied,
+deleted and swept like any other, never following the links inside them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+
+import pytest
+
+from agent.datasets import (
+    DatasetScanner,
+    delete_dataset,
+    digest,
+    pack_dataset,
+    purge_leftovers,
+    receive_dataset,
+    scan_entry,
+)
+from tests.deep_trees import DEEP, deepest_rel, make_deep
+
+FILE_EVERY = 50  # a file every this many levels
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    d = tmp_path / "outside"
+    d.mkdir()
+    (d / "precious.txt").write_text("keep me")
+    return d
+
+
+@pytest.fixture
+def root(tmp_path: Path, outside: Path, deep_cleanup: None) -> Path:
+    """A dataset root holding ``deep`` (5,000 levels, files and outward links on the way)
+    and an ordinary ``flat`` dataset."""
+    r = tmp_path / "root"
+    make_deep(r / "deep", DEEP, file_every=FILE_EVERY, link_to=outside, link_every=500)
+    (r / "flat").mkdir()
+    (r / "flat" / "a.txt").write_text("a")
+    return r
+
+
+def _files() -> int:
+    return DEEP // FILE_EVERY + 1  # + bottom.txt
+
+
+def _size() -> int:
+    levels = range(FILE_EVERY, DEEP + 1, FILE_EVERY)
+    return sum(len(str(n)) for n in levels) + len(b"bottom")
+
+
+def test_the_scanner_reports_a_5000_deep_dataset_whole(root: Path) -> None:
+    scanner = DatasetScanner([root])
+    report = scanner.scan()
+    got = {e.name: e for e in report.upsert}
+    assert set(got) == {"deep", "flat"}
+    assert (got["deep"].files, got["deep"].size, got["deep"].top) == (_files(), _size(), ["d"])
+    assert scanner.errors == 0
+    assert scan_entry(root, "deep") == got["deep"]
+
+
+def test_digest_of_a_5000_deep_dataset_lists_every_file(root: Path) -> None:
+    value, manifest = digest(root / "deep")
+    assert len(manifest) == _files() and deepest_rel(DEEP) in manifest
+    assert not any("precious" in rel for rel in manifest)
+    assert digest(root / "deep") == (value, manifest)
+
+
+async def _aiter(chunks: Iterable[bytes]) -> AsyncIterator[bytes]:
+    for c in chunks:
+        yield c
+
+
+async def test_a_5000_deep_dataset_is_copied_and_verified(root: Path, tmp_path: Path) -> None:
+    value, manifest = digest(root / "deep")
+    dest = tmp_path / "dest-root"
+    dest.mkdir()
+    entry = await receive_dataset(
+        _aiter(pack_dataset(root / "deep")),
+        dest,
+        "deep",
+        manifest,
+        max_bytes=1 << 30,
+        expected_digest=value,
+    )
+    assert (entry.files, entry.digest) == (_files(), value)
+    assert digest(dest / "deep") == (value, manifest)
+    assert os.listdir(dest) == ["deep"]
+
+
+def test_delete_of_a_5000_deep_dataset_keeps_what_its_links_point_to(
+    root: Path, outside: Path
+) -> None:
+    assert delete_dataset([root], str(root / "deep")) is True
+    assert os.listdir(root) == ["flat"]
+    assert (outside / "precious.txt").read_text() == "keep me"
+
+
+def test_the_start_up_sweep_removes_a_5000_deep_leftover(root: Path, outside: Path) -> None:
+    os.rename(root / "deep", root / ".mlsm-import-deep-0a1b2c")
+    removed = purge_leftovers([root])
+    assert removed == [root / ".mlsm-import-deep-0a1b2c"]
+    assert os.listdir(root) == ["flat"]
+    assert (outside / "precious.txt").read_text() == "keep me"
