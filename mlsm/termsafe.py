@@ -20,6 +20,7 @@ SGR sequences) and makes everything else visible.
 from __future__ import annotations
 
 import codecs
+import functools
 import re
 import unicodedata
 
@@ -38,6 +39,8 @@ _SGR = re.compile(rf"\x1b\[[0-9;:]{{0,{SGR_MAX_PARAMS}}}m")
 _SGR_PREFIX = re.compile(rf"\x1b(?:\[[0-9;:]{{0,{SGR_MAX_PARAMS}}})?\Z")
 #: Written after the log when it used SGR, so its colours do not leak into the shell.
 SGR_RESET = "\x1b[0m"
+#: Characters worth a look: everything but printable ASCII (a cheap first filter).
+_CANDIDATE = re.compile(r"[^\x20-\x7e]")
 
 
 def escape_char(ch: str) -> str:
@@ -61,12 +64,23 @@ def is_unsafe(ch: str) -> bool:
 def visible(text: str, keep: str = "") -> str:
     """``text`` with every unsafe character written as an escape, except those in ``keep``.
 
-    Printable text (almost all of it) is returned as it is without a per-character pass.
-    Non-breaking and other spaces, private-use and unassigned characters are kept: a
-    terminal prints them as glyphs."""
-    if text.isprintable():
+    Printable text (almost all of it) is returned as it is without a per-character pass;
+    otherwise only characters outside printable ASCII are looked at. Non-breaking and other
+    spaces, private-use and unassigned characters are kept: a terminal prints them as
+    glyphs."""
+    if text.isprintable() or (keep and text.translate(_dropping(keep)).isprintable()):
         return text
-    return "".join(escape_char(ch) if ch not in keep and is_unsafe(ch) else ch for ch in text)
+
+    def shown(m: re.Match[str]) -> str:
+        ch = m.group()
+        return escape_char(ch) if ch not in keep and is_unsafe(ch) else ch
+
+    return _CANDIDATE.sub(shown, text)
+
+
+@functools.cache
+def _dropping(keep: str) -> dict[int, None]:
+    return dict.fromkeys(map(ord, keep))
 
 
 def strip_sgr(text: str) -> str:

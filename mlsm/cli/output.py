@@ -54,22 +54,19 @@ def emit_json(data: Any) -> None:
 
 
 def _json_escape(text: str) -> str:
-    if text.isprintable() or not any(is_unsafe(ch) and ch != "\n" for ch in text):
+    if visible(text, "\n") == text:
         return text
     # Outside strings JSON has only ASCII punctuation, digits, letters and whitespace, so
     # an unsafe character here is inside a string, where \uXXXX means the same character.
-    out = []
-    for ch in text:
-        if ch != "\n" and is_unsafe(ch):
-            code = ord(ch)
-            if code > 0xFFFF:
-                code -= 0x10000
-                out.append(f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}")
-            else:
-                out.append(f"\\u{code:04x}")
-        else:
-            out.append(ch)
-    return "".join(out)
+    return "".join(_json_char(ch) if ch != "\n" and is_unsafe(ch) else ch for ch in text)
+
+
+def _json_char(ch: str) -> str:
+    code = ord(ch)
+    if code > 0xFFFF:
+        code -= 0x10000
+        return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+    return f"\\u{code:04x}"
 
 
 def confirm(question: str) -> None:
