@@ -242,3 +242,12 @@ async def test_admin_tabs_show_data_as_text() -> None:
                 await pilot.pause()
             assert shown in assert_screen_safe(app), tab
         assert "BROKEN at row 2: row [/x] ev\\x1b]0;PWNED" in assert_screen_safe(app)
+
+
+async def test_a_typed_command_echoed_in_a_toast_is_not_markup() -> None:
+    app = make_app(HostileSource())
+    async with app.run_test(size=(100, 30), notifications=True) as pilot:
+        await pilot.press("colon", *"[/x]", "enter")
+        await until(pilot, lambda: bool(app.screen.query("Toast")), "the toast")
+        await pilot.pause()
+        assert "no view '[/x]'" in assert_screen_safe(app)
