@@ -16,6 +16,7 @@ import httpx
 import msgspec
 
 from mlsm import errors
+from mlsm.termsafe import visible
 from mlsm.wire import api
 
 T = TypeVar("T")
@@ -61,7 +62,7 @@ def _raise_for(resp: httpx.Response) -> None:
         body = resp.json()
     except ValueError:
         body = None
-    raise errors.from_response(resp.status_code, body)
+    raise errors.from_response(resp.status_code, body, visible(resp.reason_phrase))
 
 
 def _unavailable(base: str, exc: Exception) -> errors.UnavailableError:

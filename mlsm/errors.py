@@ -127,13 +127,20 @@ _BY_CODE: dict[str, type[MlsmError]] = {
 }
 
 
-def from_response(status: int, body: Any) -> MlsmError:
-    """Rebuild the error a master sent (used by :mod:`mlsm.client`)."""
+def from_response(status: int, body: Any, reason: str = "") -> MlsmError:
+    """Rebuild the error a master sent (used by :mod:`mlsm.client`). An answer without mlsm's
+    error JSON (a proxy's, say) is named by its status and ``reason`` phrase. Either text is
+    the remote host's: whoever shows it makes its controls visible (``mlsm.termsafe``)."""
     err = body.get("error") if isinstance(body, dict) else None
     if isinstance(err, dict) and isinstance(err.get("code"), str):
         cls = _BY_CODE.get(err["code"], ClientError if 400 <= status < 500 else MlsmError)
         exc = cls.__new__(cls)
-        MlsmError.__init__(exc, str(err.get("message", "")), details=err.get("details") or {})
+        details = err.get("details")
+        MlsmError.__init__(
+            exc,
+            str(err.get("message", "")),
+            details=details if isinstance(details, dict) else {},
+        )
         return exc
     if status == 401:
         return AuthenticationError("not logged in")
@@ -141,6 +148,7 @@ def from_response(status: int, body: Any) -> MlsmError:
         return PermissionDenied("not allowed")
     if status == 404:
         return NotFound("not found")
+    what = f"HTTP {status} {reason}".rstrip()
     if 400 <= status < 500:
-        return ClientError(f"request refused (HTTP {status})")
-    return MlsmError(f"master error (HTTP {status})")
+        return ClientError(f"request refused ({what})")
+    return MlsmError(f"master error ({what})")

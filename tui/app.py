@@ -14,11 +14,13 @@ from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.css.query import NoMatches
+from textual.notifications import SeverityLevel
 from textual.reactive import reactive
 from textual.screen import Screen
 from textual.timer import Timer
 
 from mlsm.errors import AuthenticationError, MlsmError, UnavailableError
+from mlsm.termsafe import visible
 from mlsm.wire import api
 from tui.screens import (
     AdminScreen,
@@ -91,6 +93,21 @@ class MlsmApp(App[None]):
         self._asking_login = False
         self._stale_ticker: Timer | None = None
         self.first_data_at: float | None = None
+
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = True,
+    ) -> None:
+        """Every toast (a widget's ``notify`` lands here too) shows its text as it is: job
+        names and the master's messages are never markup, and their controls are visible."""
+        super().notify(
+            visible(message), title=visible(title), severity=severity, timeout=timeout, markup=False
+        )
 
     # ------------------------------------------------------------ state
     def now(self) -> float:

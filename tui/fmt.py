@@ -1,4 +1,6 @@
-"""Pure formatting helpers: numbers, ages and tiny bar charts as Rich ``Text``.
+"""Pure formatting helpers: numbers, ages and tiny bar charts as Rich ``Text``, and
+:func:`plain` / :func:`safe`, through which every string from a user or the master reaches
+the screen.
 
 Everything time-based takes ``now`` so snapshots stay deterministic.
 """
@@ -8,10 +10,44 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 
-from rich.text import Text
+from rich.text import Span, Text
+
+from mlsm.termsafe import visible
 
 BLOCKS = " ▁▂▃▄▅▆▇█"
 SPARK = "▁▂▃▄▅▆▇█"
+
+
+def plain(value: object, style: str = "") -> Text:
+    """Data (a job name, a message from the master) as ``Text``: never parsed as markup, so
+    ``[/x]`` shows as itself, and every control character shown as an escape (``\\x1b``),
+    so nothing in it reaches the terminal as a command."""
+    return Text(visible(str(value)), style=style)
+
+
+def safe(content: object) -> object:
+    """What a widget may show: a string becomes :func:`plain` text; ``Text`` gets its control
+    characters made visible, styles kept, except the newlines its builder put between lines
+    (so a builder passes data strings through ``visible`` itself). Other renderables (bars,
+    sparklines, grids of safe cells) pass as they are."""
+    if isinstance(content, str):
+        return plain(content)
+    if isinstance(content, Text):
+        return _safe_text(content)
+    return content
+
+
+def _safe_text(text: Text) -> Text:
+    if visible(text.plain, "\n") == text.plain:
+        return text
+    out = text.blank_copy()
+    cuts = sorted({i for span in text.spans for i in (span.start, span.end)} - {0, len(text)})
+    for piece in text.divide(cuts):
+        shown = visible(piece.plain, "\n")
+        start = len(out)
+        out.append(shown)
+        out.spans.extend(Span(start, start + len(shown), span.style) for span in piece.spans)
+    return out
 
 
 def human_bytes(n: float | None) -> str:
@@ -117,7 +153,7 @@ STATE_STYLE = {
 
 
 def state_text(state: str) -> Text:
-    return Text(state, style=STATE_STYLE.get(state, ""))
+    return Text(visible(state), style=STATE_STYLE.get(state, ""))
 
 
 def command(argv: Sequence[str]) -> str:

@@ -109,32 +109,36 @@ def cli(ctx: click.Context, url: str | None, token: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> Any:
+    from mlsm.cli.output import echo, error, show_click_error
     from mlsm.errors import MlsmError
 
     try:
         return cli.main(args=argv, prog_name="mlsm", standalone_mode=False)
     except click.exceptions.Abort:
-        click.echo("mlsm: aborted", err=True)
+        echo("mlsm: aborted", err=True)
         sys.exit(130)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
+        show_click_error(exc)
         sys.exit(exc.exit_code)
     except MlsmError as exc:
-        click.echo(f"mlsm: error: {_one_line(exc)}", err=True)
+        error(_one_line(exc))
         sys.exit(2 if exc.code in ("config_invalid", "validation_error", "bad_request") else 1)
     except KeyboardInterrupt:
-        click.echo("mlsm: interrupted", err=True)
+        echo("mlsm: interrupted", err=True)
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
 
 
 def _one_line(exc: Any) -> str:
-    """The error's message on one line, led by the field a validation error names."""
+    """The error's message on one line, led by the field a validation error names. The
+    message may come from a master or an HTTP server: :func:`~mlsm.cli.output.error` shows
+    its controls as escapes."""
     message = " ".join(str(exc.message).split())
-    path = exc.details.get("path") if exc.code == "validation_error" else None
+    details = exc.details if isinstance(exc.details, dict) else {}
+    path = details.get("path") if exc.code == "validation_error" else None
     if isinstance(path, str) and path and not message.startswith(path):
         return f"{path}: {message}"
     return message

@@ -3,6 +3,7 @@ from __future__ import annotations
 import click
 
 from mlsm.cli.common import settings_from
+from mlsm.cli.output import echo
 
 
 def _labels(items: tuple[str, ...]) -> dict[str, str]:
@@ -68,7 +69,7 @@ def agent(
     if print_systemd_unit:
         from mlsm.packaging import agent_unit
 
-        click.echo(agent_unit(s))
+        echo(agent_unit(s), lines=True)
         return
     if not s.master:
         raise ConfigError("the agent needs --master URL (or MLSM_MASTER)")

@@ -5,7 +5,8 @@ import time
 
 import click
 
-from mlsm.cli.common import client_from, emit_json, json_option, parse_duration, table, when
+from mlsm.cli.common import client_from, json_option, parse_duration, when
+from mlsm.cli.output import echo, emit_json, table
 from mlsm.wire import api
 
 
@@ -37,9 +38,7 @@ def audit(
             if as_json:
                 emit_json(res)
             else:
-                click.echo(
-                    res.message if res.ok else f"BROKEN at row {res.first_broken}: {res.message}"
-                )
+                echo(res.message if res.ok else f"BROKEN at row {res.first_broken}: {res.message}")
             sys.exit(0 if res.ok else 1)
         params = {
             "since": time.time() - parse_duration(since) if since else None,

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import click
 
-from mlsm.cli.common import client_from, emit_json, json_option, read_password, settings_from
+from mlsm.cli.common import client_from, json_option, read_password, settings_from
+from mlsm.cli.output import echo, emit_json
 from mlsm.client import Client, check_url, ssl_context
 
 
@@ -33,7 +34,7 @@ def login(
     with Client(url, verify=verify) as c:  # type: ignore[arg-type]
         reply = c.login(username, password)
     path = save_credentials(url, reply.token, ca_file=ca_file or "", fingerprint=fingerprint or "")
-    click.echo(f"logged in to {url} as {reply.username} ({reply.role}); token kept in {path}")
+    echo(f"logged in to {url} as {reply.username} ({reply.role}); token kept in {path}")
 
 
 @click.command()
@@ -47,9 +48,9 @@ def logout(ctx: click.Context) -> None:
         with client_from(ctx) as c:
             c.call("POST", "/api/v1/auth/logout")
     except MlsmError as exc:
-        click.echo(f"mlsm: note: {exc.message}", err=True)
+        echo(f"mlsm: note: {exc.message}", err=True)
     clear_credentials()
-    click.echo("logged out")
+    echo("logged out")
 
 
 @click.command()
@@ -62,4 +63,4 @@ def whoami(ctx: click.Context, as_json: bool) -> None:
         if as_json:
             emit_json(me)
         else:
-            click.echo(f"{me.username} ({me.role}) at {c.url}")
+            echo(f"{me.username} ({me.role}) at {c.url}")

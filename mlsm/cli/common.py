@@ -1,16 +1,17 @@
-"""What every CLI command shares: settings, the client, passwords, tables and JSON output."""
+"""What every CLI command shares: settings, the client, passwords, durations and sizes.
+
+What the CLI prints goes through :mod:`mlsm.cli.output`."""
 
 from __future__ import annotations
 
 import os
 import sys
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import click
-import msgspec
 
+from mlsm.cli.output import prompt_secret
 from mlsm.client import Client, check_url, ssl_context
 from mlsm.config import Settings, load_settings
 from mlsm.errors import AuthenticationError, ConfigError
@@ -55,20 +56,7 @@ def read_password(prompt: str = "Password", *, confirm: bool = False) -> str:
         return env
     if not sys.stdin.isatty():
         raise ConfigError("no password given: set MLSM_PASSWORD or run from a terminal")
-    return str(click.prompt(prompt, hide_input=True, confirmation_prompt=confirm))
-
-
-def emit_json(data: Any) -> None:
-    click.echo(msgspec.json.format(msgspec.json.encode(data), indent=2).decode())
-
-
-def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
-    """A plain, aligned table: readable in a terminal, greppable in a script."""
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    for n, r in enumerate(cells):
-        line = "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-        click.echo(click.style(line, bold=True) if n == 0 and sys.stdout.isatty() else line)
+    return prompt_secret(prompt, confirm=confirm)
 
 
 def ago(ts: float | None) -> str:

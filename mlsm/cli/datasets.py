@@ -6,7 +6,8 @@ from typing import Any
 
 import click
 
-from mlsm.cli.common import ago, client_from, emit_json, human_bytes, json_option, table
+from mlsm.cli.common import ago, client_from, human_bytes, json_option
+from mlsm.cli.output import clear_status_line, confirm, echo, emit_json, status_line, table
 from mlsm.wire import api
 
 
@@ -56,21 +57,19 @@ def dataset_show(ctx: click.Context, name: str, as_json: bool) -> None:
     if as_json:
         emit_json(d)
         return
-    click.echo(f"dataset   {d.name}")
-    click.echo(f"owner     {d.owner or '-'}")
-    click.echo(f"tags      {', '.join(d.tags) or '-'}")
+    echo(f"dataset   {d.name}")
+    echo(f"owner     {d.owner or '-'}")
+    echo(f"tags      {', '.join(d.tags) or '-'}")
     if d.description:
-        click.echo(f"about     {d.description}")
+        echo(f"about     {d.description}")
     for cp in d.copies:
-        click.echo(
+        echo(
             f"copy      {cp.node} ({cp.node_state}): {cp.path}  {human_bytes(cp.size)}, {cp.files} files, modified {ago(cp.modified)}"
             + (f", {cp.digest}" if cp.digest else "")
         )
         if cp.top:
-            click.echo(
-                "          " + "  ".join(cp.top[:10]) + ("  ..." if len(cp.top) > 10 else "")
-            )
-    click.echo(f"used by   {', '.join(f'job {j}' for j in d.used_by) or '-'}")
+            echo("          " + "  ".join(cp.top[:10]) + ("  ..." if len(cp.top) > 10 else ""))
+    echo(f"used by   {', '.join(f'job {j}' for j in d.used_by) or '-'}")
 
 
 @dataset.command("set")
@@ -97,7 +96,7 @@ def dataset_set(
     if as_json:
         emit_json(d)
     else:
-        click.echo(f"dataset {d.name} updated")
+        echo(f"dataset {d.name} updated")
 
 
 # ---------------------------------------------------------------- changes on nodes (admins)
@@ -118,22 +117,23 @@ def _follow(c: Any, t: api.Transfer, as_json: bool) -> None:
     try:
         while t.state in ("pending", "running"):
             if live:
-                click.echo("\r\x1b[2K" + _progress_line(t)[:200], nl=False, err=True)
+                status_line(_progress_line(t)[:200])
             time.sleep(WAIT_POLL_S)
             t = c.call("GET", f"/api/v1/transfers/{t.id}", type=api.Transfer)
     except KeyboardInterrupt:
-        click.echo(
-            f"\nmlsm: stopped watching; transfer {t.id} goes on "
+        echo(err=True)  # end the progress line
+        echo(
+            f"mlsm: stopped watching; transfer {t.id} goes on "
             f"(`mlsm dataset transfers`, `mlsm dataset cancel {t.id}`)",
             err=True,
         )
         sys.exit(130)
     if live:
-        click.echo("\r\x1b[2K", nl=False, err=True)
+        clear_status_line()
     if as_json:
         emit_json(t)
     elif t.state == "succeeded":
-        click.echo(_progress_line(t))
+        echo(_progress_line(t))
     if t.state != "succeeded":
         raise click.ClickException(f"transfer {t.id} {t.state}: {t.message or 'no reason given'}")
 
@@ -146,9 +146,7 @@ def _started(c: Any, t: api.Transfer, wait: bool | None, as_json: bool) -> None:
     elif as_json:
         emit_json(t)
     else:
-        click.echo(
-            f"transfer {t.id} started ({t.kind} {t.dataset} -> {t.node}); see `mlsm transfers`"
-        )
+        echo(f"transfer {t.id} started ({t.kind} {t.dataset} -> {t.node}); see `mlsm transfers`")
 
 
 wait_option = click.option(
@@ -237,7 +235,7 @@ def dataset_rm(
     if not yes:
         if not sys.stdin.isatty():
             raise click.ClickException("deleting needs confirmation: add --yes")
-        click.confirm(f"Delete dataset {name} from the disk of {node}?", abort=True)
+        confirm(f"Delete dataset {name} from the disk of {node}?")
     with client_from(ctx) as c:
         t = c.call("DELETE", f"/api/v1/datasets/{name}", params={"node": node}, type=api.Transfer)
         _started(c, t, True if wait is None else wait, as_json)
@@ -317,4 +315,4 @@ def dataset_cancel(ctx: click.Context, transfer_id: int, as_json: bool) -> None:
     if as_json:
         emit_json(t)
     else:
-        click.echo(f"transfer {t.id}: {t.state} {t.message}".rstrip())
+        echo(f"transfer {t.id}: {t.state} {t.message}".rstrip())

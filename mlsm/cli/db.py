@@ -3,6 +3,7 @@ from __future__ import annotations
 import click
 
 from mlsm.cli.common import settings_from
+from mlsm.cli.output import echo
 
 
 @click.group()
@@ -37,7 +38,7 @@ def db_backup(ctx: click.Context, path: str, **flags: object) -> None:
     if dest.exists():
         raise ConfigError(f"{dest} exists; refusing to overwrite it")
     database.backup_sqlite(dest)
-    click.echo(f"backed up {database.sqlite_path} to {dest} ({dest.stat().st_size} bytes)")
+    echo(f"backed up {database.sqlite_path} to {dest} ({dest.stat().st_size} bytes)")
 
 
 @db.command("upgrade")
@@ -60,9 +61,7 @@ def db_upgrade(ctx: click.Context, **flags: object) -> None:
             await database.close()
 
     before, after = asyncio.run(run())
-    click.echo(
-        f"database schema at {after}" + ("" if before == after else f" (was {before or 'empty'})")
-    )
+    echo(f"database schema at {after}" + ("" if before == after else f" (was {before or 'empty'})"))
 
 
 @db.command("current")
@@ -85,4 +84,4 @@ def db_current(ctx: click.Context, **flags: object) -> None:
             await database.close()
 
     cur, head = asyncio.run(run())
-    click.echo(f"database: {cur or 'empty'}; this mlsm: {head}")
+    echo(f"database: {cur or 'empty'}; this mlsm: {head}")

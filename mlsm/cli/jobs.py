@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 
 import click
 
-from mlsm.cli.common import ago, client_from, emit_json, json_option, parse_duration, table, when
+from mlsm.cli.common import ago, client_from, json_option, parse_duration, when
+from mlsm.cli.output import LogSink, echo, emit_json, log_sink, table
 from mlsm.wire import api
 
 
@@ -121,9 +123,9 @@ def submit(
     if as_json:
         emit_json(reply)
     elif len(reply.ids) > 1:
-        click.echo(f"submitted array of {len(reply.ids)} jobs: {reply.ids[0]}..{reply.ids[-1]}")
+        echo(f"submitted array of {len(reply.ids)} jobs: {reply.ids[0]}..{reply.ids[-1]}")
     else:
-        click.echo(f"submitted job {reply.job.id}")
+        echo(f"submitted job {reply.job.id}")
 
 
 def _gpus(j: api.Job) -> str:
@@ -183,7 +185,7 @@ def jobs(
         ["ID", "NAME", "USER", "STATE", "NODE", "GPUS", "SUBMITTED", "REASON"],
     )
     if res.total > len(res.jobs):
-        click.echo(f"({len(res.jobs)} of {res.total} shown; use --limit)", err=True)
+        echo(f"({len(res.jobs)} of {res.total} shown; use --limit)", err=True)
 
 
 @click.group()
@@ -248,10 +250,10 @@ def job_show(ctx: click.Context, job_id: int, as_json: bool) -> None:
     if j.timeout_s:
         rows.append(("timeout", f"{j.timeout_s:g} s"))
     for k, v in rows:
-        click.echo(f"{k:<10} {v}")
-    click.echo("history:")
+        echo(f"{k:<10} {v}")
+    echo("history:")
     for e in j.history:
-        click.echo(f"  {when(e.ts)}  {e.state:<11} {e.message}")
+        echo(f"  {when(e.ts)}  {e.state:<11} {e.message}")
 
 
 @job.command("release")
@@ -261,33 +263,44 @@ def job_release(ctx: click.Context, job_id: int) -> None:
     """Release a held job into the queue."""
     with client_from(ctx) as c:
         c.call("POST", f"/api/v1/jobs/{job_id}/release")
-    click.echo(f"job {job_id} released")
+    echo(f"job {job_id} released")
 
 
 @click.command()
 @click.argument("job_id", type=int)
 @click.option("-f", "--follow", is_flag=True, help="Follow the log live until the job ends.")
+@click.option(
+    "--raw", is_flag=True, help="Pass every byte to the terminal unchanged (escape sequences too)."
+)
 @click.pass_context
-def logs(ctx: click.Context, job_id: int, follow: bool) -> None:
-    """Print a job's log (stdout and stderr), or follow it live with -f."""
-    out = sys.stdout.buffer
-    with client_from(ctx) as c:
-        if not follow:
-            for chunk in c.stream_lines(f"/api/v1/jobs/{job_id}/log"):
-                out.write(chunk)
-            out.flush()
-            return
-        state = _follow_sse(c.stream_lines(f"/api/v1/jobs/{job_id}/log/follow"), out)
+def logs(ctx: click.Context, job_id: int, follow: bool, raw: bool) -> None:
+    """Print a job's log (stdout and stderr), or follow it live with -f.
+
+    To a terminal, the log is shown safely: newlines, tabs, carriage returns (progress
+    bars) and colours pass, every other control or escape sequence is shown as text
+    (\\x1b...), so a log cannot retitle the window, move the cursor or hide lines; --raw
+    passes the bytes unchanged. Into a pipe or a file the bytes are always exact.
+    """
+    sink = log_sink(raw)
+    try:
+        with client_from(ctx) as c:
+            if not follow:
+                for chunk in c.stream_lines(f"/api/v1/jobs/{job_id}/log"):
+                    sink.write(chunk)
+                return
+            state = _follow_sse(c.stream_lines(f"/api/v1/jobs/{job_id}/log/follow"), sink)
+    finally:
+        sink.close()
     if state and state != "succeeded":
-        click.echo(f"mlsm: job {job_id} ended {state}", err=True)
+        echo(f"mlsm: job {job_id} ended {state}", err=True)
 
 
-def _follow_sse(chunks: object, out: object) -> str:
+def _follow_sse(chunks: Iterable[bytes], out: LogSink) -> str:
     """Decode server-sent events incrementally; write 'log' data as it arrives."""
     buf = b""
     event = "message"
     data: list[bytes] = []
-    for chunk in chunks:  # type: ignore[attr-defined]
+    for chunk in chunks:
         buf += chunk
         while b"\n" in buf:
             line, buf = buf.split(b"\n", 1)
@@ -295,8 +308,8 @@ def _follow_sse(chunks: object, out: object) -> str:
             if not line:
                 payload = b"\n".join(data)
                 if event == "log":
-                    out.write(payload)  # type: ignore[attr-defined]
-                    out.flush()  # type: ignore[attr-defined]
+                    out.write(payload)
+                    out.flush()
                 elif event == "end":
                     return payload.decode()
                 event, data = "message", []
@@ -325,8 +338,8 @@ def cancel(ctx: click.Context, job_ids: tuple[int, ...], as_json: bool) -> None:
         emit_json(res)
         return
     for done in res.cancelled:
-        click.echo(f"job {done} cancelled")
+        echo(f"job {done} cancelled")
     for jid, why in res.skipped.items():
-        click.echo(f"mlsm: job {jid} not cancelled: {why}", err=True)
+        echo(f"mlsm: job {jid} not cancelled: {why}", err=True)
     if res.skipped:
         sys.exit(1)

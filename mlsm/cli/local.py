@@ -4,7 +4,8 @@ import sys
 
 import click
 
-from mlsm.cli.common import emit_json, json_option, settings_from
+from mlsm.cli.common import json_option, settings_from
+from mlsm.cli.output import echo, emit_json
 
 
 @click.command()
@@ -28,7 +29,7 @@ def down(ctx: click.Context) -> None:
     from mlsm.local import down as stop
 
     stopped = stop(settings_from(ctx))
-    click.echo("stopped " + " and ".join(stopped) if stopped else "mlsm is not running")
+    echo("stopped " + " and ".join(stopped) if stopped else "mlsm is not running")
 
 
 @click.command()
@@ -45,14 +46,14 @@ def status(ctx: click.Context, as_json: bool) -> None:
         emit_json(info)
     else:
         if info["master_pid"]:
-            click.echo(
+            echo(
                 f"local service: running at {info['url']} (master pid {info['master_pid']}, agent pid {info['agent_pid'] or '-'})"
                 f"{'' if info['healthy'] else ' - NOT ANSWERING'}"
             )
         else:
-            click.echo("local service: not running (start it with `mlsm up`)")
-        click.echo(f"data dir:      {info['data_dir']}")
-        click.echo(f"logged in to:  {s.url or '-'}")
+            echo("local service: not running (start it with `mlsm up`)")
+        echo(f"data dir:      {info['data_dir']}")
+        echo(f"logged in to:  {s.url or '-'}")
     if info["master_pid"] and not info["healthy"]:
         sys.exit(1)
 

@@ -4,16 +4,8 @@ import time
 
 import click
 
-from mlsm.cli.common import (
-    ago,
-    client_from,
-    emit_json,
-    human_bytes,
-    json_option,
-    parse_duration,
-    table,
-    when,
-)
+from mlsm.cli.common import ago, client_from, human_bytes, json_option, parse_duration, when
+from mlsm.cli.output import confirm, echo, emit_json, table
 from mlsm.wire import api
 
 
@@ -47,12 +39,12 @@ def join_token_create(ctx: click.Context, ttl: str, uses: int, note: str, as_jso
     if as_json:
         emit_json(t)
         return
-    click.echo(t.token)
-    click.echo(
-        f"join token {t.info.id}: {uses} use(s), expires {when(t.info.expires_at)}. On each server run:\n"
-        f"  mlsm agent --master {url} --join-token <token>",
+    echo(t.token)
+    echo(
+        f"join token {t.info.id}: {uses} use(s), expires {when(t.info.expires_at)}. On each server run:",
         err=True,
     )
+    echo(f"  mlsm agent --master {url} --join-token <token>", err=True)
 
 
 @join_token.command("list")
@@ -96,7 +88,7 @@ def join_token_revoke(ctx: click.Context, token_id: int) -> None:
     """Revoke a join token."""
     with client_from(ctx) as c:
         c.call("DELETE", f"/api/v1/join-tokens/{token_id}")
-    click.echo(f"join token {token_id} revoked")
+    echo(f"join token {token_id} revoked")
 
 
 def _gpu_summary(n: api.Node) -> tuple[str, str, str]:
@@ -181,32 +173,32 @@ def node_show(ctx: click.Context, name: str, as_json: bool) -> None:
         emit_json({"node": n, "history": hist})
         return
     i = n.info
-    click.echo(
+    echo(
         f"node      {n.name} ({n.state}{', draining' if n.draining else ''})  last seen {ago(n.last_seen)}"
     )
-    click.echo(
+    echo(
         f"host      {i.hostname}  {i.os}  kernel {i.kernel}  {i.cpu_model} x{i.cpu_cores}  {human_bytes(i.mem_total)} RAM"
     )
-    click.echo(
+    echo(
         f"agent     mlsm {i.agent_version}  GPUs: {i.gpu_probe}{' (SIMULATED)' if i.gpu_probe == 'simulated' else ''}"
         f"{'  driver ' + i.driver_version if i.driver_version else ''}  docker: {('yes, network ' + n.docker_network) if i.docker_available else 'no'}"
     )
     if not i.docker_available and i.docker_error:
-        click.echo(f"docker    unavailable: {i.docker_error}")
+        echo(f"docker    unavailable: {i.docker_error}")
     if n.labels:
-        click.echo("labels    " + ", ".join(f"{k}={v}" for k, v in n.labels.items()))
+        echo("labels    " + ", ".join(f"{k}={v}" for k, v in n.labels.items()))
     if n.host:
         h = n.host
-        click.echo(
+        echo(
             f"now       CPU {h.cpu_percent:.0f}%  load {h.load1:.2f}  mem {human_bytes(h.mem_used)}/{human_bytes(h.mem_total)}  "
             f"net rx {human_bytes(h.net_rx_bps)}/s tx {human_bytes(h.net_tx_bps)}/s"
         )
         for d in h.disks:
-            click.echo(
+            echo(
                 f"disk      {d.path} ({d.role}): {human_bytes(d.used)} used of {human_bytes(d.total)}"
             )
     if n.gpu_error:
-        click.echo(f"GPUs      error: {n.gpu_error}")
+        echo(f"GPUs      error: {n.gpu_error}")
     for g in n.gpus:
         s = g.sample
         who = (
@@ -215,24 +207,22 @@ def node_show(ctx: click.Context, name: str, as_json: bool) -> None:
             else ("FOREIGN processes" if g.foreign else "free")
         )
         if s.error:
-            click.echo(f"GPU {s.index}     ERROR: {s.error}")
+            echo(f"GPU {s.index}     ERROR: {s.error}")
             continue
-        click.echo(
+        echo(
             f"GPU {s.index}     {s.name}{' (simulated)' if s.simulated else ''}  util {s.util:.0f}%  mem {human_bytes(s.mem_used)}/{human_bytes(s.mem_total)}  "
             f"{s.temperature:.0f}C  {s.power_w:.0f}/{s.power_limit_w:.0f} W  -> {who}"
         )
         for p in s.processes:
             owner = f"job {p.job_id}" if p.job_id else f"user {p.user or '?'} (not started by mlsm)"
-            click.echo(
-                f"            pid {p.pid} {p.name or '?'} {human_bytes(p.used_mem)}  {owner}"
-            )
+            echo(f"            pid {p.pid} {p.name or '?'} {human_bytes(p.used_mem)}  {owner}")
     if hist.series:
-        click.echo("last 15 min (mean / max):")
+        echo("last 15 min (mean / max):")
         for key in sorted(hist.series):
             pts = hist.series[key]
             if pts:
                 mean = sum(p.mean for p in pts) / len(pts)
-                click.echo(f"  {key:<14} {mean:6.1f} / {max(p.max for p in pts):6.1f}")
+                echo(f"  {key:<14} {mean:6.1f} / {max(p.max for p in pts):6.1f}")
 
 
 def _node_action(ctx: click.Context, name: str, action: str, as_json: bool) -> None:
@@ -241,7 +231,7 @@ def _node_action(ctx: click.Context, name: str, action: str, as_json: bool) -> N
     if as_json:
         emit_json(n)
     else:
-        click.echo(f"node {n.name}: {'draining: no new jobs' if n.draining else 'accepting jobs'}")
+        echo(f"node {n.name}: {'draining: no new jobs' if n.draining else 'accepting jobs'}")
 
 
 @node.command("drain")
@@ -272,7 +262,7 @@ def node_label(ctx: click.Context, name: str, labels: tuple[str, ...]) -> None:
 
     with client_from(ctx) as c:
         c.call("POST", f"/api/v1/nodes/{name}/labels", json=api.NodeUpdate(labels=_labels(labels)))
-    click.echo(f"node {name} labels set")
+    echo(f"node {name} labels set")
 
 
 @node.command("set")
@@ -307,11 +297,9 @@ def node_set(
         emit_json(n)
         return
     if docker_network is not None:
-        click.echo(
-            f"node {n.name}: container jobs started from now on use network {docker_network}"
-        )
+        echo(f"node {n.name}: container jobs started from now on use network {docker_network}")
     if labels:
-        click.echo(f"node {n.name} labels set")
+        echo(f"node {n.name} labels set")
 
 
 @node.command("remove")
@@ -324,8 +312,8 @@ def node_set(
 def node_remove(ctx: click.Context, name: str, force: bool, yes: bool) -> None:
     """Remove a node; its agent must join again to come back."""
     if not yes:
-        click.confirm(f"Remove node {name}?", abort=True)
+        confirm(f"Remove node {name}?")
     with client_from(ctx) as c:
         res = c.call("DELETE", f"/api/v1/nodes/{name}", params={"force": force or None})
     extra = f"; interrupted jobs {res['interrupted']}" if res.get("interrupted") else ""
-    click.echo(f"node {name} removed{extra}")
+    echo(f"node {name} removed{extra}")

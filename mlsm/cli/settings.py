@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import click
 
-from mlsm.cli.common import client_from, emit_json, human_bytes, json_option
+from mlsm.cli.common import client_from, human_bytes, json_option
+from mlsm.cli.output import echo, emit_json
 from mlsm.wire import api
 
 
@@ -21,10 +22,10 @@ def settings_show(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         emit_json(s)
         return
-    click.echo(f"image patterns      {', '.join(s.image_patterns) or 'any image'}")
-    click.echo(f"mountable paths     {', '.join(s.mount_allow) or 'none (members mount nothing)'}")
-    click.echo(f"import may reach    {', '.join(s.import_allow_cidrs) or 'public addresses only'}")
-    click.echo(f"largest import      {human_bytes(s.import_max_bytes)}")
+    echo(f"image patterns      {', '.join(s.image_patterns) or 'any image'}")
+    echo(f"mountable paths     {', '.join(s.mount_allow) or 'none (members mount nothing)'}")
+    echo(f"import may reach    {', '.join(s.import_allow_cidrs) or 'public addresses only'}")
+    echo(f"largest import      {human_bytes(s.import_max_bytes)}")
 
 
 @settings_cmd.command("set")
@@ -74,4 +75,4 @@ def settings_set(
     if as_json:
         emit_json(s)
     else:
-        click.echo("settings updated")
+        echo("settings updated")

@@ -2,16 +2,8 @@ from __future__ import annotations
 
 import click
 
-from mlsm.cli.common import (
-    ago,
-    client_from,
-    emit_json,
-    json_option,
-    parse_duration,
-    read_password,
-    table,
-    when,
-)
+from mlsm.cli.common import ago, client_from, json_option, parse_duration, read_password, when
+from mlsm.cli.output import echo, emit_json, table
 from mlsm.wire import api
 
 
@@ -52,7 +44,7 @@ def _patch(ctx: click.Context, name: str, body: api.UserUpdate, as_json: bool, d
     if as_json:
         emit_json(u)
     else:
-        click.echo(done.format(u=u))
+        echo(done.format(u=u))
 
 
 @user.command("add")
@@ -79,7 +71,7 @@ def user_add(ctx: click.Context, name: str, role: str, unix_user: str, as_json: 
     if as_json:
         emit_json(u)
     else:
-        click.echo(f"user {u.username} added ({u.role})")
+        echo(f"user {u.username} added ({u.role})")
 
 
 @user.command("show")
@@ -102,7 +94,7 @@ def user_show(ctx: click.Context, name: str, as_json: bool) -> None:
         ("created", when(u.created_at)),
         ("last login", when(u.last_login)),
     ):
-        click.echo(f"{k:<11} {v}")
+        echo(f"{k:<11} {v}")
 
 
 @user.command("set-role")
@@ -185,8 +177,8 @@ def token_create(ctx: click.Context, name: str, ttl: str | None, as_json: bool) 
     if as_json:
         emit_json(t)
         return
-    click.echo(t.token)
-    click.echo(f"token {t.info.id} '{t.info.name}' created; it is shown only this once", err=True)
+    echo(t.token)
+    echo(f"token {t.info.id} '{t.info.name}' created; it is shown only this once", err=True)
 
 
 @token.command("list")
@@ -225,4 +217,4 @@ def token_revoke(ctx: click.Context, token_ids: tuple[int, ...]) -> None:
     with client_from(ctx) as c:
         for tid in token_ids:
             c.call("DELETE", f"/api/v1/tokens/{tid}")
-            click.echo(f"token {tid} revoked")
+            echo(f"token {tid} revoked")

@@ -2,27 +2,76 @@
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from rich.console import Console
+from textual.pilot import Pilot
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from fakes import NOW, FakeSource
 
+from mlsm.termsafe import is_unsafe
 from tests.conftest import free_port
 from tui.app import MlsmApp
 
 MASTER_START_TIMEOUT_S = 30.0
 ADMIN_PASSWORD = "admin-password-1"
 MLSM = str(Path(sys.executable).parent / "mlsm")
+
+
+#: Pauses the app gets to take in a poll or open a screen.
+MAX_PAUSES = 100
+#: Textual's own sequences in a frame (cursor moves, colours): CSI ... final byte.
+_CSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
+
+
+async def until(pilot: Pilot[None], condition: Callable[[], object], what: str) -> None:
+    """Let the app run until ``condition()`` holds; fail after ``MAX_PAUSES`` pauses."""
+    for _ in range(MAX_PAUSES):
+        if condition():
+            return
+        await pilot.pause()
+    raise AssertionError(f"never happened: {what}")
+
+
+def frame(app: MlsmApp) -> tuple[str, str]:
+    """The bytes the dashboard would write to the terminal for the whole screen now (as
+    ``App.export_screenshot`` renders them), and their text without Textual's own CSI
+    sequences: ``(raw, text)``."""
+    console = Console(
+        width=app.size.width,
+        height=app.size.height,
+        file=io.StringIO(),
+        force_terminal=True,
+        color_system="truecolor",
+        legacy_windows=False,
+        safe_box=False,
+    )
+    console.print(
+        app.screen._compositor.render_update(full=True, screen_stack=app._background_screens)
+    )
+    raw = console.file.getvalue()  # type: ignore[attr-defined]
+    return raw, _CSI.sub("", raw)
+
+
+def assert_screen_safe(app: MlsmApp) -> str:
+    """Nothing but Textual's own CSI sequences reaches the terminal: no OSC (a title), no
+    other escape, control, C1 or bidi character from the data. Returns the screen text."""
+    _, text = frame(app)
+    leaked = sorted({hex(ord(ch)) for ch in text if is_unsafe(ch) and ch not in "\r\n"})
+    assert not leaked, f"{leaked} reached the terminal on {type(app.screen).__name__}"
+    return text
 
 
 def make_app(source: FakeSource | None = None, **kwargs: object) -> MlsmApp:

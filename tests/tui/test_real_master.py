@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from conftest import RealMaster
+from conftest import RealMaster, assert_screen_safe
 
 from mlsm.client import Client
 from tui.app import MlsmApp
-from tui.screens import AdminScreen, JobsScreen
+from tui.screens import AdminScreen, JobScreen, JobsScreen
 from tui.source import MasterSource
 from tui.widgets.table import LabTable
 
@@ -120,3 +120,39 @@ async def test_unreachable_master_at_start_is_stale_not_a_crash() -> None:
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_for(pilot, lambda: app.conn.state == "stale", "stale state")
         assert "unreachable" in str(app.screen.query_one("StatusBar").render())
+
+
+async def test_hostile_job_names_from_a_real_master_show_as_text(real_master: RealMaster) -> None:
+    """A job named ``[/x]`` crashed the dashboard, one with an OSC sequence retitled the
+    terminal: both are shown as they are, with the job's other fields, on the jobs screen
+    and the job's own screen."""
+    names = {"[/x]": "[/x]", "t\x1b]0;PWNED\x07": "t\\x1b]0;PWNED\\x07", "a\u202eb": "a\\u202eb"}
+    with Client(real_master.url, real_master.token) as client:
+        ids = {
+            name: client.call("POST", "/api/v1/jobs", json={"argv": ["echo", name], "name": name})[
+                "job"
+            ]["id"]
+            for name in names
+        }
+    app = MlsmApp(MasterSource(real_master.url, real_master.token), poll_s=0.5)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await pilot.press("2")
+        await wait_for(
+            pilot,
+            lambda: (
+                isinstance(app.screen, JobsScreen) and set(ids.values()) <= set(app.screen.jobs)
+            ),
+            "the jobs",
+        )
+        await pilot.pause()
+        text = assert_screen_safe(app)
+        for shown in names.values():
+            assert shown in text
+        app.open_job(ids["t\x1b]0;PWNED\x07"])
+        await wait_for(
+            pilot,
+            lambda: isinstance(app.screen, JobScreen) and app.screen.job is not None,
+            "the job screen",
+        )
+        await pilot.pause()
+        assert 'echo "t\\x1b]0;PWNED\\x07"' in assert_screen_safe(app)

@@ -6,12 +6,14 @@ from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import Static, TabbedContent, TabPane
+from textual.widgets import TabbedContent, TabPane
 
+from mlsm.termsafe import visible
 from mlsm.wire import api
 from tui import fmt
 from tui.screens.base import View
 from tui.source import AdminData
+from tui.widgets.plain import PlainStatic
 from tui.widgets.table import LabTable
 
 #: Which tab each action belongs to.
@@ -70,7 +72,7 @@ class AdminScreen(View):
             with TabPane("Nodes", id="nodes"):
                 yield LabTable(id="admin-nodes")
             with TabPane("Audit", id="audit"):
-                yield Static("audit chain: not checked yet", id="verify")
+                yield PlainStatic("audit chain: not checked yet", id="verify")
                 yield LabTable(id="audit-table")
 
     def setup(self) -> None:
@@ -216,7 +218,7 @@ class AdminScreen(View):
                         e.actor,
                         e.action,
                         e.target,
-                        Text(e.outcome, style="green" if e.outcome == "ok" else "red"),
+                        fmt.plain(e.outcome, "green" if e.outcome == "ok" else "red"),
                     ],
                 )
                 for e in sorted(data.audit, key=lambda e: -e.id)
@@ -229,8 +231,8 @@ class AdminScreen(View):
         elif v.ok:
             text.append(f"verified, {v.rows} rows intact", style="bold green")
         else:
-            text.append(f"BROKEN at row {v.first_broken}: {v.message}", style="bold red")
-        self.query_one("#verify", Static).update(text)
+            text.append(f"BROKEN at row {v.first_broken}: {visible(v.message)}", style="bold red")
+        self.query_one("#verify", PlainStatic).update(text)
 
     # ------------------------------------------------------------ actions
     def focus_main(self) -> None:

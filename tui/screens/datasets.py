@@ -10,12 +10,13 @@ from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import DataTable, Input, Label, Static
+from textual.widgets import DataTable, Input, Label
 
 from mlsm.wire import api
 from tui import fmt
 from tui.screens.base import View
 from tui.widgets.forms import MessageModal
+from tui.widgets.plain import PlainStatic
 from tui.widgets.table import LabTable
 
 #: Widest the dataset name column gets on a big terminal.
@@ -32,18 +33,25 @@ def dataset_details(ds: api.Dataset, now: float) -> Table:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
-    grid.add_row("Name", ds.name)
-    grid.add_row("Description", ds.description or "-")
-    grid.add_row("Tags", ", ".join(ds.tags) or "-")
-    grid.add_row("Owner", ds.owner or "-")
-    grid.add_row("Used by jobs", ", ".join(map(str, ds.used_by)) or "-")
+
+    def row(label: str, *lines: str) -> None:
+        grid.add_row(fmt.plain(label), Text("\n").join(fmt.plain(line) for line in lines))
+
+    row("Name", ds.name)
+    row("Description", ds.description or "-")
+    row("Tags", ", ".join(ds.tags) or "-")
+    row("Owner", ds.owner or "-")
+    row("Used by jobs", ", ".join(map(str, ds.used_by)) or "-")
     for copy in ds.copies:
-        grid.add_row(
-            f"on {copy.node}",
-            f"{copy.path}\n{fmt.human_bytes(copy.size)}, {copy.files} files, modified {fmt.ago(copy.modified, now)}"
-            + (f"\n{copy.digest}" if copy.digest else "")
-            + (f"\ntop: {', '.join(copy.top[:8])}" if copy.top else ""),
-        )
+        lines = [
+            copy.path,
+            f"{fmt.human_bytes(copy.size)}, {copy.files} files, modified {fmt.ago(copy.modified, now)}",
+        ]
+        if copy.digest:
+            lines.append(copy.digest)
+        if copy.top:
+            lines.append(f"top: {', '.join(copy.top[:8])}")
+        row(f"on {copy.node}", *lines)
     return grid
 
 
@@ -129,7 +137,7 @@ class DatasetsScreen(View):
                         key,
                         [
                             ds.name,
-                            Text(copy.node, style=node_style),
+                            fmt.plain(copy.node, node_style),
                             fmt.human_bytes(copy.size),
                             str(copy.files),
                             ",".join(ds.tags),
@@ -220,5 +228,5 @@ class DatasetDetail(MessageModal):
         self.ds = ds
         self.now = now
 
-    def setup(self) -> None:
-        self.query_one("#secret", Static).update(dataset_details(self.ds, self.now))
+    def on_mount(self) -> None:
+        self.query_one("#secret", PlainStatic).update(dataset_details(self.ds, self.now))

@@ -11,14 +11,16 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.css.query import NoMatches
-from textual.widgets import Static, TabbedContent, TabPane
+from textual.widgets import TabbedContent, TabPane
 
 from mlsm.errors import MlsmError, UnavailableError
+from mlsm.termsafe import visible
 from mlsm.wire import api
 from tui import fmt
 from tui.screens.base import View
 from tui.source import LOG_TAIL_BYTES
 from tui.widgets.logview import LogView
+from tui.widgets.plain import PlainStatic
 
 #: Wait before reopening a log stream the master dropped.
 LOG_RETRY_S = 2.0
@@ -31,12 +33,12 @@ def job_details(job: api.Job, now: float) -> Table:
 
     def row(label: str, value: object) -> None:
         if value not in (None, "", [], {}):
-            grid.add_row(label, value if isinstance(value, Text) else str(value))
+            grid.add_row(label, fmt.safe(value if isinstance(value, Text) else str(value)))  # type: ignore[arg-type]
 
     row("Job", f"{job.id}  {job.name}")
     row("State", fmt.state_text(job.state))
     if job.state in api.PENDING_STATES:
-        row("Waiting because", Text(job.reason or "waiting for the scheduler", style="yellow"))
+        row("Waiting because", fmt.plain(job.reason or "waiting for the scheduler", "yellow"))
     elif job.reason:
         row("Reason", job.reason)
     row("User", job.user)
@@ -79,7 +81,7 @@ def job_details(job: api.Job, now: float) -> Table:
             hist.append(f"{fmt.ago(ev.ts, now):>12}  ", style="dim")
             hist.append_text(fmt.state_text(ev.state))
             if ev.message:
-                hist.append(f"  {ev.message}")
+                hist.append(f"  {visible(ev.message)}")
             hist.append("\n")
         hist.rstrip()
         row("History", hist)
@@ -90,12 +92,12 @@ def job_title(job: api.Job) -> Text:
     """One line that says which job this screen is about, and where it stands."""
     text = Text(f" Job {job.id}", style="bold")
     if job.name:
-        text.append(f" {job.name}")
+        text.append(f" {visible(job.name)}")
     text.append("  ")
     text.append_text(fmt.state_text(job.state))
     if job.node:
-        text.append(f" on {job.node}")
-    text.append(f"  {job.user}", style="dim")
+        text.append(f" on {visible(job.node)}")
+    text.append(f"  {visible(job.user)}", style="dim")
     return text
 
 
@@ -115,11 +117,11 @@ class JobScreen(View):
         self.job: api.Job | None = None
 
     def body(self) -> ComposeResult:
-        yield Static(f" Job {self.job_id}", id="job-title")
+        yield PlainStatic(f" Job {self.job_id}", id="job-title")
         with TabbedContent(initial=self.tab):
             with TabPane("Details", id="details"):
                 with VerticalScroll():
-                    yield Static(f"job {self.job_id}: loading…", id="job-details")
+                    yield PlainStatic(f"job {self.job_id}: loading…", id="job-details")
             with TabPane("Log", id="log"):
                 yield LogView(id="log-view")
 
@@ -133,8 +135,8 @@ class JobScreen(View):
 
     def apply(self, job: api.Job) -> None:
         self.job = job
-        self.query_one("#job-details", Static).update(job_details(job, self.mlsm.now()))
-        self.query_one("#job-title", Static).update(job_title(job), layout=False)
+        self.query_one("#job-details", PlainStatic).update(job_details(job, self.mlsm.now()))
+        self.query_one("#job-title", PlainStatic).update(job_title(job), layout=False)
 
     def action_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab

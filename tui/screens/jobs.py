@@ -164,10 +164,10 @@ class JobsScreen(View):
                 job.user,
                 job.name or (job.argv[0] if job.argv else ""),
                 fmt.state_text(job.state),
-                job.node or (Text(job.node_req or "-", style="dim")),
+                job.node or fmt.plain(job.node_req or "-", "dim"),
                 str(job.gpus),
                 time_cell,
-                Text(reason, style="dim"),
+                fmt.plain(reason, "dim"),
             ]
             if self.wide:
                 cells.append(fmt.command(job.argv).replace("\n", " ⏎ "))

@@ -7,12 +7,14 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import DataTable, Label, Sparkline, Static, TabbedContent, TabPane
+from textual.widgets import DataTable, Label, Sparkline, TabbedContent, TabPane
 
+from mlsm.termsafe import visible
 from mlsm.wire import api
 from tui import fmt
 from tui.screens.base import View
 from tui.source import NodeDetail
+from tui.widgets.plain import PlainLabel, PlainStatic
 from tui.widgets.table import LabTable
 
 SERIES = (("util", "util %"), ("mem", "mem %"), ("temp", "temp °C"), ("power", "power W"))
@@ -33,7 +35,7 @@ class GpuPanel(Vertical):
         self.index = index
 
     def compose(self) -> ComposeResult:
-        yield Label(id="figures")
+        yield PlainLabel(id="figures")
         with Horizontal():
             for key, _ in SERIES:
                 yield Sparkline([], id=f"s-{key}")
@@ -43,7 +45,7 @@ class GpuPanel(Vertical):
         mem = s.mem_used / s.mem_total if s.mem_total else 0.0
         text = Text()
         text.append(f"GPU{s.index} ", style="bold")
-        text.append(f"{s.name.replace('NVIDIA ', '')[:18]:<18} ")
+        text.append(f"{visible(s.name.replace('NVIDIA ', ''))[:18]:<18} ")
         text.append(f"util {s.util:3.0f}% ", style=fmt.level_style(s.util / 100))
         text.append(
             f"mem {fmt.human_bytes(s.mem_used)}/{fmt.human_bytes(s.mem_total)} ",
@@ -55,8 +57,8 @@ class GpuPanel(Vertical):
         if gpu.foreign:
             text.append(" foreign", style="bold red")
         if s.error:
-            text.append(f" error: {s.error}", style="red")
-        self.query_one("#figures", Label).update(text)
+            text.append(f" error: {visible(s.error)}", style="red")
+        self.query_one("#figures", PlainLabel).update(text)
         for key, _ in SERIES:
             self.query_one(f"#s-{key}", Sparkline).data = series.get(key) or [0.0]
 
@@ -75,11 +77,11 @@ class NodeScreen(View):
     def __init__(self, name: str) -> None:
         super().__init__()
         self.node_name = name
-        self.title = f"Node {name}"
+        self.title = f"Node {visible(name)}"
         self.detail: NodeDetail | None = None
 
     def body(self) -> ComposeResult:
-        yield Static(f" {self.node_name}: loading…", id="node-info")
+        yield PlainStatic(f" {self.node_name}: loading…", id="node-info")
         yield Label(
             " history (10 min): " + " │ ".join(label for _, label in SERIES), id="gpu-legend"
         )
@@ -133,23 +135,27 @@ class NodeScreen(View):
         info = node.info
         host = node.host
         text = Text()
-        text.append(f" {node.name} ", style="bold")
+        text.append(f" {visible(node.name)} ", style="bold")
         state = "draining" if node.draining and node.state == "online" else node.state
         text.append_text(fmt.state_text(state))
-        text.append(f"  seen {fmt.ago(node.last_seen, now)}  {info.hostname} {info.os} {info.arch}")
-        text.append(f"\n CPU {info.cpu_cores} × {info.cpu_model[:30]}")
+        text.append(
+            f"  seen {fmt.ago(node.last_seen, now)}  "
+            + visible(f"{info.hostname} {info.os} {info.arch}")
+        )
+        text.append(f"\n CPU {info.cpu_cores} × {visible(info.cpu_model[:30])}")
         if host:
             text.append(f"  {host.cpu_percent:.0f}% load {host.load1:.1f}")
             text.append(f"  RAM {fmt.human_bytes(host.mem_used)}/{fmt.human_bytes(host.mem_total)}")
         if info.driver_version:
-            text.append(f"  driver {info.driver_version} CUDA {info.cuda_version}")
+            text.append(visible(f"  driver {info.driver_version} CUDA {info.cuda_version}"))
         if node.labels:
             text.append(
-                "  " + " ".join(f"{k}={v}" for k, v in sorted(node.labels.items())), style="cyan"
+                "  " + visible(" ".join(f"{k}={v}" for k, v in sorted(node.labels.items()))),
+                style="cyan",
             )
         if node.gpu_error:
-            text.append(f"\n GPU probe: {node.gpu_error}", style="red")
-        self.query_one("#node-info", Static).update(text)
+            text.append(f"\n GPU probe: {visible(node.gpu_error)}", style="red")
+        self.query_one("#node-info", PlainStatic).update(text)
         self._gpus(node, data.history)
         self._procs(node)
         self.query_one("#node-jobs", LabTable).sync(
@@ -212,7 +218,7 @@ class NodeScreen(View):
                 if proc.job_id is not None:
                     owner = Text(f"job {proc.job_id}", style="green")
                 else:
-                    owner = Text(f"foreign ({proc.user or 'unknown'})", style="bold red")
+                    owner = fmt.plain(f"foreign ({proc.user or 'unknown'})", "bold red")
                 key = f"{gpu.sample.index}/{proc.pid}"
                 rows.append(
                     (key, [key, proc.user or "?", fmt.human_bytes(proc.used_mem), owner, proc.name])

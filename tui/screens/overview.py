@@ -8,12 +8,14 @@ from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import DataTable, Input, Static
+from textual.widgets import DataTable, Input
 
+from mlsm.termsafe import visible
 from mlsm.wire import api
 from tui import fmt
 from tui.screens.base import View
 from tui.source import Overview
+from tui.widgets.plain import PlainStatic
 from tui.widgets.table import LabTable
 
 #: Samples kept per node for its sparkline (one per poll).
@@ -62,7 +64,7 @@ class OverviewScreen(View):
         self._row_cache: dict[str, tuple[object, list[object]]] = {}
 
     def body(self) -> ComposeResult:
-        yield Static("loading the lab…", id="totals")
+        yield PlainStatic("loading the lab…", id="totals")
         yield Input(placeholder="filter nodes: name, state or label", id="filter", classes="filter")
         yield LabTable(id="nodes")
 
@@ -213,12 +215,12 @@ class OverviewScreen(View):
         text.append("\n GPU use now: ", style="bold")
         by_user = sorted(s.gpus_by_user.items(), key=lambda kv: (-kv[1], kv[0]))
         if by_user:
-            text.append(" · ".join(f"{user} {n}" for user, n in by_user))
+            text.append(" · ".join(f"{visible(user)} {n}" for user, n in by_user))
         else:
             text.append("nobody", style="dim")
         if text != self._totals_shown:
             self._totals_shown = text
-            self.query_one("#totals", Static).update(text, layout=False)
+            self.query_one("#totals", PlainStatic).update(text, layout=False)
 
     # ------------------------------------------------------------ actions
     def focus_main(self) -> None:

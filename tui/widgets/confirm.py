@@ -6,11 +6,14 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Label
+from textual.widgets import Button
+
+from tui.widgets.plain import PlainLabel
 
 
 class ConfirmModal(ModalScreen[bool]):
-    """Ask before doing something that cannot be undone; ``y``/``n`` work too."""
+    """Ask before doing something that cannot be undone; ``y``/``n`` work too. The question
+    names jobs, nodes and users as they are: it is shown as plain text."""
 
     DEFAULT_CSS = """
     ConfirmModal { align: center middle; }
@@ -35,7 +38,7 @@ class ConfirmModal(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label(self.question, id="question")
+            yield PlainLabel(self.question, id="question")
             with Horizontal():
                 yield Button(f"{self.no} (n)", id="no")
                 yield Button(f"{self.yes} (y)", id="yes", variant="error")

@@ -13,10 +13,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, Select, Static
+from textual.widgets import Button, Input, Label, Select
 
 from mlsm.errors import MlsmError
+from mlsm.termsafe import visible
 from mlsm.wire import api
+from tui.widgets.plain import PlainLabel, PlainStatic
 
 FORM_CSS = """
 {name} {{ align: center middle; }}
@@ -149,7 +151,7 @@ class SubmitForm(ModalScreen[api.SubmitReply | None]):
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Label("Submit a job  (ctrl+s submits, esc closes)", classes="title")
-            yield Static("", id="problem", classes="error")
+            yield PlainStatic("", id="problem", classes="error")
             with VerticalScroll():
                 for key, label, hint in SUBMIT_FIELDS[:2]:
                     with Horizontal(classes="row"):
@@ -192,7 +194,7 @@ class SubmitForm(ModalScreen[api.SubmitReply | None]):
             ) or kind == key
 
     def validate(self) -> api.JobSubmit | None:
-        problem = self.query_one("#problem", Static)
+        problem = self.query_one("#problem", PlainStatic)
         try:
             spec = validate_submit(self.values())
         except ValueError as exc:
@@ -234,7 +236,7 @@ class SubmitForm(ModalScreen[api.SubmitReply | None]):
 
     @work(exclusive=True, group="submit")
     async def _send(self, spec: api.JobSubmit) -> None:
-        problem = self.query_one("#problem", Static)
+        problem = self.query_one("#problem", PlainStatic)
         try:
             reply = await self._submit(spec)
         except MlsmError as exc:
@@ -276,7 +278,7 @@ class FormModal(ModalScreen[Any]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label(self.form_title, classes="title")
+            yield PlainLabel(self.form_title, classes="title")
             for field in self.fields:
                 with Horizontal(classes="row"):
                     yield Label(field.label)
@@ -289,12 +291,14 @@ class FormModal(ModalScreen[Any]):
                         )
                     else:
                         yield Input(
-                            field.value,
+                            # a value from the master is offered only if it can be shown as
+                            # it is (an Input shows its value raw); else the person types it
+                            field.value if visible(field.value) == field.value else "",
                             placeholder=field.placeholder,
                             password=field.password,
                             id=f"f-{field.key}",
                         )
-            yield Static("", id="problem", classes="error")
+            yield PlainStatic("", id="problem", classes="error")
             with Horizontal(classes="buttons"):
                 yield Button("Cancel", id="cancel")
                 yield Button(self.ok_label, id="ok", variant="primary")
@@ -321,7 +325,7 @@ class FormModal(ModalScreen[Any]):
 
     @work(exclusive=True, group="form")
     async def action_ok(self) -> None:
-        problem = self.query_one("#problem", Static)
+        problem = self.query_one("#problem", PlainStatic)
         try:
             result = await self.action(self.values())
         except (MlsmError, ValueError, msgspec.ValidationError) as exc:
@@ -346,10 +350,10 @@ class MessageModal(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label(self.title_text)
-            yield Static(self.secret, id="secret")
+            yield PlainLabel(self.title_text)
+            yield PlainStatic(self.secret, id="secret")
             if self.note:
-                yield Label(self.note)
+                yield PlainLabel(self.note)
             yield Label("(press enter to close)")
 
     def action_close(self) -> None:

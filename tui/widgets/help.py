@@ -14,6 +14,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, Input, Label, Static
 
 from mlsm.errors import MlsmError
+from tui.widgets.plain import PlainLabel, PlainStatic
 
 COMMANDS_HELP = [
     (":nodes", "lab overview"),
@@ -66,7 +67,7 @@ class HelpScreen(ModalScreen[None]):
         for cmd, what in COMMANDS_HELP:
             commands.add_row(cmd, what)
         with VerticalScroll():
-            yield Label(
+            yield PlainLabel(
                 f"Keys on this screen ({self.target.title or type(self.target).__name__})",
                 classes="title",
             )
@@ -117,10 +118,10 @@ class LoginModal(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label(f"Log in to {self.url}")
+            yield PlainLabel(f"Log in to {self.url}")
             yield Input(placeholder="user name", id="user")
             yield Input(placeholder="password", password=True, id="password")
-            yield Static("", id="problem")
+            yield PlainStatic("", id="problem")
             yield Button("Log in", id="ok", variant="primary")
 
     @on(Input.Submitted, "#user")
@@ -139,7 +140,7 @@ class LoginModal(ModalScreen[bool]):
         try:
             await self.login(user, password)
         except MlsmError as exc:
-            self.query_one("#problem", Static).update(exc.message)
+            self.query_one("#problem", PlainStatic).update(exc.message)
             return
         self.dismiss(True)
 

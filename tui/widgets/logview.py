@@ -1,4 +1,10 @@
-"""A bounded, searchable log view with follow and wrap (toolong / k9s habits)."""
+"""A bounded, searchable log view with follow and wrap (toolong / k9s habits).
+
+A job writes what it likes into its log. Each line is shown as a terminal would leave it
+after carriage returns (a progress bar's last state), without its colour sequences, and
+with every other control character or escape sequence shown as an escape (``\\x1b]0;...``):
+nothing in a log reaches the terminal, and markup in it is text.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +16,26 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.reactive import reactive
-from textual.widgets import Input, RichLog, Static
+from textual.widgets import Input, RichLog
+
+from mlsm.termsafe import strip_sgr, visible
+from tui.widgets.plain import PlainStatic
 
 #: Lines kept in memory; older ones fall off the top.
 MAX_LOG_LINES = 10_000
+
+
+def display_line(line: str) -> str:
+    """One log line as the view shows it: colours dropped, carriage returns applied the way
+    a terminal applies them (each overwrites the line from its start), then every control
+    character left shown as an escape. Tabs stay tabs."""
+    line = strip_sgr(line)
+    if "\r" in line:
+        shown = ""
+        for part in line.split("\r"):
+            shown = part + shown[len(part) :]
+        line = shown
+    return visible(line, "\t")
 
 
 class LogView(Vertical, can_focus=False):
@@ -49,7 +71,7 @@ class LogView(Vertical, can_focus=False):
         self._match = -1
 
     def compose(self) -> ComposeResult:
-        yield Static(id="log-info")
+        yield PlainStatic(id="log-info")
         yield RichLog(max_lines=self.max_lines, wrap=False, auto_scroll=True, id="log-text")
         yield Input(placeholder="search the log; enter to find, esc to close", id="log-search")
 
@@ -81,6 +103,7 @@ class LogView(Vertical, can_focus=False):
         self._partial = parts.pop() + held
         if not parts:
             return
+        parts = [display_line(part) for part in parts]
         over = len(self.lines) + len(parts) - self.max_lines
         if over > 0:
             self.dropped += over
@@ -117,7 +140,7 @@ class LogView(Vertical, can_focus=False):
             parts.append(f"search {self.term!r}")
         if self.ended:
             parts.append(f"ended: {self.ended}")
-        self.query_one("#log-info", Static).update(" " + " · ".join(parts), layout=False)
+        self.query_one("#log-info", PlainStatic).update(" " + " · ".join(parts), layout=False)
 
     # ------------------------------------------------------------ actions
     def watch_follow(self, follow: bool) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rich.text import Text
-from textual.widgets import Static
 
+from mlsm.termsafe import visible
 from tui.fmt import duration
+from tui.widgets.plain import PlainStatic
 
 VIEWS = (("nodes", "1 Nodes"), ("jobs", "2 Jobs"), ("datasets", "3 Datasets"), ("admin", "4 Admin"))
 
@@ -25,7 +26,7 @@ class Connection:
     retry_at: float | None = None
 
 
-class StatusBar(Static):
+class StatusBar(PlainStatic):
     DEFAULT_CSS = """
     StatusBar { dock: top; height: 1; background: $panel; color: $text; }
     """
@@ -48,7 +49,7 @@ class StatusBar(Static):
         now: float = app.now()  # type: ignore[attr-defined]
         text = Text()
         narrow = self.size.width < 100
-        url = conn.url.split("://", 1)[-1] if narrow else conn.url
+        url = visible(conn.url.split("://", 1)[-1] if narrow else conn.url)
         current = app.current_mode
         for mode, label in VIEWS:
             if mode == "admin" and not app.is_admin:  # type: ignore[attr-defined]
@@ -58,7 +59,7 @@ class StatusBar(Static):
         text.append("  ")
         if conn.state == "live":
             text.append("● ", style="green")
-            who = f"{conn.user} ({conn.role})" if conn.user else "?"
+            who = visible(f"{conn.user} ({conn.role})") if conn.user else "?"
             text.append(f"{who} @ {url}")
         elif conn.state == "connecting":
             text.append("◌ connecting to ", style="yellow")

@@ -1,4 +1,6 @@
-"""A DataTable that knows vim keys and updates its rows by key instead of refilling."""
+"""A DataTable that knows vim keys, updates its rows by key instead of refilling, and shows
+every cell as plain text (:func:`tui.fmt.safe`): a job named ``[/x]`` is not markup, an
+escape sequence in a cell is shown, not sent to the terminal."""
 
 from __future__ import annotations
 
@@ -8,7 +10,9 @@ from typing import Any
 from textual._two_way_dict import TwoWayDict
 from textual.binding import Binding
 from textual.widgets import DataTable
-from textual.widgets.data_table import CellDoesNotExist, ColumnKey, RowKey
+from textual.widgets.data_table import CellDoesNotExist, CellType, ColumnKey, RowKey
+
+from tui import fmt
 
 Row = tuple[str, Sequence[object]]
 
@@ -59,6 +63,18 @@ class LabTable(DataTable[object]):
         finally:
             self._update_count = count
 
+    def add_row(
+        self,
+        *cells: CellType,
+        height: int | None = 1,
+        key: str | None = None,
+        label: Any = None,
+    ) -> RowKey:
+        """Every row, added by ``sync`` or not, is shown as plain text."""
+        return super().add_row(
+            *(fmt.safe(cell) for cell in cells), height=height, key=key, label=label
+        )
+
     def action_first(self) -> None:
         self.move_cursor(row=0)
 
@@ -103,7 +119,8 @@ class LabTable(DataTable[object]):
             if data is None or row_key not in self.rows:
                 self.add_row(*cells, key=key)
                 continue
-            for column, after in zip(columns, cells, strict=False):
+            for column, cell in zip(columns, cells, strict=False):
+                after = fmt.safe(cell)
                 if data.get(column) != after:
                     data[column] = after
                     cell = (row_key, column)
