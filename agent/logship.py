@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.runtimes import jobfs
 from agent.state import AgentState
 from mlsm.wire.agent import MAX_LOG_CHUNK
 
@@ -39,8 +40,10 @@ class _Tail:
     attempt: int
     path: Path
     offset: int
+    owner: int | None = None  # the job's account: a log owned by anyone else is not read
     failures: int = 0
     retry_at: float = 0.0
+    refused: bool = False  # the log is not a regular file: said once
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -65,15 +68,25 @@ class LogShipper:
         self._backoff_max = backoff_max_s
         self._tails: dict[int, _Tail] = {}
 
-    def watch(self, job_id: int, attempt: int, path: Path, offset: int | None = None) -> None:
-        """Ship ``path`` for ``job_id`` from ``offset`` (default: what the state file acked)."""
+    def watch(
+        self,
+        job_id: int,
+        attempt: int,
+        path: Path,
+        offset: int | None = None,
+        *,
+        owner: int | None = None,
+    ) -> None:
+        """Ship ``path`` for ``job_id`` from ``offset`` (default: what the state file acked);
+        ``owner``: the uid the log must belong to (the job's account)."""
         if offset is None:
             offset = self._state.log_acked.get(job_id, 0) if self._state else 0
         tail = self._tails.get(job_id)
         if tail is None:
-            self._tails[job_id] = _Tail(job_id, attempt, Path(path), offset)
+            self._tails[job_id] = _Tail(job_id, attempt, Path(path), offset, owner)
         else:  # a new attempt of the same job appends to the same file
-            tail.attempt, tail.path = attempt, Path(path)
+            tail.attempt, tail.path, tail.owner = attempt, Path(path), owner
+            tail.refused = False
 
     def forget(self, job_id: int) -> None:
         self._tails.pop(job_id, None)
@@ -120,7 +133,15 @@ class LogShipper:
 
     async def _ship_chunk(self, tail: _Tail) -> tuple[str, int]:
         """One read + send: (status, bytes the master accepted)."""
-        data = await asyncio.to_thread(_read_chunk, tail.path, tail.offset, self._chunk)
+        try:
+            data = await asyncio.to_thread(
+                _read_chunk, tail.path, tail.offset, self._chunk, tail.owner
+            )
+        except OSError as e:
+            if not tail.refused:
+                log.warning("job %s: not shipping its log %s: %s", tail.job_id, tail.path, e)
+                tail.refused = True
+            return _EOF, 0
         if not data:
             return _EOF, 0
         try:
@@ -145,10 +166,8 @@ class LogShipper:
         return _SENT, accepted
 
 
-def _read_chunk(path: Path, offset: int, size: int) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            return f.read(size)
-    except FileNotFoundError:
-        return b""
+def _read_chunk(path: Path, offset: int, size: int, owner: int | None) -> bytes:
+    """The next bytes of a job's log, which lies in the job's own directory. Never follows
+    a link, opens a FIFO or device, or reads a hard link or another account's file that the
+    job put in its place (see agent.runtimes.jobfs): such a log raises OSError."""
+    return jobfs.read_regular(path, size, offset, owner)

@@ -27,7 +27,15 @@ import httpx
 from agent.collectors import AsyncGpuSampler, HostCollector, make_probe
 from agent.link import MasterError, MasterLink, is_auth_failure
 from agent.logship import LogShipper
+from agent.runtimes.accounts import (
+    data_dir_mode,
+    default_account_ok,
+    own_account,
+    regular_accounts,
+    switches_accounts,
+)
 from agent.runtimes.base import (
+    LOG_NAME,
     AdoptRecord,
     JobHandle,
     Runtime,
@@ -65,6 +73,7 @@ def _env_seconds(name: str, default: float) -> float:
 
 
 DOCKER_CHECK_S = _env_seconds("MLSM_DOCKER_CHECK_INTERVAL", 15.0)  # re-check the Docker engine
+ACCOUNTS_CHECK_S = _env_seconds("MLSM_ACCOUNTS_CHECK_INTERVAL", 60.0)  # re-read Unix accounts
 FORBIDDEN = 403
 REFUSED_RETRY_INTERVALS = 4  # a refused heartbeat is retried within this many intervals
 LOG_FLUSH_S = 5.0  # how long a job's end waits for its log to reach the master, per try
@@ -88,7 +97,8 @@ class AgentConfig:
     simulate_gpus: str = ""
     verify: Any = True
     heartbeat_interval: float = 2.0
-    default_unix_user: str = ""  # jobs of unmapped users run as this account (agent as root)
+    default_unix_user: str = ""  # jobs of users with no account here run as this (agent as root)
+    single_user: bool = False  # every job runs as the agent's own account, even as root
 
 
 @dataclass
@@ -101,7 +111,9 @@ class _Running:
 class Agent:
     def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
-        cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        cfg.data_dir.mkdir(
+            parents=True, exist_ok=True, mode=data_dir_mode(os.geteuid() == 0, cfg.single_user)
+        )
         self.name = cfg.name or socket.gethostname().split(".")[0]
         self.link = MasterLink(cfg.master, cfg.data_dir, verify=cfg.verify)
         self.state = AgentState(cfg.data_dir / "state.json").load()
@@ -118,7 +130,10 @@ class Agent:
             runs_as_root=os.geteuid() == 0,
             simulated_gpus=probe.kind == "simulated",
             default_unix_user=cfg.default_unix_user,
+            single_user=cfg.single_user,
         )
+        self.ctx = ctx
+        self._accounts_checked = time.monotonic()
         self.runtimes: dict[str, Runtime] = {}
         from agent.runtimes.process import ProcessRuntime
 
@@ -180,6 +195,12 @@ class Agent:
         info.runtimes = sorted(self.runtimes)
         info.docker_available = "docker" in self.runtimes
         info.docker_error = self.docker_error
+        if switches_accounts(self.ctx):
+            info.unix_users = regular_accounts()
+            if default_account_ok(self.ctx.default_unix_user):
+                info.default_unix_user = self.ctx.default_unix_user
+        else:
+            info.job_account = own_account().name
         return info
 
     # ---------------------------------------------------------------- run
@@ -272,6 +293,9 @@ class Agent:
             if self.docker is not None and started - self._docker_checked >= DOCKER_CHECK_S:
                 self._docker_checked = started
                 await self._check_docker()
+            if started - self._accounts_checked >= ACCOUNTS_CHECK_S:
+                self._accounts_checked = started
+                await self._check_accounts()
             gpus, gpu_err = await self.sampler.sample()
             self._attribute_gpu_processes(gpus)
             host = await asyncio.to_thread(self.host.sample)
@@ -343,6 +367,16 @@ class Agent:
                     )
                 )
         return out
+
+    async def _check_accounts(self) -> None:
+        """Tell the master when this node's Unix accounts change (a user added, removed)."""
+        if not switches_accounts(self.ctx):
+            return
+        now = await asyncio.to_thread(regular_accounts)
+        if now != self.info.unix_users:
+            self.info.unix_users = now
+            self._info_sent = False
+            log.info("Unix accounts changed (%d regular accounts now)", len(now))
 
     async def _check_docker(self) -> None:
         """Notice the engine going away or coming back, and tell the master (node info)."""
@@ -466,7 +500,7 @@ class Agent:
         )
         self.jobs[spec.job_id] = _Running(handle, spec, report)
         self._mark_gpus(spec.gpus, True, rec.pid)
-        self.shipper.watch(spec.job_id, spec.attempt, job_dir / "output.log")
+        self.shipper.watch(spec.job_id, spec.attempt, job_dir / LOG_NAME, owner=rec.uid)
         await self._send_events([report])
 
     async def _report_unstarted(self, spec: w.JobSpec, state: str, reason: str) -> None:
@@ -536,7 +570,7 @@ class Agent:
                     reason=f"could not re-adopt: {exc}",
                 )
             spec = w.JobSpec(job_id=rec.job_id, attempt=rec.attempt, argv=["?"])
-            self.shipper.watch(rec.job_id, rec.attempt, Path(rec.job_dir) / "output.log")
+            self.shipper.watch(rec.job_id, rec.attempt, Path(rec.job_dir) / LOG_NAME, owner=rec.uid)
             if isinstance(got, w.JobReport):
                 self._ended(rec, got)
             else:

@@ -85,7 +85,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     dataset_roots: list[str] = []
     labels: dict[str, str] = {}
     simulate_gpus: str = ""  # e.g. "2xA100-80GB"
-    default_unix_user: str = ""  # account for jobs of users with no mapping (agent as root)
+    default_unix_user: str = ""  # account for jobs of users with no account here (agent as root)
+    single_user: bool = False  # every job runs as the agent's own account (a one-person machine)
 
     # ---------------------------------------------------------------- derived
     @property

@@ -189,6 +189,8 @@ def up(s: Settings, *, simulate_gpus: str = "", quiet: bool = False) -> str:
             str(lp.root / "agent"),
             "--name",
             socket.gethostname().split(".")[0] or "local",
+            # One person's machine: their jobs run as they do (as root too, when they are).
+            "--single-user",
         ]
         if not (lp.root / "agent" / "node-secret").exists():
             with Client(url, token) as c:

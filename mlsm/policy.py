@@ -1,4 +1,5 @@
-"""Admin policy checks for container jobs: which host paths may be mounted, which images run.
+"""Admin policy checks for container jobs: which host paths may be mounted, which images run;
+and the words for a job that has no Unix account on a node (said by master and agent alike).
 
 Pure functions with no Docker import, so the master can check a submission at the edge
 and the agent can check it again on the node where the paths really exist.
@@ -93,3 +94,12 @@ def _spellings(image: str) -> set[str]:
 
 
 __all__ = ["image_allowed", "mount_allowed"]
+
+
+def no_account_reason(user: str, where: str) -> str:
+    """Why a job of ``user`` cannot run on ``where`` ("node gpu3", "any online node"), and
+    what an admin does about it."""
+    return (
+        f"no Unix account for {user} on {where}: an admin maps one "
+        f"(`mlsm user set {user} --unix-user ACCOUNT`) or creates account {user} there"
+    )

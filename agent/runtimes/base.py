@@ -22,12 +22,14 @@ class RuntimeContext:
     """Facts about the node a runtime needs to build a job's environment."""
 
     node_name: str
-    agent_data: Path  # <agent data>; job dirs live in <agent data>/jobs/<id>/
+    agent_data: Path  # <agent data>; a job's tree is <agent data>/jobs/<id>/
     runs_as_root: bool = False
     simulated_gpus: bool = False
-    # Account for jobs that name no Unix user while the agent runs as root ("" = the
-    # agent's own account, said so in the job's log header).
+    # Account for jobs whose user has neither a mapping nor a same-named account here,
+    # while the agent runs as root ("" = none: such jobs do not start; see accounts.py).
     default_unix_user: str = ""
+    # Every job runs as the agent's own account even when it is root (a one-person machine).
+    single_user: bool = False
 
 
 @dataclass
@@ -37,7 +39,7 @@ class AdoptRecord:
     job_id: int
     attempt: int
     runtime: str  # "process" | "docker"
-    job_dir: str
+    job_dir: str  # the job's own tree: its MLSM_OUTPUT_DIR, holding output.log
     started_at: float
     pid: int | None = None  # process runtime: pid of the job's shim (session leader)
     pid_start: float | None = None  # its create_time, so a reused pid is not mistaken
@@ -45,6 +47,11 @@ class AdoptRecord:
     timeout_s: float = 0.0
     kill_grace_s: float = 10.0
     extra: dict[str, str] = field(default_factory=dict)
+    # The agent's private bookkeeping (exit.json, stop.json); "" in records of an older
+    # agent, whose files were in job_dir.
+    control_dir: str = ""
+    uid: int | None = None  # the job's account, which owns job_dir and its output.log
+    gid: int | None = None
 
 
 class JobHandle(Protocol):
@@ -69,6 +76,9 @@ class Runtime(Protocol):
 
     def start(self, spec: JobSpec, job_dir: Path) -> JobHandle:
         """Start an attempt; output (stdout+stderr) goes to ``job_dir/output.log``.
+
+        ``job_dir`` (``<agent data>/jobs/<id>/``) becomes the job's own tree; the agent's
+        bookkeeping goes elsewhere (see :mod:`agent.runtimes.jobfs`).
 
         Raises :class:`RuntimeStartError` with a readable message when the attempt cannot
         start (missing image, bad venv, unknown Unix user ...).

@@ -39,7 +39,6 @@ import contextlib
 import logging
 import math
 import os
-import pwd
 import re
 import threading
 import time
@@ -54,6 +53,8 @@ import docker.types
 import msgspec
 import requests
 
+from agent.runtimes import jobfs
+from agent.runtimes.accounts import Account, resolve_account
 from agent.runtimes.base import (
     LOG_NAME,
     AdoptRecord,
@@ -70,6 +71,7 @@ OUTPUT_MOUNT = "/mlsm/output"
 DATASET_MOUNT_ROOT = "/datasets"
 CURSOR_SAVE_INTERVAL_S = 0.5  # at most this long between cursor saves while output flows
 RESUME_MARGIN_S = 2  # seconds of log a resume asks the engine for again
+MAX_CURSOR_BYTES = 1 << 20  # a cursor is a few hundred bytes
 RECONNECT_MIN_S = 0.5  # follower back-off while the engine is away
 RECONNECT_MAX_S = 10.0
 INSPECT_EVERY_S = 5.0  # poll() asks the engine at least this often while the log flows
@@ -196,43 +198,51 @@ _cursor_decoder = msgspec.json.Decoder(_Cursor)
 class _LogSink:
     """``output.log`` plus its cursor; every write and every save under one lock."""
 
-    def __init__(self, log_path: Path, cursor_path: Path, cursor: _Cursor) -> None:
+    def __init__(self, log_path: Path, cursor_path: Path, cursor: _Cursor, fd: int) -> None:
         self.log_path = log_path
         self.cursor_path = cursor_path
         self.cursor = cursor
         self._lock = threading.Lock()
         self._last_save = 0.0
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        cursor_path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd = fd
         self.size = os.fstat(self._fd).st_size
         self._last_byte = self._read_last_byte()
 
     @classmethod
-    def resume(cls, log_path: Path, cursor_path: Path, container_id: str) -> _LogSink:
+    def create(
+        cls, log_path: Path, cursor_path: Path, cursor: _Cursor, owner: tuple[int | None, ...]
+    ) -> _LogSink:
+        """Open the job's log (owned by ``owner`` = (uid, gid), never through a link the
+        job planted: see jobfs.open_job_log) and the cursor's private directory."""
+        jobfs.ensure_private_dir(cursor_path.parent)
+        return cls(log_path, cursor_path, cursor, jobfs.open_job_log(log_path.parent, *owner))
+
+    @classmethod
+    def resume(
+        cls, log_path: Path, cursor_path: Path, container_id: str, owner: tuple[int | None, ...]
+    ) -> _LogSink:
         """Open for a re-adopted attempt, cutting the log back to its saved cursor."""
         cursor: _Cursor | None = None
         with contextlib.suppress(OSError, msgspec.DecodeError):
-            cursor = _cursor_decoder.decode(cursor_path.read_bytes())
+            cursor = _cursor_decoder.decode(jobfs.read_regular(cursor_path, MAX_CURSOR_BYTES))
         if cursor is None or cursor.container_id != container_id:
-            sink = cls(log_path, cursor_path, _Cursor(container_id=container_id))
+            sink = cls.create(log_path, cursor_path, _Cursor(container_id=container_id), owner)
             if sink.size:
                 sink.marker("[mlsm] log cursor lost: output below may repeat lines above\n")
             return sink
-        with contextlib.suppress(FileNotFoundError):
-            actual = log_path.stat().st_size
-            if actual > cursor.file_size:
-                os.truncate(log_path, cursor.file_size)
-            elif actual < cursor.file_size:
-                log.warning("%s is shorter than its cursor; output in between is lost", log_path)
-        return cls(log_path, cursor_path, cursor)
+        sink = cls.create(log_path, cursor_path, cursor, owner)
+        if sink.size > cursor.file_size:  # cut through the descriptor: no path followed
+            os.ftruncate(sink._fd, cursor.file_size)
+            sink.size = cursor.file_size
+            sink._last_byte = sink._read_last_byte()
+        elif sink.size < cursor.file_size:
+            log.warning("%s is shorter than its cursor; output in between is lost", log_path)
+        return sink
 
     def _read_last_byte(self) -> bytes:
         if not self.size:
             return b"\n"
-        with open(self.log_path, "rb") as f:
-            f.seek(self.size - 1)
-            return f.read(1) or b"\n"
+        return os.pread(self._fd, 1, self.size - 1) or b"\n"
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -550,7 +560,7 @@ class DockerJobHandle:
         if self._sink is not None:
             self._sink.marker(line)
         else:  # never re-attached: the log is as the last agent left it
-            _append_line(self._log_path(), line)
+            jobfs.append_line(self._log_path(), line.rstrip("\n"), self.record.uid)
         report = JobReport(
             job_id=self.record.job_id,
             attempt=self.record.attempt,
@@ -560,7 +570,9 @@ class DockerJobHandle:
             ended_at=time.time(),
             reason=reason,
             end_kind="lost",
-            log_size=self._sink.size if self._sink is not None else _file_size(self._log_path()),
+            log_size=self._sink.size
+            if self._sink is not None
+            else jobfs.file_size(self._log_path()),
         )
         return self._conclude(report)
 
@@ -602,27 +614,6 @@ def _stop_container(container: Any, grace_s: float) -> None:
         pass
     except _ENGINE_ERRORS as exc:
         log.warning("cannot stop container %s: %s", container.short_id, _why(exc))
-
-
-def _append_line(path: Path, line: str) -> None:
-    """Append an mlsm line to an existing log, on a line of its own."""
-    try:
-        with open(path, "r+b") as f:
-            end = f.seek(0, os.SEEK_END)
-            if end:
-                f.seek(end - 1)
-                if f.read(1) != b"\n":
-                    line = "\n" + line
-            f.write(line.encode())
-    except OSError as exc:
-        log.warning("cannot append to %s: %s", path, exc)
-
-
-def _file_size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
 
 
 # ---------------------------------------------------------------- the runtime
@@ -674,8 +665,17 @@ class DockerRuntime:
         )
 
     # -- building a container
-    def _container_kwargs(self, spec: JobSpec, job_dir: Path) -> dict[str, Any]:
-        """Everything ``containers.create`` gets for ``spec``; raises RuntimeStartError."""
+    def _container_kwargs(
+        self, spec: JobSpec, job_dir: Path, acct: Account | None = None
+    ) -> dict[str, Any]:
+        """Everything ``containers.create`` gets for ``spec``; raises RuntimeStartError.
+
+        ``job_dir`` is the job's own tree on the host, mounted at :data:`OUTPUT_MOUNT`; the
+        container runs as ``acct`` (default: the account :func:`resolve_account` gives),
+        never as the image's own user, with ``no-new-privileges``.
+        """
+        if acct is None:
+            acct = resolve_account(self.ctx, spec)
         if not spec.image:
             raise RuntimeStartError("a docker job needs an image")
         if not spec.argv:
@@ -708,9 +708,15 @@ class DockerRuntime:
         # Like a process job, relative paths land in the output dir unless told otherwise
         # (an image's own WORKDIR would be thrown away with the container).
         kwargs["working_dir"] = spec.workdir or OUTPUT_MOUNT
-        user = self._unix_user(spec)
-        if user is not None:
-            kwargs["user"] = f"{user.pw_uid}:{user.pw_gid}"
+        # One rule with process jobs: the job's account, by number (the image need not know
+        # it), with its supplementary groups; no setuid file or capability can raise it.
+        kwargs["user"] = f"{acct.uid}:{acct.gid}"
+        extra_groups = [str(g) for g in acct.groups if g != acct.gid]
+        if extra_groups:
+            kwargs["group_add"] = extra_groups
+        kwargs["security_opt"] = ["no-new-privileges"]
+        if acct.uid != 0:
+            kwargs["cap_drop"] = ["ALL"]
         if spec.cpus > 0:
             kwargs["nano_cpus"] = int(spec.cpus * 1e9)
         if spec.mem_bytes > 0:
@@ -790,16 +796,6 @@ class DockerRuntime:
             )
         return real
 
-    def _unix_user(self, spec: JobSpec) -> pwd.struct_passwd | None:
-        """The local account the container runs as; None keeps the image's own user."""
-        name = spec.unix_user or (self.ctx.default_unix_user if self.ctx.runs_as_root else "")
-        if not name:
-            return None
-        try:
-            return pwd.getpwnam(name)
-        except KeyError:
-            return None
-
     def _network(self, spec: JobSpec) -> str:
         wanted = spec.network or self.network
         if wanted.startswith("container:") or not wanted:
@@ -832,12 +828,12 @@ class DockerRuntime:
             client = self._engine()
         except Exception as exc:
             raise RuntimeUnavailable(f"Docker engine unavailable: {_why(exc)}") from exc
-        kwargs = self._container_kwargs(spec, job_dir)
+        acct = resolve_account(self.ctx, spec)
+        kwargs = self._container_kwargs(spec, job_dir, acct)
         self._ensure_image(client, spec.image)
-        job_dir.mkdir(parents=True, exist_ok=True)
-        user = self._unix_user(spec)
-        if user is not None and self.ctx.runs_as_root:
-            os.chown(job_dir, user.pw_uid, user.pw_gid)
+        # The engine binds the tree itself: its host parents need not be reachable by the
+        # job's account.
+        jobfs.prepare_job_dir(self.ctx, job_dir, acct, reach_by_path=False)
         if not kwargs.get("device_requests") and spec.gpus:
             log.info(
                 "job %s: simulated GPUs, no device request for GPUs %s", spec.job_id, spec.gpus
@@ -848,19 +844,24 @@ class DockerRuntime:
             attempt=spec.attempt,
             runtime=self.name,
             job_dir=str(job_dir),
+            uid=acct.uid,
+            gid=acct.gid,
             started_at=time.time(),
             container_id=container.id,
             timeout_s=spec.timeout_s,
             kill_grace_s=spec.kill_grace_s,
             extra={"image": spec.image, "name": kwargs["name"]},
         )
-        sink = _LogSink(
-            job_dir / LOG_NAME, self._cursor_path(record), _Cursor(container_id=container.id)
+        sink = _LogSink.create(
+            job_dir / LOG_NAME,
+            self._cursor_path(record),
+            _Cursor(container_id=container.id),
+            (acct.uid, acct.gid),
         )
         sink.marker(
             f"[mlsm] job {spec.job_id} attempt {spec.attempt} on {self.ctx.node_name} started "
             f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC in image {spec.image} "
-            f"as {user.pw_name if user else 'the image user'} (container {container.short_id})\n"
+            f"as {acct.name}{acct.note} (container {container.short_id})\n"
         )
         try:
             container.start()
@@ -961,7 +962,10 @@ class DockerRuntime:
         gpus = container.labels.get("mlsm.gpus", "")
         handle.device_request_ids = [int(g) for g in gpus.split(",") if g.isdigit()]
         sink = _LogSink.resume(
-            Path(record.job_dir) / LOG_NAME, self._cursor_path(record), container.id
+            Path(record.job_dir) / LOG_NAME,
+            self._cursor_path(record),
+            container.id,
+            (record.uid, record.gid),
         )
         handle._attach(container, sink)
         return True

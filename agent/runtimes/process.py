@@ -5,15 +5,12 @@ session. The job is the shim's child in that session; the shim ignores SIGTERM/S
 and writes ``exit.json`` when the job ends, so an attempt survives the agent being
 kill -9'd and its outcome is still known when the agent comes back (:meth:`adopt`).
 
-Which Unix account a job runs as:
-
-* agent not root: the agent's own account (``unix_user`` cannot be honoured and the log
-  header says so);
-* agent root, ``spec.unix_user`` set: that account, which must exist (else
-  :class:`RuntimeStartError`); the job never falls back to root;
-* agent root, no ``unix_user``: ``ctx.default_unix_user`` when configured (must exist),
-  else the agent's own account (root), stated in the log header;
-* an account with uid 0 is never used through ``unix_user``/``default_unix_user``.
+Which Unix account a job runs as is decided by :mod:`agent.runtimes.accounts` (never uid 0
+on a root agent). The shim stays the agent's account; only the job drops to the job's
+account, in the shim's child, which also enters the working directory and checks the venv
+as that account. The job's own tree and the agent's bookkeeping are kept apart as
+:mod:`agent.runtimes.jobfs` describes; the agent opens nothing in either by following a
+link.
 
 The job's environment is built, not inherited: ``PATH``, ``LANG`` (and ``LC_ALL``, ``TZ``
 when set) from the agent; ``HOME``, ``USER``, ``LOGNAME`` of the job's account;
@@ -23,7 +20,8 @@ when set) from the agent; ``HOME``, ``USER``, ``LOGNAME`` of the job's account;
 and a job cannot override: ``CUDA_VISIBLE_DEVICES`` / ``NVIDIA_VISIBLE_DEVICES`` (the
 allocated indices, ``""`` / ``void`` when none), ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` (so CUDA
 numbers GPUs as NVML does), ``MLSM_JOB_ID``, ``MLSM_ATTEMPT``, ``MLSM_NODE``,
-``MLSM_OUTPUT_DIR``, ``MLSM_ARRAY_INDEX``, ``MLSM_DATASET_<NAME>``.
+``MLSM_OUTPUT_DIR`` (the job's own tree, also its default working directory),
+``MLSM_ARRAY_INDEX``, ``MLSM_DATASET_<NAME>``.
 
 Ending: :meth:`ProcessHandle.stop` sends SIGTERM to every process of the job's session and
 SIGKILL after the grace period. When the job's main process ends, whatever it left behind
@@ -36,11 +34,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pwd
 import re
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import threading
@@ -52,6 +48,8 @@ from typing import Any, Literal, cast, get_args
 
 import psutil
 
+from agent.runtimes import jobfs
+from agent.runtimes.accounts import Account, resolve_account
 from agent.runtimes.base import LOG_NAME, AdoptRecord, RuntimeContext, RuntimeStartError
 from agent.runtimes.shim import EXIT_NAME, STOP_NAME  # STOP_NAME also tells a re-adopter why
 from mlsm.wire.agent import JobReport, JobSpec
@@ -68,17 +66,6 @@ _PASSED_VARS = ("LC_ALL", "TZ")  # copied from the agent when set
 _OWNED_KINDS = ("process", "venv", "conda")
 EndKind = Literal["", "exit", "cancelled", "timeout", "oom", "error", "lost"]  # JobReport's
 _SHIM_IGNORES = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
-
-
-@dataclass(frozen=True)
-class _Account:
-    name: str
-    uid: int
-    gid: int
-    groups: tuple[int, ...]
-    home: str
-    switch: bool  # start the shim as this account (the agent is root)
-    note: str = ""  # said in the log header
 
 
 @dataclass
@@ -101,65 +88,80 @@ class ProcessRuntime:
     # ------------------------------------------------------------------ start
     def start(self, spec: JobSpec, job_dir: Path) -> ProcessHandle:
         job_dir = Path(job_dir)
-        log_path = job_dir / LOG_NAME
-        try:
-            return self._start(spec, job_dir, log_path)
-        except RuntimeStartError as e:
-            if job_dir.is_dir():
-                _append_line(log_path, f"[mlsm] job {spec.job_id} could not start: {e}")
-            raise
-
-    def _start(self, spec: JobSpec, job_dir: Path, log_path: Path) -> ProcessHandle:
         if spec.env_kind not in _OWNED_KINDS:
             raise RuntimeStartError(f"the process runtime cannot run env kind {spec.env_kind}")
         if not spec.argv:
             raise RuntimeStartError("the job has no command")
-        acct = self._account(spec)
-        self._prepare_job_dir(job_dir, acct)
-        workdir = Path(spec.workdir) if spec.workdir else job_dir
-        if not workdir.is_dir():
-            raise RuntimeStartError(f"workdir {workdir} does not exist on this node")
-        if acct.switch and not _can_access(workdir, acct, os.R_OK | os.X_OK):
-            raise RuntimeStartError(f"workdir {workdir} is not accessible to Unix user {acct.name}")
-        env = self._environment(spec, job_dir, workdir, acct)
-        exe = _resolve_command(spec.argv[0], env["PATH"], workdir, acct)
-        python, shim = self._shim_for(acct)
-
-        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        acct = resolve_account(self.ctx, spec)
         try:
-            if acct.switch:
-                os.fchown(fd, acct.uid, acct.gid)
-            when = datetime.now().astimezone().isoformat(timespec="seconds")
-            header = (
-                f"[mlsm] job {spec.job_id} attempt {spec.attempt} on {self.ctx.node_name} "
-                f"started {when} as {acct.name}{acct.note}\n"
-            )
-            os.write(fd, header.encode())
-            argv = [python, "-I", "-S", shim, str(job_dir), "--exe", exe, "--", *spec.argv]
-            extra: dict[str, Any] = {}
-            if acct.switch:
-                extra = {"user": acct.uid, "group": acct.gid, "extra_groups": list(acct.groups)}
-            started_at = time.time()
-            # The shim inherits this thread's signal mask: it must not die of a SIGTERM sent
-            # before it has set itself to ignore it (see shim.py).
-            old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SHIM_IGNORES)
-            try:
-                proc = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=fd,
-                    stderr=fd,
-                    cwd=workdir,
-                    env=env,
-                    start_new_session=True,
-                    **extra,
-                )
-            except OSError as e:
-                raise RuntimeStartError(f"could not start the job: {e}") from e
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            control = jobfs.ensure_control_dir(self.ctx, spec.job_id)
+            for name in (EXIT_NAME, EXIT_NAME + ".tmp", STOP_NAME):  # of an earlier attempt
+                jobfs.remove_file(control / name)
+            jobfs.prepare_job_dir(self.ctx, job_dir, acct)
+            fd = jobfs.open_job_log(job_dir, acct.uid, acct.gid)
+        except OSError as e:
+            raise RuntimeStartError(f"cannot prepare job {spec.job_id}'s files: {e}") from e
+        try:
+            return self._spawn(spec, job_dir, control, acct, fd)
+        except RuntimeStartError as e:
+            line = f"[mlsm] job {spec.job_id} could not start: {e}\n"
+            with contextlib.suppress(OSError):
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    line = "\n" + line
+                os.write(fd, line.encode())
+            raise
         finally:
             os.close(fd)
+
+    def _spawn(
+        self, spec: JobSpec, job_dir: Path, control: Path, acct: Account, fd: int
+    ) -> ProcessHandle:
+        """Start the shim with the job's log on ``fd`` (the caller closes it)."""
+        workdir = Path(spec.workdir) if spec.workdir else job_dir
+        env, needs = self._environment(spec, job_dir, workdir, acct)
+        if not acct.switch:
+            # The job runs as the agent's own account: what the agent can see, so can the
+            # job, and a refusal now is clearer than one from inside the shim.
+            if not workdir.is_dir():
+                raise RuntimeStartError(f"workdir {workdir} does not exist on this node")
+            for what, path in needs:
+                if not os.access(path, os.X_OK):
+                    raise RuntimeStartError(f"{what} not found on this node")
+            _resolve_command(spec.argv[0], env["PATH"], workdir)
+        opts = ["--cwd", str(workdir)]
+        if acct.switch:
+            groups = ",".join(str(g) for g in acct.groups)
+            opts += ["--uid", str(acct.uid), "--gid", str(acct.gid), "--groups", groups]
+            opts += ["--user", acct.name]
+        for what, path in needs:
+            opts += ["--need", f"{what}={path}"]
+        when = datetime.now().astimezone().isoformat(timespec="seconds")
+        header = (
+            f"[mlsm] job {spec.job_id} attempt {spec.attempt} on {self.ctx.node_name} "
+            f"started {when} as {acct.name}{acct.note}\n"
+        )
+        os.write(fd, header.encode())
+        argv = [sys.executable, "-I", "-S", str(SHIM_PATH), str(control), *opts]
+        argv += ["--", *spec.argv]
+        started_at = time.time()
+        # The shim inherits this thread's signal mask: it must not die of a SIGTERM sent
+        # before it has set itself to ignore it (see shim.py).
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SHIM_IGNORES)
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=fd,
+                stderr=fd,
+                cwd="/",
+                env=env,
+                start_new_session=True,
+            )
+        except OSError as e:
+            raise RuntimeStartError(f"could not start the job: {e}") from e
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         try:
             pid_start = psutil.Process(proc.pid).create_time()
         except psutil.Error:
@@ -169,6 +171,9 @@ class ProcessRuntime:
             attempt=spec.attempt,
             runtime=self.name,
             job_dir=str(job_dir),
+            control_dir=str(control),
+            uid=acct.uid,
+            gid=acct.gid,
             started_at=started_at,
             pid=proc.pid,
             pid_start=pid_start,
@@ -196,60 +201,10 @@ class ProcessRuntime:
             return handle._finish(lost_reason=LOST_WHILE_DOWN)
 
     # ------------------------------------------------------------------ helpers
-    def _account(self, spec: JobSpec) -> _Account:
-        if not self.ctx.runs_as_root:
-            uid = os.geteuid()
-            try:
-                pw = pwd.getpwuid(uid)
-                name, home = pw.pw_name, pw.pw_dir
-            except KeyError:
-                name, home = os.environ.get("USER", str(uid)), os.environ.get("HOME", "/")
-            note = ""
-            if spec.unix_user and spec.unix_user != name:
-                note = f" (the agent is not root, so not as {spec.unix_user})"
-            return _Account(name, uid, os.getegid(), (), home, switch=False, note=note)
-        name = spec.unix_user or self.ctx.default_unix_user
-        if not name:
-            pw = pwd.getpwuid(os.geteuid())
-            note = " (the agent's own account: no Unix user given and no default configured)"
-            return _Account(pw.pw_name, pw.pw_uid, pw.pw_gid, (), pw.pw_dir, False, note)
-        try:
-            pw = pwd.getpwnam(name)
-        except KeyError:
-            raise RuntimeStartError(f"Unix user {name} does not exist on this node") from None
-        if pw.pw_uid == 0:
-            raise RuntimeStartError(f"refusing to run a job as Unix user {name}: it is uid 0")
-        groups = tuple(os.getgrouplist(pw.pw_name, pw.pw_gid))
-        return _Account(pw.pw_name, pw.pw_uid, pw.pw_gid, groups, pw.pw_dir, switch=True)
-
-    def _prepare_job_dir(self, job_dir: Path, acct: _Account) -> None:
-        job_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(job_dir, 0o750)  # noqa: S103 (group may read outputs, as specified)
-        for name in (EXIT_NAME, EXIT_NAME + ".tmp", STOP_NAME):  # from an earlier attempt
-            with contextlib.suppress(FileNotFoundError):
-                (job_dir / name).unlink()
-        if not acct.switch:
-            return
-        os.chown(job_dir, acct.uid, acct.gid)
-        log = job_dir / LOG_NAME
-        if log.exists():
-            os.chown(log, acct.uid, acct.gid)
-        # The job's account must reach its dir: let it traverse (not list) the agent's dirs.
-        data = Path(self.ctx.agent_data)
-        if data in job_dir.parents:
-            for d in [data, *[p for p in job_dir.parents if data in p.parents]]:
-                mode = d.stat().st_mode
-                if not mode & stat.S_IXOTH:
-                    os.chmod(d, stat.S_IMODE(mode) | stat.S_IXOTH)
-        if not _can_access(job_dir, acct, os.R_OK | os.W_OK | os.X_OK):
-            raise RuntimeStartError(
-                f"job directory {job_dir} is not reachable by Unix user {acct.name}: "
-                "a parent directory is not searchable (put the agent's data dir under /var/lib)"
-            )
-
     def _environment(
-        self, spec: JobSpec, job_dir: Path, workdir: Path, acct: _Account
-    ) -> dict[str, str]:
+        self, spec: JobSpec, job_dir: Path, workdir: Path, acct: Account
+    ) -> tuple[dict[str, str], list[tuple[str, str]]]:
+        """The job's environment, and the paths it needs (checked as its account)."""
         env = {
             "PATH": os.environ.get("PATH") or DEFAULT_PATH,
             "HOME": acct.home,
@@ -262,12 +217,14 @@ class ProcessRuntime:
             if k in os.environ:
                 env[k] = os.environ[k]
         env.update(spec.env)
+        needs: list[tuple[str, str]] = []
         if spec.env_kind == "venv":
-            venv = Path(spec.venv) if spec.venv else Path()
+            if not spec.venv:
+                raise RuntimeStartError("no venv named")
+            venv = Path(spec.venv)
             if not venv.is_absolute():
                 venv = workdir / venv
-            if not spec.venv or not (venv / "bin" / "python").exists():
-                raise RuntimeStartError(f"venv {spec.venv} not found on this node")
+            needs.append((f"venv {spec.venv}", str(venv / "bin" / "python")))
             env["PATH"] = f"{venv / 'bin'}:{env.get('PATH', DEFAULT_PATH)}"
             env["VIRTUAL_ENV"] = str(venv)
             env.pop("PYTHONHOME", None)
@@ -291,7 +248,7 @@ class ProcessRuntime:
             env["MLSM_ARRAY_INDEX"] = str(spec.array_index)
         for name, path in spec.datasets.items():
             env["MLSM_DATASET_" + re.sub(r"[^A-Za-z0-9]", "_", name).upper()] = path
-        return env
+        return env, needs
 
     def _conda_prefix(self, name: str) -> Path:
         if not name:
@@ -325,29 +282,6 @@ class ProcessRuntime:
                 return root
         raise RuntimeStartError(f"conda environment {name} not found on this node")
 
-    def _shim_for(self, acct: _Account) -> tuple[str, str]:
-        """An interpreter and a shim file the job's account can use (root's may be 0700)."""
-        if not acct.switch:
-            return sys.executable, str(SHIM_PATH)
-        pythons = [sys.executable, "/usr/bin/python3", shutil.which("python3") or ""]
-        python = next((p for p in pythons if p and _can_access(Path(p), acct, os.X_OK)), None)
-        if python is None:
-            raise RuntimeStartError(f"no Python interpreter is executable by Unix user {acct.name}")
-        shim = SHIM_PATH
-        if not _can_access(shim, acct, os.R_OK):
-            shim = Path(self.ctx.agent_data) / "mlsm-shim.py"
-            code = SHIM_PATH.read_bytes()
-            if not shim.exists() or shim.read_bytes() != code:
-                tmp = shim.with_suffix(".tmp")
-                tmp.write_bytes(code)
-                os.chmod(tmp, 0o644)
-                os.replace(tmp, shim)
-            if not _can_access(shim, acct, os.R_OK):
-                raise RuntimeStartError(
-                    f"the job supervisor is not readable by Unix user {acct.name}"
-                )
-        return python, str(shim)
-
 
 class ProcessHandle:
     """One attempt running under its shim; thread-safe (a timer thread escalates stops)."""
@@ -365,7 +299,14 @@ class ProcessHandle:
 
     @property
     def job_dir(self) -> Path:
+        """The job's own tree: ``MLSM_OUTPUT_DIR``, default workdir, ``output.log``."""
         return Path(self.record.job_dir)
+
+    @property
+    def control_dir(self) -> Path:
+        """The agent's bookkeeping (``exit.json``, ``stop.json``); the job dir for records
+        of an older agent."""
+        return Path(self.record.control_dir or self.record.job_dir)
 
     @property
     def session_id(self) -> int:
@@ -402,8 +343,8 @@ class ProcessHandle:
         kill_at = now + max(0.0, grace_s)
         if self._stop is None:
             self._stop = _Stop(_stop_reason(reason, end_kind), _end_kind(end_kind), kill_at)
-            _write_json(
-                self.job_dir / STOP_NAME,
+            _write_stop(
+                self.control_dir / STOP_NAME,
                 {"reason": self._stop.reason, "end_kind": end_kind, "kill_at": kill_at},
             )
         else:  # a repeated stop can only bring the kill forward
@@ -432,12 +373,14 @@ class ProcessHandle:
                 self._kill_session()
 
     def _restore_stop(self) -> None:
+        data = jobfs.read_json(self.control_dir / STOP_NAME)
+        if data is None:
+            return
         try:
-            data = json.loads((self.job_dir / STOP_NAME).read_bytes())
             self._stop = _Stop(
                 str(data["reason"]), _end_kind(data["end_kind"]), float(data["kill_at"])
             )
-        except (OSError, ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError):
             return
         self._arm_timer()
 
@@ -471,16 +414,18 @@ class ProcessHandle:
         if self._stop is None:
             self._restore_stop_quietly()
         report = _final_report(
-            self.record, _read_json(self.job_dir / EXIT_NAME), self._stop, lost_reason
+            self.record, jobfs.read_json(self.control_dir / EXIT_NAME), self._stop, lost_reason
         )
         if self._stop is not None:
-            _append_marker(self.job_dir / LOG_NAME, self.record.job_id, self._stop.reason)
-            report.log_size = _size(self.job_dir / LOG_NAME)
+            _append_marker(
+                self.job_dir / LOG_NAME, self.record.job_id, self._stop.reason, self.record.uid
+            )
+            report.log_size = jobfs.file_size(self.job_dir / LOG_NAME)
         self._final = report
         return report
 
     def _restore_stop_quietly(self) -> None:
-        data = _read_json(self.job_dir / STOP_NAME)
+        data = jobfs.read_json(self.control_dir / STOP_NAME)
         if data and "reason" in data:
             self._stop = _Stop(str(data["reason"]), _end_kind(data.get("end_kind")), 0.0)
 
@@ -508,34 +453,11 @@ def _marker(job_id: int, reason: str) -> str:
     return f"[mlsm] job {job_id} {reason}"
 
 
-def _append_marker(log: Path, job_id: int, reason: str) -> None:
+def _append_marker(log: Path, job_id: int, reason: str, owner: int | None) -> None:
     line = _marker(job_id, reason)
-    try:
-        with open(log, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - MARKER_TAIL_BYTES))
-            if line.encode() in f.read():
-                return  # written before an agent restart
-    except OSError:
-        pass
-    _append_line(log, line)
-
-
-def _append_line(log: Path, line: str) -> None:
-    try:
-        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
-    except OSError:
-        return
-    try:
-        # Start on a fresh line when the job's output did not end with one.
-        size = os.fstat(fd).st_size
-        prefix = b""
-        if size:
-            with open(log, "rb") as f:
-                f.seek(size - 1)
-                prefix = b"" if f.read(1) == b"\n" else b"\n"
-        os.write(fd, prefix + line.encode() + b"\n")
-    finally:
-        os.close(fd)
+    if jobfs.tail_contains(log, line.encode(), MARKER_TAIL_BYTES, owner):
+        return  # written before an agent restart
+    jobfs.append_line(log, line, owner)
 
 
 def _final_report(
@@ -546,7 +468,7 @@ def _final_report(
         "attempt": record.attempt,
         "pid": record.pid,
         "started_at": record.started_at,
-        "log_size": _size(Path(record.job_dir) / LOG_NAME),
+        "log_size": jobfs.file_size(Path(record.job_dir) / LOG_NAME),
     }
     if info is None:
         if stop is not None:  # never expected: stop() leaves the shim alive to record it
@@ -597,7 +519,7 @@ def _signame(sig: int) -> str:
         return "?"
 
 
-def _resolve_command(cmd: str, path: str, workdir: Path, acct: _Account) -> str:
+def _resolve_command(cmd: str, path: str, workdir: Path) -> str:
     if "/" in cmd:
         p = Path(cmd) if os.path.isabs(cmd) else workdir / cmd
         found = str(p) if p.is_file() and os.access(p, os.X_OK) else None
@@ -605,37 +527,7 @@ def _resolve_command(cmd: str, path: str, workdir: Path, acct: _Account) -> str:
         found = shutil.which(cmd, path=path)
     if not found:
         raise RuntimeStartError(f"command not found: {cmd}")
-    if acct.switch and not _can_access(Path(found), acct, os.X_OK):
-        raise RuntimeStartError(f"command {cmd} is not executable by Unix user {acct.name}")
     return os.path.abspath(found)
-
-
-def _can_access(path: Path, acct: _Account, want: int) -> bool:
-    """Whether ``acct`` may ``want`` (R/W/X bits) ``path``, by mode bits (ACLs not read)."""
-    if acct.uid == 0:
-        return True
-    groups = {acct.gid, *acct.groups}
-    for p in {Path(os.path.abspath(path)), Path(os.path.realpath(path))}:
-        for d in p.parents:
-            if not _perm(d, acct.uid, groups, os.X_OK):
-                return False
-        if not _perm(p, acct.uid, groups, want):
-            return False
-    return True
-
-
-def _perm(path: Path, uid: int, groups: set[int], want: int) -> bool:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return False
-    if st.st_uid == uid:
-        bits = st.st_mode >> 6
-    elif st.st_gid in groups:
-        bits = st.st_mode >> 3
-    else:
-        bits = st.st_mode
-    return bits & want == want
 
 
 def _same_process_alive(pid: int, create_time: float | None) -> bool:
@@ -681,23 +573,6 @@ def _session_members(sid: int, *, not_before: float | None) -> list[int]:
     return out
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_bytes())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+def _write_stop(path: Path, data: dict[str, Any]) -> None:
     with contextlib.suppress(OSError):
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, path)
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
+        jobfs.write_json(path, data)

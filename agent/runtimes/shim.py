@@ -2,19 +2,29 @@
 
 Started by :mod:`agent.runtimes.process` as::
 
-    python -I -S shim.py JOB_DIR [--exe PATH] -- ARGV...
+    python -I -S shim.py CONTROL_DIR [--uid U --gid G --groups G1,G2 --user NAME]
+                                     [--cwd DIR] [--need WHAT=PATH]... -- ARGV...
 
-in a new session, already running as the job's Unix account, with stdin ``/dev/null``,
-stdout+stderr appended to ``JOB_DIR/output.log``, and SIGTERM/SIGINT/SIGHUP blocked (so a
-stop that arrives while the interpreter is still starting cannot kill the shim). It
-spawns ``ARGV`` (executing ``PATH`` when given, else ``ARGV[0]`` as is) as its only child,
-in the same session and process group, so that a SIGTERM to the process group reaches the
-job while the shim itself ignores it and lives on to record the outcome. When the child
-ends it writes ``JOB_DIR/exit.json`` atomically (tmp + rename)::
+in a new session, as the agent's own account, with stdin ``/dev/null``, stdout+stderr
+appended to the job's ``output.log`` (a descriptor the agent opened), and
+SIGTERM/SIGINT/SIGHUP blocked (so a stop that arrives while the interpreter is still
+starting cannot kill the shim). It forks the job as its only child, in the same session and
+process group, so that a SIGTERM to the process group reaches the job while the shim itself
+ignores it and lives on to record the outcome. The child, before it executes ``ARGV``
+(``ARGV[0]`` searched in ``PATH`` unless it holds a ``/``):
+
+* drops to the job's account (``--uid/--gid/--groups``: supplementary groups, then gid,
+  then uid), so the job never holds the agent's privileges while the shim keeps them;
+* changes to ``--cwd`` *as that account*, and checks every ``--need`` path is usable by it,
+  so what it may not reach is refused in the same words whether or not it exists.
+
+The shim stays the agent's account, so it records the end in ``CONTROL_DIR/exit.json``,
+a directory the job cannot write, atomically (tmp + rename)::
 
     {"exit_code": int | null, "signal": int | null, "ended_at": float, "error": str?}
 
-``error`` is only present when the child could not be executed at all (exit_code 127).
+``error`` is only present when the job could not be started at all (exit_code 127); the
+child tells the shim why through a close-on-exec pipe.
 
 It never touches the agent's pipes, so it survives the agent being kill -9'd. Start-up is
 kept cheap: no ``site``, no imports beyond ``os``, ``sys``, ``_signal`` and ``time``.
@@ -35,6 +45,11 @@ _IGNORED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # Python ignores SIGPIPE and SIGXFSZ itself; ignored dispositions survive exec, so the job
 # gets them (and the signals the shim ignores) reset to their defaults.
 _RESET = (*_IGNORED, signal.SIGPIPE, signal.SIGXFSZ)
+_USAGE = (
+    "usage: shim.py CONTROL_DIR [--uid U --gid G --groups G,... --user NAME] [--cwd DIR]"
+    " [--need WHAT=PATH]... -- ARGV...\n"
+)
+_MAX_ERROR = 2048
 
 
 def _json_str(s: str) -> str:
@@ -54,14 +69,19 @@ def _num(v: int | None) -> str:
     return "null" if v is None else str(int(v))
 
 
-def write_exit(job_dir: str, exit_code: int | None, sig: int | None, error: str = "") -> None:
+def write_exit(control_dir: str, exit_code: int | None, sig: int | None, error: str = "") -> None:
     body = f'{{"exit_code": {_num(exit_code)}, "signal": {_num(sig)}, "ended_at": {time.time()!r}'
     if error:
         body += ', "error": ' + _json_str(error)
     body += "}\n"
-    path = os.path.join(job_dir, EXIT_NAME)
+    path = os.path.join(control_dir, EXIT_NAME)
     tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, 0o600)
     try:
         os.write(fd, body.encode())
         os.fsync(fd)
@@ -70,34 +90,126 @@ def write_exit(job_dir: str, exit_code: int | None, sig: int | None, error: str 
     os.replace(tmp, path)
 
 
-def main(args: list[str]) -> int:
+def _parse(args: list[str]) -> dict | None:  # type: ignore[type-arg]
     if len(args) < 3 or "--" not in args:
-        sys.stderr.write("usage: shim.py JOB_DIR [--exe PATH] -- ARGV...\n")
-        return 2
+        return None
     sep = args.index("--")
-    job_dir, opts, argv = args[0], args[1:sep], args[sep + 1 :]
-    exe = argv[0] if argv else ""
-    if len(opts) == 2 and opts[0] == "--exe":
-        exe = opts[1]
-    elif opts or not argv:
-        sys.stderr.write("usage: shim.py JOB_DIR [--exe PATH] -- ARGV...\n")
-        return 2
+    opts, argv = args[1:sep], args[sep + 1 :]
+    if not argv or len(opts) % 2:
+        return None
+    out: dict = {"dir": args[0], "argv": argv, "need": [], "user": ""}  # type: ignore[type-arg]
+    for key, value in zip(opts[::2], opts[1::2], strict=True):
+        if key in ("--uid", "--gid"):
+            out[key[2:]] = int(value)
+        elif key == "--groups":
+            out["groups"] = [int(g) for g in value.split(",") if g]
+        elif key == "--user":
+            out["user"] = value
+        elif key == "--cwd":
+            out["cwd"] = value
+        elif key == "--need" and "=" in value:
+            out["need"].append(value.split("=", 1))
+        else:
+            return None
+    if ("uid" in out) != ("gid" in out):
+        return None
+    return out
 
+
+def _child(o: dict, report: int) -> None:  # type: ignore[type-arg]
+    """In the forked child: become the job, or tell the shim why not; never returns."""
+    who = o["user"] or str(os.getuid())
+    msg = ""
+    try:
+        for s in _RESET:
+            signal.signal(s, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())
+        if "uid" in o:
+            os.setgroups(o.get("groups", []))
+            os.setgid(o["gid"])
+            os.setuid(o["uid"])
+            if os.getuid() != o["uid"] or os.geteuid() != o["uid"]:
+                raise PermissionError("could not drop privileges")
+        cwd = o.get("cwd")
+        if cwd:
+            try:
+                os.chdir(cwd)
+            except OSError:
+                msg = f"workdir {cwd} does not exist or is not accessible to Unix user {who}"
+                raise
+        for what, path in o["need"]:
+            if not os.access(path, os.X_OK):
+                msg = f"{what} does not exist or is not usable by Unix user {who}"
+                raise FileNotFoundError(path)
+        argv = o["argv"]
+        try:
+            _exec(argv)
+        except FileNotFoundError:
+            msg = f"command not found: {argv[0]}"
+            raise
+        except PermissionError:
+            msg = f"command {argv[0]} is not executable by Unix user {who}"
+            raise
+    except BaseException as e:
+        if not msg:
+            msg = f"could not execute {o['argv'][0]}: {getattr(e, 'strerror', None) or e}"
+    try:
+        os.write(report, msg.encode("utf-8", "replace")[:_MAX_ERROR])
+    finally:
+        os._exit(127)
+
+
+def _exec(argv: list[str]) -> None:
+    """``execvp``, by hand: ``os.execvpe`` imports modules, which the job's account may not
+    be able to read once the child has dropped to it."""
+    env = os.environ
+    if "/" in argv[0]:
+        os.execve(argv[0], argv, env)  # noqa: S606 (an argv, never a shell)
+    denied: OSError | None = None
+    for d in (env.get("PATH") or os.defpath).split(":"):
+        try:
+            os.execve(os.path.join(d or ".", argv[0]), argv, env)  # noqa: S606
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except PermissionError as e:
+            denied = e  # as execvp: keep looking, report "permission denied" if nothing runs
+    if denied is not None:
+        raise denied
+    raise FileNotFoundError(argv[0])
+
+
+def main(args: list[str]) -> int:
+    o = _parse(args)
+    if o is None:
+        sys.stderr.write(_USAGE)
+        return 2
     # The agent starts us with these blocked, so a SIGTERM sent before this point is held
     # pending; ignoring discards it, and only then do we unblock.
     for s in _IGNORED:
         signal.signal(s, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _IGNORED)
-    try:
-        pid = os.posix_spawn(exe, argv, os.environ, setsigdef=_RESET, setsigmask=())
-    except OSError as e:
-        msg = f"could not execute {exe}: {e.strerror or e}"
-        sys.stderr.write("[mlsm] " + msg + "\n")
-        write_exit(job_dir, 127, None, msg)
+    rd, wr = os.pipe()  # close-on-exec: a successful exec closes the child's end
+    pid = os.fork()
+    if pid == 0:
+        os.close(rd)
+        _child(o, wr)
+    os.close(wr)
+    chunks = []
+    while True:
+        chunk = os.read(rd, _MAX_ERROR)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(rd)
+    error = b"".join(chunks).decode("utf-8", "replace")
+    if error:
+        os.waitpid(pid, 0)
+        sys.stderr.write("[mlsm] " + error + "\n")
+        write_exit(o["dir"], 127, None, error)
         return 0
     # A stop signalled while we were starting hit no job (and we discarded it): the agent
-    # writes STOP_NAME before it signals, so looking after the spawn never misses one.
-    if os.path.exists(os.path.join(job_dir, STOP_NAME)):
+    # writes STOP_NAME before it signals, so looking after the exec never misses one.
+    if os.path.exists(os.path.join(o["dir"], STOP_NAME)):
         try:
             os.killpg(os.getpgrp(), signal.SIGTERM)
         except OSError:
@@ -105,9 +217,9 @@ def main(args: list[str]) -> int:
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
     if code < 0:
-        write_exit(job_dir, None, -code)
+        write_exit(o["dir"], None, -code)
     else:
-        write_exit(job_dir, code, None)
+        write_exit(o["dir"], code, None)
     return 0
 
 

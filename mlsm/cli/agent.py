@@ -39,6 +39,12 @@ def _labels(items: tuple[str, ...]) -> dict[str, str]:
     "--default-unix-user",
     help="Run jobs of users with no Unix mapping as this account (agent as root).",
 )
+@click.option(
+    "--single-user",
+    is_flag=True,
+    default=None,
+    help="Run every job as the agent's own account, even as root (a one-person machine).",
+)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option(
     "--print-systemd-unit",
@@ -81,7 +87,9 @@ def agent(
 
     setup_logging(s.log_level)
     data = s.agent_data_path
-    data.mkdir(parents=True, exist_ok=True, mode=0o700)
+    from agent.runtimes.accounts import data_dir_mode
+
+    data.mkdir(parents=True, exist_ok=True, mode=data_dir_mode(os.geteuid() == 0, s.single_user))
     verify: object = True
     fp_file = data / "master-fingerprint"
     token = s.join_token
@@ -113,6 +121,7 @@ def agent(
         verify=verify,
         heartbeat_interval=s.heartbeat_interval,
         default_unix_user=s.default_unix_user,
+        single_user=s.single_user,
     )
     os.umask(0o022)
     asyncio.run(Agent(cfg).run())

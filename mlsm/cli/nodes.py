@@ -151,6 +151,40 @@ def nodes(ctx: click.Context, labels: tuple[str, ...], as_json: bool) -> None:
             "LAST SEEN",
         ],
     )
+    for n in rows:
+        warning = _own_account_warning(n.info)
+        if warning:
+            echo(f"warning: node {n.name}: {warning}", err=True)
+
+
+def _own_account_warning(i: api.NodeInfo) -> str:
+    """Jobs that would run as the agent's own account on this node, said plainly ("" none)."""
+    if i.job_account:
+        who = f"{i.job_account} (uid 0)" if i.job_account == "root" else i.job_account
+        return (
+            f"every job runs as the agent's own account {who}: users' jobs are not "
+            "separated there (run the agent as root without --single-user to run each "
+            "user's jobs as their own account)"
+        )
+    if i.runs_as_root and not i.default_unix_user:
+        return (
+            "jobs of admins with no Unix account there run as root (map them with "
+            "`mlsm user set NAME --unix-user ACCOUNT`)"
+        )
+    return ""
+
+
+def _accounts_line(i: api.NodeInfo) -> str:
+    if i.job_account:
+        return "WARNING: " + _own_account_warning(i)
+    if i.default_unix_user:
+        return f"each user's own Unix account; users without one run as {i.default_unix_user}"
+    if not i.runs_as_root:  # an agent that predates the account facts
+        return "the agent's own account"
+    return (
+        "each user's own Unix account; members without one wait for an admin to map one; "
+        "WARNING: " + _own_account_warning(i)
+    )
 
 
 @click.group()
@@ -185,6 +219,7 @@ def node_show(ctx: click.Context, name: str, as_json: bool) -> None:
     )
     if not i.docker_available and i.docker_error:
         echo(f"docker    unavailable: {i.docker_error}")
+    echo(f"run as    {_accounts_line(i)}")
     if n.labels:
         echo("labels    " + ", ".join(f"{k}={v}" for k, v in n.labels.items()))
     if n.host:

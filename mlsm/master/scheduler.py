@@ -21,7 +21,10 @@ Rules as implemented
   in this pass count), and no user goes over ``ctx.user_caps[user]`` GPUs (no entry means
   no cap).
 * **Node filters.** The node the job names, every label, every dataset (servers do not
-  share storage), and the runtime (``env_kind`` must be in the node's ``runtimes``).
+  share storage), the runtime (``env_kind`` must be in the node's ``runtimes``), and a
+  Unix account: a job whose user has no mapping (``ctx.mapped_users``) goes only where an
+  account of the user's name exists, unless the node takes anyone's jobs
+  (``NodeCap.accounts`` is None: one shared account, or a default account for the rest).
   Only schedulable nodes (online and not draining) get jobs.
 * **Fit.** Whole GPUs, each with ``mem_total_bytes >= gpu_mem_bytes``, all on one node.
   CPUs and memory are checked and reserved only when the job asks for them (> 0).
@@ -53,6 +56,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from mlsm.policy import no_account_reason
 from mlsm.wire.api import FINAL_STATES
 
 __all__ = [
@@ -101,6 +105,8 @@ class NodeCap:
     runtimes: frozenset[str] = DEFAULT_RUNTIMES
     #: Why it is not schedulable, as it reads after "node gpu3 is": "offline", "draining".
     reason_unschedulable: str = ""
+    #: Unix accounts a user's job may run as by name; None = any user's job can run here.
+    accounts: frozenset[str] | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -131,6 +137,9 @@ class SchedContext:
     user_gpus_in_use: Mapping[str, int] = field(default_factory=dict)
     user_caps: Mapping[str, int] = field(default_factory=dict)  # no entry = no cap
     usage: Mapping[str, float] = field(default_factory=dict)  # decayed recent GPU-hours
+    #: Users mapped to a Unix account, and admins (who may fall back to the agent's own
+    #: account): their jobs need no same-named account on the node.
+    mapped_users: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True, frozen=True)
@@ -245,6 +254,14 @@ class _Pass:
         self.failed: dict[tuple[object, ...], str] = {}
         self.user_placed: dict[str, int] = {}
         self.array_placed: dict[int, int] = {}
+        # Whether any online node runs only users' own accounts (else skip the account test).
+        self.restricted = any(n.cap.accounts is not None for n in self.nodes)
+
+    def _account(self, job: PendingJob) -> str | None:
+        """The account name ``job`` needs on its node, or None when any node will do."""
+        if job.user in self.ctx.mapped_users:
+            return None
+        return job.user
 
     # ---- candidates
     def _cand(self, job: PendingJob) -> _Cand:
@@ -265,6 +282,17 @@ class _Pass:
         if len(ok) < len(self.nodes):  # a runtime every node has is not worth naming
             docker = " (Docker unavailable)" if env == "docker" else ""
             tests.append((f"can run {env} jobs", ok, f"no online node can run {env} jobs{docker}"))
+        acct = self._account(job) if self.restricted else None
+        if acct is not None:
+            ok = [n for n in self.nodes if n.cap.accounts is None or acct in n.cap.accounts]
+            if len(ok) < len(self.nodes):
+                tests.append(
+                    (
+                        f"has a Unix account for {acct}",
+                        ok,
+                        no_account_reason(acct, "any online node"),
+                    )
+                )
         kept = self.nodes
         descs = []
         for desc, ok, alone in tests:
@@ -310,6 +338,9 @@ class _Pass:
         if job.env_kind not in cap.runtimes:
             extra = " (Docker unavailable)" if job.env_kind == "docker" else ""
             return _Cand([], where, f"{where} cannot run {job.env_kind} jobs{extra}")
+        acct = self._account(job)
+        if cap.accounts is not None and acct is not None and acct not in cap.accounts:
+            return _Cand([], where, no_account_reason(acct, where))
         cand = _Cand([self.by_name[name]], where)  # type: ignore[index]
         cand.members = {cand.nodes[0].pos}
         return cand
@@ -408,7 +439,8 @@ class _Pass:
                         else f"asks for {_gpus(g)}, more than the user GPU cap of {cap}"
                     )
                     return False
-        if job.node is None and not job.labels and not job.datasets:
+        acct = self._account(job) if self.restricted else None
+        if job.node is None and not job.labels and not job.datasets and acct is None:
             ckey: object = job.env_kind
         else:
             ckey = (
@@ -416,6 +448,7 @@ class _Pass:
                 tuple(sorted(job.labels.items())),
                 tuple(sorted(set(job.datasets))),
                 job.env_kind,
+                acct,
             )
         cand = self.cands.get(ckey)
         if cand is None:

@@ -35,6 +35,9 @@ LongStr = Annotated[str, Meta(max_length=4096)]
 NonNeg = Annotated[int, Meta(ge=0)]
 Pct = Annotated[float, Meta(ge=0, le=100)]
 
+AccountName = Annotated[str, Meta(min_length=1, max_length=64)]
+MAX_NODE_ACCOUNTS = 20_000  # a node's regular Unix accounts listed in its info
+
 MAX_LOG_CHUNK = 1 << 20  # bytes of log in one LogChunk
 LogBytes = Annotated[bytes, Meta(max_length=MAX_LOG_CHUNK)]
 
@@ -61,6 +64,13 @@ class NodeInfo(Struct, kw_only=True, omit_defaults=True):
     docker_available: bool = False
     docker_error: LongStr = ""
     runs_as_root: bool = False
+    # Who jobs run as here (see agent/runtimes/accounts.py). ``job_account`` set: every job
+    # runs as that one account (an agent that is not root, or --single-user). Otherwise each
+    # user's own: mapped, else a same-named regular account (``unix_users``), else
+    # ``default_unix_user`` when the node has one; else the job waits on the master.
+    job_account: ShortStr = ""
+    default_unix_user: ShortStr = ""
+    unix_users: Annotated[list[AccountName], Meta(max_length=MAX_NODE_ACCOUNTS)] = []
 
 
 # ---------------------------------------------------------------- telemetry
@@ -219,7 +229,8 @@ class JobSpec(Struct, kw_only=True, omit_defaults=True):
     attempt: NonNeg = 0
     name: ShortStr = ""
     user: ShortStr = ""  # mlsm user name of the submitter
-    unix_user: ShortStr = ""  # account to run as when the agent runs as root ("" = agent's own)
+    unix_user: ShortStr = ""  # the user's mapped account ("" = none; see agent accounts.py)
+    admin: bool = False  # the submitter is an admin: may run as the agent's own account
     argv: list[LongStr]
     env: dict[ShortStr, LongStr] = {}
     workdir: LongStr = ""

@@ -148,7 +148,12 @@ class Lab:
 
     # ------------------------------------------------------------------ environment
     def env(self, **extra: str) -> dict[str, str]:
-        """A clean environment: no MLSM_* of the caller, HOME and XDG dirs inside the lab."""
+        """A clean environment: no MLSM_* of the caller, HOME and XDG dirs inside the lab.
+
+        Agents run every job as their own account (``MLSM_SINGLE_USER``), as on a one-person
+        machine: the lab's users have no Unix accounts here. Tests of the account rule start
+        agents with ``MLSM_SINGLE_USER="0"``.
+        """
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLSM_")}
         home = self.root / "home"
         env.update(
@@ -156,6 +161,7 @@ class Lab:
             XDG_CONFIG_HOME=str(home / ".config"),
             XDG_DATA_HOME=str(home / ".local" / "share"),
             PYTHONUNBUFFERED="1",
+            MLSM_SINGLE_USER="1",
         )
         env.update(extra)
         return env

@@ -64,7 +64,9 @@ def start_agent(
         argv += ["--join-token", lab.join_token()]
     argv += ["--simulate-gpus", GPUS, *args]
     log_name = f"agent-{name}.log"
-    proc = lab._spawn(argv, log_name, lab.env(**(env or {})))
+    # As the packaged service runs it: as root, each user's jobs as their own account.
+    env = {"MLSM_SINGLE_USER": "0", **(env or {})}
+    proc = lab._spawn(argv, log_name, lab.env(**env))
     agent = AgentProc(name, data_dir, proc, lab.root / "logs" / log_name, GPUS)
     lab.agents[name] = agent
     if wait:

@@ -60,8 +60,14 @@ def engine() -> Iterator[docker.DockerClient]:
 
 @pytest.fixture
 def ctx(tmp_path: Path) -> RuntimeContext:
+    # A one-person node: jobs run as the agent's own account (the account rule has its own
+    # tests below, with an agent that switches accounts).
     return RuntimeContext(
-        node_name=NODE, agent_data=tmp_path / "agent", runs_as_root=True, simulated_gpus=True
+        node_name=NODE,
+        agent_data=tmp_path / "agent",
+        runs_as_root=os.geteuid() == 0,
+        single_user=True,
+        simulated_gpus=True,
     )
 
 
@@ -218,15 +224,64 @@ def test_a_network_the_node_does_not_allow_is_refused(runtime, ctx):
         runtime.start(spec, job_dir(ctx, spec))
 
 
-def test_runs_as_the_mapped_unix_user_else_the_image_default(runtime, ctx):
-    spec = make_spec(
-        ["sh", "-c", "id -u; touch /mlsm/output/mine && echo wrote"], unix_user="nobody"
+@pytest.fixture
+def root_ctx(tmp_path: Path) -> RuntimeContext:
+    """An agent running as root that switches accounts, as the packaged service does."""
+    if os.geteuid() != 0:
+        pytest.skip("an agent that switches accounts runs as root")
+    return RuntimeContext(
+        node_name=NODE, agent_data=tmp_path / "agent", runs_as_root=True, simulated_gpus=True
     )
-    _, log = run_to_end(runtime, ctx, spec)
-    assert body(log) == "65534\nwrote\n"
-    spec = make_spec(["id", "-u"], unix_user="no-such-user-here")
-    _, log = run_to_end(runtime, ctx, spec)
-    assert body(log) == "0\n"
+
+
+def test_a_container_runs_as_the_jobs_account_never_the_images_root(engine, root_ctx):
+    runtime = DockerRuntime(root_ctx)
+    spec = make_spec(
+        ["sh", "-c", "id -u; id -g; touch /mlsm/output/mine && echo wrote"],
+        user="alice",
+        unix_user="nobody",
+        keep_container=True,
+    )
+    report, log = run_to_end(runtime, root_ctx, spec)
+    assert body(log) == "65534\n65534\nwrote\n"
+    attrs = engine.containers.get(report.container_id).attrs
+    assert attrs["Config"]["User"] == "65534:65534"
+    assert "no-new-privileges" in attrs["HostConfig"]["SecurityOpt"]
+    assert attrs["HostConfig"]["CapDrop"] == ["ALL"]
+    assert (job_dir(root_ctx, spec) / "mine").stat().st_uid == 65534
+
+
+@pytest.mark.parametrize(
+    ("mapping", "refusal"),
+    [
+        ("root", "refusing to run a job as Unix user root: it is uid 0"),
+        ("no-such-user-here", "Unix user no-such-user-here does not exist on this node"),
+        ("", "no Unix account for mlsm-nobody-here on node"),
+    ],
+)
+def test_a_container_job_with_no_usable_account_does_not_start(engine, root_ctx, mapping, refusal):
+    spec = make_spec(["id", "-u"], user="mlsm-nobody-here", unix_user=mapping)
+    with pytest.raises(RuntimeStartError, match=refusal):
+        DockerRuntime(root_ctx).start(spec, job_dir(root_ctx, spec))
+    assert not engine.containers.list(all=True, filters={"label": f"mlsm.job={spec.job_id}"})
+
+
+def test_a_container_cannot_leave_a_setuid_root_file_for_other_accounts(engine, root_ctx):
+    """Root in a container once left a setuid-root binary in the job dir and the agent's
+    data dir became traversable: the job's account cannot make one, and no mode widens."""
+    script = (
+        "cp /bin/busybox /mlsm/output/sh; chown 0:0 /mlsm/output/sh; "
+        "chmod 4755 /mlsm/output/sh; ls -ln /mlsm/output/sh"
+    )
+    spec = make_spec(["sh", "-c", script], user="alice", unix_user="nobody")
+    root_ctx.agent_data.mkdir(parents=True, mode=0o700)
+    run_to_end(DockerRuntime(root_ctx), root_ctx, spec)
+    planted = job_dir(root_ctx, spec) / "sh"
+    st = planted.lstat()
+    assert st.st_uid == 65534  # the chown to root failed
+    assert not (st.st_uid == 0 and st.st_mode & 0o4000)
+    assert root_ctx.agent_data.stat().st_mode & 0o777 == 0o700  # never widened
+    assert job_dir(root_ctx, spec).stat().st_mode & 0o007 == 0  # others cannot reach it
 
 
 def test_a_job_without_a_unix_user_runs_as_the_nodes_default_account(engine, tmp_path):
@@ -385,7 +440,7 @@ def _restart_mid_run(engine, ctx, *, save: bool) -> None:
 
     adopted = DockerRuntime(ctx).adopt(record)
     assert isinstance(adopted, DockerJobHandle)
-    (d / "go").touch()
+    (job_dir(ctx, spec) / "go").touch()
     report = wait_report(adopted)
     assert (report.exit_code, report.end_kind) == (0, "exit")
     full = engine.containers.get(report.container_id).logs(stdout=True, stderr=True)
@@ -410,7 +465,7 @@ def test_adopt_of_a_container_that_ended_meanwhile_reports_its_exit(engine, ctx)
     handle = DockerRuntime(ctx).start(spec, d)
     wait_for(lambda: "before" in log_text(d), "the job to start")
     handle.detach()
-    (d / "go").touch()
+    (job_dir(ctx, spec) / "go").touch()
     container = engine.containers.get(handle.container_id)
     wait_for(lambda: container.reload() or container.status == "exited", "the container to exit")
 
@@ -521,13 +576,13 @@ def test_the_log_survives_the_engine_going_away_and_coming_back(engine, ctx, tmp
     wait_for(lambda: "one" in log_text(d), "the first line")
     proxy.down()
     assert handle.poll() is None  # cannot tell while the engine is away: not lost, not ended
-    (d / "go").touch()
+    (job_dir(ctx, spec) / "go").touch()
     container = engine.containers.get(handle.container_id)
     wait_for(lambda: b"two 99" in container.logs(), "output written while the engine was away")
     assert "two" not in log_text(d)
     proxy.up()
     wait_for(lambda: "two 99" in log_text(d), "the follower to reconnect and catch up")
-    (d / "end").touch()
+    (job_dir(ctx, spec) / "end").touch()
     report = wait_report(handle)
     assert report.exit_code == 0
     assert body(log_text(d)).encode() == container.logs()
@@ -549,7 +604,7 @@ def test_adopt_while_the_engine_is_away_attaches_once_it_is_back(engine, ctx, tm
     assert isinstance(adopted, DockerJobHandle)
     assert adopted.poll() is None
     proxy.up()
-    (d / "go").touch()
+    (job_dir(ctx, spec) / "go").touch()
     report = wait_report(adopted)
     assert (report.state, report.exit_code) == ("exited", 0)
     assert body(log_text(d)) == "up\n"

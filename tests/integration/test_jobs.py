@@ -341,7 +341,10 @@ def test_jobs_of_unmapped_users_run_as_the_agents_default_account(lab: Lab) -> N
     base = Path(tempfile.mkdtemp(prefix="mlsm-test-j3-"))
     base.chmod(0o755)
     lab.start_agent(
-        "j3", gpus="", data_dir=base / "agent", env={"MLSM_DEFAULT_UNIX_USER": "nobody"}
+        "j3",
+        gpus="",
+        data_dir=base / "agent",
+        env={"MLSM_DEFAULT_UNIX_USER": "nobody", "MLSM_SINGLE_USER": "0"},
     )
     try:
         job_id = lab.submit("--node", "j3", "--", "id", "-un")

@@ -119,6 +119,7 @@ class JobService:
         self._inserter: asyncio.Task[None] | None = None
         self._caps: dict[str, int] = {}
         self._unix: dict[str, str] = {}
+        self._admins: frozenset[str] = frozenset()  # may fall back to an agent's own account
         self.passes = 0
         self.last_pass_ms = 0.0
         nodes.on_reports = self.on_reports
@@ -165,9 +166,12 @@ class JobService:
             )
 
     async def _load_users(self, s: Any) -> None:
-        users = (await s.execute(select(User.username, User.gpu_cap, User.unix_user))).all()
-        self._caps = {u: c for u, c, _ in users if c is not None}
-        self._unix = {u: x for u, _, x in users if x}
+        users = (
+            await s.execute(select(User.username, User.gpu_cap, User.unix_user, User.role))
+        ).all()
+        self._caps = {u: c for u, c, _, _ in users if c is not None}
+        self._unix = {u: x for u, _, x, _ in users if x}
+        self._admins = frozenset(u for u, _, _, r in users if r in ("admin", "superadmin"))
 
     def _half_life(self) -> float:
         return self.settings.fairshare_half_life_hours * 3600
@@ -544,6 +548,7 @@ class JobService:
                     # size; a node that has not said its size is not limited.
                     cpus_free=n.info.cpu_cores - rc if n.info.cpu_cores else math.inf,
                     mem_free_bytes=n.info.mem_total - rm if n.info.mem_total else sys.maxsize,
+                    accounts=_node_accounts(n.info),
                 )
             )
         return caps
@@ -625,6 +630,7 @@ class JobService:
             user_gpus_in_use=in_use,
             user_caps=self._caps,
             usage=self._effective_usage(),
+            mapped_users=frozenset(self._unix) | self._admins,
         )
         result = sched.schedule(list(self._pending.values()), self._node_caps(now), ctx)
         await self._apply(result, now)
@@ -709,6 +715,7 @@ class JobService:
             name=r.name,
             user=r.user,
             unix_user=self._unix.get(r.user, ""),
+            admin=r.user in self._admins,
             argv=spec["argv"],
             env=spec.get("env", {}),
             workdir=spec.get("workdir", ""),
@@ -1018,3 +1025,13 @@ class JobService:
                     s.add(UsageRecord(user=user, gpu_hours=hours, updated_at=now))
                 else:
                     rec.gpu_hours, rec.updated_at = hours, now
+
+
+def _node_accounts(info: w.NodeInfo) -> frozenset[str] | None:
+    """Whose jobs a node takes by account name (see accounts.py on the agent): None when
+    it takes anyone's (every job runs as one account there, or it has a default account for
+    users without one); an agent that runs as root and predates the account list takes
+    only mapped users' jobs."""
+    if not info.runs_as_root or info.job_account or info.default_unix_user:
+        return None
+    return frozenset(info.unix_users)

@@ -487,7 +487,8 @@ class NodeRegistry:
             draining=n.draining,
             last_seen=n.last_seen,
             registered_at=n.registered_at,
-            info=n.info,
+            # The node's account list is for placement, not for every dashboard poll.
+            info=msgspec.structs.replace(n.info, unix_users=[]) if n.info.unix_users else n.info,
             host=n.host,
             gpus=gpus,
             gpu_error=n.gpu_error,

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mlsm.errors import Conflict, NotFound, PermissionDenied
+from mlsm.errors import Conflict, NotFound, PermissionDenied, ValidationError
 from mlsm.master.db import Database
 from mlsm.master.db.models import User
 from mlsm.master.security import Principal, hash_password
@@ -72,6 +72,7 @@ class UserService:
     async def create(self, actor: Principal, body: api.UserCreate) -> api.User:
         if body.role in PRIVILEGED and not actor.at_least("superadmin"):
             raise PermissionDenied(f"only a superadmin can create an {body.role}")
+        _check_unix_user(body.unix_user)
         try:
             async with self.db.transaction() as s:
                 user = User(
@@ -91,6 +92,7 @@ class UserService:
         return result
 
     async def update(self, actor: Principal, username: str, body: api.UserUpdate) -> api.User:
+        _check_unix_user(body.unix_user)
         async with self.db.transaction() as s:
             user = await _get(s, username)
             touches_privileged = user.role in PRIVILEGED or (body.role in PRIVILEGED)
@@ -138,3 +140,12 @@ class UserService:
                 )
             )
             return True
+
+
+def _check_unix_user(name: str | None) -> None:
+    """No user's jobs ever run as root: refuse the mapping here (the node refuses any other
+    name that turns out to be uid 0 there)."""
+    if name == "root":
+        raise ValidationError(
+            "jobs never run as root: map the user to their own Unix account", path="unix_user"
+        )

@@ -9,6 +9,7 @@ import pwd
 import secrets
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from agent.logship import _read_chunk
 from agent.runtimes.base import LOG_NAME, AdoptRecord, RuntimeContext, RuntimeStartError
 from agent.runtimes.process import ProcessHandle, ProcessRuntime
 from mlsm.wire.agent import JobReport, JobSpec
@@ -496,3 +498,194 @@ def test_uid_0_is_never_used_through_a_mapping(agent_data: Path) -> None:
     rt = ProcessRuntime(RuntimeContext(node_name="node1", agent_data=agent_data, runs_as_root=True))
     with pytest.raises(RuntimeStartError, match="uid 0"):
         start(rt, spec(["true"], unix_user="root"))
+
+
+# ----------------------------------------------------------------------------- a hostile job
+@pytest.fixture
+def root_secret() -> Iterator[Path]:
+    """A root-only file outside any job's reach, to aim links at."""
+    d = Path(tempfile.mkdtemp(prefix="mlsm-secret-", dir="/tmp"))
+    p = d / "secret"
+    p.write_text("root-only secret\n")
+    p.chmod(0o600)
+    try:
+        yield p
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _untouched(p: Path, before: os.stat_result) -> None:
+    st = p.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 0, 0o600)
+    assert (st.st_size, st.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert p.read_text() == "root-only secret\n"
+
+
+def test_a_job_that_swaps_its_log_for_a_link_steers_no_root_file_operation(
+    unix_user: pwd.struct_passwd, root_agent_data: Path, root_secret: Path
+) -> None:
+    """Cancel marker, retry, agent restart and log shipping once followed a link the job
+    put in place of output.log, as root: each of them now leaves the target alone."""
+    rt = ProcessRuntime(
+        RuntimeContext(node_name="node1", agent_data=root_agent_data, runs_as_root=True)
+    )
+    before = root_secret.stat()
+    plant = f'ln -sf {root_secret} "$MLSM_OUTPUT_DIR/output.log"; touch ready; sleep 60'
+    s = spec(["sh", "-c", plant], unix_user=unix_user.pw_name)
+    h = start(rt, s)
+    wait_for(lambda: (h.job_dir / "ready").exists(), "the job to plant its link")
+    assert (h.job_dir / LOG_NAME).is_symlink()
+    with pytest.raises(OSError):  # the shipper reads nothing through it
+        _read_chunk(h.job_dir / LOG_NAME, 0, 1 << 20, h.record.uid)
+    readopted = rt.adopt(dataclasses.replace(h.record))  # an agent restart
+    assert isinstance(readopted, ProcessHandle)
+    readopted.stop("cancelled by alice", "cancelled", grace_s=1)  # writes stop.json, marker
+    r = wait_report(readopted)
+    assert r.end_kind == "cancelled"
+    # The retry starts a fresh log of the job's own instead of following the link.
+    h2 = start(
+        rt, spec(["echo", "attempt 2"], job_id=s.job_id, attempt=1, unix_user=unix_user.pw_name)
+    )
+    assert wait_report(h2).exit_code == 0
+    log = h2.job_dir / LOG_NAME
+    assert not log.is_symlink() and log.stat().st_uid == unix_user.pw_uid
+    assert "attempt 2" in log.read_text() and "secret" not in log.read_text()
+    _untouched(root_secret, before)
+
+
+def test_a_job_cannot_write_where_the_agent_keeps_its_bookkeeping(
+    unix_user: pwd.struct_passwd, root_agent_data: Path, root_secret: Path
+) -> None:
+    rt = ProcessRuntime(
+        RuntimeContext(node_name="node1", agent_data=root_agent_data, runs_as_root=True)
+    )
+    control = root_agent_data / "control" / "4242"
+    plant = f"ln -s {root_secret} {control}/stop.json.tmp && echo planted; echo tried"
+    h = start(rt, spec(["sh", "-c", plant], job_id=4242, unix_user=unix_user.pw_name))
+    wait_report(h)
+    assert "tried" in log_text(h) and "planted" not in log_text(h)
+    assert not (control / "stop.json.tmp").is_symlink()
+    assert stat.S_IMODE(control.stat().st_mode) == 0o700 and control.stat().st_uid == 0
+
+
+def test_a_fifo_in_place_of_the_log_stalls_nothing(
+    unix_user: pwd.struct_passwd, root_agent_data: Path
+) -> None:
+    rt = ProcessRuntime(
+        RuntimeContext(node_name="node1", agent_data=root_agent_data, runs_as_root=True)
+    )
+    fifo = 'rm "$MLSM_OUTPUT_DIR/output.log"; mkfifo "$MLSM_OUTPUT_DIR/output.log"; touch ready; sleep 60'
+    h = start(rt, spec(["sh", "-c", fifo], unix_user=unix_user.pw_name))
+    wait_for(lambda: (h.job_dir / "ready").exists(), "the job to make its FIFO")
+    t0 = time.monotonic()
+    with pytest.raises(OSError):
+        _read_chunk(h.job_dir / LOG_NAME, 0, 4096, h.record.uid)
+    h.stop("cancelled", "cancelled", grace_s=1)  # appends its marker: must not block either
+    wait_report(h)
+    assert time.monotonic() - t0 < DEADLINE_S
+
+
+def test_a_private_data_dir_is_not_widened_for_a_job_of_another_account(
+    unix_user: pwd.struct_passwd, root_agent_data: Path
+) -> None:
+    root_agent_data.mkdir(mode=0o700)
+    rt = ProcessRuntime(
+        RuntimeContext(node_name="node1", agent_data=root_agent_data, runs_as_root=True)
+    )
+    with pytest.raises(RuntimeStartError, match=r"not reachable by Unix user .*0711"):
+        start(rt, spec(["true"], unix_user=unix_user.pw_name))
+    assert stat.S_IMODE(root_agent_data.stat().st_mode) == 0o700
+
+
+def test_a_job_of_another_account_gets_a_traversable_new_data_dir_and_a_private_tree(
+    unix_user: pwd.struct_passwd, root_agent_data: Path
+) -> None:
+    rt = ProcessRuntime(
+        RuntimeContext(node_name="node1", agent_data=root_agent_data, runs_as_root=True)
+    )
+    h = start(rt, spec(["true"], unix_user=unix_user.pw_name))
+    assert wait_report(h).exit_code == 0
+    assert stat.S_IMODE(root_agent_data.stat().st_mode) == 0o711
+    assert stat.S_IMODE(h.job_dir.stat().st_mode) == 0o750
+    assert stat.S_IMODE(h.control_dir.stat().st_mode) == 0o700
+
+
+def test_the_shim_stays_the_agents_and_only_the_job_drops_to_its_account(
+    unix_user: pwd.struct_passwd, root_agent_data: Path
+) -> None:
+    rt = ProcessRuntime(
+        RuntimeContext(node_name="node1", agent_data=root_agent_data, runs_as_root=True)
+    )
+    h = start(rt, spec(["sh", "-c", "touch ready; sleep 60"], unix_user=unix_user.pw_name))
+    wait_for(lambda: (h.job_dir / "ready").exists(), "the job to start")
+    assert psutil.Process(h.session_id).uids().real == 0  # the job cannot kill or trace it
+    pids = h.session_pids()
+    assert pids and all(psutil.Process(p).uids() == (unix_user.pw_uid,) * 3 for p in pids)
+    h.stop("cancelled", "cancelled", grace_s=1)
+    wait_report(h)
+
+
+@pytest.mark.parametrize(
+    ("what", "refusal"),
+    [
+        ({"workdir": "/root"}, "workdir /root does not exist or is not accessible to Unix user"),
+        ({"workdir": "/root/no-such"}, "workdir /root/no-such does not exist or is not accessible"),
+        (
+            {"env_kind": "venv", "venv": "/root/venv"},
+            "venv /root/venv does not exist or is not usable",
+        ),
+    ],
+)
+def test_what_the_jobs_account_cannot_reach_is_refused_alike_whether_it_exists_or_not(
+    unix_user: pwd.struct_passwd, root_agent_data: Path, what: dict[str, str], refusal: str
+) -> None:
+    rt = ProcessRuntime(
+        RuntimeContext(node_name="node1", agent_data=root_agent_data, runs_as_root=True)
+    )
+    r = wait_report(start(rt, spec(["true"], unix_user=unix_user.pw_name, **what)))
+    assert (r.state, r.end_kind) == ("failed_to_start", "error")
+    assert refusal in r.reason
+
+
+# ----------------------------------------------------------------------------- the account rule
+def test_a_members_job_runs_as_the_same_named_account_else_does_not_start(
+    unix_user: pwd.struct_passwd, root_agent_data: Path
+) -> None:
+    rt = ProcessRuntime(
+        RuntimeContext(node_name="node1", agent_data=root_agent_data, runs_as_root=True)
+    )
+    h = start(rt, spec(["id", "-u"], user=unix_user.pw_name))
+    assert wait_report(h).exit_code == 0
+    assert log_text(h).splitlines()[1] == str(unix_user.pw_uid)
+    with pytest.raises(RuntimeStartError, match="no Unix account for nobody-here on node node1"):
+        start(rt, spec(["id", "-u"], user="nobody-here"))
+    # A lab user named like a system account does not become it.
+    with pytest.raises(RuntimeStartError, match="no Unix account for daemon"):
+        start(rt, spec(["id", "-u"], user="daemon"))
+
+
+def test_an_admins_job_without_an_account_runs_as_the_agent_and_says_so(
+    root_agent_data: Path,
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("an agent that switches accounts runs as root")
+    rt = ProcessRuntime(
+        RuntimeContext(node_name="node1", agent_data=root_agent_data, runs_as_root=True)
+    )
+    h = start(rt, spec(["id", "-u"], user="lab-admin-x", admin=True))
+    assert wait_report(h).exit_code == 0
+    header, uid = log_text(h).splitlines()[:2]
+    assert uid == "0"
+    assert header.endswith(
+        "as root (the agent's own account: admin lab-admin-x has no Unix account here)"
+    )
+
+
+def test_uid_0_is_never_used_through_the_default_account(agent_data: Path) -> None:
+    rt = ProcessRuntime(
+        RuntimeContext(
+            node_name="node1", agent_data=agent_data, runs_as_root=True, default_unix_user="root"
+        )
+    )
+    with pytest.raises(RuntimeStartError, match="uid 0"):
+        start(rt, spec(["true"], user="someone"))

@@ -339,3 +339,43 @@ def test_usage_halves_every_half_life():
 
 def test_usage_adds_gpu_hours():
     assert add_usage(1.0, gpus=2, elapsed_s=1800) == pytest.approx(2.0)
+
+
+# ---------------------------------------------------------------- Unix accounts
+def test_an_unmapped_members_job_goes_only_where_an_account_of_that_name_exists():
+    nodes = [node("a", accounts=frozenset({"bob"})), node("b", accounts=frozenset({"alice"}))]
+    r = schedule([job(1, "alice", gpus=1)], nodes)
+    assert placed(r) == {1: ("b", (0,))}
+
+
+def test_a_job_whose_user_has_no_account_anywhere_waits_saying_what_an_admin_does():
+    r = schedule([job(1, "carol", gpus=1)], [node("a", accounts=frozenset({"alice"}))])
+    assert not r.placements
+    assert r.reasons[1] == (
+        "no Unix account for carol on any online node: an admin maps one "
+        "(`mlsm user set carol --unix-user ACCOUNT`) or creates account carol there"
+    )
+    named = schedule([job(2, "carol", node="a")], [node("a", accounts=frozenset({"alice"}))])
+    assert named.reasons[2].startswith("no Unix account for carol on node a: an admin maps")
+
+
+def test_mapped_users_and_admins_need_no_same_named_account():
+    nodes = [node("a", accounts=frozenset())]
+    ctx = SchedContext(mapped_users=frozenset({"carol", "root"}))
+    r = schedule([job(1, "carol", gpus=1), job(2, "root", gpus=1), job(3, "dave")], nodes, ctx)
+    assert set(placed(r)) == {1, 2}
+    assert r.reasons[3].startswith("no Unix account for dave")
+
+
+def test_a_node_that_takes_anyones_jobs_is_not_filtered():
+    r = schedule([job(1, "carol", gpus=1)], [node("a", accounts=None)])
+    assert placed(r) == {1: ("a", (0,))}
+
+
+def test_the_account_filter_combines_with_the_others_in_one_reason():
+    nodes = [
+        node("a", accounts=frozenset({"carol"}), labels={"rack": "1"}),
+        node("b", accounts=frozenset(), labels={"rack": "2"}),
+    ]
+    r = schedule([job(1, "carol", labels={"rack": "2"})], nodes)
+    assert r.reasons[1] == "no online node is labelled rack=2 and has a Unix account for carol"
