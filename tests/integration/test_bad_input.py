@@ -201,6 +201,20 @@ def test_id_beyond_64_bits(master: Master, admin: str, method: str, template: st
     _assert_4xx(resp)
 
 
+@pytest.mark.parametrize(("method", "template"), _int_param_routes())
+def test_id_one_past_64_bits_names_the_parameter(
+    master: Master, admin: str, method: str, template: str
+) -> None:
+    name = _PARAM.search(template).group(1)  # type: ignore[union-attr]
+    for value in (2**63, 2**63 + 1, 0, -1):
+        path = _PARAM.sub(lambda m, v=value: str(v) if m.group(2) == "int" else "x", template)
+        kwargs: dict[str, Any] = {"json": {}} if method in ("POST", "PATCH", "PUT") else {}
+        resp = master.request(method, path, token=admin, **kwargs)
+        err = _assert_4xx(resp)
+        assert resp.status_code == 400, (value, resp.text)
+        assert err["details"].get("path") == name, err
+
+
 # ---------------------------------------------------------------- nesting and huge integers
 #: ``[`` x 5,000 (truncated, as sent in the review) and a 200,000-deep value under a field
 #: (a 400 KB body, under the body limit): deeper than any decoder recursion allows.
