@@ -76,6 +76,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     history_retention_days: Positive = 30.0
     fairshare_half_life_hours: Positive = 24.0
     schedule_tick: Positive = 1.0
+    max_connections: Annotated[int, Meta(ge=0)] = 0  # 0 = derived from the descriptor limit
+    header_timeout: Positive = 10.0  # seconds to send a request head (from connect or 1st byte)
+    body_timeout: Positive = 30.0  # seconds a request body may stall
+    keepalive_timeout: Annotated[int, Meta(ge=1)] = 5  # seconds an idle connection is kept
     allow_plain_http: bool = False  # let secrets cross plain HTTP to a non-loopback master
     # --- agent
     master: str = ""  # URL the agent dials

@@ -19,8 +19,10 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from mlsm import __version__
 from mlsm.config import Settings
+from mlsm.master.bodies import MasterRequest
 from mlsm.master.db import Database
 from mlsm.master.http import RequestMiddleware, handle_exception
+from mlsm.master.openapi import ArrayLikeStructSchema, document_errors
 from mlsm.master.routes import agent as agent_routes
 from mlsm.master.routes import audit as audit_routes
 from mlsm.master.routes import auth as auth_routes
@@ -69,6 +71,7 @@ def _all_route_handlers() -> list[Any]:
     handlers: list[Any] = []
     for mod in ROUTE_MODULES:
         handlers.extend(mod.ROUTES)
+    document_errors(handlers)
     return handlers
 
 
@@ -169,6 +172,8 @@ def create_app(
         guards=[role_guard],
         exception_handlers={Exception: handle_exception},
         request_max_body_size=settings.max_body_bytes,
+        request_class=MasterRequest,
+        plugins=[ArrayLikeStructSchema()],
         lifespan=[lifespan],
         state=state,
         openapi_config=OpenAPIConfig(

@@ -12,6 +12,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from mlsm.wire.agent import GpuSample, HostSample, NodeInfo
+from mlsm.wire.ints import Count, DbId
 
 Role = Literal["member", "admin", "superadmin"]
 ROLE_RANK: dict[str, int] = {"member": 1, "admin": 2, "superadmin": 3}
@@ -220,8 +221,9 @@ class JobSubmit(Struct, kw_only=True, forbid_unknown_fields=True):
         LongStr,
     ] = {}
     priority: Annotated[int, Meta(ge=-1000, le=1000)] = 0
+    # JOBID[:ok|any]; the id is checked against INT64_MAX where it is parsed (jobs service)
     after: Annotated[
-        list[Annotated[str, Meta(max_length=32, pattern=r"^[0-9]+(:(ok|any))?$")]],
+        list[Annotated[str, Meta(max_length=32, pattern=r"^[0-9]{1,19}(:(ok|any))?$")]],
         Meta(max_length=256),
     ] = []
     retries: Annotated[int, Meta(ge=0, le=100)] = 0
@@ -279,8 +281,11 @@ class JobList(Struct, kw_only=True):
     total: int
 
 
+MAX_CANCEL_IDS = 10_000  # ids in one cancel request (and in one `mlsm cancel A-B` range)
+
+
 class CancelRequest(Struct, kw_only=True, forbid_unknown_fields=True):
-    ids: Annotated[list[int], Meta(min_length=1, max_length=10000)]
+    ids: Annotated[list[DbId], Meta(min_length=1, max_length=MAX_CANCEL_IDS)]
 
 
 class CancelResult(Struct, kw_only=True):
@@ -365,6 +370,18 @@ class Health(Struct, kw_only=True):
     database: str
 
 
+class ErrorInfo(Struct, kw_only=True):
+    code: str  # stable: see mlsm/errors.py
+    message: str
+    details: dict[str, object] = {}
+
+
+class ErrorBody(Struct, kw_only=True):
+    """Every error of the JSON API: ``{"error": {"code", "message", "details"}}``."""
+
+    error: ErrorInfo
+
+
 json_encoder = msgspec.json.Encoder()
 
 
@@ -435,11 +452,11 @@ class LabSettings(Struct, kw_only=True):
     image_patterns: list[Pattern] = []  # images members may run (fnmatch); [] = any image
     mount_allow: list[HostPath] = []  # host paths members may mount into containers
     import_allow_cidrs: list[Cidr] = []  # internal ranges dataset imports may reach
-    import_max_bytes: Annotated[int, Meta(ge=0)] = 1 << 40  # largest dataset import (1 TiB)
+    import_max_bytes: Count = 1 << 40  # largest dataset import (1 TiB)
 
 
 class LabSettingsUpdate(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
     image_patterns: list[Pattern] | None = None
     mount_allow: list[HostPath] | None = None
     import_allow_cidrs: list[Cidr] | None = None
-    import_max_bytes: Annotated[int, Meta(ge=0)] | None = None
+    import_max_bytes: Count | None = None
