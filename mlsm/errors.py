@@ -12,6 +12,7 @@ back into the same class, so the CLI and the dashboard print one readable line::
     │   ├── PermissionDenied       403 forbidden
     │   ├── NotFound               404 not_found
     │   ├── Conflict               409 conflict
+    │   │   └── NodeNameTaken      409 node_name_taken   (a registered node has that name)
     │   ├── PayloadTooLarge        413 payload_too_large
     │   ├── RateLimited            429 rate_limited
     │   └── ProtocolMismatch       426 protocol_mismatch (agent speaks an unsupported version)
@@ -83,6 +84,13 @@ class Conflict(ClientError):
     code = "conflict"
 
 
+class NodeNameTaken(Conflict):
+    """A join asked for the name of a registered node (online or not): names are never
+    handed over; an admin removes the node first, or the agent picks another name."""
+
+    code = "node_name_taken"
+
+
 class PayloadTooLarge(ClientError):
     status = 413
     code = "payload_too_large"
@@ -118,6 +126,7 @@ _BY_CODE: dict[str, type[MlsmError]] = {
         PermissionDenied,
         NotFound,
         Conflict,
+        NodeNameTaken,
         PayloadTooLarge,
         RateLimited,
         ProtocolMismatch,
