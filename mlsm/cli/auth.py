@@ -53,6 +53,40 @@ def logout(ctx: click.Context) -> None:
 
 
 @click.command()
+@click.option(
+    "--revoke-tokens", is_flag=True, help="End your API tokens too (after a suspected leak)."
+)
+@click.pass_context
+def passwd(ctx: click.Context, revoke_tokens: bool) -> None:
+    """Change your own password; your other sessions end.
+
+    The current password comes from the prompt or MLSM_PASSWORD, the new one from the
+    prompt or MLSM_NEW_PASSWORD. API tokens keep working unless --revoke-tokens.
+    """
+    import os
+
+    from mlsm.wire import api
+
+    current = read_password("Current password")
+    new = os.environ.get("MLSM_NEW_PASSWORD") or ""
+    if not new:
+        import sys
+
+        from mlsm.errors import ConfigError
+
+        if not sys.stdin.isatty():
+            raise ConfigError("no new password given: set MLSM_NEW_PASSWORD or run from a terminal")
+        new = str(click.prompt("New password", hide_input=True, confirmation_prompt=True))
+    body = api.PasswordChange(
+        current_password=current, new_password=new, revoke_api_tokens=revoke_tokens
+    )
+    with client_from(ctx) as c:
+        res = c.call("POST", "/api/v1/auth/password", json=body, type=api.PasswordChanged)
+    what = "other sessions and API tokens" if revoke_tokens else "other sessions"
+    click.echo(f"password changed; {res.revoked} token(s) ended ({what})")
+
+
+@click.command()
 @json_option
 @click.pass_context
 def whoami(ctx: click.Context, as_json: bool) -> None:

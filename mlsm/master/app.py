@@ -19,6 +19,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from mlsm import __version__
 from mlsm.config import Settings
+from mlsm.master.clientaddr import ClientAddresses
 from mlsm.master.db import Database
 from mlsm.master.http import RequestMiddleware, handle_exception
 from mlsm.master.routes import agent as agent_routes
@@ -75,6 +76,7 @@ def _all_route_handlers() -> list[Any]:
 def build_services(state: State, settings: Settings, db: Database) -> None:
     state.settings = settings
     state.db = db
+    state.client_addresses = ClientAddresses(settings.trusted_proxies)
     state.audit = AuditLog(db)
     state.auth = AuthService(db, settings)
     state.history = History(db, settings.heartbeat_interval, settings.history_retention_days)

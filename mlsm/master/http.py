@@ -25,6 +25,7 @@ from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from mlsm.errors import MlsmError
+from mlsm.master.clientaddr import ClientAddresses
 from mlsm.wire.agent import MSGPACK, AgentError
 
 log = logging.getLogger("mlsm.master")
@@ -61,8 +62,16 @@ def setup_logging(level: str) -> None:
 
 
 def client_addr(scope: Scope) -> str:
-    client = scope.get("client")
-    return str(client[0]) if client else "-"
+    """The request's client address, by the one rule of :mod:`mlsm.master.clientaddr`
+    (trusted proxies from the settings); worked out once per request."""
+    state = scope.setdefault("state", {})
+    addr = state.get("client_addr")
+    if addr is None:
+        app = scope.get("app")
+        resolver = getattr(getattr(app, "state", None), "client_addresses", None)
+        addr = resolver.resolve(scope) if resolver is not None else ClientAddresses().resolve(scope)
+        state["client_addr"] = addr
+    return str(addr)
 
 
 class RequestMiddleware(ASGIMiddleware):
