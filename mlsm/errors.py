@@ -17,6 +17,7 @@ back into the same class, so the CLI and the dashboard print one readable line::
     │   ├── RateLimited            429 rate_limited
     │   └── ProtocolMismatch       426 protocol_mismatch (agent speaks an unsupported version)
     ├── UnavailableError           503 unavailable       (master unreachable, database busy)
+    │   └── AuditUnavailable       503 audit_unavailable (a change's audit row was not written)
     └── DatabaseTooNew             500 database_too_new  (schema newer than this mlsm)
 
 Codes are part of the API: add new ones, never rename.
@@ -111,6 +112,13 @@ class UnavailableError(MlsmError):
     code = "unavailable"
 
 
+class AuditUnavailable(UnavailableError):
+    """A mutation's audit row could not be committed, so the master does not acknowledge
+    the mutation (which may nevertheless have been applied)."""
+
+    code = "audit_unavailable"
+
+
 class DatabaseTooNew(MlsmError):
     code = "database_too_new"
 
@@ -131,6 +139,7 @@ _BY_CODE: dict[str, type[MlsmError]] = {
         RateLimited,
         ProtocolMismatch,
         UnavailableError,
+        AuditUnavailable,
         DatabaseTooNew,
     )
 }

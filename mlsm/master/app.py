@@ -77,7 +77,7 @@ def build_services(state: State, settings: Settings, db: Database) -> None:
     state.settings = settings
     state.db = db
     state.client_addresses = ClientAddresses(settings.trusted_proxies)
-    state.audit = AuditLog(db)
+    state.audit = AuditLog(db, settings.data_path)
     state.auth = AuthService(db, settings)
     state.history = History(db, settings.heartbeat_interval, settings.history_retention_days)
     state.nodes = NodeRegistry(db, settings, state.history)
@@ -108,6 +108,7 @@ def _spawn(state: State, coro: Any) -> None:
 
 
 async def _start_domains(state: State) -> None:
+    await state.audit.load()
     await state.lab_settings.load()
     await state.nodes.load()
     await state.datasets.load()

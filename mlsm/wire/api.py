@@ -161,6 +161,7 @@ class AuditVerify(Struct, kw_only=True):
     rows: int
     first_broken: int | None = None
     message: str = ""
+    chain_only: int = 0  # rows from before audit MACs, checked by the hash chain alone
 
 
 # ---------------------------------------------------------------- nodes
