@@ -23,7 +23,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mlsm.config import Settings
-from mlsm.errors import AuthenticationError, NotFound, PermissionDenied
+from mlsm.errors import AuthenticationError, Conflict, NotFound, PermissionDenied
 from mlsm.master.db import Database
 from mlsm.master.db.models import Node, Token, User
 from mlsm.master.security import (
@@ -157,7 +157,7 @@ class AuthService:
         async with self.db.transaction() as s:
             user = await s.get(User, user_id)
             if user is None or user.password_hash != checked:
-                raise AuthenticationError("the password was changed meanwhile: try again")
+                raise Conflict("the password was changed meanwhile: try again")
             user.password_hash = new_hash
             keep = principal.token_id if principal.token_kind == "session" else None
             ended = await end_sessions(
