@@ -125,6 +125,7 @@ async def _stop_domains(state: State) -> None:
         await state.jobs.flush_usage()
     except Exception:
         log.exception("final flush failed")
+    state.audit.close()
 
 
 def create_app(

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mlsm.master.db import Database
@@ -46,19 +46,19 @@ VERIFY_BATCH = 5000
 SYSTEM_ACTOR = "mlsm"  # rows the master writes about the log itself
 
 
-def row_hash(prev: str, r: AuditRow) -> str:
+def _digest(row_id: int, f: dict[str, Any], prev: str) -> str:
     payload = json.dumps(
         [
-            r.id,
-            repr(float(r.ts)),
-            r.actor,
-            r.role,
-            r.action,
-            r.target,
-            r.outcome,
-            r.client,
-            r.request_id,
-            r.details,
+            row_id,
+            repr(float(f["ts"])),
+            f["actor"],
+            f["role"],
+            f["action"],
+            f["target"],
+            f["outcome"],
+            f["client"],
+            f["request_id"],
+            f["details"],
             prev,
         ],
         sort_keys=True,
@@ -66,6 +66,14 @@ def row_hash(prev: str, r: AuditRow) -> str:
         default=str,
     )
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def row_hash(prev: str, r: AuditRow) -> str:
+    """The chain hash of a stored row (its fields, its id and the previous row's hash)."""
+    return _digest(r.id, {k: getattr(r, k) for k in _HASHED}, prev)
+
+
+_HASHED = ("ts", "actor", "role", "action", "target", "outcome", "client", "request_id", "details")
 
 
 def to_wire(r: AuditRow) -> api.AuditEntry:
@@ -184,6 +192,10 @@ class AuditLog:
         anchor.add_incident(incident)
         return {k: v for k, v in incident.items() if k != "at"}
 
+    def close(self) -> None:
+        if self._anchor_file is not None:
+            self._anchor_file.close()
+
     def _write_anchor(self, last_id: int, last_hash: str) -> None:
         if self._anchor_file is None or self.anchor is None:
             return
@@ -241,12 +253,16 @@ class AuditLog:
                         if self.anchor is not None:
                             await self._check_tail(s, self.anchor, self._last[0])
                     last_id, prev = self._last
+                    rows = []
                     for fields, _ in batch:
                         last_id += 1
-                        row = AuditRow(id=last_id, prev_hash=prev, hash="", **fields)
-                        row.hash = prev = row_hash(prev, row)
-                        row.mac = self.key.seal(row.hash) if self.key is not None else None
-                        s.add(row)
+                        h = _digest(last_id, fields, prev)
+                        mac = self.key.seal(h) if self.key is not None else None
+                        rows.append(
+                            {**fields, "id": last_id, "prev_hash": prev, "hash": h, "mac": mac}
+                        )
+                        prev = h
+                    await s.execute(insert(AuditRow), rows)
                 self._last = (last_id, prev)
                 self._write_anchor(last_id, prev)
             except BaseException as exc:

@@ -6,9 +6,9 @@ and a tail anchor, two files in the master's data dir that never enter the datab
   nobody can seal a changed or invented row, however well they recompute the public hash
   chain. The file also says from which row on rows are sealed (``first_row``): rows from
   before the key existed (an upgraded database) are checked by the chain alone.
-- ``audit.anchor`` (0600, rewritten atomically after every committed batch, before any of
-  its requests is answered): the id and hash of the newest row, and any *incident* the
-  master found, sealed with the key. Deleting the newest rows leaves a chain that is
+- ``audit.anchor`` (0600, rewritten after every committed batch, before any of its requests
+  is answered): the id and hash of the newest row, and any *incident* the master found,
+  sealed with the key. Deleting the newest rows leaves a chain that is
   intact but shorter than the anchor says; the master notices at its next start (or at
   the next verify), records the incident here and in the log, and ``mlsm audit --verify``
   reports it from then on.
@@ -39,7 +39,9 @@ KEY_FILE = "audit.key"
 ANCHOR_FILE = "audit.anchor"
 KEY_BYTES = 32
 FILE_VERSION = 1
-MAX_INCIDENTS = 20  # the anchor keeps the newest ones (and counts them all)
+MAX_INCIDENTS = 10  # the anchor keeps the first and the newest ones (and counts them all)
+MAX_INCIDENT_TEXT = 200  # characters of a reason kept in an incident
+ANCHOR_SLOT = 8192  # bytes per anchor slot; the file holds two
 
 
 def _fsync_dir(path: Path) -> None:
@@ -51,22 +53,15 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def _write_private(path: Path, data: bytes, *, exclusive: bool, sync: bool) -> None:
-    """Write ``data`` to ``path`` with mode 0600 from the start; atomically (a temporary file
-    renamed over it) unless ``exclusive``, which refuses an existing file instead."""
-    target = path if exclusive else path.with_name(f".{path.name}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
-    fd = os.open(target, flags | getattr(os, "O_NOFOLLOW", 0), 0o600)
+def _create_private(path: Path, data: bytes) -> None:
+    """Make ``path`` (refusing an existing file) with mode 0600 from the start, durably."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
     try:
         os.write(fd, data)
-        if sync:
-            os.fsync(fd)
+        os.fsync(fd)
     finally:
         os.close(fd)
-    if not exclusive:
-        os.replace(target, path)
-    if sync:
-        _fsync_dir(path.parent)
+    _fsync_dir(path.parent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +94,7 @@ def load_or_create_key(data_dir: Path, next_row: int) -> tuple[AuditKey, bool]:
             "created_at": time.time(),
         }
         try:
-            _write_private(path, json.dumps(doc).encode() + b"\n", exclusive=True, sync=True)
+            _create_private(path, json.dumps(doc).encode() + b"\n")
         except OSError as exc:
             raise ConfigError(f"cannot make the audit key {path}: {exc}") from None
         log.info("made the audit key %s (rows from %d on are sealed with it)", path, next_row)
@@ -135,7 +130,12 @@ class Anchor:
     incident_count: int = 0
 
     def add_incident(self, incident: dict[str, Any]) -> None:
-        self.incidents = [*self.incidents, incident][-MAX_INCIDENTS:]
+        kept = {k: v[:MAX_INCIDENT_TEXT] if isinstance(v, str) else v for k, v in incident.items()}
+        found = [*self.incidents, kept]
+        # The first incident (since when the log is broken) and the newest ones.
+        self.incidents = (
+            found if len(found) <= MAX_INCIDENTS else [found[0], *found[1 - MAX_INCIDENTS :]]
+        )
         self.incident_count += 1
 
 
@@ -144,42 +144,69 @@ class AnchorDamaged(Exception):
 
 
 class AnchorFile:
+    """Two fixed-size slots, each a sealed anchor with a sequence number; a write goes to
+    the older slot with one ``pwrite`` on a file kept open (no rename, no fsync: a few
+    microseconds per committed batch). A crash cannot tear a write; a power cut can tear
+    at most the slot being written, and the other one still holds the previous anchor."""
+
     def __init__(self, data_dir: Path, key: AuditKey) -> None:
         self.path = data_dir / ANCHOR_FILE
         self.key = key
+        self._seq = 0
+        self._fd: int | None = None
 
-    def _body(self, a: Anchor) -> str:
-        fields = asdict(a)
-        return json.dumps({"version": FILE_VERSION, **fields}, sort_keys=True)
+    def _body(self, seq: int, a: Anchor) -> str:
+        return json.dumps({"version": FILE_VERSION, "seq": seq, **asdict(a)}, sort_keys=True)
 
-    def read(self) -> Anchor | None:
-        """The anchor, or None when there is no file; AnchorDamaged when it cannot be trusted."""
+    def _slot(self, raw: bytes) -> tuple[int, Anchor] | None:
+        """The slot's (seq, anchor) if it parses and its seal holds, else None."""
         try:
-            doc = json.loads(self.path.read_bytes())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            raise AnchorDamaged(f"unreadable ({exc})") from None
-        try:
+            doc = json.loads(raw.rstrip(b" \n\0") or b"null")
             mac = str(doc.pop("mac"))
-            doc.pop("version", None)
+            seq = int(doc["seq"])
             anchor = Anchor(
                 last_id=int(doc["last_id"]),
                 last_hash=str(doc["last_hash"]),
                 incidents=list(doc.get("incidents", [])),
                 incident_count=int(doc.get("incident_count", 0)),
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise AnchorDamaged(f"malformed ({exc})") from None
-        if not self.key.sealed(self._body(anchor), mac):
+        except (AttributeError, KeyError, TypeError, ValueError):
+            return None
+        return (seq, anchor) if self.key.sealed(self._body(seq, anchor), mac) else None
+
+    def read(self) -> Anchor | None:
+        """The newest sealed anchor, or None when there is no file; AnchorDamaged when the
+        file exists but no slot can be trusted."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise AnchorDamaged(f"unreadable ({exc})") from None
+        slots = [self._slot(raw[i * ANCHOR_SLOT : (i + 1) * ANCHOR_SLOT]) for i in (0, 1)]
+        valid = [found for found in slots if found is not None]
+        if not valid:
             raise AnchorDamaged("its seal does not match this master's audit key")
+        self._seq, anchor = max(valid, key=lambda found: found[0])
         return anchor
 
     def write(self, a: Anchor) -> None:
-        body = self._body(a)
+        self._seq += 1
+        body = self._body(self._seq, a)
         doc = json.loads(body)
         doc["mac"] = self.key.seal(body)
-        _write_private(self.path, json.dumps(doc).encode() + b"\n", exclusive=False, sync=False)
+        data = json.dumps(doc).encode()
+        if len(data) >= ANCHOR_SLOT:
+            raise OSError(f"anchor of {len(data)} bytes does not fit its slot")
+        if self._fd is None:
+            flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+            self._fd = os.open(self.path, flags, 0o600)
+        os.pwrite(self._fd, data.ljust(ANCHOR_SLOT - 1) + b"\n", (self._seq % 2) * ANCHOR_SLOT)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def _when(ts: float) -> str:
