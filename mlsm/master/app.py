@@ -20,6 +20,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from mlsm import __version__
 from mlsm.config import Settings
 from mlsm.master.bodies import MasterRequest
+from mlsm.master.clientaddr import ClientAddresses
 from mlsm.master.db import Database
 from mlsm.master.http import RequestMiddleware, handle_exception
 from mlsm.master.openapi import ArrayLikeStructSchema, document_errors
@@ -78,7 +79,8 @@ def _all_route_handlers() -> list[Any]:
 def build_services(state: State, settings: Settings, db: Database) -> None:
     state.settings = settings
     state.db = db
-    state.audit = AuditLog(db)
+    state.client_addresses = ClientAddresses(settings.trusted_proxies)
+    state.audit = AuditLog(db, settings.data_path)
     state.auth = AuthService(db, settings)
     state.history = History(db, settings.heartbeat_interval, settings.history_retention_days)
     state.nodes = NodeRegistry(db, settings, state.history)
@@ -109,6 +111,7 @@ def _spawn(state: State, coro: Any) -> None:
 
 
 async def _start_domains(state: State) -> None:
+    await state.audit.load()
     await state.lab_settings.load()
     await state.nodes.load()
     await state.datasets.load()
@@ -125,6 +128,7 @@ async def _stop_domains(state: State) -> None:
         await state.jobs.flush_usage()
     except Exception:
         log.exception("final flush failed")
+    state.audit.close()
 
 
 def create_app(

@@ -159,6 +159,10 @@ def run_master(
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         backlog=backlog,
         server_header=False,
+        # Never let uvicorn rewrite the client address from X-Forwarded-For (by default it
+        # believes any local peer): the trusted_proxies setting is the single source.
+        proxy_headers=False,
+        forwarded_allow_ips=[],
     )
     server = _server_class()(config)
     server.on_exit = app.state.nodes.release_polls

@@ -51,6 +51,18 @@ class LoginReply(Struct, kw_only=True):
     expires_at: float
 
 
+class PasswordChange(Struct, kw_only=True, forbid_unknown_fields=True):
+    """A user changing their own password; their other sessions end."""
+
+    current_password: Annotated[str, Meta(min_length=1, max_length=1024)]
+    new_password: Password
+    revoke_api_tokens: bool = False  # end the user's API tokens too
+
+
+class PasswordChanged(Struct, kw_only=True):
+    revoked: int  # tokens that ended with the change (other sessions, API tokens if asked)
+
+
 class Me(Struct, kw_only=True):
     username: str
     role: Role
@@ -83,6 +95,7 @@ class UserUpdate(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults
     unix_user: Annotated[str, Meta(max_length=32, pattern=r"^([a-z_][a-z0-9_-]*)?$")] | None = None
     gpu_cap: Annotated[int, Meta(ge=0, le=100000)] | None = None
     clear_gpu_cap: bool = False
+    revoke_api_tokens: bool = False  # end the user's API tokens (and sessions) too
 
 
 # ---------------------------------------------------------------- API tokens
@@ -149,6 +162,7 @@ class AuditVerify(Struct, kw_only=True):
     rows: int
     first_broken: int | None = None
     message: str = ""
+    chain_only: int = 0  # rows from before audit MACs, checked by the hash chain alone
 
 
 # ---------------------------------------------------------------- nodes
