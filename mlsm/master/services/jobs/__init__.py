@@ -13,7 +13,6 @@ The stored spec and its parsing live in :mod:`mlsm.master.jobspec` (the database
 decodes it).
 """
 
-from mlsm.master.jobspec import MAX_ARRAY_TASKS, MAX_SUBMISSION_STORED_BYTES, parse_array
 from mlsm.master.services.jobs.fairshare import FairShare
 from mlsm.master.services.jobs.follow import JobLogs
 from mlsm.master.services.jobs.launch import KILL_GRACE_S, Accounts, Launcher
@@ -23,8 +22,6 @@ from mlsm.master.services.jobs.table import Active, JobTable
 
 __all__ = [
     "KILL_GRACE_S",
-    "MAX_ARRAY_TASKS",
-    "MAX_SUBMISSION_STORED_BYTES",
     "Accounts",
     "Active",
     "FairShare",
@@ -33,5 +30,4 @@ __all__ = [
     "JobTable",
     "Launcher",
     "SchedulingLoop",
-    "parse_array",
 ]
