@@ -22,10 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from agent.collectors import AsyncGpuSampler, HostCollector, make_probe
-from agent.link import MasterError, MasterLink, is_auth_failure
+from agent.link import MasterLink, is_auth_failure
 from agent.logship import LogShipper
 from agent.runtimes.accounts import (
     data_dir_mode,
@@ -45,7 +43,7 @@ from agent.runtimes.base import (
     job_dir_for,
 )
 from agent.state import AgentState
-from mlsm import PROTOCOL_VERSION, __version__
+from mlsm import PROTOCOL_VERSION, __version__, errors
 from mlsm.wire import agent as w
 
 log = logging.getLogger("mlsm.agent")
@@ -74,7 +72,6 @@ def _env_seconds(name: str, default: float) -> float:
 
 DOCKER_CHECK_S = _env_seconds("MLSM_DOCKER_CHECK_INTERVAL", 15.0)  # re-check the Docker engine
 ACCOUNTS_CHECK_S = _env_seconds("MLSM_ACCOUNTS_CHECK_INTERVAL", 60.0)  # re-read Unix accounts
-FORBIDDEN = 403
 REFUSED_RETRY_INTERVALS = 4  # a refused heartbeat is retried within this many intervals
 LOG_FLUSH_S = 5.0  # how long a job's end waits for its log to reach the master, per try
 FINAL_WAIT_MAX_S = 120.0  # after this, a job's end is reported even if its log is refused
@@ -250,21 +247,21 @@ class Agent:
         while not self.stopping.is_set():
             try:
                 reply = await self.link.register(req)
-            except MasterError as exc:
-                raise SystemExit(
-                    f"the master refused to register this node: {exc.message}"
-                ) from None
-            except httpx.HTTPError as exc:
+            except errors.Unreachable as exc:
                 wait = backoff(attempt)
                 attempt += 1
                 log.warning(
                     "cannot reach the master at %s (%s); retrying in %.1f s",
                     self.cfg.master,
-                    exc,
+                    exc.message,
                     wait,
                 )
                 await self._sleep(wait)
                 continue
+            except errors.MlsmError as exc:
+                raise SystemExit(
+                    f"the master refused to register this node: {exc.message}"
+                ) from None
             self.link.store_secret(reply.node_secret)
             self.state.set_node(reply.node_id, reply.name)
             self.name = reply.name
@@ -278,7 +275,7 @@ class Agent:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
 
-    def _fatal_auth(self, exc: MasterError) -> None:
+    def _fatal_auth(self, exc: errors.MlsmError) -> None:
         log.error(
             "the master no longer accepts this node (%s); join it again with a new join token",
             exc.message,
@@ -313,7 +310,7 @@ class Agent:
                 transfers=list(self.transfers.values()),
             )
             try:
-                reply = await self.link.call("heartbeat", hb, w.decode_heartbeat_reply)
+                reply = await self.link.heartbeat(hb)
                 self._info_sent = True
                 if failures:
                     log.info("the master is back after %d failed heartbeat(s)", failures)
@@ -325,25 +322,23 @@ class Agent:
                 if reply.want_full_catalog and self.scanner is not None:
                     self._want_full = True
                 wait = max(0.0, self.interval - (time.monotonic() - started))
-            except MasterError as exc:
+            except errors.Unreachable as exc:
+                failures += 1
+                self._info_sent = False
+                # Never slower than the heartbeat itself: a master that comes back must see
+                # this node within an interval, long before the lease ends its jobs.
+                wait = min(backoff(failures), self.interval)
+                log.warning("master unreachable (%s); retrying in %.1f s", exc.message, wait)
+            except errors.MlsmError as exc:
                 failures += 1
                 wait = backoff(failures)
-                if exc.code == "protocol_mismatch":
+                if isinstance(exc, errors.ProtocolMismatch):
                     log.error("%s", exc.message)
                 elif is_auth_failure(exc):
                     self._fatal_auth(exc)
                 else:  # a busy or failing master: retry well within the lease
                     log.warning("heartbeat refused: %s", exc.message)
                     wait = min(wait, self.interval * REFUSED_RETRY_INTERVALS)
-            except httpx.HTTPError as exc:
-                failures += 1
-                self._info_sent = False
-                # Never slower than the heartbeat itself: a master that comes back must see
-                # this node within an interval, long before the lease ends its jobs.
-                wait = min(backoff(failures), self.interval)
-                log.warning(
-                    "master unreachable (%s: %s); retrying in %.1f s", type(exc).__name__, exc, wait
-                )
             await self._sleep(wait)
 
     def _job_reports(self) -> list[w.JobReport]:
@@ -415,18 +410,13 @@ class Agent:
         while not self.stopping.is_set():
             ack, self.to_ack = self.to_ack, []
             try:
-                batch = await self.link.call(
-                    "commands",
-                    w.CommandPoll(protocol=PROTOCOL_VERSION, wait_s=POLL_WAIT_S, ack=ack),
-                    w.decode_batch,
-                    timeout=POLL_WAIT_S + 10,
-                )
+                batch = await self.link.poll_commands(POLL_WAIT_S, ack)
                 failures = 0
-            except (MasterError, httpx.HTTPError) as exc:
+            except errors.MlsmError as exc:
                 self.to_ack = ack + self.to_ack
                 failures += 1
                 wait = backoff(failures)
-                if isinstance(exc, MasterError) and is_auth_failure(exc):
+                if is_auth_failure(exc):
                     self._fatal_auth(exc)
                 else:  # commands must flow again as soon as the master is back
                     wait = min(wait, self.interval)
@@ -529,11 +519,9 @@ class Agent:
 
     async def _send_events(self, reports: list[w.JobReport]) -> bool:
         try:
-            await self.link.call(
-                "events", w.JobEvents(protocol=PROTOCOL_VERSION, jobs=reports), w.decode_ack
-            )
+            await self.link.send_events(reports)
             return True
-        except (MasterError, httpx.HTTPError) as exc:
+        except errors.MlsmError as exc:
             log.warning(
                 "could not report job events now (%s); the next heartbeat carries them", exc
             )
@@ -631,14 +619,10 @@ class Agent:
 
     async def _send_log(self, job_id: int, attempt: int, offset: int, data: bytes) -> int:
         try:
-            ack = await self.link.call(
-                "logs",
-                w.LogChunk(job_id=job_id, attempt=attempt, offset=offset, data=data),
-                w.decode_log_ack,
+            ack = await self.link.send_log(
+                w.LogChunk(job_id=job_id, attempt=attempt, offset=offset, data=data)
             )
-        except MasterError as exc:
-            if exc.status != FORBIDDEN:
-                raise
+        except errors.PermissionDenied as exc:
             # The master no longer takes this job's log from this node (the attempt was
             # moved elsewhere): it stays in output.log here; stop resending it forever.
             log.warning(
@@ -657,9 +641,9 @@ class Agent:
             try:
                 report = await asyncio.to_thread(self.scanner.scan, full)
                 if report.full or report.upsert or report.removed:
-                    await self.link.call("datasets", report, w.decode_ack)
+                    await self.link.send_datasets(report)
                 self._want_full = False
-            except (MasterError, httpx.HTTPError) as exc:
+            except errors.MlsmError as exc:
                 log.warning("could not report datasets (%s); rescanning fully later", exc)
                 self._want_full = True
             except Exception:

@@ -26,9 +26,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-import httpx
 import msgspec
 
+from mlsm import errors
 from mlsm.redact import redact_text, url_secrets
 from mlsm.wire import agent as w
 
@@ -167,7 +167,7 @@ class DatasetCommands:
             try:
                 report = await asyncio.to_thread(agent.scanner.scan, agent._want_full)
                 if report.full or report.upsert or report.removed:
-                    await agent.link.call("datasets", report, w.decode_ack)
+                    await agent.link.send_datasets(report)
                 agent._want_full = False
             except Exception as exc:  # the scan loop sends a full report later
                 log.warning("could not report datasets after a change (%s)", exc)
@@ -356,19 +356,15 @@ class DatasetCommands:
         self, route: str, body: Any, decode: Callable[[bytes], T], cancel: asyncio.Event
     ) -> T:
         """One agent call, retried with backoff through network faults and busy answers."""
-        from agent.link import MasterError
-
         delay = RETRY_BASE_S
         for attempt in range(RETRY_TRIES):
             try:
                 result: T = await self.agent.link.call(route, body, decode)
                 return result
-            except MasterError as exc:
-                if exc.status < 500 and exc.status != 429:
+            except errors.MlsmError as exc:
+                if isinstance(exc, errors.ClientError) and not isinstance(exc, errors.RateLimited):
                     raise DatasetError(f"the master refused the transfer: {exc.message}") from None
-                why = exc.message
-            except httpx.HTTPError as exc:
-                why = f"{type(exc).__name__}: {exc}"
+                why = exc.message  # unreachable, busy or failing: worth another try
             if attempt == RETRY_TRIES - 1:
                 raise DatasetError(f"cannot reach the master for the transfer: {why}")
             with contextlib.suppress(TimeoutError):
