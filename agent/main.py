@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.collectors import AsyncGpuSampler, HostCollector, make_probe
 from agent.link import MasterLink, is_auth_failure
@@ -40,6 +40,9 @@ from agent.state import AgentState
 from agent.supervisor import JobSupervisor
 from mlsm import PROTOCOL_VERSION, __version__, errors
 from mlsm.wire import agent as w
+
+if TYPE_CHECKING:  # the dataset code loads only on a node with dataset roots
+    from agent.datasets.catalog import CatalogReporter
 
 log = logging.getLogger("mlsm.agent")
 
@@ -110,11 +113,6 @@ class Agent:
         self.info = self._info()
         self._info_sent = False
         self.seq = 0
-        self.scanner: Any = None
-        if cfg.dataset_roots:
-            from agent.datasets.scan import DatasetScanner
-
-            self.scanner = DatasetScanner(cfg.dataset_roots)
         self.last_error = ""
         # What each command type does: jobs here; feature modules add theirs (e.g.
         # agent.datasets.service for imports, copies, deletes and digests).
@@ -124,11 +122,21 @@ class Agent:
         }
         # Progress of running transfers (command id -> latest), sent with each heartbeat.
         self.transfers: dict[int, w.TransferProgress] = {}
-        self._want_full = True
+        self.catalog: CatalogReporter | None = None
         if cfg.dataset_roots:
-            from agent.datasets.service import DatasetCommands
+            self._install_datasets()
 
-            DatasetCommands(self).install()
+    def _install_datasets(self) -> None:
+        """Scan and report the dataset roots; take the dataset commands."""
+        from agent.datasets.catalog import CatalogReporter
+        from agent.datasets.scan import DatasetScanner
+        from agent.datasets.service import DatasetCommands
+
+        self.catalog = CatalogReporter(DatasetScanner(self.cfg.dataset_roots), self.link)
+        commands = DatasetCommands(
+            self.cfg.dataset_roots, link=self.link, catalog=self.catalog, transfers=self.transfers
+        )
+        commands.install(self.command_handlers)
 
     # ---------------------------------------------------------------- facts
     def _info(self) -> w.NodeInfo:
@@ -178,8 +186,8 @@ class Agent:
             asyncio.create_task(self.jobs.watch(), name="jobs"),
             asyncio.create_task(self.jobs.ship_logs(), name="logs"),
         ]
-        if self.scanner is not None:
-            tasks.append(asyncio.create_task(self._scan_loop(), name="datasets"))
+        if self.catalog is not None:
+            tasks.append(asyncio.create_task(self._scan_loop(self.catalog), name="datasets"))
         await self.stopping.wait()
         for t in tasks:
             t.cancel()
@@ -279,7 +287,7 @@ class Agent:
             gpus=gpus,
             gpu_error=gpu_err or self.gpu_error,
             jobs=self.jobs.reports(),
-            datasets_digest=self.scanner.catalog_digest if self.scanner is not None else "",
+            datasets_digest=self.catalog.digest if self.catalog is not None else "",
             transfers=list(self.transfers.values()),
         )
 
@@ -289,8 +297,8 @@ class Agent:
             if t.state != "running" and self.transfers.get(t.command_id) is t:
                 del self.transfers[t.command_id]
         self.interval = reply.heartbeat_interval
-        if reply.want_full_catalog and self.scanner is not None:
-            self._want_full = True
+        if reply.want_full_catalog and self.catalog is not None:
+            self.catalog.want_full()
 
     def _after_refused_heartbeat(self, exc: errors.MlsmError, failures: int) -> float:
         """Log why a heartbeat failed; returns how long to wait before the next one."""
@@ -366,18 +374,13 @@ class Agent:
             log.exception("command %s failed", cmd.id)
 
     # ---------------------------------------------------------------- datasets
-    async def _scan_loop(self) -> None:
+    async def _scan_loop(self, catalog: CatalogReporter) -> None:
         await self.registered.wait()
         while not self.stopping.is_set():
-            full = self._want_full
             try:
-                report = await asyncio.to_thread(self.scanner.scan, full)
-                if report.full or report.upsert or report.removed:
-                    await self.link.send_datasets(report)
-                self._want_full = False
+                await catalog.report()
             except errors.MlsmError as exc:
                 log.warning("could not report datasets (%s); rescanning fully later", exc)
-                self._want_full = True
             except Exception:
                 log.exception("dataset scan failed")
             await self._sleep(SCAN_INTERVAL_S)
