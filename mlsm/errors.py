@@ -149,21 +149,11 @@ _BY_CODE: dict[str, type[MlsmError]] = {
     )
 }
 # An answer whose code this mlsm does not know (a newer master's) keeps the class of its
-# status, so a caller's decisions (re-join on 401/403, retry on 503) still hold.
-_BY_STATUS: dict[int, type[MlsmError]] = {
-    cls.status: cls
-    for cls in (
-        ClientError,
-        AuthenticationError,
-        PermissionDenied,
-        NotFound,
-        Conflict,
-        PayloadTooLarge,
-        RateLimited,
-        ProtocolMismatch,
-        UnavailableError,
-    )
-}
+# status, so a caller's decisions (re-join on 401/403, retry on 503) still hold; the first
+# class listed with a status is its most general one.
+_BY_STATUS: dict[int, type[MlsmError]] = {}
+for _cls in _BY_CODE.values():
+    _BY_STATUS.setdefault(_cls.status, _cls)
 
 
 def from_response(status: int, body: Any, reason: str = "") -> MlsmError:
