@@ -70,6 +70,9 @@ class AgentConfig:
 
 
 class Agent:
+    """One agent process: builds its parts from ``cfg`` and runs the loops that talk to the
+    master; jobs are its :class:`JobSupervisor`'s."""
+
     def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
         cfg.data_dir.mkdir(
