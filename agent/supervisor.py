@@ -11,7 +11,8 @@ It also ties log shipping to each attempt's end. An ended attempt's final report
 the master only after its whole log did (or after :data:`FINAL_WAIT_MAX_S` of trying), so
 whoever follows the log misses nothing; until the master has the report, heartbeats still
 list the job as running, or the master would take it for a job the agent lost. A report
-the master did not get is kept and sent again.
+the master did not get is kept and sent again. Once it is delivered, the job's log tail and
+state record are dropped, unless its next attempt already runs here.
 
 Everything it works with comes in through its constructor: the link to the master, the
 agent's state file, the log shipper, the node's runtimes, the GPU probe, and how to tell
@@ -271,8 +272,12 @@ class JobSupervisor:
             if await self._send_events([final]):
                 self._finished.remove(item)
                 self._finish_tries.pop(rec.job_id, None)
-                self._shipper.forget(rec.job_id)
-                self._state.remove(rec.job_id)
+                # The master may have started the job's next attempt here while this end
+                # was on its way (a retry of a lost attempt): that one keeps its log and
+                # record.
+                if rec.job_id not in self._jobs:
+                    self._shipper.forget(rec.job_id)
+                    self._state.remove(rec.job_id)
         if self._finished:
             await nap(self._stopping, backoff(1))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,8 +37,9 @@ class FakeMaster:
     logs: dict[int, bytearray] = field(default_factory=dict)
     log_at_end: dict[int, bytes] = field(default_factory=dict)  # the log when its end came
     refuse_events: bool = False
+    on_end: Callable[[w.JobReport], Awaitable[None]] | None = None  # runs before the answer
 
-    def handle(self, request: httpx.Request) -> httpx.Response:
+    async def handle(self, request: httpx.Request) -> httpx.Response:
         route = request.url.path.rsplit("/", 1)[1]
         if route == "events":
             if self.refuse_events:
@@ -48,6 +49,8 @@ class FakeMaster:
                 self.events.append(report)
                 if report.state != "running":
                     self.log_at_end[report.job_id] = bytes(self.logs.get(report.job_id, b""))
+                    if self.on_end is not None:
+                        await self.on_end(report)
             return httpx.Response(200, content=w.encoder.encode(w.Ack()))
         assert route == "logs", route
         chunk = w.decode_log_chunk(request.content)
@@ -175,6 +178,33 @@ async def test_an_ended_job_stays_running_for_heartbeats_until_the_master_has_it
     node.master.refuse_events = False
     await until(lambda: node.master.states(5) == ["running", "exited"], "the end delivered")
     assert node.supervisor.reports() == [] and node.state.records() == []
+
+
+async def test_a_retry_started_while_the_last_attempts_end_is_sent_keeps_its_log(
+    node: Node,
+) -> None:
+    """The master requeues a lost attempt and starts the retry here at once: the StartJob
+    can arrive before the agent has seen the answer to the end it sent."""
+    retry = start(
+        8, ["sh", "-c", "echo attempt $MLSM_ATTEMPT; until [ -e go ]; do sleep 0.05; done"]
+    )
+    retry.job.attempt = 1
+
+    async def requeue(report: w.JobReport) -> None:
+        if (report.job_id, report.attempt) == (8, 0):
+            await node.supervisor.start(retry)
+
+    node.master.on_end = requeue
+    await node.supervisor.start(start(8, ["sh", "-c", "echo attempt $MLSM_ATTEMPT; exit 3"]))
+    await until(lambda: node.master.states(8) == ["running", "exited", "running"], "the retry")
+    await until(lambda: b"attempt 1" in node.master.logs.get(8, b""), "the retry's log shipped")
+    assert [(r.job_id, r.attempt) for r in node.state.records()] == [(8, 1)]
+
+    (job_dir_for(node.data, 8) / "go").touch()
+    await until(lambda: len(node.master.states(8)) == 4, "the retry's end")
+    on_node = (job_dir_for(node.data, 8) / LOG_NAME).read_bytes()
+    assert node.master.log_at_end[8] == on_node and node.master.events[-1].log_size == len(on_node)
+    assert node.state.records() == []
 
 
 async def test_a_restarted_supervisor_adopts_what_its_state_file_lists(tmp_path: Path) -> None:
