@@ -29,6 +29,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from agent.collectors import GpuProbe
 from agent.link import MasterLink
@@ -184,7 +185,9 @@ class JobSupervisor:
         if r is not None and r.spec.attempt == cmd.attempt:
             await asyncio.to_thread(r.handle.stop, cmd.reason, cmd.end_kind, cmd.grace_s)
 
-    async def _report_unstarted(self, spec: w.JobSpec, state: str, reason: str) -> None:
+    async def _report_unstarted(
+        self, spec: w.JobSpec, state: Literal["lost", "failed_to_start"], reason: str
+    ) -> None:
         """Tell the master at once that an attempt never started: ``lost`` (not the job's
         fault: the master requeues it) or ``failed_to_start`` (the job's own error)."""
         await self._send_events(
@@ -192,7 +195,7 @@ class JobSupervisor:
                 w.JobReport(
                     job_id=spec.job_id,
                     attempt=spec.attempt,
-                    state=state,  # type: ignore[arg-type]
+                    state=state,
                     reason=reason,
                     end_kind="lost" if state == "lost" else "error",
                     ended_at=time.time(),
