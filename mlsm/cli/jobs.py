@@ -8,6 +8,7 @@ import click
 from mlsm.cli.common import ago, client_from, json_option, parse_duration, when
 from mlsm.cli.output import LogSink, echo, emit_json, log_sink, table
 from mlsm.wire import api
+from mlsm.wire.follow import LogEnded, LogEvent, LogText
 
 
 def _kv(items: tuple[str, ...], what: str) -> dict[str, str]:
@@ -119,7 +120,7 @@ def submit(
     except msgspec.ValidationError as exc:
         raise ValidationError(f"invalid job: {exc}") from None
     with client_from(ctx) as c:
-        reply = c.call("POST", "/api/v1/jobs", json=body, type=api.SubmitReply)
+        reply = c.jobs.submit(body)
     if as_json:
         emit_json(reply)
     elif len(reply.ids) > 1:
@@ -153,18 +154,7 @@ def jobs(
 ) -> None:
     """List jobs (queued and running unless --all); REASON says why a job waits."""
     with client_from(ctx) as c:
-        res = c.call(
-            "GET",
-            "/api/v1/jobs",
-            params={
-                "all": all_jobs or None,
-                "state": state,
-                "user": user,
-                "node": node,
-                "limit": limit,
-            },
-            type=api.JobList,
-        )
+        res = c.jobs.list(all=all_jobs, state=state, user=user, node=node, limit=limit)
     if as_json:
         emit_json(res)
         return
@@ -200,7 +190,7 @@ def job() -> None:
 def job_show(ctx: click.Context, job_id: int, as_json: bool) -> None:
     """Everything about a job: spec, where it ran, why it waits or ended, its history."""
     with client_from(ctx) as c:
-        j = c.call("GET", f"/api/v1/jobs/{job_id}", type=api.Job)
+        j = c.jobs.get(job_id)
     if as_json:
         emit_json(j)
         return
@@ -262,7 +252,7 @@ def job_show(ctx: click.Context, job_id: int, as_json: bool) -> None:
 def job_release(ctx: click.Context, job_id: int) -> None:
     """Release a held job into the queue."""
     with client_from(ctx) as c:
-        c.call("POST", f"/api/v1/jobs/{job_id}/release")
+        c.jobs.release(job_id)
     echo(f"job {job_id} released")
 
 
@@ -285,39 +275,24 @@ def logs(ctx: click.Context, job_id: int, follow: bool, raw: bool) -> None:
     try:
         with client_from(ctx) as c:
             if not follow:
-                for chunk in c.stream_lines(f"/api/v1/jobs/{job_id}/log"):
+                for chunk in c.jobs.log(job_id):
                     sink.write(chunk)
                 return
-            state = _follow_sse(c.stream_lines(f"/api/v1/jobs/{job_id}/log/follow"), sink)
+            state = _follow(c.jobs.follow(job_id), sink)
     finally:
         sink.close()
     if state and state != "succeeded":
         echo(f"mlsm: job {job_id} ended {state}", err=True)
 
 
-def _follow_sse(chunks: Iterable[bytes], out: LogSink) -> str:
-    """Decode server-sent events incrementally; write 'log' data as it arrives."""
-    buf = b""
-    event = "message"
-    data: list[bytes] = []
-    for chunk in chunks:
-        buf += chunk
-        while b"\n" in buf:
-            line, buf = buf.split(b"\n", 1)
-            line = line.rstrip(b"\r")
-            if not line:
-                payload = b"\n".join(data)
-                if event == "log":
-                    out.write(payload)
-                    out.flush()
-                elif event == "end":
-                    return payload.decode()
-                event, data = "message", []
-            elif line.startswith(b"event:"):
-                event = line[6:].strip().decode()
-            elif line.startswith(b"data:"):
-                v = line[5:]
-                data.append(v[1:] if v.startswith(b" ") else v)
+def _follow(events: Iterable[LogEvent], out: LogSink) -> str:
+    """Write the log's output as it arrives; the job's final state ("" if the stream broke)."""
+    for event in events:
+        if isinstance(event, LogText):
+            out.write(event.text.encode())
+            out.flush()
+        elif isinstance(event, LogEnded):
+            return event.state
     return ""
 
 
@@ -328,12 +303,7 @@ def _follow_sse(chunks: Iterable[bytes], out: LogSink) -> str:
 def cancel(ctx: click.Context, job_ids: tuple[int, ...], as_json: bool) -> None:
     """Cancel jobs: queued ones at once, running ones with SIGTERM then SIGKILL."""
     with client_from(ctx) as c:
-        res = c.call(
-            "POST",
-            "/api/v1/jobs/cancel",
-            json=api.CancelRequest(ids=list(job_ids)),
-            type=api.CancelResult,
-        )
+        res = c.jobs.cancel(job_ids)
     if as_json:
         emit_json(res)
         return

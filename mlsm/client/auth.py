@@ -1,0 +1,44 @@
+"""Who the client is: log in (a session token), log out, ask who the token belongs to;
+and whether the master answers at all (``/healthz``, public)."""
+
+from __future__ import annotations
+
+from mlsm.client.call import Ack, Call
+from mlsm.client.resource import AsyncResource, SyncResource, async_method, sync_method
+from mlsm.wire import api
+
+AUTH = "/api/v1/auth"
+
+
+def _health() -> Call[api.Health]:
+    """The master's version and protocol; answers without a token."""
+    return Call("GET", "/healthz", api.Health)
+
+
+def _login(username: str, password: str) -> Call[api.LoginReply]:
+    """A new session token for ``username``."""
+    body = api.LoginRequest(username=username, password=password)
+    return Call("POST", f"{AUTH}/login", api.LoginReply, body=body)
+
+
+def _logout() -> Call[Ack]:
+    """Revoke the session token this client uses."""
+    return Call("POST", f"{AUTH}/logout", Ack)
+
+
+def _me() -> Call[api.Me]:
+    return Call("GET", f"{AUTH}/me", api.Me)
+
+
+class Auth(SyncResource):
+    health = sync_method(_health)
+    login = sync_method(_login)
+    logout = sync_method(_logout)
+    me = sync_method(_me)
+
+
+class AsyncAuth(AsyncResource):
+    health = async_method(_health)
+    login = async_method(_login)
+    logout = async_method(_logout)
+    me = async_method(_me)
