@@ -146,7 +146,7 @@ class JobScreen(View):
 
     def action_cancel_job(self) -> None:
         if self.job:
-            self.mlsm.cancel_job(self.job)
+            self.actions.cancel_job(self.job)
 
     @work(exclusive=True, group="log")
     async def stream_log(self) -> None:
