@@ -10,6 +10,7 @@ Errors are :mod:`mlsm.errors` classes; an unreachable master raises ``Unavailabl
 from __future__ import annotations
 
 import asyncio
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -47,47 +48,41 @@ class AdminData:
     verify: api.AuditVerify | None
 
 
-class DataSource:
-    """What the dashboard needs from a master. Subclasses implement every method."""
+class DataSource(ABC):
+    """What the dashboard needs from a master. Subclasses implement every abstract method."""
 
     url: str = ""
 
     async def aclose(self) -> None:
         return None
 
-    def set_token(self, token: str) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def set_token(self, token: str) -> None: ...
 
     # ------------------------------------------------------------ identity
-    async def login(self, username: str, password: str) -> api.LoginReply:
-        raise NotImplementedError
-
-    async def me(self) -> api.Me:
-        raise NotImplementedError
+    @abstractmethod
+    async def login(self, username: str, password: str) -> api.LoginReply: ...
+    @abstractmethod
+    async def me(self) -> api.Me: ...
 
     # ------------------------------------------------------------ lab
-    async def summary(self) -> api.LabSummary:
-        raise NotImplementedError
-
-    async def nodes(self) -> list[api.Node]:
-        raise NotImplementedError
-
-    async def node(self, name: str) -> api.Node:
-        raise NotImplementedError
-
-    async def node_history(self, name: str, window_s: int = 600) -> api.NodeHistory:
-        raise NotImplementedError
-
-    async def drain(self, name: str) -> api.Node:
-        raise NotImplementedError
-
-    async def resume(self, name: str) -> api.Node:
-        raise NotImplementedError
-
-    async def remove_node(self, name: str, force: bool = False) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    async def summary(self) -> api.LabSummary: ...
+    @abstractmethod
+    async def nodes(self) -> list[api.Node]: ...
+    @abstractmethod
+    async def node(self, name: str) -> api.Node: ...
+    @abstractmethod
+    async def node_history(self, name: str, window_s: int = 600) -> api.NodeHistory: ...
+    @abstractmethod
+    async def drain(self, name: str) -> api.Node: ...
+    @abstractmethod
+    async def resume(self, name: str) -> api.Node: ...
+    @abstractmethod
+    async def remove_node(self, name: str, force: bool = False) -> None: ...
 
     # ------------------------------------------------------------ jobs
+    @abstractmethod
     async def jobs(
         self,
         *,
@@ -96,68 +91,50 @@ class DataSource:
         node: str | None = None,
         all: bool = True,
         limit: int = 2000,
-    ) -> api.JobList:
-        raise NotImplementedError
-
-    async def job(self, job_id: int) -> api.Job:
-        raise NotImplementedError
-
-    async def submit(self, spec: api.JobSubmit) -> api.SubmitReply:
-        raise NotImplementedError
-
-    async def cancel(self, ids: list[int]) -> api.CancelResult:
-        raise NotImplementedError
-
-    async def log(self, job_id: int, offset: int = 0, limit: int = LOG_TAIL_BYTES) -> bytes:
-        raise NotImplementedError
-
+    ) -> api.JobList: ...
+    @abstractmethod
+    async def job(self, job_id: int) -> api.Job: ...
+    @abstractmethod
+    async def submit(self, spec: api.JobSubmit) -> api.SubmitReply: ...
+    @abstractmethod
+    async def cancel(self, ids: list[int]) -> api.CancelResult: ...
+    @abstractmethod
+    async def log(self, job_id: int, offset: int = 0, limit: int = LOG_TAIL_BYTES) -> bytes: ...
+    @abstractmethod
     def follow_log(self, job_id: int, offset: int = 0) -> AsyncIterator[LogEvent]:
         """The log from ``offset`` live: ``LogText`` chunks, then ``LogEnded``."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------ datasets
-    async def datasets(self, node: str | None = None) -> list[api.Dataset]:
-        raise NotImplementedError
-
-    async def dataset(self, name: str) -> api.Dataset:
-        raise NotImplementedError
-
-    async def import_dataset(self, req: api.DatasetImport) -> api.Transfer:
-        raise NotImplementedError
-
-    async def transfer_dataset(self, req: api.DatasetTransfer) -> api.Transfer:
-        raise NotImplementedError
-
-    async def delete_dataset(self, name: str, node: str) -> None:
-        raise NotImplementedError
-
-    async def transfers(self) -> list[api.Transfer]:
-        raise NotImplementedError
+    @abstractmethod
+    async def datasets(self, node: str | None = None) -> list[api.Dataset]: ...
+    @abstractmethod
+    async def dataset(self, name: str) -> api.Dataset: ...
+    @abstractmethod
+    async def import_dataset(self, req: api.DatasetImport) -> api.Transfer: ...
+    @abstractmethod
+    async def transfer_dataset(self, req: api.DatasetTransfer) -> api.Transfer: ...
+    @abstractmethod
+    async def delete_dataset(self, name: str, node: str) -> None: ...
+    @abstractmethod
+    async def transfers(self) -> list[api.Transfer]: ...
 
     # ------------------------------------------------------------ admin
-    async def users(self) -> list[api.User]:
-        raise NotImplementedError
-
-    async def create_user(self, req: api.UserCreate) -> api.User:
-        raise NotImplementedError
-
-    async def update_user(self, name: str, req: api.UserUpdate) -> api.User:
-        raise NotImplementedError
-
-    async def join_tokens(self) -> list[api.JoinToken]:
-        raise NotImplementedError
-
-    async def create_join_token(self, req: api.JoinTokenCreate) -> api.JoinTokenCreated:
-        raise NotImplementedError
-
-    async def revoke_join_token(self, token_id: int) -> None:
-        raise NotImplementedError
-
-    async def audit(self, limit: int = 500) -> list[api.AuditEntry]:
-        raise NotImplementedError
-
-    async def audit_verify(self) -> api.AuditVerify:
-        raise NotImplementedError
+    @abstractmethod
+    async def users(self) -> list[api.User]: ...
+    @abstractmethod
+    async def create_user(self, req: api.UserCreate) -> api.User: ...
+    @abstractmethod
+    async def update_user(self, name: str, req: api.UserUpdate) -> api.User: ...
+    @abstractmethod
+    async def join_tokens(self) -> list[api.JoinToken]: ...
+    @abstractmethod
+    async def create_join_token(self, req: api.JoinTokenCreate) -> api.JoinTokenCreated: ...
+    @abstractmethod
+    async def revoke_join_token(self, token_id: int) -> None: ...
+    @abstractmethod
+    async def audit(self, limit: int = 500) -> list[api.AuditEntry]: ...
+    @abstractmethod
+    async def audit_verify(self) -> api.AuditVerify: ...
 
     # ------------------------------------------------------------ bundles for screens
     async def overview(self) -> Overview:
