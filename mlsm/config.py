@@ -76,7 +76,12 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     history_retention_days: Positive = 30.0
     fairshare_half_life_hours: Positive = 24.0
     schedule_tick: Positive = 1.0
+    max_connections: Annotated[int, Meta(ge=0)] = 0  # 0 = derived from the descriptor limit
+    header_timeout: Positive = 10.0  # seconds to send a request head (from connect or 1st byte)
+    body_timeout: Positive = 30.0  # seconds a request body may stall
+    keepalive_timeout: Annotated[int, Meta(ge=1)] = 5  # seconds an idle connection is kept
     allow_plain_http: bool = False  # let secrets cross plain HTTP to a non-loopback master
+    trusted_proxies: list[str] = []  # addresses/CIDRs whose X-Forwarded-For/Forwarded count
     # --- agent
     master: str = ""  # URL the agent dials
     join_token: str = ""
@@ -87,6 +92,15 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     simulate_gpus: str = ""  # e.g. "2xA100-80GB"
     default_unix_user: str = ""  # account for jobs of users with no account here (agent as root)
     single_user: bool = False  # every job runs as the agent's own account (a one-person machine)
+
+    def __post_init__(self) -> None:
+        for entry in self.trusted_proxies:
+            import ipaddress
+
+            try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or CIDR network") from None
 
     # ---------------------------------------------------------------- derived
     @property
@@ -109,7 +123,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 _FIELDS = set(Settings.__struct_fields__)
-_LIST_KEYS = {"dataset_roots"}
+# List settings from the environment and their separators (addresses hold ':', paths ',').
+_LIST_KEYS = {"dataset_roots": os.pathsep, "trusted_proxies": ","}
 _DICT_KEYS = {"labels"}
 
 
@@ -120,7 +135,7 @@ def _from_env(environ: dict[str, str]) -> dict[str, Any]:
         if raw is None or raw == "":
             continue
         if key in _LIST_KEYS:
-            out[key] = [p for p in raw.split(os.pathsep) if p]
+            out[key] = [p.strip() for p in raw.split(_LIST_KEYS[key]) if p.strip()]
         elif key in _DICT_KEYS:
             out[key] = dict(
                 _split_kv(item, f"MLSM_{key.upper()}") for item in raw.split(",") if item

@@ -12,10 +12,12 @@ back into the same class, so the CLI and the dashboard print one readable line::
     │   ├── PermissionDenied       403 forbidden
     │   ├── NotFound               404 not_found
     │   ├── Conflict               409 conflict
+    │   │   └── NodeNameTaken      409 node_name_taken   (a registered node has that name)
     │   ├── PayloadTooLarge        413 payload_too_large
     │   ├── RateLimited            429 rate_limited
     │   └── ProtocolMismatch       426 protocol_mismatch (agent speaks an unsupported version)
     ├── UnavailableError           503 unavailable       (master unreachable, database busy)
+    │   └── AuditUnavailable       503 audit_unavailable (a change's audit row was not written)
     └── DatabaseTooNew             500 database_too_new  (schema newer than this mlsm)
 
 Codes are part of the API: add new ones, never rename.
@@ -83,6 +85,13 @@ class Conflict(ClientError):
     code = "conflict"
 
 
+class NodeNameTaken(Conflict):
+    """A join asked for the name of a registered node (online or not): names are never
+    handed over; an admin removes the node first, or the agent picks another name."""
+
+    code = "node_name_taken"
+
+
 class PayloadTooLarge(ClientError):
     status = 413
     code = "payload_too_large"
@@ -103,6 +112,13 @@ class UnavailableError(MlsmError):
     code = "unavailable"
 
 
+class AuditUnavailable(UnavailableError):
+    """A mutation's audit row could not be committed, so the master does not acknowledge
+    the mutation (which may nevertheless have been applied)."""
+
+    code = "audit_unavailable"
+
+
 class DatabaseTooNew(MlsmError):
     code = "database_too_new"
 
@@ -118,10 +134,12 @@ _BY_CODE: dict[str, type[MlsmError]] = {
         PermissionDenied,
         NotFound,
         Conflict,
+        NodeNameTaken,
         PayloadTooLarge,
         RateLimited,
         ProtocolMismatch,
         UnavailableError,
+        AuditUnavailable,
         DatabaseTooNew,
     )
 }

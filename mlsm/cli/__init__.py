@@ -30,6 +30,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "login": ("mlsm.cli.auth", "login", "Log in to a master and keep the token."),
     "logout": ("mlsm.cli.auth", "logout", "Revoke the session and forget the token."),
     "whoami": ("mlsm.cli.auth", "whoami", "Show who you are logged in as."),
+    "passwd": ("mlsm.cli.auth", "passwd", "Change your own password."),
     "users": ("mlsm.cli.users", "users", "List users."),
     "user": ("mlsm.cli.users", "user", "Add, change and disable users."),
     "token": ("mlsm.cli.users", "token", "Create, list and revoke API tokens."),

@@ -3,7 +3,7 @@ from __future__ import annotations
 import click
 
 from mlsm.cli.common import client_from, json_option, read_password, settings_from
-from mlsm.cli.output import echo, emit_json
+from mlsm.cli.output import echo, emit_json, prompt_secret
 from mlsm.client import Client, check_url, ssl_context
 
 
@@ -51,6 +51,40 @@ def logout(ctx: click.Context) -> None:
         echo(f"mlsm: note: {exc.message}", err=True)
     clear_credentials()
     echo("logged out")
+
+
+@click.command()
+@click.option(
+    "--revoke-tokens", is_flag=True, help="End your API tokens too (after a suspected leak)."
+)
+@click.pass_context
+def passwd(ctx: click.Context, revoke_tokens: bool) -> None:
+    """Change your own password; your other sessions end.
+
+    The current password comes from the prompt or MLSM_PASSWORD, the new one from the
+    prompt or MLSM_NEW_PASSWORD. API tokens keep working unless --revoke-tokens.
+    """
+    import os
+
+    from mlsm.wire import api
+
+    current = read_password("Current password")
+    new = os.environ.get("MLSM_NEW_PASSWORD") or ""
+    if not new:
+        import sys
+
+        from mlsm.errors import ConfigError
+
+        if not sys.stdin.isatty():
+            raise ConfigError("no new password given: set MLSM_NEW_PASSWORD or run from a terminal")
+        new = prompt_secret("New password", confirm=True)
+    body = api.PasswordChange(
+        current_password=current, new_password=new, revoke_api_tokens=revoke_tokens
+    )
+    with client_from(ctx) as c:
+        res = c.auth.change_password(body)
+    what = "other sessions and API tokens" if revoke_tokens else "other sessions"
+    echo(f"password changed; {res.revoked} token(s) ended ({what})")
 
 
 @click.command()

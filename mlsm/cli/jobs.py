@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterable
 
@@ -7,8 +8,10 @@ import click
 
 from mlsm.cli.common import ago, client_from, json_option, parse_duration, when
 from mlsm.cli.output import LogSink, echo, emit_json, log_sink, table
+from mlsm.errors import ValidationError
 from mlsm.wire import api
 from mlsm.wire.follow import LogEnded, LogEvent, LogText
+from mlsm.wire.ints import INT64_MAX
 
 
 def _kv(items: tuple[str, ...], what: str) -> dict[str, str]:
@@ -296,14 +299,36 @@ def _follow(events: Iterable[LogEvent], out: LogSink) -> str:
     return ""
 
 
+def parse_job_ids(args: tuple[str, ...]) -> list[int]:
+    """'7' and '5-9' (inclusive) -> job ids, each one the master can hold, at most
+    MAX_CANCEL_IDS in all; a bad one is one readable line, checked before any is built."""
+    ids: list[int] = []
+    for arg in args:
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", arg.strip())
+        if m is None:
+            raise ValidationError(f"{arg!r}: expected a job id or a range A-B", path="JOB")
+        first = int(m.group(1))
+        last = int(m.group(2)) if m.group(2) else first
+        if not 1 <= first <= INT64_MAX or not 1 <= last <= INT64_MAX:
+            raise ValidationError(f"{arg!r}: job ids go from 1 to {INT64_MAX}", path="JOB")
+        if last < first:
+            raise ValidationError(f"{arg!r}: the range is empty (A-B needs A <= B)", path="JOB")
+        if len(ids) + last - first + 1 > api.MAX_CANCEL_IDS:
+            raise ValidationError(f"at most {api.MAX_CANCEL_IDS} jobs at once", path="JOB")
+        ids.extend(range(first, last + 1))
+    return ids
+
+
 @click.command()
-@click.argument("job_ids", nargs=-1, type=int, required=True)
+@click.argument("job_ids", nargs=-1, required=True, metavar="ID|A-B...")
 @json_option
 @click.pass_context
-def cancel(ctx: click.Context, job_ids: tuple[int, ...], as_json: bool) -> None:
-    """Cancel jobs: queued ones at once, running ones with SIGTERM then SIGKILL."""
+def cancel(ctx: click.Context, job_ids: tuple[str, ...], as_json: bool) -> None:
+    """Cancel jobs (IDs and ranges A-B): queued ones at once, running ones with SIGTERM then
+    SIGKILL."""
+    ids = parse_job_ids(job_ids)
     with client_from(ctx) as c:
-        res = c.jobs.cancel(job_ids)
+        res = c.jobs.cancel(ids)
     if as_json:
         emit_json(res)
         return

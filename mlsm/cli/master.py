@@ -23,14 +23,25 @@ from mlsm.cli.common import read_password, settings_from
     help="Create this superadmin if there are no users (password: prompt or MLSM_PASSWORD).",
 )
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option(
+    "--trusted-proxy",
+    "trusted_proxies",
+    multiple=True,
+    metavar="ADDR|CIDR",
+    help="A reverse proxy whose X-Forwarded-For names the client (repeatable; default none).",
+)
 @click.pass_context
 def master(
-    ctx: click.Context, init_admin: str | None, tls_self_signed: bool, **flags: object
+    ctx: click.Context,
+    init_admin: str | None,
+    tls_self_signed: bool,
+    trusted_proxies: tuple[str, ...],
+    **flags: object,
 ) -> None:
     """Run the master server (foreground; use the systemd unit for a service)."""
     from mlsm.master.server import run_master
 
-    settings = settings_from(ctx, **flags)
+    settings = settings_from(ctx, trusted_proxies=list(trusted_proxies), **flags)
     if tls_self_signed and not settings.tls_cert:
         import socket
 

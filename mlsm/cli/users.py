@@ -114,7 +114,7 @@ def user_set_role(ctx: click.Context, name: str, role: str, as_json: bool) -> No
 @json_option
 @click.pass_context
 def user_disable(ctx: click.Context, name: str, as_json: bool) -> None:
-    """Disable a user: their tokens stop working at once."""
+    """Disable a user: their sessions end and their API tokens stop working at once."""
     _patch(ctx, name, api.UserUpdate(disabled=True), as_json, "user {u.username} disabled")
 
 
@@ -129,11 +129,27 @@ def user_enable(ctx: click.Context, name: str, as_json: bool) -> None:
 
 @user.command("passwd")
 @click.argument("name")
+@click.option(
+    "--revoke-tokens",
+    is_flag=True,
+    help="End the user's API tokens too (their sessions always end).",
+)
 @click.pass_context
-def user_passwd(ctx: click.Context, name: str) -> None:
-    """Set a user's password (prompt or MLSM_PASSWORD)."""
+def user_passwd(ctx: click.Context, name: str, revoke_tokens: bool) -> None:
+    """Set a user's password (prompt or MLSM_PASSWORD); their sessions end at once."""
     password = read_password(f"New password for {name}", confirm=True)
-    _patch(ctx, name, api.UserUpdate(password=password), False, "password of {u.username} changed")
+    body = api.UserUpdate(password=password, revoke_api_tokens=revoke_tokens)
+    ended = "sessions and API tokens" if revoke_tokens else "sessions"
+    _patch(ctx, name, body, False, "password of {u.username} changed; their " + ended + " ended")
+
+
+@user.command("revoke-tokens")
+@click.argument("name")
+@click.pass_context
+def user_revoke_tokens(ctx: click.Context, name: str) -> None:
+    """End every session and API token of a user (after a suspected leak)."""
+    body = api.UserUpdate(revoke_api_tokens=True)
+    _patch(ctx, name, body, False, "sessions and API tokens of {u.username} ended")
 
 
 @user.command("set")

@@ -1,7 +1,7 @@
 """Typed client of the master's JSON API: :class:`Client` (sync, the CLI) and
 :class:`AsyncClient` (async, the dashboard), grouped by resource as httpx groups its faces::
 
-    client.auth          health, login, logout, me
+    client.auth          health, login, logout, me, change_password
     client.users         list, get, create, update
     client.tokens        list, create, revoke               (API tokens)
     client.join_tokens   list, create, revoke               (agents join with them)

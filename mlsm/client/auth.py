@@ -1,5 +1,5 @@
-"""Who the client is: log in (a session token), log out, ask who the token belongs to;
-and whether the master answers at all (``/healthz``, public)."""
+"""Who the client is: log in (a session token), log out, ask who the token belongs to,
+change one's own password; and whether the master answers at all (``/healthz``, public)."""
 
 from __future__ import annotations
 
@@ -30,11 +30,17 @@ def _me() -> Call[api.Me]:
     return Call("GET", f"{AUTH}/me", api.Me)
 
 
+def _change_password(body: api.PasswordChange) -> Call[api.PasswordChanged]:
+    """Change the caller's own password; the caller's other sessions end."""
+    return Call("POST", f"{AUTH}/password", api.PasswordChanged, body=body)
+
+
 class Auth(SyncResource):
     health = sync_method(_health)
     login = sync_method(_login)
     logout = sync_method(_logout)
     me = sync_method(_me)
+    change_password = sync_method(_change_password)
 
 
 class AsyncAuth(AsyncResource):
@@ -42,3 +48,4 @@ class AsyncAuth(AsyncResource):
     login = async_method(_login)
     logout = async_method(_logout)
     me = async_method(_me)
+    change_password = async_method(_change_password)

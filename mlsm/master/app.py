@@ -19,8 +19,11 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from mlsm import __version__
 from mlsm.config import Settings
+from mlsm.master.bodies import MasterRequest
+from mlsm.master.clientaddr import ClientAddresses
 from mlsm.master.db import Database
 from mlsm.master.http import RequestMiddleware, handle_exception
+from mlsm.master.openapi import ArrayLikeStructSchema, document_errors
 from mlsm.master.routes import agent as agent_routes
 from mlsm.master.routes import audit as audit_routes
 from mlsm.master.routes import auth as auth_routes
@@ -69,13 +72,15 @@ def _all_route_handlers() -> list[Any]:
     handlers: list[Any] = []
     for mod in ROUTE_MODULES:
         handlers.extend(mod.ROUTES)
+    document_errors(handlers)
     return handlers
 
 
 def build_services(state: State, settings: Settings, db: Database) -> None:
     state.settings = settings
     state.db = db
-    state.audit = AuditLog(db)
+    state.client_addresses = ClientAddresses(settings.trusted_proxies)
+    state.audit = AuditLog(db, settings.data_path)
     state.auth = AuthService(db, settings)
     state.history = History(db, settings.heartbeat_interval, settings.history_retention_days)
     state.nodes = NodeRegistry(db, settings, state.history)
@@ -106,6 +111,7 @@ def _spawn(state: State, coro: Any) -> None:
 
 
 async def _start_domains(state: State) -> None:
+    await state.audit.load()
     await state.lab_settings.load()
     await state.nodes.load()
     await state.datasets.load()
@@ -122,6 +128,7 @@ async def _stop_domains(state: State) -> None:
         await state.jobs.flush_usage()
     except Exception:
         log.exception("final flush failed")
+    state.audit.close()
 
 
 def create_app(
@@ -169,6 +176,8 @@ def create_app(
         guards=[role_guard],
         exception_handlers={Exception: handle_exception},
         request_max_body_size=settings.max_body_bytes,
+        request_class=MasterRequest,
+        plugins=[ArrayLikeStructSchema()],
         lifespan=[lifespan],
         state=state,
         openapi_config=OpenAPIConfig(

@@ -1,5 +1,6 @@
 """HTTP plumbing shared by every route: request ids, the per-request JSON log line, the audit
-hook for mutations, and the mapping of every exception to the structured error body."""
+hook for mutations (which holds each response until its row is committed), the client
+address, and the mapping of every exception to the structured error body."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from litestar.exceptions import (
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from mlsm.errors import MlsmError
+from mlsm.errors import AuditUnavailable, MlsmError
+from mlsm.master.clientaddr import ClientAddresses
 from mlsm.wire.agent import MSGPACK, AgentError
 
 log = logging.getLogger("mlsm.master")
@@ -61,12 +63,26 @@ def setup_logging(level: str) -> None:
 
 
 def client_addr(scope: Scope) -> str:
-    client = scope.get("client")
-    return str(client[0]) if client else "-"
+    """The request's client address, by the one rule of :mod:`mlsm.master.clientaddr`
+    (trusted proxies from the settings); worked out once per request."""
+    state = scope.setdefault("state", {})
+    addr = state.get("client_addr")
+    if addr is None:
+        app = scope.get("app")
+        resolver = getattr(getattr(app, "state", None), "client_addresses", None)
+        addr = resolver.resolve(scope) if resolver is not None else ClientAddresses().resolve(scope)
+        state["client_addr"] = addr
+    return str(addr)
 
 
 class RequestMiddleware(ASGIMiddleware):
-    """Request id, timing, one JSON log line, and an audit row for every mutation."""
+    """Request id, timing, one JSON log line, and an audit row for every mutation.
+
+    An audited request's response is held at its start until its audit row is committed
+    (the audit log's group commit batches them), so nothing is acknowledged without its
+    row. If the row cannot be written, a success turns into 503 ``audit_unavailable``: the
+    caller learns the change may have happened without a record instead of a plain "ok".
+    """
 
     scopes = ("http",)  # type: ignore[assignment]
 
@@ -82,11 +98,24 @@ class RequestMiddleware(ASGIMiddleware):
         state = scope.setdefault("state", {})
         state["request_id"] = rid
         status = 500
+        method = str(scope.get("method", ""))
+        audited = False  # the row was written (or tried) while the response was held
+        replaced = False  # the response was swapped for the audit failure
 
         async def _send(message: Message) -> None:
-            nonlocal status
+            nonlocal status, audited, replaced
+            if replaced:
+                return  # the held response's body: the caller got the 503 instead
             if message["type"] == "http.response.start":
                 status = message["status"]
+                action = _audit_action(scope, method)
+                if action is not None:
+                    audited = True
+                    if not await _audit(scope, action, status, rid) and status < 400:
+                        replaced = True
+                        status = AuditUnavailable.status
+                        await _send_audit_failure(scope, send, rid)
+                        return
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", rid.encode()))
                 message["headers"] = headers  # type: ignore[typeddict-unknown-key]
@@ -95,28 +124,37 @@ class RequestMiddleware(ASGIMiddleware):
         try:
             await next_app(scope, receive, _send)
         finally:
+            if not audited:  # no response was started (the app failed outright)
+                action = _audit_action(scope, method)
+                if action is not None:
+                    await _audit(scope, action, status, rid)
             elapsed_ms = (time.perf_counter() - start) * 1000
             path = scope.get("path", "")
-            method = scope.get("method", "")
-            user = scope.get("user")
-            fields = {
-                "request_id": rid,
-                "method": method,
-                "path": path,
-                "status": status,
-                "ms": round(elapsed_ms, 2),
-                "client": client_addr(scope),
-                "user": getattr(user, "name", None),
-            }
             level = logging.DEBUG if path.startswith(QUIET_PATHS) else logging.INFO
             if request_log.isEnabledFor(level):
+                user = scope.get("user")
+                fields = {
+                    "request_id": rid,
+                    "method": method,
+                    "path": path,
+                    "status": status,
+                    "ms": round(elapsed_ms, 2),
+                    "client": client_addr(scope),
+                    "user": getattr(user, "name", None),
+                }
                 request_log.log(level, "request", extra={"fields": fields})
-            handler = scope.get("route_handler")
-            if method in MUTATING and handler is not None and handler.opt.get("audit"):
-                await _audit(scope, handler.opt["audit"], status, rid)
 
 
-async def _audit(scope: Scope, action: str, status: int, rid: str) -> None:
+def _audit_action(scope: Scope, method: str) -> str | None:
+    if method not in MUTATING:
+        return None
+    handler = scope.get("route_handler")
+    action = handler.opt.get("audit") if handler is not None else None
+    return str(action) if action else None
+
+
+async def _audit(scope: Scope, action: str, status: int, rid: str) -> bool:
+    """Write the request's audit row and wait for its commit; False if it failed."""
     state = scope.get("state", {})
     user = scope.get("user")
     actor = getattr(user, "name", None) or state.get("audit_actor") or "anonymous"
@@ -146,8 +184,36 @@ async def _audit(scope: Scope, action: str, status: int, rid: str) -> None:
             request_id=rid,
             details=details,
         )
-    except Exception:  # the response is already sent; never lose the request over it
-        log.exception("could not write the audit row for %s", action)
+    except Exception:
+        log.exception("could not write the audit row for %s (request %s)", action, rid)
+        return False
+    return True
+
+
+async def _send_audit_failure(scope: Scope, send: Send, rid: str) -> None:
+    exc = AuditUnavailable(
+        "the change may have been applied, but its audit row could not be written, so the "
+        f"master does not acknowledge it; check before retrying (request {rid})",
+        details={"request_id": rid},
+    )
+    if scope.get("path", "").startswith("/agent/"):
+        body = msgspec.msgpack.encode(AgentError(code=exc.code, message=exc.message))
+        media = MSGPACK.encode()
+    else:
+        body = msgspec.json.encode(exc.to_dict())
+        media = b"application/json"
+    await send(
+        {
+            "type": "http.response.start",
+            "status": exc.status,
+            "headers": [
+                (b"content-type", media),
+                (b"content-length", str(len(body)).encode()),
+                (b"x-request-id", rid.encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 def audit_target(request: Request[Any, Any, Any], target: str, **details: Any) -> None:

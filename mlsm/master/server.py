@@ -1,4 +1,10 @@
-"""Run the master under uvicorn: migrate, bootstrap the first superadmin, serve."""
+"""Run the master under uvicorn: migrate, bootstrap the first superadmin, serve.
+
+Before anything is written the process takes umask 077 and narrows its data directory to
+0700, so the database, its -wal/-shm, logs and spool files are the owner's alone whatever
+umask the caller had. The descriptor limit is raised and the connection limits of
+:mod:`mlsm.master.connections` put in place before the socket opens.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +16,64 @@ from typing import Any
 from mlsm.config import Settings
 from mlsm.errors import ConfigError
 from mlsm.master.app import create_app
+from mlsm.master.connections import (
+    CONNECTIONS_PER_NODE,
+    LARGE_LAB_NODES,
+    ConnectionGuard,
+    connection_cap,
+    listen_backlog,
+    protocol_class,
+    raise_nofile_limit,
+)
 from mlsm.master.db import Database
 from mlsm.master.http import setup_logging
 from mlsm.master.services.users import UserService
 
 log = logging.getLogger("mlsm.master")
+
+#: Files the master creates are private: no bits for group or others.
+PRIVATE_UMASK = 0o077
+DATA_DIR_MODE = 0o700
+#: Seconds in-flight requests get to finish on SIGTERM.
+GRACEFUL_SHUTDOWN_S = 5
+
+
+def make_private(settings: Settings) -> None:
+    """umask 077 for this process, and the data directory 0700 (narrowed if it was wider)."""
+    from mlsm.master.db.engine import restrict_mode
+
+    os.umask(PRIVATE_UMASK)
+    settings.data_path.mkdir(parents=True, exist_ok=True, mode=DATA_DIR_MODE)
+    restrict_mode(settings.data_path, DATA_DIR_MODE)
+
+
+def connection_guard(settings: Settings) -> tuple[ConnectionGuard, int]:
+    """Raise the descriptor limit, derive the connection cap (and the listen backlog) from
+    it, and say so."""
+    soft, hard = raise_nofile_limit()
+    cap = connection_cap(soft, settings.max_connections)
+    log.info(
+        "descriptor limit %d (hard %d): up to %d connections, about %d nodes",
+        soft,
+        hard,
+        cap,
+        cap // CONNECTIONS_PER_NODE,
+    )
+    if cap < LARGE_LAB_NODES * CONNECTIONS_PER_NODE and settings.max_connections == 0:
+        log.warning(
+            "the descriptor limit %d leaves room for only %d connections; a lab of %d nodes "
+            "needs %d: raise LimitNOFILE (systemd) or ulimit -n",
+            soft,
+            cap,
+            LARGE_LAB_NODES,
+            LARGE_LAB_NODES * CONNECTIONS_PER_NODE,
+        )
+    guard = ConnectionGuard(
+        max_connections=cap,
+        header_timeout=settings.header_timeout,
+        body_timeout=settings.body_timeout,
+    )
+    return guard, listen_backlog(soft, cap)
 
 
 async def prepare(settings: Settings, init_admin: str | None, password: str | None) -> bool:
@@ -74,7 +133,7 @@ def run_master(
     import uvicorn
 
     setup_logging(settings.log_level)
-    settings.data_path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_private(settings)
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise ConfigError("settings 'tls_cert' and 'tls_key' go together: give both or neither")
     created = asyncio.run(prepare(settings, init_admin, password))
@@ -85,17 +144,25 @@ def run_master(
             "created" if created else "not created: users already exist",
         )
     app = create_app(settings, migrate=False)
+    guard, backlog = connection_guard(settings)
+    app.state.connection_guard = guard  # for /metrics
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
+        http=protocol_class(guard),
+        timeout_keep_alive=settings.keepalive_timeout,
         log_config=None,
         access_log=False,
         ssl_certfile=settings.tls_cert or None,
         ssl_keyfile=settings.tls_key or None,
-        timeout_graceful_shutdown=5,
-        backlog=4096,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        backlog=backlog,
         server_header=False,
+        # Never let uvicorn rewrite the client address from X-Forwarded-For (by default it
+        # believes any local peer): the trusted_proxies setting is the single source.
+        proxy_headers=False,
+        forwarded_allow_ips=[],
     )
     server = _server_class()(config)
     server.on_exit = app.state.nodes.release_polls

@@ -28,11 +28,13 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from mlsm.wire.ints import Count, Int64
+
 # Bounds applied at decode time, so a hostile body fails validation, not the master.
 Name = Annotated[str, Meta(min_length=1, max_length=128)]
 ShortStr = Annotated[str, Meta(max_length=256)]
 LongStr = Annotated[str, Meta(max_length=4096)]
-NonNeg = Annotated[int, Meta(ge=0)]
+NonNeg = Count  # within 64 bits, like every integer here (mlsm.wire.ints)
 Pct = Annotated[float, Meta(ge=0, le=100)]
 
 AccountName = Annotated[str, Meta(min_length=1, max_length=64)]
@@ -104,7 +106,7 @@ class GpuProcess(Struct, kw_only=True, omit_defaults=True):
     used_mem: NonNeg = 0  # bytes
     user: ShortStr = ""  # Unix user owning the process ("" when unknown)
     name: ShortStr = ""  # process name
-    job_id: int | None = None  # filled by the agent when the pid belongs to an mlsm job
+    job_id: Int64 | None = None  # filled by the agent when the pid belongs to an mlsm job
 
 
 class GpuSample(Struct, kw_only=True, omit_defaults=True):
@@ -119,7 +121,7 @@ class GpuSample(Struct, kw_only=True, omit_defaults=True):
     temperature: float = 0.0  # Celsius
     power_w: float = 0.0
     power_limit_w: float = 0.0
-    ecc_errors: int | None = None  # volatile uncorrected, None where not supported
+    ecc_errors: Int64 | None = None  # volatile uncorrected, None where not supported
     processes: list[GpuProcess] = []
     error: LongStr | None = None  # set when this GPU could not be read this time
     simulated: bool = False
@@ -132,15 +134,15 @@ AgentJobState = Literal["starting", "running", "exited", "failed_to_start", "los
 class JobReport(Struct, kw_only=True, omit_defaults=True):
     """State of one job on a node (in heartbeats, and in events the moment it changes)."""
 
-    job_id: int
+    job_id: Int64
     attempt: NonNeg = 0
     state: AgentJobState
-    pid: int | None = None
+    pid: Int64 | None = None
     container_id: ShortStr | None = None
     started_at: float | None = None
     ended_at: float | None = None
-    exit_code: int | None = None
-    signal: int | None = None
+    exit_code: Int64 | None = None
+    signal: Int64 | None = None
     reason: LongStr = ""  # why it ended, in words ("exit code 1", "cancelled by alice", "timeout")
     end_kind: Literal["", "exit", "cancelled", "timeout", "oom", "error", "lost"] = ""
     log_size: NonNeg = 0  # bytes of output.log written so far
@@ -170,9 +172,9 @@ class DatasetReport(Struct, kw_only=True, omit_defaults=True):
 class TransferProgress(Struct, kw_only=True, omit_defaults=True):
     """Progress of a dataset import/copy command running on the agent."""
 
-    command_id: int
+    command_id: Int64
     done_bytes: NonNeg = 0
-    total_bytes: int | None = None
+    total_bytes: Int64 | None = None
     rate_bps: float = 0.0
     state: Literal["running", "succeeded", "failed", "cancelled"] = "running"
     message: LongStr = ""
@@ -180,7 +182,7 @@ class TransferProgress(Struct, kw_only=True, omit_defaults=True):
 
 # ---------------------------------------------------------------- register / heartbeat
 class RegisterRequest(Struct, kw_only=True):
-    protocol: int
+    protocol: Int64
     join_token: Annotated[str, Meta(min_length=8, max_length=512)]
     name: Annotated[str, Meta(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
     labels: dict[Name, ShortStr] = {}
@@ -188,7 +190,7 @@ class RegisterRequest(Struct, kw_only=True):
 
 
 class RegisterReply(Struct, kw_only=True):
-    node_id: int
+    node_id: Int64
     name: str
     node_secret: str  # shown once; the agent keeps it 0600
     heartbeat_interval: float
@@ -196,7 +198,7 @@ class RegisterReply(Struct, kw_only=True):
 
 
 class Heartbeat(Struct, kw_only=True, omit_defaults=True):
-    protocol: int
+    protocol: Int64
     seq: NonNeg = 0
     sent_at: float = 0.0
     info: NodeInfo | None = None  # only when changed since the last accepted heartbeat
@@ -225,7 +227,7 @@ class Mount(Struct, kw_only=True, omit_defaults=True):
 class JobSpec(Struct, kw_only=True, omit_defaults=True):
     """Everything the agent needs to run one job attempt."""
 
-    job_id: int
+    job_id: Int64
     attempt: NonNeg = 0
     name: ShortStr = ""
     user: ShortStr = ""  # mlsm user name of the submitter
@@ -247,7 +249,7 @@ class JobSpec(Struct, kw_only=True, omit_defaults=True):
     mem_bytes: NonNeg = 0
     timeout_s: float = 0.0  # 0 = none
     kill_grace_s: float = 10.0
-    array_index: int | None = None
+    array_index: Int64 | None = None
     datasets: dict[Name, LongStr] = {}  # name -> path on this node
     # Host roots the job's --mount sources must lie under once the node resolves their
     # symlinks: the lab's mount allow-list for a member's job, None (no limit) for an admin's.
@@ -255,13 +257,13 @@ class JobSpec(Struct, kw_only=True, omit_defaults=True):
 
 
 class StartJob(Struct, tag="start_job", kw_only=True):
-    id: int
+    id: Int64
     job: JobSpec
 
 
 class CancelJob(Struct, tag="cancel_job", kw_only=True):
-    id: int
-    job_id: int
+    id: Int64
+    job_id: Int64
     attempt: NonNeg = 0
     reason: LongStr = "cancelled"
     end_kind: Literal["cancelled", "timeout", "error"] = "cancelled"
@@ -269,7 +271,7 @@ class CancelJob(Struct, tag="cancel_job", kw_only=True):
 
 
 class ImportDataset(Struct, tag="import_dataset", kw_only=True):
-    id: int
+    id: Int64
     url: LongStr
     name: Name
     root: LongStr = ""  # "" = the agent's first dataset root
@@ -280,33 +282,33 @@ class ImportDataset(Struct, tag="import_dataset", kw_only=True):
 
 
 class DeleteDataset(Struct, tag="delete_dataset", kw_only=True):
-    id: int
+    id: Int64
     path: LongStr
 
 
 class DigestDataset(Struct, tag="digest_dataset", kw_only=True):
-    id: int
+    id: Int64
     path: LongStr
 
 
 class CancelTransfer(Struct, tag="cancel_transfer", kw_only=True):
-    id: int
-    command_id: int
+    id: Int64
+    command_id: Int64
 
 
 class SendDataset(Struct, tag="send_dataset", kw_only=True):
     """Copy/move, source side: upload the manifest and the packed dataset at ``path``."""
 
-    id: int
-    transfer_id: int
+    id: Int64
+    transfer_id: Int64
     path: LongStr
 
 
 class ReceiveDataset(Struct, tag="receive_dataset", kw_only=True):
     """Copy/move, target side: download the spooled pack, verify it, rename it into place."""
 
-    id: int
-    transfer_id: int
+    id: Int64
+    transfer_id: Int64
     name: Name
     root: LongStr = ""  # "" = the agent's first dataset root
     manifest_digest: ShortStr = ""
@@ -326,9 +328,9 @@ Command = (
 
 
 class CommandPoll(Struct, kw_only=True, omit_defaults=True):
-    protocol: int
+    protocol: Int64
     wait_s: Annotated[float, Meta(ge=0, le=60)] = 25.0
-    ack: list[int] = []  # command ids handled since the last poll
+    ack: list[Int64] = []  # command ids handled since the last poll
 
 
 class CommandBatch(Struct, kw_only=True, omit_defaults=True):
@@ -336,20 +338,20 @@ class CommandBatch(Struct, kw_only=True, omit_defaults=True):
 
 
 class JobEvents(Struct, kw_only=True):
-    protocol: int
+    protocol: Int64
     jobs: list[JobReport]
 
 
 class LogChunk(Struct, kw_only=True):
-    job_id: int
+    job_id: Int64
     offset: NonNeg
     data: LogBytes
     attempt: NonNeg = 0
 
 
 class LogAck(Struct, kw_only=True):
-    job_id: int
-    next_offset: int  # what the master holds; the agent resends from here
+    job_id: Int64
+    next_offset: Int64  # what the master holds; the agent resends from here
 
 
 class Ack(Struct, kw_only=True, omit_defaults=True):
@@ -393,7 +395,7 @@ class TransferChunk(Struct, kw_only=True, omit_defaults=True):
     ``manifest`` is the MessagePack ``{relative path: sha256}`` of the dataset, ``data`` the
     packed tar. ``eof`` closes the part; with the manifest it carries its ``digest``."""
 
-    transfer_id: int
+    transfer_id: Int64
     part: TransferPart = "data"
     offset: NonNeg
     data: TransferBytes = b""
@@ -402,7 +404,7 @@ class TransferChunk(Struct, kw_only=True, omit_defaults=True):
 
 
 class TransferAck(Struct, kw_only=True, omit_defaults=True):
-    transfer_id: int
+    transfer_id: Int64
     next_offset: NonNeg  # what the master holds of the part; the agent resends from here
     state: Literal["running", "succeeded", "failed", "cancelled"] = "running"
     message: LongStr = ""
@@ -411,14 +413,14 @@ class TransferAck(Struct, kw_only=True, omit_defaults=True):
 class TransferFetch(Struct, kw_only=True, omit_defaults=True):
     """Target -> master: read a spooled part from ``offset``."""
 
-    transfer_id: int
+    transfer_id: Int64
     part: TransferPart = "data"
     offset: NonNeg = 0
     max_bytes: Annotated[int, Meta(ge=1, le=MAX_TRANSFER_CHUNK)] = MAX_TRANSFER_CHUNK
 
 
 class TransferData(Struct, kw_only=True, omit_defaults=True):
-    transfer_id: int
+    transfer_id: Int64
     offset: NonNeg
     data: TransferBytes = b""
     eof: bool = False  # no byte of the part lies beyond offset + len(data)

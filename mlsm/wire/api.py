@@ -12,6 +12,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from mlsm.wire.agent import GpuSample, HostSample, NodeInfo
+from mlsm.wire.ints import Count, DbId
 
 Role = Literal["member", "admin", "superadmin"]
 ROLE_RANK: dict[str, int] = {"member": 1, "admin": 2, "superadmin": 3}
@@ -50,6 +51,18 @@ class LoginReply(Struct, kw_only=True):
     expires_at: float
 
 
+class PasswordChange(Struct, kw_only=True, forbid_unknown_fields=True):
+    """A user changing their own password; their other sessions end."""
+
+    current_password: Annotated[str, Meta(min_length=1, max_length=1024)]
+    new_password: Password
+    revoke_api_tokens: bool = False  # end the user's API tokens too
+
+
+class PasswordChanged(Struct, kw_only=True):
+    revoked: int  # tokens that ended with the change (other sessions, API tokens if asked)
+
+
 class Me(Struct, kw_only=True):
     username: str
     role: Role
@@ -82,6 +95,7 @@ class UserUpdate(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults
     unix_user: Annotated[str, Meta(max_length=32, pattern=r"^([a-z_][a-z0-9_-]*)?$")] | None = None
     gpu_cap: Annotated[int, Meta(ge=0, le=100000)] | None = None
     clear_gpu_cap: bool = False
+    revoke_api_tokens: bool = False  # end the user's API tokens (and sessions) too
 
 
 # ---------------------------------------------------------------- API tokens
@@ -148,6 +162,7 @@ class AuditVerify(Struct, kw_only=True):
     rows: int
     first_broken: int | None = None
     message: str = ""
+    chain_only: int = 0  # rows from before audit MACs, checked by the hash chain alone
 
 
 # ---------------------------------------------------------------- nodes
@@ -220,8 +235,9 @@ class JobSubmit(Struct, kw_only=True, forbid_unknown_fields=True):
         LongStr,
     ] = {}
     priority: Annotated[int, Meta(ge=-1000, le=1000)] = 0
+    # JOBID[:ok|any]; the id is checked against INT64_MAX where it is parsed (jobs service)
     after: Annotated[
-        list[Annotated[str, Meta(max_length=32, pattern=r"^[0-9]+(:(ok|any))?$")]],
+        list[Annotated[str, Meta(max_length=32, pattern=r"^[0-9]{1,19}(:(ok|any))?$")]],
         Meta(max_length=256),
     ] = []
     retries: Annotated[int, Meta(ge=0, le=100)] = 0
@@ -279,8 +295,11 @@ class JobList(Struct, kw_only=True):
     total: int
 
 
+MAX_CANCEL_IDS = 10_000  # ids in one cancel request (and in one `mlsm cancel A-B` range)
+
+
 class CancelRequest(Struct, kw_only=True, forbid_unknown_fields=True):
-    ids: Annotated[list[int], Meta(min_length=1, max_length=10000)]
+    ids: Annotated[list[DbId], Meta(min_length=1, max_length=MAX_CANCEL_IDS)]
 
 
 class CancelResult(Struct, kw_only=True):
@@ -365,6 +384,18 @@ class Health(Struct, kw_only=True):
     database: str
 
 
+class ErrorInfo(Struct, kw_only=True):
+    code: str  # stable: see mlsm/errors.py
+    message: str
+    details: dict[str, object] = {}
+
+
+class ErrorBody(Struct, kw_only=True):
+    """Every error of the JSON API: ``{"error": {"code", "message", "details"}}``."""
+
+    error: ErrorInfo
+
+
 json_encoder = msgspec.json.Encoder()
 
 
@@ -435,11 +466,11 @@ class LabSettings(Struct, kw_only=True):
     image_patterns: list[Pattern] = []  # images members may run (fnmatch); [] = any image
     mount_allow: list[HostPath] = []  # host paths members may mount into containers
     import_allow_cidrs: list[Cidr] = []  # internal ranges dataset imports may reach
-    import_max_bytes: Annotated[int, Meta(ge=0)] = 1 << 40  # largest dataset import (1 TiB)
+    import_max_bytes: Count = 1 << 40  # largest dataset import (1 TiB)
 
 
 class LabSettingsUpdate(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
     image_patterns: list[Pattern] | None = None
     mount_allow: list[HostPath] | None = None
     import_allow_cidrs: list[Cidr] | None = None
-    import_max_bytes: Annotated[int, Meta(ge=0)] | None = None
+    import_max_bytes: Count | None = None

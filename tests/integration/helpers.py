@@ -146,7 +146,9 @@ class Master:
         database_url: str | None = None,
         extra_args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
+        popen: dict[str, Any] | None = None,
     ) -> None:
+        """``popen``: extra ``subprocess.Popen`` arguments (``umask``, ``preexec_fn``)."""
         from tests.conftest import free_port
 
         self.workdir = workdir
@@ -157,6 +159,7 @@ class Master:
         self.database_url = database_url
         self.extra_args = extra_args
         self.extra_env = env or {}
+        self.popen = popen or {}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -182,6 +185,7 @@ class Master:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                **self.popen,
             )
         return self.proc
 

@@ -161,6 +161,62 @@ def test_a_node_secret_authenticates_that_node_only(lab: Lab) -> None:
     lab.cli("cancel", str(job_id))
 
 
+def test_a_registered_nodes_name_is_never_handed_to_another_join(lab: Lab) -> None:
+    """A join-token holder who names an offline node neither takes it over nor its jobs."""
+    victim = register_raw(lab, "victim", lab.join_token())
+    assert lab.node_state("victim") == "offline"  # it never heartbeated
+    job_id = lab.submit("--node", "victim", "-e", "SECRET=pinned", "--", "true")
+
+    thief = lab.join_token()
+    r = lab.agent_call(
+        "register",
+        w.RegisterRequest(protocol=PROTOCOL_VERSION, join_token=thief, name="victim"),
+        None,
+    )
+    assert r.status_code == 409, r.content
+    err = agent_error(r)
+    assert err.code == "node_name_taken"
+    assert "belongs to a registered node" in err.message
+    assert "mlsm node remove victim" in err.message and "--name" in err.message
+
+    # The real node keeps its identity, its secret and its job; nothing leaked to the thief.
+    assert lab.node("victim").id == victim.node_id
+    hb = w.Heartbeat(protocol=PROTOCOL_VERSION)
+    assert lab.agent_call("heartbeat", hb, victim.node_secret).status_code == 200
+    lab.wait_job(job_id, "assigned")
+    poll = w.CommandPoll(protocol=PROTOCOL_VERSION, wait_s=0)
+    batch = w.decode_batch(lab.agent_call("commands", poll, victim.node_secret).content)
+    starts = [c.job for c in batch.commands if isinstance(c, w.StartJob)]
+    assert [(j.job_id, j.env.get("SECRET")) for j in starts] == [(job_id, "pinned")]
+    # The refused join did not spend the token: it still joins under a free name.
+    assert register_raw(lab, "not-the-victim", thief).node_id != victim.node_id
+
+    # An agent process refused this way exits saying why, in one line, without a secret.
+    thief_dir = lab.root / "agents" / "victim-thief"
+    agent = lab.start_agent("victim", token=lab.join_token(), wait=False, data_dir=thief_dir)
+    assert agent.proc.wait(timeout=AGENT_EXIT_DEADLINE_S) != 0
+    out = agent.output()
+    assert "the master refused to register this node: the name 'victim' belongs to" in out, out
+    assert "Traceback" not in out
+    assert not (agent.data_dir / "node-secret").exists()
+    lab.cli("cancel", str(job_id))
+
+
+def test_a_removed_nodes_name_can_be_joined_again_as_a_new_node(lab: Lab) -> None:
+    long_name = "r" * 63  # the longest name: the removed row must still fit its column
+    for name in ("gone", long_name):
+        old = register_raw(lab, name, lab.join_token())
+        res = lab.cli("node", "remove", name, "--yes")
+        assert res.returncode == 0, res.stderr
+        new = register_raw(lab, name, lab.join_token())
+        assert new.node_id != old.node_id and new.name == name
+        assert lab.node(name).id == new.node_id
+        hb = w.Heartbeat(protocol=PROTOCOL_VERSION)
+        assert lab.agent_call("heartbeat", hb, old.node_secret).status_code == 401
+        assert lab.agent_call("heartbeat", hb, new.node_secret).status_code == 200
+        assert [n.name for n in lab.nodes()].count(name) == 1
+
+
 def test_an_unknown_or_missing_node_secret_is_401(lab: Lab) -> None:
     hb = w.Heartbeat(protocol=PROTOCOL_VERSION)
     for secret in (None, "mlsm_n_not-a-secret", lab.token):

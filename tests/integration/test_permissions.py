@@ -28,6 +28,7 @@ EXPECTED: dict[tuple[str, str], str] = {
     # auth
     ("POST", "/api/v1/auth/login"): "public",
     ("POST", "/api/v1/auth/logout"): "member",
+    ("POST", "/api/v1/auth/password"): "member",
     ("GET", "/api/v1/auth/me"): "member",
     # users
     ("GET", "/api/v1/users"): "admin",

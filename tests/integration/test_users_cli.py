@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import stat
 import subprocess
 import sys
 import tomllib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -25,6 +28,9 @@ from tests.integration.helpers import (
 )
 
 Cli = Callable[..., CliResult]
+LIMIT_PER_MINUTE = 10  # login_attempts_per_minute's default
+FLOOD_ADDRESSES = 4
+FLOOD_TRIES = LIMIT_PER_MINUTE + 1  # per flooding address: one more than its limit
 HEAVY_MODULES = ("textual", "litestar", "sqlalchemy", "docker")
 
 
@@ -162,8 +168,6 @@ def test_token_create_list_revoke(
 
     listed = mlsm_cli(["token", "list", "--json"], token=session)
     assert listed.rc == 0, listed
-    import json
-
     rows = {r["name"]: r for r in json.loads(listed.out)}
     assert "ci-token" in rows
     assert api_token not in listed.out  # the secret is shown once, never listed
@@ -184,36 +188,287 @@ def test_member_cannot_revoke_others_tokens(
     assert _me(master, created["token"]).status_code == 200
 
 
-# ------------------------------------------------------------------ login rate limits
-def _login_from(master: Master, source: str, user: str, password: str) -> httpx.Response:
+def _token_list(mlsm_cli: Cli, token: str) -> list[dict[str, Any]]:
+    res = mlsm_cli(["token", "list", "--all", "--json"], token=token)
+    assert res.rc == 0, res
+    rows: list[dict[str, Any]] = json.loads(res.out)
+    return rows
+
+
+def _api_token(master: Master, session: str, name: str) -> tuple[int, str]:
+    created = master.request("POST", "/api/v1/tokens", token=session, json={"name": name})
+    assert created.status_code == 201, created.text
+    return created.json()["info"]["id"], created.json()["token"]
+
+
+def test_tokens_of_a_higher_role_are_out_of_reach(
+    master: Master, mlsm_cli: Cli, make_user: Callable[..., str]
+) -> None:
+    root_id, root_token = _api_token(master, master.admin_token, "root-ci")
+    admin = make_user("admin", "tokadmin")
+    admin_id, admin_token = _api_token(master, admin, "admin-ci")
+    member = make_user("member", "tokmember")
+    member_id, member_token = _api_token(master, member, "member-ci")
+
+    seen = {(r["username"], r["name"]) for r in _token_list(mlsm_cli, admin)}
+    assert ("tokmember", "member-ci") in seen and ("tokadmin", "admin-ci") in seen
+    assert not [u for u, _ in seen if u == ADMIN], seen  # no superadmin token, not even a session
+
+    res = mlsm_cli(["token", "revoke", str(root_id)], token=admin)
+    assert_one_line_error(res)
+    assert f"no token {root_id}" in res.err
+    resp = master.request("DELETE", f"/api/v1/tokens/{root_id}", token=admin)
+    assert resp.status_code == 404 and error_of(resp)["code"] == "not_found"
+    assert _me(master, root_token).status_code == 200
+
+    # downwards and level is fine: an admin revokes a member's, the superadmin an admin's
+    assert mlsm_cli(["token", "revoke", str(member_id)], token=admin).rc == 0
+    assert _me(master, member_token).status_code == 401
+    seen = {(r["username"], r["name"]) for r in _token_list(mlsm_cli, master.admin_token)}
+    assert ("tokadmin", "admin-ci") in seen and (ADMIN, "root-ci") in seen
+    assert mlsm_cli(["token", "revoke", str(admin_id)], token=master.admin_token).rc == 0
+    assert _me(master, admin_token).status_code == 401
+
+
+def test_a_password_reset_by_an_admin_ends_the_users_sessions_at_once(
+    master: Master, mlsm_cli: Cli, make_user: Callable[..., str]
+) -> None:
+    session = make_user("member", "pat")
+    _, api_token = _api_token(master, session, "pat-ci")
+    assert _me(master, session).status_code == 200  # now in the master's token cache
+    admin = make_user("admin")
+    res = mlsm_cli(["user", "passwd", "pat"], token=admin, password="pat-new-password")
+    assert res.rc == 0, res
+    resp = _me(master, session)
+    assert resp.status_code == 401 and error_of(resp)["code"] == "unauthenticated"
+    assert "sessions ended" in res.out
+    assert _me(master, api_token).status_code == 200  # API tokens survive a reset ...
+    assert _me(master, master.login("pat", "pat-new-password")).status_code == 200
+    with pytest.raises(Exception, match="wrong username or password"):
+        master.login("pat", USER_PASSWORD)
+    # ... unless the reset says otherwise
+    fresh = master.login("pat", "pat-new-password")
+    res = mlsm_cli(
+        ["user", "passwd", "pat", "--revoke-tokens"], token=admin, password="pat-newer-password"
+    )
+    assert res.rc == 0, res
+    assert _me(master, api_token).status_code == 401
+    assert _me(master, fresh).status_code == 401
+
+
+def test_disabling_ends_sessions_for_good_and_enabling_brings_back_only_api_tokens(
+    master: Master, mlsm_cli: Cli, make_user: Callable[..., str]
+) -> None:
+    session = make_user("member", "quinn")
+    _, api_token = _api_token(master, session, "quinn-ci")
+    assert _me(master, session).status_code == 200
+    assert mlsm_cli(["user", "disable", "quinn"], token=master.admin_token).rc == 0
+    assert _me(master, session).status_code == 401
+    assert _me(master, api_token).status_code == 401
+    assert mlsm_cli(["user", "enable", "quinn"], token=master.admin_token).rc == 0
+    assert _me(master, session).status_code == 401  # the session ended; it does not come back
+    assert _me(master, api_token).status_code == 200
+
+
+def test_a_role_change_downward_ends_the_sessions(
+    master: Master, mlsm_cli: Cli, make_user: Callable[..., str]
+) -> None:
+    session = make_user("member", "riley")
+    root = master.admin_token
+    assert mlsm_cli(["user", "set-role", "riley", "admin"], token=root).rc == 0
+    assert _me(master, session).json()["role"] == "admin"  # upward: the session goes on
+    assert master.request("GET", "/api/v1/users", token=session).status_code == 200
+    assert mlsm_cli(["user", "set-role", "riley", "member"], token=root).rc == 0
+    assert _me(master, session).status_code == 401
+    assert master.request("GET", "/api/v1/users", token=session).status_code == 401
+
+
+def test_changing_your_own_password_keeps_this_session_and_ends_the_others(
+    master: Master, mlsm_cli: Cli, make_user: Callable[..., str]
+) -> None:
+    here = make_user("member", "sam")
+    elsewhere = master.login("sam")
+    _, api_token = _api_token(master, here, "sam-ci")
+    for t in (here, elsewhere):
+        assert _me(master, t).status_code == 200
+
+    wrong = mlsm_cli(
+        ["passwd"], token=here, password="not-my-password", env={"MLSM_NEW_PASSWORD": "x" * 12}
+    )
+    assert_one_line_error(wrong)
+    assert "the current password is wrong" in wrong.err
+    assert _me(master, elsewhere).status_code == 200
+
+    new = "sam-new-password"
+    res = mlsm_cli(["passwd"], token=here, password=USER_PASSWORD, env={"MLSM_NEW_PASSWORD": new})
+    assert res.rc == 0, res
+    assert "1 token(s) ended" in res.out
+    assert _me(master, here).status_code == 200
+    assert _me(master, elsewhere).status_code == 401
+    assert _me(master, api_token).status_code == 200
+    assert _me(master, master.login("sam", new)).status_code == 200
+    rows = [r for r in _rows_of(master, "auth.password") if r["target"] == "user:sam"]
+    assert [r["outcome"] for r in rows] == ["denied", "ok"]
+
+    res = mlsm_cli(
+        ["passwd", "--revoke-tokens"], token=here, password=new, env={"MLSM_NEW_PASSWORD": new * 2}
+    )
+    assert res.rc == 0, res
+    assert _me(master, api_token).status_code == 401 and _me(master, here).status_code == 200
+
+
+def _rows_of(master: Master, action: str) -> list[dict[str, Any]]:
+    resp = master.request(
+        "GET", "/api/v1/audit", token=master.admin_token, params={"action": action}
+    )
+    assert resp.status_code == 200, resp.text
+    rows: list[dict[str, Any]] = resp.json()
+    return rows
+
+
+# ------------------------------------------------------------------ login limits
+def _login_from(
+    master: Master, source: str, user: str, password: str, headers: dict[str, str] | None = None
+) -> httpx.Response:
     transport = httpx.HTTPTransport(local_address=source)
     with httpx.Client(transport=transport, timeout=30.0) as c:
         return c.post(
-            f"{master.url}/api/v1/auth/login", json={"username": user, "password": password}
+            f"{master.url}/api/v1/auth/login",
+            json={"username": user, "password": password},
+            headers=headers or {},
         )
 
 
-def test_login_rate_limit_per_user_and_per_client(master_factory: Callable[..., Master]) -> None:
+def test_a_flood_of_wrong_passwords_from_other_addresses_never_locks_out_the_right_one(
+    master_factory: Callable[..., Master],
+) -> None:
     m = master_factory()
     m.create_user("member", "victim")
-    limit = 10  # login_attempts_per_minute's default
-    for _ in range(limit):
-        assert _login_from(m, "127.0.0.2", "victim", "wrong-pass").status_code == 401
-    # per user: another client, even with the right password
-    resp = _login_from(m, "127.0.0.3", "victim", USER_PASSWORD)
+    flooders = [f"127.0.0.{i}" for i in range(2, 2 + FLOOD_ADDRESSES)]
+
+    def flood(source: str) -> list[int]:
+        users = ("victim", ADMIN)
+        return [
+            _login_from(m, source, users[i % 2], "wrong-pass").status_code
+            for i in range(FLOOD_TRIES)
+        ]
+
+    with ThreadPoolExecutor(len(flooders)) as pool:
+        codes = [c for got in pool.map(flood, flooders) for c in got]
+    assert set(codes) <= {401, 429}, codes
+    assert 429 in codes  # each flooding address was slowed down
+    # More wrong passwords than any per-user limit could allow, yet the right ones log in.
+    assert codes.count(401) > 2 * LIMIT_PER_MINUTE
+    for user, password in (("victim", USER_PASSWORD), (ADMIN, ADMIN_PASSWORD)):
+        resp = _login_from(m, "127.0.0.99", user, password)
+        assert resp.status_code == 200, resp.text
+    res = run_cli(["login", m.url, "--user", "victim"], home=m.home, password=USER_PASSWORD)
+    assert res.rc == 0, res
+
+
+def test_guessing_from_one_address_is_refused_per_user_and_per_address(
+    master_factory: Callable[..., Master],
+) -> None:
+    m = master_factory()
+    m.create_user("member", "victim")
+    # per (user, address): a few failures, then that pair backs off, right password or not
+    codes = [_login_from(m, "127.0.0.2", "victim", "wrong-pass").status_code for _ in range(6)]
+    assert codes[:5] == [401] * 5 and codes[5] == 429, codes
+    resp = _login_from(m, "127.0.0.2", "victim", USER_PASSWORD)
     assert resp.status_code == 429, resp.text
     err = error_of(resp)
-    assert err["code"] == "rate_limited"
-    assert err["details"]["retry_after"] > 0
-    # per client: another user from the same client
-    resp = _login_from(m, "127.0.0.2", ADMIN, ADMIN_PASSWORD)
+    assert err["code"] == "rate_limited" and err["details"]["retry_after"] > 0
+    assert "victim from 127.0.0.2" in err["message"]
+    # ... while the same user from elsewhere is not held up
+    assert _login_from(m, "127.0.0.3", "victim", USER_PASSWORD).status_code == 200
+    # per address: failures for many users from one address refuse that address
+    for i in range(LIMIT_PER_MINUTE):
+        assert _login_from(m, "127.0.0.4", f"nobody{i}", "wrong-pass").status_code == 401
+    resp = _login_from(m, "127.0.0.4", ADMIN, ADMIN_PASSWORD)
     assert resp.status_code == 429, resp.text
-    # neither limit touches another user on another client
-    assert _login_from(m, "127.0.0.4", ADMIN, ADMIN_PASSWORD).status_code == 200
-    # the CLI says so in one line
+    assert "from 127.0.0.4" in error_of(resp)["message"]
+    assert _login_from(m, "127.0.0.5", ADMIN, ADMIN_PASSWORD).status_code == 200
+    # the CLI says so in one line (it connects from 127.0.0.1)
+    for i in range(LIMIT_PER_MINUTE):
+        assert _login_from(m, "127.0.0.1", f"nobody{i}", "wrong-pass").status_code == 401
     res = run_cli(["login", m.url, "--user", "victim"], home=m.home, password=USER_PASSWORD)
     assert_one_line_error(res)
     assert "too many failed logins" in res.err
+
+
+def _audit_rows(m: Master, request_id: str) -> list[dict[str, Any]]:
+    rows = m.request("GET", "/api/v1/audit", token=m.admin_token, params={"limit": 100_000})
+    return [r for r in rows.json() if r["request_id"] == request_id]
+
+
+def _session_names(m: Master, token: str) -> set[str]:
+    rows = m.request("GET", "/api/v1/tokens", token=token).json()
+    return {r["name"] for r in rows if r["kind"] == "session"}
+
+
+def test_forwarded_headers_from_an_untrusted_peer_are_ignored(
+    master_factory: Callable[..., Master],
+) -> None:
+    """No trusted proxies (the default): a local client cannot pick its address."""
+    m = master_factory()
+    m.create_user("member", "victim")
+    for i in range(LIMIT_PER_MINUTE):
+        spoof = {"X-Forwarded-For": f"198.51.100.{i}", "Forwarded": f"for=198.51.100.{i}"}
+        resp = _login_from(m, "127.0.0.1", f"nobody{i}", "wrong-pass", spoof)
+        assert resp.status_code == 401, resp.text
+    # the per-address limit counted them all against 127.0.0.1
+    spoof = {"X-Forwarded-For": "203.0.113.9", "X-Request-ID": "spoofed-login"}
+    resp = _login_from(m, "127.0.0.1", "victim", USER_PASSWORD, spoof)
+    assert resp.status_code == 429, resp.text
+    assert [r["client"] for r in _audit_rows(m, "spoofed-login")] == ["127.0.0.1"]
+    # a login that works is named after the real peer, and so is its request log line
+    resp = _login_from(m, "127.0.0.2", "victim", USER_PASSWORD, {**spoof, "X-Request-ID": "ok-1"})
+    assert resp.status_code == 200, resp.text
+    assert _session_names(m, resp.json()["token"]) == {"login from 127.0.0.2"}
+    assert [r["client"] for r in _audit_rows(m, "ok-1")] == ["127.0.0.2"]
+    logged = [r for r in m.log_records() if r.get("request_id") == "ok-1"]
+    assert [r["client"] for r in logged] == ["127.0.0.2"]
+
+
+def test_a_trusted_proxys_forwarded_address_is_the_client(
+    master_factory: Callable[..., Master],
+) -> None:
+    m = master_factory(extra_args=("--trusted-proxy", "127.0.0.1", "--trusted-proxy", "10.0.0.0/8"))
+    m.create_user("member", "victim")
+    cases = {
+        # request id: (peer, headers, client the master must name)
+        "xff": ("127.0.0.1", {"X-Forwarded-For": "198.51.100.7, 203.0.113.9"}, "203.0.113.9"),
+        "xff-chain": (
+            "127.0.0.1",
+            {"X-Forwarded-For": "198.51.100.7, 203.0.113.10, 10.1.2.3"},
+            "203.0.113.10",
+        ),
+        "forwarded": ("127.0.0.1", {"Forwarded": 'for="[2001:db8::5]:4711";proto=https'}, "2001:db8::5"),
+        "untrusted-peer": ("127.0.0.2", {"X-Forwarded-For": "203.0.113.11"}, "127.0.0.2"),
+        "garbage": ("127.0.0.1", {"X-Forwarded-For": "203.0.113.12, not-an-ip"}, "127.0.0.1"),
+    }  # fmt: skip
+    for rid, (peer, headers, want) in cases.items():
+        resp = _login_from(m, peer, "victim", USER_PASSWORD, {**headers, "X-Request-ID": rid})
+        assert resp.status_code == 200, resp.text
+        assert [r["client"] for r in _audit_rows(m, rid)] == [want], rid
+        assert _session_names(m, resp.json()["token"]) >= {f"login from {want}"}
+    # the per-address limit counts the forwarded address, not the proxy
+    for i in range(LIMIT_PER_MINUTE):
+        fake = {"X-Forwarded-For": "203.0.113.50"}
+        assert _login_from(m, "127.0.0.1", f"nobody{i}", "wrong", fake).status_code == 401
+    blocked = _login_from(m, "127.0.0.1", "victim", USER_PASSWORD, fake)
+    assert blocked.status_code == 429, blocked.text
+    other = {"X-Forwarded-For": "203.0.113.51"}
+    assert _login_from(m, "127.0.0.1", "victim", USER_PASSWORD, other).status_code == 200
+
+
+def test_a_trusted_proxy_that_is_no_address_is_one_line(tmp_path: Path) -> None:
+    res = run_cli(
+        ["master", "--data-dir", str(tmp_path / "d"), "--trusted-proxy", "proxy.lan"],
+        home=tmp_path,
+    )
+    assert_one_line_error(res)
+    assert "trusted_proxies" in res.err and "'proxy.lan'" in res.err
 
 
 # ------------------------------------------------------------------ fast start

@@ -208,3 +208,16 @@ def test_credentials_are_loaded_between_file_and_environment(tmp_home, monkeypat
     assert settings.fingerprint == "sha256:ab"
     monkeypatch.setenv("MLSM_TOKEN", "env-token")
     assert load_settings().token == "env-token"
+
+
+# ------------------------------------------------------------------ trusted proxies
+def test_trusted_proxies_from_the_environment_are_comma_separated(tmp_home, monkeypatch):
+    monkeypatch.setenv("MLSM_TRUSTED_PROXIES", "10.0.0.0/8, ::1,192.0.2.7")
+    assert load_settings().trusted_proxies == ["10.0.0.0/8", "::1", "192.0.2.7"]
+
+
+@pytest.mark.parametrize("value", ["proxy.example", "10.0.0.0/33", "1.2.3"])
+def test_a_trusted_proxy_that_is_no_address_names_the_key(tmp_home, value):
+    _write_config(f'trusted_proxies = ["{value}"]\n')
+    with pytest.raises(ConfigError, match=r"trusted_proxies.*is not an IP address or CIDR"):
+        load_settings()

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
+import stat
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -35,6 +37,48 @@ log = logging.getLogger("mlsm.master.db")
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+#: The database holds token hashes, node secrets' hashes and every job's env: it and its
+#: companions are the owner's alone, whatever the umask of whoever created them.
+PRIVATE_FILE_MODE = 0o600
+PRIVATE_DIR_MODE = 0o700
+SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
+
+
+def make_private(path: Path, mode: int = PRIVATE_FILE_MODE) -> None:
+    """Create ``path`` (empty) with ``mode`` if missing, else take away any wider bits."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    except FileExistsError:
+        restrict_mode(path, mode)
+        return
+    try:
+        os.fchmod(fd, mode)  # the umask may have taken bits the owner needs
+    finally:
+        os.close(fd)
+
+
+def restrict_mode(path: Path, mode: int) -> None:
+    """Narrow an existing file or directory to ``mode`` (no-op when already within it)."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode) or stat.S_IMODE(st.st_mode) & ~mode == 0:
+        return
+    try:
+        os.chmod(path, mode)
+    except PermissionError:
+        log.warning("%s is readable by others and not ours to change (mode %o)", path, st.st_mode)
+    else:
+        log.info("%s was mode %o; now %o", path, stat.S_IMODE(st.st_mode), mode)
+
+
+def _private_sqlite(path: Path) -> None:
+    """Before each new connection: the SQLite file created 0600 before SQLite opens it (its
+    -wal and -shm take the database file's mode), and existing ones narrowed to 0600."""
+    make_private(path)
+    for suffix in SQLITE_COMPANIONS:
+        restrict_mode(path.with_name(path.name + suffix), PRIVATE_FILE_MODE)
 
 
 def alembic_config(url: str) -> Config:
@@ -69,12 +113,17 @@ class Database:
         if self.is_sqlite:
             self.sqlite_path = Path(parsed.database or "")
             if parsed.database:
-                self.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+                self.sqlite_path.parent.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
             kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
         else:
             kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
+            if parsed.database and parsed.database != ":memory:":
+                path = self.sqlite_path
+                event.listen(
+                    self.engine.sync_engine, "do_connect", lambda *_: _private_sqlite(path)
+                )
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
         self._write_lock: asyncio.Lock | None = asyncio.Lock() if self.is_sqlite else None
@@ -162,7 +211,8 @@ class Database:
             raise ConfigError(
                 "online backup through mlsm is for SQLite; use pg_dump for PostgreSQL"
             )
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.parent.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+        make_private(dest)  # a copy of the database is as private as the database
         src = sqlite3.connect(str(self.sqlite_path), timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
         try:
             dst = sqlite3.connect(str(dest))

@@ -210,7 +210,8 @@ class UsageRecord(Base):
 
 
 class AuditRow(Base):
-    """Append-only, hash-chained record of every mutation."""
+    """Append-only, hash-chained record of every mutation; ``mac`` seals each row's hash
+    with a key kept outside the database (NULL on rows from before revision 0002)."""
 
     __tablename__ = "audit"
 
@@ -226,3 +227,4 @@ class AuditRow(Base):
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+    mac: Mapped[str | None] = mapped_column(String(64), nullable=True, default=None)

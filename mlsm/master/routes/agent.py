@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import msgspec
 from litestar import Request, Response, asgi, post
 from litestar.exceptions import MethodNotAllowedException
 from litestar.types import Receive, Scope, Send
 
-from mlsm.errors import PayloadTooLarge, ValidationError
+from mlsm.errors import PayloadTooLarge
+from mlsm.master.bodies import decode_agent_body
 from mlsm.master.http import audit_target
 from mlsm.master.routes.common import principal, services
 from mlsm.wire import agent as w
@@ -25,12 +25,7 @@ async def _decode(request: Request[Any, Any, Any], decode: Callable[[bytes], T])
     limit = services(request).settings.agent_max_body_bytes
     if len(body) > limit:
         raise PayloadTooLarge(f"agent message of {len(body)} bytes exceeds the limit of {limit}")
-    try:
-        return decode(body)
-    except msgspec.ValidationError as exc:
-        raise ValidationError(f"invalid agent message: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise ValidationError(f"malformed MessagePack: {exc}") from None
+    return decode_agent_body(body, decode)
 
 
 def _reply(obj: Any) -> Response[bytes]:
@@ -69,12 +64,7 @@ async def heartbeat(scope: Scope, receive: Receive, send: Send) -> None:
             raise PayloadTooLarge(f"agent message exceeds the limit of {limit} bytes")
         chunks.append(part)
         more = bool(msg.get("more_body", False))
-    try:
-        hb = w.decode_heartbeat(b"".join(chunks))
-    except msgspec.ValidationError as exc:
-        raise ValidationError(f"invalid agent message: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise ValidationError(f"malformed MessagePack: {exc}") from None
+    hb = decode_agent_body(b"".join(chunks), w.decode_heartbeat)
     reg = st.nodes
     reply = await reg.heartbeat(reg.node_for(scope["user"]), hb)
     payload = w.encoder.encode(reply)

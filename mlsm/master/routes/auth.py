@@ -34,10 +34,27 @@ async def logout(request: Request[Any, Any, Any]) -> dict[str, bool]:
     return {"ok": True}
 
 
+@post(
+    "/api/v1/auth/password",
+    opt={"role": "member", "audit": "auth.password"},
+    status_code=200,
+    tags=["auth"],
+)
+async def change_password(
+    request: Request[Any, Any, Any], data: api.PasswordChange
+) -> api.PasswordChanged:
+    """Change your own password (the current one is checked, under the login limits); your
+    other sessions end, and your API tokens too when asked."""
+    p = principal(request)
+    audit_target(request, f"user:{p.name}", revoke_api_tokens=data.revoke_api_tokens)
+    revoked = await services(request).auth.change_password(p, data, client_addr(request.scope))
+    return api.PasswordChanged(revoked=revoked)
+
+
 @get("/api/v1/auth/me", opt={"role": "member"}, tags=["auth"])
 async def me(request: Request[Any, Any, Any]) -> api.Me:
     p = principal(request)
     return api.Me(username=p.name, role=p.role, token_kind=p.token_kind or "api")  # type: ignore[arg-type]
 
 
-ROUTES = [login, logout, me]
+ROUTES = [login, logout, change_password, me]

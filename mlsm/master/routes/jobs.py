@@ -3,13 +3,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from litestar import Request, get, post
+from litestar import MediaType, Request, get, post
 from litestar.params import Parameter
 from litestar.response import ServerSentEvent, Stream
 
 from mlsm.master.http import audit_target
-from mlsm.master.routes.common import DbId, principal, services
+from mlsm.master.routes.common import DbId, QueryCount, principal, services
 from mlsm.wire import api
+from mlsm.wire.ints import INT64_MAX
 
 MAX_LIST = 10_000
 
@@ -64,22 +65,35 @@ async def release_job(request: Request[Any, Any, Any], job_id: DbId) -> api.Job:
     return await services(request).jobs.release(principal(request), job_id)
 
 
-@get("/api/v1/jobs/{job_id:int}/log", opt={"role": "member"}, tags=["jobs"])
+@get(
+    "/api/v1/jobs/{job_id:int}/log",
+    opt={"role": "member"},
+    tags=["jobs"],
+    media_type=MediaType.TEXT,
+    response_description="The log's bytes (UTF-8 text as the job wrote it); X-Log-Size: its size",
+)
 async def job_log(
     request: Request[Any, Any, Any],
     job_id: DbId,
-    offset: int = Parameter(default=0, ge=0),
-    limit: int | None = Parameter(default=None, ge=1),
+    offset: QueryCount = 0,
+    limit: int | None = Parameter(default=None, ge=1, le=INT64_MAX),
 ) -> Stream:
     size, chunks = await services(request).jobs.log_stream(
         principal(request), job_id, offset, limit
     )
-    return Stream(chunks, media_type="text/plain; charset=utf-8", headers={"X-Log-Size": str(size)})
+    # Litestar adds "; charset=utf-8" to text/plain itself (naming it here doubled it).
+    return Stream(chunks, media_type=MediaType.TEXT, headers={"X-Log-Size": str(size)})
 
 
-@get("/api/v1/jobs/{job_id:int}/log/follow", opt={"role": "member"}, tags=["jobs"])
+@get(
+    "/api/v1/jobs/{job_id:int}/log/follow",
+    opt={"role": "member"},
+    tags=["jobs"],
+    media_type="text/event-stream",
+    response_description='Server-sent events: "log" (data: text), "attempt", then "end" (data: the final state)',
+)
 async def follow_log(
-    request: Request[Any, Any, Any], job_id: DbId, offset: int = Parameter(default=0, ge=0)
+    request: Request[Any, Any, Any], job_id: DbId, offset: QueryCount = 0
 ) -> ServerSentEvent:
     events = services(request).jobs.follow(principal(request), job_id, offset)
     first = await anext(

@@ -9,10 +9,11 @@ from typing import Any
 
 from litestar import Request, Response, get
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Prometheus' text format; Litestar adds "; charset=utf-8" to any text/ type itself.
+CONTENT_TYPE = "text/plain; version=0.0.4"
 
 
 class _LabCollector(Collector):
@@ -71,6 +72,35 @@ class _LabCollector(Collector):
         for k in ("assigned", "running"):
             jq.add_metric([k], placed.get(k, 0))
         yield from (up, state, cpu, mem, memt, gu, gm, gmt, gt, gp, ge, jq)
+        yield from _connection_metrics(getattr(self.state, "connection_guard", None))
+
+
+def _connection_metrics(guard: Any) -> Any:
+    """The HTTP server's connections (mlsm.master.connections); none when not under uvicorn."""
+    if guard is None:
+        return
+    conns = GaugeMetricFamily(
+        "mlsm_http_connections",
+        "Open connections: waiting for a request (idle or unfinished head), or busy with one",
+        labels=["state"],
+    )
+    waiting = len(guard.waiting)
+    conns.add_metric(["waiting"], waiting)
+    conns.add_metric(["busy"], guard.open - waiting)
+    yield conns
+    yield GaugeMetricFamily(
+        "mlsm_http_connections_max", "The connection cap", value=guard.max_connections
+    )
+    dropped = CounterMetricFamily(
+        "mlsm_http_connections_dropped",
+        "Connections the master closed: evicted at the cap, refused at the cap (all busy), "
+        "timed out (request head or body not sent in time)",
+        labels=["reason"],
+    )
+    dropped.add_metric(["evicted"], guard.evicted)
+    dropped.add_metric(["refused"], guard.refused)
+    dropped.add_metric(["timed_out"], guard.timed_out)
+    yield dropped
 
 
 @get("/metrics", opt={"role": "public"}, include_in_schema=False)

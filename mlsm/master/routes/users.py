@@ -43,6 +43,8 @@ async def update_user(
     }
     if data.password is not None:
         changes["password"] = "changed"
+    if data.revoke_api_tokens:
+        changes["revoke_api_tokens"] = True
     audit_target(request, f"user:{username}", **changes)
     return await services(request).users.update(principal(request), username, data)
 

@@ -28,7 +28,7 @@ import msgspec
 from sqlalchemy import func, select, update
 
 from mlsm.config import Settings
-from mlsm.errors import Conflict, NotFound, PermissionDenied, ValidationError
+from mlsm.errors import Conflict, NotFound, PayloadTooLarge, PermissionDenied, ValidationError
 from mlsm.master import scheduler as sched
 from mlsm.master.db import Database
 from mlsm.master.db.models import Job as JobRow
@@ -38,6 +38,7 @@ from mlsm.master.services.joblogs import LogStore
 from mlsm.master.services.nodes import LiveNode, NodeRegistry
 from mlsm.wire import agent as w
 from mlsm.wire import api
+from mlsm.wire.ints import INT64_MAX
 
 log = logging.getLogger("mlsm.master.jobs")
 
@@ -46,6 +47,11 @@ MIN_PASS_GAP_S = 0.005  # coalesce bursts of triggers into one pass
 FOLLOW_POLL_S = 5.0  # a follower re-checks the job's state at least this often
 KILL_GRACE_S = 10.0
 MAX_ARRAY_TASKS = 10_000
+#: What one submission may make the database hold: tasks x the stored spec (argv, env, ...).
+#: A 10,000-task array of ordinary specs (~0.5 KiB) stores ~5 MiB; this refuses a request
+#: that would make a small body grow the database by gigabytes (a large env x a big array).
+MAX_SUBMISSION_STORED_BYTES = 32 << 20
+_spec_size = msgspec.json.Encoder()
 ASSIGN_GRACE_S = 60.0
 REMOVE_ACK_WAIT_S = 5.0  # how long node removal waits for the agent to take its cancels
 REMOVE_ACK_POLL_S = 0.05  # an assigned job the agent has not mentioned for this long is re-sent
@@ -68,18 +74,24 @@ class Active:
     mem: int = 0  # reserved memory in bytes
 
 
-def parse_array(spec: str) -> tuple[list[int], int]:
-    """'0-99%8' -> (indices 0..99, throttle 8); '5' -> ([0..4], 0)."""
+def parse_array(spec: str) -> tuple[range, int]:
+    """'0-99%8' -> (indices 0..99, throttle 8); '5' -> (0..4, 0).
+
+    The task count and the largest index are checked before anything is built, so a
+    huge range is a 400, not a list of a billion ints or an index no database holds."""
     m = re.fullmatch(r"(\d+)(?:-(\d+))?(?:%(\d+))?", spec)
     if not m:
         raise ValidationError(f"--array {spec!r}: expected N, A-B or A-B%T", path="array")
     a, b, t = m.group(1), m.group(2), m.group(3)
-    idx = list(range(int(a), int(b) + 1)) if b is not None else list(range(int(a)))
-    if not idx:
+    start, stop = (int(a), int(b) + 1) if b is not None else (0, int(a))
+    if stop <= start:
         raise ValidationError(f"--array {spec!r} has no tasks", path="array")
-    if len(idx) > MAX_ARRAY_TASKS:
+    if stop - start > MAX_ARRAY_TASKS:
         raise ValidationError(f"--array {spec!r}: at most {MAX_ARRAY_TASKS} tasks", path="array")
-    return idx, int(t) if t else 0
+    if stop - 1 > INT64_MAX:
+        raise ValidationError(f"--array {spec!r}: task indices go up to {INT64_MAX}", path="array")
+    # A throttle above the task count limits nothing: keep it within the count.
+    return range(start, stop), min(int(t), stop - start) if t else 0
 
 
 def parse_mount(text: str) -> w.Mount:
@@ -257,8 +269,14 @@ class JobService:
         indices: list[int | None] = [None]
         if body.array:
             indices = list(parse_array(body.array)[0])
+        self._check_stored_size(spec, len(indices))
         if body.after:
             ids = [int(a.split(":")[0]) for a in body.after]
+            for i, jid in enumerate(ids):
+                if jid > INT64_MAX:
+                    raise ValidationError(
+                        f"--after {jid}: job ids go up to {INT64_MAX}", path=f"after[{i}]"
+                    )
             async with self.db.session() as s:
                 found = set(
                     (await s.execute(select(JobRow.id).where(JobRow.id.in_(ids)))).scalars()
@@ -290,6 +308,24 @@ class JobService:
                 self._pending[r.id] = self._pending_of(r)
             self.kick()
         return api.SubmitReply(job=self._wire(rows[0], p), ids=[r.id for r in rows])
+
+    @staticmethod
+    def _check_stored_size(spec: dict[str, Any], tasks: int) -> None:
+        """Refuse a submission whose rows would hold more than MAX_SUBMISSION_STORED_BYTES:
+        the body limit bounds one spec, not the spec repeated for every task of an array."""
+        each = len(_spec_size.encode(spec))
+        if each * tasks > MAX_SUBMISSION_STORED_BYTES:
+            limit_mib = MAX_SUBMISSION_STORED_BYTES >> 20
+            raise PayloadTooLarge(
+                f"this submission would store {each * tasks / (1 << 20):.1f} MiB "
+                f"({tasks} task(s) x {each / 1024:.1f} KiB of spec); the limit is "
+                f"{limit_mib} MiB per submission: submit a smaller array or a smaller env",
+                details={
+                    "limit_bytes": MAX_SUBMISSION_STORED_BYTES,
+                    "stored_bytes": each * tasks,
+                    "tasks": tasks,
+                },
+            )
 
     async def _insert(self, rows: list[JobRow]) -> None:
         """Insert one submission's rows; returns once committed.

@@ -19,10 +19,17 @@ from typing import Any
 
 import msgspec
 from sqlalchemy import select, text, update
+from sqlalchemy.exc import IntegrityError
 
 from mlsm import MIN_AGENT_PROTOCOL, PROTOCOL_VERSION
 from mlsm.config import Settings
-from mlsm.errors import AuthenticationError, Conflict, NotFound, ProtocolMismatch, ValidationError
+from mlsm.errors import (
+    AuthenticationError,
+    NodeNameTaken,
+    NotFound,
+    ProtocolMismatch,
+    ValidationError,
+)
 from mlsm.master.db import Database
 from mlsm.master.db.models import Command as CommandRow
 from mlsm.master.db.models import JoinToken, Node
@@ -39,6 +46,7 @@ PRUNE_INTERVAL_S = 3600.0
 _cmd_decoder = msgspec.msgpack.Decoder(w.Command)
 # A container network mode an admin may give a node: a name, never "container:<id>".
 DOCKER_NETWORK_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+NODE_NAME_MAX = 63  # the nodes.name column (and the wire struct) allow this much
 _SET_LAST_SEEN = text("UPDATE nodes SET last_seen = :ls WHERE id = :id")
 
 
@@ -269,34 +277,27 @@ class NodeRegistry:
                 await s.execute(select(Node).where(Node.name == req.name))
             ).scalar_one_or_none()
             if existing is not None and not existing.removed:
-                live = self.nodes.get(existing.id)
-                if live is not None and self.state_of(live, now) != "offline":
-                    raise Conflict(f"a node named {req.name!r} is online; pick another --name")
-                # An offline node re-joining with a fresh token: same node, new secret.
-                existing.secret_hash = token_hash(node_secret)
-                existing.labels = dict(req.labels)
-                existing.info = msgspec.to_builtins(req.info)
-                existing.join_token_id = jt.id
-                row = existing
-            else:
-                if existing is not None:  # a removed node's name is free again
-                    existing.name = f"{existing.name}~removed-{existing.id}"
-                    await s.flush()
-                row = Node(
-                    name=req.name,
-                    secret_hash=token_hash(node_secret),
-                    labels=dict(req.labels),
-                    info=msgspec.to_builtins(req.info),
-                    registered_at=now,
-                    join_token_id=jt.id,
-                )
-                s.add(row)
+                # Online or not: a registered node's name (and with it the jobs pinned to it,
+                # their environments and its datasets) is never handed to another join.
+                raise _name_taken(req.name)
+            if existing is not None:  # a removed node's name is free again
+                existing.name = removed_name(existing.id, existing.name)
+                await s.flush()
+            row = Node(
+                name=req.name,
+                secret_hash=token_hash(node_secret),
+                labels=dict(req.labels),
+                info=msgspec.to_builtins(req.info),
+                registered_at=now,
+                join_token_id=jt.id,
+            )
+            s.add(row)
             jt.used += 1
-            await s.flush()
+            try:
+                await s.flush()
+            except IntegrityError:  # a concurrent join took the name first
+                raise _name_taken(req.name) from None
             node_id, name = row.id, row.name
-        old = self.nodes.get(node_id)
-        if old is not None:
-            self._unindex(old)
         n = LiveNode(
             id=node_id,
             name=name,
@@ -304,8 +305,6 @@ class NodeRegistry:
             labels=dict(req.labels),
             registered_at=now,
             info=req.info,
-            draining=old.draining if old else False,
-            outbox=old.outbox if old else {},
         )
         self._index(n)
         log.info("node %s (id %s) joined", name, node_id)
@@ -495,6 +494,20 @@ class NodeRegistry:
             docker_network=n.docker_network,
             running_jobs=sum(1 for r in n.jobs.values() if r.state in ("starting", "running")),
         )
+
+
+def removed_name(node_id: int, name: str) -> str:
+    """The name a removed node's row keeps once its name is reused: unique (it has the id)
+    and never a valid node name (those start with a letter or digit), within the column."""
+    return f"~removed-{node_id}~{name}"[:NODE_NAME_MAX]
+
+
+def _name_taken(name: str) -> NodeNameTaken:
+    return NodeNameTaken(
+        f"the name {name!r} belongs to a registered node: an admin must remove it first "
+        f"(`mlsm node remove {name}`), or start this agent with another --name",
+        details={"name": name},
+    )
 
 
 def _join_wire(r: JoinToken) -> api.JoinToken:

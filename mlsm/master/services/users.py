@@ -3,7 +3,9 @@
 - admins create, change and disable members; only a superadmin creates, promotes, demotes
   or disables admins and superadmins;
 - the last enabled superadmin can be neither demoted nor disabled;
-- nobody changes their own role.
+- nobody changes their own role;
+- a password change, a disable and a role change downward end the user's sessions at once
+  (API tokens too when the change asks for it); see :mod:`mlsm.master.services.auth`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from mlsm.errors import Conflict, NotFound, PermissionDenied, ValidationError
 from mlsm.master.db import Database
 from mlsm.master.db.models import User
 from mlsm.master.security import Principal, hash_password
+from mlsm.master.services.auth import end_sessions
 from mlsm.wire import api
+from mlsm.wire.api import ROLE_RANK
 
 PRIVILEGED = ("admin", "superadmin")
 
@@ -93,8 +97,10 @@ class UserService:
 
     async def update(self, actor: Principal, username: str, body: api.UserUpdate) -> api.User:
         _check_unix_user(body.unix_user)
+        new_hash = hash_password(body.password) if body.password is not None else None
         async with self.db.transaction() as s:
             user = await _get(s, username)
+            end = False  # whether the user's sessions end with this change
             touches_privileged = user.role in PRIVILEGED or (body.role in PRIVILEGED)
             if touches_privileged and not actor.at_least("superadmin"):
                 raise PermissionDenied("only a superadmin can change admins or make admins")
@@ -105,21 +111,28 @@ class UserService:
                     raise Conflict("the last superadmin cannot be demoted")
                 if user.id == actor.user_id:
                     raise PermissionDenied("you cannot change your own role")
+                end = end or ROLE_RANK[body.role] < ROLE_RANK.get(user.role, 0)
                 user.role = body.role
             if body.disabled is not None and body.disabled != user.disabled:
                 if body.disabled and await _is_last_superadmin(s, user):
                     raise Conflict("the last superadmin cannot be disabled")
                 if body.disabled and user.id == actor.user_id:
                     raise PermissionDenied("you cannot disable yourself")
+                end = end or body.disabled
                 user.disabled = body.disabled
-            if body.password is not None:
-                user.password_hash = hash_password(body.password)
+            if new_hash is not None:
+                user.password_hash = new_hash
+                end = True
             if body.unix_user is not None:
                 user.unix_user = body.unix_user
             if body.clear_gpu_cap:
                 user.gpu_cap = None
             elif body.gpu_cap is not None:
                 user.gpu_cap = body.gpu_cap
+            if end or body.revoke_api_tokens:
+                # The actor's own session survives a change of their own password.
+                keep = actor.token_id if user.id == actor.user_id else None
+                await end_sessions(s, user.id, keep_token_id=keep, api_too=body.revoke_api_tokens)
             result = to_wire(user)
         if callable(self._on_change):
             self._on_change(result.id)

@@ -1,0 +1,83 @@
+"""schemathesis hooks for the fuzz run (loaded through ``SCHEMATHESIS_HOOKS``).
+
+- Authentication: a superadmin session from ``POST /api/v1/auth/login``; schemathesis logs
+  in again whenever a request answers 401 (the fuzzer itself logs out and revokes tokens).
+- The fuzzing account is never the one fuzzed: a request that would edit it
+  (``PATCH /api/v1/users/{username}``) edits a stand-in account instead, or a generated
+  password change would end the run's ability to log in.
+- ``GET /api/v1/jobs/{id}/log/follow`` streams until the job ends, and nothing runs the
+  fuzzer's jobs (no agent), so the job is cancelled first and the stream answers at once.
+
+Settings come from the environment the test sets: ``MLSM_FUZZ_URL``, ``MLSM_FUZZ_USER``,
+``MLSM_FUZZ_PASSWORD``, ``MLSM_FUZZ_STAND_IN``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import httpx
+import schemathesis
+
+URL = os.environ.get("MLSM_FUZZ_URL", "")
+USER = os.environ.get("MLSM_FUZZ_USER", "")
+PASSWORD = os.environ.get("MLSM_FUZZ_PASSWORD", "")
+STAND_IN = os.environ.get("MLSM_FUZZ_STAND_IN", "")
+HTTP_TIMEOUT_S = 30.0
+INT64_MAX = 2**63 - 1
+#: How long a login is reused before logging in again (401s refresh it sooner).
+TOKEN_REFRESH_S = 600
+
+
+_session: dict[str, str] = {}  # the hooks' own login, apart from the fuzzed requests'
+
+
+def _login() -> str:
+    resp = httpx.post(
+        f"{URL}/api/v1/auth/login",
+        json={"username": USER, "password": PASSWORD},
+        timeout=HTTP_TIMEOUT_S,
+    )
+    resp.raise_for_status()
+    return str(resp.json()["token"])
+
+
+def _as_superadmin(method: str, path: str, body: Any) -> None:
+    """A request of the hooks themselves, logging in again once if the token was revoked."""
+    for _ in range(2):
+        token = _session.get("token") or _login()
+        _session["token"] = token
+        resp = httpx.request(
+            method,
+            f"{URL}{path}",
+            json=body,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=HTTP_TIMEOUT_S,
+        )
+        if resp.status_code != 401:
+            return
+        _session.pop("token", None)
+
+
+@schemathesis.auth(refresh_interval=TOKEN_REFRESH_S)
+class SuperadminSession:
+    def get(self, case: Any, ctx: Any) -> str:
+        return _login()
+
+    def set(self, case: Any, data: str, ctx: Any) -> None:
+        case.headers = {**(case.headers or {}), "Authorization": f"Bearer {data}"}
+
+
+@schemathesis.hook
+def before_call(ctx: Any, case: Any, **kwargs: Any) -> None:
+    path = case.operation.path
+    params = case.path_parameters or {}
+    if path == "/api/v1/users/{username}" and params.get("username") == USER:
+        case.path_parameters = {**params, "username": STAND_IN}
+    elif path.endswith("/log/follow"):
+        job_id = params.get("job_id")
+        if isinstance(job_id, str) and job_id.isdigit():  # ids taken from responses by links
+            job_id = int(job_id)
+        if isinstance(job_id, int) and 0 < job_id <= INT64_MAX:
+            _as_superadmin("POST", "/api/v1/jobs/cancel", {"ids": [job_id]})
