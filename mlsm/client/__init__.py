@@ -16,7 +16,7 @@ Methods take and return :mod:`mlsm.wire.api` structs; ``jobs.follow`` yields
 :mod:`mlsm.wire.follow` events. Every API path is spelled once, in this package: the
 CLI and the dashboard call methods. Errors come back as the same :mod:`mlsm.errors`
 classes the master raised; a master that cannot be reached raises
-:class:`~mlsm.errors.UnavailableError`. A client refuses a plain-HTTP URL of another
+:class:`~mlsm.errors.Unreachable`, an :class:`~mlsm.errors.UnavailableError`. A client refuses a plain-HTTP URL of another
 machine unless told ``allow_plain_http``. ``transport`` takes an httpx transport, so
 tests run the real Litestar app in-process (``httpx.ASGITransport``).
 """

@@ -2,8 +2,8 @@
 (the dashboard's) send a :class:`~mlsm.client.call.Call` and decode its answer.
 
 Here, and only here, the client meets httpx: a failure to reach the master becomes
-:class:`~mlsm.errors.UnavailableError`, an error answer becomes the :mod:`mlsm.errors`
-class the master raised (:func:`~mlsm.errors.from_response`). A client refuses, when it is
+:class:`~mlsm.errors.Unreachable` (an :class:`~mlsm.errors.UnavailableError`), an error
+answer becomes the :mod:`mlsm.errors` class the master raised (:func:`~mlsm.errors.from_response`). A client refuses, when it is
 made, a URL that would carry credentials in the clear to another machine. Both faces take
 an httpx ``transport``, so tests run the real Litestar app in-process through them.
 """
@@ -88,10 +88,8 @@ def _raise_for(resp: httpx.Response) -> None:
     raise errors.from_response(resp.status_code, body, visible(resp.reason_phrase))
 
 
-def _unavailable(base: str, exc: Exception) -> errors.UnavailableError:
-    return errors.UnavailableError(
-        f"cannot reach the master at {base}: {exc.__class__.__name__}: {exc}"
-    )
+def _unavailable(base: str, exc: Exception) -> errors.Unreachable:
+    return errors.Unreachable(f"cannot reach the master at {base}: {exc.__class__.__name__}: {exc}")
 
 
 def _json(body: object) -> Any:
