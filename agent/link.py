@@ -4,8 +4,17 @@ The agent only dials out. The node secret lives in ``<data>/node-secret`` (0600)
 join token carried the master certificate's fingerprint, it is kept in
 ``<data>/master-fingerprint`` and every connection is pinned to it: the TLS handshake itself
 fails against any other certificate, so nothing (least of all the node secret) is sent to a
-server that presents one. Such a failure is reported as :class:`PinMismatch`, which names
-both fingerprints, instead of the TLS library's generic "certificate verify failed".
+server that presents one. Such a failure is reported as :class:`~mlsm.errors.PinMismatch`,
+which names both fingerprints, instead of the TLS library's generic "certificate verify
+failed".
+
+This is the boundary of the agent's error handling: every failure of a call leaves here as
+a class of :mod:`mlsm.errors`. An error answer is rebuilt from the master's ``AgentError``
+body (:func:`mlsm.errors.from_response`: 401 ``AuthenticationError``, 403
+``PermissionDenied``, 426 ``ProtocolMismatch``, 503 ``UnavailableError`` ...); no answer at
+all (refused, reset, timed out, failed TLS) is :class:`~mlsm.errors.Unreachable`; an answer
+this agent cannot read is a plain :class:`~mlsm.errors.MlsmError`. Nothing above the link
+sees an httpx error.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -20,7 +30,7 @@ from urllib.parse import urlsplit
 import httpx
 import msgspec
 
-from mlsm import errors
+from mlsm import PROTOCOL_VERSION, errors
 from mlsm.wire import agent as w
 
 T = TypeVar("T")
@@ -28,24 +38,6 @@ CONNECT_TIMEOUT_S = 5.0
 REQUEST_TIMEOUT_S = 15.0
 POLL_SLACK_S = 10.0  # a long-poll's HTTP timeout is its wait plus this
 FINGERPRINT_FILE = "master-fingerprint"
-
-
-class MasterError(Exception):
-    """The master refused a call; ``code`` is the stable error code."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
-class PinMismatch(httpx.ConnectError):
-    """The master presented a certificate other than the pinned one; nothing was sent.
-
-    A :class:`httpx.ConnectError`, so callers keep retrying as for an unreachable master
-    (the right certificate may come back), while the message says exactly what is wrong.
-    """
 
 
 def _is_certificate_failure(exc: BaseException) -> bool:
@@ -69,8 +61,31 @@ def write_secret(path: Path, value: str) -> None:
     os.replace(tmp, path)
 
 
+def _refusal(resp: httpx.Response) -> errors.MlsmError:
+    """The error class for an answer with an error status, from its ``AgentError`` body."""
+    body: dict[str, Any] | None = None
+    try:
+        err = w.decode_agent_error(resp.content)
+        body = {"error": {"code": err.code, "message": err.message}}
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        pass  # not the master's answer (a proxy's): named by its status
+    return errors.from_response(resp.status_code, body, resp.reason_phrase)
+
+
 class MasterLink:
-    def __init__(self, url: str, data_dir: Path, *, verify: ssl.SSLContext | bool = True) -> None:
+    """The agent's calls to the master, one typed method per agent route.
+
+    ``transport`` replaces the network (tests hand in an ``httpx.MockTransport``).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        data_dir: Path,
+        *,
+        verify: ssl.SSLContext | bool = True,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.url = url.rstrip("/")
         self.data_dir = data_dir
         self.secret_path = data_dir / "node-secret"
@@ -83,6 +98,7 @@ class MasterLink:
             verify=verify,
             timeout=httpx.Timeout(REQUEST_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
             headers={"content-type": w.MSGPACK, "accept": w.MSGPACK},
+            transport=transport,
         )
 
     async def aclose(self) -> None:
@@ -92,28 +108,55 @@ class MasterLink:
         write_secret(self.secret_path, secret)
         self.secret = secret
 
+    # ---------------------------------------------------------------- the routes
+    async def register(self, req: w.RegisterRequest) -> w.RegisterReply:
+        return await self.call("register", req, w.decode_register_reply, auth=False)
+
+    async def heartbeat(self, hb: w.Heartbeat) -> w.HeartbeatReply:
+        return await self.call("heartbeat", hb, w.decode_heartbeat_reply)
+
+    async def poll_commands(self, wait_s: float, ack: list[int]) -> w.CommandBatch:
+        """Wait up to ``wait_s`` for commands, acknowledging the ``ack`` ids handled."""
+        poll = w.CommandPoll(protocol=PROTOCOL_VERSION, wait_s=wait_s, ack=ack)
+        return await self.call("commands", poll, w.decode_batch, timeout=wait_s + POLL_SLACK_S)
+
+    async def send_events(self, reports: list[w.JobReport]) -> None:
+        jobs = w.JobEvents(protocol=PROTOCOL_VERSION, jobs=reports)
+        await self.call("events", jobs, w.decode_ack)
+
+    async def send_log(self, chunk: w.LogChunk) -> w.LogAck:
+        return await self.call("logs", chunk, w.decode_log_ack)
+
+    async def send_datasets(self, report: w.DatasetReport) -> None:
+        await self.call("datasets", report, w.decode_ack)
+
     async def call(
-        self, path: str, body: Any, decode: Any, *, timeout: float | None = None, auth: bool = True
-    ) -> Any:
+        self,
+        path: str,
+        body: Any,
+        decode: Callable[[bytes], T],
+        *,
+        timeout: float | None = None,
+        auth: bool = True,
+    ) -> T:
+        """POST ``body`` to ``/agent/v1/<path>`` and decode the answer; raises only
+        :mod:`mlsm.errors` classes (see the module docstring)."""
         headers = {"authorization": f"Node {self.secret}"} if auth and self.secret else {}
         kw: dict[str, Any] = {"headers": headers}
         if timeout is not None:
             kw["timeout"] = httpx.Timeout(timeout, connect=CONNECT_TIMEOUT_S)
         try:
             resp = await self._http.post(f"/agent/v1/{path}", content=w.encoder.encode(body), **kw)
-        except httpx.ConnectError as exc:
+        except httpx.HTTPError as exc:
             if self.pinned and _is_certificate_failure(exc):
-                raise PinMismatch(await self._pin_mismatch_message(), request=exc.request) from exc
-            raise
+                raise errors.PinMismatch(await self._pin_mismatch_message()) from exc
+            raise errors.Unreachable(f"{type(exc).__name__}: {exc}") from exc
         if resp.status_code >= 400:
-            code, message = "error", f"HTTP {resp.status_code}"
-            try:
-                err = w.decode_agent_error(resp.content)
-                code, message = err.code, err.message
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                pass
-            raise MasterError(resp.status_code, code, message)
-        return decode(resp.content)
+            raise _refusal(resp)
+        try:
+            return decode(resp.content)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise errors.MlsmError(f"unreadable answer from the master to {path}: {exc}") from exc
 
     async def _pin_mismatch_message(self) -> str:
         """Why the handshake failed, in words: the fingerprint presented vs the pinned one."""
@@ -136,13 +179,7 @@ class MasterLink:
             "join token that carries the new fingerprint (or write it to that file)"
         )
 
-    async def register(self, req: w.RegisterRequest) -> w.RegisterReply:
-        return await self.call("register", req, w.decode_register_reply, auth=False)  # type: ignore[no-any-return]
-
 
 def is_auth_failure(exc: BaseException) -> bool:
-    return isinstance(exc, MasterError) and exc.status in (401, 403)
-
-
-def as_error(exc: MasterError) -> errors.MlsmError:
-    return errors.from_response(exc.status, {"error": {"code": exc.code, "message": exc.message}})
+    """The master no longer accepts this node (a removed node, a revoked secret)."""
+    return isinstance(exc, errors.AuthenticationError | errors.PermissionDenied)

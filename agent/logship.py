@@ -8,6 +8,9 @@ duplicates a byte. Memory stays bounded: at most one chunk (``MAX_LOG_CHUNK``) p
 read at a time, in a worker thread.
 
 One log file per job spans its attempts (each attempt appends), so offsets only grow.
+A log the master refuses for good (it no longer takes the job's log from this node, since
+the attempt was moved elsewhere) counts as sent: it stays in ``output.log`` here and is not
+resent forever (:func:`send_through`).
 """
 
 from __future__ import annotations
@@ -18,15 +21,44 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from agent.runtimes import jobfs
 from agent.state import AgentState
-from mlsm.wire.agent import MAX_LOG_CHUNK
+from mlsm import errors
+from mlsm.wire.agent import MAX_LOG_CHUNK, LogAck, LogChunk
 
 log = logging.getLogger(__name__)
+agent_log = logging.getLogger("mlsm.agent")  # what the agent's operator reads
 
 # send(job_id, attempt, offset, data) -> the master's next_offset
 SendFn = Callable[[int, int, int, bytes], Awaitable[int]]
+
+
+class LogLink(Protocol):
+    """Where log chunks go: the agent's link to the master."""
+
+    async def send_log(self, chunk: LogChunk) -> LogAck: ...
+
+
+def send_through(link: LogLink) -> SendFn:
+    """The shipper's send over ``link``; a refusal for good (403) counts as sent."""
+
+    async def send(job_id: int, attempt: int, offset: int, data: bytes) -> int:
+        chunk = LogChunk(job_id=job_id, attempt=attempt, offset=offset, data=data)
+        try:
+            ack = await link.send_log(chunk)
+        except errors.PermissionDenied as exc:
+            agent_log.warning(
+                "job %s: the master refuses its log (%s); kept on this node only",
+                job_id,
+                exc.message,
+            )
+            return offset + len(data)
+        return int(ack.next_offset)
+
+    return send
+
 
 BACKOFF_INITIAL_S = 0.5
 BACKOFF_MAX_S = 30.0

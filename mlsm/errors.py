@@ -16,11 +16,16 @@ back into the same class, so the CLI and the dashboard print one readable line::
     │   ├── PayloadTooLarge        413 payload_too_large
     │   ├── RateLimited            429 rate_limited
     │   └── ProtocolMismatch       426 protocol_mismatch (agent speaks an unsupported version)
-    ├── UnavailableError           503 unavailable       (master unreachable, database busy)
-    │   └── AuditUnavailable       503 audit_unavailable (a change's audit row was not written)
+    ├── UnavailableError           503 unavailable       (the master cannot serve now: database busy)
+    │   ├── AuditUnavailable       503 audit_unavailable (a change's audit row was not written)
+    │   └── Unreachable                unreachable       (no answer at all: refused, timed out, TLS)
+    │       └── PinMismatch            pin_mismatch      (the master's certificate is not the pinned one)
     └── DatabaseTooNew             500 database_too_new  (schema newer than this mlsm)
 
-Codes are part of the API: add new ones, never rename.
+Codes are part of the API: add new ones, never rename. Classes without a status are raised
+on the client side only (a setting, or a master that never answered); the master never
+sends them. A client maps every failure of its transport into this tree at its boundary
+(``mlsm.client``, the agent's ``agent.link``), so nothing above it catches httpx's errors.
 """
 
 from __future__ import annotations
@@ -112,6 +117,22 @@ class UnavailableError(MlsmError):
     code = "unavailable"
 
 
+class Unreachable(UnavailableError):
+    """No answer from the master at all (connection refused or reset, timeout, failed TLS
+    handshake): a caller retries, as for a busy master, but knows nothing was processed."""
+
+    code = "unreachable"
+
+
+class PinMismatch(Unreachable):
+    """The master presented a certificate other than the pinned one; nothing was sent.
+
+    Unreachable for every caller (the right certificate may come back), while the message
+    names both fingerprints."""
+
+    code = "pin_mismatch"
+
+
 class AuditUnavailable(UnavailableError):
     """A mutation's audit row could not be committed, so the master does not acknowledge
     the mutation (which may nevertheless have been applied)."""
@@ -139,19 +160,30 @@ _BY_CODE: dict[str, type[MlsmError]] = {
         RateLimited,
         ProtocolMismatch,
         UnavailableError,
+        Unreachable,
+        PinMismatch,
         AuditUnavailable,
         DatabaseTooNew,
     )
 }
+# An answer whose code this mlsm does not know (a newer master's) keeps the class of its
+# status, so a caller's decisions (re-join on 401/403, retry on 503) still hold; the first
+# class listed with a status is its most general one.
+_BY_STATUS: dict[int, type[MlsmError]] = {}
+for _cls in _BY_CODE.values():
+    _BY_STATUS.setdefault(_cls.status, _cls)
 
 
 def from_response(status: int, body: Any, reason: str = "") -> MlsmError:
-    """Rebuild the error a master sent (used by :mod:`mlsm.client`). An answer without mlsm's
-    error JSON (a proxy's, say) is named by its status and ``reason`` phrase. Either text is
-    the remote host's: whoever shows it makes its controls visible (``mlsm.termsafe``)."""
+    """Rebuild the error a master sent (used by :mod:`mlsm.client` and ``agent.link``); an
+    unknown code is classed by its status. An answer without mlsm's error JSON (a proxy's,
+    say) is named by its status and ``reason`` phrase. Either text is the remote host's:
+    whoever shows it makes its controls visible (``mlsm.termsafe``)."""
     err = body.get("error") if isinstance(body, dict) else None
     if isinstance(err, dict) and isinstance(err.get("code"), str):
-        cls = _BY_CODE.get(err["code"], ClientError if 400 <= status < 500 else MlsmError)
+        cls = _BY_CODE.get(err["code"]) or _BY_STATUS.get(
+            status, ClientError if 400 <= status < 500 else MlsmError
+        )
         exc = cls.__new__(cls)
         details = err.get("details")
         MlsmError.__init__(

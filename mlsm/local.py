@@ -26,8 +26,13 @@ import httpx
 
 from mlsm.config import DEFAULT_PORT, Settings, credentials_file, load_settings, save_credentials
 from mlsm.errors import MlsmError, UnavailableError
+from mlsm.wire import api
 
 START_TIMEOUT_S = 30.0
+#: Seconds the local master has to answer a health check.
+HEALTH_TIMEOUT_S = 2.0
+#: Seconds the local agent has to join with the token `mlsm up` makes for it.
+AGENT_JOIN_TOKEN_TTL_S = 600.0
 STOP_TIMEOUT_S = 15.0
 POLL_S = 0.1
 
@@ -70,10 +75,14 @@ def _read_pid(p: Path) -> int | None:
 
 
 def _healthy(url: str) -> bool:
+    from mlsm.client import Client
+
     try:
-        return httpx.get(f"{url}/healthz", timeout=2.0).status_code == 200
-    except httpx.HTTPError:
+        with Client(url, timeout=httpx.Timeout(HEALTH_TIMEOUT_S)) as c:
+            c.auth.health()
+    except (MlsmError, ValueError):  # unreachable, an error, or not a master's answer
         return False
+    return True
 
 
 def local_url(s: Settings) -> str:
@@ -194,12 +203,12 @@ def up(s: Settings, *, simulate_gpus: str = "", quiet: bool = False) -> str:
         ]
         if not (lp.root / "agent" / "node-secret").exists():
             with Client(url, token) as c:
-                jt = c.call(
-                    "POST",
-                    "/api/v1/join-tokens",
-                    json={"ttl_s": 600, "uses": 1, "note": "embedded local agent"},
+                jt = c.join_tokens.create(
+                    api.JoinTokenCreate(
+                        ttl_s=AGENT_JOIN_TOKEN_TTL_S, uses=1, note="embedded local agent"
+                    )
                 )
-            args += ["--join-token", jt["token"]]
+            args += ["--join-token", jt.token]
         if simulate_gpus:
             args += ["--simulate-gpus", simulate_gpus]
         _spawn(args, lp.log("agent"), lp.pid("agent"), aenv)
@@ -224,18 +233,16 @@ def _ensure_token(s: Settings, url: str, lp: LocalPaths) -> str:
     if stored.url == url and stored.token:
         try:
             with Client(url, stored.token) as c:
-                c.me()
+                c.auth.me()
             return stored.token
         except MlsmError:
             pass
     with Client(url) as c:
-        reply = c.login(_admin_name(), lp.password.read_text().strip())
+        reply = c.auth.login(_admin_name(), lp.password.read_text().strip())
     with Client(url, reply.token) as c:
-        api_token = c.call("POST", "/api/v1/tokens", json={"name": "embedded local service"})[
-            "token"
-        ]
+        api_token = c.tokens.create(api.ApiTokenCreate(name="embedded local service")).token
     save_credentials(url, api_token)
-    return str(api_token)
+    return api_token
 
 
 def down(s: Settings) -> list[str]:

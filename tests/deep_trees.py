@@ -79,9 +79,20 @@ def deep_tar(depth: int, *, name: str = "d", last: tarfile.TarInfo | None = None
     return buf.getvalue()
 
 
-def open_fds() -> int:
-    """How many file descriptors this process has open."""
-    return len(os.listdir("/proc/self/fd"))
+def open_fds(under: Path) -> int:
+    """How many file descriptors this process has open on ``under`` or below it (a removed
+    directory's still ends in " (deleted)"). Counting only these keeps the check exact while
+    other threads of the test process open and close descriptors of their own."""
+    prefix = str(under)
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # closed meanwhile
+            continue
+        if target == prefix or target.startswith(prefix + "/"):
+            count += 1
+    return count
 
 
 def remove_all_under(path: Path) -> None:

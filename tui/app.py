@@ -1,15 +1,15 @@
-"""The dashboard app: sections as modes, one poll worker for the screen on top, every action."""
+"""The dashboard app: sections as modes, keys and the palette, one poll worker for the screen
+on top. What the dashboard does to the lab lives in :mod:`tui.actions`."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import msgspec
 from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
@@ -22,6 +22,7 @@ from textual.timer import Timer
 from mlsm.errors import AuthenticationError, MlsmError, UnavailableError
 from mlsm.termsafe import visible
 from mlsm.wire import api
+from tui.actions import Actions
 from tui.screens import (
     AdminScreen,
     DatasetsScreen,
@@ -30,10 +31,8 @@ from tui.screens import (
     NodeScreen,
     OverviewScreen,
 )
-from tui.screens.base import View
+from tui.screens.base import Dashboard, View
 from tui.source import DataSource
-from tui.widgets.confirm import ConfirmModal
-from tui.widgets.forms import Field, FormModal, MessageModal, SubmitForm
 from tui.widgets.help import CommandLine, HelpScreen, LoginModal
 from tui.widgets.status import Connection, StatusBar
 
@@ -93,6 +92,7 @@ class MlsmApp(App[None]):
         self._asking_login = False
         self._stale_ticker: Timer | None = None
         self.first_data_at: float | None = None
+        self.actions = Actions(self)
 
     def notify(
         self,
@@ -291,268 +291,6 @@ class MlsmApp(App[None]):
                 partial(self.run_action, binding.action, active.node),
             )
 
-    # ------------------------------------------------------------ actions on the master
-    def _run(self, coro: Awaitable[Any], done: str | Callable[[Any], str] = "") -> None:
-        async def go() -> None:
-            try:
-                result = await coro
-            except MlsmError as exc:
-                self.notify(exc.message, title="refused", severity="error")
-                return
-            message = done(result) if callable(done) else done
-            if message:
-                self.notify(message)
-            self.poll_now()
 
-        self.run_worker(go(), group="action")
-
-    def _confirm(
-        self, question: str, then: Callable[[], Awaitable[Any]], done: str = "", yes: str = "Yes"
-    ) -> None:
-        def answered(ok: bool | None) -> None:
-            if ok:
-                self._run(then(), done)
-
-        self.push_screen(ConfirmModal(question, yes=yes), answered)
-
-    def _guard(self, admin: bool = False) -> bool:
-        if self.readonly:
-            self.notify("read-only dashboard", severity="warning")
-            return False
-        if admin and not self.is_admin:
-            self.notify("only admins can do that", severity="warning")
-            return False
-        return True
-
-    def node_action(self, name: str, kind: str) -> None:
-        if not self._guard(admin=True):
-            return
-        if kind == "resume":
-            self._run(self.source.resume(name), f"{name}: resumed")
-        elif kind == "drain":
-            self._confirm(
-                f"Drain {name}? Running jobs finish; no new jobs start there.",
-                partial(self.source.drain, name),
-                f"{name}: draining",
-                yes="Drain",
-            )
-        elif kind == "remove":
-            self._confirm(
-                f"Remove node {name} from the lab? Its agent must join again.",
-                partial(self.source.remove_node, name),
-                f"{name}: removed",
-                yes="Remove",
-            )
-
-    def submit_job(self) -> None:
-        if not self._guard():
-            return
-
-        def done(reply: api.SubmitReply | None) -> None:
-            if reply is not None:
-                ids = reply.ids or [reply.job.id]
-                self.notify(f"submitted job {', '.join(map(str, ids))}")
-                self.poll_now()
-
-        self.push_screen(SubmitForm(self.source.submit), done)
-
-    def cancel_job(self, job: api.Job) -> None:
-        if not self._guard():
-            return
-        if job.state in api.FINAL_STATES:
-            self.notify(f"job {job.id} already ended ({job.state})", severity="warning")
-            return
-        if job.user != self.conn.user and not self.is_admin:
-            self.notify(f"job {job.id} belongs to {job.user}", severity="warning")
-            return
-
-        def said(result: api.CancelResult) -> str:
-            if job.id in result.cancelled:
-                return f"job {job.id} cancelled"
-            return f"job {job.id} not cancelled: {result.skipped.get(str(job.id), 'refused')}"
-
-        def answered(ok: bool | None) -> None:
-            if ok:
-                self._run(self.source.cancel([job.id]), said)
-
-        what = f"job {job.id}" + (f" ({job.name})" if job.name else "") + f" of {job.user}"
-        self.push_screen(ConfirmModal(f"Cancel {what}?", yes="Cancel job", no="Keep it"), answered)
-
-    def _form(
-        self,
-        title: str,
-        fields: list[Field],
-        action: Callable[[dict[str, str]], Awaitable[Any]],
-        ok: str = "OK",
-        after: Callable[[Any], None] | None = None,
-    ) -> None:
-        def done(result: Any) -> None:
-            if result is None:
-                return
-            if after:
-                after(result)
-            self.poll_now()
-
-        self.push_screen(FormModal(title, fields, action, ok=ok), done)
-
-    def import_dataset(self, node: str = "") -> None:
-        if not self._guard(admin=True):
-            return
-
-        async def go(v: dict[str, str]) -> api.Transfer:
-            req = msgspec.convert(
-                {
-                    "url": v["url"].strip(),
-                    "node": v["node"].strip(),
-                    "name": v["name"].strip(),
-                    "sha256": v["sha256"].strip(),
-                },
-                api.DatasetImport,
-            )
-            return await self.source.import_dataset(req)
-
-        self._form(
-            "Import a dataset onto a node (progress shows under Transfers)",
-            [
-                Field("url", "URL", "https://host/data.tar.gz"),
-                Field("node", "Node", value=node),
-                Field("name", "Name"),
-                Field("sha256", "sha256", "optional"),
-            ],
-            go,
-            ok="Import",
-            after=lambda t: self.notify(f"import {t.id} started on {t.node}"),
-        )
-
-    def transfer_dataset(self, name: str, src: str, *, move: bool) -> None:
-        if not self._guard(admin=True):
-            return
-        verb = "Move" if move else "Copy"
-
-        async def go(v: dict[str, str]) -> api.Transfer:
-            req = msgspec.convert(
-                {"name": name, "src": src, "dst": v["dst"].strip(), "move": move},
-                api.DatasetTransfer,
-            )
-            return await self.source.transfer_dataset(req)
-
-        note = " (the copy on the source is deleted afterwards)" if move else ""
-        self._form(
-            f"{verb} {name} from {src} to…{note}",
-            [Field("dst", "To node")],
-            go,
-            ok=verb,
-            after=lambda t: self.notify(f"{verb.lower()} {t.id} started"),
-        )
-
-    def delete_dataset(self, name: str, node: str) -> None:
-        if not self._guard(admin=True):
-            return
-        self._confirm(
-            f"Delete dataset {name} on {node}? The files are removed from disk.",
-            partial(self.source.delete_dataset, name, node),
-            f"deleting {name} on {node}",
-            yes="Delete",
-        )
-
-    def add_user(self) -> None:
-        if not self._guard(admin=True):
-            return
-
-        async def go(v: dict[str, str]) -> api.User:
-            req = msgspec.convert(
-                {
-                    "username": v["username"].strip(),
-                    "password": v["password"],
-                    "role": v["role"],
-                    "unix_user": v["unix_user"].strip(),
-                },
-                api.UserCreate,
-            )
-            return await self.source.create_user(req)
-
-        self._form(
-            "Add a user",
-            [
-                Field("username", "User name"),
-                Field("password", "Password", "8 characters or more", password=True),
-                Field("role", "Role", options=["member", "admin", "superadmin"]),
-                Field("unix_user", "Unix account", "optional"),
-            ],
-            go,
-            ok="Add",
-            after=lambda u: self.notify(f"user {u.username} added"),
-        )
-
-    def set_role(self, user: api.User) -> None:
-        if not self._guard(admin=True):
-            return
-
-        async def go(v: dict[str, str]) -> api.User:
-            return await self.source.update_user(
-                user.username, msgspec.convert({"role": v["role"]}, api.UserUpdate)
-            )
-
-        self._form(
-            f"Role of {user.username}",
-            [Field("role", "Role", value=user.role, options=["member", "admin", "superadmin"])],
-            go,
-            ok="Set role",
-            after=lambda u: self.notify(f"{u.username} is now {u.role}"),
-        )
-
-    def toggle_user(self, user: api.User) -> None:
-        if not self._guard(admin=True):
-            return
-        verb = "Enable" if user.disabled else "Disable"
-        self._confirm(
-            f"{verb} user {user.username}?",
-            partial(
-                self.source.update_user, user.username, api.UserUpdate(disabled=not user.disabled)
-            ),
-            f"{user.username}: {verb.lower()}d",
-            yes=verb,
-        )
-
-    def new_join_token(self) -> None:
-        if not self._guard(admin=True):
-            return
-
-        async def go(v: dict[str, str]) -> api.JoinTokenCreated:
-            hours = float(v["ttl"] or 24)
-            req = msgspec.convert(
-                {"ttl_s": hours * 3600, "uses": int(v["uses"] or 1), "note": v["note"]},
-                api.JoinTokenCreate,
-            )
-            return await self.source.create_join_token(req)
-
-        def show(created: api.JoinTokenCreated) -> None:
-            self.push_screen(
-                MessageModal(
-                    "New join token (shown once):",
-                    created.token,
-                    f"On the new server: mlsm agent --master {self.source.url} --join-token {created.token}",
-                )
-            )
-
-        self._form(
-            "New join token for agents",
-            [
-                Field("ttl", "Valid hours", value="24"),
-                Field("uses", "Uses", value="1"),
-                Field("note", "Note", "optional"),
-            ],
-            go,
-            ok="Create",
-            after=show,
-        )
-
-    def revoke_join_token(self, token_id: int) -> None:
-        if not self._guard(admin=True):
-            return
-        self._confirm(
-            f"Revoke join token {token_id}?",
-            partial(self.source.revoke_join_token, token_id),
-            f"join token {token_id} revoked",
-            yes="Revoke",
-        )
+if TYPE_CHECKING:  # the screens see the app as a Dashboard: mypy checks here that it is one
+    _as_screens_see_it: type[Dashboard] = MlsmApp

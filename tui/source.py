@@ -1,19 +1,22 @@
 """All master access of the dashboard, in one place.
 
 :class:`DataSource` is the interface the screens use: async methods returning
-:mod:`mlsm.wire.api` structs. :class:`MasterSource` implements it over
-:class:`mlsm.client.AsyncClient`; tests pass a fake with canned structs instead.
+:mod:`mlsm.wire.api` structs, plus the bundles one screen fetches at once.
+:class:`MasterSource` implements it with :class:`mlsm.client.AsyncClient` (every path and
+the log-follow parser live there); tests pass a fake with canned structs instead.
 Errors are :mod:`mlsm.errors` classes; an unreachable master raises ``UnavailableError``.
 """
 
 from __future__ import annotations
 
 import asyncio
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from mlsm.client import AsyncClient
+from mlsm.client import AsyncClient, Verify
 from mlsm.wire import api
+from mlsm.wire.follow import LogEvent
 
 #: Bytes of an existing log fetched when a log view opens (the tail, not the whole file).
 LOG_TAIL_BYTES = 1 << 20
@@ -45,47 +48,41 @@ class AdminData:
     verify: api.AuditVerify | None
 
 
-class DataSource:
-    """What the dashboard needs from a master. Subclasses implement every method."""
+class DataSource(ABC):
+    """What the dashboard needs from a master. Subclasses implement every abstract method."""
 
     url: str = ""
 
     async def aclose(self) -> None:
         return None
 
-    def set_token(self, token: str) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def set_token(self, token: str) -> None: ...
 
     # ------------------------------------------------------------ identity
-    async def login(self, username: str, password: str) -> api.LoginReply:
-        raise NotImplementedError
-
-    async def me(self) -> api.Me:
-        raise NotImplementedError
+    @abstractmethod
+    async def login(self, username: str, password: str) -> api.LoginReply: ...
+    @abstractmethod
+    async def me(self) -> api.Me: ...
 
     # ------------------------------------------------------------ lab
-    async def summary(self) -> api.LabSummary:
-        raise NotImplementedError
-
-    async def nodes(self) -> list[api.Node]:
-        raise NotImplementedError
-
-    async def node(self, name: str) -> api.Node:
-        raise NotImplementedError
-
-    async def node_history(self, name: str, window_s: int = 600) -> api.NodeHistory:
-        raise NotImplementedError
-
-    async def drain(self, name: str) -> api.Node:
-        raise NotImplementedError
-
-    async def resume(self, name: str) -> api.Node:
-        raise NotImplementedError
-
-    async def remove_node(self, name: str, force: bool = False) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    async def summary(self) -> api.LabSummary: ...
+    @abstractmethod
+    async def nodes(self) -> list[api.Node]: ...
+    @abstractmethod
+    async def node(self, name: str) -> api.Node: ...
+    @abstractmethod
+    async def node_history(self, name: str, window_s: int = 600) -> api.NodeHistory: ...
+    @abstractmethod
+    async def drain(self, name: str) -> api.Node: ...
+    @abstractmethod
+    async def resume(self, name: str) -> api.Node: ...
+    @abstractmethod
+    async def remove_node(self, name: str, force: bool = False) -> None: ...
 
     # ------------------------------------------------------------ jobs
+    @abstractmethod
     async def jobs(
         self,
         *,
@@ -94,68 +91,50 @@ class DataSource:
         node: str | None = None,
         all: bool = True,
         limit: int = 2000,
-    ) -> api.JobList:
-        raise NotImplementedError
-
-    async def job(self, job_id: int) -> api.Job:
-        raise NotImplementedError
-
-    async def submit(self, spec: api.JobSubmit) -> api.SubmitReply:
-        raise NotImplementedError
-
-    async def cancel(self, ids: list[int]) -> api.CancelResult:
-        raise NotImplementedError
-
-    async def log(self, job_id: int, offset: int = 0, limit: int = LOG_TAIL_BYTES) -> bytes:
-        raise NotImplementedError
-
-    def follow_log(self, job_id: int, offset: int = 0) -> AsyncIterator[tuple[str, str]]:
-        """Yield ``(event, data)``: ``("log", text)`` chunks, then ``("end", state)``."""
-        raise NotImplementedError
+    ) -> api.JobList: ...
+    @abstractmethod
+    async def job(self, job_id: int) -> api.Job: ...
+    @abstractmethod
+    async def submit(self, spec: api.JobSubmit) -> api.SubmitReply: ...
+    @abstractmethod
+    async def cancel(self, ids: list[int]) -> api.CancelResult: ...
+    @abstractmethod
+    async def log(self, job_id: int, offset: int = 0, limit: int = LOG_TAIL_BYTES) -> bytes: ...
+    @abstractmethod
+    def follow_log(self, job_id: int, offset: int = 0) -> AsyncIterator[LogEvent]:
+        """The log from ``offset`` live: ``LogText`` chunks, then ``LogEnded``."""
 
     # ------------------------------------------------------------ datasets
-    async def datasets(self, node: str | None = None) -> list[api.Dataset]:
-        raise NotImplementedError
-
-    async def dataset(self, name: str) -> api.Dataset:
-        raise NotImplementedError
-
-    async def import_dataset(self, req: api.DatasetImport) -> api.Transfer:
-        raise NotImplementedError
-
-    async def transfer_dataset(self, req: api.DatasetTransfer) -> api.Transfer:
-        raise NotImplementedError
-
-    async def delete_dataset(self, name: str, node: str) -> None:
-        raise NotImplementedError
-
-    async def transfers(self) -> list[api.Transfer]:
-        raise NotImplementedError
+    @abstractmethod
+    async def datasets(self, node: str | None = None) -> list[api.Dataset]: ...
+    @abstractmethod
+    async def dataset(self, name: str) -> api.Dataset: ...
+    @abstractmethod
+    async def import_dataset(self, req: api.DatasetImport) -> api.Transfer: ...
+    @abstractmethod
+    async def transfer_dataset(self, req: api.DatasetTransfer) -> api.Transfer: ...
+    @abstractmethod
+    async def delete_dataset(self, name: str, node: str) -> None: ...
+    @abstractmethod
+    async def transfers(self) -> list[api.Transfer]: ...
 
     # ------------------------------------------------------------ admin
-    async def users(self) -> list[api.User]:
-        raise NotImplementedError
-
-    async def create_user(self, req: api.UserCreate) -> api.User:
-        raise NotImplementedError
-
-    async def update_user(self, name: str, req: api.UserUpdate) -> api.User:
-        raise NotImplementedError
-
-    async def join_tokens(self) -> list[api.JoinToken]:
-        raise NotImplementedError
-
-    async def create_join_token(self, req: api.JoinTokenCreate) -> api.JoinTokenCreated:
-        raise NotImplementedError
-
-    async def revoke_join_token(self, token_id: int) -> None:
-        raise NotImplementedError
-
-    async def audit(self, limit: int = 500) -> list[api.AuditEntry]:
-        raise NotImplementedError
-
-    async def audit_verify(self) -> api.AuditVerify:
-        raise NotImplementedError
+    @abstractmethod
+    async def users(self) -> list[api.User]: ...
+    @abstractmethod
+    async def create_user(self, req: api.UserCreate) -> api.User: ...
+    @abstractmethod
+    async def update_user(self, name: str, req: api.UserUpdate) -> api.User: ...
+    @abstractmethod
+    async def join_tokens(self) -> list[api.JoinToken]: ...
+    @abstractmethod
+    async def create_join_token(self, req: api.JoinTokenCreate) -> api.JoinTokenCreated: ...
+    @abstractmethod
+    async def revoke_join_token(self, token_id: int) -> None: ...
+    @abstractmethod
+    async def audit(self, limit: int = 500) -> list[api.AuditEntry]: ...
+    @abstractmethod
+    async def audit_verify(self) -> api.AuditVerify: ...
 
     # ------------------------------------------------------------ bundles for screens
     async def overview(self) -> Overview:
@@ -204,10 +183,18 @@ class MasterSource(DataSource):
     """The real thing: the master's JSON API through :class:`AsyncClient`."""
 
     def __init__(
-        self, url: str, token: str = "", *, verify: bool = True, client: AsyncClient | None = None
+        self,
+        url: str,
+        token: str = "",
+        *,
+        verify: Verify = True,
+        allow_plain_http: bool = False,
+        client: AsyncClient | None = None,
     ) -> None:
-        self.url = url.rstrip("/")
-        self.client = client or AsyncClient(self.url, token, verify=verify)
+        self.client = client or AsyncClient(
+            url, token, verify=verify, allow_plain_http=allow_plain_http
+        )
+        self.url = self.client.url
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -216,45 +203,33 @@ class MasterSource(DataSource):
         self.client.token = token
 
     async def login(self, username: str, password: str) -> api.LoginReply:
-        reply = await self.client.call(
-            "POST",
-            "/api/v1/auth/login",
-            json=api.LoginRequest(username=username, password=password),
-            type=api.LoginReply,
-        )
+        reply = await self.client.auth.login(username, password)
         self.set_token(reply.token)
         return reply
 
     async def me(self) -> api.Me:
-        return await self.client.call("GET", "/api/v1/auth/me", type=api.Me)
+        return await self.client.auth.me()
 
     async def summary(self) -> api.LabSummary:
-        return await self.client.call("GET", "/api/v1/summary", type=api.LabSummary)
+        return await self.client.nodes.summary()
 
     async def nodes(self) -> list[api.Node]:
-        return await self.client.call("GET", "/api/v1/nodes", type=list[api.Node])
+        return await self.client.nodes.list()
 
     async def node(self, name: str) -> api.Node:
-        return await self.client.call("GET", f"/api/v1/nodes/{name}", type=api.Node)
+        return await self.client.nodes.get(name)
 
     async def node_history(self, name: str, window_s: int = 600) -> api.NodeHistory:
-        return await self.client.call(
-            "GET",
-            f"/api/v1/nodes/{name}/history",
-            params={"window": window_s},
-            type=api.NodeHistory,
-        )
+        return await self.client.nodes.history(name, window_s=window_s)
 
     async def drain(self, name: str) -> api.Node:
-        return await self.client.call("POST", f"/api/v1/nodes/{name}/drain", type=api.Node)
+        return await self.client.nodes.drain(name)
 
     async def resume(self, name: str) -> api.Node:
-        return await self.client.call("POST", f"/api/v1/nodes/{name}/resume", type=api.Node)
+        return await self.client.nodes.resume(name)
 
     async def remove_node(self, name: str, force: bool = False) -> None:
-        await self.client.call(
-            "DELETE", f"/api/v1/nodes/{name}", params={"force": "true" if force else None}
-        )
+        await self.client.nodes.remove(name, force=force)
 
     async def jobs(
         self,
@@ -265,121 +240,61 @@ class MasterSource(DataSource):
         all: bool = True,
         limit: int = 2000,
     ) -> api.JobList:
-        params = {
-            "state": state,
-            "user": user,
-            "node": node,
-            "all": "true" if all else None,
-            "limit": limit,
-        }
-        return await self.client.call("GET", "/api/v1/jobs", params=params, type=api.JobList)
+        return await self.client.jobs.list(state=state, user=user, node=node, all=all, limit=limit)
 
     async def job(self, job_id: int) -> api.Job:
-        return await self.client.call("GET", f"/api/v1/jobs/{job_id}", type=api.Job)
+        return await self.client.jobs.get(job_id)
 
     async def submit(self, spec: api.JobSubmit) -> api.SubmitReply:
-        return await self.client.call("POST", "/api/v1/jobs", json=spec, type=api.SubmitReply)
+        return await self.client.jobs.submit(spec)
 
     async def cancel(self, ids: list[int]) -> api.CancelResult:
-        return await self.client.call(
-            "POST", "/api/v1/jobs/cancel", json=api.CancelRequest(ids=ids), type=api.CancelResult
-        )
+        return await self.client.jobs.cancel(ids)
 
     async def log(self, job_id: int, offset: int = 0, limit: int = LOG_TAIL_BYTES) -> bytes:
-        chunks = [
-            chunk
-            async for chunk in self.client.stream(
-                f"/api/v1/jobs/{job_id}/log", params={"offset": offset, "limit": limit}
-            )
-        ]
-        return b"".join(chunks)
+        return b"".join([c async for c in self.client.jobs.log(job_id, offset=offset, limit=limit)])
 
-    async def follow_log(self, job_id: int, offset: int = 0) -> AsyncIterator[tuple[str, str]]:
-        parser = SseParser()
-        async for chunk in self.client.stream(
-            f"/api/v1/jobs/{job_id}/log/follow", params={"offset": offset}
-        ):
-            for event in parser.feed(chunk):
-                yield event
+    def follow_log(self, job_id: int, offset: int = 0) -> AsyncIterator[LogEvent]:
+        return self.client.jobs.follow(job_id, offset=offset)
 
     async def datasets(self, node: str | None = None) -> list[api.Dataset]:
-        return await self.client.call(
-            "GET", "/api/v1/datasets", params={"node": node}, type=list[api.Dataset]
-        )
+        return await self.client.datasets.list(node=node)
 
     async def dataset(self, name: str) -> api.Dataset:
-        return await self.client.call("GET", f"/api/v1/datasets/{name}", type=api.Dataset)
+        return await self.client.datasets.get(name)
 
     async def import_dataset(self, req: api.DatasetImport) -> api.Transfer:
-        return await self.client.call(
-            "POST", "/api/v1/datasets/import", json=req, type=api.Transfer
-        )
+        return await self.client.datasets.start_import(req)
 
     async def transfer_dataset(self, req: api.DatasetTransfer) -> api.Transfer:
-        return await self.client.call(
-            "POST", "/api/v1/datasets/transfer", json=req, type=api.Transfer
-        )
+        return await self.client.datasets.start_transfer(req)
 
     async def delete_dataset(self, name: str, node: str) -> None:
-        await self.client.call("DELETE", f"/api/v1/datasets/{name}", params={"node": node})
+        await self.client.datasets.delete(name, node=node)
 
     async def transfers(self) -> list[api.Transfer]:
-        return await self.client.call("GET", "/api/v1/transfers", type=list[api.Transfer])
+        return await self.client.transfers.list()
 
     async def users(self) -> list[api.User]:
-        return await self.client.call("GET", "/api/v1/users", type=list[api.User])
+        return await self.client.users.list()
 
     async def create_user(self, req: api.UserCreate) -> api.User:
-        return await self.client.call("POST", "/api/v1/users", json=req, type=api.User)
+        return await self.client.users.create(req)
 
     async def update_user(self, name: str, req: api.UserUpdate) -> api.User:
-        return await self.client.call("PATCH", f"/api/v1/users/{name}", json=req, type=api.User)
+        return await self.client.users.update(name, req)
 
     async def join_tokens(self) -> list[api.JoinToken]:
-        return await self.client.call("GET", "/api/v1/join-tokens", type=list[api.JoinToken])
+        return await self.client.join_tokens.list()
 
     async def create_join_token(self, req: api.JoinTokenCreate) -> api.JoinTokenCreated:
-        return await self.client.call(
-            "POST", "/api/v1/join-tokens", json=req, type=api.JoinTokenCreated
-        )
+        return await self.client.join_tokens.create(req)
 
     async def revoke_join_token(self, token_id: int) -> None:
-        await self.client.call("DELETE", f"/api/v1/join-tokens/{token_id}")
+        await self.client.join_tokens.revoke(token_id)
 
     async def audit(self, limit: int = 500) -> list[api.AuditEntry]:
-        return await self.client.call(
-            "GET", "/api/v1/audit", params={"limit": limit}, type=list[api.AuditEntry]
-        )
+        return await self.client.audit.list(limit=limit)
 
     async def audit_verify(self) -> api.AuditVerify:
-        return await self.client.call("GET", "/api/v1/audit/verify", type=api.AuditVerify)
-
-
-class SseParser:
-    """Incremental server-sent-events parser: bytes in, ``(event, data)`` out."""
-
-    def __init__(self) -> None:
-        self._buf = b""
-        self._event = "message"
-        self._data: list[str] = []
-
-    def feed(self, chunk: bytes) -> list[tuple[str, str]]:
-        self._buf += chunk
-        out: list[tuple[str, str]] = []
-        while b"\n" in self._buf:
-            raw, self._buf = self._buf.split(b"\n", 1)
-            line = raw.rstrip(b"\r").decode("utf-8", "replace")
-            if not line:
-                if self._data:
-                    out.append((self._event, "\n".join(self._data)))
-                self._event, self._data = "message", []
-            elif line.startswith(":"):
-                continue
-            else:
-                name, _, value = line.partition(":")
-                value = value[1:] if value.startswith(" ") else value
-                if name == "event":
-                    self._event = value
-                elif name == "data":
-                    self._data.append(value)
-        return out
+        return await self.client.audit.verify()

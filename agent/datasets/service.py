@@ -1,34 +1,31 @@
 """The agent's dataset commands: import, copy (send/receive through the master), delete,
-digest and cancel, wired into :class:`agent.main.Agent` by type.
+digest and cancel, installed as the agent's command handlers by type.
 
 Handlers return at once: the work runs as a task, so the command loop keeps taking
 commands (a cancel must get through while an import runs). Every command reports its
-progress under its own id in ``agent.transfers`` (sent with each heartbeat); the final
+progress under its own id in the agent's ``transfers`` (sent with each heartbeat); the final
 report is held back until the catalog change it causes has been sent to the master, so
 when the master sees "succeeded" the new (or removed) dataset is already in its catalog.
 A command id is acted on once per agent process, however often it is delivered.
 Every report and log line about a command passes :func:`mlsm.redact.redact_text` (an
 import's URL secrets are scrubbed as literals too), so no credential in a URL leaves.
 
-Copies never connect two agents: the source uploads the manifest and the packed dataset
-to the master in chunks (idempotent by offset, resent from the master's ``next_offset``
-after a fault), and the target downloads them from the master by offset.
+Copies never connect two agents: their bytes go through the master (:mod:`.relay`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import httpx
 import msgspec
 
+from agent.link import MasterLink
 from mlsm.redact import redact_text, url_secrets
 from mlsm.wire import agent as w
 
@@ -40,48 +37,43 @@ from . import (
     delete_dataset,
     digest,
     import_dataset,
-    pack_dataset,
     pick_root,
     purge_leftovers,
     receive_dataset,
 )
 from ._tasks import Progress
+from .catalog import CatalogReporter
+from .relay import Relay, TransferStopped
 
 log = logging.getLogger("mlsm.agent.datasets")
-T = TypeVar("T")
 
 AGENT_MAX_BYTES = 1 << 40  # this agent's own import/receive limit; commands may only lower it
-RETRY_TRIES = 8  # attempts of one upload/download call before the transfer fails
-RETRY_BASE_S = 0.5
-RETRY_MAX_S = 10.0
-SEND_QUEUE = 4  # packed chunks buffered between the packing thread and the uploader
-PUT_WAIT_S = 0.2  # how often a packing thread blocked on a full queue checks for stop
-
-
-class _Stopped(Exception):
-    """The master answered that the transfer is over (cancelled or failed there)."""
-
-    def __init__(self, state: str, message: str) -> None:
-        super().__init__(message)
-        self.state = state
-        self.message = message
 
 
 class DatasetCommands:
-    def __init__(self, agent: Any) -> None:
-        self.agent = agent
-        self.roots: list[Path] = list(agent.cfg.dataset_roots)
+    def __init__(
+        self,
+        roots: list[Path],
+        *,
+        link: MasterLink,
+        catalog: CatalogReporter,
+        transfers: dict[int, w.TransferProgress],
+    ) -> None:
+        """``transfers`` is where progress reports go (command id -> latest); the agent
+        sends them with each heartbeat."""
+        self.roots = list(roots)
+        self.relay = Relay(link)
+        self.catalog = catalog
+        self.transfers = transfers
         self.cancels: dict[int, asyncio.Event] = {}  # command id -> its cancel flag
         self.tasks: set[asyncio.Task[None]] = set()
         self.seen: set[int] = set()
         self.secrets: dict[int, tuple[str, ...]] = {}  # command id -> its URL's secret parts
-        self._scan_lock = asyncio.Lock()
 
-    def install(self) -> None:
+    def install(self, handlers: dict[type, Callable[[Any], Awaitable[None]]]) -> None:
         """Sweep what an earlier run left half-made, then register the handlers."""
         for path in purge_leftovers(self.roots):
             log.info("removed leftover %s of an interrupted dataset operation", path)
-        handlers = self.agent.command_handlers
         handlers[w.ImportDataset] = self._once(self._import)
         handlers[w.DeleteDataset] = self._once(self._delete)
         handlers[w.DigestDataset] = self._once(self._digest)
@@ -131,10 +123,10 @@ class DatasetCommands:
         clean = self._redact(p.command_id, p.message)
         if clean != p.message:
             p = msgspec.structs.replace(p, message=clean)
-        self.agent.transfers[p.command_id] = p
+        self.transfers[p.command_id] = p
 
     def _final(self, command_id: int, state: str, message: str) -> None:
-        cur = self.agent.transfers.get(command_id)
+        cur = self.transfers.get(command_id)
         self._report(
             w.TransferProgress(
                 command_id=command_id,
@@ -160,18 +152,10 @@ class DatasetCommands:
 
     async def rescan(self) -> None:
         """Scan now and send the delta, so the master's catalog has what just changed."""
-        agent = self.agent
-        if agent.scanner is None:
-            return
-        async with self._scan_lock:
-            try:
-                report = await asyncio.to_thread(agent.scanner.scan, agent._want_full)
-                if report.full or report.upsert or report.removed:
-                    await agent.link.call("datasets", report, w.decode_ack)
-                agent._want_full = False
-            except Exception as exc:  # the scan loop sends a full report later
-                log.warning("could not report datasets after a change (%s)", exc)
-                agent._want_full = True
+        try:
+            await self.catalog.report()
+        except Exception as exc:  # the scan loop sends a full report later
+            log.warning("could not report datasets after a change (%s)", exc)
 
     def _dataset_path(self, path: str) -> Path:
         """The dataset ``path`` names, confined to one of this agent's roots."""
@@ -218,8 +202,7 @@ class DatasetCommands:
             value, manifest = await asyncio.to_thread(digest, path, should_stop=stop)
         finally:
             stop.set()
-        if self.agent.scanner is not None:
-            self.agent.scanner.note_digest(cmd.path, value)
+        self.catalog.scanner.note_digest(cmd.path, value)
         await self.rescan()
         self._final(cmd.id, "succeeded", f"{value} over {len(manifest)} files")
 
@@ -236,10 +219,10 @@ class DatasetCommands:
         try:
             value, manifest = await asyncio.to_thread(digest, path, should_stop=stop)
             blob = w.encoder.encode(manifest)
-            await self._upload_part(cmd.transfer_id, "manifest", _pieces(blob), cancel, value)
+            await self.relay.upload_part(cmd.transfer_id, "manifest", blob, cancel, value)
             report.update(0, "sending", force=True)
-            sent = await self._upload_pack(cmd.transfer_id, path, cancel, stop, report)
-        except _Stopped as exc:
+            sent = await self.relay.upload_pack(cmd.transfer_id, path, cancel, stop, report)
+        except TransferStopped as exc:
             stop.set()
             report.final(exc.state, exc.message)
             return
@@ -248,140 +231,10 @@ class DatasetCommands:
             watcher.cancel()
         report.final("succeeded", f"sent {len(manifest)} files, {sent} bytes")
 
-    async def _upload_pack(
-        self,
-        transfer_id: int,
-        path: Path,
-        cancel: asyncio.Event,
-        stop: threading.Event,
-        report: Progress,
-    ) -> int:
-        """Pack in a thread (bounded queue) while uploading here; the bytes sent."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(SEND_QUEUE)
-
-        def put(item: bytes | BaseException | None) -> bool:
-            fut = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
-            while True:
-                try:
-                    fut.result(timeout=PUT_WAIT_S)
-                    return True
-                except TimeoutError:
-                    if stop.is_set():
-                        fut.cancel()
-                        return False
-
-        def produce() -> None:
-            try:
-                for chunk in pack_dataset(path, should_stop=stop):
-                    for piece in _pieces(chunk):
-                        if not put(piece):
-                            return
-                put(None)
-            except BaseException as exc:  # handed to the uploader, which raises it
-                put(exc)
-
-        thread = asyncio.ensure_future(asyncio.to_thread(produce))
-        offset = 0
-        try:
-            while True:
-                if cancel.is_set():
-                    raise DatasetCancelled("cancelled")
-                item = await queue.get()
-                if item is None:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                offset = await self._upload(transfer_id, "data", offset, item, False, cancel)
-                report.update(offset, "sending")
-            await self._upload(transfer_id, "data", offset, b"", True, cancel)
-        finally:
-            stop.set()
-            while not queue.empty():  # unblock a producer waiting on a full queue
-                queue.get_nowait()
-            with contextlib.suppress(BaseException):
-                await thread
-        return offset
-
-    async def _upload_part(
-        self,
-        transfer_id: int,
-        part: w.TransferPart,
-        pieces: Iterator[bytes],
-        cancel: asyncio.Event,
-        digest_value: str = "",
-    ) -> int:
-        offset = 0
-        for piece in pieces:
-            offset = await self._upload(transfer_id, part, offset, piece, False, cancel)
-        return await self._upload(transfer_id, part, offset, b"", True, cancel, digest_value)
-
-    async def _upload(
-        self,
-        transfer_id: int,
-        part: w.TransferPart,
-        offset: int,
-        data: bytes,
-        eof: bool,
-        cancel: asyncio.Event,
-        digest_value: str = "",
-    ) -> int:
-        """Send ``data`` at ``offset`` until the master holds all of it; the new offset."""
-        end = offset + len(data)
-        while True:
-            if cancel.is_set():
-                raise DatasetCancelled("cancelled")
-            chunk = w.TransferChunk(
-                transfer_id=transfer_id,
-                part=part,
-                offset=offset,
-                data=data,
-                eof=eof,
-                digest=digest_value if eof else "",
-            )
-            ack = await self._call("transfers/upload", chunk, w.decode_transfer_ack, cancel)
-            if ack.state != "running":
-                raise _Stopped(ack.state, ack.message or f"the transfer is {ack.state}")
-            if ack.next_offset >= end:
-                return end
-            if ack.next_offset < offset:  # the master lost bytes it had acknowledged
-                raise DatasetError(
-                    f"the master holds {ack.next_offset} bytes of the {part}, "
-                    f"expected at least {offset}"
-                )
-            data = data[ack.next_offset - offset :]
-            offset = ack.next_offset
-
-    async def _call(
-        self, route: str, body: Any, decode: Callable[[bytes], T], cancel: asyncio.Event
-    ) -> T:
-        """One agent call, retried with backoff through network faults and busy answers."""
-        from agent.link import MasterError
-
-        delay = RETRY_BASE_S
-        for attempt in range(RETRY_TRIES):
-            try:
-                result: T = await self.agent.link.call(route, body, decode)
-                return result
-            except MasterError as exc:
-                if exc.status < 500 and exc.status != 429:
-                    raise DatasetError(f"the master refused the transfer: {exc.message}") from None
-                why = exc.message
-            except httpx.HTTPError as exc:
-                why = f"{type(exc).__name__}: {exc}"
-            if attempt == RETRY_TRIES - 1:
-                raise DatasetError(f"cannot reach the master for the transfer: {why}")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(cancel.wait(), timeout=delay)
-            if cancel.is_set():
-                raise DatasetCancelled("cancelled")
-            delay = min(delay * 2, RETRY_MAX_S)
-        raise AssertionError("unreachable")
-
     # ---------------------------------------------------------------- copy: target side
     async def _receive(self, cmd: w.ReceiveDataset, cancel: asyncio.Event) -> None:
         root = pick_root(self.roots, cmd.root)
-        blob = b"".join([c async for c in self._download(cmd.transfer_id, "manifest", cancel)])
+        blob = b"".join([c async for c in self.relay.download(cmd.transfer_id, "manifest", cancel)])
         try:
             manifest = w.decode_manifest(blob)
         except Exception as exc:
@@ -390,7 +243,7 @@ class DatasetCommands:
         cb, finals = self._held()
         try:
             await receive_dataset(
-                self._download(cmd.transfer_id, "data", cancel),
+                self.relay.download(cmd.transfer_id, "data", cancel),
                 root,
                 cmd.name,
                 manifest,
@@ -400,54 +253,12 @@ class DatasetCommands:
                 progress=cb,
                 command_id=cmd.id,
             )
-        except _Stopped as exc:
+        except TransferStopped as exc:
             finals.clear()
             self._final(cmd.id, exc.state, exc.message)
             return
         finally:
             await self._finish(finals)
-
-    async def _download(
-        self,
-        transfer_id: int,
-        part: w.TransferPart,
-        cancel: asyncio.Event,
-    ) -> AsyncIterator[bytes]:
-        """The spooled ``part`` from the master, in order; the next chunk is already being
-        fetched while the caller unpacks and hashes this one."""
-
-        def fetch(offset: int) -> asyncio.Future[w.TransferData]:
-            req = w.TransferFetch(transfer_id=transfer_id, part=part, offset=offset)
-            return asyncio.ensure_future(
-                self._call("transfers/fetch", req, w.decode_transfer_data, cancel)
-            )
-
-        offset = 0
-        pending = fetch(offset)
-        try:
-            while True:
-                got = await pending
-                if got.offset != offset:
-                    raise DatasetError(f"the master answered offset {got.offset}, asked {offset}")
-                if not got.data and not got.eof:
-                    raise DatasetError(f"the master sent no bytes of the {part} at {offset}")
-                offset += len(got.data)
-                if not got.eof:
-                    pending = fetch(offset)
-                if got.data:
-                    yield got.data
-                if got.eof:
-                    return
-        finally:
-            if not pending.done():
-                pending.cancel()
-                with contextlib.suppress(BaseException):
-                    await pending
-
-
-def _pieces(data: bytes, size: int = w.MAX_TRANSFER_CHUNK) -> Iterator[bytes]:
-    for i in range(0, len(data), size):
-        yield data[i : i + size]
 
 
 async def _set_on(cancel: asyncio.Event, stop: threading.Event) -> None:

@@ -12,7 +12,7 @@ directories per job:
   someone else owns, is refused). The agent never reads or writes anything else in it.
 * ``<agent data>/control/<id>/`` (:func:`control_dir`): the agent's own bookkeeping,
   ``exit.json`` (written by the job's supervisor, which stays the agent's account: see
-  :mod:`agent.runtimes.shim`) and ``stop.json``, in a directory private to the agent
+  :mod:`agent.runtimes.process.shim`) and ``stop.json``, in a directory private to the agent
   (0700) that no job can write.
 
 The agent's data dir must be traversable for a job's account to reach its tree: an agent

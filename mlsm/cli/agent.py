@@ -83,7 +83,7 @@ def agent(
 
     check_url(s.master, allow_plain_http=s.allow_plain_http)
     from agent.main import Agent, AgentConfig
-    from mlsm.master.http import setup_logging
+    from mlsm.logs import setup_logging
 
     setup_logging(s.log_level)
     data = s.agent_data_path

@@ -7,7 +7,6 @@ import click
 
 from mlsm.cli.common import client_from, json_option, parse_duration, when
 from mlsm.cli.output import echo, emit_json, table
-from mlsm.wire import api
 
 
 @click.command()
@@ -34,19 +33,18 @@ def audit(
     """Read the audit log (admins), or verify its hash chain."""
     with client_from(ctx) as c:
         if verify:
-            res = c.call("GET", "/api/v1/audit/verify", type=api.AuditVerify)
+            res = c.audit.verify()
             if as_json:
                 emit_json(res)
             else:
                 echo(res.message if res.ok else f"BROKEN at row {res.first_broken}: {res.message}")
             sys.exit(0 if res.ok else 1)
-        params = {
-            "since": time.time() - parse_duration(since) if since else None,
-            "actor": actor,
-            "action": action,
-            "limit": limit,
-        }
-        rows = c.call("GET", "/api/v1/audit", params=params, type=list[api.AuditEntry])
+        rows = c.audit.list(
+            since=time.time() - parse_duration(since) if since else None,
+            actor=actor,
+            action=action,
+            limit=limit,
+        )
     if as_json:
         emit_json(rows)
         return

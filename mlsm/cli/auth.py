@@ -25,14 +25,14 @@ def login(
     url = check_url(url, allow_plain_http=s.allow_plain_http)
     username = username or getpass.getuser()
     password = read_password(f"Password for {username}@{url}")
-    verify: object = ssl_context(ca_file or "")
+    verify = ssl_context(ca_file or "")
     if fingerprint:
         from mlsm.tls import normalise_fingerprint, pinned_context
 
         fingerprint = normalise_fingerprint(fingerprint)
         verify = pinned_context(fingerprint, url)
-    with Client(url, verify=verify) as c:  # type: ignore[arg-type]
-        reply = c.login(username, password)
+    with Client(url, verify=verify, allow_plain_http=s.allow_plain_http) as c:
+        reply = c.auth.login(username, password)
     path = save_credentials(url, reply.token, ca_file=ca_file or "", fingerprint=fingerprint or "")
     echo(f"logged in to {url} as {reply.username} ({reply.role}); token kept in {path}")
 
@@ -46,7 +46,7 @@ def logout(ctx: click.Context) -> None:
 
     try:
         with client_from(ctx) as c:
-            c.call("POST", "/api/v1/auth/logout")
+            c.auth.logout()
     except MlsmError as exc:
         echo(f"mlsm: note: {exc.message}", err=True)
     clear_credentials()
@@ -82,7 +82,7 @@ def passwd(ctx: click.Context, revoke_tokens: bool) -> None:
         current_password=current, new_password=new, revoke_api_tokens=revoke_tokens
     )
     with client_from(ctx) as c:
-        res = c.call("POST", "/api/v1/auth/password", json=body, type=api.PasswordChanged)
+        res = c.auth.change_password(body)
     what = "other sessions and API tokens" if revoke_tokens else "other sessions"
     echo(f"password changed; {res.revoked} token(s) ended ({what})")
 
@@ -93,7 +93,7 @@ def passwd(ctx: click.Context, revoke_tokens: bool) -> None:
 def whoami(ctx: click.Context, as_json: bool) -> None:
     """Show who you are on which master."""
     with client_from(ctx) as c:
-        me = c.me()
+        me = c.auth.me()
         if as_json:
             emit_json(me)
         else:

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from mlsm.cli.output import prompt_secret
-from mlsm.client import Client, check_url, ssl_context
+from mlsm.client import Client, check_url, verify_from
 from mlsm.config import Settings, load_settings
 from mlsm.errors import AuthenticationError, ConfigError
 
@@ -25,6 +25,8 @@ def settings_from(ctx: click.Context, **flags: Any) -> Settings:
 
 
 def client_from(ctx: click.Context, *, need_token: bool = True) -> Client:
+    """A client of the master the settings name (else the embedded service), with the
+    stored token and TLS trust; plain HTTP to another machine is refused."""
     s = settings_from(ctx)
     url = s.url
     if not url:
@@ -38,15 +40,7 @@ def client_from(ctx: click.Context, *, need_token: bool = True) -> Client:
     url = check_url(url, allow_plain_http=s.allow_plain_http)
     if need_token and not s.token:
         raise AuthenticationError(f"not logged in to {url}: run `mlsm login {url}`")
-    return Client(url, s.token, verify=_verify(s))
-
-
-def _verify(s: Settings) -> Any:
-    if s.fingerprint:
-        from mlsm.tls import pinned_context
-
-        return pinned_context(s.fingerprint, s.url)
-    return ssl_context(s.ca_file)
+    return Client(url, s.token, verify=verify_from(s), allow_plain_http=s.allow_plain_http)
 
 
 def read_password(prompt: str = "Password", *, confirm: bool = False) -> str:

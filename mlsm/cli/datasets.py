@@ -2,13 +2,16 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
 from mlsm.cli.common import ago, client_from, human_bytes, json_option
 from mlsm.cli.output import clear_status_line, confirm, echo, emit_json, status_line, table
 from mlsm.wire import api
+
+if TYPE_CHECKING:
+    from mlsm.client import Client
 
 
 @click.command()
@@ -18,7 +21,7 @@ from mlsm.wire import api
 def datasets(ctx: click.Context, node: str | None, as_json: bool) -> None:
     """List datasets: one line per copy (name, node, size, files, tags)."""
     with client_from(ctx) as c:
-        rows = c.call("GET", "/api/v1/datasets", params={"node": node}, type=list[api.Dataset])
+        rows = c.datasets.list(node=node)
     if as_json:
         emit_json(rows)
         return
@@ -53,7 +56,7 @@ def dataset() -> None:
 def dataset_show(ctx: click.Context, name: str, as_json: bool) -> None:
     """Where each copy lives, its size and files, a sample of its tree, which jobs used it."""
     with client_from(ctx) as c:
-        d = c.call("GET", f"/api/v1/datasets/{name}", type=api.Dataset)
+        d = c.datasets.get(name)
     if as_json:
         emit_json(d)
         return
@@ -92,7 +95,7 @@ def dataset_set(
         description=description, tags=list(tags) if tags else None, owner=owner
     )
     with client_from(ctx) as c:
-        d = c.call("PATCH", f"/api/v1/datasets/{name}", json=body, type=api.Dataset)
+        d = c.datasets.update(name, body)
     if as_json:
         emit_json(d)
     else:
@@ -110,7 +113,7 @@ def _progress_line(t: api.Transfer) -> str:
     return f"{t.kind} {t.dataset} -> {t.node}: {t.state}, {done}{total}{rate}  {t.message}".rstrip()
 
 
-def _follow(c: Any, t: api.Transfer, as_json: bool) -> None:
+def _follow(c: Client, t: api.Transfer, as_json: bool) -> None:
     """Show live progress (on a terminal) until the transfer ends; exit non-zero unless it
     succeeded. Ctrl-C stops watching, not the transfer."""
     live = sys.stderr.isatty() and not as_json
@@ -119,7 +122,7 @@ def _follow(c: Any, t: api.Transfer, as_json: bool) -> None:
             if live:
                 status_line(_progress_line(t)[:200])
             time.sleep(WAIT_POLL_S)
-            t = c.call("GET", f"/api/v1/transfers/{t.id}", type=api.Transfer)
+            t = c.transfers.get(t.id)
     except KeyboardInterrupt:
         echo(err=True)  # end the progress line
         echo(
@@ -138,7 +141,7 @@ def _follow(c: Any, t: api.Transfer, as_json: bool) -> None:
         raise click.ClickException(f"transfer {t.id} {t.state}: {t.message or 'no reason given'}")
 
 
-def _started(c: Any, t: api.Transfer, wait: bool | None, as_json: bool) -> None:
+def _started(c: Client, t: api.Transfer, wait: bool | None, as_json: bool) -> None:
     if wait is None:
         wait = sys.stdout.isatty()
     if wait:
@@ -180,7 +183,7 @@ def dataset_import(
         url=url, node=node, name=name, sha256=sha256.removeprefix("sha256:"), unpack=not no_unpack
     )
     with client_from(ctx) as c:
-        t = c.call("POST", "/api/v1/datasets/import", json=body, type=api.Transfer)
+        t = c.datasets.start_import(body)
         _started(c, t, wait, as_json)
 
 
@@ -189,7 +192,7 @@ def _transfer(
 ) -> None:
     body = api.DatasetTransfer(name=name, src=src, dst=dst, move=move)
     with client_from(ctx) as c:
-        t = c.call("POST", "/api/v1/datasets/transfer", json=body, type=api.Transfer)
+        t = c.datasets.start_transfer(body)
         _started(c, t, wait, as_json)
 
 
@@ -237,7 +240,7 @@ def dataset_rm(
             raise click.ClickException("deleting needs confirmation: add --yes")
         confirm(f"Delete dataset {name} from the disk of {node}?")
     with client_from(ctx) as c:
-        t = c.call("DELETE", f"/api/v1/datasets/{name}", params={"node": node}, type=api.Transfer)
+        t = c.datasets.delete(name, node=node)
         _started(c, t, True if wait is None else wait, as_json)
 
 
@@ -252,9 +255,7 @@ def dataset_digest(
 ) -> None:
     """Compute the content digest of a copy (sha256 over every file; admins)."""
     with client_from(ctx) as c:
-        t = c.call(
-            "POST", f"/api/v1/datasets/{name}/digest", params={"node": node}, type=api.Transfer
-        )
+        t = c.datasets.digest(name, node=node)
         _started(c, t, True if wait is None else wait, as_json)
 
 
@@ -286,7 +287,7 @@ def _transfer_rows(rows: list[api.Transfer]) -> None:
 def transfers(ctx: click.Context, active: bool, as_json: bool) -> None:
     """List dataset imports, copies, moves and deletes, newest first."""
     with client_from(ctx) as c:
-        rows = c.call("GET", "/api/v1/transfers", type=list[api.Transfer])
+        rows = c.transfers.list()
     if active:
         rows = [t for t in rows if t.state in ("pending", "running")]
     if as_json:
@@ -311,7 +312,7 @@ def dataset_transfers(ctx: click.Context, active: bool, as_json: bool) -> None:
 def dataset_cancel(ctx: click.Context, transfer_id: int, as_json: bool) -> None:
     """Cancel an import, copy or move; nothing half-made stays behind (admins)."""
     with client_from(ctx) as c:
-        t = c.call("POST", f"/api/v1/transfers/{transfer_id}/cancel", type=api.Transfer)
+        t = c.transfers.cancel(transfer_id)
     if as_json:
         emit_json(t)
     else:

@@ -10,6 +10,7 @@ from mlsm.cli.common import ago, client_from, json_option, parse_duration, when
 from mlsm.cli.output import LogSink, echo, emit_json, log_sink, table
 from mlsm.errors import ValidationError
 from mlsm.wire import api
+from mlsm.wire.follow import LogEnded, LogEvent, LogText
 from mlsm.wire.ints import INT64_MAX
 
 
@@ -122,7 +123,7 @@ def submit(
     except msgspec.ValidationError as exc:
         raise ValidationError(f"invalid job: {exc}") from None
     with client_from(ctx) as c:
-        reply = c.call("POST", "/api/v1/jobs", json=body, type=api.SubmitReply)
+        reply = c.jobs.submit(body)
     if as_json:
         emit_json(reply)
     elif len(reply.ids) > 1:
@@ -156,18 +157,7 @@ def jobs(
 ) -> None:
     """List jobs (queued and running unless --all); REASON says why a job waits."""
     with client_from(ctx) as c:
-        res = c.call(
-            "GET",
-            "/api/v1/jobs",
-            params={
-                "all": all_jobs or None,
-                "state": state,
-                "user": user,
-                "node": node,
-                "limit": limit,
-            },
-            type=api.JobList,
-        )
+        res = c.jobs.list(all=all_jobs, state=state, user=user, node=node, limit=limit)
     if as_json:
         emit_json(res)
         return
@@ -203,7 +193,7 @@ def job() -> None:
 def job_show(ctx: click.Context, job_id: int, as_json: bool) -> None:
     """Everything about a job: spec, where it ran, why it waits or ended, its history."""
     with client_from(ctx) as c:
-        j = c.call("GET", f"/api/v1/jobs/{job_id}", type=api.Job)
+        j = c.jobs.get(job_id)
     if as_json:
         emit_json(j)
         return
@@ -265,7 +255,7 @@ def job_show(ctx: click.Context, job_id: int, as_json: bool) -> None:
 def job_release(ctx: click.Context, job_id: int) -> None:
     """Release a held job into the queue."""
     with client_from(ctx) as c:
-        c.call("POST", f"/api/v1/jobs/{job_id}/release")
+        c.jobs.release(job_id)
     echo(f"job {job_id} released")
 
 
@@ -288,39 +278,24 @@ def logs(ctx: click.Context, job_id: int, follow: bool, raw: bool) -> None:
     try:
         with client_from(ctx) as c:
             if not follow:
-                for chunk in c.stream_lines(f"/api/v1/jobs/{job_id}/log"):
+                for chunk in c.jobs.log(job_id):
                     sink.write(chunk)
                 return
-            state = _follow_sse(c.stream_lines(f"/api/v1/jobs/{job_id}/log/follow"), sink)
+            state = _follow(c.jobs.follow(job_id), sink)
     finally:
         sink.close()
     if state and state != "succeeded":
         echo(f"mlsm: job {job_id} ended {state}", err=True)
 
 
-def _follow_sse(chunks: Iterable[bytes], out: LogSink) -> str:
-    """Decode server-sent events incrementally; write 'log' data as it arrives."""
-    buf = b""
-    event = "message"
-    data: list[bytes] = []
-    for chunk in chunks:
-        buf += chunk
-        while b"\n" in buf:
-            line, buf = buf.split(b"\n", 1)
-            line = line.rstrip(b"\r")
-            if not line:
-                payload = b"\n".join(data)
-                if event == "log":
-                    out.write(payload)
-                    out.flush()
-                elif event == "end":
-                    return payload.decode()
-                event, data = "message", []
-            elif line.startswith(b"event:"):
-                event = line[6:].strip().decode()
-            elif line.startswith(b"data:"):
-                v = line[5:]
-                data.append(v[1:] if v.startswith(b" ") else v)
+def _follow(events: Iterable[LogEvent], out: LogSink) -> str:
+    """Write the log's output as it arrives; the job's final state ("" if the stream broke)."""
+    for event in events:
+        if isinstance(event, LogText):
+            out.write(event.text.encode())
+            out.flush()
+        elif isinstance(event, LogEnded):
+            return event.state
     return ""
 
 
@@ -353,12 +328,7 @@ def cancel(ctx: click.Context, job_ids: tuple[str, ...], as_json: bool) -> None:
     SIGKILL."""
     ids = parse_job_ids(job_ids)
     with client_from(ctx) as c:
-        res = c.call(
-            "POST",
-            "/api/v1/jobs/cancel",
-            json=api.CancelRequest(ids=ids),
-            type=api.CancelResult,
-        )
+        res = c.jobs.cancel(ids)
     if as_json:
         emit_json(res)
         return

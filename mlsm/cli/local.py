@@ -72,8 +72,7 @@ def open_default(ctx: click.Context) -> None:
 
 
 def _open(ctx: click.Context, *, readonly: bool, start_local: bool) -> None:
-    from mlsm.cli.common import _verify
-    from mlsm.client import check_url
+    from mlsm.client import check_url, verify_from
     from mlsm.errors import ConfigError
 
     s = settings_from(ctx)
@@ -91,5 +90,9 @@ def _open(ctx: click.Context, *, readonly: bool, start_local: bool) -> None:
     from tui import run_dashboard
 
     run_dashboard(
-        url, s.token, readonly=readonly, verify=_verify(s) if url.startswith("https") else True
+        url,
+        s.token,
+        readonly=readonly,
+        verify=verify_from(s) if url.startswith("https") else True,
+        allow_plain_http=s.allow_plain_http,
     )

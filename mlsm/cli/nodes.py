@@ -7,6 +7,10 @@ import click
 from mlsm.cli.common import ago, client_from, human_bytes, json_option, parse_duration, when
 from mlsm.cli.output import confirm, echo, emit_json, table
 from mlsm.wire import api
+from mlsm.wire.agent import NodeInfo
+
+#: Seconds of telemetry `mlsm node show` sums up.
+SHOW_HISTORY_S = 900
 
 
 @click.group("join-token")
@@ -29,11 +33,8 @@ def join_token() -> None:
 def join_token_create(ctx: click.Context, ttl: str, uses: int, note: str, as_json: bool) -> None:
     """Create a join token; it is shown once."""
     with client_from(ctx) as c:
-        t = c.call(
-            "POST",
-            "/api/v1/join-tokens",
-            json=api.JoinTokenCreate(ttl_s=parse_duration(ttl), uses=uses, note=note),
-            type=api.JoinTokenCreated,
+        t = c.join_tokens.create(
+            api.JoinTokenCreate(ttl_s=parse_duration(ttl), uses=uses, note=note)
         )
         url = c.url
     if as_json:
@@ -53,7 +54,7 @@ def join_token_create(ctx: click.Context, ttl: str, uses: int, note: str, as_jso
 def join_token_list(ctx: click.Context, as_json: bool) -> None:
     """List join tokens."""
     with client_from(ctx) as c:
-        rows = c.call("GET", "/api/v1/join-tokens", type=list[api.JoinToken])
+        rows = c.join_tokens.list()
     if as_json:
         emit_json(rows)
         return
@@ -87,7 +88,7 @@ def join_token_list(ctx: click.Context, as_json: bool) -> None:
 def join_token_revoke(ctx: click.Context, token_id: int) -> None:
     """Revoke a join token."""
     with client_from(ctx) as c:
-        c.call("DELETE", f"/api/v1/join-tokens/{token_id}")
+        c.join_tokens.revoke(token_id)
     echo(f"join token {token_id} revoked")
 
 
@@ -112,9 +113,7 @@ def _gpu_summary(n: api.Node) -> tuple[str, str, str]:
 def nodes(ctx: click.Context, labels: tuple[str, ...], as_json: bool) -> None:
     """List nodes: state, GPUs busy/total, GPU use, CPU and memory."""
     with client_from(ctx) as c:
-        rows = c.call(
-            "GET", "/api/v1/nodes", params={"label": list(labels) or None}, type=list[api.Node]
-        )
+        rows = c.nodes.list(labels=labels)
     if as_json:
         emit_json(rows)
         return
@@ -157,7 +156,7 @@ def nodes(ctx: click.Context, labels: tuple[str, ...], as_json: bool) -> None:
             echo(f"warning: node {n.name}: {warning}", err=True)
 
 
-def _own_account_warning(i: api.NodeInfo) -> str:
+def _own_account_warning(i: NodeInfo) -> str:
     """Jobs that would run as the agent's own account on this node, said plainly ("" none)."""
     if i.job_account:
         who = f"{i.job_account} (uid 0)" if i.job_account == "root" else i.job_account
@@ -174,7 +173,7 @@ def _own_account_warning(i: api.NodeInfo) -> str:
     return ""
 
 
-def _accounts_line(i: api.NodeInfo) -> str:
+def _accounts_line(i: NodeInfo) -> str:
     if i.job_account:
         return "WARNING: " + _own_account_warning(i)
     if i.default_unix_user:
@@ -199,10 +198,8 @@ def node() -> None:
 def node_show(ctx: click.Context, name: str, as_json: bool) -> None:
     """Every GPU with its processes and who owns them, and a recent history summary."""
     with client_from(ctx) as c:
-        n = c.call("GET", f"/api/v1/nodes/{name}", type=api.Node)
-        hist = c.call(
-            "GET", f"/api/v1/nodes/{name}/history", params={"window": 900}, type=api.NodeHistory
-        )
+        n = c.nodes.get(name)
+        hist = c.nodes.history(name, window_s=SHOW_HISTORY_S)
     if as_json:
         emit_json({"node": n, "history": hist})
         return
@@ -262,7 +259,7 @@ def node_show(ctx: click.Context, name: str, as_json: bool) -> None:
 
 def _node_action(ctx: click.Context, name: str, action: str, as_json: bool) -> None:
     with client_from(ctx) as c:
-        n = c.call("POST", f"/api/v1/nodes/{name}/{action}", type=api.Node)
+        n = c.nodes.drain(name) if action == "drain" else c.nodes.resume(name)
     if as_json:
         emit_json(n)
     else:
@@ -296,7 +293,7 @@ def node_label(ctx: click.Context, name: str, labels: tuple[str, ...]) -> None:
     from mlsm.cli.agent import _labels
 
     with client_from(ctx) as c:
-        c.call("POST", f"/api/v1/nodes/{name}/labels", json=api.NodeUpdate(labels=_labels(labels)))
+        c.nodes.set_labels(name, _labels(labels))
     echo(f"node {name} labels set")
 
 
@@ -327,7 +324,7 @@ def node_set(
         raise click.UsageError("nothing to set: give --docker-network and/or --label")
     body = api.NodeUpdate(docker_network=docker_network, labels=_labels(labels) if labels else None)
     with client_from(ctx) as c:
-        n = c.call("PATCH", f"/api/v1/nodes/{name}", json=body, type=api.Node)
+        n = c.nodes.update(name, body)
     if as_json:
         emit_json(n)
         return
@@ -349,6 +346,6 @@ def node_remove(ctx: click.Context, name: str, force: bool, yes: bool) -> None:
     if not yes:
         confirm(f"Remove node {name}?")
     with client_from(ctx) as c:
-        res = c.call("DELETE", f"/api/v1/nodes/{name}", params={"force": force or None})
-    extra = f"; interrupted jobs {res['interrupted']}" if res.get("interrupted") else ""
+        res = c.nodes.remove(name, force=force)
+    extra = f"; interrupted jobs {res.interrupted}" if res.interrupted else ""
     echo(f"node {name} removed{extra}")

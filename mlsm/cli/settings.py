@@ -18,7 +18,7 @@ def settings_cmd() -> None:
 def settings_show(ctx: click.Context, as_json: bool) -> None:
     """Show the lab's policies."""
     with client_from(ctx) as c:
-        s = c.call("GET", "/api/v1/settings", type=api.LabSettings)
+        s = c.settings.get()
     if as_json:
         emit_json(s)
         return
@@ -71,7 +71,7 @@ def settings_set(
         import_max_bytes=int(import_max_gib * (1 << 30)) if import_max_gib is not None else None,
     )
     with client_from(ctx) as c:
-        s = c.call("PATCH", "/api/v1/settings", json=body, type=api.LabSettings)
+        s = c.settings.update(body)
     if as_json:
         emit_json(s)
     else:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import cast
+
 import click
 
 from mlsm.cli.common import ago, client_from, json_option, parse_duration, read_password, when
@@ -13,7 +15,7 @@ from mlsm.wire import api
 def users(ctx: click.Context, as_json: bool) -> None:
     """List users (admins)."""
     with client_from(ctx) as c:
-        rows = c.call("GET", "/api/v1/users", type=list[api.User])
+        rows = c.users.list()
     if as_json:
         emit_json(rows)
         return
@@ -40,7 +42,7 @@ def user() -> None:
 
 def _patch(ctx: click.Context, name: str, body: api.UserUpdate, as_json: bool, done: str) -> None:
     with client_from(ctx) as c:
-        u = c.call("PATCH", f"/api/v1/users/{name}", json=body, type=api.User)
+        u = c.users.update(name, body)
     if as_json:
         emit_json(u)
     else:
@@ -62,11 +64,10 @@ def user_add(ctx: click.Context, name: str, role: str, unix_user: str, as_json: 
     """Add a user (password: prompt or MLSM_PASSWORD)."""
     password = read_password(f"Password for {name}", confirm=True)
     with client_from(ctx) as c:
-        u = c.call(
-            "POST",
-            "/api/v1/users",
-            json={"username": name, "password": password, "role": role, "unix_user": unix_user},
-            type=api.User,
+        u = c.users.create(
+            api.UserCreate(
+                username=name, password=password, role=cast(api.Role, role), unix_user=unix_user
+            )
         )
     if as_json:
         emit_json(u)
@@ -81,7 +82,7 @@ def user_add(ctx: click.Context, name: str, role: str, unix_user: str, as_json: 
 def user_show(ctx: click.Context, name: str, as_json: bool) -> None:
     """Show one user."""
     with client_from(ctx) as c:
-        u = c.call("GET", f"/api/v1/users/{name}", type=api.User)
+        u = c.users.get(name)
     if as_json:
         emit_json(u)
         return
@@ -104,7 +105,8 @@ def user_show(ctx: click.Context, name: str, as_json: bool) -> None:
 @click.pass_context
 def user_set_role(ctx: click.Context, name: str, role: str, as_json: bool) -> None:
     """Change a user's role (admins: superadmin only)."""
-    _patch(ctx, name, api.UserUpdate(role=role), as_json, "user {u.username} is now {u.role}")  # type: ignore[arg-type]
+    body = api.UserUpdate(role=cast(api.Role, role))
+    _patch(ctx, name, body, as_json, "user {u.username} is now {u.role}")
 
 
 @user.command("disable")
@@ -189,7 +191,7 @@ def token_create(ctx: click.Context, name: str, ttl: str | None, as_json: bool) 
     """Create an API token; it is shown once."""
     body = api.ApiTokenCreate(name=name, ttl_s=parse_duration(ttl) if ttl else None)
     with client_from(ctx) as c:
-        t = c.call("POST", "/api/v1/tokens", json=body, type=api.ApiTokenCreated)
+        t = c.tokens.create(body)
     if as_json:
         emit_json(t)
         return
@@ -204,7 +206,7 @@ def token_create(ctx: click.Context, name: str, ttl: str | None, as_json: bool) 
 def token_list(ctx: click.Context, all_users: bool, as_json: bool) -> None:
     """List your tokens."""
     with client_from(ctx) as c:
-        rows = c.call("GET", "/api/v1/tokens", params={"all": all_users}, type=list[api.ApiToken])
+        rows = c.tokens.list(all=all_users)
     if as_json:
         emit_json(rows)
         return
@@ -232,5 +234,5 @@ def token_revoke(ctx: click.Context, token_ids: tuple[int, ...]) -> None:
     """Revoke tokens by id."""
     with client_from(ctx) as c:
         for tid in token_ids:
-            c.call("DELETE", f"/api/v1/tokens/{tid}")
+            c.tokens.revoke(tid)
             echo(f"token {tid} revoked")

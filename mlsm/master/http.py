@@ -4,11 +4,9 @@ address, and the mapping of every exception to the structured error body."""
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import secrets
-import sys
 import time
 from typing import Any, Protocol
 
@@ -26,6 +24,8 @@ from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from mlsm.errors import AuditUnavailable, MlsmError
+from mlsm.logs import JsonLogFormatter as JsonLogFormatter  # re-exported
+from mlsm.logs import setup_logging as setup_logging  # re-exported
 from mlsm.master.clientaddr import ClientAddresses
 from mlsm.wire.agent import MSGPACK, AgentError
 
@@ -35,31 +35,6 @@ MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # Agent routes that fire many times a second are logged at debug level only.
 QUIET_PATHS = ("/agent/v1/heartbeat", "/agent/v1/commands", "/agent/v1/logs", "/agent/v1/events")
-
-
-class JsonLogFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        data: dict[str, Any] = {
-            "ts": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        extra = getattr(record, "fields", None)
-        if isinstance(extra, dict):
-            data.update(extra)
-        if record.exc_info:
-            data["exc"] = self.formatException(record.exc_info)
-        return json.dumps(data, default=str)
-
-
-def setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonLogFormatter())
-    root = logging.getLogger("mlsm")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
 
 
 _ANY_PEER = ClientAddresses()  # no trusted proxies: the peer address

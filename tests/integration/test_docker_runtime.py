@@ -24,9 +24,9 @@ import docker
 import docker.errors
 import pytest
 
-from agent.runtimes import docker as docker_rt
 from agent.runtimes.base import LOG_NAME, AdoptRecord, RuntimeContext, RuntimeStartError
 from agent.runtimes.docker import DockerJobHandle, DockerRuntime
+from agent.runtimes.docker import logs as docker_logs
 from mlsm.wire.agent import JobReport, JobSpec, Mount
 from tests.conftest import require
 
@@ -454,7 +454,7 @@ def test_adopt_after_a_clean_agent_stop_resumes_the_log_byte_exact(engine, ctx):
 
 def test_adopt_after_an_agent_crash_resumes_the_log_byte_exact(engine, ctx, monkeypatch):
     # No cursor save after the header: everything written since is re-fetched, none doubled.
-    monkeypatch.setattr(docker_rt, "CURSOR_SAVE_INTERVAL_S", 3600.0)
+    monkeypatch.setattr(docker_logs, "CURSOR_SAVE_INTERVAL_S", 3600.0)
     _restart_mid_run(engine, ctx, save=False)
 
 

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from mlsm import errors
 from mlsm.wire import api
 from mlsm.wire.agent import GpuProcess, GpuSample, HostSample, NodeInfo
+from mlsm.wire.follow import LogEnded, LogEvent, from_sse
 from tui.source import DataSource
 
 NOW = 1_750_000_000.0  # frozen clock of every fake lab
@@ -458,16 +459,19 @@ class FakeSource(DataSource):
             f"[{job_id}] step {i} loss {1 / (i + 1):.4f}\n" for i in range(self.log_lines)
         ).encode()
 
-    async def follow_log(self, job_id: int, offset: int = 0) -> AsyncIterator[tuple[str, str]]:
+    async def follow_log(self, job_id: int, offset: int = 0) -> AsyncIterator[LogEvent]:
+        """``(event, data)`` pairs put in ``follow_queue``, typed as the master's SSE are."""
         self._check()
         job = self._jobs[job_id]
         if job.state in api.FINAL_STATES:
-            yield ("end", job.state)
+            yield LogEnded(state=job.state, offset=0)
             return
         while True:
-            event = await self.follow_queue.get()
-            yield event
-            if event[0] == "end":
+            kind, data = await self.follow_queue.get()
+            event = from_sse(kind, data, "0")
+            if event is not None:
+                yield event
+            if isinstance(event, LogEnded):
                 return
 
     async def datasets(self, node: str | None = None) -> list[api.Dataset]:

@@ -162,7 +162,7 @@ async def test_confirm_dialog_and_refusal_toast_show_data_as_text() -> None:
     async with app.run_test(size=(160, 48), notifications=True) as pilot:
         await pilot.press("2")
         await until(pilot, lambda: isinstance(app.screen, JobsScreen) and app.screen.jobs, "jobs")
-        app.cancel_job(app.screen.jobs[EVIL_JOB])
+        app.actions.cancel_job(app.screen.jobs[EVIL_JOB])
         await until(pilot, lambda: isinstance(app.screen, ConfirmModal), "confirm dialog")
         await pilot.pause()
         text = assert_screen_safe(app)

@@ -250,34 +250,34 @@ class AdminScreen(View):
         )
 
     def action_add_user(self) -> None:
-        self.mlsm.add_user()
+        self.actions.add_user()
 
     def action_set_role(self) -> None:
         if user := self._user():
-            self.mlsm.set_role(user)
+            self.actions.set_role(user)
 
     def action_toggle_user(self) -> None:
         if user := self._user():
-            self.mlsm.toggle_user(user)
+            self.actions.toggle_user(user)
 
     def action_new_token(self) -> None:
-        self.mlsm.new_join_token()
+        self.actions.new_join_token()
 
     def action_revoke_token(self) -> None:
         if key := self._key():
-            self.mlsm.revoke_join_token(int(key))
+            self.actions.revoke_join_token(int(key))
 
     def action_drain(self) -> None:
         if key := self._key():
-            self.mlsm.node_action(key, "drain")
+            self.actions.node_action(key, "drain")
 
     def action_resume(self) -> None:
         if key := self._key():
-            self.mlsm.node_action(key, "resume")
+            self.actions.node_action(key, "resume")
 
     def action_remove_node(self) -> None:
         if key := self._key():
-            self.mlsm.node_action(key, "remove")
+            self.actions.node_action(key, "remove")
 
     def action_verify(self) -> None:
         self.verify_next = True

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol, cast
 
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Footer, Input
 
+from tui.actions import ActionHost, Actions
+from tui.source import DataSource
 from tui.widgets.status import StatusBar
 
-if TYPE_CHECKING:
-    from tui.app import MlsmApp
-    from tui.source import DataSource
+
+class Dashboard(ActionHost, Protocol):
+    """What a screen needs of the app (:class:`tui.app.MlsmApp` is one): its clock, its
+    actions, and the detail screens it opens."""
+
+    actions: Actions
+
+    def now(self) -> float: ...
+    def open_job(self, job_id: int, tab: str = ...) -> None: ...
+    def open_node(self, name: str) -> None: ...
 
 
 class View(Screen[None]):
@@ -30,12 +39,16 @@ class View(Screen[None]):
     BINDINGS = [Binding("escape", "back", "Back", show=False)]
 
     @property
-    def mlsm(self) -> MlsmApp:
-        return self.app  # type: ignore[return-value]
+    def mlsm(self) -> Dashboard:
+        return cast(Dashboard, self.app)
 
     @property
     def source(self) -> DataSource:
         return self.mlsm.source
+
+    @property
+    def actions(self) -> Actions:
+        return self.mlsm.actions
 
     #: True once ``setup`` ran (columns exist): data is applied only then.
     ready = False

@@ -207,19 +207,19 @@ class DatasetsScreen(View):
 
     def action_import_dataset(self) -> None:
         sel = self.selected()
-        self.mlsm.import_dataset(node=sel[1].node if sel else "")
+        self.actions.import_dataset(node=sel[1].node if sel else "")
 
     def action_copy(self) -> None:
         if sel := self.selected():
-            self.mlsm.transfer_dataset(sel[0].name, sel[1].node, move=False)
+            self.actions.transfer_dataset(sel[0].name, sel[1].node, move=False)
 
     def action_move(self) -> None:
         if sel := self.selected():
-            self.mlsm.transfer_dataset(sel[0].name, sel[1].node, move=True)
+            self.actions.transfer_dataset(sel[0].name, sel[1].node, move=True)
 
     def action_delete(self) -> None:
         if sel := self.selected():
-            self.mlsm.delete_dataset(sel[0].name, sel[1].node)
+            self.actions.delete_dataset(sel[0].name, sel[1].node)
 
 
 class DatasetDetail(MessageModal):

@@ -16,6 +16,7 @@ from textual.widgets import TabbedContent, TabPane
 from mlsm.errors import MlsmError, UnavailableError
 from mlsm.termsafe import visible
 from mlsm.wire import api
+from mlsm.wire.follow import AttemptStarted, LogText
 from tui import fmt
 from tui.screens.base import View
 from tui.source import LOG_TAIL_BYTES
@@ -145,7 +146,7 @@ class JobScreen(View):
 
     def action_cancel_job(self) -> None:
         if self.job:
-            self.mlsm.cancel_job(self.job)
+            self.actions.cancel_job(self.job)
 
     @work(exclusive=True, group="log")
     async def stream_log(self) -> None:
@@ -169,17 +170,21 @@ class JobScreen(View):
                     if job.state in api.FINAL_STATES and offset >= job.log_size:
                         view.end(job.state)
                         return
-                async for event, payload in self.source.follow_log(self.job_id, offset):
-                    if event == "log":
+                async for event in self.source.follow_log(self.job_id, offset):
+                    if isinstance(event, LogText):
                         # Raw chunks: a line may be split across events. The view holds
                         # the unfinished tail until its newline (or the end) arrives.
-                        view.append(payload)
-                        offset += len(payload.encode())
-                    elif event == "attempt":
-                        view.append(("\n" if view.pending else "") + f"--- attempt {payload} ---\n")
+                        # Resume after the bytes shown, not at the event's offset: that
+                        # also counts a character the master has not sent whole yet.
+                        view.append(event.text)
+                        offset += len(event.text.encode())
+                    elif isinstance(event, AttemptStarted):
+                        view.append(
+                            ("\n" if view.pending else "") + f"--- attempt {event.attempt} ---\n"
+                        )
                         offset = 0
-                    elif event == "end":
-                        view.end(payload)
+                    else:
+                        view.end(event.state)
                         return
                 return
             except UnavailableError:

@@ -231,8 +231,8 @@ class JobsScreen(View):
             self.mlsm.open_job(int(event.row_key.value))
 
     def action_submit(self) -> None:
-        self.mlsm.submit_job()
+        self.actions.submit_job()
 
     def action_cancel_job(self) -> None:
         if job := self.selected():
-            self.mlsm.cancel_job(job)
+            self.actions.cancel_job(job)

@@ -235,10 +235,10 @@ class NodeScreen(View):
         self.query_one(table, LabTable).focus()
 
     def action_drain(self) -> None:
-        self.mlsm.node_action(self.node_name, "drain")
+        self.actions.node_action(self.node_name, "drain")
 
     def action_resume(self) -> None:
-        self.mlsm.node_action(self.node_name, "resume")
+        self.actions.node_action(self.node_name, "resume")
 
     @on(DataTable.RowSelected, "#node-jobs")
     def _open_job(self, event: DataTable.RowSelected) -> None:

@@ -252,8 +252,8 @@ class OverviewScreen(View):
 
     def action_drain(self) -> None:
         if key := self.table.current_key:
-            self.mlsm.node_action(key, "drain")
+            self.actions.node_action(key, "drain")
 
     def action_resume(self) -> None:
         if key := self.table.current_key:
-            self.mlsm.node_action(key, "resume")
+            self.actions.node_action(key, "resume")

@@ -10,6 +10,7 @@ from litestar.response import ServerSentEvent, Stream
 from mlsm.master.http import audit_target
 from mlsm.master.routes.common import DbId, QueryCount, ServicesDep, principal
 from mlsm.wire import api
+from mlsm.wire.follow import LogEvent, to_sse
 from mlsm.wire.ints import INT64_MAX
 
 MAX_LIST = 10_000
@@ -109,21 +110,19 @@ async def follow_log(
     async def gen() -> AsyncIterator[dict[str, str]]:
         if first is not None:
             yield first
-        async for kind, text, offset in events:
-            yield {"event": kind, "data": text, "id": str(offset)}
+        async for ev in events:
+            yield to_sse(ev)
 
     return ServerSentEvent(gen())
 
 
-async def _prime(
-    events: AsyncIterator[tuple[str, str, int]],
-) -> AsyncIterator[dict[str, str] | None]:
+async def _prime(events: AsyncIterator[LogEvent]) -> AsyncIterator[dict[str, str] | None]:
     try:
-        kind, text, offset = await anext(events)
+        ev = await anext(events)
     except StopAsyncIteration:
         yield None
         return
-    yield {"event": kind, "data": text, "id": str(offset)}
+    yield to_sse(ev)
 
 
 ROUTES = [submit_job, list_jobs, show_job, cancel_jobs, release_job, job_log, follow_log]

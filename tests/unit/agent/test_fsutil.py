@@ -54,10 +54,10 @@ def test_remove_tree_5000_deep_keeps_what_links_point_to(
 ) -> None:
     top = tmp_path / "tree"
     make_deep(top, DEEP, file_every=7, link_to=outside, link_every=100)
-    before = open_fds()
+    before = open_fds(tmp_path)
     remove_tree(top)
     assert not os.path.lexists(top)
-    assert open_fds() == before
+    assert open_fds(tmp_path) == before
     assert (outside / "precious.txt").read_text() == "keep me"
     assert os.listdir(tmp_path) == ["outside"]
 
@@ -84,7 +84,7 @@ def test_walk_5000_deep_yields_every_entry_and_enters_no_link(
 ) -> None:
     top = tmp_path / "tree"
     files = make_deep(top, DEEP, file_every=10, link_to=outside, link_every=1000)
-    before = open_fds()
+    before = open_fds(tmp_path)
     seen_files: list[str] = []
     links: list[str] = []
     dirs = 0
@@ -102,7 +102,7 @@ def test_walk_5000_deep_yields_every_entry_and_enters_no_link(
                 fd = os.open(w.name, os.O_RDONLY, dir_fd=w.dir_fd)
                 with open(fd, "rb") as f:
                     assert f.read() == b"bottom"
-    assert open_fds() == before
+    assert open_fds(tmp_path) == before
     assert (dirs, len(seen_files), len(links), deepest) == (DEEP, files, DEEP // 1000, DEEP + 1)
     assert deepest_rel(DEEP) in seen_files
     assert not any("precious" in r for r in seen_files)
@@ -170,14 +170,14 @@ def test_dir_fds_reach_5000_deep_with_few_descriptors(
     for _ in range(DEEP):
         rel = f"{rel}/d" if rel else "d"
         rels.append(rel)
-    before = open_fds()
+    before = open_fds(tmp_path)
     with DirFds(top) as fds:
         for r in rels:  # in order, as an unpacker goes
             fd = fds.get(r)
         st = os.stat("bottom.txt", dir_fd=fd)
         assert stat.S_ISREG(st.st_mode)
         assert fds.get(rels[10]) != fds.get(rels[-1])
-    assert open_fds() == before
+    assert open_fds(tmp_path) == before
 
 
 def test_dir_fds_never_pass_through_a_link(tmp_path: Path, outside: Path) -> None:

@@ -21,6 +21,7 @@ from mlsm.master.services.jobs.views import may_see_private
 from mlsm.master.services.livenode import LiveNode
 from mlsm.wire import agent as w
 from mlsm.wire import api
+from mlsm.wire.follow import AttemptStarted, LogEnded, LogEvent, LogText
 
 FOLLOW_POLL_S = 5.0  # a follower re-checks the job's state at least this often
 
@@ -59,14 +60,12 @@ class JobLogs:
         r = await self._readable(p, job_id)
         return self.logs.size(job_id, r.attempt), self.logs.stream(job_id, r.attempt, offset, limit)
 
-    async def follow(
-        self, p: Principal, job_id: int, offset: int
-    ) -> AsyncIterator[tuple[str, str, int]]:
-        """(event, text, byte offset after it): 'log' with new output, 'attempt' when a retry
-        starts a new log, then 'end' with the final state.
+    async def follow(self, p: Principal, job_id: int, offset: int) -> AsyncIterator[LogEvent]:
+        """The job's log as :mod:`mlsm.wire.follow` events: new output, a new attempt when a
+        retry starts a new log, then the end with the final state.
 
         Bytes are decoded incrementally, so a UTF-8 character split between two blocks
-        arrives whole; the offset lets a client resume exactly where it stopped.
+        arrives whole; each event's offset lets a client resume exactly where it stopped.
         """
         r = await self._readable(p, job_id)
         attempt = r.attempt
@@ -76,18 +75,18 @@ class JobLogs:
                 offset += len(block)
                 text = decoder.decode(block)
                 if text:
-                    yield "log", text, offset
+                    yield LogText(text=text, offset=offset)
             state, cur_attempt = await self._state_of(job_id)
             if cur_attempt != attempt:
                 attempt, offset = cur_attempt, 0
                 decoder.reset()
-                yield "attempt", str(cur_attempt), 0
+                yield AttemptStarted(attempt=cur_attempt)
                 continue
             if state in api.FINAL_STATES and offset >= self.logs.size(job_id, attempt):
                 tail = decoder.decode(b"", final=True)
                 if tail:
-                    yield "log", tail, offset
-                yield "end", state, offset
+                    yield LogText(text=tail, offset=offset)
+                yield LogEnded(state=state, offset=offset)
                 return
             await self.logs.wait(job_id, FOLLOW_POLL_S)
 

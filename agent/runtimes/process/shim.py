@@ -1,6 +1,6 @@
 """The crash-proof supervisor between the agent and one job process (stdlib only).
 
-Started by :mod:`agent.runtimes.process` as::
+Started by :mod:`agent.runtimes.process.launch` as::
 
     python -I -S shim.py CONTROL_DIR [--uid U --gid G --groups G1,G2 --user NAME]
                                      [--cwd DIR] [--need WHAT=PATH]... -- ARGV...

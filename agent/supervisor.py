@@ -1,0 +1,297 @@
+"""The job supervisor: runs this node's job attempts from their start to a delivered end.
+
+It starts an attempt on the runtime of its env kind (a repeated StartJob for an attempt
+that already runs here does nothing), re-adopts at start-up what an earlier agent process
+left running, polls every attempt, stops one when told, and marks its GPUs busy on a
+simulated probe. An attempt that cannot start is reported at once: ``lost`` when the
+runtime itself is away (not the job's fault: the master requeues it), ``failed_to_start``
+otherwise.
+
+It also ties log shipping to each attempt's end. An ended attempt's final report goes to
+the master only after its whole log did (or after :data:`FINAL_WAIT_MAX_S` of trying), so
+whoever follows the log misses nothing; until the master has the report, heartbeats still
+list the job as running, or the master would take it for a job the agent lost. A report
+the master did not get is kept and sent again. Once it is delivered, the job's log tail and
+state record are dropped, unless its next attempt already runs here.
+
+Everything it works with comes in through its constructor: the link to the master, the
+agent's state file, the log shipper, the node's runtimes, the GPU probe, and how to tell
+the master the node's runtimes changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from agent.collectors import GpuProbe
+from agent.link import MasterLink
+from agent.logship import LogShipper
+from agent.pacing import backoff, nap
+from agent.runtimes.base import (
+    LOG_NAME,
+    AdoptRecord,
+    JobHandle,
+    RuntimeStartError,
+    RuntimeUnavailable,
+    job_dir_for,
+)
+from agent.runtimes.registry import Runtimes
+from agent.state import AgentState
+from mlsm import errors
+from mlsm.wire import agent as w
+
+log = logging.getLogger("mlsm.agent")
+
+JOB_CHECK_S = 0.2  # how often running attempts are polled
+LOG_PUMP_S = 0.5  # how often new log bytes are shipped
+STATE_SAVE_S = 10.0  # how often the state file is saved for its log offsets
+LOG_FLUSH_S = 5.0  # how long a job's end waits for its log to reach the master, per try
+FINAL_WAIT_MAX_S = 120.0  # after this, a job's end is reported even if its log is refused
+
+
+@dataclass
+class _Running:
+    handle: JobHandle
+    spec: w.JobSpec
+    report: w.JobReport
+
+
+def _running_report(rec: AdoptRecord) -> w.JobReport:
+    return w.JobReport(
+        job_id=rec.job_id,
+        attempt=rec.attempt,
+        state="running",
+        pid=rec.pid,
+        container_id=rec.container_id,
+        started_at=rec.started_at,
+    )
+
+
+def _lost_report(rec: AdoptRecord, reason: str) -> w.JobReport:
+    return w.JobReport(
+        job_id=rec.job_id, attempt=rec.attempt, state="lost", end_kind="lost", reason=reason
+    )
+
+
+class JobSupervisor:
+    """The attempts this node runs. Owned by the agent's event loop; runtime calls that
+    may block go to threads."""
+
+    def __init__(
+        self,
+        *,
+        link: MasterLink,
+        state: AgentState,
+        shipper: LogShipper,
+        runtimes: Runtimes,
+        probe: GpuProbe,
+        data_dir: Path,
+        stopping: asyncio.Event,
+        runtimes_changed: Callable[[], Awaitable[None]],
+    ) -> None:
+        """``runtimes_changed`` is awaited after a runtime went away under a start: it
+        tells the master (node info) and returns once it has heard, or soon after."""
+        self._link = link
+        self._state = state
+        self._shipper = shipper
+        self._runtimes = runtimes
+        self._probe = probe
+        self._data_dir = data_dir
+        self._stopping = stopping
+        self._runtimes_changed = runtimes_changed
+        self._jobs: dict[int, _Running] = {}
+        self._finished: list[tuple[AdoptRecord, w.JobReport]] = []
+        self._finish_tries: dict[int, float] = {}  # job id -> when its end was first sent
+
+    @property
+    def running(self) -> int:
+        """How many attempts run here now."""
+        return len(self._jobs)
+
+    # ---------------------------------------------------------------- for the heartbeat
+    def reports(self) -> list[w.JobReport]:
+        """Every job this node has, for a heartbeat (the master's full view of the node).
+
+        A job that ended but whose final report (sent after its log) has not reached the
+        master yet is still listed as running: left out, the master would take it for a job
+        the agent lost and interrupt it.
+        """
+        out = [r.report for r in self._jobs.values()]
+        for rec, _ in self._finished:
+            if rec.job_id not in self._jobs:
+                out.append(_running_report(rec))
+        return out
+
+    def attribute_gpu_processes(self, gpus: list[w.GpuSample]) -> None:
+        """Name the job of each GPU process that runs in one of this node's job sessions."""
+        sessions: dict[int, int] = {}
+        for jid, r in self._jobs.items():
+            sid = getattr(r.handle, "session_id", None)
+            if sid:
+                sessions[sid] = jid
+        if not sessions:
+            return
+        for g in gpus:
+            for p in g.processes:
+                if p.job_id is None:
+                    with contextlib.suppress(OSError):
+                        p.job_id = sessions.get(os.getsid(p.pid))
+
+    # ---------------------------------------------------------------- commands
+    async def start(self, cmd: w.StartJob) -> None:
+        spec = cmd.job
+        cur = self._jobs.get(spec.job_id)
+        if cur is not None and cur.spec.attempt >= spec.attempt:
+            return  # idempotent: this attempt already runs here
+        runtime = self._runtimes.get(spec.env_kind)
+        job_dir = job_dir_for(self._data_dir, spec.job_id)
+        try:
+            if runtime is None and spec.env_kind == "docker":
+                why = self._runtimes.docker_error or "Docker unavailable on this node"
+                raise RuntimeUnavailable(why)
+            if runtime is None:
+                raise RuntimeStartError(f"no {spec.env_kind} runtime on this node")
+            handle = await asyncio.to_thread(runtime.start, spec, job_dir)
+        except RuntimeUnavailable as exc:
+            # Not the job's fault: the master interrupts the attempt (requeued while retries
+            # remain). An engine that went away since the last check is dropped at once, and
+            # the master hears so (next heartbeat) before the attempt's end, so it does not
+            # hand the requeued attempt straight back to this node.
+            if spec.env_kind == "docker" and self._runtimes.drop_docker(str(exc)):
+                await self._runtimes_changed()
+            await self._report_unstarted(spec, "lost", str(exc))
+            return
+        except RuntimeStartError as exc:
+            await self._report_unstarted(spec, "failed_to_start", str(exc))
+            return
+        rec = handle.record
+        self._state.add(rec)
+        report = _running_report(rec)
+        self._jobs[spec.job_id] = _Running(handle, spec, report)
+        self._mark_gpus(spec.gpus, True, rec.pid)
+        self._shipper.watch(spec.job_id, spec.attempt, job_dir / LOG_NAME, owner=rec.uid)
+        await self._send_events([report])
+
+    async def cancel(self, cmd: w.CancelJob) -> None:
+        r = self._jobs.get(cmd.job_id)
+        if r is not None and r.spec.attempt == cmd.attempt:
+            await asyncio.to_thread(r.handle.stop, cmd.reason, cmd.end_kind, cmd.grace_s)
+
+    async def _report_unstarted(
+        self, spec: w.JobSpec, state: Literal["lost", "failed_to_start"], reason: str
+    ) -> None:
+        """Tell the master at once that an attempt never started: ``lost`` (not the job's
+        fault: the master requeues it) or ``failed_to_start`` (the job's own error)."""
+        await self._send_events(
+            [
+                w.JobReport(
+                    job_id=spec.job_id,
+                    attempt=spec.attempt,
+                    state=state,
+                    reason=reason,
+                    end_kind="lost" if state == "lost" else "error",
+                    ended_at=time.time(),
+                )
+            ]
+        )
+
+    def _mark_gpus(self, gpus: list[int], busy: bool, pid: int | None = None) -> None:
+        set_busy = getattr(self._probe, "set_busy", None)
+        if set_busy is None:
+            return
+        for g in gpus:
+            with contextlib.suppress(Exception):
+                set_busy(g, busy, pid=pid) if busy else set_busy(g, False)
+
+    async def _send_events(self, reports: list[w.JobReport]) -> bool:
+        try:
+            await self._link.send_events(reports)
+            return True
+        except errors.MlsmError as exc:
+            log.warning(
+                "could not report job events now (%s); the next heartbeat carries them", exc
+            )
+            return False
+
+    # ---------------------------------------------------------------- start-up
+    def adopt(self) -> None:
+        """Take over the attempts the state file lists (an earlier agent process's)."""
+        for rec in self._state.records():
+            runtime = self._runtimes.for_record(rec)
+            if runtime is None:
+                log.warning(
+                    "job %s ran in Docker, which is unavailable now; reporting it lost", rec.job_id
+                )
+                self._finished.append(
+                    (rec, _lost_report(rec, "Docker became unavailable while the agent was down"))
+                )
+                continue
+            try:
+                got = runtime.adopt(rec)
+            except Exception as exc:
+                got = _lost_report(rec, f"could not re-adopt: {exc}")
+            self._shipper.watch(
+                rec.job_id, rec.attempt, Path(rec.job_dir) / LOG_NAME, owner=rec.uid
+            )
+            if isinstance(got, w.JobReport):
+                self._finished.append((rec, got))
+            else:
+                spec = w.JobSpec(job_id=rec.job_id, attempt=rec.attempt, argv=["?"])
+                self._jobs[rec.job_id] = _Running(got, spec, _running_report(rec))
+                log.info("re-adopted job %s (attempt %s)", rec.job_id, rec.attempt)
+
+    # ---------------------------------------------------------------- loops
+    async def watch(self) -> None:
+        """Poll the running attempts; deliver the ends of those that finished."""
+        while not self._stopping.is_set():
+            for jid, r in list(self._jobs.items()):
+                final = await asyncio.to_thread(r.handle.poll)
+                if final is not None:
+                    del self._jobs[jid]
+                    self._mark_gpus(r.spec.gpus, False)
+                    self._finished.append((r.handle.record, final))
+            if self._finished:
+                await self._report_finished()
+            await nap(self._stopping, JOB_CHECK_S)
+
+    async def _report_finished(self) -> None:
+        # Entries leave the list only once delivered, so a heartbeat sent meanwhile still
+        # lists the job (see reports).
+        for item in list(self._finished):
+            rec, final = item
+            first_try = self._finish_tries.setdefault(rec.job_id, time.monotonic())
+            flushed = await self._shipper.flush(rec.job_id, timeout_s=LOG_FLUSH_S)
+            if not flushed and time.monotonic() - first_try < FINAL_WAIT_MAX_S:
+                continue  # the end goes after the whole log, so a follower misses nothing
+            final.log_size = self._shipper.offset(rec.job_id) or 0
+            if await self._send_events([final]):
+                self._finished.remove(item)
+                self._finish_tries.pop(rec.job_id, None)
+                # The master may have started the job's next attempt here while this end
+                # was on its way (a retry of a lost attempt): that one keeps its log and
+                # record.
+                if rec.job_id not in self._jobs:
+                    self._shipper.forget(rec.job_id)
+                    self._state.remove(rec.job_id)
+        if self._finished:
+            await nap(self._stopping, backoff(1))
+
+    async def ship_logs(self) -> None:
+        """Ship new log bytes of every watched job; save the state file (its log offsets)
+        now and then."""
+        last_save = time.monotonic()
+        while not self._stopping.is_set():
+            with contextlib.suppress(Exception):
+                await self._shipper.pump_once()
+            if time.monotonic() - last_save > STATE_SAVE_S:
+                last_save = time.monotonic()
+                self._state.save()
+            await nap(self._stopping, LOG_PUMP_S)

@@ -1,0 +1,100 @@
+"""Jobs: submit, list, show, cancel, release; a job's log, read whole or followed live.
+
+A followed log arrives as typed :mod:`mlsm.wire.follow` events, decoded by the one
+parser in :mod:`mlsm.client.sse`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Sequence
+
+from mlsm.client.call import Call
+from mlsm.client.resource import AsyncResource, SyncResource, async_method, sync_method
+from mlsm.client.sse import LogFollowDecoder
+from mlsm.wire import api
+from mlsm.wire.follow import LogEvent
+
+JOBS = "/api/v1/jobs"
+
+
+def _job(job_id: int, tail: str = "") -> str:
+    return f"{JOBS}/{int(job_id)}{tail}"
+
+
+def _submit(spec: api.JobSubmit) -> Call[api.SubmitReply]:
+    """Queue a job (or each task of an array)."""
+    return Call("POST", JOBS, api.SubmitReply, body=spec)
+
+
+def _list(
+    *,
+    state: str | None = None,
+    user: str | None = None,
+    node: str | None = None,
+    all: bool = False,
+    limit: int | None = None,
+) -> Call[api.JobList]:
+    """Queued and running jobs, ended ones too with ``all``; ``state`` may name several."""
+    params = {"state": state, "user": user, "node": node, "all": all or None, "limit": limit}
+    return Call("GET", JOBS, api.JobList, params=params)
+
+
+def _get(job_id: int) -> Call[api.Job]:
+    return Call("GET", _job(job_id), api.Job)
+
+
+def _cancel(ids: Sequence[int]) -> Call[api.CancelResult]:
+    """Cancel jobs: queued ones at once, running ones with SIGTERM then SIGKILL."""
+    return Call("POST", f"{JOBS}/cancel", api.CancelResult, body=api.CancelRequest(ids=[*ids]))
+
+
+def _release(job_id: int) -> Call[api.Job]:
+    """Let a held job join the queue."""
+    return Call("POST", _job(job_id, "/release"), api.Job)
+
+
+def _log(job_id: int, offset: int, limit: int | None) -> Call[bytes]:
+    return Call("GET", _job(job_id, "/log"), bytes, params={"offset": offset, "limit": limit})
+
+
+def _follow(job_id: int, offset: int) -> Call[bytes]:
+    return Call("GET", _job(job_id, "/log/follow"), bytes, params={"offset": offset})
+
+
+class Jobs(SyncResource):
+    submit = sync_method(_submit)
+    list = sync_method(_list)
+    get = sync_method(_get)
+    cancel = sync_method(_cancel)
+    release = sync_method(_release)
+
+    def log(self, job_id: int, *, offset: int = 0, limit: int | None = None) -> Iterator[bytes]:
+        """The log's bytes from ``offset`` (at most ``limit``), chunk by chunk."""
+        return self._http.stream(_log(job_id, offset, limit))
+
+    def follow(self, job_id: int, *, offset: int = 0) -> Iterator[LogEvent]:
+        """The log from ``offset``, live, until the job ends (``LogEnded``)."""
+        decoder = LogFollowDecoder()
+        for chunk in self._http.stream(_follow(job_id, offset)):
+            yield from decoder.feed(chunk)
+
+
+class AsyncJobs(AsyncResource):
+    submit = async_method(_submit)
+    list = async_method(_list)
+    get = async_method(_get)
+    cancel = async_method(_cancel)
+    release = async_method(_release)
+
+    def log(
+        self, job_id: int, *, offset: int = 0, limit: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """The log's bytes from ``offset`` (at most ``limit``), chunk by chunk."""
+        return self._http.stream(_log(job_id, offset, limit))
+
+    async def follow(self, job_id: int, *, offset: int = 0) -> AsyncIterator[LogEvent]:
+        """The log from ``offset``, live, until the job ends (``LogEnded``)."""
+        decoder = LogFollowDecoder()
+        async for chunk in self._http.stream(_follow(job_id, offset)):
+            for event in decoder.feed(chunk):
+                yield event

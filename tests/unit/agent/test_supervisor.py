@@ -1,0 +1,227 @@
+"""The job supervisor with real job processes, a real state file, shipper and link.
+
+The master is a test double behind the link's httpx transport: it keeps job events and
+appends log chunks by offset, as the real agent routes do, and can refuse events for a
+while (503) to play a master that is away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from agent.collectors import SimulatedProbe, make_probe
+from agent.link import MasterLink
+from agent.logship import LogShipper, send_through
+from agent.runtimes.base import LOG_NAME, AdoptRecord, RuntimeContext, job_dir_for
+from agent.runtimes.registry import Runtimes
+from agent.state import AgentState
+from agent.supervisor import JobSupervisor
+from mlsm.wire import agent as w
+
+DEADLINE_S = 15.0
+POLL_S = 0.02
+
+
+@dataclass
+class FakeMaster:
+    """The master's ``events`` and ``logs`` routes."""
+
+    events: list[w.JobReport] = field(default_factory=list)
+    logs: dict[int, bytearray] = field(default_factory=dict)
+    log_at_end: dict[int, bytes] = field(default_factory=dict)  # the log when its end came
+    refuse_events: bool = False
+    on_end: Callable[[w.JobReport], Awaitable[None]] | None = None  # runs before the answer
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        route = request.url.path.rsplit("/", 1)[1]
+        if route == "events":
+            if self.refuse_events:
+                body = w.encoder.encode(w.AgentError(code="unavailable", message="busy"))
+                return httpx.Response(503, content=body)
+            for report in w.decode_events(request.content).jobs:
+                self.events.append(report)
+                if report.state != "running":
+                    self.log_at_end[report.job_id] = bytes(self.logs.get(report.job_id, b""))
+                    if self.on_end is not None:
+                        await self.on_end(report)
+            return httpx.Response(200, content=w.encoder.encode(w.Ack()))
+        assert route == "logs", route
+        chunk = w.decode_log_chunk(request.content)
+        held = self.logs.setdefault(chunk.job_id, bytearray())
+        if chunk.offset <= len(held):
+            held += chunk.data[len(held) - chunk.offset :]
+        ack = w.LogAck(job_id=chunk.job_id, next_offset=len(held))
+        return httpx.Response(200, content=w.encoder.encode(ack))
+
+    def states(self, job_id: int) -> list[str]:
+        return [e.state for e in self.events if e.job_id == job_id]
+
+
+@dataclass
+class Node:
+    master: FakeMaster
+    supervisor: JobSupervisor
+    state: AgentState
+    probe: SimulatedProbe
+    data: Path
+
+
+async def until(cond: Callable[[], object], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(POLL_S)
+
+
+def make_supervisor(
+    data: Path, master: FakeMaster, stopping: asyncio.Event
+) -> tuple[JobSupervisor, AgentState, SimulatedProbe]:
+    link = MasterLink("http://master.test", data, transport=httpx.MockTransport(master.handle))
+    state = AgentState(data / "state.json").load()
+    probe, _ = make_probe("2xA100-80GB", data / "simulated-gpus.json", identity="n1")
+    assert isinstance(probe, SimulatedProbe)
+    ctx = RuntimeContext(node_name="n1", agent_data=data, simulated_gpus=True)
+
+    async def runtimes_changed() -> None:
+        return None
+
+    supervisor = JobSupervisor(
+        link=link,
+        state=state,
+        shipper=LogShipper(send_through(link), state=state),
+        runtimes=Runtimes(ctx),
+        probe=probe,
+        data_dir=data,
+        stopping=stopping,
+        runtimes_changed=runtimes_changed,
+    )
+    return supervisor, state, probe
+
+
+@pytest.fixture
+async def node(tmp_path: Path) -> AsyncIterator[Node]:
+    data = tmp_path / "agent"
+    data.mkdir()
+    master = FakeMaster()
+    stopping = asyncio.Event()
+    supervisor, state, probe = make_supervisor(data, master, stopping)
+    tasks = [asyncio.create_task(supervisor.watch()), asyncio.create_task(supervisor.ship_logs())]
+    yield Node(master, supervisor, state, probe, data)
+    stopping.set()
+    await asyncio.gather(*tasks)
+
+
+def start(job_id: int, argv: list[str], **kw: object) -> w.StartJob:
+    return w.StartJob(id=job_id, job=w.JobSpec(job_id=job_id, argv=argv, **kw))  # type: ignore[arg-type]
+
+
+def busy_gpus(probe: SimulatedProbe) -> list[int]:
+    return [g.index for g in probe.sample() if g.processes]
+
+
+async def test_an_attempt_runs_and_its_end_is_reported_after_its_whole_log(node: Node) -> None:
+    script = "for i in 1 2 3; do echo line $i; done; while [ ! -e go ]; do sleep 0.05; done"
+    await node.supervisor.start(start(1, ["sh", "-c", script], gpus=[1]))
+    assert node.master.states(1) == ["running"]
+    assert [r.job_id for r in node.supervisor.reports()] == [1]
+    assert [r.job_id for r in node.state.records()] == [1]
+    assert busy_gpus(node.probe) == [1]
+
+    (job_dir_for(node.data, 1) / "go").touch()
+    await until(lambda: len(node.master.states(1)) == 2, "the job's end")
+    end = node.master.events[-1]
+    on_node = (job_dir_for(node.data, 1) / LOG_NAME).read_bytes()
+    assert (end.state, end.exit_code, end.log_size) == ("exited", 0, len(on_node))
+    assert node.master.log_at_end[1] == on_node  # the whole log was there before the end
+    assert on_node.endswith(b"line 1\nline 2\nline 3\n")
+    assert node.supervisor.reports() == [] and node.state.records() == []
+    assert busy_gpus(node.probe) == []
+
+
+async def test_a_repeated_start_of_a_running_attempt_does_nothing(node: Node) -> None:
+    await node.supervisor.start(start(2, ["sleep", "30"]))
+    await node.supervisor.start(start(2, ["sleep", "30"]))
+    assert node.master.states(2) == ["running"] and node.supervisor.running == 1
+    await node.supervisor.cancel(
+        w.CancelJob(id=3, job_id=2, attempt=0, reason="enough", end_kind="cancelled", grace_s=0)
+    )
+    await until(lambda: len(node.master.states(2)) == 2, "the cancelled job's end")
+    assert node.master.events[-1].end_kind == "cancelled"
+
+
+async def test_an_attempt_that_cannot_start_is_reported_at_once(node: Node) -> None:
+    await node.supervisor.start(start(4, ["true"], env_kind="wasm"))
+    (report,) = node.master.events
+    assert (report.state, report.end_kind) == ("failed_to_start", "error")
+    assert report.reason == "no wasm runtime on this node"
+    assert node.supervisor.running == 0 and node.state.records() == []
+
+
+async def test_an_ended_job_stays_running_for_heartbeats_until_the_master_has_its_end(
+    node: Node,
+) -> None:
+    await node.supervisor.start(start(5, ["true"]))
+    node.master.refuse_events = True
+    await until(lambda: node.supervisor.running == 0, "the job to end here")
+    (listed,) = node.supervisor.reports()
+    assert (listed.job_id, listed.state) == (5, "running")
+    assert [r.job_id for r in node.state.records()] == [5]
+
+    node.master.refuse_events = False
+    await until(lambda: node.master.states(5) == ["running", "exited"], "the end delivered")
+    assert node.supervisor.reports() == [] and node.state.records() == []
+
+
+async def test_a_retry_started_while_the_last_attempts_end_is_sent_keeps_its_log(
+    node: Node,
+) -> None:
+    """The master requeues a lost attempt and starts the retry here at once: the StartJob
+    can arrive before the agent has seen the answer to the end it sent."""
+    retry = start(
+        8, ["sh", "-c", "echo attempt $MLSM_ATTEMPT; until [ -e go ]; do sleep 0.05; done"]
+    )
+    retry.job.attempt = 1
+
+    async def requeue(report: w.JobReport) -> None:
+        if (report.job_id, report.attempt) == (8, 0):
+            await node.supervisor.start(retry)
+
+    node.master.on_end = requeue
+    await node.supervisor.start(start(8, ["sh", "-c", "echo attempt $MLSM_ATTEMPT; exit 3"]))
+    await until(lambda: node.master.states(8) == ["running", "exited", "running"], "the retry")
+    await until(lambda: b"attempt 1" in node.master.logs.get(8, b""), "the retry's log shipped")
+    assert [(r.job_id, r.attempt) for r in node.state.records()] == [(8, 1)]
+
+    (job_dir_for(node.data, 8) / "go").touch()
+    await until(lambda: len(node.master.states(8)) == 4, "the retry's end")
+    on_node = (job_dir_for(node.data, 8) / LOG_NAME).read_bytes()
+    assert node.master.log_at_end[8] == on_node and node.master.events[-1].log_size == len(on_node)
+    assert node.state.records() == []
+
+
+async def test_a_restarted_supervisor_adopts_what_its_state_file_lists(tmp_path: Path) -> None:
+    data = tmp_path / "agent"
+    data.mkdir()
+    master = FakeMaster()
+    stopping = asyncio.Event()
+    first, state, _ = make_supervisor(data, master, stopping)
+    await first.start(start(6, ["sh", "-c", "while [ ! -e go ]; do sleep 0.05; done"]))
+    state.add(AdoptRecord(job_id=7, attempt=0, runtime="process", job_dir=str(data), started_at=1))
+
+    again, _, _ = make_supervisor(data, master, stopping)  # the agent restarted
+    again.adopt()
+    assert [(r.job_id, r.state) for r in again.reports()] == [(6, "running"), (7, "running")]
+    task = asyncio.create_task(again.watch())
+    await until(lambda: master.states(7) == ["lost"], "the vanished attempt reported lost")
+    (job_dir_for(data, 6) / "go").touch()
+    await until(lambda: master.states(6) == ["running", "exited"], "the adopted job's end")
+    stopping.set()
+    await task
