@@ -8,7 +8,7 @@ import logging
 import re
 import secrets
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 from litestar import Request, Response
@@ -37,17 +37,38 @@ _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 QUIET_PATHS = ("/agent/v1/heartbeat", "/agent/v1/commands", "/agent/v1/logs", "/agent/v1/events")
 
 
+_ANY_PEER = ClientAddresses()  # no trusted proxies: the peer address
+
+
 def client_addr(scope: Scope) -> str:
     """The request's client address, by the one rule of :mod:`mlsm.master.clientaddr`
-    (trusted proxies from the settings); worked out once per request."""
+    (trusted proxies from the settings, handed on by :class:`RequestMiddleware`); worked
+    out once per request."""
     state = scope.setdefault("state", {})
     addr = state.get("client_addr")
     if addr is None:
-        app = scope.get("app")
-        resolver = getattr(getattr(app, "state", None), "client_addresses", None)
-        addr = resolver.resolve(scope) if resolver is not None else ClientAddresses().resolve(scope)
-        state["client_addr"] = addr
+        resolver = state.get("client_addresses")
+        if not isinstance(resolver, ClientAddresses):
+            resolver = _ANY_PEER
+        addr = state["client_addr"] = resolver.resolve(scope)
     return str(addr)
+
+
+class AuditSink(Protocol):
+    """Where audit rows go (:class:`~mlsm.master.services.audit.AuditLog`)."""
+
+    async def append(
+        self,
+        *,
+        actor: str,
+        role: str,
+        action: str,
+        target: str,
+        outcome: str,
+        client: str,
+        request_id: str,
+        details: dict[str, Any] | None = None,
+    ) -> None: ...
 
 
 class RequestMiddleware(ASGIMiddleware):
@@ -61,6 +82,10 @@ class RequestMiddleware(ASGIMiddleware):
 
     scopes = ("http",)  # type: ignore[assignment]
 
+    def __init__(self, audit: AuditSink, addresses: ClientAddresses) -> None:
+        self.audit = audit
+        self.addresses = addresses
+
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         start = time.perf_counter()
         rid = ""
@@ -72,6 +97,7 @@ class RequestMiddleware(ASGIMiddleware):
         rid = rid or secrets.token_hex(8)
         state = scope.setdefault("state", {})
         state["request_id"] = rid
+        state["client_addresses"] = self.addresses
         status = 500
         method = str(scope.get("method", ""))
         audited = False  # the row was written (or tried) while the response was held
@@ -86,7 +112,7 @@ class RequestMiddleware(ASGIMiddleware):
                 action = _audit_action(scope, method)
                 if action is not None:
                     audited = True
-                    if not await _audit(scope, action, status, rid) and status < 400:
+                    if not await _audit(self.audit, scope, action, status, rid) and status < 400:
                         replaced = True
                         status = AuditUnavailable.status
                         await _send_audit_failure(scope, send, rid)
@@ -102,7 +128,7 @@ class RequestMiddleware(ASGIMiddleware):
             if not audited:  # no response was started (the app failed outright)
                 action = _audit_action(scope, method)
                 if action is not None:
-                    await _audit(scope, action, status, rid)
+                    await _audit(self.audit, scope, action, status, rid)
             elapsed_ms = (time.perf_counter() - start) * 1000
             path = scope.get("path", "")
             level = logging.DEBUG if path.startswith(QUIET_PATHS) else logging.INFO
@@ -128,7 +154,7 @@ def _audit_action(scope: Scope, method: str) -> str | None:
     return str(action) if action else None
 
 
-async def _audit(scope: Scope, action: str, status: int, rid: str) -> bool:
+async def _audit(audit: AuditSink, scope: Scope, action: str, status: int, rid: str) -> bool:
     """Write the request's audit row and wait for its commit; False if it failed."""
     state = scope.get("state", {})
     user = scope.get("user")
@@ -149,7 +175,7 @@ async def _audit(scope: Scope, action: str, status: int, rid: str) -> bool:
             details["error"] = state["error_code"]
     target = state.get("audit_target") or scope.get("path", "")
     try:
-        await scope["app"].state.audit.append(
+        await audit.append(
             actor=str(actor),
             role=str(role),
             action=action,

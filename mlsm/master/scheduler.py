@@ -1,6 +1,7 @@
 """Job placement: a pure function from the queue and the nodes' free capacity to placements.
 
-The job service builds the inputs from the database and live node state, calls
+The scheduling loop (:mod:`mlsm.master.services.jobs.scheduling`) builds the inputs from
+the job table and live node state, calls
 :func:`schedule` once per pass and applies the result: assign ``placements``, store each
 waiting job's ``reasons`` entry, cancel the jobs in ``never`` with the reason given. Nothing
 here touches the database or the network, so a pass is cheap to test and to time.
@@ -45,6 +46,9 @@ Speed: capacity only shrinks during a pass, so a request that found no node is r
 and the same request with the same filters later fails without a search; per GPU-memory
 class, nodes sit in buckets by free GPU count, so finding the best fit does not scan
 every node.
+
+Over 400 lines, as one piece: it is one algorithm whose rules are written above and whose
+pass state (:class:`_Pass`) they all share; split, the rules would no longer read together.
 """
 
 from __future__ import annotations
@@ -89,7 +93,7 @@ _ENDED = {"failed": "failed", "cancelled": "was cancelled", "interrupted": "was 
 class GpuSlot:
     index: int
     mem_total_bytes: int
-    #: False when an mlsm job holds it, foreign processes use it, or it reported an error.
+    #: False when it is busy by the one GPU rule (:mod:`mlsm.master.gpustate`).
     free: bool = True
 
 

@@ -5,7 +5,7 @@
   database holds only their SHA-256. A random 256-bit secret needs no slow hash: a hash
   lookup is safe and fast, which matters for agents heartbeating every few seconds.
 - Every route handler declares who may call it in ``opt={"role": ...}``; the one guard
-  :func:`role_guard`, attached at app level, enforces it. The app factory refuses to start
+  :class:`RoleGuard`, attached at app level, enforces it. The app factory refuses to start
   when a handler lacks the declaration, so a new route cannot ship unguarded.
 
 Roles: ``public`` < ``member`` < ``admin`` < ``superadmin``; ``node`` is the separate
@@ -18,7 +18,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -92,34 +92,46 @@ def bearer(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     return None
 
 
-async def role_guard(
-    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
-) -> None:
+class Authenticator(Protocol):
+    """Who a credential belongs to (:class:`~mlsm.master.services.auth.AuthService`)."""
+
+    async def resolve_user(self, token: str) -> Principal: ...
+
+    async def resolve_node(self, secret: str) -> Principal: ...
+
+
+class RoleGuard:
     """The single guard: authenticate the caller and check the route's declared role."""
-    need = handler.opt.get("role")
-    if need == "public" or (
-        need is None
-        and (
-            connection.scope["path"].startswith(SCHEMA_PATH)
-            or connection.scope.get("method") == "OPTIONS"
-        )
-    ):
-        return  # OpenAPI document, and Litestar's automatic OPTIONS answers (they run no handler code)
-    if need not in ROUTE_ROLES:
-        raise PermissionDenied("this route declares no role")
-    auth = connection.app.state.auth
-    token = bearer(connection)
-    if token is None:
-        raise AuthenticationError("authentication required: log in with `mlsm login URL`")
-    if need == "node":
-        principal = await auth.resolve_node(token)
-    else:
-        principal = await auth.resolve_user(token)
-    connection.scope["user"] = principal
-    if need == "node":
-        return
-    if not principal.at_least(need):
-        raise PermissionDenied(f"this needs the {need} role; you are {principal.role}")
+
+    def __init__(self, auth: Authenticator) -> None:
+        self.auth = auth
+
+    async def __call__(
+        self, connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+    ) -> None:
+        need = handler.opt.get("role")
+        if need == "public" or (
+            need is None
+            and (
+                connection.scope["path"].startswith(SCHEMA_PATH)
+                or connection.scope.get("method") == "OPTIONS"
+            )
+        ):
+            return  # OpenAPI document, and Litestar's automatic OPTIONS answers (they run no handler code)
+        if need not in ROUTE_ROLES:
+            raise PermissionDenied("this route declares no role")
+        token = bearer(connection)
+        if token is None:
+            raise AuthenticationError("authentication required: log in with `mlsm login URL`")
+        if need == "node":
+            principal = await self.auth.resolve_node(token)
+        else:
+            principal = await self.auth.resolve_user(token)
+        connection.scope["user"] = principal
+        if need == "node":
+            return
+        if not principal.at_least(need):
+            raise PermissionDenied(f"this needs the {need} role; you are {principal.role}")
 
 
 def check_handler_roles(handlers: list[BaseRouteHandler]) -> None:

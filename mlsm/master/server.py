@@ -27,6 +27,7 @@ from mlsm.master.connections import (
 )
 from mlsm.master.db import Database
 from mlsm.master.http import setup_logging
+from mlsm.master.services.container import services_of
 from mlsm.master.services.users import UserService
 
 log = logging.getLogger("mlsm.master")
@@ -143,9 +144,8 @@ def run_master(
             init_admin,
             "created" if created else "not created: users already exist",
         )
-    app = create_app(settings, migrate=False)
     guard, backlog = connection_guard(settings)
-    app.state.connection_guard = guard  # for /metrics
+    app = create_app(settings, migrate=False, connection_guard=guard)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -165,7 +165,7 @@ def run_master(
         forwarded_allow_ips=[],
     )
     server = _server_class()(config)
-    server.on_exit = app.state.nodes.release_polls
+    server.on_exit = services_of(app).nodes.release_polls
     if settings.tls_cert:
         from mlsm.tls import fingerprint_of_file
 

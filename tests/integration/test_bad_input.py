@@ -387,7 +387,7 @@ def test_huge_integers_from_an_agent_are_a_400(master: Master, node_secret: str,
 
 def test_a_submission_that_would_store_too_much_is_refused(master: Master) -> None:
     """569 KiB of env x a 100-task array once made the database grow by 56 MiB."""
-    from mlsm.master.services.jobs import MAX_SUBMISSION_STORED_BYTES
+    from mlsm.master.jobspec import MAX_SUBMISSION_STORED_BYTES
 
     member = master.make_user("member")
     before = master.request("GET", "/api/v1/jobs?all=true", token=member).json()["total"]

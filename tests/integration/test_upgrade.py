@@ -274,6 +274,103 @@ def test_an_upgraded_master_serves_the_old_users_tokens_node_jobs_and_audit(
     assert f"rows 1-{len(ROWS_0001['audit'])} from before audit MACs" in verify["message"]
 
 
+# ---------------------------------------------------------------- job specs of 0.1
+#: A job that mlsm 0.1 stored for ``alice`` (a member) from :data:`RICH_SUBMIT_0001`: its
+#: spec is ``msgspec.to_builtins(JobSubmit)`` plus the array throttle and the flag that has
+#: the agent re-check a member's mounts, ``--after`` and ``--mount`` as typed.
+RICH_SUBMIT_0001: dict[str, Any] = {
+    "argv": ["python", "train.py"],
+    "name": "sweep",
+    "gpus": 1,
+    "gpu_mem_gib": 40.0,
+    "cpus": 4.0,
+    "mem_gib": 32.0,
+    "node": "gpu-01",
+    "labels": {"rack": "a"},
+    "datasets": ["imagenet"],
+    "env_kind": "docker",
+    "image": "pytorch/pytorch:2.3",
+    "mounts": ["/data:/data", "/scratch:/scratch:rw"],
+    "keep_container": True,
+    "workdir": "/work",
+    "env": {"SEED": "1"},
+    "priority": 3,
+    "after": ["1", "2:any", "3:ok"],
+    "retries": 1,
+    "timeout_s": 600.0,
+    "array": "0-3%2",
+}
+# fmt: off
+RICH_JOB_0001: dict[str, Any] = {
+    'id': 4, 'name': 'sweep', 'user': 'alice', 'state': 'queued', 'spec': {'argv': ['python', 'train.py'], 'name': 'sweep', 'gpus': 1, 'gpu_mem_gib': 40.0, 'cpus': 4.0, 'mem_gib': 32.0, 'node': 'gpu-01', 'labels': {'rack': 'a'}, 'datasets': ['imagenet'], 'env_kind': 'docker', 'venv': '', 'conda': '', 'image': 'pytorch/pytorch:2.3', 'mounts': ['/data:/data', '/scratch:/scratch:rw'], 'keep_container': True, 'workdir': '/work', 'env': {'SEED': '1'}, 'priority': 3, 'after': ['1', '2:any', '3:ok'], 'retries': 1, 'timeout_s': 600.0, 'array': '0-3%2', 'hold': False, 'member_mounts': True, 'array_throttle': 2}, 'priority': 3, 'gpus': 1, 'created_at': 1795836458.0, 'started_at': None, 'ended_at': None, 'attempt': 0, 'retries': 1, 'array_parent': 4, 'array_index': 0, 'node': None, 'gpu_indices': [], 'reason': 'waiting for job 1', 'exit_code': None, 'log_size': 0, 'history': [[1795836458.0, 'queued', 'submitted']],
+}
+# fmt: on
+
+
+async def _insert_job(url: str, row: dict[str, Any]) -> None:
+    database = Database(url)
+    try:
+
+        def insert(conn: sa.Connection) -> None:
+            meta = sa.MetaData()
+            meta.reflect(conn, only=["jobs"])
+            conn.execute(meta.tables["jobs"].insert(), [row])
+
+        async with database.engine.begin() as conn:
+            await conn.run_sync(insert)
+    finally:
+        await database.close()
+
+
+async def _stored_specs(url: str) -> dict[int, Any]:
+    from mlsm.master.db.models import Job as JobRow
+
+    database = Database(url)
+    try:
+        async with database.session() as s:
+            return {r.id: r.spec for r in (await s.execute(sa.select(JobRow))).scalars()}
+    finally:
+        await database.close()
+
+
+def test_job_specs_stored_by_01_decode_to_what_a_submission_builds_now(
+    old_database: tuple[Path, str | None],
+) -> None:
+    """The stored spec is a typed struct now; a row 0.1 wrote (an untagged dict, --after and
+    --mount as typed) reads back as the struct the same submission gives today."""
+    import msgspec
+
+    from mlsm.master.jobspec import build_submission
+    from mlsm.master.security import Principal
+    from mlsm.wire import api
+
+    class Allowed:  # the rows were accepted by the lab's policy when they were submitted
+        def check_image(self, principal: Principal, image: str) -> None: ...
+
+        def check_mount(self, principal: Principal, source: str) -> None: ...
+
+    workdir, master_url = old_database
+    m = Master(workdir, database_url=master_url)
+    url = master_url or f"sqlite+aiosqlite:///{m.data_dir / 'mlsm.db'}"
+    _run_async(_insert_job(url, RICH_JOB_0001))
+    up = m.cli(["db", "upgrade", *_db_args(m)])
+    assert up.rc == 0, up.err
+    specs = _run_async(_stored_specs(url))
+
+    alice = Principal(kind="user", name="alice", role="member")
+    bodies = {r["id"]: r["spec"] for r in ROWS_0001["jobs"]}  # to_builtins(JobSubmit) as it was
+    bodies[RICH_JOB_0001["id"]] = RICH_SUBMIT_0001
+    assert set(specs) == set(bodies)
+    for job_id, body in bodies.items():
+        sub = msgspec.convert(body, api.JobSubmit)
+        now = build_submission(sub, alice, nodes={"gpu-01"}, policy=Allowed()).spec
+        assert specs[job_id] == now, job_id
+    rich = specs[RICH_JOB_0001["id"]]
+    assert [d.text() for d in rich.after] == ["1", "2:any", "3:ok"]
+    assert rich.array_throttle == 2 and rich.member_mounts is True
+    assert [(m.source, m.read_only) for m in rich.mounts] == [("/data", True), ("/scratch", False)]
+
+
 # ---------------------------------------------------------------- backup and restore
 def test_a_backup_taken_while_jobs_are_submitted_restores_into_a_new_master(
     master_factory: Any, tmp_path: Path

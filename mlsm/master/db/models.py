@@ -2,7 +2,8 @@
 
 The schema only changes through Alembic migrations (``mlsm/master/db/migrations``). Times are
 unix seconds (float) so SQLite and PostgreSQL agree without timezone handling; JSON columns
-hold small, schema-less bits (labels, argv, env) and use the portable ``JSON`` type.
+hold small, schema-less bits (labels, node info, history) and use the portable ``JSON`` type;
+a job's spec is a JSON column too, read and written as a typed struct (:class:`JobSpecColumn`).
 """
 
 from __future__ import annotations
@@ -22,11 +23,31 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+from mlsm.master.jobspec import StoredJobSpec, decode_spec, encode_spec
 
 
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class JobSpecColumn(TypeDecorator[StoredJobSpec]):
+    """``jobs.spec``: a :class:`~mlsm.master.jobspec.StoredJobSpec` in a JSON column, decoded
+    once as a row loads (rows of every earlier form too) and encoded as it is written."""
+
+    impl = JSON
+    cache_ok = True
+
+    def process_bind_param(
+        self, value: StoredJobSpec | None, dialect: Dialect
+    ) -> dict[str, Any] | None:
+        return None if value is None else encode_spec(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> StoredJobSpec | None:
+        return None if value is None else decode_spec(value)
 
 
 class User(Base):
@@ -111,7 +132,7 @@ class Job(Base):
     name: Mapped[str] = mapped_column(String(256), default="")
     user: Mapped[str] = mapped_column(String(64))
     state: Mapped[str] = mapped_column(String(16))
-    spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # the validated JobSubmit
+    spec: Mapped[StoredJobSpec] = mapped_column(JobSpecColumn)
     priority: Mapped[int] = mapped_column(Integer, default=0)
     gpus: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[float] = mapped_column(Float)

@@ -13,16 +13,19 @@ from litestar.types import Receive, Scope, Send
 from mlsm.errors import PayloadTooLarge
 from mlsm.master.bodies import decode_agent_body
 from mlsm.master.http import audit_target
-from mlsm.master.routes.common import principal, services
+from mlsm.master.routes.common import ServicesDep, principal
+from mlsm.master.services.container import services_of
 from mlsm.wire import agent as w
 
 T = TypeVar("T")
 AGENT_BODY_LIMIT = 8 << 20  # hard cap; the configured limit is checked per request
 
 
-async def _decode(request: Request[Any, Any, Any], decode: Callable[[bytes], T]) -> T:
+async def _decode(
+    request: Request[Any, Any, Any], services: ServicesDep, decode: Callable[[bytes], T]
+) -> T:
     body = await request.body()
-    limit = services(request).settings.agent_max_body_bytes
+    limit = services.settings.agent_max_body_bytes
     if len(body) > limit:
         raise PayloadTooLarge(f"agent message of {len(body)} bytes exceeds the limit of {limit}")
     return decode_agent_body(body, decode)
@@ -39,11 +42,11 @@ _opts: dict[str, Any] = {"request_max_body_size": AGENT_BODY_LIMIT, "include_in_
 @post(
     "/agent/v1/register", opt={"role": "public", "audit": "node.register"}, status_code=200, **_opts
 )
-async def register(request: Request[Any, Any, Any]) -> Response[bytes]:
-    req = await _decode(request, w.decode_register)
+async def register(request: Request[Any, Any, Any], services: ServicesDep) -> Response[bytes]:
+    req = await _decode(request, services, w.decode_register)
     request.scope["state"]["audit_actor"] = f"node:{req.name}"
     audit_target(request, f"node:{req.name}", labels=req.labels)
-    return _reply(await services(request).nodes.register(req))
+    return _reply(await services.nodes.register(req))
 
 
 @asgi("/agent/v1/heartbeat", opt={"role": "node"}, copy_scope=False)
@@ -51,7 +54,7 @@ async def heartbeat(scope: Scope, receive: Receive, send: Send) -> None:
     """The hot path (every node, every interval): a raw ASGI handler, no response machinery."""
     if scope.get("method") != "POST":
         raise MethodNotAllowedException()
-    st = scope["app"].state
+    st = services_of(scope["app"])
     limit = st.settings.agent_max_body_bytes
     chunks: list[bytes] = []
     size = 0
@@ -82,37 +85,35 @@ async def heartbeat(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 @post("/agent/v1/commands", opt={"role": "node"}, status_code=200, **_opts)
-async def commands(request: Request[Any, Any, Any]) -> Response[bytes]:
-    req = await _decode(request, w.decode_poll)
-    reg = services(request).nodes
+async def commands(request: Request[Any, Any, Any], services: ServicesDep) -> Response[bytes]:
+    req = await _decode(request, services, w.decode_poll)
+    reg = services.nodes
     reg.check_protocol(req.protocol)
     return _reply(await reg.poll(reg.node_for(principal(request)), req))
 
 
 @post("/agent/v1/events", opt={"role": "node"}, status_code=200, **_opts)
-async def events(request: Request[Any, Any, Any]) -> Response[bytes]:
-    ev = await _decode(request, w.decode_events)
-    reg = services(request).nodes
+async def events(request: Request[Any, Any, Any], services: ServicesDep) -> Response[bytes]:
+    ev = await _decode(request, services, w.decode_events)
+    reg = services.nodes
     reg.check_protocol(ev.protocol)
     await reg.events(reg.node_for(principal(request)), ev.jobs)
     return _reply(w.Ack())
 
 
 @post("/agent/v1/logs", opt={"role": "node"}, status_code=200, **_opts)
-async def logs(request: Request[Any, Any, Any]) -> Response[bytes]:
-    chunk = await _decode(request, w.decode_log_chunk)
-    st = services(request)
-    node = st.nodes.node_for(principal(request))
-    next_offset = await st.jobs.append_log(node, chunk)
+async def logs(request: Request[Any, Any, Any], services: ServicesDep) -> Response[bytes]:
+    chunk = await _decode(request, services, w.decode_log_chunk)
+    node = services.nodes.node_for(principal(request))
+    next_offset = await services.job_logs.append(node, chunk)
     return _reply(w.LogAck(job_id=chunk.job_id, next_offset=next_offset))
 
 
 @post("/agent/v1/datasets", opt={"role": "node"}, status_code=200, **_opts)
-async def datasets(request: Request[Any, Any, Any]) -> Response[bytes]:
-    report = await _decode(request, w.decode_dataset_report)
-    st = services(request)
-    node = st.nodes.node_for(principal(request))
-    await st.datasets.apply_report(node, report)
+async def datasets(request: Request[Any, Any, Any], services: ServicesDep) -> Response[bytes]:
+    report = await _decode(request, services, w.decode_dataset_report)
+    node = services.nodes.node_for(principal(request))
+    await services.catalog.apply_report(node, report)
     return _reply(w.Ack())
 
 
@@ -121,21 +122,21 @@ ROUTES = [register, heartbeat, commands, events, logs, datasets]
 
 # ---------------------------------------------------------------- dataset copies via the master
 @post("/agent/v1/transfers/upload", opt={"role": "node"}, status_code=200, **_opts)
-async def transfer_upload(request: Request[Any, Any, Any]) -> Response[bytes]:
+async def transfer_upload(
+    request: Request[Any, Any, Any], services: ServicesDep
+) -> Response[bytes]:
     """A source node's chunk of a copy (manifest or packed data), idempotent by offset."""
-    chunk = await _decode(request, w.decode_transfer_chunk)
-    st = services(request)
-    node = st.nodes.node_for(principal(request))
-    return _reply(await st.datasets.upload(node, chunk))
+    chunk = await _decode(request, services, w.decode_transfer_chunk)
+    node = services.nodes.node_for(principal(request))
+    return _reply(await services.relay.upload(node, chunk))
 
 
 @post("/agent/v1/transfers/fetch", opt={"role": "node"}, status_code=200, **_opts)
-async def transfer_fetch(request: Request[Any, Any, Any]) -> Response[bytes]:
+async def transfer_fetch(request: Request[Any, Any, Any], services: ServicesDep) -> Response[bytes]:
     """A target node reads a spooled copy from an offset."""
-    req = await _decode(request, w.decode_transfer_fetch)
-    st = services(request)
-    node = st.nodes.node_for(principal(request))
-    return _reply(await st.datasets.fetch(node, req))
+    req = await _decode(request, services, w.decode_transfer_fetch)
+    node = services.nodes.node_for(principal(request))
+    return _reply(await services.relay.fetch(node, req))
 
 
 ROUTES += [transfer_upload, transfer_fetch]

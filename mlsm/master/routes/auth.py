@@ -5,7 +5,7 @@ from typing import Any
 from litestar import Request, get, post
 
 from mlsm.master.http import audit_target, client_addr
-from mlsm.master.routes.common import principal, services
+from mlsm.master.routes.common import ServicesDep, principal
 from mlsm.wire import api
 
 
@@ -15,12 +15,12 @@ from mlsm.wire import api
     status_code=200,
     tags=["auth"],
 )
-async def login(request: Request[Any, Any, Any], data: api.LoginRequest) -> api.LoginReply:
+async def login(
+    request: Request[Any, Any, Any], services: ServicesDep, data: api.LoginRequest
+) -> api.LoginReply:
     request.scope["state"]["audit_actor"] = data.username
     audit_target(request, f"user:{data.username}")
-    return await services(request).auth.login(
-        data.username, data.password, client_addr(request.scope)
-    )
+    return await services.auth.login(data.username, data.password, client_addr(request.scope))
 
 
 @post(
@@ -29,8 +29,8 @@ async def login(request: Request[Any, Any, Any], data: api.LoginRequest) -> api.
     status_code=200,
     tags=["auth"],
 )
-async def logout(request: Request[Any, Any, Any]) -> dict[str, bool]:
-    await services(request).auth.logout(principal(request))
+async def logout(request: Request[Any, Any, Any], services: ServicesDep) -> dict[str, bool]:
+    await services.auth.logout(principal(request))
     return {"ok": True}
 
 
@@ -41,13 +41,13 @@ async def logout(request: Request[Any, Any, Any]) -> dict[str, bool]:
     tags=["auth"],
 )
 async def change_password(
-    request: Request[Any, Any, Any], data: api.PasswordChange
+    request: Request[Any, Any, Any], services: ServicesDep, data: api.PasswordChange
 ) -> api.PasswordChanged:
     """Change your own password (the current one is checked, under the login limits); your
     other sessions end, and your API tokens too when asked."""
     p = principal(request)
     audit_target(request, f"user:{p.name}", revoke_api_tokens=data.revoke_api_tokens)
-    revoked = await services(request).auth.change_password(p, data, client_addr(request.scope))
+    revoked = await services.auth.change_password(p, data, client_addr(request.scope))
     return api.PasswordChanged(revoked=revoked)
 
 

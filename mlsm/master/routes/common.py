@@ -1,24 +1,33 @@
-"""Helpers shared by route modules."""
+"""Helpers shared by route modules.
+
+Every handler that needs the master's services declares ``services: ServicesDep``; the app
+factory provides the one :class:`~mlsm.master.services.container.Services` built at start
+through Litestar's dependency injection, under the name :data:`SERVICES`.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
 from litestar import Request
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import Parameter, SkipValidation
 
 from mlsm.master.security import Principal
+from mlsm.master.services.container import Services
 from mlsm.wire.ints import INT64_MAX
+
+#: The name handlers receive the service container under.
+SERVICES = "services"
+#: A handler's ``services`` parameter: the container, injected by name; it is the app's own
+#: object, so Litestar does not validate it per request.
+ServicesDep = NamedDependency[SkipValidation[Services]]
 
 
 def principal(request: Request[Any, Any, Any]) -> Principal:
     user = request.scope.get("user")
-    assert isinstance(user, Principal), "role_guard sets the principal before any handler runs"
+    assert isinstance(user, Principal), "the role guard sets the principal before any handler runs"
     return user
-
-
-def services(request: Request[Any, Any, Any]) -> Any:
-    return request.app.state
 
 
 #: A database id in a path or query: positive and within 64 bits, so it never overflows a

@@ -1,33 +1,28 @@
+"""Datasets and their transfers under ``/api/v1`` (the agents' side is in :mod:`.agent`)."""
+
 from __future__ import annotations
 
 from typing import Any
 
 from litestar import Request, delete, get, patch, post
-from litestar.datastructures import State
 from litestar.params import Parameter
 
 from mlsm.master.http import audit_target
-from mlsm.master.routes.common import DbId, principal, services
+from mlsm.master.routes.common import DbId, ServicesDep, principal
 from mlsm.redact import redact_url
 from mlsm.wire import api
 
 
-def setup(state: State) -> None:
-    """Wire the dataset service to the lab settings and to the heartbeats' progress."""
-    state.datasets.lab_settings = state.lab_settings
-    state.nodes.on_transfers = state.datasets.on_transfers
-
-
 @get("/api/v1/datasets", opt={"role": "member"}, tags=["datasets"])
 async def list_datasets(
-    request: Request[Any, Any, Any], node: str | None = Parameter(default=None, max_length=63)
+    services: ServicesDep, node: str | None = Parameter(default=None, max_length=63)
 ) -> list[api.Dataset]:
-    return await services(request).datasets.query(node)
+    return await services.catalog.query(node)
 
 
 @get("/api/v1/datasets/{name:str}", opt={"role": "member"}, tags=["datasets"])
-async def show_dataset(request: Request[Any, Any, Any], name: str) -> api.Dataset:
-    return await services(request).datasets.show(name)
+async def show_dataset(services: ServicesDep, name: str) -> api.Dataset:
+    return await services.catalog.show(name)
 
 
 @patch(
@@ -36,10 +31,10 @@ async def show_dataset(request: Request[Any, Any, Any], name: str) -> api.Datase
     tags=["datasets"],
 )
 async def update_dataset(
-    request: Request[Any, Any, Any], name: str, data: api.DatasetUpdate
+    request: Request[Any, Any, Any], services: ServicesDep, name: str, data: api.DatasetUpdate
 ) -> api.Dataset:
     audit_target(request, f"dataset:{name}")
-    return await services(request).datasets.update(principal(request), name, data)
+    return await services.catalog.update(principal(request), name, data)
 
 
 @post(
@@ -48,12 +43,14 @@ async def update_dataset(
     status_code=202,
     tags=["datasets"],
 )
-async def import_dataset(request: Request[Any, Any, Any], data: api.DatasetImport) -> api.Transfer:
+async def import_dataset(
+    request: Request[Any, Any, Any], services: ServicesDep, data: api.DatasetImport
+) -> api.Transfer:
     """Download a URL onto a node's dataset root (http/https only; internal addresses only
     where the lab settings allow their range). Answers the transfer to follow."""
     # The audit row names the URL without its secrets (userinfo, query, fragment).
     audit_target(request, f"dataset:{data.name}", node=data.node, url=redact_url(data.url)[:512])
-    return await services(request).datasets.start_import(principal(request), data)  # type: ignore[no-any-return]
+    return await services.dataset_ops.start_import(principal(request), data)
 
 
 @post(
@@ -63,11 +60,11 @@ async def import_dataset(request: Request[Any, Any, Any], data: api.DatasetImpor
     tags=["datasets"],
 )
 async def transfer_dataset(
-    request: Request[Any, Any, Any], data: api.DatasetTransfer
+    request: Request[Any, Any, Any], services: ServicesDep, data: api.DatasetTransfer
 ) -> api.Transfer:
     """Copy (or move) a dataset between nodes, relayed through the master."""
     audit_target(request, f"dataset:{data.name}", src=data.src, dst=data.dst, move=data.move)
-    return await services(request).datasets.start_transfer(principal(request), data)  # type: ignore[no-any-return]
+    return await services.dataset_ops.start_transfer(principal(request), data)
 
 
 @delete(
@@ -77,11 +74,14 @@ async def transfer_dataset(
     tags=["datasets"],
 )
 async def delete_dataset(
-    request: Request[Any, Any, Any], name: str, node: str = Parameter(min_length=1, max_length=63)
+    request: Request[Any, Any, Any],
+    services: ServicesDep,
+    name: str,
+    node: str = Parameter(min_length=1, max_length=63),
 ) -> api.Transfer:
     """Remove the copy on ``node``; refused (409) while a job needs that copy."""
     audit_target(request, f"dataset:{name}", node=node)
-    return await services(request).datasets.start_delete(principal(request), name, node)  # type: ignore[no-any-return]
+    return await services.dataset_ops.start_delete(principal(request), name, node)
 
 
 @post(
@@ -91,21 +91,24 @@ async def delete_dataset(
     tags=["datasets"],
 )
 async def digest_dataset(
-    request: Request[Any, Any, Any], name: str, node: str = Parameter(min_length=1, max_length=63)
+    request: Request[Any, Any, Any],
+    services: ServicesDep,
+    name: str,
+    node: str = Parameter(min_length=1, max_length=63),
 ) -> api.Transfer:
     """Compute the content digest of the copy on ``node`` (sha256 over every file)."""
     audit_target(request, f"dataset:{name}", node=node)
-    return await services(request).datasets.start_digest(principal(request), name, node)  # type: ignore[no-any-return]
+    return await services.dataset_ops.start_digest(principal(request), name, node)
 
 
 @get("/api/v1/transfers", opt={"role": "member"}, tags=["datasets"])
-async def list_transfers(request: Request[Any, Any, Any]) -> list[api.Transfer]:
-    return await services(request).datasets.list_transfers()  # type: ignore[no-any-return]
+async def list_transfers(services: ServicesDep) -> list[api.Transfer]:
+    return await services.transfers.query()
 
 
 @get("/api/v1/transfers/{transfer_id:int}", opt={"role": "member"}, tags=["datasets"])
-async def show_transfer(request: Request[Any, Any, Any], transfer_id: DbId) -> api.Transfer:
-    return await services(request).datasets.get_transfer(transfer_id)  # type: ignore[no-any-return]
+async def show_transfer(services: ServicesDep, transfer_id: DbId) -> api.Transfer:
+    return await services.transfers.get(transfer_id)
 
 
 @post(
@@ -114,9 +117,11 @@ async def show_transfer(request: Request[Any, Any, Any], transfer_id: DbId) -> a
     status_code=200,
     tags=["datasets"],
 )
-async def cancel_transfer(request: Request[Any, Any, Any], transfer_id: DbId) -> api.Transfer:
+async def cancel_transfer(
+    request: Request[Any, Any, Any], services: ServicesDep, transfer_id: DbId
+) -> api.Transfer:
     audit_target(request, f"transfer:{transfer_id}")
-    return await services(request).datasets.cancel_transfer(principal(request), transfer_id)  # type: ignore[no-any-return]
+    return await services.transfers.cancel(principal(request), transfer_id)
 
 
 ROUTES = [

@@ -8,16 +8,19 @@ from litestar.params import Parameter
 from litestar.response import ServerSentEvent, Stream
 
 from mlsm.master.http import audit_target
-from mlsm.master.routes.common import DbId, QueryCount, principal, services
+from mlsm.master.routes.common import DbId, QueryCount, ServicesDep, principal
 from mlsm.wire import api
+from mlsm.wire.follow import LogEvent, to_sse
 from mlsm.wire.ints import INT64_MAX
 
 MAX_LIST = 10_000
 
 
 @post("/api/v1/jobs", opt={"role": "member", "audit": "job.submit"}, tags=["jobs"])
-async def submit_job(request: Request[Any, Any, Any], data: api.JobSubmit) -> api.SubmitReply:
-    reply = await services(request).jobs.submit(principal(request), data)
+async def submit_job(
+    request: Request[Any, Any, Any], services: ServicesDep, data: api.JobSubmit
+) -> api.SubmitReply:
+    reply = await services.jobs.submit(principal(request), data)
     audit_target(
         request, f"job:{reply.job.id}", argv=data.argv[:8], gpus=data.gpus, tasks=len(reply.ids)
     )
@@ -27,20 +30,21 @@ async def submit_job(request: Request[Any, Any, Any], data: api.JobSubmit) -> ap
 @get("/api/v1/jobs", opt={"role": "member"}, tags=["jobs"])
 async def list_jobs(
     request: Request[Any, Any, Any],
+    services: ServicesDep,
     state_filter: str | None = Parameter(query="state", default=None, max_length=128),
     user: str | None = Parameter(default=None, max_length=64),
     node: str | None = Parameter(default=None, max_length=63),
     all: bool = False,
     limit: int = Parameter(default=1000, ge=1, le=MAX_LIST),
 ) -> api.JobList:
-    return await services(request).jobs.query(
+    return await services.jobs.query(
         principal(request), state=state_filter, user=user, node=node, all=all, limit=limit
     )
 
 
 @get("/api/v1/jobs/{job_id:int}", opt={"role": "member"}, tags=["jobs"])
-async def show_job(request: Request[Any, Any, Any], job_id: DbId) -> api.Job:
-    return await services(request).jobs.get(principal(request), job_id)
+async def show_job(request: Request[Any, Any, Any], services: ServicesDep, job_id: DbId) -> api.Job:
+    return await services.jobs.get(principal(request), job_id)
 
 
 @post(
@@ -49,9 +53,11 @@ async def show_job(request: Request[Any, Any, Any], job_id: DbId) -> api.Job:
     status_code=200,
     tags=["jobs"],
 )
-async def cancel_jobs(request: Request[Any, Any, Any], data: api.CancelRequest) -> api.CancelResult:
+async def cancel_jobs(
+    request: Request[Any, Any, Any], services: ServicesDep, data: api.CancelRequest
+) -> api.CancelResult:
     audit_target(request, "job:" + ",".join(str(i) for i in data.ids[:20]))
-    return await services(request).jobs.cancel(principal(request), data.ids)
+    return await services.jobs.cancel(principal(request), data.ids)
 
 
 @post(
@@ -60,9 +66,11 @@ async def cancel_jobs(request: Request[Any, Any, Any], data: api.CancelRequest) 
     status_code=200,
     tags=["jobs"],
 )
-async def release_job(request: Request[Any, Any, Any], job_id: DbId) -> api.Job:
+async def release_job(
+    request: Request[Any, Any, Any], services: ServicesDep, job_id: DbId
+) -> api.Job:
     audit_target(request, f"job:{job_id}")
-    return await services(request).jobs.release(principal(request), job_id)
+    return await services.jobs.release(principal(request), job_id)
 
 
 @get(
@@ -74,13 +82,12 @@ async def release_job(request: Request[Any, Any, Any], job_id: DbId) -> api.Job:
 )
 async def job_log(
     request: Request[Any, Any, Any],
+    services: ServicesDep,
     job_id: DbId,
     offset: QueryCount = 0,
     limit: int | None = Parameter(default=None, ge=1, le=INT64_MAX),
 ) -> Stream:
-    size, chunks = await services(request).jobs.log_stream(
-        principal(request), job_id, offset, limit
-    )
+    size, chunks = await services.job_logs.stream(principal(request), job_id, offset, limit)
     # Litestar adds "; charset=utf-8" to text/plain itself (naming it here doubled it).
     return Stream(chunks, media_type=MediaType.TEXT, headers={"X-Log-Size": str(size)})
 
@@ -93,9 +100,9 @@ async def job_log(
     response_description='Server-sent events: "log" (data: text), "attempt", then "end" (data: the final state)',
 )
 async def follow_log(
-    request: Request[Any, Any, Any], job_id: DbId, offset: QueryCount = 0
+    request: Request[Any, Any, Any], services: ServicesDep, job_id: DbId, offset: QueryCount = 0
 ) -> ServerSentEvent:
-    events = services(request).jobs.follow(principal(request), job_id, offset)
+    events = services.job_logs.follow(principal(request), job_id, offset)
     first = await anext(
         aiter(_prime(events))
     )  # permission errors surface as JSON, not a broken stream
@@ -103,21 +110,19 @@ async def follow_log(
     async def gen() -> AsyncIterator[dict[str, str]]:
         if first is not None:
             yield first
-        async for kind, text, offset in events:
-            yield {"event": kind, "data": text, "id": str(offset)}
+        async for ev in events:
+            yield to_sse(ev)
 
     return ServerSentEvent(gen())
 
 
-async def _prime(
-    events: AsyncIterator[tuple[str, str, int]],
-) -> AsyncIterator[dict[str, str] | None]:
+async def _prime(events: AsyncIterator[LogEvent]) -> AsyncIterator[dict[str, str] | None]:
     try:
-        kind, text, offset = await anext(events)
+        ev = await anext(events)
     except StopAsyncIteration:
         yield None
         return
-    yield {"event": kind, "data": text, "id": str(offset)}
+    yield to_sse(ev)
 
 
 ROUTES = [submit_job, list_jobs, show_job, cancel_jobs, release_job, job_log, follow_log]

@@ -5,19 +5,19 @@ from typing import Any
 from litestar import Request, get, patch
 
 from mlsm.master.http import audit_target
-from mlsm.master.routes.common import services
+from mlsm.master.routes.common import ServicesDep
 from mlsm.wire import api
 
 
 @get("/api/v1/settings", opt={"role": "member"}, tags=["settings"])
-async def show_settings(request: Request[Any, Any, Any]) -> api.LabSettings:
+async def show_settings(services: ServicesDep) -> api.LabSettings:
     """Everyone may read the lab's policies (they explain why a submission is refused)."""
-    return services(request).lab_settings.current  # type: ignore[no-any-return]
+    return services.lab_settings.current
 
 
 @patch("/api/v1/settings", opt={"role": "admin", "audit": "settings.update"}, tags=["settings"])
 async def update_settings(
-    request: Request[Any, Any, Any], data: api.LabSettingsUpdate
+    request: Request[Any, Any, Any], services: ServicesDep, data: api.LabSettingsUpdate
 ) -> api.LabSettings:
     audit_target(
         request,
@@ -33,7 +33,7 @@ async def update_settings(
             if v is not None
         },
     )
-    return await services(request).lab_settings.update(data)  # type: ignore[no-any-return]
+    return await services.lab_settings.update(data)
 
 
 ROUTES = [show_settings, update_settings]

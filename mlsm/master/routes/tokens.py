@@ -5,23 +5,25 @@ from typing import Any
 from litestar import Request, delete, get, post
 
 from mlsm.master.http import audit_target
-from mlsm.master.routes.common import DbId, principal, services
+from mlsm.master.routes.common import DbId, ServicesDep, principal
 from mlsm.wire import api
 
 # Ids are 64-bit in the database; a larger number is a bad request, not a driver overflow.
 
 
 @get("/api/v1/tokens", opt={"role": "member"}, tags=["tokens"])
-async def list_tokens(request: Request[Any, Any, Any], all: bool = False) -> list[api.ApiToken]:
-    return await services(request).auth.list_tokens(principal(request), all)
+async def list_tokens(
+    request: Request[Any, Any, Any], services: ServicesDep, all: bool = False
+) -> list[api.ApiToken]:
+    return await services.auth.list_tokens(principal(request), all)
 
 
 @post("/api/v1/tokens", opt={"role": "member", "audit": "token.create"}, tags=["tokens"])
 async def create_token(
-    request: Request[Any, Any, Any], data: api.ApiTokenCreate
+    request: Request[Any, Any, Any], services: ServicesDep, data: api.ApiTokenCreate
 ) -> api.ApiTokenCreated:
     audit_target(request, f"token:{data.name}")
-    return await services(request).auth.create_api_token(principal(request), data)
+    return await services.auth.create_api_token(principal(request), data)
 
 
 @delete(
@@ -30,9 +32,11 @@ async def create_token(
     status_code=200,
     tags=["tokens"],
 )
-async def revoke_token(request: Request[Any, Any, Any], token_id: DbId) -> dict[str, bool]:
+async def revoke_token(
+    request: Request[Any, Any, Any], services: ServicesDep, token_id: DbId
+) -> dict[str, bool]:
     audit_target(request, f"token:{token_id}")
-    await services(request).auth.revoke(principal(request), token_id)
+    await services.auth.revoke(principal(request), token_id)
     return {"ok": True}
 
 

@@ -5,31 +5,33 @@ from typing import Any
 from litestar import Request, get, patch, post
 
 from mlsm.master.http import audit_target
-from mlsm.master.routes.common import principal, services
+from mlsm.master.routes.common import ServicesDep, principal
 from mlsm.wire import api
 
 
 @get("/api/v1/users", opt={"role": "admin"}, tags=["users"])
-async def list_users(request: Request[Any, Any, Any]) -> list[api.User]:
-    return await services(request).users.query()
+async def list_users(services: ServicesDep) -> list[api.User]:
+    return await services.users.query()
 
 
 @post("/api/v1/users", opt={"role": "admin", "audit": "user.create"}, tags=["users"])
-async def create_user(request: Request[Any, Any, Any], data: api.UserCreate) -> api.User:
+async def create_user(
+    request: Request[Any, Any, Any], services: ServicesDep, data: api.UserCreate
+) -> api.User:
     audit_target(request, f"user:{data.username}", role=data.role)
-    return await services(request).users.create(principal(request), data)
+    return await services.users.create(principal(request), data)
 
 
 @get("/api/v1/users/{username:str}", opt={"role": "admin"}, tags=["users"])
-async def get_user(request: Request[Any, Any, Any], username: str) -> api.User:
-    return await services(request).users.get(username)
+async def get_user(services: ServicesDep, username: str) -> api.User:
+    return await services.users.get(username)
 
 
 @patch(
     "/api/v1/users/{username:str}", opt={"role": "admin", "audit": "user.update"}, tags=["users"]
 )
 async def update_user(
-    request: Request[Any, Any, Any], username: str, data: api.UserUpdate
+    request: Request[Any, Any, Any], services: ServicesDep, username: str, data: api.UserUpdate
 ) -> api.User:
     changes = {
         k: v
@@ -46,7 +48,7 @@ async def update_user(
     if data.revoke_api_tokens:
         changes["revoke_api_tokens"] = True
     audit_target(request, f"user:{username}", **changes)
-    return await services(request).users.update(principal(request), username, data)
+    return await services.users.update(principal(request), username, data)
 
 
 ROUTES = [list_users, create_user, get_user, update_user]

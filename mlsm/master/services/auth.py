@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -25,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from mlsm.config import Settings
 from mlsm.errors import AuthenticationError, Conflict, NotFound, PermissionDenied
 from mlsm.master.db import Database
-from mlsm.master.db.models import Node, Token, User
+from mlsm.master.db.models import Token, User
 from mlsm.master.security import (
     Principal,
     burn_password_check,
@@ -35,6 +34,7 @@ from mlsm.master.security import (
     verify_password,
 )
 from mlsm.master.services.loginlimits import LoginLimiter
+from mlsm.master.services.nodes import NodeRegistry
 from mlsm.wire import api
 from mlsm.wire.api import ROLE_RANK
 
@@ -71,16 +71,15 @@ class _Cached:
 
 
 class AuthService:
-    def __init__(self, db: Database, settings: Settings) -> None:
+    def __init__(self, db: Database, settings: Settings, nodes: NodeRegistry) -> None:
         self.db = db
         self.settings = settings
+        self.nodes = nodes  # resolves node secrets from memory (the heartbeat path)
         self._cache: dict[str, _Cached] = {}
-        self._node_cache: dict[str, _Cached] = {}
         self.limits = LoginLimiter(settings.login_attempts_per_minute)
         self._last_used_written: dict[int, float] = {}
         # Moves on every invalidation; a resolution that saw it move does not cache.
         self._epoch = 0
-        self.registry: Any = None  # the node registry resolves node secrets from memory
 
     # ------------------------------------------------------------- login / logout
     async def _check_password(self, username: str, password: str, client: str) -> tuple[int, str]:
@@ -209,25 +208,10 @@ class AuthService:
         return principal
 
     async def resolve_node(self, secret: str) -> Principal:
-        if self.registry is not None:
-            found = self.registry.resolve_secret(secret)
-            if found is None:
-                raise AuthenticationError(
-                    "unknown node secret: this node was removed or never joined"
-                )
-            return found
-        h = token_hash(secret)
-        now = time.time()
-        hit = self._node_cache.get(h)
-        if hit is not None and now - hit.cached_at < TOKEN_CACHE_TTL_S:
-            return hit.principal
-        async with self.db.session() as s:
-            node = (await s.execute(select(Node).where(Node.secret_hash == h))).scalar_one_or_none()
-        if node is None or node.removed:
+        found = self.nodes.resolve_secret(secret)
+        if found is None:
             raise AuthenticationError("unknown node secret: this node was removed or never joined")
-        principal = Principal(kind="node", name=node.name, role="node", node_id=node.id)
-        self._node_cache[h] = _Cached(principal, None, now)
-        return principal
+        return found
 
     def forget_user(self, user_id: int) -> None:
         self._epoch += 1
@@ -238,10 +222,6 @@ class AuthService:
         self._epoch += 1
         for k in [k for k, v in self._cache.items() if v.principal.token_id == token_id]:
             del self._cache[k]
-
-    def forget_node(self, node_id: int) -> None:
-        for k in [k for k, v in self._node_cache.items() if v.principal.node_id == node_id]:
-            del self._node_cache[k]
 
     # ------------------------------------------------------------- API tokens
     async def create_api_token(

@@ -1,10 +1,19 @@
 """The node registry: joins, heartbeats, node states, the command outbox and long-polls.
 
-Hot state lives in memory (one :class:`LiveNode` per node): heartbeats update it and the
+Hot state lives in memory (one :class:`~mlsm.master.services.livenode.LiveNode` per node): heartbeats update it and the
 telemetry history without touching the database; a flusher writes ``last_seen`` and node
 info of changed nodes, and finished history minutes, in one transaction every few seconds.
 Commands for agents are written to the database when queued (so a master restart loses
 none) and kept in memory until the agent acknowledges them.
+
+What other services must hear about nodes (job reports, transfer progress, a node lost, a
+change that may let queued jobs run) goes to
+:class:`~mlsm.master.services.livenode.NodeListener` objects, subscribed once
+by the service container (:mod:`mlsm.master.services.container`), in that order.
+
+About 400 lines, as one piece: joins, heartbeats, polls, the outbox and the lease watchdog
+all read and write the same in-memory node state, and its rules are easier to keep
+together (join tokens, the node views and the hot state's type live apart).
 """
 
 from __future__ import annotations
@@ -13,8 +22,6 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -34,9 +41,9 @@ from mlsm.master.db import Database
 from mlsm.master.db.models import Command as CommandRow
 from mlsm.master.db.models import JoinToken, Node
 from mlsm.master.security import Principal, new_token, token_hash
+from mlsm.master.services.livenode import LiveNode, NodeListener
 from mlsm.master.services.telemetry import History
 from mlsm.wire import agent as w
-from mlsm.wire import api
 
 log = logging.getLogger("mlsm.master.nodes")
 
@@ -50,33 +57,6 @@ NODE_NAME_MAX = 63  # the nodes.name column (and the wire struct) allow this muc
 _SET_LAST_SEEN = text("UPDATE nodes SET last_seen = :ls WHERE id = :id")
 
 
-@dataclass(eq=False)
-class LiveNode:
-    id: int
-    name: str
-    secret_hash: str
-    labels: dict[str, str]
-    registered_at: float
-    draining: bool = False
-    docker_network: str = "none"
-    info: w.NodeInfo = field(default_factory=w.NodeInfo)
-    last_seen: float | None = None
-    host: w.HostSample | None = None
-    gpus: list[w.GpuSample] = field(default_factory=list)
-    gpu_error: str | None = None
-    jobs: dict[int, w.JobReport] = field(default_factory=dict)
-    protocol: int = PROTOCOL_VERSION
-    datasets_digest: str = ""
-    outbox: dict[int, w.Command] = field(default_factory=dict)
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    dirty: bool = False
-    info_dirty: bool = False
-    lost: bool = False  # lease expired and its jobs were handled
-
-
-Listener = Callable[..., Awaitable[None] | None]
-
-
 class NodeRegistry:
     def __init__(self, db: Database, settings: Settings, history: History) -> None:
         self.db = db
@@ -85,12 +65,17 @@ class NodeRegistry:
         self.nodes: dict[int, LiveNode] = {}
         self.by_name: dict[str, LiveNode] = {}
         self.by_secret: dict[str, LiveNode] = {}
-        # Hooks set by other services (jobs, datasets, scheduler).
-        self.on_reports: Listener | None = None  # (node, reports, full: bool)
-        self.on_lost: Listener | None = None  # (node)
-        self.on_change: Listener | None = None  # () -> something a scheduler cares about changed
-        self.on_transfers: Listener | None = None  # (node, progress list)
+        self._listeners: tuple[NodeListener, ...] = ()
         self.closing = False  # set at shutdown: long-polls answer at once
+
+    def subscribe(self, listener: NodeListener) -> None:
+        """Hear node events from now on, after the listeners subscribed before."""
+        self._listeners = (*self._listeners, listener)
+
+    def announce_change(self) -> None:
+        """Tell the listeners that queued work may be able to run now."""
+        for listener in self._listeners:
+            listener.node_changed()
 
     def release_polls(self) -> None:
         """Answer every open long-poll now (the master is stopping; agents retry elsewhere)."""
@@ -185,10 +170,8 @@ class NodeRegistry:
                 log.warning(
                     "node %s missed its lease (%.0f s): offline", n.name, self.settings.node_lease
                 )
-                if self.on_lost is not None:
-                    res = self.on_lost(n)
-                    if asyncio.iscoroutine(res):
-                        await res
+                for listener in self._listeners:
+                    await listener.node_lost(n)
 
     # ---------------------------------------------------------------- states
     def state_of(self, n: LiveNode, now: float | None = None) -> str:
@@ -210,39 +193,6 @@ class NodeRegistry:
         if n is None:
             raise NotFound(f"no node named {name!r}")
         return n
-
-    # ---------------------------------------------------------------- join tokens
-    async def create_join_token(
-        self, actor: Principal, body: api.JoinTokenCreate, fingerprint: str = ""
-    ) -> api.JoinTokenCreated:
-        now = time.time()
-        secret = new_token("join")
-        async with self.db.transaction() as s:
-            row = JoinToken(
-                token_hash=token_hash(secret),
-                created_by=actor.name,
-                created_at=now,
-                expires_at=now + body.ttl_s,
-                uses=body.uses,
-                note=body.note,
-            )
-            s.add(row)
-            await s.flush()
-            info = _join_wire(row)
-        token = f"{secret}@{fingerprint}" if fingerprint else secret
-        return api.JoinTokenCreated(token=token, info=info)
-
-    async def list_join_tokens(self) -> list[api.JoinToken]:
-        async with self.db.session() as s:
-            rows = (await s.execute(select(JoinToken).order_by(JoinToken.id))).scalars().all()
-        return [_join_wire(r) for r in rows]
-
-    async def revoke_join_token(self, token_id: int) -> None:
-        async with self.db.transaction() as s:
-            row = await s.get(JoinToken, token_id)
-            if row is None:
-                raise NotFound(f"no join token {token_id}")
-            row.revoked = True
 
     # ---------------------------------------------------------------- agent calls
     def check_protocol(self, version: int) -> None:
@@ -346,19 +296,14 @@ class NodeRegistry:
         want_catalog = bool(hb.datasets_digest) and hb.datasets_digest != n.datasets_digest
         if hb.jobs or n.jobs:
             n.jobs = {r.job_id: r for r in hb.jobs}
-            if self.on_reports is not None:
-                res = self.on_reports(n, hb.jobs, True)
-                if asyncio.iscoroutine(res):
-                    await res
-        if hb.transfers and self.on_transfers is not None:
-            res = self.on_transfers(n, hb.transfers)
-            if asyncio.iscoroutine(res):
-                await res
-        if came_back and self.on_change is not None:
+            for listener in self._listeners:
+                await listener.node_reported(n, hb.jobs, True)
+        if hb.transfers:
+            for listener in self._listeners:
+                await listener.node_transfers(n, hb.transfers)
+        if came_back:
             log.info("node %s is online", n.name)
-            res = self.on_change()
-            if asyncio.iscoroutine(res):
-                await res
+            self.announce_change()
         return w.HeartbeatReply(
             heartbeat_interval=self.settings.heartbeat_interval,
             lease=self.settings.node_lease,
@@ -370,10 +315,8 @@ class NodeRegistry:
         n.last_seen = time.time()
         for r in reports:
             n.jobs[r.job_id] = r
-        if self.on_reports is not None:
-            res = self.on_reports(n, reports, False)
-            if asyncio.iscoroutine(res):
-                await res
+        for listener in self._listeners:
+            await listener.node_reported(n, reports, False)
 
     # ---------------------------------------------------------------- commands
     async def enqueue(self, node_id: int, kind: type[Any], **fields: Any) -> int:
@@ -418,10 +361,8 @@ class NodeRegistry:
         n.draining = draining
         async with self.db.transaction() as s:
             await s.execute(update(Node).where(Node.id == n.id).values(draining=draining))
-        if not draining and self.on_change is not None:
-            res = self.on_change()
-            if asyncio.iscoroutine(res):
-                await res
+        if not draining:
+            self.announce_change()
         return n
 
     async def set_labels(self, name: str, labels: dict[str, str]) -> LiveNode:
@@ -456,45 +397,6 @@ class NodeRegistry:
         n.wake.set()
         return n
 
-    # ---------------------------------------------------------------- views
-    def view(
-        self, n: LiveNode, job_gpus: dict[int, list[int]] | None = None, now: float | None = None
-    ) -> api.Node:
-        """``job_gpus`` maps GPU index -> mlsm job ids holding it (from the jobs service)."""
-        job_gpus = job_gpus or {}
-        mlsm_pids = {r.pid for r in n.jobs.values() if r.pid}
-        gpus = []
-        for g in n.gpus:
-            holders = job_gpus.get(g.index, [])
-            foreign = (
-                any(p.job_id is None and p.pid not in mlsm_pids for p in g.processes)
-                and not holders
-            )
-            gpus.append(
-                api.GpuView(
-                    sample=g,
-                    job_ids=holders,
-                    foreign=foreign,
-                    busy=bool(holders) or foreign or bool(g.error),
-                )
-            )
-        return api.Node(
-            id=n.id,
-            name=n.name,
-            state=self.state_of(n, now),  # type: ignore[arg-type]
-            labels=n.labels,
-            draining=n.draining,
-            last_seen=n.last_seen,
-            registered_at=n.registered_at,
-            # The node's account list is for placement, not for every dashboard poll.
-            info=msgspec.structs.replace(n.info, unix_users=[]) if n.info.unix_users else n.info,
-            host=n.host,
-            gpus=gpus,
-            gpu_error=n.gpu_error,
-            docker_network=n.docker_network,
-            running_jobs=sum(1 for r in n.jobs.values() if r.state in ("starting", "running")),
-        )
-
 
 def removed_name(node_id: int, name: str) -> str:
     """The name a removed node's row keeps once its name is reused: unique (it has the id)
@@ -507,17 +409,4 @@ def _name_taken(name: str) -> NodeNameTaken:
         f"the name {name!r} belongs to a registered node: an admin must remove it first "
         f"(`mlsm node remove {name}`), or start this agent with another --name",
         details={"name": name},
-    )
-
-
-def _join_wire(r: JoinToken) -> api.JoinToken:
-    return api.JoinToken(
-        id=r.id,
-        created_by=r.created_by,
-        created_at=r.created_at,
-        expires_at=r.expires_at,
-        uses=r.uses,
-        used=r.used,
-        revoked=r.revoked,
-        note=r.note,
     )

@@ -19,7 +19,8 @@ SET_MOUNTS_HINT = "an admin sets them with `mlsm settings set --mount-allow PATH
 
 
 class JobPolicy:
-    """Checks called by :meth:`JobService._validate` for every ``--env docker`` submission."""
+    """Checks :func:`~mlsm.master.jobspec.build_submission` makes for every ``--env docker``
+    submission (a :class:`~mlsm.master.jobspec.SubmitPolicy`)."""
 
     def __init__(self, settings: SettingsService) -> None:
         self.settings = settings

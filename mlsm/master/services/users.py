@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -60,9 +61,11 @@ async def _is_last_superadmin(s: AsyncSession, user: User) -> bool:
 
 
 class UserService:
-    def __init__(self, db: Database, on_change: object = None) -> None:
+    def __init__(self, db: Database, on_change: Callable[[int], None] | None = None) -> None:
         self.db = db
-        self._on_change = on_change  # callable(user_id) to drop cached principals
+        # Told the id of a user whose role, account, cap or sessions changed (cached
+        # principals are dropped, the scheduler relearns accounts and caps).
+        self._on_change = on_change
 
     async def query(self) -> list[api.User]:
         async with self.db.session() as s:
@@ -91,8 +94,8 @@ class UserService:
                 result = to_wire(user)
         except IntegrityError:
             raise Conflict(f"user {body.username!r} already exists") from None
-        if callable(self._on_change):
-            self._on_change(result.id)  # the job service learns the Unix account and cap
+        if self._on_change is not None:
+            self._on_change(result.id)  # placement learns the Unix account and cap
         return result
 
     async def update(self, actor: Principal, username: str, body: api.UserUpdate) -> api.User:
@@ -134,7 +137,7 @@ class UserService:
                 keep = actor.token_id if user.id == actor.user_id else None
                 await end_sessions(s, user.id, keep_token_id=keep, api_too=body.revoke_api_tokens)
             result = to_wire(user)
-        if callable(self._on_change):
+        if self._on_change is not None:
             self._on_change(result.id)
         return result
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from mlsm.errors import PayloadTooLarge, ValidationError
-from mlsm.master.services.jobs import (
+from mlsm.master.jobspec import (
     MAX_ARRAY_TASKS,
     MAX_SUBMISSION_STORED_BYTES,
-    JobService,
+    StoredJobSpec,
+    check_stored_size,
     parse_array,
 )
 from mlsm.wire.ints import INT64_MAX
@@ -42,17 +44,18 @@ def test_largest_array_is_accepted() -> None:
     assert len(indices) == MAX_ARRAY_TASKS
 
 
-def _spec_of_size(size: int) -> dict[str, str]:
-    """A dict whose JSON encoding is exactly ``size`` bytes: {"k":"xxx..."}."""
-    return {"k": "x" * (size - len('{"k":""}'))}
+def _spec_of_size(size: int) -> StoredJobSpec:
+    """A stored spec whose JSON encoding is exactly ``size`` bytes: {"v":2,"argv":["xxx..."]}."""
+    empty = len(msgspec.json.encode(StoredJobSpec(argv=[""])))
+    return StoredJobSpec(argv=["x" * (size - empty)])
 
 
 def test_stored_size_at_the_limit_is_accepted_and_past_it_refused() -> None:
     tasks = 1000
     each = MAX_SUBMISSION_STORED_BYTES // tasks
-    JobService._check_stored_size(_spec_of_size(each), tasks)
+    check_stored_size(_spec_of_size(each), tasks)
     with pytest.raises(PayloadTooLarge) as info:
-        JobService._check_stored_size(_spec_of_size(each + 1), tasks)
+        check_stored_size(_spec_of_size(each + 1), tasks)
     assert info.value.details == {
         "limit_bytes": MAX_SUBMISSION_STORED_BYTES,
         "stored_bytes": (each + 1) * tasks,

@@ -1,0 +1,165 @@
+"""The master's services, built once and wired here (the one place that knows them all).
+
+:class:`Services` constructs every service with its collaborators and subscribes the node
+registry's listeners, in the order they must hear events: the job lifecycle (job reports,
+lost nodes), the scheduling loop (a node back, resumed, or with new datasets), then the
+dataset transfers (their progress). The app factory builds one and hands it to every route
+through Litestar's dependency injection (``services: Services``); :meth:`Services.start`
+and :meth:`Services.stop` run in the app's lifespan.
+
+Who owns which table: users and tokens (:class:`UserService`, :class:`AuthService`),
+join tokens (:class:`JoinTokens`), nodes and commands (:class:`NodeRegistry`), metric points (:class:`History`),
+jobs (:class:`JobService` with the job table and the scheduling loop), usage
+(:class:`FairShare`), datasets and dataset copies (:class:`DatasetCatalog`), transfers
+(:class:`Transfers`), settings (:class:`SettingsService`), audit (:class:`AuditLog`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from litestar import Litestar
+
+from mlsm.config import Settings
+from mlsm.master.clientaddr import ClientAddresses
+from mlsm.master.connections import ConnectionGuard
+from mlsm.master.db import Database
+from mlsm.master.services.audit import AuditLog
+from mlsm.master.services.auth import AuthService
+from mlsm.master.services.datasets import (
+    CopyRelay,
+    DatasetCatalog,
+    DatasetOperations,
+    RelaySpool,
+    Transfers,
+)
+from mlsm.master.services.joblogs import LogStore
+from mlsm.master.services.jobs import (
+    Accounts,
+    FairShare,
+    JobLogs,
+    JobService,
+    JobTable,
+    Launcher,
+    SchedulingLoop,
+)
+from mlsm.master.services.jointokens import JoinTokens
+from mlsm.master.services.metrics import LabMetrics
+from mlsm.master.services.nodes import NodeRegistry
+from mlsm.master.services.nodeviews import NodeViews
+from mlsm.master.services.policy import JobPolicy
+from mlsm.master.services.settings import SettingsService
+from mlsm.master.services.telemetry import History
+from mlsm.master.services.users import UserService
+
+log = logging.getLogger("mlsm.master")
+
+HOURS = 3600.0
+
+
+class Services:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        *,
+        connection_guard: ConnectionGuard | None = None,
+        tls_fingerprint: str = "",
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.client_addresses = ClientAddresses(settings.trusted_proxies)
+        self.audit = AuditLog(db, settings.data_path)
+        self.history = History(db, settings.heartbeat_interval, settings.history_retention_days)
+        self.nodes = NodeRegistry(db, settings, self.history)
+        self.join_tokens = JoinTokens(db, tls_fingerprint)
+        self.auth = AuthService(db, settings, self.nodes)
+        self.lab_settings = SettingsService(db)
+        # datasets
+        self.catalog = DatasetCatalog(db, self.nodes)
+        spool = RelaySpool(settings.data_path / "transfers")
+        self.transfers = Transfers(db, self.nodes, self.catalog, spool)
+        self.dataset_ops = DatasetOperations(
+            self.nodes, self.catalog, self.transfers, spool, self.lab_settings
+        )
+        self.relay = CopyRelay(db, self.transfers, spool, self.lab_settings)
+        # jobs
+        log_store = LogStore(settings.data_path / "logs")
+        self.fair_share = FairShare(settings.fairshare_half_life_hours * HOURS)
+        self.table = JobTable(self.fair_share, log_store)
+        self.accounts = Accounts(db)
+        launcher = Launcher(self.accounts, self.catalog, self.lab_settings)
+        self.scheduling = SchedulingLoop(
+            db, settings, self.nodes, self.table, self.accounts, self.catalog, launcher
+        )
+        self.jobs = JobService(
+            db,
+            settings,
+            self.nodes,
+            self.table,
+            JobPolicy(self.lab_settings),
+            launcher,
+            self.scheduling,
+        )
+        self.job_logs = JobLogs(db, self.table, log_store)
+        # people and views
+        self.users = UserService(db, on_change=self._user_changed)
+        self.node_views = NodeViews(settings, self.nodes, self.table)
+        self.metrics = LabMetrics(self.nodes, self.table, connection_guard)
+        # Node events, in the order their listeners must hear them.
+        self.nodes.subscribe(self.jobs)
+        self.nodes.subscribe(self.scheduling)
+        self.nodes.subscribe(self.transfers)
+        self._background: set[asyncio.Task[None]] = set()
+
+    def _user_changed(self, user_id: int) -> None:
+        """A user's role, account or cap changed: cached principals go, placement relearns."""
+        self.auth.forget_user(user_id)
+        self._spawn(self._reload_accounts())
+
+    async def _reload_accounts(self) -> None:
+        await self.accounts.load()
+        self.scheduling.kick()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def start(self) -> None:
+        """Load what the database holds (the schema is current), then run the background
+        loops: the node registry's flusher and lease watchdog, and the scheduling loop."""
+        await self.audit.load()
+        await self.lab_settings.load()
+        await self.nodes.load()
+        await self.catalog.load()
+        await self.transfers.load()
+        await self.jobs.load()
+        await self.fair_share.load(self.db)
+        await self.accounts.load()
+        self._spawn(self.nodes.run_background())
+        self._spawn(self.scheduling.run())
+
+    async def stop(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        try:
+            await self.nodes.flush()
+            await self.fair_share.flush(self.db, self.table.active.values())
+        except Exception:
+            log.exception("final flush failed")
+        self.audit.close()
+
+
+#: Where the app keeps its container (``app.state``), for the code that runs outside
+#: dependency injection: the raw ASGI heartbeat handler and the server's signal hook.
+STATE_KEY = "services"
+
+
+def services_of(app: Litestar) -> Services:
+    found = app.state[STATE_KEY]
+    assert isinstance(found, Services), "the app factory keeps the container in app.state"
+    return found

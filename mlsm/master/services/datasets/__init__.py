@@ -1,0 +1,23 @@
+"""Datasets on the master, one module per responsibility.
+
+- :mod:`.catalog`: what data lives on which node (agents' reports, metadata people edit);
+- :mod:`.operations`: starting imports, copies and moves, deletes and digests;
+- :mod:`.transfers`: those changes while they run on the agents, and their rows;
+- :mod:`.relay`: a copy's bytes passing through the master (upload, fetch);
+- :mod:`.spool`: where those bytes wait on the master's disk.
+"""
+
+from mlsm.master.services.datasets.catalog import DatasetCatalog
+from mlsm.master.services.datasets.operations import DatasetOperations
+from mlsm.master.services.datasets.relay import CopyRelay
+from mlsm.master.services.datasets.spool import RelaySpool
+from mlsm.master.services.datasets.transfers import LiveTransfer, Transfers
+
+__all__ = [
+    "CopyRelay",
+    "DatasetCatalog",
+    "DatasetOperations",
+    "LiveTransfer",
+    "RelaySpool",
+    "Transfers",
+]

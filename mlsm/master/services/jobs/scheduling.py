@@ -1,0 +1,220 @@
+"""The scheduling loop: builds each pass's inputs, runs :func:`mlsm.master.scheduler.schedule`,
+applies the result.
+
+A pass runs whenever something changed (a submit, a job's end, a node back or resumed, new
+datasets on a node: :meth:`SchedulingLoop.kick`) and on a periodic tick; passes are
+coalesced, so a flood of submissions does not run a pass per job. Applying a pass assigns
+the placed jobs (their rows and the job table in one transaction, then a StartJob to each
+node), cancels those that can never run, and writes only the waiting reasons that changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import sys
+import time
+
+from sqlalchemy import select, update
+
+from mlsm.config import Settings
+from mlsm.master import scheduler as sched
+from mlsm.master.db import Database
+from mlsm.master.db.models import Job as JobRow
+from mlsm.master.gpustate import gpu_state
+from mlsm.master.services.datasets import DatasetCatalog
+from mlsm.master.services.jobs.launch import Accounts, Launcher
+from mlsm.master.services.jobs.table import JobTable
+from mlsm.master.services.livenode import LiveNode, NodeEvents
+from mlsm.master.services.nodes import NodeRegistry
+from mlsm.wire import agent as w
+from mlsm.wire import api
+
+log = logging.getLogger("mlsm.master.jobs")
+
+MIN_PASS_GAP_S = 0.005  # coalesce bursts of triggers into one pass
+
+
+def gpu_slots(node: LiveNode, holders: dict[int, list[int]]) -> list[sched.GpuSlot]:
+    """The node's GPUs as the scheduler sees them: free by the one GPU rule."""
+    pids = {r.pid for r in node.jobs.values() if r.pid}
+    return [
+        sched.GpuSlot(
+            index=g.index,
+            mem_total_bytes=g.mem_total,
+            free=not gpu_state(g, holders.get(g.index, ()), pids).busy,
+        )
+        for g in node.gpus
+    ]
+
+
+def _node_accounts(info: w.NodeInfo) -> frozenset[str] | None:
+    """Whose jobs a node takes by account name (see accounts.py on the agent): None when
+    it takes anyone's (every job runs as one account there, or it has a default account for
+    users without one); an agent that runs as root and predates the account list takes
+    only mapped users' jobs."""
+    if not info.runs_as_root or info.job_account or info.default_unix_user:
+        return None
+    return frozenset(info.unix_users)
+
+
+class SchedulingLoop(NodeEvents):
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        nodes: NodeRegistry,
+        table: JobTable,
+        accounts: Accounts,
+        catalog: DatasetCatalog,
+        launcher: Launcher,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.nodes = nodes
+        self.table = table
+        self.accounts = accounts
+        self.catalog = catalog
+        self.launcher = launcher
+        self._kick = asyncio.Event()
+        self.passes = 0
+        self.last_pass_ms = 0.0
+
+    def kick(self) -> None:
+        """Ask for a pass soon (coalesced with other kicks)."""
+        self._kick.set()
+
+    def node_changed(self) -> None:
+        self.kick()
+
+    async def run(self) -> None:
+        """A pass on every kick, and one per tick regardless; for the master's lifetime."""
+        while True:
+            try:
+                await asyncio.wait_for(self._kick.wait(), timeout=self.settings.schedule_tick)
+            except TimeoutError:
+                pass
+            self._kick.clear()
+            try:
+                await self.schedule_pass()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("scheduling pass failed; retrying on the next tick")
+            await asyncio.sleep(MIN_PASS_GAP_S)
+
+    async def schedule_pass(self) -> sched.SchedResult | None:
+        table = self.table
+        if not table.pending:
+            return None
+        t0 = time.perf_counter()
+        now = time.time()
+        table.charge_usage(now)
+        in_use: dict[str, int] = {}
+        running_array: dict[int, int] = {}
+        for a in table.active.values():
+            in_use[a.user] = in_use.get(a.user, 0) + a.gpu_count
+            if a.array_parent is not None:
+                running_array[a.array_parent] = running_array.get(a.array_parent, 0) + 1
+        ctx = sched.SchedContext(
+            dep_states=await self._dep_states(),
+            running_array=running_array,
+            user_gpus_in_use=in_use,
+            user_caps=self.accounts.caps,
+            usage=table.fair_share.effective(table.active.values()),
+            mapped_users=self.accounts.mapped,
+        )
+        result = sched.schedule(list(table.pending.values()), self.node_caps(now), ctx)
+        await self._apply(result, now)
+        self.passes += 1
+        self.last_pass_ms = (time.perf_counter() - t0) * 1000
+        return result
+
+    def node_caps(self, now: float) -> list[sched.NodeCap]:
+        holders = self.table.gpu_holders()
+        held_ds = self.catalog.holders()
+        reserved: dict[int, tuple[float, int]] = {}
+        for a in self.table.active.values():
+            c, m = reserved.get(a.node_id, (0.0, 0))
+            reserved[a.node_id] = (c + a.cpus, m + a.mem)
+        caps = []
+        for n in self.nodes.nodes.values():
+            rc, rm = reserved.get(n.id, (0.0, 0))
+            state = self.nodes.state_of(n, now)
+            runtimes = set(n.info.runtimes) | {"process", "venv"}
+            if n.info.docker_available:
+                runtimes.add("docker")
+            caps.append(
+                sched.NodeCap(
+                    name=n.name,
+                    schedulable=state == "online",
+                    gpus=gpu_slots(n, holders.get(n.id, {})),
+                    labels=n.labels,
+                    datasets=frozenset(held_ds.get(n.id, ())),
+                    runtimes=frozenset(runtimes),
+                    reason_unschedulable=state,
+                    # CPUs and memory that jobs asked for are reserved against the node's
+                    # size; a node that has not said its size is not limited.
+                    cpus_free=n.info.cpu_cores - rc if n.info.cpu_cores else math.inf,
+                    mem_free_bytes=n.info.mem_total - rm if n.info.mem_total else sys.maxsize,
+                    accounts=_node_accounts(n.info),
+                )
+            )
+        return caps
+
+    async def _dep_states(self) -> dict[int, str]:
+        table = self.table
+        want = {d for j in table.pending.values() for d, _ in j.deps}
+        out: dict[int, str] = {}
+        unknown = []
+        for d in want:
+            if d in table.pending:
+                out[d] = "queued"
+            elif d in table.active:
+                out[d] = table.active[d].state
+            elif d in table.final_states:
+                out[d] = table.final_states[d]
+            else:
+                unknown.append(d)
+        if unknown:
+            async with self.db.session() as s:
+                for jid, st in (
+                    await s.execute(select(JobRow.id, JobRow.state).where(JobRow.id.in_(unknown)))
+                ).all():
+                    out[jid] = st
+                    if st in api.FINAL_STATES:
+                        table.final_states[jid] = st
+        return out
+
+    async def _apply(self, result: sched.SchedResult, now: float) -> None:
+        table = self.table
+        changed_reasons = {j: r for j, r in result.reasons.items() if table.reasons.get(j) != r}
+        starts: list[tuple[int, w.JobSpec]] = []
+        async with self.db.transaction() as s:
+            if result.placements:
+                ids = [pl.job_id for pl in result.placements]
+                rows = {
+                    r.id: r
+                    for r in (await s.execute(select(JobRow).where(JobRow.id.in_(ids)))).scalars()
+                }
+                for pl in result.placements:
+                    r = rows.get(pl.job_id)
+                    node = self.nodes.by_name.get(pl.node)
+                    if r is None or node is None or r.state != "queued":
+                        table.pending.pop(pl.job_id, None)
+                        continue
+                    table.place(r, pl.node, node.id, pl.gpu_indices, now)
+                    starts.append((node.id, self.launcher.start_spec(r, node, pl.gpu_indices)))
+            for jid, why in result.never.items():
+                r = await s.get(JobRow, jid)
+                if r is not None and r.state == "queued":
+                    table.finish(r, "cancelled", why, now)
+            if changed_reasons:
+                await s.execute(
+                    update(JobRow).execution_options(synchronize_session=False),
+                    [{"id": j, "reason": why} for j, why in changed_reasons.items()],
+                )
+                table.reasons.update(changed_reasons)
+        for node_id, spec in starts:
+            await self.nodes.enqueue(node_id, w.StartJob, job=spec)

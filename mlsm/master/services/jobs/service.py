@@ -1,0 +1,412 @@
+"""The job lifecycle: submit, views, cancel and release, what agents report, lost and removed
+nodes.
+
+State machine: queued -> assigned (StartJob sent) -> running (agent says so) -> succeeded |
+failed | cancelled; ``interrupted`` when the node is lost or the agent cannot re-adopt the
+job, requeued as a new attempt while retries remain; ``held`` until released. The
+transitions themselves are the job table's (:mod:`~mlsm.master.services.jobs.table`), the
+placements the scheduling loop's (:mod:`~mlsm.master.services.jobs.scheduling`).
+
+About 400 lines, as one piece: what happens to a job after submit (cancel, release, the
+agents' reports, lost and removed nodes) is one state machine, read best in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from sqlalchemy import func, select
+
+from mlsm.config import Settings
+from mlsm.errors import Conflict, NotFound, PermissionDenied, ValidationError
+from mlsm.master.db import Database
+from mlsm.master.db.models import Job as JobRow
+from mlsm.master.jobspec import SubmitPolicy, build_submission
+from mlsm.master.security import Principal
+from mlsm.master.services.jobs.launch import KILL_GRACE_S, Launcher
+from mlsm.master.services.jobs.scheduling import SchedulingLoop
+from mlsm.master.services.jobs.table import OPEN_STATES, Active, JobTable, event
+from mlsm.master.services.jobs.views import job_view, may_see_private
+from mlsm.master.services.livenode import LiveNode, NodeEvents
+from mlsm.master.services.nodes import NodeRegistry
+from mlsm.wire import agent as w
+from mlsm.wire import api
+
+log = logging.getLogger("mlsm.master.jobs")
+
+ASSIGN_GRACE_S = 60.0
+REMOVE_ACK_WAIT_S = 5.0  # how long node removal waits for the agent to take its cancels
+REMOVE_ACK_POLL_S = 0.05  # an assigned job the agent has not mentioned for this long is re-sent
+MISSED_REPORTS_LOST = 2  # full reports in a row without a running job: the agent lost it
+
+
+class JobService(NodeEvents):
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        nodes: NodeRegistry,
+        table: JobTable,
+        policy: SubmitPolicy,
+        launcher: Launcher,
+        scheduling: SchedulingLoop,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.nodes = nodes
+        self.table = table
+        self.policy = policy
+        self.launcher = launcher
+        self.scheduling = scheduling
+        self._inserts: list[tuple[list[JobRow], asyncio.Future[None]]] = []
+        self._inserter: asyncio.Task[None] | None = None
+
+    async def load(self) -> None:
+        """The open jobs into the job table (after the nodes are loaded)."""
+        async with self.db.session() as s:
+            rows = (await s.execute(select(JobRow).where(JobRow.state.in_(OPEN_STATES)))).scalars()
+            node_ids = {n.name: n.id for n in self.nodes.nodes.values()}
+            self.table.load(rows.all(), node_ids)
+
+    # ---------------------------------------------------------------- submit
+    async def submit(self, p: Principal, body: api.JobSubmit) -> api.SubmitReply:
+        sub = build_submission(body, p, nodes=self.nodes.by_name, policy=self.policy)
+        if sub.spec.after:
+            ids = [d.job_id for d in sub.spec.after]
+            async with self.db.session() as s:
+                found = set(
+                    (await s.execute(select(JobRow.id).where(JobRow.id.in_(ids)))).scalars()
+                )
+            missing = [i for i in ids if i not in found]
+            if missing:
+                raise ValidationError(f"--after: no job {missing[0]}", path="after")
+        now = time.time()
+        state = "held" if body.hold else "queued"
+        rows = [
+            JobRow(
+                name=body.name or (body.argv[0].rsplit("/", 1)[-1])[:256],
+                user=p.name,
+                state=state,
+                spec=sub.spec,
+                priority=body.priority,
+                gpus=body.gpus,
+                created_at=now,
+                retries=body.retries,
+                array_index=idx,
+                history=[event(state, "submitted")],
+                reason="held by user" if body.hold else "waiting for the scheduler",
+            )
+            for idx in sub.indices
+        ]
+        await self._insert(rows)
+        if state == "queued":
+            for r in rows:
+                self.table.queue(r)
+            self.scheduling.kick()
+        return api.SubmitReply(job=self._view(rows[0], p), ids=[r.id for r in rows])
+
+    async def _insert(self, rows: list[JobRow]) -> None:
+        """Insert one submission's rows; returns once committed.
+
+        Submissions that arrive while a batch is being written are committed together in
+        the next transaction (group commit), so a burst of submissions costs a few
+        transactions instead of one each, and every caller still returns only after its
+        jobs are durable.
+        """
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._inserts.append((rows, done))
+        if self._inserter is None or self._inserter.done():
+            self._inserter = asyncio.create_task(self._write_inserts())
+        await done
+
+    async def _write_inserts(self) -> None:
+        while self._inserts:
+            batch = self._inserts
+            self._inserts = []
+            try:
+                async with self.db.transaction() as s:
+                    for rows, _ in batch:
+                        first = rows[0]
+                        s.add(first)
+                        if first.array_index is not None:  # tasks name the first as their parent
+                            await s.flush()
+                            first.array_parent = first.id
+                            for r in rows[1:]:
+                                r.array_parent = first.id
+                        s.add_all(rows[1:])
+                    await s.flush()
+            except Exception as exc:
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_result(None)
+
+    # ---------------------------------------------------------------- views
+    def _view(self, r: JobRow, p: Principal) -> api.Job:
+        logs = self.table.logs
+        return job_view(
+            r,
+            reason=self.table.reason(r),
+            log_size=logs.size(r.id, r.attempt) if r.started_at or r.attempt else 0,
+            show_env=may_see_private(p, r),
+        )
+
+    async def query(
+        self,
+        p: Principal,
+        *,
+        state: str | None,
+        user: str | None,
+        node: str | None,
+        all: bool,
+        limit: int,
+    ) -> api.JobList:
+        q = select(JobRow)
+        cq = select(func.count()).select_from(JobRow)
+        conds: list[Any] = []
+        if state:
+            states = [x.strip() for x in state.split(",") if x.strip()]
+            conds.append(JobRow.state.in_(states))
+        elif not all:
+            conds.append(JobRow.state.in_(("queued", "held", "assigned", "running")))
+        if user:
+            conds.append(JobRow.user == user)
+        if node:
+            conds.append(JobRow.node == node)
+        for c in conds:
+            q = q.where(c)
+            cq = cq.where(c)
+        async with self.db.session() as s:
+            total = int((await s.execute(cq)).scalar_one())
+            rows = (await s.execute(q.order_by(JobRow.id.desc()).limit(limit))).scalars().all()
+        return api.JobList(jobs=[self._view(r, p) for r in reversed(rows)], total=total)
+
+    async def get(self, p: Principal, job_id: int) -> api.Job:
+        async with self.db.session() as s:
+            r = await s.get(JobRow, job_id)
+        if r is None:
+            raise NotFound(f"no job {job_id}")
+        return self._view(r, p)
+
+    # ---------------------------------------------------------------- cancel and release
+    async def cancel(self, p: Principal, ids: list[int], reason: str = "") -> api.CancelResult:
+        done: list[int] = []
+        skipped: dict[str, str] = {}
+        to_stop: list[Active] = []
+        now = time.time()
+        why = reason or f"cancelled by {p.name}"
+        async with self.db.transaction() as s:
+            rows = (await s.execute(select(JobRow).where(JobRow.id.in_(ids)))).scalars().all()
+            by_id = {r.id: r for r in rows}
+            for jid in ids:
+                r = by_id.get(jid)
+                if r is None:
+                    skipped[str(jid)] = "no such job"
+                    continue
+                if r.user != p.name and not p.is_admin:
+                    skipped[str(jid)] = "not your job"
+                    continue
+                if r.state in api.FINAL_STATES:
+                    skipped[str(jid)] = f"already {r.state}"
+                    continue
+                if r.state in ("queued", "held"):
+                    self.table.finish(r, "cancelled", why, now)
+                else:
+                    a = self.table.active.get(jid)
+                    r.reason = f"cancelling: {why}"
+                    r.history = [*r.history, event(r.state, f"cancel requested by {p.name}")]
+                    if a is not None:
+                        to_stop.append(a)
+                done.append(jid)
+        for a in to_stop:
+            await self._send_cancel(a, why, "cancelled")
+        if not done and skipped and len(ids) == 1:
+            msg = next(iter(skipped.values()))
+            if msg == "no such job":
+                raise NotFound(f"no job {ids[0]}")
+            if msg == "not your job":
+                raise PermissionDenied(
+                    f"job {ids[0]} is not yours: members cancel only their own jobs"
+                )
+            raise Conflict(f"job {ids[0]} is {msg.removeprefix('already ')}")
+        if done:
+            self.scheduling.kick()
+        return api.CancelResult(cancelled=done, skipped=skipped)
+
+    async def _send_cancel(
+        self, a: Active, reason: str, end_kind: str, grace: float = KILL_GRACE_S
+    ) -> None:
+        await self.nodes.enqueue(
+            a.node_id,
+            w.CancelJob,
+            job_id=a.job_id,
+            attempt=a.attempt,
+            reason=reason,
+            end_kind=end_kind,
+            grace_s=grace,
+        )
+
+    async def release(self, p: Principal, job_id: int) -> api.Job:
+        async with self.db.transaction() as s:
+            r = await s.get(JobRow, job_id)
+            if r is None:
+                raise NotFound(f"no job {job_id}")
+            if r.user != p.name and not p.is_admin:
+                raise PermissionDenied(f"job {job_id} is not yours")
+            if r.state != "held":
+                raise Conflict(f"job {job_id} is {r.state}, not held")
+            r.state = "queued"
+            r.history = [*r.history, event("queued", f"released by {p.name}")]
+            self.table.queue(r)
+        self.scheduling.kick()
+        return await self.get(p, job_id)
+
+    # ---------------------------------------------------------------- agent reports
+    async def node_reported(self, node: LiveNode, reports: list[w.JobReport], full: bool) -> None:
+        """Apply a node's job reports: starts, ends, jobs its agent no longer knows, and
+        attempts the master no longer wants (cancelled on the node)."""
+        now = time.time()
+        ended = False
+        stale: list[w.JobReport] = []
+        updates: dict[int, w.JobReport] = {}
+        active = self.table.active
+        for rep in reports:
+            a = active.get(rep.job_id)
+            if a is None or a.node_id != node.id or a.attempt != rep.attempt:
+                if rep.state in ("starting", "running"):
+                    stale.append(rep)
+                continue
+            if rep.state in ("running", "starting") and a.state == "running":
+                continue
+            updates[rep.job_id] = rep
+        missing: list[Active] = []
+        if full:
+            seen = {r.job_id for r in reports}
+            for a in active.values():
+                if a.node_id != node.id:
+                    continue
+                if a.job_id in seen:
+                    a.missed = 0
+                elif a.state == "running":
+                    # One heartbeat may have been sampled before the job's start event was
+                    # sent; only a second one in a row that lacks it means the agent lost it.
+                    a.missed += 1
+                    if a.missed >= MISSED_REPORTS_LOST:
+                        missing.append(a)
+                elif now - a.assigned_at > ASSIGN_GRACE_S:
+                    missing.append(a)
+        resend: list[w.JobSpec] = []
+        if updates or missing:
+            async with self.db.transaction() as s:
+                for jid, rep in updates.items():
+                    r = await s.get(JobRow, jid)
+                    a = active[jid]
+                    if r is None:
+                        continue
+                    if rep.state in ("starting", "running"):
+                        if r.state == "assigned":
+                            self.table.run(r, a, rep.started_at or now, rep.pid)
+                        continue
+                    ended = True
+                    self._end(r, rep, now)
+                for a in missing:
+                    r = await s.get(JobRow, a.job_id)
+                    if r is None:
+                        continue
+                    if a.state == "assigned":
+                        # The StartJob may have been lost with a restart: send it again (idempotent).
+                        a.assigned_at = now
+                        resend.append(self.launcher.start_spec(r, node, a.gpus))
+                        continue
+                    ended = True
+                    why = f"the agent on {node.name} no longer knows this job"
+                    self.table.interrupt(r, why, now)
+        for spec in resend:  # after the transaction: enqueue writes in its own
+            await self.nodes.enqueue(node.id, w.StartJob, job=spec)
+        pending_cancels = {
+            (c.job_id, c.attempt) for c in node.outbox.values() if isinstance(c, w.CancelJob)
+        }
+        for rep in stale:
+            if (rep.job_id, rep.attempt) in pending_cancels:
+                continue  # already told; every heartbeat would otherwise add one more
+            await self.nodes.enqueue(
+                node.id,
+                w.CancelJob,
+                job_id=rep.job_id,
+                attempt=rep.attempt,
+                reason="this attempt is no longer wanted by the master",
+                end_kind="cancelled",
+            )
+        if ended:
+            self.scheduling.kick()
+
+    def _end(self, r: JobRow, rep: w.JobReport, now: float) -> None:
+        if rep.state == "lost" or rep.end_kind == "lost":
+            self.table.interrupt(r, rep.reason or "lost", now)
+            return
+        if rep.state == "failed_to_start":
+            self.table.finish(r, "failed", rep.reason or "failed to start", now)
+            return
+        code = rep.exit_code
+        if rep.end_kind == "cancelled":
+            state = "cancelled"
+        elif rep.end_kind in ("timeout", "oom", "error"):
+            state = "failed"
+        else:
+            state = "succeeded" if code == 0 else "failed"
+        reason = rep.reason or (f"exit code {code}" if code is not None else state)
+        if r.reason.startswith("cancelling: ") and state == "cancelled":
+            reason = r.reason.removeprefix("cancelling: ")
+        r.ended_at = rep.ended_at or now
+        self.table.finish(r, state, reason, r.ended_at, exit_code=code)
+
+    # ---------------------------------------------------------------- nodes lost and removed
+    async def node_lost(self, node: LiveNode) -> None:
+        mine = self.table.on_node(node.id)
+        if not mine:
+            return
+        now = time.time()
+        why = f"node {node.name} was lost (no heartbeat for {self.settings.node_lease:.0f} s)"
+        async with self.db.transaction() as s:
+            for a in mine:
+                r = await s.get(JobRow, a.job_id)
+                if r is not None:
+                    self.table.interrupt(r, why, now)
+        self.scheduling.kick()
+
+    async def remove_node(self, name: str, *, force: bool) -> list[int]:
+        """Remove a node; its jobs are cancelled there and interrupted here (their ids)."""
+        node = self.nodes.get(name)
+        mine = self.table.on_node(node.id)
+        if mine and not force:
+            raise Conflict(
+                f"node {name} runs {len(mine)} job(s) ({', '.join(str(a.job_id) for a in mine[:5])}); "
+                "drain it and wait, or remove it with --force"
+            )
+        for a in mine:
+            await self._send_cancel(a, f"node {name} was removed", "cancelled", grace=KILL_GRACE_S)
+        # Give a connected agent the moment it needs to take the cancels before its secret
+        # stops working; an offline node's jobs are interrupted all the same.
+        deadline = time.monotonic() + REMOVE_ACK_WAIT_S
+        while (  # noqa: ASYNC110 - polls the outbox the agent drains, with a deadline
+            mine
+            and node.outbox
+            and time.monotonic() < deadline
+            and self.nodes.state_of(node) == "online"
+        ):
+            await asyncio.sleep(REMOVE_ACK_POLL_S)
+        now = time.time()
+        async with self.db.transaction() as s:
+            for a in mine:
+                r = await s.get(JobRow, a.job_id)
+                if r is not None:
+                    self.table.interrupt(r, f"node {name} was removed by an admin", now)
+        await self.nodes.remove(name)
+        self.scheduling.kick()
+        return [a.job_id for a in mine]

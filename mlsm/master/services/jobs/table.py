@@ -1,0 +1,190 @@
+"""The job table: the jobs that are not final, in memory, and the state changes of a job row.
+
+The database is the source of truth across restarts; the table mirrors what the hot paths
+need without a query: the queue (``pending``: queued job id -> scheduler input, and each
+waiting job's ``reasons``), the jobs placed on nodes (``active``), and the final states
+seen lately (``final_states``, for dependencies and log followers). Every transition of a
+job changes its row and the table together, through the methods here, so the two never
+disagree: :meth:`JobTable.queue`, :meth:`~JobTable.place`, :meth:`~JobTable.run`,
+:meth:`~JobTable.finish` and :meth:`~JobTable.interrupt` (requeued while retries remain).
+
+The lifecycle service, the scheduling loop and the log follower share one table.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mlsm.master import scheduler as sched
+from mlsm.master.db.models import Job as JobRow
+from mlsm.master.services.joblogs import LogStore
+from mlsm.master.services.jobs.fairshare import FairShare
+
+#: States of a job that holds, or waits for, a place on a node.
+OPEN_STATES = ("queued", "assigned", "running")
+
+
+@dataclass(slots=True)
+class Active:
+    """A job placed on a node (assigned or running)."""
+
+    job_id: int
+    user: str
+    node_id: int
+    gpus: tuple[int, ...]
+    attempt: int
+    state: str
+    assigned_at: float
+    gpu_count: int
+    array_parent: int | None
+    missed: int = 0  # full reports in a row from its node that did not mention it
+    cpus: float = 0.0  # reserved CPUs (0: none asked for)
+    mem: int = 0  # reserved memory in bytes
+
+
+def event(state: str, message: str = "") -> list[Any]:
+    """One entry of a job row's history."""
+    return [time.time(), state, message]
+
+
+def pending_of(r: JobRow) -> sched.PendingJob:
+    """The scheduler's view of a queued job."""
+    spec = r.spec
+    return sched.PendingJob(
+        id=r.id,
+        user=r.user,
+        priority=r.priority,
+        submitted_at=r.created_at,
+        gpus=r.gpus,
+        gpu_mem_bytes=spec.gpu_mem_bytes,
+        cpus=spec.cpus,
+        mem_bytes=spec.mem_bytes,
+        node=spec.node,
+        labels=spec.labels,
+        datasets=tuple(spec.datasets),
+        env_kind=spec.env_kind,
+        deps=tuple((d.job_id, d.wanted) for d in spec.after),
+        array_parent=r.array_parent,
+        array_throttle=spec.array_throttle,
+    )
+
+
+def _active_of(r: JobRow, node_id: int, gpus: tuple[int, ...], since: float) -> Active:
+    return Active(
+        r.id,
+        r.user,
+        node_id,
+        gpus,
+        r.attempt,
+        r.state,
+        since,
+        r.gpus,
+        r.array_parent,
+        cpus=float(r.spec.cpus),
+        mem=r.spec.mem_bytes,
+    )
+
+
+class JobTable:
+    def __init__(self, fair_share: FairShare, logs: LogStore) -> None:
+        self.fair_share = fair_share
+        self.logs = logs
+        self.pending: dict[int, sched.PendingJob] = {}
+        self.reasons: dict[int, str] = {}
+        self.active: dict[int, Active] = {}
+        self.final_states: dict[int, str] = {}
+
+    def load(self, rows: Iterable[JobRow], node_ids: Mapping[str, int]) -> None:
+        """After a restart: the open rows (``node_ids``: node name -> id; a node that is gone
+        maps to -1, so its jobs are found lost)."""
+        for r in rows:
+            if r.state == "queued":
+                self.pending[r.id] = pending_of(r)
+                self.reasons[r.id] = r.reason
+            else:
+                node_id = node_ids.get(r.node or "", -1)
+                since = r.started_at or r.created_at
+                self.active[r.id] = _active_of(r, node_id, tuple(r.gpu_indices or ()), since)
+
+    def charge_usage(self, now: float) -> None:
+        """Fair share up to ``now``, before the set of running jobs changes."""
+        self.fair_share.charge(now, self.active.values())
+
+    def on_node(self, node_id: int) -> list[Active]:
+        return [a for a in self.active.values() if a.node_id == node_id]
+
+    def gpu_holders(self) -> dict[int, dict[int, list[int]]]:
+        """node id -> GPU index -> the jobs placed on it."""
+        out: dict[int, dict[int, list[int]]] = {}
+        for a in self.active.values():
+            per = out.setdefault(a.node_id, {})
+            for g in a.gpus:
+                per.setdefault(g, []).append(a.job_id)
+        return out
+
+    def reason(self, r: JobRow) -> str:
+        """Why a job waits (the latest pass's words, not yet written) or why it ended."""
+        return self.reasons.get(r.id, r.reason) if r.state == "queued" else r.reason
+
+    # ---------------------------------------------------------------- transitions
+    def queue(self, r: JobRow) -> None:
+        """A row that is queued now (submitted, released, or requeued) waits for a pass."""
+        self.pending[r.id] = pending_of(r)
+
+    def place(self, r: JobRow, node: str, node_id: int, gpus: tuple[int, ...], now: float) -> None:
+        r.state = "assigned"
+        r.node = node
+        r.gpu_indices = list(gpus)
+        r.reason = ""
+        where = f"on {node} GPUs {list(gpus)}" if gpus else f"on {node}"
+        r.history = [*r.history, event("assigned", where)]
+        self.pending.pop(r.id, None)
+        self.reasons.pop(r.id, None)
+        self.active[r.id] = _active_of(r, node_id, gpus, now)
+
+    def run(self, r: JobRow, a: Active, started_at: float, pid: int | None) -> None:
+        """The agent says an assigned job started; its GPUs are charged from now on."""
+        r.state = "running"
+        r.started_at = started_at
+        r.history = [*r.history, event("running", f"pid {pid}" if pid else "")]
+        self.charge_usage(time.time())
+        a.state = "running"
+
+    def finish(
+        self, r: JobRow, state: str, reason: str, now: float, exit_code: int | None = None
+    ) -> None:
+        self.charge_usage(time.time())  # charge its GPUs up to its end, before release
+        r.state = state
+        r.reason = reason
+        r.ended_at = now
+        if exit_code is not None:
+            r.exit_code = exit_code
+        r.history = [*(r.history or []), event(state, reason)]
+        self.final_states[r.id] = state
+        self.active.pop(r.id, None)
+        self.pending.pop(r.id, None)
+        self.reasons.pop(r.id, None)
+        self.logs.notify(r.id)
+
+    def interrupt(self, r: JobRow, why: str, now: float) -> None:
+        """Lost to an infrastructure fault: requeued as a new attempt while retries remain."""
+        if r.attempt >= r.retries:
+            self.finish(r, "interrupted", why, now)
+            return
+        self.charge_usage(time.time())
+        r.history = [
+            *r.history,
+            event("interrupted", why),
+            event("queued", f"requeued as attempt {r.attempt + 1}"),
+        ]
+        r.attempt += 1
+        r.state = "queued"
+        r.node = None
+        r.gpu_indices = []
+        r.reason = f"requeued after interruption: {why}"
+        self.active.pop(r.id, None)
+        self.queue(r)
+        self.logs.notify(r.id)
