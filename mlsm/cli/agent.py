@@ -54,6 +54,7 @@ def _labels(items: tuple[str, ...]) -> dict[str, str]:
 @click.pass_context
 def agent(
     ctx: click.Context,
+    /,
     labels: tuple[str, ...],
     dataset_roots: tuple[str, ...],
     print_systemd_unit: bool,

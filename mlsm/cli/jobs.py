@@ -83,6 +83,7 @@ def _kv(items: tuple[str, ...], what: str) -> dict[str, str]:
 @click.pass_context
 def submit(
     ctx: click.Context,
+    /,
     command: tuple[str, ...],
     env: tuple[str, ...],
     labels: tuple[str, ...],

@@ -33,6 +33,7 @@ from mlsm.cli.common import read_password, settings_from
 @click.pass_context
 def master(
     ctx: click.Context,
+    /,
     init_admin: str | None,
     tls_self_signed: bool,
     trusted_proxies: tuple[str, ...],

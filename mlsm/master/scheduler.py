@@ -167,7 +167,7 @@ def decay_usage(prev: float, elapsed_s: float, half_life_s: float) -> float:
         return 0.0
     if elapsed_s <= 0:
         return prev
-    return prev * 0.5 ** (elapsed_s / half_life_s)
+    return prev * math.pow(0.5, elapsed_s / half_life_s)
 
 
 def add_usage(prev: float, gpus: int, elapsed_s: float) -> float:

@@ -181,7 +181,7 @@ def _backoff(failures: int) -> float:
     """How long a pair waits after its ``failures``-th failure."""
     if failures < PAIR_FREE_FAILURES:
         return 0.0
-    return min(PAIR_BACKOFF_MAX_S, PAIR_BACKOFF_BASE_S * 2 ** (failures - PAIR_FREE_FAILURES))
+    return min(PAIR_BACKOFF_MAX_S, PAIR_BACKOFF_BASE_S * 2.0 ** (failures - PAIR_FREE_FAILURES))
 
 
 def _limited(what: str, wait: float) -> RateLimited:
