@@ -29,9 +29,13 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from mlsm.errors import RateLimited
 from mlsm.master.clientaddr import limit_key
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 ADDRESS_WINDOW_S = 60.0
 PAIR_FREE_FAILURES = 5
@@ -171,7 +175,7 @@ class LoginLimiter:
         return len(self._addresses), len(self._pairs), len(self._users)
 
 
-def _put(table: OrderedDict, key: object, value: object) -> None:  # type: ignore[type-arg]
+def _put(table: OrderedDict[K, V], key: K, value: V) -> None:
     table[key] = value
     while len(table) > MAX_TRACKED:
         table.popitem(last=False)
