@@ -1,3 +1,5 @@
+"""``mlsm agent``: join this server to a master and run its agent (or print a systemd unit)."""
+
 from __future__ import annotations
 
 import click

@@ -1,3 +1,5 @@
+"""``mlsm db``: back up, upgrade or inspect the master's database on the master's server."""
+
 from __future__ import annotations
 
 import click

@@ -1,3 +1,5 @@
+"""``mlsm submit``, ``jobs``, ``job ...``, ``logs`` and ``cancel``: jobs from the terminal."""
+
 from __future__ import annotations
 
 import re

@@ -1,3 +1,5 @@
+"""``mlsm master``: run the master (the first start can create the first superadmin)."""
+
 from __future__ import annotations
 
 import click

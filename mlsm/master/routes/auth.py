@@ -1,3 +1,5 @@
+"""Logging in and out, changing one's password, and ``/api/v1/auth/me``."""
+
 from __future__ import annotations
 
 from typing import Any
