@@ -36,6 +36,10 @@ mount, and a later import into the same layout never has to guess). ``data/`` is
 renamed to ``<root>/<name>`` with ``renameat2(RENAME_NOREPLACE)``, so the dataset appears
 whole or not at all, and an existing name is never replaced. On any error or cancel the
 temp dir is removed and nothing new remains under the root.
+
+Over 400 lines, as one piece: the download, the checks on what arrived and the unpack share
+one temp dir and one cancel/cleanup path, and the ordering rules above only hold when they
+are read together.
 """
 
 from __future__ import annotations

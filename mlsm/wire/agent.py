@@ -19,6 +19,10 @@ POST datasets          DatasetReport        Ack
 POST transfers/upload  TransferChunk        TransferAck
 POST transfers/fetch   TransferFetch        TransferData
 =====================  ===================  =======================
+
+Over 400 lines, as one piece: the agent protocol is versioned as a whole (the table above,
+the command union and ``PROTOCOL_VERSION`` change together), and an old agent's
+compatibility is judged by reading this one module.
 """
 
 from __future__ import annotations

@@ -2,6 +2,10 @@
 
 Request structs carry their validation (msgspec ``Meta`` constraints) so bad input is
 refused at the edge with a 400 naming the field. Every field added later gets a default.
+
+Over 400 lines, as one piece: it is the people's API contract, which the OpenAPI schema,
+the typed client and docs/api.md are read against; one module keeps every request and
+answer, and their shared constraints, in one place to review when the contract changes.
 """
 
 from __future__ import annotations

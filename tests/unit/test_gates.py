@@ -136,3 +136,30 @@ def test_docstring_rules_cover_public_modules_and_packages():
     for pattern, ignored in lint.get("per-file-ignores", {}).items():
         if "D" in ignored or "D100" in ignored or "D104" in ignored:
             assert not pattern.startswith(PACKAGES), pattern
+
+
+#: A module longer than this says in its docstring why it is one piece (STYLE.md).
+LONG_MODULE_LINES = 400
+_ONE_PIECE = re.compile(r"\bone piece\b", re.IGNORECASE)
+
+
+def _long_modules_without_a_reason() -> list[str]:
+    import ast
+
+    missing = []
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            text = path.read_text()
+            lines = text.count("\n")
+            if lines <= LONG_MODULE_LINES:
+                continue
+            doc = ast.get_docstring(ast.parse(text)) or ""
+            if not _ONE_PIECE.search(doc):
+                missing.append(f"{path.relative_to(ROOT)} ({lines} lines)")
+    return missing
+
+
+def test_every_long_module_says_why_it_is_one_piece():
+    """Modules over ~400 lines are split by responsibility, or their docstring states why
+    they must stay one piece ("... as one piece: <reason>")."""
+    assert not _long_modules_without_a_reason()
