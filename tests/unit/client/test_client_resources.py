@@ -8,12 +8,12 @@ struct; what the master does with the work is tested by the integration suite.
 from __future__ import annotations
 
 import pytest
-from conftest import ADMIN, PASSWORD, URL, PortalTransport
 
 from mlsm import errors
 from mlsm.client import Client
 from mlsm.wire import api
 from mlsm.wire.follow import LogEnded
+from tests.unit.client.conftest import ADMIN, PASSWORD, URL, PortalTransport
 
 
 def _member(client: Client, transport: PortalTransport, name: str = "mia") -> Client:
