@@ -12,6 +12,11 @@ Each test module builds its own :class:`Lab` (module scope) under a temporary di
 The master runs with a fast heartbeat (0.5 s), ``stale`` after 2 s and a 5 s lease, so node
 state and lease tests take seconds. Every process the lab starts, and every job process
 those agents started under the lab's directory, is killed when the lab closes.
+
+Built on ``tests.support``: the master is a :class:`~tests.support.master.MasterProcess`,
+every process gets :func:`~tests.support.env.isolated_env`, waits are
+:func:`~tests.support.wait.wait_until`, and ``MLSM_TEST_DATABASE=postgresql`` gives the lab
+a :func:`~tests.support.postgres.fresh_database`.
 """
 
 from __future__ import annotations
