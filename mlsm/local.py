@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,10 +127,10 @@ def _spawn(args: list[str], log: Path, pidfile: Path, env: dict[str, str]) -> in
     return proc.pid
 
 
-def _wait(cond: object, timeout: float, what: str, log: Path) -> None:
+def _wait(cond: Callable[[], bool], timeout: float, what: str, log: Path) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if cond():  # type: ignore[operator]
+        if cond():
             return
         time.sleep(POLL_S)
     tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []

@@ -34,7 +34,7 @@ from tui.screens import (
 from tui.screens.base import Dashboard, View
 from tui.source import DataSource
 from tui.widgets.help import CommandLine, HelpScreen, LoginModal
-from tui.widgets.status import Connection, StatusBar
+from tui.widgets.status import Connection, StatusBar, StatusHost
 
 #: Seconds between polls of the screen on top.
 POLL_S = 2.0
@@ -292,5 +292,7 @@ class MlsmApp(App[None]):
             )
 
 
-if TYPE_CHECKING:  # the screens see the app as a Dashboard: mypy checks here that it is one
+if TYPE_CHECKING:  # the screens and the status bar see the app through protocols: mypy
+    # checks here that it is what they take it for
     _as_screens_see_it: type[Dashboard] = MlsmApp
+    _as_status_bar_sees_it: type[StatusHost] = MlsmApp

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Sequence
+from typing import TypeVar, overload
 
 from rich.text import Span, Text
 
 from mlsm.termsafe import visible
+
+C = TypeVar("C")
 
 BLOCKS = " ▁▂▃▄▅▆▇█"
 SPARK = "▁▂▃▄▅▆▇█"
@@ -25,6 +28,10 @@ def plain(value: object, style: str = "") -> Text:
     return Text(visible(str(value)), style=style)
 
 
+@overload
+def safe(content: str | Text) -> Text: ...
+@overload
+def safe(content: C) -> C: ...
 def safe(content: object) -> object:
     """What a widget may show: a string becomes :func:`plain` text; ``Text`` gets its control
     characters made visible, styles kept, except the newlines its builder put between lines

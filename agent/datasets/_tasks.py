@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from mlsm.wire.agent import TransferProgress
+from mlsm.wire.agent import AgentTransferState, TransferProgress
 
 from .errors import DatasetCancelled
 
@@ -32,14 +32,14 @@ class Progress:
         self.done = 0
         self.total: int | None = None
 
-    def _emit(self, state: str, message: str) -> None:
+    def _emit(self, state: AgentTransferState, message: str) -> None:
         elapsed = max(time.monotonic() - self.start, 1e-6)
         msg = TransferProgress(
             command_id=self.command_id,
             done_bytes=self.done,
             total_bytes=self.total,
             rate_bps=self.done / elapsed,
-            state=state,  # type: ignore[arg-type]
+            state=state,
             message=message[:4096],
         )
         try:
@@ -54,7 +54,7 @@ class Progress:
             self.last = now
             self._emit("running", message)
 
-    def final(self, state: str, message: str = "") -> None:
+    def final(self, state: AgentTransferState, message: str = "") -> None:
         self._emit(state, message)
 
 

@@ -8,6 +8,7 @@ writer when they end, whatever the outcome.
 
 from __future__ import annotations
 
+import io
 import lzma
 import os
 import stat
@@ -45,7 +46,7 @@ def _data_filter_check(member: tarfile.TarInfo, dest: Path) -> None:
         raise UnsafeArchiveError(f"archive entry {_show(member.name)} refused: {e}") from None
 
 
-def extract_tar(src: IO[bytes], writer: SafeWriter) -> None:
+def extract_tar(src: IO[bytes] | io.RawIOBase, writer: SafeWriter) -> None:
     """Extract a tar stream (any compression tarfile reads) through ``writer``."""
     try:
         _extract_tar(src, writer)
@@ -53,7 +54,7 @@ def extract_tar(src: IO[bytes], writer: SafeWriter) -> None:
         writer.close()
 
 
-def _extract_tar(src: IO[bytes], writer: SafeWriter) -> None:
+def _extract_tar(src: IO[bytes] | io.RawIOBase, writer: SafeWriter) -> None:
     try:
         with tarfile.open(fileobj=src, mode="r|*") as tf:
             for m in tf:

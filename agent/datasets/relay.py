@@ -36,7 +36,7 @@ PUT_WAIT_S = 0.2  # how often a packing thread blocked on a full queue checks fo
 class TransferStopped(Exception):
     """The master answered that the transfer is over (cancelled or failed there)."""
 
-    def __init__(self, state: str, message: str) -> None:
+    def __init__(self, state: w.AgentTransferState, message: str) -> None:
         super().__init__(message)
         self.state = state
         self.message = message

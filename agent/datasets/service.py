@@ -125,7 +125,7 @@ class DatasetCommands:
             p = msgspec.structs.replace(p, message=clean)
         self.transfers[p.command_id] = p
 
-    def _final(self, command_id: int, state: str, message: str) -> None:
+    def _final(self, command_id: int, state: w.AgentTransferState, message: str) -> None:
         cur = self.transfers.get(command_id)
         self._report(
             w.TransferProgress(
@@ -133,7 +133,7 @@ class DatasetCommands:
                 done_bytes=cur.done_bytes if cur else 0,
                 total_bytes=cur.total_bytes if cur else None,
                 rate_bps=cur.rate_bps if cur else 0.0,
-                state=state,  # type: ignore[arg-type]
+                state=state,
                 message=message[:4096],
             )
         )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import io
 import os
 import stat
 import tarfile
@@ -145,11 +146,13 @@ def pack_dataset(
 
 
 # ------------------------------------------------------------------ receiving
-class _ChunkReader:
+class _ChunkReader(io.RawIOBase):
     """A blocking ``read(n)`` for the extraction thread, pulling from an async iterator.
 
     Each chunk is fetched on the event loop (``run_coroutine_threadsafe``), which also
-    reports progress there; the thread checks its stop flag while it waits.
+    reports progress there; the thread checks its stop flag while it waits. A raw stream
+    only so that it is the file object ``tarfile`` is typed to take: tarfile's stream mode
+    only reads.
     """
 
     def __init__(
@@ -158,6 +161,7 @@ class _ChunkReader:
         loop: asyncio.AbstractEventLoop,
         stop: threading.Event,
     ) -> None:
+        super().__init__()
         self._fetch = fetch
         self._loop = loop
         self._stop = stop
@@ -179,6 +183,9 @@ class _ChunkReader:
             self._eof = True
         else:
             self._buf += chunk
+
+    def readable(self) -> bool:
+        return True
 
     def read(self, n: int = -1) -> bytes:
         while not self._eof and (n < 0 or len(self._buf) < n):
@@ -261,7 +268,7 @@ async def receive_dataset(
                 should_stop=stop.is_set,
                 hash_files=True,
             )
-            extract_tar(_ChunkReader(fetch, loop, stop), writer)  # type: ignore[arg-type]
+            extract_tar(_ChunkReader(fetch, loop, stop), writer)
             assert writer.hashes is not None
             return writer.hashes
 

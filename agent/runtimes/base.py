@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from mlsm.wire.agent import JobReport, JobSpec
+from mlsm.wire.agent import STOP_KINDS, JobReport, JobSpec, StopKind
 
 
 @dataclass
@@ -62,7 +62,7 @@ class JobHandle(Protocol):
     def poll(self) -> JobReport | None:
         """The final report once the attempt has ended, else ``None``. Never blocks long."""
 
-    def stop(self, reason: str, end_kind: str, grace_s: float) -> None:
+    def stop(self, reason: str, end_kind: StopKind, grace_s: float) -> None:
         """Ask it to end (SIGTERM / docker stop), escalate to kill after ``grace_s``.
 
         Returns at once; the ending is seen later by :meth:`poll`, whose report carries
@@ -107,3 +107,11 @@ LOG_NAME = "output.log"
 
 def job_dir_for(agent_data: Path, job_id: int) -> Path:
     return agent_data / "jobs" / str(job_id)
+
+
+def saved_stop_kind(value: object) -> StopKind:
+    """A stop's kind read back from a file an earlier agent wrote; unknown counts as a cancel."""
+    for kind in STOP_KINDS:
+        if value == kind:
+            return kind
+    return "cancelled"

@@ -17,6 +17,7 @@ from mlsm import PROTOCOL_VERSION, __version__
 
 # httpx imports its own command-line tool (and with it rich and pygments, ~55 ms) only to
 # offer `httpx.main`, which mlsm never uses; every CLI call would pay for it at start-up.
+# None is the import system's "blocked" entry, which typeshed's dict[str, ModuleType] omits.
 sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
 # name -> (module, attribute, short help)

@@ -1,3 +1,5 @@
+"""``mlsm agent``: join this server to a master and run its agent (or print a systemd unit)."""
+
 from __future__ import annotations
 
 import click
@@ -54,6 +56,7 @@ def _labels(items: tuple[str, ...]) -> dict[str, str]:
 @click.pass_context
 def agent(
     ctx: click.Context,
+    /,
     labels: tuple[str, ...],
     dataset_roots: tuple[str, ...],
     print_systemd_unit: bool,

@@ -1,3 +1,5 @@
+"""``mlsm audit``: read the master's audit log (admins)."""
+
 from __future__ import annotations
 
 import sys

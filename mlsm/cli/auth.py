@@ -1,3 +1,5 @@
+"""``mlsm login``, ``logout``, ``passwd`` and ``whoami``: the saved session and who it is."""
+
 from __future__ import annotations
 
 import click

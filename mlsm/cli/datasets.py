@@ -1,3 +1,5 @@
+"""``mlsm datasets``, ``mlsm dataset ...`` and ``mlsm transfers``: the catalog and transfers."""
+
 from __future__ import annotations
 
 import sys

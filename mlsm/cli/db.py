@@ -1,3 +1,5 @@
+"""``mlsm db``: back up, upgrade or inspect the master's database on the master's server."""
+
 from __future__ import annotations
 
 import click
@@ -16,7 +18,7 @@ def db() -> None:
 @click.option("--data-dir", help="The master's data dir (default: the configured one).")
 @click.option("--database-url", help="The master's database (default: the configured one).")
 @click.pass_context
-def db_backup(ctx: click.Context, path: str, **flags: object) -> None:
+def db_backup(ctx: click.Context, /, path: str, **flags: object) -> None:
     """A consistent online copy of a SQLite database (safe while the master runs).
 
     For PostgreSQL use pg_dump (docs/operations.md).
@@ -45,7 +47,7 @@ def db_backup(ctx: click.Context, path: str, **flags: object) -> None:
 @click.option("--data-dir", help="The master's data dir (default: the configured one).")
 @click.option("--database-url", help="The master's database (default: the configured one).")
 @click.pass_context
-def db_upgrade(ctx: click.Context, **flags: object) -> None:
+def db_upgrade(ctx: click.Context, /, **flags: object) -> None:
     """Apply pending schema migrations now (the master also does this at start)."""
     import asyncio
 
@@ -68,7 +70,7 @@ def db_upgrade(ctx: click.Context, **flags: object) -> None:
 @click.option("--data-dir", help="The master's data dir (default: the configured one).")
 @click.option("--database-url", help="The master's database (default: the configured one).")
 @click.pass_context
-def db_current(ctx: click.Context, **flags: object) -> None:
+def db_current(ctx: click.Context, /, **flags: object) -> None:
     """Print the database's schema revision and the newest this mlsm knows."""
     import asyncio
 

@@ -1,3 +1,5 @@
+"""``mlsm submit``, ``jobs``, ``job ...``, ``logs`` and ``cancel``: jobs from the terminal."""
+
 from __future__ import annotations
 
 import re
@@ -83,6 +85,7 @@ def _kv(items: tuple[str, ...], what: str) -> dict[str, str]:
 @click.pass_context
 def submit(
     ctx: click.Context,
+    /,
     command: tuple[str, ...],
     env: tuple[str, ...],
     labels: tuple[str, ...],

@@ -1,3 +1,5 @@
+"""``mlsm up``, ``down``, ``status`` and ``ui``: the embedded one-machine lab and the dashboard."""
+
 from __future__ import annotations
 
 import sys

@@ -1,3 +1,5 @@
+"""``mlsm master``: run the master (the first start can create the first superadmin)."""
+
 from __future__ import annotations
 
 import click
@@ -33,6 +35,7 @@ from mlsm.cli.common import read_password, settings_from
 @click.pass_context
 def master(
     ctx: click.Context,
+    /,
     init_admin: str | None,
     tls_self_signed: bool,
     trusted_proxies: tuple[str, ...],

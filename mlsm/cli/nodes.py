@@ -1,3 +1,5 @@
+"""``mlsm nodes``, ``mlsm node ...`` and ``mlsm join-token ...``: the lab's servers."""
+
 from __future__ import annotations
 
 import time

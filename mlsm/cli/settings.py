@@ -1,3 +1,5 @@
+"""``mlsm settings``: show the lab's policies, or change them (admins)."""
+
 from __future__ import annotations
 
 import click

@@ -1,3 +1,5 @@
+"""``mlsm users``, ``mlsm user ...`` and ``mlsm token ...``: accounts and API tokens."""
+
 from __future__ import annotations
 
 from typing import cast

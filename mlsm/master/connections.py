@@ -160,6 +160,8 @@ class GuardedH11Protocol(H11Protocol):
         self._reading_body = False  # a body stall timer is armed
 
     # ------------------------------------------------------------------ lifecycle
+    # uvicorn's H11Protocol narrows asyncio's BaseTransport to Transport here (with the same
+    # ignore); this override has to keep uvicorn's signature.
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         if not self.guard.admit():
             transport.write(_BUSY_RESPONSE)

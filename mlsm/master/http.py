@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import msgspec
 from litestar import Request, Response
+from litestar.enums import ScopeType
 from litestar.exceptions import (
     HTTPException,
     MethodNotAllowedException,
@@ -80,7 +81,7 @@ class RequestMiddleware(ASGIMiddleware):
     caller learns the change may have happened without a record instead of a plain "ok".
     """
 
-    scopes = ("http",)  # type: ignore[assignment]
+    scopes = (ScopeType.HTTP,)
 
     def __init__(self, audit: AuditSink, addresses: ClientAddresses) -> None:
         self.audit = audit
@@ -119,7 +120,7 @@ class RequestMiddleware(ASGIMiddleware):
                         return
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", rid.encode()))
-                message["headers"] = headers  # type: ignore[typeddict-unknown-key]
+                message["headers"] = headers
             await send(message)
 
         try:

@@ -167,7 +167,7 @@ def decay_usage(prev: float, elapsed_s: float, half_life_s: float) -> float:
         return 0.0
     if elapsed_s <= 0:
         return prev
-    return prev * 0.5 ** (elapsed_s / half_life_s)
+    return prev * math.pow(0.5, elapsed_s / half_life_s)
 
 
 def add_usage(prev: float, gpus: int, elapsed_s: float) -> float:
@@ -270,7 +270,7 @@ class _Pass:
     # ---- candidates
     def _cand(self, job: PendingJob) -> _Cand:
         if job.node is not None:
-            return self._named(job)
+            return self._named(job, job.node)
         if not self.nodes:
             return _Cand([], "", "no online nodes")
         # (what a node must do, the nodes that do it, the reason when none does)
@@ -325,9 +325,8 @@ class _Pass:
             return f"dataset {d} is only on {states}"
         return f"no online node holds dataset {d}"
 
-    def _named(self, job: PendingJob) -> _Cand:
-        name = job.node
-        cap = self.caps.get(name)  # type: ignore[arg-type]
+    def _named(self, job: PendingJob, name: str) -> _Cand:
+        cap = self.caps.get(name)
         where = f"node {name}"
         if cap is None:
             return _Cand([], where, f"no node named {name}")
@@ -345,7 +344,7 @@ class _Pass:
         acct = self._account(job)
         if cap.accounts is not None and acct is not None and acct not in cap.accounts:
             return _Cand([], where, no_account_reason(acct, where))
-        cand = _Cand([self.by_name[name]], where)  # type: ignore[index]
+        cand = _Cand([self.by_name[name]], where)
         cand.members = {cand.nodes[0].pos}
         return cand
 

@@ -18,7 +18,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -26,7 +26,7 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
 from mlsm.errors import AuthenticationError, PermissionDenied
-from mlsm.wire.api import ROLE_RANK
+from mlsm.wire.api import ROLE_RANK, Role, TokenKind
 
 TOKEN_PREFIX = {"session": "mlsm_s_", "api": "mlsm_a_", "node": "mlsm_n_", "join": "mlsm_j_"}
 ROUTE_ROLES = ("public", "member", "admin", "superadmin", "node")
@@ -68,16 +68,22 @@ def same(a: str, b: str) -> bool:
 class Principal:
     """Who is calling: a person (via a token) or a node (via its secret)."""
 
-    kind: str  # "user" | "node"
+    kind: Literal["user", "node"]
     name: str
-    role: str  # member/admin/superadmin, or "node"
+    role: Role | Literal["node"]
     user_id: int | None = None
     node_id: int | None = None
     token_id: int | None = None
-    token_kind: str = ""
+    token_kind: TokenKind | Literal[""] = ""  # "" for a node
 
     def at_least(self, role: str) -> bool:
         return ROLE_RANK.get(self.role, 0) >= ROLE_RANK[role]
+
+    def person_role(self) -> Role:
+        """A person's role; a node (which no person's route lets in) has none."""
+        if self.role == "node":
+            raise PermissionDenied("a node has no user role")
+        return self.role
 
     @property
     def is_admin(self) -> bool:

@@ -129,6 +129,10 @@ class GpuSample(Struct, kw_only=True, omit_defaults=True):
 
 # ---------------------------------------------------------------- jobs as the agent sees them
 AgentJobState = Literal["starting", "running", "exited", "failed_to_start", "lost"]
+JobEndKind = Literal["", "exit", "cancelled", "timeout", "oom", "error", "lost"]
+#: How a stop asks the ending to be named (a subset of :data:`JobEndKind`).
+StopKind = Literal["cancelled", "timeout", "error"]
+STOP_KINDS: tuple[StopKind, ...] = ("cancelled", "timeout", "error")
 
 
 class JobReport(Struct, kw_only=True, omit_defaults=True):
@@ -144,7 +148,7 @@ class JobReport(Struct, kw_only=True, omit_defaults=True):
     exit_code: Int64 | None = None
     signal: Int64 | None = None
     reason: LongStr = ""  # why it ended, in words ("exit code 1", "cancelled by alice", "timeout")
-    end_kind: Literal["", "exit", "cancelled", "timeout", "oom", "error", "lost"] = ""
+    end_kind: JobEndKind = ""
     log_size: NonNeg = 0  # bytes of output.log written so far
 
 
@@ -169,6 +173,10 @@ class DatasetReport(Struct, kw_only=True, omit_defaults=True):
     catalog_digest: ShortStr = ""
 
 
+#: A transfer as the agent (and, for relayed parts, the master's acks) reports it.
+AgentTransferState = Literal["running", "succeeded", "failed", "cancelled"]
+
+
 class TransferProgress(Struct, kw_only=True, omit_defaults=True):
     """Progress of a dataset import/copy command running on the agent."""
 
@@ -176,7 +184,7 @@ class TransferProgress(Struct, kw_only=True, omit_defaults=True):
     done_bytes: NonNeg = 0
     total_bytes: Int64 | None = None
     rate_bps: float = 0.0
-    state: Literal["running", "succeeded", "failed", "cancelled"] = "running"
+    state: AgentTransferState = "running"
     message: LongStr = ""
 
 
@@ -266,7 +274,7 @@ class CancelJob(Struct, tag="cancel_job", kw_only=True):
     job_id: Int64
     attempt: NonNeg = 0
     reason: LongStr = "cancelled"
-    end_kind: Literal["cancelled", "timeout", "error"] = "cancelled"
+    end_kind: StopKind = "cancelled"
     grace_s: float = 10.0
 
 
@@ -406,7 +414,7 @@ class TransferChunk(Struct, kw_only=True, omit_defaults=True):
 class TransferAck(Struct, kw_only=True, omit_defaults=True):
     transfer_id: Int64
     next_offset: NonNeg  # what the master holds of the part; the agent resends from here
-    state: Literal["running", "succeeded", "failed", "cancelled"] = "running"
+    state: AgentTransferState = "running"
     message: LongStr = ""
 
 

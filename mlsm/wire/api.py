@@ -36,6 +36,10 @@ ACTIVE_STATES: frozenset[str] = frozenset({"assigned", "running"})
 PENDING_STATES: frozenset[str] = frozenset({"queued", "held"})
 FINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
 NodeState = Literal["online", "stale", "offline", "draining"]
+TokenKind = Literal["session", "api"]
+AuditOutcome = Literal["ok", "denied", "failed", "error"]
+TransferKind = Literal["import", "copy", "move", "delete", "digest"]
+TransferState = Literal["pending", "running", "succeeded", "failed", "cancelled"]
 
 
 # ---------------------------------------------------------------- auth
@@ -66,7 +70,7 @@ class PasswordChanged(Struct, kw_only=True):
 class Me(Struct, kw_only=True):
     username: str
     role: Role
-    token_kind: Literal["session", "api"]
+    token_kind: TokenKind
 
 
 # ---------------------------------------------------------------- users
@@ -106,7 +110,7 @@ class ApiToken(Struct, kw_only=True):
     created_at: float
     expires_at: float | None
     last_used: float | None = None
-    kind: Literal["session", "api"] = "api"
+    kind: TokenKind = "api"
 
 
 class ApiTokenCreate(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -150,7 +154,7 @@ class AuditEntry(Struct, kw_only=True):
     role: str
     action: str
     target: str
-    outcome: Literal["ok", "denied", "failed", "error"]
+    outcome: AuditOutcome
     client: str
     request_id: str
     details: dict[str, object] = {}
@@ -354,10 +358,10 @@ class DatasetTransfer(Struct, kw_only=True, forbid_unknown_fields=True):
 
 class Transfer(Struct, kw_only=True):
     id: int
-    kind: Literal["import", "copy", "move", "delete", "digest"]
+    kind: TransferKind
     dataset: str
     node: str
-    state: Literal["pending", "running", "succeeded", "failed", "cancelled"]
+    state: TransferState
     done_bytes: int = 0
     total_bytes: int | None = None
     rate_bps: float = 0.0

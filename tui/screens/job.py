@@ -34,7 +34,7 @@ def job_details(job: api.Job, now: float) -> Table:
 
     def row(label: str, value: object) -> None:
         if value not in (None, "", [], {}):
-            grid.add_row(label, fmt.safe(value if isinstance(value, Text) else str(value)))  # type: ignore[arg-type]
+            grid.add_row(label, fmt.safe(value if isinstance(value, Text) else str(value)))
 
     row("Job", f"{job.id}  {job.name}")
     row("State", fmt.state_text(job.state))

@@ -306,8 +306,12 @@ class FormModal(ModalScreen[Any]):
     def values(self) -> dict[str, str]:
         out = {}
         for field in self.fields:
-            widget = self.query_one(f"#f-{field.key}")
-            out[field.key] = str(widget.value)  # type: ignore[attr-defined]
+            selector = f"#f-{field.key}"
+            if field.options:
+                value: object = self.query_one(selector, Select).value
+            else:
+                value = self.query_one(selector, Input).value
+            out[field.key] = str(value)
         return out
 
     @on(Input.Submitted)

@@ -8,7 +8,7 @@ from rich.table import Table
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import ActiveBinding, Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, Input, Label, Static
@@ -37,7 +37,7 @@ class HelpScreen(ModalScreen[None]):
     """
     BINDINGS = [Binding("escape,question_mark,q", "close", "Close")]
 
-    def __init__(self, screen: Screen) -> None:
+    def __init__(self, screen: Screen[object]) -> None:
         super().__init__()
         self.target = screen
 
@@ -48,8 +48,8 @@ class HelpScreen(ModalScreen[None]):
         seen: set[str] = set()
         self.entries: list[tuple[str, str]] = []
 
-        def rank(item: tuple[str, object]) -> int:
-            node = item[1].node  # type: ignore[attr-defined]
+        def rank(item: tuple[str, ActiveBinding]) -> int:
+            node = item[1].node
             return 0 if node is self.target else 1 if node is self.app else 2
 
         for key, active in sorted(self.target.active_bindings.items(), key=rank):

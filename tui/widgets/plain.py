@@ -11,24 +11,25 @@ from __future__ import annotations
 
 from typing import Any
 
+from textual.visual import VisualType
 from textual.widgets import Label, Static
 
 from tui import fmt
 
 
 class PlainStatic(Static):
-    def __init__(self, content: Any = "", **kwargs: Any) -> None:
+    def __init__(self, content: VisualType = "", **kwargs: Any) -> None:
         kwargs["markup"] = False
-        super().__init__(fmt.safe(content), **kwargs)  # type: ignore[arg-type]
+        super().__init__(fmt.safe(content), **kwargs)
 
-    def update(self, content: Any = "", *, layout: bool = True) -> None:
-        super().update(fmt.safe(content), layout=layout)  # type: ignore[arg-type]
+    def update(self, content: VisualType = "", *, layout: bool = True) -> None:
+        super().update(fmt.safe(content), layout=layout)
 
 
 class PlainLabel(Label):
-    def __init__(self, content: Any = "", **kwargs: Any) -> None:
+    def __init__(self, content: VisualType = "", **kwargs: Any) -> None:
         kwargs["markup"] = False
-        super().__init__(fmt.safe(content), **kwargs)  # type: ignore[arg-type]
+        super().__init__(fmt.safe(content), **kwargs)
 
-    def update(self, content: Any = "", *, layout: bool = True) -> None:
-        super().update(fmt.safe(content), layout=layout)  # type: ignore[arg-type]
+    def update(self, content: VisualType = "", *, layout: bool = True) -> None:
+        super().update(fmt.safe(content), layout=layout)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol, cast
 
 from rich.text import Text
 
@@ -26,6 +27,20 @@ class Connection:
     retry_at: float | None = None
 
 
+class StatusHost(Protocol):
+    """What the status bar reads of the app (:class:`tui.app.MlsmApp` is one)."""
+
+    readonly: bool
+
+    @property
+    def conn(self) -> Connection: ...
+    @property
+    def is_admin(self) -> bool: ...
+    @property
+    def current_mode(self) -> str: ...
+    def now(self) -> float: ...
+
+
 class StatusBar(PlainStatic):
     DEFAULT_CSS = """
     StatusBar { dock: top; height: 1; background: $panel; color: $text; }
@@ -44,15 +59,15 @@ class StatusBar(PlainStatic):
             self.update(text, layout=False)
 
     def render_status(self) -> Text:
-        app = self.app
-        conn: Connection = app.conn  # type: ignore[attr-defined]
-        now: float = app.now()  # type: ignore[attr-defined]
+        app = cast(StatusHost, self.app)
+        conn = app.conn
+        now = app.now()
         text = Text()
         narrow = self.size.width < 100
         url = visible(conn.url.split("://", 1)[-1] if narrow else conn.url)
         current = app.current_mode
         for mode, label in VIEWS:
-            if mode == "admin" and not app.is_admin:  # type: ignore[attr-defined]
+            if mode == "admin" and not app.is_admin:
                 continue
             style = "reverse bold" if mode == current else "dim"
             text.append(f" {label} ", style=style)
@@ -79,7 +94,7 @@ class StatusBar(PlainStatic):
                 text.append(f", data {duration(now - conn.last_ok)} old", style="red")
             if conn.retry_at is not None:
                 text.append(f", retry in {duration(conn.retry_at - now)}", style="red")
-        if app.readonly:  # type: ignore[attr-defined]
+        if app.readonly:
             text.append(" [read-only]", style="bold magenta")
         return text
 

@@ -26,7 +26,7 @@ from typing import Any
 import docker.errors
 
 from agent.runtimes import jobfs
-from agent.runtimes.base import LOG_NAME, AdoptRecord
+from agent.runtimes.base import LOG_NAME, AdoptRecord, saved_stop_kind
 from agent.runtimes.docker.engine import (
     ENGINE_ERRORS,
     RUNNING,
@@ -35,7 +35,7 @@ from agent.runtimes.docker.engine import (
     why,
 )
 from agent.runtimes.docker.logs import LogFollower, LogSink
-from mlsm.wire.agent import JobReport
+from mlsm.wire.agent import JobEndKind, JobReport, StopKind
 
 log = logging.getLogger("mlsm.agent.docker")
 
@@ -72,7 +72,7 @@ class DockerJobHandle:
         self._follower: LogFollower | None = None
         self._final: JobReport | None = None
         self._stop_reason = ""
-        self._stop_kind = ""
+        self._stop_kind: StopKind | None = None
         self._stop_grace: float | None = None
         self._last_inspect = 0.0
         self._exited_seen: float | None = None
@@ -150,7 +150,7 @@ class DockerJobHandle:
                 return None
             return self._finish_if_drained(follower, now)
 
-    def stop(self, reason: str, end_kind: str, grace_s: float) -> None:
+    def stop(self, reason: str, end_kind: StopKind, grace_s: float) -> None:
         with self._lock:
             if self._final is not None:
                 return
@@ -185,7 +185,8 @@ class DockerJobHandle:
         self._sink = sink
         self.record.container_id = container.id
         if sink.cursor.stop_kind and not self._stop_kind:
-            self._stop_reason, self._stop_kind = sink.cursor.stop_reason, sink.cursor.stop_kind
+            self._stop_reason = sink.cursor.stop_reason
+            self._stop_kind = saved_stop_kind(sink.cursor.stop_kind)
         elif self._stop_kind and not sink.cursor.stop_kind:  # stop() came while unattached
             sink.set_stop(self._stop_reason, self._stop_kind)
             sink.marker(_stop_marker(self.record.job_id, self._stop_reason, self._stop_kind))
@@ -244,6 +245,7 @@ class DockerJobHandle:
         host = self._container.attrs.get("HostConfig", {})
         code = state.get("ExitCode")
         oom = bool(state.get("OOMKilled")) and code != 0
+        kind: JobEndKind
         if self._stop_kind:
             kind, reason = self._stop_kind, self._stop_reason
         elif oom:
@@ -269,7 +271,7 @@ class DockerJobHandle:
             exit_code=code,
             signal=code - 128 if isinstance(code, int) and 128 < code <= 128 + 64 else None,
             reason=reason,
-            end_kind=kind,  # type: ignore[arg-type]
+            end_kind=kind,
             log_size=self._sink.size,
         )
         if not self.keep_container:

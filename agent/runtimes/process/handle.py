@@ -20,27 +20,26 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast, get_args
+from typing import Any
 
 import psutil
 
 from agent.runtimes import jobfs
-from agent.runtimes.base import LOG_NAME, AdoptRecord
+from agent.runtimes.base import LOG_NAME, AdoptRecord, saved_stop_kind
 from agent.runtimes.process.shim import EXIT_NAME, STOP_NAME
-from mlsm.wire.agent import JobReport
+from mlsm.wire.agent import JobEndKind, JobReport, StopKind
 
 CREATE_TIME_TOLERANCE_S = 0.05  # psutil create_time of one process read twice
 KILL_ROUNDS = 5  # rescans while killing a session, for processes forked meanwhile
 MARKER_TAIL_BYTES = 4096
 LOST_WHILE_DOWN = "process vanished while the agent was down"
 SHIM_DIED = "the job's supervisor died without recording how the job ended"
-EndKind = Literal["", "exit", "cancelled", "timeout", "oom", "error", "lost"]  # JobReport's
 
 
 @dataclass
 class _Stop:
     reason: str  # as reported ("cancelled: ...", "timeout after 5s")
-    end_kind: EndKind
+    end_kind: StopKind
     kill_at: float
 
 
@@ -113,17 +112,17 @@ class ProcessHandle:
                 return None
             return self._finish(lost_reason=SHIM_DIED)
 
-    def stop(self, reason: str, end_kind: str, grace_s: float) -> None:
+    def stop(self, reason: str, end_kind: StopKind, grace_s: float) -> None:
         with self._lock:
             if self._final is None and self._alive():
                 self._stop_locked(reason, end_kind, grace_s)
 
     # ------------------------------------------------------------------ internals
-    def _stop_locked(self, reason: str, end_kind: str, grace_s: float) -> None:
+    def _stop_locked(self, reason: str, end_kind: StopKind, grace_s: float) -> None:
         now = time.time()
         kill_at = now + max(0.0, grace_s)
         if self._stop is None:
-            self._stop = _Stop(_stop_reason(reason, end_kind), _end_kind(end_kind), kill_at)
+            self._stop = _Stop(_stop_reason(reason, end_kind), end_kind, kill_at)
             _write_stop(
                 self.control_dir / STOP_NAME,
                 {"reason": self._stop.reason, "end_kind": end_kind, "kill_at": kill_at},
@@ -159,7 +158,7 @@ class ProcessHandle:
             return
         try:
             self._stop = _Stop(
-                str(data["reason"]), _end_kind(data["end_kind"]), float(data["kill_at"])
+                str(data["reason"]), saved_stop_kind(data["end_kind"]), float(data["kill_at"])
             )
         except (ValueError, KeyError, TypeError):
             return
@@ -208,15 +207,10 @@ class ProcessHandle:
     def _restore_stop_quietly(self) -> None:
         data = jobfs.read_json(self.control_dir / STOP_NAME)
         if data and "reason" in data:
-            self._stop = _Stop(str(data["reason"]), _end_kind(data.get("end_kind")), 0.0)
+            self._stop = _Stop(str(data["reason"]), saved_stop_kind(data.get("end_kind")), 0.0)
 
 
 # ---------------------------------------------------------------------- module helpers
-def _end_kind(value: object) -> EndKind:
-    """A stop's end kind as JobReport knows them; anything else counts as a cancel."""
-    return cast(EndKind, value) if value in get_args(EndKind) and value else "cancelled"
-
-
 def _stop_reason(reason: str, end_kind: str) -> str:
     reason = reason.strip()
     word = {"timeout": "timeout", "cancelled": "cancelled"}.get(end_kind, "stopped")
@@ -276,6 +270,7 @@ def _final_report(
             end_kind="error",
             **common,
         )
+    end_kind: JobEndKind
     if stop is not None:
         reason, end_kind = stop.reason, stop.end_kind
     elif sig is not None:

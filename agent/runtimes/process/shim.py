@@ -34,10 +34,15 @@ import os
 import sys
 import time
 
-try:  # the C module: `signal` itself would import enum, which triples our start-up time
-    import _signal as signal
-except ImportError:  # not CPython
-    import signal  # type: ignore[no-redef]
+# mypy honours any name TYPE_CHECKING; importing `typing` for it would slow start-up.
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typeshed has no `_signal`; `signal` re-exports the same functions
+    import signal
+else:
+    try:  # the C module: `signal` itself would import enum, which triples our start-up time
+        import _signal as signal
+    except ImportError:  # not CPython
+        import signal
 
 EXIT_NAME = "exit.json"
 STOP_NAME = "stop.json"  # written by the agent before it signals a stop
@@ -90,58 +95,77 @@ def write_exit(control_dir: str, exit_code: int | None, sig: int | None, error: 
     os.replace(tmp, path)
 
 
-def _parse(args: list[str]) -> dict | None:  # type: ignore[type-arg]
+class _Opts:
+    """The parsed command line (a plain class: `dataclasses` would cost start-up time)."""
+
+    __slots__ = ("argv", "cwd", "dir", "gid", "groups", "need", "uid", "user")
+
+    def __init__(self, control_dir: str, argv: list[str]) -> None:
+        self.dir = control_dir
+        self.argv = argv
+        self.need: list[tuple[str, str]] = []
+        self.user = ""
+        self.uid: int | None = None
+        self.gid: int | None = None
+        self.groups: list[int] = []
+        self.cwd = ""
+
+
+def _parse(args: list[str]) -> _Opts | None:
     if len(args) < 3 or "--" not in args:
         return None
     sep = args.index("--")
     opts, argv = args[1:sep], args[sep + 1 :]
     if not argv or len(opts) % 2:
         return None
-    out: dict = {"dir": args[0], "argv": argv, "need": [], "user": ""}  # type: ignore[type-arg]
+    out = _Opts(args[0], argv)
     for key, value in zip(opts[::2], opts[1::2], strict=True):
-        if key in ("--uid", "--gid"):
-            out[key[2:]] = int(value)
+        if key == "--uid":
+            out.uid = int(value)
+        elif key == "--gid":
+            out.gid = int(value)
         elif key == "--groups":
-            out["groups"] = [int(g) for g in value.split(",") if g]
+            out.groups = [int(g) for g in value.split(",") if g]
         elif key == "--user":
-            out["user"] = value
+            out.user = value
         elif key == "--cwd":
-            out["cwd"] = value
+            out.cwd = value
         elif key == "--need" and "=" in value:
-            out["need"].append(value.split("=", 1))
+            what, path = value.split("=", 1)
+            out.need.append((what, path))
         else:
             return None
-    if ("uid" in out) != ("gid" in out):
+    if (out.uid is None) != (out.gid is None):
         return None
     return out
 
 
-def _child(o: dict, report: int) -> None:  # type: ignore[type-arg]
+def _child(o: _Opts, report: int) -> None:
     """In the forked child: become the job, or tell the shim why not; never returns."""
-    who = o["user"] or str(os.getuid())
+    who = o.user or str(os.getuid())
     msg = ""
     try:
         for s in _RESET:
             signal.signal(s, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, ())
-        if "uid" in o:
-            os.setgroups(o.get("groups", []))
-            os.setgid(o["gid"])
-            os.setuid(o["uid"])
-            if os.getuid() != o["uid"] or os.geteuid() != o["uid"]:
+        if o.uid is not None and o.gid is not None:
+            os.setgroups(o.groups)
+            os.setgid(o.gid)
+            os.setuid(o.uid)
+            if os.getuid() != o.uid or os.geteuid() != o.uid:
                 raise PermissionError("could not drop privileges")
-        cwd = o.get("cwd")
+        cwd = o.cwd
         if cwd:
             try:
                 os.chdir(cwd)
             except OSError:
                 msg = f"workdir {cwd} does not exist or is not accessible to Unix user {who}"
                 raise
-        for what, path in o["need"]:
+        for what, path in o.need:
             if not os.access(path, os.X_OK):
                 msg = f"{what} does not exist or is not usable by Unix user {who}"
                 raise FileNotFoundError(path)
-        argv = o["argv"]
+        argv = o.argv
         try:
             _exec(argv)
         except FileNotFoundError:
@@ -152,7 +176,7 @@ def _child(o: dict, report: int) -> None:  # type: ignore[type-arg]
             raise
     except BaseException as e:
         if not msg:
-            msg = f"could not execute {o['argv'][0]}: {getattr(e, 'strerror', None) or e}"
+            msg = f"could not execute {o.argv[0]}: {getattr(e, 'strerror', None) or e}"
     try:
         os.write(report, msg.encode("utf-8", "replace")[:_MAX_ERROR])
     finally:
@@ -205,11 +229,11 @@ def main(args: list[str]) -> int:
     if error:
         os.waitpid(pid, 0)
         sys.stderr.write("[mlsm] " + error + "\n")
-        write_exit(o["dir"], 127, None, error)
+        write_exit(o.dir, 127, None, error)
         return 0
     # A stop signalled while we were starting hit no job (and we discarded it): the agent
     # writes STOP_NAME before it signals, so looking after the exec never misses one.
-    if os.path.exists(os.path.join(o["dir"], STOP_NAME)):
+    if os.path.exists(os.path.join(o.dir, STOP_NAME)):
         try:
             os.killpg(os.getpgrp(), signal.SIGTERM)
         except OSError:
@@ -217,9 +241,9 @@ def main(args: list[str]) -> int:
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
     if code < 0:
-        write_exit(o["dir"], None, -code)
+        write_exit(o.dir, None, -code)
     else:
-        write_exit(o["dir"], code, None)
+        write_exit(o.dir, code, None)
     return 0
 
 

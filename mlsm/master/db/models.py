@@ -4,6 +4,8 @@ The schema only changes through Alembic migrations (``mlsm/master/db/migrations`
 unix seconds (float) so SQLite and PostgreSQL agree without timezone handling; JSON columns
 hold small, schema-less bits (labels, node info, history) and use the portable ``JSON`` type;
 a job's spec is a JSON column too, read and written as a typed struct (:class:`JobSpecColumn`).
+A string column that holds one of a wire ``Literal``'s values is annotated with that
+``Literal``, so mypy checks every write (the database stores plain strings).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 from mlsm.master.jobspec import StoredJobSpec, decode_spec, encode_spec
+from mlsm.wire.api import AuditOutcome, JobState, Role, TokenKind, TransferKind, TransferState
 
 
 class Base(DeclarativeBase):
@@ -56,7 +59,7 @@ class User(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     username: Mapped[str] = mapped_column(String(64), unique=True)
     password_hash: Mapped[str] = mapped_column(String(256))
-    role: Mapped[str] = mapped_column(String(16), default="member")
+    role: Mapped[Role] = mapped_column(String(16), default="member")
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     unix_user: Mapped[str] = mapped_column(String(32), default="")
     gpu_cap: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -71,7 +74,7 @@ class Token(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    kind: Mapped[str] = mapped_column(String(16))  # "session" | "api"
+    kind: Mapped[TokenKind] = mapped_column(String(16))
     name: Mapped[str] = mapped_column(String(64), default="")
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[float] = mapped_column(Float)
@@ -131,7 +134,7 @@ class Job(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(256), default="")
     user: Mapped[str] = mapped_column(String(64))
-    state: Mapped[str] = mapped_column(String(16))
+    state: Mapped[JobState] = mapped_column(String(16))
     spec: Mapped[StoredJobSpec] = mapped_column(JobSpecColumn)
     priority: Mapped[int] = mapped_column(Integer, default=0)
     gpus: Mapped[int] = mapped_column(Integer, default=0)
@@ -197,11 +200,11 @@ class Transfer(Base):
     __tablename__ = "transfers"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[TransferKind] = mapped_column(String(16))
     dataset: Mapped[str] = mapped_column(String(128))
     node: Mapped[str] = mapped_column(String(63))
     src_node: Mapped[str | None] = mapped_column(String(63), nullable=True)
-    state: Mapped[str] = mapped_column(String(16), default="pending")
+    state: Mapped[TransferState] = mapped_column(String(16), default="pending")
     done_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     total_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     rate_bps: Mapped[float] = mapped_column(Float, default=0.0)
@@ -242,7 +245,7 @@ class AuditRow(Base):
     role: Mapped[str] = mapped_column(String(16))
     action: Mapped[str] = mapped_column(String(64), index=True)
     target: Mapped[str] = mapped_column(String(512))
-    outcome: Mapped[str] = mapped_column(String(16))
+    outcome: Mapped[AuditOutcome] = mapped_column(String(16))
     client: Mapped[str] = mapped_column(String(64))
     request_id: Mapped[str] = mapped_column(String(64))
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -1,3 +1,5 @@
+"""The audit log under ``/api/v1/audit``: read it, and verify its hash chain (admins)."""
+
 from __future__ import annotations
 
 from litestar import get

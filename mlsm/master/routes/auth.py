@@ -1,3 +1,5 @@
+"""Logging in and out, changing one's password, and ``/api/v1/auth/me``."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -54,7 +56,7 @@ async def change_password(
 @get("/api/v1/auth/me", opt={"role": "member"}, tags=["auth"])
 async def me(request: Request[Any, Any, Any]) -> api.Me:
     p = principal(request)
-    return api.Me(username=p.name, role=p.role, token_kind=p.token_kind or "api")  # type: ignore[arg-type]
+    return api.Me(username=p.name, role=p.person_role(), token_kind=p.token_kind or "api")
 
 
 ROUTES = [login, logout, change_password, me]

@@ -1,3 +1,5 @@
+"""``/healthz``: the one public route, for load balancers and ``mlsm up`` to poll."""
+
 from __future__ import annotations
 
 from litestar import get

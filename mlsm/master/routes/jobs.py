@@ -1,3 +1,5 @@
+"""Jobs under ``/api/v1/jobs``: submit, list, show, cancel, release, and their logs."""
+
 from __future__ import annotations
 
 from collections.abc import AsyncIterator

@@ -1,3 +1,5 @@
+"""Nodes, join tokens and the lab summary under ``/api/v1`` (agents use :mod:`.agent`)."""
+
 from __future__ import annotations
 
 from typing import Any

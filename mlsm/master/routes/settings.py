@@ -1,3 +1,5 @@
+"""The lab's policies under ``/api/v1/settings``: everyone reads them, admins change them."""
+
 from __future__ import annotations
 
 from typing import Any

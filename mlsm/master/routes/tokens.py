@@ -1,3 +1,5 @@
+"""One's own API tokens under ``/api/v1/tokens``; admins may list other users' too."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,3 +1,5 @@
+"""User accounts under ``/api/v1/users`` (admins)."""
+
 from __future__ import annotations
 
 from typing import Any

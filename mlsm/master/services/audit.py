@@ -84,7 +84,7 @@ def to_wire(r: AuditRow) -> api.AuditEntry:
         role=r.role,
         action=r.action,
         target=r.target,
-        outcome=r.outcome,  # type: ignore[arg-type]
+        outcome=r.outcome,
         client=r.client,
         request_id=r.request_id,
         details=r.details,

@@ -130,7 +130,7 @@ class AuthService:
             return api.LoginReply(
                 token=token,
                 username=user.username,
-                role=user.role,  # type: ignore[arg-type]
+                role=user.role,
                 expires_at=expires,
             )
 
@@ -271,7 +271,7 @@ class AuthService:
                 created_at=t.created_at,
                 expires_at=t.expires_at,
                 last_used=t.last_used,
-                kind=t.kind,  # type: ignore[arg-type]
+                kind=t.kind,
             )
             for t, u in rows
             if t.expires_at is None or t.expires_at > now

@@ -29,9 +29,13 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from mlsm.errors import RateLimited
 from mlsm.master.clientaddr import limit_key
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 ADDRESS_WINDOW_S = 60.0
 PAIR_FREE_FAILURES = 5
@@ -171,7 +175,7 @@ class LoginLimiter:
         return len(self._addresses), len(self._pairs), len(self._users)
 
 
-def _put(table: OrderedDict, key: object, value: object) -> None:  # type: ignore[type-arg]
+def _put(table: OrderedDict[K, V], key: K, value: V) -> None:
     table[key] = value
     while len(table) > MAX_TRACKED:
         table.popitem(last=False)
@@ -181,7 +185,7 @@ def _backoff(failures: int) -> float:
     """How long a pair waits after its ``failures``-th failure."""
     if failures < PAIR_FREE_FAILURES:
         return 0.0
-    return min(PAIR_BACKOFF_MAX_S, PAIR_BACKOFF_BASE_S * 2 ** (failures - PAIR_FREE_FAILURES))
+    return min(PAIR_BACKOFF_MAX_S, PAIR_BACKOFF_BASE_S * 2.0 ** (failures - PAIR_FREE_FAILURES))
 
 
 def _limited(what: str, wait: float) -> RateLimited:

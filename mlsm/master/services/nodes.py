@@ -44,6 +44,7 @@ from mlsm.master.security import Principal, new_token, token_hash
 from mlsm.master.services.livenode import LiveNode, NodeListener
 from mlsm.master.services.telemetry import History
 from mlsm.wire import agent as w
+from mlsm.wire.api import NodeState
 
 log = logging.getLogger("mlsm.master.nodes")
 
@@ -174,7 +175,7 @@ class NodeRegistry:
                     await listener.node_lost(n)
 
     # ---------------------------------------------------------------- states
-    def state_of(self, n: LiveNode, now: float | None = None) -> str:
+    def state_of(self, n: LiveNode, now: float | None = None) -> NodeState:
         now = now or time.time()
         if n.last_seen is None:
             return "offline"

@@ -59,7 +59,7 @@ class NodeViews:
         return api.Node(
             id=n.id,
             name=n.name,
-            state=self.nodes.state_of(n, now),  # type: ignore[arg-type]
+            state=self.nodes.state_of(n, now),
             labels=n.labels,
             draining=n.draining,
             last_seen=n.last_seen,

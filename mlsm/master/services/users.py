@@ -32,7 +32,7 @@ def to_wire(u: User) -> api.User:
     return api.User(
         id=u.id,
         username=u.username,
-        role=u.role,  # type: ignore[arg-type]
+        role=u.role,
         disabled=u.disabled,
         created_at=u.created_at,
         unix_user=u.unix_user,

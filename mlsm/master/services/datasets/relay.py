@@ -15,7 +15,7 @@ from mlsm.errors import Conflict, NotFound, PayloadTooLarge, PermissionDenied
 from mlsm.master.db import Database
 from mlsm.master.db.models import Transfer as TransferRow
 from mlsm.master.services.datasets.spool import RelaySpool
-from mlsm.master.services.datasets.transfers import ACTIVE, LiveTransfer, Transfers
+from mlsm.master.services.datasets.transfers import LiveTransfer, Transfers
 from mlsm.master.services.livenode import LiveNode
 from mlsm.master.services.settings import SettingsService
 from mlsm.wire import agent as w
@@ -43,11 +43,11 @@ class CopyRelay:
                 row = await s.get(TransferRow, chunk.transfer_id)
             if row is None or row.kind not in ("copy", "move") or row.src_node != node.name:
                 raise NotFound(f"no copy or move {chunk.transfer_id} from node {node.name}")
-            state = "failed" if row.state in ACTIVE else row.state
+            state = row.state  # a row without a live transfer that is not final has failed
             return w.TransferAck(
                 transfer_id=row.id,
                 next_offset=0,
-                state=state,  # type: ignore[arg-type]
+                state="failed" if state == "pending" or state == "running" else state,
                 message=row.message,
             )
         live = self.transfers.copy(chunk.transfer_id)
@@ -150,6 +150,6 @@ def _ack(live: LiveTransfer, size: int) -> w.TransferAck:
     return w.TransferAck(
         transfer_id=live.id,
         next_offset=size,
-        state=live.state if live.state != "pending" else "running",  # type: ignore[arg-type]
+        state=live.state if live.state != "pending" else "running",
         message=live.message if not live.running else "",
     )

@@ -62,7 +62,7 @@ class LiveTransfer:
     """A transfer in progress: its row's fields plus what only the master's memory holds."""
 
     id: int
-    kind: str
+    kind: api.TransferKind
     dataset: str
     node: str  # the target node (import, copy/move destination, delete)
     node_id: int
@@ -71,7 +71,7 @@ class LiveTransfer:
     src_node: str | None = None
     src_id: int | None = None
     src_path: str = ""
-    state: str = "pending"
+    state: api.TransferState = "pending"
     done: int = 0
     total: int | None = None
     rate: float = 0.0
@@ -94,10 +94,10 @@ class LiveTransfer:
     def view(self) -> api.Transfer:
         return api.Transfer(
             id=self.id,
-            kind=self.kind,  # type: ignore[arg-type]
+            kind=self.kind,
             dataset=self.dataset,
             node=self.node,
-            state=self.state,  # type: ignore[arg-type]
+            state=self.state,
             done_bytes=self.done,
             total_bytes=self.total,
             rate_bps=self.rate,
@@ -210,7 +210,7 @@ class Transfers(NodeEvents):
             row.message = live.message[:MESSAGE_MAX]
             row.command_id = live.command_id
 
-    async def end(self, live: LiveTransfer, state: str, message: str) -> None:
+    async def end(self, live: LiveTransfer, state: api.TransferState, message: str) -> None:
         if not live.running:
             return
         live.state, live.message = state, message  # final now: a second end returns above
@@ -275,10 +275,10 @@ class Transfers(NodeEvents):
             return live.view()
         return api.Transfer(
             id=r.id,
-            kind=r.kind,  # type: ignore[arg-type]
+            kind=r.kind,
             dataset=r.dataset,
             node=r.node,
-            state=r.state,  # type: ignore[arg-type]
+            state=r.state,
             done_bytes=r.done_bytes,
             total_bytes=r.total_bytes,
             rate_bps=r.rate_bps,

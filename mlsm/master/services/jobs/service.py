@@ -354,6 +354,7 @@ class JobService(NodeEvents):
             self.table.finish(r, "failed", rep.reason or "failed to start", now)
             return
         code = rep.exit_code
+        state: api.JobState
         if rep.end_kind == "cancelled":
             state = "cancelled"
         elif rep.end_kind in ("timeout", "oom", "error"):

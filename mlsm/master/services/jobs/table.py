@@ -22,6 +22,7 @@ from mlsm.master import scheduler as sched
 from mlsm.master.db.models import Job as JobRow
 from mlsm.master.services.joblogs import LogStore
 from mlsm.master.services.jobs.fairshare import FairShare
+from mlsm.wire.api import JobState
 
 #: States of a job that holds, or waits for, a place on a node.
 OPEN_STATES = ("queued", "assigned", "running")
@@ -154,7 +155,7 @@ class JobTable:
         a.state = "running"
 
     def finish(
-        self, r: JobRow, state: str, reason: str, now: float, exit_code: int | None = None
+        self, r: JobRow, state: JobState, reason: str, now: float, exit_code: int | None = None
     ) -> None:
         self.charge_usage(time.time())  # charge its GPUs up to its end, before release
         r.state = state

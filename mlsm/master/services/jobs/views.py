@@ -18,7 +18,7 @@ def job_view(r: JobRow, *, reason: str, log_size: int, show_env: bool) -> api.Jo
         id=r.id,
         name=r.name,
         user=r.user,
-        state=r.state,  # type: ignore[arg-type]
+        state=r.state,
         argv=spec.argv,
         created_at=r.created_at,
         priority=r.priority,
