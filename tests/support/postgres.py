@@ -17,10 +17,13 @@ from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from tests.support.wait import wait_until
+
 T = TypeVar("T")
 
 DEFAULT_POSTGRES_URL = "postgresql+asyncpg://mlsm:mlsm@127.0.0.1:5432/mlsm_test"
 CONNECT_TIMEOUT_S = 3.0
+DROP_DEADLINE_S = 30.0
 
 
 def server_url() -> str:
@@ -81,13 +84,35 @@ def fresh_database(base_url: str | None = None, prefix: str = "mlsm_t_") -> Iter
     try:
         yield with_database(base, name)
     finally:
-        run_async(pg_execute(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        drop_database(base, name)
+
+
+def drop_database(base_url: str, name: str) -> None:
+    """``DROP DATABASE ... WITH (FORCE)``, retried while PostgreSQL refuses it.
+
+    FORCE ends the connections a test left open, but PostgreSQL (15) also lists an
+    autovacuum worker of that database among them and refuses to signal it unless the
+    role holds ``pg_signal_backend`` (``.ci/run`` grants it); the worker ends by itself
+    within moments, so without the grant the drop is retried until it goes through."""
+    import asyncpg
+
+    def dropped() -> bool:
+        run_async(pg_execute(base_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        return True
+
+    wait_until(
+        dropped,
+        DROP_DEADLINE_S,
+        f"PostgreSQL to drop the test database {name}",
+        retry_on=(asyncpg.exceptions.InsufficientPrivilegeError, asyncpg.exceptions.ObjectInUseError),
+    )
 
 
 __all__ = [
     "CONNECT_TIMEOUT_S",
     "DEFAULT_POSTGRES_URL",
     "asyncpg_dsn",
+    "drop_database",
     "fresh_database",
     "hide_password",
     "pg_execute",
