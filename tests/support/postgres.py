@@ -104,7 +104,10 @@ def drop_database(base_url: str, name: str) -> None:
         dropped,
         DROP_DEADLINE_S,
         f"PostgreSQL to drop the test database {name}",
-        retry_on=(asyncpg.exceptions.InsufficientPrivilegeError, asyncpg.exceptions.ObjectInUseError),
+        retry_on=(
+            asyncpg.exceptions.InsufficientPrivilegeError,
+            asyncpg.exceptions.ObjectInUseError,
+        ),
     )
 
 
