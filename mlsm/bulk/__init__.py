@@ -1,0 +1,1 @@
+"""Bulk bytes: manifests, frame streams, sources, sinks and a content-addressed store."""
