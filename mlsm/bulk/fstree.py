@@ -1,7 +1,8 @@
-"""Walking and removing directory trees of any depth, without recursion or following links.
+"""Walking, removing and renaming directory trees of any depth, without recursion or
+following links.
 
-The agent works in trees that others made (datasets, later job directories), and a tree
-can be thousands of levels deep. Python's own tools break there: ``shutil.rmtree``
+The agent works in trees that others made (datasets, job directories, projects), the CLI
+in a person's own, and a tree can be thousands of levels deep. Python's own tools break there: ``shutil.rmtree``
 (3.11) recurses once per level and dies with RecursionError near depth 1000, and any
 path-based call fails once a path passes PATH_MAX (4096 bytes). So every walk here:
 
@@ -17,17 +18,22 @@ path-based call fails once a path passes PATH_MAX (4096 bytes). So every walk he
   not-yet-visited subdirectories of the directories on it).
 
 :func:`remove_tree` removes a file or tree; :func:`walk` yields every entry of a tree,
-parents before children, each with its directory's descriptor for ``*at`` calls;
-:class:`DirFds` hands out descriptors of a tree's directories to a writer (an unpacker).
+parents before children, each with its directory's descriptor for ``*at`` calls (a
+consumer sets ``entry.descend = False`` to keep the walk out of a directory);
+:class:`DirFds` hands out descriptors of a tree's directories to a writer (an unpacker, a
+sink); :func:`rename_noreplace` moves a finished tree into place without ever replacing
+what is there; :func:`sync_fs` flushes the file system a descriptor lives on.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = [
     "DIR_FDS_KEPT",
@@ -38,6 +44,8 @@ __all__ = [
     "open_dir",
     "remove_at",
     "remove_tree",
+    "rename_noreplace",
+    "sync_fs",
     "walk",
 ]
 
@@ -199,6 +207,7 @@ class WalkEntry:
     depth: int  # 1 for the top's own entries
     entry: os.DirEntry[str]
     dir_fd: int
+    descend: bool = True  # a consumer sets False to keep the walk out of this directory
 
     @property
     def name(self) -> str:
@@ -221,7 +230,7 @@ def _listing(fd: int, sort: bool) -> list[os.DirEntry[str]]:
 
 
 def walk(
-    top: str | os.PathLike[str],
+    top: int | str | os.PathLike[str],
     *,
     sort: bool = False,
     on_error: Callable[[OSError], None] | None = None,
@@ -229,12 +238,14 @@ def walk(
     """Every entry below directory ``top``, each directory's entries before its subtrees.
 
     Symlinks are yielded (as entries) but never entered; ``top`` itself must be a real
-    directory (O_NOFOLLOW). ``sort`` orders each directory's entries by name (subtrees
+    directory (O_NOFOLLOW), or a descriptor of one (duplicated: the caller's stays open).
+    A directory whose entry the consumer marked ``descend = False`` (ignored by its rules,
+    say) is not entered. ``sort`` orders each directory's entries by name (subtrees
     follow in the same order). A subdirectory that cannot be read (vanished, no
     permission) is passed to ``on_error`` and skipped, or raised when there is none; a
     tree moved during the walk raises :class:`TreeChangedError` either way.
     """
-    fd = open_dir(os.fspath(top))
+    fd = os.dup(top) if isinstance(top, int) else open_dir(os.fspath(top))
     try:
         stack = [_Level("", _identity(os.fstat(fd)))]
         prefix = ""  # rel of fd's directory + "/" (one string, not one per level)
@@ -244,9 +255,10 @@ def walk(
             depth = len(stack)
             subdirs: list[tuple[str, tuple[int, int]]] = []
             for e in listed:
-                yield WalkEntry(prefix + e.name, depth, e, fd)
+                we = WalkEntry(prefix + e.name, depth, e, fd)
+                yield we
                 try:
-                    if e.is_dir(follow_symlinks=False):
+                    if we.descend and e.is_dir(follow_symlinks=False):
                         subdirs.append((e.name, _identity(e.stat(follow_symlinks=False))))
                 except OSError as exc:
                     if on_error is None:
@@ -305,12 +317,13 @@ class DirFds:
     writer that goes through a tree in order (an archive being unpacked) opens about one
     directory per entry, however deep, and no path it uses is longer than one name.
     A descriptor from ``get`` is valid until the next ``get``'s eviction could close it:
-    fetch at most ``DIR_FDS_KEPT - 1`` others while using one.
+    fetch at most ``DIR_FDS_KEPT - 1`` others while using one. ``root`` may be a
+    descriptor (duplicated: the caller's stays open).
     """
 
-    def __init__(self, root: str | os.PathLike[str], kept: int = DIR_FDS_KEPT) -> None:
+    def __init__(self, root: int | str | os.PathLike[str], kept: int = DIR_FDS_KEPT) -> None:
         self.kept = max(2, kept)
-        self.root_fd = open_dir(os.fspath(root))
+        self.root_fd = os.dup(root) if isinstance(root, int) else open_dir(os.fspath(root))
         self._open: dict[str, int] = {}  # rel -> fd, least recently used first
 
     def get(self, rel: str) -> int:
@@ -361,3 +374,70 @@ class DirFds:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# ------------------------------------------------------------------ renaming, syncing
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+
+_libc: Any
+try:
+    _libc = ctypes.CDLL(None, use_errno=True)
+except OSError:  # pragma: no cover - no C library to load (not a Unix)
+    _libc = None
+
+
+def _c_function(name: str, argtypes: list[Any]) -> Any:
+    fn = getattr(_libc, name, None) if _libc is not None else None
+    if fn is not None:
+        fn.argtypes = argtypes
+        fn.restype = ctypes.c_int
+    return fn
+
+
+_renameat2 = _c_function(  # glibc >= 2.28
+    "renameat2", [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+)
+_syncfs = _c_function("syncfs", [ctypes.c_int])  # Linux
+
+
+def rename_noreplace(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    src_dir_fd: int | None = None,
+    dst_dir_fd: int | None = None,
+) -> None:
+    """Rename ``src`` to ``dst`` atomically; FileExistsError if ``dst`` exists.
+
+    Plain ``os.rename`` silently replaces an empty directory, so Linux's
+    ``renameat2(RENAME_NOREPLACE)`` is used; where the kernel or file system lacks it, a
+    check-then-rename is the fallback (callers run one operation per name at a time).
+    Either path may be relative to a directory descriptor.
+    """
+    sfd = _AT_FDCWD if src_dir_fd is None else src_dir_fd
+    dfd = _AT_FDCWD if dst_dir_fd is None else dst_dir_fd
+    if _renameat2 is not None:
+        rc = _renameat2(sfd, os.fsencode(src), dfd, os.fsencode(dst), _RENAME_NOREPLACE)
+        if rc == 0:
+            return
+        err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            raise FileExistsError(err, os.strerror(err), os.fspath(dst))
+        if err not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+            raise OSError(err, os.strerror(err), os.fspath(src), None, os.fspath(dst))
+    try:
+        os.stat(dst, dir_fd=dst_dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        os.rename(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+        return
+    raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), os.fspath(dst))
+
+
+def sync_fs(fd: int) -> None:
+    """Flush everything written to the file system that ``fd`` lives on (``syncfs``), so
+    a journal record written after this call never claims bytes a power loss could lose;
+    ``os.sync`` (every file system) where ``syncfs`` is missing."""
+    if _syncfs is not None and _syncfs(fd) == 0:
+        return
+    os.sync()
