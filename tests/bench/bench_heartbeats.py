@@ -23,14 +23,13 @@ import time
 from pathlib import Path
 
 import httpx
-from benchlab import ROOT, BenchLab, free_port
-
-sys.path.insert(0, str(ROOT))  # run as a script: make mlsm and agent importable
+from benchlab import ROOT, BenchLab, free_port, wait
 
 from agent.collectors import HostCollector, SimulatedProbe
 from mlsm import PROTOCOL_VERSION
 from mlsm.wire import agent as w
 
+PEER_START_S = 30.0
 PEER_APP = textwrap.dedent(
     """
     import msgspec
@@ -165,13 +164,7 @@ def main() -> None:
         )
         lab.procs.append(peer)
         purl = f"http://127.0.0.1:{pport}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(purl + "/")
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait(lambda: httpx.get(purl + "/").status_code > 0, PEER_START_S, "the peer app answering")
         theirs = run_wrk(purl, lua, args.seconds, args.connections)
         print(f"{'':34} {'req/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
         for name, r in (

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,25 +32,19 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "tui"))
 
 from agent.collectors import HostCollector, SimulatedProbe  # noqa: E402
 from mlsm import PROTOCOL_VERSION  # noqa: E402
 from mlsm.wire import agent as w  # noqa: E402
+from tests.support.master import MasterProcess  # noqa: E402
+from tests.support.wait import pilot_until, wait_until  # noqa: E402
 
 MLSM = str(Path(sys.executable).parent / "mlsm")
 PASSWORD = "bench-password-1"
 HEARTBEAT_S = 2.0
-START_TIMEOUT_S = 30.0
 FIRST_DATA_TIMEOUT_S = 30.0
 SCREEN_POLL_S = 0.02  # capture-pane cadence while waiting for the first data
 JOBS_PER_SUBMIT = 250  # array jobs: one request submits this many
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Lab:
@@ -59,38 +52,19 @@ class Lab:
 
     def __init__(self, tmp: Path, nodes: int, jobs: int) -> None:
         self.tmp = tmp
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ, MLSM_PASSWORD=PASSWORD, MLSM_LOG_LEVEL="warning", HOME=str(tmp))
-        self.master = subprocess.Popen(
-            [
-                MLSM,
-                "master",
-                "--port",
-                str(self.port),
-                "--data-dir",
-                str(tmp / "m"),
-                "--init-admin",
-                "root",
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=(tmp / "master.log").open("wb"),
+        self.server = MasterProcess(
+            tmp / "m",
+            log_path=tmp / "master.log",
+            home=tmp,
+            admin="root",
+            password=PASSWORD,
+            env={"MLSM_LOG_LEVEL": "warning"},
         )
+        self.port = self.server.port
+        self.url = self.server.url
         self._stop = threading.Event()
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or self.master.poll() is not None:
-                raise SystemExit(f"master did not start: see {tmp / 'master.log'}")
-            time.sleep(0.1)  # polling a starting process, with a deadline
-        self.token = httpx.post(
-            f"{self.url}/api/v1/auth/login", json={"username": "root", "password": PASSWORD}
-        ).json()["token"]
+        self.server.start()
+        self.token = self.server.session_token()
         auth = {"Authorization": f"Bearer {self.token}"}
         join = httpx.post(
             f"{self.url}/api/v1/join-tokens", json={"uses": nodes, "ttl_s": 3600}, headers=auth
@@ -161,11 +135,7 @@ class Lab:
 
     def close(self) -> None:
         self._stop.set()
-        self.master.terminate()
-        try:
-            self.master.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.master.kill()
+        self.server.stop()
 
 
 def _pane(session: str) -> str:
@@ -220,15 +190,13 @@ def measure_real(args: argparse.Namespace) -> None:
             ],
             check=True,
         )
-        first = None
-        deadline = start + FIRST_DATA_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if "gpu000" in _pane(session):
-                first = time.monotonic() - start
-                break
-            time.sleep(SCREEN_POLL_S)  # polling the screen, with a deadline
-        if first is None:
-            raise SystemExit("no data on screen in time:\n" + _pane(session))
+        wait_until(
+            lambda: "gpu000" in _pane(session),
+            FIRST_DATA_TIMEOUT_S,
+            lambda: "data on screen:\n" + _pane(session),
+            poll_s=SCREEN_POLL_S,
+        )
+        first = time.monotonic() - start
         proc = _dashboard_process(session)
         time.sleep(2 * HEARTBEAT_S + 0.5)  # settle: history filled by a couple of polls
         cpu0 = proc.cpu_times()
@@ -258,17 +226,17 @@ def measure_real(args: argparse.Namespace) -> None:
 
 
 async def measure_fake(args: argparse.Namespace) -> None:
-    from fakes import FakeSource, big_lab
-
+    from tests.tui.fakes import FakeSource, big_lab
     from tui.app import MlsmApp
 
     proc = psutil.Process()
     app = MlsmApp(FakeSource(lab=big_lab(args.nodes, args.jobs)), poll_s=2.0)
     start = time.monotonic()
     async with app.run_test(size=(160, 48)) as pilot:
-        while app.first_data_at is None:
-            await pilot.pause(0.01)
-        first = app.first_data_at - start
+        first_at = await pilot_until(
+            pilot, lambda: app.first_data_at, "first data", FIRST_DATA_TIMEOUT_S, pause_s=0.01
+        )
+        first = first_at - start
         await pilot.pause(2.5)  # one more poll so the history is filled and caches are warm
         cpu0 = proc.cpu_times()
         t0 = time.monotonic()

@@ -4,20 +4,19 @@
         lab.start_master()
         lab.start_agent("n1", "--simulate-gpus", "8xA100-80GB")
         lab.wait_online()
-        ... lab.url, lab.headers, lab.token, lab.pid_of_master ...
+        ... lab.url, lab.headers, lab.token, lab.master.pid ...
 
+The master is the tests' one harness (:class:`tests.support.master.MasterProcess`), run as
+``python -m mlsm`` so a plain checkout works; waits are :func:`tests.support.wait.wait_until`.
 Processes are ended and the directory removed on exit. Nothing here measures anything.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,37 +24,53 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # run as a script: make mlsm and tests.support importable
+
+from tests.support.env import isolated_env  # noqa: E402
+from tests.support.master import MasterProcess  # noqa: E402
+from tests.support.procs import end_process, free_port  # noqa: E402
+from tests.support.wait import wait_until  # noqa: E402
+
+ADMIN = "root"
 PASSWORD = "bench-password"
-POLL_S = 0.05
+#: What a benchmark's ``python -m mlsm`` processes run as.
+MLSM = (sys.executable, "-m", "mlsm")
+#: Errors that mean "not yet" while a lab settles: no answer yet, no file yet.
+NOT_YET = (AssertionError, httpx.HTTPError, OSError, ValueError, KeyError, IndexError)
+START_TIMEOUT_S = 30.0
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["ROOT", "BenchLab", "free_port", "wait"]
 
 
 def wait(cond: Callable[[], Any], timeout: float, what: str) -> None:
-    """Poll ``cond`` until it is true; transient HTTP and lookup errors count as 'not yet'."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if cond():
-                return
-        except (httpx.HTTPError, OSError, ValueError, KeyError, IndexError):
-            pass
-        time.sleep(POLL_S)
-    raise SystemExit(f"{what} did not happen within {timeout:.0f} s")
+    """Poll ``cond`` until it is true (:data:`NOT_YET` errors count as "not yet"); a missed
+    deadline ends the script with one line."""
+    try:
+        wait_until(cond, timeout, what, retry_on=NOT_YET)
+    except AssertionError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 class BenchLab:
     def __init__(self, prefix: str = "mlsm-bench-") -> None:
         self.dir = Path(tempfile.mkdtemp(prefix=prefix))
-        self.env = dict(
-            os.environ, MLSM_PASSWORD=PASSWORD, MLSM_LOG_LEVEL="warning", PYTHONPATH=str(ROOT)
+        self.env = isolated_env(
+            self.dir / "home",
+            MLSM_PASSWORD=PASSWORD,
+            MLSM_LOG_LEVEL="warning",
+            PYTHONPATH=str(ROOT),
         )
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = MasterProcess(
+            self.dir / "m",
+            log_path=self.dir / "master.log",
+            home=self.dir / "home",
+            admin=ADMIN,
+            password=PASSWORD,
+            command=MLSM,
+            env={"MLSM_LOG_LEVEL": "warning", "PYTHONPATH": str(ROOT)},
+        )
+        self.port = self.server.port
+        self.url = self.server.url
         self.procs: list[subprocess.Popen[bytes]] = []
         self.master: subprocess.Popen[bytes] | None = None
         self.token = ""
@@ -73,7 +88,7 @@ class BenchLab:
     def mlsm(self, *args: str, log: str | None = None) -> subprocess.Popen[bytes]:
         err: Any = open(self.dir / log, "wb") if log else subprocess.DEVNULL
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mlsm", *args],
+            [*MLSM, *args],
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=err,
@@ -82,20 +97,8 @@ class BenchLab:
         return proc
 
     def start_master(self) -> None:
-        self.master = self.mlsm(
-            "master",
-            "--port",
-            str(self.port),
-            "--data-dir",
-            str(self.dir / "m"),
-            "--init-admin",
-            "root",
-            log="master.log",
-        )
-        wait(lambda: httpx.get(f"{self.url}/healthz").status_code == 200, 30, "master start")
-        self.token = httpx.post(
-            f"{self.url}/api/v1/auth/login", json={"username": "root", "password": PASSWORD}
-        ).json()["token"]
+        self.master = self.server.start().proc
+        self.token = self.server.session_token()
 
     def join_token(self, uses: int = 1) -> str:
         return str(
@@ -123,7 +126,7 @@ class BenchLab:
     def agent_dir(self, name: str) -> Path:
         return self.dir / "agents" / name
 
-    def wait_online(self, count: int = 1, timeout: float = 30) -> None:
+    def wait_online(self, count: int = 1, timeout: float = START_TIMEOUT_S) -> None:
         wait(
             lambda: (
                 sum(
@@ -137,15 +140,16 @@ class BenchLab:
         )
 
     def stop(self, proc: subprocess.Popen[bytes]) -> None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        """End ``proc`` (SIGTERM, SIGKILL at the deadline): an agent or the master."""
+        if proc is self.server.proc:
+            self.server.stop()
+        else:
+            end_process(proc)
         if proc in self.procs:
             self.procs.remove(proc)
 
     def close(self) -> None:
         for proc in reversed(list(self.procs)):
             self.stop(proc)
+        self.server.stop()
         shutil.rmtree(self.dir, ignore_errors=True)

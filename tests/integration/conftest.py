@@ -14,14 +14,12 @@
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import _pg_execute, _run_async, _with_database
 from tests.integration.helpers import CliResult, Master
 
 
@@ -34,19 +32,9 @@ def database_kind() -> str:
     return os.environ.get("MLSM_TEST_DATABASE", "sqlite")
 
 
-@pytest.fixture(scope="module")
-def module_postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    """A new, empty PostgreSQL database for one test module, dropped afterwards."""
-    base = request.getfixturevalue("postgres_url")
-    name = f"mlsm_m_{secrets.token_hex(6)}"
-    _run_async(_pg_execute(base, f'CREATE DATABASE "{name}"'))
-    try:
-        yield _with_database(base, name)
-    finally:
-        _run_async(_pg_execute(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
 def database_url_for(kind: str, request: pytest.FixtureRequest) -> str | None:
+    """None (SQLite in the data dir) or a fresh PostgreSQL database for the module
+    (``module_postgres_url``, :mod:`tests.support.fixtures`)."""
     if kind == "sqlite":
         return None
     assert kind == "postgresql", kind

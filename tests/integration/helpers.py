@@ -1,74 +1,29 @@
-"""Helpers for integration tests: a real ``mlsm master`` process, the real ``mlsm`` executable,
-polling with deadlines, and raw HTTP. Fixtures built on these live in ``conftest.py``."""
+"""Helpers for integration tests: a real ``mlsm master`` process with API helpers, the real
+``mlsm`` executable, and raw HTTP. Fixtures built on these live in ``conftest.py``; waiting,
+the isolated environment and starting the process itself are ``tests.support``'s."""
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import subprocess
-import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 import httpx
 import msgspec
 import pytest
 
-from mlsm.client import Client
 from mlsm.wire import agent as w
+from tests.support.env import isolated_env
+from tests.support.master import ADMIN, ADMIN_PASSWORD, MLSM, START_TIMEOUT_S, MasterProcess
+from tests.support.procs import STOP_TIMEOUT_S
 
-T = TypeVar("T")
-
-#: The console script of this environment (the real executable users run).
-MLSM = str(Path(sys.executable).with_name("mlsm"))
-ADMIN = "root"
-ADMIN_PASSWORD = "root-password-1"
 USER_PASSWORD = "user-password-1"
-START_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 15.0
 CLI_TIMEOUT_S = 60.0
 HTTP_TIMEOUT_S = 30.0
-POLL_S = 0.05
 #: ``@pytest.fixture(scope="module", params=BOTH_DATABASES) def database_kind(request)``
 #: in a test module runs its ``master`` on SQLite and on PostgreSQL.
 BOTH_DATABASES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
-
-
-def poll(cond: Callable[[], T], timeout: float, what: str) -> T:
-    """Call ``cond`` until it returns something truthy; fail naming ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(POLL_S)
-
-
-def isolated_env(home: Path, **extra: str) -> dict[str, str]:
-    """The caller's environment with HOME and the XDG dirs under ``home`` and no MLSM_* settings
-    (``MLSM_TEST_*`` kept), plus ``extra``."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("MLSM_") or k.startswith("MLSM_TEST_")
-    }
-    env["HOME"] = str(home)
-    for var, sub in (
-        ("XDG_CONFIG_HOME", ".config"),
-        ("XDG_DATA_HOME", ".local/share"),
-        ("XDG_STATE_HOME", ".local/state"),
-        ("XDG_CACHE_HOME", ".cache"),
-    ):
-        path = home / sub
-        path.mkdir(parents=True, exist_ok=True)
-        env[var] = str(path)
-    env.update(extra)
-    return env
 
 
 class CliResult(NamedTuple):
@@ -136,8 +91,9 @@ def agent_error_of(resp: httpx.Response) -> w.AgentError:
     return msgspec.msgpack.decode(resp.content, type=w.AgentError)
 
 
-class Master:
-    """A real ``mlsm master`` process on a free loopback port, with its own data dir."""
+class Master(MasterProcess):
+    """A real ``mlsm master`` in ``workdir`` (``data/``, ``home/``, ``master.log``), with
+    helpers for the API and the CLI as its superadmin ``root``."""
 
     def __init__(
         self,
@@ -147,114 +103,29 @@ class Master:
         extra_args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
         popen: dict[str, Any] | None = None,
+        port: int | None = None,
     ) -> None:
         """``popen``: extra ``subprocess.Popen`` arguments (``umask``, ``preexec_fn``)."""
-        from tests.conftest import free_port
-
+        super().__init__(
+            workdir / "data",
+            log_path=workdir / "master.log",
+            home=workdir / "home",
+            port=port,
+            database_url=database_url,
+            extra_args=extra_args,
+            env=env,
+            popen=popen,
+        )
         self.workdir = workdir
-        self.data_dir = workdir / "data"
-        self.home = workdir / "home"
-        self.home.mkdir(parents=True, exist_ok=True)
-        self.log_path = workdir / "master.log"
-        self.database_url = database_url
-        self.extra_args = extra_args
-        self.extra_env = env or {}
-        self.popen = popen or {}
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
         self._admin_token: str | None = None
         self._users = 0
-
-    # ------------------------------------------------------------------ lifecycle
-    def argv(self) -> list[str]:
-        args = [MLSM, "master", "--host", "127.0.0.1", "--port", str(self.port)]
-        args += ["--data-dir", str(self.data_dir), "--init-admin", ADMIN]
-        if self.database_url:
-            args += ["--database-url", self.database_url]
-        return args + list(self.extra_args)
-
-    def spawn(self) -> subprocess.Popen[bytes]:
-        """Start the process without waiting for it to answer."""
-        env = isolated_env(self.home, MLSM_PASSWORD=ADMIN_PASSWORD, **self.extra_env)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                self.argv(),
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                **self.popen,
-            )
-        return self.proc
-
-    def start(self) -> Master:
-        proc = self.spawn()
-
-        def ready() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(
-                    f"master exited with {proc.returncode} before answering:\n{self.log_tail()}"
-                )
-            try:
-                return httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        poll(ready, START_TIMEOUT_S, f"master at {self.url} answering /healthz")
-        return self
-
-    def stop(self) -> int | None:
-        """SIGTERM, then SIGKILL at the deadline; the exit status."""
-        return self._end(signal.SIGTERM)
-
-    def kill(self) -> int | None:
-        return self._end(signal.SIGKILL)
-
-    def _end(self, sig: int) -> int | None:
-        proc = self.proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=STOP_TIMEOUT_S)
-        self.proc = None
-        return proc.returncode
-
-    def restart(self) -> Master:
-        self.stop()
-        return self.start()
-
-    # ------------------------------------------------------------------ reading
-    def log_tail(self, lines: int = 20) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def log_records(self) -> list[dict[str, Any]]:
-        """The master's JSON log lines (lines that are not JSON are skipped)."""
-        out = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict):
-                out.append(rec)
-        return out
 
     # ------------------------------------------------------------------ API
     @property
     def admin_token(self) -> str:
         """A session token of the superadmin ``root`` (logged in through the typed client)."""
         if self._admin_token is None:
-            with Client(self.url) as c:
-                self._admin_token = c.login(ADMIN, ADMIN_PASSWORD).token
+            self._admin_token = self.session_token()
         return self._admin_token
 
     def request(
@@ -281,8 +152,7 @@ class Master:
         return name
 
     def login(self, name: str, password: str = USER_PASSWORD) -> str:
-        with Client(self.url) as c:
-            return c.login(name, password).token
+        return self.session_token(name, password)
 
     def make_user(self, role: str, name: str | None = None) -> str:
         """Create a user with ``role`` and return a session token of theirs."""
@@ -328,3 +198,23 @@ def route_table(data_dir: str = "/nonexistent-mlsm-test") -> list[tuple[str, str
                 methods = ("POST",)
             out.extend((m, route.path, handler) for m in sorted(methods) if m != "OPTIONS")
     return out
+
+
+__all__ = [
+    "ADMIN",
+    "ADMIN_PASSWORD",
+    "BOTH_DATABASES",
+    "CLI_TIMEOUT_S",
+    "HTTP_TIMEOUT_S",
+    "MLSM",
+    "START_TIMEOUT_S",
+    "STOP_TIMEOUT_S",
+    "USER_PASSWORD",
+    "CliResult",
+    "Master",
+    "agent_error_of",
+    "assert_one_line_error",
+    "error_of",
+    "route_table",
+    "run_cli",
+]

@@ -12,6 +12,11 @@ Each test module builds its own :class:`Lab` (module scope) under a temporary di
 The master runs with a fast heartbeat (0.5 s), ``stale`` after 2 s and a 5 s lease, so node
 state and lease tests take seconds. Every process the lab starts, and every job process
 those agents started under the lab's directory, is killed when the lab closes.
+
+Built on ``tests.support``: the master is a :class:`~tests.support.master.MasterProcess`,
+every process gets :func:`~tests.support.env.isolated_env`, waits are
+:func:`~tests.support.wait.wait_until`, and ``MLSM_TEST_DATABASE=postgresql`` gives the lab
+a :func:`~tests.support.postgres.fresh_database`.
 """
 
 from __future__ import annotations
@@ -20,36 +25,31 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import msgspec
-import psutil
 
 from mlsm.client import Client
 from mlsm.wire import agent as w
 from mlsm.wire import api
-
-T = TypeVar("T")
+from tests.support.env import isolated_env
+from tests.support.master import MLSM, MasterProcess
+from tests.support.postgres import fresh_database
+from tests.support.procs import end_process, free_port, kill_processes_under
+from tests.support.wait import wait_until
 
 ADMIN = "root"
 PASSWORD = "integration-pass-1"
-MLSM = str(Path(sys.executable).with_name("mlsm"))
 HEARTBEAT_S = 0.5
 STALE_S = 2.0
 LEASE_S = 5.0
 START_DEADLINE_S = 30.0
 DEADLINE_S = 20.0
-POLL_S = 0.05
 CLI_TIMEOUT_S = 60.0
-STOP_DEADLINE_S = 15.0
 MASTER_ENV = {
     "MLSM_HEARTBEAT_INTERVAL": str(HEARTBEAT_S),
     "MLSM_STALE_AFTER": str(STALE_S),
@@ -57,39 +57,9 @@ MASTER_ENV = {
 }
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(
-    predicate: Callable[[], T], timeout: float = DEADLINE_S, what: str = "", poll: float = POLL_S
-) -> T:
-    """Poll ``predicate`` until it returns something truthy; return that, or fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    last_exc: BaseException | None = None
-    while True:
-        try:
-            value = predicate()
-        except AssertionError as exc:  # a predicate may assert; its last message is kept
-            value, last_exc = None, exc  # type: ignore[assignment]
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            why = f": {last_exc}" if last_exc else ""
-            raise AssertionError(
-                f"timed out after {timeout:g} s waiting for {what or predicate}{why}"
-            )
-        time.sleep(poll)
-
-
 def kill(proc: subprocess.Popen[Any], sig: int = signal.SIGKILL) -> int:
-    """Send ``sig`` to ``proc`` and reap it; returns its exit status."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(sig)
-    return proc.wait(timeout=STOP_DEADLINE_S)
+    """Send ``sig`` (SIGKILL by default) to ``proc`` and reap it; returns its exit status."""
+    return end_process(proc, sig)
 
 
 @dataclass
@@ -128,17 +98,17 @@ class CliResult:
 class Lab:
     root: Path
     port: int = 0
-    master_proc: subprocess.Popen[bytes] | None = None
     master_data: Path | None = None
     agents: dict[str, AgentProc] = field(default_factory=dict)
     token: str = ""
     _admin: Client | None = None
+    _master: MasterProcess | None = None
     _procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _logs: list[Any] = field(default_factory=list)
     #: The master's database: SQLite in its data dir, or (``MLSM_TEST_DATABASE=postgresql``,
     #: as CI's second pass sets) a fresh PostgreSQL database made for this lab.
     database_url: str = ""
-    _pg_name: str = ""
+    _databases: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
     def __enter__(self) -> Lab:
         return self
@@ -148,23 +118,15 @@ class Lab:
 
     # ------------------------------------------------------------------ environment
     def env(self, **extra: str) -> dict[str, str]:
-        """A clean environment: no MLSM_* of the caller, HOME and XDG dirs inside the lab.
+        """The isolated environment (:func:`tests.support.env.isolated_env`) with HOME and
+        the XDG dirs inside the lab, for every process the lab starts.
 
         Agents run every job as their own account (``MLSM_SINGLE_USER``), as on a one-person
         machine: the lab's users have no Unix accounts here. Tests of the account rule start
         agents with ``MLSM_SINGLE_USER="0"``.
         """
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MLSM_")}
-        home = self.root / "home"
-        env.update(
-            HOME=str(home),
-            XDG_CONFIG_HOME=str(home / ".config"),
-            XDG_DATA_HOME=str(home / ".local" / "share"),
-            PYTHONUNBUFFERED="1",
-            MLSM_SINGLE_USER="1",
-        )
-        env.update(extra)
-        return env
+        base = {"PYTHONUNBUFFERED": "1", "MLSM_SINGLE_USER": "1"}
+        return isolated_env(self.root / "home", **{**base, **extra})
 
     @property
     def url(self) -> str:
@@ -184,59 +146,45 @@ class Lab:
         return proc
 
     # ------------------------------------------------------------------ master
+    @property
+    def master_proc(self) -> subprocess.Popen[bytes] | None:
+        """The running master's process (None while it is stopped)."""
+        return self._master.proc if self._master is not None else None
+
     def start_master(
         self, data_dir: Path | None = None, port: int | None = None, **env: str
     ) -> subprocess.Popen[bytes]:
-        """Start (or restart, on the same port and data dir) the master; wait for /healthz."""
+        """Start (or restart, on the same port and data dir) the master; wait for /healthz.
+
+        ``env`` is added to the master's environment (after the lab's fast heartbeat)."""
         self.master_data = data_dir or self.master_data or self.root / "master"
         self.port = port or self.port or free_port()
         if not self.database_url and os.environ.get("MLSM_TEST_DATABASE") == "postgresql":
-            self._make_postgres_database()
-        db_args = ["--database-url", self.database_url] if self.database_url else []
-        proc = self._spawn(
-            [
-                MLSM,
-                "master",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--data-dir",
-                str(self.master_data),
-                "--init-admin",
-                ADMIN,
-                *db_args,
-            ],
-            "master.log",
-            self.env(MLSM_PASSWORD=PASSWORD, **MASTER_ENV, **env),
+            self.database_url = self._databases.enter_context(fresh_database(prefix="mlsm_l_"))
+        self._master = MasterProcess(
+            self.master_data,
+            log_path=self.root / "logs" / "master.log",
+            home=self.root / "home",
+            admin=ADMIN,
+            password=PASSWORD,
+            port=self.port,
+            database_url=self.database_url or None,
+            env={"PYTHONUNBUFFERED": "1", "MLSM_SINGLE_USER": "1", **MASTER_ENV, **env},
         )
-        self.master_proc = proc
-
-        def healthy() -> bool:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"the master exited with {proc.returncode}:\n{self.master_log()}"
-                )
-            try:
-                r = httpx.get(f"{self.url}/healthz", timeout=1.0)
-            except httpx.HTTPError:
-                return False
-            return r.status_code == 200
-
-        wait_for(healthy, START_DEADLINE_S, "the master's /healthz")
+        self._master.start()
+        assert self._master.proc is not None
         if not self.token:
             self.token = self.login(ADMIN, PASSWORD)
-        return proc
+        return self._master.proc
 
     def stop_master(self, sig: int = signal.SIGTERM) -> int:
-        assert self.master_proc is not None
-        code = kill(self.master_proc, sig)
-        self.master_proc = None
+        assert self._master is not None and self._master.proc is not None
+        code = self._master.stop(sig)
+        assert code is not None
         return code
 
     def master_log(self) -> str:
-        p = self.root / "logs" / "master.log"
-        return p.read_text(errors="replace")[-5000:] if p.exists() else ""
+        return self._master.log_text()[-5000:] if self._master is not None else ""
 
     def login(self, user: str, password: str) -> str:
         with Client(self.url) as c:
@@ -336,7 +284,7 @@ class Lab:
                     return n
             return None
 
-        return wait_for(check, timeout, f"node {name} to be {state}")
+        return wait_until(check, timeout, f"node {name} to be {state}")
 
     def job(self, job_id: int, client: Client | None = None) -> api.Job:
         return (client or self.admin).call("GET", f"/api/v1/jobs/{job_id}", type=api.Job)
@@ -353,7 +301,7 @@ class Lab:
             j = self.job(job_id)
             return j if j.state in want else None
 
-        return wait_for(check, timeout, f"job {job_id} to be {'/'.join(want)}")
+        return wait_until(check, timeout, f"job {job_id} to be {'/'.join(want)}")
 
     def submit(self, *args: str, token: str | None = None) -> int:
         """``mlsm submit ARGS`` through the real CLI; returns the job id."""
@@ -403,55 +351,20 @@ class Lab:
         )
 
     # ------------------------------------------------------------------ teardown
-    def _make_postgres_database(self) -> None:
-        import secrets
-
-        from tests.conftest import DEFAULT_POSTGRES_URL, _pg_execute, _run_async, _with_database
-
-        base = os.environ.get("MLSM_TEST_POSTGRES_URL") or DEFAULT_POSTGRES_URL
-        self._pg_name = f"mlsm_l_{secrets.token_hex(6)}"
-        _run_async(_pg_execute(base, f'CREATE DATABASE "{self._pg_name}"'))
-        self.database_url = _with_database(base, self._pg_name)
-
     def close(self) -> None:
         if self._admin is not None:
             self._admin.close()
         for proc in reversed(self._procs):
             with contextlib.suppress(Exception):
                 kill(proc, signal.SIGKILL)
+        if self._master is not None:
+            with contextlib.suppress(Exception):
+                self._master.kill()
         kill_processes_under(self.root)
         for fh in self._logs:
             fh.close()
-        if self._pg_name:
-            from tests.conftest import DEFAULT_POSTGRES_URL, _pg_execute, _run_async
-
-            base = os.environ.get("MLSM_TEST_POSTGRES_URL") or DEFAULT_POSTGRES_URL
-            with contextlib.suppress(Exception):
-                _run_async(
-                    _pg_execute(base, f'DROP DATABASE IF EXISTS "{self._pg_name}" WITH (FORCE)')
-                )
-
-
-def kill_processes_under(root: Path) -> None:
-    """SIGKILL what this lab's agents left running: job shims (their argv names a job dir
-    under ``root``), every process of their sessions, and anything whose cwd is under it."""
-    prefix = str(root)
-    mine = os.getpid()
-    doomed: set[int] = set()
-    for p in psutil.process_iter(["pid", "cmdline", "cwd"]):
-        with contextlib.suppress(psutil.Error):
-            cmd = p.info["cmdline"] or []
-            cwd = p.info["cwd"] or ""
-            if p.pid != mine and (cwd.startswith(prefix) or any(a.startswith(prefix) for a in cmd)):
-                doomed.add(p.pid)
-    sessions = set(doomed)
-    for pid in psutil.pids():
-        with contextlib.suppress(OSError):
-            if os.getsid(pid) in sessions and pid != mine:
-                doomed.add(pid)
-    for pid in doomed:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            self._databases.close()
 
 
 def msgpack(obj: Any) -> bytes:

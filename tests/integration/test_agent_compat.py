@@ -18,7 +18,11 @@ import pytest
 
 from mlsm import MIN_AGENT_PROTOCOL, PROTOCOL_VERSION
 from mlsm.wire import agent as w
-from tests.integration.helpers import Master, agent_error_of, poll
+from tests.integration.helpers import (
+    Master,
+    agent_error_of,
+)
+from tests.support.wait import wait_until
 
 NODE_ONLINE_TIMEOUT_S = 20.0
 #: What an older agent's register body holds: only the fields protocol 1 started with.
@@ -66,7 +70,7 @@ def test_an_older_agent_with_fewer_fields_registers_heartbeats_and_polls(master:
     assert resp.status_code == 200, resp.content
     w.decode_heartbeat_reply(resp.content)
 
-    node = poll(
+    node = wait_until(
         lambda: (n := _node(master, "older-agent"))["state"] == "online" and n,
         NODE_ONLINE_TIMEOUT_S,
         "the older agent's node online",
@@ -93,7 +97,7 @@ def test_a_newer_agent_with_unknown_fields_is_accepted(master: Master) -> None:
     resp = _post(master, "heartbeat", hb, secret)
     assert resp.status_code == 200, resp.content
 
-    node = poll(
+    node = wait_until(
         lambda: (n := _node(master, "newer-agent"))["state"] == "online" and n,
         NODE_ONLINE_TIMEOUT_S,
         "the newer agent's node online",

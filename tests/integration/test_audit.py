@@ -21,7 +21,6 @@ from sqlalchemy import delete, select, text
 from mlsm.master.db import Database
 from mlsm.master.db.models import AuditRow
 from mlsm.master.services.audit import GENESIS, row_hash
-from tests.conftest import _pg_execute, _run_async
 from tests.integration.helpers import (
     ADMIN,
     ADMIN_PASSWORD,
@@ -32,7 +31,8 @@ from tests.integration.helpers import (
     error_of,
     run_cli,
 )
-from tests.integration.lab import wait_for
+from tests.support.postgres import pg_execute, run_async
+from tests.support.wait import wait_until
 
 Cli = Callable[..., CliResult]
 
@@ -129,7 +129,7 @@ def test_audit_cli_lists_json(master: Master, mlsm_cli: Cli) -> None:
 def _tamper(master: Master, row_id: int) -> None:
     sql = f"UPDATE audit SET target = 'user:someone-else' WHERE id = {row_id}"
     if master.database_url:
-        _run_async(_pg_execute(master.database_url, sql))
+        run_async(pg_execute(master.database_url, sql))
         return
     conn = sqlite3.connect(master.data_dir / "mlsm.db")
     try:
@@ -230,7 +230,7 @@ def test_the_audit_key_is_a_0600_file_of_the_data_dir_and_every_row_is_sealed(
         assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
     key_hex = json.loads(key_file.read_text())["key"]
     rows: list[AuditRow] = []
-    _run_async(_edit_rows(_db_url(m), rows.extend))
+    run_async(_edit_rows(_db_url(m), rows.extend))
     assert rows and all(r.mac and len(r.mac) == 64 for r in rows)
     if not m.database_url:  # the key is nowhere in the database's files
         blob = b"".join(p.read_bytes() for p in m.data_dir.glob("mlsm.db*"))
@@ -245,7 +245,7 @@ def test_deleting_the_newest_rows_is_found_after_a_restart(fresh_master: Master)
     total = len(_rows(m))
     keep = total - 3
     m.stop()
-    _run_async(_delete_rows_after(_db_url(m), keep))
+    run_async(_delete_rows_after(_db_url(m), keep))
     m.start()
     res = _verify(m)
     assert res.rc == 1, res
@@ -264,7 +264,7 @@ def test_deleting_the_newest_rows_of_a_running_master_is_found(fresh_master: Mas
     m = fresh_master
     _make_rows(m, 3)
     total = len(_rows(m))
-    _run_async(_delete_rows_after(_db_url(m), total - 2))
+    run_async(_delete_rows_after(_db_url(m), total - 2))
     res = _verify(m)
     assert res.rc == 1, res
     assert f"BROKEN at row {total - 1}: the newest rows were deleted" in res.out, res
@@ -280,7 +280,7 @@ def test_a_row_edited_with_the_public_chain_recomputed_is_found(fresh_master: Ma
         next(r for r in rows if r.id == victim).target = "user:someone-else"
         _recompute_chain(rows, victim)
 
-    _run_async(_edit_rows(_db_url(m), edit))
+    run_async(_edit_rows(_db_url(m), edit))
     m.start()
     res = _verify(m)
     assert res.rc == 1, res
@@ -298,7 +298,7 @@ def test_rows_stripped_of_their_macs_are_found(fresh_master: Master) -> None:
         rows[-1].target = "user:someone-else"
         _recompute_chain(rows, rows[-1].id)
 
-    _run_async(_edit_rows(_db_url(m), strip))
+    run_async(_edit_rows(_db_url(m), strip))
     m.start()
     res = _verify(m)
     assert res.rc == 1 and "BROKEN at row 1: row 1 carries no MAC" in res.out, res
@@ -354,7 +354,7 @@ def test_every_acknowledged_submission_has_its_audit_row_after_a_kill_9(
     for t in threads:
         t.start()
     try:
-        wait_for(lambda: len(acked) >= BURST_ACKS_BEFORE_KILL, what="a burst of submissions")
+        wait_until(lambda: len(acked) >= BURST_ACKS_BEFORE_KILL, what="a burst of submissions")
         m.kill()
     finally:
         stop.set()
@@ -374,7 +374,7 @@ def test_a_change_whose_audit_row_cannot_be_written_is_not_acknowledged(
 ) -> None:
     m = fresh_master
     token = m.make_user("member", "unaudited")
-    _run_async(_rename_audit_table(m, "audit", "audit_away"))
+    run_async(_rename_audit_table(m, "audit", "audit_away"))
     try:
         resp = m.request("POST", "/api/v1/jobs", token=token, json={"argv": ["true"]})
         assert resp.status_code == 503, resp.text
@@ -385,7 +385,7 @@ def test_a_change_whose_audit_row_cannot_be_written_is_not_acknowledged(
         assert_one_line_error(res)
         assert "audit row could not be written" in res.err
     finally:
-        _run_async(_rename_audit_table(m, "audit_away", "audit"))
+        run_async(_rename_audit_table(m, "audit_away", "audit"))
     resp = m.request("POST", "/api/v1/jobs", token=token, json={"argv": ["true"]})
     assert resp.status_code == 201, resp.text
     assert _verify(m).rc == 0

@@ -40,8 +40,13 @@ import httpx
 import pytest
 
 import mlsm
-from tests.conftest import free_port, require
-from tests.integration.helpers import ADMIN, ADMIN_PASSWORD, poll
+from tests.integration.helpers import (
+    ADMIN,
+    ADMIN_PASSWORD,
+)
+from tests.support.ci import require
+from tests.support.procs import free_port
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.docker
 
@@ -291,7 +296,7 @@ def test_master_image_builds_offline_and_answers_healthz(
                 return None
             return resp.json() if resp.status_code == 200 else None
 
-        health = poll(healthy, START_TIMEOUT_S, f"master container answering {url}/healthz")
+        health = wait_until(healthy, START_TIMEOUT_S, f"master container answering {url}/healthz")
         assert health["status"] == "ok"
         assert health["version"] == mlsm.__version__
         assert health["protocol"] == mlsm.PROTOCOL_VERSION

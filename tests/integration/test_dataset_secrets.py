@@ -22,7 +22,8 @@ import pytest
 from mlsm import PROTOCOL_VERSION
 from mlsm.wire import agent as w
 from mlsm.wire import api
-from tests.integration.lab import Lab, wait_for
+from tests.integration.lab import Lab
+from tests.support.wait import wait_until
 
 TRANSFER_DEADLINE_S = 60.0
 PASSWORD = "pA55-w0rd-in-url"
@@ -138,17 +139,17 @@ def _command_bodies(lab: Lab) -> list[bytes]:
     async def fetch() -> list[bytes]:
         import asyncpg
 
-        from tests.conftest import _asyncpg_dsn
+        from tests.support.postgres import asyncpg_dsn
 
-        conn = await asyncpg.connect(_asyncpg_dsn(lab.database_url))
+        conn = await asyncpg.connect(asyncpg_dsn(lab.database_url))
         try:
             return [bytes(r[0]) for r in await conn.fetch("SELECT body FROM commands")]
         finally:
             await conn.close()
 
-    from tests.conftest import _run_async
+    from tests.support.postgres import run_async
 
-    return list(_run_async(fetch()))
+    return list(run_async(fetch()))
 
 
 def test_import_url_secrets_reach_no_answer_output_audit_row_or_log(lab: Lab, server: str) -> None:
@@ -229,7 +230,7 @@ def test_the_master_redacts_what_an_old_or_hostile_agent_reports(lab: Lab, serve
     assert cmd.url == url  # the agent, and only the agent, gets the URL whole
     running = w.TransferProgress(command_id=cmd.id, done_bytes=1, message=f"fetching {url}")
     call("heartbeat", w.Heartbeat(protocol=PROTOCOL_VERSION, transfers=[running]))
-    seen = wait_for(
+    seen = wait_until(
         lambda: (
             (
                 x := lab.admin.call("GET", f"/api/v1/transfers/{t.id}", type=api.Transfer)
@@ -246,7 +247,7 @@ def test_the_master_redacts_what_an_old_or_hostile_agent_reports(lab: Lab, serve
         message=f"Client error '403 Forbidden' for url '{url}' (signature {BAD_SIG})",
     )
     call("heartbeat", w.Heartbeat(protocol=PROTOCOL_VERSION, transfers=[failed]))
-    end = wait_for(
+    end = wait_until(
         lambda: (
             (x := lab.admin.call("GET", f"/api/v1/transfers/{t.id}", type=api.Transfer)).state
             == "failed"

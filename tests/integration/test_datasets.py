@@ -34,8 +34,8 @@ from tests.integration.lab import (
     STALE_S,
     AgentProc,
     Lab,
-    wait_for,
 )
+from tests.support.wait import wait_until
 
 TRANSFER_DEADLINE_S = 60.0
 SCAN_FILES = 40_000  # small files in the dataset scanned while heartbeats go on
@@ -125,7 +125,7 @@ def copies_on(lab: Lab, name: str) -> set[str]:
 
 
 def wait_copies(lab: Lab, name: str, nodes: set[str]) -> None:
-    wait_for(lambda: copies_on(lab, name) == nodes, TRANSFER_DEADLINE_S, f"{name} on {nodes}")
+    wait_until(lambda: copies_on(lab, name) == nodes, TRANSFER_DEADLINE_S, f"{name} on {nodes}")
 
 
 def transfer(lab: Lab, tid: int) -> api.Transfer:
@@ -133,7 +133,7 @@ def transfer(lab: Lab, tid: int) -> api.Transfer:
 
 
 def wait_transfer(lab: Lab, tid: int) -> api.Transfer:
-    return wait_for(
+    return wait_until(
         lambda: (t := transfer(lab, tid)).state not in ("pending", "running") and t,
         TRANSFER_DEADLINE_S,
         f"transfer {tid} to end",
@@ -175,9 +175,9 @@ def test_scanning_many_small_files_keeps_heartbeats_in_rhythm(lab: Lab) -> None:
         d = catalog(lab, "many")
         return d is not None and d.copies[0].files == SCAN_FILES
 
-    wait_for(scanned, TRANSFER_DEADLINE_S, "the big dataset in the catalog")
+    wait_until(scanned, TRANSFER_DEADLINE_S, "the big dataset in the catalog")
     n = len(seen)
-    wait_for(lambda: sample() or len(seen) >= n + 3, 4 * STALE_S, "three more heartbeats")
+    wait_until(lambda: sample() or len(seen) >= n + 3, 4 * STALE_S, "three more heartbeats")
     d = catalog(lab, "many")
     assert d is not None
     assert d.copies[0].size == SCAN_FILES and d.copies[0].top[:2] == ["d000", "d001"]
@@ -360,7 +360,7 @@ def test_a_cancelled_import_leaves_nothing(lab: Lab, allowed: str, web: str) -> 
     before = listing(root)
     body = api.DatasetImport(url=f"{web}/slow", node="dsa", name="slowdata")
     t = lab.admin.call("POST", "/api/v1/datasets/import", json=body, type=api.Transfer)
-    wait_for(lambda: transfer(lab, t.id).done_bytes > 0, TRANSFER_DEADLINE_S, "bytes arriving")
+    wait_until(lambda: transfer(lab, t.id).done_bytes > 0, TRANSFER_DEADLINE_S, "bytes arriving")
     assert any(n.startswith(".mlsm-import-slowdata") for n in listing(root))
     res = lab.cli("dataset", "cancel", str(t.id))
     assert res.returncode == 0, res.stderr
@@ -487,7 +487,7 @@ def test_a_cancelled_copy_leaves_nothing(lab: Lab) -> None:
     assert end.state == "cancelled", end
     assert not (root_of(lab, "dsb") / "tocancel").exists()
     assert lab.master_data is not None
-    wait_for(
+    wait_until(
         lambda: not list((lab.master_data / "transfers").iterdir()),  # type: ignore[operator]
         TRANSFER_DEADLINE_S,
         "no spool file",
@@ -559,7 +559,9 @@ def test_jobs_run_where_their_dataset_is(lab: Lab) -> None:
     assert done.state == "succeeded" and done.node == "dsb", done
     assert f"path={root_of(lab, 'dsb') / 'only-b'}".encode() in lab.log(job)
     waiting = lab.submit("--dataset", "nowhere-at-all", "--", "true")
-    j = wait_for(lambda: (j := lab.job(waiting)).reason and j, 20.0, "a reason for the waiting job")
+    j = wait_until(
+        lambda: (j := lab.job(waiting)).reason and j, 20.0, "a reason for the waiting job"
+    )
     assert j.state == "queued" and "no online node holds dataset nowhere-at-all" in j.reason
     assert lab.cli("cancel", str(waiting)).returncode == 0
 
@@ -649,7 +651,7 @@ def test_an_agent_killed_mid_import_fails_it_and_sweeps_its_temp_dir(
     before = listing(root)
     body = api.DatasetImport(url=f"{web}/slow", node="dsb", name="crashed")
     t = lab.admin.call("POST", "/api/v1/datasets/import", json=body, type=api.Transfer)
-    wait_for(lambda: transfer(lab, t.id).done_bytes > 0, TRANSFER_DEADLINE_S, "bytes arriving")
+    wait_until(lambda: transfer(lab, t.id).done_bytes > 0, TRANSFER_DEADLINE_S, "bytes arriving")
     lab.stop_agent("dsb", signal.SIGKILL)
     assert any(n.startswith(".mlsm-import-crashed") for n in listing(root))
     end = wait_transfer(lab, t.id)

@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 
 from mlsm.wire import api
-from tests.deep_trees import LAB_DEEP, deep_tar, make_deep, remove_all_under
-from tests.integration.lab import Lab, wait_for
+from tests.integration.lab import Lab
+from tests.support.deep_trees import LAB_DEEP, deep_tar, make_deep, remove_all_under
+from tests.support.wait import wait_until
 
 TRANSFER_DEADLINE_S = 60.0
 FILE_EVERY = 100
@@ -66,7 +67,7 @@ def _dataset(lab: Lab, name: str) -> api.Dataset | None:
 def test_the_agent_comes_up_sweeps_the_leftover_and_reports_the_deep_dataset(
     lab: Lab,
 ) -> None:
-    d = wait_for(lambda: _dataset(lab, "deep"), TRANSFER_DEADLINE_S, "the deep dataset")
+    d = wait_until(lambda: _dataset(lab, "deep"), TRANSFER_DEADLINE_S, "the deep dataset")
     assert d.copies[0].files == LAB_DEEP // FILE_EVERY + 1 and d.copies[0].top == ["d"]
     assert sorted(os.listdir(_root(lab))) == ["deep", "flat"]
     assert "removed leftover" in lab.agents["deepnode"].output()
@@ -74,11 +75,11 @@ def test_the_agent_comes_up_sweeps_the_leftover_and_reports_the_deep_dataset(
 
 
 def test_a_deep_dataset_is_deleted_with_mlsm_dataset_rm(lab: Lab, outside: Path) -> None:
-    wait_for(lambda: _dataset(lab, "deep"), TRANSFER_DEADLINE_S, "the deep dataset")
+    wait_until(lambda: _dataset(lab, "deep"), TRANSFER_DEADLINE_S, "the deep dataset")
     res = lab.cli("dataset", "rm", "deep", "--node", "deepnode", "--yes", "--wait")
     assert res.returncode == 0, res.stderr
     assert sorted(os.listdir(_root(lab))) == ["flat"]
-    wait_for(lambda: _dataset(lab, "deep") is None, TRANSFER_DEADLINE_S, "deep to leave")
+    wait_until(lambda: _dataset(lab, "deep") is None, TRANSFER_DEADLINE_S, "deep to leave")
     assert (outside / "precious.txt").read_text() == "keep me"
 
 

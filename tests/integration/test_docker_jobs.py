@@ -3,7 +3,7 @@ simulated GPUs, a dataset root) runs them on the real Docker engine with the off
 image, and the tests inspect the containers the engine holds.
 
 Without an engine these tests skip with the reason; under ``CI=true`` they fail instead
-(the ``docker_engine``/``docker_test_image`` fixtures, tests/conftest.py). Node names carry
+(the ``docker_engine``/``docker_test_image`` fixtures, tests/support/fixtures.py). Node names carry
 this run's pid and a random tag, and the containers the agent names after master job ids
 are told apart by their ``mlsm.node`` label, so parallel runs on one engine do not clash.
 """
@@ -26,7 +26,6 @@ import pytest
 from agent.runtimes.docker import VANISHED_WHILE_DOWN
 from mlsm.master.services.jobs import KILL_GRACE_S
 from mlsm.wire import api
-from tests.conftest import require
 from tests.integration.lab import (
     MLSM,
     PASSWORD,
@@ -34,9 +33,10 @@ from tests.integration.lab import (
     AgentProc,
     CliResult,
     Lab,
-    wait_for,
 )
 from tests.integration.test_docker_runtime import _EngineProxy
+from tests.support.ci import require
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.docker
 
@@ -237,7 +237,7 @@ def test_dataset_is_mounted_read_only_and_the_output_dir_writable(
         ds = lab.admin.call("GET", f"/api/v1/datasets/{DATASET}", type=api.Dataset)
         return any(c.node == NODE for c in ds.copies)
 
-    wait_for(on_node, START_DEADLINE_S, f"dataset {DATASET} reported by {NODE}")
+    wait_until(on_node, START_DEADLINE_S, f"dataset {DATASET} reported by {NODE}")
     script = (
         f"exec 2>&1; cat /datasets/{DATASET}/hello.txt; pwd; "
         f"if touch /datasets/{DATASET}/new; then echo wrote; else echo refused; fi; "
@@ -337,7 +337,7 @@ def test_cancel_stops_the_container_with_grace_then_kills_it(
 ) -> None:
     script = "trap '' TERM; echo ready; while true; do sleep 1; done"
     jid = submit(lab, image, "--keep-container", "--", "sh", "-c", script)
-    wait_for(lambda: node_log_contains(lab, jid, b"ready\n"), JOB_DEADLINE_S, "the job to start")
+    wait_until(lambda: node_log_contains(lab, jid, b"ready\n"), JOB_DEADLINE_S, "the job to start")
     asked = time.monotonic()
     res = lab.cli("cancel", str(jid))
     assert res.returncode == 0, res.stderr
@@ -394,14 +394,14 @@ def test_agent_kill9_keeps_the_container_and_the_restart_resumes_the_log_byte_ex
     lab: Lab, engine: docker.DockerClient, image: str
 ) -> None:
     jid = submit(lab, image, "--", "sh", "-c", _CHATTY)
-    wait_for(lambda: node_log_contains(lab, jid, b"out 20 "), JOB_DEADLINE_S, "output")
+    wait_until(lambda: node_log_contains(lab, jid, b"out 20 "), JOB_DEADLINE_S, "output")
     lab.stop_agent(NODE, signal.SIGKILL)
     container = container_of(engine, jid)
     container.reload()
     assert container.status == "running"
     seen = lab.agents[NODE].job_log(jid).count(b"\nout ")
     # The container keeps writing while nobody follows it.
-    wait_for(
+    wait_until(
         lambda: container.logs(stderr=False).count(b"\nout ") > seen + 20,
         JOB_DEADLINE_S,
         "output while the agent is down",
@@ -409,7 +409,7 @@ def test_agent_kill9_keeps_the_container_and_the_restart_resumes_the_log_byte_ex
 
     agent = start_agent(lab, NODE)
     assert lab.job(jid).state == "running"
-    wait_for(lambda: node_log_contains(lab, jid, b"out %d " % (seen + 40)), JOB_DEADLINE_S, "")
+    wait_until(lambda: node_log_contains(lab, jid, b"out %d " % (seen + 40)), JOB_DEADLINE_S, "")
     (agent.data_dir / "jobs" / str(jid) / "go").touch()
     job = finished(lab, jid)
     assert (job.state, job.exit_code) == ("failed", 3), job.reason
@@ -429,7 +429,7 @@ def test_a_container_removed_while_the_agent_was_down_interrupts_the_job(
     lab: Lab, engine: docker.DockerClient, image: str
 ) -> None:
     jid = submit(lab, image, "--", "sh", "-c", "echo up; sleep 300")
-    wait_for(lambda: node_log_contains(lab, jid, b"up\n"), JOB_DEADLINE_S, "the job to start")
+    wait_until(lambda: node_log_contains(lab, jid, b"up\n"), JOB_DEADLINE_S, "the job to start")
     lab.stop_agent(NODE, signal.SIGKILL)
     container_of(engine, jid).remove(force=True)
     start_agent(lab, NODE)
@@ -484,7 +484,7 @@ def test_a_node_without_an_engine_reports_it_and_gets_no_container_jobs(
 
         jid = submit(lab, image, "--", "true")
         want = "no online node can run docker jobs (Docker unavailable)"
-        job = wait_for(
+        job = wait_until(
             lambda: (j := lab.job(jid)).reason == want and j, JOB_DEADLINE_S, "the reason"
         )
         assert job.state == "queued" and job.node is None
@@ -558,7 +558,7 @@ def waiting_for_docker(lab: Lab, job_id: int, node: str) -> api.Job:
             pytest.fail(f"job {job_id} ended {job.state}: {job.reason}")
         return job if job.reason == want else None
 
-    job = wait_for(check, JOB_DEADLINE_S, f"job {job_id} to wait for the engine")
+    job = wait_until(check, JOB_DEADLINE_S, f"job {job_id} to wait for the engine")
     assert job is not None
     return job
 
@@ -578,7 +578,7 @@ def test_an_engine_lost_while_the_node_is_online_is_reported_and_its_return_noti
                 info = lab.node(name).info
                 return info if info.docker_available is False else None
 
-            info = wait_for(gone, ENGINE_NOTICE_S, "the node to report Docker unavailable")
+            info = wait_until(gone, ENGINE_NOTICE_S, "the node to report Docker unavailable")
             assert info is not None
             assert info.docker_error.startswith("Docker engine unavailable: "), info
             assert "docker" not in info.runtimes

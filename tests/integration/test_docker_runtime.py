@@ -13,10 +13,9 @@ import random
 import select
 import socket
 import socketserver
-import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,34 +27,25 @@ from agent.runtimes.base import LOG_NAME, AdoptRecord, RuntimeContext, RuntimeSt
 from agent.runtimes.docker import DockerJobHandle, DockerRuntime
 from agent.runtimes.docker import logs as docker_logs
 from mlsm.wire.agent import JobReport, JobSpec, Mount
-from tests.conftest import require
+from tests.support.fixtures import DOCKER_TEST_IMAGE
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.docker
 
-IMAGE = "mlsm-test/busybox:latest"
-IMAGE_SCRIPT = Path(__file__).resolve().parents[1] / "docker_image.sh"
+IMAGE = DOCKER_TEST_IMAGE
 NODE = f"pytest-{os.getpid()}"
 DEADLINE_S = 30.0
 
 
 @pytest.fixture(scope="module")
-def engine() -> Iterator[docker.DockerClient]:
-    """A client of the local engine with the test image present."""
-    try:
-        client = docker.from_env()
-        client.ping()
-    except Exception as exc:
-        require(False, f"no Docker engine reachable: {exc}")
-    try:
-        client.images.get(IMAGE)
-    except docker.errors.ImageNotFound:
-        built = subprocess.run([str(IMAGE_SCRIPT)], capture_output=True, text=True)
-        if built.returncode != 0:
-            require(False, f"cannot build {IMAGE}: {built.stderr.strip() or built.stdout.strip()}")
-    yield client
-    for c in client.containers.list(all=True, filters={"label": f"mlsm.node={NODE}"}):
+def engine(
+    docker_engine: docker.DockerClient, docker_test_image: str
+) -> Iterator[docker.DockerClient]:
+    """The local engine with the test image present; this module's containers are removed
+    at its end."""
+    yield docker_engine
+    for c in docker_engine.containers.list(all=True, filters={"label": f"mlsm.node={NODE}"}):
         c.remove(force=True)
-    client.close()
 
 
 @pytest.fixture
@@ -91,18 +81,8 @@ def job_dir(ctx: RuntimeContext, spec: JobSpec) -> Path:
     return ctx.agent_data / "jobs" / str(spec.job_id)
 
 
-def wait_for(cond: Callable[[], Any], what: str, deadline_s: float = DEADLINE_S) -> Any:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def wait_report(handle: DockerJobHandle, deadline_s: float = DEADLINE_S) -> JobReport:
-    return wait_for(handle.poll, f"job {handle.record.job_id} to end", deadline_s)
+    return wait_until(handle.poll, deadline_s, f"job {handle.record.job_id} to end")
 
 
 def log_text(path: Path) -> str:
@@ -345,7 +325,7 @@ def test_cancel_sends_sigterm_then_kills_after_the_grace(runtime, ctx):
     spec = make_spec(["sh", "-c", "trap '' TERM; echo ready; while true; do sleep 1; done"])
     d = job_dir(ctx, spec)
     handle = runtime.start(spec, d)
-    wait_for(lambda: "ready" in log_text(d), "the job to be ready")
+    wait_until(lambda: "ready" in log_text(d), DEADLINE_S, "the job to be ready")
     t0 = time.monotonic()
     handle.stop("cancelled by alice", "cancelled", grace_s=2)
     returned_after = time.monotonic() - t0
@@ -362,7 +342,7 @@ def test_cancel_of_a_job_that_honours_sigterm_ends_it_before_the_grace(runtime, 
     spec = make_spec(["sh", "-c", "echo ready; sleep 600"])
     d = job_dir(ctx, spec)
     handle = runtime.start(spec, d)
-    wait_for(lambda: "ready" in log_text(d), "the job to be ready")
+    wait_until(lambda: "ready" in log_text(d), DEADLINE_S, "the job to be ready")
     handle.stop("cancelled by bob", "cancelled", grace_s=60)
     report = wait_report(handle, deadline_s=30)  # well inside the 60 s grace
     assert (report.end_kind, report.exit_code, report.signal) == ("cancelled", 143, 15)
@@ -432,7 +412,7 @@ def _restart_mid_run(engine, ctx, *, save: bool) -> None:
     spec = make_spec(["sh", "-c", CHATTY], keep_container=True)
     d = job_dir(ctx, spec)
     handle = DockerRuntime(ctx).start(spec, d)
-    wait_for(lambda: "finished" in log_text(d), "the first burst of output")
+    wait_until(lambda: "finished" in log_text(d), DEADLINE_S, "the first burst of output")
     handle.detach(save=save)  # the agent goes away; the container keeps running
     record = AdoptRecord(
         **{f: getattr(handle.record, f) for f in handle.record.__dataclass_fields__}
@@ -463,11 +443,15 @@ def test_adopt_of_a_container_that_ended_meanwhile_reports_its_exit(engine, ctx)
     spec = make_spec(["sh", "-c", script])
     d = job_dir(ctx, spec)
     handle = DockerRuntime(ctx).start(spec, d)
-    wait_for(lambda: "before" in log_text(d), "the job to start")
+    wait_until(lambda: "before" in log_text(d), DEADLINE_S, "the job to start")
     handle.detach()
     (job_dir(ctx, spec) / "go").touch()
     container = engine.containers.get(handle.container_id)
-    wait_for(lambda: container.reload() or container.status == "exited", "the container to exit")
+    wait_until(
+        lambda: container.reload() or container.status == "exited",
+        DEADLINE_S,
+        "the container to exit",
+    )
 
     report = DockerRuntime(ctx).adopt(handle.record)
     assert isinstance(report, JobReport)
@@ -481,7 +465,7 @@ def test_adopt_finds_the_container_by_labels_without_an_id(engine, ctx):
     spec = make_spec(["sh", "-c", "echo up; sleep 600"])
     d = job_dir(ctx, spec)
     handle = DockerRuntime(ctx).start(spec, d)
-    wait_for(lambda: "up" in log_text(d), "the job to start")
+    wait_until(lambda: "up" in log_text(d), DEADLINE_S, "the job to start")
     handle.detach()
     handle.record.container_id = None
     adopted = DockerRuntime(ctx).adopt(handle.record)
@@ -573,15 +557,21 @@ def test_the_log_survives_the_engine_going_away_and_coming_back(engine, ctx, tmp
     spec = make_spec(["sh", "-c", script], keep_container=True)
     d = job_dir(ctx, spec)
     handle = runtime.start(spec, d)
-    wait_for(lambda: "one" in log_text(d), "the first line")
+    wait_until(lambda: "one" in log_text(d), DEADLINE_S, "the first line")
     proxy.down()
     assert handle.poll() is None  # cannot tell while the engine is away: not lost, not ended
     (job_dir(ctx, spec) / "go").touch()
     container = engine.containers.get(handle.container_id)
-    wait_for(lambda: b"two 99" in container.logs(), "output written while the engine was away")
+    wait_until(
+        lambda: b"two 99" in container.logs(),
+        DEADLINE_S,
+        "output written while the engine was away",
+    )
     assert "two" not in log_text(d)
     proxy.up()
-    wait_for(lambda: "two 99" in log_text(d), "the follower to reconnect and catch up")
+    wait_until(
+        lambda: "two 99" in log_text(d), DEADLINE_S, "the follower to reconnect and catch up"
+    )
     (job_dir(ctx, spec) / "end").touch()
     report = wait_report(handle)
     assert report.exit_code == 0
@@ -594,7 +584,7 @@ def test_adopt_while_the_engine_is_away_attaches_once_it_is_back(engine, ctx, tm
     spec = make_spec(["sh", "-c", "echo up; while [ ! -e /mlsm/output/go ]; do sleep 0.1; done"])
     d = job_dir(ctx, spec)
     handle = DockerRuntime(ctx).start(spec, d)
-    wait_for(lambda: "up" in log_text(d), "the job to start")
+    wait_until(lambda: "up" in log_text(d), DEADLINE_S, "the job to start")
     handle.detach()
     proxy.down()
     runtime = DockerRuntime(

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.lab import AgentProc, Lab, kill, wait_for
+from tests.integration.lab import AgentProc, Lab, kill
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="an agent that runs jobs as other accounts runs as root"
@@ -114,7 +115,7 @@ def test_a_member_without_an_account_waits_until_an_admin_maps_one(
     name = "m" + secrets.token_hex(3)
     token = _member(lab, name)
     job_id = lab.submit("--", "id", "-un", token=token)
-    job = wait_for(
+    job = wait_until(
         lambda: (j := lab.job(job_id)).reason.startswith("no Unix account") and j,
         what="the job to say why it waits",
     )
@@ -175,7 +176,7 @@ def test_a_planted_log_link_survives_restart_shim_kill_and_retry_without_leaking
     )
     agent = lab.agents[NODE]
     job_dir = agent.data_dir / "jobs" / str(job_id)
-    wait_for(lambda: (job_dir / "planted").exists(), what="the job to plant its link")
+    wait_until(lambda: (job_dir / "planted").exists(), what="the job to plant its link")
     # The agent dies and comes back: re-adopting reads and writes nothing through the link.
     kill(agent.proc, signal.SIGKILL)
     lab.start_agent(NODE, gpus="", env={"MLSM_SINGLE_USER": "0"})
@@ -198,7 +199,7 @@ def test_a_cancel_writes_its_marker_through_no_planted_link(
     before = secret.stat()
     job_id = lab.submit("--", "sh", "-c", PLANT.format(secret=secret), token=member)
     job_dir = lab.agents[NODE].data_dir / "jobs" / str(job_id)
-    wait_for(lambda: (job_dir / "planted").exists(), what="the job to plant its link")
+    wait_until(lambda: (job_dir / "planted").exists(), what="the job to plant its link")
     assert lab.cli("cancel", str(job_id), token=member).returncode == 0
     assert lab.wait_job(job_id).state == "cancelled"
     assert "secret" not in lab.cli("logs", str(job_id)).stdout

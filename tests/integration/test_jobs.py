@@ -19,7 +19,8 @@ import psutil
 import pytest
 
 from mlsm.wire import api
-from tests.integration.lab import Lab, wait_for
+from tests.integration.lab import Lab
+from tests.support.wait import wait_until
 
 # A job that records its GPUs and when it ran: "S <start> <CUDA_VISIBLE_DEVICES>" / "E <end>".
 STAMPED = 'echo "S $(date +%s.%N) $CUDA_VISIBLE_DEVICES $MLSM_ARRAY_INDEX"; sleep {s}; echo "E $(date +%s.%N)"'
@@ -203,7 +204,7 @@ def _reason_in_table(lab: Lab, job_id: int) -> str:
 
 def test_a_waiting_job_says_why(lab: Lab) -> None:
     too_big = lab.submit("--gpus", "4", "--", "true")
-    wait_for(
+    wait_until(
         lambda: _reason_in_table(lab, too_big) == "no online node has 4 GPUs",
         what="the REASON of a 4-GPU job",
     )
@@ -211,7 +212,7 @@ def test_a_waiting_job_says_why(lab: Lab) -> None:
     for f in fillers:
         lab.wait_job(f, "running")
     blocked = lab.submit("--gpus", "1", "--", "true")
-    wait_for(
+    wait_until(
         lambda: _reason_in_table(lab, blocked) == "no online node has 1 free GPU",
         what="the REASON of a 1-GPU job on a full lab",
     )
@@ -249,7 +250,7 @@ def test_cancel_ends_the_whole_session_even_a_grandchild_that_ignores_sigterm(la
         log = api_log(lab, job_id)
         return log if b"grandchild ready" in log and b"sid=" in log else None
 
-    log = wait_for(started, what="the job and its grandchild to start")
+    log = wait_until(started, what="the job and its grandchild to start")
     line = next(ln for ln in log.decode().splitlines() if ln.startswith("sid="))
     sid, grandchild = (int(part.split("=")[1]) for part in line.split())
     assert psutil.pid_exists(grandchild) and os.getsid(grandchild) == sid

@@ -15,7 +15,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.helpers import START_TIMEOUT_S, STOP_TIMEOUT_S, CliResult, poll, run_cli
+from tests.integration.helpers import (
+    START_TIMEOUT_S,
+    STOP_TIMEOUT_S,
+    CliResult,
+    run_cli,
+)
+from tests.support.wait import wait_until
 
 NODE_ONLINE_TIMEOUT_S = 30.0
 
@@ -112,7 +118,7 @@ def test_nodes_shows_the_local_node_online(local: Local) -> None:
         assert res.rc == 0, res
         return [n for n in json.loads(res.out) if n.get("state") == "online"]
 
-    nodes = poll(online, NODE_ONLINE_TIMEOUT_S, "the local node online in `mlsm nodes`")
+    nodes = wait_until(online, NODE_ONLINE_TIMEOUT_S, "the local node online in `mlsm nodes`")
     assert len(nodes) == 1
     table = local.cli("nodes")
     assert table.rc == 0 and "online" in table.out
@@ -126,7 +132,7 @@ def test_down_stops_both(local: Local) -> None:
     assert "stopped agent and master" in res.out
     for pid in pids:
         assert pid is not None
-        poll(lambda p=pid: not alive(p), STOP_TIMEOUT_S, f"pid {pid} gone")
+        wait_until(lambda p=pid: not alive(p), STOP_TIMEOUT_S, f"pid {pid} gone")
     assert local.pid("master") is None and local.pid("agent") is None
     res = local.cli("status")
     assert res.rc == 0 and "not running" in res.out

@@ -15,7 +15,11 @@ import httpx
 import pytest
 
 from mlsm.master.connections import FD_RESERVED, FDS_PER_CONNECTION
-from tests.integration.helpers import HTTP_TIMEOUT_S, Master, poll
+from tests.integration.helpers import (
+    HTTP_TIMEOUT_S,
+    Master,
+)
+from tests.support.wait import wait_until
 
 #: The descriptor limits the masters here run with: soft 256, and a hard one above it
 #: (raised to at start) or equal (nothing to raise, so the cap must do the work).
@@ -106,7 +110,7 @@ def test_half_sent_request_heads_are_dropped(quick_master: Master) -> None:
             s.sendall(HALF_HEAD)
         silent = [_connect(quick_master) for _ in range(10)]  # not even a byte
         socks += silent
-        poll(
+        wait_until(
             lambda: _open_sockets(socks) == 0,
             DROP_DEADLINE_S,
             f"the master closing {len(socks)} connections with no complete request head",
@@ -123,7 +127,9 @@ def test_a_stalled_request_body_is_dropped(quick_master: Master) -> None:
             b"POST /api/v1/auth/login HTTP/1.1\r\nHost: mlsm\r\n"
             b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"user'
         )
-        poll(lambda: _closed_by_server(s), DROP_DEADLINE_S, "the master dropping a stalled body")
+        wait_until(
+            lambda: _closed_by_server(s), DROP_DEADLINE_S, "the master dropping a stalled body"
+        )
     finally:
         s.close()
 
@@ -174,7 +180,7 @@ def test_a_busy_connection_is_not_the_one_dropped(capped_master: Master) -> None
     with ThreadPoolExecutor(max_workers=1) as pool:
         follow = pool.submit(_follow, capped_master, token, job_id)
         # Busy: the follow, and the /metrics request asking.
-        poll(
+        wait_until(
             lambda: _metric(capped_master, 'mlsm_http_connections{state="busy"}') >= 2,
             DROP_DEADLINE_S,
             "the log follow in flight",

@@ -15,8 +15,13 @@ import pytest
 
 from mlsm.master.db import Database
 from mlsm.master.db.engine import SQLITE_BUSY_TIMEOUT_MS
-from tests.conftest import _asyncpg_dsn, _run_async
-from tests.integration.helpers import BOTH_DATABASES, START_TIMEOUT_S, Master, poll
+from tests.integration.helpers import (
+    BOTH_DATABASES,
+    START_TIMEOUT_S,
+    Master,
+)
+from tests.support.postgres import asyncpg_dsn, run_async
+from tests.support.wait import wait_until
 
 FAKE_REVISION = "ffffdeadbeef"
 
@@ -33,13 +38,13 @@ def _sql(master: Master, statement: str) -> list[tuple[Any, ...]]:
         async def run() -> list[tuple[Any, ...]]:
             import asyncpg
 
-            conn = await asyncpg.connect(_asyncpg_dsn(master.database_url or ""))
+            conn = await asyncpg.connect(asyncpg_dsn(master.database_url or ""))
             try:
                 return [tuple(r) for r in await conn.fetch(statement)]
             finally:
                 await conn.close()
 
-        return list(_run_async(run()))
+        return list(run_async(run()))
     conn = sqlite3.connect(master.data_dir / "mlsm.db")
     try:
         rows = conn.execute(statement).fetchall()
@@ -118,7 +123,7 @@ def test_one_json_log_line_per_request_and_request_id_echoed(master: Master) -> 
                 found.setdefault(rec["request_id"], []).append(rec)
         return found if set(found) == want else {}
 
-    found = poll(logged, START_TIMEOUT_S, "request log lines")
+    found = wait_until(logged, START_TIMEOUT_S, "request log lines")
     for rid, recs in found.items():
         assert len(recs) == 1, recs
     rec = found[generated][0]
@@ -132,7 +137,7 @@ def test_unrouted_requests_get_a_request_id_and_a_log_line(master: Master) -> No
         resp = master.request(method, path, headers={"X-Request-ID": f"unrouted-{method}"})
         assert resp.status_code in (404, 405)
         assert resp.headers.get("x-request-id") == f"unrouted-{method}"
-    poll(
+    wait_until(
         lambda: (
             {"unrouted-GET", "unrouted-DELETE"}
             <= {r.get("request_id") for r in master.log_records()}

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers import CLI_TIMEOUT_S, MLSM, Master, isolated_env
+from tests.integration.helpers import CLI_TIMEOUT_S, MLSM, Master
+from tests.support.env import isolated_env
 
 PERMISSIVE_UMASK = 0o000
 

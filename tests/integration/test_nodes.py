@@ -17,7 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from mlsm import PROTOCOL_VERSION
 from mlsm.wire import agent as w
 from mlsm.wire import api
-from tests.integration.lab import LEASE_S, STALE_S, Lab, kill, wait_for
+from tests.integration.lab import LEASE_S, STALE_S, Lab, kill
+from tests.support.wait import wait_until
 
 AGENT_EXIT_DEADLINE_S = 30.0
 FOREIGN_PID = 4242
@@ -93,7 +94,7 @@ def test_expired_used_up_and_revoked_tokens_are_refused_and_the_agent_exits_sayi
     revoked = lab.cli("join-token", "create", "--json").json()
     res = lab.cli("join-token", "revoke", str(revoked["info"]["id"]))
     assert res.returncode == 0, res.stderr
-    wait_for(lambda: time.time() > expiring["info"]["expires_at"], 5, "the token to expire")
+    wait_until(lambda: time.time() > expiring["info"]["expires_at"], 5, "the token to expire")
 
     cases = {
         "x-expired": (expiring["token"], "expired"),
@@ -343,7 +344,7 @@ def test_a_foreign_gpu_process_is_named_and_its_gpu_is_not_scheduled(lab: Lab) -
         g0 = lab.node("f1").gpus[0]
         return g0.foreign and any(p.user == "bob" for p in g0.sample.processes)
 
-    wait_for(foreign_seen, what="GPU 0 of f1 to show bob's process")
+    wait_until(foreign_seen, what="GPU 0 of f1 to show bob's process")
     show = lab.cli("node", "show", "f1").stdout
     block = _gpu_block(show, 0)
     assert "FOREIGN" in block[0], show
@@ -377,7 +378,7 @@ def test_a_killed_agent_goes_stale_then_offline_and_comes_back_with_the_same_id(
             seen.append(st)
         return st == "offline"
 
-    wait_for(offline, LEASE_S * 3, "k1 to go offline", poll=0.1)
+    wait_until(offline, LEASE_S * 3, "k1 to go offline", poll_s=0.1)
     assert seen[-2:] == ["stale", "offline"], seen
     assert time.monotonic() - killed_at >= STALE_S
     lab.start_agent("k1")  # same data dir: same secret
@@ -398,7 +399,7 @@ def test_drain_resume_and_remove_with_force_and_audit(lab: Lab) -> None:
     assert res.returncode == 0 and "draining" in res.stdout, res.stderr
     assert lab.node("d1").state == "draining"
     job = lab.submit("--node", "d1", "--", "sleep", "60")
-    wait_for(lambda: "draining" in lab.job(job).reason, what="the job to say d1 is draining")
+    wait_until(lambda: "draining" in lab.job(job).reason, what="the job to say d1 is draining")
     assert lab.job(job).state == "queued"
 
     assert lab.cli("node", "resume", "d1").returncode == 0
@@ -417,7 +418,7 @@ def test_drain_resume_and_remove_with_force_and_audit(lab: Lab) -> None:
     assert ended.state == "interrupted" and "removed" in ended.reason, ended
     # the job does not run on behind the master's back: the agent was told to stop it
     marker = f"[mlsm] job {job} cancelled: node d1 was removed".encode()
-    wait_for(lambda: marker in agent.job_log(job), what="the job on d1 to be stopped")
+    wait_until(lambda: marker in agent.job_log(job), what="the job on d1 to be stopped")
 
     removes = _audit(lab, "node.remove")
     assert [(e.outcome, e.target, e.details.get("force")) for e in removes[-2:]] == [
@@ -454,7 +455,7 @@ def test_history_has_series_with_points(lab: Lab) -> None:
         ok = all(len(h.series.get(k, [])) >= 2 for k in ("cpu", "mem", "gpu0.util", "gpu1.mem"))
         return h if ok else None
 
-    h = wait_for(full, what="two points of every series")
+    h = wait_until(full, what="two points of every series")
     assert h.node == "a"
     now = time.time()
     for key in ("cpu", "mem", "gpu0.util", "gpu0.mem", "gpu0.temp", "gpu0.power", "gpu1.util"):

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.lab import HEARTBEAT_S, LEASE_S, Lab, kill, wait_for
+from tests.integration.lab import HEARTBEAT_S, LEASE_S, Lab, kill
+from tests.support.wait import wait_until
 
 # Prints numbered lines (with bytes that are not UTF-8) for about `n` tenths of a second.
 TICKER = (
@@ -43,7 +44,7 @@ def test_master_sigterm_restart_under_running_agents(lab: Lab) -> None:
     marks = {n: lab.agents[n].output().count(UNREACHABLE) for n in ("r1", "r2")}
     assert lab.stop_master(signal.SIGTERM) in (0, -signal.SIGTERM)
     # Stay away long enough for the agents' retries to back off several times.
-    wait_for(
+    wait_until(
         lambda: all(lab.agents[n].output().count(UNREACHABLE) >= m + 3 for n, m in marks.items()),
         what="three failed heartbeats of each agent",
     )
@@ -58,10 +59,10 @@ def test_master_sigterm_restart_under_running_agents(lab: Lab) -> None:
 def test_agent_kill9_mid_job_readopts_ships_the_rest_and_reports_the_exit_code(lab: Lab) -> None:
     job_id = lab.submit("--node", "r1", "--", "sh", "-c", TICKER.format(n=40, code=7))
     lab.wait_job(job_id, "running")
-    wait_for(lambda: lab.job(job_id).log_size > 200, what="some log on the master")
+    wait_until(lambda: lab.job(job_id).log_size > 200, what="some log on the master")
     kill(lab.agents["r1"].proc, signal.SIGKILL)
     ticks = _ticks_on_node(lab, "r1", job_id)
-    wait_for(
+    wait_until(
         lambda: _ticks_on_node(lab, "r1", job_id) > ticks + 3,
         what="the job to keep running without its agent",
     )
@@ -77,10 +78,10 @@ def test_agent_kill9_mid_job_readopts_ships_the_rest_and_reports_the_exit_code(l
 def test_master_kill9_mid_job_loses_nothing(lab: Lab) -> None:
     job_id = lab.submit("--node", "r2", "--", "sh", "-c", TICKER.format(n=40, code=0))
     lab.wait_job(job_id, "running")
-    wait_for(lambda: lab.job(job_id).log_size > 200, what="some log on the master")
+    wait_until(lambda: lab.job(job_id).log_size > 200, what="some log on the master")
     lab.stop_master(signal.SIGKILL)
     ticks = _ticks_on_node(lab, "r2", job_id)
-    wait_for(lambda: _ticks_on_node(lab, "r2", job_id) > ticks + 3, what="the job to go on")
+    wait_until(lambda: _ticks_on_node(lab, "r2", job_id) > ticks + 3, what="the job to go on")
     lab.start_master()
     job = lab.wait_job(job_id, timeout=30)
     assert job.state == "succeeded" and job.exit_code == 0, job
@@ -119,7 +120,7 @@ def test_a_node_away_past_its_lease_interrupts_its_jobs_and_requeues_those_with_
     # r1 comes back: the attempts it still runs are no longer wanted and are stopped.
     agent = lab.start_agent("r1")
     for jid in (retried, lost):
-        wait_for(
+        wait_until(
             lambda jid=jid: b"no longer wanted" in agent.job_log(jid),
             what=f"the stale attempt of job {jid} on r1 to be stopped",
         )

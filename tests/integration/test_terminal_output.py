@@ -25,6 +25,7 @@ import pytest
 
 from mlsm.termsafe import SGR_RESET, visible
 from tests.integration.lab import CLI_TIMEOUT_S, MLSM, Lab
+from tests.support.env import isolated_env
 
 OSC_TITLE = "\x1b]0;PWNED\x07"
 HOSTILE = f"evil{OSC_TITLE}\x1b[2J\u202eexe.txt\x9b"
@@ -240,8 +241,7 @@ class _OneShotServer:
 def _cli_against(
     server: _OneShotServer, tmp_path: Path, *args: str
 ) -> subprocess.CompletedProcess[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLSM_")}
-    env.update(HOME=str(tmp_path), MLSM_URL=server.url, MLSM_TOKEN="t")
+    env = isolated_env(tmp_path, MLSM_URL=server.url, MLSM_TOKEN="t")
     return subprocess.run(
         [MLSM, *args], capture_output=True, env=env, timeout=CLI_TIMEOUT_S, stdin=subprocess.DEVNULL
     )

@@ -25,14 +25,13 @@ from tests.integration.helpers import (
     ADMIN,
     ADMIN_PASSWORD,
     MLSM,
-    START_TIMEOUT_S,
     CliResult,
     Master,
     assert_one_line_error,
-    isolated_env,
-    poll,
     run_cli,
 )
+from tests.support.env import isolated_env
+from tests.support.wait import wait_until
 
 HEARTBEAT_S = 0.5
 MASTER_ENV = {"MLSM_HEARTBEAT_INTERVAL": str(HEARTBEAT_S), "MLSM_STALE_AFTER": "2"}
@@ -48,32 +47,23 @@ NON_LOOPBACK = "192.0.2.1"
 class TlsMaster(Master):
     """A :class:`Master` serving HTTPS; readiness is checked against its own certificate."""
 
+    scheme = "https"
+
     def __init__(self, workdir: Path, *, port: int | None = None, **kw: Any) -> None:
-        super().__init__(workdir, env=MASTER_ENV, **kw)
-        if port is not None:
-            self.port = port
-        self.url = f"https://127.0.0.1:{self.port}"
+        super().__init__(workdir, env=MASTER_ENV, port=port, **kw)
         self.cert_path = self.data_dir / "tls-cert.pem"
         for i, arg in enumerate(self.extra_args):
             if arg == "--tls-cert":
                 self.cert_path = Path(self.extra_args[i + 1])
 
-    def start(self) -> TlsMaster:
-        proc = self.spawn()
-
-        def ready() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"master exited with {proc.returncode}:\n{self.log_tail()}")
-            if not self.cert_path.exists():
-                return False
-            ctx = ssl.create_default_context(cafile=str(self.cert_path))
-            try:
-                return httpx.get(f"{self.url}/healthz", verify=ctx, timeout=1.0).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        poll(ready, START_TIMEOUT_S, f"HTTPS master at {self.url} answering /healthz")
-        return self
+    def answering(self) -> bool:
+        if not self.cert_path.exists():
+            return False
+        ctx = ssl.create_default_context(cafile=str(self.cert_path))
+        try:
+            return httpx.get(f"{self.url}/healthz", verify=ctx, timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     @property
     def fingerprint(self) -> str:
@@ -151,7 +141,7 @@ def test_an_agent_joins_pinned_and_refuses_a_master_with_another_certificate(
             states = {n["name"]: n["state"] for n in json.loads(res.out)}
             return str(states.get(NODE, ""))
 
-        poll(lambda: node_state() == "online", JOIN_TIMEOUT_S, f"{NODE} online over HTTPS")
+        wait_until(lambda: node_state() == "online", JOIN_TIMEOUT_S, f"{NODE} online over HTTPS")
         assert (data / "master-fingerprint").read_text().strip() == tls_master.fingerprint
         secret = (data / "node-secret").read_text().strip()
 
@@ -172,7 +162,7 @@ def test_an_agent_joins_pinned_and_refuses_a_master_with_another_certificate(
                 text = agent_log.read_text(errors="replace")
                 return text if "certificate fingerprint mismatch" in text else ""
 
-            text = poll(says_mismatch, MISMATCH_TIMEOUT_S, "the agent reporting the mismatch")
+            text = wait_until(says_mismatch, MISMATCH_TIMEOUT_S, "the agent reporting the mismatch")
             assert swapped.fingerprint in text and tls_master.fingerprint in text
             assert agent.poll() is None, "the agent keeps retrying, it does not crash"
             assert "Traceback" not in text

@@ -36,7 +36,6 @@ from alembic.script import ScriptDirectory
 
 from mlsm.master.db import Database
 from mlsm.master.db.engine import alembic_config
-from tests.conftest import _run_async
 from tests.integration.helpers import (
     ADMIN,
     BOTH_DATABASES,
@@ -44,6 +43,7 @@ from tests.integration.helpers import (
     Master,
     run_cli,
 )
+from tests.support.postgres import run_async
 
 OLDEST = "0001"
 API_TOKEN = "mlsm_a_HC-iqHG9RzP0BGkYI_M4jJZDjp1uEhPDOw4AQMEdeRc"  # alice's, in ROWS_0001
@@ -194,7 +194,7 @@ def old_database(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, 
         url, master_url = f"sqlite+aiosqlite:///{data / 'mlsm.db'}", None
     else:
         url = master_url = str(request.getfixturevalue("fresh_postgres_url"))
-    _run_async(_create_oldest_and_fill(url))
+    run_async(_create_oldest_and_fill(url))
     return workdir, master_url
 
 
@@ -225,7 +225,7 @@ def upgraded_master(old_database: tuple[Path, str | None]) -> Iterator[Master]:
 def test_an_upgrade_from_the_oldest_schema_keeps_every_row(upgraded_master: Master) -> None:
     m = upgraded_master
     url = m.database_url or f"sqlite+aiosqlite:///{m.data_dir / 'mlsm.db'}"
-    assert _run_async(_missing_rows(url)) == {}
+    assert run_async(_missing_rows(url)) == {}
 
 
 def test_an_upgraded_master_serves_the_old_users_tokens_node_jobs_and_audit(
@@ -352,10 +352,10 @@ def test_job_specs_stored_by_01_decode_to_what_a_submission_builds_now(
     workdir, master_url = old_database
     m = Master(workdir, database_url=master_url)
     url = master_url or f"sqlite+aiosqlite:///{m.data_dir / 'mlsm.db'}"
-    _run_async(_insert_job(url, RICH_JOB_0001))
+    run_async(_insert_job(url, RICH_JOB_0001))
     up = m.cli(["db", "upgrade", *_db_args(m)])
     assert up.rc == 0, up.err
-    specs = _run_async(_stored_specs(url))
+    specs = run_async(_stored_specs(url))
 
     alice = Principal(kind="user", name="alice", role="member")
     bodies = {r["id"]: r["spec"] for r in ROWS_0001["jobs"]}  # to_builtins(JobSubmit) as it was

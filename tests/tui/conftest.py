@@ -1,48 +1,31 @@
-"""Fixtures of the dashboard tests: a fake lab (test double) and a real master process."""
+"""Fixtures of the dashboard tests: a fake lab (test double) and a real master process
+(:class:`tests.support.master.MasterProcess`); helpers to build the app and read its screen.
+
+Imported by name where a test needs a helper: ``from tests.tui.conftest import make_app``.
+Waits go through :func:`tests.support.wait.pilot_until`."""
 
 from __future__ import annotations
 
 import io
-import os
 import re
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 from rich.console import Console
-from textual.pilot import Pilot
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from fakes import NOW, FakeSource
 
 from mlsm.termsafe import is_unsafe
-from tests.conftest import free_port
+from tests.support.master import MasterProcess
+from tests.tui.fakes import NOW, FakeSource
 from tui.app import MlsmApp
 
-MASTER_START_TIMEOUT_S = 30.0
+ADMIN = "admin"
 ADMIN_PASSWORD = "admin-password-1"
-MLSM = str(Path(sys.executable).parent / "mlsm")
 
-
-#: Pauses the app gets to take in a poll or open a screen.
-MAX_PAUSES = 100
 #: Textual's own sequences in a frame (cursor moves, colours): CSI ... final byte.
 _CSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
-
-
-async def until(pilot: Pilot[None], condition: Callable[[], object], what: str) -> None:
-    """Let the app run until ``condition()`` holds; fail after ``MAX_PAUSES`` pauses."""
-    for _ in range(MAX_PAUSES):
-        if condition():
-            return
-        await pilot.pause()
-    raise AssertionError(f"never happened: {what}")
 
 
 def frame(app: MlsmApp) -> tuple[str, str]:
@@ -97,41 +80,17 @@ class RealMaster:
 @pytest.fixture
 def real_master(tmp_path: Path) -> Iterator[RealMaster]:
     """``mlsm master`` on a free loopback port with superadmin ``admin``, logged in."""
-    from mlsm.client import Client
-
-    port = free_port()
-    data_dir = tmp_path / "master"
-    env = {**os.environ, "MLSM_PASSWORD": ADMIN_PASSWORD, "HOME": str(tmp_path)}
-    log = (tmp_path / "master.log").open("wb")
-    proc = subprocess.Popen(
-        [MLSM, "master", "--data-dir", str(data_dir), "--port", str(port), "--init-admin", "admin"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
+    master = MasterProcess(
+        tmp_path / "master",
+        log_path=tmp_path / "master.log",
+        home=tmp_path,
+        admin=ADMIN,
+        password=ADMIN_PASSWORD,
     )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + MASTER_START_TIMEOUT_S
     try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"master exited: {(tmp_path / 'master.log').read_text()[-2000:]}")
-            try:
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("master did not answer /healthz in time")
-            time.sleep(
-                0.1
-            )  # polling a subprocess with a deadline, not waiting for a condition blindly
-        with Client(url) as client:
-            token = client.login("admin", ADMIN_PASSWORD).token
-        yield RealMaster(url=url, token=token, data_dir=data_dir, proc=proc)
+        master.start()
+        assert master.proc is not None
+        token = master.session_token()
+        yield RealMaster(url=master.url, token=token, data_dir=master.data_dir, proc=master.proc)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        master.stop()

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from conftest import make_app
-from fakes import FakeSource
 from textual.widgets import Input, Select
 
+from tests.tui.conftest import make_app
+from tests.tui.fakes import FakeSource
 from tui.screens import (
     AdminScreen,
     DatasetsScreen,

@@ -10,12 +10,13 @@ shown literally, its controls as escapes.
 
 from __future__ import annotations
 
-from conftest import assert_screen_safe, make_app, until
-from fakes import NOW, FakeSource
 from textual.widgets import Input
 
 from mlsm import errors
 from mlsm.wire import api
+from tests.support.wait import pilot_until
+from tests.tui.conftest import assert_screen_safe, make_app
+from tests.tui.fakes import NOW, FakeSource
 from tui.screens import AdminScreen, DatasetsScreen, JobScreen, JobsScreen, NodeScreen
 from tui.screens.datasets import DatasetDetail
 from tui.widgets.confirm import ConfirmModal
@@ -100,7 +101,9 @@ async def test_job_table_shows_markup_escapes_and_bidi_literally() -> None:
     app = make_app(HostileSource())
     async with app.run_test(size=(160, 48)) as pilot:
         await pilot.press("2")
-        await until(pilot, lambda: isinstance(app.screen, JobsScreen) and app.screen.jobs, "jobs")
+        await pilot_until(
+            pilot, lambda: isinstance(app.screen, JobsScreen) and app.screen.jobs, "jobs"
+        )
         await pilot.pause()
         text = assert_screen_safe(app)
         assert "[/x]" in text and "[bold]loud[/bold]" in text
@@ -111,7 +114,7 @@ async def test_job_table_shows_markup_escapes_and_bidi_literally() -> None:
 async def test_overview_shows_hostile_users_as_text() -> None:
     app = make_app(HostileSource())
     async with app.run_test(size=(200, 48)) as pilot:
-        await until(pilot, lambda: app.first_data_at is not None, "first data")
+        await pilot_until(pilot, lambda: app.first_data_at is not None, "first data")
         await pilot.pause()
         text = assert_screen_safe(app)
         assert "201:ev\\x1b]0;PWNED" in text  # the node's job list (cut to the column)
@@ -122,7 +125,7 @@ async def test_job_screen_title_details_and_log_show_data_as_text() -> None:
     app = make_app(HostileSource())
     async with app.run_test(size=(160, 48)) as pilot:
         app.open_job(EVIL_JOB)
-        await until(
+        await pilot_until(
             pilot,
             lambda: isinstance(app.screen, JobScreen) and app.screen.job is not None,
             "job details",
@@ -134,7 +137,7 @@ async def test_job_screen_title_details_and_log_show_data_as_text() -> None:
         assert f'\'{EVIL_SHOWN}\')" "[/x]"' in text  # the command
         await pilot.press("l")
         view = app.screen.query_one(LogView)
-        await until(pilot, lambda: len(view.lines) == len(LOG_SHOWN), "the log")
+        await pilot_until(pilot, lambda: len(view.lines) == len(LOG_SHOWN), "the log")
         await pilot.pause()
         assert list(view.lines) == LOG_SHOWN
         text = assert_screen_safe(app)
@@ -145,7 +148,7 @@ async def test_a_markup_name_opens_in_every_view_without_a_crash() -> None:
     app = make_app(HostileSource())
     async with app.run_test(size=(100, 30)) as pilot:
         app.open_job(MARKUP_JOB)
-        await until(
+        await pilot_until(
             pilot,
             lambda: isinstance(app.screen, JobScreen) and app.screen.job is not None,
             "job details",
@@ -153,7 +156,7 @@ async def test_a_markup_name_opens_in_every_view_without_a_crash() -> None:
         await pilot.pause()
         assert "Job 200 [/x]" in assert_screen_safe(app)
         await pilot.press("question_mark")
-        await until(pilot, lambda: isinstance(app.screen, HelpScreen), "help")
+        await pilot_until(pilot, lambda: isinstance(app.screen, HelpScreen), "help")
         assert_screen_safe(app)
 
 
@@ -161,14 +164,16 @@ async def test_confirm_dialog_and_refusal_toast_show_data_as_text() -> None:
     app = make_app(HostileSource())
     async with app.run_test(size=(160, 48), notifications=True) as pilot:
         await pilot.press("2")
-        await until(pilot, lambda: isinstance(app.screen, JobsScreen) and app.screen.jobs, "jobs")
+        await pilot_until(
+            pilot, lambda: isinstance(app.screen, JobsScreen) and app.screen.jobs, "jobs"
+        )
         app.actions.cancel_job(app.screen.jobs[EVIL_JOB])
-        await until(pilot, lambda: isinstance(app.screen, ConfirmModal), "confirm dialog")
+        await pilot_until(pilot, lambda: isinstance(app.screen, ConfirmModal), "confirm dialog")
         await pilot.pause()
         text = assert_screen_safe(app)
         assert f"Cancel job 201 (ev{OSC_SHOWN}" in text
         await pilot.press("y")
-        await until(pilot, lambda: bool(app.screen.query("Toast")), "the refusal toast")
+        await pilot_until(pilot, lambda: bool(app.screen.query("Toast")), "the refusal toast")
         await pilot.pause()
         text = assert_screen_safe(app)
         assert "cannot cancel [/x] ev\\x1b]0;PWNED" in text
@@ -178,19 +183,19 @@ async def test_node_screen_and_its_help_show_agent_facts_as_text() -> None:
     app = make_app(HostileSource())
     async with app.run_test(size=(160, 48)) as pilot:
         app.open_node("gpu001")
-        await until(
+        await pilot_until(
             pilot,
             lambda: isinstance(app.screen, NodeScreen) and app.screen.detail is not None,
             "node detail",
         )
-        await until(pilot, lambda: bool(app.screen.query("GpuPanel")), "GPU panels")
+        await pilot_until(pilot, lambda: bool(app.screen.query("GpuPanel")), "GPU panels")
         for _ in range(3):
             await pilot.pause()
         text = assert_screen_safe(app)
         assert f"host{OSC_SHOWN}" in text and f"[/x] {BIDI_SHOWN}" in text
         assert f"rack={EVIL_SHOWN}" in text
         await pilot.press("question_mark")
-        await until(pilot, lambda: isinstance(app.screen, HelpScreen), "help")
+        await pilot_until(pilot, lambda: isinstance(app.screen, HelpScreen), "help")
         assert "Keys on this screen (Node gpu001)" in assert_screen_safe(app)
 
 
@@ -198,7 +203,7 @@ async def test_datasets_detail_and_import_form_show_data_as_text() -> None:
     app = make_app(HostileSource())
     async with app.run_test(size=(160, 48)) as pilot:
         await pilot.press("3")
-        await until(
+        await pilot_until(
             pilot,
             lambda: isinstance(app.screen, DatasetsScreen) and app.screen.data is not None,
             "datasets",
@@ -208,15 +213,15 @@ async def test_datasets_detail_and_import_form_show_data_as_text() -> None:
         assert f"[/x]{BIDI_SHOWN}" in text
         app.screen.table.move_cursor(row=0)
         await pilot.press("enter")
-        await until(pilot, lambda: isinstance(app.screen, DatasetDetail), "dataset detail")
+        await pilot_until(pilot, lambda: isinstance(app.screen, DatasetDetail), "dataset detail")
         await pilot.pause()
         text = assert_screen_safe(app)
         assert f"about {EVIL_SHOWN}" in text and f"/data/{OSC_SHOWN}" in text
         await pilot.press("escape")
-        await until(pilot, lambda: isinstance(app.screen, DatasetsScreen), "back")
+        await pilot_until(pilot, lambda: isinstance(app.screen, DatasetsScreen), "back")
         app.screen.table.move_cursor(row=0)
         await pilot.press("i")
-        await until(pilot, lambda: isinstance(app.screen, FormModal), "import form")
+        await pilot_until(pilot, lambda: isinstance(app.screen, FormModal), "import form")
         await pilot.pause()
         assert_screen_safe(app)
         # the copy's node name cannot be shown raw in an Input: it is not offered
@@ -227,7 +232,7 @@ async def test_admin_tabs_show_data_as_text() -> None:
     app = make_app(HostileSource())
     async with app.run_test(size=(160, 48)) as pilot:
         await pilot.press("4")
-        await until(
+        await pilot_until(
             pilot,
             lambda: isinstance(app.screen, AdminScreen) and app.screen.data is not None,
             "admin data",
@@ -248,6 +253,6 @@ async def test_a_typed_command_echoed_in_a_toast_is_not_markup() -> None:
     app = make_app(HostileSource())
     async with app.run_test(size=(100, 30), notifications=True) as pilot:
         await pilot.press("colon", *"[/x]", "enter")
-        await until(pilot, lambda: bool(app.screen.query("Toast")), "the toast")
+        await pilot_until(pilot, lambda: bool(app.screen.query("Toast")), "the toast")
         await pilot.pause()
         assert "no view '[/x]'" in assert_screen_safe(app)

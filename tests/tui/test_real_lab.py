@@ -7,17 +7,16 @@ from __future__ import annotations
 import shlex
 import signal
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from textual.pilot import Pilot
 from textual.widgets import Input
 
 from mlsm.wire import api
 from tests.integration.lab import Lab
+from tests.support.wait import pilot_until
 from tui.app import MlsmApp
 from tui.screens import AdminScreen, JobScreen, JobsScreen, OverviewScreen
 from tui.source import MasterSource
@@ -29,6 +28,8 @@ from tui.widgets.table import LabTable
 DEADLINE_S = 30.0
 #: How often the app polls the master in these tests.
 POLL_S = 0.3
+#: Between tries of a wait: the app waits for a real lab, so the wait does not spin.
+PAUSE_S = 0.05
 NODES = ("lab-a", "lab-b")
 
 #: A job that prints each line in two writes, flushed apart, so log chunks split lines.
@@ -56,15 +57,6 @@ def make(lab: Lab, token: str | None = None, **kwargs: Any) -> MlsmApp:
     return MlsmApp(MasterSource(lab.url, token or lab.token), poll_s=POLL_S, **kwargs)
 
 
-async def until(pilot: Pilot[None], condition: Callable[[], object], what: str) -> None:
-    """Let the app run until ``condition()`` is true; fail after ``DEADLINE_S``."""
-    deadline = time.monotonic() + DEADLINE_S
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await pilot.pause(0.05)
-
-
 def rows(app: MlsmApp, table: str) -> list[str]:
     found = app.screen.query(table)
     if not found:
@@ -90,11 +82,19 @@ def submit(lab: Lab, argv: list[str], **extra: Any) -> int:
 async def test_overview_shows_both_nodes_online_with_their_gpus(lab: Lab) -> None:
     app = make(lab)
     async with app.run_test(size=(160, 48)) as pilot:
-        await until(pilot, lambda: set(NODES) <= set(rows(app, "#nodes")), "both node rows")
-        await until(
+        await pilot_until(
+            pilot,
+            lambda: set(NODES) <= set(rows(app, "#nodes")),
+            "both node rows",
+            DEADLINE_S,
+            pause_s=PAUSE_S,
+        )
+        await pilot_until(
             pilot,
             lambda: all(cell(app, "#nodes", n, "state") == "online" for n in NODES),
             "both nodes online",
+            DEADLINE_S,
+            pause_s=PAUSE_S,
         )
         for name in NODES:
             model = cell(app, "#nodes", name, "model")
@@ -109,32 +109,68 @@ async def test_submitted_job_runs_and_its_log_follows_split_lines(lab: Lab, tmp_
     script.write_text(SLOW_LINES)
     app = make(lab)
     async with app.run_test(size=(120, 40)) as pilot:
-        await until(pilot, lambda: app.conn.state == "live", "login")
+        await pilot_until(
+            pilot, lambda: app.conn.state == "live", "login", DEADLINE_S, pause_s=PAUSE_S
+        )
         await pilot.press("2")
-        await until(pilot, lambda: isinstance(app.screen, JobsScreen), "jobs view")
+        await pilot_until(
+            pilot,
+            lambda: isinstance(app.screen, JobsScreen),
+            "jobs view",
+            DEADLINE_S,
+            pause_s=PAUSE_S,
+        )
         await pilot.press("n")
-        await until(pilot, lambda: isinstance(app.screen, SubmitForm), "submit form")
+        await pilot_until(
+            pilot,
+            lambda: isinstance(app.screen, SubmitForm),
+            "submit form",
+            DEADLINE_S,
+            pause_s=PAUSE_S,
+        )
         form = app.screen
         form.query_one("#f-command", Input).value = shlex.join([sys.executable, str(script)])
         form.query_one("#f-name", Input).focus()
         await pilot.press(*"slow-lines", "ctrl+s")
-        await until(pilot, lambda: isinstance(app.screen, JobsScreen), "form closed")
+        await pilot_until(
+            pilot,
+            lambda: isinstance(app.screen, JobsScreen),
+            "form closed",
+            DEADLINE_S,
+            pause_s=PAUSE_S,
+        )
         jobs = app.screen
         assert isinstance(jobs, JobsScreen)
-        await until(
+        await pilot_until(
             pilot,
             lambda: any(j.name == "slow-lines" for j in jobs.jobs.values()),
             "the job in the table",
+            DEADLINE_S,
+            pause_s=PAUSE_S,
         )
         job = next(j for j in jobs.jobs.values() if j.name == "slow-lines")
         assert str(job.id) in rows(app, "#jobs")
         jobs.table.move_cursor(row=rows(app, "#jobs").index(str(job.id)))
         await pilot.press("l")
-        await until(pilot, lambda: isinstance(app.screen, JobScreen), "job screen")
+        await pilot_until(
+            pilot,
+            lambda: isinstance(app.screen, JobScreen),
+            "job screen",
+            DEADLINE_S,
+            pause_s=PAUSE_S,
+        )
         view = app.screen.query_one(LogView)
-        await until(pilot, lambda: "line 0 begins and ends 0" in view.lines, "the first line")
+        await pilot_until(
+            pilot,
+            lambda: "line 0 begins and ends 0" in view.lines,
+            "the first line",
+            DEADLINE_S,
+            pause_s=PAUSE_S,
+        )
         assert view.ended is None, "the log view followed a job that was still running"
-        await until(pilot, lambda: view.ended is not None, "the end of the log")
+        await pilot_until(
+            pilot, lambda: view.ended is not None, "the end of the log", DEADLINE_S, pause_s=PAUSE_S
+        )
         assert view.ended == "succeeded"
         ours = [line for line in view.lines if not line.startswith("[mlsm]")]
         assert ours == [f"line {i} begins and ends {i}" for i in range(5)]
@@ -144,9 +180,11 @@ async def test_cancel_with_capital_c_and_confirm_ends_a_running_job(lab: Lab) ->
     job_id = submit(lab, ["sleep", "60"], name="to-cancel")
     app = make(lab)
     async with app.run_test(size=(120, 40)) as pilot:
-        await until(pilot, lambda: app.conn.state == "live", "login")
+        await pilot_until(
+            pilot, lambda: app.conn.state == "live", "login", DEADLINE_S, pause_s=PAUSE_S
+        )
         app.open_job(job_id)
-        await until(
+        await pilot_until(
             pilot,
             lambda: (
                 isinstance(app.screen, JobScreen)
@@ -154,11 +192,19 @@ async def test_cancel_with_capital_c_and_confirm_ends_a_running_job(lab: Lab) ->
                 and app.screen.job.state == "running"
             ),
             "the job running",
+            DEADLINE_S,
+            pause_s=PAUSE_S,
         )
         await pilot.press("C")
-        await until(pilot, lambda: type(app.screen).__name__ == "ConfirmModal", "confirm")
+        await pilot_until(
+            pilot,
+            lambda: type(app.screen).__name__ == "ConfirmModal",
+            "confirm",
+            DEADLINE_S,
+            pause_s=PAUSE_S,
+        )
         await pilot.press("y")
-        await until(
+        await pilot_until(
             pilot,
             lambda: (
                 isinstance(app.screen, JobScreen)
@@ -166,6 +212,8 @@ async def test_cancel_with_capital_c_and_confirm_ends_a_running_job(lab: Lab) ->
                 and app.screen.job.state == "cancelled"
             ),
             "the job cancelled",
+            DEADLINE_S,
+            pause_s=PAUSE_S,
         )
     assert lab.job(job_id).state == "cancelled"
 
@@ -173,17 +221,27 @@ async def test_cancel_with_capital_c_and_confirm_ends_a_running_job(lab: Lab) ->
 async def test_admin_adds_a_user(lab: Lab) -> None:
     app = make(lab)
     async with app.run_test(size=(120, 40)) as pilot:
-        await until(pilot, lambda: app.is_admin, "admin login")
+        await pilot_until(pilot, lambda: app.is_admin, "admin login", DEADLINE_S, pause_s=PAUSE_S)
         await pilot.press("4")
-        await until(
+        await pilot_until(
             pilot,
             lambda: isinstance(app.screen, AdminScreen) and "root" in rows(app, "#users-table"),
             "users table",
+            DEADLINE_S,
+            pause_s=PAUSE_S,
         )
         await pilot.press("a")
-        await until(pilot, lambda: app.screen.query("#problem"), "user form")
+        await pilot_until(
+            pilot, lambda: app.screen.query("#problem"), "user form", DEADLINE_S, pause_s=PAUSE_S
+        )
         await pilot.press(*"lena", "tab", *"lena-password-1", "ctrl+s")
-        await until(pilot, lambda: "lena" in rows(app, "#users-table"), "the new user's row")
+        await pilot_until(
+            pilot,
+            lambda: "lena" in rows(app, "#users-table"),
+            "the new user's row",
+            DEADLINE_S,
+            pause_s=PAUSE_S,
+        )
     users = lab.admin.call("GET", "/api/v1/users", type=list[api.User])
     assert any(u.username == "lena" and u.role == "member" for u in users)
 
@@ -192,17 +250,29 @@ async def test_readonly_hides_every_action(lab: Lab) -> None:
     job_id = submit(lab, ["true"], name="ro")
     app = make(lab, readonly=True)
     async with app.run_test(size=(120, 40)) as pilot:
-        await until(pilot, lambda: app.is_admin and app.first_data_at, "data")
+        await pilot_until(
+            pilot, lambda: app.is_admin and app.first_data_at, "data", DEADLINE_S, pause_s=PAUSE_S
+        )
         assert isinstance(app.screen, OverviewScreen)
         assert not {"drain", "resume"} & bindings(app)
         await pilot.press("2")
-        await until(pilot, lambda: isinstance(app.screen, JobsScreen), "jobs view")
+        await pilot_until(
+            pilot,
+            lambda: isinstance(app.screen, JobsScreen),
+            "jobs view",
+            DEADLINE_S,
+            pause_s=PAUSE_S,
+        )
         assert not {"submit", "cancel_job"} & bindings(app)
         await pilot.press("n")
         assert not isinstance(app.screen, SubmitForm)
         app.open_job(job_id)
-        await until(
-            pilot, lambda: isinstance(app.screen, JobScreen) and app.screen.ready, "job screen"
+        await pilot_until(
+            pilot,
+            lambda: isinstance(app.screen, JobScreen) and app.screen.ready,
+            "job screen",
+            DEADLINE_S,
+            pause_s=PAUSE_S,
         )
         assert "cancel_job" not in bindings(app)
         assert "read-only" in str(app.screen.query_one("StatusBar").render())
@@ -211,22 +281,34 @@ async def test_readonly_hides_every_action(lab: Lab) -> None:
 async def test_master_killed_and_restarted_underneath(lab: Lab) -> None:
     app = make(lab)
     async with app.run_test(size=(120, 40)) as pilot:
-        await until(pilot, lambda: set(NODES) <= set(rows(app, "#nodes")), "node rows")
+        await pilot_until(
+            pilot,
+            lambda: set(NODES) <= set(rows(app, "#nodes")),
+            "node rows",
+            DEADLINE_S,
+            pause_s=PAUSE_S,
+        )
         screen = app.screen
         status = screen.query_one("StatusBar")
         lab.stop_master(signal.SIGKILL)
         try:
-            await until(pilot, lambda: app.conn.state == "stale", "stale state")
+            await pilot_until(
+                pilot, lambda: app.conn.state == "stale", "stale state", DEADLINE_S, pause_s=PAUSE_S
+            )
             assert "master unreachable" in str(status.render())
             assert screen.has_class("-stale")
             assert set(NODES) <= set(rows(app, "#nodes")), "the last data stays on screen"
         finally:
             lab.start_master()
-        await until(pilot, lambda: app.conn.state == "live", "reconnected")
+        await pilot_until(
+            pilot, lambda: app.conn.state == "live", "reconnected", DEADLINE_S, pause_s=PAUSE_S
+        )
         assert not screen.has_class("-stale")
         assert "unreachable" not in str(status.render())
-        await until(
+        await pilot_until(
             pilot,
             lambda: all(cell(app, "#nodes", n, "state") == "online" for n in NODES),
             "nodes online again",
+            DEADLINE_S,
+            pause_s=PAUSE_S,
         )

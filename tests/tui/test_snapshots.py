@@ -7,9 +7,10 @@ only change when the dashboard does. Update with ``pytest tests/tui --snapshot-u
 from __future__ import annotations
 
 import pytest
-from conftest import make_app
-from fakes import FakeSource
 from textual.widgets import Input
+
+from tests.tui.conftest import make_app
+from tests.tui.fakes import FakeSource
 
 SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((160, 48), id="160x48")]
 

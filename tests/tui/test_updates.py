@@ -4,24 +4,13 @@ alone, and log chunks that split lines anywhere are joined (fake lab, a test dou
 from __future__ import annotations
 
 import msgspec
-from conftest import make_app
-from fakes import FakeSource
-from textual.pilot import Pilot
 
+from tests.support.wait import pilot_until
+from tests.tui.conftest import make_app
+from tests.tui.fakes import FakeSource
 from tui.screens import JobScreen, OverviewScreen
 from tui.widgets.logview import LogView
 from tui.widgets.table import LabTable
-
-#: Pauses allowed for the app to take in a poll.
-MAX_PAUSES = 50
-
-
-async def until(pilot: Pilot[None], condition: object, what: str) -> None:
-    for _ in range(MAX_PAUSES):
-        if callable(condition) and condition():
-            return
-        await pilot.pause()
-    raise AssertionError(f"never happened: {what}")
 
 
 def row_text(table: LabTable, key: str) -> str:
@@ -34,14 +23,14 @@ async def test_a_changed_cell_repaints_and_the_others_keep_their_render(
 ) -> None:
     app = make_app(fake)
     async with app.run_test(size=(160, 48)) as pilot:
-        await until(pilot, lambda: app.first_data_at is not None, "first data")
+        await pilot_until(pilot, lambda: app.first_data_at is not None, "first data")
         assert isinstance(app.screen, OverviewScreen)
         table = app.screen.query_one("#nodes", LabTable)
         assert "online" in row_text(table, "gpu002")
         before = dict(table._cell_versions)
         fake._nodes["gpu002"] = msgspec.structs.replace(fake._nodes["gpu002"], state="offline")
         app.poll_now()
-        await until(pilot, lambda: "offline" in row_text(table, "gpu002"), "gpu002 offline")
+        await pilot_until(pilot, lambda: "offline" in row_text(table, "gpu002"), "gpu002 offline")
         changed = {
             (row.value, column.value)
             for (row, column), n in table._cell_versions.items()
@@ -58,7 +47,7 @@ async def test_log_chunks_split_anywhere_are_joined_into_lines(fake: FakeSource)
     app = make_app(fake)
     async with app.run_test(size=(80, 24)) as pilot:
         app.open_job(100, tab="log")
-        await until(
+        await pilot_until(
             pilot, lambda: isinstance(app.screen, JobScreen) and app.screen.ready, "job screen"
         )
         view = app.screen.query_one(LogView)
@@ -71,9 +60,9 @@ async def test_log_chunks_split_anywhere_are_joined_into_lines(fake: FakeSource)
             "tail without newline",
         ):
             await fake.follow_queue.put(("log", chunk))
-        await until(pilot, lambda: len(view.lines) == 2, "two whole lines")
+        await pilot_until(pilot, lambda: len(view.lines) == 2, "two whole lines")
         assert list(view.lines) == ["epoch 1 loss 0.5", "epoch 2 loss 0.4"]
         assert view.pending == "tail without newline"
         await fake.follow_queue.put(("end", "succeeded"))
-        await until(pilot, lambda: view.ended == "succeeded", "the end")
+        await pilot_until(pilot, lambda: view.ended == "succeeded", "the end")
         assert list(view.lines)[-1] == "tail without newline"

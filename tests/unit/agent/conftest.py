@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deep_trees import remove_all_under
+from tests.support.deep_trees import remove_all_under
 
 
 @pytest.fixture

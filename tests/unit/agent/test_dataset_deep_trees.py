@@ -18,7 +18,7 @@ from agent.datasets import (
     receive_dataset,
     scan_entry,
 )
-from tests.deep_trees import DEEP, deepest_rel, make_deep
+from tests.support.deep_trees import DEEP, deepest_rel, make_deep
 
 FILE_EVERY = 50  # a file every this many levels
 

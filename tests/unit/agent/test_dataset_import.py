@@ -39,7 +39,8 @@ from agent.datasets import extract as extract_mod
 from agent.datasets.importer import address_refusal, build_request, safe_basename
 from agent.fsutil import walk
 from mlsm.wire.agent import ImportDataset, TransferProgress
-from tests.deep_trees import DEEP, LAB_DEEP, deep_tar, deepest_rel
+from tests.support.deep_trees import DEEP, LAB_DEEP, deep_tar, deepest_rel
+from tests.support.wait import wait_until_async
 
 LOOPBACK = ["127.0.0.0/8"]
 MAX = 64 << 20
@@ -480,11 +481,14 @@ async def test_cancel_mid_download_leaves_nothing(site: Site, root: Path) -> Non
     events: list[TransferProgress] = []
     cancel = asyncio.Event()
     task = asyncio.create_task(_run(root, f"{site.base}/stall/x", events=events, cancel=cancel))
-    deadline = time.monotonic() + 10
-    while not any(e.done_bytes > 0 for e in events):
-        assert time.monotonic() < deadline, "no progress seen"
-        assert not task.done(), task
-        await asyncio.sleep(0.01)
+
+    def progressed() -> bool:
+        if any(e.done_bytes > 0 for e in events):
+            return True
+        assert not task.done(), task  # ended without progress: fail now, not at the deadline
+        return False
+
+    await wait_until_async(progressed, 10, "download progress", poll_s=0.01, retry_on=())
     assert any(p.name.startswith(".mlsm-import-ds-") for p in root.iterdir())
     cancel.set()
     with pytest.raises(DatasetCancelled):
@@ -607,7 +611,7 @@ async def test_unreachable_and_invalid_urls_keep_their_secrets(
     root: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    from tests.integration.lab import free_port
+    from tests.support.procs import free_port
 
     closed = f"http://127.0.0.1:{free_port()}/x?sig={SIGNATURE}"
     msg = await _fails(root, DatasetImportError, closed)

@@ -6,7 +6,6 @@ import asyncio
 import io
 import os
 import tarfile
-import time
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from agent.datasets import (
     receive_dataset,
 )
 from mlsm.wire.agent import TransferProgress
+from tests.support.wait import wait_until_async
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -213,10 +213,7 @@ async def test_cancel_while_waiting_for_chunks(source: Path, dest_root: Path) ->
     task = asyncio.create_task(
         receive_dataset(slow(), dest_root, "corpus", manifest, max_bytes=1 << 30, cancel=cancel)
     )
-    deadline = time.monotonic() + 10
-    while not stalled.is_set():
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.01)
+    await wait_until_async(stalled.is_set, 10, "the stream to stall", poll_s=0.01)
     cancel.set()
     with pytest.raises(DatasetCancelled):
         await asyncio.wait_for(task, 10)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from agent.fsutil import DirFds, TreeChangedError, remove_tree, walk
-from tests.deep_trees import DEEP, deepest_rel, make_deep, open_fds
+from tests.support.deep_trees import DEEP, deepest_rel, make_deep, open_fds
 
 FD_HEADROOM = 16  # descriptors the code under test may open beyond those already open
 

@@ -8,7 +8,6 @@ while (503) to play a master that is away.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from agent.runtimes.registry import Runtimes
 from agent.state import AgentState
 from agent.supervisor import JobSupervisor
 from mlsm.wire import agent as w
+from tests.support.wait import wait_until_async
 
 DEADLINE_S = 15.0
 POLL_S = 0.02
@@ -71,14 +71,6 @@ class Node:
     state: AgentState
     probe: SimulatedProbe
     data: Path
-
-
-async def until(cond: Callable[[], object], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(POLL_S)
 
 
 def make_supervisor(
@@ -136,7 +128,9 @@ async def test_an_attempt_runs_and_its_end_is_reported_after_its_whole_log(node:
     assert busy_gpus(node.probe) == [1]
 
     (job_dir_for(node.data, 1) / "go").touch()
-    await until(lambda: len(node.master.states(1)) == 2, "the job's end")
+    await wait_until_async(
+        lambda: len(node.master.states(1)) == 2, DEADLINE_S, "the job's end", poll_s=POLL_S
+    )
     end = node.master.events[-1]
     on_node = (job_dir_for(node.data, 1) / LOG_NAME).read_bytes()
     assert (end.state, end.exit_code, end.log_size) == ("exited", 0, len(on_node))
@@ -153,7 +147,12 @@ async def test_a_repeated_start_of_a_running_attempt_does_nothing(node: Node) ->
     await node.supervisor.cancel(
         w.CancelJob(id=3, job_id=2, attempt=0, reason="enough", end_kind="cancelled", grace_s=0)
     )
-    await until(lambda: len(node.master.states(2)) == 2, "the cancelled job's end")
+    await wait_until_async(
+        lambda: len(node.master.states(2)) == 2,
+        DEADLINE_S,
+        "the cancelled job's end",
+        poll_s=POLL_S,
+    )
     assert node.master.events[-1].end_kind == "cancelled"
 
 
@@ -170,13 +169,20 @@ async def test_an_ended_job_stays_running_for_heartbeats_until_the_master_has_it
 ) -> None:
     await node.supervisor.start(start(5, ["true"]))
     node.master.refuse_events = True
-    await until(lambda: node.supervisor.running == 0, "the job to end here")
+    await wait_until_async(
+        lambda: node.supervisor.running == 0, DEADLINE_S, "the job to end here", poll_s=POLL_S
+    )
     (listed,) = node.supervisor.reports()
     assert (listed.job_id, listed.state) == (5, "running")
     assert [r.job_id for r in node.state.records()] == [5]
 
     node.master.refuse_events = False
-    await until(lambda: node.master.states(5) == ["running", "exited"], "the end delivered")
+    await wait_until_async(
+        lambda: node.master.states(5) == ["running", "exited"],
+        DEADLINE_S,
+        "the end delivered",
+        poll_s=POLL_S,
+    )
     assert node.supervisor.reports() == [] and node.state.records() == []
 
 
@@ -196,12 +202,24 @@ async def test_a_retry_started_while_the_last_attempts_end_is_sent_keeps_its_log
 
     node.master.on_end = requeue
     await node.supervisor.start(start(8, ["sh", "-c", "echo attempt $MLSM_ATTEMPT; exit 3"]))
-    await until(lambda: node.master.states(8) == ["running", "exited", "running"], "the retry")
-    await until(lambda: b"attempt 1" in node.master.logs.get(8, b""), "the retry's log shipped")
+    await wait_until_async(
+        lambda: node.master.states(8) == ["running", "exited", "running"],
+        DEADLINE_S,
+        "the retry",
+        poll_s=POLL_S,
+    )
+    await wait_until_async(
+        lambda: b"attempt 1" in node.master.logs.get(8, b""),
+        DEADLINE_S,
+        "the retry's log shipped",
+        poll_s=POLL_S,
+    )
     assert [(r.job_id, r.attempt) for r in node.state.records()] == [(8, 1)]
 
     (job_dir_for(node.data, 8) / "go").touch()
-    await until(lambda: len(node.master.states(8)) == 4, "the retry's end")
+    await wait_until_async(
+        lambda: len(node.master.states(8)) == 4, DEADLINE_S, "the retry's end", poll_s=POLL_S
+    )
     on_node = (job_dir_for(node.data, 8) / LOG_NAME).read_bytes()
     assert node.master.log_at_end[8] == on_node and node.master.events[-1].log_size == len(on_node)
     assert node.state.records() == []
@@ -220,8 +238,18 @@ async def test_a_restarted_supervisor_adopts_what_its_state_file_lists(tmp_path:
     again.adopt()
     assert [(r.job_id, r.state) for r in again.reports()] == [(6, "running"), (7, "running")]
     task = asyncio.create_task(again.watch())
-    await until(lambda: master.states(7) == ["lost"], "the vanished attempt reported lost")
+    await wait_until_async(
+        lambda: master.states(7) == ["lost"],
+        DEADLINE_S,
+        "the vanished attempt reported lost",
+        poll_s=POLL_S,
+    )
     (job_dir_for(data, 6) / "go").touch()
-    await until(lambda: master.states(6) == ["running", "exited"], "the adopted job's end")
+    await wait_until_async(
+        lambda: master.states(6) == ["running", "exited"],
+        DEADLINE_S,
+        "the adopted job's end",
+        poll_s=POLL_S,
+    )
     stopping.set()
     await task

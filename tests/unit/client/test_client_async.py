@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from conftest import ADMIN, URL
 
 from mlsm import errors
 from mlsm.client import AsyncClient
 from mlsm.wire import api
 from mlsm.wire.follow import LogEnded
+from tests.unit.client.conftest import ADMIN, URL
 
 
 async def test_auth_and_health(asgi: httpx.ASGITransport) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from conftest import URL, PortalTransport
 
 from mlsm import errors
 from mlsm.client import (
@@ -16,6 +15,7 @@ from mlsm.client import (
     Client,
 )
 from mlsm.wire import api
+from tests.unit.client.conftest import URL, PortalTransport
 
 HOSTILE_WORDS = [
     "a\nb",  # a newline would end the request line

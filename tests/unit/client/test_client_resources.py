@@ -8,12 +8,13 @@ struct; what the master does with the work is tested by the integration suite.
 from __future__ import annotations
 
 import pytest
-from conftest import ADMIN, PASSWORD, URL, PortalTransport
 
 from mlsm import errors
-from mlsm.client import Client
+from mlsm.client import AsyncClient, Client
+from mlsm.client.resource import AsyncResource, SyncResource
 from mlsm.wire import api
 from mlsm.wire.follow import LogEnded
+from tests.unit.client.conftest import ADMIN, PASSWORD, URL, PortalTransport
 
 
 def _member(client: Client, transport: PortalTransport, name: str = "mia") -> Client:
@@ -39,6 +40,47 @@ def test_login_me_logout(transport: PortalTransport) -> None:
 def test_a_wrong_password_is_the_masters_authentication_error(transport: PortalTransport) -> None:
     with Client(URL, transport=transport) as c, pytest.raises(errors.AuthenticationError):
         c.auth.login(ADMIN, "not-the-password")
+
+
+def test_change_password_ends_the_other_sessions(
+    client: Client, transport: PortalTransport
+) -> None:
+    with _member(client, transport) as member, _member(client, transport, "max") as other:
+        elsewhere = Client(URL, transport=transport)
+        elsewhere.token = elsewhere.auth.login("mia", "member-password-1").token
+        change = api.PasswordChange(
+            current_password="member-password-1", new_password="member-password-2"
+        )
+        assert member.auth.change_password(change).revoked >= 1
+        assert member.auth.me().username == "mia"  # the session that asked goes on
+        with pytest.raises(errors.AuthenticationError):
+            elsewhere.auth.me()
+        assert other.auth.me().username == "max"  # another user's session is untouched
+        assert member.auth.login("mia", "member-password-2").token
+        with pytest.raises(errors.AuthenticationError):
+            member.auth.login("mia", "member-password-1")
+
+
+async def test_every_method_of_the_sync_face_is_on_the_async_face() -> None:
+    """Both faces are made from the same request builders; neither may lack a method."""
+
+    def methods(resource: object) -> set[str]:
+        return {m for m in dir(type(resource)) if not m.startswith("_")}
+
+    with Client(URL) as sync_face:
+        async with AsyncClient(URL) as async_face:
+            groups = {
+                n: getattr(sync_face, n)
+                for n in dir(Client)
+                if isinstance(getattr(sync_face, n, None), SyncResource)
+            }
+            assert {"jobs", "nodes", "datasets", "users", "tokens", "settings", "audit"} <= set(
+                groups
+            )
+            for name, resource in groups.items():
+                twin = getattr(async_face, name)
+                assert isinstance(twin, AsyncResource), name
+                assert methods(resource) == methods(twin), name
 
 
 # ------------------------------------------------------------------ users and tokens

@@ -4,9 +4,11 @@ effective usage."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
+from mlsm.master.db import Database
 from mlsm.master.scheduler import CPU_JOB_CHARGE, PASS_CHARGE_GPU_HOURS
 from mlsm.master.services.jobs.fairshare import FairShare
 
@@ -64,3 +66,21 @@ def test_stored_figures_are_decayed_to_now_when_restored() -> None:
     fs.restore([("alice", 4.0, T0 - HOUR), ("bob", 1.0, T0)], T0)
     assert fs.usage["alice"] == pytest.approx(2.0)
     assert fs.usage["bob"] == pytest.approx(1.0)
+
+
+async def test_figures_written_at_shutdown_are_read_back_at_start(tmp_path: Path) -> None:
+    """flush (shutdown) and load (start) through a real, migrated SQLite database; a second
+    flush updates the users' rows rather than adding more."""
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'mlsm.db'}")
+    await db.migrate(backup=False)
+    try:
+        fs = FairShare(half_life_s=HOUR)
+        fs.usage.update(alice=4.0, bob=1.0)
+        await fs.flush(db, [])
+        fs.usage["alice"] = 6.0
+        await fs.flush(db, [])
+        back = FairShare(half_life_s=HOUR)
+        await back.load(db)
+        assert back.usage == pytest.approx({"alice": 6.0, "bob": 1.0}, rel=1e-3)
+    finally:
+        await db.close()

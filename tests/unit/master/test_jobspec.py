@@ -17,6 +17,8 @@ from mlsm.master.jobspec import (
     build_submission,
     decode_spec,
     encode_spec,
+    parse_dependency,
+    parse_mount,
 )
 from mlsm.master.security import Principal
 from mlsm.wire import api
@@ -229,3 +231,55 @@ def test_the_stored_size_is_checked_before_the_dependencies() -> None:
     with pytest.raises(PayloadTooLarge) as info:
         _build(body)
     assert info.value.details["limit_bytes"] == MAX_SUBMISSION_STORED_BYTES
+
+
+@pytest.mark.parametrize(
+    ("text", "mount"),
+    [
+        ("/data:/data", Mount(source="/data", target="/data", read_only=True)),
+        ("/data:/in:ro", Mount(source="/data", target="/in", read_only=True)),
+        ("/scratch:/out:rw", Mount(source="/scratch", target="/out", read_only=False)),
+    ],
+)
+def test_a_mount_is_read_only_unless_it_says_rw(text: str, mount: Mount) -> None:
+    assert parse_mount(text) == mount
+
+
+@pytest.mark.parametrize(
+    "text", ["data:/data", "/data:data", "/data", "/a:/b:rw:x", "/a:/b:wr", "/a:/b:"]
+)
+def test_a_malformed_mount_names_the_mounts_field(text: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        parse_mount(text)
+    assert info.value.details["path"] == "mounts"
+
+
+@pytest.mark.parametrize(
+    ("text", "dep"),
+    [("7", Dependency(7)), ("7:ok", Dependency(7, "ok")), ("7:any", Dependency(7, "any"))],
+)
+def test_a_dependency_is_an_id_and_what_it_waits_for(text: str, dep: Dependency) -> None:
+    assert parse_dependency(text) == dep
+    assert parse_dependency(text).text() == text
+
+
+@pytest.mark.parametrize("text", ["", "x", "7:", "7:done", "-7", "７", "7:ok:any"])
+def test_a_malformed_dependency_names_the_after_field(text: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        parse_dependency(text)
+    assert info.value.details["path"] == "after"
+
+
+@pytest.mark.parametrize(
+    ("fields", "path"),
+    [
+        ({"env_kind": "conda"}, "conda"),
+        ({"env_kind": "venv", "venv": "relative/env"}, "venv"),
+        ({"workdir": "relative"}, "workdir"),
+        ({"argv": ["echo", "a\x00b"]}, "argv"),
+    ],
+)
+def test_the_other_submission_checks_name_their_field(fields: dict[str, Any], path: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        _build({"argv": ["true"], **fields})
+    assert info.value.details["path"] == path

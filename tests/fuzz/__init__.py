@@ -1,0 +1,1 @@
+"""Schemathesis against a real master's OpenAPI document."""

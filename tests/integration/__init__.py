@@ -1,0 +1,1 @@
+"""Real ``mlsm master`` and ``mlsm agent`` processes on loopback, the real CLI."""

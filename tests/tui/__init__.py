@@ -1,0 +1,1 @@
+"""The dashboard: Pilot behaviour tests, SVG snapshots, and runs against real masters."""

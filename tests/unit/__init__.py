@@ -1,0 +1,1 @@
+"""Unit tests: one module or pure function at a time, real parts where they are cheap."""

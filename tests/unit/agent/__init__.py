@@ -1,0 +1,1 @@
+"""Unit tests of the agent: runtimes, datasets, collectors, the link, the supervisor."""

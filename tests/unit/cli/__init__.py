@@ -1,0 +1,1 @@
+"""Unit tests of the CLI's own parsing."""

@@ -1,0 +1,1 @@
+"""The typed client against the real master app, in-process (the transport hook)."""

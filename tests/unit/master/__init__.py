@@ -1,0 +1,1 @@
+"""Unit tests of the master's pure parts and services."""
