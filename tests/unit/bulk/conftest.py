@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deep_trees import remove_all_under
+from tests.support.deep_trees import remove_all_under
 from tests.unit.bulk.support import BIG
 
 

@@ -14,7 +14,7 @@ import pytest
 from mlsm.bulk import HashCache, IgnoreRules, build_manifest
 from mlsm.bulk.hashing import FileKey, sha256_fd
 from mlsm.errors import PayloadTooLarge, UnsafeTree
-from tests.deep_trees import DEEP, deepest_rel, make_deep
+from tests.support.deep_trees import DEEP, deepest_rel, make_deep
 from tests.unit.bulk.support import sample_tree, write
 
 
