@@ -65,9 +65,7 @@ def make_small(root: Path, count: int, kib: int) -> None:
         (d / f"f{i:05d}.bin").write_bytes(i.to_bytes(4, "little") + payload[4:])
 
 
-def _threaded(
-    src: Path, manifest: Manifest, sink: Sink
-) -> None:
+def _threaded(src: Path, manifest: Manifest, sink: Sink) -> None:
     """Source in a thread, sink in this one, a bounded queue between (two parties)."""
 
     def fetch(want: Want) -> Iterator[bytes]:
@@ -131,7 +129,9 @@ def bench(
 ) -> list[tuple[str, float]]:
     t = time.perf_counter()
     manifest = build_manifest(src)
-    print(f"\n{label}: manifest built (read + sha256 of the source) in {time.perf_counter() - t:.3f} s")
+    print(
+        f"\n{label}: manifest built (read + sha256 of the source) in {time.perf_counter() - t:.3f} s"
+    )
     tools: list[tuple[str, Callable[[Path, Path, Manifest], None]]] = [
         ("cp -r", cp),
         ("rsync -a", rsync),
@@ -175,7 +175,12 @@ def run(big_mib: int, small: int, small_kib: int, where: str | None, repeat: int
         many = base / "small"
         make_small(many, small, small_kib)
         bench(
-            f"{small:,} files of {small_kib} KiB", many, base, repeat, small, small * (small_kib << 10)
+            f"{small:,} files of {small_kib} KiB",
+            many,
+            base,
+            repeat,
+            small,
+            small * (small_kib << 10),
         )
     finally:
         remove_tree(base)
