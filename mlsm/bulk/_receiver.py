@@ -227,6 +227,8 @@ class Receiver:
             remove_entry(dir_fd, name)
             return
         st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode):
+            self.chown(fd)  # its creator may have been killed before its chown
         partial_after_reboot = rebooted and st.st_size < entry.size
         if (
             not stat.S_ISREG(st.st_mode)

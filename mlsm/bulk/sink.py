@@ -124,7 +124,8 @@ class Sink(Receiver):
         except FileExistsError:
             if fresh:
                 raise
-            return  # made by the receiver before this one (it is opened O_NOFOLLOW later)
+            # made by the receiver before this one (it is opened O_NOFOLLOW later), which
+            # may have been killed before its chown: chown again (never through a link)
         if self.owner is not None:
             os.chown(name, *self.owner, dir_fd=dir_fd, follow_symlinks=False)
 
