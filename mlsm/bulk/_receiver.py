@@ -14,7 +14,10 @@ A work dir belongs to one receiver at a time: it is created 0700 (or, when it ex
 be a real directory owned by this user and closed to everyone else), and holds the
 journal (:mod:`mlsm.bulk.journal`). A new receiver over an existing work dir resumes: what
 the journal says was verified is kept (after a cheap check that it is still there), a
-partial file is re-hashed from disk and continued from its length. Everything is created
+partial file is re-hashed from disk and continued from its length. A journal that cannot
+be trusted (damaged, cut short, another manifest's) empties the work dir and the transfer
+starts over; a work dir holding things but no journal is refused (it is not a
+transfer's, and nothing in it is removed). Everything is created
 relative to directory descriptors, with ``O_NOFOLLOW`` (and ``O_EXCL`` for new files), so
 a link planted in the work dir is never followed; with ``owner`` each created entry is
 chowned by descriptor.
@@ -39,7 +42,7 @@ from mlsm.errors import TransferFailed, UnsafeTree
 from .frames import Flag, Frame, FrameError, FrameReader
 from .fstree import remove_at
 from .hashing import BLOCK
-from .journal import JOURNAL_NAME, Journal, JournalState, Record
+from .journal import JOURNAL_NAME, Journal, JournalState, JournalUnusable, Record
 from .manifest import Entry, Manifest, show_path, validate_manifest
 from .want import WANT_BYTES, WANT_ITEMS, Want, batch_wants
 
@@ -171,11 +174,15 @@ class Receiver:
         self.work_fd, fresh = open_work(self.work)
         try:
             digest = manifest.digest()
+            state = JournalState()
+            if not fresh:
+                try:
+                    self.journal, state = Journal.open(self.work_fd, digest)
+                except JournalUnusable:  # never trusted: what the work dir holds goes
+                    self._clear_work()
+                    fresh = True
             if fresh:
                 self.journal = Journal.create(self.work_fd, digest)
-                state = JournalState()
-            else:
-                self.journal, state = Journal.open(self.work_fd, digest)
             self._failures = dict(state.failures)
             self._stats.files_total = sum(1 for e in self.entries if e.kind == "f")
             self._stats.bytes_total = manifest.total_bytes()
@@ -184,6 +191,11 @@ class Receiver:
         except BaseException:
             self.close()
             raise
+
+    def _clear_work(self) -> None:
+        """Empty the work dir (never following a link): its journal was unusable."""
+        for name in os.listdir(self.work_fd):
+            remove_at(self.work_fd, name)
 
     # ------------------------------------------------------------ subclass hooks
     def prepare(self, fresh: bool, state: JournalState) -> None:

@@ -20,7 +20,10 @@ to the last ``SYNC``; on the same boot it trusts them all. Where the boot id can
 read (not Linux) every boot counts as the same, and the final sha256 check still keeps a
 damaged file out.
 
-A torn last record (the process died mid-``write``) is ignored.
+A torn last record (the process died mid-``write``) is ignored. A journal that is not
+this transfer's (cut short before its header was whole, another manifest's, not a journal,
+records of no known kind) raises :class:`JournalUnusable`: its records are never trusted,
+and the receiver starts the transfer over in that work dir.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from mlsm.errors import TransferFailed
 
 from .fstree import sync_fs
 
-__all__ = ["JOURNAL_NAME", "Journal", "JournalState", "Record"]
+__all__ = ["JOURNAL_NAME", "Journal", "JournalState", "JournalUnusable", "Record"]
 
 JOURNAL_NAME = "journal"
 _MAGIC = b"MLSMJNL1"
@@ -43,6 +46,10 @@ _HEADER = struct.Struct("<8s32s16s")
 _RECORD = struct.Struct("<BxxxIQ")
 _BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
 _FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class JournalUnusable(TransferFailed):
+    """The work dir's journal cannot be trusted (damaged, or another transfer's)."""
 
 
 class Record(enum.IntEnum):
@@ -163,18 +170,21 @@ def _rewrite(fd: int, digest: str, state: JournalState) -> None:
 
 def _parse(data: bytes, digest: str) -> JournalState:
     if len(data) < _HEADER.size:
-        raise TransferFailed("the work dir's journal is damaged (no header)")
+        raise JournalUnusable("the work dir's journal is damaged (no header)")
     magic, manifest, boot = _HEADER.unpack_from(data, 0)
     if magic != _MAGIC:
-        raise TransferFailed("the work dir's journal is not an mlsm journal")
+        raise JournalUnusable("the work dir's journal is not an mlsm journal")
     if manifest != bytes.fromhex(digest):
-        raise TransferFailed("the work dir belongs to a transfer of another manifest")
+        raise JournalUnusable("the work dir belongs to a transfer of another manifest")
     now = boot_id()
     rebooted = boot != now and boot != bytes(16) and now != bytes(16)
     records = [
         _RECORD.unpack_from(data, off)
         for off in range(_HEADER.size, len(data) - _RECORD.size + 1, _RECORD.size)
     ]
+    known = {int(k) for k in Record}
+    if any(r[0] not in known for r in records):
+        raise JournalUnusable("the work dir's journal is damaged (records of no known kind)")
     if rebooted:
         last_sync = max((i for i, r in enumerate(records) if r[0] == Record.SYNC), default=-1)
         kept = records[: last_sync + 1]

@@ -30,6 +30,7 @@ account, and the job cannot reach it before the rename (the work dir is root's, 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -84,6 +85,10 @@ class Sink(Receiver):
 
     # ------------------------------------------------------------ hooks
     def prepare(self, fresh: bool, state: JournalState) -> None:
+        if not fresh and not (state.done or state.failures or state.gone):
+            # a receiver killed between its journal and its tree: nothing was received yet
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(TREE_NAME, 0o700, dir_fd=self.work_fd)
         if fresh:
             os.mkdir(TREE_NAME, 0o700, dir_fd=self.work_fd)
         try:
