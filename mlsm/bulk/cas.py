@@ -22,7 +22,7 @@ the sha256 of their bytes. The rules:
   threads (a lock guards its connection). A blob file the index does not know (a crash
   between rename and commit) is simply written again by whoever needs it; a row whose file
   is gone is dropped when it is opened. A store whose index is new adopts the blobs
-  already on disk (:meth:`Store.rebuild_index`).
+  already on disk whose bytes hash to their names (:meth:`Store.rebuild_index`).
 
 :class:`StoreSink` receives a manifest's missing blobs from a frame stream (the code
 store's upload, an agent filling its cache): a :class:`~mlsm.bulk.want.Receiver` like the
@@ -41,6 +41,7 @@ import os
 import re
 import secrets
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -50,6 +51,7 @@ from pathlib import Path
 from mlsm.errors import StoreFull, TransferFailed
 
 from .frames import Flag, FrameError, FrameReader
+from .hashing import sha256_fd
 from .manifest import Manifest, show_path, validate_manifest
 from .want import WANT_BYTES, WANT_ITEMS, Want, batch_wants
 
@@ -167,12 +169,25 @@ class Store:
 
     def open_blob(self, sha: str) -> int | None:
         """A read-only descriptor of blob ``sha`` (the caller closes it), or None when the
-        store lacks it. Counts as a use."""
+        store lacks it. Counts as a use. A blob file that is not a regular file of the size
+        it was published with (cut short by a power loss, say) is dropped: None."""
         path = self.blob_path(sha)
         with self._lock:
+            row = self._db.execute("SELECT size FROM blobs WHERE sha = ?", (sha,)).fetchone()
             try:
                 fd = os.open(path, _READ)
             except FileNotFoundError:
+                fd = -1
+            if fd >= 0 and row is not None:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode) or st.st_size != int(row[0]):
+                    os.close(fd)
+                    fd = -1
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+            if fd < 0 or row is None:
+                if fd >= 0:
+                    os.close(fd)
                 with self._write() as db:
                     db.execute("DELETE FROM blobs WHERE sha = ?", (sha,))
                 return None
@@ -222,7 +237,7 @@ class Store:
         _check_sha(sha)
         if size is not None:
             with self._write() as db:
-                self._make_room(db, size)
+                self._make_room(db, size, keep=sha)
         return BlobWriter(self, sha)
 
     def put_stream(self, sha: str, chunks: Iterable[bytes]) -> bool:
@@ -239,11 +254,15 @@ class Store:
         return self.put_stream(sha, [data])
 
     def _make_room(self, db: sqlite3.Connection, size: int, keep: str = "") -> None:
-        """Evict least recently used unpinned blobs until ``size`` more bytes fit."""
+        """Evict least recently used unpinned blobs until blob ``keep`` of ``size`` bytes
+        fits (when ``keep`` is there already, only its growth needs room: a second writer
+        of one blob replaces it, and must not evict others or find the store full)."""
         if size > self.max_bytes:
             raise StoreFull(f"a blob of {size} bytes is larger than the store ({self.max_bytes})")
         (total,) = db.execute("SELECT COALESCE(SUM(size), 0) FROM blobs").fetchone()
-        excess = int(total) + size - self.max_bytes
+        row = db.execute("SELECT size FROM blobs WHERE sha = ?", (keep,)).fetchone()
+        held = int(row[0]) if row is not None else 0
+        excess = int(total) - held + size - self.max_bytes
         if excess <= 0:
             return
         victims = db.execute(
@@ -289,14 +308,31 @@ class Store:
     # ------------------------------------------------------------ upkeep
     def rebuild_index(self) -> int:
         """Adopt the blob files on disk that the index lacks (size from the file, oldest
-        use); return how many."""
+        use); return how many. Each is hashed first: a file whose bytes do not match its
+        name (damaged, or a crash's leftover) is removed, never adopted."""
+        with self._lock:
+            known = {r[0] for r in self._db.execute("SELECT sha FROM blobs")}
         found: list[tuple[str, int]] = []
         for sub in sorted(self.root.iterdir()):
-            if len(sub.name) != 2 or not sub.is_dir():
+            if len(sub.name) != 2 or sub.is_symlink() or not sub.is_dir():
                 continue
             for blob in sub.iterdir():
-                if _SHA.match(blob.name) and blob.name.startswith(sub.name):
-                    found.append((blob.name, blob.lstat().st_size))
+                name = blob.name
+                if not (_SHA.match(name) and name.startswith(sub.name)) or name in known:
+                    continue
+                try:
+                    fd = os.open(blob, _READ)
+                except OSError:  # a link or something unreadable: not a blob
+                    continue
+                try:
+                    st = os.fstat(fd)
+                    ok = stat.S_ISREG(st.st_mode) and sha256_fd(fd)[0] == name
+                finally:
+                    os.close(fd)
+                if ok:
+                    found.append((name, st.st_size))
+                else:
+                    blob.unlink(missing_ok=True)
         with self._write() as db:
             db.executemany(
                 "INSERT OR IGNORE INTO blobs (sha, size, last_used) VALUES (?, ?, 0)", found
