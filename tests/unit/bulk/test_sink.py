@@ -364,3 +364,22 @@ def test_a_wide_tree_goes_through(tmp_path: Path) -> None:
 
 def test_empty_file_hash_is_that_of_no_bytes() -> None:
     assert file_entry("e", b"").sha256 == EMPTY_SHA256
+
+
+def test_a_fifo_or_directory_swapped_in_at_the_source_is_gone_without_blocking(
+    tmp_path: Path,
+) -> None:
+    src = tmp_path / "src"
+    write(src / "fifo", b"was a file")
+    write(src / "dir", b"was a file too")
+    write(src / "ok", b"fine")
+    m = build_manifest(src)
+    os.unlink(src / "fifo")
+    os.mkfifo(src / "fifo")  # no writer: a blocking open would hang for ever
+    os.unlink(src / "dir")
+    (src / "dir").mkdir()
+    sink = Sink(m, tmp_path / "work", durable=False)
+    copy(src, m, sink)
+    assert sorted(m.entries[i].path for i in sink.gone) == ["dir", "fifo"]
+    sink.finish(tmp_path / "dest", allow_gone=True)
+    assert sorted(os.listdir(tmp_path / "dest")) == ["ok"]
