@@ -23,6 +23,10 @@ a link planted in the work dir is never followed; with ``owner`` each created en
 chowned by descriptor.
 
 Not thread-safe; one response at a time (the contract of :mod:`mlsm.bulk.want`).
+
+This module is one piece: the frame handling, the partial files, verification and the
+journal share one state (what is pending, held, done or gone), and every rule above is a
+rule about that state.
 """
 
 from __future__ import annotations
