@@ -5,6 +5,7 @@ following a link planted in it, and resumably."""
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import stat
 from pathlib import Path
@@ -147,3 +148,19 @@ def test_links_in_the_destination_are_replaced_never_written_through(
     assert not (dest / "sub").is_symlink() and (dest / "sub" / "g").read_bytes() == b"g"
     assert sorted(p.name for p in outside.iterdir()) == ["precious.txt"]
     assert (outside / "precious.txt").read_text() == "keep me"
+
+
+def test_owner_owns_what_an_in_place_transfer_creates(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("chown to another account needs root")
+    nobody = pwd.getpwnam("nobody")
+    owner = (nobody.pw_uid, nobody.pw_gid)
+    src = sample_tree(tmp_path / "src")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    write(dest / "README.md", (src / "README.md").read_bytes())  # kept: stays root's
+    _fetch(src, dest, tmp_path / "work", owner=owner)
+    for p in dest.rglob("*"):
+        st = p.lstat()
+        expected = (0, 0) if p.name == "README.md" else owner
+        assert (st.st_uid, st.st_gid) == expected, p
