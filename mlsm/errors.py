@@ -8,18 +8,25 @@ back into the same class, so the CLI and the dashboard print one readable line::
     ├── ConfigError                    config_invalid    (bad setting: names the key; CLI only)
     ├── ClientError                400 bad_request
     │   ├── ValidationError        400 validation_error  (details.path names the field)
+    │   │   └── UnsafeTree         400 unsafe_tree       (a tree entry that may not move: escaping
+    │   │                                                name or link, device, socket, FIFO)
     │   ├── AuthenticationError    401 unauthenticated
     │   ├── PermissionDenied       403 forbidden
     │   ├── NotFound               404 not_found
     │   ├── Conflict               409 conflict
-    │   │   └── NodeNameTaken      409 node_name_taken   (a registered node has that name)
+    │   │   ├── NodeNameTaken      409 node_name_taken   (a registered node has that name)
+    │   │   ├── DestinationExists  409 destination_exists (a tree's destination is taken)
+    │   │   └── SourceChanged      409 source_changed    (files changed at the source mid-transfer)
     │   ├── PayloadTooLarge        413 payload_too_large
     │   ├── RateLimited            429 rate_limited
     │   └── ProtocolMismatch       426 protocol_mismatch (agent speaks an unsupported version)
     ├── UnavailableError           503 unavailable       (the master cannot serve now: database busy)
     │   ├── AuditUnavailable       503 audit_unavailable (a change's audit row was not written)
-    │   └── Unreachable                unreachable       (no answer at all: refused, timed out, TLS)
-    │       └── PinMismatch            pin_mismatch      (the master's certificate is not the pinned one)
+    │   ├── Unreachable                unreachable       (no answer at all: refused, timed out, TLS)
+    │   │   └── PinMismatch            pin_mismatch      (the master's certificate is not the pinned one)
+    │   └── StoreFull              507 store_full        (a content store is full of pinned blobs)
+    ├── TransferFailed             502 transfer_failed   (bytes did not arrive intact, or the source
+    │                                                     failed: names the file)
     └── DatabaseTooNew             500 database_too_new  (schema newer than this mlsm)
 
 Codes are part of the API: add new ones, never rename. Classes without a status are raised
@@ -70,6 +77,14 @@ class ValidationError(ClientError):
         super().__init__(message, details=d)
 
 
+class UnsafeTree(ValidationError):
+    """A tree (or a manifest of one) holds what may not be moved or written: a name that
+    escapes (``..``, absolute, NUL), a link that leaves the tree, a device, socket or FIFO.
+    The message names the first few offenders; ``details.entries`` lists them."""
+
+    code = "unsafe_tree"
+
+
 class AuthenticationError(ClientError):
     status = 401
     code = "unauthenticated"
@@ -95,6 +110,19 @@ class NodeNameTaken(Conflict):
     handed over; an admin removes the node first, or the agent picks another name."""
 
     code = "node_name_taken"
+
+
+class DestinationExists(Conflict):
+    """A finished tree was not moved into place: something already has its name."""
+
+    code = "destination_exists"
+
+
+class SourceChanged(Conflict):
+    """Files changed or vanished at the source after its manifest was made; the transfer
+    cannot finish with that manifest (``details.paths`` names them)."""
+
+    code = "source_changed"
 
 
 class PayloadTooLarge(ClientError):
@@ -133,6 +161,23 @@ class PinMismatch(Unreachable):
     code = "pin_mismatch"
 
 
+class StoreFull(UnavailableError):
+    """A content-addressed store cannot take a blob: what it holds is pinned by live users
+    and its byte limit is reached."""
+
+    status = 507
+    code = "store_full"
+
+
+class TransferFailed(MlsmError):
+    """Bytes of a transfer did not arrive intact (a file failed verification again and
+    again, a malformed frame stream) or the source reported an error; the message names
+    the file. What was verified so far is kept, so a retry resumes."""
+
+    status = 502
+    code = "transfer_failed"
+
+
 class AuditUnavailable(UnavailableError):
     """A mutation's audit row could not be committed, so the master does not acknowledge
     the mutation (which may nevertheless have been applied)."""
@@ -151,17 +196,22 @@ _BY_CODE: dict[str, type[MlsmError]] = {
         ConfigError,
         ClientError,
         ValidationError,
+        UnsafeTree,
         AuthenticationError,
         PermissionDenied,
         NotFound,
         Conflict,
         NodeNameTaken,
+        DestinationExists,
+        SourceChanged,
         PayloadTooLarge,
         RateLimited,
         ProtocolMismatch,
         UnavailableError,
         Unreachable,
         PinMismatch,
+        StoreFull,
+        TransferFailed,
         AuditUnavailable,
         DatabaseTooNew,
     )

@@ -6,58 +6,30 @@ never follows a link, any depth); :func:`cleanup` is its form for ``finally`` bl
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import logging
 import os
 import secrets
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from agent.fsutil import remove_tree
+from mlsm.bulk.fstree import rename_noreplace as _rename_noreplace
 
 from .errors import DatasetExistsError
 from .paths import RESERVED_PREFIX, confine
 
 log = logging.getLogger("mlsm.agent.datasets")
 
-_AT_FDCWD = -100
-_RENAME_NOREPLACE = 1
-
-_renameat2: Any
-try:
-    _renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    _renameat2.argtypes = [
-        ctypes.c_int,
-        ctypes.c_char_p,
-        ctypes.c_int,
-        ctypes.c_char_p,
-        ctypes.c_uint,
-    ]
-    _renameat2.restype = ctypes.c_int
-except (OSError, AttributeError):  # not glibc >= 2.28
-    _renameat2 = None
-
 
 def rename_noreplace(src: Path, dst: Path) -> None:
-    """Rename ``src`` to ``dst`` atomically, failing with DatasetExistsError if dst exists.
-
-    Plain ``os.rename`` silently replaces an empty directory, so Linux's
-    ``renameat2(RENAME_NOREPLACE)`` is used; where the kernel or file system lacks it, a
-    check-then-rename is the fallback (the agent runs one operation per name at a time).
-    """
-    if _renameat2 is not None:
-        rc = _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE)
-        if rc == 0:
-            return
-        err = ctypes.get_errno()
-        if err == errno.EEXIST:
-            raise DatasetExistsError(f"a dataset named {dst.name!r} already exists in {dst.parent}")
-        if err not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
-            raise OSError(err, os.strerror(err), os.fspath(src), None, os.fspath(dst))
-    if os.path.lexists(dst):
-        raise DatasetExistsError(f"a dataset named {dst.name!r} already exists in {dst.parent}")
-    os.rename(src, dst)
+    """Rename ``src`` to ``dst`` atomically, failing with DatasetExistsError if dst exists
+    (:func:`mlsm.bulk.fstree.rename_noreplace`: ``renameat2(RENAME_NOREPLACE)``)."""
+    try:
+        _rename_noreplace(src, dst)
+    except FileExistsError:
+        raise DatasetExistsError(
+            f"a dataset named {dst.name!r} already exists in {dst.parent}"
+        ) from None
 
 
 def prepare_target(root: Path, name: str, kind: str) -> tuple[Path, Path]:

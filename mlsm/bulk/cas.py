@@ -1,0 +1,504 @@
+"""A content-addressed blob store on disk: the master's code store, each agent's node cache.
+
+Blobs live at ``<root>/<aa>/<sha256>`` (``aa``: the hash's first two hex digits), named by
+the sha256 of their bytes. The rules:
+
+- **Verify on write.** A :class:`BlobWriter` hashes what it writes; a blob whose bytes do
+  not hash to its name is refused (:class:`~mlsm.errors.TransferFailed`), never published.
+- **Atomic publish.** A blob is written under ``<root>/tmp/`` and renamed into place, so a
+  reader sees the whole blob or none.
+- **Bounded.** The bytes of all blobs stay under ``max_bytes``: making room evicts the
+  least recently used blobs (last use = written, found by :meth:`Store.has`, opened by
+  :meth:`Store.open_blob`), except pinned ones. When only pinned blobs are left and the
+  new one does not fit, :class:`~mlsm.errors.StoreFull`.
+- **Pins.** :meth:`Store.pin` marks blobs an owner (a job, a snapshot being uploaded) still
+  needs, whether they are present yet or not; :meth:`Store.unpin` drops all of that
+  owner's pins. Pin *before* asking :meth:`Store.has`, so nothing found present is evicted
+  before it is used.
+- **Bookkeeping** is a small SQLite index (``<root>/index.sqlite``, stdlib ``sqlite3``):
+  size, a logical last-use clock, pins. A blob is published (rename + row) and evicted
+  (row + unlink) inside one write transaction, so two processes or threads sharing a store
+  never publish and evict the same blob at once. One ``Store`` object may be shared by
+  threads (a lock guards its connection). A blob file the index does not know (a crash
+  between rename and commit) is simply written again by whoever needs it; a row whose file
+  is gone is dropped when it is opened. A store whose index is new adopts the blobs
+  already on disk whose bytes hash to their names (:meth:`Store.rebuild_index`).
+
+:class:`StoreSink` receives a manifest's missing blobs from a frame stream (the code
+store's upload, an agent filling its cache): a :class:`~mlsm.bulk.want.Receiver` like the
+tree sinks, without a journal (a cut blob is fetched again from where this sink got to;
+a new sink starts it from 0). :meth:`mlsm.bulk.source.Source.from_store` serves blobs.
+
+This module is one piece: the store and its sink share the index, the writer and the
+eviction rules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import secrets
+import sqlite3
+import stat
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlsm.errors import StoreFull, TransferFailed
+
+from .frames import Flag, FrameError, FrameReader
+from .hashing import sha256_fd
+from .manifest import Manifest, show_path, validate_manifest
+from .want import WANT_BYTES, WANT_ITEMS, Want, batch_wants
+
+__all__ = ["BlobWriter", "Store", "StoreSink", "StoreUsage"]
+
+INDEX_NAME = "index.sqlite"
+TMP_DIR = "tmp"
+STALE_TMP_S = 24 * 3600  # a temp blob this old is a crashed writer's
+BUSY_TIMEOUT_S = 30.0  # waiting for another process's write transaction
+_QUERY_CHUNK = 500  # hashes per IN (...) query
+_SHA = re.compile(r"^[0-9a-f]{64}$")
+_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS blobs (
+    sha TEXT PRIMARY KEY, size INTEGER NOT NULL, last_used INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS blobs_lru ON blobs (last_used);
+CREATE TABLE IF NOT EXISTS pins (owner TEXT NOT NULL, sha TEXT NOT NULL,
+    PRIMARY KEY (owner, sha));
+CREATE INDEX IF NOT EXISTS pins_sha ON pins (sha);
+"""
+
+
+def _check_sha(sha: str) -> str:
+    if not _SHA.match(sha):
+        raise ValueError(f"not a sha256 in hex: {sha[:80]!r}")
+    return sha
+
+
+@dataclass(frozen=True)
+class StoreUsage:
+    blobs: int
+    bytes: int
+    pinned_bytes: int
+    max_bytes: int
+
+
+class Store:
+    """The blob store at ``root`` holding at most ``max_bytes`` (see the module docstring)."""
+
+    def __init__(self, root: str | os.PathLike[str], max_bytes: int) -> None:
+        self.root = Path(root)
+        self.max_bytes = max_bytes
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (self.root / TMP_DIR).mkdir(mode=0o700, exist_ok=True)
+        new = not (self.root / INDEX_NAME).exists()
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(
+            self.root / INDEX_NAME,
+            timeout=BUSY_TIMEOUT_S,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+        if new:
+            self.rebuild_index()
+        self._sweep_tmp()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ paths, transactions
+    def blob_path(self, sha: str) -> Path:
+        return self.root / sha[:2] / _check_sha(sha)
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE``: other writers wait)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _next_clock(self, db: sqlite3.Connection) -> int:
+        row = db.execute("SELECT COALESCE(MAX(last_used), 0) FROM blobs").fetchone()
+        return int(row[0]) + 1
+
+    # ------------------------------------------------------------ reading
+    def has(self, hashes: Iterable[str]) -> list[str]:
+        """The hashes of ``hashes`` the store lacks (in order, each once); those it holds
+        count as used now."""
+        wanted = list(dict.fromkeys(_check_sha(h) for h in hashes))
+        present: set[str] = set()
+        with self._lock:
+            for i in range(0, len(wanted), _QUERY_CHUNK):
+                part = wanted[i : i + _QUERY_CHUNK]
+                marks = ",".join("?" * len(part))
+                rows = self._db.execute(f"SELECT sha FROM blobs WHERE sha IN ({marks})", part)  # noqa: S608
+                present.update(r[0] for r in rows)
+            if present:
+                with self._write() as db:
+                    clock = self._next_clock(db)
+                    db.executemany(
+                        "UPDATE blobs SET last_used = ? WHERE sha = ?",
+                        [(clock + n, h) for n, h in enumerate(h for h in wanted if h in present)],
+                    )
+        return [h for h in wanted if h not in present]
+
+    def contains(self, sha: str) -> bool:
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM blobs WHERE sha = ?", (_check_sha(sha),))
+            return row.fetchone() is not None
+
+    def open_blob(self, sha: str) -> int | None:
+        """A read-only descriptor of blob ``sha`` (the caller closes it), or None when the
+        store lacks it. Counts as a use. A blob file that is not a regular file of the size
+        it was published with (cut short by a power loss, say) is dropped: None."""
+        path = self.blob_path(sha)
+        with self._lock:
+            row = self._db.execute("SELECT size FROM blobs WHERE sha = ?", (sha,)).fetchone()
+            try:
+                fd = os.open(path, _READ)
+            except FileNotFoundError:
+                fd = -1
+            if fd >= 0 and row is not None:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode) or st.st_size != int(row[0]):
+                    os.close(fd)
+                    fd = -1
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+            if fd < 0 or row is None:
+                if fd >= 0:
+                    os.close(fd)
+                with self._write() as db:
+                    db.execute("DELETE FROM blobs WHERE sha = ?", (sha,))
+                return None
+            with self._write() as db:
+                db.execute(
+                    "UPDATE blobs SET last_used = ? WHERE sha = ?", (self._next_clock(db), sha)
+                )
+            return fd
+
+    def read_blob(self, sha: str) -> bytes | None:
+        """A small blob's bytes (tests, manifests stored as blobs)."""
+        fd = self.open_blob(sha)
+        if fd is None:
+            return None
+        with open(fd, "rb") as f:
+            return f.read()
+
+    def usage(self) -> StoreUsage:
+        with self._lock:
+            blobs, total = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM blobs"
+            ).fetchone()
+            (pinned,) = self._db.execute(
+                "SELECT COALESCE(SUM(size), 0) FROM blobs WHERE sha IN (SELECT sha FROM pins)"
+            ).fetchone()
+        return StoreUsage(int(blobs), int(total), int(pinned), self.max_bytes)
+
+    # ------------------------------------------------------------ pins
+    def pin(self, owner: str, hashes: Iterable[str]) -> None:
+        rows = [(owner, _check_sha(h)) for h in hashes]
+        with self._write() as db:
+            db.executemany("INSERT OR IGNORE INTO pins (owner, sha) VALUES (?, ?)", rows)
+
+    def unpin(self, owner: str) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM pins WHERE owner = ?", (owner,))
+
+    def pinned(self, owner: str) -> set[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT sha FROM pins WHERE owner = ?", (owner,))
+            return {r[0] for r in rows}
+
+    # ------------------------------------------------------------ writing
+    def writer(self, sha: str, size: int | None = None) -> BlobWriter:
+        """A writer for blob ``sha``; with ``size``, room is made first (StoreFull now,
+        not after the bytes came)."""
+        _check_sha(sha)
+        if size is not None:
+            with self._write() as db:
+                self._make_room(db, size, keep=sha)
+        return BlobWriter(self, sha)
+
+    def put_stream(self, sha: str, chunks: Iterable[bytes]) -> bool:
+        """Store the blob whose bytes ``chunks`` are; False (nothing read) if it is there."""
+        if not self.has([sha]):
+            return False
+        with self.writer(sha) as w:
+            for chunk in chunks:
+                w.write(chunk)
+            w.commit()
+        return True
+
+    def put_bytes(self, sha: str, data: bytes) -> bool:
+        return self.put_stream(sha, [data])
+
+    def _make_room(self, db: sqlite3.Connection, size: int, keep: str = "") -> None:
+        """Evict least recently used unpinned blobs until blob ``keep`` of ``size`` bytes
+        fits (when ``keep`` is there already, only its growth needs room: a second writer
+        of one blob replaces it, and must not evict others or find the store full)."""
+        if size > self.max_bytes:
+            raise StoreFull(f"a blob of {size} bytes is larger than the store ({self.max_bytes})")
+        (total,) = db.execute("SELECT COALESCE(SUM(size), 0) FROM blobs").fetchone()
+        row = db.execute("SELECT size FROM blobs WHERE sha = ?", (keep,)).fetchone()
+        held = int(row[0]) if row is not None else 0
+        excess = int(total) - held + size - self.max_bytes
+        if excess <= 0:
+            return
+        victims = db.execute(
+            "SELECT sha, size FROM blobs WHERE sha NOT IN (SELECT sha FROM pins) AND sha != ?"
+            " ORDER BY last_used, rowid",
+            (keep,),
+        ).fetchall()
+        for sha, vsize in victims:
+            if excess <= 0:
+                break
+            db.execute("DELETE FROM blobs WHERE sha = ?", (sha,))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.blob_path(sha))
+            excess -= int(vsize)
+        if excess > 0:
+            raise StoreFull(
+                f"the store at {self.root} is full of pinned blobs ({self.max_bytes} bytes); "
+                f"{size} more do not fit"
+            )
+
+    def _publish(self, tmp: Path, sha: str, size: int) -> None:
+        with self._write() as db:
+            self._make_room(db, size, keep=sha)
+            target = self.blob_path(sha)
+            target.parent.mkdir(mode=0o700, exist_ok=True)
+            os.replace(tmp, target)
+            db.execute(
+                "INSERT INTO blobs (sha, size, last_used) VALUES (?, ?, ?) ON CONFLICT (sha)"
+                " DO UPDATE SET size = excluded.size, last_used = excluded.last_used",
+                (sha, size, self._next_clock(db)),
+            )
+
+    def evict(self, sha: str) -> bool:
+        """Remove blob ``sha`` unless it is pinned; True when it is gone."""
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM pins WHERE sha = ?", (sha,)).fetchone():
+                return False
+            db.execute("DELETE FROM blobs WHERE sha = ?", (sha,))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.blob_path(sha))
+        return True
+
+    # ------------------------------------------------------------ upkeep
+    def rebuild_index(self) -> int:
+        """Adopt the blob files on disk that the index lacks (size from the file, oldest
+        use); return how many. Each is hashed first: a file whose bytes do not match its
+        name (damaged, or a crash's leftover) is removed, never adopted."""
+        with self._lock:
+            known = {r[0] for r in self._db.execute("SELECT sha FROM blobs")}
+        found: list[tuple[str, int]] = []
+        for sub in sorted(self.root.iterdir()):
+            if len(sub.name) != 2 or sub.is_symlink() or not sub.is_dir():
+                continue
+            for blob in sub.iterdir():
+                name = blob.name
+                if not (_SHA.match(name) and name.startswith(sub.name)) or name in known:
+                    continue
+                try:
+                    fd = os.open(blob, _READ)
+                except OSError:  # a link or something unreadable: not a blob
+                    continue
+                try:
+                    st = os.fstat(fd)
+                    ok = stat.S_ISREG(st.st_mode) and sha256_fd(fd)[0] == name
+                finally:
+                    os.close(fd)
+                if ok:
+                    found.append((name, st.st_size))
+                else:
+                    blob.unlink(missing_ok=True)
+        with self._write() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO blobs (sha, size, last_used) VALUES (?, ?, 0)", found
+            )
+        return len(found)
+
+    def _sweep_tmp(self) -> None:
+        cutoff = time.time() - STALE_TMP_S
+        for entry in (self.root / TMP_DIR).iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if entry.lstat().st_mtime < cutoff:
+                    entry.unlink()
+
+
+class BlobWriter:
+    """Writes one blob: :meth:`write` in order, :meth:`commit` verifies and publishes; a
+    writer left without commit (an exception, :meth:`abort`) leaves nothing behind."""
+
+    def __init__(self, store: Store, sha: str) -> None:
+        self.store = store
+        self.sha = sha
+        self.size = 0
+        self._hasher = hashlib.sha256()
+        self._tmp = store.root / TMP_DIR / f"{sha[:16]}-{secrets.token_hex(6)}.part"
+        self._fd = os.open(self._tmp, _NEW, 0o600)
+
+    def write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        pos = 0
+        while pos < len(view):
+            pos += os.write(self._fd, view[pos:])
+        self._hasher.update(view)
+        self.size += len(view)
+
+    def commit(self) -> None:
+        """Publish the blob; :class:`~mlsm.errors.TransferFailed` (and nothing published)
+        when its bytes do not hash to its name."""
+        got = self._hasher.hexdigest()
+        if got != self.sha:
+            self.abort()
+            raise TransferFailed(
+                f"blob {self.sha} refused: its bytes hash to {got}",
+                details={"expected": self.sha, "got": got},
+            )
+        os.close(self._fd)
+        self._fd = -1
+        try:
+            self.store._publish(self._tmp, self.sha, self.size)
+        except BaseException:
+            self._tmp.unlink(missing_ok=True)
+            raise
+
+    def abort(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd >= 0:
+            self.abort()
+
+
+class StoreSink:
+    """Receives the blobs of ``manifest`` that ``store`` lacks (one per distinct sha256)
+    from frame streams; a :class:`~mlsm.bulk.want.Receiver`."""
+
+    def __init__(self, store: Store, manifest: Manifest, *, max_attempts: int = 3) -> None:
+        validate_manifest(manifest)
+        self.store = store
+        self.entries = manifest.entries
+        self.max_attempts = max(1, max_attempts)
+        first: dict[str, int] = {}
+        for index, e in enumerate(self.entries):
+            if e.kind == "f" and e.sha256 not in first:
+                first[e.sha256] = index
+        missing = set(store.has(first))
+        self._pending: dict[int, None] = {i: None for s, i in first.items() if s in missing}
+        self._writers: dict[int, BlobWriter] = {}
+        self._failures: dict[int, int] = {}
+        self._reader = FrameReader()
+        self._mark = 0
+        self.gone: list[int] = []
+        self.bytes_received = 0
+        for index in list(self._pending):
+            if self.entries[index].size == 0:  # the empty blob needs no bytes
+                self._writer(index)
+                self._finish_blob(index)
+
+    @property
+    def complete(self) -> bool:
+        return not self._pending
+
+    def progress_mark(self) -> int:
+        return self._mark
+
+    def next_want(self, *, budget: int = WANT_BYTES, max_items: int = WANT_ITEMS) -> Want | None:
+        self._reader = FrameReader()
+        items = ((i, self._writers[i].size if i in self._writers else 0) for i in self._pending)
+        missing = ((i, off, self.entries[i].size - off) for i, off in items)
+        return next(batch_wants(missing, budget=budget, max_items=max_items), None)
+
+    def feed(self, chunk: bytes | bytearray | memoryview) -> bool:
+        for frame in self._reader.feed(chunk):
+            index = frame.index
+            if frame.flags & Flag.ERROR:
+                raise TransferFailed(f"the source failed: {frame.message()}")
+            if frame.flags & Flag.GONE:
+                if index in self._pending:
+                    self._drop(index)
+                    del self._pending[index]
+                    self.gone.append(index)
+                    self._mark += 1
+            if frame.flags & Flag.END:
+                return True
+            if frame.flags:
+                continue
+            if index >= len(self.entries) or self.entries[index].kind != "f":
+                raise FrameError(f"malformed frame stream: data for entry {index}, not a file")
+            if index not in self._pending:
+                continue
+            w = self._writer(index)
+            if frame.offset > w.size:
+                raise FrameError(f"malformed frame stream: a gap in blob of entry {index}")
+            data = frame.data[w.size - frame.offset :]
+            if w.size + len(data) > self.entries[index].size:
+                raise FrameError(f"malformed frame stream: entry {index} is longer than its size")
+            if data:
+                w.write(data)
+                self.bytes_received += len(data)
+                self._mark += len(data)
+            if w.size == self.entries[index].size:
+                self._finish_blob(index)
+        return False
+
+    def _writer(self, index: int) -> BlobWriter:
+        w = self._writers.get(index)
+        if w is None:
+            entry = self.entries[index]
+            w = self._writers[index] = self.store.writer(entry.sha256, entry.size)
+        return w
+
+    def _finish_blob(self, index: int) -> None:
+        w = self._writers.pop(index)
+        self._mark += 1
+        try:
+            w.commit()
+        except TransferFailed:
+            count = self._failures[index] = self._failures.get(index, 0) + 1
+            if count >= self.max_attempts:
+                raise TransferFailed(
+                    f"{show_path(self.entries[index].path)} arrived damaged {count} times; "
+                    "giving up"
+                ) from None
+            return
+        del self._pending[index]
+
+    def _drop(self, index: int) -> None:
+        w = self._writers.pop(index, None)
+        if w is not None:
+            w.abort()
+
+    def close(self) -> None:
+        """Drop half-written blobs (nothing partial is ever published)."""
+        for index in list(self._writers):
+            self._drop(index)

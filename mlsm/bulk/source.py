@@ -1,0 +1,201 @@
+"""Serving a want: the frames of a manifest's files, read from a tree or a content store.
+
+:class:`Source` answers a :class:`~mlsm.bulk.want.Want` with a frame stream
+(:mod:`mlsm.bulk.frames`) that ends in END, as ``bytes`` chunks of about 1 MiB
+(:meth:`Source.chunks`, lazily: a block is read when the chunk before it was taken) or as
+lists of them (:meth:`Source.batches`, for an async sender that runs the source in a
+thread: one hop per ~1 MiB list, not per chunk). A large file's block is a chunk of its
+own, exactly as ``pread`` returned it (never copied); its 20-byte header travels with the
+chunk before it.
+
+From a tree (:meth:`Source.from_tree`) the agent may be root and the tree someone else's,
+so every entry is opened relative to its parent directory's descriptor
+(:class:`~mlsm.bulk.fstree.DirFds`: ``O_NOFOLLOW`` at every level; ``O_NONBLOCK`` so a FIFO
+swapped in never blocks the open): a link is never followed, and what is opened must be a
+regular file of the manifest's size (and mtime, when the manifest has one). Anything else
+(vanished, replaced by a link, a directory or a FIFO, grown, shrunk, touched, also while
+it was being read) is answered with a GONE frame for that entry, and the rest of the want
+is still served. A file that cannot be read for another reason (permissions) gets an
+ERROR frame naming it. Files are read 1 MiB at a time with ``pread``, so memory is one
+block per chunk in flight, whatever the file's size.
+
+From a content store (:meth:`Source.from_store`) entry *i* is the blob named by its
+sha256; a missing blob is GONE.
+
+A Source is not thread-safe: give each thread (each response in flight) its own. It holds
+a few directory descriptors until :meth:`close` (or the end of its ``with`` block).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from .frames import CHUNK, FrameWriter
+from .fstree import DirFds
+from .hashing import BLOCK
+from .manifest import Entry, Manifest, show_path
+from .want import Want
+
+if TYPE_CHECKING:
+    from .cas import Store
+
+__all__ = ["Gone", "Source"]
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+# what opening an entry fails with when it is no longer what the manifest says
+_GONE_ERRNOS = (errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.ENXIO, errno.EISDIR)
+
+
+class Gone(Exception):
+    """The entry is not (any more) what the manifest describes."""
+
+
+def _changed(st: os.stat_result, entry: Entry) -> bool:
+    return (
+        not stat.S_ISREG(st.st_mode)
+        or st.st_size != entry.size
+        or (entry.mtime_ns != 0 and st.st_mtime_ns != entry.mtime_ns)
+    )
+
+
+class Source:
+    """Frames for wants of one manifest (see the module docstring).
+
+    ``opener(entry)`` returns a descriptor open for reading on the entry's bytes, or raises
+    :class:`Gone` (or ``OSError``: reported as an ERROR frame).
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        opener: Callable[[Entry], int],
+        *,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        self.manifest = manifest
+        self._open = opener
+        self._on_close = on_close
+        self.bytes_sent = 0  # file bytes put into frames, over all responses
+
+    @classmethod
+    def from_tree(cls, root: int | str | os.PathLike[str], manifest: Manifest) -> Source:
+        """Serve ``manifest`` from the tree at ``root``: a directory descriptor (the
+        caller's, left open) or a path (its last component is not followed either)."""
+        fds = DirFds(root)
+
+        def opener(entry: Entry) -> int:
+            parent, _, name = entry.path.rpartition("/")
+            try:
+                fd = os.open(name, _OPEN_FLAGS, dir_fd=fds.get(parent))
+            except OSError as exc:
+                if exc.errno in _GONE_ERRNOS:
+                    raise Gone from None
+                raise
+            try:
+                if _changed(os.fstat(fd), entry):
+                    raise Gone
+            except BaseException:
+                os.close(fd)
+                raise
+            return fd
+
+        return cls(manifest, opener, on_close=fds.close)
+
+    @classmethod
+    def from_store(cls, store: Store, manifest: Manifest) -> Source:
+        """Serve ``manifest``'s files from the blobs of ``store`` (by sha256)."""
+
+        def opener(entry: Entry) -> int:
+            fd = store.open_blob(entry.sha256)
+            if fd is None:
+                raise Gone
+            return fd
+
+        return cls(manifest, opener)
+
+    def close(self) -> None:
+        if self._on_close is not None:
+            self._on_close()
+            self._on_close = None
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ serving
+    def chunks(self, want: Want) -> Iterator[bytes]:
+        """The response to ``want``: frame stream chunks in order, ending with END."""
+        out: list[bytes] = []
+        writer = FrameWriter(out.append)
+        entries = self.manifest.entries
+        for index, offset, length in want.items:
+            if index >= len(entries) or entries[index].kind != "f":
+                writer.error(index, f"entry {index} is not a file of this manifest")
+                continue
+            entry = entries[index]
+            if offset > entry.size:
+                writer.error(index, f"{show_path(entry.path)}: offset {offset} is past its end")
+                continue
+            for _ in self._file(writer, index, entry, offset, min(entry.size, offset + length)):
+                yield from out
+                out.clear()
+        writer.end()
+        yield from out
+
+    def batches(self, want: Want, *, size: int = CHUNK) -> Iterator[list[bytes]]:
+        """The response to ``want`` as lists of chunks of about ``size`` bytes each."""
+        batch: list[bytes] = []
+        n = 0
+        for chunk in self.chunks(want):
+            batch.append(chunk)
+            n += len(chunk)
+            if n >= size:
+                yield batch
+                batch = []
+                n = 0
+        if batch:
+            yield batch
+
+    def serve(self, want: Want, write: Callable[[bytes], object]) -> None:
+        """Write the response to ``want`` through ``write`` (a socket's ``sendall``)."""
+        for chunk in self.chunks(want):
+            write(chunk)
+
+    def _file(
+        self, out: FrameWriter, index: int, entry: Entry, start: int, end: int
+    ) -> Iterator[None]:
+        """Frames of ``entry``'s bytes [start, end); yields after each block is written
+        to ``out`` (so the caller can pass the chunks on before the next read)."""
+        if start == end:
+            return
+        try:
+            fd = self._open(entry)
+        except Gone:
+            out.gone(index)
+            return
+        except OSError as exc:
+            out.error(index, f"{show_path(entry.path)}: {exc.strerror or exc}")
+            return
+        try:
+            pos = start
+            while pos < end:
+                data = os.pread(fd, min(BLOCK, end - pos), pos)
+                if not data:  # shrunk since it was opened
+                    out.gone(index)
+                    return
+                out.data(index, pos, data)
+                pos += len(data)
+                self.bytes_sent += len(data)
+                yield None
+            if end == entry.size and _changed(os.fstat(fd), entry):
+                out.gone(index)  # written to while it was read: the bytes sent are void
+        except OSError as exc:
+            out.error(index, f"{show_path(entry.path)}: {exc.strerror or exc}")
+        finally:
+            os.close(fd)
