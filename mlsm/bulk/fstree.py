@@ -23,6 +23,10 @@ consumer sets ``entry.descend = False`` to keep the walk out of a directory);
 :class:`DirFds` hands out descriptors of a tree's directories to a writer (an unpacker, a
 sink); :func:`rename_noreplace` moves a finished tree into place without ever replacing
 what is there; :func:`sync_fs` flushes the file system a descriptor lives on.
+
+Over 400 lines, as one piece: the walker, the remover and :class:`DirFds` share the
+descriptor-stepping rules above (``..`` checked against where it came from); apart, each
+would restate them.
 """
 
 from __future__ import annotations
