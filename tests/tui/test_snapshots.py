@@ -34,8 +34,9 @@ def _setup(
             app.open_node(node)
         for _ in range(4):
             await pilot.pause()
-        if keys:
-            await pilot.press(*keys)
+        for key in keys:  # one at a time: a key that opens a screen must land before the next
+            await pilot.press(key)
+            await pilot.pause()
         for _ in range(4):
             await pilot.pause()
         for box in app.screen.query(Input):
