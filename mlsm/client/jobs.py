@@ -1,4 +1,4 @@
-"""Jobs: submit, list, show, cancel, release; a job's log, read whole or followed live.
+"""Jobs: submit, list, show, cancel, release, purge; a job's log, read whole or followed live.
 
 A followed log arrives as typed :mod:`mlsm.wire.follow` events, decoded by the one
 parser in :mod:`mlsm.client.sse`.
@@ -53,6 +53,11 @@ def _release(job_id: int) -> Call[api.Job]:
     return Call("POST", _job(job_id, "/release"), api.Job)
 
 
+def _purge(job_id: int) -> Call[api.PurgeResult]:
+    """Free a finished job's directory on its node (its owner or an admin; audited)."""
+    return Call("POST", _job(job_id, "/purge"), api.PurgeResult)
+
+
 def _log(job_id: int, offset: int, limit: int | None) -> Call[bytes]:
     return Call("GET", _job(job_id, "/log"), bytes, params={"offset": offset, "limit": limit})
 
@@ -67,6 +72,7 @@ class Jobs(SyncResource):
     get = sync_method(_get)
     cancel = sync_method(_cancel)
     release = sync_method(_release)
+    purge = sync_method(_purge)
 
     def log(self, job_id: int, *, offset: int = 0, limit: int | None = None) -> Iterator[bytes]:
         """The log's bytes from ``offset`` (at most ``limit``), chunk by chunk."""
@@ -85,6 +91,7 @@ class AsyncJobs(AsyncResource):
     get = async_method(_get)
     cancel = async_method(_cancel)
     release = async_method(_release)
+    purge = async_method(_purge)
 
     def log(
         self, job_id: int, *, offset: int = 0, limit: int | None = None

@@ -18,7 +18,10 @@ POST logs              LogChunk             LogAck
 POST datasets          DatasetReport        Ack
 POST transfers/upload  TransferChunk        TransferAck
 POST transfers/fetch   TransferFetch        TransferData
+POST outputs/removed   JobDirsRemoved       Ack
 =====================  ===================  =======================
+
+Outputs and disk messages (:mod:`mlsm.wire.outputs`) join the command union here.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from mlsm.wire.ints import Count, Int64
+from mlsm.wire.outputs import NodeDisk, PurgeJobDir, SweepJobDirs
 
 # Bounds applied at decode time, so a hostile body fails validation, not the master.
 Name = Annotated[str, Meta(min_length=1, max_length=128)]
@@ -73,6 +77,9 @@ class NodeInfo(Struct, kw_only=True, omit_defaults=True):
     job_account: ShortStr = ""
     default_unix_user: ShortStr = ""
     unix_users: Annotated[list[AccountName], Meta(max_length=MAX_NODE_ACCOUNTS)] = []
+    # What mlsm keeps on this node's disk (job directories, projects, code cache) and the
+    # agent's data dir (a job's output directory is <data_dir>/jobs/<id>/).
+    disk: NodeDisk | None = None
 
 
 # ---------------------------------------------------------------- telemetry
@@ -332,6 +339,8 @@ Command = (
     | CancelTransfer
     | SendDataset
     | ReceiveDataset
+    | SweepJobDirs
+    | PurgeJobDir
 )
 
 

@@ -51,6 +51,7 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("POST", "/agent/v1/datasets"): "node",
     ("POST", "/agent/v1/transfers/upload"): "node",
     ("POST", "/agent/v1/transfers/fetch"): "node",
+    ("POST", "/agent/v1/outputs/removed"): "node",
     # nodes and join tokens
     ("GET", "/api/v1/join-tokens"): "admin",
     ("POST", "/api/v1/join-tokens"): "admin",
@@ -73,6 +74,7 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/jobs/{job_id:int}"): "member",
     ("POST", "/api/v1/jobs/cancel"): "member",
     ("POST", "/api/v1/jobs/{job_id:int}/release"): "member",
+    ("POST", "/api/v1/jobs/{job_id:int}/purge"): "member",
     ("GET", "/api/v1/jobs/{job_id:int}/log"): "member",
     ("GET", "/api/v1/jobs/{job_id:int}/log/follow"): "member",
     # datasets

@@ -16,6 +16,7 @@ from mlsm.master.http import audit_target
 from mlsm.master.routes.common import ServicesDep, principal
 from mlsm.master.services.container import services_of
 from mlsm.wire import agent as w
+from mlsm.wire import outputs as wo
 
 T = TypeVar("T")
 AGENT_BODY_LIMIT = 8 << 20  # hard cap; the configured limit is checked per request
@@ -140,3 +141,18 @@ async def transfer_fetch(request: Request[Any, Any, Any], services: ServicesDep)
 
 
 ROUTES += [transfer_upload, transfer_fetch]
+
+
+# ---------------------------------------------------------------- outputs and disk
+@post("/agent/v1/outputs/removed", opt={"role": "node"}, status_code=200, **_opts)
+async def outputs_removed(
+    request: Request[Any, Any, Any], services: ServicesDep
+) -> Response[bytes]:
+    """What a sweep or purge removed on the node (the master audits each removal)."""
+    report = await _decode(request, services, wo.decode_job_dirs_removed)
+    node = services.nodes.node_for(principal(request))
+    await services.disk.removed(node, report)
+    return _reply(w.Ack())
+
+
+ROUTES += [outputs_removed]

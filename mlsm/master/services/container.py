@@ -11,7 +11,8 @@ Who owns which table: users and tokens (:class:`UserService`, :class:`AuthServic
 join tokens (:class:`JoinTokens`), nodes and commands (:class:`NodeRegistry`), metric points (:class:`History`),
 jobs (:class:`JobService` with the job table and the scheduling loop), usage
 (:class:`FairShare`), datasets and dataset copies (:class:`DatasetCatalog`), transfers
-(:class:`Transfers`), settings (:class:`SettingsService`), audit (:class:`AuditLog`).
+(:class:`Transfers`), settings (:class:`SettingsService`), audit (:class:`AuditLog`);
+the removal marks of finished jobs' directories and logs (:class:`DiskHygiene`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from mlsm.master.services.datasets import (
     RelaySpool,
     Transfers,
 )
+from mlsm.master.services.diskhygiene import DiskHygiene
 from mlsm.master.services.joblogs import LogStore
 from mlsm.master.services.jobs import (
     Accounts,
@@ -105,6 +107,7 @@ class Services:
             self.scheduling,
         )
         self.job_logs = JobLogs(db, self.table, log_store)
+        self.disk = DiskHygiene(db, self.nodes, log_store, self.lab_settings, self.audit)
         # people and views
         self.users = UserService(db, on_change=self._user_changed)
         self.node_views = NodeViews(settings, self.nodes, self.table)
@@ -142,6 +145,7 @@ class Services:
         await self.accounts.load()
         self._spawn(self.nodes.run_background())
         self._spawn(self.scheduling.run())
+        self._spawn(self.disk.run())
 
     async def stop(self) -> None:
         for task in list(self._background):
