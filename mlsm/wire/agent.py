@@ -323,6 +323,8 @@ class ReceiveDataset(Struct, tag="receive_dataset", kw_only=True):
     total_bytes: NonNeg = 0
 
 
+from mlsm.wire.bulk import BulkManifest, BulkReceive, BulkServe  # noqa: E402
+
 Command = (
     StartJob
     | CancelJob
@@ -332,6 +334,9 @@ Command = (
     | CancelTransfer
     | SendDataset
     | ReceiveDataset
+    | BulkManifest
+    | BulkServe
+    | BulkReceive
 )
 
 
