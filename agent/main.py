@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.bulk.service import BulkCommands
 from agent.collectors import AsyncGpuSampler, HostCollector, make_probe
 from agent.link import MasterLink, is_auth_failure
 from agent.logship import LogShipper, send_through
@@ -139,6 +140,10 @@ class Agent:
             w.StartJob: self.jobs.start,
             w.CancelJob: self.jobs.cancel,
         }
+        # Relay pipes: manifests and frames of the trees this node serves (and later
+        # features' listings), pushed to the master on request.
+        self.bulk = BulkCommands(self.link)
+        self.bulk.install(self.command_handlers)
         self.sweeper.install(self.command_handlers)
         # Progress of running transfers (command id -> latest), sent with each heartbeat.
         self.transfers: dict[int, w.TransferProgress] = {}
@@ -148,6 +153,7 @@ class Agent:
 
     def _install_datasets(self) -> None:
         """Scan and report the dataset roots; take the dataset commands."""
+        from agent.bulk.sources import dataset_resolver
         from agent.datasets.catalog import CatalogReporter
         from agent.datasets.scan import DatasetScanner
         from agent.datasets.service import DatasetCommands
@@ -157,6 +163,7 @@ class Agent:
             self.cfg.dataset_roots, link=self.link, catalog=self.catalog, transfers=self.transfers
         )
         commands.install(self.command_handlers)
+        self.bulk.sources.register("dataset", dataset_resolver(self.cfg.dataset_roots))
 
     # ---------------------------------------------------------------- facts
     def _info(self) -> w.NodeInfo:

@@ -19,4 +19,7 @@ COMMAND_SINCE = {
     "receive_dataset": 2,
     "sweep_job_dirs": 3,
     "purge_job_dir": 3,
+    "bulk_manifest": 3,
+    "bulk_serve": 3,
+    "bulk_receive": 3,
 }

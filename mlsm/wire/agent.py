@@ -330,6 +330,8 @@ class ReceiveDataset(Struct, tag="receive_dataset", kw_only=True):
     total_bytes: NonNeg = 0
 
 
+from mlsm.wire.bulk import BulkManifest, BulkReceive, BulkServe  # noqa: E402
+
 Command = (
     StartJob
     | CancelJob
@@ -339,6 +341,9 @@ Command = (
     | CancelTransfer
     | SendDataset
     | ReceiveDataset
+    | BulkManifest
+    | BulkServe
+    | BulkReceive
     | SweepJobDirs
     | PurgeJobDir
 )

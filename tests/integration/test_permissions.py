@@ -52,6 +52,7 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("POST", "/agent/v1/transfers/upload"): "node",
     ("POST", "/agent/v1/transfers/fetch"): "node",
     ("POST", "/agent/v1/outputs/removed"): "node",
+    ("POST", "/agent/v1/bulk/push/{pipe_id:str}"): "node",
     # nodes and join tokens
     ("GET", "/api/v1/join-tokens"): "admin",
     ("POST", "/api/v1/join-tokens"): "admin",

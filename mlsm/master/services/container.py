@@ -30,6 +30,7 @@ from mlsm.master.connections import ConnectionGuard
 from mlsm.master.db import Database
 from mlsm.master.services.audit import AuditLog
 from mlsm.master.services.auth import AuthService
+from mlsm.master.services.bulk import Pipes
 from mlsm.master.services.datasets import (
     CopyRelay,
     DatasetCatalog,
@@ -80,6 +81,7 @@ class Services:
         self.join_tokens = JoinTokens(db, tls_fingerprint)
         self.auth = AuthService(db, settings, self.nodes)
         self.lab_settings = SettingsService(db)
+        self.pipes = Pipes(self.nodes, settings.bulk_idle_timeout)
         # datasets
         self.catalog = DatasetCatalog(db, self.nodes)
         spool = RelaySpool(settings.data_path / "transfers")
