@@ -28,6 +28,7 @@ from agent.collectors import AsyncGpuSampler, HostCollector, make_probe
 from agent.link import MasterLink, is_auth_failure
 from agent.logship import LogShipper, send_through
 from agent.outputs import DiskMeter, JobDirPins, JobDirSweeper
+from agent.outputs.serve import OutputsServer
 from agent.pacing import backoff, env_seconds, nap
 from agent.runtimes.accounts import (
     data_dir_mode,
@@ -143,6 +144,9 @@ class Agent:
         # Relay pipes: manifests and frames of the trees this node serves (and later
         # features' listings), pushed to the master on request.
         self.bulk = BulkCommands(self.link)
+        # A job's outputs, listed and served through relay pipes (pinned meanwhile).
+        self.outputs = OutputsServer(cfg.data_dir, self.pins)
+        self.outputs.install(self.bulk)
         self.bulk.install(self.command_handlers)
         self.sweeper.install(self.command_handlers)
         # Progress of running transfers (command id -> latest), sent with each heartbeat.

@@ -80,6 +80,13 @@ def _kv(items: tuple[str, ...], what: str) -> dict[str, str]:
     "--array", default="", help="N tasks: A-B[%T] (MLSM_ARRAY_INDEX; at most T running at once)."
 )
 @click.option("--hold", is_flag=True, help="Submit held; release with `mlsm job release ID`.")
+@click.option(
+    "--fetch",
+    "fetch_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Wait for the job to end, then fetch its outputs into DIR (array tasks: DIR/job-ID).",
+)
 @json_option
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_context
@@ -96,6 +103,7 @@ def submit(
     as_json: bool,
     gpu_mem: float,
     mem: float,
+    fetch_dir: str | None,
     **opts: object,
 ) -> None:
     """Submit a job: mlsm submit [OPTIONS] -- CMD ARG...
@@ -127,12 +135,23 @@ def submit(
         raise ValidationError(f"invalid job: {exc}") from None
     with client_from(ctx) as c:
         reply = c.jobs.submit(body)
-    if as_json:
-        emit_json(reply)
-    elif len(reply.ids) > 1:
-        echo(f"submitted array of {len(reply.ids)} jobs: {reply.ids[0]}..{reply.ids[-1]}")
-    else:
-        echo(f"submitted job {reply.job.id}")
+        if as_json:
+            emit_json(reply)
+        elif len(reply.ids) > 1:
+            echo(f"submitted array of {len(reply.ids)} jobs: {reply.ids[0]}..{reply.ids[-1]}")
+        else:
+            echo(f"submitted job {reply.job.id}")
+        if fetch_dir is not None:
+            from pathlib import Path
+
+            from mlsm.cli.outputs import fetch_ended, wait_for
+
+            ended = wait_for(c, reply.ids or [reply.job.id])
+            for j in ended:
+                echo(f"job {j.id} {j.state}" + (f": {j.reason}" if j.reason else ""), err=as_json)
+            fetch_ended(c, ended, Path(fetch_dir), as_json=as_json)
+            if any(j.state != "succeeded" for j in ended):
+                ctx.exit(1)
 
 
 def _gpus(j: api.Job) -> str:

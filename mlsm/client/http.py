@@ -102,6 +102,8 @@ def _query(params: Params | None) -> dict[str, Any]:
 
 
 def _decode(resp: httpx.Response, reply: type[T]) -> T:
+    if reply is bytes:  # a binary answer (a MessagePack manifest)
+        return resp.content  # type: ignore[return-value]
     return msgspec.convert(resp.json(), reply)
 
 
@@ -180,6 +182,7 @@ class SyncHttp(_Core):
                 call.method,
                 call.path,
                 params=_query(call.params),
+                json=_json(call.body),
                 headers=self._headers(),
                 timeout=STREAM_TIMEOUT,
             ) as resp:
@@ -238,6 +241,7 @@ class AsyncHttp(_Core):
                 call.method,
                 call.path,
                 params=_query(call.params),
+                json=_json(call.body),
                 headers=self._headers(),
                 timeout=STREAM_TIMEOUT,
             ) as resp:

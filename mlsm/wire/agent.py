@@ -32,7 +32,14 @@ import msgspec
 from msgspec import Meta, Struct
 
 from mlsm.wire.ints import Count, Int64
-from mlsm.wire.outputs import NodeDisk, PurgeJobDir, SweepJobDirs
+from mlsm.wire.outputs import (
+    ListOutputs,
+    NodeDisk,
+    OutputsManifest,
+    PurgeJobDir,
+    ServeOutputs,
+    SweepJobDirs,
+)
 
 # Bounds applied at decode time, so a hostile body fails validation, not the master.
 Name = Annotated[str, Meta(min_length=1, max_length=128)]
@@ -346,6 +353,9 @@ Command = (
     | BulkReceive
     | SweepJobDirs
     | PurgeJobDir
+    | ListOutputs
+    | OutputsManifest
+    | ServeOutputs
 )
 
 

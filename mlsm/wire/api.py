@@ -471,6 +471,9 @@ PATCH  /api/v1/settings                  LabSettingsUpdate -> LabSettings admin
 PATCH  /api/v1/nodes/{name}              NodeUpdate -> Node (labels, docker_network) admin
 POST   /api/v1/jobs/{id}/release         Job (a held job joins the queue)
 POST   /api/v1/jobs/{id}/purge           PurgeResult (a finished job's directory on its node)
+GET    /api/v1/jobs/{id}/outputs[?path]  OutputListing (mlsm.wire.outputs; owner and admins)
+POST   /api/v1/jobs/{id}/outputs/manifest  OutputsFetch -> MessagePack Manifest
+POST   /api/v1/jobs/{id}/outputs/frames  OutputsFetch -> frame stream (octet-stream)
 GET    /metrics                          Prometheus text exposition       public
 """
 

@@ -13,6 +13,14 @@ So removal is a conversation:
 
 :class:`NodeDisk` is the agent's disk report, carried in its node info.
 
+Reading a job's outputs (``mlsm outputs``) goes through the master's relay pipes
+(:mod:`mlsm.master.services.bulk`): :class:`ListOutputs`, :class:`OutputsManifest` and
+:class:`ServeOutputs` carry a ``pipe_id`` and the agent pushes its answer into that pipe
+(an :class:`OutputListing`, a MessagePack :class:`~mlsm.bulk.Manifest`, a frame stream).
+Paths are relative to the job's directory, ``/``-separated, checked on both sides
+(:func:`mlsm.bulk.check_path`: no ``..``, nothing absolute, no NUL); the agent reads the
+tree by descriptor and never follows a link.
+
 These are the commands of protocol version 3 (``mlsm.COMMAND_SINCE``): the master sends
 them only to agents that speak it. Evolution rules as in :mod:`mlsm.wire.agent`.
 """
@@ -24,6 +32,9 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from mlsm.bulk.manifest import check_path
+from mlsm.bulk.want import Want
+from mlsm.wire.bulk import PipeId
 from mlsm.wire.ints import Count, Int64
 
 LongStr = Annotated[str, Meta(max_length=4096)]
@@ -35,6 +46,11 @@ MAX_SWEEP_JOBS = 2_000
 MAX_REMOVED_REPORT = 2_000
 
 RemovalReason = Literal["retention", "disk", "purge"]
+OutputPath = Annotated[str, Meta(max_length=4096)]  # "" = the job's directory itself
+#: Paths one fetch may name.
+MAX_FETCH_PATHS = 256
+#: Entries one listing holds (a bigger tree is listed in part, ``truncated``).
+MAX_LISTING_ENTRIES = 20_000
 
 
 class NodeDisk(Struct, kw_only=True, omit_defaults=True):
@@ -104,4 +120,76 @@ class JobDirsRemoved(Struct, kw_only=True, omit_defaults=True):
     disk: NodeDisk | None = None  # the disk report after the removals
 
 
+# ---------------------------------------------------------------- reading outputs
+def check_output_path(path: str) -> str:
+    """``path`` inside a job's directory as both sides use it (``""``: the directory
+    itself; a trailing ``/`` is dropped); ``..``, an absolute path, a NUL or an empty
+    component is refused (:class:`~mlsm.errors.UnsafeTree`, a 400 naming it)."""
+    path = path.rstrip("/") if path not in ("", "/") else ""
+    if path in ("", "."):
+        return ""
+    return check_path(path)
+
+
+class OutputEntry(Struct, kw_only=True, array_like=True):
+    """One entry of a job's outputs: path (relative to the job's directory), kind (``f``
+    file, ``d`` directory, ``l`` symlink, never followed, ``o`` other), size, mtime."""
+
+    path: str
+    kind: Literal["f", "d", "l", "o"]
+    size: Count = 0
+    mtime: float = 0.0
+
+
+class OutputListing(Struct, kw_only=True):
+    """The files under ``path`` of job ``job_id``'s directory on ``node``, recursively."""
+
+    job_id: Int64
+    node: str = ""
+    path: str = ""
+    entries: list[OutputEntry] = []
+    truncated: bool = False  # more than MAX_LISTING_ENTRIES: the first ones only
+
+
+class ListOutputs(Struct, tag="list_outputs", kw_only=True):
+    """Push an :class:`OutputListing` of ``path`` in the job's directory into the pipe."""
+
+    id: Int64
+    pipe_id: PipeId
+    job_id: Int64
+    path: OutputPath = ""
+
+
+class OutputsManifest(Struct, tag="outputs_manifest", kw_only=True):
+    """Push the manifest of ``paths`` (all of the job's directory when empty)."""
+
+    id: Int64
+    pipe_id: PipeId
+    job_id: Int64
+    paths: Annotated[list[OutputPath], Meta(max_length=MAX_FETCH_PATHS)] = []
+
+
+class ServeOutputs(Struct, tag="serve_outputs", kw_only=True):
+    """Push the frames answering ``want`` against the manifest ``manifest_digest`` of
+    ``paths`` (a manifest changed since: ``source_changed``)."""
+
+    id: Int64
+    pipe_id: PipeId
+    job_id: Int64
+    paths: Annotated[list[OutputPath], Meta(max_length=MAX_FETCH_PATHS)] = []
+    manifest_digest: Annotated[str, Meta(max_length=64)]
+    want: Want
+
+
+# ---------------------------------------------------------------- the people's API
+class OutputsFetch(Struct, kw_only=True, forbid_unknown_fields=True):
+    """``POST /api/v1/jobs/{id}/outputs/manifest`` (``paths`` only) and ``.../frames``
+    (the manifest's digest and a want against it)."""
+
+    paths: Annotated[list[OutputPath], Meta(max_length=MAX_FETCH_PATHS)] = []
+    manifest_digest: Annotated[str, Meta(max_length=64)] = ""
+    want: Want | None = None
+
+
 decode_job_dirs_removed = msgspec.msgpack.Decoder(JobDirsRemoved).decode
+decode_listing = msgspec.msgpack.Decoder(OutputListing).decode

@@ -76,6 +76,9 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/jobs/cancel"): "member",
     ("POST", "/api/v1/jobs/{job_id:int}/release"): "member",
     ("POST", "/api/v1/jobs/{job_id:int}/purge"): "member",
+    ("GET", "/api/v1/jobs/{job_id:int}/outputs"): "member",
+    ("POST", "/api/v1/jobs/{job_id:int}/outputs/manifest"): "member",
+    ("POST", "/api/v1/jobs/{job_id:int}/outputs/frames"): "member",
     ("GET", "/api/v1/jobs/{job_id:int}/log"): "member",
     ("GET", "/api/v1/jobs/{job_id:int}/log/follow"): "member",
     # datasets

@@ -53,6 +53,7 @@ from mlsm.master.services.jointokens import JoinTokens
 from mlsm.master.services.metrics import LabMetrics
 from mlsm.master.services.nodes import NodeRegistry
 from mlsm.master.services.nodeviews import NodeViews
+from mlsm.master.services.outputs import OutputsService
 from mlsm.master.services.policy import JobPolicy
 from mlsm.master.services.settings import SettingsService
 from mlsm.master.services.telemetry import History
@@ -110,6 +111,7 @@ class Services:
         )
         self.job_logs = JobLogs(db, self.table, log_store)
         self.disk = DiskHygiene(db, self.nodes, log_store, self.lab_settings, self.audit)
+        self.outputs = OutputsService(db, self.nodes, self.pipes)
         # people and views
         self.users = UserService(db, on_change=self._user_changed)
         self.node_views = NodeViews(settings, self.nodes, self.table)
