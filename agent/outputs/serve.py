@@ -57,7 +57,7 @@ _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _listing_encoder = msgspec.msgpack.Encoder()
 
 
-def _kind(mode: int) -> str:
+def _kind(mode: int) -> wo.OutputKind:
     if stat.S_ISREG(mode):
         return "f"
     if stat.S_ISDIR(mode):
@@ -144,7 +144,7 @@ class OutputsServer:
                         out.entries.append(
                             wo.OutputEntry(
                                 path=path,
-                                kind=_kind(st.st_mode),  # type: ignore[arg-type]
+                                kind=_kind(st.st_mode),
                                 size=st.st_size,
                                 mtime=st.st_mtime,
                             )
@@ -168,7 +168,7 @@ class OutputsServer:
                     out.entries.append(
                         wo.OutputEntry(
                             path=prefix + we.rel,
-                            kind=_kind(st.st_mode),  # type: ignore[arg-type]
+                            kind=_kind(st.st_mode),
                             size=st.st_size if not stat.S_ISDIR(st.st_mode) else 0,
                             mtime=st.st_mtime,
                         )

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import click
 
+from mlsm.bulk import Want
 from mlsm.cli.common import ago, client_from, human_bytes, json_option
 from mlsm.cli.output import clear_status_line, echo, emit_json, status_line, table
 from mlsm.client import Client
@@ -115,7 +116,7 @@ class _Progress:
         self._last = 0.0
         self._started = time.monotonic()
 
-    def show(
+    def update(
         self, done: int, total: int, files_done: int, files_total: int, *, last: bool = False
     ) -> None:
         if not self.enabled:
@@ -151,7 +152,7 @@ def _frames_with_retries(
     digest: str,
     feed: Callable[[bytes], bool],
     mark: Callable[[], int],
-    next_want: Callable[[], object],
+    next_want: Callable[[], Want | None],
 ) -> None:
     """Ask for and take frames until nothing is wanted; a cut response (the master or the
     network went away) is retried :data:`CUT_RETRIES` times with backoff."""
@@ -159,7 +160,7 @@ def _frames_with_retries(
     while (want := next_want()) is not None:
         before = mark()
         try:
-            for chunk in c.jobs.outputs_frames(job_id, paths, digest, want):  # type: ignore[arg-type]
+            for chunk in c.jobs.outputs_frames(job_id, paths, digest, want):
                 if feed(chunk):
                     break
         except UnavailableError as exc:
@@ -201,12 +202,12 @@ def fetch(c: Client, job_id: int, paths: list[str], dest: Path, *, as_json: bool
         def feed(chunk: bytes) -> bool:
             done = sink.feed(chunk)
             p = sink.progress()
-            progress.show(p.bytes_done, p.bytes_total, p.files_done, p.files_total)
+            progress.update(p.bytes_done, p.bytes_total, p.files_done, p.files_total)
             return done
 
         _frames_with_retries(c, job_id, paths, digest, feed, sink.progress_mark, sink.next_want)
         p = sink.progress()
-        progress.show(p.bytes_done, p.bytes_total, p.files_done, p.files_total, last=True)
+        progress.update(p.bytes_done, p.bytes_total, p.files_done, p.files_total, last=True)
         gone = len(sink.gone)
         sink.finish(allow_gone=running)
     finally:

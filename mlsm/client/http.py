@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 from urllib.parse import urlsplit
 
 import httpx
@@ -103,7 +103,7 @@ def _query(params: Params | None) -> dict[str, Any]:
 
 def _decode(resp: httpx.Response, reply: type[T]) -> T:
     if reply is bytes:  # a binary answer (a MessagePack manifest)
-        return resp.content  # type: ignore[return-value]
+        return cast(T, resp.content)
     return msgspec.convert(resp.json(), reply)
 
 

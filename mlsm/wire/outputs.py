@@ -131,12 +131,15 @@ def check_output_path(path: str) -> str:
     return check_path(path)
 
 
+OutputKind = Literal["f", "d", "l", "o"]
+
+
 class OutputEntry(Struct, kw_only=True, array_like=True):
     """One entry of a job's outputs: path (relative to the job's directory), kind (``f``
     file, ``d`` directory, ``l`` symlink, never followed, ``o`` other), size, mtime."""
 
     path: str
-    kind: Literal["f", "d", "l", "o"]
+    kind: OutputKind
     size: Count = 0
     mtime: float = 0.0
 
