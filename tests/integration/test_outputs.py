@@ -183,6 +183,33 @@ def test_fetch_cut_by_killing_the_master_resumes(lab: Lab, alice: str) -> None:
     assert sha(dest / "big.bin") == sha(job_dir(lab, jid) / "big.bin")
 
 
+def test_nothing_is_removed_while_a_fetch_reads_it(lab: Lab, alice: str) -> None:
+    size = 64 * MIB
+    jid = submit(lab, alice, f'head -c {size} /dev/urandom > "$MLSM_OUTPUT_DIR/big.bin"')
+    lab.wait_job(jid, timeout=60.0)
+    dest = lab.root / f"pinned-{jid}"
+    proc = lab.cli_popen("outputs", "get", str(jid), "-o", str(dest), token=alice)
+    parts = lambda: [f for f in dest.glob(".mlsm-get-*/*.part") if f.stat().st_size > 0]  # noqa: E731
+    wait_until(parts, 60.0, "the fetch to be under way", poll_s=0.01)
+    proc.send_signal(signal.SIGSTOP)  # the node's serve now waits, its directory pinned
+    try:
+        refused = lab.cli("job", "purge", str(jid), token=alice)
+        assert refused.returncode != 0 and "being fetched" in refused.stderr
+        assert (job_dir(lab, jid) / "big.bin").stat().st_size == size
+    finally:
+        proc.kill()
+        proc.wait()
+
+    # The fetch gone, its pin goes with it (the master aborts the push): purge now works.
+    def purged() -> bool:
+        res = lab.cli("job", "purge", "--json", str(jid), token=alice)
+        assert res.returncode == 0, res.stderr
+        return res.json()["state"] == "removed"
+
+    wait_until(purged, DEADLINE_S, "the purge once the fetch is gone")
+    assert not job_dir(lab, jid).exists()
+
+
 def test_offline_node_gives_one_clear_line(lab: Lab, alice: str) -> None:
     jid = submit(lab, alice, "echo hi")
     lab.wait_job(jid, timeout=DEADLINE_S)
