@@ -22,7 +22,8 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
-from collections.abc import Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -37,6 +38,7 @@ T = TypeVar("T")
 CONNECT_TIMEOUT_S = 5.0
 REQUEST_TIMEOUT_S = 15.0
 POLL_SLACK_S = 10.0  # a long-poll's HTTP timeout is its wait plus this
+PUSH_STALL_S = 300.0  # a relay push whose next write or answer waits this long fails
 FINGERPRINT_FILE = "master-fingerprint"
 
 
@@ -129,6 +131,58 @@ class MasterLink:
 
     async def send_datasets(self, report: w.DatasetReport) -> None:
         await self.call("datasets", report, w.decode_ack)
+
+    async def push(self, pipe_id: str, body: AsyncIterable[bytes]) -> None:
+        """Stream ``body`` (pipe records) into the master's relay pipe ``pipe_id``."""
+        try:
+            resp = await self._http.post(
+                f"/agent/v1/bulk/push/{pipe_id}",
+                content=body,
+                headers={**self._auth(), "content-type": "application/octet-stream"},
+                timeout=httpx.Timeout(PUSH_STALL_S, connect=CONNECT_TIMEOUT_S),
+            )
+        except httpx.HTTPError as exc:
+            raise await self._unreachable(exc) from exc
+        if resp.status_code >= 400:
+            raise _refusal(resp)
+
+    @asynccontextmanager
+    async def stream(self, path: str, body: Any) -> AsyncIterator[AsyncIterator[bytes]]:
+        """POST ``body`` to ``/agent/v1/<path>`` and yield the answer's bytes as they come
+        (a relayed pull); a refusal raises its :mod:`mlsm.errors` class before any byte."""
+        req = self._http.build_request(
+            "POST",
+            f"/agent/v1/{path}",
+            content=w.encoder.encode(body),
+            headers=self._auth(),
+            timeout=httpx.Timeout(PUSH_STALL_S, connect=CONNECT_TIMEOUT_S),
+        )
+        try:
+            resp = await self._http.send(req, stream=True)
+        except httpx.HTTPError as exc:
+            raise await self._unreachable(exc) from exc
+        try:
+            if resp.status_code >= 400:
+                await resp.aread()
+                raise _refusal(resp)
+            yield self._chunks(resp)
+        finally:
+            await resp.aclose()
+
+    async def _chunks(self, resp: httpx.Response) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in resp.aiter_raw():
+                yield chunk
+        except httpx.HTTPError as exc:
+            raise errors.Unreachable(f"the answer broke off: {type(exc).__name__}: {exc}") from exc
+
+    def _auth(self) -> dict[str, str]:
+        return {"authorization": f"Node {self.secret}"} if self.secret else {}
+
+    async def _unreachable(self, exc: httpx.HTTPError) -> errors.MlsmError:
+        if self.pinned and _is_certificate_failure(exc):
+            return errors.PinMismatch(await self._pin_mismatch_message())
+        return errors.Unreachable(f"{type(exc).__name__}: {exc}")
 
     async def call(
         self,

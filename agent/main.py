@@ -23,9 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.bulk.service import BulkCommands
 from agent.collectors import AsyncGpuSampler, HostCollector, make_probe
 from agent.link import MasterLink, is_auth_failure
 from agent.logship import LogShipper, send_through
+from agent.outputs import DiskMeter, JobDirPins, JobDirSweeper
+from agent.outputs.serve import OutputsServer
 from agent.pacing import backoff, env_seconds, nap
 from agent.runtimes.accounts import (
     data_dir_mode,
@@ -40,6 +43,7 @@ from agent.state import AgentState
 from agent.supervisor import JobSupervisor
 from mlsm import PROTOCOL_VERSION, __version__, errors
 from mlsm.wire import agent as w
+from mlsm.wire.outputs import NodeDisk
 
 if TYPE_CHECKING:  # the dataset code loads only on a node with dataset roots
     from agent.datasets.catalog import CatalogReporter
@@ -49,6 +53,7 @@ log = logging.getLogger("mlsm.agent")
 POLL_WAIT_S = 25.0
 SCAN_INTERVAL_S = 30.0
 ACCOUNTS_CHECK_S = env_seconds("MLSM_ACCOUNTS_CHECK_INTERVAL", 60.0)  # re-read Unix accounts
+DISK_REPORT_S = env_seconds("MLSM_DISK_REPORT_INTERVAL", 60.0)  # re-measure the data dir
 REFUSED_RETRY_INTERVALS = 4  # a refused heartbeat is retried within this many intervals
 INFO_TOLD_INTERVALS = 2  # a runtime change waits this many intervals for the master to hear
 INFO_TOLD_POLL_S = 0.2
@@ -113,6 +118,19 @@ class Agent:
         )
         self.done_cmds: set[int] = set()
         self.to_ack: list[int] = []
+        # Disk hygiene: what the data dir holds, and the removal of finished jobs' dirs.
+        self.meter = DiskMeter(cfg.data_dir)
+        self.disk = NodeDisk(data_dir=str(cfg.data_dir))
+        self.pins = JobDirPins()
+        self.sweeper = JobDirSweeper(
+            data_dir=cfg.data_dir,
+            link=self.link,
+            pins=self.pins,
+            meter=self.meter,
+            in_use=self.jobs.in_use,
+            on_disk=self._disk_measured,
+            stopping=self.stopping,
+        )
         self.info = self._info()
         self._info_sent = False
         self.seq = 0
@@ -123,6 +141,14 @@ class Agent:
             w.StartJob: self.jobs.start,
             w.CancelJob: self.jobs.cancel,
         }
+        # Relay pipes: manifests and frames of the trees this node serves (and later
+        # features' listings), pushed to the master on request.
+        self.bulk = BulkCommands(self.link)
+        # A job's outputs, listed and served through relay pipes (pinned meanwhile).
+        self.outputs = OutputsServer(cfg.data_dir, self.pins)
+        self.outputs.install(self.bulk)
+        self.bulk.install(self.command_handlers)
+        self.sweeper.install(self.command_handlers)
         # Progress of running transfers (command id -> latest), sent with each heartbeat.
         self.transfers: dict[int, w.TransferProgress] = {}
         self.catalog: CatalogReporter | None = None
@@ -131,6 +157,7 @@ class Agent:
 
     def _install_datasets(self) -> None:
         """Scan and report the dataset roots; take the dataset commands."""
+        from agent.bulk.sources import dataset_resolver
         from agent.datasets.catalog import CatalogReporter
         from agent.datasets.scan import DatasetScanner
         from agent.datasets.service import DatasetCommands
@@ -140,6 +167,7 @@ class Agent:
             self.cfg.dataset_roots, link=self.link, catalog=self.catalog, transfers=self.transfers
         )
         commands.install(self.command_handlers)
+        self.bulk.sources.register("dataset", dataset_resolver(self.cfg.dataset_roots))
 
     # ---------------------------------------------------------------- facts
     def _info(self) -> w.NodeInfo:
@@ -149,6 +177,7 @@ class Agent:
         d = self.probe.describe()
         info.driver_version = d.get("driver_version", "")
         info.cuda_version = d.get("cuda_version", "")
+        info.disk = self.disk
         info.runtimes = self.runtimes.kinds
         info.docker_available = self.runtimes.docker_available
         info.docker_error = self.runtimes.docker_error
@@ -164,6 +193,21 @@ class Agent:
         """The node's facts changed: the next heartbeat carries them."""
         self.info = self._info()
         self._info_sent = False
+
+    def _disk_measured(self, disk: NodeDisk) -> None:
+        """A fresh disk report: the next heartbeat carries it in the node info."""
+        self.disk = disk
+        self.info.disk = disk
+        self._info_sent = False
+
+    async def _disk_loop(self) -> None:
+        """Measure the data dir now and every :data:`DISK_REPORT_S` (in a thread: a walk)."""
+        while not self.stopping.is_set():
+            try:
+                self._disk_measured(await asyncio.to_thread(self.meter.measure))
+            except Exception:
+                log.exception("measuring the data dir failed")
+            await self._sleep(DISK_REPORT_S)
 
     async def _runtimes_changed(self) -> None:
         """Tell the master the node's runtimes changed; return once a heartbeat carried the
@@ -188,6 +232,8 @@ class Agent:
             asyncio.create_task(self._command_loop(), name="commands"),
             asyncio.create_task(self.jobs.watch(), name="jobs"),
             asyncio.create_task(self.jobs.ship_logs(), name="logs"),
+            asyncio.create_task(self._disk_loop(), name="disk"),
+            asyncio.create_task(self.sweeper.resend_loop(), name="removals"),
         ]
         if self.catalog is not None:
             tasks.append(asyncio.create_task(self._scan_loop(self.catalog), name="datasets"))

@@ -39,6 +39,7 @@ from agent.runtimes.base import (
     LOG_NAME,
     AdoptRecord,
     JobHandle,
+    Runtime,
     RuntimeStartError,
     RuntimeUnavailable,
     job_dir_for,
@@ -110,6 +111,7 @@ class JobSupervisor:
         self._jobs: dict[int, _Running] = {}
         self._finished: list[tuple[AdoptRecord, w.JobReport]] = []
         self._finish_tries: dict[int, float] = {}  # job id -> when its end was first sent
+        self._starting: set[int] = set()  # attempts between StartJob and their record
 
     @property
     def running(self) -> int:
@@ -129,6 +131,15 @@ class JobSupervisor:
             if rec.job_id not in self._jobs:
                 out.append(_running_report(rec))
         return out
+
+    def in_use(self, job_id: int) -> str | None:
+        """Why the job's directory must stay (an attempt runs here, or its end is not
+        delivered yet), or None."""
+        if job_id in self._jobs or job_id in self._starting:
+            return "the job runs on this node"
+        if any(rec.job_id == job_id for rec, _ in self._finished):
+            return "the job's end is still being reported"
+        return None
 
     def attribute_gpu_processes(self, gpus: list[w.GpuSample]) -> None:
         """Name the job of each GPU process that runs in one of this node's job sessions."""
@@ -153,6 +164,13 @@ class JobSupervisor:
             return  # idempotent: this attempt already runs here
         runtime = self._runtimes.get(spec.env_kind)
         job_dir = job_dir_for(self._data_dir, spec.job_id)
+        self._starting.add(spec.job_id)
+        try:
+            await self._start(spec, runtime, job_dir)
+        finally:
+            self._starting.discard(spec.job_id)
+
+    async def _start(self, spec: w.JobSpec, runtime: Runtime | None, job_dir: Path) -> None:
         try:
             if runtime is None and spec.env_kind == "docker":
                 why = self._runtimes.docker_error or "Docker unavailable on this node"

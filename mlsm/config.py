@@ -79,6 +79,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_connections: Annotated[int, Meta(ge=0)] = 0  # 0 = derived from the descriptor limit
     header_timeout: Positive = 10.0  # seconds to send a request head (from connect or 1st byte)
     body_timeout: Positive = 30.0  # seconds a request body may stall
+    bulk_idle_timeout: Positive = 60.0  # seconds a relay pipe may go without a byte
     keepalive_timeout: Annotated[int, Meta(ge=1)] = 5  # seconds an idle connection is kept
     allow_plain_http: bool = False  # let secrets cross plain HTTP to a non-loopback master
     trusted_proxies: list[str] = []  # addresses/CIDRs whose X-Forwarded-For/Forwarded count

@@ -22,6 +22,8 @@ back into the same class, so the CLI and the dashboard print one readable line::
     │   └── ProtocolMismatch       426 protocol_mismatch (agent speaks an unsupported version)
     ├── UnavailableError           503 unavailable       (the master cannot serve now: database busy)
     │   ├── AuditUnavailable       503 audit_unavailable (a change's audit row was not written)
+    │   ├── NodeOffline            503 node_offline      (what was asked lives on a node that is
+    │   │                                                 offline: names it and since when)
     │   ├── Unreachable                unreachable       (no answer at all: refused, timed out, TLS)
     │   │   └── PinMismatch            pin_mismatch      (the master's certificate is not the pinned one)
     │   └── StoreFull              507 store_full        (a content store is full of pinned blobs)
@@ -185,6 +187,13 @@ class AuditUnavailable(UnavailableError):
     code = "audit_unavailable"
 
 
+class NodeOffline(UnavailableError):
+    """What was asked (a job's outputs) lives on a node that does not answer now; the
+    message names the node and since when it is offline (``details``: node, since)."""
+
+    code = "node_offline"
+
+
 class DatabaseTooNew(MlsmError):
     code = "database_too_new"
 
@@ -213,6 +222,7 @@ _BY_CODE: dict[str, type[MlsmError]] = {
         StoreFull,
         TransferFailed,
         AuditUnavailable,
+        NodeOffline,
         DatabaseTooNew,
     )
 }

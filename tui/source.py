@@ -13,13 +13,18 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from mlsm.client import AsyncClient, Verify
 from mlsm.wire import api
 from mlsm.wire.follow import LogEvent
+from mlsm.wire.outputs import OutputListing
+from tui.outputs import Downloaded, OutputText, download_outputs, read_output
 
 #: Bytes of an existing log fetched when a log view opens (the tail, not the whole file).
 LOG_TAIL_BYTES = 1 << 20
+#: Bytes of an output file shown when it is opened in the Files tab (its tail).
+OUTPUT_VIEW_BYTES = 256 << 10
 
 
 @dataclass
@@ -103,6 +108,19 @@ class DataSource(ABC):
     @abstractmethod
     def follow_log(self, job_id: int, offset: int = 0) -> AsyncIterator[LogEvent]:
         """The log from ``offset`` live: ``LogText`` chunks, then ``LogEnded``."""
+
+    # ------------------------------------------------------------ a job's outputs
+    @abstractmethod
+    async def outputs(self, job_id: int, path: str = "") -> OutputListing: ...
+    @abstractmethod
+    async def read_output(
+        self, job_id: int, path: str, start: int | None, limit: int = OUTPUT_VIEW_BYTES
+    ) -> OutputText:
+        """The file's last ``limit`` bytes (``start`` None) or its bytes from ``start``."""
+
+    @abstractmethod
+    async def download_outputs(self, job_id: int, paths: list[str], dest: Path) -> Downloaded:
+        """Fetch the paths (all outputs when empty) into ``dest`` on this machine."""
 
     # ------------------------------------------------------------ datasets
     @abstractmethod
@@ -256,6 +274,17 @@ class MasterSource(DataSource):
 
     def follow_log(self, job_id: int, offset: int = 0) -> AsyncIterator[LogEvent]:
         return self.client.jobs.follow(job_id, offset=offset)
+
+    async def outputs(self, job_id: int, path: str = "") -> OutputListing:
+        return await self.client.jobs.outputs(job_id, path)
+
+    async def read_output(
+        self, job_id: int, path: str, start: int | None, limit: int = OUTPUT_VIEW_BYTES
+    ) -> OutputText:
+        return await read_output(self.client, job_id, path, start, limit)
+
+    async def download_outputs(self, job_id: int, paths: list[str], dest: Path) -> Downloaded:
+        return await download_outputs(self.client, job_id, paths, dest)
 
     async def datasets(self, node: str | None = None) -> list[api.Dataset]:
         return await self.client.datasets.list(node=node)

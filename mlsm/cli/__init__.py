@@ -48,6 +48,8 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "job": ("mlsm.cli.jobs", "job", "Show a job."),
     "logs": ("mlsm.cli.jobs", "logs", "Print or follow a job's log."),
     "cancel": ("mlsm.cli.jobs", "cancel", "Cancel jobs."),
+    "wait": ("mlsm.cli.outputs", "wait", "Wait until jobs end (and fetch their outputs)."),
+    "outputs": ("mlsm.cli.outputs", "outputs", "List or fetch a job's outputs."),
     "datasets": ("mlsm.cli.datasets", "datasets", "List datasets."),
     "dataset": ("mlsm.cli.datasets", "dataset", "Show, import, copy, move or remove datasets."),
     "transfers": ("mlsm.cli.datasets", "transfers", "List dataset imports, copies and deletes."),

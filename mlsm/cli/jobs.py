@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 import click
 
-from mlsm.cli.common import ago, client_from, json_option, parse_duration, when
+from mlsm.cli.common import ago, client_from, human_bytes, json_option, parse_duration, when
 from mlsm.cli.output import LogSink, echo, emit_json, log_sink, table
 from mlsm.errors import ValidationError
 from mlsm.wire import api
@@ -80,6 +80,13 @@ def _kv(items: tuple[str, ...], what: str) -> dict[str, str]:
     "--array", default="", help="N tasks: A-B[%T] (MLSM_ARRAY_INDEX; at most T running at once)."
 )
 @click.option("--hold", is_flag=True, help="Submit held; release with `mlsm job release ID`.")
+@click.option(
+    "--fetch",
+    "fetch_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Wait for the job to end, then fetch its outputs into DIR (array tasks: DIR/job-ID).",
+)
 @json_option
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_context
@@ -96,6 +103,7 @@ def submit(
     as_json: bool,
     gpu_mem: float,
     mem: float,
+    fetch_dir: str | None,
     **opts: object,
 ) -> None:
     """Submit a job: mlsm submit [OPTIONS] -- CMD ARG...
@@ -127,12 +135,23 @@ def submit(
         raise ValidationError(f"invalid job: {exc}") from None
     with client_from(ctx) as c:
         reply = c.jobs.submit(body)
-    if as_json:
-        emit_json(reply)
-    elif len(reply.ids) > 1:
-        echo(f"submitted array of {len(reply.ids)} jobs: {reply.ids[0]}..{reply.ids[-1]}")
-    else:
-        echo(f"submitted job {reply.job.id}")
+        if as_json:
+            emit_json(reply)
+        elif len(reply.ids) > 1:
+            echo(f"submitted array of {len(reply.ids)} jobs: {reply.ids[0]}..{reply.ids[-1]}")
+        else:
+            echo(f"submitted job {reply.job.id}")
+        if fetch_dir is not None:
+            from pathlib import Path
+
+            from mlsm.cli.outputs import fetch_ended, wait_for
+
+            ended = wait_for(c, reply.ids or [reply.job.id])
+            for j in ended:
+                echo(f"job {j.id} {j.state}" + (f": {j.reason}" if j.reason else ""), err=as_json)
+            fetch_ended(c, ended, Path(fetch_dir), as_json=as_json)
+            if any(j.state != "succeeded" for j in ended):
+                ctx.exit(1)
 
 
 def _gpus(j: api.Job) -> str:
@@ -186,7 +205,7 @@ def jobs(
 
 @click.group()
 def job() -> None:
-    """Show or release a job."""
+    """Show, release or purge a job."""
 
 
 @job.command("show")
@@ -229,7 +248,8 @@ def job_show(ctx: click.Context, job_id: int, as_json: bool) -> None:
         ("started", when(j.started_at)),
         ("ended", when(j.ended_at)),
         ("exit code", "-" if j.exit_code is None else j.exit_code),
-        ("log", f"{j.log_size} bytes"),
+        ("log", f"{j.log_size} bytes" + (" (removed by retention)" if j.log_removed_at else "")),
+        ("outputs", _outputs_line(j)),
     ]
     if j.after:
         rows.append(("after", ", ".join(j.after)))
@@ -250,6 +270,38 @@ def job_show(ctx: click.Context, job_id: int, as_json: bool) -> None:
     echo("history:")
     for e in j.history:
         echo(f"  {when(e.ts)}  {e.state:<11} {e.message}")
+
+
+def _outputs_line(j: api.Job) -> str:
+    """Where the job's files are on its node, or why they are gone."""
+    if j.outputs_removed_at is not None:
+        return f"removed {when(j.outputs_removed_at)} ({j.outputs_removed_why})"
+    if not j.node:
+        return "-"
+    return f"{j.node}:{j.output_dir}" if j.output_dir else j.node
+
+
+@job.command("purge")
+@click.argument("job_id", type=int)
+@json_option
+@click.pass_context
+def job_purge(ctx: click.Context, job_id: int, as_json: bool) -> None:
+    """Free a finished job's directory (outputs and log) on its node now.
+
+    Only the job's owner or an admin may; a directory that is in use (the job runs, its
+    outputs are being fetched) stays. The log shipped to the master is kept.
+    """
+    with client_from(ctx) as c:
+        res = c.jobs.purge(job_id)
+    if as_json:
+        emit_json(res)
+        return
+    if res.state == "removed":
+        echo(f"removed job {job_id}'s directory on {res.node} ({human_bytes(res.bytes)})")
+    elif res.state == "requested":
+        echo(f"job {job_id}: {res.message}")
+    else:
+        echo(f"job {job_id}: nothing to remove ({res.message})")
 
 
 @job.command("release")

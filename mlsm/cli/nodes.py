@@ -10,6 +10,7 @@ from mlsm.cli.common import ago, client_from, human_bytes, json_option, parse_du
 from mlsm.cli.output import confirm, echo, emit_json, table
 from mlsm.wire import api
 from mlsm.wire.agent import NodeInfo
+from mlsm.wire.outputs import NodeDisk
 
 #: Seconds of telemetry `mlsm node show` sums up.
 SHOW_HISTORY_S = 900
@@ -231,6 +232,8 @@ def node_show(ctx: click.Context, name: str, as_json: bool) -> None:
             echo(
                 f"disk      {d.path} ({d.role}): {human_bytes(d.used)} used of {human_bytes(d.total)}"
             )
+    if i.disk is not None and i.disk.measured_at:
+        echo(f"mlsm disk {_disk_line(i.disk)}")
     if n.gpu_error:
         echo(f"GPUs      error: {n.gpu_error}")
     for g in n.gpus:
@@ -257,6 +260,15 @@ def node_show(ctx: click.Context, name: str, as_json: bool) -> None:
             if pts:
                 mean = sum(p.mean for p in pts) / len(pts)
                 echo(f"  {key:<14} {mean:6.1f} / {max(p.max for p in pts):6.1f}")
+
+
+def _disk_line(d: NodeDisk) -> str:
+    """What mlsm keeps on the node's disk, and the free space where it keeps it."""
+    return (
+        f"jobs {human_bytes(d.jobs_bytes)} ({d.jobs_count} dirs), "
+        f"projects {human_bytes(d.projects_bytes)}, code cache {human_bytes(d.code_cache_bytes)}; "
+        f"{human_bytes(d.fs_free)} free of {human_bytes(d.fs_total)} in {d.data_dir}"
+    )
 
 
 def _node_action(ctx: click.Context, name: str, action: str, as_json: bool) -> None:

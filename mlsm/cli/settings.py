@@ -28,6 +28,22 @@ def settings_show(ctx: click.Context, as_json: bool) -> None:
     echo(f"mountable paths     {', '.join(s.mount_allow) or 'none (members mount nothing)'}")
     echo(f"import may reach    {', '.join(s.import_allow_cidrs) or 'public addresses only'}")
     echo(f"largest import      {human_bytes(s.import_max_bytes)}")
+    echo(
+        "job dirs, logs kept  "
+        + (
+            f"{s.job_retention_days:g} days after the job ends"
+            if s.job_retention_days
+            else "until purged"
+        )
+    )
+    echo(
+        "node disk threshold "
+        + (
+            f"{s.node_disk_high_pct:g}% full: oldest finished jobs' dirs go first"
+            if s.node_disk_high_pct
+            else "none"
+        )
+    )
 
 
 @settings_cmd.command("set")
@@ -52,6 +68,18 @@ def settings_show(ctx: click.Context, as_json: bool) -> None:
 )
 @click.option("--no-import-cidrs", is_flag=True, help="Imports may reach public addresses only.")
 @click.option("--import-max-gib", type=click.FloatRange(0), help="Largest dataset import in GiB.")
+@click.option(
+    "--job-retention-days",
+    type=click.FloatRange(0, 36500),
+    help="Keep a finished job's directory (on its node) and shipped log this many days "
+    "(0: until purged).",
+)
+@click.option(
+    "--node-disk-high-pct",
+    type=click.FloatRange(0, 100),
+    help="A node fuller than this (percent) removes the oldest finished jobs' directories "
+    "first, before their retention ends (0: no threshold).",
+)
 @json_option
 @click.pass_context
 def settings_set(
@@ -63,6 +91,8 @@ def settings_set(
     import_allow_cidrs: tuple[str, ...],
     no_import_cidrs: bool,
     import_max_gib: float | None,
+    job_retention_days: float | None,
+    node_disk_high_pct: float | None,
     as_json: bool,
 ) -> None:
     """Change the lab's policies (admins; audited)."""
@@ -71,6 +101,8 @@ def settings_set(
         mount_allow=[] if no_mounts else (list(mount_allow) or None),
         import_allow_cidrs=[] if no_import_cidrs else (list(import_allow_cidrs) or None),
         import_max_bytes=int(import_max_gib * (1 << 30)) if import_max_gib is not None else None,
+        job_retention_days=job_retention_days,
+        node_disk_high_pct=node_disk_high_pct,
     )
     with client_from(ctx) as c:
         s = c.settings.update(body)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 from urllib.parse import urlsplit
 
 import httpx
@@ -102,6 +102,8 @@ def _query(params: Params | None) -> dict[str, Any]:
 
 
 def _decode(resp: httpx.Response, reply: type[T]) -> T:
+    if reply is bytes:  # a binary answer (a MessagePack manifest)
+        return cast(T, resp.content)
     return msgspec.convert(resp.json(), reply)
 
 
@@ -180,6 +182,7 @@ class SyncHttp(_Core):
                 call.method,
                 call.path,
                 params=_query(call.params),
+                json=_json(call.body),
                 headers=self._headers(),
                 timeout=STREAM_TIMEOUT,
             ) as resp:
@@ -238,6 +241,7 @@ class AsyncHttp(_Core):
                 call.method,
                 call.path,
                 params=_query(call.params),
+                json=_json(call.body),
                 headers=self._headers(),
                 timeout=STREAM_TIMEOUT,
             ) as resp:

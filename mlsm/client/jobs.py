@@ -1,4 +1,5 @@
-"""Jobs: submit, list, show, cancel, release; a job's log, read whole or followed live.
+"""Jobs: submit, list, show, cancel, release, purge; a job's outputs (listed, fetched as
+a manifest then frames); a job's log, read whole or followed live.
 
 A followed log arrives as typed :mod:`mlsm.wire.follow` events, decoded by the one
 parser in :mod:`mlsm.client.sse`.
@@ -8,10 +9,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Sequence
 
+from mlsm.bulk import Manifest, Want, decode_manifest
 from mlsm.client.call import Call
 from mlsm.client.resource import AsyncResource, SyncResource, async_method, sync_method
 from mlsm.client.sse import LogFollowDecoder
 from mlsm.wire import api
+from mlsm.wire import outputs as wo
 from mlsm.wire.follow import LogEvent
 
 JOBS = "/api/v1/jobs"
@@ -53,6 +56,28 @@ def _release(job_id: int) -> Call[api.Job]:
     return Call("POST", _job(job_id, "/release"), api.Job)
 
 
+def _purge(job_id: int) -> Call[api.PurgeResult]:
+    """Free a finished job's directory on its node (its owner or an admin; audited)."""
+    return Call("POST", _job(job_id, "/purge"), api.PurgeResult)
+
+
+def _outputs(job_id: int, path: str = "") -> Call[wo.OutputListing]:
+    """The files (path, size, mtime) under ``path`` of the job's output directory, also
+    while it runs (its owner and admins)."""
+    return Call("GET", _job(job_id, "/outputs"), wo.OutputListing, params={"path": path or None})
+
+
+def _outputs_manifest(job_id: int, paths: Sequence[str]) -> Call[bytes]:
+    return Call(
+        "POST", _job(job_id, "/outputs/manifest"), bytes, body=wo.OutputsFetch(paths=[*paths])
+    )
+
+
+def _outputs_frames(job_id: int, paths: Sequence[str], digest: str, want: Want) -> Call[bytes]:
+    body = wo.OutputsFetch(paths=[*paths], manifest_digest=digest, want=want)
+    return Call("POST", _job(job_id, "/outputs/frames"), bytes, body=body)
+
+
 def _log(job_id: int, offset: int, limit: int | None) -> Call[bytes]:
     return Call("GET", _job(job_id, "/log"), bytes, params={"offset": offset, "limit": limit})
 
@@ -67,6 +92,19 @@ class Jobs(SyncResource):
     get = sync_method(_get)
     cancel = sync_method(_cancel)
     release = sync_method(_release)
+    purge = sync_method(_purge)
+    outputs = sync_method(_outputs)
+
+    def outputs_manifest(self, job_id: int, paths: Sequence[str] = ()) -> Manifest:
+        """The manifest of ``paths`` of the job's outputs (all when empty): a fetch's
+        first step (audited on the master)."""
+        return decode_manifest(self._http.send(_outputs_manifest(job_id, paths)))
+
+    def outputs_frames(
+        self, job_id: int, paths: Sequence[str], digest: str, want: Want
+    ) -> Iterator[bytes]:
+        """The frames answering ``want`` against the manifest of ``digest``, as they come."""
+        return self._http.stream(_outputs_frames(job_id, paths, digest, want))
 
     def log(self, job_id: int, *, offset: int = 0, limit: int | None = None) -> Iterator[bytes]:
         """The log's bytes from ``offset`` (at most ``limit``), chunk by chunk."""
@@ -85,6 +123,19 @@ class AsyncJobs(AsyncResource):
     get = async_method(_get)
     cancel = async_method(_cancel)
     release = async_method(_release)
+    purge = async_method(_purge)
+    outputs = async_method(_outputs)
+
+    async def outputs_manifest(self, job_id: int, paths: Sequence[str] = ()) -> Manifest:
+        """The manifest of ``paths`` of the job's outputs (all when empty)."""
+        body: bytes = await self._http.send(_outputs_manifest(job_id, paths))
+        return decode_manifest(body)
+
+    def outputs_frames(
+        self, job_id: int, paths: Sequence[str], digest: str, want: Want
+    ) -> AsyncIterator[bytes]:
+        """The frames answering ``want`` against the manifest of ``digest``, as they come."""
+        return self._http.stream(_outputs_frames(job_id, paths, digest, want))
 
     def log(
         self, job_id: int, *, offset: int = 0, limit: int | None = None

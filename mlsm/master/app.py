@@ -34,6 +34,7 @@ from mlsm.master.routes import health as health_routes
 from mlsm.master.routes import jobs as job_routes
 from mlsm.master.routes import metrics as metric_routes
 from mlsm.master.routes import nodes as node_routes
+from mlsm.master.routes import outputs as output_routes
 from mlsm.master.routes import settings as settings_routes
 from mlsm.master.routes import tokens as token_routes
 from mlsm.master.routes import users as user_routes
@@ -51,6 +52,7 @@ ROUTE_MODULES: list[ModuleType] = [
     agent_routes,
     node_routes,
     job_routes,
+    output_routes,
     dataset_routes,
     metric_routes,
     settings_routes,

@@ -18,7 +18,10 @@ POST logs              LogChunk             LogAck
 POST datasets          DatasetReport        Ack
 POST transfers/upload  TransferChunk        TransferAck
 POST transfers/fetch   TransferFetch        TransferData
+POST outputs/removed   JobDirsRemoved       Ack
 =====================  ===================  =======================
+
+Outputs and disk messages (:mod:`mlsm.wire.outputs`) join the command union here.
 
 Over 400 lines, as one piece: the agent protocol is versioned as a whole (the table above,
 the command union and ``PROTOCOL_VERSION`` change together), and an old agent's
@@ -33,6 +36,14 @@ import msgspec
 from msgspec import Meta, Struct
 
 from mlsm.wire.ints import Count, Int64
+from mlsm.wire.outputs import (
+    ListOutputs,
+    NodeDisk,
+    OutputsManifest,
+    PurgeJobDir,
+    ServeOutputs,
+    SweepJobDirs,
+)
 
 # Bounds applied at decode time, so a hostile body fails validation, not the master.
 Name = Annotated[str, Meta(min_length=1, max_length=128)]
@@ -77,6 +88,9 @@ class NodeInfo(Struct, kw_only=True, omit_defaults=True):
     job_account: ShortStr = ""
     default_unix_user: ShortStr = ""
     unix_users: Annotated[list[AccountName], Meta(max_length=MAX_NODE_ACCOUNTS)] = []
+    # What mlsm keeps on this node's disk (job directories, projects, code cache) and the
+    # agent's data dir (a job's output directory is <data_dir>/jobs/<id>/).
+    disk: NodeDisk | None = None
 
 
 # ---------------------------------------------------------------- telemetry
@@ -327,6 +341,8 @@ class ReceiveDataset(Struct, tag="receive_dataset", kw_only=True):
     total_bytes: NonNeg = 0
 
 
+from mlsm.wire.bulk import BulkManifest, BulkReceive, BulkServe  # noqa: E402
+
 Command = (
     StartJob
     | CancelJob
@@ -336,6 +352,14 @@ Command = (
     | CancelTransfer
     | SendDataset
     | ReceiveDataset
+    | BulkManifest
+    | BulkServe
+    | BulkReceive
+    | SweepJobDirs
+    | PurgeJobDir
+    | ListOutputs
+    | OutputsManifest
+    | ServeOutputs
 )
 
 

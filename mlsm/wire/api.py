@@ -296,6 +296,12 @@ class Job(Struct, kw_only=True):
     ended_at: float | None = None
     log_size: int = 0
     history: list[JobEvent] = []
+    # Where the job's files live: <agent data>/jobs/<id>/ on ``node`` ("" before it ran
+    # anywhere). Gone once ``outputs_removed_at`` is set (retention, disk or a purge).
+    output_dir: str = ""
+    outputs_removed_at: float | None = None
+    outputs_removed_why: str = ""  # "retention", "disk", "purge by alice", "missing"
+    log_removed_at: float | None = None  # the shipped log, removed by retention
 
 
 class JobList(Struct, kw_only=True):
@@ -313,6 +319,16 @@ class CancelRequest(Struct, kw_only=True, forbid_unknown_fields=True):
 class CancelResult(Struct, kw_only=True):
     cancelled: list[int]
     skipped: dict[str, str] = {}  # id -> why not
+
+
+class PurgeResult(Struct, kw_only=True):
+    """``mlsm job purge``: what became of one finished job's directory on its node."""
+
+    job_id: int
+    node: str
+    state: Literal["removed", "absent", "requested"]
+    bytes: int = 0  # what the directory held (removed)
+    message: str = ""
 
 
 # ---------------------------------------------------------------- datasets
@@ -458,6 +474,10 @@ GET    /api/v1/settings                  LabSettings
 PATCH  /api/v1/settings                  LabSettingsUpdate -> LabSettings admin
 PATCH  /api/v1/nodes/{name}              NodeUpdate -> Node (labels, docker_network) admin
 POST   /api/v1/jobs/{id}/release         Job (a held job joins the queue)
+POST   /api/v1/jobs/{id}/purge           PurgeResult (a finished job's directory on its node)
+GET    /api/v1/jobs/{id}/outputs[?path]  OutputListing (mlsm.wire.outputs; owner and admins)
+POST   /api/v1/jobs/{id}/outputs/manifest  OutputsFetch -> MessagePack Manifest
+POST   /api/v1/jobs/{id}/outputs/frames  OutputsFetch -> frame stream (octet-stream)
 GET    /metrics                          Prometheus text exposition       public
 """
 
@@ -466,6 +486,8 @@ GET    /metrics                          Prometheus text exposition       public
 Cidr = Annotated[str, Meta(min_length=3, max_length=64, pattern=r"^[0-9a-fA-F:.]+/[0-9]{1,3}$")]
 Pattern = Annotated[str, Meta(min_length=1, max_length=256)]
 HostPath = Annotated[str, Meta(min_length=1, max_length=4096, pattern=r"^/")]
+RetentionDays = Annotated[float, Meta(ge=0, le=100 * 365)]
+DiskPct = Annotated[float, Meta(ge=0, le=100)]
 
 
 class LabSettings(Struct, kw_only=True):
@@ -475,6 +497,12 @@ class LabSettings(Struct, kw_only=True):
     mount_allow: list[HostPath] = []  # host paths members may mount into containers
     import_allow_cidrs: list[Cidr] = []  # internal ranges dataset imports may reach
     import_max_bytes: Count = 1 << 40  # largest dataset import (1 TiB)
+    # Disk hygiene: a finished job's directory on its node, and its log shipped to the
+    # master, are kept this many days after the job ended (0: kept until purged).
+    job_retention_days: RetentionDays = 30.0
+    # A node whose data dir's filesystem is fuller than this (percent) removes the oldest
+    # finished jobs' directories first, before their retention ends (0: no threshold).
+    node_disk_high_pct: DiskPct = 90.0
 
 
 class LabSettingsUpdate(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -482,3 +510,5 @@ class LabSettingsUpdate(Struct, kw_only=True, forbid_unknown_fields=True, omit_d
     mount_allow: list[HostPath] | None = None
     import_allow_cidrs: list[Cidr] | None = None
     import_max_bytes: Count | None = None
+    job_retention_days: RetentionDays | None = None
+    node_disk_high_pct: DiskPct | None = None

@@ -51,6 +51,8 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("POST", "/agent/v1/datasets"): "node",
     ("POST", "/agent/v1/transfers/upload"): "node",
     ("POST", "/agent/v1/transfers/fetch"): "node",
+    ("POST", "/agent/v1/outputs/removed"): "node",
+    ("POST", "/agent/v1/bulk/push/{pipe_id:str}"): "node",
     # nodes and join tokens
     ("GET", "/api/v1/join-tokens"): "admin",
     ("POST", "/api/v1/join-tokens"): "admin",
@@ -73,6 +75,10 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/jobs/{job_id:int}"): "member",
     ("POST", "/api/v1/jobs/cancel"): "member",
     ("POST", "/api/v1/jobs/{job_id:int}/release"): "member",
+    ("POST", "/api/v1/jobs/{job_id:int}/purge"): "member",
+    ("GET", "/api/v1/jobs/{job_id:int}/outputs"): "member",
+    ("POST", "/api/v1/jobs/{job_id:int}/outputs/manifest"): "member",
+    ("POST", "/api/v1/jobs/{job_id:int}/outputs/frames"): "member",
     ("GET", "/api/v1/jobs/{job_id:int}/log"): "member",
     ("GET", "/api/v1/jobs/{job_id:int}/log/follow"): "member",
     # datasets

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from mlsm import errors
 from mlsm.wire import api
 from mlsm.wire.agent import GpuProcess, GpuSample, HostSample, NodeInfo
 from mlsm.wire.follow import LogEnded, LogEvent, from_sse
-from tui.source import DataSource
+from mlsm.wire.outputs import OutputEntry, OutputListing
+from tui.outputs import Downloaded, OutputText
+from tui.source import OUTPUT_VIEW_BYTES, DataSource
 
 NOW = 1_750_000_000.0  # frozen clock of every fake lab
 GIB = 1 << 30
@@ -207,6 +210,16 @@ class FakeSource(DataSource):
         self.calls: list[tuple[str, object]] = []
         self.submit_error: str | None = None
         self.log_lines = 50
+        # Each job's output files (path -> bytes), as its node would list and serve them.
+        self.output_files: dict[int, dict[str, bytes]] = {
+            100: {
+                "metrics.json": b'{"loss": 0.25}\n',
+                "ckpt/last.pt": b"\x00" * 2048,
+                "train.txt": "".join(
+                    f"epoch {i} loss {1 / (i + 1):.3f}\n" for i in range(40)
+                ).encode(),
+            }
+        }
         self.follow_queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         nodes, jobs = lab or small_lab()
         self._nodes = {n.name: n for n in nodes}
@@ -473,6 +486,40 @@ class FakeSource(DataSource):
                 yield event
             if isinstance(event, LogEnded):
                 return
+
+    async def outputs(self, job_id: int, path: str = "") -> OutputListing:
+        self._check()
+        files = self.output_files.get(job_id, {})
+        dirs = sorted({p.rsplit("/", 1)[0] for p in files if "/" in p})
+        entries = [OutputEntry(path=d, kind="d", mtime=NOW - 60) for d in dirs]
+        entries += [
+            OutputEntry(path=p, kind="f", size=len(b), mtime=NOW - 30) for p, b in files.items()
+        ]
+        return OutputListing(
+            job_id=job_id, node="gpu-a", entries=sorted(entries, key=lambda e: e.path)
+        )
+
+    async def read_output(
+        self, job_id: int, path: str, start: int | None, limit: int = OUTPUT_VIEW_BYTES
+    ) -> OutputText:
+        self._check()
+        self.calls.append(("read_output", (job_id, path, start)))
+        data = self.output_files[job_id][path]
+        begin = max(0, len(data) - limit) if start is None else min(start, len(data))
+        return OutputText(data[begin : begin + limit], begin, len(data))
+
+    async def download_outputs(self, job_id: int, paths: list[str], dest: Path) -> Downloaded:
+        self._check()
+        self.calls.append(("download_outputs", (job_id, list(paths), str(dest))))
+        files = self.output_files.get(job_id, {})
+        chosen = {
+            p: b for p, b in files.items()
+            if not paths or any(p == x or p.startswith(x + "/") for x in paths)
+        }  # fmt: skip
+        for p, b in chosen.items():
+            (dest / p).parent.mkdir(parents=True, exist_ok=True)
+            (dest / p).write_bytes(b)
+        return Downloaded(str(dest), len(chosen), sum(map(len, chosen.values())), 0)
 
     async def datasets(self, node: str | None = None) -> list[api.Dataset]:
         self._check()

@@ -20,6 +20,7 @@ from tests.support.wait import pilot_until
 from tui.app import MlsmApp
 from tui.screens import AdminScreen, JobScreen, JobsScreen, OverviewScreen
 from tui.source import MasterSource
+from tui.widgets.files import FilesPane
 from tui.widgets.forms import SubmitForm
 from tui.widgets.logview import LogView
 from tui.widgets.table import LabTable
@@ -174,6 +175,44 @@ async def test_submitted_job_runs_and_its_log_follows_split_lines(lab: Lab, tmp_
         assert view.ended == "succeeded"
         ours = [line for line in view.lines if not line.startswith("[mlsm]")]
         assert ours == [f"line {i} begins and ends {i}" for i in range(5)]
+
+
+async def test_files_tab_lists_views_and_downloads_a_jobs_outputs(lab: Lab, tmp_path: Path) -> None:
+    script = 'mkdir -p "$MLSM_OUTPUT_DIR/ckpt" && seq 1 500 > "$MLSM_OUTPUT_DIR/ckpt/steps.txt"'
+    jid = submit(lab, ["sh", "-c", script], node=NODES[0])
+    lab.wait_job(jid, timeout=DEADLINE_S)
+    app = make(lab)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot_until(
+            pilot, lambda: app.conn.state == "live", "login", DEADLINE_S, pause_s=PAUSE_S
+        )
+        app.open_job(jid, tab="files")
+        await pilot_until(
+            pilot,
+            lambda: "ckpt/steps.txt" in rows(app, "#output-files"),
+            "the job's files listed",
+            DEADLINE_S,
+            pause_s=PAUSE_S,
+        )
+        pane = app.screen.query_one(FilesPane)
+        pane.downloads_dir = tmp_path / "got"
+        table = app.screen.query_one("#output-files", LabTable)
+        table.move_cursor(row=rows(app, "#output-files").index("ckpt/steps.txt"))
+        await pilot.press("enter")
+        view = app.screen.query_one("#file-view", LogView)
+        await pilot_until(
+            pilot, lambda: "500" in view.lines, "the file's tail", DEADLINE_S, pause_s=PAUSE_S
+        )
+        table.focus()
+        await pilot.press("d")
+        got = tmp_path / "got" / "ckpt" / "steps.txt"
+        await pilot_until(
+            pilot,
+            lambda: got.exists() and got.read_text().split() == [str(i) for i in range(1, 501)],
+            "the download",
+            DEADLINE_S,
+            pause_s=PAUSE_S,
+        )
 
 
 async def test_cancel_with_capital_c_and_confirm_ends_a_running_job(lab: Lab) -> None:

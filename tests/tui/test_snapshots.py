@@ -109,6 +109,13 @@ def test_job_log(snap_compare, size) -> None:
 
 
 @pytest.mark.parametrize("size", SIZES)
+def test_job_files(snap_compare, size) -> None:
+    assert snap_compare(
+        make_app(FakeSource()), terminal_size=size, run_before=_setup(job=100, tab="files")
+    )
+
+
+@pytest.mark.parametrize("size", SIZES)
 def test_datasets(snap_compare, size) -> None:
     assert snap_compare(make_app(FakeSource()), terminal_size=size, run_before=_setup("3"))
 

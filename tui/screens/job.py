@@ -1,4 +1,5 @@
-"""One job: its spec, state history, why it waits, where it ran, and its live log."""
+"""One job: its spec, state history, why it waits, where it ran, its live log, and its
+files (the Files tab: browse, view, download; :mod:`tui.widgets.files`)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 
 from rich.table import Table
 from rich.text import Text
-from textual import work
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
@@ -20,6 +21,7 @@ from mlsm.wire.follow import AttemptStarted, LogText
 from tui import fmt
 from tui.screens.base import View
 from tui.source import LOG_TAIL_BYTES
+from tui.widgets.files import FilesPane
 from tui.widgets.logview import LogView
 from tui.widgets.plain import PlainStatic
 
@@ -107,6 +109,7 @@ class JobScreen(View):
     BINDINGS = [
         Binding("i", "tab('details')", "Details"),
         Binding("l", "tab('log')", "Log"),
+        Binding("o", "tab('files')", "Files"),
         Binding("C", "cancel_job", "Cancel job"),
     ]
 
@@ -125,11 +128,15 @@ class JobScreen(View):
                     yield PlainStatic(f"job {self.job_id}: loading…", id="job-details")
             with TabPane("Log", id="log"):
                 yield LogView(id="log-view")
+            with TabPane("Files", id="files"):
+                yield FilesPane(self.job_id, id="files-pane")
 
     def setup(self) -> None:
         self.stream_log()
         if self.tab == "log":
             self.query_one(LogView).focus_log()
+        elif self.tab == "files":
+            self.call_after_refresh(self._show_files)  # the pane mounts with the tabs
 
     async def fetch(self) -> api.Job:
         return await self.source.job(self.job_id)
@@ -143,6 +150,23 @@ class JobScreen(View):
         self.query_one(TabbedContent).active = tab
         if tab == "log":
             self.query_one(LogView).focus_log()
+        elif tab == "files":
+            self._show_files()
+
+    @on(TabbedContent.TabActivated)
+    def _tab_shown(self, event: TabbedContent.TabActivated) -> None:
+        if event.pane.id == "files":
+            self._show_files()
+
+    def _show_files(self) -> None:
+        """The listing is fetched the first time the tab is shown (then on ``r``)."""
+        try:
+            pane = self.query_one(FilesPane)
+        except NoMatches:  # not mounted yet: TabActivated calls again
+            return
+        if not pane.entries:
+            pane.load()
+        pane.query_one("#output-files").focus()
 
     def action_cancel_job(self) -> None:
         if self.job:

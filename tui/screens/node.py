@@ -11,6 +11,7 @@ from textual.widgets import DataTable, Label, Sparkline, TabbedContent, TabPane
 
 from mlsm.termsafe import visible
 from mlsm.wire import api
+from mlsm.wire.outputs import NodeDisk
 from tui import fmt
 from tui.screens.base import View
 from tui.source import NodeDetail
@@ -61,6 +62,23 @@ class GpuPanel(Vertical):
         self.query_one("#figures", PlainLabel).update(text)
         for key, _ in SERIES:
             self.query_one(f"#s-{key}", Sparkline).data = series.get(key) or [0.0]
+
+
+def _disk_text(d: NodeDisk) -> Text:
+    """What mlsm keeps on the node's disk, and how full the disk is."""
+    used = (d.fs_total - d.fs_free) / d.fs_total if d.fs_total else 0.0
+    text = Text("\n disk ")
+    text.append(
+        f"jobs {fmt.human_bytes(d.jobs_bytes)} ({d.jobs_count} dirs)  "
+        f"projects {fmt.human_bytes(d.projects_bytes)}  "
+        f"code cache {fmt.human_bytes(d.code_cache_bytes)}  "
+    )
+    text.append(
+        f"free {fmt.human_bytes(d.fs_free)} of {fmt.human_bytes(d.fs_total)}",
+        style=fmt.level_style(used),
+    )
+    text.append(visible(f"  in {d.data_dir}"), style="dim")
+    return text
 
 
 class NodeScreen(View):
@@ -153,6 +171,8 @@ class NodeScreen(View):
                 "  " + visible(" ".join(f"{k}={v}" for k, v in sorted(node.labels.items()))),
                 style="cyan",
             )
+        if info.disk is not None and info.disk.measured_at:
+            text.append_text(_disk_text(info.disk))
         if node.gpu_error:
             text.append(f"\n GPU probe: {visible(node.gpu_error)}", style="red")
         self.query_one("#node-info", PlainStatic).update(text)

@@ -151,6 +151,11 @@ class Job(Base):
     exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     log_size: Mapped[int] = mapped_column(BigInteger, default=0)
     history: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    # Disk hygiene (migration 0003): when the job's directory on its node went and why, and
+    # when retention removed its shipped log.
+    outputs_removed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    outputs_removed_why: Mapped[str] = mapped_column(String(128), default="")
+    log_removed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Command(Base):

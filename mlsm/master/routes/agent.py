@@ -10,12 +10,13 @@ from litestar import Request, Response, asgi, post
 from litestar.exceptions import MethodNotAllowedException
 from litestar.types import Receive, Scope, Send
 
-from mlsm.errors import PayloadTooLarge
+from mlsm.errors import MlsmError, PayloadTooLarge
 from mlsm.master.bodies import decode_agent_body
 from mlsm.master.http import audit_target
 from mlsm.master.routes.common import ServicesDep, principal
 from mlsm.master.services.container import services_of
 from mlsm.wire import agent as w
+from mlsm.wire import outputs as wo
 
 T = TypeVar("T")
 AGENT_BODY_LIMIT = 8 << 20  # hard cap; the configured limit is checked per request
@@ -140,3 +141,53 @@ async def transfer_fetch(request: Request[Any, Any, Any], services: ServicesDep)
 
 
 ROUTES += [transfer_upload, transfer_fetch]
+
+
+# ---------------------------------------------------------------- relay pipes (mlsm.wire.bulk)
+@post(
+    "/agent/v1/bulk/push/{pipe_id:str}",
+    opt={"role": "node"},
+    status_code=200,
+    request_max_body_size=None,  # a stream: the pipe bounds what it holds, not the body
+    include_in_schema=False,
+)
+async def bulk_push(
+    request: Request[Any, Any, Any], services: ServicesDep, pipe_id: str
+) -> Response[bytes]:
+    """A source node's answer into a relay pipe, streamed: the next part of the body is
+    read only once the pipe took this one (see mlsm.master.services.bulk).
+
+    A refusal (the pipe's puller went away, another node's pipe) closes the connection
+    with the answer: the rest of the body is never read, so the agent's next write fails
+    and it stops reading its source at once (an HTTP/1.1 client sends its whole body
+    before it reads an answer)."""
+    node = services.nodes.node_for(principal(request))
+    try:
+        pipe = services.pipes.for_push(node, pipe_id)
+        await pipe.take_push(request.stream())
+    except MlsmError as exc:
+        return Response(
+            content=w.encoder.encode(w.AgentError(code=exc.code, message=exc.message)),
+            media_type=w.MSGPACK,
+            status_code=exc.status,
+            headers={"connection": "close"},
+        )
+    return _reply(w.Ack())
+
+
+ROUTES += [bulk_push]
+
+
+# ---------------------------------------------------------------- outputs and disk
+@post("/agent/v1/outputs/removed", opt={"role": "node"}, status_code=200, **_opts)
+async def outputs_removed(
+    request: Request[Any, Any, Any], services: ServicesDep
+) -> Response[bytes]:
+    """What a sweep or purge removed on the node (the master audits each removal)."""
+    report = await _decode(request, services, wo.decode_job_dirs_removed)
+    node = services.nodes.node_for(principal(request))
+    await services.disk.removed(node, report)
+    return _reply(w.Ack())
+
+
+ROUTES += [outputs_removed]

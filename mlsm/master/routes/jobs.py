@@ -127,4 +127,18 @@ async def _prime(events: AsyncIterator[LogEvent]) -> AsyncIterator[dict[str, str
     yield to_sse(ev)
 
 
-ROUTES = [submit_job, list_jobs, show_job, cancel_jobs, release_job, job_log, follow_log]
+@post(
+    "/api/v1/jobs/{job_id:int}/purge",
+    opt={"role": "member", "audit": "job.purge"},
+    status_code=200,
+    tags=["jobs"],
+)
+async def purge_job(
+    request: Request[Any, Any, Any], services: ServicesDep, job_id: DbId
+) -> api.PurgeResult:
+    """Free a finished job's directory on its node (its owner or an admin)."""
+    audit_target(request, f"job:{job_id}")
+    return await services.disk.purge(principal(request), job_id)
+
+
+ROUTES = [purge_job, submit_job, list_jobs, show_job, cancel_jobs, release_job, job_log, follow_log]

@@ -31,11 +31,16 @@ async def update_settings(
                 "mount_allow": data.mount_allow,
                 "import_allow_cidrs": data.import_allow_cidrs,
                 "import_max_bytes": data.import_max_bytes,
+                "job_retention_days": data.job_retention_days,
+                "node_disk_high_pct": data.node_disk_high_pct,
             }.items()
             if v is not None
         },
     )
-    return await services.lab_settings.update(data)
+    updated = await services.lab_settings.update(data)
+    if data.job_retention_days is not None or data.node_disk_high_pct is not None:
+        services.disk.kick()  # the new retention applies now, not at the next sweep
+    return updated
 
 
 ROUTES = [show_settings, update_settings]

@@ -11,7 +11,8 @@ Who owns which table: users and tokens (:class:`UserService`, :class:`AuthServic
 join tokens (:class:`JoinTokens`), nodes and commands (:class:`NodeRegistry`), metric points (:class:`History`),
 jobs (:class:`JobService` with the job table and the scheduling loop), usage
 (:class:`FairShare`), datasets and dataset copies (:class:`DatasetCatalog`), transfers
-(:class:`Transfers`), settings (:class:`SettingsService`), audit (:class:`AuditLog`).
+(:class:`Transfers`), settings (:class:`SettingsService`), audit (:class:`AuditLog`);
+the removal marks of finished jobs' directories and logs (:class:`DiskHygiene`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from mlsm.master.connections import ConnectionGuard
 from mlsm.master.db import Database
 from mlsm.master.services.audit import AuditLog
 from mlsm.master.services.auth import AuthService
+from mlsm.master.services.bulk import Pipes
 from mlsm.master.services.datasets import (
     CopyRelay,
     DatasetCatalog,
@@ -36,6 +38,7 @@ from mlsm.master.services.datasets import (
     RelaySpool,
     Transfers,
 )
+from mlsm.master.services.diskhygiene import DiskHygiene
 from mlsm.master.services.joblogs import LogStore
 from mlsm.master.services.jobs import (
     Accounts,
@@ -50,6 +53,7 @@ from mlsm.master.services.jointokens import JoinTokens
 from mlsm.master.services.metrics import LabMetrics
 from mlsm.master.services.nodes import NodeRegistry
 from mlsm.master.services.nodeviews import NodeViews
+from mlsm.master.services.outputs import OutputsService
 from mlsm.master.services.policy import JobPolicy
 from mlsm.master.services.settings import SettingsService
 from mlsm.master.services.telemetry import History
@@ -78,6 +82,7 @@ class Services:
         self.join_tokens = JoinTokens(db, tls_fingerprint)
         self.auth = AuthService(db, settings, self.nodes)
         self.lab_settings = SettingsService(db)
+        self.pipes = Pipes(self.nodes, settings.bulk_idle_timeout)
         # datasets
         self.catalog = DatasetCatalog(db, self.nodes)
         spool = RelaySpool(settings.data_path / "transfers")
@@ -105,6 +110,8 @@ class Services:
             self.scheduling,
         )
         self.job_logs = JobLogs(db, self.table, log_store)
+        self.disk = DiskHygiene(db, self.nodes, log_store, self.lab_settings, self.audit)
+        self.outputs = OutputsService(db, self.nodes, self.pipes)
         # people and views
         self.users = UserService(db, on_change=self._user_changed)
         self.node_views = NodeViews(settings, self.nodes, self.table)
@@ -142,6 +149,7 @@ class Services:
         await self.accounts.load()
         self._spawn(self.nodes.run_background())
         self._spawn(self.scheduling.run())
+        self._spawn(self.disk.run())
 
     async def stop(self) -> None:
         for task in list(self._background):

@@ -88,7 +88,9 @@ class LogStore:
             pass
 
     def remove(self, job_id: int, attempts: int) -> None:
+        """Remove the log files of every attempt up to ``attempts`` (retention)."""
         for a in range(attempts + 1):
+            self._sizes.pop((job_id, a), None)
             try:
                 os.unlink(self.path(job_id, a))
             except FileNotFoundError:

@@ -150,11 +150,14 @@ class JobService(NodeEvents):
     # ---------------------------------------------------------------- views
     def _view(self, r: JobRow, p: Principal) -> api.Job:
         logs = self.table.logs
+        node = self.nodes.by_name.get(r.node) if r.node else None
+        disk = node.info.disk if node is not None else None
         return job_view(
             r,
             reason=self.table.reason(r),
             log_size=logs.size(r.id, r.attempt) if r.started_at or r.attempt else 0,
             show_env=may_see_private(p, r),
+            data_dir=disk.data_dir if disk is not None else "",
         )
 
     async def query(

@@ -12,7 +12,17 @@ def may_see_private(p: Principal, r: JobRow) -> bool:
     return p.is_admin or p.name == r.user
 
 
-def job_view(r: JobRow, *, reason: str, log_size: int, show_env: bool) -> api.Job:
+def output_dir(r: JobRow, data_dir: str) -> str:
+    """Where the job's files live on its node (``""`` before it was placed, or while the
+    node has not said where its data dir is)."""
+    if not r.node or not data_dir:
+        return ""
+    return f"{data_dir.rstrip('/')}/jobs/{r.id}"
+
+
+def job_view(
+    r: JobRow, *, reason: str, log_size: int, show_env: bool, data_dir: str = ""
+) -> api.Job:
     spec = r.spec
     return api.Job(
         id=r.id,
@@ -53,4 +63,8 @@ def job_view(r: JobRow, *, reason: str, log_size: int, show_env: bool) -> api.Jo
             api.JobEvent(ts=e[0], state=e[1], message=e[2] if len(e) > 2 else "")
             for e in (r.history or [])
         ],
+        output_dir=output_dir(r, data_dir),
+        outputs_removed_at=r.outputs_removed_at,
+        outputs_removed_why=r.outputs_removed_why or "",
+        log_removed_at=r.log_removed_at,
     )

@@ -1,0 +1,76 @@
+"""The agent's bulk commands: answering relay pipes with manifests and frames.
+
+``BulkManifest`` pushes the MessagePack manifest of a source spec into its pipe;
+``BulkServe`` pushes the frames answering a want (:class:`mlsm.bulk.Source`, from the tree
+by descriptor). Each runs as a task, so the command loop keeps taking commands (many
+pipes at once: one per want in flight). Other features register more source kinds
+(:meth:`BulkCommands.sources`) or more pipe commands (:meth:`BulkCommands.pipe_command`:
+a command with a ``pipe_id`` and a function that produces its answer in a thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+from agent.link import MasterLink
+from mlsm import errors
+from mlsm.bulk import Source, encode_manifest
+from mlsm.wire import bulk as wb
+
+from .pipes import push_answer
+from .sources import SourceBook
+
+log = logging.getLogger("mlsm.agent.bulk")
+
+#: A pipe command's answer: ``produce(cmd, stop)`` returns its chunks (runs in a thread).
+Answer = Callable[[Any, threading.Event], Iterator[bytes]]
+
+
+class BulkCommands:
+    def __init__(self, link: MasterLink) -> None:
+        self.link = link
+        self.sources = SourceBook()
+        self._answers: dict[type, Answer] = {
+            wb.BulkManifest: self._manifest,
+            wb.BulkServe: self._serve,
+        }
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def pipe_command(self, kind: type, answer: Answer) -> None:
+        """Answer commands of ``kind`` (which carry ``pipe_id``) with ``answer``."""
+        self._answers[kind] = answer
+
+    def install(self, handlers: dict[type, Callable[[Any], Awaitable[None]]]) -> None:
+        for kind in self._answers:
+            handlers[kind] = self._start
+
+    async def _start(self, cmd: Any) -> None:
+        task = asyncio.create_task(self._run(cmd), name=f"pipe-{cmd.id}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _run(self, cmd: Any) -> None:
+        answer = self._answers[type(cmd)]
+        try:
+            sent = await push_answer(self.link, cmd.pipe_id, lambda stop: answer(cmd, stop))
+            log.debug("pipe %s: %d bytes pushed", cmd.pipe_id, sent)
+        except errors.MlsmError:
+            pass  # logged by push_answer; the puller has its own error
+        except Exception:
+            log.exception("pipe %s failed", cmd.pipe_id)
+
+    # ---------------------------------------------------------------- answers
+    def _manifest(self, cmd: wb.BulkManifest, stop: threading.Event) -> Iterator[bytes]:
+        yield encode_manifest(self.sources.manifest(cmd.source, stop))
+
+    def _serve(self, cmd: wb.BulkServe, stop: threading.Event) -> Iterator[bytes]:
+        tree, manifest = self.sources.serving(cmd.source, cmd.manifest_digest, stop)
+        with Source.from_tree(tree.root, manifest) as source:
+            for chunk in source.chunks(cmd.want):
+                if stop.is_set():
+                    return
+                yield chunk
