@@ -23,10 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.codecache import CodeCache
 from agent.collectors import AsyncGpuSampler, HostCollector, make_probe
 from agent.link import MasterLink, is_auth_failure
 from agent.logship import LogShipper, send_through
 from agent.pacing import backoff, env_seconds, nap
+from agent.projects import ProjectCommands
 from agent.runtimes.accounts import (
     data_dir_mode,
     default_account_ok,
@@ -40,6 +42,7 @@ from agent.state import AgentState
 from agent.supervisor import JobSupervisor
 from mlsm import PROTOCOL_VERSION, __version__, errors
 from mlsm.wire import agent as w
+from mlsm.wire import code as wc
 
 if TYPE_CHECKING:  # the dataset code loads only on a node with dataset roots
     from agent.datasets.catalog import CatalogReporter
@@ -67,6 +70,7 @@ class AgentConfig:
     heartbeat_interval: float = 2.0
     default_unix_user: str = ""  # jobs of users with no account here run as this (agent as root)
     single_user: bool = False  # every job runs as the agent's own account, even as root
+    code_cache_bytes: int = 10 << 30  # the node cache of shipped code files
 
 
 class Agent:
@@ -96,6 +100,8 @@ class Agent:
             default_unix_user=cfg.default_unix_user,
             single_user=cfg.single_user,
         )
+        self.code = CodeCache(self.link, cfg.data_dir, cfg.code_cache_bytes)
+        self.ctx.code = self.code
         self._accounts_checked = time.monotonic()
         self.runtimes = Runtimes(self.ctx)
         self.stopping = asyncio.Event()
@@ -110,6 +116,7 @@ class Agent:
             data_dir=cfg.data_dir,
             stopping=self.stopping,
             runtimes_changed=self._runtimes_changed,
+            code=self.code,
         )
         self.done_cmds: set[int] = set()
         self.to_ack: list[int] = []
@@ -123,6 +130,9 @@ class Agent:
             w.StartJob: self.jobs.start,
             w.CancelJob: self.jobs.cancel,
         }
+        projects = ProjectCommands(self.ctx, self.code, self.link)
+        self.command_handlers[wc.SyncProject] = projects.sync
+        self.command_handlers[wc.RemoveProject] = projects.remove
         # Progress of running transfers (command id -> latest), sent with each heartbeat.
         self.transfers: dict[int, w.TransferProgress] = {}
         self.catalog: CatalogReporter | None = None

@@ -9,9 +9,17 @@ __version__ = "0.1.0"
 
 #: Version of the agent <-> master wire protocol. Bumped on incompatible changes;
 #: the master accepts agents whose protocol lies in [MIN_AGENT_PROTOCOL, PROTOCOL_VERSION].
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 MIN_AGENT_PROTOCOL = 1
 
 #: The first protocol version that knows each command added after version 1; the master
 #: sends such a command only to agents that speak at least that version.
-COMMAND_SINCE = {"send_dataset": 2, "receive_dataset": 2}
+COMMAND_SINCE = {
+    "send_dataset": 2,
+    "receive_dataset": 2,
+    "sync_project": 3,
+    "remove_project": 3,
+}
+#: The first protocol version whose agents run jobs in shipped code and projects
+#: (StartJob's ``code`` and ``project``); the scheduler places such jobs only there.
+CODE_SINCE = 3

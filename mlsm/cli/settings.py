@@ -28,6 +28,7 @@ def settings_show(ctx: click.Context, as_json: bool) -> None:
     echo(f"mountable paths     {', '.join(s.mount_allow) or 'none (members mount nothing)'}")
     echo(f"import may reach    {', '.join(s.import_allow_cidrs) or 'public addresses only'}")
     echo(f"largest import      {human_bytes(s.import_max_bytes)}")
+    echo(f"code snapshot       {s.code_max_files} files, {human_bytes(s.code_max_bytes)} at most")
 
 
 @settings_cmd.command("set")
@@ -52,6 +53,16 @@ def settings_show(ctx: click.Context, as_json: bool) -> None:
 )
 @click.option("--no-import-cidrs", is_flag=True, help="Imports may reach public addresses only.")
 @click.option("--import-max-gib", type=click.FloatRange(0), help="Largest dataset import in GiB.")
+@click.option(
+    "--code-max-files",
+    type=click.IntRange(1),
+    help="Most files a shipped code snapshot or project push may hold.",
+)
+@click.option(
+    "--code-max-mib",
+    type=click.FloatRange(0),
+    help="Most MiB a shipped code snapshot or project push may hold.",
+)
 @json_option
 @click.pass_context
 def settings_set(
@@ -63,6 +74,8 @@ def settings_set(
     import_allow_cidrs: tuple[str, ...],
     no_import_cidrs: bool,
     import_max_gib: float | None,
+    code_max_files: int | None,
+    code_max_mib: float | None,
     as_json: bool,
 ) -> None:
     """Change the lab's policies (admins; audited)."""
@@ -71,6 +84,8 @@ def settings_set(
         mount_allow=[] if no_mounts else (list(mount_allow) or None),
         import_allow_cidrs=[] if no_import_cidrs else (list(import_allow_cidrs) or None),
         import_max_bytes=int(import_max_gib * (1 << 30)) if import_max_gib is not None else None,
+        code_max_files=code_max_files,
+        code_max_bytes=int(code_max_mib * (1 << 20)) if code_max_mib is not None else None,
     )
     with client_from(ctx) as c:
         s = c.settings.update(body)

@@ -248,6 +248,11 @@ class JobSubmit(Struct, kw_only=True, forbid_unknown_fields=True):
     timeout_s: Annotated[float, Meta(ge=0, le=365 * 86400)] = 0.0
     array: Annotated[str, Meta(max_length=64, pattern=r"^([0-9]+(-[0-9]+)?(%[0-9]+)?)?$")] = ""
     hold: bool = False
+    # The code snapshot to run in (a manifest digest the submitter uploaded: see
+    # mlsm.wire.code); "" = none (the job runs in --workdir, or its output directory).
+    code: Annotated[str, Meta(pattern=r"^([0-9a-f]{64})?$")] = ""
+    # Run in this project of the submitter's (mlsm project push): placed on its node.
+    project: Annotated[str, Meta(max_length=64, pattern=r"^([A-Za-z0-9][A-Za-z0-9._-]*)?$")] = ""
 
 
 class JobEvent(Struct, kw_only=True, array_like=True):
@@ -292,6 +297,8 @@ class Job(Struct, kw_only=True):
     ended_at: float | None = None
     log_size: int = 0
     history: list[JobEvent] = []
+    code: str = ""  # the code snapshot it runs in (digest), "" = none
+    project: str = ""  # the project it runs in, "" = none
 
 
 class JobList(Struct, kw_only=True):
@@ -454,6 +461,11 @@ GET    /api/v1/settings                  LabSettings
 PATCH  /api/v1/settings                  LabSettingsUpdate -> LabSettings admin
 PATCH  /api/v1/nodes/{name}              NodeUpdate -> Node (labels, docker_network) admin
 POST   /api/v1/jobs/{id}/release         Job (a held job joins the queue)
+POST   /api/v1/code                      manifest (MessagePack) -> CodeOffer
+POST   /api/v1/code/{digest}/blobs       frame stream -> CodeOffer
+GET    /api/v1/projects[?all=true]       list[Project]
+POST   /api/v1/projects                  ProjectPush -> Project
+DELETE /api/v1/projects/{name}?node=N[&user=U]
 GET    /metrics                          Prometheus text exposition       public
 """
 
@@ -471,6 +483,8 @@ class LabSettings(Struct, kw_only=True):
     mount_allow: list[HostPath] = []  # host paths members may mount into containers
     import_allow_cidrs: list[Cidr] = []  # internal ranges dataset imports may reach
     import_max_bytes: Count = 1 << 40  # largest dataset import (1 TiB)
+    code_max_files: Count = 20_000  # files in one code snapshot (mlsm submit, project push)
+    code_max_bytes: Count = 1 << 30  # bytes of one code snapshot (1 GiB)
 
 
 class LabSettingsUpdate(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -478,3 +492,5 @@ class LabSettingsUpdate(Struct, kw_only=True, forbid_unknown_fields=True, omit_d
     mount_allow: list[HostPath] | None = None
     import_allow_cidrs: list[Cidr] | None = None
     import_max_bytes: Count | None = None
+    code_max_files: Count | None = None
+    code_max_bytes: Count | None = None
