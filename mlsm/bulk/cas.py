@@ -104,6 +104,7 @@ class Store:
             check_same_thread=False,
         )
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         if new:
             self.rebuild_index()
