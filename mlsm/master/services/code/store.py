@@ -60,6 +60,7 @@ log = logging.getLogger("mlsm.master.code")
 
 UPLOAD_PIN_S = 3600.0  # an offered snapshot's blobs stay pinned this long for its upload
 _QUERY_CHUNK = 500  # hashes per IN (...) query
+FEED_BATCH = 1 << 20  # bytes of an upload handed to the (blocking) sink at once
 UPLOAD_FRAME_SLACK = 64  # bytes of frame headers allowed per entry in an upload
 _MANIFEST_CACHE = 64  # decoded manifests kept in memory (agents fetch them per request)
 
@@ -252,6 +253,8 @@ class CodeStore:
         # What an honest upload of this snapshot can be: its bytes and a header per file.
         limit = m.total_bytes() + (len(m.entries) + 1) * UPLOAD_FRAME_SLACK
         seen = 0
+        batch: list[bytes] = []
+        size = 0
         try:
             async for chunk in body:
                 seen += len(chunk)
@@ -259,8 +262,15 @@ class CodeStore:
                     raise PayloadTooLarge(
                         f"the upload of snapshot {digest[:12]} is larger than the snapshot"
                     )
-                if await asyncio.to_thread(sink.feed, chunk):
-                    break
+                batch.append(chunk)
+                size += len(chunk)
+                if size >= FEED_BATCH:  # one thread hop per ~1 MiB, not per chunk
+                    done = await asyncio.to_thread(_feed_all, sink, batch)
+                    batch, size = [], 0
+                    if done:
+                        break
+            if batch:
+                await asyncio.to_thread(_feed_all, sink, batch)
         except TransferFailed as exc:
             raise ValidationError(f"upload of snapshot {digest[:12]} refused: {exc}") from None
         finally:
@@ -301,6 +311,9 @@ class CodeStore:
             )
         m = await self.manifest(digest)
         owner = _upload_owner(digest, p.name)
+        since = self._uploads.get(owner)
+        if since is not None and time.monotonic() - since < UPLOAD_PIN_S / 2:
+            return m  # complete and pinned since its offer: nothing can have been evicted
         self._uploads[owner] = time.monotonic()
         blobs = [digest, *_file_blobs(m)]
 
@@ -356,6 +369,13 @@ async def _serve(source: Source, want: Want) -> AsyncIterator[bytes]:
                 yield chunk
     finally:
         await asyncio.to_thread(source.close)
+
+
+def _feed_all(sink: StoreSink, chunks: list[bytes]) -> bool:
+    for c in chunks:
+        if sink.feed(c):
+            return True
+    return False
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:
