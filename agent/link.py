@@ -20,6 +20,7 @@ sees an httpx error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Callable
@@ -33,10 +34,12 @@ import msgspec
 
 from mlsm import PROTOCOL_VERSION, errors
 from mlsm.wire import agent as w
+from mlsm.wire import code as wc
 
 T = TypeVar("T")
 CONNECT_TIMEOUT_S = 5.0
 REQUEST_TIMEOUT_S = 15.0
+STREAM_TIMEOUT_S = 60.0  # a frame stream may pause this long between chunks
 POLL_SLACK_S = 10.0  # a long-poll's HTTP timeout is its wait plus this
 PUSH_STALL_S = 300.0  # a relay push whose next write or answer waits this long fails
 FINGERPRINT_FILE = "master-fingerprint"
@@ -184,6 +187,37 @@ class MasterLink:
             return errors.PinMismatch(await self._pin_mismatch_message())
         return errors.Unreachable(f"{type(exc).__name__}: {exc}")
 
+    async def code_manifest(self, digest: str, job_id: int) -> bytes:
+        """The bytes of code snapshot ``digest`` (``job_id`` 0: for a project push)."""
+        req = wc.CodeManifestFetch(digest=digest, job_id=job_id)
+        return await self.call("code/manifest", req, bytes)
+
+    @contextlib.asynccontextmanager
+    async def code_blobs(
+        self, digest: str, job_id: int, want: bytes
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        """The frame stream answering an encoded ``want`` of snapshot ``digest``'s files,
+        as it arrives; errors as :meth:`call` raises them."""
+        req = wc.CodeBlobsFetch(digest=digest, want=want, job_id=job_id)
+        headers = {"authorization": f"Node {self.secret}"}
+        try:
+            async with self._http.stream(
+                "POST",
+                "/agent/v1/code/blobs",
+                content=w.encoder.encode(req),
+                headers=headers,
+                timeout=httpx.Timeout(STREAM_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+            ) as resp:
+                if resp.status_code >= 400:
+                    await resp.aread()
+                    raise _refusal(resp)
+                yield _chunks(resp)
+        except httpx.HTTPError as exc:
+            raise errors.Unreachable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def report_project(self, rep: wc.ProjectReport) -> None:
+        await self.call("projects", rep, w.decode_ack)
+
     async def call(
         self,
         path: str,
@@ -232,6 +266,14 @@ class MasterLink:
             "If the master's certificate was replaced on purpose, restart the agent with a "
             "join token that carries the new fingerprint (or write it to that file)"
         )
+
+
+async def _chunks(resp: httpx.Response) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in resp.aiter_bytes():
+            yield chunk
+    except httpx.HTTPError as exc:
+        raise errors.Unreachable(f"{type(exc).__name__}: {exc}") from exc
 
 
 def is_auth_failure(exc: BaseException) -> bool:

@@ -7,6 +7,11 @@ loop survives the master being away: calls are retried with capped exponential b
 jitter while sampling goes on, and the node is online again within one interval of the
 master's return. SIGTERM stops the agent cleanly and leaves jobs running; a restarted agent
 re-adopts them from its state file.
+
+Over 400 lines, as one piece: the loops that talk to the master (join, heartbeat, command
+poll) share the registration, backoff and node-info state kept here; each feature's own
+work lives in its package (agent.supervisor, agent.outputs, agent.bulk, agent.datasets,
+agent.codecache), and only its wiring is here.
 """
 
 from __future__ import annotations
@@ -24,12 +29,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.bulk.service import BulkCommands
+from agent.codecache import CodeCache
 from agent.collectors import AsyncGpuSampler, HostCollector, make_probe
 from agent.link import MasterLink, is_auth_failure
 from agent.logship import LogShipper, send_through
-from agent.outputs import DiskMeter, JobDirPins, JobDirSweeper
-from agent.outputs.serve import OutputsServer
+from agent.outputs.hygiene import NodeOutputs
 from agent.pacing import backoff, env_seconds, nap
+from agent.projects import ProjectCommands
 from agent.runtimes.accounts import (
     data_dir_mode,
     default_account_ok,
@@ -43,6 +49,7 @@ from agent.state import AgentState
 from agent.supervisor import JobSupervisor
 from mlsm import PROTOCOL_VERSION, __version__, errors
 from mlsm.wire import agent as w
+from mlsm.wire import code as wc
 from mlsm.wire.outputs import NodeDisk
 
 if TYPE_CHECKING:  # the dataset code loads only on a node with dataset roots
@@ -53,7 +60,6 @@ log = logging.getLogger("mlsm.agent")
 POLL_WAIT_S = 25.0
 SCAN_INTERVAL_S = 30.0
 ACCOUNTS_CHECK_S = env_seconds("MLSM_ACCOUNTS_CHECK_INTERVAL", 60.0)  # re-read Unix accounts
-DISK_REPORT_S = env_seconds("MLSM_DISK_REPORT_INTERVAL", 60.0)  # re-measure the data dir
 REFUSED_RETRY_INTERVALS = 4  # a refused heartbeat is retried within this many intervals
 INFO_TOLD_INTERVALS = 2  # a runtime change waits this many intervals for the master to hear
 INFO_TOLD_POLL_S = 0.2
@@ -72,6 +78,7 @@ class AgentConfig:
     heartbeat_interval: float = 2.0
     default_unix_user: str = ""  # jobs of users with no account here run as this (agent as root)
     single_user: bool = False  # every job runs as the agent's own account, even as root
+    code_cache_bytes: int = 10 << 30  # the node cache of shipped code files
 
 
 class Agent:
@@ -101,6 +108,8 @@ class Agent:
             default_unix_user=cfg.default_unix_user,
             single_user=cfg.single_user,
         )
+        self.code = CodeCache(self.link, cfg.data_dir, cfg.code_cache_bytes)
+        self.ctx.code = self.code
         self._accounts_checked = time.monotonic()
         self.runtimes = Runtimes(self.ctx)
         self.stopping = asyncio.Event()
@@ -115,18 +124,14 @@ class Agent:
             data_dir=cfg.data_dir,
             stopping=self.stopping,
             runtimes_changed=self._runtimes_changed,
+            code=self.code,
         )
         self.done_cmds: set[int] = set()
         self.to_ack: list[int] = []
-        # Disk hygiene: what the data dir holds, and the removal of finished jobs' dirs.
-        self.meter = DiskMeter(cfg.data_dir)
-        self.disk = NodeDisk(data_dir=str(cfg.data_dir))
-        self.pins = JobDirPins()
-        self.sweeper = JobDirSweeper(
-            data_dir=cfg.data_dir,
-            link=self.link,
-            pins=self.pins,
-            meter=self.meter,
+        # Results out: the disk report, finished jobs' dirs removed, outputs served.
+        self.outputs = NodeOutputs(
+            cfg.data_dir,
+            self.link,
             in_use=self.jobs.in_use,
             on_disk=self._disk_measured,
             stopping=self.stopping,
@@ -144,11 +149,11 @@ class Agent:
         # Relay pipes: manifests and frames of the trees this node serves (and later
         # features' listings), pushed to the master on request.
         self.bulk = BulkCommands(self.link)
-        # A job's outputs, listed and served through relay pipes (pinned meanwhile).
-        self.outputs = OutputsServer(cfg.data_dir, self.pins)
-        self.outputs.install(self.bulk)
+        self.outputs.install(self.command_handlers, self.bulk)
         self.bulk.install(self.command_handlers)
-        self.sweeper.install(self.command_handlers)
+        projects = ProjectCommands(self.ctx, self.code, self.link)
+        self.command_handlers[wc.SyncProject] = projects.sync
+        self.command_handlers[wc.RemoveProject] = projects.remove
         # Progress of running transfers (command id -> latest), sent with each heartbeat.
         self.transfers: dict[int, w.TransferProgress] = {}
         self.catalog: CatalogReporter | None = None
@@ -177,7 +182,7 @@ class Agent:
         d = self.probe.describe()
         info.driver_version = d.get("driver_version", "")
         info.cuda_version = d.get("cuda_version", "")
-        info.disk = self.disk
+        info.disk = self.outputs.disk
         info.runtimes = self.runtimes.kinds
         info.docker_available = self.runtimes.docker_available
         info.docker_error = self.runtimes.docker_error
@@ -196,18 +201,8 @@ class Agent:
 
     def _disk_measured(self, disk: NodeDisk) -> None:
         """A fresh disk report: the next heartbeat carries it in the node info."""
-        self.disk = disk
         self.info.disk = disk
         self._info_sent = False
-
-    async def _disk_loop(self) -> None:
-        """Measure the data dir now and every :data:`DISK_REPORT_S` (in a thread: a walk)."""
-        while not self.stopping.is_set():
-            try:
-                self._disk_measured(await asyncio.to_thread(self.meter.measure))
-            except Exception:
-                log.exception("measuring the data dir failed")
-            await self._sleep(DISK_REPORT_S)
 
     async def _runtimes_changed(self) -> None:
         """Tell the master the node's runtimes changed; return once a heartbeat carried the
@@ -232,8 +227,7 @@ class Agent:
             asyncio.create_task(self._command_loop(), name="commands"),
             asyncio.create_task(self.jobs.watch(), name="jobs"),
             asyncio.create_task(self.jobs.ship_logs(), name="logs"),
-            asyncio.create_task(self._disk_loop(), name="disk"),
-            asyncio.create_task(self.sweeper.resend_loop(), name="removals"),
+            *self.outputs.tasks(),
         ]
         if self.catalog is not None:
             tasks.append(asyncio.create_task(self._scan_loop(self.catalog), name="datasets"))

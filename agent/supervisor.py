@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from agent.codecache import CodeCache
 from agent.collectors import GpuProbe
 from agent.link import MasterLink
 from agent.logship import LogShipper
@@ -97,6 +98,7 @@ class JobSupervisor:
         data_dir: Path,
         stopping: asyncio.Event,
         runtimes_changed: Callable[[], Awaitable[None]],
+        code: CodeCache | None = None,
     ) -> None:
         """``runtimes_changed`` is awaited after a runtime went away under a start: it
         tells the master (node info) and returns once it has heard, or soon after."""
@@ -108,6 +110,7 @@ class JobSupervisor:
         self._data_dir = data_dir
         self._stopping = stopping
         self._runtimes_changed = runtimes_changed
+        self._code = code
         self._jobs: dict[int, _Running] = {}
         self._finished: list[tuple[AdoptRecord, w.JobReport]] = []
         self._finish_tries: dict[int, float] = {}  # job id -> when its end was first sent
@@ -177,7 +180,13 @@ class JobSupervisor:
                 raise RuntimeUnavailable(why)
             if runtime is None:
                 raise RuntimeStartError(f"no {spec.env_kind} runtime on this node")
-            handle = await asyncio.to_thread(runtime.start, spec, job_dir)
+            if spec.code:
+                await self._fill_code(spec)
+            try:
+                handle = await asyncio.to_thread(runtime.start, spec, job_dir)
+            finally:
+                if spec.code and self._code is not None:
+                    await asyncio.to_thread(self._code.release, f"job:{spec.job_id}")
         except RuntimeUnavailable as exc:
             # Not the job's fault: the master interrupts the attempt (requeued while retries
             # remain). An engine that went away since the last check is dropped at once, and
@@ -197,6 +206,18 @@ class JobSupervisor:
         self._mark_gpus(spec.gpus, True, rec.pid)
         self._shipper.watch(spec.job_id, spec.attempt, job_dir / LOG_NAME, owner=rec.uid)
         await self._send_events([report])
+
+    async def _fill_code(self, spec: w.JobSpec) -> None:
+        """The job's code snapshot into the node cache: a master that cannot be reached is
+        not the job's fault (RuntimeUnavailable: requeued), anything else fails it."""
+        if self._code is None:
+            raise RuntimeStartError("this agent cannot run jobs in shipped code")
+        try:
+            await self._code.fill(spec.code, job_id=spec.job_id, owner=f"job:{spec.job_id}")
+        except errors.UnavailableError as exc:
+            raise RuntimeUnavailable(f"could not fetch the job's code: {exc}") from exc
+        except (errors.MlsmError, OSError) as exc:
+            raise RuntimeStartError(f"could not fetch the job's code: {exc}") from exc
 
     async def cancel(self, cmd: w.CancelJob) -> None:
         r = self._jobs.get(cmd.job_id)

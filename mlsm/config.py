@@ -34,6 +34,10 @@ def xdg_data_home() -> Path:
     return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
 
 
+def xdg_cache_home() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+
+
 def config_dir() -> Path:
     return xdg_config_home() / "mlsm"
 
@@ -83,6 +87,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     keepalive_timeout: Annotated[int, Meta(ge=1)] = 5  # seconds an idle connection is kept
     allow_plain_http: bool = False  # let secrets cross plain HTTP to a non-loopback master
     trusted_proxies: list[str] = []  # addresses/CIDRs whose X-Forwarded-For/Forwarded count
+    code_store_bytes: Annotated[int, Meta(ge=1 << 20)] = 20 << 30  # the master's code store
     # --- agent
     master: str = ""  # URL the agent dials
     join_token: str = ""
@@ -93,6 +98,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     simulate_gpus: str = ""  # e.g. "2xA100-80GB"
     default_unix_user: str = ""  # account for jobs of users with no account here (agent as root)
     single_user: bool = False  # every job runs as the agent's own account (a one-person machine)
+    code_cache_bytes: Annotated[int, Meta(ge=1 << 20)] = 10 << 30  # the agent's code cache
 
     def __post_init__(self) -> None:
         for entry in self.trusted_proxies:

@@ -12,9 +12,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from mlsm.wire.agent import STOP_KINDS, JobReport, JobSpec, StopKind
+
+if TYPE_CHECKING:
+    from agent.runtimes.accounts import Account
+
+
+class CodeTrees(Protocol):
+    """Where jobs that ship code or name a project run (:class:`agent.codecache.CodeCache`)."""
+
+    def materialize(self, digest: str, job_dir: Path, acct: Account) -> Path:
+        """Write the (fetched) snapshot as the job's ``code`` dir; return its path."""
+        ...
+
+    def project_path(self, user: str, name: str) -> Path: ...
 
 
 @dataclass
@@ -30,6 +43,8 @@ class RuntimeContext:
     default_unix_user: str = ""
     # Every job runs as the agent's own account even when it is root (a one-person machine).
     single_user: bool = False
+    # Shipped code and projects (None: an agent without them; such jobs do not start).
+    code: CodeTrees | None = None
 
 
 @dataclass

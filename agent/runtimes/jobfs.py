@@ -37,6 +37,8 @@ from typing import Any
 
 from agent.runtimes.accounts import Account, data_dir_mode
 from agent.runtimes.base import LOG_NAME, RuntimeContext, RuntimeStartError
+from mlsm.errors import MlsmError
+from mlsm.wire.agent import JobSpec
 
 log = logging.getLogger("mlsm.agent")
 
@@ -274,6 +276,25 @@ def prepare_job_dir(
             os.fchown(fd, acct.uid, acct.gid)
     finally:
         os.close(fd)
+
+
+def code_workdir(ctx: RuntimeContext, spec: JobSpec, job_dir: Path, acct: Account) -> Path | None:
+    """Where a job that ships code or names a project runs, set up (its copy of the code
+    written for its account: see :mod:`agent.codecache`); None for any other job."""
+    if not (spec.code or spec.project):
+        return None
+    if ctx.code is None:
+        raise RuntimeStartError("this agent cannot run jobs in shipped code or projects")
+    if spec.project:
+        user, _, name = spec.project.partition("/")
+        path = ctx.code.project_path(user, name)
+        if not os.path.isdir(path):
+            raise RuntimeStartError(f"project {spec.project} is not on this node")
+        return path
+    try:
+        return ctx.code.materialize(spec.code, job_dir, acct)
+    except (OSError, MlsmError) as e:
+        raise RuntimeStartError(f"cannot write the job's code into {job_dir}: {e}") from e
 
 
 def open_job_log(job_dir: Path, uid: int | None, gid: int | None) -> int:

@@ -106,6 +106,7 @@ class Store:
             check_same_thread=False,
         )
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         if new:
             self.rebuild_index()
@@ -224,6 +225,11 @@ class Store:
     def unpin(self, owner: str) -> None:
         with self._write() as db:
             db.execute("DELETE FROM pins WHERE owner = ?", (owner,))
+
+    def pin_owners(self) -> set[str]:
+        """Every owner that holds pins (to drop those of owners that are gone)."""
+        with self._lock:
+            return {r[0] for r in self._db.execute("SELECT DISTINCT owner FROM pins")}
 
     def pinned(self, owner: str) -> set[str]:
         with self._lock:
@@ -401,9 +407,20 @@ class BlobWriter:
 
 class StoreSink:
     """Receives the blobs of ``manifest`` that ``store`` lacks (one per distinct sha256)
-    from frame streams; a :class:`~mlsm.bulk.want.Receiver`."""
+    from frame streams; a :class:`~mlsm.bulk.want.Receiver`.
 
-    def __init__(self, store: Store, manifest: Manifest, *, max_attempts: int = 3) -> None:
+    ``need`` names blobs to receive (and verify) even when the store holds them: a sender
+    proving it has those bytes, not only their hashes (the master's code store does not
+    let a member use someone else's blobs by naming them)."""
+
+    def __init__(
+        self,
+        store: Store,
+        manifest: Manifest,
+        *,
+        max_attempts: int = 3,
+        need: Iterable[str] = (),
+    ) -> None:
         validate_manifest(manifest)
         self.store = store
         self.entries = manifest.entries
@@ -412,13 +429,14 @@ class StoreSink:
         for index, e in enumerate(self.entries):
             if e.kind == "f" and e.sha256 not in first:
                 first[e.sha256] = index
-        missing = set(store.has(first))
+        missing = set(store.has(first)) | set(need)
         self._pending: dict[int, None] = {i: None for s, i in first.items() if s in missing}
         self._writers: dict[int, BlobWriter] = {}
         self._failures: dict[int, int] = {}
         self._reader = FrameReader()
         self._mark = 0
         self.gone: list[int] = []
+        self.received: list[int] = []  # entries whose blob was written and verified
         self.bytes_received = 0
         for index in list(self._pending):
             if self.entries[index].size == 0:  # the empty blob needs no bytes
@@ -492,6 +510,7 @@ class StoreSink:
                 ) from None
             return
         del self._pending[index]
+        self.received.append(index)
 
     def _drop(self, index: int) -> None:
         w = self._writers.pop(index, None)

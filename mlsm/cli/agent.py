@@ -125,6 +125,7 @@ def agent(
         heartbeat_interval=s.heartbeat_interval,
         default_unix_user=s.default_unix_user,
         single_user=s.single_user,
+        code_cache_bytes=s.code_cache_bytes,
     )
     os.umask(0o022)
     asyncio.run(Agent(cfg).run())

@@ -61,7 +61,25 @@ def _kv(items: tuple[str, ...], what: str) -> dict[str, str]:
 )
 @click.option("--keep-container", is_flag=True, help="Keep the container after the job ends.")
 @click.option(
-    "--workdir", default="", help="Working directory on the node (default: the job's output dir)."
+    "--code",
+    "code_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Ship this directory and run the job in its copy (default: the current directory).",
+)
+@click.option("--no-code", is_flag=True, help="Ship nothing: the job runs in its output directory.")
+@click.option(
+    "--code-include-git", is_flag=True, help="Ship the .git directory too (left out by default)."
+)
+@click.option(
+    "--project",
+    default="",
+    help="Run in your project NAME (mlsm project push), on a node that holds it; ships nothing.",
+)
+@click.option(
+    "--workdir",
+    default="",
+    help="Run in this absolute path on the node instead; ships nothing.",
 )
 @click.option(
     "-e", "--setenv", "env", multiple=True, help="KEY=VALUE for the job's environment (repeatable)."
@@ -104,9 +122,20 @@ def submit(
     gpu_mem: float,
     mem: float,
     fetch_dir: str | None,
+    code_dir: str | None,
+    no_code: bool,
+    code_include_git: bool,
     **opts: object,
 ) -> None:
     """Submit a job: mlsm submit [OPTIONS] -- CMD ARG...
+
+    The current directory (or --code DIR) is shipped with the job: the job runs on its
+    node in its own copy of that tree, as you. Files listed in .gitignore or .mlsmignore
+    stay behind, and so does .git unless --code-include-git; links that leave the tree,
+    devices, sockets and FIFOs are refused. Only files the master does not have yet are
+    sent. Outputs go to $MLSM_OUTPUT_DIR (the job's output directory on the node).
+    --no-code ships nothing (the job runs in its output directory), --workdir PATH runs
+    in a path on the node, --project NAME in a project pushed with mlsm project push.
 
     The command is run as an argument list, never through a shell; to use shell syntax,
     submit a script file or say so: mlsm submit -- bash -c 'a | b'.
@@ -115,6 +144,16 @@ def submit(
 
     from mlsm.errors import ValidationError
 
+    elsewhere = [
+        f for f, v in (("--workdir", opts["workdir"]), ("--project", opts["project"])) if v
+    ]
+    if code_dir is not None and (no_code or elsewhere):
+        raise click.UsageError(
+            f"--code ships a directory; it cannot go with {(elsewhere or ['--no-code'])[0]}"
+        )
+    if len(elsewhere) > 1:
+        raise click.UsageError("--workdir and --project name two places to run in; give one")
+    ship_dir = None if (no_code or elsewhere) else (code_dir or ".")
     try:
         body = msgspec.convert(
             {
@@ -134,6 +173,12 @@ def submit(
     except msgspec.ValidationError as exc:
         raise ValidationError(f"invalid job: {exc}") from None
     with client_from(ctx) as c:
+        if ship_dir is not None:
+            from mlsm.cli.codeship import ship
+
+            shipped = ship(c, ship_dir, include_git=code_include_git)
+            echo(shipped.summary(), err=True)
+            body = msgspec.structs.replace(body, code=shipped.digest)
         reply = c.jobs.submit(body)
         if as_json:
             emit_json(reply)

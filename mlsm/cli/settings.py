@@ -44,6 +44,7 @@ def settings_show(ctx: click.Context, as_json: bool) -> None:
             else "none"
         )
     )
+    echo(f"code snapshot       {s.code_max_files} files, {human_bytes(s.code_max_bytes)} at most")
 
 
 @settings_cmd.command("set")
@@ -80,6 +81,16 @@ def settings_show(ctx: click.Context, as_json: bool) -> None:
     help="A node fuller than this (percent) removes the oldest finished jobs' directories "
     "first, before their retention ends (0: no threshold).",
 )
+@click.option(
+    "--code-max-files",
+    type=click.IntRange(1),
+    help="Most files a shipped code snapshot or project push may hold.",
+)
+@click.option(
+    "--code-max-mib",
+    type=click.FloatRange(0),
+    help="Most MiB a shipped code snapshot or project push may hold.",
+)
 @json_option
 @click.pass_context
 def settings_set(
@@ -93,6 +104,8 @@ def settings_set(
     import_max_gib: float | None,
     job_retention_days: float | None,
     node_disk_high_pct: float | None,
+    code_max_files: int | None,
+    code_max_mib: float | None,
     as_json: bool,
 ) -> None:
     """Change the lab's policies (admins; audited)."""
@@ -103,6 +116,8 @@ def settings_set(
         import_max_bytes=int(import_max_gib * (1 << 30)) if import_max_gib is not None else None,
         job_retention_days=job_retention_days,
         node_disk_high_pct=node_disk_high_pct,
+        code_max_files=code_max_files,
+        code_max_bytes=int(code_max_mib * (1 << 20)) if code_max_mib is not None else None,
     )
     with client_from(ctx) as c:
         s = c.settings.update(body)

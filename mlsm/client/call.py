@@ -7,7 +7,7 @@ faces send the same ``Call`` (:mod:`mlsm.client.resource`). Words in a path go t
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 from urllib.parse import quote
@@ -30,6 +30,9 @@ class Call(Generic[T]):
     reply: type[T]
     params: Params | None = None
     body: object = None
+    #: Raw bytes to send instead of a JSON ``body`` (a manifest, a frame stream), and their type.
+    content: bytes | Iterable[bytes] | None = None
+    content_type: str = "application/octet-stream"
 
 
 def segment(value: str, what: str) -> str:

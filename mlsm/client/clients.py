@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from mlsm.client.admin import AsyncAudit, AsyncLabSettings, Audit, LabSettings
 from mlsm.client.auth import AsyncAuth, Auth
+from mlsm.client.code import AsyncCode, AsyncProjects, Code, Projects
 from mlsm.client.datasets import AsyncDatasets, AsyncTransfers, Datasets, Transfers
 from mlsm.client.http import AsyncHttp, SyncHttp
 from mlsm.client.jobs import AsyncJobs, Jobs
@@ -27,6 +28,8 @@ class Client(SyncHttp):
     transfers = group(Transfers)
     settings = group(LabSettings)
     audit = group(Audit)
+    code = group(Code)
+    projects = group(Projects)
 
     def __enter__(self) -> Client:
         return self
@@ -58,6 +61,8 @@ class AsyncClient(AsyncHttp):
     datasets = group(AsyncDatasets)
     transfers = group(AsyncTransfers)
     settings = group(AsyncLabSettings)
+    code = group(AsyncCode)
+    projects = group(AsyncProjects)
     audit = group(AsyncAudit)
 
     async def __aenter__(self) -> AsyncClient:

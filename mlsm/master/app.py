@@ -29,6 +29,7 @@ from mlsm.master.openapi import ArrayLikeStructSchema, document_errors
 from mlsm.master.routes import agent as agent_routes
 from mlsm.master.routes import audit as audit_routes
 from mlsm.master.routes import auth as auth_routes
+from mlsm.master.routes import code as code_routes
 from mlsm.master.routes import datasets as dataset_routes
 from mlsm.master.routes import health as health_routes
 from mlsm.master.routes import jobs as job_routes
@@ -56,6 +57,7 @@ ROUTE_MODULES: list[ModuleType] = [
     dataset_routes,
     metric_routes,
     settings_routes,
+    code_routes,
 ]
 
 

@@ -90,6 +90,10 @@ class StoredJobSpec(
     #: A member's mounts: the agent re-checks them against the allow-list once it can
     #: resolve symlinks (the check at submit is only lexical).
     member_mounts: bool = False
+    #: The code snapshot the job runs in (a manifest digest of the master's code store).
+    code: str = ""
+    #: The submitter's project the job runs in (placed on the node that holds it).
+    project: str = ""
 
     @property
     def gpu_mem_bytes(self) -> int:
@@ -179,6 +183,11 @@ def build_submission(
         raise ValidationError("--venv must be an absolute path on the node", path="venv")
     if body.workdir and not body.workdir.startswith("/"):
         raise ValidationError("--workdir must be an absolute path on the node", path="workdir")
+    if sum(map(bool, (body.workdir, body.code, body.project))) > 1:
+        raise ValidationError(
+            "a job runs in one place: shipped code, --project or --workdir, not several",
+            path="code",
+        )
     if any("\x00" in a for a in body.argv):
         raise ValidationError("the command contains a NUL byte", path="argv")
     if body.node is not None and body.node not in nodes:
@@ -213,6 +222,8 @@ def build_submission(
         timeout_s=body.timeout_s,
         array_throttle=throttle,
         member_mounts=bool(mounts) and not p.is_admin,
+        code=body.code,
+        project=body.project,
     )
     check_stored_size(spec, len(indices))
     _check_dependency_ids(deps)

@@ -26,7 +26,9 @@ Rules as implemented
   Unix account: a job whose user has no mapping (``ctx.mapped_users``) goes only where an
   account of the user's name exists, unless the node takes anyone's jobs
   (``NodeCap.accounts`` is None: one shared account, or a default account for the rest).
-  Only schedulable nodes (online and not draining) get jobs.
+  Only schedulable nodes (online and not draining) get jobs. A job that runs in a
+  project goes where that project's tree is (``NodeCap.projects``); one that runs in
+  shipped code or a project only to nodes whose agent can set that up (``NodeCap.code``).
 * **Fit.** Whole GPUs, each with ``mem_total_bytes >= gpu_mem_bytes``, all on one node.
   CPUs and memory are checked and reserved only when the job asks for them (> 0).
 * **Best fit.** The job goes to the node with the fewest free GPUs that suit it, so
@@ -83,6 +85,8 @@ PASS_CHARGE_GPU_HOURS = 1.0
 #: Fair-share charge for a job without GPUs, so CPU-only floods alternate too.
 CPU_JOB_CHARGE = 0.01
 DEFAULT_RUNTIMES: frozenset[str] = frozenset({"process", "venv", "conda"})
+_NO_CODE_HERE = "runs an agent too old for shipped code (upgrade mlsm on it)"
+_NO_CODE = "no online node runs an agent that can run shipped code (upgrade mlsm on the nodes)"
 #: With this many candidate nodes or fewer, a job's nodes are scanned instead of bucketed.
 _SMALL_CANDIDATE_SET = 16
 _ENDED = {"failed": "failed", "cancelled": "was cancelled", "interrupted": "was interrupted"}
@@ -111,6 +115,10 @@ class NodeCap:
     reason_unschedulable: str = ""
     #: Unix accounts a user's job may run as by name; None = any user's job can run here.
     accounts: frozenset[str] | None = None
+    #: Its agent runs jobs in shipped code and projects (protocol >= mlsm.CODE_SINCE).
+    code: bool = True
+    #: Projects (``user/name``) whose tree is ready on this node.
+    projects: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True, frozen=True)
@@ -130,6 +138,8 @@ class PendingJob:
     deps: tuple[tuple[int, str], ...] = ()  # (job id, "ok" | "any")
     array_parent: int | None = None
     array_throttle: int = 0  # 0 = no throttle
+    code: bool = False  # runs in shipped code or a project: needs an agent that can
+    project: str = ""  # ``user/name``: runs where that project's tree is
 
 
 @dataclass(slots=True, frozen=True)
@@ -278,6 +288,13 @@ class _Pass:
         for d in sorted(set(job.datasets)):
             ok = [n for n in self.nodes if d in n.cap.datasets]
             tests.append((f"holds dataset {d}", ok, self._no_ds(d)))
+        if job.project:
+            ok = [n for n in self.nodes if job.project in n.cap.projects]
+            tests.append((f"holds project {job.project}", ok, self._no_project(job.project)))
+        if job.code:
+            ok = [n for n in self.nodes if n.cap.code]
+            if len(ok) < len(self.nodes):
+                tests.append(("can run shipped code", ok, _NO_CODE))
         for k, v in sorted(job.labels.items()):
             ok = [n for n in self.nodes if n.cap.labels.get(k) == v]
             tests.append((f"is labelled {k}={v}", ok, f"no online node is labelled {k}={v}"))
@@ -325,6 +342,18 @@ class _Pass:
             return f"dataset {d} is only on {states}"
         return f"no online node holds dataset {d}"
 
+    def _no_project(self, project: str) -> str:
+        elsewhere = sorted(
+            c.name for c in self.caps.values() if not c.schedulable and project in c.projects
+        )
+        if elsewhere:
+            states = ", ".join(
+                f"{n} ({self.caps[n].reason_unschedulable or 'unschedulable'})"
+                for n in elsewhere[:3]
+            )
+            return f"project {project} is only on {states}"
+        return f"no online node holds project {project}"
+
     def _named(self, job: PendingJob, name: str) -> _Cand:
         cap = self.caps.get(name)
         where = f"node {name}"
@@ -338,6 +367,10 @@ class _Pass:
         for d in sorted(set(job.datasets)):
             if d not in cap.datasets:
                 return _Cand([], where, f"{where} does not hold dataset {d}")
+        if job.project and job.project not in cap.projects:
+            return _Cand([], where, f"{where} does not hold project {job.project}")
+        if job.code and not cap.code:
+            return _Cand([], where, f"{where} {_NO_CODE_HERE}")
         if job.env_kind not in cap.runtimes:
             extra = " (Docker unavailable)" if job.env_kind == "docker" else ""
             return _Cand([], where, f"{where} cannot run {job.env_kind} jobs{extra}")
@@ -443,7 +476,13 @@ class _Pass:
                     )
                     return False
         acct = self._account(job) if self.restricted else None
-        if job.node is None and not job.labels and not job.datasets and acct is None:
+        if (
+            job.node is None
+            and not job.labels
+            and not job.datasets
+            and acct is None
+            and not job.code
+        ):
             ckey: object = job.env_kind
         else:
             ckey = (
@@ -452,6 +491,8 @@ class _Pass:
                 tuple(sorted(set(job.datasets))),
                 job.env_kind,
                 acct,
+                job.code,
+                job.project,
             )
         cand = self.cands.get(ckey)
         if cand is None:

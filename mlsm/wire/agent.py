@@ -19,6 +19,9 @@ POST datasets          DatasetReport        Ack
 POST transfers/upload  TransferChunk        TransferAck
 POST transfers/fetch   TransferFetch        TransferData
 POST outputs/removed   JobDirsRemoved       Ack
+POST code/manifest     CodeManifestFetch    manifest bytes
+POST code/blobs        CodeBlobsFetch       frame stream
+POST projects          ProjectReport        Ack
 =====================  ===================  =======================
 
 Outputs and disk messages (:mod:`mlsm.wire.outputs`) join the command union here.
@@ -35,6 +38,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from mlsm.wire.code import RemoveProject, SyncProject
 from mlsm.wire.ints import Count, Int64
 from mlsm.wire.outputs import (
     ListOutputs,
@@ -280,6 +284,11 @@ class JobSpec(Struct, kw_only=True, omit_defaults=True):
     # Host roots the job's --mount sources must lie under once the node resolves their
     # symlinks: the lab's mount allow-list for a member's job, None (no limit) for an admin's.
     mount_roots: list[LongStr] | None = None
+    # The code snapshot the job runs in (its manifest's digest; see mlsm.wire.code): the
+    # agent materialises it as <job dir>/code for the job's account and runs the job there.
+    code: ShortStr = ""
+    # The job runs in this project's tree on the node (``user/name``; see mlsm.wire.code).
+    project: ShortStr = ""
 
 
 class StartJob(Struct, tag="start_job", kw_only=True):
@@ -360,6 +369,8 @@ Command = (
     | ListOutputs
     | OutputsManifest
     | ServeOutputs
+    | SyncProject
+    | RemoveProject
 )
 
 

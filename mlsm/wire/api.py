@@ -252,6 +252,11 @@ class JobSubmit(Struct, kw_only=True, forbid_unknown_fields=True):
     timeout_s: Annotated[float, Meta(ge=0, le=365 * 86400)] = 0.0
     array: Annotated[str, Meta(max_length=64, pattern=r"^([0-9]+(-[0-9]+)?(%[0-9]+)?)?$")] = ""
     hold: bool = False
+    # The code snapshot to run in (a manifest digest the submitter uploaded: see
+    # mlsm.wire.code); "" = none (the job runs in --workdir, or its output directory).
+    code: Annotated[str, Meta(pattern=r"^([0-9a-f]{64})?$")] = ""
+    # Run in this project of the submitter's (mlsm project push): placed on its node.
+    project: Annotated[str, Meta(max_length=64, pattern=r"^([A-Za-z0-9][A-Za-z0-9._-]*)?$")] = ""
 
 
 class JobEvent(Struct, kw_only=True, array_like=True):
@@ -302,6 +307,8 @@ class Job(Struct, kw_only=True):
     outputs_removed_at: float | None = None
     outputs_removed_why: str = ""  # "retention", "disk", "purge by alice", "missing"
     log_removed_at: float | None = None  # the shipped log, removed by retention
+    code: str = ""  # the code snapshot it runs in (digest), "" = none
+    project: str = ""  # the project it runs in, "" = none
 
 
 class JobList(Struct, kw_only=True):
@@ -478,6 +485,11 @@ POST   /api/v1/jobs/{id}/purge           PurgeResult (a finished job's directory
 GET    /api/v1/jobs/{id}/outputs[?path]  OutputListing (mlsm.wire.outputs; owner and admins)
 POST   /api/v1/jobs/{id}/outputs/manifest  OutputsFetch -> MessagePack Manifest
 POST   /api/v1/jobs/{id}/outputs/frames  OutputsFetch -> frame stream (octet-stream)
+POST   /api/v1/code                      manifest (MessagePack) -> CodeOffer
+POST   /api/v1/code/{digest}/blobs       frame stream -> CodeOffer
+GET    /api/v1/projects[?all=true]       list[Project]
+POST   /api/v1/projects                  ProjectPush -> Project
+DELETE /api/v1/projects/{name}?node=N[&user=U]
 GET    /metrics                          Prometheus text exposition       public
 """
 
@@ -503,6 +515,8 @@ class LabSettings(Struct, kw_only=True):
     # A node whose data dir's filesystem is fuller than this (percent) removes the oldest
     # finished jobs' directories first, before their retention ends (0: no threshold).
     node_disk_high_pct: DiskPct = 90.0
+    code_max_files: Count = 20_000  # files in one code snapshot (mlsm submit, project push)
+    code_max_bytes: Count = 1 << 30  # bytes of one code snapshot (1 GiB)
 
 
 class LabSettingsUpdate(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -512,3 +526,5 @@ class LabSettingsUpdate(Struct, kw_only=True, forbid_unknown_fields=True, omit_d
     import_max_bytes: Count | None = None
     job_retention_days: RetentionDays | None = None
     node_disk_high_pct: DiskPct | None = None
+    code_max_files: Count | None = None
+    code_max_bytes: Count | None = None

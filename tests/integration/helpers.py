@@ -52,8 +52,11 @@ def run_cli(
         extra["MLSM_PASSWORD"] = password
     full_env = isolated_env(home, **extra)
     full_env.update(env or {})
+    cwd = Path(home) / "cwd"  # mlsm submit ships its directory: an empty one, never the repo's
+    cwd.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(
         [MLSM, *args],
+        cwd=cwd,
         env=full_env,
         stdin=subprocess.DEVNULL,
         capture_output=True,

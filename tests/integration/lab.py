@@ -303,9 +303,10 @@ class Lab:
 
         return wait_until(check, timeout, f"job {job_id} to be {'/'.join(want)}")
 
-    def submit(self, *args: str, token: str | None = None) -> int:
-        """``mlsm submit ARGS`` through the real CLI; returns the job id."""
-        res = self.cli("submit", "--json", *args, token=token)
+    def submit(self, *args: str, token: str | None = None, cwd: Path | None = None) -> int:
+        """``mlsm submit ARGS`` through the real CLI (in ``cwd``, see :meth:`cli`); returns
+        the job id."""
+        res = self.cli("submit", "--json", *args, token=token, cwd=cwd)
         assert res.returncode == 0, res.stderr
         return int(res.json()["job"]["id"])
 
@@ -316,12 +317,27 @@ class Lab:
 
     # ------------------------------------------------------------------ the CLI
     def cli(
-        self, *args: str, token: str | None = None, timeout: float = CLI_TIMEOUT_S
+        self,
+        *args: str,
+        token: str | None = None,
+        timeout: float = CLI_TIMEOUT_S,
+        cwd: Path | None = None,
     ) -> CliResult:
-        """Run the real ``mlsm`` executable with MLSM_URL/MLSM_TOKEN set (never raises on rc)."""
+        """Run the real ``mlsm`` executable with MLSM_URL/MLSM_TOKEN set (never raises on rc).
+
+        It runs in ``cwd``, by default an empty directory of the lab's (``mlsm submit``
+        ships the directory it runs in: never the test's own)."""
         env = self.env(MLSM_URL=self.url, MLSM_TOKEN=self.token if token is None else token)
+        if cwd is None:
+            cwd = self.root / "cwd"
+            cwd.mkdir(exist_ok=True)
         proc = subprocess.run(
-            [MLSM, *args], capture_output=True, env=env, timeout=timeout, stdin=subprocess.DEVNULL
+            [MLSM, *args],
+            capture_output=True,
+            env=env,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            cwd=cwd,
         )
         return CliResult(
             args,
@@ -333,8 +349,10 @@ class Lab:
 
     def cli_popen(self, *args: str, token: str | None = None) -> subprocess.Popen[bytes]:
         env = self.env(MLSM_URL=self.url, MLSM_TOKEN=self.token if token is None else token)
+        cwd = self.root / "cwd"
+        cwd.mkdir(exist_ok=True)
         proc = subprocess.Popen(
-            [MLSM, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+            [MLSM, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd
         )
         self._procs.append(proc)
         return proc

@@ -53,6 +53,9 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("POST", "/agent/v1/transfers/fetch"): "node",
     ("POST", "/agent/v1/outputs/removed"): "node",
     ("POST", "/agent/v1/bulk/push/{pipe_id:str}"): "node",
+    ("POST", "/agent/v1/code/manifest"): "node",
+    ("POST", "/agent/v1/code/blobs"): "node",
+    ("POST", "/agent/v1/projects"): "node",
     # nodes and join tokens
     ("GET", "/api/v1/join-tokens"): "admin",
     ("POST", "/api/v1/join-tokens"): "admin",
@@ -92,6 +95,12 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/transfers"): "member",
     ("GET", "/api/v1/transfers/{transfer_id:int}"): "member",
     ("POST", "/api/v1/transfers/{transfer_id:int}/cancel"): "admin",
+    # code in: snapshots and projects
+    ("POST", "/api/v1/code"): "member",
+    ("POST", "/api/v1/code/{digest:str}/blobs"): "member",
+    ("GET", "/api/v1/projects"): "member",
+    ("POST", "/api/v1/projects"): "member",
+    ("DELETE", "/api/v1/projects/{name:str}"): "member",
 }
 
 USER_ROLES = ("member", "admin", "superadmin")

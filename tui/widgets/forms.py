@@ -27,6 +27,7 @@ FORM_CSS = """
     border: thick $primary; background: $surface; padding: 0 1;
 }}
 {name} .title {{ text-style: bold; width: 100%; }}
+{name} .note {{ width: 100%; color: $text-muted; }}
 {name} VerticalScroll {{ height: auto; max-height: 1fr; }}
 {name} .row {{ height: 1; }}
 {name} .row Label {{ width: 16; padding: 0 1 0 0; text-align: right; }}
@@ -72,7 +73,7 @@ def build_submit(values: dict[str, str]) -> dict[str, Any]:
         body["argv"] = shlex.split(values.get("command", ""))
     except ValueError as exc:
         raise ValueError(f"command: {exc}") from None
-    for key in ("name", "image", "venv", "conda", "workdir"):
+    for key in ("name", "image", "venv", "conda", "workdir", "project"):
         if values.get(key, "").strip():
             body[key] = values[key].strip()
     body["env_kind"] = values.get("env_kind") or "process"
@@ -128,11 +129,20 @@ SUBMIT_FIELDS: list[tuple[str, str, str]] = [
     ("venv", "venv path", "/home/me/venvs/torch"),
     ("conda", "conda env", "torch"),
     ("image", "Image", "pytorch/pytorch:2.3"),
-    ("workdir", "Workdir", "default: home"),
+    ("project", "Project", "runs in your project (mlsm project push)"),
+    ("workdir", "Workdir", "a path on the node; default: its output dir"),
     ("priority", "Priority", "0"),
     ("retries", "Retries", "0"),
     ("timeout", "Timeout", "e.g. 90m, 2h"),
 ]
+
+
+#: Where a job submitted here runs: the dashboard ships no directory (it may run anywhere,
+#: over SSH); ``mlsm submit`` from a directory does (docs/code-and-results.md).
+SHIPS_NOTHING = (
+    "Ships no code: the job runs in a project, a node path or its output dir. "
+    "To ship a directory, run mlsm submit in it."
+)
 
 
 class SubmitForm(ModalScreen[api.SubmitReply | None]):
@@ -151,6 +161,7 @@ class SubmitForm(ModalScreen[api.SubmitReply | None]):
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Label("Submit a job  (ctrl+s submits, esc closes)", classes="title")
+            yield PlainLabel(SHIPS_NOTHING, classes="note")
             yield PlainStatic("", id="problem", classes="error")
             with VerticalScroll():
                 for key, label, hint in SUBMIT_FIELDS[:2]:

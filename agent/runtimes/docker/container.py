@@ -25,6 +25,8 @@ from mlsm.policy import mount_allowed
 from mlsm.wire.agent import JobSpec
 
 OUTPUT_MOUNT = "/mlsm/output"
+CODE_WORKDIR = f"{OUTPUT_MOUNT}/code"  # a job's copy of its shipped code (agent.codecache)
+PROJECT_MOUNT = "/mlsm/project"  # the job's project, when it names one
 DATASET_MOUNT_ROOT = "/datasets"
 ANY_NETWORK = "*"  # in ``allowed_networks``: any network mode the master names for the node
 _DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -75,7 +77,14 @@ def container_kwargs(
     }
     # Like a process job, relative paths land in the output dir unless told otherwise
     # (an image's own WORKDIR would be thrown away with the container).
-    kwargs["working_dir"] = spec.workdir or OUTPUT_MOUNT
+    # Shipped code is the working dir (inside the output mount); a project is mounted.
+    kwargs["working_dir"] = (
+        CODE_WORKDIR
+        if spec.code
+        else PROJECT_MOUNT
+        if spec.project
+        else spec.workdir or OUTPUT_MOUNT
+    )
     # One rule with process jobs: the job's account, by number (the image need not know
     # it), with its supplementary groups; no setuid file or capability can raise it.
     kwargs["user"] = f"{acct.uid}:{acct.gid}"
@@ -128,6 +137,12 @@ def _mounts(
     ctx: RuntimeContext, spec: JobSpec, job_dir: Path, mount_roots: Sequence[str] | None
 ) -> list[docker.types.Mount]:
     mounts = [docker.types.Mount(OUTPUT_MOUNT, str(job_dir), type="bind", read_only=False)]
+    if spec.project:
+        if ctx.code is None:
+            raise RuntimeStartError("this agent cannot run jobs in projects")
+        owner, _, project = spec.project.partition("/")
+        tree = ctx.code.project_path(owner, project)
+        mounts.append(docker.types.Mount(PROJECT_MOUNT, str(tree), type="bind", read_only=False))
     for name, path in spec.datasets.items():
         if not _DATASET_NAME.match(name):
             raise RuntimeStartError(f"dataset name {name!r} cannot be a mount point")

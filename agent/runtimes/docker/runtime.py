@@ -82,6 +82,7 @@ class DockerRuntime:
         # The engine binds the tree itself: its host parents need not be reachable by the
         # job's account.
         jobfs.prepare_job_dir(self.ctx, job_dir, acct, reach_by_path=False)
+        jobfs.code_workdir(self.ctx, spec, job_dir, acct)  # the container's working dir
         if not kwargs.get("device_requests") and spec.gpus:
             log.info(
                 "job %s: simulated GPUs, no device request for GPUs %s", spec.job_id, spec.gpus

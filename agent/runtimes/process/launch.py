@@ -52,10 +52,14 @@ def launch(
     fd: int,
     *,
     conda_exe: str | None = None,
+    workdir: Path | None = None,
 ) -> tuple[AdoptRecord, subprocess.Popen[bytes]]:
     """Start the shim with the job's log on ``fd`` (the caller closes it); returns the
-    attempt's record and the shim's process. Raises RuntimeStartError."""
-    workdir = Path(spec.workdir) if spec.workdir else job_dir
+    attempt's record and the shim's process. ``workdir``: where it runs when the job ships
+    code or names a project (else ``--workdir``, else its output dir). Raises
+    RuntimeStartError."""
+    if workdir is None:
+        workdir = Path(spec.workdir) if spec.workdir else job_dir
     env, needs = environment(ctx, spec, job_dir, workdir, acct, conda_exe=conda_exe)
     if not acct.switch:
         # The job runs as the agent's own account: what the agent can see, so can the

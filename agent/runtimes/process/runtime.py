@@ -51,12 +51,20 @@ class ProcessRuntime:
             for name in (EXIT_NAME, EXIT_NAME + ".tmp", STOP_NAME):  # of an earlier attempt
                 jobfs.remove_file(control / name)
             jobfs.prepare_job_dir(self.ctx, job_dir, acct)
+            workdir = jobfs.code_workdir(self.ctx, spec, job_dir, acct)
             fd = jobfs.open_job_log(job_dir, acct.uid, acct.gid)
         except OSError as e:
             raise RuntimeStartError(f"cannot prepare job {spec.job_id}'s files: {e}") from e
         try:
             record, proc = launch(
-                self.ctx, spec, job_dir, control, acct, fd, conda_exe=self._conda_exe
+                self.ctx,
+                spec,
+                job_dir,
+                control,
+                acct,
+                fd,
+                conda_exe=self._conda_exe,
+                workdir=workdir,
             )
         except RuntimeStartError as e:
             line = f"[mlsm] job {spec.job_id} could not start: {e}\n"

@@ -31,6 +31,7 @@ from sqlalchemy.types import TypeDecorator
 
 from mlsm.master.jobspec import StoredJobSpec, decode_spec, encode_spec
 from mlsm.wire.api import AuditOutcome, JobState, Role, TokenKind, TransferKind, TransferState
+from mlsm.wire.code import ProjectState
 
 
 class Base(DeclarativeBase):
@@ -257,3 +258,48 @@ class AuditRow(Base):
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
     mac: Mapped[str | None] = mapped_column(String(64), nullable=True, default=None)
+
+
+class CodeSnapshot(Base):
+    """A code snapshot (a manifest in the code store) a user may run jobs in: the user
+    uploaded it, or sent the bytes of every file it holds (see services/code)."""
+
+    __tablename__ = "code_snapshots"
+    __table_args__ = (UniqueConstraint("digest", "user"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64), index=True)
+    user: Mapped[str] = mapped_column(String(64))
+    files: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    complete: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class CodeProof(Base):
+    """A blob of the code store whose bytes this user has sent (so a member's manifest may
+    name it without sending it again; a blob someone else sent must be sent once)."""
+
+    __tablename__ = "code_proofs"
+
+    user: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+class ProjectRow(Base):
+    """A user's named working tree on one node (``mlsm project push``)."""
+
+    __tablename__ = "projects"
+    __table_args__ = (UniqueConstraint("user", "name", "node_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(64))
+    node_id: Mapped[int] = mapped_column(Integer, index=True)
+    digest: Mapped[str] = mapped_column(String(64), default="")
+    files: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    state: Mapped[ProjectState] = mapped_column(String(16), default="syncing")
+    message: Mapped[str] = mapped_column(Text, default="")
+    path: Mapped[str] = mapped_column(String(4096), default="")
+    updated_at: Mapped[float] = mapped_column(Float)

@@ -24,6 +24,7 @@ from typing import Any
 
 from litestar import Litestar
 
+from mlsm.bulk import Store
 from mlsm.config import Settings
 from mlsm.master.clientaddr import ClientAddresses
 from mlsm.master.connections import ConnectionGuard
@@ -31,6 +32,7 @@ from mlsm.master.db import Database
 from mlsm.master.services.audit import AuditLog
 from mlsm.master.services.auth import AuthService
 from mlsm.master.services.bulk import Pipes
+from mlsm.master.services.code import CodeStore, Projects
 from mlsm.master.services.datasets import (
     CopyRelay,
     DatasetCatalog,
@@ -100,6 +102,16 @@ class Services:
         self.scheduling = SchedulingLoop(
             db, settings, self.nodes, self.table, self.accounts, self.catalog, launcher
         )
+        # code in: the code store and projects
+        self.code = CodeStore(
+            db,
+            Store(settings.data_path / "code", settings.code_store_bytes),
+            self.lab_settings,
+            self.table,
+        )
+        self.table.on_final = self.code.release
+        self.projects = Projects(db, self.nodes, self.code, self.accounts, self.scheduling.kick)
+        self.scheduling.project_holders = self.projects.holders
         self.jobs = JobService(
             db,
             settings,
@@ -108,6 +120,8 @@ class Services:
             JobPolicy(self.lab_settings),
             launcher,
             self.scheduling,
+            self.code,
+            self.projects,
         )
         self.job_logs = JobLogs(db, self.table, log_store)
         self.disk = DiskHygiene(db, self.nodes, log_store, self.lab_settings, self.audit)
@@ -145,6 +159,8 @@ class Services:
         await self.catalog.load()
         await self.transfers.load()
         await self.jobs.load()
+        await self.code.load()
+        await self.projects.load()
         await self.fair_share.load(self.db)
         await self.accounts.load()
         self._spawn(self.nodes.run_background())
@@ -160,6 +176,7 @@ class Services:
         except Exception:
             log.exception("final flush failed")
         self.audit.close()
+        self.code.store.close()
 
 
 #: Where the app keeps its container (``app.state``), for the code that runs outside

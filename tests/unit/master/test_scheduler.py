@@ -379,3 +379,32 @@ def test_the_account_filter_combines_with_the_others_in_one_reason():
     ]
     r = schedule([job(1, "carol", labels={"rack": "2"})], nodes)
     assert r.reasons[1] == "no online node is labelled rack=2 and has a Unix account for carol"
+
+
+def test_job_runs_where_its_project_is():
+    nodes = [node("a", gpus=1), node("b", projects=frozenset({"alice/exp"}))]
+    r = schedule([job(1, gpus=1, project="alice/exp", code=True), job(2, project="bob/x")], nodes)
+    assert placed(r)[1][0] == "b"
+    assert r.reasons == {2: "no online node holds project bob/x"}
+
+
+def test_project_only_on_a_draining_node_names_it():
+    nodes = [
+        node("a"),
+        node("b", schedulable=False, reason_unschedulable="draining", projects=frozenset({"al/p"})),
+    ]
+    r = schedule([job(1, project="al/p", code=True)], nodes)
+    assert r.reasons == {1: "project al/p is only on b (draining)"}
+    r = schedule([job(2, node="a", project="al/p", code=True)], nodes)
+    assert r.reasons == {2: "node a does not hold project al/p"}
+
+
+def test_shipped_code_goes_only_to_agents_that_can_run_it():
+    old, new = node("old", gpus=1, code=False), node("new", gpus=4)
+    assert placed(schedule([job(1, gpus=1, code=True)], [old, new]))[1][0] == "new"
+    r = schedule([job(2, code=True)], [old])
+    assert r.reasons == {
+        2: "no online node runs an agent that can run shipped code (upgrade mlsm on the nodes)"
+    }
+    r = schedule([job(3, node="old", code=True)], [old, new])
+    assert r.reasons == {3: "node old runs an agent too old for shipped code (upgrade mlsm on it)"}

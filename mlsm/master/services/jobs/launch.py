@@ -90,4 +90,6 @@ class Launcher:
             mount_roots=(
                 list(self.lab_settings.current.mount_allow) if spec.member_mounts else None
             ),
+            code=spec.code,
+            project=f"{r.user}/{spec.project}" if spec.project else "",
         )

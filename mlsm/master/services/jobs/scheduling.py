@@ -15,9 +15,11 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable, Mapping
 
 from sqlalchemy import select, update
 
+from mlsm import CODE_SINCE
 from mlsm.config import Settings
 from mlsm.master import scheduler as sched
 from mlsm.master.db import Database
@@ -77,6 +79,8 @@ class SchedulingLoop(NodeEvents):
         self.accounts = accounts
         self.catalog = catalog
         self.launcher = launcher
+        #: Which projects (``user/name``) are ready on which node id (the code service's).
+        self.project_holders: Callable[[], Mapping[int, frozenset[str]]] = dict
         self._kick = asyncio.Event()
         self.passes = 0
         self.last_pass_ms = 0.0
@@ -134,6 +138,7 @@ class SchedulingLoop(NodeEvents):
     def node_caps(self, now: float) -> list[sched.NodeCap]:
         holders = self.table.gpu_holders()
         held_ds = self.catalog.holders()
+        held_projects = self.project_holders()
         reserved: dict[int, tuple[float, int]] = {}
         for a in self.table.active.values():
             c, m = reserved.get(a.node_id, (0.0, 0))
@@ -159,6 +164,8 @@ class SchedulingLoop(NodeEvents):
                     cpus_free=n.info.cpu_cores - rc if n.info.cpu_cores else math.inf,
                     mem_free_bytes=n.info.mem_total - rm if n.info.mem_total else sys.maxsize,
                     accounts=_node_accounts(n.info),
+                    code=n.protocol >= CODE_SINCE,
+                    projects=held_projects.get(n.id, frozenset()),
                 )
             )
         return caps

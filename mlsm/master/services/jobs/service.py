@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 
@@ -34,6 +34,9 @@ from mlsm.master.services.livenode import LiveNode, NodeEvents
 from mlsm.master.services.nodes import NodeRegistry
 from mlsm.wire import agent as w
 from mlsm.wire import api
+
+if TYPE_CHECKING:
+    from mlsm.master.services.code import CodeStore, Projects
 
 log = logging.getLogger("mlsm.master.jobs")
 
@@ -53,6 +56,8 @@ class JobService(NodeEvents):
         policy: SubmitPolicy,
         launcher: Launcher,
         scheduling: SchedulingLoop,
+        code: CodeStore,
+        projects: Projects,
     ) -> None:
         self.db = db
         self.settings = settings
@@ -61,6 +66,8 @@ class JobService(NodeEvents):
         self.policy = policy
         self.launcher = launcher
         self.scheduling = scheduling
+        self.code = code
+        self.code_projects = projects
         self._inserts: list[tuple[list[JobRow], asyncio.Future[None]]] = []
         self._inserter: asyncio.Task[None] | None = None
 
@@ -74,6 +81,9 @@ class JobService(NodeEvents):
     # ---------------------------------------------------------------- submit
     async def submit(self, p: Principal, body: api.JobSubmit) -> api.SubmitReply:
         sub = build_submission(body, p, nodes=self.nodes.by_name, policy=self.policy)
+        code = await self.code.check_access(p, body.code) if body.code else None
+        if body.project:
+            await self.code_projects.check_use(p, body.project)
         if sub.spec.after:
             ids = [d.job_id for d in sub.spec.after]
             async with self.db.session() as s:
@@ -102,6 +112,8 @@ class JobService(NodeEvents):
             for idx in sub.indices
         ]
         await self._insert(rows)
+        if code is not None:
+            await self.code.attach(body.code, code, [r.id for r in rows])
         if state == "queued":
             for r in rows:
                 self.table.queue(r)

@@ -14,7 +14,7 @@ The lifecycle service, the scheduling loop and the log follower share one table.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +44,7 @@ class Active:
     missed: int = 0  # full reports in a row from its node that did not mention it
     cpus: float = 0.0  # reserved CPUs (0: none asked for)
     mem: int = 0  # reserved memory in bytes
+    code: str = ""  # the code snapshot its node may fetch for it
 
 
 def event(state: str, message: str = "") -> list[Any]:
@@ -67,6 +68,8 @@ def pending_of(r: JobRow) -> sched.PendingJob:
         labels=spec.labels,
         datasets=tuple(spec.datasets),
         env_kind=spec.env_kind,
+        code=bool(spec.code or spec.project),
+        project=f"{r.user}/{spec.project}" if spec.project else "",
         deps=tuple((d.job_id, d.wanted) for d in spec.after),
         array_parent=r.array_parent,
         array_throttle=spec.array_throttle,
@@ -86,6 +89,7 @@ def _active_of(r: JobRow, node_id: int, gpus: tuple[int, ...], since: float) -> 
         r.array_parent,
         cpus=float(r.spec.cpus),
         mem=r.spec.mem_bytes,
+        code=r.spec.code,
     )
 
 
@@ -97,6 +101,8 @@ class JobTable:
         self.reasons: dict[int, str] = {}
         self.active: dict[int, Active] = {}
         self.final_states: dict[int, str] = {}
+        #: Told the id of every job that reaches a final state (the code store unpins).
+        self.on_final: Callable[[int], None] | None = None
 
     def load(self, rows: Iterable[JobRow], node_ids: Mapping[str, int]) -> None:
         """After a restart: the open rows (``node_ids``: node name -> id; a node that is gone
@@ -165,6 +171,8 @@ class JobTable:
             r.exit_code = exit_code
         r.history = [*(r.history or []), event(state, reason)]
         self.final_states[r.id] = state
+        if self.on_final is not None:
+            self.on_final(r.id)
         self.active.pop(r.id, None)
         self.pending.pop(r.id, None)
         self.reasons.pop(r.id, None)

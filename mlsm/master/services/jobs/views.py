@@ -59,6 +59,8 @@ def job_view(
         started_at=r.started_at,
         ended_at=r.ended_at,
         log_size=log_size,
+        code=spec.code,
+        project=spec.project,
         history=[
             api.JobEvent(ts=e[0], state=e[1], message=e[2] if len(e) > 2 else "")
             for e in (r.history or [])
