@@ -34,14 +34,19 @@ PAUSE_S = 0.05
 NODES = ("lab-a", "lab-b")
 
 #: A job that prints each line in two writes, flushed apart, so log chunks split lines.
+# Lines written in two halves (the log view must join them); after line 0 the job waits for
+# the test's go file (argv[1]), so it is still running however slow the machine is.
 SLOW_LINES = """\
-import sys, time
+import os, sys, time
 for i in range(5):
     sys.stdout.write(f"line {i} begins")
     sys.stdout.flush()
     time.sleep(0.3)
     sys.stdout.write(f" and ends {i}\\n")
     sys.stdout.flush()
+    deadline = time.monotonic() + 120
+    while i == 0 and not os.path.exists(sys.argv[1]) and time.monotonic() < deadline:
+        time.sleep(0.05)
 """
 
 
@@ -130,7 +135,10 @@ async def test_submitted_job_runs_and_its_log_follows_split_lines(lab: Lab, tmp_
             pause_s=PAUSE_S,
         )
         form = app.screen
-        form.query_one("#f-command", Input).value = shlex.join([sys.executable, str(script)])
+        go = tmp_path / "go"
+        form.query_one("#f-command", Input).value = shlex.join(
+            [sys.executable, str(script), str(go)]
+        )
         form.query_one("#f-name", Input).focus()
         await pilot.press(*"slow-lines", "ctrl+s")
         await pilot_until(
@@ -169,6 +177,7 @@ async def test_submitted_job_runs_and_its_log_follows_split_lines(lab: Lab, tmp_
             pause_s=PAUSE_S,
         )
         assert view.ended is None, "the log view followed a job that was still running"
+        go.touch()
         await pilot_until(
             pilot, lambda: view.ended is not None, "the end of the log", DEADLINE_S, pause_s=PAUSE_S
         )
