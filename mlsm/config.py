@@ -177,7 +177,10 @@ def _validate(layer: dict[str, Any], source: str) -> None:
         try:
             msgspec.convert({key: value}, Settings, strict=False)
         except msgspec.ValidationError as exc:
-            raise ConfigError(f"setting {key!r} from {source}: {exc}") from None
+            from mlsm.wire.explain import explain
+
+            why = explain(str(exc))[1].split(": ", 1)[-1]
+            raise ConfigError(f"setting {key!r} from {source}: {why}") from None
 
 
 def load_settings(

@@ -10,10 +10,15 @@ import click
 
 from mlsm.cli.common import ago, client_from, json_option, parse_duration, when
 from mlsm.cli.output import LogSink, echo, emit_json, log_sink, table
-from mlsm.errors import ValidationError
+from mlsm.errors import Unreachable, ValidationError
 from mlsm.wire import api
+from mlsm.wire.explain import validation_error
 from mlsm.wire.follow import LogEnded, LogEvent, LogText
 from mlsm.wire.ints import INT64_MAX
+
+#: The exit status of ``mlsm logs -f`` (and of any command that waits for a job's end):
+#: how the job ended, apart from mlsm's own 1 (an error) and 2 (a bad argument).
+JOB_END_EXIT: dict[str, int] = {"succeeded": 0, "failed": 3, "cancelled": 4, "interrupted": 5}
 
 
 def _kv(items: tuple[str, ...], what: str) -> dict[str, str]:
@@ -105,8 +110,6 @@ def submit(
     """
     import msgspec
 
-    from mlsm.errors import ValidationError
-
     try:
         body = msgspec.convert(
             {
@@ -124,7 +127,7 @@ def submit(
             api.JobSubmit,
         )
     except msgspec.ValidationError as exc:
-        raise ValidationError(f"invalid job: {exc}") from None
+        raise validation_error(exc) from None
     with client_from(ctx) as c:
         reply = c.jobs.submit(body)
     if as_json:
@@ -143,7 +146,10 @@ def _gpus(j: api.Job) -> str:
 
 @click.command()
 @click.option("--all", "all_jobs", is_flag=True, help="Include ended jobs.")
-@click.option("--state", help="Only jobs in these states (comma-separated).")
+@click.option(
+    "--state",
+    help="Only jobs in these states (comma-separated): " + ", ".join(api.JOB_STATES) + ".",
+)
 @click.option("--user", help="Only this user's jobs.")
 @click.option("--node", help="Only jobs on this node.")
 @click.option("--limit", type=click.IntRange(1, 10000), default=1000, show_default=True)
@@ -159,6 +165,8 @@ def jobs(
     as_json: bool,
 ) -> None:
     """List jobs (queued and running unless --all); REASON says why a job waits."""
+    if state is not None:
+        state = ",".join(api.parse_job_states(state)) or None
     with client_from(ctx) as c:
         res = c.jobs.list(all=all_jobs, state=state, user=user, node=node, limit=limit)
     if as_json:
@@ -276,6 +284,10 @@ def logs(ctx: click.Context, job_id: int, follow: bool, raw: bool) -> None:
     bars) and colours pass, every other control or escape sequence is shown as text
     (\\x1b...), so a log cannot retitle the window, move the cursor or hide lines; --raw
     passes the bytes unchanged. Into a pipe or a file the bytes are always exact.
+
+    With -f the exit status says how the job ended, so `mlsm logs -f $J && next` works:
+    0 succeeded, 3 failed, 4 cancelled, 5 interrupted (1: mlsm's own error, such as a
+    master that went away; 2: a bad argument).
     """
     sink = log_sink(raw)
     try:
@@ -287,8 +299,11 @@ def logs(ctx: click.Context, job_id: int, follow: bool, raw: bool) -> None:
             state = _follow(c.jobs.follow(job_id), sink)
     finally:
         sink.close()
-    if state and state != "succeeded":
+    if not state:
+        raise Unreachable(f"the log of job {job_id} stopped before the job ended; run again")
+    if state != "succeeded":
         echo(f"mlsm: job {job_id} ended {state}", err=True)
+    sys.exit(JOB_END_EXIT.get(state, 1))
 
 
 def _follow(events: Iterable[LogEvent], out: LogSink) -> str:

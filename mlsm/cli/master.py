@@ -76,5 +76,7 @@ def master(
         try:
             msgspec.convert({"username": init_admin, "password": password}, UserCreate)
         except msgspec.ValidationError as exc:
-            raise click.BadParameter(str(exc), param_hint="--init-admin / MLSM_PASSWORD") from None
+            from mlsm.wire.explain import validation_error
+
+            raise validation_error(exc) from None
     run_master(settings, init_admin=init_admin, password=password)

@@ -249,6 +249,22 @@ async def test_admin_add_user_and_disable(fake: FakeSource) -> None:
         )
 
 
+async def test_add_user_form_says_what_is_wrong_in_words(fake: FakeSource) -> None:
+    app = make_app(fake)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("4")
+        await settle(pilot)
+        await pilot.press("a")
+        await settle(pilot)
+        assert isinstance(app.screen, FormModal)
+        await pilot.press(*"erin", "tab", *"short", "ctrl+s")
+        await settle(pilot)
+        assert isinstance(app.screen, FormModal)  # still open, saying why
+        problem = str(app.screen.query_one("#problem").render())
+        assert problem == "password: must be at least 8 characters", problem
+        assert not any(c[0] == "create_user" for c in fake.calls)
+
+
 async def test_admin_join_token_shown_once(fake: FakeSource) -> None:
     app = make_app(fake)
     async with app.run_test(size=(100, 30)) as pilot:
