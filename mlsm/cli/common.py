@@ -28,16 +28,22 @@ def settings_from(ctx: click.Context, **flags: Any) -> Settings:
 def client_from(ctx: click.Context, *, need_token: bool = True) -> Client:
     """A client of the master the settings name (else the embedded service), with the
     stored token and TLS trust; plain HTTP to another machine is refused."""
+    from mlsm.local import local_url, not_running_hint, recorded_url
+
     s = settings_from(ctx)
     url = s.url
     if not url:
-        from mlsm.local import local_url
-
         url = local_url(s)
         if not url:
             raise ConfigError(
-                "no master configured: run `mlsm login URL`, `mlsm up`, or set MLSM_URL"
+                "the local mlsm service is not running: start it with `mlsm up`"
+                if recorded_url(s)
+                else "no master configured: run `mlsm login URL`, `mlsm up`, or set MLSM_URL"
             )
+    elif hint := not_running_hint(s, url):
+        from mlsm.errors import UnavailableError
+
+        raise UnavailableError(hint)
     url = check_url(url, allow_plain_http=s.allow_plain_http)
     if need_token and not s.token:
         raise AuthenticationError(f"not logged in to {url}: run `mlsm login {url}`")
