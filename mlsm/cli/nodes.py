@@ -264,7 +264,8 @@ def node_show(ctx: click.Context, name: str, as_json: bool) -> None:
             pts = hist.series[key]
             if pts:
                 mean = sum(p.mean for p in pts) / len(pts)
-                echo(f"  {key:<14} {mean:6.1f} / {max(p.max for p in pts):6.1f}")
+                peak = max(p.max for p in pts)
+                echo(f"  {key:<14} {mean:6.1f} / {peak:6.1f} {api.history_unit(key)}".rstrip())
 
 
 def _node_action(ctx: click.Context, name: str, action: str, as_json: bool) -> None:

@@ -238,6 +238,21 @@ class NodeHistory(Struct, kw_only=True):
     series: dict[str, list[HistoryPoint]]  # "cpu", "mem", "gpu0.util", "gpu0.mem", ...
 
 
+#: The unit of each history series, by the last part of its name ("gpu0.temp" -> "temp").
+HISTORY_UNITS: dict[str, str] = {
+    "cpu": "% CPU",
+    "mem": "% of memory",
+    "util": "% busy",
+    "temp": "°C",
+    "power": "W",
+}
+
+
+def history_unit(series: str) -> str:
+    """``"gpu0.mem"`` -> ``"% of memory"``; '' for a series this mlsm does not know."""
+    return HISTORY_UNITS.get(series.rsplit(".", 1)[-1], "")
+
+
 # ---------------------------------------------------------------- jobs
 class JobSubmit(Struct, kw_only=True, forbid_unknown_fields=True):
     argv: Annotated[
