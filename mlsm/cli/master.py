@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from mlsm.cli.common import read_password, settings_from
+from mlsm.cli.output import echo
 
 
 @click.command()
@@ -32,6 +33,12 @@ from mlsm.cli.common import read_password, settings_from
     metavar="ADDR|CIDR",
     help="A reverse proxy whose X-Forwarded-For names the client (repeatable; default none).",
 )
+@click.option(
+    "--print-fingerprint",
+    is_flag=True,
+    help="Print the SHA-256 fingerprint of the master's certificate (for `mlsm login "
+    "--fingerprint`) and exit.",
+)
 @click.pass_context
 def master(
     ctx: click.Context,
@@ -39,12 +46,18 @@ def master(
     init_admin: str | None,
     tls_self_signed: bool,
     trusted_proxies: tuple[str, ...],
+    print_fingerprint: bool,
     **flags: object,
 ) -> None:
     """Run the master server (foreground; use the systemd unit for a service)."""
     from mlsm.master.server import run_master
 
     settings = settings_from(ctx, trusted_proxies=list(trusted_proxies), **flags)
+    if print_fingerprint:
+        from mlsm.tls import SELF_SIGNED_CERT
+
+        _print_fingerprint(settings.tls_cert or str(settings.data_path / SELF_SIGNED_CERT))
+        return
     if tls_self_signed and not settings.tls_cert:
         import socket
 
@@ -80,3 +93,18 @@ def master(
 
             raise validation_error(exc) from None
     run_master(settings, init_admin=init_admin, password=password)
+
+
+def _print_fingerprint(cert: str) -> None:
+    """What people pin with `mlsm login --fingerprint`, read from the certificate file."""
+    from mlsm.errors import ConfigError
+    from mlsm.tls import fingerprint_of_file
+
+    try:
+        fingerprint = fingerprint_of_file(cert)
+    except (OSError, ValueError):
+        raise ConfigError(
+            f"no certificate at {cert}: the master serves plain HTTP, or give --tls-cert "
+            "(or --data-dir of a master started with --tls-self-signed)"
+        ) from None
+    echo(f"sha256:{fingerprint}")
