@@ -66,6 +66,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     tls_cert: str = ""
     tls_key: str = ""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "text"] = "auto"  # auto: text on a terminal, else JSON
     session_ttl: Positive = 7 * 24 * 3600.0  # seconds a login session lasts
     login_attempts_per_minute: Annotated[int, Meta(ge=1)] = 10
     max_body_bytes: Annotated[int, Meta(ge=1024)] = 1 << 20  # JSON API bodies

@@ -27,6 +27,11 @@ from mlsm.cli.output import echo
 )
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option(
+    "--log-format",
+    type=click.Choice(["auto", "json", "text"]),
+    help="Log lines as JSON or text (default auto: text on a terminal, else JSON).",
+)
+@click.option(
     "--trusted-proxy",
     "trusted_proxies",
     multiple=True,
