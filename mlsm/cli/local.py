@@ -77,6 +77,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
             )
         else:
             echo("local service: not running (start it with `mlsm up`)")
+        if info["simulate_gpus"]:
+            echo(f"local agent:   simulated GPUs {info['simulate_gpus']}")
         echo(f"data dir:      {info['data_dir']}")
         echo(f"logged in to:  {s.url or '-'}")
     if info["master_pid"] and not info["healthy"]:

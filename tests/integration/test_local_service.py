@@ -276,6 +276,7 @@ def test_a_changed_option_restarts_the_agent_and_is_remembered(own: Local) -> No
     assert own.pid("agent") == second
     info = json.loads(own.cli("status", "--json").out)
     assert info["simulate_gpus"] == "2xA100-80GB"
+    assert "local agent:   simulated GPUs 2xA100-80GB" in own.cli("status").out
     own.cli("down")
     back = own.cli("up")  # and after `down` too
     assert back.rc == 0, back
