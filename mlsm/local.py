@@ -20,19 +20,16 @@ import getpass
 import json
 import os
 import secrets
-import signal
 import socket
-import subprocess
 import sys
-import time
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 
+from mlsm import localprocs
 from mlsm.config import DEFAULT_PORT, Settings, credentials_file, save_credentials
 from mlsm.errors import ConfigError, MlsmError, UnavailableError
 from mlsm.wire import api
@@ -42,8 +39,6 @@ START_TIMEOUT_S = 30.0
 HEALTH_TIMEOUT_S = 2.0
 #: Seconds the local agent has to join with the token `mlsm up` makes for it.
 AGENT_JOIN_TOKEN_TTL_S = 600.0
-STOP_TIMEOUT_S = 15.0
-POLL_S = 0.1
 
 
 @dataclass
@@ -74,20 +69,6 @@ def paths(s: Settings) -> LocalPaths:
     return LocalPaths(s.data_path)
 
 
-def _read_pid(p: Path) -> int | None:
-    try:
-        pid = int(p.read_text().strip())
-    except (OSError, ValueError):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return pid
-    return pid
-
-
 def _healthy(url: str) -> bool:
     from mlsm.client import Client
 
@@ -99,23 +80,11 @@ def _healthy(url: str) -> bool:
     return True
 
 
-def _listens(pid: int, port: int) -> bool:
-    """Whether process ``pid`` itself holds the listening socket of ``port``: a server of
-    someone else on that port is not our master, whatever its ``/healthz`` says."""
-    import psutil
-
-    try:
-        conns = psutil.Process(pid).net_connections(kind="tcp")
-    except (psutil.Error, OSError):
-        return False
-    return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in conns)
-
-
 def _ours(url: str, lp: LocalPaths) -> bool:
     """The master we started serves ``url``: its pid listens on the port and answers."""
-    pid = _read_pid(lp.pid("master"))
+    pid = localprocs.read_pid(lp.pid("master"))
     port = urlsplit(url).port
-    return pid is not None and port is not None and _listens(pid, port) and _healthy(url)
+    return pid is not None and port is not None and localprocs.listens(pid, port) and _healthy(url)
 
 
 def _state(lp: LocalPaths) -> dict[str, str]:
@@ -134,7 +103,7 @@ def recorded_url(s: Settings) -> str:
 def local_url(s: Settings) -> str:
     """URL of the running embedded master, or ''."""
     lp = paths(s)
-    return _state(lp).get("url", "") if _read_pid(lp.pid("master")) else ""
+    return _state(lp).get("url", "") if localprocs.read_pid(lp.pid("master")) else ""
 
 
 def not_running_hint(s: Settings, url: str) -> str:
@@ -144,85 +113,13 @@ def not_running_hint(s: Settings, url: str) -> str:
     return ""
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_port(preferred: int) -> int:
-    for port in (preferred, 0):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return int(sock.getsockname()[1])
-    raise UnavailableError("no free port on 127.0.0.1")
-
-
-def _choose_port(explicit: int | None, preferred: int) -> tuple[int, str]:
-    """The port to start on and a note when it is not the one preferred. A port asked for
-    with ``--port`` is that port or an error; the usual one moves, and says so."""
-    if explicit:
-        if not _port_free(explicit):
-            raise UnavailableError(
-                f"port {explicit} on 127.0.0.1 is in use: choose another with `mlsm up --port N`"
-            )
-        return explicit, ""
-    if _port_free(preferred):
-        return preferred, ""
-    port = _free_port(0)
-    return port, (
-        f"port {preferred} on 127.0.0.1 is in use (another program); the local service "
-        f"listens on port {port} instead (choose one with `mlsm up --port N`)"
-    )
-
-
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-
-
-def _spawn(args: list[str], log: Path, pidfile: Path, env: dict[str, str]) -> int:
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mlsm", *args],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env=env,
-        )
-    pidfile.write_text(str(proc.pid))
-    return proc.pid
-
-
-def _wait(cond: Callable[[], bool], timeout: float, what: str, log: Path, pidfile: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        if _read_pid(pidfile) is None:  # it exited (a port taken meanwhile, a bad setting)
-            timeout = 0.0
-            break
-        time.sleep(POLL_S)
-    tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
-    said = "exited" if not timeout else f"did not come up within {timeout:.0f} s"
-    raise UnavailableError(f"{what} {said}; see {log}" + (": " + " | ".join(tail) if tail else ""))
-
-
 def status(s: Settings) -> dict[str, object]:
     lp = paths(s)
     url = local_url(s)
     return {
         "url": url,
-        "master_pid": _read_pid(lp.pid("master")),
-        "agent_pid": _read_pid(lp.pid("agent")),
+        "master_pid": localprocs.read_pid(lp.pid("master")),
+        "agent_pid": localprocs.read_pid(lp.pid("agent")),
         "healthy": bool(url) and _ours(url, lp),
         "simulate_gpus": _state(lp).get("simulate_gpus", ""),
         "data_dir": str(lp.root),
@@ -264,7 +161,7 @@ def up(
             )
     elif url:
         raise UnavailableError(
-            f"the local master (pid {_read_pid(lp.pid('master'))}) does not answer at {url}; "
+            f"the local master (pid {localprocs.read_pid(lp.pid('master'))}) does not answer at {url}; "
             f"see {lp.log('master')}, or run `mlsm down` and `mlsm up`"
         )
     else:
@@ -272,9 +169,9 @@ def up(
     previous_url = state.get("url", "")
     _write_state(lp, {"url": done.url, "simulate_gpus": gpus})
     token = _ensure_token(done, lp, previous_url)
-    agent_pid = _read_pid(lp.pid("agent"))
+    agent_pid = localprocs.read_pid(lp.pid("agent"))
     if agent_pid is not None and state.get("simulate_gpus", "") != gpus:
-        _stop(lp, "agent")
+        localprocs.stop(lp.pid("agent"))
         done.agent_restarted = True
         agent_pid = None
     if agent_pid is None:
@@ -298,18 +195,18 @@ def _say(done: Started, lp: LocalPaths, gpus: str) -> None:
 
 
 def _write_state(lp: LocalPaths, data: dict[str, str]) -> None:
-    _write_private(lp.state, json.dumps(data))
+    localprocs.write_private(lp.state, json.dumps(data))
 
 
 def _start_master(s: Settings, lp: LocalPaths, state: dict[str, str], port: int | None) -> Started:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLSM_")}
     recorded = urlsplit(state.get("url", "")).port
-    chosen, note = _choose_port(port, recorded or s.port or DEFAULT_PORT)
+    chosen, note = localprocs.choose_port(port, recorded or s.port or DEFAULT_PORT)
     url = f"http://127.0.0.1:{chosen}"
     if not lp.password.exists():
-        _write_private(lp.password, secrets.token_urlsafe(18))
+        localprocs.write_private(lp.password, secrets.token_urlsafe(18))
     menv = dict(env, MLSM_PASSWORD=lp.password.read_text().strip())
-    _spawn(
+    localprocs.spawn(
         [
             "master",
             "--host",
@@ -325,7 +222,7 @@ def _start_master(s: Settings, lp: LocalPaths, state: dict[str, str], port: int 
         lp.pid("master"),
         menv,
     )
-    _wait(
+    localprocs.wait(
         lambda: _ours(url, lp),
         START_TIMEOUT_S,
         "the local master",
@@ -360,7 +257,7 @@ def _start_agent(url: str, token: str, lp: LocalPaths, gpus: str) -> None:
     if gpus:
         args += ["--simulate-gpus", gpus]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLSM_")}
-    _spawn(args, lp.log("agent"), lp.pid("agent"), env)
+    localprocs.spawn(args, lp.log("agent"), lp.pid("agent"), env)
 
 
 def _admin_name() -> str:
@@ -405,26 +302,6 @@ def _ensure_token(done: Started, lp: LocalPaths, previous_url: str) -> str:
     return api_token
 
 
-def _stop(lp: LocalPaths, what: str) -> bool:
-    """Stop one of the two processes (TERM, then KILL after STOP_TIMEOUT_S)."""
-    pid = _read_pid(lp.pid(what))
-    if pid is None:
-        lp.pid(what).unlink(missing_ok=True)
-        return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    while time.monotonic() < deadline and _read_pid(lp.pid(what)) is not None:
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        time.sleep(POLL_S)
-    if _read_pid(lp.pid(what)) is not None:
-        os.kill(pid, signal.SIGKILL)
-    lp.pid(what).unlink(missing_ok=True)
-    return True
-
-
 @dataclass
 class Stopped:
     """What ``down`` did: the processes it stopped and the login it gave back."""
@@ -435,7 +312,7 @@ class Stopped:
 
 def down(s: Settings) -> Stopped:
     lp = paths(s)
-    done = Stopped([what for what in ("agent", "master") if _stop(lp, what)])
+    done = Stopped([what for what in ("agent", "master") if localprocs.stop(lp.pid(what))])
     aside = aside_credentials()
     if aside.exists():
         current = _stored_login().get("url", "")
