@@ -70,6 +70,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     tls_cert: str = ""
     tls_key: str = ""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "text"] = "auto"  # auto: text on a terminal, else JSON
     session_ttl: Positive = 7 * 24 * 3600.0  # seconds a login session lasts
     login_attempts_per_minute: Annotated[int, Meta(ge=1)] = 10
     max_body_bytes: Annotated[int, Meta(ge=1024)] = 1 << 20  # JSON API bodies
@@ -184,7 +185,10 @@ def _validate(layer: dict[str, Any], source: str) -> None:
         try:
             msgspec.convert({key: value}, Settings, strict=False)
         except msgspec.ValidationError as exc:
-            raise ConfigError(f"setting {key!r} from {source}: {exc}") from None
+            from mlsm.wire.explain import explain
+
+            why = explain(str(exc))[1].split(": ", 1)[-1]
+            raise ConfigError(f"setting {key!r} from {source}: {why}") from None
 
 
 def load_settings(

@@ -17,6 +17,9 @@ from urllib.parse import urlsplit
 from mlsm.errors import ConfigError, UnavailableError
 
 FETCH_TIMEOUT_S = 10.0
+#: The files ``mlsm master --tls-self-signed`` keeps in its data dir.
+SELF_SIGNED_CERT = "tls-cert.pem"
+SELF_SIGNED_KEY = "tls-key.pem"
 
 
 def normalise_fingerprint(fp: str) -> str:
@@ -79,7 +82,7 @@ def ensure_self_signed(directory: Path, hostnames: list[str]) -> tuple[Path, Pat
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    cert_path, key_path = directory / "tls-cert.pem", directory / "tls-key.pem"
+    cert_path, key_path = directory / SELF_SIGNED_CERT, directory / SELF_SIGNED_KEY
     if cert_path.exists() and key_path.exists():
         return cert_path, key_path
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -43,7 +43,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "nodes": ("mlsm.cli.nodes", "nodes", "List nodes."),
     "node": ("mlsm.cli.nodes", "node", "Show, drain, resume or remove a node."),
-    "submit": ("mlsm.cli.jobs", "submit", "Submit a job: mlsm submit [OPTIONS] -- CMD ARG..."),
+    "submit": ("mlsm.cli.submit", "submit", "Submit a job: mlsm submit [OPTIONS] -- CMD ARG..."),
     "jobs": ("mlsm.cli.jobs", "jobs", "List jobs."),
     "job": ("mlsm.cli.jobs", "job", "Show a job."),
     "logs": ("mlsm.cli.jobs", "logs", "Print or follow a job's log."),

@@ -49,6 +49,11 @@ def _labels(items: tuple[str, ...]) -> dict[str, str]:
 )
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option(
+    "--log-format",
+    type=click.Choice(["auto", "json", "text"]),
+    help="Log lines as JSON or text (default auto: text on a terminal, else JSON).",
+)
+@click.option(
     "--print-systemd-unit",
     is_flag=True,
     help="Print a systemd unit for this agent with these settings and exit.",
@@ -88,7 +93,7 @@ def agent(
     from agent.main import Agent, AgentConfig
     from mlsm.logs import setup_logging
 
-    setup_logging(s.log_level)
+    setup_logging(s.log_level, s.log_format)
     data = s.agent_data_path
     from agent.runtimes.accounts import data_dir_mode
 

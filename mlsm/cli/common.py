@@ -14,7 +14,8 @@ import click
 from mlsm.cli.output import prompt_secret
 from mlsm.client import Client, check_url, verify_from
 from mlsm.config import Settings, load_settings
-from mlsm.errors import AuthenticationError, ConfigError
+from mlsm.errors import AuthenticationError, ConfigError, PermissionDenied
+from mlsm.wire.api import ROLE_RANK, Role
 
 
 def settings_from(ctx: click.Context, **flags: Any) -> Settings:
@@ -27,20 +28,35 @@ def settings_from(ctx: click.Context, **flags: Any) -> Settings:
 def client_from(ctx: click.Context, *, need_token: bool = True) -> Client:
     """A client of the master the settings name (else the embedded service), with the
     stored token and TLS trust; plain HTTP to another machine is refused."""
+    from mlsm.local import local_url, not_running_hint, recorded_url
+
     s = settings_from(ctx)
     url = s.url
     if not url:
-        from mlsm.local import local_url
-
         url = local_url(s)
         if not url:
             raise ConfigError(
-                "no master configured: run `mlsm login URL`, `mlsm up`, or set MLSM_URL"
+                "the local mlsm service is not running: start it with `mlsm up`"
+                if recorded_url(s)
+                else "no master configured: run `mlsm login URL`, `mlsm up`, or set MLSM_URL"
             )
+    elif hint := not_running_hint(s, url):
+        from mlsm.errors import UnavailableError
+
+        raise UnavailableError(hint)
     url = check_url(url, allow_plain_http=s.allow_plain_http)
     if need_token and not s.token:
         raise AuthenticationError(f"not logged in to {url}: run `mlsm login {url}`")
     return Client(url, s.token, verify=verify_from(s), allow_plain_http=s.allow_plain_http)
+
+
+def require_role(c: Client, role: Role, what: str) -> None:
+    """Refuse before a prompt: a command that asks for a password or a confirmation first
+    checks that the caller may do ``what`` at all, so nobody types a secret for nothing.
+    The master still decides (its guards); this only spares the question."""
+    me = c.auth.me()
+    if ROLE_RANK.get(me.role, 0) < ROLE_RANK[role]:
+        raise PermissionDenied(f"{what} needs the {role} role; you are {me.username} ({me.role})")
 
 
 def read_password(prompt: str = "Password", *, confirm: bool = False) -> str:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from mlsm.cli.common import ago, client_from, human_bytes, json_option
+from mlsm.cli.common import ago, client_from, human_bytes, json_option, require_role
 from mlsm.cli.output import clear_status_line, confirm, echo, emit_json, status_line, table
 from mlsm.wire import api
 
@@ -237,11 +237,12 @@ def dataset_rm(
     ctx: click.Context, name: str, node: str, yes: bool, wait: bool | None, as_json: bool
 ) -> None:
     """Delete the copy of NAME on NODE from its disk (admins; audited)."""
-    if not yes:
-        if not sys.stdin.isatty():
-            raise click.ClickException("deleting needs confirmation: add --yes")
-        confirm(f"Delete dataset {name} from the disk of {node}?")
     with client_from(ctx) as c:
+        if not yes:
+            require_role(c, "admin", "deleting a dataset")
+            if not sys.stdin.isatty():
+                raise click.ClickException("deleting needs confirmation: add --yes")
+            confirm(f"Delete dataset {name} from the disk of {node}?")
         t = c.datasets.delete(name, node=node)
         _started(c, t, True if wait is None else wait, as_json)
 

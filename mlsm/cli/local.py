@@ -13,15 +13,30 @@ from mlsm.cli.output import echo, emit_json
 @click.command()
 @click.option(
     "--simulate-gpus",
-    default="",
-    help="Give the local agent simulated GPUs (demos), e.g. 2xA100-80GB.",
+    default=None,
+    metavar="SPEC",
+    help="Give the local agent simulated GPUs (demos), e.g. 2xA100-80GB; 'none' for real "
+    "GPUs. Remembered: a later plain `mlsm up` keeps it; a change restarts the agent.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Port of the local master (default 8765, or the one it had; a busy one is an error).",
 )
 @click.pass_context
-def up(ctx: click.Context, simulate_gpus: str) -> None:
+def up(ctx: click.Context, simulate_gpus: str | None, port: int | None) -> None:
     """Start the embedded local service (master with SQLite + a local agent) in the background."""
     from mlsm.local import up as start
 
-    start(settings_from(ctx), simulate_gpus=simulate_gpus)
+    if simulate_gpus and simulate_gpus.strip().lower() != "none":
+        from agent.collectors.simulated import parse_spec
+
+        try:
+            parse_spec(simulate_gpus)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--simulate-gpus") from None
+    start(settings_from(ctx), simulate_gpus=simulate_gpus, port=port)
 
 
 @click.command()
@@ -30,8 +45,16 @@ def down(ctx: click.Context) -> None:
     """Stop the embedded local service; running jobs go on and are re-adopted by `mlsm up`."""
     from mlsm.local import down as stop
 
-    stopped = stop(settings_from(ctx))
-    echo("stopped " + " and ".join(stopped) if stopped else "mlsm is not running")
+    done = stop(settings_from(ctx))
+    if done.stopped:
+        echo(
+            "stopped " + " and ".join(done.stopped) + "; running jobs keep running, "
+            "and the next `mlsm up` re-adopts them"
+        )
+    else:
+        echo("mlsm is not running")
+    if done.restored_url:
+        echo(f"the CLI talks to {done.restored_url} again (the login `mlsm up` kept aside)")
 
 
 @click.command()
@@ -54,6 +77,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
             )
         else:
             echo("local service: not running (start it with `mlsm up`)")
+        if info["simulate_gpus"]:
+            echo(f"local agent:   simulated GPUs {info['simulate_gpus']}")
         echo(f"data dir:      {info['data_dir']}")
         echo(f"logged in to:  {s.url or '-'}")
     if info["master_pid"] and not info["healthy"]:
@@ -76,18 +101,21 @@ def open_default(ctx: click.Context) -> None:
 def _open(ctx: click.Context, *, readonly: bool, start_local: bool) -> None:
     from mlsm.client import check_url, verify_from
     from mlsm.errors import ConfigError
+    from mlsm.local import local_url, not_running_hint, recorded_url, up
 
     s = settings_from(ctx)
     url = s.url
-    if not url:
-        from mlsm.local import local_url, up
-
-        url = local_url(s)
-        if not url and start_local:
-            url = up(s, quiet=False)
+    if not url or url.rstrip("/") == recorded_url(s):  # nothing else, or the local service
+        running = local_url(s)
+        if not running and start_local:  # a first run, or after `mlsm down` or a reboot
+            running = up(s, quiet=False)
             s = settings_from(ctx)
-        if not url:
-            raise ConfigError("no master configured: run `mlsm login URL` or `mlsm up`")
+        if not running:
+            raise ConfigError(
+                not_running_hint(s, url)
+                or "no master configured: run `mlsm login URL` or `mlsm up`"
+            )
+        url = running
     url = check_url(url, allow_plain_http=s.allow_plain_http)
     from tui import run_dashboard
 

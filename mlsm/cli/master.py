@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from mlsm.cli.common import read_password, settings_from
+from mlsm.cli.output import echo
 
 
 @click.command()
@@ -26,11 +27,22 @@ from mlsm.cli.common import read_password, settings_from
 )
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option(
+    "--log-format",
+    type=click.Choice(["auto", "json", "text"]),
+    help="Log lines as JSON or text (default auto: text on a terminal, else JSON).",
+)
+@click.option(
     "--trusted-proxy",
     "trusted_proxies",
     multiple=True,
     metavar="ADDR|CIDR",
     help="A reverse proxy whose X-Forwarded-For names the client (repeatable; default none).",
+)
+@click.option(
+    "--print-fingerprint",
+    is_flag=True,
+    help="Print the SHA-256 fingerprint of the master's certificate (for `mlsm login "
+    "--fingerprint`) and exit.",
 )
 @click.pass_context
 def master(
@@ -39,12 +51,18 @@ def master(
     init_admin: str | None,
     tls_self_signed: bool,
     trusted_proxies: tuple[str, ...],
+    print_fingerprint: bool,
     **flags: object,
 ) -> None:
     """Run the master server (foreground; use the systemd unit for a service)."""
     from mlsm.master.server import run_master
 
     settings = settings_from(ctx, trusted_proxies=list(trusted_proxies), **flags)
+    if print_fingerprint:
+        from mlsm.tls import SELF_SIGNED_CERT
+
+        _print_fingerprint(settings.tls_cert or str(settings.data_path / SELF_SIGNED_CERT))
+        return
     if tls_self_signed and not settings.tls_cert:
         import socket
 
@@ -76,5 +94,22 @@ def master(
         try:
             msgspec.convert({"username": init_admin, "password": password}, UserCreate)
         except msgspec.ValidationError as exc:
-            raise click.BadParameter(str(exc), param_hint="--init-admin / MLSM_PASSWORD") from None
+            from mlsm.wire.explain import validation_error
+
+            raise validation_error(exc) from None
     run_master(settings, init_admin=init_admin, password=password)
+
+
+def _print_fingerprint(cert: str) -> None:
+    """What people pin with `mlsm login --fingerprint`, read from the certificate file."""
+    from mlsm.errors import ConfigError
+    from mlsm.tls import fingerprint_of_file
+
+    try:
+        fingerprint = fingerprint_of_file(cert)
+    except (OSError, ValueError):
+        raise ConfigError(
+            f"no certificate at {cert}: the master serves plain HTTP, or give --tls-cert "
+            "(or --data-dir of a master started with --tls-self-signed)"
+        ) from None
+    echo(f"sha256:{fingerprint}")

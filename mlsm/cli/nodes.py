@@ -6,7 +6,15 @@ import time
 
 import click
 
-from mlsm.cli.common import ago, client_from, human_bytes, json_option, parse_duration, when
+from mlsm.cli.common import (
+    ago,
+    client_from,
+    human_bytes,
+    json_option,
+    parse_duration,
+    require_role,
+    when,
+)
 from mlsm.cli.output import confirm, echo, emit_json, table
 from mlsm.wire import api
 from mlsm.wire.agent import NodeInfo
@@ -259,7 +267,8 @@ def node_show(ctx: click.Context, name: str, as_json: bool) -> None:
             pts = hist.series[key]
             if pts:
                 mean = sum(p.mean for p in pts) / len(pts)
-                echo(f"  {key:<14} {mean:6.1f} / {max(p.max for p in pts):6.1f}")
+                peak = max(p.max for p in pts)
+                echo(f"  {key:<14} {mean:6.1f} / {peak:6.1f} {api.history_unit(key)}".rstrip())
 
 
 def _disk_line(d: NodeDisk) -> str:
@@ -357,9 +366,10 @@ def node_set(
 @click.pass_context
 def node_remove(ctx: click.Context, name: str, force: bool, yes: bool) -> None:
     """Remove a node; its agent must join again to come back."""
-    if not yes:
-        confirm(f"Remove node {name}?")
     with client_from(ctx) as c:
+        if not yes:
+            require_role(c, "admin", "removing a node")
+            confirm(f"Remove node {name}?")
         res = c.nodes.remove(name, force=force)
     extra = f"; interrupted jobs {res.interrupted}" if res.interrupted else ""
     echo(f"node {name} removed{extra}")

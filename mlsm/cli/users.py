@@ -6,7 +6,15 @@ from typing import cast
 
 import click
 
-from mlsm.cli.common import ago, client_from, json_option, parse_duration, read_password, when
+from mlsm.cli.common import (
+    ago,
+    client_from,
+    json_option,
+    parse_duration,
+    read_password,
+    require_role,
+    when,
+)
 from mlsm.cli.output import echo, emit_json, table
 from mlsm.wire import api
 
@@ -64,8 +72,9 @@ def _patch(ctx: click.Context, name: str, body: api.UserUpdate, as_json: bool, d
 @click.pass_context
 def user_add(ctx: click.Context, name: str, role: str, unix_user: str, as_json: bool) -> None:
     """Add a user (password: prompt or MLSM_PASSWORD)."""
-    password = read_password(f"Password for {name}", confirm=True)
     with client_from(ctx) as c:
+        require_role(c, "admin", "adding users")
+        password = read_password(f"Password for {name}", confirm=True)
         u = c.users.create(
             api.UserCreate(
                 username=name, password=password, role=cast(api.Role, role), unix_user=unix_user
@@ -139,6 +148,8 @@ def user_enable(ctx: click.Context, name: str, as_json: bool) -> None:
 @click.pass_context
 def user_passwd(ctx: click.Context, name: str, revoke_tokens: bool) -> None:
     """Set a user's password (prompt or MLSM_PASSWORD); their sessions end at once."""
+    with client_from(ctx) as c:
+        require_role(c, "admin", "setting another user's password")
     password = read_password(f"New password for {name}", confirm=True)
     body = api.UserUpdate(password=password, revoke_api_tokens=revoke_tokens)
     ended = "sessions and API tokens" if revoke_tokens else "sessions"

@@ -31,6 +31,8 @@ CONNECT_TIMEOUT_S = 5.0
 #: Seconds a master may take to answer one request.
 READ_TIMEOUT_S = 30.0
 DEFAULT_TIMEOUT = httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
+#: Seconds to check whether a server that dropped a plain-HTTP request speaks TLS.
+TLS_PROBE_TIMEOUT_S = 2.0
 #: Streams (a log read or followed) wait for the next byte as long as the job runs.
 STREAM_TIMEOUT = httpx.Timeout(None, connect=CONNECT_TIMEOUT_S)
 
@@ -88,8 +90,55 @@ def _raise_for(resp: httpx.Response) -> None:
     raise errors.from_response(resp.status_code, body, visible(resp.reason_phrase))
 
 
+def _speaks_tls(url: str) -> bool:
+    """Whether the server at a plain-HTTP ``url`` completes a TLS handshake (nothing is sent
+    but the handshake): a master serving HTTPS drops a plain request without a word."""
+    import socket
+
+    parts = urlsplit(url)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        with (
+            socket.create_connection(
+                (parts.hostname or "", parts.port or 80), timeout=TLS_PROBE_TIMEOUT_S
+            ) as raw,
+            ctx.wrap_socket(raw, server_hostname=parts.hostname),
+        ):
+            return True
+    except (OSError, ssl.SSLError):
+        return False
+
+
 def _unavailable(base: str, exc: Exception) -> errors.Unreachable:
-    return errors.Unreachable(f"cannot reach the master at {base}: {exc.__class__.__name__}: {exc}")
+    """The line a person reads when the master did not answer, with what to do where mlsm
+    can tell: an untrusted (self-signed) certificate, or HTTPS asked for in plain HTTP."""
+    text = str(exc)
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return errors.Unreachable(
+            f"the master at {base} presents a certificate this machine does not trust "
+            f"(self-signed, or from an unknown CA): pin it with `mlsm login {base} "
+            "--fingerprint sha256:...` (on the master, `mlsm master --print-fingerprint` "
+            "prints it, and its log says it at start), or trust its CA with --ca-file"
+        )
+    if (
+        base.startswith("http://")
+        and isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError)
+        and _speaks_tls(base)
+    ):
+        https = "https://" + base.removeprefix("http://")
+        return errors.Unreachable(f"the master at {base} speaks HTTPS: use {https}")
+    return errors.Unreachable(
+        f"cannot reach the master at {base}: {exc.__class__.__name__}: {text}"
+    )
+
+
+async def _unavailable_async(base: str, exc: Exception) -> errors.Unreachable:
+    """:func:`_unavailable` off the event loop (its TLS probe blocks for a moment)."""
+    import asyncio
+
+    return await asyncio.to_thread(_unavailable, base, exc)
 
 
 def _json(body: object) -> Any:
@@ -285,7 +334,7 @@ class AsyncHttp(_Core):
                 async for chunk in resp.aiter_bytes():
                     yield chunk
         except httpx.HTTPError as exc:
-            raise _unavailable(self.url, exc) from None
+            raise await _unavailable_async(self.url, exc) from None
 
     async def _request(
         self, method: str, path: str, body: object, params: Params | None
@@ -295,6 +344,6 @@ class AsyncHttp(_Core):
                 method, path, json=_json(body), params=_query(params), headers=self._headers()
             )
         except httpx.HTTPError as exc:
-            raise _unavailable(self.url, exc) from None
+            raise await _unavailable_async(self.url, exc) from None
         _raise_for(resp)
         return resp

@@ -29,6 +29,7 @@ from mlsm.logs import JsonLogFormatter as JsonLogFormatter  # re-exported
 from mlsm.logs import setup_logging as setup_logging  # re-exported
 from mlsm.master.clientaddr import ClientAddresses
 from mlsm.wire.agent import MSGPACK, AgentError
+from mlsm.wire.explain import explain
 
 log = logging.getLogger("mlsm.master")
 request_log = logging.getLogger("mlsm.master.request")
@@ -243,17 +244,15 @@ def _body(
 
 
 def _validation_details(exc: ValidationException) -> tuple[str, dict[str, Any]]:
+    """The first problem as a sentence naming its field (``password: must be at least 8
+    characters``), with the field and the part of the request it was in as details."""
     extra = exc.extra
     items = extra if isinstance(extra, list) else [extra] if isinstance(extra, dict) else []
     for item in items:
         if isinstance(item, dict):
             msg = str(item.get("message", "")) or exc.detail
-            path = item.get("key") or ""
-            m = re.search(r"at `\$\.?([^`]*)`", msg)
-            if m:
-                path = m.group(1) or path
-            clean = re.sub(r" - at `[^`]*`", "", msg)
-            return clean, {"path": path, "source": item.get("source", "body")}
+            field, sentence = explain(msg, str(item.get("key") or ""))
+            return sentence, {"path": field, "source": item.get("source", "body")}
     return exc.detail or "invalid request", {}
 
 

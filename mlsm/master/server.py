@@ -133,7 +133,7 @@ def run_master(
 ) -> None:
     import uvicorn
 
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     make_private(settings)
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise ConfigError("settings 'tls_cert' and 'tls_key' go together: give both or neither")

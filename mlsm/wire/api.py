@@ -10,11 +10,12 @@ answer, and their shared constraints, in one place to review when the contract c
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import msgspec
 from msgspec import Meta, Struct
 
+from mlsm.errors import ValidationError
 from mlsm.wire.agent import GpuSample, HostSample, NodeInfo
 from mlsm.wire.ints import Count, DbId
 
@@ -39,6 +40,27 @@ JobState = Literal[
 ACTIVE_STATES: frozenset[str] = frozenset({"assigned", "running"})
 PENDING_STATES: frozenset[str] = frozenset({"queued", "held"})
 FINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
+JOB_STATES: tuple[JobState, ...] = get_args(JobState)
+
+
+def parse_job_states(text: str) -> list[JobState]:
+    """``"running,QUEUED"`` -> the job states it names (any case); a word that is no job
+    state is a :class:`~mlsm.errors.ValidationError` listing the valid ones, so a typo
+    is never an empty answer. The CLI checks before it asks; the master checks again."""
+    out: list[JobState] = []
+    for word in (w.strip().lower() for w in text.split(",")):
+        if not word:
+            continue
+        if word not in JOB_STATES:
+            raise ValidationError(
+                f"state: {word!r} is not a job state; use one of {', '.join(JOB_STATES)}",
+                path="state",
+            )
+        if word not in out:
+            out.append(word)
+    return out
+
+
 NodeState = Literal["online", "stale", "offline", "draining"]
 TokenKind = Literal["session", "api"]
 AuditOutcome = Literal["ok", "denied", "failed", "error"]
@@ -214,6 +236,21 @@ class NodeHistory(Struct, kw_only=True):
     node: str
     resolution_s: float
     series: dict[str, list[HistoryPoint]]  # "cpu", "mem", "gpu0.util", "gpu0.mem", ...
+
+
+#: The unit of each history series, by the last part of its name ("gpu0.temp" -> "temp").
+HISTORY_UNITS: dict[str, str] = {
+    "cpu": "% CPU",
+    "mem": "% of memory",
+    "util": "% busy",
+    "temp": "°C",
+    "power": "W",
+}
+
+
+def history_unit(series: str) -> str:
+    """``"gpu0.mem"`` -> ``"% of memory"``; '' for a series this mlsm does not know."""
+    return HISTORY_UNITS.get(series.rsplit(".", 1)[-1], "")
 
 
 # ---------------------------------------------------------------- jobs

@@ -18,6 +18,7 @@ import msgspec
 import psutil
 import pytest
 
+from mlsm import errors
 from mlsm.wire import api
 from tests.integration.lab import Lab
 from tests.support.wait import wait_until
@@ -301,6 +302,40 @@ def test_logs_prints_and_follow_streams_until_the_job_ends(lab: Lab) -> None:
     assert b"".join(got) == lab.log(job_id)
     assert [ln for ln in got if ln.startswith(b"line ")] == [b"line %d\n" % i for i in range(1, 7)]
     assert lab.job(job_id).state == "succeeded"
+
+
+def test_logs_follow_exit_status_says_how_the_job_ended(lab: Lab) -> None:
+    """`mlsm logs -f $J && next`: 0 only for a job that succeeded (the codes `logs` documents)."""
+    ok = lab.submit("--", "true")
+    failed = lab.submit("--", "sh", "-c", "echo doomed; exit 7")
+    held = lab.submit("--", "sleep", str(LONG_S))
+    lab.wait_job(held, "running", timeout=30)
+    assert lab.cli("cancel", str(held)).returncode == 0
+    for job_id, state, rc in ((ok, "succeeded", 0), (failed, "failed", 3), (held, "cancelled", 4)):
+        res = lab.cli("logs", "-f", str(job_id))
+        assert res.returncode == rc, (state, res)
+        assert lab.job(job_id).state == state
+        if rc:
+            assert res.stderr.strip() == f"mlsm: job {job_id} ended {state}", res.stderr
+    assert "doomed" in lab.cli("logs", "-f", str(failed)).stdout
+
+
+def test_jobs_state_filter_takes_any_case_and_refuses_a_typo(lab: Lab) -> None:
+    job_id = lab.submit("--", "sleep", str(LONG_S))
+    lab.wait_job(job_id, "running", timeout=30)
+    for spelled in ("RUNNING", "Running,queued"):
+        res = lab.cli("jobs", "--state", spelled, "--json")
+        assert res.returncode == 0, res.stderr
+        assert job_id in [j["id"] for j in res.json()["jobs"]], spelled
+    res = lab.cli("jobs", "--state", "runing")
+    assert res.returncode == 2 and res.stdout == "", res
+    line = res.stderr.strip()
+    assert "\n" not in line and line.startswith("mlsm: error: state: 'runing' is not a job state")
+    assert all(s in line for s in api.JOB_STATES), line
+    # the master refuses it too, for any client: a 400 naming the field, never an empty list
+    with pytest.raises(errors.ValidationError) as refused:
+        lab.admin.jobs.list(state="runing")
+    assert refused.value.details["path"] == "state"
 
 
 def test_owner_and_admins_read_a_log_other_members_get_403_and_no_env(lab: Lab) -> None:

@@ -316,6 +316,24 @@ def test_telemetry_shows_in_nodes_json_and_node_show(lab: Lab) -> None:
     assert a.info.hostname in show.stdout
 
 
+def test_node_show_gives_every_figure_a_unit(lab: Lab) -> None:
+    def history_lines() -> list[str] | None:
+        out = lab.cli("node", "show", "a").stdout.splitlines()
+        if "last 15 min (mean / max):" not in out:
+            return None
+        rows = out[out.index("last 15 min (mean / max):") + 1 :]
+        return rows if any(r.split()[0] == "gpu0.temp" for r in rows) else None
+
+    rows = wait_until(history_lines, what="node a's history in `node show`")
+    units = {r.split()[0]: r.split("/", 1)[1].split(None, 1)[1] for r in rows}
+    assert units["cpu"] == "% CPU" and units["mem"] == "% of memory", units
+    assert units["gpu0.mem"] == "% of memory" and units["gpu0.util"] == "% busy"
+    assert units["gpu0.temp"] == "°C" and units["gpu0.power"] == "W"
+    show = lab.cli("node", "show", "a").stdout
+    gpu0 = next(ln for ln in show.splitlines() if ln.startswith("GPU 0 "))
+    assert "GiB" in gpu0 and "RAM" in show
+
+
 def _gpu_block(text: str, index: int) -> list[str]:
     lines = text.splitlines()
     start = next(i for i, ln in enumerate(lines) if ln.startswith(f"GPU {index} "))

@@ -108,6 +108,39 @@ def test_login_with_the_wrong_fingerprint_refuses_and_the_right_one_works(
     assert json.loads(nodes.out) == []
 
 
+def test_login_to_a_self_signed_master_says_how_to_pin_it(
+    tls_master: TlsMaster, tmp_path: Path
+) -> None:
+    home = tmp_path / "cli"
+    res = cli(home, ["login", tls_master.url, "--user", ADMIN])
+    assert_one_line_error(res)
+    assert f"`mlsm login {tls_master.url} --fingerprint sha256:...`" in res.err, res.err
+    assert "`mlsm master --print-fingerprint`" in res.err and "--ca-file" in res.err
+    printed = run_cli(
+        ["master", "--print-fingerprint", "--data-dir", str(tls_master.data_dir)], home=home
+    )
+    assert printed.rc == 0, printed
+    assert printed.out.strip() == f"sha256:{tls_master.fingerprint}"
+    assert login(home, tls_master, printed.out.strip()).rc == 0
+
+
+def test_print_fingerprint_without_a_certificate_is_one_line(tmp_path: Path) -> None:
+    res = run_cli(["master", "--print-fingerprint", "--data-dir", str(tmp_path)], home=tmp_path)
+    assert_one_line_error(res)
+    assert "no certificate at" in res.err, res.err
+
+
+def test_plain_http_to_an_https_master_says_use_https(
+    tls_master: TlsMaster, tmp_path: Path
+) -> None:
+    plain = tls_master.url.replace("https://", "http://")
+    res = cli(tmp_path / "cli", ["login", plain, "--user", ADMIN])
+    assert_one_line_error(res)
+    assert res.err.strip() == (
+        f"mlsm: error: the master at {plain} speaks HTTPS: use {tls_master.url}"
+    ), res.err
+
+
 def test_login_refuses_plain_http_to_a_non_loopback_master(tmp_path: Path) -> None:
     res = cli(tmp_path / "cli", ["login", f"http://{NON_LOOPBACK}:8765", "--user", ADMIN])
     assert_one_line_error(res)

@@ -90,6 +90,45 @@ def test_invalid_user_name_names_the_field(master: Master, mlsm_cli: Cli) -> Non
     assert res.err.startswith("mlsm: error: username: "), res
 
 
+def test_a_short_password_is_a_sentence_naming_the_field(master: Master, mlsm_cli: Cli) -> None:
+    res = mlsm_cli(["user", "add", "shorty"], token=master.admin_token, password="short")
+    assert_one_line_error(res)
+    assert res.rc == 2
+    assert res.err.strip() == "mlsm: error: password: must be at least 8 characters", res.err
+    body = error_of(
+        master.request(
+            "POST",
+            "/api/v1/users",
+            token=master.admin_token,
+            json={"username": "shorty", "password": "short"},
+        )
+    )
+    assert body["message"] == "password: must be at least 8 characters", body
+    assert body["details"]["path"] == "password"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["user", "add", "bob"],
+        ["user", "passwd", ADMIN],
+        ["node", "remove", "some-node"],
+        ["dataset", "rm", "some-data", "--node", "some-node"],
+    ],
+    ids=["user-add", "user-passwd", "node-remove", "dataset-rm"],
+)
+def test_a_member_is_refused_before_any_prompt(
+    master: Master, mlsm_cli: Cli, make_user: Callable[..., str], args: list[str]
+) -> None:
+    """No password or confirmation is asked of someone the master would refuse anyway."""
+    member = make_user("member")
+    res = mlsm_cli(args, token=member)  # no MLSM_PASSWORD, no terminal: a prompt would fail
+    assert_one_line_error(res)
+    assert "needs the admin role; you are" in res.err and "(member)" in res.err, res.err
+    for asked in ("no password given", "confirmation", "aborted"):
+        assert asked not in res.err, res.err
+
+
 def test_admin_cannot_create_or_promote_admins(
     master: Master, mlsm_cli: Cli, make_user: Callable[..., str]
 ) -> None:

@@ -77,6 +77,45 @@ async def test_enter_opens_node_detail_with_processes(fake: FakeSource) -> None:
         assert isinstance(app.screen, OverviewScreen)
 
 
+async def test_node_detail_jobs_show_how_many_gpus_not_which(fake: FakeSource) -> None:
+    app = make_app(fake)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("enter")  # gpu001
+        await settle(pilot, 5)
+        assert isinstance(app.screen, NodeScreen) and app.screen.node_name == "gpu001"
+        table = app.screen.query_one("#node-jobs", LabTable)
+        shown = {
+            int(key.value): str(table.get_row(key)[4])
+            for key in (row.key for row in table.ordered_rows)
+            if key.value is not None
+        }
+        assert shown, "the node's jobs"
+        for job in fake._jobs.values():
+            if job.id in shown:
+                assert shown[job.id] == str(job.gpus), (job.id, job.gpu_indices)
+        assert any(
+            j.gpus == 1 and j.gpu_indices == [0] for j in fake._jobs.values() if j.id in shown
+        )
+
+
+async def test_overview_says_sim_for_simulated_gpus(fake: FakeSource) -> None:
+    for g in fake._nodes["gpu002"].gpus:  # a node with real GPUs
+        g.sample.simulated = False
+    for size in ((80, 24), (200, 40)):
+        app = make_app(fake)
+        async with app.run_test(size=size) as pilot:
+            await settle(pilot)
+            table = app.screen.query_one("#nodes", LabTable)
+            text = {
+                str(row.key.value): " ".join(str(c) for c in table.get_row(row.key))
+                for row in table.ordered_rows
+            }
+            assert "sim" in text["gpu001"].split(), (size, text["gpu001"])
+            assert "sim" not in text["gpu002"].split(), (size, text["gpu002"])
+            assert "sim" not in text["gpu004"].split()  # no GPUs at all
+
+
 async def test_jobs_filter_by_text_state_and_user(fake: FakeSource) -> None:
     app = make_app(fake)
     async with app.run_test(size=(80, 24)) as pilot:
@@ -249,6 +288,22 @@ async def test_admin_add_user_and_disable(fake: FakeSource) -> None:
         )
 
 
+async def test_add_user_form_says_what_is_wrong_in_words(fake: FakeSource) -> None:
+    app = make_app(fake)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("4")
+        await settle(pilot)
+        await pilot.press("a")
+        await settle(pilot)
+        assert isinstance(app.screen, FormModal)
+        await pilot.press(*"erin", "tab", *"short", "ctrl+s")
+        await settle(pilot)
+        assert isinstance(app.screen, FormModal)  # still open, saying why
+        problem = str(app.screen.query_one("#problem").render())
+        assert problem == "password: must be at least 8 characters", problem
+        assert not any(c[0] == "create_user" for c in fake.calls)
+
+
 async def test_admin_join_token_shown_once(fake: FakeSource) -> None:
     app = make_app(fake)
     async with app.run_test(size=(100, 30)) as pilot:
@@ -355,6 +410,25 @@ async def test_help_lists_screen_bindings(fake: FakeSource) -> None:
         assert entries["Cancel job"] == "C" and entries["Submit"] == "n" and "Quit" in entries
         await pilot.press("escape")
         assert isinstance(app.screen, JobsScreen)
+
+
+async def test_help_shows_each_key_as_the_footer_does(fake: FakeSource) -> None:
+    """Quit is `q` in the footer, so help says `q`, not Textual's hidden `^q`."""
+    app = make_app(fake)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        footer = {
+            b.binding.description: app.get_key_display(b.binding)
+            for b in app.screen.active_bindings.values()
+            if b.binding.show and b.binding.description
+        }
+        await pilot.press("question_mark")
+        await settle(pilot)
+        assert isinstance(app.screen, HelpScreen)
+        entries = dict((what, key) for key, what in app.screen.entries)
+        assert entries["Quit"] == "q"
+        for what, key in footer.items():
+            assert entries[what] == key, what
 
 
 async def test_colon_command_line_jumps(fake: FakeSource) -> None:

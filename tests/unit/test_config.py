@@ -221,3 +221,24 @@ def test_a_trusted_proxy_that_is_no_address_names_the_key(tmp_home, value):
     _write_config(f'trusted_proxies = ["{value}"]\n')
     with pytest.raises(ConfigError, match=r"trusted_proxies.*is not an IP address or CIDR"):
         load_settings()
+
+
+def test_log_format_picks_text_for_a_terminal_and_json_otherwise() -> None:
+    """`auto` (the default) asks the stream; `json` and `text` are what they say."""
+    import io
+    import logging
+
+    from mlsm.logs import JsonLogFormatter, TextLogFormatter, log_formatter
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert load_settings(environ={}, use_file=False).log_format == "auto"
+    assert isinstance(log_formatter("auto", Terminal()), TextLogFormatter)
+    assert isinstance(log_formatter("auto", io.StringIO()), JsonLogFormatter)
+    assert isinstance(log_formatter("json", Terminal()), JsonLogFormatter)
+    assert isinstance(log_formatter("text", io.StringIO()), TextLogFormatter)
+    record = logging.LogRecord("mlsm.master", logging.INFO, "", 0, "GET /a\x1b]0;x\x07", (), None)
+    line = TextLogFormatter().format(record)
+    assert "\x1b" not in line and "\\x1b]0;x\\x07" in line and " info " in line

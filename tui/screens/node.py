@@ -187,7 +187,7 @@ class NodeScreen(View):
                         j.user,
                         j.name or " ".join(j.argv)[:16],
                         fmt.state_text(j.state),
-                        ",".join(map(str, j.gpu_indices)) or "-",
+                        str(j.gpus) if j.gpus else "-",  # a count; each GPU panel names its jobs
                         fmt.duration(
                             ((j.ended_at or now) - j.started_at) if j.started_at else None
                         ),

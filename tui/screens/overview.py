@@ -165,6 +165,7 @@ class OverviewScreen(View):
         else:
             util_cell = fmt.blocks(utils, colour_by=mems)
             mem_cell = fmt.blocks(mems)
+        simulated = any(g.sample.simulated for g in node.gpus)
         if node.gpu_error and not node.gpus:
             util_cell = Text("no GPU", style="dim")
             mem_cell = Text("")
@@ -176,10 +177,14 @@ class OverviewScreen(View):
         )
         ram_frac = mem_frac(host.mem_used, host.mem_total) if host else 0.0
         ram = Text(fmt.pct(ram_frac), style=fmt.level_style(ram_frac)) if host else Text("-")
-        cells: list[object] = [node.name, fmt.state_text(state)]
+        name: object = node.name
+        if simulated and not self.wide:  # no model column: say it beside the name
+            name = Text(node.name) + Text(" sim", style="dim")
+        cells: list[object] = [name, fmt.state_text(state)]
         if self.wide:
             model = gpu_model(node.gpus[0].sample.name) if node.gpus else ""
-            cells.append(f"{len(node.gpus)}x {model}" if node.gpus else "-")
+            count = f"{len(node.gpus)}x {model}" if node.gpus else "-"
+            cells.append(f"{count} sim" if simulated else count)
         cells += [
             util_cell,
             mem_cell,

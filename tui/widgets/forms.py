@@ -18,6 +18,7 @@ from textual.widgets import Button, Input, Label, Select
 from mlsm.errors import MlsmError
 from mlsm.termsafe import visible
 from mlsm.wire import api
+from mlsm.wire.explain import explain
 from tui.widgets.plain import PlainLabel, PlainStatic
 
 FORM_CSS = """
@@ -113,8 +114,8 @@ def validate_submit(values: dict[str, str]) -> api.JobSubmit:
     try:
         return msgspec.convert(body, api.JobSubmit)
     except msgspec.ValidationError as exc:
-        message = str(exc)
-        if "$.argv" in message and "length" in message:
+        field, message = explain(str(exc))
+        if field == "argv" and message.endswith("must not be empty"):
             message = "command: type the command to run"
         raise ValueError(message) from None
 
@@ -343,7 +344,10 @@ class FormModal(ModalScreen[Any]):
         problem = self.query_one("#problem", PlainStatic)
         try:
             result = await self.action(self.values())
-        except (MlsmError, ValueError, msgspec.ValidationError) as exc:
+        except msgspec.ValidationError as exc:  # a form's own check, before the master's
+            problem.update(explain(str(exc))[1])
+            return
+        except (MlsmError, ValueError) as exc:
             problem.update(getattr(exc, "message", None) or str(exc))
             return
         self.dismiss(result if result is not None else True)

@@ -52,7 +52,14 @@ class HelpScreen(ModalScreen[None]):
             node = item[1].node
             return 0 if node is self.target else 1 if node is self.app else 2
 
+        # One row per action, under the key the footer shows for it: Textual's own ctrl+q
+        # quits too, but the footer says q, so help must not say ^q.
+        chosen: dict[str, tuple[str, ActiveBinding]] = {}
         for key, active in sorted(self.target.active_bindings.items(), key=rank):
+            action = active.binding.action
+            if action not in chosen or (active.binding.show and not chosen[action][1].binding.show):
+                chosen[action] = (key, active)
+        for key, active in sorted(chosen.values(), key=rank):
             binding = active.binding
             if not binding.description or binding.action in seen:
                 continue

@@ -186,8 +186,7 @@ class JobService(NodeEvents):
         cq = select(func.count()).select_from(JobRow)
         conds: list[Any] = []
         if state:
-            states = [x.strip() for x in state.split(",") if x.strip()]
-            conds.append(JobRow.state.in_(states))
+            conds.append(JobRow.state.in_(api.parse_job_states(state)))
         elif not all:
             conds.append(JobRow.state.in_(("queued", "held", "assigned", "running")))
         if user:
