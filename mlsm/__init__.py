@@ -15,8 +15,6 @@ MIN_AGENT_PROTOCOL = 1
 #: The first protocol version that knows each command added after version 1; the master
 #: sends such a command only to agents that speak at least that version.
 COMMAND_SINCE = {
-    "send_dataset": 2,
-    "receive_dataset": 2,
     "bulk_manifest": 3,
     "bulk_serve": 3,
     "bulk_receive": 3,

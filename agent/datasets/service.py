@@ -10,14 +10,18 @@ A command id is acted on once per agent process, however often it is delivered.
 Every report and log line about a command passes :func:`mlsm.redact.redact_text` (an
 import's URL secrets are scrubbed as literals too), so no credential in a URL leaves.
 
-Copies never connect two agents: their bytes go through the master (:mod:`.relay`).
+A copy is received here (``BulkReceive``, :mod:`agent.bulk.receive`): the target pulls
+the source's manifest and files through the master's relay pipes into a journaled work
+dir, and renames the verified tree into place.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
+import time
 import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -25,25 +29,30 @@ from typing import Any
 
 import msgspec
 
+from agent.bulk.receive import abort_work, receive_tree, work_dir
 from agent.link import MasterLink
+from mlsm import errors
+from mlsm.bulk import Progress
 from mlsm.redact import redact_text, url_secrets
 from mlsm.wire import agent as w
+from mlsm.wire import bulk as wb
 
 from . import (
     DatasetCancelled,
     DatasetError,
     DatasetPathError,
+    confine,
     confine_path,
     delete_dataset,
     digest,
     import_dataset,
     pick_root,
     purge_leftovers,
-    receive_dataset,
+    validate_dataset_name,
 )
-from ._tasks import Progress
+from ._tasks import run_cancellable
 from .catalog import CatalogReporter
-from .relay import Relay, TransferStopped
+from .errors import DatasetExistsError
 
 log = logging.getLogger("mlsm.agent.datasets")
 
@@ -62,7 +71,7 @@ class DatasetCommands:
         """``transfers`` is where progress reports go (command id -> latest); the agent
         sends them with each heartbeat."""
         self.roots = list(roots)
-        self.relay = Relay(link)
+        self.link = link
         self.catalog = catalog
         self.transfers = transfers
         self.cancels: dict[int, asyncio.Event] = {}  # command id -> its cancel flag
@@ -77,8 +86,7 @@ class DatasetCommands:
         handlers[w.ImportDataset] = self._once(self._import)
         handlers[w.DeleteDataset] = self._once(self._delete)
         handlers[w.DigestDataset] = self._once(self._digest)
-        handlers[w.SendDataset] = self._once(self._send)
-        handlers[w.ReceiveDataset] = self._once(self._receive)
+        handlers[wb.BulkReceive] = self._once(self._bulk_receive)
         handlers[w.CancelTransfer] = self._cancel
 
     # ---------------------------------------------------------------- plumbing
@@ -103,6 +111,8 @@ class DatasetCommands:
         except DatasetCancelled:
             self._final(cmd.id, "cancelled", "cancelled")
         except DatasetError as exc:
+            self._final(cmd.id, "failed", exc.message)
+        except errors.MlsmError as exc:  # a copy's pull: the master's or the source's words
             self._final(cmd.id, "failed", exc.message)
         except asyncio.CancelledError:
             self._final(cmd.id, "cancelled", "the agent is stopping")
@@ -209,58 +219,57 @@ class DatasetCommands:
     def _running(self, command_id: int, message: str, done: int = 0) -> None:
         self._report(w.TransferProgress(command_id=command_id, done_bytes=done, message=message))
 
-    # ---------------------------------------------------------------- copy: source side
-    async def _send(self, cmd: w.SendDataset, cancel: asyncio.Event) -> None:
-        path = self._dataset_path(cmd.path)
-        report = Progress(cmd.id, self._report)
-        report.update(0, "hashing files", force=True)
-        stop = threading.Event()
-        watcher = asyncio.create_task(_set_on(cancel, stop))
-        try:
-            value, manifest = await asyncio.to_thread(digest, path, should_stop=stop)
-            blob = w.encoder.encode(manifest)
-            await self.relay.upload_part(cmd.transfer_id, "manifest", blob, cancel, value)
-            report.update(0, "sending", force=True)
-            sent = await self.relay.upload_pack(cmd.transfer_id, path, cancel, stop, report)
-        except TransferStopped as exc:
-            stop.set()
-            report.final(exc.state, exc.message)
-            return
-        finally:
-            stop.set()
-            watcher.cancel()
-        report.final("succeeded", f"sent {len(manifest)} files, {sent} bytes")
-
     # ---------------------------------------------------------------- copy: target side
-    async def _receive(self, cmd: w.ReceiveDataset, cancel: asyncio.Event) -> None:
+    async def _bulk_receive(self, cmd: wb.BulkReceive, cancel: asyncio.Event) -> None:
         root = pick_root(self.roots, cmd.root)
-        blob = b"".join([c async for c in self.relay.download(cmd.transfer_id, "manifest", cancel)])
-        try:
-            manifest = w.decode_manifest(blob)
-        except Exception as exc:
-            raise DatasetError(f"the transfer's manifest is unreadable: {exc}") from None
-        limit = min(AGENT_MAX_BYTES, cmd.total_bytes) if cmd.total_bytes else AGENT_MAX_BYTES
+        name = validate_dataset_name(cmd.name)
+        dest = confine(root, name)
+        work = work_dir(root, name, cmd.transfer_id)
+        if await asyncio.to_thread(os.path.lexists, dest):
+            raise DatasetExistsError(f"a dataset named {name!r} already exists in {root}")
         cb, finals = self._held()
-        try:
-            await receive_dataset(
-                self.relay.download(cmd.transfer_id, "data", cancel),
-                root,
-                cmd.name,
-                manifest,
-                max_bytes=max(limit, 1),
-                expected_digest=cmd.manifest_digest,
-                cancel=cancel,
-                progress=cb,
-                command_id=cmd.id,
+        started = time.monotonic()
+
+        def report(p: Progress, message: str) -> None:
+            elapsed = max(time.monotonic() - started, 1e-6)
+            cb(
+                w.TransferProgress(
+                    command_id=cmd.id,
+                    done_bytes=p.bytes_done,
+                    total_bytes=p.bytes_total,
+                    rate_bps=p.bytes_received / elapsed,
+                    message=message[:4096],
+                )
             )
-        except TransferStopped as exc:
-            finals.clear()
-            self._final(cmd.id, exc.state, exc.message)
-            return
+
+        try:
+            got = await run_cancellable(
+                receive_tree(
+                    self.link,
+                    cmd.transfer_id,
+                    work,
+                    dest,
+                    report,
+                    max_bytes=min(cmd.max_bytes or AGENT_MAX_BYTES, AGENT_MAX_BYTES),
+                ),
+                cancel,
+            )
+        except BaseException:
+            await asyncio.to_thread(abort_work, work)
+            raise
         finally:
             await self._finish(finals)
-
-
-async def _set_on(cancel: asyncio.Event, stop: threading.Event) -> None:
-    await cancel.wait()
-    stop.set()
+        await self.rescan()
+        self._report(
+            w.TransferProgress(
+                command_id=cmd.id,
+                done_bytes=got.bytes_total,
+                total_bytes=got.bytes_total,
+                rate_bps=got.bytes_received / max(time.monotonic() - started, 1e-6),
+                state="succeeded",
+                message=(
+                    f"received {got.files_total} files, {got.bytes_total} bytes via master "
+                    f"relay ({got.bytes_received} sent, {got.bytes_redundant} re-sent)"
+                ),
+            )
+        )

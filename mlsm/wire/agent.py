@@ -16,8 +16,8 @@ POST commands          CommandPoll          CommandBatch (long-poll)
 POST events            JobEvents            Ack
 POST logs              LogChunk             LogAck
 POST datasets          DatasetReport        Ack
-POST transfers/upload  TransferChunk        TransferAck
-POST transfers/fetch   TransferFetch        TransferData
+POST bulk/push/{pipe}  pipe records         Ack (mlsm.wire.bulk)
+POST bulk/pull         BulkPull             pipe records
 =====================  ===================  =======================
 """
 
@@ -304,25 +304,6 @@ class CancelTransfer(Struct, tag="cancel_transfer", kw_only=True):
     command_id: Int64
 
 
-class SendDataset(Struct, tag="send_dataset", kw_only=True):
-    """Copy/move, source side: upload the manifest and the packed dataset at ``path``."""
-
-    id: Int64
-    transfer_id: Int64
-    path: LongStr
-
-
-class ReceiveDataset(Struct, tag="receive_dataset", kw_only=True):
-    """Copy/move, target side: download the spooled pack, verify it, rename it into place."""
-
-    id: Int64
-    transfer_id: Int64
-    name: Name
-    root: LongStr = ""  # "" = the agent's first dataset root
-    manifest_digest: ShortStr = ""
-    total_bytes: NonNeg = 0
-
-
 from mlsm.wire.bulk import BulkManifest, BulkReceive, BulkServe  # noqa: E402
 
 Command = (
@@ -332,8 +313,6 @@ Command = (
     | DeleteDataset
     | DigestDataset
     | CancelTransfer
-    | SendDataset
-    | ReceiveDataset
     | BulkManifest
     | BulkServe
     | BulkReceive
@@ -394,54 +373,3 @@ decode_ack = msgspec.msgpack.Decoder(Ack).decode
 decode_agent_error = msgspec.msgpack.Decoder(AgentError).decode
 
 MSGPACK = "application/msgpack"
-
-
-# ---------------------------------------------------------------- dataset copies via the master
-MAX_TRANSFER_CHUNK = 1 << 20  # bytes of a spooled transfer in one chunk, either way
-TransferBytes = Annotated[bytes, Meta(max_length=MAX_TRANSFER_CHUNK)]
-TransferPart = Literal["manifest", "data"]
-
-
-class TransferChunk(Struct, kw_only=True, omit_defaults=True):
-    """Source -> master: bytes of a transfer's ``part`` at ``offset`` (idempotent by offset).
-
-    ``manifest`` is the MessagePack ``{relative path: sha256}`` of the dataset, ``data`` the
-    packed tar. ``eof`` closes the part; with the manifest it carries its ``digest``."""
-
-    transfer_id: Int64
-    part: TransferPart = "data"
-    offset: NonNeg
-    data: TransferBytes = b""
-    eof: bool = False
-    digest: ShortStr = ""
-
-
-class TransferAck(Struct, kw_only=True, omit_defaults=True):
-    transfer_id: Int64
-    next_offset: NonNeg  # what the master holds of the part; the agent resends from here
-    state: AgentTransferState = "running"
-    message: LongStr = ""
-
-
-class TransferFetch(Struct, kw_only=True, omit_defaults=True):
-    """Target -> master: read a spooled part from ``offset``."""
-
-    transfer_id: Int64
-    part: TransferPart = "data"
-    offset: NonNeg = 0
-    max_bytes: Annotated[int, Meta(ge=1, le=MAX_TRANSFER_CHUNK)] = MAX_TRANSFER_CHUNK
-
-
-class TransferData(Struct, kw_only=True, omit_defaults=True):
-    transfer_id: Int64
-    offset: NonNeg
-    data: TransferBytes = b""
-    eof: bool = False  # no byte of the part lies beyond offset + len(data)
-    size: NonNeg = 0  # the part's whole size
-
-
-decode_transfer_chunk = msgspec.msgpack.Decoder(TransferChunk).decode
-decode_transfer_ack = msgspec.msgpack.Decoder(TransferAck).decode
-decode_transfer_fetch = msgspec.msgpack.Decoder(TransferFetch).decode
-decode_transfer_data = msgspec.msgpack.Decoder(TransferData).decode
-decode_manifest = msgspec.msgpack.Decoder(dict[str, str]).decode

@@ -108,6 +108,7 @@ class BulkReceive(Struct, tag="bulk_receive", kw_only=True):
     src_node: Annotated[str, Meta(max_length=128)] = ""
     name: Annotated[str, Meta(min_length=1, max_length=128)]
     root: Annotated[str, Meta(max_length=4096)] = ""
+    max_bytes: Annotated[int, Meta(ge=0, le=(1 << 63) - 1)] = 0  # 0 = the agent's own limit
 
 
 class BulkPull(Struct, kw_only=True):

@@ -49,8 +49,7 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("POST", "/agent/v1/events"): "node",
     ("POST", "/agent/v1/logs"): "node",
     ("POST", "/agent/v1/datasets"): "node",
-    ("POST", "/agent/v1/transfers/upload"): "node",
-    ("POST", "/agent/v1/transfers/fetch"): "node",
+    ("POST", "/agent/v1/bulk/pull"): "node",
     ("POST", "/agent/v1/bulk/push/{pipe_id:str}"): "node",
     # nodes and join tokens
     ("GET", "/api/v1/join-tokens"): "admin",

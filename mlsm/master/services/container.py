@@ -34,7 +34,6 @@ from mlsm.master.services.datasets import (
     CopyRelay,
     DatasetCatalog,
     DatasetOperations,
-    RelaySpool,
     Transfers,
 )
 from mlsm.master.services.joblogs import LogStore
@@ -82,12 +81,11 @@ class Services:
         self.pipes = Pipes(self.nodes, settings.bulk_idle_timeout)
         # datasets
         self.catalog = DatasetCatalog(db, self.nodes)
-        spool = RelaySpool(settings.data_path / "transfers")
-        self.transfers = Transfers(db, self.nodes, self.catalog, spool)
+        self.transfers = Transfers(db, self.nodes, self.catalog)
         self.dataset_ops = DatasetOperations(
-            self.nodes, self.catalog, self.transfers, spool, self.lab_settings
+            self.nodes, self.catalog, self.transfers, self.lab_settings
         )
-        self.relay = CopyRelay(db, self.transfers, spool, self.lab_settings)
+        self.relay = CopyRelay(self.nodes, self.transfers, self.pipes)
         # jobs
         log_store = LogStore(settings.data_path / "logs")
         self.fair_share = FairShare(settings.fairshare_half_life_hours * HOURS)

@@ -7,11 +7,12 @@ and is kept in memory; the row is written when a transfer starts, changes phase 
 never per heartbeat. Starting them is :mod:`.operations`' job, relaying a copy's bytes
 :mod:`.relay`'s.
 
-A copy or move runs in phases: ``send`` (the source uploads to the relay spool),
-``receive`` (the target downloads, verifies every file against the manifest and renames the
-dataset into place; only its success report, sent after the target's catalog delta, ends
-the copy) and, for a move, ``delete-source``. A failed or cancelled transfer deletes its
-spool files; the agents remove their temp dirs.
+A copy or move runs in phases: ``receive`` (the target pulls the source's manifest and
+the files it lacks through the master's relay pipes (:mod:`.relay`), verifies every file
+and renames the dataset into place; only its success report, sent after the target's
+catalog delta, ends the copy) and, for a move, ``delete-source``. The master keeps no byte
+of a copy: a failed or cancelled one leaves nothing here, and the target removes its
+work dir.
 
 An import URL may carry a secret (userinfo, a presigned query, a fragment): the full URL
 goes only into the agent's ImportDataset command, and is redacted there too once the
@@ -41,7 +42,6 @@ from mlsm.master.db.models import Command as CommandRow
 from mlsm.master.db.models import Transfer as TransferRow
 from mlsm.master.security import Principal
 from mlsm.master.services.datasets.catalog import DatasetCatalog
-from mlsm.master.services.datasets.spool import RelaySpool
 from mlsm.master.services.livenode import LiveNode, NodeEvents
 from mlsm.master.services.nodes import NodeRegistry
 from mlsm.redact import redact_text, redact_url, url_secrets
@@ -77,12 +77,9 @@ class LiveTransfer:
     rate: float = 0.0
     message: str = ""
     command_id: int | None = None
-    phase: str = ""  # copy/move: send -> receive -> delete-source
+    phase: str = ""  # copy/move: receive -> delete-source
     phase_started: float = field(default_factory=time.monotonic)
     cmds: dict[int, tuple[str, int]] = field(default_factory=dict)  # cmd id -> (role, node id)
-    sizes: dict[str, int] = field(default_factory=dict)  # spooled bytes per part
-    closed: set[str] = field(default_factory=set)  # parts uploaded whole
-    digest: str = ""
     cancel_by: str = ""  # who asked to cancel a copy that is already being received
     secrets: tuple[str, ...] = ()  # an import URL's secret parts, scrubbed from its messages
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -108,19 +105,16 @@ class LiveTransfer:
 
 
 class Transfers(NodeEvents):
-    def __init__(
-        self, db: Database, nodes: NodeRegistry, catalog: DatasetCatalog, spool: RelaySpool
-    ) -> None:
+    def __init__(self, db: Database, nodes: NodeRegistry, catalog: DatasetCatalog) -> None:
         self.db = db
         self.nodes = nodes
         self.catalog = catalog
-        self.spool = spool
         self._live: dict[int, LiveTransfer] = {}
         self._by_cmd: dict[int, int] = {}  # command id -> transfer id
 
     async def load(self) -> None:
         """After a restart: single-command transfers go on (the agent still reports them);
-        a copy's spool and phase lived in memory, so an unfinished copy is failed."""
+        a copy's phase lived in memory, so an unfinished copy is failed."""
         async with self.db.transaction() as s:
             rows = (
                 (await s.execute(select(TransferRow).where(TransferRow.state.in_(ACTIVE))))
@@ -141,7 +135,6 @@ class Transfers(NodeEvents):
                 else:
                     r.state = "failed"
                     r.message = "the master restarted while this transfer ran; start it again"
-                    self.spool.drop(r.id)
 
     # ---------------------------------------------------------------- what runs
     def live(self, transfer_id: int) -> LiveTransfer | None:
@@ -216,7 +209,6 @@ class Transfers(NodeEvents):
         live.state, live.message = state, message  # final now: a second end returns above
         for cmd_id in live.cmds:
             self._by_cmd.pop(cmd_id, None)
-        self.spool.drop(live.id)
         if live.kind == "delete" and state != "succeeded" and live.src_path:
             self.catalog.restore(live.node_id, live.dataset, live.src_path)
         if live.kind == "import" and live.command_id is not None:
@@ -244,7 +236,7 @@ class Transfers(NodeEvents):
         """End transfers whose working node went offline (its agent lost the work, or
         cannot report it): checked when transfers are read, which is what waits on them."""
         for live in list(self._live.values()):
-            if live.phase in ("send", "delete-source"):
+            if live.phase == "delete-source":
                 node_id = live.src_id
             else:
                 node_id = live.node_id
@@ -344,12 +336,7 @@ class Transfers(NodeEvents):
                 await self.end(live, pr.state, pr.message)
             return
         where = f"{live.src_node} -> {live.node}"
-        if role == "send":
-            if pr.state in ("failed", "cancelled"):
-                await self.end(live, pr.state, f"{where}: sending failed: {pr.message}")
-            elif pr.state == "running" and live.phase == "send" and not live.sizes.get("data"):
-                live.message = f"{where}: {pr.message} on {live.src_node}"
-        elif role == "receive":
+        if role == "receive":
             await self._received(live, pr, where)
         elif role == "delete-source" and pr.state != "running":
             if pr.state == "succeeded":
@@ -363,6 +350,7 @@ class Transfers(NodeEvents):
 
     async def _received(self, live: LiveTransfer, pr: w.TransferProgress, where: str) -> None:
         live.done, live.rate = pr.done_bytes, pr.rate_bps
+        live.total = pr.total_bytes if pr.total_bytes is not None else live.total
         if pr.state == "running":
             if not live.cancel_by:
                 live.message = f"{where}: {pr.message or 'receiving'} on {live.node}"
@@ -379,14 +367,17 @@ class Transfers(NodeEvents):
             )
         elif live.kind == "move" and live.src_id is not None:
             live.phase = "delete-source"
-            live.message = f"{where}: verified on {live.node}; removing it from {live.src_node}"
-            self.spool.drop(live.id)
+            live.message = (
+                f"{where}: verified on {live.node} ({pr.message}); removing it from {live.src_node}"
+            )
             await self.command(
                 live, "delete-source", live.src_id, w.DeleteDataset, path=live.src_path
             )
             await self.save(live)
         else:
-            await self.end(live, "succeeded", f"{where}: copied and verified file by file")
+            await self.end(
+                live, "succeeded", f"{where}: copied and verified file by file ({pr.message})"
+            )
 
 
 def _live_of(r: TransferRow, node_id: int) -> LiveTransfer:

@@ -1,0 +1,171 @@
+"""Receiving a tree on the target agent: pull the source's manifest and the files this node
+lacks (relayed by the master), verify each, publish the tree whole.
+
+:func:`receive_tree` runs one :class:`mlsm.bulk.Sink` over a work dir whose name is fixed by
+the transfer (``<root>/.mlsm-bulk-<name>-<transfer id>``, 0700, root's), so the journal in
+it survives a cut: a network fault is retried here (:data:`RETRY_TRIES` attempts with
+backoff, each resuming from what the journal verified), and a new run for the same
+transfer (the agent restarted, the command came again) resumes from it too. Each pull is
+``POST /agent/v1/bulk/pull`` answered with pipe records (:mod:`mlsm.wire.bulk`); frames are
+fed to the sink in a worker thread in batches of about :data:`FEED_BYTES`, so the event loop
+never writes or hashes. Nothing is visible under the dataset's name until the verified
+tree is renamed there (``RENAME_NOREPLACE``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+from agent.link import MasterLink
+from mlsm import errors
+from mlsm.bulk import Manifest, Progress, Sink, Want, apump, decode_manifest
+from mlsm.wire import bulk as wb
+
+log = logging.getLogger("mlsm.agent.bulk")
+T = TypeVar("T")
+
+FEED_BYTES = 1 << 20  # bytes handed to the sink's thread at once
+MANIFEST_MAX_BYTES = 512 << 20  # a manifest of millions of files still fits
+RETRY_TRIES = 8  # pulls that fail in a row (network, master away) before giving up
+RETRY_BASE_S = 0.5
+RETRY_MAX_S = 10.0
+WORK_PREFIX = ".mlsm-bulk-"
+
+Report = Callable[[Progress, str], None]
+
+
+def work_dir(root: Path, name: str, transfer_id: int) -> Path:
+    return root / f"{WORK_PREFIX}{name}-{transfer_id}"
+
+
+class _Puller:
+    """Pulls of one transfer through the master (each answer's records decoded)."""
+
+    def __init__(self, link: MasterLink, transfer_id: int) -> None:
+        self.link = link
+        self.transfer_id = transfer_id
+        self.digest = ""
+
+    async def _records(self, req: wb.BulkPull) -> AsyncIterator[bytes]:
+        reader = wb.PipeReader()
+        batch: list[bytes] = []
+        size = 0
+        async with self.link.stream("bulk/pull", req) as body:
+            async for chunk in body:
+                for kind, data in reader.feed(chunk):
+                    if kind is wb.PipeKind.DATA:
+                        batch.append(bytes(data))
+                        size += len(data)
+                    elif kind is wb.PipeKind.ERROR:
+                        raise wb.decode_error(data)
+                if size >= FEED_BYTES:
+                    yield b"".join(batch)
+                    batch, size = [], 0
+        if batch:
+            yield b"".join(batch)
+        if not reader.ended:  # cut: the next want asks again for what is missing
+            raise errors.Unreachable("the relayed answer broke off")
+
+    async def manifest(self) -> Manifest:
+        data = bytearray()
+        async for chunk in self._records(
+            wb.BulkPull(transfer_id=self.transfer_id, what="manifest")
+        ):
+            data += chunk
+            if len(data) > MANIFEST_MAX_BYTES:
+                raise errors.PayloadTooLarge(f"the manifest is over {MANIFEST_MAX_BYTES} bytes")
+        manifest = decode_manifest(bytes(data))
+        self.digest = manifest.digest()
+        return manifest
+
+    async def frames(self, want: Want) -> AsyncIterator[bytes]:
+        req = wb.BulkPull(transfer_id=self.transfer_id, want=want, manifest_digest=self.digest)
+        return self._records(req)
+
+
+def _transient(exc: BaseException) -> bool:
+    """Worth another pull: no answer, a busy master, an answer cut short."""
+    return isinstance(exc, errors.UnavailableError)
+
+
+async def receive_tree(
+    link: MasterLink,
+    transfer_id: int,
+    work: Path,
+    dest: Path,
+    report: Report,
+    *,
+    max_bytes: int,
+    path_taken: str = "via master relay",
+) -> Progress:
+    """Bring the transfer's tree to ``dest`` (see the module docstring); its counters.
+    A tree of more than ``max_bytes`` is refused before any file is asked for."""
+    puller = _Puller(link, transfer_id)
+    manifest = await _retrying(puller.manifest)
+    total = manifest.total_bytes()
+    if total > max_bytes:
+        raise errors.PayloadTooLarge(
+            f"the dataset holds {total} bytes, over the limit of {max_bytes} bytes "
+            "(lab setting import_max_bytes)"
+        )
+    sink = await asyncio.to_thread(Sink, manifest, work)
+    try:
+        started = time.monotonic()
+
+        async def feed(chunk: bytes) -> bool:
+            done = await asyncio.to_thread(sink.feed, chunk)
+            p = sink.progress()
+            report(p, f"{path_taken}: {p.files_done}/{p.files_total} files")
+            return done
+
+        report(sink.progress(), f"{path_taken}: starting")
+
+        async def pump() -> None:
+            await apump(sink, puller.frames, feed=feed)
+
+        await _retrying(pump)
+        final = sink.progress()
+        await asyncio.to_thread(sink.finish, dest)
+        log.info(
+            "transfer %s: %d files, %d bytes received in %.2f s (%d re-sent)",
+            transfer_id,
+            final.files_done,
+            final.bytes_received,
+            time.monotonic() - started,
+            final.bytes_redundant,
+        )
+        return final
+    except BaseException:
+        sink.close()
+        raise
+
+
+async def _retrying(step: Callable[[], Awaitable[T]]) -> T:
+    """``step()``, again after a transient failure (each try resumes from the journal)."""
+    delay = RETRY_BASE_S
+    for attempt in range(RETRY_TRIES):
+        try:
+            return await step()
+        except errors.MlsmError as exc:
+            if not _transient(exc) or attempt == RETRY_TRIES - 1:
+                raise
+            log.warning("pull failed (%s); retrying in %.1f s", exc.message, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, RETRY_MAX_S)
+    raise AssertionError("unreachable")
+
+
+def abort_work(work: Path) -> None:
+    """Remove a transfer's work dir (it failed for good, or was cancelled)."""
+    from mlsm.bulk.fstree import remove_tree
+
+    with contextlib.suppress(FileNotFoundError):
+        if os.path.lexists(work):
+            remove_tree(work)
