@@ -44,6 +44,7 @@ from mlsm.wire import agent as w
 
 if TYPE_CHECKING:  # the dataset code loads only on a node with dataset roots
     from agent.datasets.catalog import CatalogReporter
+    from agent.datasets.service import DatasetCommands
 
 log = logging.getLogger("mlsm.agent")
 
@@ -131,6 +132,7 @@ class Agent:
         # Progress of running transfers (command id -> latest), sent with each heartbeat.
         self.transfers: dict[int, w.TransferProgress] = {}
         self.catalog: CatalogReporter | None = None
+        self.dataset_commands: DatasetCommands | None = None
         if cfg.dataset_roots:
             self._install_datasets()
 
@@ -143,9 +145,14 @@ class Agent:
 
         self.catalog = CatalogReporter(DatasetScanner(self.cfg.dataset_roots), self.link)
         commands = DatasetCommands(
-            self.cfg.dataset_roots, link=self.link, catalog=self.catalog, transfers=self.transfers
+            self.cfg.dataset_roots,
+            link=self.link,
+            catalog=self.catalog,
+            transfers=self.transfers,
+            data_dir=self.cfg.data_dir,
         )
         commands.install(self.command_handlers)
+        self.dataset_commands = commands
         self.bulk.sources.register("dataset", dataset_resolver(self.cfg.dataset_roots))
 
     # ---------------------------------------------------------------- facts
@@ -190,6 +197,8 @@ class Agent:
                 loop.add_signal_handler(sig, self.stop)
         self.jobs.adopt()
         await self._register()
+        if self.dataset_commands is not None:
+            self.dataset_commands.resume()  # receives an earlier run left unfinished
         tasks = [
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._command_loop(), name="commands"),

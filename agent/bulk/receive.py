@@ -20,6 +20,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -33,10 +34,22 @@ T = TypeVar("T")
 
 FEED_BYTES = 1 << 20  # bytes handed to the sink's thread at once
 MANIFEST_MAX_BYTES = 512 << 20  # a manifest of millions of files still fits
-RETRY_TRIES = 8  # pulls that fail in a row (network, master away) before giving up
+RETRY_WINDOW_S = 900.0  # how long pulls may fail in a row (master or source away, restarting)
 RETRY_BASE_S = 0.5
-RETRY_MAX_S = 10.0
+RETRY_MAX_S = 5.0
 WORK_PREFIX = ".mlsm-bulk-"
+RELAY_PATH = "via master relay"
+
+
+@dataclass(frozen=True)
+class Received:
+    """What :func:`receive_tree` did: the sink's counters, the bytes that were already held
+    when it started (a resumed receive), and the path the bytes took."""
+
+    progress: Progress
+    bytes_done_at_start: int
+    path: str
+
 
 Report = Callable[[Progress, str], None]
 
@@ -103,12 +116,12 @@ async def receive_tree(
     report: Report,
     *,
     max_bytes: int,
-    path_taken: str = "via master relay",
-) -> Progress:
+    path_taken: str = RELAY_PATH,
+) -> Received:
     """Bring the transfer's tree to ``dest`` (see the module docstring); its counters.
     A tree of more than ``max_bytes`` is refused before any file is asked for."""
     puller = _Puller(link, transfer_id)
-    manifest = await _retrying(puller.manifest)
+    manifest = await _retrying(puller.manifest, lambda m: report(Progress(), m))
     total = manifest.total_bytes()
     if total > max_bytes:
         raise errors.PayloadTooLarge(
@@ -118,6 +131,7 @@ async def receive_tree(
     sink = await asyncio.to_thread(Sink, manifest, work)
     try:
         started = time.monotonic()
+        held = sink.progress().bytes_done
 
         async def feed(chunk: bytes) -> bool:
             done = await asyncio.to_thread(sink.feed, chunk)
@@ -125,12 +139,19 @@ async def receive_tree(
             report(p, f"{path_taken}: {p.files_done}/{p.files_total} files")
             return done
 
-        report(sink.progress(), f"{path_taken}: starting")
+        report(
+            sink.progress(),
+            f"{path_taken}: resuming from {held} bytes held" if held else f"{path_taken}: starting",
+        )
 
         async def pump() -> None:
             await apump(sink, puller.frames, feed=feed)
 
-        await _retrying(pump)
+        await _retrying(
+            pump,
+            lambda m: report(sink.progress(), f"{path_taken}: {m}"),
+            lambda: sink.progress().bytes_done,
+        )
         final = sink.progress()
         await asyncio.to_thread(sink.finish, dest)
         log.info(
@@ -141,25 +162,37 @@ async def receive_tree(
             time.monotonic() - started,
             final.bytes_redundant,
         )
-        return final
+        return Received(final, held, path_taken)
     except BaseException:
         sink.close()
         raise
 
 
-async def _retrying(step: Callable[[], Awaitable[T]]) -> T:
-    """``step()``, again after a transient failure (each try resumes from the journal)."""
+async def _retrying(
+    step: Callable[[], Awaitable[T]],
+    say: Callable[[str], None],
+    progressed: Callable[[], int] = lambda: 0,
+) -> T:
+    """``step()``, again after a transient failure (each try resumes from the journal),
+    for up to :data:`RETRY_WINDOW_S` of failures without progress (``progressed()``
+    unchanged): the master or the source restarting is waited for, not a reason to give
+    up. ``say`` tells the progress why it waits."""
     delay = RETRY_BASE_S
-    for attempt in range(RETRY_TRIES):
+    failing_since: float | None = None
+    mark = progressed()
+    while True:
         try:
             return await step()
         except errors.MlsmError as exc:
-            if not _transient(exc) or attempt == RETRY_TRIES - 1:
+            now = time.monotonic()
+            if failing_since is None or progressed() != mark:
+                failing_since, mark, delay = now, progressed(), RETRY_BASE_S
+            if not _transient(exc) or now - failing_since > RETRY_WINDOW_S:
                 raise
             log.warning("pull failed (%s); retrying in %.1f s", exc.message, delay)
+            say(f"waiting to resume ({exc.message})")
         await asyncio.sleep(delay)
         delay = min(delay * 2, RETRY_MAX_S)
-    raise AssertionError("unreachable")
 
 
 def abort_work(work: Path) -> None:

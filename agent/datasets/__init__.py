@@ -11,7 +11,7 @@ Public API (everything else is private to the package)::
     digest(path) -> (digest, manifest)
     import_dataset(cmd, root, *, progress, cancel, max_bytes, ...) -> DatasetEntry   importer.py
     delete_dataset(roots, path) -> bool                          delete.py
-    purge_leftovers(roots) -> list[Path]
+    purge_leftovers(roots, keep=()) -> list[Path]
 
 Blocking functions (scan, digest, delete) belong in a worker thread; import is a
 coroutine that push their own blocking parts to threads.

@@ -30,6 +30,7 @@ from typing import Any
 import msgspec
 
 from agent.bulk.receive import abort_work, receive_tree, work_dir
+from agent.bulk.receives import ReceiveBook, ReceiveRecord
 from agent.link import MasterLink
 from mlsm import errors
 from mlsm.bulk import Progress
@@ -67,9 +68,11 @@ class DatasetCommands:
         link: MasterLink,
         catalog: CatalogReporter,
         transfers: dict[int, w.TransferProgress],
+        data_dir: Path | None = None,
     ) -> None:
         """``transfers`` is where progress reports go (command id -> latest); the agent
-        sends them with each heartbeat."""
+        sends them with each heartbeat. ``data_dir`` keeps the receives' records, so a
+        restarted agent resumes them (none kept without it)."""
         self.roots = list(roots)
         self.link = link
         self.catalog = catalog
@@ -78,15 +81,19 @@ class DatasetCommands:
         self.tasks: set[asyncio.Task[None]] = set()
         self.seen: set[int] = set()
         self.secrets: dict[int, tuple[str, ...]] = {}  # command id -> its URL's secret parts
+        self.book = ReceiveBook(data_dir) if data_dir is not None else None
+        self.receiving: dict[int, list[int]] = {}  # transfer id -> command ids it reports as
 
     def install(self, handlers: dict[type, Callable[[Any], Awaitable[None]]]) -> None:
-        """Sweep what an earlier run left half-made, then register the handlers."""
-        for path in purge_leftovers(self.roots):
+        """Sweep what an earlier run left half-made (but the work dirs of the receives
+        :meth:`resume` carries on), then register the handlers."""
+        keep = self.book.keep() if self.book is not None else set()
+        for path in purge_leftovers(self.roots, keep):
             log.info("removed leftover %s of an interrupted dataset operation", path)
         handlers[w.ImportDataset] = self._once(self._import)
         handlers[w.DeleteDataset] = self._once(self._delete)
         handlers[w.DigestDataset] = self._once(self._digest)
-        handlers[wb.BulkReceive] = self._once(self._bulk_receive)
+        handlers[wb.BulkReceive] = self._receive_command
         handlers[w.CancelTransfer] = self._cancel
 
     # ---------------------------------------------------------------- plumbing
@@ -220,19 +227,127 @@ class DatasetCommands:
         self._report(w.TransferProgress(command_id=command_id, done_bytes=done, message=message))
 
     # ---------------------------------------------------------------- copy: target side
-    async def _bulk_receive(self, cmd: wb.BulkReceive, cancel: asyncio.Event) -> None:
+    def resume(self) -> None:
+        """Start again the receives an earlier run of this agent left unfinished (their
+        work dirs were kept by :meth:`install`); call once the event loop runs."""
+        if self.book is None:
+            return
+        for rec in self.book.running():
+            cmd = rec.command
+            log.info("resuming the receive of transfer %s (%s)", cmd.transfer_id, cmd.name)
+            self.seen.add(cmd.id)
+            self._start_receive(cmd)
+
+    async def _receive_command(self, cmd: wb.BulkReceive) -> None:
+        """A ``BulkReceive``: idempotent by transfer id (see :mod:`agent.bulk.receives`)."""
+        if cmd.id in self.seen:
+            return
+        self.seen.add(cmd.id)
+        running = self.receiving.get(cmd.transfer_id)
+        if running is not None:  # the master re-sent it: report under the new id too
+            running.append(cmd.id)
+            self.cancels[cmd.id] = self.cancels[running[0]]
+            return
+        rec = self.book.get(cmd.transfer_id) if self.book is not None else None
+        if rec is not None and rec.state != "running":
+            self._report(
+                w.TransferProgress(
+                    command_id=cmd.id,
+                    done_bytes=rec.done_bytes,
+                    total_bytes=rec.total_bytes,
+                    state=rec.state,
+                    message=rec.message,
+                )
+            )
+            return
+        self._start_receive(cmd)
+
+    def _start_receive(self, cmd: wb.BulkReceive) -> None:
+        self.receiving[cmd.transfer_id] = [cmd.id]
+        cancel = asyncio.Event()
+        self.cancels[cmd.id] = cancel
+        task = asyncio.create_task(self._receive_guarded(cmd, cancel), name=f"receive-{cmd.id}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _receive_guarded(self, cmd: wb.BulkReceive, cancel: asyncio.Event) -> None:
+        """:meth:`_guard` for a receive, which reports under every id it was sent with and
+        records its outcome; an agent that stops keeps the receive for its next start."""
+        ids = self.receiving[cmd.transfer_id]
+
+        def report(p: w.TransferProgress) -> None:
+            for cmd_id in ids:
+                self._report(msgspec.structs.replace(p, command_id=cmd_id))
+
+        stopping = False
+        try:
+            await self._guard(cmd, lambda c, ev: self._bulk_receive(c, ev, report), cancel)
+        except asyncio.CancelledError:
+            stopping = True
+            raise
+        finally:
+            self.receiving.pop(cmd.transfer_id, None)
+            for cmd_id in ids[1:]:
+                self.cancels.pop(cmd_id, None)
+            ended = self.transfers.get(cmd.id)
+            if not stopping and ended is not None and ended.state != "running":
+                for cmd_id in ids[1:]:
+                    self._report(msgspec.structs.replace(ended, command_id=cmd_id))
+                self._record_end(cmd, ended)
+
+    def _record_end(self, cmd: wb.BulkReceive, p: w.TransferProgress) -> None:
+        if self.book is None:
+            return
+        try:
+            self.book.put(
+                ReceiveRecord(
+                    command=cmd,
+                    state=p.state,
+                    message=p.message,
+                    done_bytes=p.done_bytes,
+                    total_bytes=p.total_bytes,
+                    ended_at=time.time(),
+                )
+            )
+        except OSError as exc:
+            log.warning("could not record the end of transfer %s (%s)", cmd.transfer_id, exc)
+
+    async def _bulk_receive(
+        self,
+        cmd: wb.BulkReceive,
+        cancel: asyncio.Event,
+        emit: Callable[[w.TransferProgress], None],
+    ) -> None:
         root = pick_root(self.roots, cmd.root)
         name = validate_dataset_name(cmd.name)
         dest = confine(root, name)
         work = work_dir(root, name, cmd.transfer_id)
-        if await asyncio.to_thread(os.path.lexists, dest):
+        rec = self.book.get(cmd.transfer_id) if self.book is not None else None
+        resumed = rec is not None
+        there, working = await asyncio.to_thread(
+            lambda: (os.path.lexists(dest), os.path.lexists(work))
+        )
+        if there and resumed and not working:
+            # Killed between the rename and the report: the tree in place is this
+            # transfer's (the master lets nothing else bring that name meanwhile).
+            emit(
+                w.TransferProgress(
+                    command_id=cmd.id,
+                    state="succeeded",
+                    message="received and verified before the agent restarted",
+                )
+            )
+            await self.rescan()
+            return
+        if there:
             raise DatasetExistsError(f"a dataset named {name!r} already exists in {root}")
-        cb, finals = self._held()
+        if self.book is not None and not resumed:
+            await asyncio.to_thread(self.book.put, ReceiveRecord(command=cmd))
         started = time.monotonic()
 
         def report(p: Progress, message: str) -> None:
             elapsed = max(time.monotonic() - started, 1e-6)
-            cb(
+            emit(
                 w.TransferProgress(
                     command_id=cmd.id,
                     done_bytes=p.bytes_done,
@@ -254,22 +369,25 @@ class DatasetCommands:
                 ),
                 cancel,
             )
+        except asyncio.CancelledError:
+            raise  # the agent is stopping: the work dir stays for its next start
         except BaseException:
             await asyncio.to_thread(abort_work, work)
             raise
-        finally:
-            await self._finish(finals)
         await self.rescan()
-        self._report(
+        resumed_from = got.bytes_done_at_start
+        emit(
             w.TransferProgress(
                 command_id=cmd.id,
-                done_bytes=got.bytes_total,
-                total_bytes=got.bytes_total,
-                rate_bps=got.bytes_received / max(time.monotonic() - started, 1e-6),
+                done_bytes=got.progress.bytes_total,
+                total_bytes=got.progress.bytes_total,
+                rate_bps=got.progress.bytes_received / max(time.monotonic() - started, 1e-6),
                 state="succeeded",
                 message=(
-                    f"received {got.files_total} files, {got.bytes_total} bytes via master "
-                    f"relay ({got.bytes_received} sent, {got.bytes_redundant} re-sent)"
+                    f"received {got.progress.files_total} files, {got.progress.bytes_total} "
+                    f"bytes {got.path} ({got.progress.bytes_received} sent"
+                    + (f" after resuming from {resumed_from} held" if resumed_from else "")
+                    + f", {got.progress.bytes_redundant} re-sent)"
                 ),
             )
         )

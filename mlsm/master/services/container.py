@@ -81,7 +81,9 @@ class Services:
         self.pipes = Pipes(self.nodes, settings.bulk_idle_timeout)
         # datasets
         self.catalog = DatasetCatalog(db, self.nodes)
-        self.transfers = Transfers(db, self.nodes, self.catalog)
+        self.transfers = Transfers(
+            db, self.nodes, self.catalog, lambda: self.lab_settings.current.import_max_bytes
+        )
         self.dataset_ops = DatasetOperations(
             self.nodes, self.catalog, self.transfers, self.lab_settings
         )

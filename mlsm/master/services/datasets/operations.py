@@ -121,15 +121,7 @@ class DatasetOperations:
             )
         )
         await self.transfers.command(
-            live,
-            "receive",
-            dst.id,
-            wb.BulkReceive,
-            transfer_id=live.id,
-            source=wb.SourceSpec(kind="dataset", name=body.name),
-            src_node=src.name,
-            name=body.name,
-            max_bytes=self.lab_settings.current.import_max_bytes,
+            live, "receive", dst.id, wb.BulkReceive, **self.transfers.receive_fields(live)
         )
         await self.transfers.save(live)
         return live.view()

@@ -6,12 +6,15 @@ source's manifest, then for the frames of each want; :meth:`CopyRelay.pull` chec
 the transfer is a copy or move in progress *to that node* (never another node's, never a
 cancelled one), opens a pipe to the transfer's source node with ``BulkManifest`` or
 ``BulkServe`` for ``dataset NAME``, and the route streams the pipe's records back. The
-source is named by the transfer, never by the puller.
+source is named by the transfer, never by the puller. A source that is offline, or goes
+away mid-answer, is answered with :class:`~mlsm.errors.UnavailableError`: the target
+waits and pulls again (resuming from its journal), so a source agent's restart does not
+end the copy.
 """
 
 from __future__ import annotations
 
-from mlsm.errors import Conflict, PermissionDenied, ValidationError
+from mlsm.errors import Conflict, PermissionDenied, UnavailableError, ValidationError
 from mlsm.master.services.bulk import Pipe, Pipes
 from mlsm.master.services.datasets.transfers import Transfers
 from mlsm.master.services.livenode import LiveNode
@@ -37,6 +40,11 @@ class CopyRelay:
         src = self.nodes.nodes.get(live.src_id) if live.src_id is not None else None
         if src is None:
             raise Conflict(f"the source node of transfer {live.id} was removed")
+        if self.nodes.state_of(src) == "offline":  # the target waits and pulls again
+            raise UnavailableError(
+                f"source node {src.name} is offline; the copy resumes when it is back",
+                details={"node": src.name},
+            )
         spec = wb.SourceSpec(kind="dataset", name=live.dataset)
         if req.what == "manifest":
             return await self.pipes.open(src, wb.BulkManifest, source=spec)
