@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.bulk.direct import Identity, local_addresses
 from agent.bulk.service import BulkCommands
 from agent.collectors import AsyncGpuSampler, HostCollector, make_probe
 from agent.link import MasterLink, is_auth_failure
@@ -69,6 +70,7 @@ class AgentConfig:
     heartbeat_interval: float = 2.0
     default_unix_user: str = ""  # jobs of users with no account here run as this (agent as root)
     single_user: bool = False  # every job runs as the agent's own account, even as root
+    bulk_direct: bool = True  # serve and use the direct path (agent.bulk.direct)
 
 
 class Agent:
@@ -82,6 +84,8 @@ class Agent:
         )
         self.name = cfg.name or socket.gethostname().split(".")[0]
         self.link = MasterLink(cfg.master, cfg.data_dir, verify=cfg.verify)
+        # The direct path's certificate (agent.bulk.direct): peers pin it through the master.
+        self.bulk_identity = Identity.load(cfg.data_dir, self.name) if cfg.bulk_direct else None
         self.state = AgentState(cfg.data_dir / "state.json").load()
         self.host = HostCollector(cfg.data_dir, cfg.dataset_roots)
         probe, self.gpu_error = make_probe(
@@ -127,7 +131,7 @@ class Agent:
         }
         # Relay pipes: manifests and frames of the trees this node serves (and later
         # features' listings), pushed to the master on request.
-        self.bulk = BulkCommands(self.link)
+        self.bulk = BulkCommands(self.link, self.bulk_identity)
         self.bulk.install(self.command_handlers)
         # Progress of running transfers (command id -> latest), sent with each heartbeat.
         self.transfers: dict[int, w.TransferProgress] = {}
@@ -150,6 +154,7 @@ class Agent:
             catalog=self.catalog,
             transfers=self.transfers,
             data_dir=self.cfg.data_dir,
+            identity=self.bulk_identity,
         )
         commands.install(self.command_handlers)
         self.dataset_commands = commands
@@ -159,6 +164,9 @@ class Agent:
     def _info(self) -> w.NodeInfo:
         info = self.host.info()
         info.agent_version = __version__
+        if self.bulk_identity is not None:
+            info.bulk_cert = self.bulk_identity.cert_pem
+            info.bulk_addresses = local_addresses()
         info.gpu_probe = self.probe.kind
         d = self.probe.describe()
         info.driver_version = d.get("driver_version", "")

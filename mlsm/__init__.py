@@ -18,4 +18,5 @@ COMMAND_SINCE = {
     "bulk_manifest": 3,
     "bulk_serve": 3,
     "bulk_receive": 3,
+    "bulk_listen": 3,
 }

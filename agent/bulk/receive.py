@@ -1,11 +1,17 @@
 """Receiving a tree on the target agent: pull the source's manifest and the files this node
-lacks (relayed by the master), verify each, publish the tree whole.
+lacks (directly from the source when it can be reached, else relayed by the master),
+verify each, publish the tree whole.
 
 :func:`receive_tree` runs one :class:`mlsm.bulk.Sink` over a work dir whose name is fixed by
 the transfer (``<root>/.mlsm-bulk-<name>-<transfer id>``, 0700, root's), so the journal in
-it survives a cut: a network fault is retried here (:data:`RETRY_TRIES` attempts with
-backoff, each resuming from what the journal verified), and a new run for the same
-transfer (the agent restarted, the command came again) resumes from it too. Each pull is
+it survives a cut: a network fault, or the master or the source being away, is retried
+here (until :data:`RETRY_WINDOW_S` pass without progress, each try resuming from what the
+journal verified), and a new run for the same transfer (the agent restarted, the command
+came again) resumes from it too. The manifest always comes through the master. The
+frames of each want come over a direct connection (:mod:`agent.bulk.direct`: a fresh
+ticket from the master each time) until that fails once — the source is not reachable,
+or the master offers no direct path — and from then on through the relay, the progress
+saying why ("via master relay: source not reachable (...)"). Each relayed pull is
 ``POST /agent/v1/bulk/pull`` answered with pipe records (:mod:`mlsm.wire.bulk`); frames are
 fed to the sink in a worker thread in batches of about :data:`FEED_BYTES`, so the event loop
 never writes or hashes. Nothing is visible under the dataset's name until the verified
@@ -24,6 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import msgspec
+
+from agent.bulk import direct
 from agent.link import MasterLink
 from mlsm import errors
 from mlsm.bulk import Manifest, Progress, Sink, Want, apump, decode_manifest
@@ -39,6 +48,7 @@ RETRY_BASE_S = 0.5
 RETRY_MAX_S = 5.0
 WORK_PREFIX = ".mlsm-bulk-"
 RELAY_PATH = "via master relay"
+DIRECT_PATH = "direct"
 
 
 @dataclass(frozen=True)
@@ -58,33 +68,48 @@ def work_dir(root: Path, name: str, transfer_id: int) -> Path:
     return root / f"{WORK_PREFIX}{name}-{transfer_id}"
 
 
-class _Puller:
-    """Pulls of one transfer through the master (each answer's records decoded)."""
+async def _decoded(body: AsyncIterator[bytes], what: str) -> AsyncIterator[bytes]:
+    """The data of an answer's pipe records, in batches of about :data:`FEED_BYTES`; an
+    ERROR record raises its error, an answer cut short :class:`~mlsm.errors.Unreachable`
+    (the next want asks again for what is missing)."""
+    reader = wb.PipeReader()
+    batch: list[bytes] = []
+    size = 0
+    async for chunk in body:
+        for kind, data in reader.feed(chunk):
+            if kind is wb.PipeKind.DATA:
+                batch.append(bytes(data))
+                size += len(data)
+            elif kind is wb.PipeKind.ERROR:
+                raise wb.decode_error(data)
+        if size >= FEED_BYTES:
+            yield b"".join(batch)
+            batch, size = [], 0
+    if batch:
+        yield b"".join(batch)
+    if not reader.ended:
+        raise errors.Unreachable(f"the {what} answer broke off")
 
-    def __init__(self, link: MasterLink, transfer_id: int) -> None:
+
+class _Puller:
+    """Pulls of one transfer: through the master (each answer's records decoded), or, with
+    an ``identity`` and while the source can be reached, directly from the source
+    (:mod:`agent.bulk.direct`). ``path`` says which, and why the relay when it is."""
+
+    def __init__(
+        self, link: MasterLink, transfer_id: int, identity: direct.Identity | None = None
+    ) -> None:
         self.link = link
         self.transfer_id = transfer_id
         self.digest = ""
+        self.identity = identity
+        self.path = RELAY_PATH if identity is None else DIRECT_PATH
+        self.connected = False  # a direct connection worked once in this transfer
 
     async def _records(self, req: wb.BulkPull) -> AsyncIterator[bytes]:
-        reader = wb.PipeReader()
-        batch: list[bytes] = []
-        size = 0
         async with self.link.stream("bulk/pull", req) as body:
-            async for chunk in body:
-                for kind, data in reader.feed(chunk):
-                    if kind is wb.PipeKind.DATA:
-                        batch.append(bytes(data))
-                        size += len(data)
-                    elif kind is wb.PipeKind.ERROR:
-                        raise wb.decode_error(data)
-                if size >= FEED_BYTES:
-                    yield b"".join(batch)
-                    batch, size = [], 0
-        if batch:
-            yield b"".join(batch)
-        if not reader.ended:  # cut: the next want asks again for what is missing
-            raise errors.Unreachable("the relayed answer broke off")
+            async for chunk in _decoded(body, "relayed"):
+                yield chunk
 
     async def manifest(self) -> Manifest:
         data = bytearray()
@@ -99,8 +124,47 @@ class _Puller:
         return manifest
 
     async def frames(self, want: Want) -> AsyncIterator[bytes]:
+        if self.identity is not None:
+            try:
+                return await self._direct(want, self.identity)
+            except direct.SourceUnreachable as exc:
+                self._fall_back(exc.message)  # "source not reachable (...)"
+            except errors.Conflict as exc:  # the master offers no direct path
+                self._fall_back(f"no direct path ({exc.message})")
         req = wb.BulkPull(transfer_id=self.transfer_id, want=want, manifest_digest=self.digest)
         return self._records(req)
+
+    def _fall_back(self, why: str) -> None:
+        log.info("transfer %s: falling back to the relay: %s", self.transfer_id, why)
+        self.identity = None
+        self.path = f"{RELAY_PATH}: {why}"
+
+    async def _offer(self, *, fresh: bool) -> wb.DirectOffer:
+        data = bytearray()
+        req = wb.BulkPull(transfer_id=self.transfer_id, what="direct", fresh=fresh)
+        async for chunk in self._records(req):
+            data += chunk
+        try:
+            return wb.decode_offer(bytes(data))
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            raise errors.TransferFailed("the master's direct offer is unreadable") from None
+
+    async def _direct(self, want: Want, identity: direct.Identity) -> AsyncIterator[bytes]:
+        """One direct connection for ``want``: a fresh offer (ticket) from the master, a
+        pinned connection to the source, the hello; the answer's data."""
+        try:
+            offer = await self._offer(fresh=False)
+            reader, writer = await direct.connect(offer, identity)
+        except direct.SourceUnreachable:
+            if not self.connected:
+                raise
+            # It answered before: the source restarted, its listener is gone. Once more
+            # with a new listener, then the relay.
+            offer = await self._offer(fresh=True)
+            reader, writer = await direct.connect(offer, identity)
+        self.connected = True
+        hello = wb.DirectHello(ticket=offer.ticket, want=want, manifest_digest=self.digest)
+        return _decoded(direct.request(reader, writer, hello), "direct")
 
 
 def _transient(exc: BaseException) -> bool:
@@ -116,11 +180,12 @@ async def receive_tree(
     report: Report,
     *,
     max_bytes: int,
-    path_taken: str = RELAY_PATH,
+    identity: direct.Identity | None = None,
 ) -> Received:
     """Bring the transfer's tree to ``dest`` (see the module docstring); its counters.
-    A tree of more than ``max_bytes`` is refused before any file is asked for."""
-    puller = _Puller(link, transfer_id)
+    A tree of more than ``max_bytes`` is refused before any file is asked for. With
+    ``identity`` the files come directly from the source while it can be reached."""
+    puller = _Puller(link, transfer_id, identity)
     manifest = await _retrying(puller.manifest, lambda m: report(Progress(), m))
     total = manifest.total_bytes()
     if total > max_bytes:
@@ -136,12 +201,14 @@ async def receive_tree(
         async def feed(chunk: bytes) -> bool:
             done = await asyncio.to_thread(sink.feed, chunk)
             p = sink.progress()
-            report(p, f"{path_taken}: {p.files_done}/{p.files_total} files")
+            report(p, f"{puller.path}: {p.files_done}/{p.files_total} files")
             return done
 
         report(
             sink.progress(),
-            f"{path_taken}: resuming from {held} bytes held" if held else f"{path_taken}: starting",
+            f"{puller.path}: resuming from {held} bytes held"
+            if held
+            else f"{puller.path}: starting",
         )
 
         async def pump() -> None:
@@ -149,7 +216,7 @@ async def receive_tree(
 
         await _retrying(
             pump,
-            lambda m: report(sink.progress(), f"{path_taken}: {m}"),
+            lambda m: report(sink.progress(), f"{puller.path}: {m}"),
             lambda: sink.progress().bytes_done,
         )
         final = sink.progress()
@@ -162,7 +229,7 @@ async def receive_tree(
             time.monotonic() - started,
             final.bytes_redundant,
         )
-        return Received(final, held, path_taken)
+        return Received(final, held, puller.path)
     except BaseException:
         sink.close()
         raise

@@ -29,6 +29,7 @@ from typing import Any
 
 import msgspec
 
+from agent.bulk.direct import Identity
 from agent.bulk.receive import abort_work, receive_tree, work_dir
 from agent.bulk.receives import ReceiveBook, ReceiveRecord
 from agent.link import MasterLink
@@ -69,10 +70,13 @@ class DatasetCommands:
         catalog: CatalogReporter,
         transfers: dict[int, w.TransferProgress],
         data_dir: Path | None = None,
+        identity: Identity | None = None,
     ) -> None:
         """``transfers`` is where progress reports go (command id -> latest); the agent
         sends them with each heartbeat. ``data_dir`` keeps the receives' records, so a
-        restarted agent resumes them (none kept without it)."""
+        restarted agent resumes them (none kept without it). With ``identity`` a receive
+        tries the direct path first (:mod:`agent.bulk.direct`)."""
+        self.identity = identity
         self.roots = list(roots)
         self.link = link
         self.catalog = catalog
@@ -366,6 +370,7 @@ class DatasetCommands:
                     dest,
                     report,
                     max_bytes=min(cmd.max_bytes or AGENT_MAX_BYTES, AGENT_MAX_BYTES),
+                    identity=self.identity,
                 ),
                 cancel,
             )
@@ -385,9 +390,9 @@ class DatasetCommands:
                 state="succeeded",
                 message=(
                     f"received {got.progress.files_total} files, {got.progress.bytes_total} "
-                    f"bytes {got.path} ({got.progress.bytes_received} sent"
+                    f"bytes ({got.progress.bytes_received} sent"
                     + (f" after resuming from {resumed_from} held" if resumed_from else "")
-                    + f", {got.progress.bytes_redundant} re-sent)"
+                    + f", {got.progress.bytes_redundant} re-sent) {got.path}"
                 ),
             )
         )

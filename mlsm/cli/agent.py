@@ -125,6 +125,7 @@ def agent(
         heartbeat_interval=s.heartbeat_interval,
         default_unix_user=s.default_unix_user,
         single_user=s.single_user,
+        bulk_direct=s.bulk_direct,
     )
     os.umask(0o022)
     asyncio.run(Agent(cfg).run())

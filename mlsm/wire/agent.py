@@ -62,6 +62,10 @@ class NodeInfo(Struct, kw_only=True, omit_defaults=True):
     driver_version: ShortStr = ""
     cuda_version: ShortStr = ""
     dataset_roots: list[LongStr] = []
+    # The direct path (mlsm.wire.bulk): the agent's own certificate (PEM; the master pins
+    # it for peers) and the addresses a peer may reach it at.
+    bulk_cert: Annotated[str, Meta(max_length=16384)] = ""
+    bulk_addresses: Annotated[list[Annotated[str, Meta(max_length=64)]], Meta(max_length=64)] = []
     runtimes: list[ShortStr] = msgspec.field(default_factory=lambda: ["process"])
     docker_available: bool = False
     docker_error: LongStr = ""
@@ -304,7 +308,7 @@ class CancelTransfer(Struct, tag="cancel_transfer", kw_only=True):
     command_id: Int64
 
 
-from mlsm.wire.bulk import BulkManifest, BulkReceive, BulkServe  # noqa: E402
+from mlsm.wire.bulk import BulkListen, BulkManifest, BulkReceive, BulkServe  # noqa: E402
 
 Command = (
     StartJob
@@ -316,6 +320,7 @@ Command = (
     | BulkManifest
     | BulkServe
     | BulkReceive
+    | BulkListen
 )
 
 

@@ -425,7 +425,7 @@ def test_copy_between_two_agents_is_verified_file_by_file(lab: Lab) -> None:
     res = lab.cli("dataset", "copy", "corpus", "--from", "dsa", "--to", "dsb", "--wait")
     elapsed = time.monotonic() - started
     assert res.returncode == 0, res.stderr
-    assert "verified" in res.stdout and "via master relay" in res.stdout, res.stdout
+    assert "verified" in res.stdout and "direct" in res.stdout, res.stdout
     assert tree(root_of(lab, "dsb") / "corpus") == files
     assert tree(root_of(lab, "dsa") / "corpus") == files
     wait_copies(lab, "corpus", {"dsa", "dsb"})

@@ -106,7 +106,7 @@ def finished(lab: Lab, tid: int) -> api.Transfer:
 def figures(message: str) -> tuple[int, int, int, int]:
     """(total, sent, held when resumed, re-sent) from a copy's final message."""
     m = re.search(
-        r"received \d+ files, (\d+) bytes [^(]*\((\d+) sent"
+        r"received \d+ files, (\d+) bytes \((\d+) sent"
         r"(?: after resuming from (\d+) held)?, (\d+) re-sent\)",
         message,
     )
@@ -138,6 +138,7 @@ def test_a_copy_resumes_after_the_target_agent_is_killed(
     end = finished(the_lab, t.id)
     check_result(the_lab, "cut-target", files, end)
     total, sent, held, resent = figures(end.message)
+    assert "re-sent) direct" in end.message  # the new agent connects to the source again
     assert held >= BIG * CUT_FRACTION, end.message  # resumed from the journal ...
     assert sent <= total - held + RESENT_MAX_FRACTION * total, end.message  # ... not from 0
     assert resent <= RESENT_MAX_FRACTION * total, end.message
@@ -153,6 +154,7 @@ def test_a_copy_resumes_after_the_source_agent_is_killed(
     the_lab.start_agent("rsa", gpus="", dataset_roots=[the_lab.root / "roots" / "rsa"])
     end = finished(the_lab, t.id)
     check_result(the_lab, "cut-source", files, end)
+    assert "re-sent) direct" in end.message  # to the restarted source's new listener
     total, sent, _held, resent = figures(end.message)
     assert resent <= RESENT_MAX_FRACTION * total, end.message
     assert sent <= total * (1 + RESENT_MAX_FRACTION), end.message
@@ -167,6 +169,7 @@ def test_a_copy_resumes_after_the_master_is_killed(lab: tuple[Lab, dict[str, byt
     release_source(the_lab)
     end = finished(the_lab, t.id)
     check_result(the_lab, "cut-master", files, end)
+    assert "re-sent) direct" in end.message
     total, sent, _held, resent = figures(end.message)
     assert resent <= RESENT_MAX_FRACTION * total, end.message
     assert sent <= total * (1 + RESENT_MAX_FRACTION), end.message

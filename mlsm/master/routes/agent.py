@@ -178,8 +178,13 @@ async def bulk_pull(request: Request[Any, Any, Any], services: ServicesDep) -> S
     (mlsm.master.services.datasets.relay); answered with pipe records as they come."""
     req = await _decode(request, services, decode_pull)
     node = services.nodes.node_for(principal(request))
-    pipe = await services.relay.pull(node, req)
-    return Stream(_records(pipe), media_type="application/octet-stream")
+    answer = await services.relay.pull(node, req)
+    if isinstance(answer, bytes):  # a direct offer: small, answered whole
+        return Stream(
+            iter([pipe_record(PipeKind.DATA, answer), pipe_record(PipeKind.END)]),
+            media_type="application/octet-stream",
+        )
+    return Stream(_records(answer), media_type="application/octet-stream")
 
 
 ROUTES += [bulk_pull]

@@ -87,7 +87,9 @@ class Services:
         self.dataset_ops = DatasetOperations(
             self.nodes, self.catalog, self.transfers, self.lab_settings
         )
-        self.relay = CopyRelay(self.nodes, self.transfers, self.pipes)
+        self.relay = CopyRelay(
+            self.nodes, self.transfers, self.pipes, ticket_ttl=settings.bulk_ticket_ttl
+        )
         # jobs
         log_store = LogStore(settings.data_path / "logs")
         self.fair_share = FairShare(settings.fairshare_half_life_hours * HOURS)
