@@ -135,6 +135,7 @@ class Agent:
         self.bulk.install(self.command_handlers)
         # Progress of running transfers (command id -> latest), sent with each heartbeat.
         self.transfers: dict[int, w.TransferProgress] = {}
+        self.beat_now = asyncio.Event()  # a transfer ended: heartbeat now, not at the interval
         self.catalog: CatalogReporter | None = None
         self.dataset_commands: DatasetCommands | None = None
         if cfg.dataset_roots:
@@ -155,6 +156,7 @@ class Agent:
             transfers=self.transfers,
             data_dir=self.cfg.data_dir,
             identity=self.bulk_identity,
+            on_final=self.beat_now.set,
         )
         commands.install(self.command_handlers)
         self.dataset_commands = commands
@@ -297,7 +299,22 @@ class Agent:
                 log.info("the master is back after %d failed heartbeat(s)", failures)
             failures = 0
             self._heartbeat_accepted(hb, reply)
-            await self._sleep(max(0.0, self.interval - (time.monotonic() - started)))
+            await self._until_next_beat(max(0.0, self.interval - (time.monotonic() - started)))
+
+    async def _until_next_beat(self, seconds: float) -> None:
+        """Sleep until the next heartbeat is due, or a transfer ended (:attr:`beat_now`):
+        its final report goes at once, so a copy's ``--wait`` ends when the copy does."""
+        if not self.beat_now.is_set():
+            waiters = {
+                asyncio.ensure_future(self.beat_now.wait()),
+                asyncio.ensure_future(self.stopping.wait()),
+            }
+            try:
+                await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+        self.beat_now.clear()
 
     async def _heartbeat(self) -> w.Heartbeat:
         """A fresh sample of the node and its jobs; node info only when it changed."""

@@ -71,11 +71,14 @@ class DatasetCommands:
         transfers: dict[int, w.TransferProgress],
         data_dir: Path | None = None,
         identity: Identity | None = None,
+        on_final: Callable[[], None] = lambda: None,
     ) -> None:
         """``transfers`` is where progress reports go (command id -> latest); the agent
         sends them with each heartbeat. ``data_dir`` keeps the receives' records, so a
         restarted agent resumes them (none kept without it). With ``identity`` a receive
-        tries the direct path first (:mod:`agent.bulk.direct`)."""
+        tries the direct path first (:mod:`agent.bulk.direct`). ``on_final`` is called
+        when a command's final report is ready (the agent then heartbeats at once)."""
+        self.on_final = on_final
         self.identity = identity
         self.roots = list(roots)
         self.link = link
@@ -145,6 +148,8 @@ class DatasetCommands:
         if clean != p.message:
             p = msgspec.structs.replace(p, message=clean)
         self.transfers[p.command_id] = p
+        if p.state != "running":
+            self.on_final()
 
     def _final(self, command_id: int, state: w.AgentTransferState, message: str) -> None:
         cur = self.transfers.get(command_id)
