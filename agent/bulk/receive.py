@@ -42,6 +42,7 @@ log = logging.getLogger("mlsm.agent.bulk")
 T = TypeVar("T")
 
 FEED_BYTES = 1 << 20  # bytes handed to the sink's thread at once
+READ_AHEAD = 8  # batches of FEED_BYTES read while the sink writes (memory: 8 MiB a receive)
 MANIFEST_MAX_BYTES = 512 << 20  # a manifest of millions of files still fits
 RETRY_WINDOW_S = 900.0  # how long pulls may fail in a row (master or source away, restarting)
 RETRY_BASE_S = 0.5
@@ -73,12 +74,12 @@ async def _decoded(body: AsyncIterator[bytes], what: str) -> AsyncIterator[bytes
     ERROR record raises its error, an answer cut short :class:`~mlsm.errors.Unreachable`
     (the next want asks again for what is missing)."""
     reader = wb.PipeReader()
-    batch: list[bytes] = []
+    batch: list[memoryview] = []  # views of the chunks (immutable bytes): one copy, the join
     size = 0
     async for chunk in body:
         for kind, data in reader.feed(chunk):
             if kind is wb.PipeKind.DATA:
-                batch.append(bytes(data))
+                batch.append(data)
                 size += len(data)
             elif kind is wb.PipeKind.ERROR:
                 raise wb.decode_error(data)
@@ -89,6 +90,36 @@ async def _decoded(body: AsyncIterator[bytes], what: str) -> AsyncIterator[bytes
         yield b"".join(batch)
     if not reader.ended:
         raise errors.Unreachable(f"the {what} answer broke off")
+
+
+_DONE = object()
+
+
+async def _read_ahead(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """``body``'s chunks, read by a task of its own up to :data:`READ_AHEAD` chunks ahead,
+    so the network (TLS, the relay) and the sink (writing, hashing in a thread) work at the
+    same time instead of in turns; its error comes out where it happened."""
+    queue: asyncio.Queue[object] = asyncio.Queue(READ_AHEAD)
+
+    async def pull() -> None:
+        try:
+            async for chunk in body:
+                await queue.put(chunk)
+            await queue.put(_DONE)
+        except Exception as exc:  # handed to the consumer, in order
+            await queue.put(exc)
+
+    task = asyncio.create_task(pull())
+    try:
+        while (item := await queue.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, bytes)
+            yield item
+    finally:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
 
 
 class _Puller:
@@ -132,7 +163,7 @@ class _Puller:
             except errors.Conflict as exc:  # the master offers no direct path
                 self._fall_back(f"no direct path ({exc.message})")
         req = wb.BulkPull(transfer_id=self.transfer_id, want=want, manifest_digest=self.digest)
-        return self._records(req)
+        return _read_ahead(self._records(req))
 
     def _fall_back(self, why: str) -> None:
         log.info("transfer %s: falling back to the relay: %s", self.transfer_id, why)
@@ -164,7 +195,7 @@ class _Puller:
             reader, writer = await direct.connect(offer, identity)
         self.connected = True
         hello = wb.DirectHello(ticket=offer.ticket, want=want, manifest_digest=self.digest)
-        return _decoded(direct.request(reader, writer, hello), "direct")
+        return _read_ahead(_decoded(direct.request(reader, writer, hello), "direct"))
 
 
 def _transient(exc: BaseException) -> bool:
@@ -198,8 +229,12 @@ async def receive_tree(
         started = time.monotonic()
         held = sink.progress().bytes_done
 
+        feeding = [0.0]  # seconds in the sink (writing, hashing): the rest is waiting for bytes
+
         async def feed(chunk: bytes) -> bool:
+            t0 = time.monotonic()
             done = await asyncio.to_thread(sink.feed, chunk)
+            feeding[0] += time.monotonic() - t0
             p = sink.progress()
             report(p, f"{puller.path}: {p.files_done}/{p.files_total} files")
             return done
@@ -220,13 +255,18 @@ async def receive_tree(
             lambda: sink.progress().bytes_done,
         )
         final = sink.progress()
+        pumped = time.monotonic()
         await asyncio.to_thread(sink.finish, dest)
         log.info(
-            "transfer %s: %d files, %d bytes received in %.2f s (%d re-sent)",
+            "transfer %s: %d files, %d bytes received %s in %.2f s (%.2f s of it in the sink, "
+            "finished in %.2f s; %d re-sent)",
             transfer_id,
             final.files_done,
             final.bytes_received,
-            time.monotonic() - started,
+            puller.path,
+            pumped - started,
+            feeding[0],
+            time.monotonic() - pumped,
             final.bytes_redundant,
         )
         return Received(final, held, puller.path)
