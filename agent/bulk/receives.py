@@ -90,7 +90,7 @@ class ReceiveBook:
     def running(self) -> list[ReceiveRecord]:
         """Receives an earlier run of the agent left unfinished (oldest first)."""
         out = []
-        for p in sorted(self.dir.iterdir(), key=lambda p: p.name):
+        for p in sorted(self.dir.iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else -1):
             if not p.name.isdigit():
                 p.unlink(missing_ok=True)  # a temp file a kill left behind
                 continue
