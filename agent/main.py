@@ -7,6 +7,10 @@ loop survives the master being away: calls are retried with capped exponential b
 jitter while sampling goes on, and the node is online again within one interval of the
 master's return. SIGTERM stops the agent cleanly and leaves jobs running; a restarted agent
 re-adopts them from its state file.
+
+About 430 lines, as one piece: the loops share the agent's state (interval, info sent,
+the transfers' reports and the "heartbeat now" event), and each part's work lives in its
+own module (supervisor, datasets, bulk).
 """
 
 from __future__ import annotations

@@ -11,8 +11,15 @@ Every report and log line about a command passes :func:`mlsm.redact.redact_text`
 import's URL secrets are scrubbed as literals too), so no credential in a URL leaves.
 
 A copy is received here (``BulkReceive``, :mod:`agent.bulk.receive`): the target pulls
-the source's manifest and files through the master's relay pipes into a journaled work
-dir, and renames the verified tree into place.
+the source's manifest through the master and the files directly from the source (or
+through the master's relay pipes when it cannot reach it) into a journaled work dir, and
+renames the verified tree into place. A receive is idempotent by transfer id
+and recorded in the agent's data dir, so a restarted agent resumes it
+(:mod:`agent.bulk.receives`).
+
+About 400 lines, as one piece: every dataset command shares the one table of progress
+reports, cancel flags and command ids seen, and their rules (final report after the
+catalog delta, one run per id) are kept in one place.
 """
 
 from __future__ import annotations
