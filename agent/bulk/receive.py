@@ -195,7 +195,19 @@ class _Puller:
             reader, writer = await direct.connect(offer, identity)
         self.connected = True
         hello = wb.DirectHello(ticket=offer.ticket, want=want, manifest_digest=self.digest)
-        return _read_ahead(_decoded(direct.request(reader, writer, hello), "direct"))
+        return _read_ahead(
+            self._refusals(_decoded(direct.request(reader, writer, hello), "direct"))
+        )
+
+    async def _refusals(self, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """A direct answer whose source refused the connection (a ticket it took for
+        expired or used: clocks apart, a slow start) sends the rest through the relay."""
+        try:
+            async for chunk in body:
+                yield chunk
+        except errors.PermissionDenied as exc:
+            self._fall_back(f"the source refused the direct connection ({exc.message})")
+            raise errors.Unreachable(exc.message) from None
 
 
 def _transient(exc: BaseException) -> bool:

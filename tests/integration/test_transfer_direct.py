@@ -291,3 +291,22 @@ def test_tickets_are_single_use_for_one_target_and_expire(lab: Lab) -> None:
     )
     assert end.state == "succeeded", end.message
     assert tree(lab.root / "roots" / "dxb" / "held") == tree(lab.root / "roots" / "dxa" / "held")
+
+
+def test_a_copy_whose_tickets_expire_before_use_goes_through_the_relay(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A master whose tickets expire at once: the source refuses each one, the target
+    says why and finishes through the relay."""
+    with Lab(tmp_path_factory.mktemp("expiring")) as lab:
+        lab.start_master(MLSM_BULK_TICKET_TTL="0.001")
+        roots = lab.root / "roots"
+        make_tree(roots / "exa" / "stale", FILES)
+        for name in ("exa", "exb"):
+            lab.start_agent(name, gpus="", dataset_roots=[roots / name])
+        catalogued(lab, "stale", "exa")
+        res = lab.cli("dataset", "copy", "stale", "--from", "exa", "--to", "exb", "--wait")
+        assert res.returncode == 0, res.stderr
+        assert "via master relay: the source refused the direct connection" in res.stdout
+        assert "ticket refused: expired" in res.stdout, res.stdout
+        assert tree(roots / "exb" / "stale") == FILES
