@@ -53,6 +53,9 @@ HANDSHAKE_TIMEOUT_S = 10.0
 STALL_S = 60.0  # a direct answer that sends nothing this long is given up (then resumed)
 LISTEN_IDLE_S = 120.0  # a listener nobody connects to closes after this long
 READ_CHUNK = 1 << 20
+#: Bytes buffered per direct connection, each way (asyncio's defaults, 64 KiB, pause the
+#: transfer every few TLS records).
+STREAM_BUFFER = 4 << 20
 _LEN = struct.Struct("<I")
 _encode = msgspec.msgpack.Encoder().encode
 
@@ -137,7 +140,12 @@ class DirectServer:
                 activity.set()  # idle counts from the end of the last connection
 
         server = await asyncio.start_server(
-            handle, host="0.0.0.0", port=0, ssl=ctx, ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S
+            handle,
+            host="0.0.0.0",
+            port=0,
+            ssl=ctx,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S,
+            limit=STREAM_BUFFER,
         )
         self.servers.add(server)
         port = int(server.sockets[0].getsockname()[1])
@@ -170,6 +178,7 @@ class DirectServer:
         writer: asyncio.StreamWriter,
     ) -> None:
         peer = writer.get_extra_info("peername")
+        writer.transport.set_write_buffer_limits(high=STREAM_BUFFER)
         try:
             try:
                 hello = await asyncio.wait_for(_read_hello(reader), HELLO_TIMEOUT_S)
@@ -254,7 +263,9 @@ async def connect(
     for address in offer.addresses:
         try:
             return await asyncio.wait_for(
-                asyncio.open_connection(address, offer.port, ssl=ctx, server_hostname=None),
+                asyncio.open_connection(
+                    address, offer.port, ssl=ctx, server_hostname=None, limit=STREAM_BUFFER
+                ),
                 CONNECT_TIMEOUT_S,
             )
         except TimeoutError:
