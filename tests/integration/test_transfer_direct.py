@@ -37,6 +37,7 @@ TRANSFER_DEADLINE_S = 120.0
 TICKET_TTL_S = 3.0  # the master's bulk_ticket_ttl here: the expiry test waits it out
 FILES = {"a.bin": os.urandom(3 << 20), "sub/b.txt": b"bee\n", "c": b""}
 BIG = 64 << 20  # the dataset held mid-copy while tickets are misused
+ACCEPT_POLL_S = 0.2
 
 
 def make_tree(root: Path, files: dict[str, bytes]) -> None:
@@ -65,6 +66,7 @@ class Forwarder:
     def __init__(self, listen: tuple[str, int], to: tuple[str, int]) -> None:
         self.to = to
         self.sock = socket.create_server(listen)
+        self.sock.settimeout(ACCEPT_POLL_S)  # a closed socket does not wake a blocked accept
         self.stop = False
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -72,8 +74,11 @@ class Forwarder:
         while not self.stop:
             try:
                 conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
             except OSError:
                 return
+            conn.settimeout(None)
             up = socket.create_connection(self.to)
             for a, b in ((conn, up), (up, conn)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()

@@ -131,10 +131,12 @@ def has_row(app: MlsmApp, row: str) -> bool:
 async def test_the_dashboard_shows_a_copy_and_its_path(lab: Lab) -> None:
     app = MlsmApp(MasterSource(lab.url, lab.token), poll_s=0.3)
     body = api.DatasetTransfer(name="shown-tui", src="pga", dst="pgb")
-    t = lab.admin.call("POST", "/api/v1/datasets/transfer", json=body, type=api.Transfer)
-    row = str(t.id)
     async with app.run_test(size=(200, 40)) as pilot:
         await pilot.press("3")
+        # Started once the view is up, and held from the target's own disk, so even a
+        # slow start of the app cannot miss the copy running.
+        t = lab.admin.call("POST", "/api/v1/datasets/transfer", json=body, type=api.Transfer)
+        row = str(t.id)
         hold_source(lab, "shown-tui")
         try:
             await pilot_until(
