@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.bulk.direct import Identity, local_addresses
 from agent.bulk.service import BulkCommands
 from agent.codecache import CodeCache
 from agent.collectors import AsyncGpuSampler, HostCollector, make_probe
@@ -54,6 +55,7 @@ from mlsm.wire.outputs import NodeDisk
 
 if TYPE_CHECKING:  # the dataset code loads only on a node with dataset roots
     from agent.datasets.catalog import CatalogReporter
+    from agent.datasets.service import DatasetCommands
 
 log = logging.getLogger("mlsm.agent")
 
@@ -79,6 +81,7 @@ class AgentConfig:
     default_unix_user: str = ""  # jobs of users with no account here run as this (agent as root)
     single_user: bool = False  # every job runs as the agent's own account, even as root
     code_cache_bytes: int = 10 << 30  # the node cache of shipped code files
+    bulk_direct: bool = True  # serve and use the direct path (agent.bulk.direct)
 
 
 class Agent:
@@ -92,6 +95,8 @@ class Agent:
         )
         self.name = cfg.name or socket.gethostname().split(".")[0]
         self.link = MasterLink(cfg.master, cfg.data_dir, verify=cfg.verify)
+        # The direct path's certificate (agent.bulk.direct): peers pin it through the master.
+        self.bulk_identity = Identity.load(cfg.data_dir, self.name) if cfg.bulk_direct else None
         self.state = AgentState(cfg.data_dir / "state.json").load()
         self.host = HostCollector(cfg.data_dir, cfg.dataset_roots)
         probe, self.gpu_error = make_probe(
@@ -148,7 +153,7 @@ class Agent:
         }
         # Relay pipes: manifests and frames of the trees this node serves (and later
         # features' listings), pushed to the master on request.
-        self.bulk = BulkCommands(self.link)
+        self.bulk = BulkCommands(self.link, self.bulk_identity)
         self.outputs.install(self.command_handlers, self.bulk)
         self.bulk.install(self.command_handlers)
         projects = ProjectCommands(self.ctx, self.code, self.link)
@@ -156,7 +161,9 @@ class Agent:
         self.command_handlers[wc.RemoveProject] = projects.remove
         # Progress of running transfers (command id -> latest), sent with each heartbeat.
         self.transfers: dict[int, w.TransferProgress] = {}
+        self.beat_now = asyncio.Event()  # a transfer ended: heartbeat now, not at the interval
         self.catalog: CatalogReporter | None = None
+        self.dataset_commands: DatasetCommands | None = None
         if cfg.dataset_roots:
             self._install_datasets()
 
@@ -169,15 +176,25 @@ class Agent:
 
         self.catalog = CatalogReporter(DatasetScanner(self.cfg.dataset_roots), self.link)
         commands = DatasetCommands(
-            self.cfg.dataset_roots, link=self.link, catalog=self.catalog, transfers=self.transfers
+            self.cfg.dataset_roots,
+            link=self.link,
+            catalog=self.catalog,
+            transfers=self.transfers,
+            data_dir=self.cfg.data_dir,
+            identity=self.bulk_identity,
+            on_final=self.beat_now.set,
         )
         commands.install(self.command_handlers)
+        self.dataset_commands = commands
         self.bulk.sources.register("dataset", dataset_resolver(self.cfg.dataset_roots))
 
     # ---------------------------------------------------------------- facts
     def _info(self) -> w.NodeInfo:
         info = self.host.info()
         info.agent_version = __version__
+        if self.bulk_identity is not None:
+            info.bulk_cert = self.bulk_identity.cert_pem
+            info.bulk_addresses = local_addresses()
         info.gpu_probe = self.probe.kind
         d = self.probe.describe()
         info.driver_version = d.get("driver_version", "")
@@ -222,6 +239,8 @@ class Agent:
                 loop.add_signal_handler(sig, self.stop)
         self.jobs.adopt()
         await self._register()
+        if self.dataset_commands is not None:
+            self.dataset_commands.resume()  # receives an earlier run left unfinished
         tasks = [
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._command_loop(), name="commands"),
@@ -313,7 +332,22 @@ class Agent:
                 log.info("the master is back after %d failed heartbeat(s)", failures)
             failures = 0
             self._heartbeat_accepted(hb, reply)
-            await self._sleep(max(0.0, self.interval - (time.monotonic() - started)))
+            await self._until_next_beat(max(0.0, self.interval - (time.monotonic() - started)))
+
+    async def _until_next_beat(self, seconds: float) -> None:
+        """Sleep until the next heartbeat is due, or a transfer ended (:attr:`beat_now`):
+        its final report goes at once, so a copy's ``--wait`` ends when the copy does."""
+        if not self.beat_now.is_set():
+            waiters = {
+                asyncio.ensure_future(self.beat_now.wait()),
+                asyncio.ensure_future(self.stopping.wait()),
+            }
+            try:
+                await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+        self.beat_now.clear()
 
     async def _heartbeat(self) -> w.Heartbeat:
         """A fresh sample of the node and its jobs; node info only when it changed."""

@@ -15,8 +15,6 @@ MIN_AGENT_PROTOCOL = 1
 #: The first protocol version that knows each command added after version 1; the master
 #: sends such a command only to agents that speak at least that version.
 COMMAND_SINCE = {
-    "send_dataset": 2,
-    "receive_dataset": 2,
     "sweep_job_dirs": 3,
     "purge_job_dir": 3,
     "list_outputs": 3,
@@ -27,6 +25,7 @@ COMMAND_SINCE = {
     "bulk_receive": 3,
     "sync_project": 3,
     "remove_project": 3,
+    "bulk_listen": 3,
 }
 #: The first protocol version whose agents run jobs in shipped code and projects
 #: (StartJob's ``code`` and ``project``); the scheduler places such jobs only there.

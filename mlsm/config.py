@@ -85,6 +85,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     header_timeout: Positive = 10.0  # seconds to send a request head (from connect or 1st byte)
     body_timeout: Positive = 30.0  # seconds a request body may stall
     bulk_idle_timeout: Positive = 60.0  # seconds a relay pipe may go without a byte
+    bulk_ticket_ttl: Positive = 60.0  # seconds a direct-transfer ticket is good for
     keepalive_timeout: Annotated[int, Meta(ge=1)] = 5  # seconds an idle connection is kept
     allow_plain_http: bool = False  # let secrets cross plain HTTP to a non-loopback master
     trusted_proxies: list[str] = []  # addresses/CIDRs whose X-Forwarded-For/Forwarded count
@@ -100,6 +101,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     default_unix_user: str = ""  # account for jobs of users with no account here (agent as root)
     single_user: bool = False  # every job runs as the agent's own account (a one-person machine)
     code_cache_bytes: Annotated[int, Meta(ge=1 << 20)] = 10 << 30  # the agent's code cache
+    bulk_direct: bool = True  # the agent serves and uses direct transfers between agents
 
     def __post_init__(self) -> None:
         for entry in self.trusted_proxies:

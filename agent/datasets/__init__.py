@@ -1,4 +1,4 @@
-"""Datasets on the agent's own disk: naming, scanning, import, copy between nodes, delete.
+"""Datasets on the agent's own disk: naming, scanning, import, delete (copies between nodes are received by agent.bulk).
 
 Public API (everything else is private to the package)::
 
@@ -10,13 +10,11 @@ Public API (everything else is private to the package)::
     scan_entry(root, name) -> DatasetEntry
     digest(path) -> (digest, manifest)
     import_dataset(cmd, root, *, progress, cancel, max_bytes, ...) -> DatasetEntry   importer.py
-    pack_dataset(path) -> Iterator[bytes]                        transfer.py
-    receive_dataset(chunks, root, name, manifest, *, max_bytes, ...) -> DatasetEntry
     delete_dataset(roots, path) -> bool                          delete.py
-    purge_leftovers(roots) -> list[Path]
+    purge_leftovers(roots, keep=()) -> list[Path]
 
-Blocking functions (scan, digest, pack, delete) belong in a worker thread; import and
-receive are coroutines that push their own blocking parts to threads.
+Blocking functions (scan, digest, delete) belong in a worker thread; import is a
+coroutine that push their own blocking parts to threads.
 """
 
 from .delete import delete_dataset, purge_leftovers
@@ -34,7 +32,6 @@ from .errors import (
 from .importer import import_dataset
 from .paths import confine, confine_path, pick_root, validate_dataset_name
 from .scan import DatasetScanner, digest, manifest_digest, scan_entry
-from .transfer import pack_dataset, receive_dataset, verify_manifest
 
 __all__ = [
     "DatasetCancelled",
@@ -53,11 +50,8 @@ __all__ = [
     "digest",
     "import_dataset",
     "manifest_digest",
-    "pack_dataset",
     "pick_root",
     "purge_leftovers",
-    "receive_dataset",
     "scan_entry",
     "validate_dataset_name",
-    "verify_manifest",
 ]

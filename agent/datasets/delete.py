@@ -16,7 +16,7 @@ import logging
 import os
 import secrets
 import stat
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path, PurePosixPath
 
 from agent.fsutil import remove_tree
@@ -72,11 +72,13 @@ def delete_dataset(roots: Sequence[Path], path: str | os.PathLike[str]) -> bool:
     return True
 
 
-def purge_leftovers(roots: Sequence[Path]) -> list[Path]:
+def purge_leftovers(roots: Sequence[Path], keep: Collection[str] = ()) -> list[Path]:
     """Remove ``.mlsm-*`` temp and trash entries under each root; return what went.
 
-    Call at agent start only, when no import, receive or delete can be running. An entry
-    that cannot be removed is logged and left for the next start: the agent comes up anyway.
+    Call at agent start only, when no import, receive or delete can be running. ``keep``
+    names entries to spare: the work dirs of receives the agent resumes
+    (:mod:`agent.bulk.receives`). An entry that cannot be removed is logged and left for
+    the next start: the agent comes up anyway.
     """
     removed: list[Path] = []
     for root in roots:
@@ -85,7 +87,7 @@ def purge_leftovers(roots: Sequence[Path]) -> list[Path]:
         except OSError:
             continue
         for e in entries:
-            if e.name.startswith(RESERVED_PREFIX):
+            if e.name.startswith(RESERVED_PREFIX) and e.name not in keep:
                 try:
                     remove_tree(e.path)
                 except OSError as exc:

@@ -10,14 +10,25 @@ A command id is acted on once per agent process, however often it is delivered.
 Every report and log line about a command passes :func:`mlsm.redact.redact_text` (an
 import's URL secrets are scrubbed as literals too), so no credential in a URL leaves.
 
-Copies never connect two agents: their bytes go through the master (:mod:`.relay`).
+A copy is received here (``BulkReceive``, :mod:`agent.bulk.receive`): the target pulls
+the source's manifest through the master and the files directly from the source (or
+through the master's relay pipes when it cannot reach it) into a journaled work dir, and
+renames the verified tree into place. A receive is idempotent by transfer id
+and recorded in the agent's data dir, so a restarted agent resumes it
+(:mod:`agent.bulk.receives`).
+
+About 400 lines, as one piece: every dataset command shares the one table of progress
+reports, cancel flags and command ids seen, and their rules (final report after the
+catalog delta, one run per id) are kept in one place.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
+import time
 import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -25,25 +36,32 @@ from typing import Any
 
 import msgspec
 
+from agent.bulk.direct import Identity
+from agent.bulk.receive import abort_work, receive_tree, work_dir
+from agent.bulk.receives import ReceiveBook, ReceiveRecord
 from agent.link import MasterLink
+from mlsm import errors
+from mlsm.bulk import Progress
 from mlsm.redact import redact_text, url_secrets
 from mlsm.wire import agent as w
+from mlsm.wire import bulk as wb
 
 from . import (
     DatasetCancelled,
     DatasetError,
     DatasetPathError,
+    confine,
     confine_path,
     delete_dataset,
     digest,
     import_dataset,
     pick_root,
     purge_leftovers,
-    receive_dataset,
+    validate_dataset_name,
 )
-from ._tasks import Progress
+from ._tasks import run_cancellable
 from .catalog import CatalogReporter
-from .relay import Relay, TransferStopped
+from .errors import DatasetExistsError
 
 log = logging.getLogger("mlsm.agent.datasets")
 
@@ -58,27 +76,38 @@ class DatasetCommands:
         link: MasterLink,
         catalog: CatalogReporter,
         transfers: dict[int, w.TransferProgress],
+        data_dir: Path | None = None,
+        identity: Identity | None = None,
+        on_final: Callable[[], None] = lambda: None,
     ) -> None:
         """``transfers`` is where progress reports go (command id -> latest); the agent
-        sends them with each heartbeat."""
+        sends them with each heartbeat. ``data_dir`` keeps the receives' records, so a
+        restarted agent resumes them (none kept without it). With ``identity`` a receive
+        tries the direct path first (:mod:`agent.bulk.direct`). ``on_final`` is called
+        when a command's final report is ready (the agent then heartbeats at once)."""
+        self.on_final = on_final
+        self.identity = identity
         self.roots = list(roots)
-        self.relay = Relay(link)
+        self.link = link
         self.catalog = catalog
         self.transfers = transfers
         self.cancels: dict[int, asyncio.Event] = {}  # command id -> its cancel flag
         self.tasks: set[asyncio.Task[None]] = set()
         self.seen: set[int] = set()
         self.secrets: dict[int, tuple[str, ...]] = {}  # command id -> its URL's secret parts
+        self.book = ReceiveBook(data_dir) if data_dir is not None else None
+        self.receiving: dict[int, list[int]] = {}  # transfer id -> command ids it reports as
 
     def install(self, handlers: dict[type, Callable[[Any], Awaitable[None]]]) -> None:
-        """Sweep what an earlier run left half-made, then register the handlers."""
-        for path in purge_leftovers(self.roots):
+        """Sweep what an earlier run left half-made (but the work dirs of the receives
+        :meth:`resume` carries on), then register the handlers."""
+        keep = self.book.keep() if self.book is not None else set()
+        for path in purge_leftovers(self.roots, keep):
             log.info("removed leftover %s of an interrupted dataset operation", path)
         handlers[w.ImportDataset] = self._once(self._import)
         handlers[w.DeleteDataset] = self._once(self._delete)
         handlers[w.DigestDataset] = self._once(self._digest)
-        handlers[w.SendDataset] = self._once(self._send)
-        handlers[w.ReceiveDataset] = self._once(self._receive)
+        handlers[wb.BulkReceive] = self._receive_command
         handlers[w.CancelTransfer] = self._cancel
 
     # ---------------------------------------------------------------- plumbing
@@ -104,6 +133,8 @@ class DatasetCommands:
             self._final(cmd.id, "cancelled", "cancelled")
         except DatasetError as exc:
             self._final(cmd.id, "failed", exc.message)
+        except errors.MlsmError as exc:  # a copy's pull: the master's or the source's words
+            self._final(cmd.id, "failed", exc.message)
         except asyncio.CancelledError:
             self._final(cmd.id, "cancelled", "the agent is stopping")
             raise
@@ -124,6 +155,8 @@ class DatasetCommands:
         if clean != p.message:
             p = msgspec.structs.replace(p, message=clean)
         self.transfers[p.command_id] = p
+        if p.state != "running":
+            self.on_final()
 
     def _final(self, command_id: int, state: w.AgentTransferState, message: str) -> None:
         cur = self.transfers.get(command_id)
@@ -209,58 +242,169 @@ class DatasetCommands:
     def _running(self, command_id: int, message: str, done: int = 0) -> None:
         self._report(w.TransferProgress(command_id=command_id, done_bytes=done, message=message))
 
-    # ---------------------------------------------------------------- copy: source side
-    async def _send(self, cmd: w.SendDataset, cancel: asyncio.Event) -> None:
-        path = self._dataset_path(cmd.path)
-        report = Progress(cmd.id, self._report)
-        report.update(0, "hashing files", force=True)
-        stop = threading.Event()
-        watcher = asyncio.create_task(_set_on(cancel, stop))
-        try:
-            value, manifest = await asyncio.to_thread(digest, path, should_stop=stop)
-            blob = w.encoder.encode(manifest)
-            await self.relay.upload_part(cmd.transfer_id, "manifest", blob, cancel, value)
-            report.update(0, "sending", force=True)
-            sent = await self.relay.upload_pack(cmd.transfer_id, path, cancel, stop, report)
-        except TransferStopped as exc:
-            stop.set()
-            report.final(exc.state, exc.message)
-            return
-        finally:
-            stop.set()
-            watcher.cancel()
-        report.final("succeeded", f"sent {len(manifest)} files, {sent} bytes")
-
     # ---------------------------------------------------------------- copy: target side
-    async def _receive(self, cmd: w.ReceiveDataset, cancel: asyncio.Event) -> None:
-        root = pick_root(self.roots, cmd.root)
-        blob = b"".join([c async for c in self.relay.download(cmd.transfer_id, "manifest", cancel)])
-        try:
-            manifest = w.decode_manifest(blob)
-        except Exception as exc:
-            raise DatasetError(f"the transfer's manifest is unreadable: {exc}") from None
-        limit = min(AGENT_MAX_BYTES, cmd.total_bytes) if cmd.total_bytes else AGENT_MAX_BYTES
-        cb, finals = self._held()
-        try:
-            await receive_dataset(
-                self.relay.download(cmd.transfer_id, "data", cancel),
-                root,
-                cmd.name,
-                manifest,
-                max_bytes=max(limit, 1),
-                expected_digest=cmd.manifest_digest,
-                cancel=cancel,
-                progress=cb,
-                command_id=cmd.id,
-            )
-        except TransferStopped as exc:
-            finals.clear()
-            self._final(cmd.id, exc.state, exc.message)
+    def resume(self) -> None:
+        """Start again the receives an earlier run of this agent left unfinished (their
+        work dirs were kept by :meth:`install`); call once the event loop runs."""
+        if self.book is None:
             return
+        for rec in self.book.running():
+            cmd = rec.command
+            log.info("resuming the receive of transfer %s (%s)", cmd.transfer_id, cmd.name)
+            self.seen.add(cmd.id)
+            self._start_receive(cmd)
+
+    async def _receive_command(self, cmd: wb.BulkReceive) -> None:
+        """A ``BulkReceive``: idempotent by transfer id (see :mod:`agent.bulk.receives`)."""
+        if cmd.id in self.seen:
+            return
+        self.seen.add(cmd.id)
+        running = self.receiving.get(cmd.transfer_id)
+        if running is not None:  # the master re-sent it: report under the new id too
+            running.append(cmd.id)
+            self.cancels[cmd.id] = self.cancels[running[0]]
+            return
+        rec = self.book.get(cmd.transfer_id) if self.book is not None else None
+        if rec is not None and rec.state != "running":
+            self._report(
+                w.TransferProgress(
+                    command_id=cmd.id,
+                    done_bytes=rec.done_bytes,
+                    total_bytes=rec.total_bytes,
+                    state=rec.state,
+                    message=rec.message,
+                )
+            )
+            return
+        self._start_receive(cmd)
+
+    def _start_receive(self, cmd: wb.BulkReceive) -> None:
+        self.receiving[cmd.transfer_id] = [cmd.id]
+        cancel = asyncio.Event()
+        self.cancels[cmd.id] = cancel
+        task = asyncio.create_task(self._receive_guarded(cmd, cancel), name=f"receive-{cmd.id}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _receive_guarded(self, cmd: wb.BulkReceive, cancel: asyncio.Event) -> None:
+        """:meth:`_guard` for a receive, which reports under every id it was sent with and
+        records its outcome; an agent that stops keeps the receive for its next start."""
+        ids = self.receiving[cmd.transfer_id]
+
+        def report(p: w.TransferProgress) -> None:
+            for cmd_id in ids:
+                self._report(msgspec.structs.replace(p, command_id=cmd_id))
+
+        stopping = False
+        try:
+            await self._guard(cmd, lambda c, ev: self._bulk_receive(c, ev, report), cancel)
+        except asyncio.CancelledError:
+            stopping = True
+            raise
         finally:
-            await self._finish(finals)
+            self.receiving.pop(cmd.transfer_id, None)
+            for cmd_id in ids[1:]:
+                self.cancels.pop(cmd_id, None)
+            ended = self.transfers.get(cmd.id)
+            if not stopping and ended is not None and ended.state != "running":
+                for cmd_id in ids[1:]:
+                    self._report(msgspec.structs.replace(ended, command_id=cmd_id))
+                self._record_end(cmd, ended)
 
+    def _record_end(self, cmd: wb.BulkReceive, p: w.TransferProgress) -> None:
+        if self.book is None:
+            return
+        try:
+            self.book.put(
+                ReceiveRecord(
+                    command=cmd,
+                    state=p.state,
+                    message=p.message,
+                    done_bytes=p.done_bytes,
+                    total_bytes=p.total_bytes,
+                    ended_at=time.time(),
+                )
+            )
+        except OSError as exc:
+            log.warning("could not record the end of transfer %s (%s)", cmd.transfer_id, exc)
 
-async def _set_on(cancel: asyncio.Event, stop: threading.Event) -> None:
-    await cancel.wait()
-    stop.set()
+    async def _bulk_receive(
+        self,
+        cmd: wb.BulkReceive,
+        cancel: asyncio.Event,
+        emit: Callable[[w.TransferProgress], None],
+    ) -> None:
+        root = pick_root(self.roots, cmd.root)
+        name = validate_dataset_name(cmd.name)
+        dest = confine(root, name)
+        work = work_dir(root, name, cmd.transfer_id)
+        rec = self.book.get(cmd.transfer_id) if self.book is not None else None
+        resumed = rec is not None
+        there, working = await asyncio.to_thread(
+            lambda: (os.path.lexists(dest), os.path.lexists(work))
+        )
+        if there and resumed and not working:
+            # Killed between the rename and the report: the tree in place is this
+            # transfer's (the master lets nothing else bring that name meanwhile).
+            emit(
+                w.TransferProgress(
+                    command_id=cmd.id,
+                    state="succeeded",
+                    message="received and verified before the agent restarted",
+                )
+            )
+            await self.rescan()
+            return
+        if there:
+            raise DatasetExistsError(f"a dataset named {name!r} already exists in {root}")
+        if self.book is not None and not resumed:
+            await asyncio.to_thread(self.book.put, ReceiveRecord(command=cmd))
+        started = time.monotonic()
+
+        def report(p: Progress, message: str) -> None:
+            elapsed = max(time.monotonic() - started, 1e-6)
+            emit(
+                w.TransferProgress(
+                    command_id=cmd.id,
+                    done_bytes=p.bytes_done,
+                    total_bytes=p.bytes_total,
+                    rate_bps=p.bytes_received / elapsed,
+                    message=message[:4096],
+                )
+            )
+
+        try:
+            got = await run_cancellable(
+                receive_tree(
+                    self.link,
+                    cmd.transfer_id,
+                    work,
+                    dest,
+                    report,
+                    max_bytes=min(cmd.max_bytes or AGENT_MAX_BYTES, AGENT_MAX_BYTES),
+                    identity=self.identity,
+                ),
+                cancel,
+            )
+        except asyncio.CancelledError:
+            raise  # the agent is stopping: the work dir stays for its next start
+        except BaseException:
+            await asyncio.to_thread(abort_work, work)
+            raise
+        await self.rescan()
+        resumed_from = got.bytes_done_at_start
+        emit(
+            w.TransferProgress(
+                command_id=cmd.id,
+                done_bytes=got.progress.bytes_total,
+                total_bytes=got.progress.bytes_total,
+                rate_bps=got.progress.bytes_received / max(time.monotonic() - started, 1e-6),
+                state="succeeded",
+                message=(
+                    f"received {got.progress.files_total} files, {got.progress.bytes_total} "
+                    f"bytes ({got.progress.bytes_received} sent"
+                    + (f" after resuming from {resumed_from} held" if resumed_from else "")
+                    + f", {got.progress.bytes_redundant} re-sent) {got.path}"
+                ),
+            )
+        )

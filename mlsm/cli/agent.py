@@ -131,6 +131,7 @@ def agent(
         default_unix_user=s.default_unix_user,
         single_user=s.single_user,
         code_cache_bytes=s.code_cache_bytes,
+        bulk_direct=s.bulk_direct,
     )
     os.umask(0o022)
     asyncio.run(Agent(cfg).run())

@@ -16,12 +16,12 @@ POST commands          CommandPoll          CommandBatch (long-poll)
 POST events            JobEvents            Ack
 POST logs              LogChunk             LogAck
 POST datasets          DatasetReport        Ack
-POST transfers/upload  TransferChunk        TransferAck
-POST transfers/fetch   TransferFetch        TransferData
 POST outputs/removed   JobDirsRemoved       Ack
 POST code/manifest     CodeManifestFetch    manifest bytes
 POST code/blobs        CodeBlobsFetch       frame stream
 POST projects          ProjectReport        Ack
+POST bulk/push/{pipe}  pipe records         Ack (mlsm.wire.bulk)
+POST bulk/pull         BulkPull             pipe records
 =====================  ===================  =======================
 
 Outputs and disk messages (:mod:`mlsm.wire.outputs`) join the command union here.
@@ -81,6 +81,10 @@ class NodeInfo(Struct, kw_only=True, omit_defaults=True):
     driver_version: ShortStr = ""
     cuda_version: ShortStr = ""
     dataset_roots: list[LongStr] = []
+    # The direct path (mlsm.wire.bulk): the agent's own certificate (PEM; the master pins
+    # it for peers) and the addresses a peer may reach it at.
+    bulk_cert: Annotated[str, Meta(max_length=16384)] = ""
+    bulk_addresses: Annotated[list[Annotated[str, Meta(max_length=64)]], Meta(max_length=64)] = []
     runtimes: list[ShortStr] = msgspec.field(default_factory=lambda: ["process"])
     docker_available: bool = False
     docker_error: LongStr = ""
@@ -331,26 +335,7 @@ class CancelTransfer(Struct, tag="cancel_transfer", kw_only=True):
     command_id: Int64
 
 
-class SendDataset(Struct, tag="send_dataset", kw_only=True):
-    """Copy/move, source side: upload the manifest and the packed dataset at ``path``."""
-
-    id: Int64
-    transfer_id: Int64
-    path: LongStr
-
-
-class ReceiveDataset(Struct, tag="receive_dataset", kw_only=True):
-    """Copy/move, target side: download the spooled pack, verify it, rename it into place."""
-
-    id: Int64
-    transfer_id: Int64
-    name: Name
-    root: LongStr = ""  # "" = the agent's first dataset root
-    manifest_digest: ShortStr = ""
-    total_bytes: NonNeg = 0
-
-
-from mlsm.wire.bulk import BulkManifest, BulkReceive, BulkServe  # noqa: E402
+from mlsm.wire.bulk import BulkListen, BulkManifest, BulkReceive, BulkServe  # noqa: E402
 
 Command = (
     StartJob
@@ -359,8 +344,6 @@ Command = (
     | DeleteDataset
     | DigestDataset
     | CancelTransfer
-    | SendDataset
-    | ReceiveDataset
     | BulkManifest
     | BulkServe
     | BulkReceive
@@ -371,6 +354,7 @@ Command = (
     | ServeOutputs
     | SyncProject
     | RemoveProject
+    | BulkListen
 )
 
 
@@ -428,54 +412,3 @@ decode_ack = msgspec.msgpack.Decoder(Ack).decode
 decode_agent_error = msgspec.msgpack.Decoder(AgentError).decode
 
 MSGPACK = "application/msgpack"
-
-
-# ---------------------------------------------------------------- dataset copies via the master
-MAX_TRANSFER_CHUNK = 1 << 20  # bytes of a spooled transfer in one chunk, either way
-TransferBytes = Annotated[bytes, Meta(max_length=MAX_TRANSFER_CHUNK)]
-TransferPart = Literal["manifest", "data"]
-
-
-class TransferChunk(Struct, kw_only=True, omit_defaults=True):
-    """Source -> master: bytes of a transfer's ``part`` at ``offset`` (idempotent by offset).
-
-    ``manifest`` is the MessagePack ``{relative path: sha256}`` of the dataset, ``data`` the
-    packed tar. ``eof`` closes the part; with the manifest it carries its ``digest``."""
-
-    transfer_id: Int64
-    part: TransferPart = "data"
-    offset: NonNeg
-    data: TransferBytes = b""
-    eof: bool = False
-    digest: ShortStr = ""
-
-
-class TransferAck(Struct, kw_only=True, omit_defaults=True):
-    transfer_id: Int64
-    next_offset: NonNeg  # what the master holds of the part; the agent resends from here
-    state: AgentTransferState = "running"
-    message: LongStr = ""
-
-
-class TransferFetch(Struct, kw_only=True, omit_defaults=True):
-    """Target -> master: read a spooled part from ``offset``."""
-
-    transfer_id: Int64
-    part: TransferPart = "data"
-    offset: NonNeg = 0
-    max_bytes: Annotated[int, Meta(ge=1, le=MAX_TRANSFER_CHUNK)] = MAX_TRANSFER_CHUNK
-
-
-class TransferData(Struct, kw_only=True, omit_defaults=True):
-    transfer_id: Int64
-    offset: NonNeg
-    data: TransferBytes = b""
-    eof: bool = False  # no byte of the part lies beyond offset + len(data)
-    size: NonNeg = 0  # the part's whole size
-
-
-decode_transfer_chunk = msgspec.msgpack.Decoder(TransferChunk).decode
-decode_transfer_ack = msgspec.msgpack.Decoder(TransferAck).decode
-decode_transfer_fetch = msgspec.msgpack.Decoder(TransferFetch).decode
-decode_transfer_data = msgspec.msgpack.Decoder(TransferData).decode
-decode_manifest = msgspec.msgpack.Decoder(dict[str, str]).decode

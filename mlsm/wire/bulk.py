@@ -39,10 +39,14 @@ from mlsm.wire.ints import Int64
 __all__ = [
     "MAX_PIPE_RECORD",
     "PIPE_HEADER",
+    "BulkListen",
     "BulkManifest",
     "BulkPull",
     "BulkReceive",
     "BulkServe",
+    "DirectHello",
+    "DirectOffer",
+    "ListenReply",
     "PipeKind",
     "PipeReader",
     "SourceSpec",
@@ -108,15 +112,74 @@ class BulkReceive(Struct, tag="bulk_receive", kw_only=True):
     src_node: Annotated[str, Meta(max_length=128)] = ""
     name: Annotated[str, Meta(min_length=1, max_length=128)]
     root: Annotated[str, Meta(max_length=4096)] = ""
+    max_bytes: Annotated[int, Meta(ge=0, le=(1 << 63) - 1)] = 0  # 0 = the agent's own limit
 
 
 class BulkPull(Struct, kw_only=True):
     """Target -> master (``POST /agent/v1/bulk/pull``): the manifest, or the frames of
-    ``want``, of the transfer's source; answered with pipe records."""
+    ``want``, of the transfer's source, or (``direct``) a :class:`DirectOffer` for one
+    connection to the source itself; answered with pipe records."""
 
     transfer_id: Int64
-    what: Literal["manifest", "want"] = "want"
+    what: Literal["manifest", "want", "direct"] = "want"
     want: Want | None = None
+    manifest_digest: Annotated[str, Meta(max_length=64)] = ""
+    fresh: bool = False  # direct: the last offer's listener did not answer; open another
+
+
+# ---------------------------------------------------------------- the direct path
+CertPem = Annotated[str, Meta(max_length=16384)]
+Address = Annotated[str, Meta(max_length=64)]
+MAX_HELLO = 1 << 20  # bytes of a DirectHello (a want of many small files)
+
+
+class BulkListen(Struct, tag="bulk_listen", kw_only=True):
+    """Source side: open a TLS listener for transfer ``transfer_id`` (serving ``source``
+    only, to the node whose certificate is ``target_cert`` only, for tickets made with
+    ``key`` (hex) only, until ``expires_at``) and push :class:`ListenReply` into pipe
+    ``pipe_id``."""
+
+    id: Int64
+    pipe_id: PipeId
+    transfer_id: Int64
+    source: SourceSpec
+    target_node: Int64
+    target_cert: CertPem
+    key: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
+    expires_at: float
+
+
+class ListenReply(Struct, kw_only=True):
+    port: Annotated[int, Meta(ge=1, le=65535)]
+
+
+class WireTicket(Struct, kw_only=True, frozen=True):
+    """:class:`mlsm.bulk.tickets.Ticket` on the wire."""
+
+    transfer_id: Int64
+    target_node: Int64
+    source: Annotated[str, Meta(max_length=600)]
+    serial: Int64
+    expires_at: float
+    mac: Annotated[str, Meta(max_length=64)]
+
+
+class DirectOffer(Struct, kw_only=True):
+    """Master -> target: where the source listens for this transfer, the source's
+    certificate (the only one the target accepts there) and one connection's ticket."""
+
+    addresses: list[Address]
+    port: Annotated[int, Meta(ge=1, le=65535)]
+    cert: CertPem
+    ticket: WireTicket
+
+
+class DirectHello(Struct, kw_only=True):
+    """Target -> source, first on a direct connection (``u32 length`` then MessagePack):
+    the ticket and the one want this connection asks for; answered with pipe records."""
+
+    ticket: WireTicket
+    want: Want
     manifest_digest: Annotated[str, Meta(max_length=64)] = ""
 
 
@@ -220,3 +283,6 @@ class PipeReader:
 
 
 decode_pull = msgspec.msgpack.Decoder(BulkPull).decode
+decode_offer = msgspec.msgpack.Decoder(DirectOffer).decode
+decode_hello = msgspec.msgpack.Decoder(DirectHello).decode
+decode_listen_reply = msgspec.msgpack.Decoder(ListenReply).decode

@@ -229,17 +229,22 @@ class Lab:
         wait: bool = True,
         env: dict[str, str] | None = None,
         dataset_roots: list[Path] | tuple[Path, ...] = (),
+        master: str = "",
+        wrap: tuple[str, ...] = (),
     ) -> AgentProc:
         """Start an agent (a fresh join token unless ``token`` is given, "" for none).
 
         A restart of a known agent reuses its data dir (and so its node secret).
-        ``dataset_roots`` are made if missing and given as ``--dataset-root``.
+        ``dataset_roots`` are made if missing and given as ``--dataset-root``. ``master``
+        is the master's URL as this agent reaches it (default: the lab's), ``wrap`` a
+        command the agent runs under (``("ip", "netns", "exec", NS)``).
         """
         old = self.agents.get(name)
         data_dir = data_dir or (old.data_dir if old else self.root / "agents" / name)
         if token is None:
             token = "" if (data_dir / "node-secret").exists() else self.join_token()
-        argv = [MLSM, "agent", "--master", self.url, "--name", name, "--data-dir", str(data_dir)]
+        argv = [*wrap, MLSM, "agent", "--master", master or self.url, "--name", name]
+        argv += ["--data-dir", str(data_dir)]
         if token:
             argv += ["--join-token", token]
         if gpus:

@@ -17,6 +17,7 @@ import pytest
 
 from mlsm.config import Settings
 from mlsm.wire import agent as w
+from mlsm.wire import bulk as wb
 from mlsm.wire import code as wc
 from mlsm.wire import outputs as wo
 from tests.integration.helpers import (
@@ -361,12 +362,11 @@ AGENT_BODIES: dict[str, type] = {
     "/agent/v1/events": w.JobEvents,
     "/agent/v1/logs": w.LogChunk,
     "/agent/v1/datasets": w.DatasetReport,
-    "/agent/v1/transfers/upload": w.TransferChunk,
-    "/agent/v1/transfers/fetch": w.TransferFetch,
     "/agent/v1/outputs/removed": wo.JobDirsRemoved,
     "/agent/v1/code/manifest": wc.CodeManifestFetch,
     "/agent/v1/code/blobs": wc.CodeBlobsFetch,
     "/agent/v1/projects": wc.ProjectReport,
+    "/agent/v1/bulk/pull": wb.BulkPull,
 }
 
 

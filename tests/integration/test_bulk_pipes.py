@@ -234,7 +234,7 @@ def test_a_pipe_nobody_pushes_times_out(lab: tuple[Lab, InProcessMaster]) -> Non
     the_lab, master = lab
     fake_node(the_lab, "silent")
     pipe = open_pipe(master, "silent", wb.BulkManifest, source=dataset("tree"))
-    with pytest.raises(errors.TransferFailed, match="has not started sending"):
+    with pytest.raises(errors.UnavailableError, match="has not started sending"):
         read_all(master, pipe)
 
 

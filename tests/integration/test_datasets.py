@@ -425,12 +425,12 @@ def test_copy_between_two_agents_is_verified_file_by_file(lab: Lab) -> None:
     res = lab.cli("dataset", "copy", "corpus", "--from", "dsa", "--to", "dsb", "--wait")
     elapsed = time.monotonic() - started
     assert res.returncode == 0, res.stderr
-    assert "verified" in res.stdout
+    assert "verified" in res.stdout and "direct" in res.stdout, res.stdout
     assert tree(root_of(lab, "dsb") / "corpus") == files
     assert tree(root_of(lab, "dsa") / "corpus") == files
     wait_copies(lab, "corpus", {"dsa", "dsb"})
     assert lab.master_data is not None
-    assert not list((lab.master_data / "transfers").iterdir())
+    assert not (lab.master_data / "transfers").exists()  # the master stages nothing
     no_leftovers(root_of(lab, "dsb"))
     print(f"copy of {BIG_FILE / 2**20:.1f} MiB through the master: {elapsed:.2f} s (CLI included)")
     res = lab.cli("dataset", "digest", "corpus", "--node", "dsb")
@@ -472,8 +472,6 @@ def test_a_copy_over_the_size_limit_fails_and_leaves_nothing(lab: Lab) -> None:
         assert lab.cli("settings", "set", "--import-max-gib", "1024").returncode == 0
     assert res.returncode != 0 and "over the limit" in res.stderr, res.stderr
     assert not (root_of(lab, "dsb") / "oversized").exists()
-    assert lab.master_data is not None
-    assert not list((lab.master_data / "transfers").iterdir())
     no_leftovers(root_of(lab, "dsb"))
     assert copies_on(lab, "oversized") == {"dsa"}
 
@@ -486,12 +484,6 @@ def test_a_cancelled_copy_leaves_nothing(lab: Lab) -> None:
     end = wait_transfer(lab, t.id)
     assert end.state == "cancelled", end
     assert not (root_of(lab, "dsb") / "tocancel").exists()
-    assert lab.master_data is not None
-    wait_until(
-        lambda: not list((lab.master_data / "transfers").iterdir()),  # type: ignore[operator]
-        TRANSFER_DEADLINE_S,
-        "no spool file",
-    )
     no_leftovers(root_of(lab, "dsb"))
     again = lab.cli("dataset", "copy", "tocancel", "--from", "dsa", "--to", "dsb", "--wait")
     assert again.returncode == 0, again.stderr  # a later copy of the same dataset works
@@ -578,8 +570,10 @@ def test_transfers_list_for_members(lab: Lab) -> None:
 
 
 def test_a_forged_copy_fails_verification_and_leaves_nothing(lab: Lab) -> None:
-    """A hostile source node sends a file that differs from its own manifest."""
-    from agent.datasets import manifest_digest
+    """A hostile source node serves bytes that differ from its own manifest."""
+    from mlsm.bulk import Entry, Manifest, encode_frame, encode_manifest
+    from mlsm.bulk.frames import NO_INDEX, Flag
+    from mlsm.wire import bulk as wb
 
     reg = lab.agent_call(
         "register",
@@ -603,41 +597,38 @@ def test_a_forged_copy_fails_verification_and_leaves_nothing(lab: Lab) -> None:
     call("datasets", w.DatasetReport(full=True, upsert=[entry]))
     body = api.DatasetTransfer(name="forged", src="dsfake", dst="dsa")
     t = lab.admin.call("POST", "/api/v1/datasets/transfer", json=body, type=api.Transfer)
-    batch = msgspec.msgpack.decode(
-        call("commands", w.CommandPoll(protocol=PROTOCOL_VERSION, wait_s=5)).content,
-        type=w.CommandBatch,
-    )
-    send = next(c for c in batch.commands if isinstance(c, w.SendDataset))
-    assert (send.transfer_id, send.path) == (t.id, "/fake/forged")
-    manifest = {"a.txt": sha256_of(b"genuine")}
-    blob = msgspec.msgpack.encode(manifest)
-    call(
-        "transfers/upload", w.TransferChunk(transfer_id=t.id, part="manifest", offset=0, data=blob)
-    )
-    eof = w.TransferChunk(
-        transfer_id=t.id,
-        part="manifest",
-        offset=len(blob),
-        eof=True,
-        digest=manifest_digest(manifest),
-    )
-    call("transfers/upload", eof)
-    packed = io.BytesIO()
-    with tarfile.open(fileobj=packed, mode="w", format=tarfile.PAX_FORMAT) as tf:
-        ti = tarfile.TarInfo("a.txt")
-        ti.size = 7
-        tf.addfile(ti, io.BytesIO(b"forged!"))
-    data = packed.getvalue()
-    call("transfers/upload", w.TransferChunk(transfer_id=t.id, offset=0, data=data))
-    # a retried chunk is taken once: the master answers what it holds
-    again = call("transfers/upload", w.TransferChunk(transfer_id=t.id, offset=0, data=data))
-    assert msgspec.msgpack.decode(again.content, type=w.TransferAck).next_offset == len(data)
-    fetch = lab.agent_call("transfers/fetch", w.TransferFetch(transfer_id=t.id), secret)
-    assert fetch.status_code == 403  # only the target reads the spool
-    call("transfers/upload", w.TransferChunk(transfer_id=t.id, offset=len(data), eof=True))
-    call("heartbeat", w.Heartbeat(protocol=PROTOCOL_VERSION))
-    end = wait_transfer(lab, t.id)
-    assert end.state == "failed" and "'a.txt' differs" in end.message, end
+    manifest = Manifest([Entry("a.txt", "f", 7, 0o644, 0, sha256_of(b"genuine"))])
+    answers = {
+        wb.BulkManifest: wb.pipe_record(wb.PipeKind.DATA, encode_manifest(manifest)),
+        wb.BulkServe: wb.pipe_record(
+            wb.PipeKind.DATA,
+            encode_frame(0, 0, b"forged!") + encode_frame(NO_INDEX, 0, flags=Flag.END),
+        ),
+    }
+    served: list[str] = []
+    acks: list[int] = []
+
+    def serve_one() -> bool:
+        """Answer the pipe commands the target's pulls caused; True once it ended."""
+        poll = w.CommandPoll(protocol=PROTOCOL_VERSION, wait_s=0.5, ack=acks)
+        batch = msgspec.msgpack.decode(call("commands", poll).content, type=w.CommandBatch)
+        acks.clear()
+        for cmd in batch.commands:
+            acks.append(cmd.id)
+            if isinstance(cmd, wb.BulkManifest | wb.BulkServe):
+                assert cmd.source == wb.SourceSpec(kind="dataset", name="forged")
+                served.append(type(cmd).__name__)
+                records = answers[type(cmd)] + wb.pipe_record(wb.PipeKind.END)
+                lab.agent_call(f"bulk/push/{cmd.pipe_id}", records, secret)
+        call("heartbeat", w.Heartbeat(protocol=PROTOCOL_VERSION))
+        return transfer(lab, t.id).state not in ("pending", "running")
+
+    wait_until(serve_one, TRANSFER_DEADLINE_S, "the forged copy to end")
+    end = transfer(lab, t.id)
+    assert end.state == "failed" and "a.txt" in end.message, end
+    assert served[0] == "BulkManifest" and "BulkServe" in served
+    pull = lab.agent_call("bulk/pull", wb.BulkPull(transfer_id=t.id, what="manifest"), secret)
+    assert pull.status_code in (403, 404)  # only the target pulls, and only while it runs
     assert not (root_of(lab, "dsa") / "forged").exists()
     no_leftovers(root_of(lab, "dsa"))
     assert copies_on(lab, "forged") == {"dsfake"}

@@ -310,6 +310,7 @@ class FakeSource(DataSource):
                 total_bytes=20 * GIB,
                 rate_bps=110e6,
                 created_at=NOW - 90,
+                message="downloading",
             )
         ]
         self._audit = [

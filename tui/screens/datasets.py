@@ -55,6 +55,10 @@ def dataset_details(ds: api.Dataset, now: float) -> Table:
     return grid
 
 
+#: Columns of the transfers table before its status (widths and gaps).
+TRANSFER_FIXED_W = 4 + 6 + 14 + 10 + 9 + 15 + 8 + 2 * 8 + 2
+
+
 def progress(t: api.Transfer) -> Text:
     if t.total_bytes:
         frac = t.done_bytes / t.total_bytes
@@ -114,6 +118,9 @@ class DatasetsScreen(View):
             ("Rate", "rate", 8),
         ):
             tr.add_column(label, key=key, width=width)
+        # What the transfer is doing in words: the path a copy takes ("direct", "via master
+        # relay: source not reachable (...)"), a resume, why it failed.
+        tr.add_column("Status", key="msg", width=max(self.size.width - TRANSFER_FIXED_W, 20))
         self.table.focus()
 
     async def fetch(self) -> DatasetsData:
@@ -159,6 +166,7 @@ class DatasetsScreen(View):
                         fmt.state_text(t.state),
                         progress(t),
                         f"{fmt.human_bytes(t.rate_bps)}/s" if t.rate_bps else "-",
+                        fmt.plain(t.message),
                     ],
                 )
                 for t in transfers

@@ -3,20 +3,23 @@ against the shared structs; a malformed or oversized body is a 4xx, never a 500.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 from litestar import Request, Response, asgi, post
 from litestar.exceptions import MethodNotAllowedException
+from litestar.response import Stream
 from litestar.types import Receive, Scope, Send
 
 from mlsm.errors import MlsmError, PayloadTooLarge
 from mlsm.master.bodies import decode_agent_body
 from mlsm.master.http import audit_target
 from mlsm.master.routes.common import ServicesDep, principal
+from mlsm.master.services.bulk import Pipe
 from mlsm.master.services.container import services_of
 from mlsm.wire import agent as w
 from mlsm.wire import outputs as wo
+from mlsm.wire.bulk import PipeKind, decode_pull, encode_error, pipe_header, pipe_record
 
 T = TypeVar("T")
 AGENT_BODY_LIMIT = 8 << 20  # hard cap; the configured limit is checked per request
@@ -121,28 +124,6 @@ async def datasets(request: Request[Any, Any, Any], services: ServicesDep) -> Re
 ROUTES = [register, heartbeat, commands, events, logs, datasets]
 
 
-# ---------------------------------------------------------------- dataset copies via the master
-@post("/agent/v1/transfers/upload", opt={"role": "node"}, status_code=200, **_opts)
-async def transfer_upload(
-    request: Request[Any, Any, Any], services: ServicesDep
-) -> Response[bytes]:
-    """A source node's chunk of a copy (manifest or packed data), idempotent by offset."""
-    chunk = await _decode(request, services, w.decode_transfer_chunk)
-    node = services.nodes.node_for(principal(request))
-    return _reply(await services.relay.upload(node, chunk))
-
-
-@post("/agent/v1/transfers/fetch", opt={"role": "node"}, status_code=200, **_opts)
-async def transfer_fetch(request: Request[Any, Any, Any], services: ServicesDep) -> Response[bytes]:
-    """A target node reads a spooled copy from an offset."""
-    req = await _decode(request, services, w.decode_transfer_fetch)
-    node = services.nodes.node_for(principal(request))
-    return _reply(await services.relay.fetch(node, req))
-
-
-ROUTES += [transfer_upload, transfer_fetch]
-
-
 # ---------------------------------------------------------------- relay pipes (mlsm.wire.bulk)
 @post(
     "/agent/v1/bulk/push/{pipe_id:str}",
@@ -191,3 +172,35 @@ async def outputs_removed(
 
 
 ROUTES += [outputs_removed]
+
+
+async def _records(pipe: Pipe) -> AsyncIterator[bytes]:
+    """A pipe's answer as pipe records; the pipe is closed however this ends (a puller
+    that goes away aborts the source's push)."""
+    try:
+        async for chunk in pipe:
+            yield pipe_header(PipeKind.DATA, len(chunk))
+            yield chunk
+        yield pipe_record(PipeKind.END)
+    except MlsmError as exc:
+        yield encode_error(exc)
+    finally:
+        pipe.close()
+
+
+@post("/agent/v1/bulk/pull", opt={"role": "node"}, status_code=200, **_opts)
+async def bulk_pull(request: Request[Any, Any, Any], services: ServicesDep) -> Stream:
+    """A target node pulls a transfer's manifest or frames, relayed from its source node
+    (mlsm.master.services.datasets.relay); answered with pipe records as they come."""
+    req = await _decode(request, services, decode_pull)
+    node = services.nodes.node_for(principal(request))
+    answer = await services.relay.pull(node, req)
+    if isinstance(answer, bytes):  # a direct offer: small, answered whole
+        return Stream(
+            iter([pipe_record(PipeKind.DATA, answer), pipe_record(PipeKind.END)]),
+            media_type="application/octet-stream",
+        )
+    return Stream(_records(answer), media_type="application/octet-stream")
+
+
+ROUTES += [bulk_pull]

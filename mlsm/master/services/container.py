@@ -37,7 +37,6 @@ from mlsm.master.services.datasets import (
     CopyRelay,
     DatasetCatalog,
     DatasetOperations,
-    RelaySpool,
     Transfers,
 )
 from mlsm.master.services.diskhygiene import DiskHygiene
@@ -87,12 +86,15 @@ class Services:
         self.pipes = Pipes(self.nodes, settings.bulk_idle_timeout)
         # datasets
         self.catalog = DatasetCatalog(db, self.nodes)
-        spool = RelaySpool(settings.data_path / "transfers")
-        self.transfers = Transfers(db, self.nodes, self.catalog, spool)
-        self.dataset_ops = DatasetOperations(
-            self.nodes, self.catalog, self.transfers, spool, self.lab_settings
+        self.transfers = Transfers(
+            db, self.nodes, self.catalog, lambda: self.lab_settings.current.import_max_bytes
         )
-        self.relay = CopyRelay(db, self.transfers, spool, self.lab_settings)
+        self.dataset_ops = DatasetOperations(
+            self.nodes, self.catalog, self.transfers, self.lab_settings
+        )
+        self.relay = CopyRelay(
+            self.nodes, self.transfers, self.pipes, ticket_ttl=settings.bulk_ticket_ttl
+        )
         # jobs
         log_store = LogStore(settings.data_path / "logs")
         self.fair_share = FairShare(settings.fairshare_half_life_hours * HOURS)

@@ -113,8 +113,14 @@ class NodeRegistry:
             self._index(n)
         for c in cmds:
             node = self.nodes.get(c.node_id)
-            if node is not None:
+            if node is None:
+                continue
+            try:
                 node.outbox[c.id] = _cmd_decoder.decode(c.body)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                # A command of a kind this master no longer sends (a retired copy protocol):
+                # it cannot be delivered, and what it served was failed at the restart.
+                log.warning("dropping queued command %s (%s): no longer known", c.id, c.kind)
 
     def _index(self, n: LiveNode) -> None:
         self.nodes[n.id] = n

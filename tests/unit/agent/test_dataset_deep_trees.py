@@ -4,20 +4,19 @@ deleted and swept like any other, never following the links inside them."""
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 import pytest
 
+from agent.bulk.sources import Tree, build_tree_manifest
 from agent.datasets import (
     DatasetScanner,
     delete_dataset,
     digest,
-    pack_dataset,
     purge_leftovers,
-    receive_dataset,
     scan_entry,
 )
+from mlsm.bulk import Sink, Source, pump
 from tests.support.deep_trees import DEEP, deepest_rel, make_deep
 
 FILE_EVERY = 50  # a file every this many levels
@@ -68,24 +67,18 @@ def test_digest_of_a_5000_deep_dataset_lists_every_file(root: Path) -> None:
     assert digest(root / "deep") == (value, manifest)
 
 
-async def _aiter(chunks: Iterable[bytes]) -> AsyncIterator[bytes]:
-    for c in chunks:
-        yield c
-
-
-async def test_a_5000_deep_dataset_is_copied_and_verified(root: Path, tmp_path: Path) -> None:
+def test_a_5000_deep_dataset_is_copied_and_verified(root: Path, tmp_path: Path) -> None:
+    """The copy's machinery (the agent's descriptor-built manifest, then Source -> Sink)
+    carries a 5,000-deep dataset whole, and leaves its outward links behind."""
     value, manifest = digest(root / "deep")
+    tree_manifest = build_tree_manifest(Tree(root / "deep"))
+    assert tree_manifest.file_count() == _files()
     dest = tmp_path / "dest-root"
     dest.mkdir()
-    entry = await receive_dataset(
-        _aiter(pack_dataset(root / "deep")),
-        dest,
-        "deep",
-        manifest,
-        max_bytes=1 << 30,
-        expected_digest=value,
-    )
-    assert (entry.files, entry.digest) == (_files(), value)
+    with Source.from_tree(root / "deep", tree_manifest) as source:
+        sink = Sink(tree_manifest, tmp_path / "work", durable=False)
+        pump(sink, source.chunks)
+        sink.finish(dest / "deep")
     assert digest(dest / "deep") == (value, manifest)
     assert os.listdir(dest) == ["deep"]
 

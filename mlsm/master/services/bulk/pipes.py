@@ -22,7 +22,8 @@ Memory is bounded, never the disk: the push's data goes through a queue of at mo
 stops reading its body, so TCP holds the source back (a slow puller slows the source, the
 master buffers no more). The puller's end: iteration stops at the source's END record;
 an ERROR record raises the source's error as the same :mod:`mlsm.errors` class; a body
-that breaks off raises :class:`~mlsm.errors.TransferFailed`. :meth:`Pipe.close` before the
+that breaks off (or never starts) raises :class:`~mlsm.errors.UnavailableError`, which a
+puller retries, and a malformed one :class:`~mlsm.errors.TransferFailed`. :meth:`Pipe.close` before the
 end aborts the push (its POST is answered with an error, and the agent stops reading its
 source). A pipe that sees no byte for ``idle_timeout`` seconds (the agent never pushed,
 or stalled; the puller stopped reading) fails on both ends.
@@ -99,7 +100,7 @@ class Pipe:
             except TimeoutError:
                 what = "started sending" if not self.pushing else "sent more"
                 self._fail(
-                    errors.TransferFailed(
+                    errors.UnavailableError(
                         f"node {self.node_name} has not {what} for {self.idle_timeout:g} s "
                         "(offline, or its agent stalled)"
                     )
@@ -173,15 +174,18 @@ class Pipe:
                     else:
                         self._fail(decode_error(data))
             if not reader.ended:
-                self._fail(
-                    errors.TransferFailed(f"node {self.node_name}'s answer broke off midway")
-                )
+                self._fail(self._broke_off())
         except errors.TransferFailed as exc:  # a malformed stream
             self._fail(exc)
             raise
         except BaseException:  # the push's connection went away
-            self._fail(errors.TransferFailed(f"node {self.node_name}'s answer broke off midway"))
+            self._fail(self._broke_off())
             raise
+
+    def _broke_off(self) -> errors.MlsmError:
+        """The source went away mid-answer (its agent stopped, the network broke): worth
+        asking again once it is back, so transient for the puller."""
+        return errors.UnavailableError(f"node {self.node_name}'s answer broke off midway")
 
 
 class Pipes:

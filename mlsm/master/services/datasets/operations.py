@@ -19,7 +19,6 @@ from mlsm.datasets_names import dataset_name_problem
 from mlsm.errors import Conflict, NotFound, ValidationError
 from mlsm.master.security import Principal
 from mlsm.master.services.datasets.catalog import DatasetCatalog
-from mlsm.master.services.datasets.spool import RelaySpool
 from mlsm.master.services.datasets.transfers import LiveTransfer, Transfers
 from mlsm.master.services.livenode import LiveNode
 from mlsm.master.services.nodes import NodeRegistry
@@ -27,6 +26,7 @@ from mlsm.master.services.settings import SettingsService
 from mlsm.redact import url_secrets
 from mlsm.wire import agent as w
 from mlsm.wire import api
+from mlsm.wire import bulk as wb
 
 IMPORT_SCHEMES = ("http", "https")
 #: How many of the jobs that need a copy a refused delete names.
@@ -39,13 +39,11 @@ class DatasetOperations:
         nodes: NodeRegistry,
         catalog: DatasetCatalog,
         transfers: Transfers,
-        spool: RelaySpool,
         lab_settings: SettingsService,
     ) -> None:
         self.nodes = nodes
         self.catalog = catalog
         self.transfers = transfers
-        self.spool = spool
         self.lab_settings = lab_settings
 
     async def start_import(self, p: Principal, body: api.DatasetImport) -> api.Transfer:
@@ -85,7 +83,8 @@ class DatasetOperations:
         return live.view()
 
     async def start_transfer(self, p: Principal, body: api.DatasetTransfer) -> api.Transfer:
-        """Copy (or move) a dataset between nodes, relayed through the master."""
+        """Copy (or move) a dataset between nodes: the target pulls it from the source
+        (through the master's relay pipes), verifies every file and renames it into place."""
         _check_name(body.name)
         if body.src == body.dst:
             raise ValidationError("--from and --to name the same node", path="dst")
@@ -96,11 +95,13 @@ class DatasetOperations:
         dst = self._online(body.dst, "target")
         _with_roots(dst)
         self._not_there(dst, body.name)
+        need = COMMAND_SINCE["bulk_receive"]
         for n in (src, dst):
-            if n.protocol < COMMAND_SINCE["send_dataset"]:
+            if n.protocol < need:
                 raise Conflict(
-                    f"the agent on {n.name} speaks protocol {n.protocol}, too old for copies between "
-                    f"servers (needs {COMMAND_SINCE['send_dataset']}): upgrade mlsm on that server"
+                    f"the agent on {n.name} is too old for copies between servers (it speaks "
+                    f"protocol {n.protocol}, copies need {need}): upgrade mlsm on that server",
+                    details={"node": n.name, "protocol": n.protocol, "needs": need},
                 )
         live = await self.transfers.new(
             LiveTransfer(
@@ -115,13 +116,12 @@ class DatasetOperations:
                 created_at=time.time(),
                 created_by=p.name,
                 state="running",
-                phase="send",
-                message=f"{src.name} -> {dst.name}: queued on {src.name}",
+                phase="receive",
+                message=f"{src.name} -> {dst.name}: queued on {dst.name}",
             )
         )
-        await self.spool.prepare()
         await self.transfers.command(
-            live, "send", src.id, w.SendDataset, transfer_id=live.id, path=path
+            live, "receive", dst.id, wb.BulkReceive, **self.transfers.receive_fields(live)
         )
         await self.transfers.save(live)
         return live.view()

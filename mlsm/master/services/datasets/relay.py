@@ -1,155 +1,152 @@
-"""The copy relay: a source node uploads a dataset to the master's spool, the target fetches it.
+"""A dataset copy's bytes: directly between the agents when the target can reach the source,
+else through the master: the target pulls, the source pushes, through a relay pipe
+(:mod:`mlsm.master.services.bulk`), with bounded memory and nothing on disk.
 
-The source uploads the manifest and then the packed dataset in chunks, idempotent by offset
-(a chunk that starts past what the spool holds is answered with the current size; bytes the
-spool already has are skipped). Once both parts are whole the target gets
-:class:`~mlsm.wire.agent.ReceiveDataset` and reads them back by offset. The data part is
-bounded by the lab's ``import_max_bytes``, the manifest by :data:`MANIFEST_MAX_BYTES`.
+**Direct offers** (``what="direct"``): the master opens a listener on the source for the
+transfer (``BulkListen`` through a pipe, with a fresh random session key, the target's node
+id and certificate, and an expiry :data:`DIRECT_SESSION_S` ahead) and answers the target
+with a :class:`~mlsm.wire.bulk.DirectOffer`: the source's addresses and certificate (from
+its node info: the target pins it), the port, and one ticket
+(:class:`mlsm.bulk.tickets.TicketIssuer`: single-use serial, expiry, bound to the
+transfer, the source spec and the target node). Every connection needs a new offer, so
+every ticket passes the same checks as a relayed pull (a copy in progress to that node).
+A listener is reused for further tickets until one ticket's life (``bulk_ticket_ttl``)
+before it closes. A
+source or target without a certificate in its node info gets a 409 in words: the target
+then uses the relay.
+
+The target agent (running ``BulkReceive``) asks ``POST /agent/v1/bulk/pull`` for the
+source's manifest, then for the frames of each want; :meth:`CopyRelay.pull` checks that
+the transfer is a copy or move in progress *to that node* (never another node's, never a
+cancelled one), opens a pipe to the transfer's source node with ``BulkManifest`` or
+``BulkServe`` for ``dataset NAME``, and the route streams the pipe's records back. The
+source is named by the transfer, never by the puller. A source that is offline, or goes
+away mid-answer, is answered with :class:`~mlsm.errors.UnavailableError`: the target
+waits and pulls again (resuming from its journal), so a source agent's restart does not
+end the copy.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
-from mlsm.errors import Conflict, NotFound, PayloadTooLarge, PermissionDenied
-from mlsm.master.db import Database
-from mlsm.master.db.models import Transfer as TransferRow
-from mlsm.master.services.datasets.spool import RelaySpool
-from mlsm.master.services.datasets.transfers import LiveTransfer, Transfers
+import msgspec
+
+from mlsm.bulk.tickets import TICKET_TTL_S, TicketIssuer, new_key
+from mlsm.errors import Conflict, PermissionDenied, UnavailableError, ValidationError
+from mlsm.master.services.bulk import Pipe, Pipes
+from mlsm.master.services.datasets.transfers import Transfers
 from mlsm.master.services.livenode import LiveNode
-from mlsm.master.services.settings import SettingsService
-from mlsm.wire import agent as w
+from mlsm.master.services.nodes import NodeRegistry
+from mlsm.wire import bulk as wb
 
-MANIFEST_MAX_BYTES = 256 << 20  # a million files' manifest is ~100 MiB of MessagePack
+RELAY_PATH = "via master relay"
+DIRECT_SESSION_S = 3600.0  # a source's listener for one transfer lives this long at most
+LISTEN_REPLY_MAX = 4096
+_encode = msgspec.msgpack.Encoder().encode
+
+
+@dataclass
+class _Session:
+    """A source's listener for one transfer, and the tickets for it."""
+
+    issuer: TicketIssuer
+    port: int
+    src_id: int
+    expires_at: float
 
 
 class CopyRelay:
     def __init__(
         self,
-        db: Database,
+        nodes: NodeRegistry,
         transfers: Transfers,
-        spool: RelaySpool,
-        lab_settings: SettingsService,
+        pipes: Pipes,
+        ticket_ttl: float = TICKET_TTL_S,
     ) -> None:
-        self.db = db
+        """``ticket_ttl``: how long a direct connection's ticket is good for (a setting)."""
+        self.ticket_ttl = ticket_ttl
+        self.nodes = nodes
         self.transfers = transfers
-        self.spool = spool
-        self.lab_settings = lab_settings
+        self.pipes = pipes
+        self._sessions: dict[int, _Session] = {}  # transfer id -> its direct session
 
-    async def upload(self, node: LiveNode, chunk: w.TransferChunk) -> w.TransferAck:
-        """A source node's chunk of a copy (manifest or packed data), idempotent by offset."""
-        if self.transfers.live(chunk.transfer_id) is None:  # ended: tell its sender why
-            async with self.db.session() as s:
-                row = await s.get(TransferRow, chunk.transfer_id)
-            if row is None or row.kind not in ("copy", "move") or row.src_node != node.name:
-                raise NotFound(f"no copy or move {chunk.transfer_id} from node {node.name}")
-            state = row.state  # a row without a live transfer that is not final has failed
-            return w.TransferAck(
-                transfer_id=row.id,
-                next_offset=0,
-                state="failed" if state == "pending" or state == "running" else state,
-                message=row.message,
-            )
-        live = self.transfers.copy(chunk.transfer_id)
-        if live.src_id != node.id:
-            raise PermissionDenied(f"transfer {live.id} does not read from node {node.name}")
-        async with live.lock:
-            part = chunk.part
-            size = live.sizes.get(part, 0)
-            if not live.running or part in live.closed or chunk.offset > size:
-                return _ack(live, size)
-            skip = size - chunk.offset
-            data = chunk.data[skip:] if skip < len(chunk.data) else b""
-            limit = self._part_limit(part)
-            if limit and size + len(data) > limit:
-                await self.transfers.end(
-                    live,
-                    "failed",
-                    f"{live.src_node} -> {live.node}: {live.dataset} is over the limit of "
-                    f"{limit} bytes (lab setting import_max_bytes)",
-                )
-                raise PayloadTooLarge(live.message)
-            if data:
-                await self.spool.write(live.id, part, size, data)
-                size += len(data)
-                live.sizes[part] = size
-                if not live.running:  # cancelled while writing: no spool may remain
-                    self.spool.drop(live.id)
-                    return _ack(live, size)
-            if part == "data":
-                live.done = size
-                elapsed = max(time.monotonic() - live.phase_started, 1e-6)
-                live.rate = size / elapsed
-                live.message = f"{live.src_node} -> {live.node}: uploading from {live.src_node}"
-            if chunk.eof:
-                if chunk.offset + len(chunk.data) != size:
-                    await self.transfers.end(
-                        live, "failed", f"the {part} upload ended at a wrong offset"
-                    )
-                    return _ack(live, size)
-                live.closed.add(part)
-                if part == "manifest":
-                    live.digest = chunk.digest
-                else:
-                    await self._start_receive(live)
-            return _ack(live, size)
-
-    def _part_limit(self, part: str) -> int:
-        return (
-            MANIFEST_MAX_BYTES if part == "manifest" else self.lab_settings.current.import_max_bytes
-        )
-
-    async def _start_receive(self, live: LiveTransfer) -> None:
-        if "manifest" not in live.closed:
-            await self.transfers.end(
-                live, "failed", "the source sent the dataset before its manifest"
-            )
-            return
-        live.phase = "receive"
-        live.phase_started = time.monotonic()
-        live.total = live.sizes.get("data", 0)
-        live.done, live.rate = 0, 0.0
-        live.message = f"{live.src_node} -> {live.node}: queued on {live.node}"
-        await self.transfers.command(
-            live,
-            "receive",
-            live.node_id,
-            w.ReceiveDataset,
-            transfer_id=live.id,
-            name=live.dataset,
-            manifest_digest=live.digest,
-            total_bytes=live.total,
-        )
-        await self.transfers.save(live)
-
-    async def fetch(self, node: LiveNode, req: w.TransferFetch) -> w.TransferData:
-        """A target node reads a spooled copy from an offset."""
-        if self.transfers.live(req.transfer_id) is None:
-            raise Conflict(f"transfer {req.transfer_id} is not in progress (ended or cancelled)")
+    async def pull(self, node: LiveNode, req: wb.BulkPull) -> Pipe | bytes:
+        """The pipe answering a target node's pull (see the module docstring)."""
         live = self.transfers.copy(req.transfer_id)
         if live.node_id != node.id:
             raise PermissionDenied(f"transfer {live.id} does not go to node {node.name}")
         if live.cancel_by:
             raise Conflict(f"transfer {live.id} was cancelled by {live.cancel_by}")
-        if req.part not in live.closed or live.phase != "receive":
-            raise Conflict(f"the {req.part} of transfer {live.id} is not uploaded yet")
-        size = live.sizes.get(req.part, 0)
-        data = await self.spool.read(
-            live.id, req.part, req.offset, min(req.max_bytes, max(size - req.offset, 0))
-        )
-        return w.TransferData(
-            transfer_id=live.id,
-            offset=req.offset,
-            data=data,
-            eof=req.offset + len(data) >= size,
-            size=size,
+        src = self.nodes.nodes.get(live.src_id) if live.src_id is not None else None
+        if src is None:
+            raise Conflict(f"the source node of transfer {live.id} was removed")
+        if self.nodes.state_of(src) == "offline":  # the target waits and pulls again
+            raise UnavailableError(
+                f"source node {src.name} is offline; the copy resumes when it is back",
+                details={"node": src.name},
+            )
+        spec = wb.SourceSpec(kind="dataset", name=live.dataset)
+        if req.what == "direct":
+            if req.fresh:  # the source restarted (its listener is gone): a new one
+                self._sessions.pop(live.id, None)
+            return _encode(await self._offer(live.id, src, node, spec))
+        if req.what == "manifest":
+            return await self.pipes.open(src, wb.BulkManifest, source=spec)
+        if req.want is None:
+            raise ValidationError("a pull of frames needs a want", path="want")
+        return await self.pipes.open(
+            src, wb.BulkServe, source=spec, want=req.want, manifest_digest=req.manifest_digest
         )
 
-
-def _ack(live: LiveTransfer, size: int) -> w.TransferAck:
-    return w.TransferAck(
-        transfer_id=live.id,
-        next_offset=size,
-        state=live.state if live.state != "pending" else "running",
-        message=live.message if not live.running else "",
-    )
+    async def _offer(
+        self, transfer_id: int, src: LiveNode, node: LiveNode, spec: wb.SourceSpec
+    ) -> wb.DirectOffer:
+        """One connection's offer (see the module docstring)."""
+        if not src.info.bulk_cert or not src.info.bulk_addresses:
+            raise Conflict(f"source node {src.name} offers no direct path (no certificate)")
+        if not node.info.bulk_cert:
+            raise Conflict(f"node {node.name} has no certificate for the direct path")
+        for tid in [t for t in self._sessions if self.transfers.live(t) is None]:
+            del self._sessions[tid]  # its transfer ended
+        now = time.time()
+        sess = self._sessions.get(transfer_id)
+        if sess is None or sess.src_id != src.id or sess.expires_at - now < self.ticket_ttl:
+            key = new_key()
+            expires_at = now + DIRECT_SESSION_S
+            pipe = await self.pipes.open(
+                src,
+                wb.BulkListen,
+                transfer_id=transfer_id,
+                source=spec,
+                target_node=node.id,
+                target_cert=node.info.bulk_cert,
+                key=key.hex(),
+                expires_at=expires_at,
+            )
+            try:
+                answer = await pipe.read_all(LISTEN_REPLY_MAX)
+            finally:
+                pipe.close()
+            try:
+                port = wb.decode_listen_reply(answer).port
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                raise Conflict(f"source node {src.name} gave no port to listen on") from None
+            issuer = TicketIssuer(key, transfer_id, str(spec), ttl_s=self.ticket_ttl)
+            sess = _Session(issuer, port, src.id, expires_at)
+            self._sessions[transfer_id] = sess
+        t = sess.issuer.issue(node.id)
+        return wb.DirectOffer(
+            addresses=list(src.info.bulk_addresses),
+            port=sess.port,
+            cert=src.info.bulk_cert,
+            ticket=wb.WireTicket(
+                transfer_id=t.transfer_id,
+                target_node=t.target_node,
+                source=t.source,
+                serial=t.serial,
+                expires_at=t.expires_at,
+                mac=t.mac,
+            ),
+        )

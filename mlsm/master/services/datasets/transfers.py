@@ -7,11 +7,12 @@ and is kept in memory; the row is written when a transfer starts, changes phase 
 never per heartbeat. Starting them is :mod:`.operations`' job, relaying a copy's bytes
 :mod:`.relay`'s.
 
-A copy or move runs in phases: ``send`` (the source uploads to the relay spool),
-``receive`` (the target downloads, verifies every file against the manifest and renames the
-dataset into place; only its success report, sent after the target's catalog delta, ends
-the copy) and, for a move, ``delete-source``. A failed or cancelled transfer deletes its
-spool files; the agents remove their temp dirs.
+A copy or move runs in phases: ``receive`` (the target pulls the source's manifest and
+the files it lacks through the master's relay pipes (:mod:`.relay`), verifies every file
+and renames the dataset into place; only its success report, sent after the target's
+catalog delta, ends the copy) and, for a move, ``delete-source``. The master keeps no byte
+of a copy: a failed or cancelled one leaves nothing here, and the target removes its
+work dir.
 
 An import URL may carry a secret (userinfo, a presigned query, a fragment): the full URL
 goes only into the agent's ImportDataset command, and is redacted there too once the
@@ -29,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,12 +43,12 @@ from mlsm.master.db.models import Command as CommandRow
 from mlsm.master.db.models import Transfer as TransferRow
 from mlsm.master.security import Principal
 from mlsm.master.services.datasets.catalog import DatasetCatalog
-from mlsm.master.services.datasets.spool import RelaySpool
 from mlsm.master.services.livenode import LiveNode, NodeEvents
 from mlsm.master.services.nodes import NodeRegistry
 from mlsm.redact import redact_text, redact_url, url_secrets
 from mlsm.wire import agent as w
 from mlsm.wire import api
+from mlsm.wire import bulk as wb
 
 log = logging.getLogger("mlsm.master.datasets")
 
@@ -55,6 +57,7 @@ TRANSFER_LIST_LIMIT = 200
 MESSAGE_MAX = 4096  # characters of a transfer's message a row keeps
 SINGLE = ("import", "delete", "digest")  # transfers that are one command on one node
 _decode_import = msgspec.msgpack.Decoder(w.ImportDataset).decode
+_cmd_decoder = msgspec.msgpack.Decoder(w.Command)
 
 
 @dataclass(eq=False)
@@ -77,12 +80,9 @@ class LiveTransfer:
     rate: float = 0.0
     message: str = ""
     command_id: int | None = None
-    phase: str = ""  # copy/move: send -> receive -> delete-source
+    phase: str = ""  # copy/move: receive -> delete-source
     phase_started: float = field(default_factory=time.monotonic)
     cmds: dict[int, tuple[str, int]] = field(default_factory=dict)  # cmd id -> (role, node id)
-    sizes: dict[str, int] = field(default_factory=dict)  # spooled bytes per part
-    closed: set[str] = field(default_factory=set)  # parts uploaded whole
-    digest: str = ""
     cancel_by: str = ""  # who asked to cancel a copy that is already being received
     secrets: tuple[str, ...] = ()  # an import URL's secret parts, scrubbed from its messages
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -109,18 +109,24 @@ class LiveTransfer:
 
 class Transfers(NodeEvents):
     def __init__(
-        self, db: Database, nodes: NodeRegistry, catalog: DatasetCatalog, spool: RelaySpool
+        self,
+        db: Database,
+        nodes: NodeRegistry,
+        catalog: DatasetCatalog,
+        max_bytes: Callable[[], int] = lambda: 0,
     ) -> None:
+        """``max_bytes`` is the lab's import limit now (a receive is refused above it)."""
         self.db = db
         self.nodes = nodes
         self.catalog = catalog
-        self.spool = spool
+        self.max_bytes = max_bytes
         self._live: dict[int, LiveTransfer] = {}
         self._by_cmd: dict[int, int] = {}  # command id -> transfer id
 
     async def load(self) -> None:
-        """After a restart: single-command transfers go on (the agent still reports them);
-        a copy's spool and phase lived in memory, so an unfinished copy is failed."""
+        """After a restart: single-command transfers go on (the agent still reports them),
+        and so do copies and moves (:meth:`_resume_copy`); the rest is failed."""
+        resend: list[tuple[LiveTransfer, str]] = []
         async with self.db.transaction() as s:
             rows = (
                 (await s.execute(select(TransferRow).where(TransferRow.state.in_(ACTIVE))))
@@ -129,19 +135,80 @@ class Transfers(NodeEvents):
             )
             for r in rows:
                 node = self.nodes.by_name.get(r.node)
+                cmd = await s.get(CommandRow, r.command_id) if r.command_id is not None else None
                 if r.kind in SINGLE and node is not None and r.command_id is not None:
                     live = _live_of(r, node.id)
                     live.cmds[r.command_id] = (r.kind, node.id)
                     if r.kind == "import":
-                        cmd = await s.get(CommandRow, r.command_id)
                         if cmd is not None and cmd.kind == w.ImportDataset.__name__:
                             live.secrets = url_secrets(_decode_import(cmd.body).url)
                     self._live[r.id] = live
                     self._by_cmd[r.command_id] = r.id
+                elif r.kind in ("copy", "move") and node is not None and cmd is not None:
+                    resumed, phase_cmd = self._resume_copy(r, node.id, cmd)
+                    if resumed is None:
+                        r.state = "failed"
+                        r.message = "the master restarted and lost this transfer's source node"
+                        continue
+                    if not cmd.acked:  # still in the node's outbox: delivered as it is
+                        phase_cmd = ""
+                    resend.append((resumed, phase_cmd))
                 else:
                     r.state = "failed"
                     r.message = "the master restarted while this transfer ran; start it again"
-                    self.spool.drop(r.id)
+        for live, phase_cmd in resend:
+            if phase_cmd:
+                await self._resend(live)
+
+    def _resume_copy(
+        self, r: TransferRow, node_id: int, cmd: CommandRow
+    ) -> tuple[LiveTransfer | None, str]:
+        """A copy or move the master was running when it stopped: back in memory in the
+        phase its current command (the row's ``command_id``) names. The agents kept their
+        work: a target goes on receiving into its journaled work dir and pulls again once
+        the master answers."""
+        src = self.nodes.by_name.get(r.src_node or "")
+        if src is None:
+            return None, ""
+        live = _live_of(r, node_id)
+        live.src_id = src.id
+        if cmd.kind == w.DeleteDataset.__name__:
+            live.phase = "delete-source"
+            live.cmds[cmd.id] = ("delete-source", src.id)
+            delete = _cmd_decoder.decode(cmd.body)
+            assert isinstance(delete, w.DeleteDataset)
+            live.src_path = delete.path
+        else:
+            live.phase = "receive"
+            live.cmds[cmd.id] = ("receive", node_id)
+            live.src_path = self.catalog.path_on(src.id, r.dataset) or ""
+        self._live[r.id] = live
+        self._by_cmd[cmd.id] = r.id
+        return live, live.phase
+
+    async def _resend(self, live: LiveTransfer) -> None:
+        """Send the current phase's command again (both are idempotent on the agents: a
+        receive by transfer id, a delete of what is already gone succeeds): its report may
+        have been lost with the master's memory."""
+        if live.phase == "delete-source" and live.src_id is not None:
+            live.command_id = await self.command(
+                live, "delete-source", live.src_id, w.DeleteDataset, path=live.src_path
+            )
+        else:
+            live.command_id = await self.command(
+                live, "receive", live.node_id, wb.BulkReceive, **self.receive_fields(live)
+            )
+        await self.save(live)
+
+    def receive_fields(self, live: LiveTransfer) -> dict[str, Any]:
+        """The ``BulkReceive`` of a copy or move (the same for every send of it)."""
+        return {
+            "transfer_id": live.id,
+            "source": wb.SourceSpec(kind="dataset", name=live.dataset),
+            "src_node": live.src_node or "",
+            "name": live.dataset,
+            "max_bytes": self.max_bytes(),
+        }
 
     # ---------------------------------------------------------------- what runs
     def live(self, transfer_id: int) -> LiveTransfer | None:
@@ -216,7 +283,6 @@ class Transfers(NodeEvents):
         live.state, live.message = state, message  # final now: a second end returns above
         for cmd_id in live.cmds:
             self._by_cmd.pop(cmd_id, None)
-        self.spool.drop(live.id)
         if live.kind == "delete" and state != "succeeded" and live.src_path:
             self.catalog.restore(live.node_id, live.dataset, live.src_path)
         if live.kind == "import" and live.command_id is not None:
@@ -244,11 +310,13 @@ class Transfers(NodeEvents):
         """End transfers whose working node went offline (its agent lost the work, or
         cannot report it): checked when transfers are read, which is what waits on them."""
         for live in list(self._live.values()):
-            if live.phase in ("send", "delete-source"):
+            if live.phase == "delete-source":
                 node_id = live.src_id
             else:
                 node_id = live.node_id
             node = self.nodes.nodes.get(node_id) if node_id is not None else None
+            if node is not None and live.phase == "receive":
+                continue  # its agent resumes the receive when it is back (agent.bulk.receives)
             if node is None or self.nodes.state_of(node) == "offline":
                 name = node.name if node is not None else "(removed)"
                 await self.end(live, "failed", f"node {name} went offline during the transfer")
@@ -307,7 +375,9 @@ class Transfers(NodeEvents):
             raise Conflict(f"transfer {transfer_id} is removing files; it cannot be cancelled")
         for cmd_id, (_role, node_id) in list(live.cmds.items()):
             await self.nodes.enqueue(node_id, w.CancelTransfer, command_id=cmd_id)
-        if live.kind == "import" or live.phase == "receive":
+        target = self.nodes.nodes.get(live.node_id)
+        offline = target is None or self.nodes.state_of(target) == "offline"
+        if live.kind == "import" or (live.phase == "receive" and not offline):
             # The agent removes its temp dir and reports "cancelled", or "succeeded" when
             # the dataset was already in place: the transfer ends with what really happened.
             live.cancel_by = p.name
@@ -344,12 +414,7 @@ class Transfers(NodeEvents):
                 await self.end(live, pr.state, pr.message)
             return
         where = f"{live.src_node} -> {live.node}"
-        if role == "send":
-            if pr.state in ("failed", "cancelled"):
-                await self.end(live, pr.state, f"{where}: sending failed: {pr.message}")
-            elif pr.state == "running" and live.phase == "send" and not live.sizes.get("data"):
-                live.message = f"{where}: {pr.message} on {live.src_node}"
-        elif role == "receive":
+        if role == "receive":
             await self._received(live, pr, where)
         elif role == "delete-source" and pr.state != "running":
             if pr.state == "succeeded":
@@ -363,6 +428,7 @@ class Transfers(NodeEvents):
 
     async def _received(self, live: LiveTransfer, pr: w.TransferProgress, where: str) -> None:
         live.done, live.rate = pr.done_bytes, pr.rate_bps
+        live.total = pr.total_bytes if pr.total_bytes is not None else live.total
         if pr.state == "running":
             if not live.cancel_by:
                 live.message = f"{where}: {pr.message or 'receiving'} on {live.node}"
@@ -379,14 +445,19 @@ class Transfers(NodeEvents):
             )
         elif live.kind == "move" and live.src_id is not None:
             live.phase = "delete-source"
-            live.message = f"{where}: verified on {live.node}; removing it from {live.src_node}"
-            self.spool.drop(live.id)
-            await self.command(
+            live.message = (
+                f"{where}: verified on {live.node} ({pr.message}); removing it from {live.src_node}"
+            )
+            if not live.src_path:
+                live.src_path = self.catalog.path_on(live.src_id, live.dataset) or live.dataset
+            live.command_id = await self.command(
                 live, "delete-source", live.src_id, w.DeleteDataset, path=live.src_path
             )
-            await self.save(live)
+            await self.save(live)  # a restarted master resumes the move in this phase
         else:
-            await self.end(live, "succeeded", f"{where}: copied and verified file by file")
+            await self.end(
+                live, "succeeded", f"{where}: copied and verified file by file ({pr.message})"
+            )
 
 
 def _live_of(r: TransferRow, node_id: int) -> LiveTransfer:
