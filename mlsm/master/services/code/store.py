@@ -11,9 +11,16 @@ as the blob named by its digest. How a snapshot comes in (:class:`CodeStore`):
    bytes that member has never sent (see below).
 2. :meth:`CodeStore.receive`: the CLI sends those entries as one frame stream; every blob
    is verified (its bytes must hash to its name) before it is published.
-3. The submit names the digest; :meth:`CodeStore.attach` checks the user may use it, pins
-   its blobs for each job (``job:<id>``) and :meth:`CodeStore.release` unpins them when the
-   job is finished (a requeued attempt keeps them).
+3. The submit names the digest; :meth:`CodeStore.check_access` checks the user may use
+   it, :meth:`CodeStore.attach` pins its blobs for the jobs and :meth:`CodeStore.release`
+   unpins them when the last of them is finished (a requeued attempt keeps them). The pin
+   is the snapshot's (owner ``code:<digest>``, one row per blob), held while any open job
+   names it: an array of 1,000 tasks or a resubmit of the same tree pins nothing again.
+
+Each request costs a handful of index transactions, whatever the snapshot's size: an offer
+pins and looks up its blobs once; an upload's blobs are published in batches
+(:class:`~mlsm.bulk.StoreSink`) and what is still wanted afterwards is what the sink still
+lacks, not a second look at every blob.
 
 **Who may use a snapshot.** A member may name only a snapshot they offered themselves whose
 every file's bytes they have sent at some time (``code_proofs``): knowing a digest, or the
@@ -29,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
@@ -65,8 +73,8 @@ UPLOAD_FRAME_SLACK = 64  # bytes of frame headers allowed per entry in an upload
 _MANIFEST_CACHE = 64  # decoded manifests kept in memory (agents fetch them per request)
 
 
-def _job_owner(job_id: int) -> str:
-    return f"job:{job_id}"
+def _code_owner(digest: str) -> str:
+    return f"code:{digest}"
 
 
 def _upload_owner(digest: str, user: str) -> str:
@@ -96,26 +104,58 @@ class CodeStore:
         self.lab_settings = lab_settings
         self._uploads: dict[str, float] = {}  # upload pin owner -> when it was pinned
         self._manifests: dict[str, Manifest] = {}
+        self._jobs: dict[str, set[int]] = {}  # digest -> the open jobs that run in it
+        self._job_code: dict[int, str] = {}  # open job -> its snapshot
+        self._pin_lock = threading.Lock()  # a snapshot's pin and unpin decided one at a time
 
     # ---------------------------------------------------------------- upkeep
     async def load(self) -> None:
-        """After a restart: drop the pins of uploads and of jobs that are no longer open
-        (those of project pushes stay until their node reports)."""
+        """After a restart: the open jobs' snapshots stay pinned (pinned again when an
+        older master pinned them per job); the pins of uploads, of finished jobs and of
+        snapshots no open job names go (those of project pushes stay until their node
+        reports)."""
         async with self.db.session() as s:
-            q = select(JobRow.id).where(JobRow.state.not_in(FINAL_STATES))
-            keep = {_job_owner(j) for j in (await s.execute(q)).scalars()}
+            q = select(JobRow).where(JobRow.state.not_in(FINAL_STATES))
+            for row in (await s.execute(q)).scalars():
+                if row.spec is not None and row.spec.code:
+                    self._jobs.setdefault(row.spec.code, set()).add(row.id)
+                    self._job_code[row.id] = row.spec.code
         owners = await asyncio.to_thread(self.store.pin_owners)
+        for digest in self._jobs:
+            if _code_owner(digest) not in owners:
+                try:
+                    m = await self.manifest(digest)
+                except NotFound:
+                    log.warning("code snapshot %s of open jobs is gone", digest[:12])
+                    continue
+                await asyncio.to_thread(
+                    self.store.pin, _code_owner(digest), [digest, *_file_blobs(m)]
+                )
+        keep = {_code_owner(d) for d in self._jobs}
         for owner in owners - keep:
             if owner.startswith("project:"):
                 continue
             await asyncio.to_thread(self.store.unpin, owner)
 
     def release(self, job_id: int) -> None:
-        """A job is finished: its blobs may be evicted again (the unpin runs in a thread)."""
-        task = asyncio.get_running_loop().create_task(
-            asyncio.to_thread(self.store.unpin, _job_owner(job_id))
-        )
+        """A job is finished: when no open job runs in its snapshot any more, the
+        snapshot's blobs may be evicted again (the unpin runs in a thread)."""
+        digest = self._job_code.pop(job_id, None)
+        if digest is None:
+            return
+        jobs = self._jobs.get(digest)
+        if jobs is not None:
+            jobs.discard(job_id)
+            if jobs:
+                return
+            del self._jobs[digest]
+        task = asyncio.get_running_loop().create_task(asyncio.to_thread(self._unpin_unused, digest))
         task.add_done_callback(_log_failure)
+
+    def _unpin_unused(self, digest: str) -> None:
+        with self._pin_lock:
+            if not self._jobs.get(digest):  # no job attached since the release
+                self.store.unpin(_code_owner(digest))
 
     async def _expire_uploads(self) -> None:
         now = time.monotonic()
@@ -182,7 +222,9 @@ class CodeStore:
     def _keep_manifest(self, owner: str, digest: str, m: Manifest, blobs: dict[str, int]) -> None:
         self.store.pin(owner, [digest, *blobs])
         if self.store.has([digest]):
-            self.store.put_bytes(digest, encode_manifest(m))
+            with self.store.writer(digest) as w:
+                w.write(encode_manifest(m))
+                w.commit()
 
     async def _wanted(self, p: Principal, blobs: dict[str, int]) -> set[str]:
         """Blobs the store lacks, and for a member those they have not sent themselves."""
@@ -249,7 +291,8 @@ class CodeStore:
         m = await self.manifest(digest)
         blobs = _file_blobs(m)
         need = set() if p.is_admin else set(blobs) - await self._proven(p.name, blobs)
-        sink = await asyncio.to_thread(StoreSink, self.store, m, need=need)
+        # The offer marked the present blobs used (and pinned them): no second touch.
+        sink = await asyncio.to_thread(StoreSink, self.store, m, need=need, touch=False)
         # What an honest upload of this snapshot can be: its bytes and a header per file.
         limit = m.total_bytes() + (len(m.entries) + 1) * UPLOAD_FRAME_SLACK
         seen = 0
@@ -278,7 +321,9 @@ class CodeStore:
         got = {m.entries[i].sha256 for i in sink.received}
         if got and not p.is_admin:
             await self._prove(p.name, got - await self._proven(p.name, got))
-        want = await self._wanted(p, blobs)
+        # Wanted still: what the sink did not get (it started from what the store lacked
+        # and what this member had not proven; the rest is pinned since the offer).
+        want = {m.entries[i].sha256 for i in [*sink.pending, *sink.gone]}
         offer = self._offer_of(digest, m, blobs, want)
         await self._record(p.name, digest, m, offer.complete)
         return offer, sink.bytes_received
@@ -332,13 +377,24 @@ class CodeStore:
     async def attach(
         self, digest: str, m: Manifest, job_ids: Iterable[int], *, owner: str = ""
     ) -> None:
-        """Pin the snapshot for each job (until :meth:`release`), or for ``owner``."""
+        """Pin the snapshot for the jobs (until the last one's :meth:`release`), or for
+        ``owner``; a snapshot already pinned for open jobs is not pinned again."""
+        ids = list(job_ids)
+        owners = [owner] if owner else []
+        if ids:
+            jobs = self._jobs.setdefault(digest, set())
+            if not jobs:
+                owners.append(_code_owner(digest))
+            jobs.update(ids)
+            self._job_code.update((j, digest) for j in ids)
+        if not owners:
+            return
         blobs = [digest, *_file_blobs(m)]
-        owners = [_job_owner(j) for j in job_ids] + ([owner] if owner else [])
 
         def pin() -> None:
-            for o in owners:
-                self.store.pin(o, blobs)
+            with self._pin_lock:
+                for o in owners:
+                    self.store.pin(o, blobs)
 
         await asyncio.to_thread(pin)
 
