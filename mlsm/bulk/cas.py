@@ -110,6 +110,7 @@ class Store:
         (self.root / TMP_DIR).mkdir(mode=0o700, exist_ok=True)
         new = not (self.root / INDEX_NAME).exists()
         self._lock = threading.RLock()
+        self._evicted: list[str] = []  # blobs this object dropped since drain_evicted()
         self._db = sqlite3.connect(
             self.root / INDEX_NAME,
             timeout=BUSY_TIMEOUT_S,
@@ -215,6 +216,7 @@ class Store:
                     os.close(fd)
                 with self._write() as db:
                     db.execute("DELETE FROM blobs WHERE sha = ?", (sha,))
+                    self._evicted.append(sha)
                 return None
             with self._write() as db:
                 db.execute(
@@ -253,6 +255,13 @@ class Store:
         """Every owner that holds pins (to drop those of owners that are gone)."""
         with self._lock:
             return {r[0] for r in self._db.execute("SELECT DISTINCT owner FROM pins")}
+
+    def drain_evicted(self) -> list[str]:
+        """The blobs this ``Store`` object evicted or dropped since the last call (for a
+        caller that keeps facts about blobs, such as who sent them, to forget them)."""
+        with self._lock:
+            out, self._evicted = self._evicted, []
+        return out
 
     def pinned(self, owner: str) -> set[str]:
         with self._lock:
@@ -327,6 +336,7 @@ class Store:
             if sha in blobs:
                 continue
             db.execute("DELETE FROM blobs WHERE sha = ?", (sha,))
+            self._evicted.append(sha)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.blob_path(sha))
             excess -= int(vsize)
@@ -369,6 +379,7 @@ class Store:
             if db.execute("SELECT 1 FROM pins WHERE sha = ?", (sha,)).fetchone():
                 return False
             db.execute("DELETE FROM blobs WHERE sha = ?", (sha,))
+            self._evicted.append(sha)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.blob_path(sha))
         return True

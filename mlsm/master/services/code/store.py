@@ -28,6 +28,11 @@ hashes of someone else's files, is not enough, and the store answers no question
 blobs another member sent (a member's offer always asks for them). Admins may use any
 snapshot the store holds, and their offers ask only for what the store lacks.
 
+A proof names a blob the store holds: when a blob leaves the store (evicted, or found
+damaged), its proofs are deleted (:meth:`CodeStore.prune_proofs`, after each upload and
+at start), so the table stays the size of the store and a member must send those bytes
+again before using them once someone else brings them back.
+
 **Agents** fetch a snapshot only for a job assigned to them that names it
 (:meth:`CodeStore.may_fetch`), or for a project push sent to them.
 """
@@ -41,7 +46,7 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from mlsm.bulk import Manifest, Source, Store, StoreSink, decode_manifest, encode_manifest
 from mlsm.bulk.want import Want
@@ -136,6 +141,27 @@ class CodeStore:
             if owner.startswith("project:"):
                 continue
             await asyncio.to_thread(self.store.unpin, owner)
+        await self.prune_proofs(everything=True)
+
+    async def prune_proofs(self, *, everything: bool = False) -> int:
+        """Delete the proofs of blobs that left the store since the last prune (or, with
+        ``everything``, of every blob the store lacks); how many rows went."""
+        gone = set(await asyncio.to_thread(self.store.drain_evicted))
+        if everything:
+            async with self.db.session() as s:
+                named = list((await s.execute(select(CodeProof.sha256).distinct())).scalars())
+            gone.update(await asyncio.to_thread(self.store.has, named, touch=False))
+        if not gone:
+            return 0
+        removed = 0
+        shas = sorted(gone)
+        async with self.db.transaction() as s:
+            for i in range(0, len(shas), _QUERY_CHUNK):
+                res = await s.execute(
+                    delete(CodeProof).where(CodeProof.sha256.in_(shas[i : i + _QUERY_CHUNK]))
+                )
+                removed += int(getattr(res, "rowcount", 0) or 0)
+        return removed
 
     def release(self, job_id: int) -> None:
         """A job is finished: when no open job runs in its snapshot any more, the
@@ -319,6 +345,7 @@ class CodeStore:
         finally:
             await asyncio.to_thread(sink.close)
         got = {m.entries[i].sha256 for i in sink.received}
+        await self.prune_proofs()  # before proving: a blob evicted and sent again stays proven
         if got and not p.is_admin:
             await self._prove(p.name, got - await self._proven(p.name, got))
         # Wanted still: what the sink did not get (it started from what the store lacked
