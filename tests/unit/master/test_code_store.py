@@ -4,6 +4,7 @@ member's proofs of blobs that left the store are forgotten."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from mlsm.bulk.want import Want
 from mlsm.master.db import Database
 from mlsm.master.db.models import CodeProof
 from mlsm.master.security import Principal
-from mlsm.master.services.code import CodeStore
+from mlsm.master.services.code import UPLOAD_PIN_S, CodeStore
 from mlsm.master.services.joblogs import LogStore
 from mlsm.master.services.jobs.fairshare import FairShare
 from mlsm.master.services.jobs.table import JobTable
@@ -76,6 +77,17 @@ async def test_a_snapshot_is_pinned_once_for_its_open_jobs(code: CodeStore, tmp_
     await code.prune_proofs()  # lets the loop run the release tasks
     assert f"code:{digest}" in code.store.pin_owners()  # job 4 still needs it
     code.release(4)
+    await code.prune_proofs()
+    assert f"code:{digest}" in code.store.pin_owners()  # its upload window is still open
+    later = time.monotonic() + UPLOAD_PIN_S + 1
+    await code.expire_uploads(now=later)
+    assert f"code:{digest}" not in code.store.pin_owners()
+    # Offered again and a job attached: the window closing leaves the job's pin alone.
+    await _ship(code, tmp_path / "t")
+    await code.attach(digest, m, [5])
+    await code.expire_uploads(now=later + 2 * UPLOAD_PIN_S)
+    assert f"code:{digest}" in code.store.pin_owners()
+    code.release(5)
 
     async def unpinned() -> bool:
         return f"code:{digest}" not in code.store.pin_owners()
@@ -96,7 +108,7 @@ async def test_proofs_of_blobs_that_left_the_store_are_forgotten(
     m = await code.manifest(digest)
     x = next(e.sha256 for e in m.entries if e.path == "x.bin")
     assert x in await proofs()
-    code.store.unpin(f"upload:{digest}:ann")
+    await code.expire_uploads(now=time.monotonic() + UPLOAD_PIN_S + 1)
     assert code.store.evict(x)
     assert await code.prune_proofs() == 1
     assert x not in await proofs() and len(await proofs()) == 1

@@ -14,8 +14,10 @@ as the blob named by its digest. How a snapshot comes in (:class:`CodeStore`):
 3. The submit names the digest; :meth:`CodeStore.check_access` checks the user may use
    it, :meth:`CodeStore.attach` pins its blobs for the jobs and :meth:`CodeStore.release`
    unpins them when the last of them is finished (a requeued attempt keeps them). The pin
-   is the snapshot's (owner ``code:<digest>``, one row per blob), held while any open job
-   names it: an array of 1,000 tasks or a resubmit of the same tree pins nothing again.
+   is the snapshot's (owner ``code:<digest>``, one row per blob), placed by its offer and
+   held while its upload window (:data:`UPLOAD_PIN_S`) is open or any open job names it:
+   the submit that follows an offer, the tasks of an array and a resubmit of the same
+   tree pin nothing again.
 
 Each request costs a handful of index transactions, whatever the snapshot's size: an offer
 pins and looks up its blobs once; an upload's blobs are published in batches
@@ -82,10 +84,6 @@ def _code_owner(digest: str) -> str:
     return f"code:{digest}"
 
 
-def _upload_owner(digest: str, user: str) -> str:
-    return f"upload:{digest}:{user}"
-
-
 def _file_blobs(m: Manifest) -> dict[str, int]:
     """sha256 -> the first entry index holding it (one per distinct blob)."""
     out: dict[str, int] = {}
@@ -107,7 +105,7 @@ class CodeStore:
         #: (node id, digest) pairs a project push lets a node fetch (the projects service's).
         self.pushes: set[tuple[int, str]] = set()
         self.lab_settings = lab_settings
-        self._uploads: dict[str, float] = {}  # upload pin owner -> when it was pinned
+        self._uploads: dict[str, float] = {}  # digest -> when it was last offered
         self._manifests: dict[str, Manifest] = {}
         self._jobs: dict[str, set[int]] = {}  # digest -> the open jobs that run in it
         self._job_code: dict[int, str] = {}  # open job -> its snapshot
@@ -175,20 +173,28 @@ class CodeStore:
             if jobs:
                 return
             del self._jobs[digest]
+        if self._held(digest):
+            return  # an upload window still holds it
         task = asyncio.get_running_loop().create_task(asyncio.to_thread(self._unpin_unused, digest))
         task.add_done_callback(_log_failure)
 
+    def _held(self, digest: str) -> bool:
+        """Whether the snapshot's pin is in place (an upload window or an open job)."""
+        return digest in self._uploads or bool(self._jobs.get(digest))
+
     def _unpin_unused(self, digest: str) -> None:
         with self._pin_lock:
-            if not self._jobs.get(digest):  # no job attached since the release
+            if not self._held(digest):  # nothing offered or attached since
                 self.store.unpin(_code_owner(digest))
 
-    async def _expire_uploads(self) -> None:
-        now = time.monotonic()
-        for owner, since in list(self._uploads.items()):
+    async def expire_uploads(self, now: float | None = None) -> None:
+        """Close the upload windows older than :data:`UPLOAD_PIN_S`; a snapshot no open
+        job runs in is unpinned."""
+        now = time.monotonic() if now is None else now
+        for digest, since in list(self._uploads.items()):
             if now - since > UPLOAD_PIN_S:
-                del self._uploads[owner]
-                await asyncio.to_thread(self.store.unpin, owner)
+                del self._uploads[digest]
+                await asyncio.to_thread(self._unpin_unused, digest)
 
     # ---------------------------------------------------------------- manifests
     async def manifest(self, digest: str) -> Manifest:
@@ -235,18 +241,20 @@ class CodeStore:
         self.check_limits(m)
         digest = m.digest()
         blobs = _file_blobs(m)
-        await self._expire_uploads()
-        owner = _upload_owner(digest, p.name)
-        self._uploads[owner] = time.monotonic()
-        await asyncio.to_thread(self._keep_manifest, owner, digest, m, blobs)
+        await self.expire_uploads()
+        pinned = self._held(digest)
+        self._uploads[digest] = time.monotonic()
+        await asyncio.to_thread(self._keep_manifest, digest, m, blobs, not pinned)
         self._manifests.setdefault(digest, m)
         want = await self._wanted(p, blobs)
         offer = self._offer_of(digest, m, blobs, want)
         await self._record(p.name, digest, m, offer.complete)
         return offer
 
-    def _keep_manifest(self, owner: str, digest: str, m: Manifest, blobs: dict[str, int]) -> None:
-        self.store.pin(owner, [digest, *blobs])
+    def _keep_manifest(self, digest: str, m: Manifest, blobs: dict[str, int], pin: bool) -> None:
+        if pin:  # pinned before the store is asked what it lacks
+            with self._pin_lock:
+                self.store.pin(_code_owner(digest), [digest, *blobs])
         if self.store.has([digest]):
             with self.store.writer(digest) as w:
                 w.write(encode_manifest(m))
@@ -382,15 +390,17 @@ class CodeStore:
                 "own directory (mlsm submit ships it)"
             )
         m = await self.manifest(digest)
-        owner = _upload_owner(digest, p.name)
-        since = self._uploads.get(owner)
-        if since is not None and time.monotonic() - since < UPLOAD_PIN_S / 2:
-            return m  # complete and pinned since its offer: nothing can have been evicted
-        self._uploads[owner] = time.monotonic()
+        since = self._uploads.get(digest)
+        if self._jobs.get(digest) or (
+            since is not None and time.monotonic() - since < UPLOAD_PIN_S / 2
+        ):
+            return m  # complete and pinned since then: nothing can have been evicted
+        self._uploads[digest] = time.monotonic()
         blobs = [digest, *_file_blobs(m)]
 
         def pin() -> list[str]:
-            self.store.pin(owner, blobs)
+            with self._pin_lock:
+                self.store.pin(_code_owner(digest), blobs)
             return self.store.has(blobs)
 
         lacking = await asyncio.to_thread(pin)
@@ -405,14 +415,14 @@ class CodeStore:
         self, digest: str, m: Manifest, job_ids: Iterable[int], *, owner: str = ""
     ) -> None:
         """Pin the snapshot for the jobs (until the last one's :meth:`release`), or for
-        ``owner``; a snapshot already pinned for open jobs is not pinned again."""
+        ``owner``; a snapshot pinned already (offered or checked just before, or run by
+        open jobs) is not pinned again."""
         ids = list(job_ids)
         owners = [owner] if owner else []
         if ids:
-            jobs = self._jobs.setdefault(digest, set())
-            if not jobs:
+            if not self._held(digest):
                 owners.append(_code_owner(digest))
-            jobs.update(ids)
+            self._jobs.setdefault(digest, set()).update(ids)
             self._job_code.update((j, digest) for j in ids)
         if not owners:
             return
