@@ -37,6 +37,11 @@ again before using them once someone else brings them back.
 
 **Agents** fetch a snapshot only for a job assigned to them that names it
 (:meth:`CodeStore.may_fetch`), or for a project push sent to them.
+
+This module is one piece: offers, uploads, job pins and proofs keep one invariant together
+(a snapshot's blobs are pinned before the store is asked about them, for as long as an
+upload window or an open job needs them, and a member's proofs name only blobs the store
+holds); split, each part would have to re-derive the others' state.
 """
 
 from __future__ import annotations
