@@ -30,6 +30,7 @@ import hashlib
 import logging
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 from agent.link import MasterLink
@@ -173,13 +174,24 @@ class CodeCache:
     def sync_project(self, digest: str, user: str, name: str, acct: Account) -> Path:
         """Bring project ``user/name`` up to snapshot ``digest`` (filled before)."""
         m = self._manifests[digest]
+        with self.project_sink(m, user, name, acct) as sink:
+            with Source.from_store(self.store, m) as source:
+                pump(sink, source.chunks)
+            sink.finish()
+        return self.project_path(user, name)
+
+    @contextlib.contextmanager
+    def project_sink(
+        self, m: Manifest, user: str, name: str, acct: Account
+    ) -> Iterator[InPlaceSink]:
+        """An :class:`InPlaceSink` bringing project ``user/name`` up to ``m`` (the
+        project's directory made, for ``acct``, when new); aborted when the block fails."""
         top = self.agent_data / "projects"
         for d in (top, top / user):
             if not d.exists():
                 d.mkdir(mode=PROJECTS_DIR_MODE)
                 os.chmod(d, PROJECTS_DIR_MODE)
             ensure_private_dir(d)  # the agent's own real directory, not a link
-        dest = top / user / name
         owner = (acct.uid, acct.gid) if acct.switch else None
         tfd = os.open(top, _DIR)
         try:
@@ -203,9 +215,7 @@ class CodeCache:
             try:
                 sink = InPlaceSink(m, nfd, work, owner=owner, durable=False)
                 try:
-                    with Source.from_store(self.store, m) as source:
-                        pump(sink, source.chunks)
-                    sink.finish()
+                    yield sink
                 except BaseException:
                     sink.abort()
                     raise
@@ -213,7 +223,6 @@ class CodeCache:
                 os.close(nfd)
         finally:
             os.close(ufd)
-        return dest
 
     def remove_project(self, user: str, name: str) -> None:
         path = self.project_path(user, name)

@@ -36,7 +36,7 @@ from agent.link import MasterLink, is_auth_failure
 from agent.logship import LogShipper, send_through
 from agent.outputs.hygiene import NodeOutputs
 from agent.pacing import backoff, env_seconds, nap
-from agent.projects import ProjectCommands
+from agent.projects import ProjectCommands, project_resolver
 from agent.runtimes.accounts import (
     data_dir_mode,
     default_account_ok,
@@ -159,6 +159,8 @@ class Agent:
         projects = ProjectCommands(self.ctx, self.code, self.link)
         self.command_handlers[wc.SyncProject] = projects.sync
         self.command_handlers[wc.RemoveProject] = projects.remove
+        self.command_handlers[wc.CopyProject] = projects.copy
+        self.bulk.sources.register("project", project_resolver(self.code.agent_data))
         # Progress of running transfers (command id -> latest), sent with each heartbeat.
         self.transfers: dict[int, w.TransferProgress] = {}
         self.beat_now = asyncio.Event()  # a transfer ended: heartbeat now, not at the interval

@@ -26,6 +26,7 @@ COMMAND_SINCE = {
     "sync_project": 3,
     "remove_project": 3,
     "bulk_listen": 3,
+    "copy_project": 3,
 }
 #: The first protocol version whose agents run jobs in shipped code and projects
 #: (StartJob's ``code`` and ``project``); the scheduler places such jobs only there.

@@ -62,6 +62,8 @@ TMP_DIR = "tmp"
 STALE_TMP_S = 24 * 3600  # a temp blob this old is a crashed writer's
 BUSY_TIMEOUT_S = 30.0  # waiting for another process's write transaction
 _QUERY_CHUNK = 500  # hashes per IN (...) query
+PUBLISH_BATCH_BLOBS = 256  # verified blobs a StoreSink publishes in one transaction
+PUBLISH_BATCH_BYTES = 64 << 20  # ... or this many of their bytes, whichever comes first
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 _NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -72,6 +74,15 @@ CREATE INDEX IF NOT EXISTS blobs_lru ON blobs (last_used);
 CREATE TABLE IF NOT EXISTS pins (owner TEXT NOT NULL, sha TEXT NOT NULL,
     PRIMARY KEY (owner, sha));
 CREATE INDEX IF NOT EXISTS pins_sha ON pins (sha);
+CREATE TABLE IF NOT EXISTS totals (id INTEGER PRIMARY KEY CHECK (id = 0),
+    bytes INTEGER NOT NULL);
+INSERT OR IGNORE INTO totals (id, bytes) SELECT 0, COALESCE(SUM(size), 0) FROM blobs;
+CREATE TRIGGER IF NOT EXISTS blobs_in AFTER INSERT ON blobs
+    BEGIN UPDATE totals SET bytes = bytes + new.size WHERE id = 0; END;
+CREATE TRIGGER IF NOT EXISTS blobs_out AFTER DELETE ON blobs
+    BEGIN UPDATE totals SET bytes = bytes - old.size WHERE id = 0; END;
+CREATE TRIGGER IF NOT EXISTS blobs_resize AFTER UPDATE OF size ON blobs
+    BEGIN UPDATE totals SET bytes = bytes - old.size + new.size WHERE id = 0; END;
 """
 
 
@@ -99,6 +110,7 @@ class Store:
         (self.root / TMP_DIR).mkdir(mode=0o700, exist_ok=True)
         new = not (self.root / INDEX_NAME).exists()
         self._lock = threading.RLock()
+        self._evicted: list[str] = []  # blobs this object dropped since drain_evicted()
         self._db = sqlite3.connect(
             self.root / INDEX_NAME,
             timeout=BUSY_TIMEOUT_S,
@@ -107,7 +119,12 @@ class Store:
         )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")  # the totals row and its triggers at once
+            for statement in _SCHEMA.split(";\n"):
+                if statement.strip():
+                    self._db.execute(statement)
+            self._db.execute("COMMIT")
         if new:
             self.rebuild_index()
         self._sweep_tmp()
@@ -143,9 +160,9 @@ class Store:
         return int(row[0]) + 1
 
     # ------------------------------------------------------------ reading
-    def has(self, hashes: Iterable[str]) -> list[str]:
+    def has(self, hashes: Iterable[str], *, touch: bool = True) -> list[str]:
         """The hashes of ``hashes`` the store lacks (in order, each once); those it holds
-        count as used now."""
+        count as used now (unless ``touch`` is False: a second look in one request)."""
         wanted = list(dict.fromkeys(_check_sha(h) for h in hashes))
         present: set[str] = set()
         with self._lock:
@@ -154,14 +171,22 @@ class Store:
                 marks = ",".join("?" * len(part))
                 rows = self._db.execute(f"SELECT sha FROM blobs WHERE sha IN ({marks})", part)  # noqa: S608
                 present.update(r[0] for r in rows)
-            if present:
-                with self._write() as db:
-                    clock = self._next_clock(db)
-                    db.executemany(
-                        "UPDATE blobs SET last_used = ? WHERE sha = ?",
-                        [(clock + n, h) for n, h in enumerate(h for h in wanted if h in present)],
-                    )
+            if present and touch:
+                self._touch(list(present))
         return [h for h in wanted if h not in present]
+
+    def _touch(self, hashes: list[str]) -> None:
+        """Mark ``hashes`` used now: one statement per chunk, not one per blob (blobs used
+        together share one tick of the clock)."""
+        with self._write() as db:
+            clock = self._next_clock(db)
+            for i in range(0, len(hashes), _QUERY_CHUNK):
+                part = hashes[i : i + _QUERY_CHUNK]
+                marks = ",".join("?" * len(part))
+                db.execute(
+                    f"UPDATE blobs SET last_used = ? WHERE sha IN ({marks})",  # noqa: S608
+                    [clock, *part],
+                )
 
     def contains(self, sha: str) -> bool:
         with self._lock:
@@ -191,6 +216,7 @@ class Store:
                     os.close(fd)
                 with self._write() as db:
                     db.execute("DELETE FROM blobs WHERE sha = ?", (sha,))
+                    self._evicted.append(sha)
                 return None
             with self._write() as db:
                 db.execute(
@@ -208,9 +234,8 @@ class Store:
 
     def usage(self) -> StoreUsage:
         with self._lock:
-            blobs, total = self._db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM blobs"
-            ).fetchone()
+            (blobs,) = self._db.execute("SELECT COUNT(*) FROM blobs").fetchone()
+            total = self._total(self._db)
             (pinned,) = self._db.execute(
                 "SELECT COALESCE(SUM(size), 0) FROM blobs WHERE sha IN (SELECT sha FROM pins)"
             ).fetchone()
@@ -231,6 +256,13 @@ class Store:
         with self._lock:
             return {r[0] for r in self._db.execute("SELECT DISTINCT owner FROM pins")}
 
+    def drain_evicted(self) -> list[str]:
+        """The blobs this ``Store`` object evicted or dropped since the last call (for a
+        caller that keeps facts about blobs, such as who sent them, to forget them)."""
+        with self._lock:
+            out, self._evicted = self._evicted, []
+        return out
+
     def pinned(self, owner: str) -> set[str]:
         with self._lock:
             rows = self._db.execute("SELECT sha FROM pins WHERE owner = ?", (owner,))
@@ -242,9 +274,14 @@ class Store:
         not after the bytes came)."""
         _check_sha(sha)
         if size is not None:
-            with self._write() as db:
-                self._make_room(db, size, keep=sha)
+            self.make_room({sha: size})
         return BlobWriter(self, sha)
+
+    def make_room(self, blobs: dict[str, int]) -> None:
+        """Evict what must go so that ``blobs`` (sha -> size) all fit, in one transaction;
+        StoreFull now, before any of their bytes are sent."""
+        with self._write() as db:
+            self._make_room(db, blobs)
 
     def put_stream(self, sha: str, chunks: Iterable[bytes]) -> bool:
         """Store the blob whose bytes ``chunks`` are; False (nothing read) if it is there."""
@@ -259,27 +296,47 @@ class Store:
     def put_bytes(self, sha: str, data: bytes) -> bool:
         return self.put_stream(sha, [data])
 
-    def _make_room(self, db: sqlite3.Connection, size: int, keep: str = "") -> None:
-        """Evict least recently used unpinned blobs until blob ``keep`` of ``size`` bytes
-        fits (when ``keep`` is there already, only its growth needs room: a second writer
-        of one blob replaces it, and must not evict others or find the store full)."""
-        if size > self.max_bytes:
-            raise StoreFull(f"a blob of {size} bytes is larger than the store ({self.max_bytes})")
-        (total,) = db.execute("SELECT COALESCE(SUM(size), 0) FROM blobs").fetchone()
-        row = db.execute("SELECT size FROM blobs WHERE sha = ?", (keep,)).fetchone()
-        held = int(row[0]) if row is not None else 0
-        excess = int(total) - held + size - self.max_bytes
+    @staticmethod
+    def _total(db: sqlite3.Connection) -> int:
+        """The bytes of all blobs (kept by triggers: no scan of the index per blob)."""
+        row = db.execute("SELECT bytes FROM totals WHERE id = 0").fetchone()
+        return int(row[0]) if row is not None else 0
+
+    def _make_room(self, db: sqlite3.Connection, blobs: dict[str, int]) -> None:
+        """Evict least recently used unpinned blobs until ``blobs`` (sha -> size) fit
+        (one that is there already needs only its growth: a second writer of one blob
+        replaces it, and must not evict others or find the store full)."""
+        size = sum(blobs.values())
+        for one in blobs.values():
+            if one > self.max_bytes:
+                raise StoreFull(
+                    f"a blob of {one} bytes is larger than the store ({self.max_bytes})"
+                )
+        excess = self._total(db) + size - self.max_bytes
+        if excess <= 0:
+            return
+        keep = list(blobs)
+        for i in range(0, len(keep), _QUERY_CHUNK):
+            part = keep[i : i + _QUERY_CHUNK]
+            marks = ",".join("?" * len(part))
+            (held,) = db.execute(
+                f"SELECT COALESCE(SUM(size), 0) FROM blobs WHERE sha IN ({marks})",  # noqa: S608
+                part,
+            ).fetchone()
+            excess -= int(held)
         if excess <= 0:
             return
         victims = db.execute(
-            "SELECT sha, size FROM blobs WHERE sha NOT IN (SELECT sha FROM pins) AND sha != ?"
-            " ORDER BY last_used, rowid",
-            (keep,),
+            "SELECT sha, size FROM blobs WHERE sha NOT IN (SELECT sha FROM pins)"
+            " ORDER BY last_used, rowid"
         ).fetchall()
         for sha, vsize in victims:
             if excess <= 0:
                 break
+            if sha in blobs:
+                continue
             db.execute("DELETE FROM blobs WHERE sha = ?", (sha,))
+            self._evicted.append(sha)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.blob_path(sha))
             excess -= int(vsize)
@@ -289,17 +346,32 @@ class Store:
                 f"{size} more do not fit"
             )
 
-    def _publish(self, tmp: Path, sha: str, size: int) -> None:
-        with self._write() as db:
-            self._make_room(db, size, keep=sha)
-            target = self.blob_path(sha)
-            target.parent.mkdir(mode=0o700, exist_ok=True)
-            os.replace(tmp, target)
-            db.execute(
-                "INSERT INTO blobs (sha, size, last_used) VALUES (?, ?, ?) ON CONFLICT (sha)"
-                " DO UPDATE SET size = excluded.size, last_used = excluded.last_used",
-                (sha, size, self._next_clock(db)),
-            )
+    def publish_verified(self, blobs: list[tuple[Path, str, int]]) -> None:
+        """Publish verified blobs ((temp file, sha, size), from :meth:`BlobWriter.verify`)
+        in one transaction: room for all of them, each renamed into place, one row each.
+        On StoreFull nothing is published and the temp files are removed."""
+        if not blobs:
+            return
+        try:
+            with self._write() as db:
+                self._make_room(db, {sha: size for _, sha, size in blobs})
+                clock = self._next_clock(db)
+                rows = []
+                for tmp, sha, size in blobs:
+                    target = self.blob_path(sha)
+                    if not target.parent.is_dir():
+                        target.parent.mkdir(mode=0o700, exist_ok=True)
+                    os.replace(tmp, target)
+                    rows.append((sha, size, clock))
+                db.executemany(
+                    "INSERT INTO blobs (sha, size, last_used) VALUES (?, ?, ?) ON CONFLICT (sha)"
+                    " DO UPDATE SET size = excluded.size, last_used = excluded.last_used",
+                    rows,
+                )
+        except BaseException:
+            for tmp, _, _ in blobs:
+                tmp.unlink(missing_ok=True)
+            raise
 
     def evict(self, sha: str) -> bool:
         """Remove blob ``sha`` unless it is pinned; True when it is gone."""
@@ -307,6 +379,7 @@ class Store:
             if db.execute("SELECT 1 FROM pins WHERE sha = ?", (sha,)).fetchone():
                 return False
             db.execute("DELETE FROM blobs WHERE sha = ?", (sha,))
+            self._evicted.append(sha)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.blob_path(sha))
         return True
@@ -376,6 +449,12 @@ class BlobWriter:
     def commit(self) -> None:
         """Publish the blob; :class:`~mlsm.errors.TransferFailed` (and nothing published)
         when its bytes do not hash to its name."""
+        self.store.publish_verified([self.verify()])
+
+    def verify(self) -> tuple[Path, str, int]:
+        """Check the bytes against the name and close the file: (temp file, sha, size)
+        for :meth:`Store.publish_verified` (batched publishes); TransferFailed (and the
+        temp file removed) when they do not match."""
         got = self._hasher.hexdigest()
         if got != self.sha:
             self.abort()
@@ -385,11 +464,7 @@ class BlobWriter:
             )
         os.close(self._fd)
         self._fd = -1
-        try:
-            self.store._publish(self._tmp, self.sha, self.size)
-        except BaseException:
-            self._tmp.unlink(missing_ok=True)
-            raise
+        return self._tmp, self.sha, self.size
 
     def abort(self) -> None:
         if self._fd >= 0:
@@ -409,9 +484,16 @@ class StoreSink:
     """Receives the blobs of ``manifest`` that ``store`` lacks (one per distinct sha256)
     from frame streams; a :class:`~mlsm.bulk.want.Receiver`.
 
+    Room for every missing blob is made once, up front (StoreFull before a byte is
+    sent); each blob is verified as it completes, and verified blobs are published in
+    batches (:data:`PUBLISH_BATCH_BLOBS`, at the end of a response, on :meth:`flush` and
+    :meth:`close`): one index transaction per batch, not two per blob. ``received`` lists
+    the entries whose blob was published.
+
     ``need`` names blobs to receive (and verify) even when the store holds them: a sender
     proving it has those bytes, not only their hashes (the master's code store does not
-    let a member use someone else's blobs by naming them)."""
+    let a member use someone else's blobs by naming them). ``touch=False`` leaves the
+    last use of the blobs present as it is (a caller that just marked them used)."""
 
     def __init__(
         self,
@@ -420,6 +502,7 @@ class StoreSink:
         *,
         max_attempts: int = 3,
         need: Iterable[str] = (),
+        touch: bool = True,
     ) -> None:
         validate_manifest(manifest)
         self.store = store
@@ -429,9 +512,12 @@ class StoreSink:
         for index, e in enumerate(self.entries):
             if e.kind == "f" and e.sha256 not in first:
                 first[e.sha256] = index
-        missing = set(store.has(first)) | set(need)
+        missing = set(store.has(first, touch=touch)) | set(need)
         self._pending: dict[int, None] = {i: None for s, i in first.items() if s in missing}
         self._writers: dict[int, BlobWriter] = {}
+        self._verified: list[tuple[int, tuple[Path, str, int]]] = []
+        self._verified_bytes = 0
+        store.make_room({self.entries[i].sha256: self.entries[i].size for i in self._pending})
         self._failures: dict[int, int] = {}
         self._reader = FrameReader()
         self._mark = 0
@@ -442,10 +528,24 @@ class StoreSink:
             if self.entries[index].size == 0:  # the empty blob needs no bytes
                 self._writer(index)
                 self._finish_blob(index)
+        if not self._pending:
+            self.flush()
 
     @property
     def complete(self) -> bool:
-        return not self._pending
+        return not self._pending and not self._verified
+
+    @property
+    def pending(self) -> list[int]:
+        """Entries whose blob is still to come (not received, or damaged and wanted again)."""
+        return list(self._pending)
+
+    def flush(self) -> None:
+        """Publish the blobs verified so far (one transaction)."""
+        batch, self._verified, self._verified_bytes = self._verified, [], 0
+        if batch:
+            self.store.publish_verified([b for _, b in batch])
+            self.received.extend(index for index, _ in batch)
 
     def progress_mark(self) -> int:
         return self._mark
@@ -468,6 +568,7 @@ class StoreSink:
                     self.gone.append(index)
                     self._mark += 1
             if frame.flags & Flag.END:
+                self.flush()
                 return True
             if frame.flags:
                 continue
@@ -487,20 +588,25 @@ class StoreSink:
                 self._mark += len(data)
             if w.size == self.entries[index].size:
                 self._finish_blob(index)
+        if not self._pending or (
+            len(self._verified) >= PUBLISH_BATCH_BLOBS
+            or self._verified_bytes >= PUBLISH_BATCH_BYTES
+        ):
+            self.flush()
         return False
 
     def _writer(self, index: int) -> BlobWriter:
         w = self._writers.get(index)
         if w is None:
             entry = self.entries[index]
-            w = self._writers[index] = self.store.writer(entry.sha256, entry.size)
+            w = self._writers[index] = self.store.writer(entry.sha256)  # room made up front
         return w
 
     def _finish_blob(self, index: int) -> None:
         w = self._writers.pop(index)
         self._mark += 1
         try:
-            w.commit()
+            verified = w.verify()
         except TransferFailed:
             count = self._failures[index] = self._failures.get(index, 0) + 1
             if count >= self.max_attempts:
@@ -510,7 +616,8 @@ class StoreSink:
                 ) from None
             return
         del self._pending[index]
-        self.received.append(index)
+        self._verified.append((index, verified))
+        self._verified_bytes += verified[2]
 
     def _drop(self, index: int) -> None:
         w = self._writers.pop(index, None)
@@ -518,6 +625,8 @@ class StoreSink:
             w.abort()
 
     def close(self) -> None:
-        """Drop half-written blobs (nothing partial is ever published)."""
+        """Publish the blobs verified so far; drop half-written ones (nothing partial is
+        ever published)."""
         for index in list(self._writers):
             self._drop(index)
+        self.flush()

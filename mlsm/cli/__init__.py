@@ -55,7 +55,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "transfers": ("mlsm.cli.datasets", "transfers", "List dataset imports, copies and deletes."),
     "db": ("mlsm.cli.db", "db", "Back up or upgrade the master's database."),
     "projects": ("mlsm.cli.projects", "projects", "List projects (trees kept on nodes)."),
-    "project": ("mlsm.cli.projects", "project", "Push or remove a project on a node."),
+    "project": ("mlsm.cli.projects", "project", "Push, copy or remove a project on a node."),
     "settings": ("mlsm.cli.settings", "settings_cmd", "Show or change the lab's policies."),
 }
 

@@ -32,6 +32,11 @@ def _push(req: wc.ProjectPush) -> Call[wc.Project]:
     return Call("POST", PROJECTS, wc.Project, body=req)
 
 
+def _copy(req: wc.ProjectCopy) -> Call[wc.Project]:
+    """Copy a user's project from one node to another (admins)."""
+    return Call("POST", f"{PROJECTS}/copy", wc.Project, body=req)
+
+
 def _remove(name: str, *, node: str, user: str | None = None) -> Call[wc.Project]:
     """Remove a project's tree from a node."""
     params = {"node": node, "user": user}
@@ -51,10 +56,12 @@ class AsyncCode(AsyncResource):
 class Projects(SyncResource):
     list = sync_method(_projects)
     push = sync_method(_push)
+    copy = sync_method(_copy)
     remove = sync_method(_remove)
 
 
 class AsyncProjects(AsyncResource):
     list = async_method(_projects)
     push = async_method(_push)
+    copy = async_method(_copy)
     remove = async_method(_remove)

@@ -38,7 +38,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from mlsm.wire.code import RemoveProject, SyncProject
+from mlsm.wire.code import CopyProject, RemoveProject, SyncProject
 from mlsm.wire.ints import Count, Int64
 from mlsm.wire.outputs import (
     ListOutputs,
@@ -355,6 +355,7 @@ Command = (
     | SyncProject
     | RemoveProject
     | BulkListen
+    | CopyProject
 )
 
 

@@ -14,7 +14,14 @@ An agent that starts a job with code fills its node cache from the master::
     POST /agent/v1/code/blobs           CodeBlobsFetch    -> frame stream (mlsm.bulk.frames)
 
 The agent may fetch only a snapshot that a job assigned to it (or a project push sent to it)
-names. Rules of evolution are those of :mod:`mlsm.wire.agent`.
+names. An admin's copy of a project between nodes (``POST /api/v1/projects/copy``) sends
+the target :class:`CopyProject`; the target pulls the source node's tree through the
+master's relay pipe::
+
+    POST /agent/v1/projects/pull        ProjectPull(what="manifest") -> the manifest's bytes
+    POST /agent/v1/projects/pull        ProjectPull(want=...)        -> frame stream
+
+Rules of evolution are those of :mod:`mlsm.wire.agent`.
 """
 
 from __future__ import annotations
@@ -108,6 +115,30 @@ class SyncProject(Struct, tag="sync_project", kw_only=True):
     admin: bool = False
 
 
+class CopyProject(Struct, tag="copy_project", kw_only=True):
+    """Target side: bring this node's tree of project ``user/name`` up to the same project
+    on node ``source`` (pulled with :class:`ProjectPull` for ``copy_id``)."""
+
+    id: Int64
+    project_id: Int64
+    copy_id: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{16,64}$")]
+    user: Annotated[str, Meta(min_length=1, max_length=64)]
+    name: ProjectName
+    source: Annotated[str, Meta(max_length=63)] = ""
+    unix_user: Annotated[str, Meta(max_length=64)] = ""
+    admin: bool = False
+
+
+class ProjectPull(Struct, kw_only=True):
+    """Target -> master: the manifest (``what="manifest"``) or the frames of an encoded
+    ``want`` of the source's project tree, for copy ``copy_id``."""
+
+    copy_id: Annotated[str, Meta(max_length=64)]
+    what: Literal["manifest", "want"] = "want"
+    want: WantBytes = b""
+    manifest_digest: Annotated[str, Meta(max_length=64)] = ""
+
+
 class RemoveProject(Struct, tag="remove_project", kw_only=True):
     id: Int64
     project_id: Int64
@@ -130,16 +161,19 @@ class ProjectReport(Struct, kw_only=True, omit_defaults=True):
 decode_manifest_fetch = msgspec.msgpack.Decoder(CodeManifestFetch).decode
 decode_blobs_fetch = msgspec.msgpack.Decoder(CodeBlobsFetch).decode
 decode_project_report = msgspec.msgpack.Decoder(ProjectReport).decode
+decode_project_pull = msgspec.msgpack.Decoder(ProjectPull).decode
 
 __all__ = [
     "MAX_MANIFEST_BYTES",
     "CodeBlobsFetch",
     "CodeManifestFetch",
     "CodeOffer",
+    "CopyProject",
     "Digest",
     "Project",
     "ProjectCopy",
     "ProjectName",
+    "ProjectPull",
     "ProjectPush",
     "ProjectReport",
     "RemoveProject",

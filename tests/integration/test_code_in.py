@@ -9,8 +9,10 @@ PostgreSQL both.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from mlsm.bulk import Manifest, build_manifest, encode_frame, encode_manifest
 from mlsm.bulk.frames import NO_INDEX, Flag
 from tests.integration.helpers import BOTH_DATABASES
 from tests.integration.lab import Lab
+from tests.support.wait import wait_until
 
 JOB_DEADLINE_S = 60.0
 TRAIN_PY = "import os\nprint('trained in', os.getcwd(), 'out', os.environ['MLSM_OUTPUT_DIR'])\n"
@@ -157,6 +160,43 @@ def test_array_tasks_share_one_snapshot_fetched_once_per_node(lab: Lab, tmp_path
         rf"code {digest[:12]}: every file in the node cache", lab.agents["ca"].output()
     )
     assert fetched == ["2"] and len(cached) == 3, lab.agents["ca"].output()[-3000:]
+
+
+RETRIED_SH = (
+    'echo "attempt $MLSM_ATTEMPT: $(cat data.txt)"\n'
+    'if [ "$MLSM_ATTEMPT" = 0 ]; then\n'
+    "  echo scribbled > data.txt\n"
+    '  touch "$MLSM_OUTPUT_DIR/started"\n'
+    "  sleep 120\n"
+    "fi\n"
+)
+
+
+def test_a_retried_job_runs_again_in_a_fresh_copy_of_the_same_snapshot(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """Attempt 0 changes its copy and is lost (its supervisor killed); attempt 1 runs in a
+    fresh copy of the same snapshot, which the node fetched from the master only once."""
+    proj = _project(tmp_path / "proj", {"run.sh": RETRIED_SH, "data.txt": "pristine"})
+    jid = lab.submit("--retries", "1", "--", "sh", "run.sh", cwd=proj)
+    agent = lab.agents["ca"]
+    wait_until(
+        lambda: (agent.data_dir / "jobs" / str(jid) / "started").exists(),
+        JOB_DEADLINE_S,
+        "attempt 0 to start",
+    )
+    state = json.loads((agent.data_dir / "state.json").read_text())
+    (rec,) = [r for r in state["jobs"] if r["job_id"] == jid]
+    os.kill(int(rec["pid"]), signal.SIGKILL)  # the job's supervisor: an infrastructure fault
+    job = lab.wait_job(jid, timeout=JOB_DEADLINE_S)
+    assert (job.state, job.attempt) == ("succeeded", 1), job
+    assert [e.state for e in job.history].count("interrupted") == 1, job.history
+    log = lab.log(jid).decode()
+    assert "attempt 0: pristine" in log and "attempt 1: pristine" in log, log
+    out = agent.output()
+    fetched = re.findall(rf"code {job.code[:12]}: fetched (\d+) file\(s\)", out)
+    cached = re.findall(rf"code {job.code[:12]}: every file in the node cache", out)
+    assert fetched == ["2"] and len(cached) == 1, out[-3000:]
 
 
 def test_a_member_cannot_use_another_members_snapshot(lab: Lab, tmp_path: Path) -> None:

@@ -55,6 +55,7 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("POST", "/agent/v1/code/manifest"): "node",
     ("POST", "/agent/v1/code/blobs"): "node",
     ("POST", "/agent/v1/projects"): "node",
+    ("POST", "/agent/v1/projects/pull"): "node",
     # nodes and join tokens
     ("GET", "/api/v1/join-tokens"): "admin",
     ("POST", "/api/v1/join-tokens"): "admin",
@@ -99,6 +100,7 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/code/{digest:str}/blobs"): "member",
     ("GET", "/api/v1/projects"): "member",
     ("POST", "/api/v1/projects"): "member",
+    ("POST", "/api/v1/projects/copy"): "admin",
     ("DELETE", "/api/v1/projects/{name:str}"): "member",
 }
 

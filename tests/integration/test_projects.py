@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from mlsm.wire import api
 from tests.integration.helpers import BOTH_DATABASES
 from tests.integration.lab import Lab
 from tests.support.wait import wait_until
@@ -103,3 +104,53 @@ def test_remove_then_the_scheduler_names_the_missing_project(lab: Lab, tmp_path:
     finally:
         assert lab.cli("node", "resume", "pa").returncode == 0
     assert lab.wait_job(jid, timeout=JOB_DEADLINE_S).state == "succeeded"
+
+
+def test_an_admin_copies_a_project_between_nodes(lab: Lab, tmp_path: Path) -> None:
+    """The target pulls the source node's tree through the master's relay: the project
+    shows on both nodes, only files that differ are rewritten on a second copy, the
+    target's own files stay, a member is refused, and the copy is audited."""
+    fay = lab.add_user("fay-p")
+    src = _tree(
+        tmp_path / "src", {"run.py": "print(open('d/conf.txt').read())\n", "d/conf.txt": "c1"}
+    )
+    assert lab.cli("project", "push", "cp", str(src), "--node", "pa", token=fay).returncode == 0
+    res = lab.cli("project", "copy", "cp", "--from", "pa", "--to", "pb", token=fay)
+    assert res.returncode != 0 and "admin" in res.stderr and "Traceback" not in res.stderr
+    res = lab.cli("project", "copy", "cp", "--from", "pa", "--to", "pb", "--user", "fay-p")
+    assert res.returncode == 0, res.stderr
+    assert "project cp on pb: ready (2 files" in res.stdout
+    target = lab.agents["pb"].data_dir / "projects" / "fay-p" / "cp"
+    assert (target / "d" / "conf.txt").read_text() == "c1"
+    assert (target / "run.py").read_text() == (src / "run.py").read_text()
+    rows = lab.cli("projects", "--json", token=fay).json()
+    assert sorted((p["name"], p["node"], p["state"]) for p in rows) == [
+        ("cp", "pa", "ready"),
+        ("cp", "pb", "ready"),
+    ]
+    entries = lab.admin.call(
+        "GET", "/api/v1/audit", params={"action": "project.copy"}, type=list[api.AuditEntry]
+    )
+    assert any(e.target == "project:fay-p/cp" for e in entries), entries
+    # The source changes; a second copy rewrites only what differs, and keeps pb's own file.
+    (target / "results.txt").write_text("kept")
+    inode = (target / "run.py").stat().st_ino
+    (src / "d" / "conf.txt").write_text("c2")
+    assert lab.cli("project", "push", "cp", str(src), "--node", "pa", token=fay).returncode == 0
+    res = lab.cli("project", "copy", "cp", "--from", "pa", "--to", "pb", "--user", "fay-p")
+    assert res.returncode == 0, res.stderr
+    assert (target / "d" / "conf.txt").read_text() == "c2"
+    assert (target / "results.txt").read_text() == "kept"
+    assert (target / "run.py").stat().st_ino == inode
+    # A job with --project runs in the copy on pb when pa cannot take it.
+    assert lab.cli("node", "drain", "pa").returncode == 0
+    try:
+        jid = lab.submit("--project", "cp", "--", "python3", "run.py", token=fay)
+        job = lab.wait_job(jid, timeout=JOB_DEADLINE_S)
+        assert job.state == "succeeded" and job.node == "pb", job.reason
+        assert "c2" in lab.log(jid).decode()
+    finally:
+        assert lab.cli("node", "resume", "pa").returncode == 0
+    # Copying what the source does not hold is one clear line.
+    res = lab.cli("project", "copy", "nope", "--from", "pa", "--to", "pb", "--user", "fay-p")
+    assert res.returncode != 0 and "no project fay-p/nope on node pa" in res.stderr

@@ -70,6 +70,21 @@ async def push_project(
     return await services.projects.push(principal(request), data)
 
 
+@post(
+    "/api/v1/projects/copy",
+    opt={"role": "admin", "audit": "project.copy"},
+    status_code=202,
+    tags=["code"],
+)
+async def copy_project(
+    request: Request[Any, Any, Any], services: ServicesDep, data: wc.ProjectCopy
+) -> wc.Project:
+    """Copy a user's project from one node to another (admins); the target's row says
+    ``syncing`` until the target has it."""
+    audit_target(request, f"project:{data.user}/{data.name}", source=data.source, to=data.target)
+    return await services.projects.copy(principal(request), data)
+
+
 @delete(
     "/api/v1/projects/{name:str}",
     opt={"role": "member", "audit": "project.remove"},
@@ -119,6 +134,19 @@ async def agent_blobs(request: Request[Any, Any, Any], services: ServicesDep) ->
     return Stream(frames, media_type=wc.OCTETS)
 
 
+@post("/agent/v1/projects/pull", opt={"role": "node"}, status_code=200, **_agent_opts)
+async def agent_project_pull(
+    request: Request[Any, Any, Any], services: ServicesDep
+) -> Response[bytes] | Stream:
+    """A project copy's target pulls the source's manifest or frames (relayed)."""
+    req = decode_agent_body(await _agent_body(request, services), wc.decode_project_pull)
+    node = services.nodes.node_for(principal(request))
+    answer = await services.projects.pull(node.id, req)
+    if isinstance(answer, bytes):
+        return Response(content=answer, media_type=wc.OCTETS)
+    return Stream(answer, media_type=wc.OCTETS)
+
+
 @post("/agent/v1/projects", opt={"role": "node"}, status_code=200, **_agent_opts)
 async def agent_project_report(
     request: Request[Any, Any, Any], services: ServicesDep
@@ -135,8 +163,10 @@ ROUTES = [
     upload_code,
     list_projects,
     push_project,
+    copy_project,
     remove_project,
     agent_manifest,
     agent_blobs,
+    agent_project_pull,
     agent_project_report,
 ]

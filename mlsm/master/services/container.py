@@ -112,7 +112,9 @@ class Services:
             self.table,
         )
         self.table.on_final = self.code.release
-        self.projects = Projects(db, self.nodes, self.code, self.accounts, self.scheduling.kick)
+        self.projects = Projects(
+            db, self.nodes, self.code, self.accounts, self.scheduling.kick, self.pipes
+        )
         self.scheduling.project_holders = self.projects.holders
         self.jobs = JobService(
             db,

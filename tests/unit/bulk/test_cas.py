@@ -233,3 +233,76 @@ def test_a_store_sink_refuses_damaged_bytes_and_gives_up(tmp_path: Path) -> None
     with pytest.raises(TransferFailed):
         copy(src, m, StoreSink(store, m))
     assert store.usage().blobs == 0
+
+
+def test_a_store_sink_with_need_receives_present_blobs_again_and_lists_what_it_wrote(
+    tmp_path: Path,
+) -> None:
+    """``need``: blobs the store holds are asked for all the same (a sender proving it has
+    the bytes); ``received`` lists exactly the entries whose blob was written."""
+    src = tmp_path / "src"
+    write(src / "held", b"held bytes")
+    write(src / "other", b"other bytes")
+    write(src / "new", b"new bytes")
+    m = build_manifest(src)
+    store = Store(tmp_path / "s", 1 << 20)
+    store.put_bytes(sha(b"held bytes"), b"held bytes")
+    store.put_bytes(sha(b"other bytes"), b"other bytes")
+    plain = StoreSink(store, m)
+    want = plain.next_want()
+    assert want is not None and {m.entries[i].path for i, _, _ in want.items} == {"new"}
+    plain.close()
+    sink = StoreSink(store, m, need=[sha(b"held bytes")])
+    want = sink.next_want()
+    assert want is not None and {m.entries[i].path for i, _, _ in want.items} == {"held", "new"}
+    copy(src, m, sink)
+    assert sink.complete and sorted(m.entries[i].path for i in sink.received) == ["held", "new"]
+    assert sink.bytes_received == len(b"held bytes") + len(b"new bytes")
+    # Damaged bytes for a needed blob are refused: what the store held stays as it was.
+    fake = file_entry("held", b"fake bytes")
+    store2 = Store(tmp_path / "s2", 1 << 20)
+    store2.put_bytes(fake.sha256, b"fake bytes")
+    (src / "held").write_bytes(b"evil bytes")
+    os.utime(src / "held", ns=(fake.mtime_ns, fake.mtime_ns))
+    bad = Manifest([fake])
+    with pytest.raises(TransferFailed):
+        copy(src, bad, StoreSink(store2, bad, need=[fake.sha256]))
+    assert store2.read_blob(fake.sha256) == b"fake bytes"
+
+
+def test_pin_owners_lists_each_owner_once_until_its_pins_go(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s", 1 << 20)
+    assert store.pin_owners() == set()
+    store.pin("job:1", [sha(b"a"), sha(b"b")])
+    store.pin("code:x", [sha(b"a")])  # pins need no blob present
+    assert store.pin_owners() == {"job:1", "code:x"}
+    store.unpin("job:1")
+    assert store.pin_owners() == {"code:x"}
+    store.close()
+    assert Store(tmp_path / "s", 1 << 20).pin_owners() == {"code:x"}  # kept in the index
+
+
+def test_a_store_sink_makes_room_up_front_and_publishes_in_batches(tmp_path: Path) -> None:
+    """StoreFull before any byte when the missing blobs cannot fit; otherwise every blob
+    lands, the byte total (kept by the index) matches, and evictions are reported once."""
+    src = tmp_path / "src"
+    for n in range(300):  # more than one publish batch
+        write(src / f"f{n}", blob(n, 10) + str(n).encode())
+    m = build_manifest(src)
+    total = sum(e.size for e in m.entries if e.kind == "f")
+    full = Store(tmp_path / "full", total - 1)
+    full.pin("p", [e.sha256 for e in m.entries[:1]])
+    with pytest.raises(StoreFull):
+        StoreSink(full, m)
+    store = Store(tmp_path / "s", total + 50)
+    old = blob(1, 100)
+    store.put_bytes(sha(old), old)  # the least recently used: must go for the snapshot
+    sink = StoreSink(store, m)
+    assert store.drain_evicted() == [sha(old)] and store.drain_evicted() == []
+    copy(src, m, sink)
+    assert sink.complete and len(sink.received) == 300
+    assert store.usage().bytes == total and store.usage().blobs == 300
+    store.close()
+    again = Store(tmp_path / "s", total + 50)
+    assert again.usage().bytes == total
+    assert all(again.contains(e.sha256) for e in m.entries if e.kind == "f")

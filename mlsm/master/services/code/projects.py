@@ -10,23 +10,36 @@ node that holds it (:meth:`Projects.holders`), as it does for datasets.
 
 Members see and change their own projects; admins everyone's. Each row is one (user,
 name, node): the same project may live on several nodes.
+
+**Copies between nodes** (:meth:`Projects.copy`, admins only): the target node is sent
+:class:`~mlsm.wire.code.CopyProject` with a random copy id, and pulls the source node's
+tree of the project (source kind ``project USER/NAME`` of the agent's bulk service) through
+relay pipes (:meth:`Projects.pull`: the manifest, then the frames of each want), into the
+same in-place sink a push uses. Only the copy's target node may pull with its id, only
+while the copy is open (until the target reports), and only that one project of the
+source node. Nothing is staged on the master: the pipe's memory is bounded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, select
 
 from mlsm import COMMAND_SINCE
-from mlsm.errors import NotFound, PermissionDenied, ValidationError
+from mlsm.bulk import decode_want
+from mlsm.errors import Conflict, NotFound, PermissionDenied, ValidationError
 from mlsm.master.db import Database
-from mlsm.master.db.models import ProjectRow
+from mlsm.master.db.models import ProjectRow, User
 from mlsm.master.security import Principal
+from mlsm.master.services.bulk import Pipes
 from mlsm.master.services.nodes import NodeRegistry
+from mlsm.wire import bulk as wb
 from mlsm.wire import code as wc
 
 if TYPE_CHECKING:
@@ -34,8 +47,22 @@ if TYPE_CHECKING:
     from mlsm.master.services.jobs.launch import Accounts
 
 
+COPY_ID_BYTES = 18  # random bytes of a copy id (the target's pulls name it)
+MAX_COPY_MANIFEST_BYTES = wc.MAX_MANIFEST_BYTES
+
+
 def _push_owner(project_id: int) -> str:
     return f"project:{project_id}"
+
+
+@dataclass(frozen=True)
+class _Copy:
+    """An open copy: the target pulls ``spec`` from ``source_id`` for ``project_id``."""
+
+    project_id: int
+    source_id: int
+    target_id: int
+    spec: wb.SourceSpec
 
 
 class Projects:
@@ -48,10 +75,14 @@ class Projects:
         code: CodeStore,
         accounts: Accounts,
         kick: Callable[[], None],
+        pipes: Pipes | None = None,
     ) -> None:
-        """``kick`` is called when placement may have changed (the scheduling loop's)."""
+        """``kick`` is called when placement may have changed (the scheduling loop's);
+        ``pipes`` carry copies between nodes."""
         self.db = db
         self.nodes = nodes
+        self.pipes = pipes
+        self._copies: dict[str, _Copy] = {}  # copy id -> the open copy
         self.code = code
         self.accounts = accounts
         self._kick = kick
@@ -168,6 +199,131 @@ class Projects:
         await self._refresh()
         return view
 
+    async def copy(self, p: Principal, body: wc.ProjectCopy) -> wc.Project:
+        """An admin's copy of ``body.user``'s project to another node (see the module
+        docstring); the target's row says ``syncing`` until the target reports."""
+        if not p.is_admin:
+            raise PermissionDenied("only admins copy projects between nodes")
+        if self.pipes is None:
+            raise Conflict("this master carries no copies between nodes")
+        src = self.nodes.by_name.get(body.source)
+        dst = self.nodes.by_name.get(body.target)
+        if src is None:
+            raise ValidationError(f"no node named {body.source!r}", path="source")
+        if dst is None:
+            raise ValidationError(f"no node named {body.target!r}", path="target")
+        if src.id == dst.id:
+            raise ValidationError("the source and the target are the same node", path="target")
+        row = await self._row(body.user, body.name, src.id)
+        if row is None:
+            raise NotFound(f"no project {body.user}/{body.name} on node {body.source}")
+        if row.state != "ready":
+            raise Conflict(
+                f"project {body.user}/{body.name} on {body.source} is {row.state}, not ready"
+            )
+        for node, what in ((src, "source"), (dst, "target")):
+            if node.protocol < COMMAND_SINCE["copy_project"]:
+                raise ValidationError(
+                    f"node {node.name} runs an mlsm agent too old to copy projects: upgrade it",
+                    path=what,
+                )
+            if self.nodes.state_of(node) == "offline":
+                raise Conflict(f"node {node.name} is offline", details={"node": node.name})
+        now = time.time()
+        async with self.db.transaction() as s:
+            target = (
+                await s.execute(
+                    select(ProjectRow).where(
+                        ProjectRow.user == body.user,
+                        ProjectRow.name == body.name,
+                        ProjectRow.node_id == dst.id,
+                    )
+                )
+            ).scalar_one_or_none()
+            if target is None:
+                target = ProjectRow(user=body.user, name=body.name, node_id=dst.id, updated_at=now)
+                s.add(target)
+            target.digest = row.digest
+            target.files = row.files
+            target.bytes = row.bytes
+            target.state = "syncing"
+            target.message = f"copying from {body.source}"
+            target.updated_at = now
+            await s.flush()
+            project_id = target.id
+            view = self._view(target)
+        copy_id = secrets.token_urlsafe(COPY_ID_BYTES)
+        self._copies = {k: c for k, c in self._copies.items() if c.project_id != project_id}
+        self._copies[copy_id] = _Copy(
+            project_id,
+            src.id,
+            dst.id,
+            wb.SourceSpec(kind="project", name=f"{body.user}/{body.name}"),
+        )
+        await self.nodes.enqueue(
+            dst.id,
+            wc.CopyProject,
+            project_id=project_id,
+            copy_id=copy_id,
+            user=body.user,
+            name=body.name,
+            source=src.name,
+            unix_user=self.accounts.unix.get(body.user, ""),
+            admin=await self._is_admin(body.user),
+        )
+        await self._refresh()
+        return view
+
+    async def _is_admin(self, user: str) -> bool:
+        async with self.db.session() as s:
+            role = (await s.execute(select(User.role).where(User.username == user))).scalar()
+        return role == "admin"
+
+    async def pull(self, node_id: int, req: wc.ProjectPull) -> bytes | AsyncIterator[bytes]:
+        """A copy's target pulls from the source through a relay pipe: the manifest's
+        bytes, or (``what="want"``) the frame stream answering the want, its first chunk
+        awaited so a refusal is an error answer and not a broken stream."""
+        c = self._copies.get(req.copy_id)
+        if c is None or c.target_id != node_id:
+            raise PermissionDenied("no open project copy to this node by that id")
+        if self.pipes is None:
+            raise Conflict("this master carries no copies between nodes")
+        src = self.nodes.nodes.get(c.source_id)
+        if src is None:
+            raise NotFound("the copy's source node was removed from the lab")
+        if req.what == "manifest":
+            pipe = await self.pipes.open(src, wb.BulkManifest, source=c.spec)
+            try:
+                return await pipe.read_all(MAX_COPY_MANIFEST_BYTES)
+            finally:
+                pipe.close()
+        if not req.manifest_digest or not req.want:
+            raise ValidationError("a frames pull names the manifest's digest and a want")
+        pipe = await self.pipes.open(
+            src,
+            wb.BulkServe,
+            source=c.spec,
+            want=decode_want(req.want),
+            manifest_digest=req.manifest_digest,
+        )
+        chunks = aiter(pipe)
+        try:
+            first = await anext(chunks, b"")
+        except BaseException:
+            pipe.close()
+            raise
+
+        async def stream() -> AsyncIterator[bytes]:
+            try:
+                if first:
+                    yield first
+                async for chunk in chunks:
+                    yield chunk
+            finally:
+                pipe.close()
+
+        return stream()
+
     async def _row(self, user: str, name: str, node_id: int) -> ProjectRow | None:
         async with self.db.session() as s:
             q = select(ProjectRow).where(
@@ -193,6 +349,7 @@ class Projects:
             if row is None or row.node_id != node_id:
                 raise NotFound(f"no project {rep.project_id} on this node")
             self.code.pushes.discard((node_id, row.digest))
+            self._copies = {k: c for k, c in self._copies.items() if c.project_id != rep.project_id}
             if rep.state == "removed":
                 await s.execute(delete(ProjectRow).where(ProjectRow.id == row.id))
             else:
@@ -202,6 +359,8 @@ class Projects:
                 if rep.state == "ready":
                     row.files = rep.files
                     row.bytes = rep.bytes
+                    if rep.digest:
+                        row.digest = rep.digest
                 row.updated_at = time.time()
         await asyncio.to_thread(self.code.store.unpin, _push_owner(rep.project_id))
         await self._refresh()

@@ -11,9 +11,18 @@ as the blob named by its digest. How a snapshot comes in (:class:`CodeStore`):
    bytes that member has never sent (see below).
 2. :meth:`CodeStore.receive`: the CLI sends those entries as one frame stream; every blob
    is verified (its bytes must hash to its name) before it is published.
-3. The submit names the digest; :meth:`CodeStore.attach` checks the user may use it, pins
-   its blobs for each job (``job:<id>``) and :meth:`CodeStore.release` unpins them when the
-   job is finished (a requeued attempt keeps them).
+3. The submit names the digest; :meth:`CodeStore.check_access` checks the user may use
+   it, :meth:`CodeStore.attach` pins its blobs for the jobs and :meth:`CodeStore.release`
+   unpins them when the last of them is finished (a requeued attempt keeps them). The pin
+   is the snapshot's (owner ``code:<digest>``, one row per blob), placed by its offer and
+   held while its upload window (:data:`UPLOAD_PIN_S`) is open or any open job names it:
+   the submit that follows an offer, the tasks of an array and a resubmit of the same
+   tree pin nothing again.
+
+Each request costs a handful of index transactions, whatever the snapshot's size: an offer
+pins and looks up its blobs once; an upload's blobs are published in batches
+(:class:`~mlsm.bulk.StoreSink`) and what is still wanted afterwards is what the sink still
+lacks, not a second look at every blob.
 
 **Who may use a snapshot.** A member may name only a snapshot they offered themselves whose
 every file's bytes they have sent at some time (``code_proofs``): knowing a digest, or the
@@ -21,19 +30,30 @@ hashes of someone else's files, is not enough, and the store answers no question
 blobs another member sent (a member's offer always asks for them). Admins may use any
 snapshot the store holds, and their offers ask only for what the store lacks.
 
+A proof names a blob the store holds: when a blob leaves the store (evicted, or found
+damaged), its proofs are deleted (:meth:`CodeStore.prune_proofs`, after each upload and
+at start), so the table stays the size of the store and a member must send those bytes
+again before using them once someone else brings them back.
+
 **Agents** fetch a snapshot only for a job assigned to them that names it
 (:meth:`CodeStore.may_fetch`), or for a project push sent to them.
+
+This module is one piece: offers, uploads, job pins and proofs keep one invariant together
+(a snapshot's blobs are pinned before the store is asked about them, for as long as an
+upload window or an open job needs them, and a member's proofs name only blobs the store
+holds); split, each part would have to re-derive the others' state.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from mlsm.bulk import Manifest, Source, Store, StoreSink, decode_manifest, encode_manifest
 from mlsm.bulk.want import Want
@@ -65,12 +85,8 @@ UPLOAD_FRAME_SLACK = 64  # bytes of frame headers allowed per entry in an upload
 _MANIFEST_CACHE = 64  # decoded manifests kept in memory (agents fetch them per request)
 
 
-def _job_owner(job_id: int) -> str:
-    return f"job:{job_id}"
-
-
-def _upload_owner(digest: str, user: str) -> str:
-    return f"upload:{digest}:{user}"
+def _code_owner(digest: str) -> str:
+    return f"code:{digest}"
 
 
 def _file_blobs(m: Manifest) -> dict[str, int]:
@@ -94,35 +110,96 @@ class CodeStore:
         #: (node id, digest) pairs a project push lets a node fetch (the projects service's).
         self.pushes: set[tuple[int, str]] = set()
         self.lab_settings = lab_settings
-        self._uploads: dict[str, float] = {}  # upload pin owner -> when it was pinned
+        self._uploads: dict[str, float] = {}  # digest -> when it was last offered
         self._manifests: dict[str, Manifest] = {}
+        self._jobs: dict[str, set[int]] = {}  # digest -> the open jobs that run in it
+        self._job_code: dict[int, str] = {}  # open job -> its snapshot
+        self._pin_lock = threading.Lock()  # a snapshot's pin and unpin decided one at a time
 
     # ---------------------------------------------------------------- upkeep
     async def load(self) -> None:
-        """After a restart: drop the pins of uploads and of jobs that are no longer open
-        (those of project pushes stay until their node reports)."""
+        """After a restart: the open jobs' snapshots stay pinned (pinned again when an
+        older master pinned them per job); the pins of uploads, of finished jobs and of
+        snapshots no open job names go (those of project pushes stay until their node
+        reports)."""
         async with self.db.session() as s:
-            q = select(JobRow.id).where(JobRow.state.not_in(FINAL_STATES))
-            keep = {_job_owner(j) for j in (await s.execute(q)).scalars()}
+            q = select(JobRow).where(JobRow.state.not_in(FINAL_STATES))
+            for row in (await s.execute(q)).scalars():
+                if row.spec is not None and row.spec.code:
+                    self._jobs.setdefault(row.spec.code, set()).add(row.id)
+                    self._job_code[row.id] = row.spec.code
         owners = await asyncio.to_thread(self.store.pin_owners)
+        for digest in self._jobs:
+            if _code_owner(digest) not in owners:
+                try:
+                    m = await self.manifest(digest)
+                except NotFound:
+                    log.warning("code snapshot %s of open jobs is gone", digest[:12])
+                    continue
+                await asyncio.to_thread(
+                    self.store.pin, _code_owner(digest), [digest, *_file_blobs(m)]
+                )
+        keep = {_code_owner(d) for d in self._jobs}
         for owner in owners - keep:
             if owner.startswith("project:"):
                 continue
             await asyncio.to_thread(self.store.unpin, owner)
+        await self.prune_proofs(everything=True)
+
+    async def prune_proofs(self, *, everything: bool = False) -> int:
+        """Delete the proofs of blobs that left the store since the last prune (or, with
+        ``everything``, of every blob the store lacks); how many rows went."""
+        gone = set(await asyncio.to_thread(self.store.drain_evicted))
+        if everything:
+            async with self.db.session() as s:
+                named = list((await s.execute(select(CodeProof.sha256).distinct())).scalars())
+            gone.update(await asyncio.to_thread(self.store.has, named, touch=False))
+        if not gone:
+            return 0
+        removed = 0
+        shas = sorted(gone)
+        async with self.db.transaction() as s:
+            for i in range(0, len(shas), _QUERY_CHUNK):
+                res = await s.execute(
+                    delete(CodeProof).where(CodeProof.sha256.in_(shas[i : i + _QUERY_CHUNK]))
+                )
+                removed += int(getattr(res, "rowcount", 0) or 0)
+        return removed
 
     def release(self, job_id: int) -> None:
-        """A job is finished: its blobs may be evicted again (the unpin runs in a thread)."""
-        task = asyncio.get_running_loop().create_task(
-            asyncio.to_thread(self.store.unpin, _job_owner(job_id))
-        )
+        """A job is finished: when no open job runs in its snapshot any more, the
+        snapshot's blobs may be evicted again (the unpin runs in a thread)."""
+        digest = self._job_code.pop(job_id, None)
+        if digest is None:
+            return
+        jobs = self._jobs.get(digest)
+        if jobs is not None:
+            jobs.discard(job_id)
+            if jobs:
+                return
+            del self._jobs[digest]
+        if self._held(digest):
+            return  # an upload window still holds it
+        task = asyncio.get_running_loop().create_task(asyncio.to_thread(self._unpin_unused, digest))
         task.add_done_callback(_log_failure)
 
-    async def _expire_uploads(self) -> None:
-        now = time.monotonic()
-        for owner, since in list(self._uploads.items()):
+    def _held(self, digest: str) -> bool:
+        """Whether the snapshot's pin is in place (an upload window or an open job)."""
+        return digest in self._uploads or bool(self._jobs.get(digest))
+
+    def _unpin_unused(self, digest: str) -> None:
+        with self._pin_lock:
+            if not self._held(digest):  # nothing offered or attached since
+                self.store.unpin(_code_owner(digest))
+
+    async def expire_uploads(self, now: float | None = None) -> None:
+        """Close the upload windows older than :data:`UPLOAD_PIN_S`; a snapshot no open
+        job runs in is unpinned."""
+        now = time.monotonic() if now is None else now
+        for digest, since in list(self._uploads.items()):
             if now - since > UPLOAD_PIN_S:
-                del self._uploads[owner]
-                await asyncio.to_thread(self.store.unpin, owner)
+                del self._uploads[digest]
+                await asyncio.to_thread(self._unpin_unused, digest)
 
     # ---------------------------------------------------------------- manifests
     async def manifest(self, digest: str) -> Manifest:
@@ -169,20 +246,24 @@ class CodeStore:
         self.check_limits(m)
         digest = m.digest()
         blobs = _file_blobs(m)
-        await self._expire_uploads()
-        owner = _upload_owner(digest, p.name)
-        self._uploads[owner] = time.monotonic()
-        await asyncio.to_thread(self._keep_manifest, owner, digest, m, blobs)
+        await self.expire_uploads()
+        pinned = self._held(digest)
+        self._uploads[digest] = time.monotonic()
+        await asyncio.to_thread(self._keep_manifest, digest, m, blobs, not pinned)
         self._manifests.setdefault(digest, m)
         want = await self._wanted(p, blobs)
         offer = self._offer_of(digest, m, blobs, want)
         await self._record(p.name, digest, m, offer.complete)
         return offer
 
-    def _keep_manifest(self, owner: str, digest: str, m: Manifest, blobs: dict[str, int]) -> None:
-        self.store.pin(owner, [digest, *blobs])
+    def _keep_manifest(self, digest: str, m: Manifest, blobs: dict[str, int], pin: bool) -> None:
+        if pin:  # pinned before the store is asked what it lacks
+            with self._pin_lock:
+                self.store.pin(_code_owner(digest), [digest, *blobs])
         if self.store.has([digest]):
-            self.store.put_bytes(digest, encode_manifest(m))
+            with self.store.writer(digest) as w:
+                w.write(encode_manifest(m))
+                w.commit()
 
     async def _wanted(self, p: Principal, blobs: dict[str, int]) -> set[str]:
         """Blobs the store lacks, and for a member those they have not sent themselves."""
@@ -249,7 +330,8 @@ class CodeStore:
         m = await self.manifest(digest)
         blobs = _file_blobs(m)
         need = set() if p.is_admin else set(blobs) - await self._proven(p.name, blobs)
-        sink = await asyncio.to_thread(StoreSink, self.store, m, need=need)
+        # The offer marked the present blobs used (and pinned them): no second touch.
+        sink = await asyncio.to_thread(StoreSink, self.store, m, need=need, touch=False)
         # What an honest upload of this snapshot can be: its bytes and a header per file.
         limit = m.total_bytes() + (len(m.entries) + 1) * UPLOAD_FRAME_SLACK
         seen = 0
@@ -276,9 +358,12 @@ class CodeStore:
         finally:
             await asyncio.to_thread(sink.close)
         got = {m.entries[i].sha256 for i in sink.received}
+        await self.prune_proofs()  # before proving: a blob evicted and sent again stays proven
         if got and not p.is_admin:
             await self._prove(p.name, got - await self._proven(p.name, got))
-        want = await self._wanted(p, blobs)
+        # Wanted still: what the sink did not get (it started from what the store lacked
+        # and what this member had not proven; the rest is pinned since the offer).
+        want = {m.entries[i].sha256 for i in [*sink.pending, *sink.gone]}
         offer = self._offer_of(digest, m, blobs, want)
         await self._record(p.name, digest, m, offer.complete)
         return offer, sink.bytes_received
@@ -310,15 +395,17 @@ class CodeStore:
                 "own directory (mlsm submit ships it)"
             )
         m = await self.manifest(digest)
-        owner = _upload_owner(digest, p.name)
-        since = self._uploads.get(owner)
-        if since is not None and time.monotonic() - since < UPLOAD_PIN_S / 2:
-            return m  # complete and pinned since its offer: nothing can have been evicted
-        self._uploads[owner] = time.monotonic()
+        since = self._uploads.get(digest)
+        if self._jobs.get(digest) or (
+            since is not None and time.monotonic() - since < UPLOAD_PIN_S / 2
+        ):
+            return m  # complete and pinned since then: nothing can have been evicted
+        self._uploads[digest] = time.monotonic()
         blobs = [digest, *_file_blobs(m)]
 
         def pin() -> list[str]:
-            self.store.pin(owner, blobs)
+            with self._pin_lock:
+                self.store.pin(_code_owner(digest), blobs)
             return self.store.has(blobs)
 
         lacking = await asyncio.to_thread(pin)
@@ -332,13 +419,24 @@ class CodeStore:
     async def attach(
         self, digest: str, m: Manifest, job_ids: Iterable[int], *, owner: str = ""
     ) -> None:
-        """Pin the snapshot for each job (until :meth:`release`), or for ``owner``."""
+        """Pin the snapshot for the jobs (until the last one's :meth:`release`), or for
+        ``owner``; a snapshot pinned already (offered or checked just before, or run by
+        open jobs) is not pinned again."""
+        ids = list(job_ids)
+        owners = [owner] if owner else []
+        if ids:
+            if not self._held(digest):
+                owners.append(_code_owner(digest))
+            self._jobs.setdefault(digest, set()).update(ids)
+            self._job_code.update((j, digest) for j in ids)
+        if not owners:
+            return
         blobs = [digest, *_file_blobs(m)]
-        owners = [_job_owner(j) for j in job_ids] + ([owner] if owner else [])
 
         def pin() -> None:
-            for o in owners:
-                self.store.pin(o, blobs)
+            with self._pin_lock:
+                for o in owners:
+                    self.store.pin(o, blobs)
 
         await asyncio.to_thread(pin)
 
