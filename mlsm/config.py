@@ -90,6 +90,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     allow_plain_http: bool = False  # let secrets cross plain HTTP to a non-loopback master
     trusted_proxies: list[str] = []  # addresses/CIDRs whose X-Forwarded-For/Forwarded count
     code_store_bytes: Annotated[int, Meta(ge=1 << 20)] = 20 << 30  # the master's code store
+    metrics_token: str = ""  # "" = /metrics open; else it needs Authorization: Bearer <this>
     # --- agent
     master: str = ""  # URL the agent dials
     join_token: str = ""

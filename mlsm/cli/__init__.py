@@ -57,6 +57,11 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "projects": ("mlsm.cli.projects", "projects", "List projects (trees kept on nodes)."),
     "project": ("mlsm.cli.projects", "project", "Push, copy or remove a project on a node."),
     "settings": ("mlsm.cli.settings", "settings_cmd", "Show or change the lab's policies."),
+    "completion": (
+        "mlsm.cli.completion",
+        "completion",
+        "Print or install the shell completion script.",
+    ),
 }
 
 

@@ -98,6 +98,20 @@ def bearer(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     return None
 
 
+def check_metrics_token(expected: str, connection: ASGIConnection[Any, Any, Any, Any]) -> None:
+    """``/metrics`` behind the ``metrics_token`` setting (open when it is empty): the caller
+    must send ``Authorization: Bearer <token>``. Both sides are hashed before the
+    constant-time comparison, so neither the content nor the length of the token leaks."""
+    if not expected:
+        return
+    scheme, _, value = connection.headers.get("authorization", "").partition(" ")
+    given = value.strip() if scheme.lower() == "bearer" else ""
+    if not same(token_hash(given), token_hash(expected)):
+        raise AuthenticationError(
+            "/metrics needs Authorization: Bearer <token> (the master's metrics_token)"
+        )
+
+
 class Authenticator(Protocol):
     """Who a credential belongs to (:class:`~mlsm.master.services.auth.AuthService`)."""
 
