@@ -165,13 +165,15 @@ def submit(
     except msgspec.ValidationError as exc:
         raise validation_error(exc) from None
     with client_from(ctx) as c:
+        shipped = None
         if ship_dir is not None:
             from mlsm.cli.codeship import ship
 
             shipped = ship(c, ship_dir, include_git=code_include_git)
-            echo(shipped.summary(), err=True)
             body = msgspec.structs.replace(body, code=shipped.digest)
         reply = c.jobs.submit(body)
+        if shipped is not None:  # said once the job exists: a refused submit is one line
+            echo(shipped.summary(), err=True)
         if as_json:
             emit_json(reply)
         elif len(reply.ids) > 1:

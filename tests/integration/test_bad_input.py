@@ -366,6 +366,7 @@ AGENT_BODIES: dict[str, type] = {
     "/agent/v1/code/manifest": wc.CodeManifestFetch,
     "/agent/v1/code/blobs": wc.CodeBlobsFetch,
     "/agent/v1/projects": wc.ProjectReport,
+    "/agent/v1/projects/pull": wc.ProjectPull,
     "/agent/v1/bulk/pull": wb.BulkPull,
 }
 

@@ -248,7 +248,7 @@ def test_dataset_is_mounted_read_only_and_the_output_dir_writable(
     assert job.state == "succeeded", job.reason
 
     log = body(lab.log(jid)).decode()
-    assert log.startswith("hello from the dataset\n/mlsm/output\n"), log
+    assert log.startswith("hello from the dataset\n/mlsm/output/code\n"), log  # the shipped copy
     assert log.endswith(f"/{DATASET}/new: Read-only file system\nrefused\n"), log
     assert not (dataset_root / DATASET / "new").exists()
     job_dir = lab.agents[NODE].data_dir / "jobs" / str(jid)
