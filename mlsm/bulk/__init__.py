@@ -13,7 +13,8 @@ The vocabulary (each module's docstring has its rules)::
     sink.py      Sink: receives a whole new tree, then finish(dest) renames it into place
     inplace.py   InPlaceSink: brings an existing directory up to a manifest, file by file
     journal.py   the sinks' journal (resume after a kill, a cut, a reboot)
-    cas.py       Store: content-addressed blobs, LRU-bounded, pins; StoreSink
+    cas.py       Store: content-addressed blobs, LRU-bounded, pins
+    storesink.py StoreSink: fills a Store from a frame stream
     fstree.py    descriptor walks: walk, remove_tree, DirFds, rename_noreplace
 
 A transfer in one process (a local copy; the agent materialising a code snapshot from its
@@ -32,7 +33,7 @@ pathspec only: no HTTP here, so the CLI, the agent and the master all use it.
 
 from ._receiver import Progress
 from .build import build_manifest
-from .cas import BlobWriter, Store, StoreSink, StoreUsage
+from .cas import BlobWriter, Store, StoreUsage
 from .frames import Flag, Frame, FrameError, FrameReader, FrameWriter, encode_frame
 from .hashing import FileKey, HashCache, sha256_fd
 from .ignore import IgnoreRules
@@ -48,6 +49,7 @@ from .manifest import (
 )
 from .sink import Sink
 from .source import Source
+from .storesink import StoreSink
 from .want import Receiver, Want, apump, batch_wants, decode_want, encode_want, pump
 
 __all__ = [

@@ -8,7 +8,7 @@ that a receiver asks a source to send, as one response (a frame stream ending in
 response open for minutes).
 
 Every receiver (:class:`~mlsm.bulk.sink.Sink`, :class:`~mlsm.bulk.inplace.InPlaceSink`,
-:class:`~mlsm.bulk.cas.StoreSink`) is a :class:`Receiver`: ``next_want()`` says what to ask
+:class:`~mlsm.bulk.storesink.StoreSink`) is a :class:`Receiver`: ``next_want()`` says what to ask
 for next (None: complete), ``feed()`` takes the response's bytes. The contract a transport
 keeps: one response at a time per receiver, in order; ``next_want()`` before each request
 (it also forgets a half-read frame of a response that was cut); bytes of a response that
