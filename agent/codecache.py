@@ -48,12 +48,12 @@ from mlsm.bulk import (
     pump,
 )
 from mlsm.bulk.fstree import open_dir, remove_at, remove_tree
+from mlsm.bulk.want import afeed
 from mlsm.errors import TransferFailed
 
 log = logging.getLogger("mlsm.agent")
 
 CODE_DIR = "code"  # a job's copy of its snapshot: <job dir>/code
-FEED_BATCH = 1 << 20  # bytes of a response handed to the (blocking) sink at once
 PROJECTS_DIR_MODE = 0o711  # jobs pass through to their own project, list nothing
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -122,19 +122,7 @@ class CodeCache:
         while (want := sink.next_want()) is not None:
             before = sink.progress_mark()
             async with self.link.code_blobs(digest, job_id, encode_want(want)) as chunks:
-                batch: list[bytes] = []
-                size = 0
-                done = False
-                async for chunk in chunks:
-                    batch.append(chunk)
-                    size += len(chunk)
-                    if size >= FEED_BATCH:
-                        done = await asyncio.to_thread(_feed_all, sink, batch)
-                        batch, size = [], 0
-                        if done:
-                            break
-                if batch and not done:
-                    await asyncio.to_thread(_feed_all, sink, batch)
+                await afeed(sink, chunks)
             if sink.gone:
                 raise TransferFailed(f"the master's code store lost part of {digest[:12]}")
             if sink.progress_mark() == before:
@@ -228,10 +216,3 @@ class CodeCache:
         path = self.project_path(user, name)
         if os.path.lexists(path):
             remove_tree(path)
-
-
-def _feed_all(sink: StoreSink, chunks: list[bytes]) -> bool:
-    for c in chunks:
-        if sink.feed(c):
-            return True
-    return False

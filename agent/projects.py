@@ -31,12 +31,12 @@ from agent.runtimes.accounts import resolve_account
 from agent.runtimes.base import RuntimeContext, RuntimeStartError
 from mlsm import errors
 from mlsm.bulk import InPlaceSink, Manifest, decode_manifest, encode_want, validate_manifest
+from mlsm.bulk.want import afeed
 from mlsm.wire import agent as w
 from mlsm.wire import code as wc
 
 log = logging.getLogger("mlsm.agent")
 
-FEED_BATCH = 1 << 20  # bytes of a relayed answer handed to the (blocking) sink at once
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -155,19 +155,7 @@ class ProjectCommands:
             before = sink.progress_mark()
             req = wc.ProjectPull(copy_id=copy_id, want=encode_want(want), manifest_digest=digest)
             async with self.link.stream("projects/pull", req) as chunks:
-                batch: list[bytes] = []
-                size = 0
-                done = False
-                async for chunk in chunks:
-                    batch.append(chunk)
-                    size += len(chunk)
-                    if size >= FEED_BATCH:
-                        done = await asyncio.to_thread(_feed_all, sink, batch)
-                        batch, size = [], 0
-                        if done:
-                            break
-                if batch and not done:
-                    await asyncio.to_thread(_feed_all, sink, batch)
+                await afeed(sink, chunks)
             if sink.progress_mark() == before:
                 raise errors.TransferFailed("the source node sent nothing useful for the copy")
 
@@ -190,10 +178,3 @@ def _decode_checked(raw: bytes) -> Manifest:
     m = decode_manifest(raw)
     validate_manifest(m)
     return m
-
-
-def _feed_all(sink: InPlaceSink, chunks: list[bytes]) -> bool:
-    for c in chunks:
-        if sink.feed(c):
-            return True
-    return False

@@ -19,6 +19,7 @@ a synchronous fetch function (a local source, tests, a thread of a transport);
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator
 from typing import Annotated, Protocol
 
@@ -27,11 +28,13 @@ import msgspec
 from mlsm.errors import TransferFailed
 
 __all__ = [
+    "FEED_BATCH_BYTES",
     "MAX_WANT_ITEMS",
     "WANT_BYTES",
     "WANT_ITEMS",
     "Receiver",
     "Want",
+    "afeed",
     "apump",
     "batch_wants",
     "decode_want",
@@ -167,3 +170,31 @@ async def apump(
                 break
         if receiver.progress_mark() == before:
             raise _no_progress(want)
+
+
+FEED_BATCH_BYTES = 1 << 20  # bytes of a response handed to a blocking receiver at once
+
+
+def _feed_all(receiver: Receiver, chunks: list[bytes]) -> bool:
+    for chunk in chunks:
+        if receiver.feed(chunk):
+            return True
+    return False
+
+
+async def afeed(
+    receiver: Receiver, chunks: AsyncIterable[bytes], *, batch_bytes: int = FEED_BATCH_BYTES
+) -> bool:
+    """Feed one async response to a (blocking, disk-writing) receiver off the event loop,
+    about ``batch_bytes`` per thread hop rather than one hop per chunk; True once the
+    receiver says the response ended (the rest of ``chunks`` is then not read)."""
+    batch: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        batch.append(chunk)
+        size += len(chunk)
+        if size >= batch_bytes:
+            if await asyncio.to_thread(_feed_all, receiver, batch):
+                return True
+            batch, size = [], 0
+    return bool(batch) and await asyncio.to_thread(_feed_all, receiver, batch)

@@ -21,7 +21,7 @@ from mlsm.errors import Conflict, NotFound, PermissionDenied
 from mlsm.master.db import Database
 from mlsm.master.db.models import Job as JobRow
 from mlsm.master.security import Principal
-from mlsm.master.services.bulk import Pipes
+from mlsm.master.services.bulk import Pipes, answer_stream
 from mlsm.master.services.diskhygiene import offline_line
 from mlsm.master.services.jobs.views import may_see_private
 from mlsm.master.services.livenode import LiveNode
@@ -101,20 +101,4 @@ class OutputsService:
             manifest_digest=req.manifest_digest,
             want=req.want,
         )
-        chunks = aiter(pipe)
-        try:
-            first = await anext(chunks, b"")
-        except BaseException:
-            pipe.close()
-            raise
-
-        async def stream() -> AsyncIterator[bytes]:
-            try:
-                if first:
-                    yield first
-                async for chunk in chunks:
-                    yield chunk
-            finally:
-                pipe.close()
-
-        return stream()
+        return await answer_stream(pipe)

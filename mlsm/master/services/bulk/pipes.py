@@ -239,3 +239,26 @@ class Pipes:
             raise errors.Conflict(f"relay pipe {pipe_id} is already being pushed")
         pipe.pushing = True
         return pipe
+
+
+async def answer_stream(pipe: Pipe) -> AsyncIterator[bytes]:
+    """``pipe``'s bytes for a streaming response, once its first chunk came: a refusal of
+    the source (its error record) raises here, before the response starts, and the pipe
+    is closed when the returned iterator ends or is dropped."""
+    chunks = aiter(pipe)
+    try:
+        first = await anext(chunks, b"")
+    except BaseException:
+        pipe.close()
+        raise
+
+    async def stream() -> AsyncIterator[bytes]:
+        try:
+            if first:
+                yield first
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            pipe.close()
+
+    return stream()

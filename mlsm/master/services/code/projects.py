@@ -37,7 +37,7 @@ from mlsm.errors import Conflict, NotFound, PermissionDenied, ValidationError
 from mlsm.master.db import Database
 from mlsm.master.db.models import ProjectRow, User
 from mlsm.master.security import Principal
-from mlsm.master.services.bulk import Pipes
+from mlsm.master.services.bulk import Pipes, answer_stream
 from mlsm.master.services.nodes import NodeRegistry
 from mlsm.wire import bulk as wb
 from mlsm.wire import code as wc
@@ -306,23 +306,7 @@ class Projects:
             want=decode_want(req.want),
             manifest_digest=req.manifest_digest,
         )
-        chunks = aiter(pipe)
-        try:
-            first = await anext(chunks, b"")
-        except BaseException:
-            pipe.close()
-            raise
-
-        async def stream() -> AsyncIterator[bytes]:
-            try:
-                if first:
-                    yield first
-                async for chunk in chunks:
-                    yield chunk
-            finally:
-                pipe.close()
-
-        return stream()
+        return await answer_stream(pipe)
 
     async def _row(self, user: str, name: str, node_id: int) -> ProjectRow | None:
         async with self.db.session() as s:

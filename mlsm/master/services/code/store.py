@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, select
 
 from mlsm.bulk import Manifest, Source, Store, StoreSink, decode_manifest, encode_manifest
-from mlsm.bulk.want import Want
+from mlsm.bulk.want import Want, afeed
 from mlsm.errors import (
     NotFound,
     PayloadTooLarge,
@@ -80,7 +80,6 @@ log = logging.getLogger("mlsm.master.code")
 
 UPLOAD_PIN_S = 3600.0  # an offered snapshot's blobs stay pinned this long for its upload
 _QUERY_CHUNK = 500  # hashes per IN (...) query
-FEED_BATCH = 1 << 20  # bytes of an upload handed to the (blocking) sink at once
 UPLOAD_FRAME_SLACK = 64  # bytes of frame headers allowed per entry in an upload
 _MANIFEST_CACHE = 64  # decoded manifests kept in memory (agents fetch them per request)
 
@@ -334,25 +333,19 @@ class CodeStore:
         sink = await asyncio.to_thread(StoreSink, self.store, m, need=need, touch=False)
         # What an honest upload of this snapshot can be: its bytes and a header per file.
         limit = m.total_bytes() + (len(m.entries) + 1) * UPLOAD_FRAME_SLACK
-        seen = 0
-        batch: list[bytes] = []
-        size = 0
-        try:
+
+        async def bounded() -> AsyncIterator[bytes]:
+            seen = 0
             async for chunk in body:
                 seen += len(chunk)
                 if seen > limit:
                     raise PayloadTooLarge(
                         f"the upload of snapshot {digest[:12]} is larger than the snapshot"
                     )
-                batch.append(chunk)
-                size += len(chunk)
-                if size >= FEED_BATCH:  # one thread hop per ~1 MiB, not per chunk
-                    done = await asyncio.to_thread(_feed_all, sink, batch)
-                    batch, size = [], 0
-                    if done:
-                        break
-            if batch:
-                await asyncio.to_thread(_feed_all, sink, batch)
+                yield chunk
+
+        try:
+            await afeed(sink, bounded())
         except TransferFailed as exc:
             raise ValidationError(f"upload of snapshot {digest[:12]} refused: {exc}") from None
         finally:
@@ -467,13 +460,6 @@ async def _serve(source: Source, want: Want) -> AsyncIterator[bytes]:
                 yield chunk
     finally:
         await asyncio.to_thread(source.close)
-
-
-def _feed_all(sink: StoreSink, chunks: list[bytes]) -> bool:
-    for c in chunks:
-        if sink.feed(c):
-            return True
-    return False
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:
