@@ -159,3 +159,47 @@ def test_print_systemd_unit_fills_in_this_host(tmp_path: Path) -> None:
         and "ExecStart=" in out
         and out.rstrip().endswith("WantedBy=multi-user.target")
     )
+
+
+def _third_party_imports() -> dict[str, str]:
+    """Top-level modules imported by the shipped packages that are not the standard
+    library or the project itself: module -> the first file importing it."""
+    import ast
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    own = {"mlsm", "agent", "tui"}
+    found: dict[str, str] = {}
+    for package in sorted(own):
+        for path in sorted((root / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                for name in names:
+                    top = name.split(".")[0]
+                    if top not in own and top not in sys.stdlib_module_names:
+                        found.setdefault(top, str(path.relative_to(root)))
+    return found
+
+
+def test_every_third_party_import_is_a_declared_dependency():
+    """A module the shipped code imports must come from a distribution pyproject.toml
+    declares: one that is only here through a test tool (pathspec through mypy once) is
+    missing from a real install (the master image, pipx)."""
+    import tomllib
+    from importlib.metadata import packages_distributions
+
+    root = Path(__file__).resolve().parents[2]
+    deps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    declared = {re.split(r"[\[<>=!~; ]", d, maxsplit=1)[0].lower().replace("_", "-") for d in deps}
+    providers = packages_distributions()
+    undeclared = {
+        module: where
+        for module, where in _third_party_imports().items()
+        if not {d.lower().replace("_", "-") for d in providers.get(module, [])} & declared
+    }
+    assert not undeclared, undeclared
