@@ -373,9 +373,14 @@ AGENT_BODIES: dict[str, type] = {
 
 def test_every_agent_route_has_its_body_type_here() -> None:
     assert set(AGENT_BODIES) == set(AGENT_ROUTES)
+    assert all(not _int_fields(AGENT_BODIES[p]) for p in NO_INTEGERS)
 
 
-@pytest.mark.parametrize("path", AGENT_ROUTES)
+#: Agent routes whose body carries no integer at all (nothing for the test below to send).
+NO_INTEGERS = {"/agent/v1/projects/pull"}
+
+
+@pytest.mark.parametrize("path", [p for p in AGENT_ROUTES if p not in NO_INTEGERS])
 def test_huge_integers_from_an_agent_are_a_400(master: Master, node_secret: str, path: str) -> None:
     headers = {"Content-Type": "application/msgpack", "Authorization": f"Node {node_secret}"}
     fields = _int_fields(AGENT_BODIES[path])

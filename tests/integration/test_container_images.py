@@ -206,6 +206,11 @@ def build_context(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     wheel = next(dist.glob("mlsm-*.whl"))
     cache = cache_dir() / f"wheels-cp{BASE_PYTHON.replace('.', '')}"
+    # pip saves the project's own wheel beside its dependencies and, finding a file of the
+    # same name there on the next run, resolves with that old wheel's requirements: a
+    # dependency added since would be missing from the image. Only dependencies are kept.
+    for stale in cache.glob("mlsm-*.whl"):
+        stale.unlink()
     _run(
         [
             sys.executable,
