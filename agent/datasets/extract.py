@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import IO
 
 from agent.fsutil import DirFds
+from mlsm.bulk.manifest import leads_inside
 
 from ._fs import open_new
 from .errors import DatasetCancelled, DatasetTooLargeError, UnsafeArchiveError
@@ -309,46 +310,8 @@ class SafeWriter:
         """Check every symlink against the finished tree (chains of links included)."""
         resolved: dict[str, str] = {}  # link -> where it leads (rel), once worked out
         for rel in self._links:
-            if not self._leads_inside(rel, resolved):
+            if not leads_inside(rel, self._links, self._kinds, resolved):
                 raise UnsafeArchiveError(
                     f"archive symlink {_show(rel)} resolves outside the dataset "
                     f"(through {_show(self._links[rel])})"
                 )
-
-    def _leads_inside(self, link: str, resolved: dict[str, str]) -> bool:
-        """Whether ``link`` resolves inside the dataset, following the links it meets.
-
-        Worked out from what this writer made (no ``realpath``: it recurses once per link
-        and would die on a long chain), in a loop with memory of the links already
-        resolved. A link's parents are always real directories (nothing is written through
-        a link), so only its target needs resolving. A loop never resolves, so it leads
-        nowhere outside.
-        """
-        path = link.rpartition("/")[0]
-        todo: list[str | tuple[str]] = [(link,), *reversed(self._links[link].split("/"))]
-        active = {link}
-        while todo:
-            item = todo.pop()
-            if isinstance(item, tuple):  # a link's target is worked out: remember it
-                resolved[item[0]] = path
-                active.discard(item[0])
-                continue
-            if item in ("", "."):
-                continue
-            if item == "..":
-                if not path:
-                    return False
-                path = path.rpartition("/")[0]
-                continue
-            here = f"{path}/{item}" if path else item
-            if self._kinds.get(here) != "l":
-                path = here
-            elif here in resolved:
-                path = resolved[here]
-            elif here in active:
-                return True
-            else:
-                active.add(here)
-                todo.append((here,))
-                todo.extend(reversed(self._links[here].split("/")))
-        return True

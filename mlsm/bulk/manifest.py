@@ -215,16 +215,19 @@ def validate_manifest(manifest: Manifest) -> None:
             links[e.path] = e.target
     resolved: dict[str, str] = {}
     for link in links:
-        if not _leads_inside(link, links, kinds, resolved):
+        if not leads_inside(link, links, kinds, resolved):
             raise _refuse(link, f"is a symlink to {show_path(links[link])}, which leads outside")
 
 
-def _leads_inside(
+def leads_inside(
     link: str, links: dict[str, str], kinds: dict[str, str], resolved: dict[str, str]
 ) -> bool:
-    """Whether ``link`` resolves inside the tree, following the manifest's links it meets.
+    """Whether ``link`` resolves inside the tree, following the tree's links it meets
+    (``links``: link -> target; ``kinds``: path -> "d" | "f" | "l"; ``resolved`` keeps
+    where links already worked out lead, across calls). Used for manifests and for the
+    agent's unpacked datasets alike.
 
-    Worked out in a loop from the manifest alone (``realpath`` would recurse once per link
+    Worked out in a loop from those maps alone (``realpath`` would recurse once per link
     and look at the disk). A link's parents are real directories (validated above), so only
     its target is resolved; a loop of links resolves nowhere, hence not outside.
     """
