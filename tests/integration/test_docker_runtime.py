@@ -27,6 +27,7 @@ from agent.runtimes.base import LOG_NAME, AdoptRecord, RuntimeContext, RuntimeSt
 from agent.runtimes.docker import DockerJobHandle, DockerRuntime
 from agent.runtimes.docker import logs as docker_logs
 from mlsm.wire.agent import JobReport, JobSpec, Mount
+from tests.support.ci import require
 from tests.support.fixtures import DOCKER_TEST_IMAGE
 from tests.support.wait import wait_until
 
@@ -207,8 +208,7 @@ def test_a_network_the_node_does_not_allow_is_refused(runtime, ctx):
 @pytest.fixture
 def root_ctx(tmp_path: Path) -> RuntimeContext:
     """An agent running as root that switches accounts, as the packaged service does."""
-    if os.geteuid() != 0:
-        pytest.skip("an agent that switches accounts runs as root")
+    require(os.geteuid() == 0, "an agent that switches accounts runs as root")
     return RuntimeContext(
         node_name=NODE, agent_data=tmp_path / "agent", runs_as_root=True, simulated_gpus=True
     )
@@ -361,8 +361,7 @@ def test_out_of_memory_is_reported_as_oom(runtime, ctx):
     script = "x=$(head -c 100000000 /dev/zero | tr '\\0' a); echo survived ${#x}"
     spec = make_spec(["sh", "-c", script], mem_bytes=16 << 20)
     report, log = run_to_end(runtime, ctx, spec)
-    if "survived" in log:
-        pytest.skip(f"this engine does not enforce memory limits: {log.strip()}")
+    require("survived" not in log, f"this engine does not enforce memory limits: {log.strip()}")
     assert (report.end_kind, report.reason) == ("oom", "killed: out of memory (limit 16 MiB)")
     assert report.exit_code == 137
     assert log.endswith(f"[mlsm] job {spec.job_id} killed: out of memory (limit 16 MiB)\n")
@@ -501,8 +500,9 @@ class _EngineProxy:
 
     def __init__(self, path: Path) -> None:
         host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-        if not host.startswith("unix://"):
-            pytest.skip(f"the engine proxy needs a UNIX socket engine, not {host}")
+        require(
+            host.startswith("unix://"), f"the engine proxy needs a UNIX socket engine, not {host}"
+        )
         self.path = path
         self.engine_sock = host.removeprefix("unix://")
         self._conns: list[socket.socket] = []

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.lab import AgentProc, Lab, kill
+from tests.support.ci import require
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.skipif(
@@ -40,8 +41,7 @@ def _useradd(name: str) -> pwd.struct_passwd:
 @pytest.fixture(scope="module")
 def account() -> Iterator[pwd.struct_passwd]:
     """A regular Unix account that also names a lab member (the same-named rule)."""
-    if not shutil.which("useradd"):
-        pytest.skip("useradd is not installed")
+    require(shutil.which("useradd") is not None, "useradd is not installed")
     pw = _useradd("mlsmu" + secrets.token_hex(3))
     try:
         yield pw
