@@ -16,9 +16,11 @@ the sha256 of their bytes. The rules:
   owner's pins. Pin *before* asking :meth:`Store.has`, so nothing found present is evicted
   before it is used.
 - **Bookkeeping** is a small SQLite index (``<root>/index.sqlite``, stdlib ``sqlite3``):
-  size, a logical last-use clock, pins. A blob is published (rename + row) and evicted
-  (row + unlink) inside one write transaction, so two processes or threads sharing a store
-  never publish and evict the same blob at once. One ``Store`` object may be shared by
+  size, a logical last-use clock, pins. An owner's pins are one row (its hashes packed,
+  32 bytes each): pinning a 2,000-file snapshot writes one row, not 2,000, and only
+  eviction (rare: the store is full) needs the union of all pins. A blob is published
+  (rename + row) and evicted (row + unlink) inside one write transaction, so two
+  processes or threads sharing a store never publish and evict the same blob at once. One ``Store`` object may be shared by
   threads (a lock guards its connection). A blob file the index does not know (a crash
   between rename and commit) is simply written again by whoever needs it; a row whose file
   is gone is dropped when it is opened. A store whose index is new adopts the blobs
@@ -67,9 +69,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blobs (
     sha TEXT PRIMARY KEY, size INTEGER NOT NULL, last_used INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS blobs_lru ON blobs (last_used);
-CREATE TABLE IF NOT EXISTS pins (owner TEXT NOT NULL, sha TEXT NOT NULL,
-    PRIMARY KEY (owner, sha));
-CREATE INDEX IF NOT EXISTS pins_sha ON pins (sha);
+CREATE TABLE IF NOT EXISTS pinsets (owner TEXT PRIMARY KEY, shas BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS totals (id INTEGER PRIMARY KEY CHECK (id = 0),
     bytes INTEGER NOT NULL);
 INSERT OR IGNORE INTO totals (id, bytes) SELECT 0, COALESCE(SUM(size), 0) FROM blobs;
@@ -120,6 +120,7 @@ class Store:
             for statement in _SCHEMA.split(";\n"):
                 if statement.strip():
                     self._db.execute(statement)
+            _fold_old_pins(self._db)
             self._db.execute("COMMIT")
         if new:
             self.rebuild_index()
@@ -156,33 +157,43 @@ class Store:
         return int(row[0]) + 1
 
     # ------------------------------------------------------------ reading
-    def has(self, hashes: Iterable[str], *, touch: bool = True) -> list[str]:
+    def has(
+        self, hashes: Iterable[str], *, touch: bool = True, pin: str | None = None
+    ) -> list[str]:
         """The hashes of ``hashes`` the store lacks (in order, each once); those it holds
-        count as used now (unless ``touch`` is False: a second look in one request)."""
+        count as used now (unless ``touch`` is False: a second look in one request).
+        ``pin`` names an owner to pin all of them for first, in the same transaction
+        (pin before looking: nothing found present is evicted before it is used)."""
         wanted = list(dict.fromkeys(_check_sha(h) for h in hashes))
         present: set[str] = set()
-        with self._lock:
+        with contextlib.ExitStack() as stack:
+            if pin is not None or touch:
+                db = stack.enter_context(self._write())
+            else:
+                stack.enter_context(self._lock)
+                db = self._db
+            if pin is not None:
+                self._pin_in(db, pin, _pack(wanted))
             for i in range(0, len(wanted), _QUERY_CHUNK):
                 part = wanted[i : i + _QUERY_CHUNK]
                 marks = ",".join("?" * len(part))
-                rows = self._db.execute(f"SELECT sha FROM blobs WHERE sha IN ({marks})", part)  # noqa: S608
+                rows = db.execute(f"SELECT sha FROM blobs WHERE sha IN ({marks})", part)  # noqa: S608
                 present.update(r[0] for r in rows)
             if present and touch:
-                self._touch(list(present))
+                self._touch_in(db, list(present))
         return [h for h in wanted if h not in present]
 
-    def _touch(self, hashes: list[str]) -> None:
+    def _touch_in(self, db: sqlite3.Connection, hashes: list[str]) -> None:
         """Mark ``hashes`` used now: one statement per chunk, not one per blob (blobs used
         together share one tick of the clock)."""
-        with self._write() as db:
-            clock = self._next_clock(db)
-            for i in range(0, len(hashes), _QUERY_CHUNK):
-                part = hashes[i : i + _QUERY_CHUNK]
-                marks = ",".join("?" * len(part))
-                db.execute(
-                    f"UPDATE blobs SET last_used = ? WHERE sha IN ({marks})",  # noqa: S608
-                    [clock, *part],
-                )
+        clock = self._next_clock(db)
+        for i in range(0, len(hashes), _QUERY_CHUNK):
+            part = hashes[i : i + _QUERY_CHUNK]
+            marks = ",".join("?" * len(part))
+            db.execute(
+                f"UPDATE blobs SET last_used = ? WHERE sha IN ({marks})",  # noqa: S608
+                [clock, *part],
+            )
 
     def contains(self, sha: str) -> bool:
         with self._lock:
@@ -232,25 +243,48 @@ class Store:
         with self._lock:
             (blobs,) = self._db.execute("SELECT COUNT(*) FROM blobs").fetchone()
             total = self._total(self._db)
-            (pinned,) = self._db.execute(
-                "SELECT COALESCE(SUM(size), 0) FROM blobs WHERE sha IN (SELECT sha FROM pins)"
-            ).fetchone()
+            pinned = 0
+            held = sorted(_all_pinned(self._db))
+            for i in range(0, len(held), _QUERY_CHUNK):
+                part = held[i : i + _QUERY_CHUNK]
+                marks = ",".join("?" * len(part))
+                (size,) = self._db.execute(
+                    f"SELECT COALESCE(SUM(size), 0) FROM blobs WHERE sha IN ({marks})",  # noqa: S608
+                    part,
+                ).fetchone()
+                pinned += int(size)
         return StoreUsage(int(blobs), int(total), int(pinned), self.max_bytes)
 
     # ------------------------------------------------------------ pins
     def pin(self, owner: str, hashes: Iterable[str]) -> None:
-        rows = [(owner, _check_sha(h)) for h in hashes]
+        """Add ``hashes`` to what ``owner`` holds (present yet or not)."""
+        new = _pack(hashes)
         with self._write() as db:
-            db.executemany("INSERT OR IGNORE INTO pins (owner, sha) VALUES (?, ?)", rows)
+            self._pin_in(db, owner, new)
+
+    @staticmethod
+    def _pin_in(db: sqlite3.Connection, owner: str, new: bytes) -> None:
+        row = db.execute("SELECT shas FROM pinsets WHERE owner = ?", (owner,)).fetchone()
+        if row is not None:
+            held = set(_unpack_raw(row[0]))
+            extra = [d for d in _unpack_raw(new) if d not in held]
+            if not extra:
+                return
+            new = bytes(row[0]) + b"".join(dict.fromkeys(extra))
+        db.execute(
+            "INSERT INTO pinsets (owner, shas) VALUES (?, ?)"
+            " ON CONFLICT (owner) DO UPDATE SET shas = excluded.shas",
+            (owner, new),
+        )
 
     def unpin(self, owner: str) -> None:
         with self._write() as db:
-            db.execute("DELETE FROM pins WHERE owner = ?", (owner,))
+            db.execute("DELETE FROM pinsets WHERE owner = ?", (owner,))
 
     def pin_owners(self) -> set[str]:
         """Every owner that holds pins (to drop those of owners that are gone)."""
         with self._lock:
-            return {r[0] for r in self._db.execute("SELECT DISTINCT owner FROM pins")}
+            return {r[0] for r in self._db.execute("SELECT owner FROM pinsets")}
 
     def drain_evicted(self) -> list[str]:
         """The blobs this ``Store`` object evicted or dropped since the last call (for a
@@ -261,8 +295,8 @@ class Store:
 
     def pinned(self, owner: str) -> set[str]:
         with self._lock:
-            rows = self._db.execute("SELECT sha FROM pins WHERE owner = ?", (owner,))
-            return {r[0] for r in rows}
+            row = self._db.execute("SELECT shas FROM pinsets WHERE owner = ?", (owner,)).fetchone()
+        return {d.hex() for d in _unpack_raw(row[0])} if row is not None else set()
 
     # ------------------------------------------------------------ writing
     def writer(self, sha: str, size: int | None = None) -> BlobWriter:
@@ -322,14 +356,12 @@ class Store:
             excess -= int(held)
         if excess <= 0:
             return
-        victims = db.execute(
-            "SELECT sha, size FROM blobs WHERE sha NOT IN (SELECT sha FROM pins)"
-            " ORDER BY last_used, rowid"
-        ).fetchall()
+        held = _all_pinned(db)
+        victims = db.execute("SELECT sha, size FROM blobs ORDER BY last_used, rowid").fetchall()
         for sha, vsize in victims:
             if excess <= 0:
                 break
-            if sha in blobs:
+            if sha in blobs or sha in held:
                 continue
             db.execute("DELETE FROM blobs WHERE sha = ?", (sha,))
             self._evicted.append(sha)
@@ -372,7 +404,7 @@ class Store:
     def evict(self, sha: str) -> bool:
         """Remove blob ``sha`` unless it is pinned; True when it is gone."""
         with self._write() as db:
-            if db.execute("SELECT 1 FROM pins WHERE sha = ?", (sha,)).fetchone():
+            if sha in _all_pinned(db):
                 return False
             db.execute("DELETE FROM blobs WHERE sha = ?", (sha,))
             self._evicted.append(sha)
@@ -474,3 +506,36 @@ class BlobWriter:
     def __exit__(self, *exc: object) -> None:
         if self._fd >= 0:
             self.abort()
+
+
+def _pack(hashes: Iterable[str]) -> bytes:
+    """Hex hashes as one value of 32-byte digests (each once, in order)."""
+    return b"".join(dict.fromkeys(bytes.fromhex(_check_sha(h)) for h in hashes))
+
+
+def _unpack_raw(packed: bytes) -> list[bytes]:
+    return [packed[i : i + 32] for i in range(0, len(packed), 32)]
+
+
+def _all_pinned(db: sqlite3.Connection) -> set[str]:
+    """Every hash some owner holds (eviction and usage only)."""
+    held: set[str] = set()
+    for (packed,) in db.execute("SELECT shas FROM pinsets"):
+        held.update(d.hex() for d in _unpack_raw(packed))
+    return held
+
+
+def _fold_old_pins(db: sqlite3.Connection) -> None:
+    """An index made before pin sets kept one row per (owner, hash): fold those into
+    pin sets and drop the old table (inside the opening transaction)."""
+    old = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'pins'")
+    if old.fetchone() is None:
+        return
+    owners: dict[str, list[str]] = {}
+    for owner, sha in db.execute("SELECT owner, sha FROM pins ORDER BY rowid"):
+        owners.setdefault(owner, []).append(sha)
+    db.executemany(
+        "INSERT OR REPLACE INTO pinsets (owner, shas) VALUES (?, ?)",
+        [(owner, _pack(shas)) for owner, shas in owners.items()],
+    )
+    db.execute("DROP TABLE pins")

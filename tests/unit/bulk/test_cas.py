@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -280,6 +281,35 @@ def test_pin_owners_lists_each_owner_once_until_its_pins_go(tmp_path: Path) -> N
     assert store.pin_owners() == {"code:x"}
     store.close()
     assert Store(tmp_path / "s", 1 << 20).pin_owners() == {"code:x"}  # kept in the index
+
+
+def test_pins_add_up_per_owner_and_an_old_index_keeps_them(tmp_path: Path) -> None:
+    """Pinning adds to what an owner holds (each hash once); an index written with one row
+    per (owner, hash) opens with those pins folded into pin sets, none lost."""
+    store = Store(tmp_path / "s", 1 << 20)
+    store.pin("job:1", [sha(b"a"), sha(b"b")])
+    store.pin("job:1", [sha(b"b"), sha(b"c"), sha(b"c")])
+    assert store.pinned("job:1") == {sha(b"a"), sha(b"b"), sha(b"c")}
+    assert store.pinned("nobody") == set()
+    store.close()
+
+    old = tmp_path / "old"
+    Store(old, 1 << 20).close()
+    db = sqlite3.connect(old / "index.sqlite")
+    db.executescript(
+        "DROP TABLE pinsets; CREATE TABLE pins (owner TEXT NOT NULL, sha TEXT NOT NULL,"
+        " PRIMARY KEY (owner, sha));"
+    )
+    db.executemany(
+        "INSERT INTO pins VALUES (?, ?)",
+        [("job:7", sha(b"x")), ("job:7", sha(b"y")), ("code:z", sha(b"x"))],
+    )
+    db.commit()
+    db.close()
+    reopened = Store(old, 1 << 20)
+    assert reopened.pinned("job:7") == {sha(b"x"), sha(b"y")}
+    assert reopened.pin_owners() == {"job:7", "code:z"}
+    reopened.close()
 
 
 def test_a_store_sink_makes_room_up_front_and_publishes_in_batches(tmp_path: Path) -> None:

@@ -246,27 +246,32 @@ class CodeStore:
         digest = m.digest()
         blobs = _file_blobs(m)
         await self.expire_uploads()
-        pinned = self._held(digest)
+        owner = None if self._held(digest) else _code_owner(digest)
         self._uploads[digest] = time.monotonic()
-        await asyncio.to_thread(self._keep_manifest, digest, m, blobs, not pinned)
+        lacking = await asyncio.to_thread(self._keep_manifest, digest, m, blobs, owner)
         self._manifests.setdefault(digest, m)
-        want = await self._wanted(p, blobs)
+        want = await self._wanted(p, blobs, lacking)
         offer = self._offer_of(digest, m, blobs, want)
         await self._record(p.name, digest, m, offer.complete)
         return offer
 
-    def _keep_manifest(self, digest: str, m: Manifest, blobs: dict[str, int], pin: bool) -> None:
-        if pin:  # pinned before the store is asked what it lacks
-            with self._pin_lock:
-                self.store.pin(_code_owner(digest), [digest, *blobs])
-        if self.store.has([digest]):
+    def _keep_manifest(
+        self, digest: str, m: Manifest, blobs: dict[str, int], owner: str | None
+    ) -> set[str]:
+        """Pin the snapshot for ``owner`` (None: pinned already), store its manifest, and
+        answer which of its blobs the store lacks: one index transaction for the pin, the
+        look and the touch (a snapshot is thousands of blobs)."""
+        with self._pin_lock:
+            lacking = set(self.store.has([digest, *blobs], pin=owner))
+        if digest in lacking:
             with self.store.writer(digest) as w:
                 w.write(encode_manifest(m))
                 w.commit()
+            lacking.discard(digest)
+        return lacking
 
-    async def _wanted(self, p: Principal, blobs: dict[str, int]) -> set[str]:
+    async def _wanted(self, p: Principal, blobs: dict[str, int], lacking: set[str]) -> set[str]:
         """Blobs the store lacks, and for a member those they have not sent themselves."""
-        lacking = set(await asyncio.to_thread(self.store.has, blobs))
         if p.is_admin:
             return lacking
         return lacking | (set(blobs) - await self._proven(p.name, blobs))
@@ -398,8 +403,7 @@ class CodeStore:
 
         def pin() -> list[str]:
             with self._pin_lock:
-                self.store.pin(_code_owner(digest), blobs)
-            return self.store.has(blobs)
+                return self.store.has(blobs, pin=_code_owner(digest))
 
         lacking = await asyncio.to_thread(pin)
         if lacking:
