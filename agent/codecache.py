@@ -49,7 +49,7 @@ from mlsm.bulk import (
 )
 from mlsm.bulk.fstree import open_dir, remove_at, remove_tree
 from mlsm.bulk.want import afeed
-from mlsm.errors import TransferFailed
+from mlsm.errors import MlsmError, StoreFull, TransferFailed
 
 log = logging.getLogger("mlsm.agent")
 
@@ -92,6 +92,7 @@ class CodeCache:
         lock = self._locks.setdefault(digest, asyncio.Lock())
         async with lock:
             m = self._manifests.get(digest)
+            raw: bytes | None = None
             if m is None:
                 raw = await self.link.code_manifest(digest, job_id)
                 if hashlib.sha256(raw).hexdigest() != digest:
@@ -99,7 +100,9 @@ class CodeCache:
                 m = await asyncio.to_thread(decode_manifest, raw)
                 self._manifests[digest] = m
             store = await asyncio.to_thread(lambda: self.store)
-            await asyncio.to_thread(store.pin, owner, _sha_list(m))
+            await asyncio.to_thread(store.pin, owner, [digest, *_sha_list(m)])
+            if raw is not None:
+                await asyncio.to_thread(self._keep_manifest, digest, raw)
             sink = await asyncio.to_thread(StoreSink, store, m)
             try:
                 await self._pump(sink, digest, job_id)
@@ -117,6 +120,27 @@ class CodeCache:
             else:
                 log.info("code %s: every file in the node cache (job %s)", digest[:12], job_id)
             return m
+
+    def _keep_manifest(self, digest: str, raw: bytes) -> None:
+        """The snapshot's manifest in the cache too: a fetch of a job's outputs after a
+        restart still knows which files of the code copy came with the snapshot (a
+        cache too full of pinned blobs for it only loses that)."""
+        with contextlib.suppress(StoreFull):
+            self.store.put_bytes(digest, raw)
+
+    def snapshot_manifest(self, digest: str) -> Manifest | None:
+        """Snapshot ``digest``'s manifest, from memory or the cache (None: not there, or
+        not what its name says)."""
+        m = self._manifests.get(digest)
+        if m is not None:
+            return m
+        raw = self.store.read_blob(digest)
+        if raw is None or hashlib.sha256(raw).hexdigest() != digest:
+            return None
+        try:
+            return decode_manifest(raw)
+        except MlsmError:
+            return None
 
     async def _pump(self, sink: StoreSink, digest: str, job_id: int) -> None:
         while (want := sink.next_want()) is not None:

@@ -140,6 +140,7 @@ class Agent:
             in_use=self.jobs.in_use,
             on_disk=self._disk_measured,
             stopping=self.stopping,
+            snapshots=self.code.snapshot_manifest,
         )
         self.info = self._info()
         self._info_sent = False

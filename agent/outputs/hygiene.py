@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.outputs.disk import DiskMeter
 from agent.outputs.pins import JobDirPins
-from agent.outputs.serve import OutputsServer
+from agent.outputs.serve import OutputsServer, Snapshots
 from agent.outputs.sweeper import JobDirSweeper
 from agent.pacing import env_seconds, nap
 from mlsm.wire.outputs import NodeDisk
@@ -42,6 +42,7 @@ class NodeOutputs:
         in_use: Callable[[int], str | None],
         on_disk: Callable[[NodeDisk], None],
         stopping: asyncio.Event,
+        snapshots: Snapshots | None = None,
     ) -> None:
         self.stopping = stopping
         self.meter = DiskMeter(data_dir)
@@ -57,7 +58,7 @@ class NodeOutputs:
             on_disk=self._measured,
             stopping=stopping,
         )
-        self.server = OutputsServer(data_dir, self.pins)
+        self.server = OutputsServer(data_dir, self.pins, snapshots)
 
     def install(
         self, handlers: dict[type, Callable[[Any], Awaitable[None]]], bulk: BulkCommands

@@ -16,6 +16,13 @@ A job's directory is written by the job, and the agent reads it as root, so:
 - while a listing, a manifest or a serve runs, the directory is pinned
   (:class:`~agent.outputs.pins.JobDirPins`): no retention sweep or purge removes it.
 
+A fetch of all outputs may name the job's code snapshot (``skip_code``): the files of the
+job's code copy (``code/``) whose size and mtime are still the snapshot's are left out
+without being read, so a fetch brings back what the job made, not the code the person
+already has (the copy's files are written with the snapshot's mtimes; a file the job
+rewrote has a new mtime). The snapshot's manifest comes from the node's code cache
+(``snapshots``); when it is no longer there, nothing is left out.
+
 Manifests of the last :data:`MANIFESTS_KEPT` fetches are kept by digest, so the wants of
 one fetch do not hash the tree again; a want for a digest not kept (the agent restarted)
 rebuilds the manifest and is served only if it is the same (``source_changed`` if not).
@@ -28,12 +35,13 @@ import os
 import stat
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
 
 from agent.bulk.service import BulkCommands
+from agent.codecache import CODE_DIR
 from agent.fsutil import walk
 from agent.outputs.disk import JOBS_DIR
 from agent.outputs.pins import DirBeingRemoved, JobDirPins
@@ -56,6 +64,36 @@ _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 _listing_encoder = msgspec.msgpack.Encoder()
 
+#: A code snapshot's manifest by digest, from the node's cache (None: not there).
+Snapshots = Callable[[str], Manifest | None]
+_ManifestKey = tuple[int, tuple[str, ...], str, str]
+
+
+class _Shipped:
+    """The files and directories of a job's code copy as its snapshot made them."""
+
+    def __init__(self, m: Manifest) -> None:
+        self.files = {
+            f"{CODE_DIR}/{e.path}": (e.size, e.mtime_ns) for e in m.entries if e.kind == "f"
+        }
+        self.dirs = {CODE_DIR} | {f"{CODE_DIR}/{e.path}" for e in m.entries if e.kind == "d"}
+
+    def unchanged(self, rel: str, st: os.stat_result) -> bool:
+        return self.files.get(rel) == (st.st_size, st.st_mtime_ns)
+
+    def prune(self, entries: dict[str, Entry]) -> None:
+        """Drop the snapshot's directories that hold nothing left to send."""
+        needed: set[str] = set()
+        for rel in entries:
+            if rel in self.dirs:
+                continue
+            parent = rel.rpartition("/")[0]
+            while parent and parent not in needed:
+                needed.add(parent)
+                parent = parent.rpartition("/")[0]
+        for rel in [r for r in entries if r in self.dirs and r not in needed]:
+            del entries[rel]
+
 
 def _kind(mode: int) -> wo.OutputKind:
     if stat.S_ISREG(mode):
@@ -70,10 +108,13 @@ def _kind(mode: int) -> wo.OutputKind:
 class OutputsServer:
     """Answers the outputs pipe commands for the jobs of the agent's data dir."""
 
-    def __init__(self, data_dir: Path, pins: JobDirPins) -> None:
+    def __init__(
+        self, data_dir: Path, pins: JobDirPins, snapshots: Snapshots | None = None
+    ) -> None:
         self.jobs_dir = Path(data_dir) / JOBS_DIR
         self.pins = pins
-        self._kept: OrderedDict[tuple[int, tuple[str, ...], str], Manifest] = OrderedDict()
+        self.snapshots = snapshots
+        self._kept: OrderedDict[_ManifestKey, Manifest] = OrderedDict()
         self._lock = threading.Lock()
 
     def install(self, bulk: BulkCommands) -> None:
@@ -182,22 +223,41 @@ class OutputsServer:
 
     # ---------------------------------------------------------------- manifests
     def build_manifest(
-        self, job_id: int, paths: list[str], stop: threading.Event | None = None
+        self,
+        job_id: int,
+        paths: list[str],
+        stop: threading.Event | None = None,
+        skip_code: str = "",
     ) -> Manifest:
-        """The manifest of ``paths`` of the job's directory (all of it when empty)."""
+        """The manifest of ``paths`` of the job's directory (all of it when empty, less
+        the unchanged files of its copy of snapshot ``skip_code``)."""
         wanted = sorted({check_output_path(p) for p in paths}) if paths else [""]
         if "" in wanted:
             wanted = [""]
+        shipped = self._shipped(skip_code) if wanted == [""] else None
         entries: dict[str, Entry] = {}
         with self._job_root(job_id) as root:
             for path in wanted:
-                self._add_path(root, path, entries, stop)
+                self._add_path(root, path, entries, stop, shipped)
+        if shipped is not None:
+            shipped.prune(entries)
         manifest = Manifest(sort_entries(list(entries.values())))
         validate_manifest(manifest)
         return manifest
 
+    def _shipped(self, digest: str) -> _Shipped | None:
+        if not digest or self.snapshots is None:
+            return None
+        m = self.snapshots(digest)
+        return _Shipped(m) if m is not None else None
+
     def _add_path(
-        self, root: int, path: str, entries: dict[str, Entry], stop: threading.Event | None
+        self,
+        root: int,
+        path: str,
+        entries: dict[str, Entry],
+        stop: threading.Event | None,
+        shipped: _Shipped | None = None,
     ) -> None:
         parts = path.split("/") if path else []
         # The directories above ``path`` are part of the tree the receiver makes.
@@ -232,19 +292,23 @@ class OutputsServer:
                     st = e.stat(follow_symlinks=False)
                     entries[rel] = Entry(rel, "d", 0, st.st_mode & 0o777, st.st_mtime_ns)
                 elif e.is_file(follow_symlinks=False):
+                    if shipped is not None and shipped.unchanged(
+                        rel, e.stat(follow_symlinks=False)
+                    ):
+                        continue
                     entry = _file_entry(rel, e.name, we.dir_fd)
                     if entry is not None:
                         entries[rel] = entry
         finally:
             os.close(fd)
 
-    def _key(self, job_id: int, paths: list[str], digest: str) -> tuple[int, tuple[str, ...], str]:
-        return job_id, tuple(sorted(paths)), digest
+    def _key(self, job_id: int, paths: list[str], digest: str, skip_code: str) -> _ManifestKey:
+        return job_id, tuple(sorted(paths)), digest, skip_code
 
-    def _keep(self, job_id: int, paths: list[str], manifest: Manifest) -> str:
+    def _keep(self, job_id: int, paths: list[str], manifest: Manifest, skip_code: str) -> str:
         digest = manifest.digest()
         with self._lock:
-            key = self._key(job_id, paths, digest)
+            key = self._key(job_id, paths, digest, skip_code)
             self._kept[key] = manifest
             self._kept.move_to_end(key)
             while len(self._kept) > MANIFESTS_KEPT:
@@ -252,17 +316,17 @@ class OutputsServer:
         return digest
 
     def _manifest(self, cmd: wo.OutputsManifest, stop: threading.Event) -> Iterator[bytes]:
-        manifest = self.build_manifest(cmd.job_id, cmd.paths, stop)
-        self._keep(cmd.job_id, cmd.paths, manifest)
+        manifest = self.build_manifest(cmd.job_id, cmd.paths, stop, cmd.skip_code)
+        self._keep(cmd.job_id, cmd.paths, manifest, cmd.skip_code)
         yield encode_manifest(manifest)
 
-    def serving(self, job_id: int, paths: list[str], digest: str) -> Manifest:
+    def serving(self, job_id: int, paths: list[str], digest: str, skip_code: str = "") -> Manifest:
         with self._lock:
-            kept = self._kept.get(self._key(job_id, paths, digest))
+            kept = self._kept.get(self._key(job_id, paths, digest, skip_code))
         if kept is not None:
             return kept
-        manifest = self.build_manifest(job_id, paths)
-        now = self._keep(job_id, paths, manifest)
+        manifest = self.build_manifest(job_id, paths, skip_code=skip_code)
+        now = self._keep(job_id, paths, manifest, skip_code)
         if now != digest:
             raise errors.SourceChanged(
                 f"job {job_id}'s outputs changed since the fetch began: run it again "
@@ -272,7 +336,7 @@ class OutputsServer:
         return manifest
 
     def _serve(self, cmd: wo.ServeOutputs, stop: threading.Event) -> Iterator[bytes]:
-        manifest = self.serving(cmd.job_id, cmd.paths, cmd.manifest_digest)
+        manifest = self.serving(cmd.job_id, cmd.paths, cmd.manifest_digest, cmd.skip_code)
         with self._job_root(cmd.job_id) as root, Source.from_tree(root, manifest) as source:
             for chunk in source.chunks(cmd.want):
                 if stop.is_set():

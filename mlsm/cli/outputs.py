@@ -48,9 +48,20 @@ WORK_PREFIX = ".mlsm-get-"
     default=None,
     help="get: the directory to fetch into (default: ./job-JOB).",
 )
+@click.option(
+    "--include-code",
+    is_flag=True,
+    help="get: also the files of the job's copy of your code (code/) that it did not change.",
+)
 @json_option
 @click.pass_context
-def outputs(ctx: click.Context, args: tuple[str, ...], dest: str | None, as_json: bool) -> None:
+def outputs(
+    ctx: click.Context,
+    args: tuple[str, ...],
+    dest: str | None,
+    include_code: bool,
+    as_json: bool,
+) -> None:
     """List a job's outputs, or fetch them.
 
     \b
@@ -59,19 +70,28 @@ def outputs(ctx: click.Context, args: tuple[str, ...], dest: str | None, as_json
 
     Outputs live on the node the job ran on and are read through the master, also while
     the job runs. Only the job's owner and admins may. A fetch is verified by hash and
-    resumable: run the same command again after a cut.
+    resumable: run the same command again after a cut. A fetch of all outputs leaves out
+    the files of the job's copy of your code (code/) that it did not change: what the job
+    wrote there comes back (--include-code: all of it).
     """
     if args[0] == "get":
         if len(args) < 2:
             raise click.UsageError("mlsm outputs get JOB [PATH...] [-o DIR]")
         job_id = _job_id(args[1])
         with client_from(ctx) as c:
-            fetch(c, job_id, list(args[2:]), Path(dest or f"job-{job_id}"), as_json=as_json)
+            fetch(
+                c,
+                job_id,
+                list(args[2:]),
+                Path(dest or f"job-{job_id}"),
+                as_json=as_json,
+                include_code=include_code,
+            )
         return
     if len(args) > 2:
         raise click.UsageError("mlsm outputs JOB [PATH] (to fetch: mlsm outputs get JOB PATH...)")
-    if dest is not None:
-        raise click.UsageError("-o DIR goes with `mlsm outputs get`")
+    if dest is not None or include_code:
+        raise click.UsageError("-o DIR and --include-code go with `mlsm outputs get`")
     job_id = _job_id(args[0])
     with client_from(ctx) as c:
         listing = c.jobs.outputs(job_id, args[1] if len(args) > 1 else "")
@@ -153,6 +173,7 @@ def _frames_with_retries(
     feed: Callable[[bytes], bool],
     mark: Callable[[], int],
     next_want: Callable[[], Want | None],
+    include_code: bool = False,
 ) -> None:
     """Ask for and take frames until nothing is wanted; a cut response (the master or the
     network went away) is retried :data:`CUT_RETRIES` times with backoff."""
@@ -160,7 +181,8 @@ def _frames_with_retries(
     while (want := next_want()) is not None:
         before = mark()
         try:
-            for chunk in c.jobs.outputs_frames(job_id, paths, digest, want):
+            frames = c.jobs.outputs_frames(job_id, paths, digest, want, include_code=include_code)
+            for chunk in frames:
                 if feed(chunk):
                     break
         except UnavailableError as exc:
@@ -179,12 +201,21 @@ def _frames_with_retries(
         cuts = 0
 
 
-def fetch(c: Client, job_id: int, paths: list[str], dest: Path, *, as_json: bool = False) -> None:
-    """Fetch ``paths`` of the job's outputs (all when empty) into ``dest``."""
+def fetch(
+    c: Client,
+    job_id: int,
+    paths: list[str],
+    dest: Path,
+    *,
+    as_json: bool = False,
+    include_code: bool = False,
+) -> None:
+    """Fetch ``paths`` of the job's outputs (all when empty: less the code copy's
+    unchanged files unless ``include_code``) into ``dest``."""
     from mlsm.bulk import InPlaceSink
 
     job = c.jobs.get(job_id)
-    manifest = c.jobs.outputs_manifest(job_id, paths)
+    manifest = c.jobs.outputs_manifest(job_id, paths, include_code=include_code)
     digest = manifest.digest()
     dest.mkdir(parents=True, exist_ok=True)
     root = dest.resolve()
@@ -205,7 +236,9 @@ def fetch(c: Client, job_id: int, paths: list[str], dest: Path, *, as_json: bool
             progress.update(p.bytes_done, p.bytes_total, p.files_done, p.files_total)
             return done
 
-        _frames_with_retries(c, job_id, paths, digest, feed, sink.progress_mark, sink.next_want)
+        _frames_with_retries(
+            c, job_id, paths, digest, feed, sink.progress_mark, sink.next_want, include_code
+        )
         p = sink.progress()
         progress.update(p.bytes_done, p.bytes_total, p.files_done, p.files_total, last=True)
         gone = len(sink.gone)

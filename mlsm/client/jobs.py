@@ -67,14 +67,19 @@ def _outputs(job_id: int, path: str = "") -> Call[wo.OutputListing]:
     return Call("GET", _job(job_id, "/outputs"), wo.OutputListing, params={"path": path or None})
 
 
-def _outputs_manifest(job_id: int, paths: Sequence[str]) -> Call[bytes]:
-    return Call(
-        "POST", _job(job_id, "/outputs/manifest"), bytes, body=wo.OutputsFetch(paths=[*paths])
+def _outputs_manifest(job_id: int, paths: Sequence[str], include_code: bool = False) -> Call[bytes]:
+    """The manifest of ``paths`` (all outputs when empty: without the files of the job's
+    code copy it did not change, unless ``include_code``)."""
+    body = wo.OutputsFetch(paths=[*paths], include_code=include_code)
+    return Call("POST", _job(job_id, "/outputs/manifest"), bytes, body=body)
+
+
+def _outputs_frames(
+    job_id: int, paths: Sequence[str], digest: str, want: Want, include_code: bool = False
+) -> Call[bytes]:
+    body = wo.OutputsFetch(
+        paths=[*paths], manifest_digest=digest, want=want, include_code=include_code
     )
-
-
-def _outputs_frames(job_id: int, paths: Sequence[str], digest: str, want: Want) -> Call[bytes]:
-    body = wo.OutputsFetch(paths=[*paths], manifest_digest=digest, want=want)
     return Call("POST", _job(job_id, "/outputs/frames"), bytes, body=body)
 
 
@@ -95,16 +100,25 @@ class Jobs(SyncResource):
     purge = sync_method(_purge)
     outputs = sync_method(_outputs)
 
-    def outputs_manifest(self, job_id: int, paths: Sequence[str] = ()) -> Manifest:
-        """The manifest of ``paths`` of the job's outputs (all when empty): a fetch's
-        first step (audited on the master)."""
-        return decode_manifest(self._http.send(_outputs_manifest(job_id, paths)))
+    def outputs_manifest(
+        self, job_id: int, paths: Sequence[str] = (), *, include_code: bool = False
+    ) -> Manifest:
+        """The manifest of ``paths`` of the job's outputs (all when empty, less the code
+        copy's unchanged files unless ``include_code``): a fetch's first step (audited on
+        the master)."""
+        return decode_manifest(self._http.send(_outputs_manifest(job_id, paths, include_code)))
 
     def outputs_frames(
-        self, job_id: int, paths: Sequence[str], digest: str, want: Want
+        self,
+        job_id: int,
+        paths: Sequence[str],
+        digest: str,
+        want: Want,
+        *,
+        include_code: bool = False,
     ) -> Iterator[bytes]:
         """The frames answering ``want`` against the manifest of ``digest``, as they come."""
-        return self._http.stream(_outputs_frames(job_id, paths, digest, want))
+        return self._http.stream(_outputs_frames(job_id, paths, digest, want, include_code))
 
     def log(self, job_id: int, *, offset: int = 0, limit: int | None = None) -> Iterator[bytes]:
         """The log's bytes from ``offset`` (at most ``limit``), chunk by chunk."""
@@ -126,16 +140,24 @@ class AsyncJobs(AsyncResource):
     purge = async_method(_purge)
     outputs = async_method(_outputs)
 
-    async def outputs_manifest(self, job_id: int, paths: Sequence[str] = ()) -> Manifest:
-        """The manifest of ``paths`` of the job's outputs (all when empty)."""
-        body: bytes = await self._http.send(_outputs_manifest(job_id, paths))
+    async def outputs_manifest(
+        self, job_id: int, paths: Sequence[str] = (), *, include_code: bool = False
+    ) -> Manifest:
+        """The manifest of ``paths`` of the job's outputs (as :meth:`Jobs.outputs_manifest`)."""
+        body: bytes = await self._http.send(_outputs_manifest(job_id, paths, include_code))
         return decode_manifest(body)
 
     def outputs_frames(
-        self, job_id: int, paths: Sequence[str], digest: str, want: Want
+        self,
+        job_id: int,
+        paths: Sequence[str],
+        digest: str,
+        want: Want,
+        *,
+        include_code: bool = False,
     ) -> AsyncIterator[bytes]:
         """The frames answering ``want`` against the manifest of ``digest``, as they come."""
-        return self._http.stream(_outputs_frames(job_id, paths, digest, want))
+        return self._http.stream(_outputs_frames(job_id, paths, digest, want, include_code))
 
     def log(
         self, job_id: int, *, offset: int = 0, limit: int | None = None

@@ -163,13 +163,23 @@ class ListOutputs(Struct, tag="list_outputs", kw_only=True):
     path: OutputPath = ""
 
 
+#: A code snapshot's digest, or "" (none).
+SnapshotDigest = Annotated[str, Meta(pattern="^([0-9a-f]{64})?$")]
+
+
 class OutputsManifest(Struct, tag="outputs_manifest", kw_only=True):
-    """Push the manifest of ``paths`` (all of the job's directory when empty)."""
+    """Push the manifest of ``paths`` (all of the job's directory when empty).
+
+    ``skip_code``: the job's code snapshot; the files of its copy (``code/``) that the job
+    left as they came (same size and mtime as in the snapshot) are left out, with the
+    directories that then hold nothing. An agent that no longer has that snapshot's
+    manifest leaves nothing out."""
 
     id: Int64
     pipe_id: PipeId
     job_id: Int64
     paths: Annotated[list[OutputPath], Meta(max_length=MAX_FETCH_PATHS)] = []
+    skip_code: SnapshotDigest = ""
 
 
 class ServeOutputs(Struct, tag="serve_outputs", kw_only=True):
@@ -182,6 +192,7 @@ class ServeOutputs(Struct, tag="serve_outputs", kw_only=True):
     paths: Annotated[list[OutputPath], Meta(max_length=MAX_FETCH_PATHS)] = []
     manifest_digest: Annotated[str, Meta(max_length=64)]
     want: Want
+    skip_code: SnapshotDigest = ""  # as in OutputsManifest: the same tree
 
 
 # ---------------------------------------------------------------- the people's API
@@ -192,6 +203,9 @@ class OutputsFetch(Struct, kw_only=True, forbid_unknown_fields=True):
     paths: Annotated[list[OutputPath], Meta(max_length=MAX_FETCH_PATHS)] = []
     manifest_digest: Annotated[str, Meta(max_length=64)] = ""
     want: Want | None = None
+    #: A fetch of all outputs (no ``paths``) leaves out the files of the job's code copy
+    #: (``code/``) that the job did not change; True fetches them too.
+    include_code: bool = False
 
 
 decode_job_dirs_removed = msgspec.msgpack.Decoder(JobDirsRemoved).decode

@@ -247,3 +247,45 @@ def test_wait_and_submit_fetch_pull_the_outputs_when_the_job_ends(lab: Lab, alic
         "submit", "--node", NODE, "--fetch", str(lab.root / "f"), "--", "false", token=alice
     )
     assert failed.returncode == 1
+
+
+def test_a_fetch_of_all_outputs_leaves_out_the_code_the_job_did_not_change(
+    lab: Lab, alice: str
+) -> None:
+    """The job's copy of the shipped directory comes back only as far as the job changed
+    it: a file it wrote there and a file it rewrote, not the untouched code (unless asked),
+    also after the agent restarted (the snapshot's manifest is in the node's cache)."""
+    project = lab.root / "proj"
+    (project / "lib").mkdir(parents=True)
+    (project / "train.py").write_text("print('train')\n")
+    (project / "lib" / "util.py").write_text("X = 1\n")
+    (project / "notes.txt").write_text("before\n")
+    script = (
+        "mkdir -p runs && echo ckpt > runs/last.txt && echo after > notes.txt && "
+        'echo result > "$MLSM_OUTPUT_DIR/result.txt"'
+    )
+    jid = lab.submit("--node", NODE, "--", "sh", "-c", script, token=alice, cwd=project)
+    lab.wait_job(jid, "succeeded", DEADLINE_S)
+
+    def fetched(dest: Path, *extra: str) -> set[str]:
+        got = lab.cli("outputs", "get", str(jid), "-o", str(dest), *extra, token=alice)
+        assert got.returncode == 0, got.stderr
+        return {p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()}
+
+    made = {"result.txt", "code/runs/last.txt", "code/notes.txt"}
+    assert fetched(lab.root / "code-less") >= made
+    assert not fetched(lab.root / "code-less") & {"code/train.py", "code/lib/util.py"}
+    assert not (lab.root / "code-less" / "code" / "lib").exists()  # nothing of it changed
+    assert (lab.root / "code-less" / "code" / "notes.txt").read_text() == "after\n"
+    everything = fetched(lab.root / "code-all", "--include-code")
+    assert everything >= made | {"code/train.py", "code/lib/util.py"}
+    named = fetched(lab.root / "code-named", "code/train.py")  # asked for by name: sent
+    assert "code/train.py" in named
+    listing = lab.cli("outputs", str(jid), "code", token=alice)  # browsing shows it all
+    assert listing.returncode == 0 and "train.py" in listing.stdout
+
+    lab.stop_agent(NODE)
+    lab.wait_node_state(NODE, "offline", DEADLINE_S)
+    lab.start_agent(NODE)
+    after = fetched(lab.root / "code-after-restart")
+    assert after >= made and "code/train.py" not in after

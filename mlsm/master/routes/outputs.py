@@ -41,7 +41,9 @@ async def outputs_manifest(
 ) -> Response[bytes]:
     """The first step of a fetch: what the paths hold (audited: who fetched what)."""
     audit_target(request, f"job:{job_id}", paths=data.paths[:20])
-    body = await services.outputs.manifest(principal(request), job_id, data.paths)
+    body = await services.outputs.manifest(
+        principal(request), job_id, data.paths, include_code=data.include_code
+    )
     return Response(content=body, media_type=MSGPACK)
 
 

@@ -76,11 +76,19 @@ class OutputsService:
         listing.node = node.name
         return listing
 
-    async def manifest(self, p: Principal, job_id: int, paths: list[str]) -> bytes:
+    async def manifest(
+        self, p: Principal, job_id: int, paths: list[str], *, include_code: bool = False
+    ) -> bytes:
         """The MessagePack manifest of ``paths`` (all outputs when empty)."""
         paths = [check_output_path(x) for x in paths]
-        _, node = await self._where(p, job_id)
-        pipe = await self.pipes.open(node, wo.OutputsManifest, job_id=job_id, paths=paths)
+        r, node = await self._where(p, job_id)
+        pipe = await self.pipes.open(
+            node,
+            wo.OutputsManifest,
+            job_id=job_id,
+            paths=paths,
+            skip_code=_skip_code(r, paths, include_code),
+        )
         try:
             return await pipe.read_all(MAX_MANIFEST_BYTES)
         finally:
@@ -92,7 +100,7 @@ class OutputsService:
         if req.want is None or not req.manifest_digest:
             raise Conflict("a frames request names the manifest's digest and a want")
         paths = [check_output_path(x) for x in req.paths]
-        _, node = await self._where(p, job_id)
+        r, node = await self._where(p, job_id)
         pipe = await self.pipes.open(
             node,
             wo.ServeOutputs,
@@ -100,5 +108,14 @@ class OutputsService:
             paths=paths,
             manifest_digest=req.manifest_digest,
             want=req.want,
+            skip_code=_skip_code(r, paths, req.include_code),
         )
         return await answer_stream(pipe)
+
+
+def _skip_code(r: JobRow, paths: list[str], include_code: bool) -> str:
+    """The snapshot whose unchanged files a fetch of all outputs leaves out: the code the
+    person shipped is theirs already (paths asked for by name are always sent)."""
+    if include_code or paths or r.spec is None:
+        return ""
+    return r.spec.code or ""
