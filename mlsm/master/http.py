@@ -226,6 +226,31 @@ def audit_target(request: Request[Any, Any, Any], target: str, **details: Any) -
         request.scope["state"].setdefault("audit_details", {}).update(details)
 
 
+async def audit_each(
+    request: Request[Any, Any, Any],
+    audit: AuditSink,
+    action: str,
+    targets: list[str],
+    **details: Any,
+) -> None:
+    """One audit row per thing a request changed (a selection's jobs), beside the request's
+    own row; each committed before the response goes."""
+    scope = request.scope
+    user = scope.get("user")
+    rid = str(scope.get("state", {}).get("request_id", ""))
+    for target in targets:
+        await audit.append(
+            actor=str(getattr(user, "name", None) or "anonymous"),
+            role=str(getattr(user, "role", None) or "anonymous"),
+            action=action,
+            target=target,
+            outcome="ok",
+            client=client_addr(scope),
+            request_id=rid,
+            details=details,
+        )
+
+
 # ---------------------------------------------------------------- errors -> responses
 def _body(
     request: Request[Any, Any, Any], status: int, code: str, message: str, details: dict[str, Any]
