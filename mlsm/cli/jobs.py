@@ -36,6 +36,12 @@ def _gpus(j: api.Job) -> str:
 @click.option("--user", help="Only this user's jobs.")
 @click.option("--node", help="Only jobs on this node.")
 @click.option("--limit", type=click.IntRange(1, 10000), default=1000, show_default=True)
+@click.option(
+    "--expand",
+    "-x",
+    is_flag=True,
+    help="A row per array task (default: an array's tasks in one state are one row, 12_[0-3]).",
+)
 @json_option
 @click.pass_context
 def jobs(
@@ -45,9 +51,16 @@ def jobs(
     user: str | None,
     node: str | None,
     limit: int,
+    expand: bool,
     as_json: bool,
 ) -> None:
-    """List jobs (queued and running unless --all); REASON says why a job waits."""
+    """List jobs (queued and running unless --all); REASON says why a job waits.
+
+    The tasks of an array that share a state are one row (12_[0-3], STATE with their
+    count) unless --expand; every command that takes a job takes a task id (12_3).
+    """
+    from mlsm.cli.arrays import Row, group, task_id
+
     if state is not None:
         state = ",".join(api.parse_job_states(state)) or None
     with client_from(ctx) as c:
@@ -55,24 +68,38 @@ def jobs(
     if as_json:
         emit_json(res)
         return
-    table(
-        [
-            (
-                j.id,
-                j.name[:24],
-                j.user,
-                j.state,
-                j.node or "-",
-                _gpus(j),
-                ago(j.created_at),
-                j.reason if j.state in ("queued", "held") or j.state in api.FINAL_STATES else "",
-            )
-            for j in res.jobs
-        ],
-        ["ID", "NAME", "USER", "STATE", "NODE", "GPUS", "SUBMITTED", "REASON"],
-    )
+    rows = [Row([j]) for j in res.jobs] if expand else group(res.jobs)
+    lines: list[tuple[str, ...]] = [
+        (
+            str(r.first.id) if expand else r.id,
+            r.first.name[:24],
+            r.first.user,
+            r.state,
+            r.node,
+            _gpus(r.first) if len(r.jobs) == 1 else _each(r.first),
+            ago(r.first.created_at),
+            r.reason if _shows_reason(r.first) else "",
+        )
+        for r in rows
+    ]
+    heads = ["ID", "NAME", "USER", "STATE", "NODE", "GPUS", "SUBMITTED", "REASON"]
+    if expand:  # the task ids beside the job ids
+        lines = [
+            (line[0], task_id(r.first), *line[1:]) for line, r in zip(lines, rows, strict=True)
+        ]
+        heads.insert(1, "TASK")
+    table(lines, heads)
     if res.total > len(res.jobs):
         echo(f"({len(res.jobs)} of {res.total} shown; use --limit)", err=True)
+
+
+def _each(j: api.Job) -> str:
+    """The GPUs of a row of tasks: each task's count."""
+    return f"{j.gpus} each" if j.gpus else "-"
+
+
+def _shows_reason(j: api.Job) -> bool:
+    return j.state in ("queued", "held") or j.state in api.FINAL_STATES
 
 
 @click.group()

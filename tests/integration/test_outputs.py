@@ -246,4 +246,4 @@ def test_wait_and_submit_fetch_pull_the_outputs_when_the_job_ends(lab: Lab, alic
     failed = lab.cli(
         "submit", "--node", NODE, "--fetch", str(lab.root / "f"), "--", "false", token=alice
     )
-    assert failed.returncode == 1
+    assert failed.returncode == 3  # failed, as `mlsm wait` and `mlsm logs -f` say it
