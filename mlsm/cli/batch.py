@@ -58,9 +58,9 @@ def read_script(path: str) -> Script | None:
     try:
         interpreter = shlex.split(lines[0][2:])
     except ValueError as exc:
-        raise click.UsageError(f"{path} line 1: a #! line that cannot be read: {exc}") from None
+        raise ValidationError(f"{path} line 1: a #! line that cannot be read: {exc}") from None
     if not interpreter:
-        raise click.UsageError(f"{path} line 1: #! names no interpreter")
+        raise ValidationError(f"{path} line 1: #! names no interpreter")
     script = Script(path, interpreter)
     for n, line in enumerate(lines[1:], 2):
         text = line.strip()
@@ -73,7 +73,7 @@ def read_script(path: str) -> Script | None:
         try:
             script.directives.append((n, shlex.split(text[len(DIRECTIVE) :])))
         except ValueError as exc:
-            raise click.UsageError(f"{path} line {n}: {exc}") from None
+            raise ValidationError(f"{path} line {n}: {exc}") from None
     return script
 
 
@@ -85,22 +85,26 @@ def directive_values(
     naming its line."""
     cmd = ctx.command
     out: dict[str, Any] = {}
+    refused_opts = {
+        opt: p.name for p in cmd.params if p.name in refused for opt in (*p.opts, *p.secondary_opts)
+    }
     for n, args in script.directives:
         where = f"{script.path} line {n}"
+        for arg in args:
+            if arg.split("=", 1)[0] in refused_opts:
+                raise ValidationError(f"{where}: {arg.split('=', 1)[0]} is not a directive")
         try:
             sub = cmd.make_context(ctx.info_name, [*args, "--", "true"], parent=ctx.parent)
         except click.exceptions.Exit:
-            raise click.UsageError(f"{where}: a directive cannot ask for help") from None
+            raise ValidationError(f"{where}: a directive cannot ask for help") from None
         except click.ClickException as exc:
-            raise click.UsageError(f"{where}: {exc.format_message()}") from None
+            raise ValidationError(f"{where}: {exc.format_message()}") from None
         if sub.params.get("command") != ("true",):
-            raise click.UsageError(f"{where}: directives take options only, not a command")
+            raise ValidationError(f"{where}: directives take options only, not a command")
         for name, value in sub.params.items():
             source = sub.get_parameter_source(name)
             if name == "command" or source is not click.core.ParameterSource.COMMANDLINE:
                 continue
-            if name in refused:
-                raise click.UsageError(f"{where}: --{name.replace('_', '-')} is not a directive")
             if name not in given:
                 out[name] = value
     return out
@@ -112,7 +116,7 @@ def script_argv(script: Script, args: tuple[str, ...], ship_dir: str | None) -> 
     if ship_dir is not None:
         rel = Path(os.path.relpath(Path(path).resolve(), Path(ship_dir).resolve()))
         if rel.parts and rel.parts[0] == "..":
-            raise click.UsageError(
+            raise ValidationError(
                 f"{path} is outside the directory shipped with the job ({ship_dir}): "
                 "submit from the script's directory or give --code DIR"
             )
@@ -126,8 +130,8 @@ class JobLine:
     fields: dict[str, Any]
 
 
-def read_job_file(fh: IO[bytes], name: str) -> list[JobLine]:
-    """Every job of a job file, by line; all bad lines are one error naming them."""
+def read_job_file(fh: IO[bytes], name: str) -> tuple[list[JobLine], list[str]]:
+    """Every job of a job file, by line, and the lines that are no job (``"line 3: why"``)."""
     data = fh.read(MAX_JOB_FILE_BYTES + 1)
     if len(data) > MAX_JOB_FILE_BYTES:
         raise ValidationError(
@@ -149,11 +153,9 @@ def read_job_file(fh: IO[bytes], name: str) -> list[JobLine]:
                 jobs.append(JobLine(n, {"argv": shlex.split(text)}))
         except (ValueError, msgspec.DecodeError) as exc:
             bad.append(f"line {n}: {exc}")
-    if bad:
-        raise bad_lines(name, bad)
-    if not jobs:
+    if not jobs and not bad:
         raise ValidationError(f"{name}: no jobs in it (one command or JSON object a line)")
-    return jobs
+    return jobs, bad
 
 
 def bad_lines(name: str, bad: list[str], count: int = 0) -> ValidationError:

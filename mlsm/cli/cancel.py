@@ -11,6 +11,7 @@ import msgspec
 from mlsm.cli.common import client_from, json_option
 from mlsm.cli.jobrefs import FORMS, Selection, parse_selection
 from mlsm.cli.output import echo, emit_json
+from mlsm.errors import ValidationError
 from mlsm.wire import api
 
 #: How many of a wide selection's ids the confirmation prompt lists.
@@ -51,7 +52,7 @@ def cancel(
     sel = parse_selection(refs) if refs else Selection()
     states = api.parse_job_states(state) if state is not None else []
     if not refs and not (user or name or states):
-        raise click.UsageError("name jobs to cancel (" + FORMS + ") or filter them")
+        raise ValidationError("name jobs to cancel (" + FORMS + ") or filter them")
     request = sel.request(user=user, name=name, states=states)
     with client_from(ctx) as c:
         if not refs and not yes and sys.stdin.isatty():

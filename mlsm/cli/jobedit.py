@@ -7,6 +7,7 @@ import click
 from mlsm.cli.common import client_from, json_option, parse_duration
 from mlsm.cli.jobrefs import JOB, JobRef
 from mlsm.cli.output import echo, emit_json
+from mlsm.errors import ValidationError
 from mlsm.wire import api
 
 
@@ -44,7 +45,7 @@ def job_edit(
     timeout_s = None if time_limit is None else parse_duration(time_limit)
     change = api.JobEdit(priority=priority, gpus=gpus, timeout_s=timeout_s, name=name, hold=hold)
     if change == api.JobEdit():
-        raise click.UsageError(
+        raise ValidationError(
             "say what to change: --priority, --gpus, --time-limit, --name, --hold or --release"
         )
     with client_from(ctx) as c:

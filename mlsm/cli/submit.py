@@ -16,7 +16,7 @@ from mlsm.cli.batch import (
 )
 from mlsm.cli.common import client_from, json_option, parse_duration
 from mlsm.cli.output import echo, emit_json
-from mlsm.errors import MlsmError
+from mlsm.errors import MlsmError, ValidationError
 from mlsm.wire import api
 from mlsm.wire.explain import validation_error
 
@@ -153,13 +153,13 @@ def submit(ctx: click.Context, /, **params: Any) -> None:
     command: tuple[str, ...] = params["command"]
     if from_file is not None:
         if command:
-            raise click.UsageError("--from FILE takes the commands from FILE; give no command")
+            raise ValidationError("--from FILE takes the commands from FILE; give no command")
         if params["dry_run"] or params["fetch_dir"]:
-            raise click.UsageError("--from FILE cannot go with --dry-run or --fetch")
+            raise ValidationError("--from FILE cannot go with --dry-run or --fetch")
         _submit_file(ctx, from_file, params)
         return
     if not command:
-        raise click.UsageError("give a command (mlsm submit -- CMD ARG...) or a script")
+        raise ValidationError("give a command (mlsm submit -- CMD ARG...) or a script")
     script = read_script(command[0])
     if script is not None:
         params.update(directive_values(ctx, script, _NOT_DIRECTIVES, _from_command_line(ctx)))
@@ -291,18 +291,17 @@ def _submit_file(ctx: click.Context, fh: BinaryIO, params: dict[str, Any]) -> No
     import msgspec
 
     name = "stdin" if fh.name in ("-", "<stdin>") else fh.name
-    lines = read_job_file(fh, name)
+    lines, bad = read_job_file(fh, name)
     base = _spec_fields(params)
     ship_dir = _ship_dir(params)
     specs: list[api.JobSubmit] = []
-    bad: list[str] = []
     for job in lines:
         try:
             specs.append(msgspec.convert({**base, **job.fields}, api.JobSubmit))
         except msgspec.ValidationError as exc:
             bad.append(f"line {job.line}: {validation_error(exc).message}")
     if bad:
-        raise bad_lines(name, bad)
+        raise bad_lines(name, sorted(bad, key=_line_number))
     with client_from(ctx) as c:
         if ship_dir is not None and any(_runs_in_code(s) for s in specs):
             from mlsm.cli.codeship import ship
@@ -319,9 +318,15 @@ def _submit_file(ctx: click.Context, fh: BinaryIO, params: dict[str, Any]) -> No
     if params["as_json"]:
         emit_json(reply)
     elif params["parsable"]:
-        echo("\n".join(map(str, reply.ids)))
+        for jid in reply.ids:
+            echo(str(jid))
     else:
         echo(f"submitted {len(reply.ids)} jobs from {name}: {reply.ids[0]}..{reply.ids[-1]}")
+
+
+def _line_number(problem: str) -> int:
+    """``"line 12: ..."`` -> 12 (problems are named in the file's order)."""
+    return int(problem.split(":", 1)[0].removeprefix("line "))
 
 
 def _runs_in_code(spec: api.JobSubmit) -> bool:
