@@ -10,7 +10,7 @@ import msgspec
 
 from mlsm.cli.common import client_from, json_option
 from mlsm.cli.jobrefs import FORMS, Selection, parse_selection
-from mlsm.cli.output import echo, emit_json
+from mlsm.cli.output import confirm, echo, emit_json
 from mlsm.errors import ValidationError
 from mlsm.wire import api
 
@@ -62,9 +62,7 @@ def cancel(
                 return
             shown = " ".join(map(str, preview.cancelled[:PROMPT_IDS_SHOWN]))
             more = " ..." if len(preview.cancelled) > PROMPT_IDS_SHOWN else ""
-            click.confirm(
-                f"cancel {len(preview.cancelled)} job(s): {shown}{more}?", abort=True, err=True
-            )
+            confirm(f"cancel {len(preview.cancelled)} job(s): {shown}{more}?")
             # Exactly the jobs shown: one that matches only now is not cancelled unasked.
             request = Selection(ids=preview.cancelled).request()
         res = c.jobs.cancel_select(request)
