@@ -22,7 +22,6 @@ import time
 import httpx
 from benchlab import MLSM, BenchLab, wait
 
-
 CALL_TIMEOUT_S = 120.0
 
 

@@ -7,8 +7,10 @@ job, requeued as a new attempt while retries remain; ``held`` until released. Th
 transitions themselves are the job table's (:mod:`~mlsm.master.services.jobs.table`), the
 placements the scheduling loop's (:mod:`~mlsm.master.services.jobs.scheduling`).
 
-About 400 lines, as one piece: what happens to a job after submit (cancel, release, the
-agents' reports, lost and removed nodes) is one state machine, read best in one place.
+About 470 lines, as one piece: what happens to a job after submit (cancel, hold, release,
+the agents' reports, lost and removed nodes) is one state machine, read best in one place.
+Commands on selections and existing jobs (bulk cancel and submit, edit, restart, dry runs)
+are :mod:`~mlsm.master.services.jobs.commands`, built on the transitions here.
 """
 
 from __future__ import annotations
