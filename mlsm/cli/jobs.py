@@ -3,18 +3,18 @@ is :mod:`mlsm.cli.submit`)."""
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Iterable
 
 import click
 
 from mlsm.cli.common import ago, client_from, human_bytes, json_option, when
+from mlsm.cli.jobedit import job_edit
+from mlsm.cli.jobrefs import JOB, JobRef
 from mlsm.cli.output import LogSink, echo, emit_json, log_sink, table
-from mlsm.errors import Unreachable, ValidationError
+from mlsm.errors import Unreachable
 from mlsm.wire import api
 from mlsm.wire.follow import LogEnded, LogEvent, LogText
-from mlsm.wire.ints import INT64_MAX
 
 #: The exit status of ``mlsm logs -f`` (and of any command that waits for a job's end):
 #: how the job ended, apart from mlsm's own 1 (an error) and 2 (a bad argument).
@@ -36,6 +36,12 @@ def _gpus(j: api.Job) -> str:
 @click.option("--user", help="Only this user's jobs.")
 @click.option("--node", help="Only jobs on this node.")
 @click.option("--limit", type=click.IntRange(1, 10000), default=1000, show_default=True)
+@click.option(
+    "--expand",
+    "-x",
+    is_flag=True,
+    help="A row per array task (default: an array's tasks in one state are one row, 12_[0-3]).",
+)
 @json_option
 @click.pass_context
 def jobs(
@@ -45,9 +51,16 @@ def jobs(
     user: str | None,
     node: str | None,
     limit: int,
+    expand: bool,
     as_json: bool,
 ) -> None:
-    """List jobs (queued and running unless --all); REASON says why a job waits."""
+    """List jobs (queued and running unless --all); REASON says why a job waits.
+
+    The tasks of an array that share a state are one row (12_[0-3], STATE with their
+    count) unless --expand; every command that takes a job takes a task id (12_3).
+    """
+    from mlsm.cli.arrays import Row, group, task_id
+
     if state is not None:
         state = ",".join(api.parse_job_states(state)) or None
     with client_from(ctx) as c:
@@ -55,39 +68,54 @@ def jobs(
     if as_json:
         emit_json(res)
         return
-    table(
-        [
-            (
-                j.id,
-                j.name[:24],
-                j.user,
-                j.state,
-                j.node or "-",
-                _gpus(j),
-                ago(j.created_at),
-                j.reason if j.state in ("queued", "held") or j.state in api.FINAL_STATES else "",
-            )
-            for j in res.jobs
-        ],
-        ["ID", "NAME", "USER", "STATE", "NODE", "GPUS", "SUBMITTED", "REASON"],
-    )
+    rows = [Row([j]) for j in res.jobs] if expand else group(res.jobs)
+    lines: list[tuple[str, ...]] = [
+        (
+            str(r.first.id) if expand else r.id,
+            r.first.name[:24],
+            r.first.user,
+            r.state,
+            r.node,
+            _gpus(r.first) if len(r.jobs) == 1 else _each(r.first),
+            ago(r.first.created_at),
+            r.reason if _shows_reason(r.first) else "",
+        )
+        for r in rows
+    ]
+    heads = ["ID", "NAME", "USER", "STATE", "NODE", "GPUS", "SUBMITTED", "REASON"]
+    if expand:  # the task ids beside the job ids
+        lines = [
+            (line[0], task_id(r.first), *line[1:]) for line, r in zip(lines, rows, strict=True)
+        ]
+        heads.insert(1, "TASK")
+    table(lines, heads)
     if res.total > len(res.jobs):
         echo(f"({len(res.jobs)} of {res.total} shown; use --limit)", err=True)
 
 
+def _each(j: api.Job) -> str:
+    """The GPUs of a row of tasks: each task's count."""
+    return f"{j.gpus} each" if j.gpus else "-"
+
+
+def _shows_reason(j: api.Job) -> bool:
+    return j.state in ("queued", "held") or j.state in api.FINAL_STATES
+
+
 @click.group()
 def job() -> None:
-    """Show, release or purge a job."""
+    """Show, edit, release or purge a job."""
 
 
 @job.command("show")
-@click.argument("job_id", type=int)
+@click.argument("ref", type=JOB, metavar="JOB")
 @json_option
 @click.pass_context
-def job_show(ctx: click.Context, job_id: int, as_json: bool) -> None:
-    """Everything about a job: spec, where it ran, why it waits or ended, its history."""
+def job_show(ctx: click.Context, ref: JobRef, as_json: bool) -> None:
+    """Everything about a job: spec, where it ran, why it waits or ended, its history.
+    JOB is an id or an array task (12_3)."""
     with client_from(ctx) as c:
-        j = c.jobs.get(job_id)
+        j = c.jobs.get(ref.resolve(c))
     if as_json:
         emit_json(j)
         return
@@ -137,6 +165,8 @@ def job_show(ctx: click.Context, job_id: int, as_json: bool) -> None:
         )
     if j.timeout_s:
         rows.append(("timeout", f"{j.timeout_s:g} s"))
+    if j.restarted_from is not None:
+        rows.append(("restart", f"of job {j.restarted_from}"))
     for k, v in rows:
         echo(f"{k:<10} {v}")
     echo("history:")
@@ -154,16 +184,17 @@ def _outputs_line(j: api.Job) -> str:
 
 
 @job.command("purge")
-@click.argument("job_id", type=int)
+@click.argument("ref", type=JOB, metavar="JOB")
 @json_option
 @click.pass_context
-def job_purge(ctx: click.Context, job_id: int, as_json: bool) -> None:
+def job_purge(ctx: click.Context, ref: JobRef, as_json: bool) -> None:
     """Free a finished job's directory (outputs and log) on its node now.
 
     Only the job's owner or an admin may; a directory that is in use (the job runs, its
     outputs are being fetched) stays. The log shipped to the master is kept.
     """
     with client_from(ctx) as c:
+        job_id = ref.resolve(c)
         res = c.jobs.purge(job_id)
     if as_json:
         emit_json(res)
@@ -177,23 +208,27 @@ def job_purge(ctx: click.Context, job_id: int, as_json: bool) -> None:
 
 
 @job.command("release")
-@click.argument("job_id", type=int)
+@click.argument("ref", type=JOB, metavar="JOB")
 @click.pass_context
-def job_release(ctx: click.Context, job_id: int) -> None:
-    """Release a held job into the queue."""
+def job_release(ctx: click.Context, ref: JobRef) -> None:
+    """Release a held job into the queue (also: mlsm job edit JOB --release)."""
     with client_from(ctx) as c:
+        job_id = ref.resolve(c)
         c.jobs.release(job_id)
     echo(f"job {job_id} released")
 
 
+job.add_command(job_edit)
+
+
 @click.command()
-@click.argument("job_id", type=int)
+@click.argument("ref", type=JOB, metavar="JOB")
 @click.option("-f", "--follow", is_flag=True, help="Follow the log live until the job ends.")
 @click.option(
     "--raw", is_flag=True, help="Pass every byte to the terminal unchanged (escape sequences too)."
 )
 @click.pass_context
-def logs(ctx: click.Context, job_id: int, follow: bool, raw: bool) -> None:
+def logs(ctx: click.Context, ref: JobRef, follow: bool, raw: bool) -> None:
     """Print a job's log (stdout and stderr), or follow it live with -f.
 
     To a terminal, the log is shown safely: newlines, tabs, carriage returns (progress
@@ -208,6 +243,7 @@ def logs(ctx: click.Context, job_id: int, follow: bool, raw: bool) -> None:
     sink = log_sink(raw)
     try:
         with client_from(ctx) as c:
+            job_id = ref.resolve(c)
             if not follow:
                 for chunk in c.jobs.log(job_id):
                     sink.write(chunk)
@@ -231,44 +267,3 @@ def _follow(events: Iterable[LogEvent], out: LogSink) -> str:
         elif isinstance(event, LogEnded):
             return event.state
     return ""
-
-
-def parse_job_ids(args: tuple[str, ...]) -> list[int]:
-    """'7' and '5-9' (inclusive) -> job ids, each one the master can hold, at most
-    MAX_CANCEL_IDS in all; a bad one is one readable line, checked before any is built."""
-    ids: list[int] = []
-    for arg in args:
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?", arg.strip())
-        if m is None:
-            raise ValidationError(f"{arg!r}: expected a job id or a range A-B", path="JOB")
-        first = int(m.group(1))
-        last = int(m.group(2)) if m.group(2) else first
-        if not 1 <= first <= INT64_MAX or not 1 <= last <= INT64_MAX:
-            raise ValidationError(f"{arg!r}: job ids go from 1 to {INT64_MAX}", path="JOB")
-        if last < first:
-            raise ValidationError(f"{arg!r}: the range is empty (A-B needs A <= B)", path="JOB")
-        if len(ids) + last - first + 1 > api.MAX_CANCEL_IDS:
-            raise ValidationError(f"at most {api.MAX_CANCEL_IDS} jobs at once", path="JOB")
-        ids.extend(range(first, last + 1))
-    return ids
-
-
-@click.command()
-@click.argument("job_ids", nargs=-1, required=True, metavar="ID|A-B...")
-@json_option
-@click.pass_context
-def cancel(ctx: click.Context, job_ids: tuple[str, ...], as_json: bool) -> None:
-    """Cancel jobs (IDs and ranges A-B): queued ones at once, running ones with SIGTERM then
-    SIGKILL."""
-    ids = parse_job_ids(job_ids)
-    with client_from(ctx) as c:
-        res = c.jobs.cancel(ids)
-    if as_json:
-        emit_json(res)
-        return
-    for done in res.cancelled:
-        echo(f"job {done} cancelled")
-    for jid, why in res.skipped.items():
-        echo(f"mlsm: job {jid} not cancelled: {why}", err=True)
-    if res.skipped:
-        sys.exit(1)

@@ -21,6 +21,7 @@ import click
 
 from mlsm.bulk import Want
 from mlsm.cli.common import ago, client_from, human_bytes, json_option
+from mlsm.cli.jobrefs import JOB, JobRef
 from mlsm.cli.output import clear_status_line, echo, emit_json, status_line, table
 from mlsm.client import Client
 from mlsm.errors import TransferFailed, UnavailableError
@@ -284,7 +285,7 @@ def wait_for(c: Client, ids: list[int]) -> list[api.Job]:
 
 
 @click.command("wait")
-@click.argument("job_ids", nargs=-1, required=True, type=click.IntRange(1))
+@click.argument("refs", nargs=-1, required=True, type=JOB, metavar="JOB...")
 @click.option(
     "--fetch",
     "fetch_dir",
@@ -295,11 +296,16 @@ def wait_for(c: Client, ids: list[int]) -> list[api.Job]:
 @json_option
 @click.pass_context
 def wait(
-    ctx: click.Context, job_ids: tuple[int, ...], fetch_dir: str | None, as_json: bool
+    ctx: click.Context, refs: tuple[JobRef, ...], fetch_dir: str | None, as_json: bool
 ) -> None:
-    """Wait until the jobs end; exit 0 when all succeeded, 1 otherwise."""
+    """Wait until the jobs end (ids or array tasks, 12_3).
+
+    The exit status says how they ended, as `mlsm logs -f` does: 0 all succeeded,
+    otherwise that of the first job (in the order given) that did not: 3 failed,
+    4 cancelled, 5 interrupted (1: mlsm's own error; 2: a bad argument).
+    """
     with client_from(ctx) as c:
-        jobs = wait_for(c, list(job_ids))
+        jobs = wait_for(c, [ref.resolve(c) for ref in refs])
         if fetch_dir is not None:
             fetch_ended(c, jobs, Path(fetch_dir), as_json=as_json)
     if as_json:
@@ -307,8 +313,17 @@ def wait(
     else:
         for j in jobs:
             echo(f"job {j.id} {j.state}" + (f": {j.reason}" if j.reason else ""))
-    if any(j.state != "succeeded" for j in jobs):
-        ctx.exit(1)
+    ctx.exit(end_status(jobs))
+
+
+def end_status(jobs: list[api.Job]) -> int:
+    """The exit status of a command that waited for ``jobs`` (see ``mlsm wait``)."""
+    from mlsm.cli.jobs import JOB_END_EXIT
+
+    for j in jobs:
+        if j.state != "succeeded":
+            return JOB_END_EXIT.get(j.state, 1)
+    return 0
 
 
 def fetch_ended(c: Client, jobs: list[api.Job], dest: Path, *, as_json: bool = False) -> None:

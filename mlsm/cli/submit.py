@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any, BinaryIO
+
 import click
 
+from mlsm.cli.batch import (
+    JobLine,
+    bad_lines,
+    directive_values,
+    read_job_file,
+    read_script,
+    script_argv,
+)
 from mlsm.cli.common import client_from, json_option, parse_duration
 from mlsm.cli.output import echo, emit_json
+from mlsm.errors import MlsmError, ValidationError
 from mlsm.wire import api
 from mlsm.wire.explain import validation_error
 
@@ -97,31 +108,29 @@ def _kv(items: tuple[str, ...], what: str) -> dict[str, str]:
     "fetch_dir",
     type=click.Path(file_okay=False),
     default=None,
-    help="Wait for the job to end, then fetch its outputs into DIR (array tasks: DIR/job-ID).",
+    help="Wait for the job to end, then fetch its outputs into DIR (array tasks: DIR/job-ID); "
+    "exit as mlsm wait does.",
+)
+@click.option(
+    "-q", "--parsable", is_flag=True, help="Print only the job's id (an array's id; one per job)."
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Say where and why the job would run now, or why it would wait; submit nothing.",
+)
+@click.option(
+    "--from",
+    "from_file",
+    type=click.File("rb"),
+    default=None,
+    help="Submit one job per line of FILE (- for stdin): a command line or a JSON job spec.",
 )
 @json_option
-@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
-def submit(
-    ctx: click.Context,
-    /,
-    command: tuple[str, ...],
-    env: tuple[str, ...],
-    labels: tuple[str, ...],
-    timeout: str | None,
-    datasets: tuple[str, ...],
-    mounts: tuple[str, ...],
-    after: tuple[str, ...],
-    as_json: bool,
-    gpu_mem: float,
-    mem: float,
-    fetch_dir: str | None,
-    code_dir: str | None,
-    no_code: bool,
-    code_include_git: bool,
-    **opts: object,
-) -> None:
-    """Submit a job: mlsm submit [OPTIONS] -- CMD ARG...
+def submit(ctx: click.Context, /, **params: Any) -> None:
+    """Submit a job: mlsm submit [OPTIONS] -- CMD ARG...  or  mlsm submit SCRIPT [ARG...]
 
     The current directory (or --code DIR) is shipped with the job: the job runs on its
     node in its own copy of that tree, as you. Files listed in .gitignore or .mlsmignore
@@ -133,61 +142,206 @@ def submit(
 
     The command is run as an argument list, never through a shell; to use shell syntax,
     submit a script file or say so: mlsm submit -- bash -c 'a | b'.
+
+    A script that starts with #! is run with its interpreter, and the `#MLSM --gpus 2`
+    lines among the comments at its top are options (options given here win).
+    --from FILE submits every line of FILE in one call (all or none); -q prints only ids.
     """
     import msgspec
 
-    elsewhere = [
-        f for f, v in (("--workdir", opts["workdir"]), ("--project", opts["project"])) if v
-    ]
-    if code_dir is not None and (no_code or elsewhere):
-        raise click.UsageError(
-            f"--code ships a directory; it cannot go with {(elsewhere or ['--no-code'])[0]}"
-        )
-    if len(elsewhere) > 1:
-        raise click.UsageError("--workdir and --project name two places to run in; give one")
-    ship_dir = None if (no_code or elsewhere) else (code_dir or ".")
+    from_file = params.pop("from_file")
+    command: tuple[str, ...] = params["command"]
+    if from_file is not None:
+        if command:
+            raise ValidationError("--from FILE takes the commands from FILE; give no command")
+        if params["dry_run"] or params["fetch_dir"]:
+            raise ValidationError("--from FILE cannot go with --dry-run or --fetch")
+        _submit_file(ctx, from_file, params)
+        return
+    if not command:
+        raise ValidationError("give a command (mlsm submit -- CMD ARG...) or a script")
+    script = read_script(command[0])
+    if script is not None:
+        params.update(directive_values(ctx, script, _NOT_DIRECTIVES, _from_command_line(ctx)))
+    ship_dir = _ship_dir(params)
+    argv = list(command) if script is None else script_argv(script, command[1:], ship_dir)
     try:
-        body = msgspec.convert(
-            {
-                **opts,
-                "argv": list(command),
-                "env": _kv(env, "-e"),
-                "labels": _kv(labels, "--label"),
-                "datasets": list(datasets),
-                "mounts": list(mounts),
-                "after": list(after),
-                "gpu_mem_gib": gpu_mem,
-                "mem_gib": mem,
-                "timeout_s": parse_duration(timeout) if timeout else 0.0,
-            },
-            api.JobSubmit,
-        )
+        body = msgspec.convert({**_spec_fields(params), "argv": argv}, api.JobSubmit)
     except msgspec.ValidationError as exc:
         raise validation_error(exc) from None
+    as_json, parsable = params["as_json"], params["parsable"]
     with client_from(ctx) as c:
+        if params["dry_run"]:
+            _show_plan(c.jobs.plan(body), as_json)
+            return
         shipped = None
         if ship_dir is not None:
             from mlsm.cli.codeship import ship
 
-            shipped = ship(c, ship_dir, include_git=code_include_git)
+            shipped = ship(c, ship_dir, include_git=params["code_include_git"])
             body = msgspec.structs.replace(body, code=shipped.digest)
         reply = c.jobs.submit(body)
-        if shipped is not None:  # said once the job exists: a refused submit is one line
+        if shipped is not None and not parsable:  # said once the job exists
             echo(shipped.summary(), err=True)
         if as_json:
             emit_json(reply)
+        elif parsable:
+            echo(str(reply.job.id))
         elif len(reply.ids) > 1:
-            echo(f"submitted array of {len(reply.ids)} jobs: {reply.ids[0]}..{reply.ids[-1]}")
+            echo(
+                f"submitted array {reply.job.id} of {len(reply.ids)} jobs: "
+                f"{reply.ids[0]}..{reply.ids[-1]} (tasks {reply.job.id}_[...])"
+            )
         else:
             echo(f"submitted job {reply.job.id}")
+        if reply.warning:
+            echo(f"mlsm: warning: {reply.warning}; it will wait", err=True)
+        fetch_dir = params["fetch_dir"]
         if fetch_dir is not None:
             from pathlib import Path
 
-            from mlsm.cli.outputs import fetch_ended, wait_for
+            from mlsm.cli.outputs import end_status, fetch_ended, wait_for
 
             ended = wait_for(c, reply.ids or [reply.job.id])
             for j in ended:
                 echo(f"job {j.id} {j.state}" + (f": {j.reason}" if j.reason else ""), err=as_json)
             fetch_ended(c, ended, Path(fetch_dir), as_json=as_json)
-            if any(j.state != "succeeded" for j in ended):
-                ctx.exit(1)
+            ctx.exit(end_status(ended))
+
+
+#: Options a script's directives may not set: they say how to submit, not what.
+_NOT_DIRECTIVES = frozenset({"from_file", "dry_run", "as_json", "parsable", "fetch_dir"})
+
+
+def _from_command_line(ctx: click.Context) -> frozenset[str]:
+    """The parameters given on the command line (they win over directives)."""
+    return frozenset(
+        name
+        for name in ctx.params
+        if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+    )
+
+
+def _ship_dir(params: dict[str, Any]) -> str | None:
+    """The directory to ship, or None; conflicting choices are a usage error."""
+    code_dir, no_code = params["code_dir"], params["no_code"]
+    elsewhere = [f for f in ("workdir", "project") if params[f]]
+    if code_dir is not None and (no_code or elsewhere):
+        other = f"--{elsewhere[0]}" if elsewhere else "--no-code"
+        raise click.UsageError(f"--code ships a directory; it cannot go with {other}")
+    if len(elsewhere) > 1:
+        raise click.UsageError("--workdir and --project name two places to run in; give one")
+    return None if (no_code or elsewhere) else (code_dir or ".")
+
+
+def _spec_fields(params: dict[str, Any]) -> dict[str, Any]:
+    """The API job spec's fields from the command's options (argv aside)."""
+    timeout = params["timeout"]
+    return {
+        **{k: params[k] for k in _SPEC_OPTIONS},
+        "env": _kv(params["env"], "-e"),
+        "labels": _kv(params["labels"], "--label"),
+        "datasets": list(params["datasets"]),
+        "mounts": list(params["mounts"]),
+        "after": list(params["after"]),
+        "gpu_mem_gib": params["gpu_mem"],
+        "mem_gib": params["mem"],
+        "timeout_s": parse_duration(timeout) if timeout else 0.0,
+    }
+
+
+#: Options that are job spec fields of the same name.
+_SPEC_OPTIONS = (
+    "name",
+    "gpus",
+    "cpus",
+    "node",
+    "env_kind",
+    "venv",
+    "conda",
+    "image",
+    "keep_container",
+    "workdir",
+    "priority",
+    "retries",
+    "array",
+    "hold",
+    "project",
+)
+
+
+def _show_plan(plan: api.SubmitPlan, as_json: bool) -> None:
+    if as_json:
+        emit_json(plan)
+        return
+    if plan.start_now:
+        gpus = f" on GPUs {','.join(map(str, plan.gpu_indices))}" if plan.gpu_indices else ""
+        echo(f"would start now on {plan.node}{gpus} (dry run: nothing submitted)")
+    elif plan.never:
+        echo(f"would be cancelled: {plan.reason} (dry run: nothing submitted)")
+    else:
+        echo(f"would wait: {plan.reason} (dry run: nothing submitted)")
+    if plan.warning:
+        echo(f"mlsm: warning: {plan.warning}; it would wait", err=True)
+
+
+def _submit_file(ctx: click.Context, fh: BinaryIO, params: dict[str, Any]) -> None:
+    """``--from FILE``: every line a job, in one call; the options given are each line's
+    defaults (a JSON line's own fields win)."""
+    import msgspec
+
+    name = "stdin" if fh.name in ("-", "<stdin>") else fh.name
+    lines, bad = read_job_file(fh, name)
+    base = _spec_fields(params)
+    ship_dir = _ship_dir(params)
+    specs: list[api.JobSubmit] = []
+    for job in lines:
+        try:
+            specs.append(msgspec.convert({**base, **job.fields}, api.JobSubmit))
+        except msgspec.ValidationError as exc:
+            bad.append(f"line {job.line}: {validation_error(exc).message}")
+    if bad:
+        raise bad_lines(name, sorted(bad, key=_line_number))
+    with client_from(ctx) as c:
+        if ship_dir is not None and any(_runs_in_code(s) for s in specs):
+            from mlsm.cli.codeship import ship
+
+            shipped = ship(c, ship_dir, include_git=params["code_include_git"])
+            specs = [
+                msgspec.structs.replace(s, code=shipped.digest) if _runs_in_code(s) else s
+                for s in specs
+            ]
+        try:
+            reply = c.jobs.submit_many(specs)
+        except MlsmError as exc:
+            raise _by_line(exc, lines, name) from None
+    if params["as_json"]:
+        emit_json(reply)
+    elif params["parsable"]:
+        for jid in reply.ids:
+            echo(str(jid))
+    else:
+        echo(f"submitted {len(reply.ids)} jobs from {name}: {reply.ids[0]}..{reply.ids[-1]}")
+
+
+def _line_number(problem: str) -> int:
+    """``"line 12: ..."`` -> 12 (problems are named in the file's order)."""
+    return int(problem.split(":", 1)[0].removeprefix("line "))
+
+
+def _runs_in_code(spec: api.JobSubmit) -> bool:
+    return not (spec.workdir or spec.project or spec.code)
+
+
+def _by_line(exc: MlsmError, lines: list[JobLine], name: str) -> MlsmError:
+    """The master's per-job problems (``jobs[i]``) as the job file's line numbers."""
+    problems = exc.details.get("errors") if isinstance(exc.details, dict) else None
+    if not isinstance(problems, list):
+        return exc
+    bad = [
+        f"line {lines[p['index']].line}: {p['message']}"
+        for p in problems
+        if isinstance(p, dict) and isinstance(p.get("index"), int) and p["index"] < len(lines)
+    ]
+    count = exc.details.get("count")
+    return bad_lines(name, bad, count if isinstance(count, int) else 0)

@@ -1,4 +1,5 @@
-"""Jobs: submit, list, show, cancel, release, purge; a job's outputs (listed, fetched as
+"""Jobs: submit (one, many, or a dry run), list, show, cancel a selection, edit, restart,
+release, purge; a job's outputs (listed, fetched as
 a manifest then frames); a job's log, read whole or followed live.
 
 A followed log arrives as typed :mod:`mlsm.wire.follow` events, decoded by the one
@@ -36,9 +37,18 @@ def _list(
     node: str | None = None,
     all: bool = False,
     limit: int | None = None,
+    array: int | None = None,
 ) -> Call[api.JobList]:
-    """Queued and running jobs, ended ones too with ``all``; ``state`` may name several."""
-    params = {"state": state, "user": user, "node": node, "all": all or None, "limit": limit}
+    """Queued and running jobs, ended ones too with ``all``; ``state`` may name several;
+    ``array``: that array's tasks, in any state."""
+    params = {
+        "state": state,
+        "user": user,
+        "node": node,
+        "all": all or None,
+        "limit": limit,
+        "array": array,
+    }
     return Call("GET", JOBS, api.JobList, params=params)
 
 
@@ -49,6 +59,31 @@ def _get(job_id: int) -> Call[api.Job]:
 def _cancel(ids: Sequence[int]) -> Call[api.CancelResult]:
     """Cancel jobs: queued ones at once, running ones with SIGTERM then SIGKILL."""
     return Call("POST", f"{JOBS}/cancel", api.CancelResult, body=api.CancelRequest(ids=[*ids]))
+
+
+def _cancel_select(selection: api.CancelRequest) -> Call[api.CancelResult]:
+    """Cancel (or, with ``preview``, list) what a selection names and filters."""
+    return Call("POST", f"{JOBS}/cancel", api.CancelResult, body=selection)
+
+
+def _submit_many(specs: Sequence[api.JobSubmit]) -> Call[api.BulkSubmitReply]:
+    """Queue many jobs in one call: all of them, or none (the problems named by index)."""
+    return Call("POST", f"{JOBS}/bulk", api.BulkSubmitReply, body=api.BulkSubmit(jobs=[*specs]))
+
+
+def _plan(spec: api.JobSubmit) -> Call[api.SubmitPlan]:
+    """Where and why the job would run now, or why it would wait; nothing is stored."""
+    return Call("POST", f"{JOBS}/plan", api.SubmitPlan, body=spec)
+
+
+def _edit(job_id: int, change: api.JobEdit) -> Call[api.Job]:
+    """Change a queued or held job (priority, GPUs, time limit, name, hold/release)."""
+    return Call("PATCH", _job(job_id), api.Job, body=change)
+
+
+def _restart(job_id: int) -> Call[api.SubmitReply]:
+    """Submit the job's request again as a new job."""
+    return Call("POST", _job(job_id, "/restart"), api.SubmitReply)
 
 
 def _release(job_id: int) -> Call[api.Job]:
@@ -93,9 +128,14 @@ def _follow(job_id: int, offset: int) -> Call[bytes]:
 
 class Jobs(SyncResource):
     submit = sync_method(_submit)
+    submit_many = sync_method(_submit_many)
+    plan = sync_method(_plan)
     list = sync_method(_list)
     get = sync_method(_get)
     cancel = sync_method(_cancel)
+    cancel_select = sync_method(_cancel_select)
+    edit = sync_method(_edit)
+    restart = sync_method(_restart)
     release = sync_method(_release)
     purge = sync_method(_purge)
     outputs = sync_method(_outputs)
@@ -133,9 +173,14 @@ class Jobs(SyncResource):
 
 class AsyncJobs(AsyncResource):
     submit = async_method(_submit)
+    submit_many = async_method(_submit_many)
+    plan = async_method(_plan)
     list = async_method(_list)
     get = async_method(_get)
     cancel = async_method(_cancel)
+    cancel_select = async_method(_cancel_select)
+    edit = async_method(_edit)
+    restart = async_method(_restart)
     release = async_method(_release)
     purge = async_method(_purge)
     outputs = async_method(_outputs)

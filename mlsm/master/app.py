@@ -32,6 +32,7 @@ from mlsm.master.routes import auth as auth_routes
 from mlsm.master.routes import code as code_routes
 from mlsm.master.routes import datasets as dataset_routes
 from mlsm.master.routes import health as health_routes
+from mlsm.master.routes import jobcommands as job_command_routes
 from mlsm.master.routes import jobs as job_routes
 from mlsm.master.routes import metrics as metric_routes
 from mlsm.master.routes import nodes as node_routes
@@ -53,6 +54,7 @@ ROUTE_MODULES: list[ModuleType] = [
     agent_routes,
     node_routes,
     job_routes,
+    job_command_routes,
     output_routes,
     dataset_routes,
     metric_routes,

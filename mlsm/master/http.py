@@ -4,6 +4,7 @@ address, and the mapping of every exception to the structured error body."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import secrets
@@ -224,6 +225,36 @@ def audit_target(request: Request[Any, Any, Any], target: str, **details: Any) -
     request.scope["state"]["audit_target"] = target
     if details:
         request.scope["state"].setdefault("audit_details", {}).update(details)
+
+
+async def audit_each(
+    request: Request[Any, Any, Any],
+    audit: AuditSink,
+    action: str,
+    targets: list[str],
+    **details: Any,
+) -> None:
+    """One audit row per thing a request changed (a selection's jobs), beside the request's
+    own row; all committed before the response goes. The rows are appended together, so
+    the audit log's group commit writes them in a few transactions, not one each."""
+    scope = request.scope
+    user = scope.get("user")
+    rid = str(scope.get("state", {}).get("request_id", ""))
+    await asyncio.gather(
+        *(
+            audit.append(
+                actor=str(getattr(user, "name", None) or "anonymous"),
+                role=str(getattr(user, "role", None) or "anonymous"),
+                action=action,
+                target=target,
+                outcome="ok",
+                client=client_addr(scope),
+                request_id=rid,
+                details=details,
+            )
+            for target in targets
+        )
+    )
 
 
 # ---------------------------------------------------------------- errors -> responses

@@ -254,6 +254,11 @@ def history_unit(series: str) -> str:
 
 
 # ---------------------------------------------------------------- jobs
+#: The default priority, and the highest a member may give a job (admins: any).
+DEFAULT_PRIORITY = 0
+Priority = Annotated[int, Meta(ge=-1000, le=1000)]
+
+
 class JobSubmit(Struct, kw_only=True, forbid_unknown_fields=True):
     argv: Annotated[
         list[Annotated[str, Meta(max_length=8192)]], Meta(min_length=1, max_length=4096)
@@ -279,7 +284,7 @@ class JobSubmit(Struct, kw_only=True, forbid_unknown_fields=True):
         Annotated[str, Meta(min_length=1, max_length=256, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")],
         LongStr,
     ] = {}
-    priority: Annotated[int, Meta(ge=-1000, le=1000)] = 0
+    priority: Priority = DEFAULT_PRIORITY
     # JOBID[:ok|any]; the id is checked against INT64_MAX where it is parsed (jobs service)
     after: Annotated[
         list[Annotated[str, Meta(max_length=32, pattern=r"^[0-9]{1,19}(:(ok|any))?$")]],
@@ -346,6 +351,7 @@ class Job(Struct, kw_only=True):
     log_removed_at: float | None = None  # the shipped log, removed by retention
     code: str = ""  # the code snapshot it runs in (digest), "" = none
     project: str = ""  # the project it runs in, "" = none
+    restarted_from: int | None = None  # the job this one re-runs (mlsm restart)
 
 
 class JobList(Struct, kw_only=True):
@@ -356,13 +362,39 @@ class JobList(Struct, kw_only=True):
 MAX_CANCEL_IDS = 10_000  # ids in one cancel request (and in one `mlsm cancel A-B` range)
 
 
+#: Arrays named by task in one cancel request (``12_[0-3]``).
+MAX_CANCEL_ARRAYS = 256
+#: A ``--name`` pattern: fnmatch's * ? [...] over the job's name.
+NameGlob = Annotated[str, Meta(max_length=256)]
+
+
+class ArrayTasks(Struct, kw_only=True, forbid_unknown_fields=True):
+    """Tasks of one array by index (``12_3``, ``12_[0-3]``): ``array`` is the array's id."""
+
+    array: DbId
+    indices: Annotated[list[Count], Meta(min_length=1, max_length=MAX_CANCEL_IDS)]
+
+
 class CancelRequest(Struct, kw_only=True, forbid_unknown_fields=True):
-    ids: Annotated[list[DbId], Meta(min_length=1, max_length=MAX_CANCEL_IDS)]
+    """A selection of jobs to cancel, resolved on the master in one call.
+
+    ``ids`` and ``tasks`` name jobs (an array's id names every task of it); ``user``,
+    ``name`` and ``states`` filter them, or, when nothing is named, select every job that
+    matches (a member's filters reach only their own jobs). ``preview`` answers what would
+    be cancelled and changes nothing."""
+
+    ids: Annotated[list[DbId], Meta(max_length=MAX_CANCEL_IDS)] = []
+    tasks: Annotated[list[ArrayTasks], Meta(max_length=MAX_CANCEL_ARRAYS)] = []
+    user: UserName | None = None
+    name: NameGlob = ""
+    states: Annotated[list[JobState], Meta(max_length=len(JOB_STATES))] = []
+    preview: bool = False
 
 
 class CancelResult(Struct, kw_only=True):
-    cancelled: list[int]
-    skipped: dict[str, str] = {}  # id -> why not
+    cancelled: list[int]  # cancelled (with ``preview``: would be)
+    skipped: dict[str, str] = {}  # id (or "12_7" for a task) -> why not
+    preview: bool = False
 
 
 class PurgeResult(Struct, kw_only=True):
@@ -470,6 +502,43 @@ json_encoder = msgspec.json.Encoder()
 class SubmitReply(Struct, kw_only=True):
     job: Job  # the job, or the first task of an array
     ids: list[int] = []  # every job id created (one, or each array task)
+    #: Set when no node of the lab could run the job even if it were empty (it will wait).
+    warning: str = ""
+
+
+MAX_BULK_JOBS = 10_000  # jobs in one bulk submission (``mlsm submit --from``)
+
+
+class BulkSubmit(Struct, kw_only=True, forbid_unknown_fields=True):
+    """Many submissions in one call: all are checked before any is stored."""
+
+    jobs: Annotated[list[JobSubmit], Meta(min_length=1, max_length=MAX_BULK_JOBS)]
+
+
+class BulkSubmitReply(Struct, kw_only=True):
+    ids: list[int]  # one per submission: the job's id, or its array's id
+    tasks: int = 0  # jobs created in all (array tasks counted)
+
+
+class SubmitPlan(Struct, kw_only=True):
+    """``mlsm submit --dry-run``: what the scheduler would do with the job now."""
+
+    start_now: bool
+    node: str | None = None
+    gpu_indices: list[int] = []
+    reason: str = ""  # why it would wait (or never run)
+    never: bool = False  # it would be cancelled (a dependency that cannot be met)
+    warning: str = ""  # no node could ever run it
+
+
+class JobEdit(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """``mlsm job edit``: a queued or held job's request (None = unchanged)."""
+
+    priority: Priority | None = None
+    gpus: Annotated[int, Meta(ge=0, le=64)] | None = None
+    timeout_s: Annotated[float, Meta(ge=0, le=365 * 86400)] | None = None
+    name: ShortStr | None = None
+    hold: bool | None = None  # True: hold it; False: release it
 
 
 #: The JSON API's routes, for clients (kept in step with mlsm/master/routes).
@@ -500,7 +569,11 @@ DELETE /api/v1/nodes/{name}[?force=true]                   admin
 GET    /api/v1/jobs[?state&user&node&all&limit]  JobList
 POST   /api/v1/jobs                      JobSubmit -> SubmitReply
 GET    /api/v1/jobs/{id}                 Job
-POST   /api/v1/jobs/cancel               CancelRequest -> CancelResult
+POST   /api/v1/jobs/cancel               CancelRequest -> CancelResult (a selection)
+POST   /api/v1/jobs/bulk                 BulkSubmit -> BulkSubmitReply (all or nothing)
+POST   /api/v1/jobs/plan                 JobSubmit -> SubmitPlan (a dry run; stores nothing)
+PATCH  /api/v1/jobs/{id}                 JobEdit -> Job (a queued or held job)
+POST   /api/v1/jobs/{id}/restart         SubmitReply (the same spec as a new job)
 GET    /api/v1/jobs/{id}/log[?offset&limit]   raw bytes (text/plain), header X-Log-Size
 GET    /api/v1/jobs/{id}/log/follow[?offset]  text/event-stream: event "log" (data: text),
                                               event "end" (data: final state) then closes

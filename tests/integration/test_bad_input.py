@@ -434,6 +434,12 @@ def test_a_submission_that_would_store_too_much_is_refused(master: Master) -> No
         ["submit", "--after", "9999999999999999999999999", "--", "true"],
         ["submit", "--after", str(INT64_MAX + 1), "--", "true"],
         ["submit", "--array", "0-99999999999999999999", "--", "true"],
+        ["cancel", "5_99999999999999999999999"],
+        ["cancel", "5_[0-99999999999999999999]"],
+        ["job", "edit", "99999999999999999999999", "--priority", "1"],
+        ["job", "show", "5_99999999999999999999999"],
+        ["restart", "99999999999999999999999"],
+        ["wait", "99999999999999999999999"],
     ],
     ids=" ".join,
 )

@@ -246,7 +246,7 @@ def test_wait_and_submit_fetch_pull_the_outputs_when_the_job_ends(lab: Lab, alic
     failed = lab.cli(
         "submit", "--node", NODE, "--fetch", str(lab.root / "f"), "--", "false", token=alice
     )
-    assert failed.returncode == 1
+    assert failed.returncode == 3  # failed, as `mlsm wait` and `mlsm logs -f` say it
 
 
 def test_a_fetch_of_all_outputs_leaves_out_the_code_the_job_did_not_change(

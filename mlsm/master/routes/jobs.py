@@ -9,7 +9,7 @@ from litestar import MediaType, Request, get, post
 from litestar.params import Parameter
 from litestar.response import ServerSentEvent, Stream
 
-from mlsm.master.http import audit_target
+from mlsm.master.http import audit_each, audit_target
 from mlsm.master.routes.common import DbId, QueryCount, ServicesDep, principal
 from mlsm.wire import api
 from mlsm.wire.follow import LogEvent, to_sse
@@ -38,9 +38,17 @@ async def list_jobs(
     node: str | None = Parameter(default=None, max_length=63),
     all: bool = False,
     limit: int = Parameter(default=1000, ge=1, le=MAX_LIST),
+    array: int | None = Parameter(default=None, ge=1, le=INT64_MAX),
 ) -> api.JobList:
+    """Jobs, newest ``limit``; ``array`` lists that array's tasks (any state)."""
     return await services.jobs.query(
-        principal(request), state=state_filter, user=user, node=node, all=all, limit=limit
+        principal(request),
+        state=state_filter,
+        user=user,
+        node=node,
+        all=all,
+        limit=limit,
+        array=array,
     )
 
 
@@ -58,8 +66,22 @@ async def show_job(request: Request[Any, Any, Any], services: ServicesDep, job_i
 async def cancel_jobs(
     request: Request[Any, Any, Any], services: ServicesDep, data: api.CancelRequest
 ) -> api.CancelResult:
-    audit_target(request, "job:" + ",".join(str(i) for i in data.ids[:20]))
-    return await services.jobs.cancel(principal(request), data.ids)
+    """Cancel a selection (ids, array tasks, filters); each job cancelled has its own row."""
+    named = [str(i) for i in data.ids[:20]] + [f"{t.array}_[...]" for t in data.tasks[:5]]
+    audit_target(
+        request,
+        "job:" + ",".join(named) if named else "jobs:filter",
+        user=data.user,
+        name=data.name,
+        states=list(data.states),
+        preview=data.preview,
+    )
+    res = await services.job_commands.cancel(principal(request), data)
+    if not res.preview:
+        targets = [f"job:{i}" for i in res.cancelled]
+        await audit_each(request, services.audit, "job.cancelled", targets)
+    request.scope["state"].setdefault("audit_details", {})["cancelled"] = len(res.cancelled)
+    return res
 
 
 @post(

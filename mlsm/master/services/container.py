@@ -44,6 +44,7 @@ from mlsm.master.services.joblogs import LogStore
 from mlsm.master.services.jobs import (
     Accounts,
     FairShare,
+    JobCommands,
     JobLogs,
     JobService,
     JobTable,
@@ -127,6 +128,7 @@ class Services:
             self.code,
             self.projects,
         )
+        self.job_commands = JobCommands(self.jobs)
         self.job_logs = JobLogs(db, self.table, log_store)
         self.disk = DiskHygiene(db, self.nodes, log_store, self.lab_settings, self.audit)
         self.outputs = OutputsService(db, self.nodes, self.pipes)

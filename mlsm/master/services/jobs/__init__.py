@@ -2,6 +2,8 @@
 
 - :mod:`.service`: the lifecycle (submit, views, cancel, release, agents' reports, lost and
   removed nodes): :class:`JobService`;
+- :mod:`.commands`: what people do to many jobs or to a job that exists (cancel a selection,
+  bulk submit, dry run, edit, hold, restart): :class:`JobCommands`;
 - :mod:`.table`: the open jobs in memory and the state changes of a job row;
 - :mod:`.scheduling`: the scheduling loop around the pure :mod:`mlsm.master.scheduler`;
 - :mod:`.fairshare`: users' decayed GPU-hours;
@@ -13,6 +15,7 @@ The stored spec and its parsing live in :mod:`mlsm.master.jobspec` (the database
 decodes it).
 """
 
+from mlsm.master.services.jobs.commands import JobCommands
 from mlsm.master.services.jobs.fairshare import FairShare
 from mlsm.master.services.jobs.follow import JobLogs
 from mlsm.master.services.jobs.launch import KILL_GRACE_S, Accounts, Launcher
@@ -25,6 +28,7 @@ __all__ = [
     "Accounts",
     "Active",
     "FairShare",
+    "JobCommands",
     "JobLogs",
     "JobService",
     "JobTable",

@@ -11,6 +11,7 @@ node), cancels those that can never run, and writes only the waiting reasons tha
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import sys
@@ -36,6 +37,8 @@ from mlsm.wire import api
 log = logging.getLogger("mlsm.master.jobs")
 
 MIN_PASS_GAP_S = 0.005  # coalesce bursts of triggers into one pass
+#: The id a dry run's job has in a pass (no stored job has a negative id).
+PROBE_ID = -1
 
 
 def gpu_slots(node: LiveNode, holders: dict[int, list[int]]) -> list[sched.GpuSlot]:
@@ -59,6 +62,11 @@ def _node_accounts(info: w.NodeInfo) -> frozenset[str] | None:
     if not info.runs_as_root or info.job_account or info.default_unix_user:
         return None
     return frozenset(info.unix_users)
+
+
+def whole_gpus(node: LiveNode) -> list[sched.GpuSlot]:
+    """The node's GPUs, every one free: the node as it would be with nothing running."""
+    return [sched.GpuSlot(index=g.index, mem_total_bytes=g.mem_total) for g in node.gpus]
 
 
 class SchedulingLoop(NodeEvents):
@@ -115,32 +123,73 @@ class SchedulingLoop(NodeEvents):
         t0 = time.perf_counter()
         now = time.time()
         table.charge_usage(now)
-        in_use: dict[str, int] = {}
-        running_array: dict[int, int] = {}
-        for a in table.active.values():
-            in_use[a.user] = in_use.get(a.user, 0) + a.gpu_count
-            if a.array_parent is not None:
-                running_array[a.array_parent] = running_array.get(a.array_parent, 0) + 1
-        ctx = sched.SchedContext(
-            dep_states=await self._dep_states(),
-            running_array=running_array,
-            user_gpus_in_use=in_use,
-            user_caps=self.accounts.caps,
-            usage=table.fair_share.effective(table.active.values()),
-            mapped_users=self.accounts.mapped,
-        )
+        ctx = await self._context()
         result = sched.schedule(list(table.pending.values()), self.node_caps(now), ctx)
         await self._apply(result, now)
         self.passes += 1
         self.last_pass_ms = (time.perf_counter() - t0) * 1000
         return result
 
-    def node_caps(self, now: float) -> list[sched.NodeCap]:
-        holders = self.table.gpu_holders()
+    async def _context(self, extra: sched.PendingJob | None = None) -> sched.SchedContext:
+        """A pass's view of the users, arrays and dependencies (``extra``'s too)."""
+        table = self.table
+        in_use: dict[str, int] = {}
+        running_array: dict[int, int] = {}
+        for a in table.active.values():
+            in_use[a.user] = in_use.get(a.user, 0) + a.gpu_count
+            if a.array_parent is not None:
+                running_array[a.array_parent] = running_array.get(a.array_parent, 0) + 1
+        return sched.SchedContext(
+            dep_states=await self._dep_states(extra),
+            running_array=running_array,
+            user_gpus_in_use=in_use,
+            user_caps=self.accounts.caps,
+            usage=table.fair_share.effective(table.active.values()),
+            mapped_users=self.accounts.mapped,
+        )
+
+    # ---------------------------------------------------------------- dry runs
+    async def plan(self, job: sched.PendingJob) -> api.SubmitPlan:
+        """What a pass would do with ``job`` now, behind the queue it would join; nothing
+        is assigned or stored (``mlsm submit --dry-run``)."""
+        probe = dataclasses.replace(job, id=PROBE_ID, submitted_at=time.time())
+        now = time.time()
+        ctx = await self._context(probe)
+        result = sched.schedule([*self.table.pending.values(), probe], self.node_caps(now), ctx)
+        warning = self.never_fits(job)
+        for pl in result.placements:
+            if pl.job_id == PROBE_ID:
+                return api.SubmitPlan(
+                    start_now=True, node=pl.node, gpu_indices=list(pl.gpu_indices), warning=warning
+                )
+        if PROBE_ID in result.never:
+            return api.SubmitPlan(
+                start_now=False, never=True, reason=result.never[PROBE_ID], warning=warning
+            )
+        reason = result.reasons.get(PROBE_ID, "waiting for the scheduler")
+        return api.SubmitPlan(start_now=False, reason=reason, warning=warning)
+
+    def never_fits(self, job: sched.PendingJob) -> str:
+        """Why no node of the lab could run ``job`` even with every node up and empty, as
+        the scheduler words it; "" when some node could. Dependencies, throttles and the
+        GPUs other jobs hold are left out: those are waits, not impossibilities."""
+        alone = dataclasses.replace(job, id=PROBE_ID, deps=(), array_parent=None)
+        ctx = sched.SchedContext(user_caps=self.accounts.caps, mapped_users=self.accounts.mapped)
+        result = sched.schedule([alone], self.node_caps(time.time(), whole=True), ctx)
+        if result.placements:
+            return ""
+        why = result.reasons.get(PROBE_ID, "")
+        # Every node counts as online here, so the scheduler's "online node" is any node.
+        return why.replace("online node", "node")
+
+    def node_caps(self, now: float, *, whole: bool = False) -> list[sched.NodeCap]:
+        """Every node as the scheduler sees it now; with ``whole``, as it would be up and
+        with nothing running (what the lab could ever run)."""
+        holders = {} if whole else self.table.gpu_holders()
         held_ds = self.catalog.holders()
         held_projects = self.project_holders()
         reserved: dict[int, tuple[float, int]] = {}
-        for a in self.table.active.values():
+        for a in () if whole else self.table.active.values():
             c, m = reserved.get(a.node_id, (0.0, 0))
             reserved[a.node_id] = (c + a.cpus, m + a.mem)
         caps = []
@@ -153,8 +202,8 @@ class SchedulingLoop(NodeEvents):
             caps.append(
                 sched.NodeCap(
                     name=n.name,
-                    schedulable=state == "online",
-                    gpus=gpu_slots(n, holders.get(n.id, {})),
+                    schedulable=whole or state == "online",
+                    gpus=whole_gpus(n) if whole else gpu_slots(n, holders.get(n.id, {})),
                     labels=n.labels,
                     datasets=frozenset(held_ds.get(n.id, ())),
                     runtimes=frozenset(runtimes),
@@ -170,9 +219,11 @@ class SchedulingLoop(NodeEvents):
             )
         return caps
 
-    async def _dep_states(self) -> dict[int, str]:
+    async def _dep_states(self, extra: sched.PendingJob | None = None) -> dict[int, str]:
         table = self.table
         want = {d for j in table.pending.values() for d, _ in j.deps}
+        if extra is not None:
+            want.update(d for d, _ in extra.deps)
         out: dict[int, str] = {}
         unknown = []
         for d in want:
@@ -211,6 +262,8 @@ class SchedulingLoop(NodeEvents):
                     if r is None or node is None or r.state != "queued":
                         table.pending.pop(pl.job_id, None)
                         continue
+                    if len(pl.gpu_indices) != r.gpus:
+                        continue  # edited since the pass ran: the next pass places it anew
                     table.place(r, pl.node, node.id, pl.gpu_indices, now)
                     starts.append((node.id, self.launcher.start_spec(r, node, pl.gpu_indices)))
             for jid, why in result.never.items():

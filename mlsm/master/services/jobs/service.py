@@ -7,8 +7,10 @@ job, requeued as a new attempt while retries remain; ``held`` until released. Th
 transitions themselves are the job table's (:mod:`~mlsm.master.services.jobs.table`), the
 placements the scheduling loop's (:mod:`~mlsm.master.services.jobs.scheduling`).
 
-About 400 lines, as one piece: what happens to a job after submit (cancel, release, the
-agents' reports, lost and removed nodes) is one state machine, read best in one place.
+About 470 lines, as one piece: what happens to a job after submit (cancel, hold, release,
+the agents' reports, lost and removed nodes) is one state machine, read best in one place.
+Commands on selections and existing jobs (bulk cancel and submit, edit, restart, dry runs)
+are :mod:`~mlsm.master.services.jobs.commands`, built on the transitions here.
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ from mlsm.config import Settings
 from mlsm.errors import Conflict, NotFound, PermissionDenied, ValidationError
 from mlsm.master.db import Database
 from mlsm.master.db.models import Job as JobRow
-from mlsm.master.jobspec import SubmitPolicy, build_submission
+from mlsm.master.jobspec import Submission, SubmitPolicy, build_submission
 from mlsm.master.security import Principal
 from mlsm.master.services.jobs.launch import KILL_GRACE_S, Launcher
 from mlsm.master.services.jobs.scheduling import SchedulingLoop
-from mlsm.master.services.jobs.table import OPEN_STATES, Active, JobTable, event
+from mlsm.master.services.jobs.table import OPEN_STATES, Active, JobTable, event, pending_of
 from mlsm.master.services.jobs.views import job_view, may_see_private
 from mlsm.master.services.livenode import LiveNode, NodeEvents
 from mlsm.master.services.nodes import NodeRegistry
@@ -44,6 +46,11 @@ ASSIGN_GRACE_S = 60.0
 REMOVE_ACK_WAIT_S = 5.0  # how long node removal waits for the agent to take its cancels
 REMOVE_ACK_POLL_S = 0.05  # an assigned job the agent has not mentioned for this long is re-sent
 MISSED_REPORTS_LOST = 2  # full reports in a row without a running job: the agent lost it
+
+
+def held_by(name: str) -> str:
+    """The reason a held job shows (``mlsm jobs``, ``job show``)."""
+    return f"held by {name}"
 
 
 class JobService(NodeEvents):
@@ -68,7 +75,7 @@ class JobService(NodeEvents):
         self.scheduling = scheduling
         self.code = code
         self.code_projects = projects
-        self._inserts: list[tuple[list[JobRow], asyncio.Future[None]]] = []
+        self._inserts: list[tuple[list[list[JobRow]], asyncio.Future[None]]] = []
         self._inserter: asyncio.Task[None] | None = None
 
     async def load(self) -> None:
@@ -85,17 +92,31 @@ class JobService(NodeEvents):
         if body.project:
             await self.code_projects.check_use(p, body.project)
         if sub.spec.after:
-            ids = [d.job_id for d in sub.spec.after]
-            async with self.db.session() as s:
-                found = set(
-                    (await s.execute(select(JobRow.id).where(JobRow.id.in_(ids)))).scalars()
-                )
-            missing = [i for i in ids if i not in found]
+            missing = await self.missing_jobs([d.job_id for d in sub.spec.after])
             if missing:
                 raise ValidationError(f"--after: no job {missing[0]}", path="after")
-        now = time.time()
+        rows = self.rows_for(p, body, sub, time.time())
+        await self._insert([rows])
+        if code is not None:
+            await self.code.attach(body.code, code, [r.id for r in rows])
+        self.enqueue(rows)
+        return api.SubmitReply(
+            job=self._view(rows[0], p),
+            ids=[r.id for r in rows],
+            warning=self.scheduling.never_fits(pending_of(rows[0])),
+        )
+
+    async def missing_jobs(self, ids: list[int]) -> list[int]:
+        """Which of ``ids`` name no job (``--after`` must name existing jobs)."""
+        async with self.db.session() as s:
+            found = set((await s.execute(select(JobRow.id).where(JobRow.id.in_(ids)))).scalars())
+        return [i for i in ids if i not in found]
+
+    @staticmethod
+    def rows_for(p: Principal, body: api.JobSubmit, sub: Submission, now: float) -> list[JobRow]:
+        """One submission's rows (a row per array task), not yet stored."""
         state = "held" if body.hold else "queued"
-        rows = [
+        return [
             JobRow(
                 name=body.name or (body.argv[0].rsplit("/", 1)[-1])[:256],
                 user=p.name,
@@ -107,29 +128,31 @@ class JobService(NodeEvents):
                 retries=body.retries,
                 array_index=idx,
                 history=[event(state, "submitted")],
-                reason="held by user" if body.hold else "waiting for the scheduler",
+                reason=held_by(p.name) if body.hold else "waiting for the scheduler",
             )
             for idx in sub.indices
         ]
-        await self._insert(rows)
-        if code is not None:
-            await self.code.attach(body.code, code, [r.id for r in rows])
-        if state == "queued":
-            for r in rows:
-                self.table.queue(r)
-            self.scheduling.kick()
-        return api.SubmitReply(job=self._view(rows[0], p), ids=[r.id for r in rows])
 
-    async def _insert(self, rows: list[JobRow]) -> None:
-        """Insert one submission's rows; returns once committed.
+    def enqueue(self, rows: list[JobRow]) -> None:
+        """Stored rows that are queued join the scheduler's queue (held ones wait)."""
+        queued = [r for r in rows if r.state == "queued"]
+        for r in queued:
+            self.table.queue(r)
+        if queued:
+            self.scheduling.kick()
+
+    async def _insert(self, submissions: list[list[JobRow]]) -> None:
+        """Insert submissions' rows (each a job, or an array's tasks) in one transaction;
+        returns once committed.
 
         Submissions that arrive while a batch is being written are committed together in
         the next transaction (group commit), so a burst of submissions costs a few
         transactions instead of one each, and every caller still returns only after its
-        jobs are durable.
+        jobs are durable. One call's submissions are never split between transactions
+        (a bulk submission is all or nothing).
         """
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._inserts.append((rows, done))
+        self._inserts.append((submissions, done))
         if self._inserter is None or self._inserter.done():
             self._inserter = asyncio.create_task(self._write_inserts())
         await done
@@ -140,15 +163,16 @@ class JobService(NodeEvents):
             self._inserts = []
             try:
                 async with self.db.transaction() as s:
-                    for rows, _ in batch:
-                        first = rows[0]
-                        s.add(first)
-                        if first.array_index is not None:  # tasks name the first as their parent
-                            await s.flush()
-                            first.array_parent = first.id
-                            for r in rows[1:]:
-                                r.array_parent = first.id
-                        s.add_all(rows[1:])
+                    for submissions, _ in batch:
+                        for rows in submissions:
+                            first = rows[0]
+                            s.add(first)
+                            if first.array_index is not None:  # tasks name the first as parent
+                                await s.flush()
+                                first.array_parent = first.id
+                                for r in rows[1:]:
+                                    r.array_parent = first.id
+                            s.add_all(rows[1:])
                     await s.flush()
             except Exception as exc:
                 for _, fut in batch:
@@ -181,13 +205,16 @@ class JobService(NodeEvents):
         node: str | None,
         all: bool,
         limit: int,
+        array: int | None = None,
     ) -> api.JobList:
         q = select(JobRow)
         cq = select(func.count()).select_from(JobRow)
         conds: list[Any] = []
+        if array is not None:
+            conds.append(JobRow.array_parent == array)
         if state:
             conds.append(JobRow.state.in_(api.parse_job_states(state)))
-        elif not all:
+        elif not all and array is None:
             conds.append(JobRow.state.in_(("queued", "held", "assigned", "running")))
         if user:
             conds.append(JobRow.user == user)
@@ -209,7 +236,20 @@ class JobService(NodeEvents):
         return self._view(r, p)
 
     # ---------------------------------------------------------------- cancel and release
+    @staticmethod
+    def why_not_cancel(p: Principal, r: JobRow | None) -> str:
+        """Why ``p`` may not cancel the job ("" when they may)."""
+        if r is None:
+            return "no such job"
+        if r.user != p.name and not p.is_admin:
+            return "not your job"
+        if r.state in api.FINAL_STATES:
+            return f"already {r.state}"
+        return ""
+
     async def cancel(self, p: Principal, ids: list[int], reason: str = "") -> api.CancelResult:
+        """Cancel each job in its own right (one that may not be is skipped, with why): the
+        rows change in one transaction, the agents are told after it."""
         done: list[int] = []
         skipped: dict[str, str] = {}
         to_stop: list[Active] = []
@@ -220,14 +260,9 @@ class JobService(NodeEvents):
             by_id = {r.id: r for r in rows}
             for jid in ids:
                 r = by_id.get(jid)
-                if r is None:
-                    skipped[str(jid)] = "no such job"
-                    continue
-                if r.user != p.name and not p.is_admin:
-                    skipped[str(jid)] = "not your job"
-                    continue
-                if r.state in api.FINAL_STATES:
-                    skipped[str(jid)] = f"already {r.state}"
+                refused = self.why_not_cancel(p, r)
+                if r is None or refused:
+                    skipped[str(jid)] = refused
                     continue
                 if r.state in ("queued", "held"):
                     self.table.finish(r, "cancelled", why, now)
@@ -275,11 +310,24 @@ class JobService(NodeEvents):
                 raise PermissionDenied(f"job {job_id} is not yours")
             if r.state != "held":
                 raise Conflict(f"job {job_id} is {r.state}, not held")
-            r.state = "queued"
-            r.history = [*r.history, event("queued", f"released by {p.name}")]
-            self.table.queue(r)
+            self.release_row(r, p)
         self.scheduling.kick()
         return await self.get(p, job_id)
+
+    def release_row(self, r: JobRow, p: Principal) -> None:
+        """A held row joins the queue (within the caller's transaction)."""
+        r.state = "queued"
+        r.reason = "waiting for the scheduler"
+        r.history = [*r.history, event("queued", f"released by {p.name}")]
+        self.table.queue(r)
+
+    def hold_row(self, r: JobRow, p: Principal) -> None:
+        """A queued row is held: the scheduler passes it by until it is released."""
+        r.state = "held"
+        r.reason = held_by(p.name)
+        r.history = [*r.history, event("held", r.reason)]
+        self.table.pending.pop(r.id, None)
+        self.table.reasons.pop(r.id, None)
 
     # ---------------------------------------------------------------- agent reports
     async def node_reported(self, node: LiveNode, reports: list[w.JobReport], full: bool) -> None:

@@ -61,6 +61,7 @@ def job_view(
         log_size=log_size,
         code=spec.code,
         project=spec.project,
+        restarted_from=spec.restarted_from,
         history=[
             api.JobEvent(ts=e[0], state=e[1], message=e[2] if len(e) > 2 else "")
             for e in (r.history or [])
