@@ -186,6 +186,28 @@ def job_release(ctx: click.Context, job_id: int) -> None:
     echo(f"job {job_id} released")
 
 
+@job.command("set")
+@click.argument("job_id", type=click.IntRange(1))
+@click.option(
+    "--idle-exempt/--no-idle-exempt",
+    "idle_exempt",
+    default=None,
+    help="Exempt the job from the idle-GPU policy, or take that back (admins; audited).",
+)
+@json_option
+@click.pass_context
+def job_set(ctx: click.Context, job_id: int, idle_exempt: bool | None, as_json: bool) -> None:
+    """Change a job's settings (admins)."""
+    if idle_exempt is None:
+        raise click.UsageError("nothing to set: give --idle-exempt or --no-idle-exempt")
+    with client_from(ctx) as c:
+        state = c.events.idle_exempt(job_id, idle_exempt)
+    if as_json:
+        emit_json(state)
+        return
+    echo(f"job {job_id} is {'exempt from' if state.exempt else 'subject to'} the idle-GPU policy")
+
+
 @click.command()
 @click.argument("job_id", type=int)
 @click.option("-f", "--follow", is_flag=True, help="Follow the log live until the job ends.")

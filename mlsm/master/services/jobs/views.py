@@ -61,6 +61,8 @@ def job_view(
         log_size=log_size,
         code=spec.code,
         project=spec.project,
+        idle_exempt=bool(r.idle_exempt),
+        idle_warned_at=r.idle_warned_at,
         history=[
             api.JobEvent(ts=e[0], state=e[1], message=e[2] if len(e) > 2 else "")
             for e in (r.history or [])
