@@ -250,6 +250,7 @@ class NotifyService:
     async def _work(self, sub_id: int) -> None:
         """Deliver this subscription's events in order, for as long as it exists."""
         while True:
+            mark = self.events.hub.mark()
             try:
                 more = await self._step(sub_id)
             except asyncio.CancelledError:
@@ -260,11 +261,11 @@ class NotifyService:
             if more is None:
                 return
             if not more:
-                await self.events.hub.wait(IDLE_RECHECK_S)
+                await self.events.hub.wait(mark, IDLE_RECHECK_S)
 
     async def _step(self, sub_id: int) -> bool | None:
-        """Deliver the next batch; True when there may be more, None when the
-        subscription is gone."""
+        """Deliver the next batch; True when it sent something (there may be more), None
+        when the subscription is gone."""
         async with self.db.session() as s:
             sub = await s.get(NotifySubscriptionRow, sub_id)
             if sub is None or sub.removed:
@@ -284,7 +285,7 @@ class NotifyService:
         for r in rows:
             if not await self._deliver(sub, event_of(r)):
                 return None
-        return len(rows) == BATCH
+        return bool(rows)  # read again before waiting: more may have come meanwhile
 
     async def _deliver(self, sub: NotifySubscriptionRow, ev: Event) -> bool:
         """Send ``ev`` until it is taken or given up; False when the subscription went."""

@@ -41,21 +41,26 @@ MESSAGE_MAX = 1000
 
 
 class EventHub:
-    """Wakes everyone waiting for new events (one per master, bound to its engine)."""
+    """Wakes everyone waiting for new events (one per master, bound to its engine).
+
+    A reader takes a :meth:`mark` *before* it reads, then waits on that mark: a commit
+    that lands between the read and the wait has already set the mark, so the wait ends
+    at once and no event waits for the next timeout (no lost wake-up)."""
 
     def __init__(self) -> None:
         self._changed = asyncio.Event()
-        self.last_id = 0  # the newest committed event id this master knows of
 
     def notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def wait(self, timeout: float) -> None:
-        """Until the next commit that wrote events, or ``timeout`` seconds."""
-        changed = self._changed
+    def mark(self) -> asyncio.Event:
+        return self._changed
+
+    async def wait(self, mark: asyncio.Event, timeout: float) -> None:
+        """Until a commit that wrote events after ``mark`` was taken, or ``timeout`` s."""
         try:
-            await asyncio.wait_for(changed.wait(), timeout)
+            await asyncio.wait_for(mark.wait(), timeout)
         except TimeoutError:
             pass
 

@@ -113,14 +113,15 @@ class EventService:
         a keep-alive when nothing happened for :data:`FOLLOW_RECHECK_S`."""
         last = await self.last_id() if after is None else after
         while True:
+            mark = self.hub.mark()
             rows = await self.page(user=p.name, is_admin=p.is_admin, after=last, kinds=kinds)
             for r in rows:
                 last = r.id
                 yield event_of(r)
-            if len(rows) == PAGE:
-                continue
+            if rows:
+                continue  # read again before waiting: more may have come meanwhile
             waited = time.monotonic()
-            await self.hub.wait(FOLLOW_RECHECK_S)
+            await self.hub.wait(mark, FOLLOW_RECHECK_S)
             if time.monotonic() - waited >= FOLLOW_RECHECK_S:
                 yield None
 

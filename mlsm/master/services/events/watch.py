@@ -8,7 +8,7 @@ transaction per pass: ``node.online`` (joined, or back), ``node.stale``, ``node.
 ``node.disk_full`` when a disk the agent reports (its data dir, a dataset root) first
 goes fuller than the lab's ``node_disk_high_pct``; it is said again only after the disk
 went below it. What a node looked like when this master started is its starting point
-(a master restart records no change).
+(a master restart records no change); a node that joins later starts as offline.
 """
 
 from __future__ import annotations
@@ -66,7 +66,16 @@ class NodeWatch:
         self._states: dict[int, str] = {}
         self._full: dict[int, bool] = {}
 
+    def prime(self) -> None:
+        """The nodes as this master found them at start: the starting point. A node that
+        joins later starts from "offline", so its first heartbeat is ``node.online``."""
+        high = self.lab_settings().node_disk_high_pct
+        for n in self.nodes.nodes.values():
+            self._states[n.id] = self.nodes.state_of(n)
+            self._full[n.id] = full_disk(n, high) is not None
+
     async def run(self) -> None:
+        self.prime()
         while True:
             try:
                 await self.check()
@@ -82,18 +91,17 @@ class NodeWatch:
         high = self.lab_settings().node_disk_high_pct
         for n in list(self.nodes.nodes.values()):
             state = self.nodes.state_of(n)
-            before = self._states.get(n.id)
+            before = self._states.get(n.id, "offline")
             self._states[n.id] = state
             full = full_disk(n, high)
-            was_full = self._full.get(n.id)
+            was_full = self._full.get(n.id, False)
             self._full[n.id] = full is not None
-            if before is not None:
-                kind = transition(before, state)
-                if kind is not None:
-                    changes.append(
-                        (n, kind, f"node {n.name} is {state}", {"state": state, "was": before})
-                    )
-            if full is not None and was_full is False:
+            kind = transition(before, state)
+            if kind is not None:
+                changes.append(
+                    (n, kind, f"node {n.name} is {state}", {"state": state, "was": before})
+                )
+            if full is not None and not was_full:
                 path, pct = full
                 changes.append(
                     (
