@@ -61,8 +61,9 @@ def _list(
     return Call("GET", EVENTS, EventList, params=params)
 
 
-def _follow(after: int | None, types: Sequence[str]) -> Call[bytes]:
-    return Call("GET", f"{EVENTS}/follow", bytes, params={"after": after, "type": _types(types)})
+def _follow(after: int | None, types: Sequence[str], wait: float | None) -> Call[bytes]:
+    params = {"after": after, "type": _types(types), "wait": wait}
+    return Call("GET", f"{EVENTS}/follow", bytes, params=params)
 
 
 def _notify_list(*, all: bool = False) -> Call[list[NotifySubscription]]:
@@ -99,10 +100,13 @@ class Events(SyncResource):
     list = sync_method(_list)
     idle_exempt = sync_method(_idle_exempt)
 
-    def follow(self, *, after: int | None = None, types: Sequence[str] = ()) -> Iterator[Event]:
-        """Events after ``after`` (from now when None), live, until the connection ends."""
+    def follow(
+        self, *, after: int | None = None, types: Sequence[str] = (), wait: float | None = None
+    ) -> Iterator[Event]:
+        """Events after ``after`` (from now when None), live, until the connection ends
+        (or, with ``wait``, until nothing new came for that many seconds)."""
         decoder = EventStreamDecoder()
-        for chunk in self._http.stream(_follow(after, types)):
+        for chunk in self._http.stream(_follow(after, types, wait)):
             yield from decoder.feed(chunk)
 
 
@@ -111,10 +115,10 @@ class AsyncEvents(AsyncResource):
     idle_exempt = async_method(_idle_exempt)
 
     async def follow(
-        self, *, after: int | None = None, types: Sequence[str] = ()
+        self, *, after: int | None = None, types: Sequence[str] = (), wait: float | None = None
     ) -> AsyncIterator[Event]:
         decoder = EventStreamDecoder()
-        async for chunk in self._http.stream(_follow(after, types)):
+        async for chunk in self._http.stream(_follow(after, types, wait)):
             for ev in decoder.feed(chunk):
                 yield ev
 

@@ -32,6 +32,7 @@ from mlsm.wire.events import (
 from mlsm.wire.ints import INT64_MAX
 
 MAX_EVENTS = 10_000
+MAX_WAIT_S = 86_400.0
 KEEPALIVE = {"comment": "keep-alive", "data": None}
 
 
@@ -73,12 +74,14 @@ async def follow_events(
     after: int | None = Parameter(default=None, ge=0, le=INT64_MAX),
     type_filter: str | None = Parameter(query="type", default=None, max_length=1024),
     last_event_id: str | None = Parameter(header="Last-Event-ID", default=None, max_length=32),
+    wait: float | None = Parameter(default=None, ge=0, le=MAX_WAIT_S),
 ) -> ServerSentEvent:
     """Every event you may see after ``after`` (or ``Last-Event-ID``; from now when
-    neither), live, in order."""
+    neither), live, in order; with ``wait`` the stream ends once nothing new came for
+    that many seconds (0: the events there are now)."""
     kinds = parse_event_types(type_filter) if type_filter else []
     start = _after(after, last_event_id)
-    events = services.events.follow(principal(request), after=start, kinds=kinds)
+    events = services.events.follow(principal(request), after=start, kinds=kinds, idle_s=wait)
 
     async def gen() -> AsyncIterator[dict[str, Any]]:
         yield KEEPALIVE  # the stream is open: a client knows it is following from here

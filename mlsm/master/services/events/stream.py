@@ -107,11 +107,18 @@ class EventService:
         return EventList(events=[event_of(r) for r in rows], last_id=last)
 
     async def follow(
-        self, p: Principal, *, after: int | None, kinds: Sequence[str]
+        self,
+        p: Principal,
+        *,
+        after: int | None,
+        kinds: Sequence[str],
+        idle_s: float | None = None,
     ) -> AsyncIterator[Event | None]:
         """Every visible event after ``after`` (from now when ``None``), live; ``None`` is
-        a keep-alive when nothing happened for :data:`FOLLOW_RECHECK_S`."""
+        a keep-alive when nothing happened for :data:`FOLLOW_RECHECK_S`. With ``idle_s``
+        the stream ends once nothing new came for that long (0: what is there now)."""
         last = await self.last_id() if after is None else after
+        quiet_since = time.monotonic()
         while True:
             mark = self.hub.mark()
             rows = await self.page(user=p.name, is_admin=p.is_admin, after=last, kinds=kinds)
@@ -119,9 +126,16 @@ class EventService:
                 last = r.id
                 yield event_of(r)
             if rows:
+                quiet_since = time.monotonic()
                 continue  # read again before waiting: more may have come meanwhile
+            wait = FOLLOW_RECHECK_S
+            if idle_s is not None:
+                left = idle_s - (time.monotonic() - quiet_since)
+                if left <= 0:
+                    return
+                wait = min(wait, left)
             waited = time.monotonic()
-            await self.hub.wait(mark, FOLLOW_RECHECK_S)
+            await self.hub.wait(mark, wait)
             if time.monotonic() - waited >= FOLLOW_RECHECK_S:
                 yield None
 
