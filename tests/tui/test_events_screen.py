@@ -4,7 +4,6 @@ double), with SVG snapshots at both sizes."""
 from __future__ import annotations
 
 import msgspec
-
 import pytest
 
 from tests.tui.conftest import make_app
