@@ -123,6 +123,9 @@ def job_show(ctx: click.Context, job_id: int, as_json: bool) -> None:
         ("log", f"{j.log_size} bytes" + (" (removed by retention)" if j.log_removed_at else "")),
         ("outputs", _outputs_line(j)),
     ]
+    if j.idle_warned_at is not None or j.idle_exempt:
+        idle = f"warned {when(j.idle_warned_at)}" if j.idle_warned_at else "not warned"
+        rows.append(("idle GPUs", idle + (" (exempt)" if j.idle_exempt else "")))
     if j.after:
         rows.append(("after", ", ".join(j.after)))
     if j.datasets:

@@ -14,6 +14,7 @@ Redirects are not followed (a redirect is an answer that failed).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import time
@@ -28,6 +29,7 @@ from mlsm.redact import redact_text, redact_url, url_secrets
 
 WEBHOOK_TIMEOUT_S = 10.0  # one delivery attempt, connect to answer
 WEBHOOK_CONNECT_TIMEOUT_S = 5.0
+RESOLVE_TIMEOUT_S = 5.0  # a webhook host's name must resolve within this long
 SCHEMES = frozenset({"http", "https"})
 TIMESTAMP_HEADER = "X-Mlsm-Timestamp"
 SIGNATURE_HEADER = "X-Mlsm-Signature"
@@ -67,13 +69,25 @@ def _parse(url: str) -> httpx.URL:
     return parsed
 
 
+async def _addresses(
+    host: str, port: int, cidrs: Sequence[str], resolve: Resolver | None
+) -> tuple[list[str], list[str]]:
+    """The guard's answer, with the name's resolution bounded in time (OSError past it)."""
+    try:
+        return await asyncio.wait_for(
+            checked_addresses(host, port, allowed_networks(cidrs), resolve), RESOLVE_TIMEOUT_S
+        )
+    except TimeoutError:
+        raise OSError(f"no answer from the resolver within {RESOLVE_TIMEOUT_S:g} s") from None
+
+
 async def check_url(url: str, cidrs: Sequence[str], resolve: Resolver | None = None) -> None:
     """Refuse a webhook URL the master may not post to (scheme, host, the address guard)."""
     parsed = _parse(url)
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     host = parsed.raw_host.decode("ascii")
     try:
-        usable, reasons = await checked_addresses(host, port, allowed_networks(cidrs), resolve)
+        usable, reasons = await _addresses(host, port, cidrs, resolve)
     except OSError:
         raise ValidationError(f"webhook host {host!r} does not resolve", path="url") from None
     if not usable:
@@ -101,7 +115,7 @@ async def post(
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     host = parsed.raw_host.decode("ascii")
     try:
-        usable, reasons = await checked_addresses(host, port, allowed_networks(cidrs), resolve)
+        usable, reasons = await _addresses(host, port, cidrs, resolve)
     except OSError as e:
         return None, f"cannot resolve {host}: {e}"
     if not usable:
