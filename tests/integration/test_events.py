@@ -110,11 +110,12 @@ def test_members_see_their_own_jobs_and_nodes_only(lab: Lab, alice: str, bob: st
     assert not _job_kinds(seen_by_alice, b)
     assert all(e["user"] in ("alice", "") for e in seen_by_alice)
     assert any(e["kind"] == "node.online" for e in seen_by_alice)  # nodes are everyone's
-    # The raw stream says the same: bob's job is not in alice's SSE either.
+    # The SSE stream says the same: from the first event on, bob's job is not in it.
     with lab.client(alice) as c:
-        page = c.events.list(limit=10_000)
-    assert {e.job_id for e in page.events if e.job_id} >= {a}
-    assert b not in {e.job_id for e in page.events}
+        streamed = list(c.events.follow(after=0, wait=0))
+    assert a in {e.job_id for e in streamed}
+    assert b not in {e.job_id for e in streamed}
+    assert {e.user for e in streamed} <= {"alice", ""}
 
 
 def _reader(proc: subprocess.Popen[bytes], into: list[dict[str, Any]]) -> threading.Thread:
@@ -239,6 +240,8 @@ def test_email_arrives_at_a_real_smtp_server(lab: Lab, smtp: SmtpSink, alice: st
         "notify", "add", "--email", "alice@lab.example", "--on", "job.failed", token=alice
     )
     assert res.returncode == 0, res.stderr
+    theirs = lab.submit("--", "false", token=lab.add_user("erin"))
+    lab.wait_job(theirs, "failed")
     job = lab.submit("--", "false", token=alice)
     lab.wait_job(job, "failed")
     msg = wait_until(
@@ -251,6 +254,8 @@ def test_email_arrives_at_a_real_smtp_server(lab: Lab, smtp: SmtpSink, alice: st
     assert "failed" in str(msg["Subject"])
     body = msg.get_content()
     assert "job.failed" in body and f"job:     {job}" in body
+    # erin's job failed first: alice's address never hears of it.
+    assert not any(f"job {theirs} " in str(m["Subject"]) for m in smtp.messages)
 
 
 def test_notify_list_and_remove(lab: Lab, bob: str) -> None:
