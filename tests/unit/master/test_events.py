@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from mlsm.master.services.events import webhook
 from mlsm.master.services.events.notify import RETRY_CAP_S, retry_delay
 from mlsm.master.services.events.record import record
 from mlsm.master.services.events.stream import EventService
-from mlsm.master.services.events.watch import full_disk, transition
+from mlsm.master.services.events.watch import NodeWatch, full_disk, transition
 from mlsm.master.services.livenode import LiveNode
 from mlsm.wire.agent import DiskUsage, HostSample
 from mlsm.wire.events import EVENT_KINDS, parse_event_types
@@ -191,3 +192,68 @@ async def test_a_delivery_goes_to_the_checked_address_only() -> None:
 def test_retries_back_off_exponentially_up_to_a_cap() -> None:
     assert [retry_delay(2.0, n) for n in (1, 2, 3, 4)] == [2.0, 4.0, 8.0, 16.0]
     assert retry_delay(2.0, 30) == RETRY_CAP_S
+
+
+async def test_the_node_watch_records_changes_and_a_disk_going_full_once(tmp_path: Path) -> None:
+    from mlsm.config import Settings
+    from mlsm.master.services.nodes import NodeRegistry
+    from mlsm.master.services.telemetry import History
+    from mlsm.wire import api
+
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'm.db'}")
+    await db.migrate()
+    events = EventService(db, retention_days=1)
+    settings = Settings(stale_after=5.0, node_lease=10.0)
+    nodes = NodeRegistry(db, settings, History(db, 1.0, 1.0))
+    lab = api.LabSettings(node_disk_high_pct=90.0)
+    watch = NodeWatch(db, nodes, lambda: lab)
+    try:
+        now = time.time()
+        n = LiveNode(id=7, name="n7", secret_hash="h", labels={}, registered_at=now)
+        nodes.nodes[7] = n  # joined after the master started: starts as offline
+        n.last_seen = now
+        n.host = HostSample(disks=[DiskUsage(path="/data", total=100, used=50, role="data")])
+        await watch.check()
+        n.host = HostSample(disks=[DiskUsage(path="/data", total=100, used=95, role="data")])
+        await watch.check()
+        await watch.check()  # still full: said once
+        n.last_seen = now - 6.0
+        await watch.check()
+        n.last_seen = now - 11.0
+        await watch.check()
+        rows = await events.page(user="anyone", is_admin=False, after=0)
+        assert [r.kind for r in rows] == [
+            "node.online",
+            "node.disk_full",
+            "node.stale",
+            "node.offline",
+        ]
+        assert all(r.public and r.node == "n7" for r in rows)
+        assert rows[1].data["path"] == "/data" and rows[1].data["used_pct"] == 95.0
+    finally:
+        await db.close()
+
+
+async def test_a_transfer_end_is_an_event_of_its_creator(tmp_path: Path) -> None:
+    from mlsm.master.db.models import Transfer as TransferRow
+    from mlsm.master.services.datasets.transfers import _record_end
+
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'm.db'}")
+    await db.migrate()
+    events = EventService(db, retention_days=1)
+    try:
+        async with db.transaction() as s:
+            for kind, state in (("copy", "succeeded"), ("import", "failed"), ("delete", "failed")):
+                row = TransferRow(
+                    kind=kind, dataset="coco", node="n2", src_node="n1", state=state,
+                    created_by="root", created_at=time.time(), message="m",
+                )  # fmt: skip
+                s.add(row)
+                await s.flush()
+                _record_end(s.sync_session, row)
+        rows = await events.page(user="root", is_admin=True, after=0)
+        assert [r.kind for r in rows] == ["dataset.transfer_done", "dataset.transfer_failed"]
+        assert all(r.user == "root" and not r.public for r in rows)
+        assert await events.page(user="alice", is_admin=False, after=0) == []
+    finally:
+        await db.close()
