@@ -151,6 +151,7 @@ class Agent:
         self.command_handlers: dict[type, Callable[[Any], Awaitable[None]]] = {
             w.StartJob: self.jobs.start,
             w.CancelJob: self.jobs.cancel,
+            w.JobNotice: self.jobs.notice,
         }
         # Relay pipes: manifests and frames of the trees this node serves (and later
         # features' listings), pushed to the master on request.

@@ -45,6 +45,7 @@ from agent.runtimes.base import (
     RuntimeUnavailable,
     job_dir_for,
 )
+from agent.runtimes.jobfs import append_line
 from agent.runtimes.registry import Runtimes
 from agent.state import AgentState
 from mlsm import errors
@@ -223,6 +224,15 @@ class JobSupervisor:
         r = self._jobs.get(cmd.job_id)
         if r is not None and r.spec.attempt == cmd.attempt:
             await asyncio.to_thread(r.handle.stop, cmd.reason, cmd.end_kind, cmd.grace_s)
+
+    async def notice(self, cmd: w.JobNotice) -> None:
+        """A line from the master for a running attempt's log (shipped like the job's own)."""
+        r = self._jobs.get(cmd.job_id)
+        if r is None or r.spec.attempt != cmd.attempt:
+            return
+        rec = r.handle.record
+        line = "[mlsm] " + " ".join(cmd.text.split())
+        await asyncio.to_thread(append_line, Path(rec.job_dir) / LOG_NAME, line, rec.uid)
 
     async def _report_unstarted(
         self, spec: w.JobSpec, state: Literal["lost", "failed_to_start"], reason: str

@@ -91,6 +91,18 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     trusted_proxies: list[str] = []  # addresses/CIDRs whose X-Forwarded-For/Forwarded count
     code_store_bytes: Annotated[int, Meta(ge=1 << 20)] = 20 << 30  # the master's code store
     metrics_token: str = ""  # "" = /metrics open; else it needs Authorization: Bearer <this>
+    # --- master: events and notifications
+    event_retention_days: Annotated[float, Meta(ge=0)] = 90.0  # 0 = keep every event
+    notify_retry_base: Positive = 5.0  # seconds before a failed delivery's first retry
+    notify_max_attempts: Annotated[int, Meta(ge=1, le=100)] = 8  # then it is given up
+    notify_concurrency: Annotated[int, Meta(ge=1, le=1000)] = 8  # deliveries in flight at once
+    smtp_host: str = ""  # "" = no email
+    smtp_port: Port = 587
+    smtp_starttls: bool = True
+    smtp_user: str = ""
+    smtp_password: str = ""  # better given as MLSM_SMTP_PASSWORD or in smtp_password_file
+    smtp_password_file: str = ""
+    smtp_from: str = "mlsm@localhost"
     # --- agent
     master: str = ""  # URL the agent dials
     join_token: str = ""

@@ -26,6 +26,7 @@ from tui.actions import Actions
 from tui.screens import (
     AdminScreen,
     DatasetsScreen,
+    EventsScreen,
     JobScreen,
     JobsScreen,
     NodeScreen,
@@ -42,7 +43,7 @@ POLL_S = 2.0
 MAX_BACKOFF_S = 30.0
 #: Retry delay when data arrived before the screen finished composing.
 COMPOSE_RETRY_S = 0.05
-VIEW_NAMES = ("nodes", "jobs", "datasets", "admin")
+VIEW_NAMES = ("nodes", "jobs", "datasets", "admin", "events")
 
 
 class MlsmApp(App[None]):
@@ -55,6 +56,7 @@ class MlsmApp(App[None]):
         "jobs": JobsScreen,
         "datasets": DatasetsScreen,
         "admin": AdminScreen,
+        "events": EventsScreen,
     }
     DEFAULT_MODE = "nodes"
     BINDINGS = [

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mlsm.client import AsyncClient, Verify
 from mlsm.wire import api
+from mlsm.wire.events import Event
 from mlsm.wire.follow import LogEvent
 from mlsm.wire.outputs import OutputListing
 from tui.outputs import Downloaded, OutputText, download_outputs, read_output
@@ -153,6 +154,10 @@ class DataSource(ABC):
     async def audit(self, limit: int = 500) -> list[api.AuditEntry]: ...
     @abstractmethod
     async def audit_verify(self) -> api.AuditVerify: ...
+
+    # ------------------------------------------------------------ events
+    @abstractmethod
+    async def events(self, limit: int = 200) -> list[Event]: ...
 
     # ------------------------------------------------------------ bundles for screens
     async def overview(self) -> Overview:
@@ -327,3 +332,6 @@ class MasterSource(DataSource):
 
     async def audit_verify(self) -> api.AuditVerify:
         return await self.client.audit.verify()
+
+    async def events(self, limit: int = 200) -> list[Event]:
+        return (await self.client.events.list(limit=limit)).events

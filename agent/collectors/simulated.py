@@ -21,11 +21,13 @@ lab has and a test machine lacks::
 
     {"foreign": [{"index": 0, "pid": 4242, "user": "bob", "used_mem": 2000000000,
                   "name": "python", "util": 30}],
-     "fail": [1]}
+     "fail": [1], "util": {"0": 3}}
 
 ``foreign``: processes mlsm did not start; they are listed on that GPU and their memory (and
 optional ``util`` %) count as used. ``fail``: GPU indices that report
-``error="simulated failure"`` instead of readings. A missing file means no injection; an
+``error="simulated failure"`` instead of readings. ``util``: GPU index -> the utilisation
+(%) that GPU settles at whether or not a job runs on it (a job that holds its GPU but does
+no work, for the idle-GPU policy's tests). A missing file means no injection; an
 unreadable one is logged and ignored until it changes again.
 """
 
@@ -156,6 +158,7 @@ class _Foreign(msgspec.Struct, forbid_unknown_fields=True):
 class _Control(msgspec.Struct, forbid_unknown_fields=True):
     foreign: list[_Foreign] = []
     fail: list[int] = []
+    util: dict[int, float] = {}
 
 
 _decode_control = msgspec.json.Decoder(_Control).decode
@@ -216,8 +219,10 @@ class _SimGpu:
         self.temperature = _AMBIENT_C
         self.power_w = figures.idle_power_w
 
-    def step(self, rng: random.Random, foreign_util: float) -> None:
+    def step(self, rng: random.Random, foreign_util: float, pinned: float | None = None) -> None:
         target_util = max(_BUSY_UTIL if self.busy else _IDLE_UTIL, foreign_util)
+        if pinned is not None:
+            target_util = _clamp(pinned, 0.0, _PCT_MAX)
         self.util = _clamp(
             _approach(self.util, target_util, _UTIL_RESPONSE) + rng.gauss(0, _UTIL_NOISE),
             0.0,
@@ -337,7 +342,11 @@ class SimulatedProbe:
         with self._lock:
             for gpu in self._gpus:
                 foreign = [f for f in control.foreign if f.index == gpu.index]
-                gpu.step(self._rng, max((f.util for f in foreign), default=0.0))
+                gpu.step(
+                    self._rng,
+                    max((f.util for f in foreign), default=0.0),
+                    control.util.get(gpu.index),
+                )
                 samples.append(gpu.failed() if gpu.index in fail else gpu.reading(foreign))
         return samples
 

@@ -3,7 +3,8 @@
 Guards, in the order they apply:
 
 1. Only ``http`` and ``https`` URLs, on the first request and on every redirect hop.
-2. Server-side request forgery: the host is resolved by the agent, and only addresses
+2. Server-side request forgery (:mod:`mlsm.netguard`, shared with webhooks): the host is
+   resolved by the agent, and only addresses
    that are globally routable unicast are used (loopback, link-local, RFC 1918 private,
    ``fc00::/7``, CGNAT, multicast, unspecified and reserved ranges are refused, IPv4
    mapped into IPv6 included), unless the address lies in an admin-allowed CIDR
@@ -47,19 +48,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import ipaddress
 import logging
 import os
 import re
-import socket
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 from urllib.parse import unquote
 
 import httpx
 
+from mlsm.netguard import (
+    AddrNet,
+    Resolver,
+    checked_addresses,
+    parse_networks,
+    pinned_request,
+)
+from mlsm.netguard import address_refusal as address_refusal  # the guard's rule, re-exported
 from mlsm.redact import redact_http_logs, redact_text, redact_url, url_secrets
 from mlsm.wire.agent import DatasetEntry, ImportDataset, TransferProgress
 
@@ -88,80 +95,24 @@ CONNECT_TIMEOUT = 15.0
 READ_TIMEOUT = 60.0
 USER_AGENT = "mlsm-agent"
 
-Resolver = Callable[[str, int], Awaitable[list[str]]]
-AddrIP = ipaddress.IPv4Address | ipaddress.IPv6Address
-AddrNet = ipaddress.IPv4Network | ipaddress.IPv6Network
-
 
 # ------------------------------------------------------------------ addresses
 def parse_cidrs(cidrs: Sequence[str]) -> list[AddrNet]:
-    nets: list[AddrNet] = []
-    for c in cidrs:
-        try:
-            nets.append(ipaddress.ip_network(c.strip(), strict=False))
-        except ValueError:
-            raise DatasetImportError(f"allowed CIDR {c!r} is not a valid network") from None
-    return nets
-
-
-def address_refusal(ip: AddrIP, allowed: Sequence[AddrNet] = ()) -> str | None:
-    """Why ``ip`` may not be fetched from, or ``None`` when it may."""
-    if any(ip.version == net.version and ip in net for net in allowed):
-        return None
-    check = ip
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        check = ip.ipv4_mapped
-        if any(net.version == 4 and check in net for net in allowed):
-            return None
-    for attr, what in (
-        ("is_unspecified", "unspecified"),
-        ("is_loopback", "loopback"),
-        ("is_link_local", "link-local"),
-        ("is_multicast", "multicast"),
-        ("is_private", "private"),
-        ("is_reserved", "reserved"),
-    ):
-        if getattr(check, attr):
-            return what
-    if not check.is_global:
-        return "not globally routable"
-    return None
-
-
-async def _system_resolve(host: str, port: int) -> list[str]:
-    loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
-    seen: list[str] = []
-    for _family, _type, _proto, _canon, sockaddr in infos:
-        addr = str(sockaddr[0]).split("%", 1)[0]  # drop an IPv6 zone id
-        if addr not in seen:
-            seen.append(addr)
-    return seen
+    try:
+        return parse_networks(cidrs)
+    except ValueError as e:
+        raise DatasetImportError(str(e)) from None
 
 
 async def resolve_checked(
     host: str, port: int, allowed: Sequence[AddrNet], resolve: Resolver | None = None
 ) -> list[str]:
-    """The addresses of ``host`` that may be connected to; refuses when there are none."""
+    """The addresses of ``host`` that may be connected to (:mod:`mlsm.netguard`'s rule);
+    refuses when there are none."""
     try:
-        literal: AddrIP | None = ipaddress.ip_address(host)
-    except ValueError:
-        literal = None
-    if literal is not None:
-        addrs = [str(literal)]
-    else:
-        try:
-            addrs = await (resolve or _system_resolve)(host, port)
-        except OSError as e:
-            raise DatasetImportError(f"cannot resolve host {host!r}: {e}") from None
-    usable: list[str] = []
-    reasons: list[str] = []
-    for a in addrs:
-        why = address_refusal(ipaddress.ip_address(a), allowed)
-        if why is None:
-            usable.append(a)
-        else:
-            reasons.append(f"{a} is {why}")
+        usable, reasons = await checked_addresses(host, port, allowed, resolve)
+    except OSError as e:
+        raise DatasetImportError(f"cannot resolve host {host!r}: {e}") from None
     if not usable:
         detail = "; ".join(reasons) or "no address"
         raise DatasetImportError(
@@ -189,23 +140,9 @@ def _check_scheme(url: httpx.URL) -> None:
         raise DatasetImportError(f"URL has an invalid port: {redact(url)}")
 
 
-def _host_header(url: httpx.URL) -> str:
-    host = url.raw_host.decode("ascii")
-    if ":" in host:
-        host = f"[{host}]"
-    return host if url.port is None else f"{host}:{url.port}"
-
-
 def build_request(url: httpx.URL, ip: str) -> httpx.Request:
     """A GET of ``url`` that connects to ``ip`` while naming the host (Host + SNI)."""
-    name = url.raw_host.decode("ascii")
-    headers = {
-        "Host": _host_header(url),
-        "Accept-Encoding": "identity",
-        "User-Agent": USER_AGENT,
-    }
-    extensions = {"sni_hostname": name} if url.scheme == "https" else {}
-    return httpx.Request("GET", url.copy_with(host=ip), headers=headers, extensions=extensions)
+    return pinned_request("GET", url, ip, {"Accept-Encoding": "identity", "User-Agent": USER_AGENT})
 
 
 def safe_basename(url: httpx.URL) -> str:

@@ -58,6 +58,8 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "projects": ("mlsm.cli.projects", "projects", "List projects (trees kept on nodes)."),
     "project": ("mlsm.cli.projects", "project", "Push, copy or remove a project on a node."),
     "settings": ("mlsm.cli.settings", "settings_cmd", "Show or change the lab's policies."),
+    "events": ("mlsm.cli.events", "events", "Show or follow the lab's events."),
+    "notify": ("mlsm.cli.events", "notify", "Send events to webhooks or by email."),
     "completion": (
         "mlsm.cli.completion",
         "completion",

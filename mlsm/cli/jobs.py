@@ -151,6 +151,9 @@ def job_show(ctx: click.Context, ref: JobRef, as_json: bool) -> None:
         ("log", f"{j.log_size} bytes" + (" (removed by retention)" if j.log_removed_at else "")),
         ("outputs", _outputs_line(j)),
     ]
+    if j.idle_warned_at is not None or j.idle_exempt:
+        idle = f"warned {when(j.idle_warned_at)}" if j.idle_warned_at else "not warned"
+        rows.append(("idle GPUs", idle + (" (exempt)" if j.idle_exempt else "")))
     if j.after:
         rows.append(("after", ", ".join(j.after)))
     if j.datasets:
@@ -219,6 +222,28 @@ def job_release(ctx: click.Context, ref: JobRef) -> None:
 
 
 job.add_command(job_edit)
+
+
+@job.command("set")
+@click.argument("job_id", type=click.IntRange(1))
+@click.option(
+    "--idle-exempt/--no-idle-exempt",
+    "idle_exempt",
+    default=None,
+    help="Exempt the job from the idle-GPU policy, or take that back (admins; audited).",
+)
+@json_option
+@click.pass_context
+def job_set(ctx: click.Context, job_id: int, idle_exempt: bool | None, as_json: bool) -> None:
+    """Change a job's settings (admins)."""
+    if idle_exempt is None:
+        raise click.UsageError("nothing to set: give --idle-exempt or --no-idle-exempt")
+    with client_from(ctx) as c:
+        state = c.events.idle_exempt(job_id, idle_exempt)
+    if as_json:
+        emit_json(state)
+        return
+    echo(f"job {job_id} is {'exempt from' if state.exempt else 'subject to'} the idle-GPU policy")
 
 
 @click.command()

@@ -53,6 +53,13 @@ def emit_json(data: Any) -> None:
     click.echo(_json_escape(text))
 
 
+def emit_json_line(data: Any) -> None:
+    """One compact JSON value on one line (a stream of them is JSON Lines), escaped like
+    :func:`emit_json`; flushed, so a pipe reads each line as it comes."""
+    click.echo(_json_escape(msgspec.json.encode(data).decode()))
+    sys.stdout.flush()
+
+
 def _json_escape(text: str) -> str:
     if visible(text, "\n") == text:
         return text

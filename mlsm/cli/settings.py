@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from mlsm.cli.common import client_from, human_bytes, json_option
+from mlsm.cli.common import client_from, human_bytes, json_option, parse_duration
 from mlsm.cli.output import echo, emit_json
 from mlsm.wire import api
 
@@ -45,6 +45,18 @@ def settings_show(ctx: click.Context, as_json: bool) -> None:
         )
     )
     echo(f"code snapshot       {s.code_max_files} files, {human_bytes(s.code_max_bytes)} at most")
+    echo(f"webhooks may reach  {', '.join(s.webhook_allow_cidrs) or 'public addresses only'}")
+    echo("idle-GPU policy     " + _idle_line(s))
+
+
+def _idle_line(s: api.LabSettings) -> str:
+    if not s.idle_gpu_enabled:
+        return "off"
+    exempt = f"; exempt: {', '.join(s.idle_gpu_exempt_users)}" if s.idle_gpu_exempt_users else ""
+    return (
+        f"below {s.idle_gpu_pct:g}% for {s.idle_gpu_window_s:g} s: warned, then "
+        f"{s.idle_gpu_action}ed after {s.idle_gpu_grace_s:g} s{exempt}"
+    )
 
 
 @settings_cmd.command("set")
@@ -91,6 +103,36 @@ def settings_show(ctx: click.Context, as_json: bool) -> None:
     type=click.FloatRange(0),
     help="Most MiB a shipped code snapshot or project push may hold.",
 )
+@click.option(
+    "--webhook-allow-cidr",
+    "webhook_allow_cidrs",
+    multiple=True,
+    help="Internal range webhooks may reach (repeatable; replaces the list).",
+)
+@click.option("--no-webhook-cidrs", is_flag=True, help="Webhooks may reach public addresses only.")
+@click.option(
+    "--idle-gpu/--no-idle-gpu",
+    "idle_gpu",
+    default=None,
+    help="Turn the idle-GPU policy on or off.",
+)
+@click.option(
+    "--idle-pct",
+    type=click.FloatRange(0, 100, min_open=True),
+    help="Idle: GPU utilisation below this %.",
+)
+@click.option("--idle-window", help="Idle for this long (e.g. 60m) before the warning.")
+@click.option("--idle-grace", help="Then this long (e.g. 30m) before the job is stopped.")
+@click.option(
+    "--idle-action", type=click.Choice(["cancel", "requeue"]), help="What stops an idle job."
+)
+@click.option(
+    "--idle-exempt-user",
+    "idle_exempt_users",
+    multiple=True,
+    help="A user whose jobs the idle-GPU policy leaves alone (repeatable; replaces the list).",
+)
+@click.option("--no-idle-exempt-users", is_flag=True, help="Nobody is exempt by name.")
 @json_option
 @click.pass_context
 def settings_set(
@@ -106,6 +148,15 @@ def settings_set(
     node_disk_high_pct: float | None,
     code_max_files: int | None,
     code_max_mib: float | None,
+    webhook_allow_cidrs: tuple[str, ...],
+    no_webhook_cidrs: bool,
+    idle_gpu: bool | None,
+    idle_pct: float | None,
+    idle_window: str | None,
+    idle_grace: str | None,
+    idle_action: str | None,
+    idle_exempt_users: tuple[str, ...],
+    no_idle_exempt_users: bool,
     as_json: bool,
 ) -> None:
     """Change the lab's policies (admins; audited)."""
@@ -118,6 +169,17 @@ def settings_set(
         node_disk_high_pct=node_disk_high_pct,
         code_max_files=code_max_files,
         code_max_bytes=int(code_max_mib * (1 << 20)) if code_max_mib is not None else None,
+        webhook_allow_cidrs=[] if no_webhook_cidrs else (list(webhook_allow_cidrs) or None),
+        idle_gpu_enabled=idle_gpu,
+        idle_gpu_pct=idle_pct,
+        idle_gpu_window_s=parse_duration(idle_window) if idle_window else None,
+        idle_gpu_grace_s=parse_duration(idle_grace) if idle_grace else None,
+        idle_gpu_action="requeue"
+        if idle_action == "requeue"
+        else "cancel"
+        if idle_action
+        else None,
+        idle_gpu_exempt_users=[] if no_idle_exempt_users else (list(idle_exempt_users) or None),
     )
     with client_from(ctx) as c:
         s = c.settings.update(body)

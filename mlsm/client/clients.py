@@ -7,6 +7,7 @@ from mlsm.client.admin import AsyncAudit, AsyncLabSettings, Audit, LabSettings
 from mlsm.client.auth import AsyncAuth, Auth
 from mlsm.client.code import AsyncCode, AsyncProjects, Code, Projects
 from mlsm.client.datasets import AsyncDatasets, AsyncTransfers, Datasets, Transfers
+from mlsm.client.events import AsyncEvents, AsyncNotify, Events, Notify
 from mlsm.client.http import AsyncHttp, SyncHttp
 from mlsm.client.jobs import AsyncJobs, Jobs
 from mlsm.client.nodes import AsyncJoinTokens, AsyncNodes, JoinTokens, Nodes
@@ -30,6 +31,8 @@ class Client(SyncHttp):
     audit = group(Audit)
     code = group(Code)
     projects = group(Projects)
+    events = group(Events)
+    notify = group(Notify)
 
     def __enter__(self) -> Client:
         return self
@@ -64,6 +67,8 @@ class AsyncClient(AsyncHttp):
     code = group(AsyncCode)
     projects = group(AsyncProjects)
     audit = group(AsyncAudit)
+    events = group(AsyncEvents)
+    notify = group(AsyncNotify)
 
     async def __aenter__(self) -> AsyncClient:
         return self

@@ -31,6 +31,7 @@ from mlsm.master.routes import audit as audit_routes
 from mlsm.master.routes import auth as auth_routes
 from mlsm.master.routes import code as code_routes
 from mlsm.master.routes import datasets as dataset_routes
+from mlsm.master.routes import events as event_routes
 from mlsm.master.routes import health as health_routes
 from mlsm.master.routes import jobcommands as job_command_routes
 from mlsm.master.routes import jobs as job_routes
@@ -60,6 +61,7 @@ ROUTE_MODULES: list[ModuleType] = [
     metric_routes,
     settings_routes,
     code_routes,
+    event_routes,
 ]
 
 

@@ -309,6 +309,16 @@ class CancelJob(Struct, tag="cancel_job", kw_only=True):
     grace_s: float = 10.0
 
 
+class JobNotice(Struct, tag="job_notice", kw_only=True):
+    """A line for a running job's log from the master (an idle-GPU warning, say); the
+    agent appends ``[mlsm] <text>`` to that attempt's log (since protocol 4)."""
+
+    id: Int64
+    job_id: Int64
+    attempt: NonNeg = 0
+    text: LongStr = ""
+
+
 class ImportDataset(Struct, tag="import_dataset", kw_only=True):
     id: Int64
     url: LongStr
@@ -356,6 +366,7 @@ Command = (
     | RemoveProject
     | BulkListen
     | CopyProject
+    | JobNotice
 )
 
 

@@ -352,6 +352,8 @@ class Job(Struct, kw_only=True):
     code: str = ""  # the code snapshot it runs in (digest), "" = none
     project: str = ""  # the project it runs in, "" = none
     restarted_from: int | None = None  # the job this one re-runs (mlsm restart)
+    idle_exempt: bool = False  # an admin exempted it from the idle-GPU policy
+    idle_warned_at: float | None = None  # when the idle-GPU policy warned it (still idle)
 
 
 class JobList(Struct, kw_only=True):
@@ -610,6 +612,9 @@ Pattern = Annotated[str, Meta(min_length=1, max_length=256)]
 HostPath = Annotated[str, Meta(min_length=1, max_length=4096, pattern=r"^/")]
 RetentionDays = Annotated[float, Meta(ge=0, le=100 * 365)]
 DiskPct = Annotated[float, Meta(ge=0, le=100)]
+IdlePct = Annotated[float, Meta(gt=0, le=100)]
+IdleSeconds = Annotated[float, Meta(ge=1, le=30 * 86400)]
+IdleAction = Literal["cancel", "requeue"]
 
 
 class LabSettings(Struct, kw_only=True):
@@ -627,6 +632,17 @@ class LabSettings(Struct, kw_only=True):
     node_disk_high_pct: DiskPct = 90.0
     code_max_files: Count = 20_000  # files in one code snapshot (mlsm submit, project push)
     code_max_bytes: Count = 1 << 30  # bytes of one code snapshot (1 GiB)
+    # Notifications: internal ranges webhooks may reach (the dataset imports' guard).
+    webhook_allow_cidrs: list[Cidr] = []
+    # Idle-GPU policy (off by default): a running job whose GPUs all stayed below
+    # idle_gpu_pct % for idle_gpu_window_s is warned; idle_gpu_grace_s later (still idle)
+    # it is cancelled, or requeued. Exempt users' jobs are left alone.
+    idle_gpu_enabled: bool = False
+    idle_gpu_pct: IdlePct = 5.0
+    idle_gpu_window_s: IdleSeconds = 3600.0
+    idle_gpu_grace_s: IdleSeconds = 1800.0
+    idle_gpu_action: IdleAction = "cancel"
+    idle_gpu_exempt_users: list[UserName] = []
 
 
 class LabSettingsUpdate(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -638,3 +654,10 @@ class LabSettingsUpdate(Struct, kw_only=True, forbid_unknown_fields=True, omit_d
     node_disk_high_pct: DiskPct | None = None
     code_max_files: Count | None = None
     code_max_bytes: Count | None = None
+    webhook_allow_cidrs: list[Cidr] | None = None
+    idle_gpu_enabled: bool | None = None
+    idle_gpu_pct: IdlePct | None = None
+    idle_gpu_window_s: IdleSeconds | None = None
+    idle_gpu_grace_s: IdleSeconds | None = None
+    idle_gpu_action: IdleAction | None = None
+    idle_gpu_exempt_users: list[UserName] | None = None

@@ -7,6 +7,8 @@
   password change would end the run's ability to log in.
 - ``GET /api/v1/jobs/{id}/log/follow`` streams until the job ends, and nothing runs the
   fuzzer's jobs (no agent), so the job is cancelled first and the stream answers at once.
+- ``GET /api/v1/events/follow`` stays open while nothing happens: it is asked to end once
+  idle (``wait=0``).
 
 Settings come from the environment the test sets: ``MLSM_FUZZ_URL``, ``MLSM_FUZZ_USER``,
 ``MLSM_FUZZ_PASSWORD``, ``MLSM_FUZZ_STAND_IN``.
@@ -75,6 +77,9 @@ def before_call(ctx: Any, case: Any, **kwargs: Any) -> None:
     params = case.path_parameters or {}
     if path == "/api/v1/users/{username}" and params.get("username") == USER:
         case.path_parameters = {**params, "username": STAND_IN}
+    elif path == "/api/v1/events/follow":
+        # The event stream stays open while the lab is quiet: ask it to end once idle.
+        case.query = {**(case.query or {}), "wait": 0}
     elif path.endswith("/log/follow"):
         job_id = params.get("job_id")
         if isinstance(job_id, str) and job_id.isdigit():  # ids taken from responses by links

@@ -106,6 +106,14 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/projects"): "member",
     ("POST", "/api/v1/projects/copy"): "admin",
     ("DELETE", "/api/v1/projects/{name:str}"): "member",
+    # events and notifications
+    ("GET", "/api/v1/events"): "member",
+    ("GET", "/api/v1/events/follow"): "member",
+    ("GET", "/api/v1/notify"): "member",
+    ("POST", "/api/v1/notify"): "member",
+    ("DELETE", "/api/v1/notify/{sub_id:int}"): "member",
+    ("GET", "/api/v1/notify/log"): "member",
+    ("POST", "/api/v1/jobs/{job_id:int}/idle-exempt"): "admin",
 }
 
 USER_ROLES = ("member", "admin", "superadmin")
@@ -120,8 +128,12 @@ def app_routes(data_dir: Path) -> set[tuple[str, str]]:
     return {(method, path) for method, path, _ in route_table(str(data_dir))}
 
 
+#: Streams that stay open while there is nothing to send: asked to end once idle.
+ENDLESS = {"/api/v1/events/follow": "?wait=0"}
+
+
 def concrete(template: str) -> str:
-    return _PARAM.sub(lambda m: DUMMY_BY_TYPE[m.group(2)], template)
+    return _PARAM.sub(lambda m: DUMMY_BY_TYPE[m.group(2)], template) + ENDLESS.get(template, "")
 
 
 def test_every_route_has_an_expected_role(tmp_path: Path) -> None:

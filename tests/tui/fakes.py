@@ -14,6 +14,7 @@ from pathlib import Path
 from mlsm import errors
 from mlsm.wire import api
 from mlsm.wire.agent import GpuProcess, GpuSample, HostSample, NodeInfo
+from mlsm.wire.events import Event
 from mlsm.wire.follow import LogEnded, LogEvent, from_sse
 from mlsm.wire.outputs import OutputEntry, OutputListing
 from tui.outputs import Downloaded, OutputText
@@ -311,6 +312,39 @@ class FakeSource(DataSource):
                 rate_bps=110e6,
                 created_at=NOW - 90,
                 message="downloading",
+            )
+        ]
+        self._events = [
+            Event(id=i + 1, ts=NOW - 300 + i * 20, kind=k, message=m, user=u, job_id=j, node=n)
+            for i, (k, m, u, j, n) in enumerate(
+                [
+                    ("node.online", "node gpu001 is online", "", None, "gpu001"),
+                    ("job.submitted", "job 100 (train-resnet) submitted", "alice", 100, ""),
+                    (
+                        "job.started",
+                        "job 100 (train-resnet) started on gpu001",
+                        "alice",
+                        100,
+                        "gpu001",
+                    ),
+                    ("node.stale", "node gpu003 is stale", "", None, "gpu003"),
+                    (
+                        "job.idle_warning",
+                        "job 101 (notebook) is idle: its GPUs stayed below 5% for 60 min: "
+                        "it will be cancelled in 30 min unless they get busy",
+                        "bob",
+                        101,
+                        "gpu002",
+                    ),
+                    ("job.failed", "job 102 (eval) failed: exit code 1", "alice", 102, "gpu001"),
+                    (
+                        "node.disk_full",
+                        "node gpu002: /data is 93% full (threshold 90%)",
+                        "",
+                        None,
+                        "gpu002",
+                    ),
+                ]
             )
         ]
         self._audit = [
@@ -618,3 +652,7 @@ class FakeSource(DataSource):
     async def audit_verify(self) -> api.AuditVerify:
         self._check()
         return api.AuditVerify(ok=True, rows=len(self._audit))
+
+    async def events(self, limit: int = 200) -> list[Event]:
+        self._check()
+        return self._events[-limit:]

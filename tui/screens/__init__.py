@@ -2,6 +2,7 @@
 
 from tui.screens.admin import AdminScreen
 from tui.screens.datasets import DatasetsScreen
+from tui.screens.events import EventsScreen
 from tui.screens.job import JobScreen
 from tui.screens.jobs import JobsScreen
 from tui.screens.node import NodeScreen
@@ -10,6 +11,7 @@ from tui.screens.overview import OverviewScreen
 __all__ = [
     "AdminScreen",
     "DatasetsScreen",
+    "EventsScreen",
     "JobScreen",
     "JobsScreen",
     "NodeScreen",

@@ -159,15 +159,23 @@ class JobsScreen(View):
                 and not reason.startswith("exit")
             ):
                 reason = f"exit {job.exit_code} {reason}".strip()
+            state = fmt.state_text(job.state)
+            reason_cell = fmt.plain(reason, "dim")
+            if job.idle_warned_at is not None and job.state == "running":
+                # The idle-GPU policy's mark: warned, and stopped after the grace.
+                state.append("!", style="bold yellow")
+                reason_cell = fmt.plain(
+                    f"idle GPUs: warned {fmt.ago(job.idle_warned_at, now)}", "bold yellow"
+                )
             cells: list[object] = [
                 str(job.id),
                 job.user,
                 job.name or (job.argv[0] if job.argv else ""),
-                fmt.state_text(job.state),
+                state,
                 job.node or fmt.plain(job.node_req or "-", "dim"),
                 str(job.gpus),
                 time_cell,
-                fmt.plain(reason, "dim"),
+                reason_cell,
             ]
             if self.wide:
                 cells.append(fmt.command(job.argv).replace("\n", " ⏎ "))

@@ -157,6 +157,9 @@ class Job(Base):
     outputs_removed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     outputs_removed_why: Mapped[str] = mapped_column(String(128), default="")
     log_removed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Idle-GPU policy (migration 0005): an admin's exemption, and when the job was warned.
+    idle_exempt: Mapped[bool] = mapped_column(Boolean, default=False)
+    idle_warned_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Command(Base):
@@ -303,3 +306,59 @@ class ProjectRow(Base):
     message: Mapped[str] = mapped_column(Text, default="")
     path: Mapped[str] = mapped_column(String(4096), default="")
     updated_at: Mapped[float] = mapped_column(Float)
+
+
+class EventRow(Base):
+    """The lab's event stream (see :mod:`mlsm.wire.events`): written in the transaction of
+    the change it reports, ids only grow (AUTOINCREMENT on SQLite: never reused after
+    pruning), so ``id > N`` is exactly what a follower has not seen."""
+
+    __tablename__ = "events"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    ts: Mapped[float] = mapped_column(Float, index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    user: Mapped[str] = mapped_column(String(64), default="")
+    public: Mapped[bool] = mapped_column(Boolean, default=False)  # every member may see it
+    job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    node: Mapped[str] = mapped_column(String(63), default="")
+    message: Mapped[str] = mapped_column(Text, default="")
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class NotifySubscriptionRow(Base):
+    """Where a user (or, lab-wide, an admin for the lab) wants events sent. ``secret`` is
+    the webhook's signing secret encrypted with the master's notify key (see
+    services/events/secrets.py); ``cursor`` the last event id this subscription dealt with."""
+
+    __tablename__ = "notify_subscriptions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    lab_wide: Mapped[bool] = mapped_column(Boolean, default=False)
+    channel: Mapped[str] = mapped_column(String(16))
+    target: Mapped[str] = mapped_column(String(2048))
+    kinds: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    secret: Mapped[str] = mapped_column(Text, default="")
+    note: Mapped[str] = mapped_column(String(256), default="")
+    created_at: Mapped[float] = mapped_column(Float)
+    cursor: Mapped[int] = mapped_column(BigInteger, default=0)
+    removed: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class NotifyDeliveryRow(Base):
+    """One event sent (or given up on) to one subscription: what ``mlsm notify log`` shows."""
+
+    __tablename__ = "notify_deliveries"
+    __table_args__ = (Index("ix_notify_deliveries_sub_id", "subscription_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subscription_id: Mapped[int] = mapped_column(Integer)
+    event_id: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str] = mapped_column(Text, default="")
+    ts: Mapped[float] = mapped_column(Float)

@@ -33,6 +33,13 @@ async def update_settings(
                 "import_max_bytes": data.import_max_bytes,
                 "job_retention_days": data.job_retention_days,
                 "node_disk_high_pct": data.node_disk_high_pct,
+                "webhook_allow_cidrs": data.webhook_allow_cidrs,
+                "idle_gpu_enabled": data.idle_gpu_enabled,
+                "idle_gpu_pct": data.idle_gpu_pct,
+                "idle_gpu_window_s": data.idle_gpu_window_s,
+                "idle_gpu_grace_s": data.idle_gpu_grace_s,
+                "idle_gpu_action": data.idle_gpu_action,
+                "idle_gpu_exempt_users": data.idle_gpu_exempt_users,
             }.items()
             if v is not None
         },

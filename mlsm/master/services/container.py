@@ -12,7 +12,10 @@ join tokens (:class:`JoinTokens`), nodes and commands (:class:`NodeRegistry`), m
 jobs (:class:`JobService` with the job table and the scheduling loop), usage
 (:class:`FairShare`), datasets and dataset copies (:class:`DatasetCatalog`), transfers
 (:class:`Transfers`), settings (:class:`SettingsService`), audit (:class:`AuditLog`);
-the removal marks of finished jobs' directories and logs (:class:`DiskHygiene`).
+the removal marks of finished jobs' directories and logs (:class:`DiskHygiene`); the
+event stream (:class:`EventService`: every service records its events through
+``services.events.record``), notifications (:class:`NotifyService`) and the idle-GPU
+marks of jobs (:class:`IdlePolicy`).
 """
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ from mlsm.master.services.datasets import (
     Transfers,
 )
 from mlsm.master.services.diskhygiene import DiskHygiene
+from mlsm.master.services.events.idle import IdlePolicy
+from mlsm.master.services.events.notify import NotifyService
+from mlsm.master.services.events.stream import EventService
+from mlsm.master.services.events.watch import NodeWatch
 from mlsm.master.services.joblogs import LogStore
 from mlsm.master.services.jobs import (
     Accounts,
@@ -79,6 +86,7 @@ class Services:
         self.db = db
         self.client_addresses = ClientAddresses(settings.trusted_proxies)
         self.audit = AuditLog(db, settings.data_path)
+        self.events = EventService(db, settings.event_retention_days)
         self.history = History(db, settings.heartbeat_interval, settings.history_retention_days)
         self.nodes = NodeRegistry(db, settings, self.history)
         self.join_tokens = JoinTokens(db, tls_fingerprint)
@@ -132,6 +140,18 @@ class Services:
         self.job_logs = JobLogs(db, self.table, log_store)
         self.disk = DiskHygiene(db, self.nodes, log_store, self.lab_settings, self.audit)
         self.outputs = OutputsService(db, self.nodes, self.pipes)
+        # events out: node changes as events, notifications, the idle-GPU policy
+        self.node_watch = NodeWatch(db, self.nodes, lambda: self.lab_settings.current)
+        self.notify = NotifyService(db, settings, self.events, lambda: self.lab_settings.current)
+        self.idle = IdlePolicy(
+            db,
+            self.nodes,
+            self.history,
+            self.table,
+            self.jobs,
+            self.audit,
+            lambda: self.lab_settings.current,
+        )
         # people and views
         self.users = UserService(db, on_change=self._user_changed)
         self.node_views = NodeViews(settings, self.nodes, self.table)
@@ -169,13 +189,19 @@ class Services:
         await self.projects.load()
         await self.fair_share.load(self.db)
         await self.accounts.load()
+        await self.idle.load()
         self._spawn(self.nodes.run_background())
         self._spawn(self.scheduling.run())
         self._spawn(self.disk.run())
+        self._spawn(self.node_watch.run())
+        self._spawn(self.idle.run())
+        self._spawn(self.events.run_pruner())
+        await self.notify.start()
 
     async def stop(self) -> None:
         for task in list(self._background):
             task.cancel()
+        self.notify.stop()
         try:
             await self.nodes.flush()
             await self.fair_share.flush(self.db, self.table.active.values())

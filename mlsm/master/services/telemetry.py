@@ -149,6 +149,28 @@ class History:
             if v > b.peak:
                 b.peak = v
 
+    def peak_since(
+        self, node_id: int, series: list[str], after: float
+    ) -> list[tuple[float, float]]:
+        """(time, the highest of ``series`` then) of each sample after ``after`` that has a
+        value of every one of them (the idle-GPU policy reads a job's GPUs this way)."""
+        h = self._nodes.get(node_id)
+        if h is None or not series:
+            return []
+        cols = [h.vals.get(name) for name in series]
+        if any(c is None for c in cols):
+            return []
+        out: list[tuple[float, float]] = []
+        for i in h.order():
+            ts = h.ts[i]
+            if ts <= after:
+                continue
+            vals = [c[i] for c in cols if c is not None]
+            if MISSING in vals:
+                continue
+            out.append((ts, max(vals) / SCALE))
+        return out
+
     def forget(self, node_id: int) -> None:
         self._nodes.pop(node_id, None)
 

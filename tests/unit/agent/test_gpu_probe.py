@@ -203,6 +203,19 @@ def test_control_file_injects_foreign_process_and_failure(tmp_path: Path) -> Non
     assert gpu2.error is None and gpu2.processes == []
 
 
+def test_control_file_pins_a_gpus_utilisation_even_under_a_job(tmp_path: Path) -> None:
+    """A job that holds its GPU and does no work (the idle-GPU policy's tests)."""
+    control = tmp_path / "control.json"
+    _write_control(control, {"util": {"0": 2}})
+    probe = SimulatedProbe("2xA100-80GB", control)
+    probe.set_busy(0, True)
+    probe.set_busy(1, True)
+    for _ in range(20):
+        pinned, free = probe.sample()
+    assert pinned.util < 10.0  # the job's GPU sits near 2 %
+    assert free.util > 80.0  # the other job's GPU works as before
+
+
 def test_control_file_is_reread_only_when_it_changes(tmp_path: Path) -> None:
     control = tmp_path / "control.json"
     _write_control(control, {"fail": [0]}, mtime_ns=1_000_000_000_000_000_000)

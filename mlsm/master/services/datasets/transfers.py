@@ -36,6 +36,7 @@ from typing import Any
 
 import msgspec
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from mlsm.errors import Conflict, NotFound
 from mlsm.master.db import Database
@@ -43,6 +44,7 @@ from mlsm.master.db.models import Command as CommandRow
 from mlsm.master.db.models import Transfer as TransferRow
 from mlsm.master.security import Principal
 from mlsm.master.services.datasets.catalog import DatasetCatalog
+from mlsm.master.services.events.record import record
 from mlsm.master.services.livenode import LiveNode, NodeEvents
 from mlsm.master.services.nodes import NodeRegistry
 from mlsm.redact import redact_text, redact_url, url_secrets
@@ -58,6 +60,29 @@ MESSAGE_MAX = 4096  # characters of a transfer's message a row keeps
 SINGLE = ("import", "delete", "digest")  # transfers that are one command on one node
 _decode_import = msgspec.msgpack.Decoder(w.ImportDataset).decode
 _cmd_decoder = msgspec.msgpack.Decoder(w.Command)
+#: Transfers that bring a dataset somewhere: their end is an event (deletes and digests not).
+EVENT_KINDS_OF_TRANSFERS = ("import", "copy", "move")
+
+
+def _record_end(s: Session, r: TransferRow) -> None:
+    """``dataset.transfer_done`` / ``dataset.transfer_failed`` for a transfer whose row
+    now holds its end, in the transaction that writes it (seen by its creator and admins)."""
+    if r.kind not in EVENT_KINDS_OF_TRANSFERS or r.state not in ("succeeded", "failed"):
+        return
+    done = r.state == "succeeded"
+    src = f" from {r.src_node}" if r.src_node else ""
+    record(
+        s,
+        "dataset.transfer_done" if done else "dataset.transfer_failed",
+        f"dataset {r.dataset}: {r.kind}{src} to {r.node} {'done' if done else 'failed'}: "
+        f"{r.message}",
+        user=r.created_by,
+        node=r.node,
+        transfer_id=r.id,
+        dataset=r.dataset,
+        transfer_kind=r.kind,
+        state=r.state,
+    )
 
 
 @dataclass(eq=False)
@@ -149,6 +174,7 @@ class Transfers(NodeEvents):
                     if resumed is None:
                         r.state = "failed"
                         r.message = "the master restarted and lost this transfer's source node"
+                        _record_end(s.sync_session, r)
                         continue
                     if not cmd.acked:  # still in the node's outbox: delivered as it is
                         phase_cmd = ""
@@ -156,6 +182,7 @@ class Transfers(NodeEvents):
                 else:
                     r.state = "failed"
                     r.message = "the master restarted while this transfer ran; start it again"
+                    _record_end(s.sync_session, r)
         for live, phase_cmd in resend:
             if phase_cmd:
                 await self._resend(live)
@@ -270,12 +297,15 @@ class Transfers(NodeEvents):
             row = await s.get(TransferRow, live.id)
             if row is None:
                 return
+            was = row.state
             row.state = live.state
             row.done_bytes = live.done
             row.total_bytes = live.total
             row.rate_bps = live.rate
             row.message = live.message[:MESSAGE_MAX]
             row.command_id = live.command_id
+            if was != row.state:
+                _record_end(s.sync_session, row)
 
     async def end(self, live: LiveTransfer, state: api.TransferState, message: str) -> None:
         if not live.running:

@@ -28,6 +28,7 @@ from mlsm.master.db import Database
 from mlsm.master.db.models import Job as JobRow
 from mlsm.master.jobspec import Submission, SubmitPolicy, build_submission
 from mlsm.master.security import Principal
+from mlsm.master.services.events.record import record_for
 from mlsm.master.services.jobs.launch import KILL_GRACE_S, Launcher
 from mlsm.master.services.jobs.scheduling import SchedulingLoop
 from mlsm.master.services.jobs.table import OPEN_STATES, Active, JobTable, event, pending_of
@@ -46,6 +47,7 @@ ASSIGN_GRACE_S = 60.0
 REMOVE_ACK_WAIT_S = 5.0  # how long node removal waits for the agent to take its cancels
 REMOVE_ACK_POLL_S = 0.05  # an assigned job the agent has not mentioned for this long is re-sent
 MISSED_REPORTS_LOST = 2  # full reports in a row without a running job: the agent lost it
+REQUEUE_MARK = "requeueing: "  # a running job's reason while a policy stops it to requeue it
 
 
 def held_by(name: str) -> str:
@@ -174,6 +176,10 @@ class JobService(NodeEvents):
                                     r.array_parent = first.id
                             s.add_all(rows[1:])
                     await s.flush()
+                    for submissions, _ in batch:  # ids are known now; same transaction
+                        for rows in submissions:
+                            for r in rows:
+                                record_for(r, "job.submitted", "submitted", gpus=r.gpus)
             except Exception as exc:
                 for _, fut in batch:
                     if not fut.done():
@@ -301,6 +307,22 @@ class JobService(NodeEvents):
             grace_s=grace,
         )
 
+    async def stop_for_policy(self, job_id: int, why: str, *, requeue: bool) -> bool:
+        """Stop a running job for a lab policy (the idle-GPU one): cancelled with ``why``,
+        or requeued as a new attempt whatever its retries; False when it is not running."""
+        a = self.table.active.get(job_id)
+        if a is None or a.state != "running":
+            return False
+        mark = REQUEUE_MARK if requeue else "cancelling: "
+        async with self.db.transaction() as s:
+            r = await s.get(JobRow, job_id)
+            if r is None or r.state != "running":
+                return False
+            r.reason = f"{mark}{why}"
+            r.history = [*r.history, event(r.state, f"{'requeue' if requeue else 'cancel'}: {why}")]
+        await self._send_cancel(a, why, "cancelled")
+        return True
+
     async def release(self, p: Principal, job_id: int) -> api.Job:
         async with self.db.transaction() as s:
             r = await s.get(JobRow, job_id)
@@ -424,6 +446,9 @@ class JobService(NodeEvents):
         else:
             state = "succeeded" if code == 0 else "failed"
         reason = rep.reason or (f"exit code {code}" if code is not None else state)
+        if r.reason.startswith(REQUEUE_MARK) and state == "cancelled":
+            self.table.requeue(r, r.reason.removeprefix(REQUEUE_MARK), now)
+            return
         if r.reason.startswith("cancelling: ") and state == "cancelled":
             reason = r.reason.removeprefix("cancelling: ")
         r.ended_at = rep.ended_at or now

@@ -6,7 +6,12 @@ waiting job's ``reasons``), the jobs placed on nodes (``active``), and the final
 seen lately (``final_states``, for dependencies and log followers). Every transition of a
 job changes its row and the table together, through the methods here, so the two never
 disagree: :meth:`JobTable.queue`, :meth:`~JobTable.place`, :meth:`~JobTable.run`,
-:meth:`~JobTable.finish` and :meth:`~JobTable.interrupt` (requeued while retries remain).
+:meth:`~JobTable.finish`, :meth:`~JobTable.interrupt` (requeued while retries remain) and
+:meth:`~JobTable.requeue` (a policy's requeue).
+
+Each transition also records its event (:mod:`mlsm.master.services.events.record`) in the
+transaction that changes the row: ``job.started``, ``job.<final state>``,
+``job.interrupted`` and ``job.requeued``.
 
 The lifecycle service, the scheduling loop and the log follower share one table.
 """
@@ -20,12 +25,20 @@ from typing import Any
 
 from mlsm.master import scheduler as sched
 from mlsm.master.db.models import Job as JobRow
+from mlsm.master.services.events.record import record_for
 from mlsm.master.services.joblogs import LogStore
 from mlsm.master.services.jobs.fairshare import FairShare
 from mlsm.wire.api import JobState
+from mlsm.wire.events import EventKind
 
 #: States of a job that holds, or waits for, a place on a node.
 OPEN_STATES = ("queued", "assigned", "running")
+_FINAL_EVENTS: dict[str, EventKind] = {
+    "succeeded": "job.succeeded",
+    "failed": "job.failed",
+    "cancelled": "job.cancelled",
+    "interrupted": "job.interrupted",
+}
 
 
 @dataclass(slots=True)
@@ -157,6 +170,7 @@ class JobTable:
         r.state = "running"
         r.started_at = started_at
         r.history = [*r.history, event("running", f"pid {pid}" if pid else "")]
+        record_for(r, "job.started", f"started on {r.node}", gpus=list(r.gpu_indices or ()))
         self.charge_usage(time.time())
         a.state = "running"
 
@@ -170,6 +184,14 @@ class JobTable:
         if exit_code is not None:
             r.exit_code = exit_code
         r.history = [*(r.history or []), event(state, reason)]
+        record_for(
+            r,
+            _FINAL_EVENTS[state],
+            f"{state}: {reason}" if reason else state,
+            state=state,
+            reason=reason,
+            exit_code=r.exit_code,
+        )
         self.final_states[r.id] = state
         if self.on_final is not None:
             self.on_final(r.id)
@@ -183,17 +205,25 @@ class JobTable:
         if r.attempt >= r.retries:
             self.finish(r, "interrupted", why, now)
             return
+        r.history = [*r.history, event("interrupted", why)]
+        record_for(r, "job.interrupted", f"interrupted: {why}", state="interrupted", reason=why)
+        self._requeue(r, why, f"requeued after interruption: {why}")
+
+    def requeue(self, r: JobRow, why: str, now: float) -> None:
+        """Stopped by a lab policy that requeues (the idle-GPU one): a new attempt, whatever
+        its retries."""
+        self._requeue(r, why, f"requeued: {why}")
+
+    def _requeue(self, r: JobRow, why: str, reason: str) -> None:
         self.charge_usage(time.time())
-        r.history = [
-            *r.history,
-            event("interrupted", why),
-            event("queued", f"requeued as attempt {r.attempt + 1}"),
-        ]
+        r.history = [*r.history, event("queued", f"requeued as attempt {r.attempt + 1}")]
+        record_for(r, "job.requeued", f"requeued as attempt {r.attempt + 1}: {why}", reason=why)
         r.attempt += 1
         r.state = "queued"
         r.node = None
         r.gpu_indices = []
-        r.reason = f"requeued after interruption: {why}"
+        r.reason = reason
+        r.idle_warned_at = None  # a new attempt starts with a clean slate
         self.active.pop(r.id, None)
         self.queue(r)
         self.logs.notify(r.id)

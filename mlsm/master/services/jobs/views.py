@@ -62,6 +62,8 @@ def job_view(
         code=spec.code,
         project=spec.project,
         restarted_from=spec.restarted_from,
+        idle_exempt=bool(r.idle_exempt),
+        idle_warned_at=r.idle_warned_at,
         history=[
             api.JobEvent(ts=e[0], state=e[1], message=e[2] if len(e) > 2 else "")
             for e in (r.history or [])
