@@ -153,7 +153,7 @@ class Agent:
         }
         # Relay pipes: manifests and frames of the trees this node serves (and later
         # features' listings), pushed to the master on request.
-        self.bulk = BulkCommands(self.link, self.bulk_identity)
+        self.bulk = BulkCommands(self.link, self.bulk_identity, cfg.data_dir)
         self.outputs.install(self.command_handlers, self.bulk)
         self.bulk.install(self.command_handlers)
         projects = ProjectCommands(self.ctx, self.code, self.link)

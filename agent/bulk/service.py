@@ -15,6 +15,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -37,10 +38,13 @@ Answer = Callable[[Any, threading.Event], Iterator[bytes]]
 
 
 class BulkCommands:
-    def __init__(self, link: MasterLink, identity: Identity | None = None) -> None:
-        """With ``identity`` the agent also serves the direct path (``BulkListen``)."""
+    def __init__(
+        self, link: MasterLink, identity: Identity | None = None, data_dir: Path | None = None
+    ) -> None:
+        """With ``identity`` the agent also serves the direct path (``BulkListen``); with
+        ``data_dir`` the hashes of the trees it serves are kept there (:mod:`.sources`)."""
         self.link = link
-        self.sources = SourceBook()
+        self.sources = SourceBook(data_dir)
         self._answers: dict[type, Answer] = {
             wb.BulkManifest: self._manifest,
             wb.BulkServe: self._serve,

@@ -10,7 +10,16 @@ Manifests are built here by descriptor (:func:`build_tree_manifest`: each direct
 entered with ``O_NOFOLLOW``, each file opened ``O_NOFOLLOW | O_NONBLOCK`` relative to its
 directory and hashed from that descriptor), since the agent runs as root over trees others
 may write. Symlinks, sockets, FIFOs and devices are left out of a dataset (as the copy
-always did). The last :data:`MANIFESTS_KEPT` manifests are kept in memory by digest, so
+always did).
+
+**Hashes are kept** between manifests of the same tree (:class:`~mlsm.bulk.HashCache`,
+one file per tree under ``<data dir>/bulk-hashes/``, 0600 in a 0700 directory): a file
+whose (path, size, mtime, inode, ctime) are unchanged since it was hashed is not read
+again, so a second copy of an unchanged dataset starts sending at once instead of reading
+it all first (about a second per GiB). A member can set a file's mtime back but not its
+ctime, so a changed file is always hashed again; and a hash that were wrong anyway would
+only fail that file's check at the target (every file is verified there), never pass
+wrong bytes. The last :data:`MANIFESTS_KEPT` manifests are kept in memory by digest, so
 the wants of one transfer are served without hashing the tree again; after a restart a
 want for a digest not kept rebuilds the manifest and serves it only if the digest is the
 same (``SourceChanged`` otherwise). Serving (:class:`mlsm.bulk.Source`) checks each file's
@@ -19,9 +28,11 @@ size and mtime against the manifest as it reads, so a file changed since is sent
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,10 +40,19 @@ from pathlib import Path
 
 from agent.fsutil import walk
 from mlsm import errors
-from mlsm.bulk import Entry, Manifest, sha256_fd, sort_entries, validate_manifest
+from mlsm.bulk import (
+    Entry,
+    FileKey,
+    HashCache,
+    Manifest,
+    sha256_fd,
+    sort_entries,
+    validate_manifest,
+)
 from mlsm.wire.bulk import SourceSpec
 
 MANIFESTS_KEPT = 16
+HASHES_DIR = "bulk-hashes"  # under the agent's data dir: one hash cache file per tree
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
@@ -53,7 +73,7 @@ def _stopped(stop: threading.Event | None) -> None:
         raise errors.TransferFailed("stopped")
 
 
-def _file_entry(rel: str, name: str, dir_fd: int) -> Entry | None:
+def _file_entry(rel: str, name: str, dir_fd: int, cache: HashCache | None) -> Entry | None:
     try:
         fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
     except OSError:
@@ -62,22 +82,32 @@ def _file_entry(rel: str, name: str, dir_fd: int) -> Entry | None:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return None
+        key = FileKey.of(rel, st)
+        digest = cache.get(key) if cache is not None else None
+        if digest is not None:
+            return Entry(rel, "f", st.st_size, st.st_mode & 0o777, st.st_mtime_ns, digest)
+        hashed_at = time.time_ns()
         digest, n = sha256_fd(fd)
         if n != st.st_size:  # written while hashed: its size is what the hash covers
             st = os.fstat(fd)
             digest, n = sha256_fd(fd)
+        elif cache is not None:
+            cache.put(key, digest, hashed_at_ns=hashed_at)
         return Entry(rel, "f", n, st.st_mode & 0o777, st.st_mtime_ns, digest)
     finally:
         os.close(fd)
 
 
-def build_tree_manifest(tree: Tree, stop: threading.Event | None = None) -> Manifest:
-    """The manifest of ``tree`` (files and directories; see the module docstring)."""
+def build_tree_manifest(
+    tree: Tree, stop: threading.Event | None = None, cache: HashCache | None = None
+) -> Manifest:
+    """The manifest of ``tree`` (files and directories; see the module docstring);
+    hashes come from ``cache`` where it knows the file, and go into it."""
     entries: list[Entry] = []
     if tree.only:
         fd = os.open(tree.root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            entry = _file_entry(tree.only, tree.only, fd)
+            entry = _file_entry(tree.only, tree.only, fd, cache)
         finally:
             os.close(fd)
         if entry is None:
@@ -91,7 +121,7 @@ def build_tree_manifest(tree: Tree, stop: threading.Event | None = None) -> Mani
                 st = e.stat(follow_symlinks=False)
                 entries.append(Entry(we.rel, "d", 0, st.st_mode & 0o777, st.st_mtime_ns))
             elif e.is_file(follow_symlinks=False):
-                file_entry = _file_entry(we.rel, e.name, we.dir_fd)
+                file_entry = _file_entry(we.rel, e.name, we.dir_fd, cache)
                 if file_entry is not None:
                     entries.append(file_entry)
     manifest = Manifest(sort_entries(entries))
@@ -102,7 +132,13 @@ def build_tree_manifest(tree: Tree, stop: threading.Event | None = None) -> Mani
 class SourceBook:
     """Resolvers by kind, and the manifests recently served (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, data_dir: Path | None = None) -> None:
+        """With ``data_dir`` the hashes of the trees served are kept there between
+        manifests (and agent runs); without it nothing is kept."""
+        self.hashes_dir = data_dir / HASHES_DIR if data_dir is not None else None
+        if self.hashes_dir is not None:
+            self.hashes_dir.mkdir(mode=0o700, exist_ok=True)
+            os.chmod(self.hashes_dir, 0o700)
         self._resolvers: dict[str, Resolver] = {}
         self._kept: OrderedDict[tuple[SourceSpec, str], Manifest] = OrderedDict()
         self._lock = threading.Lock()
@@ -118,8 +154,20 @@ class SourceBook:
 
     def manifest(self, spec: SourceSpec, stop: threading.Event | None = None) -> Manifest:
         """A fresh manifest of ``spec`` (kept for the wants that follow)."""
-        manifest = build_tree_manifest(self.resolve(spec), stop)
+        manifest = self._build(self.resolve(spec), stop)
         self._keep(spec, manifest.digest(), manifest)
+        return manifest
+
+    def _build(self, tree: Tree, stop: threading.Event | None) -> Manifest:
+        """:func:`build_tree_manifest` with the tree's hash cache, saved after."""
+        if self.hashes_dir is None:
+            return build_tree_manifest(tree, stop)
+        ident = f"{tree.root}\0{tree.only}".encode("utf-8", "surrogateescape")
+        path = self.hashes_dir / hashlib.sha256(ident).hexdigest()[:32]
+        cache = HashCache.load(path)
+        manifest = build_tree_manifest(tree, stop, cache)
+        if cache.misses or cache.hits != len(cache):  # something new, or something gone
+            cache.save(path)
         return manifest
 
     def serving(
@@ -132,7 +180,7 @@ class SourceBook:
             if kept is not None:
                 self._kept.move_to_end((spec, digest))
                 return tree, kept
-        manifest = build_tree_manifest(tree, stop)
+        manifest = self._build(tree, stop)
         now = manifest.digest()
         if digest and now != digest:
             raise errors.SourceChanged(

@@ -160,7 +160,7 @@ class InPlaceSink(Receiver):
             if not stat.S_ISREG(st.st_mode) or st.st_size != entry.size:
                 return False
             if hash_it:
-                key = FileKey(entry.path, st.st_size, st.st_mtime_ns, st.st_ino)
+                key = FileKey.of(entry.path, st)
                 sha = self.cache.get(key) if self.cache is not None else None
                 if sha is None:
                     sha, _ = sha256_fd(fd)
