@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import select
 import socket
 import ssl
@@ -57,7 +58,7 @@ from mlsm.bulk.tickets import Ticket, TicketGate
 from mlsm.tls import ensure_self_signed, fingerprint_of_pem
 from mlsm.wire import bulk as wb
 
-from .sources import SourceBook
+from .sources import SourceBook, open_tree
 
 log = logging.getLogger("mlsm.agent.bulk")
 
@@ -276,14 +277,18 @@ def _answer(
 ) -> None:
     """The want's frames as pipe records, through ``send``; END last."""
     tree, manifest = sources.serving(cmd.source, hello.manifest_digest)
-    with Source.from_tree(tree.root, manifest) as source:
-        for chunk in source.chunks(hello.want):
-            head = wb.pipe_header(wb.PipeKind.DATA, len(chunk))
-            if len(chunk) < SMALL_RECORD:
-                send(head + chunk)
-            else:  # a whole block: its header on its own, the block never copied
-                send(head)
-                send(chunk)
+    root = open_tree(tree)
+    try:
+        with Source.from_tree(root, manifest) as source:
+            for chunk in source.chunks(hello.want):
+                head = wb.pipe_header(wb.PipeKind.DATA, len(chunk))
+                if len(chunk) < SMALL_RECORD:
+                    send(head + chunk)
+                else:  # a whole block: its header on its own, the block never copied
+                    send(head)
+                    send(chunk)
+    finally:
+        os.close(root)
     send(wb.pipe_record(wb.PipeKind.END))
 
 

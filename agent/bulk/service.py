@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -27,7 +28,7 @@ from mlsm.wire import bulk as wb
 
 from .direct import DirectServer, Identity
 from .pipes import push_answer
-from .sources import SourceBook
+from .sources import SourceBook, open_tree
 
 log = logging.getLogger("mlsm.agent.bulk")
 
@@ -92,8 +93,12 @@ class BulkCommands:
 
     def _serve(self, cmd: wb.BulkServe, stop: threading.Event) -> Iterator[bytes]:
         tree, manifest = self.sources.serving(cmd.source, cmd.manifest_digest, stop)
-        with Source.from_tree(tree.root, manifest) as source:
-            for chunk in source.chunks(cmd.want):
-                if stop.is_set():
-                    return
-                yield chunk
+        root = open_tree(tree)
+        try:
+            with Source.from_tree(root, manifest) as source:
+                for chunk in source.chunks(cmd.want):
+                    if stop.is_set():
+                        return
+                    yield chunk
+        finally:
+            os.close(root)

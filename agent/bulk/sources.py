@@ -2,9 +2,11 @@
 
 A spec (:class:`~mlsm.wire.bulk.SourceSpec`) is resolved by the resolver registered for
 its kind (:meth:`SourceBook.register`; ``dataset NAME`` is the datasets module's: the
-dataset of that name in one of this agent's roots). An unknown kind or name is
-``NotFound``. A resolver returns a :class:`Tree`: the directory the manifest's paths are
-relative to, and what to include.
+dataset of that name in one of this agent's roots; ``path /ABS/DIR`` is
+:func:`path_resolver`'s: a directory or file below one of this node's import roots, for an
+admin's import to another node). An unknown kind or name is ``NotFound``. A resolver
+returns a :class:`Tree`: the directory the manifest's paths are relative to, and what to
+include; it is always opened with :meth:`Tree.open`, never by its path alone.
 
 Manifests are built here by descriptor (:func:`build_tree_manifest`: each directory
 entered with ``O_NOFOLLOW``, each file opened ``O_NOFOLLOW | O_NONBLOCK`` relative to its
@@ -49,6 +51,8 @@ from mlsm.bulk import (
     sort_entries,
     validate_manifest,
 )
+from mlsm.bulk.fstree import DIR_FLAGS, open_dir
+from mlsm.datasets_names import import_path_problem
 from mlsm.wire.bulk import SourceSpec
 
 MANIFESTS_KEPT = 16
@@ -59,10 +63,30 @@ _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 @dataclass(frozen=True)
 class Tree:
     """What a spec resolves to: ``root`` (a directory the entries are relative to) and,
-    for a one-file tree, ``only`` (the file's name in ``root``)."""
+    for a one-file tree, ``only`` (the file's name in ``root``). With ``anchor`` (a
+    directory ``root`` is at or below, trusted as configured), ``root`` is opened from
+    ``anchor`` one level at a time with ``O_NOFOLLOW``: a link anywhere below the anchor,
+    also one swapped in after the spec was checked, is never followed."""
 
     root: Path
     only: str = ""
+    anchor: Path | None = None
+
+    def open(self) -> int:
+        """A descriptor of ``root`` (the caller closes it); its last component is never a
+        link, nor, with ``anchor``, any component below the anchor."""
+        if self.anchor is None:
+            return open_dir(str(self.root))
+        fd = open_dir(str(self.anchor))
+        try:
+            for part in self.root.relative_to(self.anchor).parts:
+                below = os.open(part, DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = below
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
 
 Resolver = Callable[[str], Tree]
@@ -104,29 +128,48 @@ def build_tree_manifest(
     """The manifest of ``tree`` (files and directories; see the module docstring);
     hashes come from ``cache`` where it knows the file, and go into it."""
     entries: list[Entry] = []
-    if tree.only:
-        fd = os.open(tree.root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
+    fd = open_tree(tree)
+    try:
+        if tree.only:
             entry = _file_entry(tree.only, tree.only, fd, cache)
-        finally:
-            os.close(fd)
-        if entry is None:
-            raise errors.NotFound(f"{tree.only} is no longer a regular file")
-        entries.append(entry)
-    else:
-        for we in walk(tree.root, sort=True):
-            _stopped(stop)
-            e = we.entry
-            if e.is_dir(follow_symlinks=False):
-                st = e.stat(follow_symlinks=False)
-                entries.append(Entry(we.rel, "d", 0, st.st_mode & 0o777, st.st_mtime_ns))
-            elif e.is_file(follow_symlinks=False):
-                file_entry = _file_entry(we.rel, e.name, we.dir_fd, cache)
-                if file_entry is not None:
-                    entries.append(file_entry)
+            if entry is None:
+                raise errors.NotFound(f"{tree.only} is no longer a regular file")
+            entries.append(entry)
+        else:
+            _walk_entries(fd, entries, stop, cache)
+    finally:
+        os.close(fd)
     manifest = Manifest(sort_entries(entries))
     validate_manifest(manifest)
     return manifest
+
+
+def open_tree(tree: Tree) -> int:
+    """:meth:`Tree.open`, its failures in words (``NotFound``, or ``UnsafeTree`` for a
+    link or something else in the way)."""
+    try:
+        return tree.open()
+    except FileNotFoundError:
+        raise errors.NotFound(f"{tree.root} does not exist (any more)") from None
+    except OSError as exc:
+        raise errors.UnsafeTree(
+            f"{tree.root} cannot be opened as a directory without following a link ({exc.strerror})"
+        ) from None
+
+
+def _walk_entries(
+    fd: int, entries: list[Entry], stop: threading.Event | None, cache: HashCache | None
+) -> None:
+    for we in walk(fd, sort=True):
+        _stopped(stop)
+        e = we.entry
+        if e.is_dir(follow_symlinks=False):
+            st = e.stat(follow_symlinks=False)
+            entries.append(Entry(we.rel, "d", 0, st.st_mode & 0o777, st.st_mtime_ns))
+        elif e.is_file(follow_symlinks=False):
+            file_entry = _file_entry(we.rel, e.name, we.dir_fd, cache)
+            if file_entry is not None:
+                entries.append(file_entry)
 
 
 class SourceBook:
@@ -224,3 +267,54 @@ def dataset_resolver(roots: list[Path]) -> Resolver:
         raise errors.NotFound(f"this node holds no dataset {name}")
 
     return resolve
+
+
+def path_resolver(roots: list[Path]) -> Resolver:
+    """``path /ABS/PATH``: a directory (or a regular file, served as a directory holding
+    it, as a one-file dataset is) at or below one of ``roots``, this node's import roots
+    (``--import-root``; resolved once, here). The path must be absolute and plain (no
+    ``.``, ``..`` or empty component) and lexically below a root; it is then opened from
+    that root one level at a time without following any link (:meth:`Tree.open`), so a
+    link inside the root cannot lead out of it, even one swapped in after this check. No
+    roots: this node serves no paths at all."""
+    real_roots = [Path(os.path.realpath(r)) for r in roots]
+
+    def resolve(name: str) -> Tree:
+        if not real_roots:
+            raise errors.PermissionDenied(
+                "this node allows no imports from its disk (its agent has no --import-root)"
+            )
+        pure = check_import_path(name)
+        for root in real_roots:
+            if pure == root or root in pure.parents:
+                break
+        else:
+            shown = ", ".join(str(r) for r in real_roots)
+            raise errors.PermissionDenied(
+                f"{name} is not below an import root of this node ({shown})"
+            )
+        if pure == root:
+            return Tree(root, anchor=root)
+        parent = open_tree(Tree(pure.parent, anchor=root))
+        try:
+            st = os.stat(pure.name, dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            raise errors.NotFound(f"{name} does not exist on this node") from None
+        finally:
+            os.close(parent)
+        if stat.S_ISDIR(st.st_mode):
+            return Tree(pure, anchor=root)
+        if stat.S_ISREG(st.st_mode):
+            return Tree(pure.parent, only=pure.name, anchor=root)
+        raise errors.UnsafeTree(f"{name} is neither a directory nor a regular file (a link?)")
+
+    return resolve
+
+
+def check_import_path(path: str) -> Path:
+    """``path`` as an absolute, plain path (:func:`mlsm.datasets_names.import_path_problem`),
+    or ``ValidationError``."""
+    problem = import_path_problem(path)
+    if problem is not None:
+        raise errors.ValidationError(problem, path="path")
+    return Path(path.rstrip("/"))

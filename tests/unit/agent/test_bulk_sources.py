@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 import agent.bulk.sources as sources
-from agent.bulk.sources import SourceBook, Tree
+from agent.bulk.sources import SourceBook, Tree, build_tree_manifest, open_tree, path_resolver
+from mlsm import errors
 from mlsm.wire.bulk import SourceSpec
 
 SPEC = SourceSpec(kind="dataset", name="ds")
@@ -87,3 +88,55 @@ def test_without_a_data_dir_nothing_is_kept(tmp_path: Path, hashed: list[int]) -
     book.manifest(SPEC)
     book.manifest(SPEC)
     assert len(hashed) == 10
+
+
+# ---------------------------------------------------------------- path trees (node imports)
+def test_a_path_is_served_only_at_or_below_an_import_root(tmp_path: Path) -> None:
+    """The agent's own check, whatever the master let through."""
+    root = tmp_path / "in"
+    (root / "set" / "sub").mkdir(parents=True)
+    (root / "set" / "sub" / "f").write_bytes(b"f")
+    (tmp_path / "other").mkdir()
+    resolve = path_resolver([root])
+    tree = resolve(f"{root}/set/")
+    assert (tree.root, tree.only) == (root / "set", "")
+    assert build_tree_manifest(tree).file_count() == 1
+    assert resolve(str(root)).root == root
+    file_tree = resolve(f"{root}/set/sub/f")
+    assert (file_tree.root, file_tree.only) == (root / "set" / "sub", "f")
+    with pytest.raises(errors.PermissionDenied, match="not below an import root"):
+        resolve(str(tmp_path / "other"))
+    with pytest.raises(errors.PermissionDenied, match="not below an import root"):
+        resolve(f"{root}-sibling/x")  # a prefix of the text is not "below"
+    for bad in (f"{root}/set/../../other", "set", f"{root}//set", f"{root}/./set"):
+        with pytest.raises(errors.ValidationError):
+            resolve(bad)
+    with pytest.raises(errors.NotFound):
+        resolve(f"{root}/missing")
+    with pytest.raises(errors.PermissionDenied, match="no imports from its disk"):
+        path_resolver([])(f"{root}/set")
+
+
+def test_a_link_on_the_way_is_never_followed_even_when_swapped_in_after_the_check(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "in"
+    (root / "set").mkdir(parents=True)
+    (root / "set" / "f").write_bytes(b"f")
+    outside = tmp_path / "outside"
+    (outside / "set").mkdir(parents=True)
+    (outside / "set" / "secret").write_bytes(b"secret")
+    os.symlink(outside, root / "link")
+    resolve = path_resolver([root])
+    with pytest.raises(errors.UnsafeTree, match="link"):
+        build_tree_manifest(resolve(f"{root}/link/set"))
+    with pytest.raises(errors.UnsafeTree, match="link"):
+        resolve(f"{root}/link")
+    (root / "a" / "set").mkdir(parents=True)
+    tree = resolve(f"{root}/a/set")  # checked while every level is a directory ...
+    os.rename(root / "a", tmp_path / "moved")
+    os.symlink(outside, root / "a")  # ... then a link is put in the way
+    with pytest.raises(errors.UnsafeTree, match="link"):
+        build_tree_manifest(tree)
+    with pytest.raises(errors.UnsafeTree, match="link"):
+        open_tree(tree)
