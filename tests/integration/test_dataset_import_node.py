@@ -12,6 +12,8 @@ are refused, and nothing reaches the target.
 from __future__ import annotations
 
 import os
+import re
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -172,3 +174,44 @@ def test_members_cannot_import_from_a_node(lab: Lab) -> None:
     assert res.returncode != 0
     assert "admin" in res.stderr, res.stderr
     assert transfers_of(lab, "bymember") == []
+
+
+BIG = 96 << 20
+CUT_FRACTION = 0.3
+
+
+def test_an_import_from_a_node_resumes_after_the_master_is_killed(lab: Lab) -> None:
+    """The master keeps the import's source path only in the target's receive command:
+    after a restart it must find it there, and the target continues from its journal."""
+    src = lab.root / "roots" / "ina-in" / "big-set"
+    make_tree(src, {"big.bin": os.urandom(BIG), "small.txt": b"small\n"})
+    body = api.DatasetImport(node="inb", name="bigset", from_node="ina", path=str(src))
+    t = lab.admin.call("POST", "/api/v1/datasets/import", json=body, type=api.Transfer)
+    part = lab.root / "roots" / "inb" / f".mlsm-bulk-bigset-{t.id}" / "tree" / "big.bin"
+
+    def far_enough() -> bool:
+        try:
+            return part.stat().st_size >= BIG * CUT_FRACTION
+        except FileNotFoundError:
+            return False
+
+    wait_until(far_enough, TRANSFER_DEADLINE_S, "a third of big.bin received", poll_s=0.005)
+    source = lab.agents["ina"].proc.pid
+    os.kill(source, signal.SIGSTOP)  # held mid-way while the master is away
+    try:
+        lab.stop_master(signal.SIGKILL)
+        lab.start_master()
+    finally:
+        os.kill(source, signal.SIGCONT)
+
+    def ended() -> api.Transfer | None:
+        x = lab.admin.call("GET", f"/api/v1/transfers/{t.id}", type=api.Transfer)
+        return x if x.state not in ("pending", "running") else None
+
+    end = wait_until(ended, TRANSFER_DEADLINE_S, "the import to end")
+    assert end.state == "succeeded", end.message
+    assert f"ina:{src} -> inb: imported and verified" in end.message, end.message
+    m = re.search(r"\((\d+) sent.*, (\d+) re-sent\)", end.message)
+    assert m is not None, end.message
+    assert int(m.group(2)) <= 0.1 * BIG, end.message  # resumed, not started over
+    assert tree(lab.root / "roots" / "inb" / "bigset") == tree(src)
