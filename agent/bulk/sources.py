@@ -97,7 +97,11 @@ def _stopped(stop: threading.Event | None) -> None:
         raise errors.TransferFailed("stopped")
 
 
-def _file_entry(rel: str, name: str, dir_fd: int, cache: HashCache | None) -> Entry | None:
+def _file_entry(
+    rel: str, name: str, dir_fd: int, cache: HashCache | None, *, lookup: bool = True
+) -> Entry | None:
+    """The entry of a regular file, hashed from a descriptor unless ``cache`` knows it
+    (``lookup=False``: the caller asked the cache already)."""
     try:
         fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
     except OSError:
@@ -107,7 +111,7 @@ def _file_entry(rel: str, name: str, dir_fd: int, cache: HashCache | None) -> En
         if not stat.S_ISREG(st.st_mode):
             return None
         key = FileKey.of(rel, st)
-        digest = cache.get(key) if cache is not None else None
+        digest = cache.get(key) if cache is not None and lookup else None
         if digest is not None:
             return Entry(rel, "f", st.st_size, st.st_mode & 0o777, st.st_mtime_ns, digest)
         hashed_at = time.time_ns()
@@ -167,9 +171,21 @@ def _walk_entries(
             st = e.stat(follow_symlinks=False)
             entries.append(Entry(we.rel, "d", 0, st.st_mode & 0o777, st.st_mtime_ns))
         elif e.is_file(follow_symlinks=False):
-            file_entry = _file_entry(we.rel, e.name, we.dir_fd, cache)
+            known = _cached_entry(we.rel, e.stat(follow_symlinks=False), cache)
+            file_entry = known or _file_entry(we.rel, e.name, we.dir_fd, cache, lookup=False)
             if file_entry is not None:
                 entries.append(file_entry)
+
+
+def _cached_entry(rel: str, st: os.stat_result, cache: HashCache | None) -> Entry | None:
+    """The entry of a file the cache knows by its ``lstat`` (no open: serving opens it
+    without following links and sends GONE if it is not what the entry says)."""
+    if cache is None:
+        return None
+    digest = cache.get(FileKey.of(rel, st))
+    if digest is None:
+        return None
+    return Entry(rel, "f", st.st_size, st.st_mode & 0o777, st.st_mtime_ns, digest)
 
 
 class SourceBook:
