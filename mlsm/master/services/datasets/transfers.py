@@ -254,6 +254,8 @@ class Transfers(NodeEvents):
     def bringing(self, name: str, node_id: int) -> int | None:
         """A transfer that brings ``name`` to the node (an import, copy or move)."""
         for t in self._live.values():
+            if not t.running:  # ended: its row is being written, it brings nothing more
+                continue
             if t.dataset == name and t.node_id == node_id and t.kind in ("import", "copy", "move"):
                 return t.id
         return None
@@ -261,7 +263,7 @@ class Transfers(NodeEvents):
     def touching(self, name: str, node_id: int) -> int | None:
         """A transfer that reads or writes the node's copy of ``name``."""
         for t in self._live.values():
-            if t.dataset == name and node_id in (t.node_id, t.src_id):
+            if t.running and t.dataset == name and node_id in (t.node_id, t.src_id):
                 return t.id
         return None
 
