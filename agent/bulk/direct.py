@@ -182,6 +182,7 @@ class _Listener:
         self.gate = gate
         self.sock = sock
         self.conns: set[socket.socket] = set()  # connections being served
+        self.last_end = time.monotonic()  # when the last connection ended
         self.closed = False
 
     async def run(self) -> None:
@@ -191,8 +192,8 @@ class _Listener:
         try:
             while not self.closed:
                 now = time.monotonic()
-                if self.conns:
-                    idle_since = now  # idle counts from the end of the last connection
+                # idle counts from the end of the last connection
+                idle_since = now if self.conns else max(idle_since, self.last_end)
                 left = min(self.cmd.expires_at - time.time(), LISTEN_IDLE_S - (now - idle_since))
                 if left <= 0:
                     break
@@ -204,6 +205,7 @@ class _Listener:
                     continue
                 conn.setblocking(True)
                 self.conns.add(conn)
+                idle_since = time.monotonic()
                 threading.Thread(
                     target=self._serve,
                     args=(conn, peer),
@@ -219,6 +221,7 @@ class _Listener:
         try:
             _serve_connection(self.server.sources, self.cmd, self.ctx, self.gate, conn, peer)
         finally:
+            self.last_end = time.monotonic()
             self.conns.discard(conn)
 
     def close(self) -> None:
