@@ -257,6 +257,8 @@ class Agent:
         if self.catalog is not None:
             tasks.append(asyncio.create_task(self._scan_loop(self.catalog), name="datasets"))
         await self.stopping.wait()
+        if self.bulk.direct is not None:  # stop serving direct connections
+            self.bulk.direct.close()
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

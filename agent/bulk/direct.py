@@ -207,6 +207,9 @@ class _Listener:
                     )
                 except TimeoutError:
                     continue
+                except OSError as exc:  # out of descriptors, say: this listener ends
+                    log.warning("transfer %s: the listener failed: %s", self.cmd.transfer_id, exc)
+                    break
                 conn.setblocking(True)
                 self.conns.add(conn)
                 idle_since = time.monotonic()
@@ -216,10 +219,9 @@ class _Listener:
                     name=f"mlsm-direct-{self.cmd.transfer_id}",
                     daemon=True,
                 ).start()
-        except OSError:
-            pass  # the socket was closed under the accept
         finally:
-            self.close()
+            self.closed = True
+            self.sock.close()  # here, on the loop, once no accept is waiting on it
 
     def _serve(self, conn: socket.socket, peer: object) -> None:
         try:
@@ -229,9 +231,9 @@ class _Listener:
             self.conns.discard(conn)
 
     def close(self) -> None:
-        """Stop accepting, and cut the connections still served (their threads end)."""
+        """Stop accepting (within :data:`STOP_POLL_S`), and cut the connections still
+        served (their threads end)."""
         self.closed = True
-        self.sock.close()
         for conn in list(self.conns):
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
