@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.bulk.direct import Identity, local_addresses
 from agent.bulk.service import BulkCommands
+from agent.bulk.sources import path_resolver
 from agent.codecache import CodeCache
 from agent.collectors import AsyncGpuSampler, HostCollector, make_probe
 from agent.link import MasterLink, is_auth_failure
@@ -75,6 +76,7 @@ class AgentConfig:
     join_token: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     dataset_roots: list[Path] = field(default_factory=list)
+    import_roots: list[Path] = field(default_factory=list)  # see agent.bulk.sources.path_resolver
     simulate_gpus: str = ""
     verify: Any = True
     heartbeat_interval: float = 2.0
@@ -98,7 +100,7 @@ class Agent:
         # The direct path's certificate (agent.bulk.direct): peers pin it through the master.
         self.bulk_identity = Identity.load(cfg.data_dir, self.name) if cfg.bulk_direct else None
         self.state = AgentState(cfg.data_dir / "state.json").load()
-        self.host = HostCollector(cfg.data_dir, cfg.dataset_roots)
+        self.host = HostCollector(cfg.data_dir, cfg.dataset_roots, cfg.import_roots)
         probe, self.gpu_error = make_probe(
             cfg.simulate_gpus, cfg.data_dir / "simulated-gpus.json", identity=self.name
         )
@@ -155,7 +157,7 @@ class Agent:
         }
         # Relay pipes: manifests and frames of the trees this node serves (and later
         # features' listings), pushed to the master on request.
-        self.bulk = BulkCommands(self.link, self.bulk_identity)
+        self.bulk = BulkCommands(self.link, self.bulk_identity, cfg.data_dir)
         self.outputs.install(self.command_handlers, self.bulk)
         self.bulk.install(self.command_handlers)
         projects = ProjectCommands(self.ctx, self.code, self.link)
@@ -163,6 +165,8 @@ class Agent:
         self.command_handlers[wc.RemoveProject] = projects.remove
         self.command_handlers[wc.CopyProject] = projects.copy
         self.bulk.sources.register("project", project_resolver(self.code.agent_data))
+        # An admin's import of a directory under this node's import roots to another node.
+        self.bulk.sources.register("path", path_resolver(cfg.import_roots))
         # Progress of running transfers (command id -> latest), sent with each heartbeat.
         self.transfers: dict[int, w.TransferProgress] = {}
         self.beat_now = asyncio.Event()  # a transfer ended: heartbeat now, not at the interval
@@ -255,6 +259,8 @@ class Agent:
         if self.catalog is not None:
             tasks.append(asyncio.create_task(self._scan_loop(self.catalog), name="datasets"))
         await self.stopping.wait()
+        if self.bulk.direct is not None:  # stop serving direct connections
+            self.bulk.direct.close()
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -109,6 +109,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     node_name: str = ""  # "" = hostname
     agent_data_dir: str = ""  # "" = <data_dir>/agent
     dataset_roots: list[str] = []
+    import_roots: list[str] = []  # trees an admin may import from as datasets of other nodes
     labels: dict[str, str] = {}
     simulate_gpus: str = ""  # e.g. "2xA100-80GB"
     default_unix_user: str = ""  # account for jobs of users with no account here (agent as root)
@@ -147,7 +148,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 _FIELDS = set(Settings.__struct_fields__)
 # List settings from the environment and their separators (addresses hold ':', paths ',').
-_LIST_KEYS = {"dataset_roots": os.pathsep, "trusted_proxies": ","}
+_LIST_KEYS = {"dataset_roots": os.pathsep, "import_roots": os.pathsep, "trusted_proxies": ","}
 _DICT_KEYS = {"labels"}
 
 

@@ -139,3 +139,40 @@ def dataset_name_problem(name: object) -> str | None:
     except DatasetNameError as exc:
         return exc.message
     return None
+
+
+MAX_IMPORT_PATH_CHARS = 4096
+
+
+def import_path_problem(path: str) -> str | None:
+    """Why ``path`` cannot name a tree to import from a node (None: it can): it must be
+    absolute and plain, with no ``.``, ``..`` or empty component and no control
+    character (it is shown in transfers and audit rows), so "below an import root" can
+    be decided from its text before anything is opened. Shared by the master (at its
+    edge) and the agent (``agent.bulk.sources.path_resolver``, which also opens it
+    without following links)."""
+    if len(path) > MAX_IMPORT_PATH_CHARS:
+        return f"the path is longer than {MAX_IMPORT_PATH_CHARS} characters"
+    if not path.startswith("/"):
+        return f"{path!r} is not an absolute path"
+    if any(unicodedata.category(ch) in ("Cc", "Cf") for ch in path):
+        return f"{path!r} holds a control or format character"
+    parts = path.rstrip("/").split("/")[1:]
+    if not parts:
+        return "the path is the file system's root"
+    if any(p in ("", ".", "..") for p in parts):
+        return f"{path!r} is not a plain path (no '.', '..' or empty parts)"
+    return None
+
+
+def is_below(path: str, roots: list[str]) -> str | None:
+    """The root of ``roots`` that ``path`` (plain, see :func:`import_path_problem`) is at
+    or below, by its text; None when it is below none."""
+    from pathlib import PurePosixPath
+
+    pure = PurePosixPath(path)
+    for root in roots:
+        r = PurePosixPath(root)
+        if pure == r or r in pure.parents:
+            return root
+    return None

@@ -16,9 +16,26 @@ source spec, target node, expiry, single use) and the connection is answered wit
 records (:mod:`mlsm.wire.bulk`): the want's frames and END, or one ERROR record saying why
 nothing is served (a wrong, replayed or expired ticket; garbage), then closed.
 
-**Connecting** (the target, :func:`fetch_direct`): each want gets a fresh offer (and so a
-fresh ticket) from the master, a connection tried on each address with a short connect
-timeout (:data:`CONNECT_TIMEOUT_S`), the hello, and the answer's records.
+**Connecting** (the target, :func:`connect` and :func:`receive`): each want gets a fresh
+offer (and so a fresh ticket) from the master, a connection tried on each address with a
+short connect timeout (:data:`CONNECT_TIMEOUT_S`), the hello, and the answer's records.
+
+**Threads, not the event loop.** The bytes of a connection move in a thread of their own
+on each side, with a blocking TLS socket: the source reads its files and writes TLS
+records, the target reads TLS records into one reused buffer of :data:`RECV_BYTES` and
+hands them straight to its sink (which writes them, with sha256 in the sink's helper
+thread). Encryption, decryption and copies stay off the agent's event loop, so
+heartbeats and commands are not held up by a transfer, and a transfer does not wait for
+the loop (through asyncio's TLS streams a direct copy on loopback was slower than the
+relay).
+Memory is one buffer per connection on each side. The listener's accept loop and its
+lifetime stay on the event loop; a thread that serves a connection ends when it is done,
+when a send blocks for :data:`STALL_S`, or when the listener is closed (its connections'
+sockets are shut down).
+
+About 400 lines, as one piece: both ends of one small wire protocol (the pinned contexts,
+the hello and its ticket, the records, the timeouts), so a change to one side is made
+beside the other.
 """
 
 from __future__ import annotations
@@ -26,11 +43,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import select
 import socket
 import ssl
 import struct
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +62,7 @@ from mlsm.bulk.tickets import Ticket, TicketGate
 from mlsm.tls import ensure_self_signed, fingerprint_of_pem
 from mlsm.wire import bulk as wb
 
-from .sources import SourceBook
+from .sources import SourceBook, open_tree
 
 log = logging.getLogger("mlsm.agent.bulk")
 
@@ -52,10 +72,10 @@ HELLO_TIMEOUT_S = 10.0  # a connection must say who it is within this long
 HANDSHAKE_TIMEOUT_S = 10.0
 STALL_S = 60.0  # a direct answer that sends nothing this long is given up (then resumed)
 LISTEN_IDLE_S = 120.0  # a listener nobody connects to closes after this long
-READ_CHUNK = 1 << 20
-#: Bytes buffered per direct connection, each way (asyncio's defaults, 64 KiB, pause the
-#: transfer every few TLS records).
-STREAM_BUFFER = 4 << 20
+RECV_BYTES = 1 << 20  # the target's receive buffer (reused): what it hands its sink at once
+STOP_POLL_S = 0.5  # how often a blocked receive checks whether it was asked to stop
+SMALL_RECORD = 64 << 10  # a pipe record's header is sent with its data below this size
+LISTEN_BACKLOG = 16
 _LEN = struct.Struct("<I")
 _encode = msgspec.msgpack.Encoder().encode
 
@@ -119,7 +139,7 @@ class DirectServer:
     def __init__(self, identity: Identity, sources: SourceBook) -> None:
         self.identity = identity
         self.sources = sources
-        self.servers: set[asyncio.Server] = set()
+        self.listeners: dict[int, _Listener] = {}  # port -> listener
         self.tasks: set[asyncio.Task[None]] = set()
 
     async def listen(self, cmd: wb.BulkListen) -> int:
@@ -130,117 +150,172 @@ class DirectServer:
             raise errors.ValidationError("the target's certificate is unreadable") from None
         ctx.load_cert_chain(self.identity.cert_path, self.identity.key_path)
         gate = TicketGate(bytes.fromhex(cmd.key), cmd.transfer_id, str(cmd.source), cmd.target_node)
-        activity = asyncio.Event()
-
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            activity.set()
-            try:
-                await self._serve(cmd, gate, reader, writer)
-            finally:
-                activity.set()  # idle counts from the end of the last connection
-
-        server = await asyncio.start_server(
-            handle,
-            host="0.0.0.0",
-            port=0,
-            ssl=ctx,
-            ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S,
-            limit=STREAM_BUFFER,
-        )
-        self.servers.add(server)
-        port = int(server.sockets[0].getsockname()[1])
+        sock = socket.create_server(("0.0.0.0", 0), backlog=LISTEN_BACKLOG)
+        sock.setblocking(False)
+        port = int(sock.getsockname()[1])
+        listener = _Listener(self, cmd, ctx, gate, sock)
+        self.listeners[port] = listener
         log.info("transfer %s: listening on port %d for %s", cmd.transfer_id, port, cmd.source)
-        task = asyncio.create_task(self._close_when_done(server, cmd.expires_at, activity))
+        task = asyncio.create_task(listener.run())
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(lambda _t: self.listeners.pop(port, None))
         return port
 
-    async def _close_when_done(
-        self, server: asyncio.Server, expires_at: float, activity: asyncio.Event
-    ) -> None:
-        """Close ``server`` at ``expires_at``, or once nobody connected for LISTEN_IDLE_S."""
-        try:
-            while (left := min(expires_at - time.time(), LISTEN_IDLE_S)) > 0:
-                activity.clear()
-                try:
-                    await asyncio.wait_for(activity.wait(), left)
-                except TimeoutError:
-                    break
-        finally:
-            server.close()
-            self.servers.discard(server)
+    def close(self) -> None:
+        for listener in list(self.listeners.values()):
+            listener.close()
+        self.listeners.clear()
 
-    async def _serve(
+
+class _Listener:
+    """One transfer's listening socket: accepts on the event loop, serves each connection
+    in a thread (:func:`_serve_connection`), closes at the expiry or when idle."""
+
+    def __init__(
         self,
+        server: DirectServer,
         cmd: wb.BulkListen,
+        ctx: ssl.SSLContext,
         gate: TicketGate,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        sock: socket.socket,
     ) -> None:
-        peer = writer.get_extra_info("peername")
-        writer.transport.set_write_buffer_limits(high=STREAM_BUFFER)
-        try:
-            try:
-                hello = await asyncio.wait_for(_read_hello(reader), HELLO_TIMEOUT_S)
-                gate.admit(ticket_of(hello.ticket))
-            except TimeoutError:
-                raise errors.PermissionDenied("no ticket was presented in time") from None
-            await self._answer(cmd, hello, writer)
-        except errors.MlsmError as exc:
-            log.warning(
-                "transfer %s: direct connection from %s refused: %s",
-                cmd.transfer_id,
-                peer,
-                exc.message,
-            )
-            with contextlib.suppress(OSError, ConnectionError):
-                writer.write(wb.encode_error(exc))
-                await writer.drain()
-        except (OSError, ConnectionError, asyncio.IncompleteReadError) as exc:
-            log.info(
-                "transfer %s: direct connection from %s ended (%s)", cmd.transfer_id, peer, exc
-            )
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+        self.server = server
+        self.cmd = cmd
+        self.ctx = ctx
+        self.gate = gate
+        self.sock = sock
+        self.conns: set[socket.socket] = set()  # connections being served
+        self.last_end = time.monotonic()  # when the last connection ended
+        self.closed = False
 
-    async def _answer(
-        self, cmd: wb.BulkListen, hello: wb.DirectHello, writer: asyncio.StreamWriter
-    ) -> None:
-        """The want's frames as pipe records; reading and hashing run in a thread."""
-        tree, manifest = await asyncio.to_thread(
-            self.sources.serving, cmd.source, hello.manifest_digest
-        )
-        source = Source.from_tree(tree.root, manifest)
+    async def run(self) -> None:
+        """Accept until ``expires_at``, or until nobody was connected for LISTEN_IDLE_S."""
+        loop = asyncio.get_running_loop()
+        idle_since = time.monotonic()
         try:
-            chunks = source.chunks(hello.want)
-            end = object()
-            while True:
-                chunk = await asyncio.to_thread(next, chunks, end)
-                if chunk is end:
+            while not self.closed:
+                now = time.monotonic()
+                # idle counts from the end of the last connection
+                idle_since = now if self.conns else max(idle_since, self.last_end)
+                left = min(self.cmd.expires_at - time.time(), LISTEN_IDLE_S - (now - idle_since))
+                if left <= 0:
                     break
-                assert isinstance(chunk, bytes | bytearray | memoryview)
-                writer.write(wb.pipe_header(wb.PipeKind.DATA, len(chunk)))
-                writer.write(chunk)
-                await writer.drain()
-            writer.write(wb.pipe_record(wb.PipeKind.END))
-            await writer.drain()
+                try:
+                    conn, peer = await asyncio.wait_for(
+                        loop.sock_accept(self.sock), min(left, STOP_POLL_S)
+                    )
+                except TimeoutError:
+                    continue
+                except OSError as exc:  # out of descriptors, say: this listener ends
+                    log.warning("transfer %s: the listener failed: %s", self.cmd.transfer_id, exc)
+                    break
+                conn.setblocking(True)
+                self.conns.add(conn)
+                idle_since = time.monotonic()
+                threading.Thread(
+                    target=self._serve,
+                    args=(conn, peer),
+                    name=f"mlsm-direct-{self.cmd.transfer_id}",
+                    daemon=True,
+                ).start()
         finally:
-            source.close()
+            self.closed = True
+            self.sock.close()  # here, on the loop, once no accept is waiting on it
+
+    def _serve(self, conn: socket.socket, peer: object) -> None:
+        try:
+            _serve_connection(self.server.sources, self.cmd, self.ctx, self.gate, conn, peer)
+        finally:
+            self.last_end = time.monotonic()
+            self.conns.discard(conn)
 
     def close(self) -> None:
-        for server in list(self.servers):
-            server.close()
-        self.servers.clear()
+        """Stop accepting (within :data:`STOP_POLL_S`), and cut the connections still
+        served (their threads end)."""
+        self.closed = True
+        for conn in list(self.conns):
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
 
 
-async def _read_hello(reader: asyncio.StreamReader) -> wb.DirectHello:
-    head = await reader.readexactly(_LEN.size)
-    (length,) = _LEN.unpack(head)
+def _serve_connection(
+    sources: SourceBook,
+    cmd: wb.BulkListen,
+    ctx: ssl.SSLContext,
+    gate: TicketGate,
+    conn: socket.socket,
+    peer: object,
+) -> None:
+    """One connection, in its own thread: the handshake (the target's certificate is
+    pinned by ``ctx``), the hello and its ticket, then the want's frames as pipe records
+    and END, or one ERROR record saying why nothing is served."""
+    tid = cmd.transfer_id
+    try:
+        conn.settimeout(HANDSHAKE_TIMEOUT_S)
+        tls = ctx.wrap_socket(conn, server_side=True)
+    except (OSError, ssl.SSLError) as exc:
+        log.warning("transfer %s: direct connection from %s refused: %s", tid, peer, exc)
+        conn.close()
+        return
+    try:
+        try:
+            tls.settimeout(HELLO_TIMEOUT_S)
+            try:
+                hello = _read_hello(tls)
+            except TimeoutError:
+                raise errors.PermissionDenied("no ticket was presented in time") from None
+            gate.admit(ticket_of(hello.ticket))
+            tls.settimeout(STALL_S)  # a target that stops reading this long is given up
+            _answer(sources, cmd, hello, tls.sendall)
+        except errors.MlsmError as exc:
+            log.warning(
+                "transfer %s: direct connection from %s refused: %s", tid, peer, exc.message
+            )
+            with contextlib.suppress(OSError):
+                tls.sendall(wb.encode_error(exc))
+    except (OSError, ConnectionError) as exc:
+        log.info("transfer %s: direct connection from %s ended (%s)", tid, peer, exc)
+    finally:
+        with contextlib.suppress(OSError):
+            tls.close()
+
+
+def _answer(
+    sources: SourceBook, cmd: wb.BulkListen, hello: wb.DirectHello, send: Callable[[bytes], None]
+) -> None:
+    """The want's frames as pipe records, through ``send``; END last."""
+    tree, manifest = sources.serving(cmd.source, hello.manifest_digest)
+    root = open_tree(tree)
+    try:
+        with Source.from_tree(root, manifest) as source:
+            for chunk in source.chunks(hello.want):
+                head = wb.pipe_header(wb.PipeKind.DATA, len(chunk))
+                if len(chunk) < SMALL_RECORD:
+                    send(head + chunk)
+                else:  # a whole block: its header on its own, the block never copied
+                    send(head)
+                    send(chunk)
+    finally:
+        os.close(root)
+    send(wb.pipe_record(wb.PipeKind.END))
+
+
+def _recv_exactly(tls: ssl.SSLSocket, n: int) -> bytes:
+    out = bytearray()
+    while len(out) < n:
+        piece = tls.recv(n - len(out))
+        if not piece:
+            raise ConnectionError("the connection closed mid-hello")
+        out += piece
+    return bytes(out)
+
+
+def _read_hello(tls: ssl.SSLSocket) -> wb.DirectHello:
+    (length,) = _LEN.unpack(_recv_exactly(tls, _LEN.size))
     if length > wb.MAX_HELLO:
         raise errors.PermissionDenied("not a direct-transfer hello (too long)")
-    body = await reader.readexactly(length)
+    body = _recv_exactly(tls, length)
     try:
         return wb.decode_hello(body)
     except (msgspec.DecodeError, msgspec.ValidationError):
@@ -252,48 +327,96 @@ class SourceUnreachable(errors.Unreachable):
     """No connection to the source's listener (the target falls back to the relay)."""
 
 
-async def connect(
-    offer: wb.DirectOffer, identity: Identity
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+def connect(offer: wb.DirectOffer, identity: Identity) -> ssl.SSLSocket:
     """A pinned TLS connection to the source on the first address that answers within
-    :data:`CONNECT_TIMEOUT_S`; :class:`~mlsm.errors.Unreachable` naming why otherwise."""
+    :data:`CONNECT_TIMEOUT_S` (blocking: run it in a thread);
+    :class:`SourceUnreachable` naming why otherwise."""
     ctx = _pinned(offer.cert, ssl.Purpose.SERVER_AUTH)
     ctx.load_cert_chain(identity.cert_path, identity.key_path)
     why = "it offers no address"
     for address in offer.addresses:
         try:
-            return await asyncio.wait_for(
-                asyncio.open_connection(
-                    address, offer.port, ssl=ctx, server_hostname=None, limit=STREAM_BUFFER
-                ),
-                CONNECT_TIMEOUT_S,
-            )
+            raw = socket.create_connection((address, offer.port), timeout=CONNECT_TIMEOUT_S)
         except TimeoutError:
             why = f"{address}:{offer.port}: no answer in {CONNECT_TIMEOUT_S:g} s"
+            continue
+        except OSError as exc:
+            why = f"{address}:{offer.port}: {exc.strerror or exc}"
+            continue
+        try:
+            raw.settimeout(HANDSHAKE_TIMEOUT_S)
+            return ctx.wrap_socket(raw, server_hostname=None)
         except ssl.SSLError as exc:
             why = f"{address}:{offer.port}: TLS refused ({exc.reason or exc})"
         except OSError as exc:
             why = f"{address}:{offer.port}: {exc.strerror or exc}"
+        raw.close()
     raise SourceUnreachable(f"source not reachable ({why})")
 
 
-async def request(
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
+def receive(
+    tls: ssl.SSLSocket,
     hello: wb.DirectHello,
-) -> AsyncIterator[bytes]:
-    """Send ``hello`` on a connection from :func:`connect`; the answer's raw bytes."""
+    feed: Callable[[memoryview], bool],
+    stop: threading.Event,
+) -> None:
+    """Send ``hello`` on a connection from :func:`connect` and hand the answer's data to
+    ``feed`` (a sink's: it must be done with the view when it returns) in pieces of up to
+    :data:`RECV_BYTES`, until the answer's END (blocking: run it in a thread). The
+    source's ERROR record raises its error; a connection that breaks, stalls for
+    :data:`STALL_S` or ends early raises :class:`~mlsm.errors.Unreachable` (the next want
+    asks again for what is missing); ``stop`` set ends it with
+    :class:`~mlsm.errors.TransferFailed`."""
     body = _encode(hello)
+    reader = wb.PipeReader()
+    buf = bytearray(RECV_BYTES)
+    view = memoryview(buf)
+    filled = 0
+    fed_end = False
+
+    def hand_over(data: memoryview) -> None:
+        nonlocal fed_end
+        for kind, piece in reader.feed(data):
+            if kind is wb.PipeKind.DATA:
+                if not fed_end and feed(piece):
+                    fed_end = True
+            elif kind is wb.PipeKind.ERROR:
+                raise wb.decode_error(piece)
+
     try:
-        writer.write(_LEN.pack(len(body)) + body)
-        await writer.drain()
-        while chunk := await asyncio.wait_for(reader.read(READ_CHUNK), STALL_S):
-            yield chunk
+        tls.settimeout(STALL_S)
+        tls.sendall(_LEN.pack(len(body)) + body)
+        tls.setblocking(False)
+        quiet_since = time.monotonic()
+        while not reader.ended:
+            if stop.is_set():
+                raise errors.TransferFailed("stopped")
+            try:
+                n = tls.recv_into(view[filled:])
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                if filled:  # nothing more is ready: the sink takes what came
+                    hand_over(view[:filled])
+                    filled = 0
+                    continue
+                if time.monotonic() - quiet_since >= STALL_S:
+                    raise TimeoutError from None
+                select.select([tls], [], [], STOP_POLL_S)
+                continue
+            if n == 0:
+                break
+            quiet_since = time.monotonic()
+            filled += n
+            if filled == len(buf):
+                hand_over(view)
+                filled = 0
+        if filled:
+            hand_over(view[:filled])
     except TimeoutError:
         raise errors.Unreachable(f"the direct connection sent nothing for {STALL_S:g} s") from None
     except (OSError, ConnectionError, ssl.SSLError) as exc:
         raise errors.Unreachable(f"the direct connection broke: {exc}") from None
     finally:
-        writer.close()
-        with contextlib.suppress(Exception):
-            await writer.wait_closed()
+        with contextlib.suppress(OSError):
+            tls.close()
+    if not reader.ended:
+        raise errors.Unreachable("the direct answer broke off")

@@ -11,10 +11,13 @@ came again) resumes from it too. The manifest always comes through the master. T
 frames of each want come over a direct connection (:mod:`agent.bulk.direct`: a fresh
 ticket from the master each time) until that fails once — the source is not reachable,
 or the master offers no direct path — and from then on through the relay, the progress
-saying why ("via master relay: source not reachable (...)"). Each relayed pull is
-``POST /agent/v1/bulk/pull`` answered with pipe records (:mod:`mlsm.wire.bulk`); frames are
-fed to the sink in a worker thread in batches of about :data:`FEED_BYTES`, so the event loop
-never writes or hashes. Nothing is visible under the dataset's name until the verified
+saying why ("via master relay: source not reachable (...)"). A direct answer is read and
+fed to the sink in a thread of its own (:func:`agent.bulk.direct.receive`: a blocking TLS
+socket, one reused buffer). Each relayed pull is ``POST /agent/v1/bulk/pull`` answered
+with pipe records (:mod:`mlsm.wire.bulk`); its frames are fed to the sink in a worker
+thread in batches of about :data:`FEED_BYTES`, read ahead while the sink works. Either
+way the event loop never decrypts, writes or hashes; it reports the sink's progress every
+:data:`PROGRESS_EVERY_S`. Nothing is visible under the dataset's name until the verified
 tree is renamed there (``RENAME_NOREPLACE``).
 """
 
@@ -24,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -35,7 +39,8 @@ import msgspec
 from agent.bulk import direct
 from agent.link import MasterLink
 from mlsm import errors
-from mlsm.bulk import Manifest, Progress, Sink, Want, apump, decode_manifest
+from mlsm.bulk import Manifest, Progress, Sink, Want, decode_manifest
+from mlsm.bulk.want import no_progress
 from mlsm.wire import bulk as wb
 
 log = logging.getLogger("mlsm.agent.bulk")
@@ -47,6 +52,7 @@ MANIFEST_MAX_BYTES = 512 << 20  # a manifest of millions of files still fits
 RETRY_WINDOW_S = 900.0  # how long pulls may fail in a row (master or source away, restarting)
 RETRY_BASE_S = 0.5
 RETRY_MAX_S = 5.0
+PROGRESS_EVERY_S = 0.5  # how often a receive's progress is reported while bytes come
 WORK_PREFIX = ".mlsm-bulk-"
 RELAY_PATH = "via master relay"
 DIRECT_PATH = "direct"
@@ -154,16 +160,20 @@ class _Puller:
         self.digest = manifest.digest()
         return manifest
 
-    async def frames(self, want: Want) -> AsyncIterator[bytes]:
+    async def fetch(self, want: Want, sink: _TimedSink) -> None:
+        """One answer to ``want``, fed to ``sink``: direct while that works, else relayed."""
         if self.identity is not None:
             try:
-                return await self._direct(want, self.identity)
+                await self._direct(want, self.identity, sink)
+                return
             except direct.SourceUnreachable as exc:
                 self._fall_back(exc.message)  # "source not reachable (...)"
             except errors.Conflict as exc:  # the master offers no direct path
                 self._fall_back(f"no direct path ({exc.message})")
         req = wb.BulkPull(transfer_id=self.transfer_id, want=want, manifest_digest=self.digest)
-        return _read_ahead(self._records(req))
+        async for chunk in _read_ahead(self._records(req)):
+            if await asyncio.to_thread(sink.feed, chunk):
+                break
 
     def _fall_back(self, why: str) -> None:
         log.info("transfer %s: falling back to the relay: %s", self.transfer_id, why)
@@ -180,34 +190,80 @@ class _Puller:
         except (msgspec.DecodeError, msgspec.ValidationError):
             raise errors.TransferFailed("the master's direct offer is unreadable") from None
 
-    async def _direct(self, want: Want, identity: direct.Identity) -> AsyncIterator[bytes]:
+    async def _direct(self, want: Want, identity: direct.Identity, sink: _TimedSink) -> None:
         """One direct connection for ``want``: a fresh offer (ticket) from the master, a
-        pinned connection to the source, the hello; the answer's data."""
+        pinned connection to the source, the hello; the answer fed to ``sink`` in a
+        thread. A source that refuses the connection (a ticket it took for expired or
+        used: clocks apart, a slow start) sends the rest through the relay."""
         try:
             offer = await self._offer(fresh=False)
-            reader, writer = await direct.connect(offer, identity)
+            tls = await asyncio.to_thread(direct.connect, offer, identity)
         except direct.SourceUnreachable:
             if not self.connected:
                 raise
             # It answered before: the source restarted, its listener is gone. Once more
             # with a new listener, then the relay.
             offer = await self._offer(fresh=True)
-            reader, writer = await direct.connect(offer, identity)
+            tls = await asyncio.to_thread(direct.connect, offer, identity)
         self.connected = True
         hello = wb.DirectHello(ticket=offer.ticket, want=want, manifest_digest=self.digest)
-        return _read_ahead(
-            self._refusals(_decoded(direct.request(reader, writer, hello), "direct"))
-        )
-
-    async def _refusals(self, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """A direct answer whose source refused the connection (a ticket it took for
-        expired or used: clocks apart, a slow start) sends the rest through the relay."""
         try:
-            async for chunk in body:
-                yield chunk
+            await in_thread(
+                lambda stop: direct.receive(tls, hello, sink.feed, stop),
+                f"mlsm-receive-{self.transfer_id}",
+            )
         except errors.PermissionDenied as exc:
             self._fall_back(f"the source refused the direct connection ({exc.message})")
             raise errors.Unreachable(exc.message) from None
+
+
+async def in_thread(work: Callable[[threading.Event], T], name: str) -> T:
+    """``work(stop)`` in a thread of its own (not the loop's executor: it may run for
+    hours); cancelling the caller sets ``stop`` and waits for ``work`` to return, so
+    nothing it uses is closed under it."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+    stop = threading.Event()
+
+    def settle(result: T | None, exc: BaseException | None) -> None:
+        if done.cancelled():
+            return
+        if exc is not None:
+            done.set_exception(exc)
+        else:
+            done.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result = work(stop)
+        except BaseException as exc:
+            loop.call_soon_threadsafe(settle, None, exc)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    try:
+        return await asyncio.shield(done)
+    except asyncio.CancelledError:
+        stop.set()
+        with contextlib.suppress(BaseException):
+            await done
+        raise
+
+
+class _TimedSink:
+    """A sink's ``feed``, timed (the receive's log line says how long the sink took)."""
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+        self.seconds = 0.0
+
+    def feed(self, chunk: bytes | memoryview) -> bool:
+        t0 = time.monotonic()
+        try:
+            return self.sink.feed(chunk)
+        finally:
+            self.seconds += time.monotonic() - t0
 
 
 def _transient(exc: BaseException) -> bool:
@@ -240,16 +296,7 @@ async def receive_tree(
     try:
         started = time.monotonic()
         held = sink.progress().bytes_done
-
-        feeding = [0.0]  # seconds in the sink (writing, hashing): the rest is waiting for bytes
-
-        async def feed(chunk: bytes) -> bool:
-            t0 = time.monotonic()
-            done = await asyncio.to_thread(sink.feed, chunk)
-            feeding[0] += time.monotonic() - t0
-            p = sink.progress()
-            report(p, f"{puller.path}: {p.files_done}/{p.files_total} files")
-            return done
+        timed = _TimedSink(sink)  # seconds in the sink (writing, hashing): the rest is waiting
 
         report(
             sink.progress(),
@@ -259,13 +306,27 @@ async def receive_tree(
         )
 
         async def pump() -> None:
-            await apump(sink, puller.frames, feed=feed)
+            while (want := sink.next_want()) is not None:
+                before = sink.progress_mark()
+                await puller.fetch(want, timed)
+                if sink.progress_mark() == before:
+                    raise no_progress(want)
 
-        await _retrying(
-            pump,
-            lambda m: report(sink.progress(), f"{puller.path}: {m}"),
-            lambda: sink.progress().bytes_done,
-        )
+        async def reporting() -> None:
+            while True:
+                await asyncio.sleep(PROGRESS_EVERY_S)
+                p = sink.progress()
+                report(p, f"{puller.path}: {p.files_done}/{p.files_total} files")
+
+        reporter = asyncio.create_task(reporting())
+        try:
+            await _retrying(
+                pump,
+                lambda m: report(sink.progress(), f"{puller.path}: {m}"),
+                lambda: sink.progress().bytes_done,
+            )
+        finally:
+            reporter.cancel()
         final = sink.progress()
         pumped = time.monotonic()
         await asyncio.to_thread(sink.finish, dest)
@@ -277,7 +338,7 @@ async def receive_tree(
             final.bytes_received,
             puller.path,
             pumped - started,
-            feeding[0],
+            timed.seconds,
             time.monotonic() - pumped,
             final.bytes_redundant,
         )

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -26,7 +28,7 @@ from mlsm.wire import bulk as wb
 
 from .direct import DirectServer, Identity
 from .pipes import push_answer
-from .sources import SourceBook
+from .sources import SourceBook, open_tree
 
 log = logging.getLogger("mlsm.agent.bulk")
 
@@ -37,10 +39,13 @@ Answer = Callable[[Any, threading.Event], Iterator[bytes]]
 
 
 class BulkCommands:
-    def __init__(self, link: MasterLink, identity: Identity | None = None) -> None:
-        """With ``identity`` the agent also serves the direct path (``BulkListen``)."""
+    def __init__(
+        self, link: MasterLink, identity: Identity | None = None, data_dir: Path | None = None
+    ) -> None:
+        """With ``identity`` the agent also serves the direct path (``BulkListen``); with
+        ``data_dir`` the hashes of the trees it serves are kept there (:mod:`.sources`)."""
         self.link = link
-        self.sources = SourceBook()
+        self.sources = SourceBook(data_dir)
         self._answers: dict[type, Answer] = {
             wb.BulkManifest: self._manifest,
             wb.BulkServe: self._serve,
@@ -88,8 +93,12 @@ class BulkCommands:
 
     def _serve(self, cmd: wb.BulkServe, stop: threading.Event) -> Iterator[bytes]:
         tree, manifest = self.sources.serving(cmd.source, cmd.manifest_digest, stop)
-        with Source.from_tree(tree.root, manifest) as source:
-            for chunk in source.chunks(cmd.want):
-                if stop.is_set():
-                    return
-                yield chunk
+        root = open_tree(tree)
+        try:
+            with Source.from_tree(root, manifest) as source:
+                for chunk in source.chunks(cmd.want):
+                    if stop.is_set():
+                        return
+                    yield chunk
+        finally:
+            os.close(root)

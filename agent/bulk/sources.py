@@ -2,15 +2,26 @@
 
 A spec (:class:`~mlsm.wire.bulk.SourceSpec`) is resolved by the resolver registered for
 its kind (:meth:`SourceBook.register`; ``dataset NAME`` is the datasets module's: the
-dataset of that name in one of this agent's roots). An unknown kind or name is
-``NotFound``. A resolver returns a :class:`Tree`: the directory the manifest's paths are
-relative to, and what to include.
+dataset of that name in one of this agent's roots; ``path /ABS/DIR`` is
+:func:`path_resolver`'s: a directory or file below one of this node's import roots, for an
+admin's import to another node). An unknown kind or name is ``NotFound``. A resolver
+returns a :class:`Tree`: the directory the manifest's paths are relative to, and what to
+include; it is always opened with :meth:`Tree.open`, never by its path alone.
 
 Manifests are built here by descriptor (:func:`build_tree_manifest`: each directory
 entered with ``O_NOFOLLOW``, each file opened ``O_NOFOLLOW | O_NONBLOCK`` relative to its
 directory and hashed from that descriptor), since the agent runs as root over trees others
 may write. Symlinks, sockets, FIFOs and devices are left out of a dataset (as the copy
-always did). The last :data:`MANIFESTS_KEPT` manifests are kept in memory by digest, so
+always did).
+
+**Hashes are kept** between manifests of the same tree (:class:`~mlsm.bulk.HashCache`,
+one file per tree under ``<data dir>/bulk-hashes/``, 0600 in a 0700 directory): a file
+whose (path, size, mtime, inode, ctime) are unchanged since it was hashed is not read
+again, so a second copy of an unchanged dataset starts sending at once instead of reading
+it all first (about a second per GiB). A member can set a file's mtime back but not its
+ctime, so a changed file is always hashed again; and a hash that were wrong anyway would
+only fail that file's check at the target (every file is verified there), never pass
+wrong bytes. The last :data:`MANIFESTS_KEPT` manifests are kept in memory by digest, so
 the wants of one transfer are served without hashing the tree again; after a restart a
 want for a digest not kept rebuilds the manifest and serves it only if the digest is the
 same (``SourceChanged`` otherwise). Serving (:class:`mlsm.bulk.Source`) checks each file's
@@ -19,9 +30,11 @@ size and mtime against the manifest as it reads, so a file changed since is sent
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,20 +42,51 @@ from pathlib import Path
 
 from agent.fsutil import walk
 from mlsm import errors
-from mlsm.bulk import Entry, Manifest, sha256_fd, sort_entries, validate_manifest
+from mlsm.bulk import (
+    Entry,
+    FileKey,
+    HashCache,
+    Manifest,
+    sha256_fd,
+    sort_entries,
+    validate_manifest,
+)
+from mlsm.bulk.fstree import DIR_FLAGS, open_dir
+from mlsm.datasets_names import import_path_problem
 from mlsm.wire.bulk import SourceSpec
 
 MANIFESTS_KEPT = 16
+HASHES_DIR = "bulk-hashes"  # under the agent's data dir: one hash cache file per tree
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
 class Tree:
     """What a spec resolves to: ``root`` (a directory the entries are relative to) and,
-    for a one-file tree, ``only`` (the file's name in ``root``)."""
+    for a one-file tree, ``only`` (the file's name in ``root``). With ``anchor`` (a
+    directory ``root`` is at or below, trusted as configured), ``root`` is opened from
+    ``anchor`` one level at a time with ``O_NOFOLLOW``: a link anywhere below the anchor,
+    also one swapped in after the spec was checked, is never followed."""
 
     root: Path
     only: str = ""
+    anchor: Path | None = None
+
+    def open(self) -> int:
+        """A descriptor of ``root`` (the caller closes it); its last component is never a
+        link, nor, with ``anchor``, any component below the anchor."""
+        if self.anchor is None:
+            return open_dir(str(self.root))
+        fd = open_dir(str(self.anchor))
+        try:
+            for part in self.root.relative_to(self.anchor).parts:
+                below = os.open(part, DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = below
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
 
 Resolver = Callable[[str], Tree]
@@ -53,7 +97,11 @@ def _stopped(stop: threading.Event | None) -> None:
         raise errors.TransferFailed("stopped")
 
 
-def _file_entry(rel: str, name: str, dir_fd: int) -> Entry | None:
+def _file_entry(
+    rel: str, name: str, dir_fd: int, cache: HashCache | None, *, lookup: bool = True
+) -> Entry | None:
+    """The entry of a regular file, hashed from a descriptor unless ``cache`` knows it
+    (``lookup=False``: the caller asked the cache already)."""
     try:
         fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
     except OSError:
@@ -62,47 +110,94 @@ def _file_entry(rel: str, name: str, dir_fd: int) -> Entry | None:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return None
+        key = FileKey.of(rel, st)
+        digest = cache.get(key) if cache is not None and lookup else None
+        if digest is not None:
+            return Entry(rel, "f", st.st_size, st.st_mode & 0o777, st.st_mtime_ns, digest)
+        hashed_at = time.time_ns()
         digest, n = sha256_fd(fd)
         if n != st.st_size:  # written while hashed: its size is what the hash covers
             st = os.fstat(fd)
             digest, n = sha256_fd(fd)
+        elif cache is not None:
+            cache.put(key, digest, hashed_at_ns=hashed_at)
         return Entry(rel, "f", n, st.st_mode & 0o777, st.st_mtime_ns, digest)
     finally:
         os.close(fd)
 
 
-def build_tree_manifest(tree: Tree, stop: threading.Event | None = None) -> Manifest:
-    """The manifest of ``tree`` (files and directories; see the module docstring)."""
+def build_tree_manifest(
+    tree: Tree, stop: threading.Event | None = None, cache: HashCache | None = None
+) -> Manifest:
+    """The manifest of ``tree`` (files and directories; see the module docstring);
+    hashes come from ``cache`` where it knows the file, and go into it."""
     entries: list[Entry] = []
-    if tree.only:
-        fd = os.open(tree.root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            entry = _file_entry(tree.only, tree.only, fd)
-        finally:
-            os.close(fd)
-        if entry is None:
-            raise errors.NotFound(f"{tree.only} is no longer a regular file")
-        entries.append(entry)
-    else:
-        for we in walk(tree.root, sort=True):
-            _stopped(stop)
-            e = we.entry
-            if e.is_dir(follow_symlinks=False):
-                st = e.stat(follow_symlinks=False)
-                entries.append(Entry(we.rel, "d", 0, st.st_mode & 0o777, st.st_mtime_ns))
-            elif e.is_file(follow_symlinks=False):
-                file_entry = _file_entry(we.rel, e.name, we.dir_fd)
-                if file_entry is not None:
-                    entries.append(file_entry)
+    fd = open_tree(tree)
+    try:
+        if tree.only:
+            entry = _file_entry(tree.only, tree.only, fd, cache)
+            if entry is None:
+                raise errors.NotFound(f"{tree.only} is no longer a regular file")
+            entries.append(entry)
+        else:
+            _walk_entries(fd, entries, stop, cache)
+    finally:
+        os.close(fd)
     manifest = Manifest(sort_entries(entries))
     validate_manifest(manifest)
     return manifest
 
 
+def open_tree(tree: Tree) -> int:
+    """:meth:`Tree.open`, its failures in words (``NotFound``, or ``UnsafeTree`` for a
+    link or something else in the way)."""
+    try:
+        return tree.open()
+    except FileNotFoundError:
+        raise errors.NotFound(f"{tree.root} does not exist (any more)") from None
+    except OSError as exc:
+        raise errors.UnsafeTree(
+            f"{tree.root} cannot be opened as a directory without following a link ({exc.strerror})"
+        ) from None
+
+
+def _walk_entries(
+    fd: int, entries: list[Entry], stop: threading.Event | None, cache: HashCache | None
+) -> None:
+    for we in walk(fd, sort=True):
+        _stopped(stop)
+        e = we.entry
+        if e.is_dir(follow_symlinks=False):
+            st = e.stat(follow_symlinks=False)
+            entries.append(Entry(we.rel, "d", 0, st.st_mode & 0o777, st.st_mtime_ns))
+        elif e.is_file(follow_symlinks=False):
+            known = _cached_entry(we.rel, e.stat(follow_symlinks=False), cache)
+            file_entry = known or _file_entry(we.rel, e.name, we.dir_fd, cache, lookup=False)
+            if file_entry is not None:
+                entries.append(file_entry)
+
+
+def _cached_entry(rel: str, st: os.stat_result, cache: HashCache | None) -> Entry | None:
+    """The entry of a file the cache knows by its ``lstat`` (no open: serving opens it
+    without following links and sends GONE if it is not what the entry says)."""
+    if cache is None:
+        return None
+    digest = cache.get(FileKey.of(rel, st))
+    if digest is None:
+        return None
+    return Entry(rel, "f", st.st_size, st.st_mode & 0o777, st.st_mtime_ns, digest)
+
+
 class SourceBook:
     """Resolvers by kind, and the manifests recently served (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, data_dir: Path | None = None) -> None:
+        """With ``data_dir`` the hashes of the trees served are kept there between
+        manifests (and agent runs); without it nothing is kept."""
+        self.hashes_dir = data_dir / HASHES_DIR if data_dir is not None else None
+        if self.hashes_dir is not None:
+            self.hashes_dir.mkdir(mode=0o700, exist_ok=True)
+            os.chmod(self.hashes_dir, 0o700)
         self._resolvers: dict[str, Resolver] = {}
         self._kept: OrderedDict[tuple[SourceSpec, str], Manifest] = OrderedDict()
         self._lock = threading.Lock()
@@ -118,8 +213,20 @@ class SourceBook:
 
     def manifest(self, spec: SourceSpec, stop: threading.Event | None = None) -> Manifest:
         """A fresh manifest of ``spec`` (kept for the wants that follow)."""
-        manifest = build_tree_manifest(self.resolve(spec), stop)
+        manifest = self._build(self.resolve(spec), stop)
         self._keep(spec, manifest.digest(), manifest)
+        return manifest
+
+    def _build(self, tree: Tree, stop: threading.Event | None) -> Manifest:
+        """:func:`build_tree_manifest` with the tree's hash cache, saved after."""
+        if self.hashes_dir is None:
+            return build_tree_manifest(tree, stop)
+        ident = f"{tree.root}\0{tree.only}".encode("utf-8", "surrogateescape")
+        path = self.hashes_dir / hashlib.sha256(ident).hexdigest()[:32]
+        cache = HashCache.load(path)
+        manifest = build_tree_manifest(tree, stop, cache)
+        if cache.misses or cache.hits != len(cache):  # something new, or something gone
+            cache.save(path)
         return manifest
 
     def serving(
@@ -132,7 +239,7 @@ class SourceBook:
             if kept is not None:
                 self._kept.move_to_end((spec, digest))
                 return tree, kept
-        manifest = build_tree_manifest(tree, stop)
+        manifest = self._build(tree, stop)
         now = manifest.digest()
         if digest and now != digest:
             raise errors.SourceChanged(
@@ -176,3 +283,54 @@ def dataset_resolver(roots: list[Path]) -> Resolver:
         raise errors.NotFound(f"this node holds no dataset {name}")
 
     return resolve
+
+
+def path_resolver(roots: list[Path]) -> Resolver:
+    """``path /ABS/PATH``: a directory (or a regular file, served as a directory holding
+    it, as a one-file dataset is) at or below one of ``roots``, this node's import roots
+    (``--import-root``; resolved once, here). The path must be absolute and plain (no
+    ``.``, ``..`` or empty component) and lexically below a root; it is then opened from
+    that root one level at a time without following any link (:meth:`Tree.open`), so a
+    link inside the root cannot lead out of it, even one swapped in after this check. No
+    roots: this node serves no paths at all."""
+    real_roots = [Path(os.path.realpath(r)) for r in roots]
+
+    def resolve(name: str) -> Tree:
+        if not real_roots:
+            raise errors.PermissionDenied(
+                "this node allows no imports from its disk (its agent has no --import-root)"
+            )
+        pure = check_import_path(name)
+        for root in real_roots:
+            if pure == root or root in pure.parents:
+                break
+        else:
+            shown = ", ".join(str(r) for r in real_roots)
+            raise errors.PermissionDenied(
+                f"{name} is not below an import root of this node ({shown})"
+            )
+        if pure == root:
+            return Tree(root, anchor=root)
+        parent = open_tree(Tree(pure.parent, anchor=root))
+        try:
+            st = os.stat(pure.name, dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            raise errors.NotFound(f"{name} does not exist on this node") from None
+        finally:
+            os.close(parent)
+        if stat.S_ISDIR(st.st_mode):
+            return Tree(pure, anchor=root)
+        if stat.S_ISREG(st.st_mode):
+            return Tree(pure.parent, only=pure.name, anchor=root)
+        raise errors.UnsafeTree(f"{name} is neither a directory nor a regular file (a link?)")
+
+    return resolve
+
+
+def check_import_path(path: str) -> Path:
+    """``path`` as an absolute, plain path (:func:`mlsm.datasets_names.import_path_problem`),
+    or ``ValidationError``."""
+    problem = import_path_problem(path)
+    if problem is not None:
+        raise errors.ValidationError(problem, path="path")
+    return Path(path.rstrip("/"))

@@ -101,9 +101,15 @@ class HostCollector:
     free space where jobs and datasets actually land.
     """
 
-    def __init__(self, data_dir: Path, dataset_roots: Sequence[Path] = ()) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        dataset_roots: Sequence[Path] = (),
+        import_roots: Sequence[Path] = (),
+    ) -> None:
         self._data_dir = Path(data_dir)
         self._dataset_roots = tuple(Path(root) for root in dataset_roots)
+        self._import_roots = tuple(Path(root) for root in import_roots)
         self._boot_time = psutil.boot_time()
         self._prev_net: tuple[float, int, int] | None = None
         # The first non-blocking cpu_percent() call has nothing to compare with and
@@ -124,6 +130,7 @@ class HostCollector:
             python=_short(platform.python_version()),
             runs_as_root=os.geteuid() == 0,
             dataset_roots=[str(root)[:_LONG_MAX] for root in self._dataset_roots],
+            import_roots=[str(root)[:_LONG_MAX] for root in self._import_roots],
         )
 
     def sample(self) -> HostSample:

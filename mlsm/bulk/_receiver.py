@@ -35,6 +35,7 @@ import errno
 import hashlib
 import os
 import stat
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -44,7 +45,7 @@ from typing import Any
 from mlsm.errors import TransferFailed, UnsafeTree
 
 from .frames import Flag, Frame, FrameError, FrameReader
-from .fstree import remove_at
+from .fstree import remove_at, start_writeback
 from .hashing import BLOCK
 from .journal import JOURNAL_NAME, Journal, JournalState, JournalUnusable, Record
 from .manifest import Entry, Manifest, show_path, validate_manifest
@@ -53,7 +54,16 @@ from .want import WANT_BYTES, WANT_ITEMS, Want, batch_wants
 HASH_AHEAD = 8  # pieces queued for the hashing thread (memory: that many chunks)
 HASH_THREAD_MIN = 256 << 10  # pieces this large are hashed beside the writing
 MAX_ATTEMPTS = 3  # deliveries of one file before a mismatch fails the transfer
-SYNC_BYTES = 16 << 20  # data written between two durable sync points (durable=True)
+#: With ``durable``, a sync point (file system flushed, then a SYNC record) is made after
+#: this many seconds of receiving or this many bytes, whichever comes first, and always
+#: before the rename: a sync waits for the disk, so making one every few MiB held the
+#: receive to the disk's pace in steps (and a reboot costs at most this much again).
+SYNC_INTERVAL_S = 10.0
+SYNC_BYTES = 1 << 30
+#: Bytes of a file written between two requests to the kernel to start writing them out
+#: (:func:`~mlsm.bulk.fstree.start_writeback`): the disk works while data still comes, so
+#: the sync points (and the last one, before the rename) find little left to write.
+WRITEBACK_BYTES = 8 << 20
 OPEN_PARTS = 8  # partial files kept open at once
 NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _EXISTING = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -112,13 +122,14 @@ class _Hashing:
 class _Part:
     """A file being received: descriptor (-1 while closed), length so far, running hash."""
 
-    __slots__ = ("fd", "hasher", "ident", "received")
+    __slots__ = ("fd", "hasher", "ident", "received", "written_back")
 
     def __init__(self, fd: int, received: int, hasher: Any, ident: tuple[int, int]) -> None:
         self.fd = fd
         self.received = received
         self.hasher = hasher
         self.ident = ident
+        self.written_back = received  # bytes handed to start_writeback (or adopted)
 
 
 def open_work(work: Path) -> tuple[int, bool]:
@@ -155,6 +166,7 @@ class Receiver:
         max_attempts: int = MAX_ATTEMPTS,
         durable: bool = True,
         sync_bytes: int = SYNC_BYTES,
+        sync_interval_s: float = SYNC_INTERVAL_S,
     ) -> None:
         validate_manifest(manifest)
         self.manifest = manifest
@@ -164,6 +176,8 @@ class Receiver:
         self.max_attempts = max(1, max_attempts)
         self.durable = durable
         self.sync_bytes = sync_bytes
+        self.sync_interval_s = sync_interval_s
+        self._synced_at = time.monotonic()
         self.gone: list[int] = []  # entries the source said changed, in arrival order
         self._reader = FrameReader()
         self._hashing = _Hashing()
@@ -303,9 +317,16 @@ class Receiver:
             return False
         finally:
             self.journal.flush()
-            if self.durable and self._unsynced >= self.sync_bytes:
+            if self.durable and self._unsynced and self._sync_due():
                 self.journal.sync(self.work_fd)
                 self._unsynced = 0
+                self._synced_at = time.monotonic()
+
+    def _sync_due(self) -> bool:
+        return (
+            self._unsynced >= self.sync_bytes
+            or time.monotonic() - self._synced_at >= self.sync_interval_s
+        )
 
     def progress_mark(self) -> int:
         return self._mark
@@ -368,6 +389,9 @@ class Receiver:
             pos += os.pwrite(fd, data[pos:], part.received + pos)
         self._hashing.update(part.hasher, data)
         part.received += n
+        if self.durable and part.received - part.written_back >= WRITEBACK_BYTES:
+            start_writeback(fd, part.written_back, part.received - part.written_back)
+            part.written_back = part.received
         self._unsynced += n
         self._mark += n
         self._stats.bytes_received += n
@@ -522,4 +546,12 @@ def remove_entry(dir_fd: int, name: str) -> None:
         remove_at(dir_fd, name)
 
 
-__all__ = ["JOURNAL_NAME", "MAX_ATTEMPTS", "SYNC_BYTES", "Progress", "Receiver", "open_work"]
+__all__ = [
+    "JOURNAL_NAME",
+    "MAX_ATTEMPTS",
+    "SYNC_BYTES",
+    "SYNC_INTERVAL_S",
+    "Progress",
+    "Receiver",
+    "open_work",
+]

@@ -106,7 +106,7 @@ def build_manifest(
     ``rules`` None ignores nothing (``.git`` included); pass ``IgnoreRules()`` for git's
     rules. ``hash_files=False`` leaves ``sha256`` empty (a listing, not a manifest to send;
     it does not validate). ``cache`` supplies and keeps hashes by (path, size, mtime_ns,
-    inode).
+    inode, ctime_ns): :class:`~mlsm.bulk.hashing.FileKey`.
     """
     top = os.fspath(root)
     root_fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # may be a link
@@ -155,9 +155,7 @@ def _build(
         if is_dir:
             entries.append(Entry(rel, "d", 0, perm, st.st_mtime_ns))
         elif stat.S_ISREG(mode):
-            pending.append(
-                _Pending(len(entries), rel, FileKey(rel, st.st_size, st.st_mtime_ns, st.st_ino))
-            )
+            pending.append(_Pending(len(entries), rel, FileKey.of(rel, st)))
             entries.append(Entry(rel, "f", st.st_size, perm, st.st_mtime_ns, EMPTY_SHA256))
             total += st.st_size
         elif stat.S_ISLNK(mode):

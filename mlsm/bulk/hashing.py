@@ -4,10 +4,13 @@ Every file that moves is named by the sha256 of its bytes (hex). :func:`sha256_f
 through a descriptor into one reused 1 MiB buffer, so hashing a 100 GiB file costs no more
 memory than a small one.
 
-:class:`HashCache` lets the CLI keep hashes between submits: a file whose (path, size,
-mtime_ns, inode) are unchanged is not read again, so a resubmit of a 20,000-file tree reads
-only what changed. A file modified within :data:`RACY_NS` of the moment it was hashed is
-not cached ("racily clean", as git calls it): a second write in the same timestamp tick
+:class:`HashCache` keeps hashes between runs (the CLI between submits, an agent between
+copies of a dataset it serves): a file whose (path, size, mtime_ns, inode, ctime_ns) are
+unchanged is not read again, so a resubmit of a 20,000-file tree reads only what changed.
+The ctime is in the key because a file can be rewritten with its old size and mtime put
+back (``touch -d``, ``cp -p``, ``rsync -t``); the kernel sets the ctime on every such
+change, and no one can set it back. A file modified within :data:`RACY_NS` of the moment
+it was hashed is not cached ("racily clean", as git calls it): a second write in the same timestamp tick
 would otherwise leave a stale hash behind an unchanged key. The cache is one small
 MessagePack file per tree (the caller picks its path, e.g. by the tree's real path), written
 atomically, mode 0600; one it cannot read is treated as empty (it is only a cache).
@@ -36,7 +39,7 @@ __all__ = [
 BLOCK = 1 << 20  # bytes read (and sent) at a time
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 RACY_NS = 2_000_000_000  # a file changed this close to its hashing is hashed again next time
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: the key has the ctime
 
 
 def sha256_fd(fd: int, *, start: int = 0, limit: int | None = None) -> tuple[str, int]:
@@ -64,11 +67,16 @@ class FileKey(NamedTuple):
     size: int
     mtime_ns: int
     inode: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, path: str, st: os.stat_result) -> FileKey:
+        return cls(path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
 
 
 class _Stored(msgspec.Struct, array_like=True):
     version: int
-    rows: list[tuple[str, int, int, int, str]]
+    rows: list[tuple[str, int, int, int, int, str]]
 
 
 class HashCache:
@@ -95,7 +103,7 @@ class HashCache:
         except (OSError, msgspec.DecodeError):
             return cache
         if stored.version == _CACHE_VERSION:
-            cache._rows = {FileKey(p, s, m, i): h for p, s, m, i, h in stored.rows}
+            cache._rows = {FileKey(p, s, m, i, c): h for p, s, m, i, c, h in stored.rows}
         return cache
 
     def get(self, key: FileKey) -> str | None:
@@ -109,7 +117,7 @@ class HashCache:
 
     def put(self, key: FileKey, sha256: str, *, hashed_at_ns: int | None = None) -> None:
         """Remember ``sha256`` for ``key`` unless the file was modified within
-        :data:`RACY_NS` of ``hashed_at_ns`` (default: now)."""
+        :data:`RACY_NS` of ``hashed_at_ns`` (default: now; git's rule, by mtime)."""
         at = time.time_ns() if hashed_at_ns is None else hashed_at_ns
         if key.mtime_ns >= at - RACY_NS:
             return
@@ -123,7 +131,7 @@ class HashCache:
         """Write the keys used since loading to ``path`` (atomically, mode 0600)."""
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        rows = [(k.path, k.size, k.mtime_ns, k.inode, h) for k, h in self._used.items()]
+        rows = [(*k, h) for k, h in self._used.items()]
         data = msgspec.msgpack.encode(_Stored(_CACHE_VERSION, rows))
         tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)

@@ -37,7 +37,7 @@ import stat
 
 from mlsm.errors import DestinationExists, SourceChanged, TransferFailed, UnsafeTree
 
-from ._receiver import MAX_ATTEMPTS, SYNC_BYTES, Receiver, remove_entry
+from ._receiver import MAX_ATTEMPTS, SYNC_BYTES, SYNC_INTERVAL_S, Receiver, remove_entry
 from .fstree import DirFds, remove_tree
 from .hashing import FileKey, HashCache, sha256_fd
 from .journal import JournalState, Record
@@ -63,6 +63,7 @@ class InPlaceSink(Receiver):
         max_attempts: int = MAX_ATTEMPTS,
         durable: bool = True,
         sync_bytes: int = SYNC_BYTES,
+        sync_interval_s: float = SYNC_INTERVAL_S,
     ) -> None:
         self.dest = DirFds(dest)
         self.cache = cache
@@ -75,6 +76,7 @@ class InPlaceSink(Receiver):
                 max_attempts=max_attempts,
                 durable=durable,
                 sync_bytes=sync_bytes,
+                sync_interval_s=sync_interval_s,
             )
         except BaseException:
             self.dest.close()
@@ -158,7 +160,7 @@ class InPlaceSink(Receiver):
             if not stat.S_ISREG(st.st_mode) or st.st_size != entry.size:
                 return False
             if hash_it:
-                key = FileKey(entry.path, st.st_size, st.st_mtime_ns, st.st_ino)
+                key = FileKey.of(entry.path, st)
                 sha = self.cache.get(key) if self.cache is not None else None
                 if sha is None:
                     sha, _ = sha256_fd(fd)

@@ -37,7 +37,7 @@ import stat
 
 from mlsm.errors import DestinationExists, SourceChanged, TransferFailed, UnsafeTree
 
-from ._receiver import MAX_ATTEMPTS, SYNC_BYTES, Receiver, remove_entry
+from ._receiver import MAX_ATTEMPTS, SYNC_BYTES, SYNC_INTERVAL_S, Receiver, remove_entry
 from .fstree import DirFds, open_dir, remove_tree, rename_noreplace, sync_fs
 from .journal import JournalState
 from .manifest import Entry, Manifest, show_path
@@ -70,6 +70,7 @@ class Sink(Receiver):
         max_attempts: int = MAX_ATTEMPTS,
         durable: bool = True,
         sync_bytes: int = SYNC_BYTES,
+        sync_interval_s: float = SYNC_INTERVAL_S,
     ) -> None:
         self.root_mode = root_mode & 0o777
         self.tree_fd = -1
@@ -81,6 +82,7 @@ class Sink(Receiver):
             max_attempts=max_attempts,
             durable=durable,
             sync_bytes=sync_bytes,
+            sync_interval_s=sync_interval_s,
         )
 
     # ------------------------------------------------------------ hooks

@@ -39,6 +39,7 @@ __all__ = [
     "batch_wants",
     "decode_want",
     "encode_want",
+    "no_progress",
     "pump",
 ]
 
@@ -124,7 +125,8 @@ class Receiver(Protocol):
         ...
 
 
-def _no_progress(want: Want) -> TransferFailed:
+def no_progress(want: Want) -> TransferFailed:
+    """The error of a response that brought a receiver no progress at all."""
     first = want.items[0][0] if want.items else -1
     return TransferFailed(
         f"the source sent nothing useful for {len(want.items)} requested file(s) "
@@ -146,7 +148,7 @@ def pump(receiver: Receiver, fetch: Callable[[Want], Iterable[bytes]]) -> None:
             if receiver.feed(chunk):
                 break
         if receiver.progress_mark() == before:
-            raise _no_progress(want)
+            raise no_progress(want)
 
 
 async def apump(
@@ -169,7 +171,7 @@ async def apump(
             if done:
                 break
         if receiver.progress_mark() == before:
-            raise _no_progress(want)
+            raise no_progress(want)
 
 
 FEED_BATCH_BYTES = 1 << 20  # bytes of a response handed to a blocking receiver at once

@@ -35,6 +35,13 @@ def _labels(items: tuple[str, ...]) -> dict[str, str]:
     multiple=True,
     help="A directory whose entries are datasets (repeatable).",
 )
+@click.option(
+    "--import-root",
+    "import_roots",
+    multiple=True,
+    help="A directory below which admins may import datasets to other nodes "
+    "(mlsm dataset import --from-node; repeatable; none: no imports from this node's disk).",
+)
 @click.option("--label", "labels", multiple=True, help="k=v label of this node (repeatable).")
 @click.option("--simulate-gpus", help="Simulated GPUs for tests and demos, e.g. 2xA100-80GB.")
 @click.option(
@@ -64,6 +71,7 @@ def agent(
     /,
     labels: tuple[str, ...],
     dataset_roots: tuple[str, ...],
+    import_roots: tuple[str, ...],
     print_systemd_unit: bool,
     **flags: object,
 ) -> None:
@@ -79,6 +87,8 @@ def agent(
         overrides["labels"] = _labels(labels)
     if dataset_roots:
         overrides["dataset_roots"] = [str(Path(p).resolve()) for p in dataset_roots]
+    if import_roots:
+        overrides["import_roots"] = [str(Path(p).resolve()) for p in import_roots]
     s = settings_from(ctx, **overrides)
     if print_systemd_unit:
         from mlsm.packaging import agent_unit
@@ -125,6 +135,7 @@ def agent(
         join_token=token,
         labels=s.labels,
         dataset_roots=[Path(p) for p in s.dataset_roots],
+        import_roots=[Path(p) for p in s.import_roots],
         simulate_gpus=s.simulate_gpus,
         verify=verify,
         heartbeat_interval=s.heartbeat_interval,

@@ -162,11 +162,23 @@ wait_option = click.option(
 
 
 @dataset.command("import")
-@click.argument("url")
+@click.argument("url", required=False, default="")
 @click.option("--node", required=True, help="Node whose dataset root receives it.")
 @click.option("--name", required=True, help="Dataset name (one path component).")
 @click.option("--sha256", default="", help="Expected sha256 of the downloaded file.")
 @click.option("--no-unpack", is_flag=True, help="Keep an archive as one file.")
+@click.option(
+    "--from-node",
+    default=None,
+    help="Import from this node's disk instead of a URL (with --path; admins).",
+)
+@click.option(
+    "--path",
+    "from_path",
+    default="",
+    help="Absolute path of the directory (or file) on --from-node; it must be below one "
+    "of that node's import roots.",
+)
 @wait_option
 @json_option
 @click.pass_context
@@ -177,12 +189,22 @@ def dataset_import(
     name: str,
     sha256: str,
     no_unpack: bool,
+    from_node: str | None,
+    from_path: str,
     wait: bool | None,
     as_json: bool,
 ) -> None:
-    """Download URL (http/https) onto NODE as dataset NAME (admins)."""
+    """Download URL (http/https) onto NODE as dataset NAME, or bring a directory of
+    another node (--from-node NODE --path DIR: direct between the two when they reach
+    each other, else relayed by the master; verified file by file) (admins)."""
     body = api.DatasetImport(
-        url=url, node=node, name=name, sha256=sha256.removeprefix("sha256:"), unpack=not no_unpack
+        url=url,
+        node=node,
+        name=name,
+        sha256=sha256.removeprefix("sha256:"),
+        unpack=not no_unpack,
+        from_node=from_node,
+        path=from_path,
     )
     with client_from(ctx) as c:
         t = c.datasets.start_import(body)

@@ -81,6 +81,9 @@ class NodeInfo(Struct, kw_only=True, omit_defaults=True):
     driver_version: ShortStr = ""
     cuda_version: ShortStr = ""
     dataset_roots: list[LongStr] = []
+    # Directories an admin may import datasets from (to other nodes): the agent serves
+    # ``path`` trees only below these (agent.bulk.sources.path_resolver).
+    import_roots: Annotated[list[LongStr], Meta(max_length=64)] = []
     # The direct path (mlsm.wire.bulk): the agent's own certificate (PEM; the master pins
     # it for peers) and the addresses a peer may reach it at.
     bulk_cert: Annotated[str, Meta(max_length=16384)] = ""

@@ -440,11 +440,16 @@ class DatasetUpdate(Struct, kw_only=True, forbid_unknown_fields=True, omit_defau
 
 
 class DatasetImport(Struct, kw_only=True, forbid_unknown_fields=True):
-    url: Annotated[str, Meta(min_length=8, max_length=4096)]
+    """An import onto ``node`` as dataset ``name``: from ``url``, or (``from_node`` and
+    ``path``) from a directory or file below an import root of another node of the lab."""
+
+    url: Annotated[str, Meta(max_length=4096)] = ""
     node: NodeName
     name: Annotated[str, Meta(min_length=1, max_length=128)]
     sha256: Annotated[str, Meta(pattern=r"^([0-9a-fA-F]{64})?$")] = ""
     unpack: bool = True
+    from_node: NodeName | None = None
+    path: Annotated[str, Meta(max_length=4096)] = ""
 
 
 class DatasetTransfer(Struct, kw_only=True, forbid_unknown_fields=True):

@@ -21,6 +21,8 @@ Then: the master's RSS sampled every 20 ms during a relayed copy of the big file
 min, with the total), and a relayed copy of the big file whose target agent is killed
 with SIGKILL at 50 % and started again: the bytes held when it resumed, the bytes sent
 after, and the bytes re-sent. Every copy is checked byte-exact (sha256 of every file).
+The load average is printed before and after (other work on the machine moves every
+figure).
 """
 
 from __future__ import annotations
@@ -170,6 +172,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         bench = Bench(lab, src_root, dst_root)
         for name in sets:
             wait(lambda n=name: {"src", "srcr"} <= bench.copies(n), 300, f"{name} scanned")
+        print(load_line("load average before"), flush=True)
         print(
             f"{'set':6} {'files':>6} {'MiB':>8} | {'rsync -a':>9} | {'direct':>9} | {'relayed':>9}"
         )
@@ -212,7 +215,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             results["rss.delta_mib"] = (hi - lo) / 2**20
             bench.drop("big")
             results.update(cut_and_resume(lab, bench, sets["big"]))
+        print(load_line("load average after"), flush=True)
     return results
+
+
+def load_line(what: str) -> str:
+    """The machine's load (the figures are only comparable within one run)."""
+    one, five, fifteen = os.getloadavg()
+    return f"{what}: {one:.2f} {five:.2f} {fifteen:.2f} ({os.cpu_count()} CPUs)"
 
 
 def cut_and_resume(lab: BenchLab, bench: Bench, big: Path) -> dict[str, float]:

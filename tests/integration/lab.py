@@ -231,11 +231,13 @@ class Lab:
         dataset_roots: list[Path] | tuple[Path, ...] = (),
         master: str = "",
         wrap: tuple[str, ...] = (),
+        import_roots: list[Path] | tuple[Path, ...] = (),
     ) -> AgentProc:
         """Start an agent (a fresh join token unless ``token`` is given, "" for none).
 
         A restart of a known agent reuses its data dir (and so its node secret).
-        ``dataset_roots`` are made if missing and given as ``--dataset-root``. ``master``
+        ``dataset_roots`` (``import_roots``) are made if missing and given as
+        ``--dataset-root`` (``--import-root``). ``master``
         is the master's URL as this agent reaches it (default: the lab's), ``wrap`` a
         command the agent runs under (``("ip", "netns", "exec", NS)``).
         """
@@ -254,6 +256,9 @@ class Lab:
         for root in dataset_roots:
             root.mkdir(parents=True, exist_ok=True)
             argv += ["--dataset-root", str(root)]
+        for root in import_roots:
+            root.mkdir(parents=True, exist_ok=True)
+            argv += ["--import-root", str(root)]
         proc = self._spawn(argv, f"agent-{name}.log", self.env(**(env or {})))
         agent = AgentProc(
             name, data_dir, proc, self.root / "logs" / f"agent-{name}.log", gpus, labels

@@ -178,9 +178,9 @@ async def _records(pipe: Pipe) -> AsyncIterator[bytes]:
     """A pipe's answer as pipe records; the pipe is closed however this ends (a puller
     that goes away aborts the source's push)."""
     try:
-        async for chunk in pipe:
-            yield pipe_header(PipeKind.DATA, len(chunk))
-            yield chunk
+        async for pieces in pipe.batches():  # one record, one write per batch
+            size = sum(len(p) for p in pieces)
+            yield b"".join([pipe_header(PipeKind.DATA, size), *pieces])
         yield pipe_record(PipeKind.END)
     except MlsmError as exc:
         yield encode_error(exc)

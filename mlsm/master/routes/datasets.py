@@ -47,9 +47,20 @@ async def import_dataset(
     request: Request[Any, Any, Any], services: ServicesDep, data: api.DatasetImport
 ) -> api.Transfer:
     """Download a URL onto a node's dataset root (http/https only; internal addresses only
-    where the lab settings allow their range). Answers the transfer to follow."""
-    # The audit row names the URL without its secrets (userinfo, query, fragment).
-    audit_target(request, f"dataset:{data.name}", node=data.node, url=redact_url(data.url)[:512])
+    where the lab settings allow their range), or bring a directory from below an import
+    root of another node (``from_node``, ``path``). Answers the transfer to follow."""
+    if data.from_node is not None or data.path:
+        audit_target(
+            request,
+            f"dataset:{data.name}",
+            node=data.node,
+            from_node=data.from_node,
+            path=data.path,
+        )
+    else:  # the audit row names the URL without its secrets (userinfo, query, fragment)
+        audit_target(
+            request, f"dataset:{data.name}", node=data.node, url=redact_url(data.url)[:512]
+        )
     return await services.dataset_ops.start_import(principal(request), data)
 
 

@@ -3,6 +3,7 @@ before reading, the hash cache, and trees 5,000 deep or 20,000 files wide."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import stat
@@ -132,8 +133,28 @@ def test_a_file_written_just_now_is_not_cached(tmp_path: Path) -> None:
     build_manifest(tmp_path / "t", cache=cache)
     assert len(cache) == 0
     st = (tmp_path / "t" / "fresh").stat()
-    cache.put(FileKey("x", 1, st.st_mtime_ns - 10**10, 1), "ab" * 32)
+    old = st.st_mtime_ns - 10**10
+    cache.put(FileKey("x", 1, old, 1, old), "ab" * 32)
     assert len(cache) == 1
+
+
+def test_a_file_rewritten_with_its_size_and_mtime_put_back_is_hashed_again(
+    tmp_path: Path,
+) -> None:
+    """``cp -p`` / ``touch -d`` keep the size and mtime of a changed file; its ctime moves,
+    and the cache is keyed by it too."""
+    f = tmp_path / "t" / "data"
+    write(f, b"before")
+    long_ago = f.stat().st_mtime_ns - 10**11
+    os.utime(f, ns=(long_ago, long_ago))
+    cache = HashCache()
+    cache.put(FileKey.of("data", f.stat()), "ab" * 32, hashed_at_ns=f.stat().st_ctime_ns + 10**10)
+    with open(f, "r+b") as fh:
+        fh.write(b"AFTER!")
+    os.utime(f, ns=(long_ago, long_ago))
+    m = build_manifest(tmp_path / "t", cache=cache)
+    assert m.entries[0].sha256 == hashlib.sha256(b"AFTER!").hexdigest()
+    assert cache.misses == 1
 
 
 def test_an_unreadable_cache_file_is_an_empty_cache(tmp_path: Path) -> None:

@@ -324,3 +324,34 @@ def test_after_a_reboot_only_records_made_durable_are_trusted(tmp_path: Path) ->
     copy(src, m, sink)
     sink.finish(tmp_path / "dest")
     assert tree_digest(tmp_path / "dest") == m.digest()
+
+
+def _sync_records(work: Path) -> int:
+    data = (work / JOURNAL_NAME).read_bytes()
+    return sum(1 for off in range(56, len(data) - 15, 16) if data[off] == 4)  # Record.SYNC
+
+
+def test_a_durable_sink_syncs_by_time_and_amount_not_every_few_mib(tmp_path: Path) -> None:
+    """A sync point waits for the disk: a 40 MiB file makes none until the interval or the
+    amount is reached (once every 16 MiB held the receive to the disk in steps)."""
+    src = tmp_path / "src"
+    write(src / "big.bin", os.urandom(40 << 20))
+    m = build_manifest(src)
+    work = tmp_path / "work"
+    sink = Sink(m, work, durable=True)
+    copy(src, m, sink)
+    assert _sync_records(work) == 0
+    sink.close()
+
+    often = tmp_path / "often"
+    sink = Sink(m, often, durable=True, sync_interval_s=0.0)  # every piece of input
+    copy(src, m, sink)
+    assert _sync_records(often) >= 10
+    sink.close()
+
+    by_amount = tmp_path / "by-amount"
+    sink = Sink(m, by_amount, durable=True, sync_bytes=16 << 20)
+    copy(src, m, sink)
+    assert _sync_records(by_amount) == 2
+    sink.finish(tmp_path / "dest")
+    assert tree_digest(tmp_path / "dest") == m.digest()

@@ -49,6 +49,10 @@ from mlsm.wire.bulk import PipeKind, PipeReader, decode_error
 log = logging.getLogger("mlsm.master.bulk")
 
 PIPE_BUFFER_BYTES = 4 << 20  # data a pipe holds between the source's push and the puller
+#: Data handed to the puller at once, of what the pipe holds (never waited for): a push
+#: arrives in pieces of what one socket read gave (64-256 KiB), and each piece sent on
+#: its own costs the response a few writes; up to this much goes as one.
+RELAY_BATCH_BYTES = 1 << 20
 PIPE_ID_BYTES = 16  # random bytes of a pipe id (it is no secret: pushes are node-checked)
 
 
@@ -81,12 +85,24 @@ class Pipe:
         return self._iter()
 
     async def _iter(self) -> AsyncIterator[bytes]:
+        async for pieces in self.batches():
+            yield b"".join(pieces)
+
+    async def batches(self) -> AsyncIterator[list[memoryview]]:
+        """The answer as lists of pieces of up to :data:`RELAY_BATCH_BYTES` together, of
+        what the pipe holds when the puller asks (never waiting to fill one); the caller
+        copies them (one join) before its next step."""
         while True:
             if self._chunks:
-                piece = self._chunks.popleft()
-                self._buffered -= len(piece)
+                pieces = [self._chunks.popleft()]
+                size = len(pieces[0])
+                while self._chunks and size + len(self._chunks[0]) <= RELAY_BATCH_BYTES:
+                    piece = self._chunks.popleft()
+                    pieces.append(piece)
+                    size += len(piece)
+                self._buffered -= size
                 self._changed.set()
-                yield bytes(piece)
+                yield pieces
                 continue
             if self._done:
                 if self._result is not None:

@@ -1,10 +1,18 @@
-"""Starting dataset changes on nodes: import a URL, copy or move between nodes, delete a copy,
-hash a copy. Each is checked here (names, nodes online, roots, nothing in the way, jobs that
+"""Starting dataset changes on nodes: import a URL or a directory of another node, copy or
+move between nodes, delete a copy, hash a copy. Each is checked here (names, nodes online, roots, nothing in the way, jobs that
 need a copy) and then runs as a transfer (:mod:`.transfers`).
 
 Import URLs are checked at the edge: http/https only, and an address given as an IP
 literal must be a public one unless the lab settings allow its range (hosts by name are
 resolved and checked by the agent, which is where DNS answers).
+
+An import from a node (``from_node`` and ``path``) reads a directory of that node as its
+agent's user, so it is confined by the node itself: the path must be absolute, plain, and
+at or below one of the import roots the node's agent was started with (``--import-root``,
+reported in its node info); a node with none serves no path at all. The master checks
+that here to refuse early in words; the source agent checks it again and opens the path
+without following links (:func:`agent.bulk.sources.path_resolver`). The bytes then move
+as a copy's do (direct, else relayed; resumable), into the target's dataset root.
 """
 
 from __future__ import annotations
@@ -15,8 +23,8 @@ import time
 from urllib.parse import urlsplit
 
 from mlsm import COMMAND_SINCE
-from mlsm.datasets_names import dataset_name_problem
-from mlsm.errors import Conflict, NotFound, ValidationError
+from mlsm.datasets_names import dataset_name_problem, import_path_problem, is_below
+from mlsm.errors import Conflict, NotFound, PermissionDenied, ValidationError
 from mlsm.master.security import Principal
 from mlsm.master.services.datasets.catalog import DatasetCatalog
 from mlsm.master.services.datasets.transfers import LiveTransfer, Transfers
@@ -48,6 +56,14 @@ class DatasetOperations:
 
     async def start_import(self, p: Principal, body: api.DatasetImport) -> api.Transfer:
         _check_name(body.name)
+        if body.from_node is not None or body.path:
+            if body.url:
+                raise ValidationError("give a URL or --from-node and --path, not both", path="url")
+            return await self.start_node_import(p, body)
+        if not body.url:
+            raise ValidationError(
+                "nothing to import: give a URL, or --from-node NODE and --path DIR", path="url"
+            )
         settings = self.lab_settings.current
         _check_url(body.url, list(settings.import_allow_cidrs))
         node = self._online(body.node, "the")
@@ -95,14 +111,7 @@ class DatasetOperations:
         dst = self._online(body.dst, "target")
         _with_roots(dst)
         self._not_there(dst, body.name)
-        need = COMMAND_SINCE["bulk_receive"]
-        for n in (src, dst):
-            if n.protocol < need:
-                raise Conflict(
-                    f"the agent on {n.name} is too old for copies between servers (it speaks "
-                    f"protocol {n.protocol}, copies need {need}): upgrade mlsm on that server",
-                    details={"node": n.name, "protocol": n.protocol, "needs": need},
-                )
+        self._speaks_bulk(src, dst)
         live = await self.transfers.new(
             LiveTransfer(
                 id=0,
@@ -118,6 +127,63 @@ class DatasetOperations:
                 state="running",
                 phase="receive",
                 message=f"{src.name} -> {dst.name}: queued on {dst.name}",
+            )
+        )
+        await self.transfers.command(
+            live, "receive", dst.id, wb.BulkReceive, **self.transfers.receive_fields(live)
+        )
+        await self.transfers.save(live)
+        return live.view()
+
+    async def start_node_import(self, p: Principal, body: api.DatasetImport) -> api.Transfer:
+        """Import ``body.path`` of node ``body.from_node`` onto ``body.node`` as a dataset
+        (see the module docstring): pulled by the target as a copy is."""
+        if body.sha256:
+            raise ValidationError(
+                "--sha256 is for URL imports (an import from a node verifies every file)",
+                path="sha256",
+            )
+        if body.from_node is None or not body.path:
+            raise ValidationError(
+                "an import from a node needs both --from-node and --path",
+                path="path" if body.from_node else "from_node",
+            )
+        problem = import_path_problem(body.path)
+        if problem is not None:
+            raise ValidationError(problem, path="path")
+        path = body.path.rstrip("/")
+        src = self._online(body.from_node, "source")
+        roots = list(src.info.import_roots)
+        if not roots:
+            raise Conflict(
+                f"node {src.name} allows no imports from its disk: its agent must be started "
+                "with --import-root DIR (the directories admins may import from)",
+                details={"node": src.name},
+            )
+        if is_below(path, roots) is None:
+            raise PermissionDenied(
+                f"{path} is not below an import root of node {src.name} ({', '.join(roots)})",
+                details={"node": src.name, "import_roots": roots},
+            )
+        dst = self._online(body.node, "target")
+        _with_roots(dst)
+        self._not_there(dst, body.name)
+        self._speaks_bulk(src, dst)
+        live = await self.transfers.new(
+            LiveTransfer(
+                id=0,
+                kind="import",
+                dataset=body.name,
+                node=dst.name,
+                node_id=dst.id,
+                src_node=src.name,
+                src_id=src.id,
+                src_path=path,
+                created_at=time.time(),
+                created_by=p.name,
+                state="running",
+                phase="receive",
+                message=f"{src.name}:{path} -> {dst.name}: queued on {dst.name}",
             )
         )
         await self.transfers.command(
@@ -193,6 +259,17 @@ class DatasetOperations:
         return live.view()
 
     # ---------------------------------------------------------------- checks
+    @staticmethod
+    def _speaks_bulk(*nodes: LiveNode) -> None:
+        need = COMMAND_SINCE["bulk_receive"]
+        for n in nodes:
+            if n.protocol < need:
+                raise Conflict(
+                    f"the agent on {n.name} is too old for copies between servers (it speaks "
+                    f"protocol {n.protocol}, copies need {need}): upgrade mlsm on that server",
+                    details={"node": n.name, "protocol": n.protocol, "needs": need},
+                )
+
     def _online(self, name: str, what: str) -> LiveNode:
         node = self.nodes.get(name)
         state = self.nodes.state_of(node)

@@ -87,7 +87,7 @@ class CopyRelay:
                 f"source node {src.name} is offline; the copy resumes when it is back",
                 details={"node": src.name},
             )
-        spec = wb.SourceSpec(kind="dataset", name=live.dataset)
+        spec = live.spec()
         if req.what == "direct":
             if req.fresh:  # the source restarted (its listener is gone): a new one
                 self._sessions.pop(live.id, None)

@@ -116,6 +116,28 @@ class LiveTransfer:
     def running(self) -> bool:
         return self.state in ACTIVE
 
+    @property
+    def from_path(self) -> bool:
+        """An import from another node's disk (``src_path`` there), pulled as a copy is."""
+        return self.kind == "import" and self.src_id is not None
+
+    @property
+    def pulled(self) -> bool:
+        """The target pulls it from a source node (a copy, a move, an import from a node)."""
+        return self.kind in ("copy", "move") or self.from_path
+
+    def spec(self) -> wb.SourceSpec:
+        """What the source node serves for it."""
+        if self.from_path:
+            return wb.SourceSpec(kind="path", name=self.src_path)
+        return wb.SourceSpec(kind="dataset", name=self.dataset)
+
+    @property
+    def route(self) -> str:
+        """``src -> dst`` as its messages say it (the source's path for an import)."""
+        src = f"{self.src_node}:{self.src_path}" if self.from_path else self.src_node
+        return f"{src} -> {self.node}"
+
     def view(self) -> api.Transfer:
         return api.Transfer(
             id=self.id,
@@ -161,15 +183,8 @@ class Transfers(NodeEvents):
             for r in rows:
                 node = self.nodes.by_name.get(r.node)
                 cmd = await s.get(CommandRow, r.command_id) if r.command_id is not None else None
-                if r.kind in SINGLE and node is not None and r.command_id is not None:
-                    live = _live_of(r, node.id)
-                    live.cmds[r.command_id] = (r.kind, node.id)
-                    if r.kind == "import":
-                        if cmd is not None and cmd.kind == w.ImportDataset.__name__:
-                            live.secrets = url_secrets(_decode_import(cmd.body).url)
-                    self._live[r.id] = live
-                    self._by_cmd[r.command_id] = r.id
-                elif r.kind in ("copy", "move") and node is not None and cmd is not None:
+                pulled = r.kind in ("copy", "move") or (r.kind == "import" and bool(r.src_node))
+                if pulled and node is not None and cmd is not None:
                     resumed, phase_cmd = self._resume_copy(r, node.id, cmd)
                     if resumed is None:
                         r.state = "failed"
@@ -179,6 +194,14 @@ class Transfers(NodeEvents):
                     if not cmd.acked:  # still in the node's outbox: delivered as it is
                         phase_cmd = ""
                     resend.append((resumed, phase_cmd))
+                elif r.kind in SINGLE and node is not None and r.command_id is not None:
+                    live = _live_of(r, node.id)
+                    live.cmds[r.command_id] = (r.kind, node.id)
+                    if r.kind == "import":
+                        if cmd is not None and cmd.kind == w.ImportDataset.__name__:
+                            live.secrets = url_secrets(_decode_import(cmd.body).url)
+                    self._live[r.id] = live
+                    self._by_cmd[r.command_id] = r.id
                 else:
                     r.state = "failed"
                     r.message = "the master restarted while this transfer ran; start it again"
@@ -205,6 +228,13 @@ class Transfers(NodeEvents):
             delete = _cmd_decoder.decode(cmd.body)
             assert isinstance(delete, w.DeleteDataset)
             live.src_path = delete.path
+        elif r.kind == "import":  # from a node's disk: its path is in the receive command
+            live.phase = "receive"
+            live.cmds[cmd.id] = ("receive", node_id)
+            receive = _cmd_decoder.decode(cmd.body)
+            if not isinstance(receive, wb.BulkReceive) or receive.source.kind != "path":
+                return None, ""
+            live.src_path = receive.source.name
         else:
             live.phase = "receive"
             live.cmds[cmd.id] = ("receive", node_id)
@@ -231,7 +261,7 @@ class Transfers(NodeEvents):
         """The ``BulkReceive`` of a copy or move (the same for every send of it)."""
         return {
             "transfer_id": live.id,
-            "source": wb.SourceSpec(kind="dataset", name=live.dataset),
+            "source": live.spec(),
             "src_node": live.src_node or "",
             "name": live.dataset,
             "max_bytes": self.max_bytes(),
@@ -242,15 +272,17 @@ class Transfers(NodeEvents):
         return self._live.get(transfer_id)
 
     def copy(self, transfer_id: int) -> LiveTransfer:
-        """The copy or move in progress with this id."""
+        """The copy, move or import from a node in progress with this id."""
         live = self._live.get(transfer_id)
-        if live is None or live.kind not in ("copy", "move"):
+        if live is None or not live.pulled:
             raise NotFound(f"no copy or move {transfer_id} is in progress")
         return live
 
     def bringing(self, name: str, node_id: int) -> int | None:
         """A transfer that brings ``name`` to the node (an import, copy or move)."""
         for t in self._live.values():
+            if not t.running:  # ended: its row is being written, it brings nothing more
+                continue
             if t.dataset == name and t.node_id == node_id and t.kind in ("import", "copy", "move"):
                 return t.id
         return None
@@ -258,7 +290,7 @@ class Transfers(NodeEvents):
     def touching(self, name: str, node_id: int) -> int | None:
         """A transfer that reads or writes the node's copy of ``name``."""
         for t in self._live.values():
-            if t.dataset == name and node_id in (t.node_id, t.src_id):
+            if t.running and t.dataset == name and node_id in (t.node_id, t.src_id):
                 return t.id
         return None
 
@@ -435,7 +467,7 @@ class Transfers(NodeEvents):
                 log.exception("transfer %s: could not apply a progress report", live.id)
 
     async def _progress(self, live: LiveTransfer, role: str, pr: w.TransferProgress) -> None:
-        if role in SINGLE:
+        if role in SINGLE:  # an import from a node reports as "receive"
             live.done, live.rate = pr.done_bytes, pr.rate_bps
             live.total = pr.total_bytes if pr.total_bytes is not None else live.total
             if pr.state == "running":
@@ -443,7 +475,7 @@ class Transfers(NodeEvents):
             else:
                 await self.end(live, pr.state, pr.message)
             return
-        where = f"{live.src_node} -> {live.node}"
+        where = live.route
         if role == "receive":
             await self._received(live, pr, where)
         elif role == "delete-source" and pr.state != "running":
@@ -485,8 +517,9 @@ class Transfers(NodeEvents):
             )
             await self.save(live)  # a restarted master resumes the move in this phase
         else:
+            done = "imported" if live.kind == "import" else "copied"
             await self.end(
-                live, "succeeded", f"{where}: copied and verified file by file ({pr.message})"
+                live, "succeeded", f"{where}: {done} and verified file by file ({pr.message})"
             )
 
 
