@@ -94,6 +94,10 @@ class StoredJobSpec(
     code: str = ""
     #: The submitter's project the job runs in (placed on the node that holds it).
     project: str = ""
+    #: Runs on otherwise idle GPUs and is stopped (after ``preempt_grace_s``) and requeued
+    #: when a normal job needs them.
+    preemptible: bool = False
+    preempt_grace_s: float = 0.0  # 0 = the master's KILL_GRACE_S
 
     @property
     def gpu_mem_bytes(self) -> int:
@@ -224,6 +228,8 @@ def build_submission(
         member_mounts=bool(mounts) and not p.is_admin,
         code=body.code,
         project=body.project,
+        preemptible=body.preemptible,
+        preempt_grace_s=body.preempt_grace_s,
     )
     check_stored_size(spec, len(indices))
     _check_dependency_ids(deps)

@@ -254,6 +254,10 @@ def history_unit(series: str) -> str:
 
 
 # ---------------------------------------------------------------- jobs
+#: Longest grace a preemptible job may ask for between SIGTERM and SIGKILL.
+MAX_PREEMPT_GRACE_S = 3600.0
+
+
 class JobSubmit(Struct, kw_only=True, forbid_unknown_fields=True):
     argv: Annotated[
         list[Annotated[str, Meta(max_length=8192)]], Meta(min_length=1, max_length=4096)
@@ -294,6 +298,10 @@ class JobSubmit(Struct, kw_only=True, forbid_unknown_fields=True):
     code: Annotated[str, Meta(pattern=r"^([0-9a-f]{64})?$")] = ""
     # Run in this project of the submitter's (mlsm project push): placed on its node.
     project: Annotated[str, Meta(max_length=64, pattern=r"^([A-Za-z0-9][A-Za-z0-9._-]*)?$")] = ""
+    # Runs only on GPUs no other job wants: a normal job that needs its GPUs stops it
+    # (SIGTERM, then SIGKILL after preempt_grace_s) and it is requeued, its retries untouched.
+    preemptible: bool = False
+    preempt_grace_s: Annotated[float, Meta(ge=0, le=MAX_PREEMPT_GRACE_S)] = 0.0  # 0 = 10 s
 
 
 class JobEvent(Struct, kw_only=True, array_like=True):
@@ -346,6 +354,12 @@ class Job(Struct, kw_only=True):
     log_removed_at: float | None = None  # the shipped log, removed by retention
     code: str = ""  # the code snapshot it runs in (digest), "" = none
     project: str = ""  # the project it runs in, "" = none
+    preemptible: bool = False
+    preempt_grace_s: float = 0.0  # its own grace before SIGKILL when preempted (0: 10 s)
+    preemptions: int = 0  # times it was preempted and requeued (not counted as retries)
+    # Queued: when the scheduler expects it to start (the GPUs it reserved for it free up
+    # by running jobs' time limits); None when nothing is reserved for it.
+    expected_start: float | None = None
 
 
 class JobList(Struct, kw_only=True):
@@ -537,6 +551,12 @@ Pattern = Annotated[str, Meta(min_length=1, max_length=256)]
 HostPath = Annotated[str, Meta(min_length=1, max_length=4096, pattern=r"^/")]
 RetentionDays = Annotated[float, Meta(ge=0, le=100 * 365)]
 DiskPct = Annotated[float, Meta(ge=0, le=100)]
+#: A time limit in seconds (0: none), at most a year.
+LimitSeconds = Annotated[float, Meta(ge=0, le=365 * 86400)]
+GpusPerJob = Annotated[int, Meta(ge=0, le=64)]
+PriorityValue = Annotated[int, Meta(ge=-1000, le=1000)]
+ReserveGpus = Annotated[int, Meta(ge=0, le=100_000)]
+ReserveHours = Annotated[float, Meta(gt=0, le=365 * 24)]
 
 
 class LabSettings(Struct, kw_only=True):
@@ -554,6 +574,15 @@ class LabSettings(Struct, kw_only=True):
     node_disk_high_pct: DiskPct = 90.0
     code_max_files: Count = 20_000  # files in one code snapshot (mlsm submit, project push)
     code_max_bytes: Count = 1 << 30  # bytes of one code snapshot (1 GiB)
+    # Lab limits (mlsm.master.services.jobs.limits); admins are held to none of them.
+    default_time_limit_s: LimitSeconds = 0.0  # a job without --timeout gets this (0: none)
+    max_time_limit_s: LimitSeconds = 0.0  # the longest --timeout a member may ask (0: any)
+    max_gpus_per_job: GpusPerJob = 0  # GPUs one member's job may ask for (0: any)
+    member_max_priority: PriorityValue = 1000  # the highest --priority a member may give
+    # Reservations (mlsm reserve): GPUs one member may hold reserved at once (0: members
+    # may not reserve), and the longest reservation a member may make.
+    reservation_max_gpus: ReserveGpus = 0
+    reservation_max_hours: ReserveHours = 24.0
 
 
 class LabSettingsUpdate(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -565,3 +594,9 @@ class LabSettingsUpdate(Struct, kw_only=True, forbid_unknown_fields=True, omit_d
     node_disk_high_pct: DiskPct | None = None
     code_max_files: Count | None = None
     code_max_bytes: Count | None = None
+    default_time_limit_s: LimitSeconds | None = None
+    max_time_limit_s: LimitSeconds | None = None
+    max_gpus_per_job: GpusPerJob | None = None
+    member_max_priority: PriorityValue | None = None
+    reservation_max_gpus: ReserveGpus | None = None
+    reservation_max_hours: ReserveHours | None = None
