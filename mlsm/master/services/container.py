@@ -126,7 +126,10 @@ class Services:
             self.scheduling,
             self.code,
             self.projects,
+            self.lab_settings,
         )
+        self.scheduling.lab_settings = self.lab_settings
+        self.table.node_facts = self._node_facts
         self.job_logs = JobLogs(db, self.table, log_store)
         self.disk = DiskHygiene(db, self.nodes, log_store, self.lab_settings, self.audit)
         self.outputs = OutputsService(db, self.nodes, self.pipes)
@@ -139,6 +142,17 @@ class Services:
         self.nodes.subscribe(self.scheduling)
         self.nodes.subscribe(self.transfers)
         self._background: set[asyncio.Task[None]] = set()
+
+    def _node_facts(
+        self, node_id: int, gpus: tuple[int, ...]
+    ) -> tuple[str, str, dict[str, str]]:
+        """A node's name, the model of the given GPUs and its labels (for usage rows)."""
+        n = self.nodes.nodes.get(node_id)
+        if n is None:
+            return "", "", {}
+        names = {g.index: g.name for g in n.gpus}
+        model = next((names[i] for i in gpus if names.get(i)), "")
+        return n.name, model, dict(n.labels)
 
     def _user_changed(self, user_id: int) -> None:
         """A user's role, account or cap changed: cached principals go, placement relearns."""

@@ -15,7 +15,8 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 
 from sqlalchemy import select, update
 
@@ -26,10 +27,12 @@ from mlsm.master.db import Database
 from mlsm.master.db.models import Job as JobRow
 from mlsm.master.gpustate import gpu_state
 from mlsm.master.services.datasets import DatasetCatalog
-from mlsm.master.services.jobs.launch import Accounts, Launcher
-from mlsm.master.services.jobs.table import JobTable
+from mlsm.master.services.jobs.launch import KILL_GRACE_S, Accounts, Launcher
+from mlsm.master.services.jobs.limits import effective_default_time_limit
+from mlsm.master.services.jobs.table import PREEMPTING, JobTable, event
 from mlsm.master.services.livenode import LiveNode, NodeEvents
 from mlsm.master.services.nodes import NodeRegistry
+from mlsm.master.services.settings import SettingsService
 from mlsm.wire import agent as w
 from mlsm.wire import api
 
@@ -81,6 +84,10 @@ class SchedulingLoop(NodeEvents):
         self.launcher = launcher
         #: Which projects (``user/name``) are ready on which node id (the code service's).
         self.project_holders: Callable[[], Mapping[int, frozenset[str]]] = dict
+        #: The reservations that hold GPUs now or later (the reservation service's).
+        self.holds: Callable[[float], Sequence[sched.Hold]] = lambda now: ()
+        #: The lab's limits (its default time limit counts for jobs that name none).
+        self.lab_settings: SettingsService | None = None
         self._kick = asyncio.Event()
         self.passes = 0
         self.last_pass_ms = 0.0
@@ -121,6 +128,9 @@ class SchedulingLoop(NodeEvents):
             in_use[a.user] = in_use.get(a.user, 0) + a.gpu_count
             if a.array_parent is not None:
                 running_array[a.array_parent] = running_array.get(a.array_parent, 0) + 1
+        default_limit = (
+            effective_default_time_limit(self.lab_settings.current) if self.lab_settings else 0.0
+        )
         ctx = sched.SchedContext(
             dep_states=await self._dep_states(),
             running_array=running_array,
@@ -128,12 +138,40 @@ class SchedulingLoop(NodeEvents):
             user_caps=self.accounts.caps,
             usage=table.fair_share.effective(table.active.values()),
             mapped_users=self.accounts.mapped,
+            now=now,
+            running=self._running(default_limit),
+            holds=self.holds(now),
         )
-        result = sched.schedule(list(table.pending.values()), self.node_caps(now), ctx)
+        pending: list[sched.PendingJob] = list(table.pending.values())
+        if default_limit:  # jobs queued before the lab had a default get it now
+            pending = [
+                j if j.time_limit_s else replace(j, time_limit_s=default_limit) for j in pending
+            ]
+        result = sched.schedule(pending, self.node_caps(now), ctx)
         await self._apply(result, now)
         self.passes += 1
         self.last_pass_ms = (time.perf_counter() - t0) * 1000
         return result
+
+    def _running(self, default_limit: float) -> list[sched.Running]:
+        """The placed jobs that hold GPUs, with when they end by their time limits."""
+        out = []
+        for a in self.table.active.values():
+            node = self.nodes.nodes.get(a.node_id)
+            if node is None or not a.gpus:
+                continue
+            out.append(
+                sched.Running(
+                    job_id=a.job_id,
+                    node=node.name,
+                    gpus=a.gpus,
+                    ends_at=a.ends_at(default_limit),
+                    preemptible=a.preemptible,
+                    started_at=a.started_at or a.assigned_at,
+                    stopping=a.stopping,
+                )
+            )
+        return out
 
     def node_caps(self, now: float) -> list[sched.NodeCap]:
         holders = self.table.gpu_holders()
@@ -198,7 +236,27 @@ class SchedulingLoop(NodeEvents):
         table = self.table
         changed_reasons = {j: r for j, r in result.reasons.items() if table.reasons.get(j) != r}
         starts: list[tuple[int, w.JobSpec]] = []
+        stops: list[tuple[int, int, int, str, float]] = []  # node, job, attempt, why, grace
+        table.expected = dict(result.expected_start)
         async with self.db.transaction() as s:
+            victims = [
+                v for v in result.preempt if v in table.active and not table.active[v].stopping
+            ]
+            victim_rows = (
+                (await s.execute(select(JobRow).where(JobRow.id.in_(victims)))).scalars().all()
+                if victims
+                else []
+            )
+            for vr in victim_rows:
+                a = table.active.get(vr.id)
+                if a is None or vr.state not in ("assigned", "running"):
+                    continue
+                why = f"preempted by job {result.preempt[vr.id]}"
+                a.stopping = True
+                vr.reason = PREEMPTING + why
+                vr.history = [*vr.history, event(vr.state, PREEMPTING + why)]
+                grace = vr.spec.preempt_grace_s or KILL_GRACE_S
+                stops.append((a.node_id, vr.id, a.attempt, why, grace))
             if result.placements:
                 ids = [pl.job_id for pl in result.placements]
                 rows = {
@@ -223,5 +281,17 @@ class SchedulingLoop(NodeEvents):
                     [{"id": j, "reason": why} for j, why in changed_reasons.items()],
                 )
                 table.reasons.update(changed_reasons)
+        for node_id, job_id, attempt, why, grace in stops:
+            # The agent stops it as it stops a cancelled job (SIGTERM, the job's own grace,
+            # SIGKILL); its end is then read as a preemption (the reason says so).
+            await self.nodes.enqueue(
+                node_id,
+                w.CancelJob,
+                job_id=job_id,
+                attempt=attempt,
+                reason=why,
+                end_kind="cancelled",
+                grace_s=grace,
+            )
         for node_id, spec in starts:
             await self.nodes.enqueue(node_id, w.StartJob, job=spec)
