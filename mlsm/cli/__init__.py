@@ -57,6 +57,8 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "projects": ("mlsm.cli.projects", "projects", "List projects (trees kept on nodes)."),
     "project": ("mlsm.cli.projects", "project", "Push, copy or remove a project on a node."),
     "settings": ("mlsm.cli.settings", "settings_cmd", "Show or change the lab's policies."),
+    "usage": ("mlsm.cli.usage", "usage", "GPU-hours, utilisation, waits and energy."),
+    "reserve": ("mlsm.cli.usage", "reserve", "Reserve GPUs for a while; list or cancel."),
     "completion": (
         "mlsm.cli.completion",
         "completion",

@@ -65,7 +65,7 @@ def jobs(
                 j.node or "-",
                 _gpus(j),
                 ago(j.created_at),
-                j.reason if j.state in ("queued", "held") or j.state in api.FINAL_STATES else "",
+                _reason(j),
             )
             for j in res.jobs
         ],
@@ -73,6 +73,15 @@ def jobs(
     )
     if res.total > len(res.jobs):
         echo(f"({len(res.jobs)} of {res.total} shown; use --limit)", err=True)
+
+
+def _reason(j: api.Job) -> str:
+    """Why it waits (with its expected start, when GPUs are reserved for it) or ended."""
+    if j.state not in ("queued", "held") and j.state not in api.FINAL_STATES:
+        return ""
+    if j.expected_start is not None:
+        return f"{j.reason} (expected start {when(j.expected_start)})"
+    return j.reason
 
 
 @click.group()
@@ -115,7 +124,14 @@ def job_show(ctx: click.Context, job_id: int, as_json: bool) -> None:
         ),
         ("node", f"{j.node} GPUs {j.gpu_indices}" if j.node else "-"),
         ("priority", j.priority),
-        ("attempt", f"{j.attempt} of {j.retries + 1}"),
+        ("attempt", f"{j.attempt} of {j.retries + 1 + j.preemptions}"),
+        ("time limit", f"{j.timeout_s:g} s" if j.timeout_s else "none"),
+        (
+            "preemptible",
+            (f"yes, {j.preempt_grace_s or 10:g} s to stop" if j.preemptible else "no")
+            + (f", preempted {j.preemptions} time(s)" if j.preemptions else ""),
+        ),
+        ("expected start", when(j.expected_start) if j.expected_start else "-"),
         ("submitted", when(j.created_at)),
         ("started", when(j.started_at)),
         ("ended", when(j.ended_at)),

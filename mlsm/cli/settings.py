@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from mlsm.cli.common import client_from, human_bytes, json_option
+from mlsm.cli.common import client_from, human_bytes, json_option, parse_duration
 from mlsm.cli.output import echo, emit_json
 from mlsm.wire import api
 
@@ -45,6 +45,22 @@ def settings_show(ctx: click.Context, as_json: bool) -> None:
         )
     )
     echo(f"code snapshot       {s.code_max_files} files, {human_bytes(s.code_max_bytes)} at most")
+    echo(f"default time limit  {_limit(s.default_time_limit_s)}")
+    echo(f"max time limit      {_limit(s.max_time_limit_s)} (members)")
+    echo(f"max GPUs per job    {s.max_gpus_per_job or 'any'} (members)")
+    echo(f"member max priority {s.member_max_priority}")
+    echo(
+        "reservations        "
+        + (
+            f"members up to {s.reservation_max_gpus} GPUs, {s.reservation_max_hours:g} h at most"
+            if s.reservation_max_gpus
+            else "admins only"
+        )
+    )
+
+
+def _limit(seconds: float) -> str:
+    return f"{seconds / 3600:g} h" if seconds else "none"
 
 
 @settings_cmd.command("set")
@@ -91,6 +107,31 @@ def settings_show(ctx: click.Context, as_json: bool) -> None:
     type=click.FloatRange(0),
     help="Most MiB a shipped code snapshot or project push may hold.",
 )
+@click.option(
+    "--default-time-limit",
+    help="Time limit of a job that asks for none, e.g. 24h (0: none).",
+)
+@click.option(
+    "--max-time-limit", help="Longest time limit a member's job may ask, e.g. 72h (0: any)."
+)
+@click.option(
+    "--max-gpus-per-job", type=click.IntRange(0, 64), help="GPUs a member's job may ask (0: any)."
+)
+@click.option(
+    "--member-max-priority",
+    type=click.IntRange(-1000, 1000),
+    help="Highest --priority a member may give (lower is always allowed).",
+)
+@click.option(
+    "--reservation-max-gpus",
+    type=click.IntRange(0, 100_000),
+    help="GPUs a member may hold reserved at once (0: members may not reserve).",
+)
+@click.option(
+    "--reservation-max-hours",
+    type=click.FloatRange(0, 365 * 24, min_open=True),
+    help="Longest reservation a member may make, in hours.",
+)
 @json_option
 @click.pass_context
 def settings_set(
@@ -106,6 +147,12 @@ def settings_set(
     node_disk_high_pct: float | None,
     code_max_files: int | None,
     code_max_mib: float | None,
+    default_time_limit: str | None,
+    max_time_limit: str | None,
+    max_gpus_per_job: int | None,
+    member_max_priority: int | None,
+    reservation_max_gpus: int | None,
+    reservation_max_hours: float | None,
     as_json: bool,
 ) -> None:
     """Change the lab's policies (admins; audited)."""
@@ -118,6 +165,12 @@ def settings_set(
         node_disk_high_pct=node_disk_high_pct,
         code_max_files=code_max_files,
         code_max_bytes=int(code_max_mib * (1 << 20)) if code_max_mib is not None else None,
+        default_time_limit_s=_seconds(default_time_limit),
+        max_time_limit_s=_seconds(max_time_limit),
+        max_gpus_per_job=max_gpus_per_job,
+        member_max_priority=member_max_priority,
+        reservation_max_gpus=reservation_max_gpus,
+        reservation_max_hours=reservation_max_hours,
     )
     with client_from(ctx) as c:
         s = c.settings.update(body)
@@ -125,3 +178,10 @@ def settings_set(
         emit_json(s)
     else:
         echo("settings updated")
+
+
+def _seconds(text: str | None) -> float | None:
+    """A time limit flag: a duration, or 0 for none."""
+    if text is None:
+        return None
+    return 0.0 if text.strip() in ("0", "none") else parse_duration(text)

@@ -93,6 +93,17 @@ def _kv(items: tuple[str, ...], what: str) -> dict[str, str]:
 )
 @click.option("--hold", is_flag=True, help="Submit held; release with `mlsm job release ID`.")
 @click.option(
+    "--preemptible",
+    is_flag=True,
+    help="Run on GPUs that would otherwise idle; stopped and requeued (no retry used) "
+    "when a normal job needs them.",
+)
+@click.option(
+    "--preempt-grace",
+    default=None,
+    help="Time between SIGTERM and SIGKILL when preempted, to checkpoint (e.g. 60s; default 10s).",
+)
+@click.option(
     "--fetch",
     "fetch_dir",
     type=click.Path(file_okay=False),
@@ -109,6 +120,7 @@ def submit(
     env: tuple[str, ...],
     labels: tuple[str, ...],
     timeout: str | None,
+    preempt_grace: str | None,
     datasets: tuple[str, ...],
     mounts: tuple[str, ...],
     after: tuple[str, ...],
@@ -159,6 +171,7 @@ def submit(
                 "gpu_mem_gib": gpu_mem,
                 "mem_gib": mem,
                 "timeout_s": parse_duration(timeout) if timeout else 0.0,
+                "preempt_grace_s": parse_duration(preempt_grace) if preempt_grace else 0.0,
             },
             api.JobSubmit,
         )

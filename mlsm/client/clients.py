@@ -11,6 +11,7 @@ from mlsm.client.http import AsyncHttp, SyncHttp
 from mlsm.client.jobs import AsyncJobs, Jobs
 from mlsm.client.nodes import AsyncJoinTokens, AsyncNodes, JoinTokens, Nodes
 from mlsm.client.resource import group
+from mlsm.client.usage import AsyncReservations, AsyncUsage, Reservations, Usage
 from mlsm.client.users import AsyncTokens, AsyncUsers, Tokens, Users
 from mlsm.wire import api
 
@@ -30,6 +31,8 @@ class Client(SyncHttp):
     audit = group(Audit)
     code = group(Code)
     projects = group(Projects)
+    usage = group(Usage)
+    reservations = group(Reservations)
 
     def __enter__(self) -> Client:
         return self
@@ -63,6 +66,8 @@ class AsyncClient(AsyncHttp):
     settings = group(AsyncLabSettings)
     code = group(AsyncCode)
     projects = group(AsyncProjects)
+    usage = group(AsyncUsage)
+    reservations = group(AsyncReservations)
     audit = group(AsyncAudit)
 
     async def __aenter__(self) -> AsyncClient:

@@ -203,6 +203,11 @@ class GpuView(Struct, kw_only=True):
     job_ids: list[int] = []  # mlsm jobs allocated to this GPU
     foreign: bool = False  # processes mlsm did not start hold memory on it
     busy: bool = False
+    # A reservation that is on here: whose ("" = maintenance), its id, and whether someone
+    # else uses the GPU ("used without reservation": another user's job, or a foreign process).
+    reserved_for: str | None = None
+    reservation_id: int | None = None
+    unreserved_use: bool = False
 
 
 class Node(Struct, kw_only=True):
@@ -531,6 +536,11 @@ POST   /api/v1/transfers/{id}/cancel     Transfer
 GET    /api/v1/settings                  LabSettings
 PATCH  /api/v1/settings                  LabSettingsUpdate -> LabSettings admin
 PATCH  /api/v1/nodes/{name}              NodeUpdate -> Node (labels, docker_network) admin
+GET    /api/v1/usage[?by&since&until&user]      UsageReport (mlsm.wire.usage; members: own jobs)
+GET    /api/v1/usage/timeline[?since&until&steps] UsageTimeline
+GET    /api/v1/reservations[?all=true]   list[Reservation]
+POST   /api/v1/reservations              ReservationCreate -> Reservation (caps for members)
+DELETE /api/v1/reservations/{id}         Reservation (its user, its maker, or an admin)
 POST   /api/v1/jobs/{id}/release         Job (a held job joins the queue)
 POST   /api/v1/jobs/{id}/purge           PurgeResult (a finished job's directory on its node)
 GET    /api/v1/jobs/{id}/outputs[?path]  OutputListing (mlsm.wire.outputs; owner and admins)

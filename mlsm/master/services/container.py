@@ -11,7 +11,8 @@ Who owns which table: users and tokens (:class:`UserService`, :class:`AuthServic
 join tokens (:class:`JoinTokens`), nodes and commands (:class:`NodeRegistry`), metric points (:class:`History`),
 jobs (:class:`JobService` with the job table and the scheduling loop), usage
 (:class:`FairShare`), datasets and dataset copies (:class:`DatasetCatalog`), transfers
-(:class:`Transfers`), settings (:class:`SettingsService`), audit (:class:`AuditLog`);
+(:class:`Transfers`), settings (:class:`SettingsService`), audit (:class:`AuditLog`),
+reservations (:class:`Reservations`), job runs (the job table; read by :class:`UsageService`);
 the removal marks of finished jobs' directories and logs (:class:`DiskHygiene`).
 """
 
@@ -56,8 +57,10 @@ from mlsm.master.services.nodes import NodeRegistry
 from mlsm.master.services.nodeviews import NodeViews
 from mlsm.master.services.outputs import OutputsService
 from mlsm.master.services.policy import JobPolicy
+from mlsm.master.services.reservations import Reservations
 from mlsm.master.services.settings import SettingsService
 from mlsm.master.services.telemetry import History
+from mlsm.master.services.usage import UsageService
 from mlsm.master.services.users import UserService
 
 log = logging.getLogger("mlsm.master")
@@ -133,9 +136,16 @@ class Services:
         self.job_logs = JobLogs(db, self.table, log_store)
         self.disk = DiskHygiene(db, self.nodes, log_store, self.lab_settings, self.audit)
         self.outputs = OutputsService(db, self.nodes, self.pipes)
+        # reservations and usage reports
+        self.reservations = Reservations(
+            db, self.nodes, self.table, self.lab_settings, self.scheduling.kick
+        )
+        self.scheduling.holds = self.reservations.holds
+        self.usage = UsageService(db, self.nodes, self.table, self.history)
         # people and views
         self.users = UserService(db, on_change=self._user_changed)
         self.node_views = NodeViews(settings, self.nodes, self.table)
+        self.node_views.reserved_on = self.reservations.on_node
         self.metrics = LabMetrics(self.nodes, self.table, connection_guard)
         # Node events, in the order their listeners must hear them.
         self.nodes.subscribe(self.jobs)
@@ -143,9 +153,7 @@ class Services:
         self.nodes.subscribe(self.transfers)
         self._background: set[asyncio.Task[None]] = set()
 
-    def _node_facts(
-        self, node_id: int, gpus: tuple[int, ...]
-    ) -> tuple[str, str, dict[str, str]]:
+    def _node_facts(self, node_id: int, gpus: tuple[int, ...]) -> tuple[str, str, dict[str, str]]:
         """A node's name, the model of the given GPUs and its labels (for usage rows)."""
         n = self.nodes.nodes.get(node_id)
         if n is None:
@@ -181,6 +189,7 @@ class Services:
         await self.projects.load()
         await self.fair_share.load(self.db)
         await self.accounts.load()
+        await self.reservations.load()
         self._spawn(self.nodes.run_background())
         self._spawn(self.scheduling.run())
         self._spawn(self.disk.run())

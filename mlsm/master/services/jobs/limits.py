@@ -68,7 +68,12 @@ def check_limits(
         raise LimitExceeded(
             f"the job asks for {ask.gpus} GPUs; the lab's limit is {cap} GPU"
             f"{'s' if cap != 1 else ''} per job (max_gpus_per_job)",
-            details={"limit": "max_gpus_per_job", "allowed": cap, "asked": ask.gpus, "path": "gpus"},
+            details={
+                "limit": "max_gpus_per_job",
+                "allowed": cap,
+                "asked": ask.gpus,
+                "path": "gpus",
+            },
         )
     longest = lab.max_time_limit_s
     if (
