@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import shutil
 import time
 from datetime import datetime
@@ -13,8 +14,10 @@ import click
 
 from mlsm.cli.common import client_from, json_option, parse_duration, when
 from mlsm.cli.output import echo, emit_json, table
+from mlsm.errors import ValidationError
 from mlsm.wire import usage as wu
 
+_SGR = re.compile(r"\x1b\[[0-9;]*m")
 #: Charts printed by --plot: their height in lines, and the widest they get.
 PLOT_LINES = 14
 PLOT_MAX_COLUMNS = 120
@@ -33,7 +36,7 @@ def parse_time(text: str, *, now: float | None = None, future: bool = False) -> 
     try:
         return datetime.fromisoformat(t).timestamp()
     except ValueError:
-        raise click.BadParameter(
+        raise ValidationError(
             f"{text!r} is not a time: use 30d, 12h, +2h, now, 2027-01-31 or '2027-01-31 14:00'"
         ) from None
 
@@ -113,7 +116,8 @@ def _plots(report: wu.UsageReport, tl: wu.UsageTimeline) -> None:
             charts.queue_lines(plt, tl)
         else:
             charts.wait_lines(plt, tl)
-        echo(plt.build())
+        # plotext ends lines with colour resets even without colours: they are dropped.
+        echo(_SGR.sub("", plt.build()), lines=True)
 
 
 @click.command("usage")
@@ -152,7 +156,7 @@ def usage(
         emit_json(report)
         return
     if as_csv:
-        echo(_csv(report), nl=False)
+        echo(_csv(report), nl=False, lines=True)
         return
     whose = f" ({report.user}'s jobs)" if report.user else ""
     echo(f"usage from {when(report.since)} to {when(report.until)} by {report.by}{whose}")

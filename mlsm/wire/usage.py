@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+import msgspec
 from msgspec import Meta, Struct
 
 from mlsm.wire.api import NodeName, ShortStr, UserName
@@ -44,7 +45,7 @@ class UsageReport(Struct, kw_only=True):
     since: float
     until: float
     rows: list[UsageRow] = []
-    total: UsageRow = UsageRow(key="total")
+    total: UsageRow = msgspec.field(default_factory=lambda: UsageRow(key="total"))
     #: Whose jobs it covers: "" = everyone's; a member sees only their own.
     user: str = ""
 
