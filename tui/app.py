@@ -30,6 +30,7 @@ from tui.screens import (
     JobsScreen,
     NodeScreen,
     OverviewScreen,
+    UsageScreen,
 )
 from tui.screens.base import Dashboard, View
 from tui.source import DataSource
@@ -42,7 +43,7 @@ POLL_S = 2.0
 MAX_BACKOFF_S = 30.0
 #: Retry delay when data arrived before the screen finished composing.
 COMPOSE_RETRY_S = 0.05
-VIEW_NAMES = ("nodes", "jobs", "datasets", "admin")
+VIEW_NAMES = ("nodes", "jobs", "datasets", "admin", "usage")
 
 
 class MlsmApp(App[None]):
@@ -55,6 +56,7 @@ class MlsmApp(App[None]):
         "jobs": JobsScreen,
         "datasets": DatasetsScreen,
         "admin": AdminScreen,
+        "usage": UsageScreen,
     }
     DEFAULT_MODE = "nodes"
     BINDINGS = [
@@ -65,6 +67,7 @@ class MlsmApp(App[None]):
         Binding("2", "view('jobs')", "Jobs", show=False),
         Binding("3", "view('datasets')", "Datasets", show=False),
         Binding("4", "view('admin')", "Admin", show=False),
+        Binding("5", "view('usage')", "Usage", show=False),
         Binding("ctrl+t", "toggle_theme", "Light/dark", show=False),
         Binding("ctrl+r", "refresh", "Refresh now", show=False),
     ]
