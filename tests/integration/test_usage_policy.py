@@ -196,7 +196,14 @@ def test_preemption_requeues_and_the_preemptor_starts(lab: Lab) -> None:
     assert report["total"]["gpu_hours"] > 0
 
 
-def test_preempted_job_ran_its_checkpoint(lab: Lab) -> None:
+#: Checkpoints for longer than the default 10 s grace before it exits on SIGTERM.
+SLOW_TRAP = (
+    "trap 'echo checkpoint; sleep 12; echo saved; exit 0' TERM; echo started; "
+    "while true; do sleep 0.2; done"
+)
+
+
+def test_a_preempted_job_gets_its_own_grace_to_checkpoint(lab: Lab) -> None:
     victim = _submit(
         lab,
         "--gpus",
@@ -205,11 +212,11 @@ def test_preempted_job_ran_its_checkpoint(lab: Lab) -> None:
         "pb",
         "--preemptible",
         "--preempt-grace",
-        "30s",
+        "40s",
         "--",
         "bash",
         "-c",
-        TRAP,
+        SLOW_TRAP,
     )
     lab.wait_job(victim, "running", JOB_WAIT_S)
     wait_until(lambda: b"started" in lab.log(victim), JOB_WAIT_S, "the victim to start")
@@ -217,9 +224,12 @@ def test_preempted_job_ran_its_checkpoint(lab: Lab) -> None:
     lab.wait_job(blocker, "running", JOB_WAIT_S)
     normal = _submit(lab, "--gpus", "1", "--node", "pb", "--", "sleep", "300")
     lab.wait_job(normal, "running", JOB_WAIT_S)
+    # SIGTERM reached it, and it was not killed at 10 s: its checkpoint finished
+    log = lab.agents["pb"].job_log(victim)
+    assert b"checkpoint" in log and b"saved" in log
     v = lab.job(victim)
-    assert v.preemptions == 1
-    assert v.reason.startswith("preempted by job") or v.state == "queued"
+    assert v.state == "queued" and v.preemptions == 1
+    assert v.reason == f"preempted by job {normal}" or "GPU" in v.reason
 
 
 # ---------------------------------------------------------------- reservations
