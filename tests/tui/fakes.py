@@ -648,9 +648,7 @@ class FakeSource(DataSource):
             user=self.user if self.role == "member" else "",
         )
 
-    async def usage_timeline(
-        self, *, since: float, until: float, steps: int
-    ) -> wu.UsageTimeline:
+    async def usage_timeline(self, *, since: float, until: float, steps: int) -> wu.UsageTimeline:
         self._check()
         step = (until - since) / steps
         ts = [since + k * step for k in range(steps)]
