@@ -102,6 +102,12 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/projects"): "member",
     ("POST", "/api/v1/projects/copy"): "admin",
     ("DELETE", "/api/v1/projects/{name:str}"): "member",
+    # usage reports and reservations
+    ("GET", "/api/v1/usage"): "member",
+    ("GET", "/api/v1/usage/timeline"): "member",
+    ("GET", "/api/v1/reservations"): "member",
+    ("POST", "/api/v1/reservations"): "member",
+    ("DELETE", "/api/v1/reservations/{reservation_id:int}"): "member",
 }
 
 USER_ROLES = ("member", "admin", "superadmin")
