@@ -12,6 +12,7 @@ back into the same class, so the CLI and the dashboard print one readable line::
     │   │                                                name or link, device, socket, FIFO)
     │   ├── AuthenticationError    401 unauthenticated
     │   ├── PermissionDenied       403 forbidden
+    │   │   └── LimitExceeded      403 limit_exceeded    (over a lab limit: details.limit names it)
     │   ├── NotFound               404 not_found
     │   ├── Conflict               409 conflict
     │   │   ├── NodeNameTaken      409 node_name_taken   (a registered node has that name)
@@ -95,6 +96,14 @@ class AuthenticationError(ClientError):
 class PermissionDenied(ClientError):
     status = 403
     code = "forbidden"
+
+
+class LimitExceeded(PermissionDenied):
+    """A request over one of the lab's limits (GPUs per job, time limit, priority,
+    reservations): the message names the limit and its value; ``details.limit`` is the
+    setting's name, ``details.allowed`` its value, ``details.asked`` what was asked."""
+
+    code = "limit_exceeded"
 
 
 class NotFound(ClientError):
@@ -208,6 +217,7 @@ _BY_CODE: dict[str, type[MlsmError]] = {
         UnsafeTree,
         AuthenticationError,
         PermissionDenied,
+        LimitExceeded,
         NotFound,
         Conflict,
         NodeNameTaken,

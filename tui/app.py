@@ -31,6 +31,7 @@ from tui.screens import (
     JobsScreen,
     NodeScreen,
     OverviewScreen,
+    UsageScreen,
 )
 from tui.screens.base import Dashboard, View
 from tui.source import DataSource
@@ -43,7 +44,7 @@ POLL_S = 2.0
 MAX_BACKOFF_S = 30.0
 #: Retry delay when data arrived before the screen finished composing.
 COMPOSE_RETRY_S = 0.05
-VIEW_NAMES = ("nodes", "jobs", "datasets", "admin", "events")
+VIEW_NAMES = ("nodes", "jobs", "datasets", "admin", "usage", "events")
 
 
 class MlsmApp(App[None]):
@@ -56,6 +57,7 @@ class MlsmApp(App[None]):
         "jobs": JobsScreen,
         "datasets": DatasetsScreen,
         "admin": AdminScreen,
+        "usage": UsageScreen,
         "events": EventsScreen,
     }
     DEFAULT_MODE = "nodes"
@@ -67,6 +69,7 @@ class MlsmApp(App[None]):
         Binding("2", "view('jobs')", "Jobs", show=False),
         Binding("3", "view('datasets')", "Datasets", show=False),
         Binding("4", "view('admin')", "Admin", show=False),
+        Binding("5", "view('usage')", "Usage", show=False),
         Binding("ctrl+t", "toggle_theme", "Light/dark", show=False),
         Binding("ctrl+r", "refresh", "Refresh now", show=False),
     ]

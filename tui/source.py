@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mlsm.client import AsyncClient, Verify
 from mlsm.wire import api
+from mlsm.wire import usage as wu
 from mlsm.wire.events import Event
 from mlsm.wire.follow import LogEvent
 from mlsm.wire.outputs import OutputListing
@@ -154,6 +155,12 @@ class DataSource(ABC):
     async def audit(self, limit: int = 500) -> list[api.AuditEntry]: ...
     @abstractmethod
     async def audit_verify(self) -> api.AuditVerify: ...
+    @abstractmethod
+    async def usage_report(self, *, since: float, until: float) -> wu.UsageReport: ...
+    @abstractmethod
+    async def usage_timeline(
+        self, *, since: float, until: float, steps: int
+    ) -> wu.UsageTimeline: ...
 
     # ------------------------------------------------------------ events
     @abstractmethod
@@ -335,3 +342,9 @@ class MasterSource(DataSource):
 
     async def events(self, limit: int = 200) -> list[Event]:
         return (await self.client.events.list(limit=limit)).events
+
+    async def usage_report(self, *, since: float, until: float) -> wu.UsageReport:
+        return await self.client.usage.report(by="user", since=since, until=until)
+
+    async def usage_timeline(self, *, since: float, until: float, steps: int) -> wu.UsageTimeline:
+        return await self.client.usage.timeline(since=since, until=until, steps=steps)

@@ -60,6 +60,8 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "settings": ("mlsm.cli.settings", "settings_cmd", "Show or change the lab's policies."),
     "events": ("mlsm.cli.events", "events", "Show or follow the lab's events."),
     "notify": ("mlsm.cli.events", "notify", "Send events to webhooks or by email."),
+    "usage": ("mlsm.cli.usage", "usage", "GPU-hours, utilisation, waits and energy."),
+    "reserve": ("mlsm.cli.usage", "reserve", "Reserve GPUs for a while; list or cancel."),
     "completion": (
         "mlsm.cli.completion",
         "completion",

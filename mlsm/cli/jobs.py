@@ -78,7 +78,7 @@ def jobs(
             r.node,
             _gpus(r.first) if len(r.jobs) == 1 else _each(r.first),
             ago(r.first.created_at),
-            r.reason if _shows_reason(r.first) else "",
+            (_reason(r.first) if len(r.jobs) == 1 else r.reason) if _shows_reason(r.first) else "",
         )
         for r in rows
     ]
@@ -100,6 +100,13 @@ def _each(j: api.Job) -> str:
 
 def _shows_reason(j: api.Job) -> bool:
     return j.state in ("queued", "held") or j.state in api.FINAL_STATES
+
+
+def _reason(j: api.Job) -> str:
+    """Why it waits (with its expected start, when GPUs are reserved for it) or ended."""
+    if j.expected_start is not None:
+        return f"{j.reason} (expected start {when(j.expected_start)})"
+    return j.reason
 
 
 @click.group()
@@ -143,7 +150,14 @@ def job_show(ctx: click.Context, ref: JobRef, as_json: bool) -> None:
         ),
         ("node", f"{j.node} GPUs {j.gpu_indices}" if j.node else "-"),
         ("priority", j.priority),
-        ("attempt", f"{j.attempt} of {j.retries + 1}"),
+        ("attempt", f"{j.attempt} of {j.retries + 1 + j.preemptions}"),
+        ("time limit", f"{j.timeout_s:g} s" if j.timeout_s else "none"),
+        (
+            "preemptible",
+            (f"yes, {j.preempt_grace_s or 10:g} s to stop" if j.preemptible else "no")
+            + (f", preempted {j.preemptions} time(s)" if j.preemptions else ""),
+        ),
+        ("expected start", when(j.expected_start) if j.expected_start else "-"),
         ("submitted", when(j.created_at)),
         ("started", when(j.started_at)),
         ("ended", when(j.ended_at)),

@@ -48,6 +48,19 @@ def settings_show(ctx: click.Context, as_json: bool) -> None:
     echo(f"webhooks may reach  {', '.join(s.webhook_allow_cidrs) or 'public addresses only'}")
     echo("idle-GPU policy     " + _idle_line(s))
 
+    echo(f"default time limit  {_limit(s.default_time_limit_s)}")
+    echo(f"max time limit      {_limit(s.max_time_limit_s)} (members)")
+    echo(f"max GPUs per job    {s.max_gpus_per_job or 'any'} (members)")
+    echo(f"member max priority {s.member_max_priority}")
+    echo(
+        "reservations        "
+        + (
+            f"members up to {s.reservation_max_gpus} GPUs, {s.reservation_max_hours:g} h at most"
+            if s.reservation_max_gpus
+            else "admins only"
+        )
+    )
+
 
 def _idle_line(s: api.LabSettings) -> str:
     if not s.idle_gpu_enabled:
@@ -57,6 +70,10 @@ def _idle_line(s: api.LabSettings) -> str:
         f"below {s.idle_gpu_pct:g}% for {s.idle_gpu_window_s:g} s: warned, then "
         f"{s.idle_gpu_action}ed after {s.idle_gpu_grace_s:g} s{exempt}"
     )
+
+
+def _limit(seconds: float) -> str:
+    return f"{seconds / 3600:g} h" if seconds else "none"
 
 
 @settings_cmd.command("set")
@@ -133,6 +150,31 @@ def _idle_line(s: api.LabSettings) -> str:
     help="A user whose jobs the idle-GPU policy leaves alone (repeatable; replaces the list).",
 )
 @click.option("--no-idle-exempt-users", is_flag=True, help="Nobody is exempt by name.")
+@click.option(
+    "--default-time-limit",
+    help="Time limit of a job that asks for none, e.g. 24h (0: none).",
+)
+@click.option(
+    "--max-time-limit", help="Longest time limit a member's job may ask, e.g. 72h (0: any)."
+)
+@click.option(
+    "--max-gpus-per-job", type=click.IntRange(0, 64), help="GPUs a member's job may ask (0: any)."
+)
+@click.option(
+    "--member-max-priority",
+    type=click.IntRange(-1000, 1000),
+    help="Highest --priority a member may give (lower is always allowed).",
+)
+@click.option(
+    "--reservation-max-gpus",
+    type=click.IntRange(0, 100_000),
+    help="GPUs a member may hold reserved at once (0: members may not reserve).",
+)
+@click.option(
+    "--reservation-max-hours",
+    type=click.FloatRange(0, 365 * 24, min_open=True),
+    help="Longest reservation a member may make, in hours.",
+)
 @json_option
 @click.pass_context
 def settings_set(
@@ -157,6 +199,12 @@ def settings_set(
     idle_action: str | None,
     idle_exempt_users: tuple[str, ...],
     no_idle_exempt_users: bool,
+    default_time_limit: str | None,
+    max_time_limit: str | None,
+    max_gpus_per_job: int | None,
+    member_max_priority: int | None,
+    reservation_max_gpus: int | None,
+    reservation_max_hours: float | None,
     as_json: bool,
 ) -> None:
     """Change the lab's policies (admins; audited)."""
@@ -180,6 +228,12 @@ def settings_set(
         if idle_action
         else None,
         idle_gpu_exempt_users=[] if no_idle_exempt_users else (list(idle_exempt_users) or None),
+        default_time_limit_s=_seconds(default_time_limit),
+        max_time_limit_s=_seconds(max_time_limit),
+        max_gpus_per_job=max_gpus_per_job,
+        member_max_priority=member_max_priority,
+        reservation_max_gpus=reservation_max_gpus,
+        reservation_max_hours=reservation_max_hours,
     )
     with client_from(ctx) as c:
         s = c.settings.update(body)
@@ -187,3 +241,10 @@ def settings_set(
         emit_json(s)
     else:
         echo("settings updated")
+
+
+def _seconds(text: str | None) -> float | None:
+    """A time limit flag: a duration, or 0 for none."""
+    if text is None:
+        return None
+    return 0.0 if text.strip() in ("0", "none") else parse_duration(text)

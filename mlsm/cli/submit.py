@@ -104,6 +104,17 @@ def _kv(items: tuple[str, ...], what: str) -> dict[str, str]:
 )
 @click.option("--hold", is_flag=True, help="Submit held; release with `mlsm job release ID`.")
 @click.option(
+    "--preemptible",
+    is_flag=True,
+    help="Run on GPUs that would otherwise idle; stopped and requeued (no retry used) "
+    "when a normal job needs them.",
+)
+@click.option(
+    "--preempt-grace",
+    default=None,
+    help="Time between SIGTERM and SIGKILL when preempted, to checkpoint (e.g. 60s; default 10s).",
+)
+@click.option(
     "--fetch",
     "fetch_dir",
     type=click.Path(file_okay=False),
@@ -247,6 +258,7 @@ def _spec_fields(params: dict[str, Any]) -> dict[str, Any]:
         "gpu_mem_gib": params["gpu_mem"],
         "mem_gib": params["mem"],
         "timeout_s": parse_duration(timeout) if timeout else 0.0,
+        "preempt_grace_s": parse_duration(grace) if (grace := params["preempt_grace"]) else 0.0,
     }
 
 
@@ -267,6 +279,7 @@ _SPEC_OPTIONS = (
     "array",
     "hold",
     "project",
+    "preemptible",
 )
 
 

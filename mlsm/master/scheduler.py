@@ -39,15 +39,38 @@ Rules as implemented
   ties go to fewer free GPUs of any size, then input order.) On the node, the job gets the
   first ``gpus`` indices of the shortest run of consecutive suitable free GPUs that is long
   enough; when no run is, the lowest suitable indices.
-* **Backfill, no reservations.** A job that cannot fit holds nothing back, so smaller
-  jobs behind it, even of lower priority, take what is free. A large job can wait a long
-  time on a busy cluster; draining nodes is how an admin makes room for it.
+* **Time limits.** A job's ``time_limit_s`` (its ``--timeout``, or the lab's default
+  limit; 0: none) says when it ends at the latest; a running job's ``ends_at`` likewise
+  (``inf``: never, as far as the scheduler can tell).
+* **Holds** (``ctx.holds``): GPUs of a node set aside from ``start`` to ``end`` for one
+  user (a reservation) or for nobody (maintenance). While a hold is on, its GPUs take only
+  its user's jobs; before it starts, other jobs take them only if they end (by their time
+  limit) before it starts.
+* **Backfill with a reservation** (as Slurm's backfill). The first job in the order above
+  that fails for want of free GPUs (not for a cap, throttle or filter), is not
+  preemptible and preempts nothing, gets a reservation: on the candidate node where enough suitable GPUs free
+  up soonest (free now, or held by jobs whose time limits end, placements of this pass
+  included), those GPUs are kept for it from that time (``expected_start``) for its time
+  limit. Later jobs use them only if they end before that time, or are preemptible; they
+  use the node's other GPUs freely. When no time is known (the GPUs are held by jobs
+  without a time limit, or the job waits for CPUs or memory, not GPUs), nothing is
+  reserved and the next such job is tried (at most :data:`_MAX_RESERVE_TRIES` a pass).
+  The reservation is recomputed each pass, so it follows jobs that end early.
+* **Preemption.** Preemptible jobs are placed after every other job (they take what would
+  idle). A job that is not preemptible and fails for want of GPUs stops preemptible jobs
+  (``preempt``: victim -> the job) on the candidate node where that frees enough suitable
+  GPUs while stopping the fewest GPUs (jobs already stopping cost nothing, then the most
+  recently started go first); those GPUs, and the free ones it needs there, are kept for
+  it, and it starts in a later pass once they are free. Preemptible jobs never preempt,
+  and nothing is preempted on a node with a hold or reservation (its GPUs are spoken for).
 
 Every unplaced job gets one reason, the most specific one found, in plain words.
 Speed: capacity only shrinks during a pass, so a request that found no node is remembered
 and the same request with the same filters later fails without a search; per GPU-memory
 class, nodes sit in buckets by free GPU count, so finding the best fit does not scan
-every node.
+every node. Nodes with a hold or reservation leave the buckets and are scanned for each
+job with what that job may use there; they are few, and their failures are remembered
+per request and per answer to "may it use each hold".
 
 Over 400 lines, as one piece: it is one algorithm whose rules are written above and whose
 pass state (:class:`_Pass`) they all share; split, the rules would no longer read together.
@@ -70,9 +93,11 @@ __all__ = [
     "DEFAULT_RUNTIMES",
     "PASS_CHARGE_GPU_HOURS",
     "GpuSlot",
+    "Hold",
     "NodeCap",
     "PendingJob",
     "Placement",
+    "Running",
     "SchedContext",
     "SchedResult",
     "add_usage",
@@ -87,6 +112,8 @@ CPU_JOB_CHARGE = 0.01
 DEFAULT_RUNTIMES: frozenset[str] = frozenset({"process", "venv", "conda"})
 _NO_CODE_HERE = "runs an agent too old for shipped code (upgrade mlsm on it)"
 _NO_CODE = "no online node runs an agent that can run shipped code (upgrade mlsm on the nodes)"
+#: Jobs tried per pass for a backfill reservation (the first that gets one keeps it).
+_MAX_RESERVE_TRIES = 8
 #: With this many candidate nodes or fewer, a job's nodes are scanned instead of bucketed.
 _SMALL_CANDIDATE_SET = 16
 _ENDED = {"failed": "failed", "cancelled": "was cancelled", "interrupted": "was interrupted"}
@@ -140,6 +167,34 @@ class PendingJob:
     array_throttle: int = 0  # 0 = no throttle
     code: bool = False  # runs in shipped code or a project: needs an agent that can
     project: str = ""  # ``user/name``: runs where that project's tree is
+    time_limit_s: float = 0.0  # 0 = none (never ends, as far as backfill can tell)
+    preemptible: bool = False
+
+
+@dataclass(slots=True, frozen=True)
+class Running:
+    """A placed job that holds GPUs now (assigned or running)."""
+
+    job_id: int
+    node: str
+    gpus: tuple[int, ...]
+    ends_at: float = math.inf  # by its time limit
+    preemptible: bool = False
+    started_at: float = 0.0
+    stopping: bool = False  # already asked to stop for a preemption
+
+
+@dataclass(slots=True, frozen=True)
+class Hold:
+    """GPUs of a node set aside from ``start`` to ``end``: a reservation for ``user``, or
+    maintenance (``user`` None: for nobody)."""
+
+    node: str
+    gpus: tuple[int, ...]
+    start: float
+    end: float
+    user: str | None
+    what: str = ""  # how a reason names it: "alice's reservation 3"
 
 
 @dataclass(slots=True, frozen=True)
@@ -154,6 +209,9 @@ class SchedContext:
     #: Users mapped to a Unix account, and admins (who may fall back to the agent's own
     #: account): their jobs need no same-named account on the node.
     mapped_users: frozenset[str] = frozenset()
+    now: float = 0.0
+    running: Sequence[Running] = ()
+    holds: Sequence[Hold] = ()
 
 
 @dataclass(slots=True, frozen=True)
@@ -168,6 +226,10 @@ class SchedResult:
     placements: list[Placement] = field(default_factory=list)
     reasons: dict[int, str] = field(default_factory=dict)  # why each unplaced job waits
     never: dict[int, str] = field(default_factory=dict)  # jobs to cancel, with the reason
+    #: Queued job -> when the GPUs reserved for it are expected to be free.
+    expected_start: dict[int, float] = field(default_factory=dict)
+    #: Preemptible job to stop -> the job that needs its GPUs.
+    preempt: dict[int, int] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- usage accounting
@@ -189,10 +251,60 @@ def add_usage(prev: float, gpus: int, elapsed_s: float) -> float:
 
 
 # ---------------------------------------------------------------- pass state
+class _Block:
+    """GPUs of one node kept from ``start`` to ``end``: a hold (for ``user``, or for nobody),
+    a backfill reservation or a preemption's claim (for job ``job``)."""
+
+    __slots__ = ("end", "gpus", "job", "soft", "start", "user", "what")
+
+    def __init__(
+        self,
+        gpus: frozenset[int],
+        start: float,
+        end: float,
+        *,
+        user: str | None = None,
+        job: int | None = None,
+        soft: bool = False,
+        what: str = "",
+    ) -> None:
+        self.gpus = gpus
+        self.start = start
+        self.end = end
+        self.user = user
+        self.job = job
+        self.soft = soft  # preemptible jobs may use its GPUs (they are stopped for it)
+        self.what = what
+
+    def owned_by(self, job: PendingJob) -> bool:
+        return self.job == job.id or (self.user is not None and self.user == job.user)
+
+    def allows(self, job: PendingJob, now: float) -> bool:
+        """May ``job``, placed now, use these GPUs?"""
+        if self.owned_by(job) or (self.soft and job.preemptible):
+            return True
+        return job.time_limit_s > 0 and now + job.time_limit_s <= self.start
+
+
 class _Node:
-    __slots__ = ("cap", "counts", "cpus", "free", "mem", "name", "pos", "totals")
+    __slots__ = (
+        "blocks",
+        "cap",
+        "counts",
+        "cpus",
+        "free",
+        "mem",
+        "mems",
+        "name",
+        "pos",
+        "restricted",
+        "totals",
+    )
 
     def __init__(self, cap: NodeCap, pos: int, thresholds: list[int]) -> None:
+        self.blocks: list[_Block] = []
+        self.restricted = False  # has blocks: out of the buckets, scanned per job
+        self.mems = {g.index: g.mem_total_bytes for g in cap.gpus}
         self.cap = cap
         self.name = cap.name
         self.pos = pos
@@ -270,6 +382,68 @@ class _Pass:
         self.array_placed: dict[int, int] = {}
         # Whether any online node runs only users' own accounts (else skip the account test).
         self.restricted = any(n.cap.accounts is not None for n in self.nodes)
+        # Backfill: when each busy GPU frees up (node -> index -> time), the running
+        # preemptible jobs by node, the blocks of every node, the restricted nodes.
+        now = ctx.now
+        self.release: dict[str, dict[int, float]] = {}
+        self.preemptible_on: dict[str, list[Running]] = {}
+        for r in ctx.running:
+            per = self.release.setdefault(r.node, {})
+            t = now if r.preemptible else r.ends_at
+            for i in r.gpus:
+                per[i] = max(per.get(i, t), t)
+            if r.preemptible and r.node in self.by_name:
+                self.preemptible_on.setdefault(r.node, []).append(r)
+        # Cheapest victims first: those already stopping, then the most recently started.
+        self.preemptible_gpus: dict[str, int] = {}
+        for name, runs in self.preemptible_on.items():
+            runs.sort(key=lambda r: (not r.stopping, -r.started_at))
+            self.preemptible_gpus[name] = len({i for r in runs for i in r.gpus})
+        self.blocks: list[_Block] = []
+        self.restricted_nodes: list[_Node] = []
+        self.rfailed: set[tuple[object, ...]] = set()
+        self.pfailed: set[object] = set()
+        self.block_jobs: set[int] = set()  # jobs that own a block (a backfill reservation)
+        self.block_users: set[str] = set()  # users that own a block (a reservation)
+        self.victims: set[int] = set()
+        self.reserved = False  # a reservation is made, or no more tries this pass
+        self.reserve_tries = 0
+        for h in ctx.holds:
+            held = self.by_name.get(h.node)
+            if held is not None and h.end > now and h.gpus:
+                self._block(
+                    held, _Block(frozenset(h.gpus), h.start, h.end, user=h.user, what=h.what)
+                )
+
+    def _block(self, n: _Node, b: _Block) -> None:
+        """Keep ``b``'s GPUs on ``n``; the node leaves the buckets for the per-job scan."""
+        n.blocks.append(b)
+        self.blocks.append(b)
+        if b.job is not None:
+            self.block_jobs.add(b.job)
+        if b.user is not None:
+            self.block_users.add(b.user)
+
+        if not n.restricted:
+            n.restricted = True
+            for ti, row in enumerate(self.buckets):
+                del row[n.counts[ti]][n]
+            self.restricted_nodes.append(n)
+
+    def _forbidden(self, n: _Node, job: PendingJob) -> set[int]:
+        """GPUs of ``n`` that blocks keep from ``job`` now. A user's jobs may always use
+        the GPUs of that user's reservation while it is on, a backfill reservation there
+        notwithstanding."""
+        now = self.ctx.now
+        own: set[int] = set()
+        for b in n.blocks:
+            if b.user is not None and b.user == job.user and b.start <= now:
+                own |= b.gpus
+        bad: set[int] = set()
+        for b in n.blocks:
+            if not b.allows(job, now):
+                bad |= b.gpus - own if b.soft else b.gpus
+        return bad
 
     def _account(self, job: PendingJob) -> str | None:
         """The account name ``job`` needs on its node, or None when any node will do."""
@@ -394,7 +568,7 @@ class _Pass:
             best, best_key = None, None
             for n in cand.nodes:
                 c = n.counts[ti]
-                if c < g or (cpus and n.cpus < cpus) or (mem and n.mem < mem):
+                if n.restricted or c < g or (cpus and n.cpus < cpus) or (mem and n.mem < mem):
                     continue
                 key = (c, n.counts[0], n.pos)
                 if best_key is None or key < best_key:
@@ -411,24 +585,51 @@ class _Pass:
                 return n
         return None
 
-    def _take(self, n: _Node, job: PendingJob) -> tuple[int, ...]:
+    def _pick_restricted(
+        self, cand: _Cand, job: PendingJob, ti: int
+    ) -> tuple[_Node, list[tuple[int, int]]] | None:
+        """The restricted candidate node with the fewest GPUs this job may use that is
+        still enough, and those GPUs."""
+        g, need, members = job.gpus, job.gpu_mem_bytes, cand.members
+        best: tuple[_Node, list[tuple[int, int]]] | None = None
+        for n in self.restricted_nodes:
+            if members is not None and n.pos not in members:
+                continue
+            if (job.cpus and n.cpus < job.cpus) or (job.mem_bytes and n.mem < job.mem_bytes):
+                continue
+            bad = self._forbidden(n, job)
+            usable = [f for f in n.free if f[1] >= need and f[0] not in bad]
+            if len(usable) >= g and (best is None or len(usable) < len(best[1])):
+                best = (n, usable)
+        return best
+
+    def _take(
+        self, n: _Node, job: PendingJob, usable: list[tuple[int, int]] | None = None
+    ) -> tuple[int, ...]:
         if job.cpus:
             n.cpus -= job.cpus
         if job.mem_bytes:
             n.mem -= job.mem_bytes
         if not job.gpus:
             return ()
-        chosen = _choose(n.free, job.gpus, job.gpu_mem_bytes)
+        chosen = _choose(n.free if usable is None else usable, job.gpus, job.gpu_mem_bytes)
         taken = set(chosen)
         mems = [m for i, m in n.free if i in taken]
         n.free = [(i, m) for i, m in n.free if i not in taken]
         for ti, t in enumerate(self.thresholds):
             lost = sum(1 for m in mems if m >= t)
             if lost:
-                row, old = self.buckets[ti], n.counts[ti]
-                del row[old][n]
-                row[old - lost][n] = None
+                old = n.counts[ti]
+                if not n.restricted:
+                    row = self.buckets[ti]
+                    del row[old][n]
+                    row[old - lost][n] = None
                 n.counts[ti] = old - lost
+        now = self.ctx.now
+        ends = now if job.preemptible else now + job.time_limit_s if job.time_limit_s else math.inf
+        per = self.release.setdefault(n.name, {})
+        for i in chosen:
+            per[i] = ends
         return chosen
 
     def _why(self, cand: _Cand, job: PendingJob, ti: int) -> str:
@@ -503,20 +704,147 @@ class _Pass:
         ti = bisect_left(self.thresholds, job.gpu_mem_bytes) if g else 0
         fkey = (ckey, g, ti, job.cpus, job.mem_bytes)
         why = self.failed.get(fkey)
+        node: _Node | None = None
+        usable: list[tuple[int, int]] | None = None
         if why is None:
-            node = None
             if ti < len(self.thresholds) and g <= self._maxfree(ti):
                 node = self._pick(cand, g, ti, job.cpus, job.mem_bytes)
-            if node is not None:
-                out.placements.append(Placement(job.id, node.name, self._take(node, job)))
-                if g:
-                    self.user_placed[job.user] = self.user_placed.get(job.user, 0) + g
-                if parent is not None:
-                    self.array_placed[parent] = self.array_placed.get(parent, 0) + 1
-                return True
-            why = self.failed[fkey] = self._why(cand, job, ti)
-        out.reasons[job.id] = why
+            if node is None:
+                why = self.failed[fkey] = self._why(cand, job, ti)
+        rkey: tuple[object, ...] | None = None
+        if self.blocks and job.id not in self.block_jobs:
+            # What a job may use of the blocks depends on these alone (and blocks added
+            # later only take GPUs away), so a failure holds for every job alike.
+            user = job.user if job.user in self.block_users else ""
+            rkey = (fkey, job.preemptible, user, job.time_limit_s)
+        if self.restricted_nodes and ti < len(self.thresholds):
+            if rkey is None or rkey not in self.rfailed:
+                hit = self._pick_restricted(cand, job, ti)
+                if hit is None:
+                    if rkey is not None:
+                        self.rfailed.add(rkey)
+                elif node is None or len(hit[1]) < node.counts[ti]:
+                    node, usable = hit
+        if node is not None:
+            out.placements.append(Placement(job.id, node.name, self._take(node, job, usable)))
+            if g:
+                self.user_placed[job.user] = self.user_placed.get(job.user, 0) + g
+            if parent is not None:
+                self.array_placed[parent] = self.array_placed.get(parent, 0) + 1
+            return True
+        assert why is not None
+        out.reasons[job.id] = self._held_why(cand, job, ti) or why
+        if g and not job.preemptible and ti < len(self.thresholds):
+            preempted = False
+            if self.preemptible_on and fkey not in self.pfailed:
+                preempted = self._preempt(job, cand, ti, out)
+                if not preempted:
+                    self.pfailed.add(fkey)
+            if not preempted and not self.reserved:
+                self._reserve(job, cand, ti, out)
         return False
+
+    def _held_why(self, cand: _Cand, job: PendingJob, ti: int) -> str:
+        """When free GPUs that would fit are kept by a hold or reservation: which."""
+        if not self.restricted_nodes or ti >= len(self.thresholds):
+            return ""
+        members, now = cand.members, self.ctx.now
+        for n in self.restricted_nodes:
+            if (members is not None and n.pos not in members) or n.counts[ti] < job.gpus:
+                continue
+            for b in n.blocks:
+                if not b.allows(job, now):
+                    later = "" if b.start <= now else " (this job would not end before it starts)"
+                    return f"the free GPUs on {n.name} are reserved for {b.what}{later}"
+        return ""
+
+    def _preempt(self, job: PendingJob, cand: _Cand, ti: int, out: SchedResult) -> bool:
+        """Stop preemptible jobs so that ``job`` fits (see the module docstring)."""
+        if not self.preemptible_on:
+            return False
+        g, need, members = job.gpus, job.gpu_mem_bytes, cand.members
+        best: tuple[tuple[int, int], _Node, list[Running], set[int]] | None = None
+        for name, runs in self.preemptible_on.items():
+            n = self.by_name[name]
+            if n.restricted or (members is not None and n.pos not in members):
+                continue
+            if n.counts[ti] + self.preemptible_gpus[name] < g:
+                continue  # not even stopping all of them would do
+            free = [i for i, m in n.free if m >= need]
+            got: set[int] = set(free)
+            chosen: list[Running] = []
+            cost = 0
+            for r in runs:
+                if len(got) >= g:
+                    break
+                if r.job_id in self.victims:
+                    continue
+                mine = {i for i in r.gpus if n.mems.get(i, 0) >= need}
+                if not mine - got:
+                    continue
+                chosen.append(r)
+                got |= mine
+                cost += 0 if r.stopping else len(r.gpus)
+            if len(got) >= g and chosen and (best is None or (cost, n.pos) < best[0]):
+                best = ((cost, n.pos), n, chosen, got)
+        if best is None:
+            return False
+        _, n, chosen, got = best
+        ids = []
+        for r in chosen:
+            out.preempt[r.job_id] = job.id
+            self.victims.add(r.job_id)
+            ids.append(r.job_id)
+        self.preemptible_gpus[n.name] -= len({i for r in chosen for i in r.gpus})
+        # The free GPUs it needs there are kept for it: taken out of this pass, as a
+        # placement would take them (the victims' GPUs are busy until they stop).
+        short = g - len(got - {i for i, _ in n.free})
+        if short > 0:
+            self._take(n, PendingJob(id=job.id, user=job.user, gpus=short, gpu_mem_bytes=need))
+        names = ", ".join(str(i) for i in ids)
+        out.reasons[job.id] = (
+            f"preempting job{'s' if len(ids) > 1 else ''} {names} on {n.name} "
+            "(starts once its GPUs are free)"
+        )
+        return True
+
+    def _reserve(self, job: PendingJob, cand: _Cand, ti: int, out: SchedResult) -> None:
+        """Backfill's reservation for ``job``: the GPUs that free up soonest (see above)."""
+        g, need, now = job.gpus, job.gpu_mem_bytes, self.ctx.now
+        self.reserve_tries += 1
+        self.reserved = self.reserve_tries >= _MAX_RESERVE_TRIES
+        best: tuple[float, int, _Node, list[int]] | None = None
+        for n in cand.nodes:
+            if n.totals[ti] < g:
+                continue
+            rel = self.release.get(n.name, {})
+            free = {i for i, _ in n.free}
+            until: dict[int, float] = {}
+            for b in n.blocks:
+                if not b.owned_by(job):
+                    for i in b.gpus:
+                        until[i] = max(until.get(i, b.end), b.end)
+            times = []
+            for i, m in n.mems.items():
+                if m < need:
+                    continue
+                t = now if i in free else rel.get(i, math.inf)
+                times.append((max(t, until.get(i, t)), i))
+            if len(times) < g:
+                continue
+            times.sort()
+            t = times[g - 1][0]
+            if best is None or (t, n.pos) < (best[0], best[1]):
+                best = (t, n.pos, n, [i for _, i in times[:g]])
+        if best is None or not (now < best[0] < math.inf):
+            return
+        start, _, n, gpus = best
+        end = start + job.time_limit_s if job.time_limit_s else math.inf
+        self._block(
+            n, _Block(frozenset(gpus), start, end, job=job.id, soft=True, what=f"job {job.id}")
+        )
+        out.expected_start[job.id] = start
+        self.reserved = True
 
 
 def _choose(free: list[tuple[int, int]], g: int, need: int) -> tuple[int, ...]:
@@ -546,14 +874,16 @@ def schedule(
     ctx = ctx or SchedContext()
     out = SchedResult()
     state = _Pass(nodes, ctx)
-    queues: dict[int, dict[str, list[PendingJob]]] = {}
+    queues: dict[tuple[bool, int], dict[str, list[PendingJob]]] = {}
     for job in jobs:
         if job.deps:
             verdict = _dep_verdict(job, ctx.dep_states)
             if verdict is not None:
                 (out.never if verdict[0] else out.reasons)[job.id] = verdict[1]
                 continue
-        queues.setdefault(job.priority, {}).setdefault(job.user, []).append(job)
+        # Preemptible jobs come after every other job: they take what would idle.
+        key = (not job.preemptible, job.priority)
+        queues.setdefault(key, {}).setdefault(job.user, []).append(job)
 
     effective: dict[str, float] = {}
     for prio in sorted(queues, reverse=True):

@@ -203,6 +203,11 @@ class GpuView(Struct, kw_only=True):
     job_ids: list[int] = []  # mlsm jobs allocated to this GPU
     foreign: bool = False  # processes mlsm did not start hold memory on it
     busy: bool = False
+    # A reservation that is on here: whose ("" = maintenance), its id, and whether someone
+    # else uses the GPU ("used without reservation": another user's job, or a foreign process).
+    reserved_for: str | None = None
+    reservation_id: int | None = None
+    unreserved_use: bool = False
 
 
 class Node(Struct, kw_only=True):
@@ -257,6 +262,8 @@ def history_unit(series: str) -> str:
 #: The default priority, and the highest a member may give a job (admins: any).
 DEFAULT_PRIORITY = 0
 Priority = Annotated[int, Meta(ge=-1000, le=1000)]
+#: Longest grace a preemptible job may ask for between SIGTERM and SIGKILL.
+MAX_PREEMPT_GRACE_S = 3600.0
 
 
 class JobSubmit(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -299,6 +306,10 @@ class JobSubmit(Struct, kw_only=True, forbid_unknown_fields=True):
     code: Annotated[str, Meta(pattern=r"^([0-9a-f]{64})?$")] = ""
     # Run in this project of the submitter's (mlsm project push): placed on its node.
     project: Annotated[str, Meta(max_length=64, pattern=r"^([A-Za-z0-9][A-Za-z0-9._-]*)?$")] = ""
+    # Runs only on GPUs no other job wants: a normal job that needs its GPUs stops it
+    # (SIGTERM, then SIGKILL after preempt_grace_s) and it is requeued, its retries untouched.
+    preemptible: bool = False
+    preempt_grace_s: Annotated[float, Meta(ge=0, le=MAX_PREEMPT_GRACE_S)] = 0.0  # 0 = 10 s
 
 
 class JobEvent(Struct, kw_only=True, array_like=True):
@@ -354,6 +365,12 @@ class Job(Struct, kw_only=True):
     restarted_from: int | None = None  # the job this one re-runs (mlsm restart)
     idle_exempt: bool = False  # an admin exempted it from the idle-GPU policy
     idle_warned_at: float | None = None  # when the idle-GPU policy warned it (still idle)
+    preemptible: bool = False
+    preempt_grace_s: float = 0.0  # its own grace before SIGKILL when preempted (0: 10 s)
+    preemptions: int = 0  # times it was preempted and requeued (not counted as retries)
+    # Queued: when the scheduler expects it to start (the GPUs it reserved for it free up
+    # by running jobs' time limits); None when nothing is reserved for it.
+    expected_start: float | None = None
 
 
 class JobList(Struct, kw_only=True):
@@ -597,6 +614,11 @@ POST   /api/v1/transfers/{id}/cancel     Transfer
 GET    /api/v1/settings                  LabSettings
 PATCH  /api/v1/settings                  LabSettingsUpdate -> LabSettings admin
 PATCH  /api/v1/nodes/{name}              NodeUpdate -> Node (labels, docker_network) admin
+GET    /api/v1/usage[?by&since&until&user]      UsageReport (mlsm.wire.usage; members: own jobs)
+GET    /api/v1/usage/timeline[?since&until&steps] UsageTimeline
+GET    /api/v1/reservations[?all=true]   list[Reservation]
+POST   /api/v1/reservations              ReservationCreate -> Reservation (caps for members)
+DELETE /api/v1/reservations/{id}         Reservation (its user, its maker, or an admin)
 POST   /api/v1/jobs/{id}/release         Job (a held job joins the queue)
 POST   /api/v1/jobs/{id}/purge           PurgeResult (a finished job's directory on its node)
 GET    /api/v1/jobs/{id}/outputs[?path]  OutputListing (mlsm.wire.outputs; owner and admins)
@@ -620,6 +642,12 @@ DiskPct = Annotated[float, Meta(ge=0, le=100)]
 IdlePct = Annotated[float, Meta(gt=0, le=100)]
 IdleSeconds = Annotated[float, Meta(ge=1, le=30 * 86400)]
 IdleAction = Literal["cancel", "requeue"]
+#: A time limit in seconds (0: none), at most a year.
+LimitSeconds = Annotated[float, Meta(ge=0, le=365 * 86400)]
+GpusPerJob = Annotated[int, Meta(ge=0, le=64)]
+PriorityValue = Annotated[int, Meta(ge=-1000, le=1000)]
+ReserveGpus = Annotated[int, Meta(ge=0, le=100_000)]
+ReserveHours = Annotated[float, Meta(gt=0, le=365 * 24)]
 
 
 class LabSettings(Struct, kw_only=True):
@@ -648,6 +676,15 @@ class LabSettings(Struct, kw_only=True):
     idle_gpu_grace_s: IdleSeconds = 1800.0
     idle_gpu_action: IdleAction = "cancel"
     idle_gpu_exempt_users: list[UserName] = []
+    # Lab limits (mlsm.master.services.jobs.limits); admins are held to none of them.
+    default_time_limit_s: LimitSeconds = 0.0  # a job without --timeout gets this (0: none)
+    max_time_limit_s: LimitSeconds = 0.0  # the longest --timeout a member may ask (0: any)
+    max_gpus_per_job: GpusPerJob = 0  # GPUs one member's job may ask for (0: any)
+    member_max_priority: PriorityValue = DEFAULT_PRIORITY  # the highest --priority a member gives
+    # Reservations (mlsm reserve): GPUs one member may hold reserved at once (0: members
+    # may not reserve), and the longest reservation a member may make.
+    reservation_max_gpus: ReserveGpus = 0
+    reservation_max_hours: ReserveHours = 24.0
 
 
 class LabSettingsUpdate(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -666,3 +703,9 @@ class LabSettingsUpdate(Struct, kw_only=True, forbid_unknown_fields=True, omit_d
     idle_gpu_grace_s: IdleSeconds | None = None
     idle_gpu_action: IdleAction | None = None
     idle_gpu_exempt_users: list[UserName] | None = None
+    default_time_limit_s: LimitSeconds | None = None
+    max_time_limit_s: LimitSeconds | None = None
+    max_gpus_per_job: GpusPerJob | None = None
+    member_max_priority: PriorityValue | None = None
+    reservation_max_gpus: ReserveGpus | None = None
+    reservation_max_hours: ReserveHours | None = None

@@ -1,5 +1,9 @@
 """One scheduling pass over a full queue: 10,000 queued jobs, 200 nodes x 8 GPUs.
 
+The busy GPUs are held by running jobs with time limits (some without, some preemptible),
+queued jobs carry time limits (5 % are preemptible), and three nodes have a user's
+reservation, so the pass does backfill with a reservation, preemption and holds.
+
 Run: ``.venv/bin/python tests/bench/bench_scheduler.py [passes]``. Prints the median and
 maximum time per pass and how many jobs were placed; the target is under 200 ms.
 """
@@ -11,21 +15,44 @@ import statistics
 import sys
 import time
 
-from mlsm.master.scheduler import GpuSlot, NodeCap, PendingJob, SchedContext, schedule
+from mlsm.master.scheduler import (
+    GpuSlot,
+    Hold,
+    NodeCap,
+    PendingJob,
+    Running,
+    SchedContext,
+    schedule,
+)
 
 GIB = 1 << 30
 N_JOBS = 10_000
 N_NODES = 200
 SEED = 4
+NOW = 1_700_100_000.0
+HOUR = 3600.0
 
 
 def build(seed: int = SEED) -> tuple[list[PendingJob], list[NodeCap], SchedContext]:
     rnd = random.Random(seed)
     nodes = []
+    running = []
     for i in range(N_NODES):
         mem = (24 if i % 4 == 0 else 40 if i % 4 == 1 else 80) * GIB
         busy = rnd.choice([0, 0, 2, 4, 6, 8])  # some partly or fully busy
         gpus = [GpuSlot(g, mem, free=g >= busy) for g in range(8)]
+        for g in range(0, busy, 2):  # 2-GPU jobs hold the busy ones
+            ends = NOW + rnd.uniform(0.1, 48) * HOUR if rnd.random() < 0.9 else float("inf")
+            running.append(
+                Running(
+                    job_id=100 + len(running),
+                    node=f"gpu{i:03d}",
+                    gpus=(g, g + 1),
+                    ends_at=ends,
+                    preemptible=rnd.random() < 0.1,
+                    started_at=NOW - rnd.uniform(0, 10) * HOUR,
+                )
+            )
         nodes.append(
             NodeCap(
                 name=f"gpu{i:03d}",
@@ -61,6 +88,8 @@ def build(seed: int = SEED) -> tuple[list[PendingJob], list[NodeCap], SchedConte
                 deps=((jid - rnd.randint(1, 50), "ok"),) if rnd.random() < 0.1 else (),
                 array_parent=jid // 100 if rnd.random() < 0.2 else None,
                 array_throttle=8,
+                time_limit_s=rnd.choice([0, 1, 4, 24, 24, 72]) * HOUR,
+                preemptible=rnd.random() < 0.05,
             )
         )
     states = ["queued", "running", "succeeded", "succeeded", "failed"]
@@ -71,6 +100,12 @@ def build(seed: int = SEED) -> tuple[list[PendingJob], list[NodeCap], SchedConte
         user_gpus_in_use={u: rnd.randint(0, 20) for u in users},
         user_caps={u: 64 for u in users[:6]},
         usage={u: rnd.uniform(0, 100) for u in users},
+        now=NOW,
+        running=running,
+        holds=[
+            Hold(f"gpu{n:03d}", (0, 1, 2, 3), NOW + s * HOUR, NOW + (s + 8) * HOUR, users[k])
+            for k, (n, s) in enumerate([(7, -1), (42, 2), (133, 12)])
+        ],
     )
     return jobs, nodes, ctx
 
@@ -89,7 +124,8 @@ def main(passes: int = 7) -> None:
     print(f"median {statistics.median(times):.1f} ms  max {max(times):.1f} ms per pass")
     print(
         f"placed {len(result.placements)} jobs ({gpus} GPUs), waiting {len(result.reasons)},"
-        f" never {len(result.never)}"
+        f" never {len(result.never)}, reserved for {len(result.expected_start)},"
+        f" preempting {len(result.preempt)}"
     )
     top = {}
     for why in result.reasons.values():

@@ -114,6 +114,12 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("DELETE", "/api/v1/notify/{sub_id:int}"): "member",
     ("GET", "/api/v1/notify/log"): "member",
     ("POST", "/api/v1/jobs/{job_id:int}/idle-exempt"): "admin",
+    # usage reports and reservations
+    ("GET", "/api/v1/usage"): "member",
+    ("GET", "/api/v1/usage/timeline"): "member",
+    ("GET", "/api/v1/reservations"): "member",
+    ("POST", "/api/v1/reservations"): "member",
+    ("DELETE", "/api/v1/reservations/{reservation_id:int}"): "member",
 }
 
 USER_ROLES = ("member", "admin", "superadmin")

@@ -8,11 +8,13 @@ Behaviour tests against a real master live in ``test_real_master.py``.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from mlsm import errors
 from mlsm.wire import api
+from mlsm.wire import usage as wu
 from mlsm.wire.agent import GpuProcess, GpuSample, HostSample, NodeInfo
 from mlsm.wire.events import Event
 from mlsm.wire.follow import LogEnded, LogEvent, from_sse
@@ -21,6 +23,8 @@ from tui.outputs import Downloaded, OutputText
 from tui.source import OUTPUT_VIEW_BYTES, DataSource
 
 NOW = 1_750_000_000.0  # frozen clock of every fake lab
+#: (user, GPU-hours, jobs) of the fake lab's usage report.
+USAGE_ROWS = [("alice", 412.5, 37), ("bob", 201.0, 122), ("carol", 66.25, 9), ("admin", 3.0, 2)]
 GIB = 1 << 30
 
 
@@ -656,3 +660,47 @@ class FakeSource(DataSource):
     async def events(self, limit: int = 200) -> list[Event]:
         self._check()
         return self._events[-limit:]
+
+    async def usage_report(self, *, since: float, until: float) -> wu.UsageReport:
+        """GPU-hours per user; a member gets only their own row (as the master answers)."""
+        self._check()
+        self.calls.append(("usage_report", (since, until)))
+        rows = [
+            wu.UsageRow(key=u, gpu_hours=h, util_gpu_hours=h * 0.6, jobs=j, energy_kwh=h * 0.3)
+            for u, h, j in USAGE_ROWS
+            if self.role != "member" or u == self.user
+        ]
+        total = wu.UsageRow(
+            key="total",
+            gpu_hours=sum(r.gpu_hours for r in rows),
+            util_gpu_hours=sum(r.util_gpu_hours for r in rows),
+            jobs=sum(r.jobs for r in rows),
+            energy_kwh=sum(r.energy_kwh for r in rows),
+        )
+        return wu.UsageReport(
+            by="user",
+            since=since,
+            until=until,
+            rows=rows,
+            total=total,
+            user=self.user if self.role == "member" else "",
+        )
+
+    async def usage_timeline(self, *, since: float, until: float, steps: int) -> wu.UsageTimeline:
+        self._check()
+        step = (until - since) / steps
+        ts = [since + k * step for k in range(steps)]
+        wave = [50 + 40 * math.sin(k / 5) for k in range(steps)]
+        return wu.UsageTimeline(
+            since=since,
+            until=until,
+            step_s=step,
+            ts=ts,
+            util_total=wave,
+            util_by_node={
+                "gpu-a": [min(100.0, w + 10) for w in wave],
+                "gpu-b": [max(0.0, w - 30) for w in wave],
+            },
+            queue_length=[(k * 7) % 13 for k in range(steps)],
+            wait_median_s=[None if k % 6 == 0 else 60.0 * ((k * 5) % 17) for k in range(steps)],
+        )

@@ -7,6 +7,7 @@ from tui.screens.job import JobScreen
 from tui.screens.jobs import JobsScreen
 from tui.screens.node import NodeScreen
 from tui.screens.overview import OverviewScreen
+from tui.screens.usage import UsageScreen
 
 __all__ = [
     "AdminScreen",
@@ -16,4 +17,5 @@ __all__ = [
     "JobsScreen",
     "NodeScreen",
     "OverviewScreen",
+    "UsageScreen",
 ]

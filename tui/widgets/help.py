@@ -21,6 +21,7 @@ COMMANDS_HELP = [
     (":jobs", "the job table"),
     (":datasets", "datasets by node"),
     (":admin", "users, join tokens, nodes, audit (admins)"),
+    (":usage", "GPU-hours, utilisation, queue and wait charts"),
     (":job ID", "open one job"),
     (":node NAME", "open one node"),
     (":theme", "switch dark / light"),

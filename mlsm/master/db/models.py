@@ -160,6 +160,53 @@ class Job(Base):
     # Idle-GPU policy (migration 0005): an admin's exemption, and when the job was warned.
     idle_exempt: Mapped[bool] = mapped_column(Boolean, default=False)
     idle_warned_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Times it was preempted and requeued (migration 0006): attempts that used no retry.
+    preemptions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class JobRun(Base):
+    """One attempt of a job that ran, written when it ends: the stored facts usage reports
+    are computed from (with the telemetry history of its GPUs). A running attempt has no
+    row yet; reports take it from its job row, counted to now."""
+
+    __tablename__ = "job_runs"
+    __table_args__ = (
+        Index("ix_job_runs_ended", "ended_at"),
+        UniqueConstraint("job_id", "attempt"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(Integer)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    user: Mapped[str] = mapped_column(String(64), index=True)
+    node: Mapped[str] = mapped_column(String(63))
+    node_id: Mapped[int] = mapped_column(Integer)
+    gpu_indices: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    gpu_model: Mapped[str] = mapped_column(String(128), default="")
+    node_labels: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    queued_at: Mapped[float] = mapped_column(Float)  # when this attempt joined the queue
+    started_at: Mapped[float] = mapped_column(Float)
+    ended_at: Mapped[float] = mapped_column(Float)
+    state: Mapped[str] = mapped_column(String(16), default="")  # how the attempt ended
+
+
+class Reservation(Base):
+    """GPUs of one node set aside for one user (or, for maintenance, for nobody) from
+    ``start`` to ``end``; it ends by itself (``cancelled_at`` when cancelled before)."""
+
+    __tablename__ = "reservations"
+    __table_args__ = (Index("ix_reservations_end", "end"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user: Mapped[str] = mapped_column(String(64), default="")  # "" = maintenance
+    node: Mapped[str] = mapped_column(String(63))
+    gpu_indices: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    start: Mapped[float] = mapped_column(Float)
+    end: Mapped[float] = mapped_column(Float)
+    note: Mapped[str] = mapped_column(String(256), default="")
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)
+    cancelled_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Command(Base):

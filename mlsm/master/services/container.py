@@ -11,7 +11,8 @@ Who owns which table: users and tokens (:class:`UserService`, :class:`AuthServic
 join tokens (:class:`JoinTokens`), nodes and commands (:class:`NodeRegistry`), metric points (:class:`History`),
 jobs (:class:`JobService` with the job table and the scheduling loop), usage
 (:class:`FairShare`), datasets and dataset copies (:class:`DatasetCatalog`), transfers
-(:class:`Transfers`), settings (:class:`SettingsService`), audit (:class:`AuditLog`);
+(:class:`Transfers`), settings (:class:`SettingsService`), audit (:class:`AuditLog`),
+reservations (:class:`Reservations`), job runs (the job table; read by :class:`UsageService`);
 the removal marks of finished jobs' directories and logs (:class:`DiskHygiene`); the
 event stream (:class:`EventService`: every service records its events through
 ``services.events.record``), notifications (:class:`NotifyService`) and the idle-GPU
@@ -64,8 +65,10 @@ from mlsm.master.services.nodes import NodeRegistry
 from mlsm.master.services.nodeviews import NodeViews
 from mlsm.master.services.outputs import OutputsService
 from mlsm.master.services.policy import JobPolicy
+from mlsm.master.services.reservations import Reservations
 from mlsm.master.services.settings import SettingsService
 from mlsm.master.services.telemetry import History
+from mlsm.master.services.usage import UsageService
 from mlsm.master.services.users import UserService
 
 log = logging.getLogger("mlsm.master")
@@ -135,11 +138,20 @@ class Services:
             self.scheduling,
             self.code,
             self.projects,
+            self.lab_settings,
         )
         self.job_commands = JobCommands(self.jobs)
+        self.scheduling.lab_settings = self.lab_settings
+        self.table.node_facts = self._node_facts
         self.job_logs = JobLogs(db, self.table, log_store)
         self.disk = DiskHygiene(db, self.nodes, log_store, self.lab_settings, self.audit)
         self.outputs = OutputsService(db, self.nodes, self.pipes)
+        # reservations and usage reports
+        self.reservations = Reservations(
+            db, self.nodes, self.table, self.lab_settings, self.scheduling.kick
+        )
+        self.scheduling.holds = self.reservations.holds
+        self.usage = UsageService(db, self.nodes, self.table, self.history)
         # events out: node changes as events, notifications, the idle-GPU policy
         self.node_watch = NodeWatch(db, self.nodes, lambda: self.lab_settings.current)
         self.notify = NotifyService(db, settings, self.events, lambda: self.lab_settings.current)
@@ -155,12 +167,22 @@ class Services:
         # people and views
         self.users = UserService(db, on_change=self._user_changed)
         self.node_views = NodeViews(settings, self.nodes, self.table)
+        self.node_views.reserved_on = self.reservations.on_node
         self.metrics = LabMetrics(self.nodes, self.table, connection_guard)
         # Node events, in the order their listeners must hear them.
         self.nodes.subscribe(self.jobs)
         self.nodes.subscribe(self.scheduling)
         self.nodes.subscribe(self.transfers)
         self._background: set[asyncio.Task[None]] = set()
+
+    def _node_facts(self, node_id: int, gpus: tuple[int, ...]) -> tuple[str, str, dict[str, str]]:
+        """A node's name, the model of the given GPUs and its labels (for usage rows)."""
+        n = self.nodes.nodes.get(node_id)
+        if n is None:
+            return "", "", {}
+        names = {g.index: g.name for g in n.gpus}
+        model = next((names[i] for i in gpus if names.get(i)), "")
+        return n.name, model, dict(n.labels)
 
     def _user_changed(self, user_id: int) -> None:
         """A user's role, account or cap changed: cached principals go, placement relearns."""
@@ -190,6 +212,7 @@ class Services:
         await self.fair_share.load(self.db)
         await self.accounts.load()
         await self.idle.load()
+        await self.reservations.load()
         self._spawn(self.nodes.run_background())
         self._spawn(self.scheduling.run())
         self._spawn(self.disk.run())

@@ -9,7 +9,8 @@ rule the scheduler places by, so the dashboard, the summary and placement always
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import msgspec
 
@@ -24,14 +25,29 @@ from mlsm.wire import api
 UP_STATES = ("online", "draining")
 
 
-def gpu_views(node: LiveNode, holders: Mapping[int, list[int]]) -> list[api.GpuView]:
-    """Each GPU of ``node`` with the mlsm jobs on it (``holders``: GPU index -> job ids)."""
+def gpu_views(
+    node: LiveNode,
+    holders: Mapping[int, list[int]],
+    reserved: Mapping[int, tuple[int, str]] | None = None,
+    owners: Mapping[int, str] | None = None,
+) -> list[api.GpuView]:
+    """Each GPU of ``node`` with the mlsm jobs on it (``holders``: GPU index -> job ids),
+    and the reservation that is on there (``reserved``: GPU index -> (id, user); ``owners``:
+    job id -> user), flagged when someone else uses it."""
     pids = {r.pid for r in node.jobs.values() if r.pid}
     out = []
     for g in node.gpus:
         jobs = holders.get(g.index, [])
         state = gpu_state(g, jobs, pids)
-        out.append(api.GpuView(sample=g, job_ids=jobs, foreign=state.foreign, busy=state.busy))
+        view = api.GpuView(sample=g, job_ids=jobs, foreign=state.foreign, busy=state.busy)
+        held = (reserved or {}).get(g.index)
+        if held is not None:
+            rid, user = held
+            view.reservation_id, view.reserved_for = rid, user
+            view.unreserved_use = state.foreign or any(
+                (owners or {}).get(j, user) != user for j in jobs
+            )
+        out.append(view)
     return out
 
 
@@ -46,6 +62,8 @@ class NodeViews:
         self.settings = settings
         self.nodes = nodes
         self.table = table
+        #: The reservations on a node now, by GPU (the reservation service's).
+        self.reserved_on: Callable[[str, float], Mapping[int, Any]] = lambda node, now: {}
 
     def view(
         self,
@@ -67,11 +85,19 @@ class NodeViews:
             # The node's account list is for placement, not for every dashboard poll.
             info=msgspec.structs.replace(n.info, unix_users=[]) if n.info.unix_users else n.info,
             host=n.host,
-            gpus=gpu_views(n, holders.get(n.id, {})),
+            gpus=self._gpus(n, holders.get(n.id, {})),
             gpu_error=n.gpu_error,
             docker_network=n.docker_network,
             running_jobs=sum(1 for r in n.jobs.values() if r.state in ("starting", "running")),
         )
+
+    def _gpus(self, n: LiveNode, holders: Mapping[int, list[int]]) -> list[api.GpuView]:
+        on = self.reserved_on(n.name, time.time())
+        if not on:
+            return gpu_views(n, holders)
+        owners = {a.job_id: a.user for a in self.table.active.values() if a.node_id == n.id}
+        reserved = {i: (r.id, r.user) for i, r in on.items()}
+        return gpu_views(n, holders, reserved, owners)
 
     def query(self, labels: Mapping[str, str]) -> list[api.Node]:
         """Every node carrying all of ``labels``, by name."""

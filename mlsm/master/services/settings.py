@@ -9,11 +9,22 @@ from __future__ import annotations
 import msgspec
 from sqlalchemy import select
 
+from mlsm.errors import ValidationError
 from mlsm.master.db import Database
 from mlsm.master.db.models import Setting
 from mlsm.wire import api
 
 KEY = "lab"
+
+
+def check_consistent(lab: api.LabSettings) -> None:
+    """Settings that contradict each other are refused as a whole (nothing is written)."""
+    if lab.max_time_limit_s and lab.default_time_limit_s > lab.max_time_limit_s:
+        raise ValidationError(
+            f"the default time limit ({lab.default_time_limit_s:g} s) is longer than the "
+            f"maximum ({lab.max_time_limit_s:g} s)",
+            path="default_time_limit_s",
+        )
 
 
 class SettingsService:
@@ -31,6 +42,7 @@ class SettingsService:
         merged = msgspec.structs.asdict(self.current)
         merged.update({k: v for k, v in msgspec.structs.asdict(body).items() if v is not None})
         new = msgspec.convert(merged, api.LabSettings)
+        check_consistent(new)
         async with self.db.transaction() as s:
             row = (await s.execute(select(Setting).where(Setting.key == KEY))).scalar_one_or_none()
             if row is None:

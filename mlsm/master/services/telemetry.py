@@ -15,6 +15,7 @@ import time
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 from sqlalchemy import delete, select, text
 
@@ -169,6 +170,23 @@ class History:
             if MISSING in vals:
                 continue
             out.append((ts, max(vals) / SCALE))
+        return out
+
+    def open_minutes(self, node_id: int) -> list[tuple[str, float, float]]:
+        """(series, minute, mean so far) of the minute still being gathered (not yet queued
+        for the database): usage reports count it for jobs still running."""
+        h = self._nodes.get(node_id)
+        if h is None:
+            return []
+        return [(name, b.minute, b.total / b.count) for name, b in h.buckets.items() if b.count]
+
+    def unflushed(self, node_ids: Iterable[int]) -> list[tuple[int, str, float, float]]:
+        """(node, series, minute, mean) of finished minutes not yet written."""
+        want = set(node_ids)
+        out = []
+        for p in self._pending:
+            if p["n"] in want:
+                out.append((int(p["n"]), str(p["s"]), cast(float, p["t"]), cast(float, p["a"])))
         return out
 
     def forget(self, node_id: int) -> None:

@@ -15,7 +15,6 @@ from mlsm.master.jobspec import (
     Dependency,
     StoredJobSpec,
     build_submission,
-    check_priority,
     decode_spec,
     encode_spec,
     parse_dependency,
@@ -66,7 +65,7 @@ RICH = {
     "keep_container": True,
     "workdir": "/work",
     "env": {"SEED": "1"},
-    "priority": -5,  # a member may lower it; raising is for admins (check_priority)
+    "priority": -5,  # a member may lower it; raising is for admins (check_limits)
     "after": ["11", "12:any", "13:ok"],
     "retries": 2,
     "timeout_s": 3600.0,
@@ -284,14 +283,3 @@ def test_the_other_submission_checks_name_their_field(fields: dict[str, Any], pa
     with pytest.raises(ValidationError) as info:
         _build({"argv": ["true"], **fields})
     assert info.value.details["path"] == path
-
-
-def test_members_may_lower_priority_but_not_raise_it() -> None:
-    """The one priority rule of submit and `mlsm job edit` (check_priority)."""
-    assert _build({"argv": ["x"], "priority": -3}) is not None
-    with pytest.raises(PermissionDenied, match="at most 0"):
-        _build({"argv": ["x"], "priority": 1})
-    assert _build({"argv": ["x"], "priority": 1000}, ADMIN) is not None
-    check_priority(MEMBER, 4, current=7)  # an admin raised it: lowering is still lowering
-    with pytest.raises(PermissionDenied, match="at most 7"):
-        check_priority(MEMBER, 8, current=7)

@@ -31,9 +31,9 @@ from mlsm.master.jobspec import (
     MAX_SUBMISSION_STORED_BYTES,
     Submission,
     build_submission,
-    check_priority,
 )
 from mlsm.master.security import Principal
+from mlsm.master.services.jobs.limits import JobAsk
 from mlsm.master.services.jobs.service import JobService
 from mlsm.master.services.jobs.table import event, pending_of
 from mlsm.wire import api
@@ -169,8 +169,10 @@ class JobCommands:
         projects_ok: set[str] = set()
         deps: set[int] = set()
         stored = 0
+        bodies = list(bodies)
         for i, body in enumerate(bodies):
             try:
+                body = bodies[i] = svc.within_limits(p, body)
                 sub = build_submission(body, p, nodes=svc.nodes.by_name, policy=svc.policy)
                 if body.code and body.code not in code_ok:
                     code_ok[body.code] = await svc.code.check_access(p, body.code)
@@ -226,6 +228,7 @@ class JobCommands:
     async def plan(self, p: Principal, body: api.JobSubmit) -> api.SubmitPlan:
         """Where and why the job would run now, or why it would wait; nothing is stored."""
         svc = self.jobs
+        body = svc.within_limits(p, body)
         sub = build_submission(body, p, nodes=svc.nodes.by_name, policy=svc.policy)
         if body.code:
             await svc.code.check_access(p, body.code)
@@ -247,7 +250,7 @@ class JobCommands:
     # ---------------------------------------------------------------- edit, hold, release
     async def edit(self, p: Principal, job_id: int, e: api.JobEdit) -> api.Job:
         """Change a queued or held job's request; members within their rights (see
-        :func:`~mlsm.master.jobspec.check_priority`)."""
+        :func:`~mlsm.master.services.jobs.limits.check_limits`, as at submit)."""
         svc = self.jobs
         async with self.db.transaction() as s:
             r = await s.get(JobRow, job_id)
@@ -267,9 +270,18 @@ class JobCommands:
                     f"job {job_id} is {r.state}: only a queued or held job can be edited{again}",
                     details={"state": r.state},
                 )
+            before = JobAsk(r.gpus, r.priority, r.spec.timeout_s)
+            svc.check_limits(
+                JobAsk(
+                    before.gpus if e.gpus is None else e.gpus,
+                    before.priority if e.priority is None else e.priority,
+                    before.time_limit_s if e.timeout_s is None else e.timeout_s,
+                ),
+                p,
+                before=before,
+            )
             changed: list[str] = []
             if e.priority is not None and e.priority != r.priority:
-                check_priority(p, e.priority, r.priority)
                 changed.append(f"priority {r.priority} -> {e.priority}")
                 r.priority = e.priority
             if e.gpus is not None and e.gpus != r.gpus:

@@ -16,7 +16,8 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 
 from sqlalchemy import select, update
 
@@ -27,10 +28,12 @@ from mlsm.master.db import Database
 from mlsm.master.db.models import Job as JobRow
 from mlsm.master.gpustate import gpu_state
 from mlsm.master.services.datasets import DatasetCatalog
-from mlsm.master.services.jobs.launch import Accounts, Launcher
-from mlsm.master.services.jobs.table import JobTable
+from mlsm.master.services.jobs.launch import KILL_GRACE_S, Accounts, Launcher
+from mlsm.master.services.jobs.limits import effective_default_time_limit
+from mlsm.master.services.jobs.table import PREEMPTING, JobTable, event
 from mlsm.master.services.livenode import LiveNode, NodeEvents
 from mlsm.master.services.nodes import NodeRegistry
+from mlsm.master.services.settings import SettingsService
 from mlsm.wire import agent as w
 from mlsm.wire import api
 
@@ -89,6 +92,10 @@ class SchedulingLoop(NodeEvents):
         self.launcher = launcher
         #: Which projects (``user/name``) are ready on which node id (the code service's).
         self.project_holders: Callable[[], Mapping[int, frozenset[str]]] = dict
+        #: The reservations that hold GPUs now or later (the reservation service's).
+        self.holds: Callable[[float], Sequence[sched.Hold]] = lambda now: ()
+        #: The lab's limits (its default time limit counts for jobs that name none).
+        self.lab_settings: SettingsService | None = None
         self._kick = asyncio.Event()
         self.passes = 0
         self.last_pass_ms = 0.0
@@ -123,15 +130,27 @@ class SchedulingLoop(NodeEvents):
         t0 = time.perf_counter()
         now = time.time()
         table.charge_usage(now)
-        ctx = await self._context()
-        result = sched.schedule(list(table.pending.values()), self.node_caps(now), ctx)
+        ctx = await self._context(now=now)
+        pending: list[sched.PendingJob] = list(table.pending.values())
+        default_limit = self._default_limit()
+        if default_limit:  # jobs queued before the lab had a default get it now
+            pending = [
+                j if j.time_limit_s else replace(j, time_limit_s=default_limit) for j in pending
+            ]
+        result = sched.schedule(pending, self.node_caps(now), ctx)
         await self._apply(result, now)
         self.passes += 1
         self.last_pass_ms = (time.perf_counter() - t0) * 1000
         return result
 
-    async def _context(self, extra: sched.PendingJob | None = None) -> sched.SchedContext:
-        """A pass's view of the users, arrays and dependencies (``extra``'s too)."""
+    def _default_limit(self) -> float:
+        return effective_default_time_limit(self.lab_settings.current) if self.lab_settings else 0.0
+
+    async def _context(
+        self, extra: sched.PendingJob | None = None, *, now: float
+    ) -> sched.SchedContext:
+        """A pass's view of the users, arrays, dependencies (``extra``'s too), running
+        jobs' ends and reservations at ``now``."""
         table = self.table
         in_use: dict[str, int] = {}
         running_array: dict[int, int] = {}
@@ -146,15 +165,20 @@ class SchedulingLoop(NodeEvents):
             user_caps=self.accounts.caps,
             usage=table.fair_share.effective(table.active.values()),
             mapped_users=self.accounts.mapped,
+            now=now,
+            running=self._running(self._default_limit()),
+            holds=self.holds(now),
         )
 
     # ---------------------------------------------------------------- dry runs
     async def plan(self, job: sched.PendingJob) -> api.SubmitPlan:
         """What a pass would do with ``job`` now, behind the queue it would join; nothing
         is assigned or stored (``mlsm submit --dry-run``)."""
-        probe = dataclasses.replace(job, id=PROBE_ID, submitted_at=time.time())
         now = time.time()
-        ctx = await self._context(probe)
+        probe = dataclasses.replace(job, id=PROBE_ID, submitted_at=now)
+        if not probe.time_limit_s and (default_limit := self._default_limit()):
+            probe = dataclasses.replace(probe, time_limit_s=default_limit)
+        ctx = await self._context(probe, now=now)
         result = sched.schedule([*self.table.pending.values(), probe], self.node_caps(now), ctx)
         warning = self.never_fits(job)
         for pl in result.placements:
@@ -181,6 +205,26 @@ class SchedulingLoop(NodeEvents):
         why = result.reasons.get(PROBE_ID, "")
         # Every node counts as online here, so the scheduler's "online node" is any node.
         return why.replace("online node", "node")
+
+    def _running(self, default_limit: float) -> list[sched.Running]:
+        """The placed jobs that hold GPUs, with when they end by their time limits."""
+        out = []
+        for a in self.table.active.values():
+            node = self.nodes.nodes.get(a.node_id)
+            if node is None or not a.gpus:
+                continue
+            out.append(
+                sched.Running(
+                    job_id=a.job_id,
+                    node=node.name,
+                    gpus=a.gpus,
+                    ends_at=a.ends_at(default_limit),
+                    preemptible=a.preemptible,
+                    started_at=a.started_at or a.assigned_at,
+                    stopping=a.stopping,
+                )
+            )
+        return out
 
     def node_caps(self, now: float, *, whole: bool = False) -> list[sched.NodeCap]:
         """Every node as the scheduler sees it now; with ``whole``, as it would be up and
@@ -249,7 +293,27 @@ class SchedulingLoop(NodeEvents):
         table = self.table
         changed_reasons = {j: r for j, r in result.reasons.items() if table.reasons.get(j) != r}
         starts: list[tuple[int, w.JobSpec]] = []
+        stops: list[tuple[int, int, int, str, float]] = []  # node, job, attempt, why, grace
+        table.expected = dict(result.expected_start)
         async with self.db.transaction() as s:
+            victims = [
+                v for v in result.preempt if v in table.active and not table.active[v].stopping
+            ]
+            victim_rows = (
+                (await s.execute(select(JobRow).where(JobRow.id.in_(victims)))).scalars().all()
+                if victims
+                else []
+            )
+            for vr in victim_rows:
+                a = table.active.get(vr.id)
+                if a is None or vr.state not in ("assigned", "running"):
+                    continue
+                why = f"preempted by job {result.preempt[vr.id]}"
+                a.stopping = True
+                vr.reason = PREEMPTING + why
+                vr.history = [*vr.history, event(vr.state, PREEMPTING + why)]
+                grace = vr.spec.preempt_grace_s or KILL_GRACE_S
+                stops.append((a.node_id, vr.id, a.attempt, why, grace))
             if result.placements:
                 ids = [pl.job_id for pl in result.placements]
                 rows = {
@@ -276,5 +340,17 @@ class SchedulingLoop(NodeEvents):
                     [{"id": j, "reason": why} for j, why in changed_reasons.items()],
                 )
                 table.reasons.update(changed_reasons)
+        for node_id, job_id, attempt, why, grace in stops:
+            # The agent stops it as it stops a cancelled job (SIGTERM, the job's own grace,
+            # SIGKILL); its end is then read as a preemption (the reason says so).
+            await self.nodes.enqueue(
+                node_id,
+                w.CancelJob,
+                job_id=job_id,
+                attempt=attempt,
+                reason=why,
+                end_kind="cancelled",
+                grace_s=grace,
+            )
         for node_id, spec in starts:
             await self.nodes.enqueue(node_id, w.StartJob, job=spec)

@@ -20,6 +20,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from sqlalchemy import func, select
 
 from mlsm.config import Settings
@@ -30,11 +31,20 @@ from mlsm.master.jobspec import Submission, SubmitPolicy, build_submission
 from mlsm.master.security import Principal
 from mlsm.master.services.events.record import record_for
 from mlsm.master.services.jobs.launch import KILL_GRACE_S, Launcher
+from mlsm.master.services.jobs.limits import JobAsk, check_limits
 from mlsm.master.services.jobs.scheduling import SchedulingLoop
-from mlsm.master.services.jobs.table import OPEN_STATES, Active, JobTable, event, pending_of
+from mlsm.master.services.jobs.table import (
+    OPEN_STATES,
+    PREEMPTING,
+    Active,
+    JobTable,
+    event,
+    pending_of,
+)
 from mlsm.master.services.jobs.views import job_view, may_see_private
 from mlsm.master.services.livenode import LiveNode, NodeEvents
 from mlsm.master.services.nodes import NodeRegistry
+from mlsm.master.services.settings import SettingsService
 from mlsm.wire import agent as w
 from mlsm.wire import api
 
@@ -67,7 +77,9 @@ class JobService(NodeEvents):
         scheduling: SchedulingLoop,
         code: CodeStore,
         projects: Projects,
+        lab_settings: SettingsService,
     ) -> None:
+        self.lab_settings = lab_settings
         self.db = db
         self.settings = settings
         self.nodes = nodes
@@ -88,7 +100,21 @@ class JobService(NodeEvents):
             self.table.load(rows.all(), node_ids)
 
     # ---------------------------------------------------------------- submit
+    def check_limits(self, ask: JobAsk, p: Principal, before: JobAsk | None = None) -> JobAsk:
+        """The lab's limits on a job's GPUs, time limit and priority (one rule for submit
+        and edit: :func:`~mlsm.master.services.jobs.limits.check_limits`)."""
+        return check_limits(ask, p, self.lab_settings.current, before=before)
+
+    def within_limits(self, p: Principal, body: api.JobSubmit) -> api.JobSubmit:
+        """``body`` checked against the lab's limits, with the lab's default time limit
+        when it asks for none (every way a job is submitted goes through here)."""
+        ask = self.check_limits(JobAsk(body.gpus, body.priority, body.timeout_s), p)
+        if ask.time_limit_s != body.timeout_s:  # the lab's default time limit
+            body = msgspec.structs.replace(body, timeout_s=ask.time_limit_s)
+        return body
+
     async def submit(self, p: Principal, body: api.JobSubmit) -> api.SubmitReply:
+        body = self.within_limits(p, body)
         sub = build_submission(body, p, nodes=self.nodes.by_name, policy=self.policy)
         code = await self.code.check_access(p, body.code) if body.code else None
         if body.project:
@@ -200,6 +226,7 @@ class JobService(NodeEvents):
             log_size=logs.size(r.id, r.attempt) if r.started_at or r.attempt else 0,
             show_env=may_see_private(p, r),
             data_dir=disk.data_dir if disk is not None else "",
+            expected_start=self.table.expected.get(r.id),
         )
 
     async def query(
@@ -448,6 +475,10 @@ class JobService(NodeEvents):
         reason = rep.reason or (f"exit code {code}" if code is not None else state)
         if r.reason.startswith(REQUEUE_MARK) and state == "cancelled":
             self.table.requeue(r, r.reason.removeprefix(REQUEUE_MARK), now)
+            return
+        if r.reason.startswith(PREEMPTING) and state == "cancelled":
+            # Stopped for a preemption: requeued, not counted as a failure or a retry.
+            self.table.preempt(r, r.reason.removeprefix(PREEMPTING), rep.ended_at or now)
             return
         if r.reason.startswith("cancelling: ") and state == "cancelled":
             reason = r.reason.removeprefix("cancelling: ")

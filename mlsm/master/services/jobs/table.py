@@ -7,7 +7,9 @@ seen lately (``final_states``, for dependencies and log followers). Every transi
 job changes its row and the table together, through the methods here, so the two never
 disagree: :meth:`JobTable.queue`, :meth:`~JobTable.place`, :meth:`~JobTable.run`,
 :meth:`~JobTable.finish`, :meth:`~JobTable.interrupt` (requeued while retries remain) and
-:meth:`~JobTable.requeue` (a policy's requeue).
+:meth:`~JobTable.requeue` (a policy's requeue), :meth:`~JobTable.preempt` (requeued; uses
+no retry). An attempt that ran leaves a :class:`~mlsm.master.db.models.JobRun` row when it
+ends (the facts usage reports read).
 
 Each transition also records its event (:mod:`mlsm.master.services.events.record`) in the
 transaction that changes the row: ``job.started``, ``job.<final state>``,
@@ -23,8 +25,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy.orm import object_session
+
 from mlsm.master import scheduler as sched
 from mlsm.master.db.models import Job as JobRow
+from mlsm.master.db.models import JobRun
 from mlsm.master.services.events.record import record_for
 from mlsm.master.services.joblogs import LogStore
 from mlsm.master.services.jobs.fairshare import FairShare
@@ -39,6 +44,13 @@ _FINAL_EVENTS: dict[str, EventKind] = {
     "cancelled": "job.cancelled",
     "interrupted": "job.interrupted",
 }
+
+#: How a job's reason starts while it is being stopped for a preemption (then: "preempted
+#: by job N"); kept in its row, so a restarted master still requeues it when it ends.
+PREEMPTING = "preempting: "
+
+#: What usage needs to know of a node: (name, GPU model of the given indices, labels).
+NodeFacts = Callable[[int, tuple[int, ...]], tuple[str, str, dict[str, str]]]
 
 
 @dataclass(slots=True)
@@ -58,6 +70,17 @@ class Active:
     cpus: float = 0.0  # reserved CPUs (0: none asked for)
     mem: int = 0  # reserved memory in bytes
     code: str = ""  # the code snapshot its node may fetch for it
+    time_limit_s: float = 0.0  # its --timeout (0: none)
+    preemptible: bool = False
+    started_at: float = 0.0  # 0 until the agent says it runs
+    stopping: bool = False  # asked to stop for a preemption
+
+    def ends_at(self, default_limit_s: float) -> float:
+        """When it ends at the latest, by its time limit (or the lab's default)."""
+        limit = self.time_limit_s or default_limit_s
+        if not limit:
+            return float("inf")
+        return (self.started_at or self.assigned_at) + limit
 
 
 def event(state: str, message: str = "") -> list[Any]:
@@ -86,7 +109,17 @@ def pending_of(r: JobRow) -> sched.PendingJob:
         deps=tuple((d.job_id, d.wanted) for d in spec.after),
         array_parent=r.array_parent,
         array_throttle=spec.array_throttle,
+        time_limit_s=spec.timeout_s,
+        preemptible=spec.preemptible,
     )
+
+
+def queued_since(r: JobRow) -> float:
+    """When the job's current attempt joined the queue: its last "queued" event."""
+    for e in reversed(r.history or []):
+        if len(e) > 1 and e[1] == "queued":
+            return float(e[0])
+    return r.created_at
 
 
 def _active_of(r: JobRow, node_id: int, gpus: tuple[int, ...], since: float) -> Active:
@@ -103,6 +136,10 @@ def _active_of(r: JobRow, node_id: int, gpus: tuple[int, ...], since: float) -> 
         cpus=float(r.spec.cpus),
         mem=r.spec.mem_bytes,
         code=r.spec.code,
+        time_limit_s=r.spec.timeout_s,
+        preemptible=r.spec.preemptible,
+        started_at=(r.started_at or 0.0) if r.state == "running" else 0.0,
+        stopping=r.reason.startswith(PREEMPTING),
     )
 
 
@@ -116,6 +153,10 @@ class JobTable:
         self.final_states: dict[int, str] = {}
         #: Told the id of every job that reaches a final state (the code store unpins).
         self.on_final: Callable[[int], None] | None = None
+        #: Queued job -> when the latest pass expects it to start (its reservation).
+        self.expected: dict[int, float] = {}
+        #: Node facts for the usage rows (the node registry's, set by the container).
+        self.node_facts: NodeFacts = lambda node_id, gpus: ("", "", {})
 
     def load(self, rows: Iterable[JobRow], node_ids: Mapping[str, int]) -> None:
         """After a restart: the open rows (``node_ids``: node name -> id; a node that is gone
@@ -163,6 +204,7 @@ class JobTable:
         r.history = [*r.history, event("assigned", where)]
         self.pending.pop(r.id, None)
         self.reasons.pop(r.id, None)
+        self.expected.pop(r.id, None)
         self.active[r.id] = _active_of(r, node_id, gpus, now)
 
     def run(self, r: JobRow, a: Active, started_at: float, pid: int | None) -> None:
@@ -173,11 +215,40 @@ class JobTable:
         record_for(r, "job.started", f"started on {r.node}", gpus=list(r.gpu_indices or ()))
         self.charge_usage(time.time())
         a.state = "running"
+        a.started_at = started_at
+
+    def _record_run(self, r: JobRow, state: str, ended_at: float) -> None:
+        """The usage facts of the attempt that ends now, if it ran (added to the row's
+        session, so they commit with the job's end)."""
+        a = self.active.get(r.id)
+        if a is None or a.state != "running" or not r.started_at:
+            return
+        session = object_session(r)
+        if session is None:  # pragma: no cover - every transition runs in a transaction
+            return
+        node, model, labels = self.node_facts(a.node_id, a.gpus)
+        session.add(
+            JobRun(
+                job_id=r.id,
+                attempt=r.attempt,
+                user=r.user,
+                node=node or r.node or "",
+                node_id=a.node_id,
+                gpu_indices=list(a.gpus),
+                gpu_model=model,
+                node_labels=dict(labels),
+                queued_at=queued_since(r),
+                started_at=r.started_at,
+                ended_at=max(ended_at, r.started_at),
+                state=state,
+            )
+        )
 
     def finish(
         self, r: JobRow, state: JobState, reason: str, now: float, exit_code: int | None = None
     ) -> None:
         self.charge_usage(time.time())  # charge its GPUs up to its end, before release
+        self._record_run(r, state, now)
         r.state = state
         r.reason = reason
         r.ended_at = now
@@ -198,24 +269,27 @@ class JobTable:
         self.active.pop(r.id, None)
         self.pending.pop(r.id, None)
         self.reasons.pop(r.id, None)
+        self.expected.pop(r.id, None)
         self.logs.notify(r.id)
 
     def interrupt(self, r: JobRow, why: str, now: float) -> None:
-        """Lost to an infrastructure fault: requeued as a new attempt while retries remain."""
-        if r.attempt >= r.retries:
+        """Lost to an infrastructure fault: requeued as a new attempt while retries remain
+        (attempts lost to preemption used none)."""
+        if r.attempt - (r.preemptions or 0) >= r.retries:
             self.finish(r, "interrupted", why, now)
             return
         r.history = [*r.history, event("interrupted", why)]
         record_for(r, "job.interrupted", f"interrupted: {why}", state="interrupted", reason=why)
-        self._requeue(r, why, f"requeued after interruption: {why}")
+        self._requeue(r, why, f"requeued after interruption: {why}", now)
 
     def requeue(self, r: JobRow, why: str, now: float) -> None:
         """Stopped by a lab policy that requeues (the idle-GPU one): a new attempt, whatever
         its retries."""
-        self._requeue(r, why, f"requeued: {why}")
+        self._requeue(r, why, f"requeued: {why}", now)
 
-    def _requeue(self, r: JobRow, why: str, reason: str) -> None:
+    def _requeue(self, r: JobRow, why: str, reason: str, now: float) -> None:
         self.charge_usage(time.time())
+        self._record_run(r, "interrupted", now)
         r.history = [*r.history, event("queued", f"requeued as attempt {r.attempt + 1}")]
         record_for(r, "job.requeued", f"requeued as attempt {r.attempt + 1}: {why}", reason=why)
         r.attempt += 1
@@ -224,6 +298,29 @@ class JobTable:
         r.gpu_indices = []
         r.reason = reason
         r.idle_warned_at = None  # a new attempt starts with a clean slate
+        self.active.pop(r.id, None)
+        self.queue(r)
+        self.logs.notify(r.id)
+
+    def preempt(self, r: JobRow, why: str, now: float) -> None:
+        """Stopped for a preemption: requeued as a new attempt that uses none of its
+        retries; ``why`` ("preempted by job N") is its reason while it waits."""
+        self.charge_usage(time.time())
+        self._record_run(r, "interrupted", now)
+        r.history = [
+            *r.history,
+            event("interrupted", why),
+            event("queued", f"requeued as attempt {r.attempt + 1} (a preemption uses no retry)"),
+        ]
+        record_for(r, "job.interrupted", f"interrupted: {why}", state="interrupted", reason=why)
+        record_for(r, "job.requeued", f"requeued as attempt {r.attempt + 1}: {why}", reason=why)
+        r.attempt += 1
+        r.preemptions = (r.preemptions or 0) + 1
+        r.idle_warned_at = None
+        r.state = "queued"
+        r.node = None
+        r.gpu_indices = []
+        r.reason = why
         self.active.pop(r.id, None)
         self.queue(r)
         self.logs.notify(r.id)

@@ -21,7 +21,13 @@ def output_dir(r: JobRow, data_dir: str) -> str:
 
 
 def job_view(
-    r: JobRow, *, reason: str, log_size: int, show_env: bool, data_dir: str = ""
+    r: JobRow,
+    *,
+    reason: str,
+    log_size: int,
+    show_env: bool,
+    data_dir: str = "",
+    expected_start: float | None = None,
 ) -> api.Job:
     spec = r.spec
     return api.Job(
@@ -72,4 +78,8 @@ def job_view(
         outputs_removed_at=r.outputs_removed_at,
         outputs_removed_why=r.outputs_removed_why or "",
         log_removed_at=r.log_removed_at,
+        preemptible=spec.preemptible,
+        preempt_grace_s=spec.preempt_grace_s,
+        preemptions=r.preemptions or 0,
+        expected_start=expected_start if r.state == "queued" else None,
     )
