@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 #: Version of the agent <-> master wire protocol. Bumped on incompatible changes;
 #: the master accepts agents whose protocol lies in [MIN_AGENT_PROTOCOL, PROTOCOL_VERSION].
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 MIN_AGENT_PROTOCOL = 1
 
 #: The first protocol version that knows each command added after version 1; the master
@@ -27,6 +27,7 @@ COMMAND_SINCE = {
     "remove_project": 3,
     "bulk_listen": 3,
     "copy_project": 3,
+    "open_channel": 4,
 }
 #: The first protocol version whose agents run jobs in shipped code and projects
 #: (StartJob's ``code`` and ``project``); the scheduler places such jobs only there.

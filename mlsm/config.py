@@ -91,6 +91,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     trusted_proxies: list[str] = []  # addresses/CIDRs whose X-Forwarded-For/Forwarded count
     code_store_bytes: Annotated[int, Meta(ge=1 << 20)] = 20 << 30  # the master's code store
     metrics_token: str = ""  # "" = /metrics open; else it needs Authorization: Bearer <this>
+    session_time_limit: Positive = 4 * 3600.0  # seconds a session runs when it names no --time
+    channel_open_timeout: Positive = 15.0  # seconds an agent has to dial a shell or forward
     # --- agent
     master: str = ""  # URL the agent dials
     join_token: str = ""

@@ -29,6 +29,7 @@ from mlsm.master.openapi import ArrayLikeStructSchema, document_errors
 from mlsm.master.routes import agent as agent_routes
 from mlsm.master.routes import audit as audit_routes
 from mlsm.master.routes import auth as auth_routes
+from mlsm.master.routes import channels as channel_routes
 from mlsm.master.routes import code as code_routes
 from mlsm.master.routes import datasets as dataset_routes
 from mlsm.master.routes import health as health_routes
@@ -58,6 +59,7 @@ ROUTE_MODULES: list[ModuleType] = [
     metric_routes,
     settings_routes,
     code_routes,
+    channel_routes,
 ]
 
 

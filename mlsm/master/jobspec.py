@@ -94,6 +94,9 @@ class StoredJobSpec(
     code: str = ""
     #: The submitter's project the job runs in (placed on the node that holds it).
     project: str = ""
+    #: "session": an interactive allocation (mlsm session), see mlsm.wire.api.JobSubmit.
+    kind: api.JobKind = "batch"
+    session_keep: bool = False
 
     @property
     def gpu_mem_bytes(self) -> int:
@@ -188,6 +191,10 @@ def build_submission(
             "a job runs in one place: shipped code, --project or --workdir, not several",
             path="code",
         )
+    if body.kind == "session" and body.array:
+        raise ValidationError("a session is one allocation: no --array", path="array")
+    if body.session_keep and body.kind != "session":
+        raise ValidationError("session_keep is for sessions", path="session_keep")
     if any("\x00" in a for a in body.argv):
         raise ValidationError("the command contains a NUL byte", path="argv")
     if body.node is not None and body.node not in nodes:
@@ -224,6 +231,8 @@ def build_submission(
         member_mounts=bool(mounts) and not p.is_admin,
         code=body.code,
         project=body.project,
+        kind=body.kind,
+        session_keep=body.session_keep,
     )
     check_stored_size(spec, len(indices))
     _check_dependency_ids(deps)

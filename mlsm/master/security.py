@@ -23,9 +23,10 @@ from typing import Any, Literal, Protocol
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from litestar.connection import ASGIConnection
+from litestar.enums import ScopeType
 from litestar.handlers.base import BaseRouteHandler
 
-from mlsm.errors import AuthenticationError, PermissionDenied
+from mlsm.errors import AuthenticationError, MlsmError, PermissionDenied
 from mlsm.wire.api import ROLE_RANK, Role, TokenKind
 
 TOKEN_PREFIX = {"session": "mlsm_s_", "api": "mlsm_a_", "node": "mlsm_n_", "join": "mlsm_j_"}
@@ -127,6 +128,25 @@ class RoleGuard:
         self.auth = auth
 
     async def __call__(
+        self, connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+    ) -> None:
+        if connection.scope["type"] != ScopeType.WEBSOCKET:
+            return await self._check(connection, handler)
+        try:
+            await self._check(connection, handler)
+        except MlsmError as exc:
+            # A WebSocket refused before it is accepted can only be closed: the close code
+            # carries the status (4401, 4403) and the reason the stable error code with the
+            # message (mlsm.wire.channels), instead of Litestar's "4500 Internal Server Error".
+            from litestar.exceptions import WebSocketException
+
+            from mlsm.wire.channels import close_code, close_reason
+
+            raise WebSocketException(
+                detail=close_reason(exc.code, exc.message), code=close_code(exc.status)
+            ) from exc
+
+    async def _check(
         self, connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
     ) -> None:
         need = handler.opt.get("role")

@@ -254,6 +254,10 @@ def history_unit(series: str) -> str:
 
 
 # ---------------------------------------------------------------- jobs
+#: What a job is for: a batch command, or an interactive session (``mlsm session``).
+JobKind = Literal["batch", "session"]
+
+
 class JobSubmit(Struct, kw_only=True, forbid_unknown_fields=True):
     argv: Annotated[
         list[Annotated[str, Meta(max_length=8192)]], Meta(min_length=1, max_length=4096)
@@ -294,6 +298,11 @@ class JobSubmit(Struct, kw_only=True, forbid_unknown_fields=True):
     code: Annotated[str, Meta(pattern=r"^([0-9a-f]{64})?$")] = ""
     # Run in this project of the submitter's (mlsm project push): placed on its node.
     project: Annotated[str, Meta(max_length=64, pattern=r"^([A-Za-z0-9][A-Za-z0-9._-]*)?$")] = ""
+    # "session" (mlsm session): an interactive allocation whose command only holds the GPUs
+    # while people work in its shell; it gets the lab's default time limit when it names
+    # none, and it ends when its last shell leaves unless ``session_keep``.
+    kind: JobKind = "batch"
+    session_keep: bool = False
 
 
 class JobEvent(Struct, kw_only=True, array_like=True):
@@ -346,6 +355,8 @@ class Job(Struct, kw_only=True):
     log_removed_at: float | None = None  # the shipped log, removed by retention
     code: str = ""  # the code snapshot it runs in (digest), "" = none
     project: str = ""  # the project it runs in, "" = none
+    kind: JobKind = "batch"  # "session": an interactive allocation (mlsm session)
+    session_keep: bool = False  # a session that outlives its last shell
 
 
 class JobList(Struct, kw_only=True):

@@ -18,6 +18,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from sqlalchemy import func, select
 
 from mlsm.config import Settings
@@ -80,6 +81,8 @@ class JobService(NodeEvents):
 
     # ---------------------------------------------------------------- submit
     async def submit(self, p: Principal, body: api.JobSubmit) -> api.SubmitReply:
+        if body.kind == "session" and not body.timeout_s:
+            body = msgspec.structs.replace(body, timeout_s=self.settings.session_time_limit)
         sub = build_submission(body, p, nodes=self.nodes.by_name, policy=self.policy)
         code = await self.code.check_access(p, body.code) if body.code else None
         if body.project:

@@ -61,6 +61,8 @@ def job_view(
         log_size=log_size,
         code=spec.code,
         project=spec.project,
+        kind=spec.kind,
+        session_keep=spec.session_keep,
         history=[
             api.JobEvent(ts=e[0], state=e[1], message=e[2] if len(e) > 2 else "")
             for e in (r.history or [])
