@@ -57,6 +57,13 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "projects": ("mlsm.cli.projects", "projects", "List projects (trees kept on nodes)."),
     "project": ("mlsm.cli.projects", "project", "Push, copy or remove a project on a node."),
     "settings": ("mlsm.cli.settings", "settings_cmd", "Show or change the lab's policies."),
+    "shell": ("mlsm.cli.interactive", "shell", "Open a shell inside a running job."),
+    "session": (
+        "mlsm.cli.interactive",
+        "session",
+        "Allocate GPUs through the queue and open a shell there.",
+    ),
+    "forward": ("mlsm.cli.interactive", "forward", "Forward a local port to a port in a job."),
     "completion": (
         "mlsm.cli.completion",
         "completion",

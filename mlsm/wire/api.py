@@ -531,6 +531,10 @@ PATCH  /api/v1/nodes/{name}              NodeUpdate -> Node (labels, docker_netw
 POST   /api/v1/jobs/{id}/release         Job (a held job joins the queue)
 POST   /api/v1/jobs/{id}/purge           PurgeResult (a finished job's directory on its node)
 GET    /api/v1/jobs/{id}/outputs[?path]  OutputListing (mlsm.wire.outputs; owner and admins)
+GET    /api/v1/jobs/{id}/forwards        list[ForwardInfo] (mlsm.wire.channels; owner and admins)
+WS     /api/v1/jobs/{id}/shell[?rows&cols&term]   a shell in the running job (mlsm.wire.channels)
+WS     /api/v1/jobs/{id}/forwards/{port}[?local]  hold a port forward open
+WS     /api/v1/jobs/{id}/forwards/{port}/connect  one forwarded connection
 POST   /api/v1/jobs/{id}/outputs/manifest  OutputsFetch -> MessagePack Manifest
 POST   /api/v1/jobs/{id}/outputs/frames  OutputsFetch -> frame stream (octet-stream)
 POST   /api/v1/code                      manifest (MessagePack) -> CodeOffer
