@@ -74,6 +74,7 @@ class ChannelCommands:
                     await ws.send(wc.encode_control(err))
                     return
                 log.info("%s opened", what)
+                await ws.send(wc.encode_control(wc.Ready()))
                 try:
                     await pump(ws, stream)
                 finally:

@@ -336,6 +336,8 @@ async def _splice_tcp(
                 await writer.drain()
             elif isinstance(msg, wc.Eof) and writer.can_write_eof():
                 writer.write_eof()
+            elif isinstance(msg, wc.Error):
+                raise Conflict(msg.message)
     except Ended:
         pass
     finally:

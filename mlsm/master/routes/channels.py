@@ -88,8 +88,7 @@ async def _relay(
         await _refuse(socket, exc)
         return
     try:
-        await socket.send_text(wc.encode_control(wc.Ready()))
-        await ch.splice(socket)
+        await ch.splice(socket)  # the node's side says "ready" (or why not) first
     finally:
         await services.channels.close(principal(socket), ch, client)
 
