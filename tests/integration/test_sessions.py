@@ -118,7 +118,7 @@ def test_a_forward_carries_an_http_servers_reply_and_ends_with_the_job(
         (job_port, f"127.0.0.1:{local_port}", "root")
     ]
     lab.admin.jobs.cancel([job_id])
-    out, err = fwd.communicate(timeout=EXPECT_S)
+    _out, err = fwd.communicate(timeout=EXPECT_S)
     assert fwd.returncode == 1
     assert f"job {job_id} ended" in err.decode()
     assert err.decode().count("\n") == 1  # one error line after the "forwarding" one
