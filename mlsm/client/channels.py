@@ -108,14 +108,18 @@ class ChannelSocket:
         reason = rcvd.reason if rcvd is not None else ""
         status = wc.status_of_close(code)
         if status is not None:
-            err_code, message = (
-                (self._error.code, self._error.message)
-                if self._error is not None
-                else wc.parse_close_reason(reason)
-            )
-            return errors.from_response(
-                status, {"error": {"code": err_code, "message": visible(message)}}
-            )
+            if self._error is not None:
+                body = {
+                    "error": {
+                        "code": self._error.code,
+                        "message": visible(self._error.message),
+                        "details": self._error.details,
+                    }
+                }
+            else:
+                err_code, message = wc.parse_close_reason(reason)
+                body = {"error": {"code": err_code, "message": visible(message)}}
+            return errors.from_response(status, body)
         if code == wc.NORMAL_CLOSE:
             return None
         return ConnectionLost(

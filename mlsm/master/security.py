@@ -32,6 +32,8 @@ from mlsm.wire.api import ROLE_RANK, Role, TokenKind
 TOKEN_PREFIX = {"session": "mlsm_s_", "api": "mlsm_a_", "node": "mlsm_n_", "join": "mlsm_j_"}
 ROUTE_ROLES = ("public", "member", "admin", "superadmin", "node")
 SCHEMA_PATH = "/schema"  # the OpenAPI document and its viewer are public
+#: Where the guard leaves a WebSocket's refusal for its handler (see RoleGuard).
+WS_REFUSAL = "ws_refusal"
 
 _hasher = PasswordHasher()
 # A fixed hash verified when a user does not exist, so timing does not reveal usernames.
@@ -135,16 +137,14 @@ class RoleGuard:
         try:
             await self._check(connection, handler)
         except MlsmError as exc:
-            # A WebSocket refused before it is accepted can only be closed: the close code
-            # carries the status (4401, 4403) and the reason the stable error code with the
-            # message (mlsm.wire.channels), instead of Litestar's "4500 Internal Server Error".
-            from litestar.exceptions import WebSocketException
-
-            from mlsm.wire.channels import close_code, close_reason
-
-            raise WebSocketException(
-                detail=close_reason(exc.code, exc.message), code=close_code(exc.status)
-            ) from exc
+            # A WebSocket closed before it is accepted reaches the client as a bare HTTP 403
+            # (the ASGI rule), whatever the reason. So the refusal is kept for the handler,
+            # which accepts, says why (an error message) and closes with 4000 + the status
+            # (mlsm.master.routes.channels.admitted; mlsm.wire.channels). A WebSocket handler must
+            # begin with that check: the permission matrix proves each one refuses.
+            connection.scope.setdefault("state", {})[WS_REFUSAL] = exc
+            connection.scope["user"] = None  # a handler that skips the check fails closed
+        return None
 
     async def _check(
         self, connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler

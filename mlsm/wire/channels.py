@@ -17,16 +17,15 @@ halves:
   person), ``error`` (a stable mlsm error code and a message: why the channel could not
   open or ended), ``eof`` (a forwarded connection's sender closed its half).
 
-A refusal before a socket is accepted (no login, the wrong role) closes it with
-``4000 + HTTP status`` and the error code as the reason (:func:`close_code`); a refusal of
-the channel itself (another member's job, a job that is not running, an agent too old)
-is an ``error`` message followed by a close with the same code, so the CLI prints the
-master's whole sentence.
+Every refusal (no login, the wrong role, another member's job, a job that is not running,
+an agent too old) is an ``error`` message with the error JSON's fields, then a close with
+``4000 + HTTP status`` (:func:`close_code`) and ``"<code>: <message>"`` as its reason, so
+a client rebuilds the same :mod:`mlsm.errors` class an HTTP call would raise.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
@@ -85,8 +84,11 @@ class Exit(Control, tag="exit"):
 
 
 class Error(Control, tag="error"):
+    """Why a channel was refused or ended: the error JSON's fields (mlsm.errors)."""
+
     code: Annotated[str, Meta(max_length=64)]
     message: Annotated[str, Meta(max_length=4096)]
+    details: dict[str, Any] = {}
 
 
 class Eof(Control, tag="eof"):

@@ -30,6 +30,7 @@ from msgspec import Meta
 from mlsm import errors
 from mlsm.master.http import client_addr
 from mlsm.master.routes.common import DbId, ServicesDep, principal
+from mlsm.master.security import WS_REFUSAL, Principal
 from mlsm.master.services.channels import Channel, ForwardHold
 from mlsm.wire import channels as wc
 from mlsm.wire.ints import INT64_MAX
@@ -69,10 +70,21 @@ def _port(port: int) -> int:
 
 async def _refuse(socket: WebSocket[Any, Any, Any], exc: errors.MlsmError) -> None:
     """Tell the person why, in the master's words, then close with the status's code."""
+    err = wc.Error(code=exc.code, message=exc.message, details=exc.details)
     with contextlib.suppress(Exception):
         await socket.accept()
-        await socket.send_text(wc.encode_control(wc.Error(code=exc.code, message=exc.message)))
+        await socket.send_text(wc.encode_control(err))
         await socket.close(wc.close_code(exc.status), wc.close_reason(exc.code, exc.message))
+
+
+async def admitted(socket: WebSocket[Any, Any, Any]) -> Principal | None:
+    """Who is calling, or None once a refusal the guard left (no login, the wrong role)
+    was said and the socket closed: every WebSocket handler starts here."""
+    refusal = socket.scope.get("state", {}).get(WS_REFUSAL)
+    if isinstance(refusal, errors.MlsmError):
+        await _refuse(socket, refusal)
+        return None
+    return principal(socket)
 
 
 async def _relay(
@@ -96,7 +108,8 @@ async def _relay(
 @websocket("/api/v1/jobs/{job_id:int}/shell", opt={"role": "member"}, **_opts)
 async def job_shell(socket: WebSocket[Any, Any, Any], services: ServicesDep, job_id: int) -> None:
     """An interactive shell in a running job (its owner and admins)."""
-    p = principal(socket)
+    if (p := await admitted(socket)) is None:
+        return
     try:
         jid = _job_id(job_id)
         q: ShellQuery = _query(socket, ShellQuery)
@@ -117,7 +130,8 @@ async def forward_connect(
     socket: WebSocket[Any, Any, Any], services: ServicesDep, job_id: int, port: int
 ) -> None:
     """One TCP connection to ``port`` inside a running job."""
-    p = principal(socket)
+    if (p := await admitted(socket)) is None:
+        return
     try:
         jid, prt = _job_id(job_id), _port(port)
     except errors.MlsmError as exc:
@@ -136,7 +150,8 @@ async def forward_hold(
 ) -> None:
     """Hold a forward open: listed on the job while this socket lives; told (an ``error``
     message, then a 4409 close) when the job ends."""
-    p = principal(socket)
+    if (p := await admitted(socket)) is None:
+        return
     client = client_addr(socket.scope)
     try:
         jid, prt = _job_id(job_id), _port(port)
@@ -183,8 +198,10 @@ async def agent_channel(
     socket: WebSocket[Any, Any, Any], services: ServicesDep, channel_id: str
 ) -> None:
     """The agent's half of a channel it was told to open (its node only, once)."""
+    if (p := await admitted(socket)) is None:
+        return
     try:
-        node = services.nodes.node_for(principal(socket))
+        node = services.nodes.node_for(p)
         ch = services.channels.attach(node, channel_id)
     except errors.MlsmError as exc:
         await _refuse(socket, exc)
