@@ -184,3 +184,24 @@ def test_master_restart_under_an_open_shell(lab: Lab) -> None:
     assert f"job {job_id} keeps running" in line
     lab.start_master()
     assert lab.job(job_id).state == "running"
+
+
+def test_the_dashboard_lends_its_terminal_to_a_jobs_shell(lab: Lab) -> None:
+    """``s`` on a running job's screen in the real dashboard, under a real PTY: the app
+    suspends, the job's shell runs in the terminal, and the app comes back after it."""
+    job_id = running_job(lab, gpus=0)
+    child = spawn(lab, "ui", rows=40, cols=140)
+    child.expect("GPU use now")  # the overview has loaded the lab
+    child.send("2")  # the jobs view
+    child.expect("sleep 600")
+    child.send("\r")  # the (only) job's screen
+    child.expect(f"Job {job_id}")
+    child.expect("Command")  # its details have loaded: the app knows it runs
+    child.send("s")
+    child.expect(r"[#$] ")  # the shell's own prompt, in the terminal the app lent
+    child.sendline("echo MARK-$((40 + 2))-$MLSM_JOB_ID")
+    child.expect(f"MARK-42-{job_id}")
+    child.sendline("exit 3")
+    child.expect("exit status 3")  # the dashboard is back, and says how the shell ended
+    child.send("q")
+    child.expect(pexpect.EOF)
