@@ -58,6 +58,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "project": ("mlsm.cli.projects", "project", "Push, copy or remove a project on a node."),
     "settings": ("mlsm.cli.settings", "settings_cmd", "Show or change the lab's policies."),
     "shell": ("mlsm.cli.interactive", "shell", "Open a shell inside a running job."),
+    "web": ("mlsm.cli.web", "web", "Serve the dashboard in a browser, behind the login."),
     "session": (
         "mlsm.cli.interactive",
         "session",
