@@ -25,6 +25,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, WebSocket, get, websocket
+from litestar.params import Parameter
 from msgspec import Meta
 
 from mlsm import errors
@@ -36,6 +37,10 @@ from mlsm.wire import channels as wc
 from mlsm.wire.ints import INT64_MAX
 
 _opts: dict[str, Any] = {"include_in_schema": False}
+#: Path values as the route matched them; their ranges are checked here (_job_id, _port),
+#: since a WebSocket that fails Litestar's validation is closed as a server error.
+PathInt = Annotated[int, Parameter(description="checked by the handler")]
+PathStr = Annotated[str, Parameter(description="checked by the handler")]
 
 
 class ShellQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -106,7 +111,9 @@ async def _relay(
 
 
 @websocket("/api/v1/jobs/{job_id:int}/shell", opt={"role": "member"}, **_opts)
-async def job_shell(socket: WebSocket[Any, Any, Any], services: ServicesDep, job_id: int) -> None:
+async def job_shell(
+    socket: WebSocket[Any, Any, Any], services: ServicesDep, job_id: PathInt
+) -> None:
     """An interactive shell in a running job (its owner and admins)."""
     if (p := await admitted(socket)) is None:
         return
@@ -127,7 +134,7 @@ async def job_shell(socket: WebSocket[Any, Any, Any], services: ServicesDep, job
 
 @websocket("/api/v1/jobs/{job_id:int}/forwards/{port:int}/connect", opt={"role": "member"}, **_opts)
 async def forward_connect(
-    socket: WebSocket[Any, Any, Any], services: ServicesDep, job_id: int, port: int
+    socket: WebSocket[Any, Any, Any], services: ServicesDep, job_id: PathInt, port: PathInt
 ) -> None:
     """One TCP connection to ``port`` inside a running job."""
     if (p := await admitted(socket)) is None:
@@ -146,7 +153,7 @@ async def forward_connect(
 
 @websocket("/api/v1/jobs/{job_id:int}/forwards/{port:int}", opt={"role": "member"}, **_opts)
 async def forward_hold(
-    socket: WebSocket[Any, Any, Any], services: ServicesDep, job_id: int, port: int
+    socket: WebSocket[Any, Any, Any], services: ServicesDep, job_id: PathInt, port: PathInt
 ) -> None:
     """Hold a forward open: listed on the job while this socket lives; told (an ``error``
     message, then a 4409 close) when the job ends."""
@@ -195,7 +202,7 @@ async def list_forwards(
 
 @websocket("/agent/v1/channels/{channel_id:str}", opt={"role": "node"}, **_opts)
 async def agent_channel(
-    socket: WebSocket[Any, Any, Any], services: ServicesDep, channel_id: str
+    socket: WebSocket[Any, Any, Any], services: ServicesDep, channel_id: PathStr
 ) -> None:
     """The agent's half of a channel it was told to open (its node only, once)."""
     if (p := await admitted(socket)) is None:
