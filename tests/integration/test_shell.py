@@ -205,3 +205,54 @@ def test_the_dashboard_lends_its_terminal_to_a_jobs_shell(lab: Lab) -> None:
     child.expect("exit status 3")  # the dashboard is back, and says how the shell ended
     child.send("q")
     child.expect(pexpect.EOF)
+
+
+def test_an_agent_too_old_for_shells_is_named_in_the_refusal(lab: Lab) -> None:
+    """A node whose agent speaks protocol 3 (before OpenChannel) runs a job; a shell into
+    it is refused with one line that says so, and nothing is sent to that agent."""
+    import threading
+
+    from mlsm.wire import agent as w
+
+    old = 3
+    reply = lab.agent_call(
+        "register",
+        w.RegisterRequest(protocol=old, join_token=lab.join_token(), name="old3"),
+        None,
+    )
+    secret = w.decode_register_reply(reply.content).node_secret
+    jobs: list[w.JobReport] = []
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.is_set():
+            lab.agent_call("heartbeat", w.Heartbeat(protocol=old, jobs=list(jobs)), secret)
+            stop.wait(0.3)
+
+    beater = threading.Thread(target=beat, daemon=True)
+    beater.start()
+    try:
+        lab.wait_node_state("old3", "online")
+        job_id = lab.submit("--node", "old3", "--no-code", "--", "sleep", "600")
+
+        def started() -> bool:
+            poll = w.CommandPoll(protocol=old, wait_s=0.5)
+            batch = w.decode_batch(lab.agent_call("commands", poll, secret).content)
+            kinds = [type(c).__name__ for c in batch.commands]
+            assert "OpenChannel" not in kinds
+            return any(isinstance(c, w.StartJob) and c.job.job_id == job_id for c in batch.commands)
+
+        wait_until(started, EXPECT_S, "the old agent to be told to start the job")
+        jobs.append(w.JobReport(job_id=job_id, state="running", pid=1, started_at=1.0))
+        lab.agent_call("events", w.JobEvents(protocol=old, jobs=list(jobs)), secret)
+        lab.wait_job(job_id, "running")
+        res = lab.cli("shell", str(job_id))
+        assert res.returncode == 1 and res.stderr.count("\n") == 1
+        assert "the agent on old3 is too old" in res.stderr and "need 4" in res.stderr
+        poll = w.CommandPoll(protocol=old, wait_s=0)
+        batch = w.decode_batch(lab.agent_call("commands", poll, secret).content)
+        assert not [c for c in batch.commands if type(c).__name__ == "OpenChannel"]
+    finally:
+        stop.set()
+        beater.join()
+        lab.cli("node", "remove", "old3", "--force", "--yes")  # no other test's job goes there
