@@ -256,3 +256,25 @@ def test_an_agent_too_old_for_shells_is_named_in_the_refusal(lab: Lab) -> None:
         stop.set()
         beater.join()
         lab.cli("node", "remove", "old3", "--force", "--yes")  # no other test's job goes there
+
+
+def test_what_a_shell_left_running_ends_with_it(lab: Lab) -> None:
+    """A background process started in the shell does not outlive it (it would hold the
+    job's GPUs unaccounted); the job itself keeps running."""
+    import psutil
+
+    job_id = running_job(lab, gpus=0)
+    child = spawn(lab, "shell", str(job_id))
+    prompt(child)
+    run(child, "nohup sleep 4321 >/dev/null 2>&1 &")
+
+    def sleepers() -> list[psutil.Process]:
+        return [
+            p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "4321"]
+        ]
+
+    assert wait_until(sleepers, EXPECT_S, "the background sleep to start")
+    child.sendline("exit 0")
+    child.expect(pexpect.EOF)
+    wait_until(lambda: not sleepers(), EXPECT_S, "the shell's leftovers to be killed")
+    assert lab.job(job_id).state == "running"
