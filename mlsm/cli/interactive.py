@@ -172,7 +172,16 @@ def shell(ctx: click.Context, job_id: int) -> None:
 
 # ---------------------------------------------------------------- sessions
 def _session_submit(
-    gpus: int, image: str, time_s: float, keep: bool, jupyter: bool, name: str, node: str | None
+    gpus: int,
+    image: str,
+    time_s: float,
+    keep: bool,
+    jupyter: bool,
+    name: str,
+    node: str | None,
+    venv: str = "",
+    conda: str = "",
+    jupyter_port: int = JUPYTER_PORT,
 ) -> tuple[api.JobSubmit, str]:
     token = secrets.token_hex(JUPYTER_TOKEN_BYTES) if jupyter else ""
     argv = (
@@ -181,7 +190,7 @@ def _session_submit(
             "lab",
             "--no-browser",
             "--ip=127.0.0.1",
-            f"--port={JUPYTER_PORT}",
+            f"--port={jupyter_port}",
             "--ServerApp.port_retries=0",
         ]
         if jupyter
@@ -192,8 +201,10 @@ def _session_submit(
         name=name,
         gpus=gpus,
         node=node,
-        env_kind="docker" if image else "process",
+        env_kind="docker" if image else "venv" if venv else "conda" if conda else "process",
         image=image,
+        venv=venv,
+        conda=conda,
         timeout_s=time_s,
         kind="session",
         session_keep=keep,
@@ -225,6 +236,11 @@ def wait_running(c: Any, job_id: int, say: Any = None) -> api.Job:
 @click.option("--time", "time_", default="", help="Time limit (e.g. 4h); default: the lab's.")
 @click.option("--keep", is_flag=True, help="Keep the session when the shell leaves.")
 @click.option("--jupyter", is_flag=True, help="Run JupyterLab in it (when the env has it).")
+@click.option(
+    "--jupyter-port", type=click.IntRange(1, 65535), default=JUPYTER_PORT, show_default=True
+)
+@click.option("--venv", default="", help="Run in this venv (an absolute path on the node).")
+@click.option("--conda", default="", help="Run in this conda environment.")
 @click.option("--name", default="session", show_default=True)
 @click.option("--node", default=None, help="Run on this node.")
 @click.pass_context
@@ -235,6 +251,9 @@ def session(
     time_: str,
     keep: bool,
     jupyter: bool,
+    jupyter_port: int,
+    venv: str,
+    conda: str,
     name: str,
     node: str | None,
 ) -> None:
@@ -246,7 +265,11 @@ def session(
     time_s = parse_duration(time_) if time_ else 0.0
     if time_ and time_s <= 0:
         raise ValidationError("--time must be a positive duration")
-    spec, token = _session_submit(gpus, image, time_s, keep, jupyter, name, node)
+    if sum(map(bool, (image, venv, conda))) > 1:
+        raise ValidationError("a session runs in one environment: --image, --venv or --conda")
+    spec, token = _session_submit(
+        gpus, image, time_s, keep, jupyter, name, node, venv, conda, jupyter_port
+    )
     with client_from(ctx) as c:
         reply = c.jobs.submit(spec)
         job_id = reply.ids[0]
@@ -256,8 +279,8 @@ def session(
         _say(f"session {job_id} runs on {job.node} (GPUs {gpu_text})")
         if jupyter:
             _say(
-                f"JupyterLab: run `mlsm forward {job_id} {JUPYTER_PORT}` on your laptop, then "
-                f"open http://127.0.0.1:{JUPYTER_PORT}/lab?token={token}"
+                f"JupyterLab: run `mlsm forward {job_id} {jupyter_port}` on your laptop, then "
+                f"open http://127.0.0.1:{jupyter_port}/lab?token={token}"
             )
         try:
             code = run_shell(c, job_id)

@@ -152,3 +152,59 @@ def test_forwards_of_another_members_job_are_refused(lab: Lab) -> None:
     assert res.stderr.count("\n") == 1
     with pytest.raises(Exception, match="belongs to alice-fw"):
         lab.client(bob).jobs.forwards(job_id)
+
+
+def test_a_jupyter_session_prints_a_url_that_works_through_the_forward(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """--jupyter runs `jupyter lab` from the session's environment (here a venv whose
+    `jupyter` is a stand-in HTTP server that checks the token) and prints the forward
+    command and the URL; the URL answers through `mlsm forward`."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    fake = venv / "bin" / "jupyter"
+    fake.write_text(JUPYTER_STAND_IN.replace("PYTHON", sys.executable))
+    fake.chmod(0o755)
+    jport = free_port()
+    child = spawn(
+        lab, "session", "--gpus", "0", "--venv", str(venv), "--jupyter",
+        "--jupyter-port", str(jport),
+    )  # fmt: skip
+    child.expect(r"open (http://127\.0\.0\.1:\d+/lab\?token=([0-9a-f]+))")
+    url, token = child.match.group(1), child.match.group(2)
+    prompt(child)
+    assert f"tok={token}" in run(child, "echo tok=$JUPYTER_TOKEN")
+    session_id = max(j.id for j in lab.admin.jobs.list().jobs if j.kind == "session")
+    fwd = lab.cli_popen("forward", str(session_id), str(jport))
+    assert fwd.stderr is not None
+    fwd.stderr.readline()
+    body = wait_until(lambda: _get(url), EXPECT_S, "JupyterLab through the forward")
+    assert body == "jupyter ok\n"
+    fwd.terminate()
+    fwd.wait(timeout=EXPECT_S)
+    child.sendline("exit")
+    child.expect(pexpect.EOF)
+
+
+def _get(url: str) -> str | None:
+    try:
+        resp = httpx.get(url, timeout=EXPECT_S)
+    except httpx.HTTPError:
+        return None
+    return resp.text if resp.status_code == 200 else None
+
+
+#: `jupyter lab --no-browser --ip=127.0.0.1 --port=N ...`: answers /lab?token=<JUPYTER_TOKEN>.
+JUPYTER_STAND_IN = """#!PYTHON
+import http.server, os, sys
+port = int(next(a for a in sys.argv if a.startswith("--port=")).split("=")[1])
+token = os.environ["JUPYTER_TOKEN"]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        ok = self.path == f"/lab?token={token}"
+        self.send_response(200 if ok else 403)
+        self.end_headers()
+        self.wfile.write(b"jupyter ok\\n" if ok else b"no\\n")
+http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
+"""
