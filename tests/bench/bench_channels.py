@@ -21,10 +21,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import httpx
+import psutil
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
@@ -41,6 +43,7 @@ FILE_MIB = 100
 MIB = 1 << 20
 DEADLINE_S = 60.0
 READ_CHUNK = 1 << 20
+RSS_SAMPLE_S = 0.02
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -120,9 +123,23 @@ def main(keys: int = KEYS, downloads: int = DOWNLOADS) -> None:
         fwd.stderr.readline()
         relayed = f"http://127.0.0.1:{local}/big.bin"
         d_rates, f_rates = [], []
+        assert lab.master_proc is not None
+        master = psutil.Process(lab.master_proc.pid)
+        rss: list[int] = []
+        sampling = threading.Event()
+
+        def sample() -> None:
+            while not sampling.wait(RSS_SAMPLE_S):
+                rss.append(master.memory_info().rss)
+
+        sampler = threading.Thread(target=sample, daemon=True)
         for _ in range(downloads):
             d_rates.append(download(direct))
+            if not sampler.is_alive():
+                sampler.start()
             f_rates.append(download(relayed))
+        sampling.set()
+        sampler.join()
         fwd.terminate()
         fwd.wait(timeout=DEADLINE_S)
         dm, fm = statistics.median(d_rates), statistics.median(f_rates)
@@ -133,6 +150,11 @@ def main(keys: int = KEYS, downloads: int = DOWNLOADS) -> None:
         print(
             f"{FILE_MIB} MiB download through mlsm forward:        median {fm:8.1f} MiB/s "
             f"({', '.join(f'{r:.0f}' for r in f_rates)})  = {fm / dm:.0%} of direct"
+        )
+        print(
+            f"master RSS during the relayed downloads: {min(rss) / MIB:.1f} to "
+            f"{max(rss) / MIB:.1f} MiB (max - min {(max(rss) - min(rss)) / MIB:.1f} MiB, "
+            f"{len(rss)} samples)"
         )
     subprocess.run(["rm", "-rf", str(root)], check=False)
 
