@@ -43,6 +43,8 @@ SESSION_POLL_S = 1.0
 #: What a session runs to hold its GPUs while nobody works in it (GNU and busybox have it).
 KEEPER_ARGV = ["tail", "-f", "/dev/null"]
 JUPYTER_PORT = 8888
+#: Ctrl-D: what the remote terminal reads as the end of input.
+EOF_KEY = b"\x04"
 #: Bytes of randomness in a session's JupyterLab token.
 JUPYTER_TOKEN_BYTES = 24
 
@@ -89,7 +91,10 @@ async def _terminal(ch: ChannelSocket) -> int:
         while True:
             data = await keys.get()
             if not data:
-                return  # local input ended (a pipe): the shell goes on until it exits
+                # Local input ended (a pipe, a file): the remote terminal's end-of-file
+                # key, so the shell reads its end too and exits after what it was given.
+                await ch.send(EOF_KEY)
+                return
             await ch.send(data)
             loop.add_reader(stdin, readable)
 

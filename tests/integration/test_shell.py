@@ -278,3 +278,21 @@ def test_what_a_shell_left_running_ends_with_it(lab: Lab) -> None:
     child.expect(pexpect.EOF)
     wait_until(lambda: not sleepers(), EXPECT_S, "the shell's leftovers to be killed")
     assert lab.job(job_id).state == "running"
+
+
+def test_a_shell_fed_from_a_pipe_runs_it_and_exits_with_its_status(lab: Lab) -> None:
+    """Not a terminal on stdin: the commands are typed into the remote PTY as they are,
+    the end of the pipe is the terminal's end of input, and the status comes back."""
+    import subprocess
+
+    job_id = running_job(lab, gpus=0)
+    env = lab.env(MLSM_URL=lab.url, MLSM_TOKEN=lab.token)
+    proc = subprocess.run(
+        [MLSM, "shell", str(job_id)],
+        input=b"echo piped-$MLSM_JOB_ID\nexit 9\n",
+        capture_output=True,
+        env=env,
+        timeout=EXPECT_S,
+    )
+    assert proc.returncode == 9, proc.stderr
+    assert f"piped-{job_id}".encode() in proc.stdout
