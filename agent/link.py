@@ -43,6 +43,7 @@ STREAM_TIMEOUT_S = 60.0  # a frame stream may pause this long between chunks
 POLL_SLACK_S = 10.0  # a long-poll's HTTP timeout is its wait plus this
 PUSH_STALL_S = 300.0  # a relay push whose next write or answer waits this long fails
 FINGERPRINT_FILE = "master-fingerprint"
+CHANNEL_PING_S = 20.0  # a channel's socket pings this often, and gives up after as long
 
 
 def _is_certificate_failure(exc: BaseException) -> bool:
@@ -214,6 +215,37 @@ class MasterLink:
                 yield _chunks(resp)
         except httpx.HTTPError as exc:
             raise errors.Unreachable(f"{type(exc).__name__}: {exc}") from exc
+
+    def channel(self, channel_id: str) -> Any:
+        """Dial ``/agent/v1/channels/{channel_id}`` (a shell or a forward the master asked
+        for): an async context manager of a ``websockets`` connection, under the same
+        TLS trust and pin as every other call (mlsm.wire.channels)."""
+        from websockets.asyncio.client import connect
+
+        from mlsm.wire.channels import MAX_MESSAGE
+
+        parts = urlsplit(self.url)
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        url = f"{scheme}://{parts.netloc}{parts.path}/agent/v1/channels/{channel_id}"
+        ssl_ctx: ssl.SSLContext | None = None
+        if scheme == "wss":
+            if isinstance(self._verify, ssl.SSLContext):
+                ssl_ctx = self._verify
+            else:
+                ssl_ctx = ssl.create_default_context()
+                if self._verify is False:
+                    ssl_ctx.check_hostname = False
+                    ssl_ctx.verify_mode = ssl.CERT_NONE
+        return connect(
+            url,
+            additional_headers=self._auth(),
+            ssl=ssl_ctx,
+            max_size=MAX_MESSAGE,
+            open_timeout=CONNECT_TIMEOUT_S,
+            compression=None,
+            ping_interval=CHANNEL_PING_S,
+            ping_timeout=CHANNEL_PING_S,
+        )
 
     async def report_project(self, rep: wc.ProjectReport) -> None:
         await self.call("projects", rep, w.decode_ack)

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from agent.bulk.direct import Identity, local_addresses
 from agent.bulk.service import BulkCommands
 from agent.bulk.sources import path_resolver
+from agent.channels import ChannelCommands
 from agent.codecache import CodeCache
 from agent.collectors import AsyncGpuSampler, HostCollector, make_probe
 from agent.link import MasterLink, is_auth_failure
@@ -167,6 +168,9 @@ class Agent:
         self.bulk.sources.register("project", project_resolver(self.code.agent_data))
         # An admin's import of a directory under this node's import roots to another node.
         self.bulk.sources.register("path", path_resolver(cfg.import_roots))
+        # Shells and forwards into running jobs, dialled back to the master on request.
+        self.channels = ChannelCommands(self.link, self.jobs.record_of, self.runtimes.docker_client)
+        self.channels.install(self.command_handlers)
         # Progress of running transfers (command id -> latest), sent with each heartbeat.
         self.transfers: dict[int, w.TransferProgress] = {}
         self.beat_now = asyncio.Event()  # a transfer ended: heartbeat now, not at the interval
@@ -264,6 +268,7 @@ class Agent:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.channels.close_all()  # shells end with the agent; their jobs do not
         self.state.save()
         await self.link.aclose()
         self.probe.close()

@@ -145,6 +145,11 @@ class JobSupervisor:
             return "the job's end is still being reported"
         return None
 
+    def record_of(self, job_id: int) -> AdoptRecord | None:
+        """The running attempt of ``job_id`` here (for a shell or a forward into it)."""
+        r = self._jobs.get(job_id)
+        return r.handle.record if r is not None else None
+
     def attribute_gpu_processes(self, gpus: list[w.GpuSample]) -> None:
         """Name the job of each GPU process that runs in one of this node's job sessions."""
         sessions: dict[int, int] = {}

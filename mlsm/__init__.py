@@ -28,6 +28,7 @@ COMMAND_SINCE = {
     "bulk_listen": 3,
     "copy_project": 3,
     "job_notice": 4,
+    "open_channel": 4,
 }
 #: The first protocol version whose agents run jobs in shipped code and projects
 #: (StartJob's ``code`` and ``project``); the scheduler places such jobs only there.

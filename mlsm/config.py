@@ -103,6 +103,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     smtp_password: str = ""  # better given as MLSM_SMTP_PASSWORD or in smtp_password_file
     smtp_password_file: str = ""
     smtp_from: str = "mlsm@localhost"
+    session_time_limit: Positive = 4 * 3600.0  # seconds a session runs when it names no --time
+    channel_open_timeout: Positive = 15.0  # seconds an agent has to dial a shell or forward
     # --- agent
     master: str = ""  # URL the agent dials
     join_token: str = ""

@@ -18,6 +18,7 @@ from pathlib import Path
 from mlsm.client import AsyncClient, Verify
 from mlsm.wire import api
 from mlsm.wire import usage as wu
+from mlsm.wire.channels import ForwardInfo
 from mlsm.wire.events import Event
 from mlsm.wire.follow import LogEvent
 from mlsm.wire.outputs import OutputListing
@@ -101,6 +102,15 @@ class DataSource(ABC):
     ) -> api.JobList: ...
     @abstractmethod
     async def job(self, job_id: int) -> api.Job: ...
+
+    async def forwards(self, job_id: int) -> list[ForwardInfo]:
+        """The port forwards held open into a running job (``mlsm forward``)."""
+        return []
+
+    def shell_env(self) -> dict[str, str]:
+        """What ``mlsm shell`` needs to reach the master as the dashboard's user."""
+        return {}
+
     @abstractmethod
     async def submit(self, spec: api.JobSubmit) -> api.SubmitReply: ...
     @abstractmethod
@@ -274,6 +284,12 @@ class MasterSource(DataSource):
 
     async def job(self, job_id: int) -> api.Job:
         return await self.client.jobs.get(job_id)
+
+    async def forwards(self, job_id: int) -> list[ForwardInfo]:
+        return await self.client.jobs.forwards(job_id)
+
+    def shell_env(self) -> dict[str, str]:
+        return {"MLSM_URL": self.client.url, "MLSM_TOKEN": self.client.token}
 
     async def submit(self, spec: api.JobSubmit) -> api.SubmitReply:
         return await self.client.jobs.submit(spec)

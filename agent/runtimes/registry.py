@@ -54,6 +54,13 @@ class Runtimes:
             return self._by_kind.get("docker")
         return self._by_kind.get(record.runtime) or self._by_kind["process"]
 
+    def docker_client(self) -> Any:
+        """The Docker engine's client (a shell or a forward into a container job);
+        raises when this node has no engine."""
+        if self._docker is None:
+            raise RuntimeError(self.docker_error or "no Docker engine on this node")
+        return self._docker.engine.client()
+
     @property
     def kinds(self) -> list[str]:
         return sorted(self._by_kind)

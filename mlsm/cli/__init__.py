@@ -62,6 +62,14 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "notify": ("mlsm.cli.events", "notify", "Send events to webhooks or by email."),
     "usage": ("mlsm.cli.usage", "usage", "GPU-hours, utilisation, waits and energy."),
     "reserve": ("mlsm.cli.usage", "reserve", "Reserve GPUs for a while; list or cancel."),
+    "shell": ("mlsm.cli.interactive", "shell", "Open a shell inside a running job."),
+    "web": ("mlsm.cli.web", "web", "Serve the dashboard in a browser, behind the login."),
+    "session": (
+        "mlsm.cli.interactive",
+        "session",
+        "Allocate GPUs through the queue and open a shell there.",
+    ),
+    "forward": ("mlsm.cli.interactive", "forward", "Forward a local port to a port in a job."),
     "completion": (
         "mlsm.cli.completion",
         "completion",

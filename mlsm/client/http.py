@@ -161,6 +161,7 @@ class _Core:
     def __init__(self, url: str, token: str, allow_plain_http: bool) -> None:
         self.url = check_url(url, allow_plain_http=allow_plain_http)
         self.token = token
+        self.verify: Verify = True  # how the master's certificate is checked (WebSockets too)
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
@@ -180,6 +181,7 @@ class SyncHttp(_Core):
         allow_plain_http: bool = False,
     ) -> None:
         super().__init__(url, token, allow_plain_http)
+        self.verify = verify
         self._http = httpx.Client(
             base_url=self.url,
             verify=_verify_for(self.url, verify),
@@ -287,6 +289,7 @@ class AsyncHttp(_Core):
         allow_plain_http: bool = False,
     ) -> None:
         super().__init__(url, token, allow_plain_http)
+        self.verify = verify
         self._http = httpx.AsyncClient(
             base_url=self.url,
             verify=_verify_for(self.url, verify),

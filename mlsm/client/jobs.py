@@ -1,5 +1,5 @@
 """Jobs: submit (one, many, or a dry run), list, show, cancel a selection, edit, restart,
-release, purge; a job's outputs (listed, fetched as
+release, purge; its forwards; a job's outputs (listed, fetched as
 a manifest then frames); a job's log, read whole or followed live.
 
 A followed log arrives as typed :mod:`mlsm.wire.follow` events, decoded by the one
@@ -16,6 +16,7 @@ from mlsm.client.resource import AsyncResource, SyncResource, async_method, sync
 from mlsm.client.sse import LogFollowDecoder
 from mlsm.wire import api
 from mlsm.wire import outputs as wo
+from mlsm.wire.channels import ForwardInfo
 from mlsm.wire.follow import LogEvent
 
 JOBS = "/api/v1/jobs"
@@ -126,6 +127,11 @@ def _follow(job_id: int, offset: int) -> Call[bytes]:
     return Call("GET", _job(job_id, "/log/follow"), bytes, params={"offset": offset})
 
 
+def _forwards(job_id: int) -> Call[list[ForwardInfo]]:
+    """The port forwards held open into a job (``mlsm forward``)."""
+    return Call("GET", _job(job_id, "/forwards"), list[ForwardInfo])
+
+
 class Jobs(SyncResource):
     submit = sync_method(_submit)
     submit_many = sync_method(_submit_many)
@@ -139,6 +145,7 @@ class Jobs(SyncResource):
     release = sync_method(_release)
     purge = sync_method(_purge)
     outputs = sync_method(_outputs)
+    forwards = sync_method(_forwards)
 
     def outputs_manifest(
         self, job_id: int, paths: Sequence[str] = (), *, include_code: bool = False
@@ -184,6 +191,7 @@ class AsyncJobs(AsyncResource):
     release = async_method(_release)
     purge = async_method(_purge)
     outputs = async_method(_outputs)
+    forwards = async_method(_forwards)
 
     async def outputs_manifest(
         self, job_id: int, paths: Sequence[str] = (), *, include_code: bool = False

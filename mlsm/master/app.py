@@ -29,6 +29,7 @@ from mlsm.master.openapi import ArrayLikeStructSchema, document_errors
 from mlsm.master.routes import agent as agent_routes
 from mlsm.master.routes import audit as audit_routes
 from mlsm.master.routes import auth as auth_routes
+from mlsm.master.routes import channels as channel_routes
 from mlsm.master.routes import code as code_routes
 from mlsm.master.routes import datasets as dataset_routes
 from mlsm.master.routes import events as event_routes
@@ -64,6 +65,7 @@ ROUTE_MODULES: list[ModuleType] = [
     code_routes,
     event_routes,
     usage_routes,
+    channel_routes,
 ]
 
 

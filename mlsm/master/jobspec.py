@@ -100,6 +100,9 @@ class StoredJobSpec(
     #: when a normal job needs them.
     preemptible: bool = False
     preempt_grace_s: float = 0.0  # 0 = the master's KILL_GRACE_S
+    #: "session": an interactive allocation (mlsm session), see mlsm.wire.api.JobSubmit.
+    kind: api.JobKind = "batch"
+    session_keep: bool = False
 
     @property
     def gpu_mem_bytes(self) -> int:
@@ -194,6 +197,10 @@ def build_submission(
             "a job runs in one place: shipped code, --project or --workdir, not several",
             path="code",
         )
+    if body.kind == "session" and body.array:
+        raise ValidationError("a session is one allocation: no --array", path="array")
+    if body.session_keep and body.kind != "session":
+        raise ValidationError("session_keep is for sessions", path="session_keep")
     if any("\x00" in a for a in body.argv):
         raise ValidationError("the command contains a NUL byte", path="argv")
     if body.node is not None and body.node not in nodes:
@@ -232,6 +239,8 @@ def build_submission(
         project=body.project,
         preemptible=body.preemptible,
         preempt_grace_s=body.preempt_grace_s,
+        kind=body.kind,
+        session_keep=body.session_keep,
     )
     check_stored_size(spec, len(indices))
     _check_dependency_ids(deps)

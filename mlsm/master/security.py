@@ -23,14 +23,17 @@ from typing import Any, Literal, Protocol
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from litestar.connection import ASGIConnection
+from litestar.enums import ScopeType
 from litestar.handlers.base import BaseRouteHandler
 
-from mlsm.errors import AuthenticationError, PermissionDenied
+from mlsm.errors import AuthenticationError, MlsmError, PermissionDenied
 from mlsm.wire.api import ROLE_RANK, Role, TokenKind
 
 TOKEN_PREFIX = {"session": "mlsm_s_", "api": "mlsm_a_", "node": "mlsm_n_", "join": "mlsm_j_"}
 ROUTE_ROLES = ("public", "member", "admin", "superadmin", "node")
 SCHEMA_PATH = "/schema"  # the OpenAPI document and its viewer are public
+#: Where the guard leaves a WebSocket's refusal for its handler (see RoleGuard).
+WS_REFUSAL = "ws_refusal"
 
 _hasher = PasswordHasher()
 # A fixed hash verified when a user does not exist, so timing does not reveal usernames.
@@ -127,6 +130,23 @@ class RoleGuard:
         self.auth = auth
 
     async def __call__(
+        self, connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+    ) -> None:
+        if connection.scope["type"] != ScopeType.WEBSOCKET:
+            return await self._check(connection, handler)
+        try:
+            await self._check(connection, handler)
+        except MlsmError as exc:
+            # A WebSocket closed before it is accepted reaches the client as a bare HTTP 403
+            # (the ASGI rule), whatever the reason. So the refusal is kept for the handler,
+            # which accepts, says why (an error message) and closes with 4000 + the status
+            # (mlsm.master.routes.channels.admitted; mlsm.wire.channels). A WebSocket handler must
+            # begin with that check: the permission matrix proves each one refuses.
+            connection.scope.setdefault("state", {})[WS_REFUSAL] = exc
+            connection.scope["user"] = None  # a handler that skips the check fails closed
+        return None
+
+    async def _check(
         self, connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
     ) -> None:
         need = handler.opt.get("role")

@@ -29,6 +29,7 @@ from mlsm.master.db import Database
 from mlsm.master.http import setup_logging
 from mlsm.master.services.container import services_of
 from mlsm.master.services.users import UserService
+from mlsm.wire.channels import MAX_MESSAGE
 
 log = logging.getLogger("mlsm.master")
 
@@ -37,6 +38,9 @@ PRIVATE_UMASK = 0o077
 DATA_DIR_MODE = 0o700
 #: Seconds in-flight requests get to finish on SIGTERM.
 GRACEFUL_SHUTDOWN_S = 5
+#: WebSocket keep-alive: a ping this often, and a peer that does not answer in time is gone.
+WS_PING_INTERVAL_S = 20.0
+WS_PING_TIMEOUT_S = 20.0
 
 
 def make_private(settings: Settings) -> None:
@@ -159,6 +163,12 @@ def run_master(
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         backlog=backlog,
         server_header=False,
+        # Shells and forwards (mlsm.wire.channels): one message is at most a data frame,
+        # and a silent peer is found by pings.
+        ws="websockets-sansio",
+        ws_max_size=MAX_MESSAGE,
+        ws_ping_interval=WS_PING_INTERVAL_S,
+        ws_ping_timeout=WS_PING_TIMEOUT_S,
         # Never let uvicorn rewrite the client address from X-Forwarded-For (by default it
         # believes any local peer): the trusted_proxies setting is the single source.
         proxy_headers=False,

@@ -22,6 +22,7 @@ POST code/blobs        CodeBlobsFetch       frame stream
 POST projects          ProjectReport        Ack
 POST bulk/push/{pipe}  pipe records         Ack (mlsm.wire.bulk)
 POST bulk/pull         BulkPull             pipe records
+WS   channels/{id}     channel frames       (mlsm.wire.channels)
 =====================  ===================  =======================
 
 Outputs and disk messages (:mod:`mlsm.wire.outputs`) join the command union here.
@@ -349,6 +350,7 @@ class CancelTransfer(Struct, tag="cancel_transfer", kw_only=True):
 
 
 from mlsm.wire.bulk import BulkListen, BulkManifest, BulkReceive, BulkServe  # noqa: E402
+from mlsm.wire.channels import OpenChannel  # noqa: E402
 
 Command = (
     StartJob
@@ -370,6 +372,7 @@ Command = (
     | BulkListen
     | CopyProject
     | JobNotice
+    | OpenChannel
 )
 
 

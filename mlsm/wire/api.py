@@ -264,6 +264,8 @@ DEFAULT_PRIORITY = 0
 Priority = Annotated[int, Meta(ge=-1000, le=1000)]
 #: Longest grace a preemptible job may ask for between SIGTERM and SIGKILL.
 MAX_PREEMPT_GRACE_S = 3600.0
+#: What a job is for: a batch command, or an interactive session (``mlsm session``).
+JobKind = Literal["batch", "session"]
 
 
 class JobSubmit(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -310,6 +312,11 @@ class JobSubmit(Struct, kw_only=True, forbid_unknown_fields=True):
     # (SIGTERM, then SIGKILL after preempt_grace_s) and it is requeued, its retries untouched.
     preemptible: bool = False
     preempt_grace_s: Annotated[float, Meta(ge=0, le=MAX_PREEMPT_GRACE_S)] = 0.0  # 0 = 10 s
+    # "session" (mlsm session): an interactive allocation whose command only holds the GPUs
+    # while people work in its shell; it gets the lab's default time limit when it names
+    # none, and it ends when its last shell leaves unless ``session_keep``.
+    kind: JobKind = "batch"
+    session_keep: bool = False
 
 
 class JobEvent(Struct, kw_only=True, array_like=True):
@@ -371,6 +378,8 @@ class Job(Struct, kw_only=True):
     # Queued: when the scheduler expects it to start (the GPUs it reserved for it free up
     # by running jobs' time limits); None when nothing is reserved for it.
     expected_start: float | None = None
+    kind: JobKind = "batch"  # "session": an interactive allocation (mlsm session)
+    session_keep: bool = False  # a session that outlives its last shell
 
 
 class JobList(Struct, kw_only=True):
@@ -622,6 +631,10 @@ DELETE /api/v1/reservations/{id}         Reservation (its user, its maker, or an
 POST   /api/v1/jobs/{id}/release         Job (a held job joins the queue)
 POST   /api/v1/jobs/{id}/purge           PurgeResult (a finished job's directory on its node)
 GET    /api/v1/jobs/{id}/outputs[?path]  OutputListing (mlsm.wire.outputs; owner and admins)
+GET    /api/v1/jobs/{id}/forwards        list[ForwardInfo] (mlsm.wire.channels; owner and admins)
+WS     /api/v1/jobs/{id}/shell[?rows&cols&term]   a shell in the running job (mlsm.wire.channels)
+WS     /api/v1/jobs/{id}/forwards/{port}[?local]  hold a port forward open
+WS     /api/v1/jobs/{id}/forwards/{port}/connect  one forwarded connection
 POST   /api/v1/jobs/{id}/outputs/manifest  OutputsFetch -> MessagePack Manifest
 POST   /api/v1/jobs/{id}/outputs/frames  OutputsFetch -> frame stream (octet-stream)
 POST   /api/v1/code                      manifest (MessagePack) -> CodeOffer

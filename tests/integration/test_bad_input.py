@@ -466,3 +466,16 @@ def test_no_unhandled_errors_in_the_log(master: Master) -> None:
     """Runs last in this module: nothing above made the master log an unhandled error."""
     bad = [r for r in master.log_records() if r.get("level") == "error" or r.get("status") == 500]
     assert not bad, bad
+
+
+# ---------------------------------------------------------------- WebSocket queries
+@pytest.mark.parametrize(
+    "query",
+    ["rows=0", "cols=70000", "rows=abc", "term=x%20y", "term=" + "x" * 100, "nope=1"],
+)
+def test_a_shells_bad_query_is_a_400_naming_it(master: Master, admin: str, query: str) -> None:
+    """WebSocket queries are checked by mlsm, so a bad one is a 4400 close with the error
+    JSON (never Litestar's 4500 for a failed validation)."""
+    resp = master.request("WS", f"/api/v1/jobs/1/shell?{query}", token=admin)
+    err = _assert_4xx(resp)
+    assert resp.status_code == 400 and err["code"] == "validation_error", err

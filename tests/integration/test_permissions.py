@@ -56,6 +56,7 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("POST", "/agent/v1/code/blobs"): "node",
     ("POST", "/agent/v1/projects"): "node",
     ("POST", "/agent/v1/projects/pull"): "node",
+    ("WS", "/agent/v1/channels/{channel_id:str}"): "node",
     # nodes and join tokens
     ("GET", "/api/v1/join-tokens"): "admin",
     ("POST", "/api/v1/join-tokens"): "admin",
@@ -88,6 +89,12 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/jobs/{job_id:int}/outputs/frames"): "member",
     ("GET", "/api/v1/jobs/{job_id:int}/log"): "member",
     ("GET", "/api/v1/jobs/{job_id:int}/log/follow"): "member",
+    # shells and forwards (WebSockets, mlsm.wire.channels): a refusal is a close whose
+    # code carries the status, read back as one by Master.request("WS", ...)
+    ("WS", "/api/v1/jobs/{job_id:int}/shell"): "member",
+    ("WS", "/api/v1/jobs/{job_id:int}/forwards/{port:int}"): "member",
+    ("WS", "/api/v1/jobs/{job_id:int}/forwards/{port:int}/connect"): "member",
+    ("GET", "/api/v1/jobs/{job_id:int}/forwards"): "member",
     # datasets
     ("GET", "/api/v1/datasets"): "member",
     ("GET", "/api/v1/datasets/{name:str}"): "member",

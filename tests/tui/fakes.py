@@ -16,6 +16,7 @@ from mlsm import errors
 from mlsm.wire import api
 from mlsm.wire import usage as wu
 from mlsm.wire.agent import GpuProcess, GpuSample, HostSample, NodeInfo
+from mlsm.wire.channels import ForwardInfo
 from mlsm.wire.events import Event
 from mlsm.wire.follow import LogEnded, LogEvent, from_sse
 from mlsm.wire.outputs import OutputEntry, OutputListing
@@ -479,6 +480,21 @@ class FakeSource(DataSource):
         if job_id not in self._jobs:
             raise errors.NotFound(f"no job {job_id}")
         return self._jobs[job_id]
+
+    async def forwards(self, job_id: int) -> list[ForwardInfo]:
+        """Job 100 (alice's, running) has two forwards held open."""
+        self._check()
+        if job_id != 100:
+            return []
+        return [
+            ForwardInfo(job_id=100, port=8888, user="alice", local="127.0.0.1:8888",
+                        opened_at=NOW - 600, connections=2),
+            ForwardInfo(job_id=100, port=6006, user="alice", local="127.0.0.1:16006",
+                        opened_at=NOW - 60, connections=0),
+        ]  # fmt: skip
+
+    def shell_env(self) -> dict[str, str]:
+        return {"MLSM_URL": "http://fake-master", "MLSM_TOKEN": "fake-token"}
 
     async def submit(self, spec: api.JobSubmit) -> api.SubmitReply:
         self._check()

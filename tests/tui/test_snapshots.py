@@ -102,6 +102,12 @@ def test_job_detail(snap_compare, size) -> None:
 
 
 @pytest.mark.parametrize("size", SIZES)
+def test_job_forwards(snap_compare, size) -> None:
+    """A running job's screen lists the forwards held open into it, and offers ``s``."""
+    assert snap_compare(make_app(FakeSource()), terminal_size=size, run_before=_setup(job=100))
+
+
+@pytest.mark.parametrize("size", SIZES)
 def test_job_log(snap_compare, size) -> None:
     assert snap_compare(
         make_app(FakeSource()), terminal_size=size, run_before=_setup(job=100, tab="log")

@@ -1,5 +1,6 @@
-"""One job: its spec, state history, why it waits, where it ran, its live log, and its
-files (the Files tab: browse, view, download; :mod:`tui.widgets.files`)."""
+"""One job: its spec, state history, why it waits, where it ran, the port forwards held
+open into it, its live log, and its files (the Files tab: browse, view, download;
+:mod:`tui.widgets.files`). ``s`` opens its shell in this terminal (:mod:`tui.shell`)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ from textual.widgets import TabbedContent, TabPane
 from mlsm.errors import MlsmError, UnavailableError
 from mlsm.termsafe import visible
 from mlsm.wire import api
+from mlsm.wire.channels import ForwardInfo
 from mlsm.wire.follow import AttemptStarted, LogText
 from tui import fmt
 from tui.screens.base import View
+from tui.shell import Runner, open_shell
 from tui.source import LOG_TAIL_BYTES
 from tui.widgets.files import FilesPane
 from tui.widgets.logview import LogView
@@ -29,7 +32,7 @@ from tui.widgets.plain import PlainStatic
 LOG_RETRY_S = 2.0
 
 
-def job_details(job: api.Job, now: float) -> Table:
+def job_details(job: api.Job, now: float, forwards: list[ForwardInfo] | None = None) -> Table:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column()
@@ -78,6 +81,17 @@ def job_details(job: api.Job, now: float) -> Table:
         row("Runtime", fmt.duration((job.ended_at or now) - job.started_at))
     row("Exit code", job.exit_code)
     row("Log", fmt.human_bytes(job.log_size) if job.log_size else "")
+    if job.kind == "session":
+        row("Kind", "session" + (" (kept when its shell leaves)" if job.session_keep else ""))
+    if forwards:
+        lines = Text()
+        for f in forwards:
+            lines.append(f"port {f.port} <- {visible(f.user)}")
+            if f.local:
+                lines.append(f" at {visible(f.local)}", style="dim")
+            lines.append(f"  {f.connections} open, since {fmt.ago(f.opened_at, now)}\n")
+        lines.rstrip()
+        row("Forwards", lines)
     if job.history:
         hist = Text()
         for ev in job.history:
@@ -110,8 +124,11 @@ class JobScreen(View):
         Binding("i", "tab('details')", "Details"),
         Binding("l", "tab('log')", "Log"),
         Binding("o", "tab('files')", "Files"),
+        Binding("s", "shell", "Shell"),
         Binding("C", "cancel_job", "Cancel job"),
     ]
+    #: How ``s`` runs the shell once the app is suspended (tests record the call).
+    shell_runner: Runner | None = None
 
     def __init__(self, job_id: int, tab: str = "details") -> None:
         super().__init__()
@@ -119,6 +136,7 @@ class JobScreen(View):
         self.tab = tab
         self.title = f"Job {job_id}"
         self.job: api.Job | None = None
+        self.forwards: list[ForwardInfo] = []
 
     def body(self) -> ComposeResult:
         yield PlainStatic(f" Job {self.job_id}", id="job-title")
@@ -138,13 +156,37 @@ class JobScreen(View):
         elif self.tab == "files":
             self.call_after_refresh(self._show_files)  # the pane mounts with the tabs
 
-    async def fetch(self) -> api.Job:
-        return await self.source.job(self.job_id)
+    async def fetch(self) -> tuple[api.Job, list[ForwardInfo]]:
+        job = await self.source.job(self.job_id)
+        forwards: list[ForwardInfo] = []
+        if job.state == "running":
+            try:
+                forwards = await self.source.forwards(self.job_id)
+            except MlsmError:  # another member's job: its forwards are not ours to see
+                forwards = []
+        return job, forwards
 
-    def apply(self, job: api.Job) -> None:
+    def apply(self, fetched: tuple[api.Job, list[ForwardInfo]]) -> None:
+        job, self.forwards = fetched
         self.job = job
-        self.query_one("#job-details", PlainStatic).update(job_details(job, self.mlsm.now()))
+        details = job_details(job, self.mlsm.now(), self.forwards)
+        self.query_one("#job-details", PlainStatic).update(details)
         self.query_one("#job-title", PlainStatic).update(job_title(job), layout=False)
+
+    def action_shell(self) -> None:
+        """The job's shell in this terminal (the app suspends meanwhile; see tui.shell)."""
+        job = self.job
+        if job is None or job.state != "running":
+            state = job.state if job is not None else "not loaded"
+            self.notify(f"job {self.job_id} is {state}: a shell opens only into a running job")
+            return
+        said = (
+            open_shell(self.app, job.id, self.source.shell_env(), self.shell_runner)
+            if self.shell_runner is not None
+            else open_shell(self.app, job.id, self.source.shell_env())
+        )
+        self.notify(said)
+        self.refresh(layout=True)
 
     def action_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from litestar import Request
+from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
 from litestar.params import Parameter, SkipValidation
 
@@ -24,7 +24,7 @@ SERVICES = "services"
 ServicesDep = NamedDependency[SkipValidation[Services]]
 
 
-def principal(request: Request[Any, Any, Any]) -> Principal:
+def principal(request: ASGIConnection[Any, Any, Any, Any]) -> Principal:
     user = request.scope.get("user")
     assert isinstance(user, Principal), "the role guard sets the principal before any handler runs"
     return user

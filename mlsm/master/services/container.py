@@ -36,6 +36,7 @@ from mlsm.master.db import Database
 from mlsm.master.services.audit import AuditLog
 from mlsm.master.services.auth import AuthService
 from mlsm.master.services.bulk import Pipes
+from mlsm.master.services.channels import Channels
 from mlsm.master.services.code import CodeStore, Projects
 from mlsm.master.services.datasets import (
     CopyRelay,
@@ -169,10 +170,20 @@ class Services:
         self.node_views = NodeViews(settings, self.nodes, self.table)
         self.node_views.reserved_on = self.reservations.on_node
         self.metrics = LabMetrics(self.nodes, self.table, connection_guard)
+        # shells and forwards into running jobs
+        self.channels = Channels(
+            db,
+            self.nodes,
+            self.table,
+            open_timeout=settings.channel_open_timeout,
+            audit=self._audit_channel,
+            end_session=self._end_session,
+        )
         # Node events, in the order their listeners must hear them.
         self.nodes.subscribe(self.jobs)
         self.nodes.subscribe(self.scheduling)
         self.nodes.subscribe(self.transfers)
+        self.nodes.subscribe(self.channels)
         self._background: set[asyncio.Task[None]] = set()
 
     def _node_facts(self, node_id: int, gpus: tuple[int, ...]) -> tuple[str, str, dict[str, str]]:
@@ -183,6 +194,23 @@ class Services:
         names = {g.index: g.name for g in n.gpus}
         model = next((names[i] for i in gpus if names.get(i)), "")
         return n.name, model, dict(n.labels)
+
+    async def _audit_channel(self, **row: Any) -> None:
+        """An audit row for a shell or forward (WebSockets pass no request middleware)."""
+        import secrets
+
+        await self.audit.append(request_id=secrets.token_hex(8), **row)
+
+    async def _end_session(self, job_id: int, reason: str) -> None:
+        """End a session whose last shell left (as the master, so any owner's)."""
+        from mlsm.errors import MlsmError
+        from mlsm.master.security import Principal
+
+        master = Principal(kind="user", name="mlsm", role="superadmin")
+        try:
+            await self.jobs.cancel(master, [job_id], reason=reason)
+        except MlsmError as exc:  # it ended meanwhile
+            log.info("session %d not ended: %s", job_id, exc.message)
 
     def _user_changed(self, user_id: int) -> None:
         """A user's role, account or cap changed: cached principals go, placement relearns."""

@@ -114,6 +114,8 @@ class JobService(NodeEvents):
         return body
 
     async def submit(self, p: Principal, body: api.JobSubmit) -> api.SubmitReply:
+        if body.kind == "session" and not body.timeout_s:
+            body = msgspec.structs.replace(body, timeout_s=self.settings.session_time_limit)
         body = self.within_limits(p, body)
         sub = build_submission(body, p, nodes=self.nodes.by_name, policy=self.policy)
         code = await self.code.check_access(p, body.code) if body.code else None

@@ -70,6 +70,8 @@ def job_view(
         restarted_from=spec.restarted_from,
         idle_exempt=bool(r.idle_exempt),
         idle_warned_at=r.idle_warned_at,
+        kind=spec.kind,
+        session_keep=spec.session_keep,
         history=[
             api.JobEvent(ts=e[0], state=e[1], message=e[2] if len(e) > 2 else "")
             for e in (r.history or [])
