@@ -60,6 +60,7 @@ if TYPE_CHECKING:  # the dataset code loads only on a node with dataset roots
 log = logging.getLogger("mlsm.agent")
 
 POLL_WAIT_S = 25.0
+STOP_STARTS_WAIT_S = 5.0  # how long a stopping agent lets the starts under way finish
 SCAN_INTERVAL_S = 30.0
 ACCOUNTS_CHECK_S = env_seconds("MLSM_ACCOUNTS_CHECK_INTERVAL", 60.0)  # re-read Unix accounts
 REFUSED_RETRY_INTERVALS = 4  # a refused heartbeat is retried within this many intervals
@@ -148,7 +149,7 @@ class Agent:
         # What each command type does: jobs here; feature modules add theirs (e.g.
         # agent.datasets.service for imports, copies, deletes and digests).
         self.command_handlers: dict[type, Callable[[Any], Awaitable[None]]] = {
-            w.StartJob: self.jobs.start,
+            w.StartJob: self.jobs.take,  # started in a task: the next command is read at once
             w.CancelJob: self.jobs.cancel,
         }
         # Relay pipes: manifests and frames of the trees this node serves (and later
@@ -256,6 +257,8 @@ class Agent:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # Starts under way finish, so a job whose process is up has its record saved.
+        await self.jobs.started(timeout=STOP_STARTS_WAIT_S)
         self.state.save()
         await self.link.aclose()
         self.probe.close()
