@@ -27,6 +27,10 @@ wait for the disk) run on a thread, never on the event loop.
 Everything it works with comes in through its constructor: the link to the master, the
 agent's state file, the log shipper, the node's runtimes, the GPU probe, and how to tell
 the master the node's runtimes changed.
+
+Over 400 lines, as one piece: an attempt's life here (taken, started, recorded, watched,
+its end reported after its log, its record dropped) is one ordering that the heartbeat's
+view depends on; split, its rules would be read in several places.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ cost more than the whole call), and httpx when it is given an httpx ``transport`
 run the real Litestar app in-process through it) or when a proxy is configured in the
 environment (httpx honours ``HTTP(S)_PROXY``/``NO_PROXY``; the standard wire does not).
 Both wires check certificates the same way (:func:`verify_from`) and keep the same timeouts.
+
+Over 400 lines, as one piece: the request, the answer's meaning and the error mapping are
+written once here for both faces and both wires; split, the faces would drift apart.
 """
 
 from __future__ import annotations
