@@ -62,6 +62,7 @@ if TYPE_CHECKING:  # the dataset code loads only on a node with dataset roots
 log = logging.getLogger("mlsm.agent")
 
 POLL_WAIT_S = 25.0
+STOP_STARTS_WAIT_S = 5.0  # how long a stopping agent lets the starts under way finish
 SCAN_INTERVAL_S = 30.0
 ACCOUNTS_CHECK_S = env_seconds("MLSM_ACCOUNTS_CHECK_INTERVAL", 60.0)  # re-read Unix accounts
 REFUSED_RETRY_INTERVALS = 4  # a refused heartbeat is retried within this many intervals
@@ -152,7 +153,7 @@ class Agent:
         # What each command type does: jobs here; feature modules add theirs (e.g.
         # agent.datasets.service for imports, copies, deletes and digests).
         self.command_handlers: dict[type, Callable[[Any], Awaitable[None]]] = {
-            w.StartJob: self.jobs.start,
+            w.StartJob: self.jobs.take,  # started in a task: the next command is read at once
             w.CancelJob: self.jobs.cancel,
             w.JobNotice: self.jobs.notice,
         }
@@ -269,6 +270,8 @@ class Agent:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.channels.close_all()  # shells end with the agent; their jobs do not
+        # Starts under way finish, so a job whose process is up has its record saved.
+        await self.jobs.started(timeout=STOP_STARTS_WAIT_S)
         self.state.save()
         await self.link.aclose()
         self.probe.close()

@@ -12,6 +12,12 @@ with a warning, and the agent starts empty rather than not at all.
 on disk before anything else happens); :meth:`AgentState.set_log_offset` only updates
 memory, since the master is the source of truth for log offsets: the owner calls
 :meth:`AgentState.save` now and then.
+
+A save waits for the disk (two fsyncs), so the agent calls the saving methods from a
+thread, never on its event loop. Saves may run on several threads at once: each writes a
+snapshot taken under the lock, one at a time, and a save whose change a later snapshot
+already holds returns without writing (a group commit: jobs that start or end together
+cost one write).
 """
 
 from __future__ import annotations
@@ -49,8 +55,11 @@ class AgentState:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _data and _changes (held briefly)
+        self._write_lock = threading.Lock()  # one writer of the file at a time
         self._data = _StateFile()
+        self._changes = 0  # counts changes to _data ...
+        self._written = 0  # ... and how many of them the file holds
 
     # ------------------------------------------------------------------ node
     @property
@@ -65,27 +74,36 @@ class AgentState:
         with self._lock:
             self._data.node_id = node_id
             self._data.node_name = node_name
-            self._save_locked()
+            self._changes += 1
+        self.save()
 
     # ------------------------------------------------------------------ jobs
     def records(self) -> list[AdoptRecord]:
         with self._lock:
             return list(self._data.jobs)
 
-    def add(self, record: AdoptRecord) -> None:
-        """Record a running attempt (replacing an older record of the same job) and save."""
+    def add(self, record: AdoptRecord, *, save: bool = True) -> None:
+        """Record a running attempt (replacing an older record of the same job) and save
+        (``save=False``: the caller saves next, from a thread)."""
         with self._lock:
             jobs = [r for r in self._data.jobs if r.job_id != record.job_id]
             jobs.append(record)
             self._data.jobs = jobs
-            self._save_locked()
+            self._changes += 1
+        if save:
+            self.save()
 
-    def remove(self, job_id: int) -> None:
-        """Forget a job (its record and log offset) and save."""
+    def remove(self, *job_ids: int, save: bool = True) -> None:
+        """Forget jobs (their records and log offsets) and save once (``save=False``: the
+        caller saves next, from a thread)."""
+        gone = set(job_ids)
         with self._lock:
-            self._data.jobs = [r for r in self._data.jobs if r.job_id != job_id]
-            self._data.log_acked.pop(job_id, None)
-            self._save_locked()
+            self._data.jobs = [r for r in self._data.jobs if r.job_id not in gone]
+            for job_id in gone:
+                self._data.log_acked.pop(job_id, None)
+            self._changes += 1
+        if save:
+            self.save()
 
     # ------------------------------------------------------------------ logs
     @property
@@ -117,16 +135,25 @@ class AgentState:
         return self
 
     def save(self) -> None:
+        """Write the state (and every change made so far) durably; see the module doc."""
         with self._lock:
-            self._save_locked()
+            self._changes += 1  # a save also covers what set_log_offset changed
+            wanted = self._changes
+        with self._write_lock:
+            if self._written >= wanted:
+                return  # another save wrote a snapshot that holds this change
+            with self._lock:
+                data, holds = _encode(self._data), self._changes
+            self._write(data)
+            self._written = holds
 
-    def _save_locked(self) -> None:
+    def _write(self, data: bytes) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.fchmod(fd, 0o600)
-            os.write(fd, _encode(self._data))
+            os.write(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -14,9 +14,23 @@ list the job as running, or the master would take it for a job the agent lost. A
 the master did not get is kept and sent again. Once it is delivered, the job's log tail and
 state record are dropped, unless its next attempt already runs here.
 
+Throughput: a StartJob is *taken* (:meth:`JobSupervisor.take`) and started in a task of
+its own, up to :data:`START_CONCURRENCY` at once, so the agent reads its next commands
+while a start is under way; a later command about the same job (a cancel) waits for that
+start. The moment a process job's shim exits, the watch loop wakes (a pidfd of the
+shim, readable on its exit, registered with the event loop), so a job's end is seen at
+once, not at the next poll, and costs nothing while the job runs. One poll pass asks every
+attempt in one thread hop; the ends it finds go to the master in one report, after their
+logs (flushed side by side), and leave the state file in one write. State writes (which
+wait for the disk) run on a thread, never on the event loop.
+
 Everything it works with comes in through its constructor: the link to the master, the
 agent's state file, the log shipper, the node's runtimes, the GPU probe, and how to tell
 the master the node's runtimes changed.
+
+Over 400 lines, as one piece: an attempt's life here (taken, started, recorded, watched,
+its end reported after its log, its record dropped) is one ordering that the heartbeat's
+view depends on; split, its rules would be read in several places.
 """
 
 from __future__ import annotations
@@ -53,11 +67,14 @@ from mlsm.wire import agent as w
 
 log = logging.getLogger("mlsm.agent")
 
-JOB_CHECK_S = 0.2  # how often running attempts are polled
+JOB_CHECK_S = 0.2  # how often running attempts are polled (an exit also wakes the poll)
 LOG_PUMP_S = 0.5  # how often new log bytes are shipped
 STATE_SAVE_S = 10.0  # how often the state file is saved for its log offsets
 LOG_FLUSH_S = 5.0  # how long a job's end waits for its log to reach the master, per try
 FINAL_WAIT_MAX_S = 120.0  # after this, a job's end is reported even if its log is refused
+#: Attempts being started at once (StartJob commands taken while earlier ones still start):
+#: one start's process spawn overlaps another's state write and report.
+START_CONCURRENCY = 4
 
 
 @dataclass
@@ -76,6 +93,11 @@ def _running_report(rec: AdoptRecord) -> w.JobReport:
         container_id=rec.container_id,
         started_at=rec.started_at,
     )
+
+
+def _poll_all(handles: list[JobHandle]) -> list[w.JobReport | None]:
+    """Each attempt's final report, or None while it runs (one thread hop for them all)."""
+    return [h.poll() for h in handles]
 
 
 def _lost_report(rec: AdoptRecord, reason: str) -> w.JobReport:
@@ -116,6 +138,10 @@ class JobSupervisor:
         self._finished: list[tuple[AdoptRecord, w.JobReport]] = []
         self._finish_tries: dict[int, float] = {}  # job id -> when its end was first sent
         self._starting: set[int] = set()  # attempts between StartJob and their record
+        self._wake = asyncio.Event()  # set when a watched shim exits
+        self._start_tasks: dict[int, asyncio.Task[None]] = {}  # job id -> its start under way
+        self._start_slots = asyncio.Semaphore(START_CONCURRENCY)
+        self._exit_fds: dict[int, int] = {}  # job id -> pidfd of its shim, while watched
 
     @property
     def running(self) -> int:
@@ -139,7 +165,7 @@ class JobSupervisor:
     def in_use(self, job_id: int) -> str | None:
         """Why the job's directory must stay (an attempt runs here, or its end is not
         delivered yet), or None."""
-        if job_id in self._jobs or job_id in self._starting:
+        if job_id in self._jobs or job_id in self._starting or job_id in self._start_tasks:
             return "the job runs on this node"
         if any(rec.job_id == job_id for rec, _ in self._finished):
             return "the job's end is still being reported"
@@ -166,6 +192,38 @@ class JobSupervisor:
                         p.job_id = sessions.get(os.getsid(p.pid))
 
     # ---------------------------------------------------------------- commands
+    async def take(self, cmd: w.StartJob) -> None:
+        """Take a StartJob: it starts in a task of its own (see the module docstring) and
+        the command counts as handled now. Starts of one job keep their order."""
+        job_id = cmd.job.job_id
+        before = self._start_tasks.get(job_id)
+        task = asyncio.create_task(self._start_in_turn(before, cmd), name=f"start-job-{job_id}")
+        self._start_tasks[job_id] = task
+
+        def done(t: asyncio.Task[None]) -> None:
+            if self._start_tasks.get(job_id) is t:
+                del self._start_tasks[job_id]
+
+        task.add_done_callback(done)
+
+    async def _start_in_turn(self, before: asyncio.Task[None] | None, cmd: w.StartJob) -> None:
+        if before is not None:
+            await asyncio.wait([before])
+        async with self._start_slots:
+            try:
+                await self.start(cmd)
+            except Exception:
+                log.exception("starting job %s failed", cmd.job.job_id)
+
+    async def started(self, job_id: int | None = None, timeout: float | None = None) -> None:
+        """Wait until the start under way of ``job_id`` (of every job: None) is over, at
+        most ``timeout`` seconds."""
+        tasks = list(self._start_tasks.values()) if job_id is None else []
+        if job_id is not None and job_id in self._start_tasks:
+            tasks = [self._start_tasks[job_id]]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
     async def start(self, cmd: w.StartJob) -> None:
         spec = cmd.job
         cur = self._jobs.get(spec.job_id)
@@ -206,9 +264,11 @@ class JobSupervisor:
             await self._report_unstarted(spec, "failed_to_start", str(exc))
             return
         rec = handle.record
-        self._state.add(rec)
+        self._state.add(rec, save=False)  # in memory now, on disk before the report:
+        await asyncio.to_thread(self._state.save)
         report = _running_report(rec)
         self._jobs[spec.job_id] = _Running(handle, spec, report)
+        self._watch_exit(spec.job_id, rec.pid)
         self._mark_gpus(spec.gpus, True, rec.pid)
         self._shipper.watch(spec.job_id, spec.attempt, job_dir / LOG_NAME, owner=rec.uid)
         await self._send_events([report])
@@ -226,6 +286,7 @@ class JobSupervisor:
             raise RuntimeStartError(f"could not fetch the job's code: {exc}") from exc
 
     async def cancel(self, cmd: w.CancelJob) -> None:
+        await self.started(cmd.job_id)  # a start under way first becomes an attempt to stop
         r = self._jobs.get(cmd.job_id)
         if r is not None and r.spec.attempt == cmd.attempt:
             await asyncio.to_thread(r.handle.stop, cmd.reason, cmd.end_kind, cmd.grace_s)
@@ -300,33 +361,83 @@ class JobSupervisor:
             else:
                 spec = w.JobSpec(job_id=rec.job_id, attempt=rec.attempt, argv=["?"])
                 self._jobs[rec.job_id] = _Running(got, spec, _running_report(rec))
+                self._watch_exit(rec.job_id, rec.pid)
                 log.info("re-adopted job %s (attempt %s)", rec.job_id, rec.attempt)
 
     # ---------------------------------------------------------------- loops
+    def _watch_exit(self, job_id: int, pid: int | None) -> None:
+        """Wake the watch loop when the shim ``pid`` exits (Linux pidfds; elsewhere, and for
+        containers, the poll every :data:`JOB_CHECK_S` sees the end)."""
+        if pid is None or not hasattr(os, "pidfd_open") or job_id in self._exit_fds:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+            fd = os.pidfd_open(pid)
+        except (OSError, RuntimeError):
+            return  # gone already, or no running loop (adopt before the loop): polled
+        loop.add_reader(fd, self._exited, job_id)
+        self._exit_fds[job_id] = fd
+
+    def _exited(self, job_id: int) -> None:
+        self._unwatch_exit(job_id)
+        self._wake.set()
+
+    def _unwatch_exit(self, job_id: int) -> None:
+        fd = self._exit_fds.pop(job_id, None)
+        if fd is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(fd)
+            os.close(fd)
+
     async def watch(self) -> None:
         """Poll the running attempts; deliver the ends of those that finished."""
-        while not self._stopping.is_set():
-            for jid, r in list(self._jobs.items()):
-                final = await asyncio.to_thread(r.handle.poll)
-                if final is not None:
-                    del self._jobs[jid]
-                    self._mark_gpus(r.spec.gpus, False)
-                    self._finished.append((r.handle.record, final))
-            if self._finished:
-                await self._report_finished()
-            await nap(self._stopping, JOB_CHECK_S)
+        stop_wakes = asyncio.create_task(self._wake_on_stop())
+        try:
+            while not self._stopping.is_set():
+                self._wake.clear()  # an exit from here on wakes the nap below
+                running = list(self._jobs.items())
+                if running:
+                    finals = await asyncio.to_thread(_poll_all, [r.handle for _, r in running])
+                    for (jid, r), final in zip(running, finals, strict=True):
+                        if final is not None and self._jobs.get(jid) is r:
+                            del self._jobs[jid]
+                            self._unwatch_exit(jid)
+                            self._mark_gpus(r.spec.gpus, False)
+                            self._finished.append((r.handle.record, final))
+                if self._finished:
+                    await self._report_finished()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=JOB_CHECK_S)
+        finally:
+            stop_wakes.cancel()
+            for jid in list(self._exit_fds):
+                self._unwatch_exit(jid)
+
+    async def _wake_on_stop(self) -> None:
+        await self._stopping.wait()
+        self._wake.set()
 
     async def _report_finished(self) -> None:
         # Entries leave the list only once delivered, so a heartbeat sent meanwhile still
-        # lists the job (see reports).
-        for item in list(self._finished):
+        # lists the job (see reports). Every end whose log is through goes in one report.
+        items = list(self._finished)
+        now = time.monotonic()
+        for rec, _ in items:
+            self._finish_tries.setdefault(rec.job_id, now)
+        flushed = await asyncio.gather(
+            *(self._shipper.flush(rec.job_id, timeout_s=LOG_FLUSH_S) for rec, _ in items)
+        )
+        ready = []
+        for item, through in zip(items, flushed, strict=True):
             rec, final = item
-            first_try = self._finish_tries.setdefault(rec.job_id, time.monotonic())
-            flushed = await self._shipper.flush(rec.job_id, timeout_s=LOG_FLUSH_S)
-            if not flushed and time.monotonic() - first_try < FINAL_WAIT_MAX_S:
+            if not through and time.monotonic() - self._finish_tries[rec.job_id] < FINAL_WAIT_MAX_S:
                 continue  # the end goes after the whole log, so a follower misses nothing
             final.log_size = self._shipper.offset(rec.job_id) or 0
-            if await self._send_events([final]):
+            ready.append(item)
+        if ready and await self._send_events([final for _, final in ready]):
+            gone = []
+            for item in ready:
+                rec, _ = item
                 self._finished.remove(item)
                 self._finish_tries.pop(rec.job_id, None)
                 # The master may have started the job's next attempt here while this end
@@ -334,7 +445,10 @@ class JobSupervisor:
                 # record.
                 if rec.job_id not in self._jobs:
                     self._shipper.forget(rec.job_id)
-                    self._state.remove(rec.job_id)
+                    gone.append(rec.job_id)
+            if gone:
+                self._state.remove(*gone, save=False)
+                await asyncio.to_thread(self._state.save)
         if self._finished:
             await nap(self._stopping, backoff(1))
 
@@ -347,5 +461,5 @@ class JobSupervisor:
                 await self._shipper.pump_once()
             if time.monotonic() - last_save > STATE_SAVE_S:
                 last_save = time.monotonic()
-                self._state.save()
+                await asyncio.to_thread(self._state.save)
             await nap(self._stopping, LOG_PUMP_S)

@@ -16,18 +16,13 @@ them.
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
-import secrets
-import socket
 import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
-
-import httpx
 
 from mlsm import localprocs
 from mlsm.config import DEFAULT_PORT, Settings, credentials_file, save_credentials
@@ -73,7 +68,7 @@ def _healthy(url: str) -> bool:
     from mlsm.client import Client
 
     try:
-        with Client(url, timeout=httpx.Timeout(HEALTH_TIMEOUT_S)) as c:
+        with Client(url, timeout=HEALTH_TIMEOUT_S) as c:
             c.auth.health()
     except (MlsmError, ValueError):  # unreachable, an error, or not a master's answer
         return False
@@ -199,6 +194,8 @@ def _write_state(lp: LocalPaths, data: dict[str, str]) -> None:
 
 
 def _start_master(s: Settings, lp: LocalPaths, state: dict[str, str], port: int | None) -> Started:
+    import secrets  # here, as in _start_agent: every CLI call imports this module
+
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLSM_")}
     recorded = urlsplit(state.get("url", "")).port
     chosen, note = localprocs.choose_port(port, recorded or s.port or DEFAULT_PORT)
@@ -233,6 +230,8 @@ def _start_master(s: Settings, lp: LocalPaths, state: dict[str, str], port: int 
 
 
 def _start_agent(url: str, token: str, lp: LocalPaths, gpus: str) -> None:
+    import socket
+
     from mlsm.client import Client
 
     args = [
@@ -261,6 +260,8 @@ def _start_agent(url: str, token: str, lp: LocalPaths, gpus: str) -> None:
 
 
 def _admin_name() -> str:
+    import getpass
+
     name = "".join(c for c in getpass.getuser().lower() if c.isalnum() or c in "_.-") or "admin"
     return name if name[0].isalpha() or name[0] == "_" else f"u{name}"
 

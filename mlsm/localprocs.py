@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -91,6 +90,8 @@ def write_private(path: Path, text: str) -> None:
 
 
 def spawn(args: list[str], log: Path, pidfile: Path, env: dict[str, str]) -> int:
+    import subprocess  # here: every CLI call reads pid files through this module
+
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "mlsm", *args],

@@ -29,12 +29,14 @@ import errno
 import os
 import stat
 from collections.abc import Iterable
-
-from pathspec import GitIgnoreSpec
+from typing import TYPE_CHECKING
 
 from mlsm.errors import UnsafeTree
 
 from .manifest import show_path
+
+if TYPE_CHECKING:
+    from pathspec import GitIgnoreSpec
 
 __all__ = ["GIT_DIR", "IGNORE_FILES", "MAX_IGNORE_FILE_BYTES", "IgnoreRules"]
 
@@ -69,6 +71,14 @@ def _read_rules(dir_fd: int, name: str, where: str) -> list[str]:
     return data.decode("utf-8", "surrogateescape").splitlines()
 
 
+def _spec(lines: list[str]) -> GitIgnoreSpec:
+    """Compiled rules; pathspec is imported only by a walk that meets some (a tree without
+    ignore files, as ``mlsm submit`` often ships, never loads it)."""
+    from pathspec import GitIgnoreSpec
+
+    return GitIgnoreSpec.from_lines(lines)
+
+
 class IgnoreRules:
     """The ignore rules in force at one point of a depth-first walk (see the module
     docstring). Not shared between walks: make one per walk."""
@@ -83,7 +93,7 @@ class IgnoreRules:
         self.include_git = include_git
         self.read_files = read_files
         lines = list(patterns)
-        self._base = GitIgnoreSpec.from_lines(lines) if lines else None
+        self._base = _spec(lines) if lines else None
         self._stack: list[tuple[str, GitIgnoreSpec]] = []  # (directory, its rules), top last
 
     def enter(self, rel_dir: str, dir_fd: int | None = None) -> None:
@@ -101,10 +111,10 @@ class IgnoreRules:
     def add(self, rel_dir: str, lines: Iterable[str]) -> None:
         """Rules of an ignore file in ``rel_dir`` (which the walk is in), given as lines."""
         self._leave_to(rel_dir)
-        spec = GitIgnoreSpec.from_lines(list(lines))
+        spec = _spec(list(lines))
         if self._stack and self._stack[-1][0] == rel_dir:
             old = self._stack.pop()[1]
-            spec = GitIgnoreSpec(list(old.patterns) + list(spec.patterns))
+            spec = type(spec)(list(old.patterns) + list(spec.patterns))
         self._stack.append((rel_dir, spec))
 
     def _leave_to(self, rel_dir: str) -> None:

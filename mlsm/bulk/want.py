@@ -19,7 +19,6 @@ a synchronous fetch function (a local source, tests, a thread of a transport);
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator
 from typing import Annotated, Protocol
 
@@ -190,6 +189,8 @@ async def afeed(
     """Feed one async response to a (blocking, disk-writing) receiver off the event loop,
     about ``batch_bytes`` per thread hop rather than one hop per chunk; True once the
     receiver says the response ended (the rest of ``chunks`` is then not read)."""
+    import asyncio  # here: the CLI imports Want alone and never runs a loop
+
     batch: list[bytes] = []
     size = 0
     async for chunk in chunks:

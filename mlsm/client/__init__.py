@@ -18,23 +18,29 @@ CLI and the dashboard call methods. Errors come back as the same :mod:`mlsm.erro
 classes the master raised; a master that cannot be reached raises
 :class:`~mlsm.errors.Unreachable`, an :class:`~mlsm.errors.UnavailableError`. A client refuses a plain-HTTP URL of another
 machine unless told ``allow_plain_http``. ``transport`` takes an httpx transport, so
-tests run the real Litestar app in-process (``httpx.ASGITransport``).
+tests run the real Litestar app in-process (``httpx.ASGITransport``); without one the sync
+face sends over the standard library (:mod:`mlsm.client.wires`), so a CLI call never
+imports httpx. ``DEFAULT_TIMEOUT`` and ``STREAM_TIMEOUT`` (httpx ``Timeout`` objects) are
+made on first use for the same reason.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from mlsm.client.clients import AsyncClient, Client
 from mlsm.client.http import (
     CONNECT_TIMEOUT_S,
-    DEFAULT_TIMEOUT,
     READ_TIMEOUT_S,
-    STREAM_TIMEOUT,
     Verify,
     check_url,
     is_loopback,
     ssl_context,
     verify_from,
 )
+
+if TYPE_CHECKING:
+    from mlsm.client.http import DEFAULT_TIMEOUT, STREAM_TIMEOUT
 
 __all__ = [
     "CONNECT_TIMEOUT_S",
@@ -49,3 +55,11 @@ __all__ = [
     "ssl_context",
     "verify_from",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("DEFAULT_TIMEOUT", "STREAM_TIMEOUT"):
+        from mlsm.client import http
+
+        return getattr(http, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

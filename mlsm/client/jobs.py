@@ -3,21 +3,25 @@ release, purge; its forwards; a job's outputs (listed, fetched as
 a manifest then frames); a job's log, read whole or followed live.
 
 A followed log arrives as typed :mod:`mlsm.wire.follow` events, decoded by the one
-parser in :mod:`mlsm.client.sse`.
+parser in :mod:`mlsm.client.sse`. What only outputs and follow need (the bulk manifest,
+the outputs structs, the SSE parser) is imported when they are called, so ``mlsm jobs``
+and ``mlsm submit`` do not load it.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import TYPE_CHECKING
 
-from mlsm.bulk import Manifest, Want, decode_manifest
 from mlsm.client.call import Call
 from mlsm.client.resource import AsyncResource, SyncResource, async_method, sync_method
-from mlsm.client.sse import LogFollowDecoder
 from mlsm.wire import api
-from mlsm.wire import outputs as wo
-from mlsm.wire.channels import ForwardInfo
-from mlsm.wire.follow import LogEvent
+
+if TYPE_CHECKING:
+    from mlsm.bulk import Manifest, Want
+    from mlsm.wire import outputs as wo
+    from mlsm.wire.channels import ForwardInfo
+    from mlsm.wire.follow import LogEvent
 
 JOBS = "/api/v1/jobs"
 
@@ -100,12 +104,16 @@ def _purge(job_id: int) -> Call[api.PurgeResult]:
 def _outputs(job_id: int, path: str = "") -> Call[wo.OutputListing]:
     """The files (path, size, mtime) under ``path`` of the job's output directory, also
     while it runs (its owner and admins)."""
+    from mlsm.wire import outputs as wo
+
     return Call("GET", _job(job_id, "/outputs"), wo.OutputListing, params={"path": path or None})
 
 
 def _outputs_manifest(job_id: int, paths: Sequence[str], include_code: bool = False) -> Call[bytes]:
     """The manifest of ``paths`` (all outputs when empty: without the files of the job's
     code copy it did not change, unless ``include_code``)."""
+    from mlsm.wire import outputs as wo
+
     body = wo.OutputsFetch(paths=[*paths], include_code=include_code)
     return Call("POST", _job(job_id, "/outputs/manifest"), bytes, body=body)
 
@@ -113,6 +121,8 @@ def _outputs_manifest(job_id: int, paths: Sequence[str], include_code: bool = Fa
 def _outputs_frames(
     job_id: int, paths: Sequence[str], digest: str, want: Want, include_code: bool = False
 ) -> Call[bytes]:
+    from mlsm.wire import outputs as wo
+
     body = wo.OutputsFetch(
         paths=[*paths], manifest_digest=digest, want=want, include_code=include_code
     )
@@ -129,6 +139,8 @@ def _follow(job_id: int, offset: int) -> Call[bytes]:
 
 def _forwards(job_id: int) -> Call[list[ForwardInfo]]:
     """The port forwards held open into a job (``mlsm forward``)."""
+    from mlsm.wire.channels import ForwardInfo
+
     return Call("GET", _job(job_id, "/forwards"), list[ForwardInfo])
 
 
@@ -153,6 +165,8 @@ class Jobs(SyncResource):
         """The manifest of ``paths`` of the job's outputs (all when empty, less the code
         copy's unchanged files unless ``include_code``): a fetch's first step (audited on
         the master)."""
+        from mlsm.bulk import decode_manifest
+
         return decode_manifest(self._http.send(_outputs_manifest(job_id, paths, include_code)))
 
     def outputs_frames(
@@ -173,6 +187,8 @@ class Jobs(SyncResource):
 
     def follow(self, job_id: int, *, offset: int = 0) -> Iterator[LogEvent]:
         """The log from ``offset``, live, until the job ends (``LogEnded``)."""
+        from mlsm.client.sse import LogFollowDecoder
+
         decoder = LogFollowDecoder()
         for chunk in self._http.stream(_follow(job_id, offset)):
             yield from decoder.feed(chunk)
@@ -197,6 +213,8 @@ class AsyncJobs(AsyncResource):
         self, job_id: int, paths: Sequence[str] = (), *, include_code: bool = False
     ) -> Manifest:
         """The manifest of ``paths`` of the job's outputs (as :meth:`Jobs.outputs_manifest`)."""
+        from mlsm.bulk import decode_manifest
+
         body: bytes = await self._http.send(_outputs_manifest(job_id, paths, include_code))
         return decode_manifest(body)
 
@@ -220,6 +238,8 @@ class AsyncJobs(AsyncResource):
 
     async def follow(self, job_id: int, *, offset: int = 0) -> AsyncIterator[LogEvent]:
         """The log from ``offset``, live, until the job ends (``LogEnded``)."""
+        from mlsm.client.sse import LogFollowDecoder
+
         decoder = LogFollowDecoder()
         async for chunk in self._http.stream(_follow(job_id, offset)):
             for event in decoder.feed(chunk):

@@ -60,10 +60,12 @@ def async_method(
 
 
 class group(Generic[G]):
-    """A face's attribute that holds one resource group, made on first use."""
+    """A face's attribute that holds one resource group, made on first use from the class
+    ``name`` of ``module``: a command imports only the groups it calls (and what they
+    import), not every resource of the API."""
 
-    def __init__(self, make: Callable[[Any], G]) -> None:
-        self._make = make
+    def __init__(self, module: str, name: str) -> None:
+        self._where = (module, name)
         self._name = ""
 
     def __set_name__(self, owner: type, name: str) -> None:
@@ -76,6 +78,8 @@ class group(Generic[G]):
     def __get__(self, face: object | None, owner: type) -> G | group[G]:
         if face is None:
             return self
-        made: G = self._make(face)
+        import importlib
+
+        made: G = getattr(importlib.import_module(self._where[0]), self._where[1])(face)
         face.__dict__[self._name] = made  # later reads find it without this descriptor
         return made

@@ -16,8 +16,8 @@ import msgspec
 from msgspec import Meta, Struct
 
 from mlsm.errors import ValidationError
-from mlsm.wire.agent import GpuSample, HostSample, NodeInfo
 from mlsm.wire.ints import Count, DbId
+from mlsm.wire.node import GpuSample, HostSample, NodeInfo
 
 Role = Literal["member", "admin", "superadmin"]
 ROLE_RANK: dict[str, int] = {"member": 1, "admin": 2, "superadmin": 3}

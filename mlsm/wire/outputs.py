@@ -11,7 +11,8 @@ So removal is a conversation:
   what it removed (and what it kept, and why) with :class:`JobDirsRemoved` on
   ``POST /agent/v1/outputs/removed``; the master audits every removal and marks the job.
 
-:class:`NodeDisk` is the agent's disk report, carried in its node info.
+:class:`NodeDisk` is the agent's disk report, carried in its node info (defined in
+:mod:`mlsm.wire.node`, re-exported here).
 
 Reading a job's outputs (``mlsm outputs``) goes through the master's relay pipes
 (:mod:`mlsm.master.services.bulk`): :class:`ListOutputs`, :class:`OutputsManifest` and
@@ -36,6 +37,7 @@ from mlsm.bulk.manifest import check_path
 from mlsm.bulk.want import Want
 from mlsm.wire.bulk import PipeId
 from mlsm.wire.ints import Count, Int64
+from mlsm.wire.node import NodeDisk as NodeDisk
 
 LongStr = Annotated[str, Meta(max_length=4096)]
 ShortStr = Annotated[str, Meta(max_length=256)]
@@ -51,19 +53,6 @@ OutputPath = Annotated[str, Meta(max_length=4096)]  # "" = the job's directory i
 MAX_FETCH_PATHS = 256
 #: Entries one listing holds (a bigger tree is listed in part, ``truncated``).
 MAX_LISTING_ENTRIES = 20_000
-
-
-class NodeDisk(Struct, kw_only=True, omit_defaults=True):
-    """What mlsm keeps on a node's disk, measured by its agent now and then."""
-
-    data_dir: LongStr = ""  # the agent's data dir: jobs/<id>/ is a job's output directory
-    jobs_bytes: Count = 0  # every job directory (outputs and logs)
-    jobs_count: Count = 0
-    projects_bytes: Count = 0
-    code_cache_bytes: Count = 0
-    fs_total: Count = 0  # the filesystem that holds the data dir
-    fs_free: Count = 0  # bytes available to the agent there
-    measured_at: float = 0.0  # unix seconds
 
 
 class FinishedJob(Struct, kw_only=True, array_like=True):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 
 import pytest
 
 from agent.runtimes.base import AdoptRecord
 from agent.state import AgentState
+from tests.support.wait import wait_until
 
 
 def record(job_id: int, **kw: object) -> AdoptRecord:
@@ -112,3 +114,35 @@ def test_interrupted_write_leaves_the_previous_version(tmp_path: Path) -> None:
     st.add(record(2))
     assert [r.job_id for r in AgentState(path).load().records()] == [1, 2]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.json"]
+
+
+def test_saves_under_way_together_share_one_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Jobs that start together cost one write: while one save writes, the changes saved
+    meanwhile go in the next snapshot, written once."""
+    st = AgentState(tmp_path / "state.json").load()
+    real_write = st._write
+    written: list[bytes] = []
+    writing, go_on = threading.Event(), threading.Event()
+
+    def write(data: bytes) -> None:
+        written.append(data)
+        if len(written) == 1:
+            writing.set()
+            go_on.wait(10)
+        real_write(data)
+
+    monkeypatch.setattr(st, "_write", write)
+    first = threading.Thread(target=st.add, args=(record(1),))
+    first.start()
+    assert writing.wait(10)
+    later = [threading.Thread(target=st.add, args=(record(n),)) for n in (2, 3)]
+    for t in later:
+        t.start()
+    wait_until(lambda: len(st.records()) == 3, 10, "both later changes made")
+    go_on.set()
+    for t in (first, *later):
+        t.join(10)
+    assert len(written) == 2  # the first snapshot, then one holding both later changes
+    assert [r.job_id for r in AgentState(st.path).load().records()] == [1, 2, 3]

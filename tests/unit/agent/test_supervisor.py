@@ -34,6 +34,7 @@ class FakeMaster:
     """The master's ``events`` and ``logs`` routes."""
 
     events: list[w.JobReport] = field(default_factory=list)
+    batches: list[list[int]] = field(default_factory=list)  # job ids of each events call
     logs: dict[int, bytearray] = field(default_factory=dict)
     log_at_end: dict[int, bytes] = field(default_factory=dict)  # the log when its end came
     refuse_events: bool = False
@@ -45,7 +46,9 @@ class FakeMaster:
             if self.refuse_events:
                 body = w.encoder.encode(w.AgentError(code="unavailable", message="busy"))
                 return httpx.Response(503, content=body)
-            for report in w.decode_events(request.content).jobs:
+            reports = w.decode_events(request.content).jobs
+            self.batches.append([r.job_id for r in reports])
+            for report in reports:
                 self.events.append(report)
                 if report.state != "running":
                     self.log_at_end[report.job_id] = bytes(self.logs.get(report.job_id, b""))
@@ -253,3 +256,59 @@ async def test_a_restarted_supervisor_adopts_what_its_state_file_lists(tmp_path:
     )
     stopping.set()
     await task
+
+
+async def test_an_exit_is_seen_at_once_not_at_the_next_poll(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shim's exit wakes the watch loop: with the poll an hour apart, the end still
+    reaches the master."""
+    monkeypatch.setattr("agent.supervisor.JOB_CHECK_S", 3600.0)
+    data = tmp_path / "agent"
+    data.mkdir()
+    master, stopping = FakeMaster(), asyncio.Event()
+    supervisor, _, _ = make_supervisor(data, master, stopping)
+    task = asyncio.create_task(supervisor.watch())
+    await supervisor.start(start(9, ["sh", "-c", "while [ ! -e go ]; do sleep 0.05; done"]))
+    (job_dir_for(data, 9) / "go").touch()
+    await wait_until_async(
+        lambda: master.states(9) == ["running", "exited"], DEADLINE_S, "the end", poll_s=POLL_S
+    )
+    stopping.set()
+    await task
+
+
+async def test_ends_waiting_together_go_to_the_master_in_one_report(node: Node) -> None:
+    node.master.refuse_events = True  # the master is away while three jobs end
+    for job_id in (10, 11, 12):
+        await node.supervisor.start(start(job_id, ["true"]))
+    await wait_until_async(
+        lambda: node.supervisor.running == 0, DEADLINE_S, "the jobs to end here", poll_s=POLL_S
+    )
+    node.master.refuse_events = False
+    await wait_until_async(
+        lambda: node.state.records() == [], DEADLINE_S, "the ends delivered", poll_s=POLL_S
+    )
+    assert sorted(node.master.batches[-1]) == [10, 11, 12]
+    assert all(node.master.states(j)[-1] == "exited" for j in (10, 11, 12))
+
+
+async def test_a_taken_start_runs_on_its_own_and_a_cancel_waits_for_it(node: Node) -> None:
+    """``take`` returns before the job runs (the agent reads its next command at once); a
+    cancel of that job right after it still finds the job, and stops it."""
+    await node.supervisor.take(start(13, ["sleep", "30"]))
+    await node.supervisor.take(start(14, ["sh", "-c", "echo fourteen"]))
+    await node.supervisor.cancel(
+        w.CancelJob(id=15, job_id=13, attempt=0, reason="no", end_kind="cancelled", grace_s=0)
+    )
+    await wait_until_async(
+        lambda: (
+            node.master.states(13) == ["running", "exited"]
+            and node.master.states(14) == ["running", "exited"]
+        ),
+        DEADLINE_S,
+        "both ends",
+        poll_s=POLL_S,
+    )
+    assert [e.end_kind for e in node.master.events if e.job_id == 13][-1] == "cancelled"
+    assert node.master.log_at_end[14].endswith(b"fourteen\n")

@@ -10,6 +10,7 @@ from mlsm import errors
 from mlsm.client import (
     CONNECT_TIMEOUT_S,
     DEFAULT_TIMEOUT,
+    READ_TIMEOUT_S,
     STREAM_TIMEOUT,
     AsyncClient,
     Client,
@@ -55,9 +56,12 @@ def test_plain_http_to_another_machine_is_refused(face: type[Client] | type[Asyn
 
 def test_timeouts_are_the_named_constants() -> None:
     assert DEFAULT_TIMEOUT.connect == STREAM_TIMEOUT.connect == CONNECT_TIMEOUT_S
+    assert DEFAULT_TIMEOUT.read == READ_TIMEOUT_S
     assert STREAM_TIMEOUT.read is None
-    with Client(URL) as c:
-        assert c._http.timeout == DEFAULT_TIMEOUT
+    with Client(URL) as c:  # the standard library's wire
+        assert c._wire.timeouts == (CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
+    with Client(URL, transport=httpx.MockTransport(_refusing)) as c:  # httpx's
+        assert c._wire.timeouts == (CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
 
 
 # ------------------------------------------------------------------ errors

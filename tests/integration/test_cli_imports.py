@@ -1,0 +1,123 @@
+"""``mlsm submit`` and ``mlsm jobs`` load only what they use, so they answer in tens of
+milliseconds (docs/benchmarks.md).
+
+Each command runs as the real CLI (``mlsm.cli.main``, as the ``mlsm`` executable runs it)
+in a process of its own against a real master, and writes, as it exits, every module it
+had loaded (``sys.modules``: the import profiler would miss those loaded through
+``importlib``, as the lazy registry loads commands). None may import httpx (the
+standard library's wire carries a CLI call), the master (Litestar, SQLAlchemy), the
+dashboard (Textual), the agent, Docker, asyncio or the agent protocol; a command that ships
+no code imports nothing of ``mlsm.bulk``, and one that ships an empty directory only the
+manifest builder (not the store, the receivers or pathspec).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.lab import CLI_TIMEOUT_S, Lab
+from tests.support.procs import free_port
+
+#: Runs the CLI, then writes the names of the modules loaded (sys.modules; None entries
+#: are blocked names, not modules) to the file named in argv[1].
+RUN_AND_LIST = (
+    "import atexit, sys\n"
+    "out = sys.argv.pop(1)\n"
+    "loaded = lambda: sorted(k for k, m in sys.modules.items() if m is not None)\n"
+    "atexit.register(lambda: open(out, 'w').write('\\n'.join(loaded())))\n"
+    "from mlsm.cli import main\n"
+    "main()\n"
+)
+#: Never imported by the hot commands.
+HEAVY = (
+    "httpx",
+    "httpcore",
+    "anyio",
+    "h11",
+    "litestar",
+    "sqlalchemy",
+    "textual",
+    "rich",
+    "docker",
+    "psutil",
+    "asyncio",
+    "mlsm.master",
+    "mlsm.wire.agent",
+    "mlsm.wire.outputs",
+    "agent",
+    "tui",
+)
+#: What shipping a directory does not need either.
+BULK_UNUSED = (
+    "pathspec",
+    "mlsm.bulk.cas",
+    "mlsm.bulk._receiver",
+    "mlsm.bulk.sink",
+    "mlsm.bulk.inplace",
+    "mlsm.bulk.storesink",
+    "mlsm.bulk.journal",
+)
+
+
+def _within(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    with Lab(tmp_path_factory.mktemp("cli-imports")) as lab:
+        lab.start_master()
+        yield lab
+
+
+def _profiled(lab: Lab, *args: str, url: str | None = None) -> tuple[int, str, set[str]]:
+    """Run ``mlsm ARGS`` in an empty directory: (status, stderr, the modules it had loaded
+    when it exited)."""
+    cwd = lab.root / "empty"
+    cwd.mkdir(exist_ok=True)
+    listing = lab.root / "modules.txt"
+    listing.unlink(missing_ok=True)
+    env = lab.env(MLSM_URL=url or lab.url, MLSM_TOKEN=lab.token)
+    proc = subprocess.run(
+        [sys.executable, "-c", RUN_AND_LIST, str(listing), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        timeout=CLI_TIMEOUT_S,
+        check=False,
+    )
+    return proc.returncode, proc.stderr.strip(), set(listing.read_text().split())
+
+
+@pytest.mark.parametrize(
+    ("args", "loaded", "forbidden"),
+    [
+        (("jobs", "--json"), "mlsm.cli.jobs", (*HEAVY, "mlsm.bulk")),
+        (("jobs", "--all"), "mlsm.cli.jobs", (*HEAVY, "mlsm.bulk")),
+        (("submit", "--no-code", "--json", "--", "true"), "mlsm.cli.submit", (*HEAVY, "mlsm.bulk")),
+        (("submit", "--json", "--", "true"), "mlsm.bulk.build", (*HEAVY, *BULK_UNUSED)),
+    ],
+    ids=["jobs-json", "jobs-table", "submit-no-code", "submit-shipping"],
+)
+def test_a_hot_command_imports_only_what_it_uses(
+    lab: Lab, args: tuple[str, ...], loaded: str, forbidden: tuple[str, ...]
+) -> None:
+    rc, said, modules = _profiled(lab, *args)
+    assert rc == 0, said
+    assert {"mlsm.cli", loaded, "http.client"} <= modules  # the listing covers the call
+    assert sorted(m for m in modules if _within(m, forbidden)) == []
+
+
+def test_an_unreachable_master_is_one_line_without_httpx(lab: Lab, tmp_path: Path) -> None:
+    rc, said, modules = _profiled(lab, "jobs", url=f"http://127.0.0.1:{free_port()}")
+    assert rc == 1
+    assert said.startswith("mlsm: error: cannot reach the master at http://127.0.0.1:")
+    assert len(said.splitlines()) == 1, said
+    assert sorted(m for m in modules if _within(m, HEAVY)) == []
