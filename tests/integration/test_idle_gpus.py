@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from mlsm.cli.interactive import KEEPER_ARGV
+from mlsm.wire import api
 from tests.integration.lab import Lab
 from tests.support.wait import wait_until
 
@@ -103,3 +105,18 @@ def test_only_admins_exempt_jobs(lab: Lab) -> None:
     res = lab.cli("job", "set", str(job), "--idle-exempt", token=token)
     assert res.returncode != 0 and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_an_idle_session_is_stopped_like_any_job(lab: Lab) -> None:
+    """A session (mlsm session) holds its GPUs with a keeper process while people work in
+    its shell; left idle, the policy warns it and then cancels it like any other job."""
+    spec = api.JobSubmit(
+        argv=KEEPER_ARGV, name="idle-session", gpus=1, kind="session", session_keep=True
+    )
+    sid = lab.admin.jobs.submit(spec).job.id
+    job = lab.wait_job(sid, "running", DEADLINE_S)
+    assert job.kind == "session" and job.timeout_s > 0  # the lab's session time limit
+    wait_until(lambda: lab.job(sid).idle_warned_at, DEADLINE_S, "the idle session's warning")
+    ended = lab.wait_job(sid, "cancelled", DEADLINE_S)
+    assert ended.reason.startswith("idle GPUs: below 20%")
+    assert "job.idle_warning" in [e["kind"] for e in _events_of(lab, sid)]
