@@ -39,6 +39,7 @@ EventKind = Literal[
     "node.drained",
     "node.resumed",
     "node.disk_full",
+    "node.unreserved_use",
     "dataset.transfer_done",
     "dataset.transfer_failed",
 ]

@@ -273,6 +273,15 @@ def test_gpus_used_without_reservation_are_flagged(lab: Lab) -> None:
     assert flagged == job.gpu_indices
     assert all(g.reserved_for == "alice" for g in node.gpus)
     assert "USED WITHOUT RESERVATION" in lab.cli("reserve", "list").stdout
+
+    def said() -> list[dict[str, object]]:
+        res = lab.cli("events", "--json", "-n", "10000", "--type", "node.unreserved_use")
+        assert res.returncode == 0, res.stderr
+        return [e for line in res.stdout.splitlines() if (e := json.loads(line))]
+
+    events = wait_until(said, JOB_WAIT_S, "the event of the GPU used without reservation")
+    assert len(events) == len(job.gpu_indices)  # once per GPU, not once per pass
+    assert f"job {squatter}" in str(events[0]["message"]) and "alice" in str(events[0]["message"])
     # a member cannot cancel someone else's reservation; the admin can
     line = _cli_error(lab.cli("reserve", "cancel", str(rid), token=bob))
     assert "not yours" in line

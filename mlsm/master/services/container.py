@@ -155,6 +155,7 @@ class Services:
         self.usage = UsageService(db, self.nodes, self.table, self.history)
         # events out: node changes as events, notifications, the idle-GPU policy
         self.node_watch = NodeWatch(db, self.nodes, lambda: self.lab_settings.current)
+        self.node_watch.unreserved = self.reservations.unreserved_now
         self.notify = NotifyService(db, settings, self.events, lambda: self.lab_settings.current)
         self.idle = IdlePolicy(
             db,

@@ -16,7 +16,9 @@ Rules:
   (by its user or an admin), its GPUs are everyone's again at the next pass.
 * A GPU of a reservation that is on but used by someone else (another user's job, or a
   process mlsm did not start) is flagged "used without reservation" in the reservation's
-  view and the node's (:meth:`Reservations.unreserved_use`).
+  view and the node's (:meth:`Reservations.unreserved_use`), and recorded as a
+  ``node.unreserved_use`` event when it starts (:meth:`Reservations.unreserved_now`, read
+  by the events' node watch).
 """
 
 from __future__ import annotations
@@ -108,6 +110,17 @@ class Reservations:
             if r.node == node and r.start <= now:
                 for i in r.gpu_indices:
                     out[i] = r
+        return out
+
+    def unreserved_now(self, now: float) -> list[tuple[Row, list[int], list[int]]]:
+        """(reservation, GPUs, jobs) of every reservation that is on and is used by
+        someone else now."""
+        out = []
+        for r in self._live(now):
+            if r.start <= now:
+                gpus, jobs = self.unreserved_use(r)
+                if gpus:
+                    out.append((r, gpus, jobs))
         return out
 
     def unreserved_use(self, r: Row) -> tuple[list[int], list[int]]:

@@ -7,7 +7,9 @@ transaction per pass: ``node.online`` (joined, or back), ``node.stale``, ``node.
 ``node.drained`` (an admin drained it), ``node.resumed``. The same pass records
 ``node.disk_full`` when a disk the agent reports (its data dir, a dataset root) first
 goes fuller than the lab's ``node_disk_high_pct``; it is said again only after the disk
-went below it. What a node looked like when this master started is its starting point
+went below it. ``node.unreserved_use`` is recorded when a GPU of a reservation that is on
+starts being used by someone else (another user's job, or a process mlsm did not start),
+once per reservation and GPU until that use stops. What a node looked like when this master started is its starting point
 (a master restart records no change); a node that joins later starts as offline.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +32,9 @@ log = logging.getLogger("mlsm.master.events")
 
 WATCH_INTERVAL_S = 1.0
 WATCHED_DISKS = ("data", "dataset_root")
+
+#: (reservation, its GPUs used by others, their jobs) of reservations that are on now.
+Unreserved = Callable[[float], list[tuple[Any, list[int], list[int]]]]
 
 
 def transition(before: str, after: str) -> EventKind | None:
@@ -65,6 +71,8 @@ class NodeWatch:
         self.lab_settings = lab_settings
         self._states: dict[int, str] = {}
         self._full: dict[int, bool] = {}
+        self.unreserved: Unreserved | None = None  # the reservations' view, when wired
+        self._flagged: set[tuple[int, int]] = set()  # (reservation id, GPU) said already
 
     def prime(self) -> None:
         """The nodes as this master found them at start: the starting point. A node that
@@ -84,6 +92,31 @@ class NodeWatch:
             except Exception:
                 log.exception("node watch pass failed; carrying on")
             await asyncio.sleep(WATCH_INTERVAL_S)
+
+    def _unreserved_changes(self) -> list[tuple[LiveNode, EventKind, str, dict[str, Any]]]:
+        if self.unreserved is None:
+            return []
+        out: list[tuple[LiveNode, EventKind, str, dict[str, Any]]] = []
+        now_flagged: set[tuple[int, int]] = set()
+        for r, gpus, jobs in self.unreserved(time.time()):
+            node = self.nodes.by_name.get(r.node)
+            for g in gpus:
+                now_flagged.add((r.id, g))
+                if node is None or (r.id, g) in self._flagged:
+                    continue
+                holder = r.user or "maintenance"
+                by = f"job {', '.join(map(str, jobs))}" if jobs else "a process mlsm did not start"
+                out.append(
+                    (
+                        node,
+                        "node.unreserved_use",
+                        f"node {r.node}: GPU {g}, reserved for {holder} (reservation {r.id}), "
+                        f"is used by {by}",
+                        {"reservation": r.id, "reserved_for": r.user, "gpu": g, "jobs": jobs},
+                    )
+                )
+        self._flagged = now_flagged
+        return out
 
     async def check(self) -> None:
         """One pass: record every change since the last."""
@@ -111,6 +144,7 @@ class NodeWatch:
                         {"path": path, "used_pct": round(pct, 1), "threshold_pct": high},
                     )
                 )
+        changes.extend(self._unreserved_changes())
         gone = set(self._states) - set(self.nodes.nodes)
         for node_id in gone:
             self._states.pop(node_id, None)
