@@ -183,3 +183,49 @@ def test_retention_removes_only_finished_jobs_and_their_logs(lab: Lab, alice: st
     assert job_dir(lab, running).is_dir()
     assert os.path.isdir(lab.agents[NODE].data_dir / "jobs")
     lab.cli("cancel", str(running), token=alice)
+
+
+def test_an_earlier_attempts_directory_on_another_node_is_removed_too(
+    tmp_path: Path,
+) -> None:
+    """A job preempted on one node and finished on another leaves its first attempt's
+    directory on the first node: retention removes it there as well, audited."""
+    with Lab(tmp_path / "lab") as lab:
+        lab.start_master(MLSM_RETENTION_SWEEP_INTERVAL="1")
+        first = lab.start_agent("first", gpus="1xA100-80GB")
+        second = lab.start_agent("second", gpus="1xA100-80GB")
+        blocker = lab.submit("--no-code", "--gpus", "1", "--node", "second", "--", "sleep", "600")
+        lab.wait_job(blocker, "running", DEADLINE_S)
+        moved = lab.submit(
+            "--no-code", "--gpus", "1", "--preemptible", "--preempt-grace", "1s", "--",
+            "sh", "-c", 'echo here > "$MLSM_OUTPUT_DIR/mark"; exec sleep 600',
+        )  # fmt: skip
+        assert lab.wait_job(moved, "running", DEADLINE_S).node == "first"
+        left = first.data_dir / "jobs" / str(moved)
+        wait_until(lambda: (left / "mark").exists(), DEADLINE_S, "the first attempt's file")
+        preemptor = lab.submit("--no-code", "--gpus", "1", "--node", "first", "--", "sleep", "600")
+        lab.wait_job(preemptor, "running", DEADLINE_S)
+        assert lab.job(moved).preemptions == 1
+        assert lab.cli("cancel", str(blocker)).returncode == 0
+        wait_until(
+            lambda: (j := lab.job(moved)).state == "running" and j.node == "second",
+            DEADLINE_S,
+            "the requeued job to run on the other node",
+        )
+        assert lab.cli("cancel", str(moved), str(preemptor)).returncode == 0
+        lab.wait_job(moved, "cancelled", DEADLINE_S)
+        assert left.is_dir()  # kept until retention says otherwise
+
+        res = lab.cli("settings", "set", "--job-retention-days", "0.00001")
+        assert res.returncode == 0, res.stderr
+        wait_until(lambda: not left.exists(), DEADLINE_S, "retention to remove the first dir")
+        here = second.data_dir / "jobs" / str(moved)
+        wait_until(lambda: not here.exists(), DEADLINE_S, "retention to remove the last dir")
+
+        def removals() -> list[api.AuditEntry] | None:
+            rows = [r for r in audit_rows(lab, "job.outputs.remove") if r.target == f"job:{moved}"]
+            return rows if {r.details["node"] for r in rows} == {"first", "second"} else None
+
+        rows = wait_until(removals, DEADLINE_S, "an audit row for each node's removal")
+        assert any("earlier attempt" in str(r.details["why"]) for r in rows)
+        assert lab.job(moved).outputs_removed_why == "retention"

@@ -188,6 +188,9 @@ class JobRun(Base):
     started_at: Mapped[float] = mapped_column(Float)
     ended_at: Mapped[float] = mapped_column(Float)
     state: Mapped[str] = mapped_column(String(16), default="")  # how the attempt ended
+    # The attempt's directory on ``node``, when the job later ran elsewhere, was removed
+    # (retention; migration 0007). The last node's directory is the job's own mark.
+    dir_removed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Reservation(Base):

@@ -9,7 +9,9 @@ directory holds. So the master *names* candidates and the agent *removes*
 * every :data:`SWEEP_INTERVAL_S` (and when an admin changes the settings) each online node
   that speaks protocol 3 gets a :class:`~mlsm.wire.outputs.SweepJobDirs` naming its finished
   jobs whose directories are still there: the ones past retention, or, while the node
-  reports its disk fuller than ``node_disk_high_pct``, all of them oldest first;
+  reports its disk fuller than ``node_disk_high_pct``, all of them oldest first; with
+  them, the jobs whose earlier attempt ran there and that then ran on another node (a
+  retry, a preemption: :class:`~mlsm.master.db.models.JobRun` rows), by the attempt's end;
 * ``mlsm job purge JOB`` (owner or admin, a finished job) sends a
   :class:`~mlsm.wire.outputs.PurgeJobDir` and waits a moment for the answer;
 * the agent's :class:`~mlsm.wire.outputs.JobDirsRemoved` report marks each job
@@ -33,6 +35,7 @@ from mlsm import COMMAND_SINCE
 from mlsm.errors import Conflict, NodeOffline, NotFound, PermissionDenied
 from mlsm.master.db import Database
 from mlsm.master.db.models import Job as JobRow
+from mlsm.master.db.models import JobRun
 from mlsm.master.security import Principal
 from mlsm.master.services.audit import SYSTEM_ACTOR, AuditLog
 from mlsm.master.services.joblogs import LogStore
@@ -150,10 +153,32 @@ class DiskHygiene:
             .order_by(JobRow.ended_at, JobRow.id)
             .limit(wo.MAX_SWEEP_JOBS)
         )
+        # Directories of earlier attempts left here by jobs that then ran on another node
+        # (a retry after an interruption, a preemption): the same rule, from the
+        # attempt's end.
+        left = (
+            select(JobRun.job_id, JobRun.ended_at)
+            .join(JobRow, JobRow.id == JobRun.job_id)
+            .where(
+                JobRun.node_id == node.id,
+                JobRun.dir_removed_at.is_(None),
+                JobRow.node != node.name,
+            )
+            .order_by(JobRun.ended_at, JobRun.job_id)
+            .limit(wo.MAX_SWEEP_JOBS)
+        )
         if not over:
             q = q.where(JobRow.ended_at < now - retention)
+            left = left.where(JobRun.ended_at < now - retention)
         async with self.db.session() as s:
-            rows = (await s.execute(q)).all()
+            rows: list[tuple[int, float | None]] = [
+                (int(i), e) for i, e in (await s.execute(q)).all()
+            ]
+            seen = {i for i, _ in rows}
+            for i, e in (await s.execute(left)).all():
+                if int(i) not in seen and len(rows) < wo.MAX_SWEEP_JOBS:
+                    seen.add(int(i))
+                    rows.append((int(i), e))
         if not rows:
             return
         await self.nodes.enqueue(
@@ -284,8 +309,21 @@ class DiskHygiene:
             async with self.db.transaction() as s:
                 rows = (await s.execute(select(JobRow).where(JobRow.id.in_(ids)))).scalars()
                 by_id = {r.id: r for r in rows}
+                runs = (
+                    await s.execute(
+                        select(JobRun).where(JobRun.job_id.in_(ids), JobRun.node_id == node.id)
+                    )
+                ).scalars()
+                left: dict[int, list[JobRun]] = {}
+                for run in runs:
+                    left.setdefault(run.job_id, []).append(run)
                 for d in report.removed:
                     r = by_id.get(d.job_id)
+                    if r is not None and r.node != node.name and d.job_id in left:
+                        for run in left[d.job_id]:  # an earlier attempt's directory
+                            run.dir_removed_at = now
+                        marked[r.id] = (f"{_why(d)} (an earlier attempt's, on {node.name})", r.user)
+                        continue
                     if r is None or r.node != node.name:
                         continue  # a node speaks only for its own jobs
                     why = _why(d)
@@ -294,6 +332,8 @@ class DiskHygiene:
                     marked[r.id] = (why, r.user)
                 for jid in report.gone:
                     r = by_id.get(jid)
+                    for run in left.get(jid, []) if r is not None and r.node != node.name else []:
+                        run.dir_removed_at = now  # already gone: nothing to say
                     if r is None or r.node != node.name or r.outputs_removed_at is not None:
                         continue
                     r.outputs_removed_at = now
