@@ -225,21 +225,17 @@ async def in_thread(work: Callable[[threading.Event], T], name: str) -> T:
     done: asyncio.Future[T] = loop.create_future()
     stop = threading.Event()
 
-    def settle(result: T | None, exc: BaseException | None) -> None:
-        if done.cancelled():
-            return
-        if exc is not None:
-            done.set_exception(exc)
-        else:
-            done.set_result(result)  # type: ignore[arg-type]
+    def settle(outcome: Callable[[], None]) -> None:
+        if not done.cancelled():
+            outcome()
 
     def run() -> None:
         try:
             result = work(stop)
         except BaseException as exc:
-            loop.call_soon_threadsafe(settle, None, exc)
+            loop.call_soon_threadsafe(settle, lambda e=exc: done.set_exception(e))
         else:
-            loop.call_soon_threadsafe(settle, result, None)
+            loop.call_soon_threadsafe(settle, lambda: done.set_result(result))
 
     threading.Thread(target=run, name=name, daemon=True).start()
     try:

@@ -179,7 +179,10 @@ def test_retention_removes_only_finished_jobs_and_their_logs(lab: Lab, alice: st
     assert res.returncode == 0, res.stderr
     third = run_job(lab, alice, WRITE_1MIB)
     wait_until(lambda: not job_dir(lab, third).exists(), DEADLINE_S, "the threshold to remove it")
-    assert lab.job(third).outputs_removed_why == "node disk above threshold"
+    why = wait_until(
+        lambda: lab.job(third).outputs_removed_why, DEADLINE_S, "the master to mark it removed"
+    )
+    assert why == "node disk above threshold"
     assert job_dir(lab, running).is_dir()
     assert os.path.isdir(lab.agents[NODE].data_dir / "jobs")
     lab.cli("cancel", str(running), token=alice)

@@ -110,6 +110,8 @@ def test_only_admins_exempt_jobs(lab: Lab) -> None:
 def test_an_idle_session_is_stopped_like_any_job(lab: Lab) -> None:
     """A session (mlsm session) holds its GPUs with a keeper process while people work in
     its shell; left idle, the policy warns it and then cancels it like any other job."""
+    res = lab.cli("settings", "set", "--idle-gpu", "--idle-action", "cancel")
+    assert res.returncode == 0, res.stderr
     spec = api.JobSubmit(
         argv=KEEPER_ARGV, name="idle-session", gpus=1, kind="session", session_keep=True
     )

@@ -6,6 +6,9 @@ hold small, schema-less bits (labels, node info, history) and use the portable `
 a job's spec is a JSON column too, read and written as a typed struct (:class:`JobSpecColumn`).
 A string column that holds one of a wire ``Literal``'s values is annotated with that
 ``Literal``, so mypy checks every write (the database stores plain strings).
+
+Over 400 lines, as one piece: the models are the schema Alembic's migrations are checked
+against (one metadata), and their relations and shared column types read best together.
 """
 
 from __future__ import annotations

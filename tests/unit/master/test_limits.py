@@ -43,8 +43,12 @@ def test_without_a_default_the_maximum_is_the_time_limit() -> None:
 
 
 def test_no_limits_set_changes_nothing() -> None:
+    """With every limit off (the default lab, and a member ceiling at the top), a member's
+    ask passes as it is."""
     ask = JobAsk(gpus=64, priority=1000, time_limit_s=0)
-    assert check_limits(ask, MEMBER, api.LabSettings()) == ask
+    assert check_limits(ask, MEMBER, api.LabSettings(member_max_priority=1000)) == ask
+    within = JobAsk(gpus=64, priority=0, time_limit_s=0)
+    assert check_limits(within, MEMBER, api.LabSettings()) == within
 
 
 def test_admins_are_held_to_no_limit_but_get_the_default() -> None:
