@@ -91,8 +91,13 @@ def test_a_job_leaves_its_events_in_order_with_growing_ids(lab: Lab) -> None:
 
 
 def test_events_type_filter_names_subjects_and_refuses_unknown_types(lab: Lab) -> None:
-    kinds = {e["kind"] for e in _events(lab, None, "--type", "node")}
-    assert kinds and all(k.startswith("node.") for k in kinds)
+    # The node watch records a node's arrival at its next pass (once a second).
+    kinds = wait_until(
+        lambda: {e["kind"] for e in _events(lab, None, "--type", "node")},
+        DEADLINE_S,
+        "the node's events",
+    )
+    assert all(k.startswith("node.") for k in kinds)
     res = lab.cli("events", "--type", "job.exploded")
     assert res.returncode == 2
     assert "job.exploded" in res.stderr and len(res.stderr.strip().splitlines()) == 1
