@@ -473,3 +473,21 @@ async def test_role_form_uses_select(fake: FakeSource) -> None:
             c[0] == "update_user" and c[1][0] == "carol" and c[1][1].role == "admin"
             for c in fake.calls
         )
+
+
+async def test_node_detail_flags_gpus_used_without_their_reservation(fake: FakeSource) -> None:
+    """A GPU of a reservation that is on says whose it is, and says it loudly when someone
+    else uses it (as `mlsm reserve list` and the node view do)."""
+    gpu = fake._nodes["gpu002"].gpus[1]  # the one the foreign process holds
+    gpu.reserved_for, gpu.reservation_id, gpu.unreserved_use = "alice", 3, True
+    other = fake._nodes["gpu002"].gpus[0]
+    other.reserved_for, other.reservation_id = "", 4  # maintenance, unused
+    app = make_app(fake)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("j", "enter")
+        await settle(pilot, 5)
+        flagged = str(app.screen.query_one("#gpu1 #figures").render())
+        quiet = str(app.screen.query_one("#gpu0 #figures").render())
+    assert "reserved for alice" in flagged and "USED WITHOUT RESERVATION" in flagged
+    assert "reserved for maintenance" in quiet and "WITHOUT" not in quiet

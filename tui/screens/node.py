@@ -57,6 +57,10 @@ class GpuPanel(Vertical):
             text.append(f" jobs {','.join(map(str, gpu.job_ids))}", style="green")
         if gpu.foreign:
             text.append(" foreign", style="bold red")
+        if gpu.reserved_for is not None:
+            text.append(f" reserved for {visible(gpu.reserved_for) or 'maintenance'}", style="cyan")
+        if gpu.unreserved_use:
+            text.append(" USED WITHOUT RESERVATION", style="bold red")
         if s.error:
             text.append(f" error: {visible(s.error)}", style="red")
         self.query_one("#figures", PlainLabel).update(text)
