@@ -112,28 +112,8 @@ class DatasetOperations:
         _with_roots(dst)
         self._not_there(dst, body.name)
         self._speaks_bulk(src, dst)
-        live = await self.transfers.new(
-            LiveTransfer(
-                id=0,
-                kind="move" if body.move else "copy",
-                dataset=body.name,
-                node=dst.name,
-                node_id=dst.id,
-                src_node=src.name,
-                src_id=src.id,
-                src_path=path,
-                created_at=time.time(),
-                created_by=p.name,
-                state="running",
-                phase="receive",
-                message=f"{src.name} -> {dst.name}: queued on {dst.name}",
-            )
-        )
-        await self.transfers.command(
-            live, "receive", dst.id, wb.BulkReceive, **self.transfers.receive_fields(live)
-        )
-        await self.transfers.save(live)
-        return live.view()
+        kind: api.TransferKind = "move" if body.move else "copy"
+        return await self._pull(p, kind, body.name, src, dst, path, f"{src.name} -> {dst.name}")
 
     async def start_node_import(self, p: Principal, body: api.DatasetImport) -> api.Transfer:
         """Import ``body.path`` of node ``body.from_node`` onto ``body.node`` as a dataset
@@ -169,11 +149,26 @@ class DatasetOperations:
         _with_roots(dst)
         self._not_there(dst, body.name)
         self._speaks_bulk(src, dst)
+        where = f"{src.name}:{path} -> {dst.name}"
+        return await self._pull(p, "import", body.name, src, dst, path, where)
+
+    async def _pull(
+        self,
+        p: Principal,
+        kind: api.TransferKind,
+        name: str,
+        src: LiveNode,
+        dst: LiveNode,
+        path: str,
+        where: str,
+    ) -> api.Transfer:
+        """A transfer of ``src``'s tree at ``path`` that ``dst`` pulls (a copy, a move, an
+        import from a node): recorded, then the target told to receive it."""
         live = await self.transfers.new(
             LiveTransfer(
                 id=0,
-                kind="import",
-                dataset=body.name,
+                kind=kind,
+                dataset=name,
                 node=dst.name,
                 node_id=dst.id,
                 src_node=src.name,
@@ -183,7 +178,7 @@ class DatasetOperations:
                 created_by=p.name,
                 state="running",
                 phase="receive",
-                message=f"{src.name}:{path} -> {dst.name}: queued on {dst.name}",
+                message=f"{where}: queued on {dst.name}",
             )
         )
         await self.transfers.command(
