@@ -5,13 +5,17 @@
 - The fuzzing account is never the one fuzzed: a request that would edit it
   (``PATCH /api/v1/users/{username}``) edits a stand-in account instead, or a generated
   password change would end the run's ability to log in.
+- ``POST /api/v1/auth/password`` runs as a third account's session: its wrong "current
+  passwords" count as failed logins for the account that sends them (the login limits'
+  per-user-and-address backoff), which would otherwise soon refuse the superadmin's own
+  logins from this address and end the run's ability to log in again.
 - ``GET /api/v1/jobs/{id}/log/follow`` streams until the job ends, and nothing runs the
   fuzzer's jobs (no agent), so the job is cancelled first and the stream answers at once.
 - ``GET /api/v1/events/follow`` stays open while nothing happens: it is asked to end once
   idle (``wait=0``).
 
 Settings come from the environment the test sets: ``MLSM_FUZZ_URL``, ``MLSM_FUZZ_USER``,
-``MLSM_FUZZ_PASSWORD``, ``MLSM_FUZZ_STAND_IN``.
+``MLSM_FUZZ_PASSWORD``, ``MLSM_FUZZ_STAND_IN``, ``MLSM_FUZZ_PASSWORD_CHANGER_TOKEN``.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ URL = os.environ.get("MLSM_FUZZ_URL", "")
 USER = os.environ.get("MLSM_FUZZ_USER", "")
 PASSWORD = os.environ.get("MLSM_FUZZ_PASSWORD", "")
 STAND_IN = os.environ.get("MLSM_FUZZ_STAND_IN", "")
+PASSWORD_CHANGER_TOKEN = os.environ.get("MLSM_FUZZ_PASSWORD_CHANGER_TOKEN", "")
+PASSWORD_CHANGE_PATH = "/api/v1/auth/password"
 HTTP_TIMEOUT_S = 30.0
 INT64_MAX = 2**63 - 1
 #: How long a login is reused before logging in again (401s refresh it sooner).
@@ -68,6 +74,8 @@ class SuperadminSession:
         return _login()
 
     def set(self, case: Any, data: str, ctx: Any) -> None:
+        if case.operation.path == PASSWORD_CHANGE_PATH and PASSWORD_CHANGER_TOKEN:
+            data = PASSWORD_CHANGER_TOKEN
         case.headers = {**(case.headers or {}), "Authorization": f"Bearer {data}"}
 
 

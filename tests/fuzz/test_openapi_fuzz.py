@@ -45,6 +45,8 @@ REQUEST_TIMEOUT_S = 30.0
 #: Logins are rate-limited per minute; the fuzzer logs in again after each logout it makes.
 FUZZ_LOGIN_ATTEMPTS_PER_MINUTE = 100_000
 STAND_IN = "fuzz-stand-in"
+#: The account whose session sends the fuzzed password changes (see the hooks).
+PASSWORD_CHANGER = "fuzz-password-changer"
 #: How long a run may take past its fuzzing budget (loading, phases without a time box,
 #: a slow shared machine) before it is stopped as hung.
 RUN_SLACK_S = 480
@@ -80,6 +82,7 @@ def fuzz_master(tmp_path: Path) -> Iterator[Master]:
     m.start()
     try:
         m.create_user("member", STAND_IN)
+        m.create_user("member", PASSWORD_CHANGER)
         yield m
     finally:
         m.stop()
@@ -131,6 +134,7 @@ def test_openapi_fuzz(
         "MLSM_FUZZ_USER": ADMIN,
         "MLSM_FUZZ_PASSWORD": ADMIN_PASSWORD,
         "MLSM_FUZZ_STAND_IN": STAND_IN,
+        "MLSM_FUZZ_PASSWORD_CHANGER_TOKEN": fuzz_master.login(PASSWORD_CHANGER),
         "NO_COLOR": "1",
     }
     proc = subprocess.run(
