@@ -66,6 +66,9 @@ class JobDirSweeper:
         self.on_disk = on_disk
         self.stopping = stopping
         self._pending: list[wo.JobDirsRemoved] = []
+        # One sender at a time: a sweep's report and the resend loop must not both send
+        # the first pending report (the master would be told of its removals twice).
+        self._sending = asyncio.Lock()
         self._lock = asyncio.Lock()  # one removal pass at a time
 
     def install(self, handlers: dict[type, Callable[[Any], Awaitable[None]]]) -> None:
@@ -168,14 +171,17 @@ class JobDirSweeper:
 
     async def flush(self) -> bool:
         """Send the reports not delivered yet; False when the master is away."""
-        while self._pending:
-            try:
-                await self.link.call("outputs/removed", self._pending[0], w.decode_ack)
-            except errors.MlsmError as exc:
-                log.warning("could not report removed job directories now (%s)", exc.message)
-                return False
-            self._pending.pop(0)
-        return True
+        async with self._sending:
+            while self._pending:
+                report = self._pending[0]
+                try:
+                    await self.link.call("outputs/removed", report, w.decode_ack)
+                except errors.MlsmError as exc:
+                    log.warning("could not report removed job directories now (%s)", exc.message)
+                    return False
+                # Reports may have been added (and the oldest dropped) while this one was sent.
+                self._pending = [p for p in self._pending if p is not report]
+            return True
 
     async def resend_loop(self) -> None:
         """Send again, with backoff, what could not be delivered at once."""

@@ -52,7 +52,8 @@ Rules as implemented
   up soonest (free now, or held by jobs whose time limits end, placements of this pass
   included), those GPUs are kept for it from that time (``expected_start``) for its time
   limit. Later jobs use them only if they end before that time, or are preemptible; they
-  use the node's other GPUs freely. When no time is known (the GPUs are held by jobs
+  use the node's other GPUs freely. GPUs of a job past its time limit (being stopped) count
+  as freeing a moment from now, so its reservation holds while it stops. When no time is known (the GPUs are held by jobs
   without a time limit, or the job waits for CPUs or memory, not GPUs), nothing is
   reserved and the next such job is tried (at most :data:`_MAX_RESERVE_TRIES` a pass).
   The reservation is recomputed each pass, so it follows jobs that end early.
@@ -114,6 +115,10 @@ _NO_CODE_HERE = "runs an agent too old for shipped code (upgrade mlsm on it)"
 _NO_CODE = "no online node runs an agent that can run shipped code (upgrade mlsm on the nodes)"
 #: Jobs tried per pass for a backfill reservation (the first that gets one keeps it).
 _MAX_RESERVE_TRIES = 8
+#: A running job past its time limit is being stopped: its GPUs count as freeing this long
+#: from now (not "at a time already past", which would make no reservation and let a long
+#: job backfill onto GPUs that free up any moment).
+_OVERDUE_S = 1.0
 #: With this many candidate nodes or fewer, a job's nodes are scanned instead of bucketed.
 _SMALL_CANDIDATE_SET = 16
 _ENDED = {"failed": "failed", "cancelled": "was cancelled", "interrupted": "was interrupted"}
@@ -389,7 +394,7 @@ class _Pass:
         self.preemptible_on: dict[str, list[Running]] = {}
         for r in ctx.running:
             per = self.release.setdefault(r.node, {})
-            t = now if r.preemptible else r.ends_at
+            t = now if r.preemptible else max(r.ends_at, now + _OVERDUE_S)
             for i in r.gpus:
                 per[i] = max(per.get(i, t), t)
             if r.preemptible and r.node in self.by_name:

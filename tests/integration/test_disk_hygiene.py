@@ -13,6 +13,7 @@ import pytest
 
 from mlsm import errors
 from mlsm.wire import api
+from mlsm.wire import outputs as wo
 from tests.integration.lab import Lab
 from tests.support.wait import wait_until
 
@@ -90,6 +91,14 @@ def test_owner_purges_a_finished_job_and_the_node_audits_it(lab: Lab, alice: str
     rows = [r for r in audit_rows(lab, "job.outputs.remove") if r.target == f"job:{jid}"]
     assert len(rows) == 1
     assert rows[0].actor == f"node:{NODE}" and rows[0].details["reason"] == "purge"
+    # The node's report sent again (its answer was lost): nothing is recorded twice.
+    resent = wo.JobDirsRemoved(
+        command_id=0,
+        removed=[wo.RemovedDir(job_id=jid, reason="purge", bytes=MIB, files=1, by="alice")],
+    )
+    assert lab.agent_call("outputs/removed", resent, lab.agents[NODE].secret).status_code == 200
+    assert [r for r in audit_rows(lab, "job.outputs.remove") if r.target == f"job:{jid}"] == rows
+    assert lab.job(jid).outputs_removed_at == job.outputs_removed_at
     assert [r for r in audit_rows(lab, "job.purge") if r.target == f"job:{jid}"]
     again = lab.cli("job", "purge", str(jid), token=alice)
     assert again.returncode == 0 and "nothing to remove" in again.stdout

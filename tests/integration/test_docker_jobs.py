@@ -41,6 +41,8 @@ from tests.support.wait import wait_until
 pytestmark = pytest.mark.docker
 
 TAG = f"{os.getpid()}x{secrets.token_hex(3)}"
+#: The node lease of this module's lab (the lab's own is 5 s).
+RESTART_LEASE_S = 30.0
 NODE = f"dk{TAG}"
 DATASET = f"ds{TAG}"
 GPUS = "2xA100-80GB"
@@ -108,7 +110,9 @@ def lab(
 ) -> Iterator[Lab]:
     with Lab(tmp_path_factory.mktemp("docker-jobs")) as lab:
         try:
-            lab.start_master()
+            # Tests here stop an agent and start it again, and expect it back before the
+            # master gives its node up: a node lease that a loaded machine's restart fits in.
+            lab.start_master(MLSM_NODE_LEASE=str(RESTART_LEASE_S))
             start_agent(lab, NODE, "--dataset-root", str(dataset_root))
             yield lab
         finally:

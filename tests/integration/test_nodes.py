@@ -359,8 +359,12 @@ def test_a_foreign_gpu_process_is_named_and_its_gpu_is_not_scheduled(lab: Lab) -
     )
 
     def foreign_seen() -> bool:
-        g0 = lab.node("f1").gpus[0]
-        return g0.foreign and any(p.user == "bob" for p in g0.sample.processes)
+        gpus = lab.node("f1").gpus  # empty until the agent's first report
+        return (
+            bool(gpus)
+            and gpus[0].foreign
+            and any(p.user == "bob" for p in gpus[0].sample.processes)
+        )
 
     wait_until(foreign_seen, what="GPU 0 of f1 to show bob's process")
     show = lab.cli("node", "show", "f1").stdout

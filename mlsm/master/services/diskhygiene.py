@@ -297,12 +297,16 @@ class DiskHygiene:
     # ---------------------------------------------------------------- agents' reports
     async def removed(self, node: LiveNode, report: wo.JobDirsRemoved) -> None:
         """Mark the jobs whose directories the node removed (or no longer has), audit each
-        removal, and answer a purge waiting for this report."""
+        removal, and answer a purge waiting for this report.
+
+        Agents deliver these reports at least once (a report whose answer was lost is sent
+        again), so a removal already recorded is neither recorded nor audited twice."""
         if report.disk is not None and report.disk != node.info.disk:
             node.info.disk = report.disk
             node.info_dirty = True
         ids = [d.job_id for d in report.removed] + list(report.gone)
         marked: dict[int, tuple[str, str]] = {}
+        repeated: set[int] = set()  # removals recorded by an earlier copy of this report
         missing: list[tuple[int, str]] = []
         if ids:
             now = time.time()
@@ -320,12 +324,19 @@ class DiskHygiene:
                 for d in report.removed:
                     r = by_id.get(d.job_id)
                     if r is not None and r.node != node.name and d.job_id in left:
-                        for run in left[d.job_id]:  # an earlier attempt's directory
+                        earlier = left[d.job_id]
+                        if all(run.dir_removed_at is not None for run in earlier):
+                            repeated.add(d.job_id)  # a report sent again: recorded already
+                            continue
+                        for run in earlier:  # an earlier attempt's directory
                             run.dir_removed_at = now
                         marked[r.id] = (f"{_why(d)} (an earlier attempt's, on {node.name})", r.user)
                         continue
                     if r is None or r.node != node.name:
                         continue  # a node speaks only for its own jobs
+                    if r.outputs_removed_at is not None:
+                        repeated.add(d.job_id)  # a report sent again: recorded already
+                        continue
                     why = _why(d)
                     r.outputs_removed_at = now
                     r.outputs_removed_why = why[:128]
@@ -340,6 +351,8 @@ class DiskHygiene:
                     r.outputs_removed_why = "missing"
                     missing.append((r.id, r.user))
         for d in report.removed:
+            if d.job_id in repeated:
+                continue
             if d.job_id not in marked:
                 log.warning("node %s reported removing job %s, not its own", node.name, d.job_id)
                 continue

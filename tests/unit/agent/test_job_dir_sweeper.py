@@ -215,3 +215,33 @@ def test_a_report_the_master_did_not_take_is_sent_again(tmp_path: Path) -> None:
     flaky.fail = False
     assert asyncio.run(s.flush())
     assert [d.job_id for d in flaky.sent[0].removed] == [1]
+
+
+def test_two_flushes_at_once_send_each_report_once(tmp_path: Path) -> None:
+    """A sweep's own flush and the resend loop may run together: while the first is still
+    sending a report, the second must not send the same report again."""
+
+    class Gated(RecordingLink):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gate = asyncio.Event()
+
+        async def call(self, path: str, body: Any, decode: Any, **kw: Any) -> Any:
+            await self.gate.wait()
+            return await super().call(path, body, decode, **kw)
+
+    async def go() -> list[wo.JobDirsRemoved]:
+        s, _ = sweeper(tmp_path)
+        link = Gated()
+        s.link = link  # type: ignore[assignment]
+        s._pending.append(wo.JobDirsRemoved(command_id=1, gone=[5]))
+        first = asyncio.create_task(s.flush())
+        await asyncio.sleep(0)  # the first flush is now waiting on the gate
+        second = asyncio.create_task(s.flush())
+        await asyncio.sleep(0)
+        link.gate.set()
+        assert await asyncio.gather(first, second) == [True, True]
+        return link.sent
+
+    sent = asyncio.run(go())
+    assert [r.gone for r in sent] == [[5]]

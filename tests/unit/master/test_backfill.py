@@ -233,3 +233,14 @@ def test_preemptible_jobs_may_use_gpus_reserved_for_a_big_job():
     )
     assert r.expected_start == {10: NOW + 2 * H}
     assert list(placed(r)) == [11]
+
+
+def test_a_job_past_its_time_limit_keeps_the_reservation_while_it_stops():
+    """The job holding the GPUs has overrun its limit (its agent is stopping it): the big
+    job's reservation stays, so a long job does not backfill onto GPUs about to free up."""
+    running = [Running(job_id=1, node="gpu0", gpus=(0,), ends_at=NOW - 5)]
+    jobs = [job(10, gpus=2, submitted_at=1.0, priority=5), small(12, limit_h=1)]
+    r = schedule(jobs, [node(gpus=2, busy=(0,))], ctx(running=running))
+    assert placed(r) == {}
+    assert NOW < r.expected_start[10] <= NOW + 60
+    assert "reserved for job 10" in r.reasons[12]
