@@ -20,18 +20,18 @@ nothing is served (a wrong, replayed or expired ticket; garbage), then closed.
 offer (and so a fresh ticket) from the master, a connection tried on each address with a
 short connect timeout (:data:`CONNECT_TIMEOUT_S`), the hello, and the answer's records.
 
-**Threads, not the event loop.** The bytes of a connection move in a thread of their own
-on each side, with a blocking TLS socket: the source reads its files and writes TLS
-records, the target reads TLS records into one reused buffer of :data:`RECV_BYTES` and
-hands them straight to its sink (which writes them, with sha256 in the sink's helper
-thread). Encryption, decryption and copies stay off the agent's event loop, so
-heartbeats and commands are not held up by a transfer, and a transfer does not wait for
-the loop (through asyncio's TLS streams a direct copy on loopback was slower than the
-relay).
-Memory is one buffer per connection on each side. The listener's accept loop and its
-lifetime stay on the event loop; a thread that serves a connection ends when it is done,
-when a send blocks for :data:`STALL_S`, or when the listener is closed (its connections'
-sockets are shut down).
+**Threads, not the event loop.** The bytes of a connection move in a thread of their own on
+each side, with a blocking TLS socket: the source reads its files and writes TLS records;
+the target decrypts TLS records into reused buffers of :data:`RECV_BYTES` and hands each
+filled one to its sink in a second thread (:class:`~mlsm.bulk.handoff.Handoff`: the sink
+writes and hashes one buffer while the next is decrypted, at most :data:`RECV_BUFFERS` of
+them in use). Encryption, decryption and copies stay off the agent's event loop, so
+heartbeats and commands are not held up by a transfer, and a transfer does not wait for the
+loop (through asyncio's TLS streams a direct copy on loopback was slower than the relay).
+Memory is one buffer per connection at the source, :data:`RECV_BUFFERS` at the target. The
+listener's accept loop and its lifetime stay on the event loop; a thread that serves a
+connection ends when it is done, when a send blocks for :data:`STALL_S`, or when the
+listener is closed (its connections' sockets are shut down).
 
 About 400 lines, as one piece: both ends of one small wire protocol (the pinned contexts,
 the hello and its ticket, the records, the timeouts), so a change to one side is made
@@ -58,6 +58,7 @@ import msgspec
 
 from mlsm import errors
 from mlsm.bulk import Source
+from mlsm.bulk.handoff import Handoff
 from mlsm.bulk.tickets import Ticket, TicketGate
 from mlsm.tls import ensure_self_signed, fingerprint_of_pem
 from mlsm.wire import bulk as wb
@@ -72,7 +73,11 @@ HELLO_TIMEOUT_S = 10.0  # a connection must say who it is within this long
 HANDSHAKE_TIMEOUT_S = 10.0
 STALL_S = 60.0  # a direct answer that sends nothing this long is given up (then resumed)
 LISTEN_IDLE_S = 120.0  # a listener nobody connects to closes after this long
-RECV_BYTES = 1 << 20  # the target's receive buffer (reused): what it hands its sink at once
+RECV_BYTES = 1 << 20  # the target's receive buffers (reused): what it hands its sink at once
+#: Receive buffers per connection: one decrypted into while the sink writes and hashes
+#: another, two queued (memory: RECV_BUFFERS x RECV_BYTES a connection).
+RECV_BUFFERS = 4
+HANDOFF_POLL_S = 0.005  # how often bytes held for a busy sink check whether it is idle
 STOP_POLL_S = 0.5  # how often a blocked receive checks whether it was asked to stop
 SMALL_RECORD = 64 << 10  # a pipe record's header is sent with its data below this size
 LISTEN_BACKLOG = 16
@@ -362,55 +367,84 @@ def receive(
 ) -> None:
     """Send ``hello`` on a connection from :func:`connect` and hand the answer's data to
     ``feed`` (a sink's: it must be done with the view when it returns) in pieces of up to
-    :data:`RECV_BYTES`, until the answer's END (blocking: run it in a thread). The
+    :data:`RECV_BYTES`, in a thread of their own beside the receiving one, until the answer's END (blocking: run it in a thread). The
     source's ERROR record raises its error; a connection that breaks, stalls for
     :data:`STALL_S` or ends early raises :class:`~mlsm.errors.Unreachable` (the next want
     asks again for what is missing); ``stop`` set ends it with
     :class:`~mlsm.errors.TransferFailed`."""
     body = _encode(hello)
     reader = wb.PipeReader()
-    buf = bytearray(RECV_BYTES)
-    view = memoryview(buf)
-    filled = 0
     fed_end = False
 
-    def hand_over(data: memoryview) -> None:
+    def work(pieces: list[memoryview]) -> None:  # the handoff's worker: the sink's thread
         nonlocal fed_end
-        for kind, piece in reader.feed(data):
+        for piece in pieces:
+            if not fed_end and feed(piece):
+                fed_end = True
+
+    handoff: Handoff[list[memoryview]] = Handoff(
+        work, buffers=RECV_BUFFERS, size=RECV_BYTES, name=f"mlsm-sink-{hello.ticket.transfer_id}"
+    )
+    buf = handoff.buffer()
+    view = memoryview(buf)
+    filled = 0
+
+    pieces: list[memoryview] = []  # DATA of ``buf`` parsed as it came, not yet handed over
+
+    def parse(n: int) -> None:
+        """Records in the ``n`` bytes just received (END is seen as soon as it comes)."""
+        for kind, piece in reader.feed(view[filled : filled + n]):
             if kind is wb.PipeKind.DATA:
-                if not fed_end and feed(piece):
-                    fed_end = True
+                pieces.append(piece)
             elif kind is wb.PipeKind.ERROR:
                 raise wb.decode_error(piece)
 
+    def hand_over() -> None:
+        """``buf`` and its DATA pieces (views of it) to the worker; a fresh buffer."""
+        nonlocal buf, view, filled, pieces
+        handoff.hand(buf, pieces)
+        pieces = []
+        buf = handoff.buffer()
+        view = memoryview(buf)
+        filled = 0
+
     try:
-        tls.settimeout(STALL_S)
-        tls.sendall(_LEN.pack(len(body)) + body)
-        tls.setblocking(False)
-        quiet_since = time.monotonic()
-        while not reader.ended:
-            if stop.is_set():
-                raise errors.TransferFailed("stopped")
-            try:
-                n = tls.recv_into(view[filled:])
-            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
-                if filled:  # nothing more is ready: the sink takes what came
-                    hand_over(view[:filled])
-                    filled = 0
-                    continue
-                if time.monotonic() - quiet_since >= STALL_S:
-                    raise TimeoutError from None
-                select.select([tls], [], [], STOP_POLL_S)
-                continue
-            if n == 0:
-                break
+        try:
+            tls.settimeout(STALL_S)
+            tls.sendall(_LEN.pack(len(body)) + body)
+            tls.setblocking(False)
             quiet_since = time.monotonic()
-            filled += n
-            if filled == len(buf):
-                hand_over(view)
-                filled = 0
-        if filled:
-            hand_over(view[:filled])
+            while not reader.ended:
+                if stop.is_set():
+                    raise errors.TransferFailed("stopped")
+                try:
+                    n = tls.recv_into(view[filled:])
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                    # nothing more is ready: what came goes to the sink if it is idle (a
+                    # busy sink gets a fuller buffer later, not a TLS record at a time)
+                    if filled and not handoff.in_flight:
+                        hand_over()
+                        continue
+                    handoff.check()
+                    if time.monotonic() - quiet_since >= STALL_S:
+                        raise TimeoutError from None
+                    # with bytes waiting for a busy sink, look again soon (it may be idle)
+                    select.select([tls], [], [], HANDOFF_POLL_S if filled else STOP_POLL_S)
+                    continue
+                if n == 0:
+                    break
+                quiet_since = time.monotonic()
+                parse(n)
+                filled += n
+                if filled == len(buf):
+                    hand_over()
+        finally:
+            # what came, also before a cut, is still written (the resume counts it); the
+            # sink is not touched by the worker once this returns
+            if pieces and not handoff.failed:
+                handoff.hand(buf, pieces)
+            handoff.close()
+        handoff.finish()
     except TimeoutError:
         raise errors.Unreachable(f"the direct connection sent nothing for {STALL_S:g} s") from None
     except (OSError, ConnectionError, ssl.SSLError) as exc:

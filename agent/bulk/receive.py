@@ -13,8 +13,8 @@ ticket from the master each time) until that fails once — the source is not re
 or the master offers no direct path — and from then on through the relay, the progress
 saying why ("via master relay: source not reachable (...)"). A direct answer is read and
 fed to the sink in a thread of its own (:func:`agent.bulk.direct.receive`: a blocking TLS
-socket, one reused buffer). Each relayed pull is ``POST /agent/v1/bulk/pull`` answered
-with pipe records (:mod:`mlsm.wire.bulk`); its frames are fed to the sink in a worker
+socket, the sink in a second thread). Each relayed pull is ``POST /agent/v1/bulk/pull``
+answered with pipe records (:mod:`mlsm.wire.bulk`); its frames are fed to the sink in a worker
 thread in batches of about :data:`FEED_BYTES`, read ahead while the sink works. Either
 way the event loop never decrypts, writes or hashes; it reports the sink's progress every
 :data:`PROGRESS_EVERY_S`. Nothing is visible under the dataset's name until the verified

@@ -15,6 +15,7 @@ The vocabulary (each module's docstring has its rules)::
     journal.py   the sinks' journal (resume after a kill, a cut, a reboot)
     cas.py       Store: content-addressed blobs, LRU-bounded, pins
     storesink.py StoreSink: fills a Store from a frame stream
+    handoff.py   Handoff: one thread fills reused buffers, another works on them
     fstree.py    descriptor walks: walk, remove_tree, DirFds, rename_noreplace
 
 A transfer in one process (a local copy; the agent materialising a code snapshot from its

@@ -12,6 +12,9 @@ of mixed sizes (most under 16 KiB, some up to 4 MiB). For each, in the same run 
 (page-cached) data:
 
 - ``rsync -a`` of the tree to a fresh directory (local, whole-file);
+- ``rsync -a rsync://127.0.0.1:PORT/mod/SET/`` to a fresh directory: a real transfer between
+  two rsync processes over loopback TCP (an ``rsync --daemon`` the script starts on
+  127.0.0.1 with a config of its own, serving the sets' root read-only);
 - a dataset copy from ``src`` (direct) and from ``srcr`` (relayed), timed from the request
   (``POST /api/v1/datasets/transfer``) to the transfer's end (polled every 50 ms; the
   manifest is built by the source as part of the copy: it reads and hashes every file
@@ -34,6 +37,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -46,7 +50,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.bench.benchlab import BenchLab, wait
+from tests.bench.benchlab import BenchLab, free_port, wait
+from tests.support.procs import end_process
 
 COPY_TIMEOUT_S = 1800.0
 RSS_SAMPLE_S = 0.02
@@ -136,6 +141,56 @@ def rsync(src: Path, dest: Path) -> float:
     return time.perf_counter() - started
 
 
+class RsyncDaemon:
+    """An ``rsync --daemon`` on 127.0.0.1 serving ``root`` read-only as module ``mod``
+    (the loopback baseline: sender and receiver are separate processes talking TCP)."""
+
+    def __init__(self, root: Path, work: Path) -> None:
+        work.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        conf = work / "rsyncd.conf"
+        conf.write_text(
+            "use chroot = no\n"
+            "uid = 0\n"
+            "gid = 0\n"
+            f"pid file = {work / 'rsyncd.pid'}\n"
+            "[mod]\n"
+            f"    path = {root}\n"
+            "    read only = yes\n"
+        )
+        self.proc = subprocess.Popen(
+            [
+                "rsync",
+                "--daemon",
+                "--no-detach",
+                f"--config={conf}",
+                "--address=127.0.0.1",
+                f"--port={self.port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+        def listening() -> bool:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1.0):
+                return True
+
+        wait(listening, 30, "rsync --daemon listening")
+
+    def copy(self, name: str, dest: Path) -> float:
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        subprocess.run(
+            ["rsync", "-a", f"rsync://127.0.0.1:{self.port}/mod/{name}/", f"{dest}/"], check=True
+        )
+        return time.perf_counter() - started
+
+    def close(self) -> None:
+        end_process(self.proc)
+
+
 def rss_during(pid: int, run: threading.Thread) -> tuple[int, int]:
     proc = psutil.Process(pid)
     samples = []
@@ -172,35 +227,31 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         bench = Bench(lab, src_root, dst_root)
         for name in sets:
             wait(lambda n=name: {"src", "srcr"} <= bench.copies(n), 300, f"{name} scanned")
+        daemon = RsyncDaemon(src_root, lab.dir / "rsyncd")
         print(load_line("load average before"), flush=True)
-        print(
-            f"{'set':6} {'files':>6} {'MiB':>8} | {'rsync -a':>9} | {'direct':>9} | {'relayed':>9}"
-        )
-        for name in args.only.split(","):
-            files, size = size_of(sets[name])
-            want = digest_tree(sets[name])
-            t_rsync = rsync(sets[name], lab.dir / "rsync" / name)
-            row = {"rsync": t_rsync}
-            for src, key in (("src", "direct"), ("srcr", "relayed")):
-                took, line = bench.copy(name, src)
-                if digest_tree(dst_root / name) != want:
-                    raise SystemExit(f"{name} from {src}: the copy differs")
-                expect = "direct" if key == "direct" else "via master relay"
-                if expect not in line:
-                    raise SystemExit(f"{name} from {src}: not {key}: {line}")
-                row[key] = took
-                bench.drop(name)
-            mib = size / 2**20
-            print(
-                f"{name:6} {files:>6} {mib:>8.1f} | "
-                + " | ".join(
-                    f"{row[k]:>6.2f} s ({mib / row[k]:>6.1f} MiB/s, {files / row[k]:>7.0f} f/s)"
-                    for k in ("rsync", "direct", "relayed")
-                ),
-                flush=True,
-            )
-            for k, v in row.items():
-                results[f"{name}.{k}"] = v
+        print(f"{'set':6} {'files':>6} {'MiB':>8} | " + " | ".join(f"{k:>14}" for k in COLUMNS))
+        try:
+            for name in args.only.split(","):
+                files, size = size_of(sets[name])
+                want = digest_tree(sets[name])
+                row = {"rsync": rsync(sets[name], lab.dir / "rsync" / name)}
+                row["rsyncd"] = daemon.copy(name, lab.dir / "rsyncd-copy" / name)
+                if digest_tree(lab.dir / "rsyncd-copy" / name) != want:
+                    raise SystemExit(f"{name} through rsync --daemon: the copy differs")
+                for src, key in (("src", "direct"), ("srcr", "relayed")):
+                    took, line = bench.copy(name, src)
+                    if digest_tree(dst_root / name) != want:
+                        raise SystemExit(f"{name} from {src}: the copy differs")
+                    expect = "direct" if key == "direct" else "via master relay"
+                    if expect not in line:
+                        raise SystemExit(f"{name} from {src}: not {key}: {line}")
+                    row[key] = took
+                    bench.drop(name)
+                print(format_row(name, files, size, row), flush=True)
+                for k, v in row.items():
+                    results[f"{name}.{k}"] = v
+        finally:
+            daemon.close()
         if "big" in args.only.split(","):
             assert lab.master is not None
             took_box: list[float] = []
@@ -217,6 +268,23 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             results.update(cut_and_resume(lab, bench, sets["big"]))
         print(load_line("load average after"), flush=True)
     return results
+
+
+COLUMNS = {"rsync": "rsync -a", "rsyncd": "rsync daemon", "direct": "direct", "relayed": "relayed"}
+
+
+def format_row(name: str, files: int, size: int, row: dict[str, float]) -> str:
+    """One set's times, rates and (for mlsm's copies) the share of each rsync baseline's
+    throughput: ``a%`` against local ``rsync -a``, ``d%`` against the rsync daemon."""
+    mib = size / 2**20
+    cells = []
+    for k in COLUMNS:
+        t = row[k]
+        cell = f"{t:.2f} s ({mib / t:.1f} MiB/s, {files / t:.0f} f/s"
+        if k in ("direct", "relayed"):
+            cell += f", {100 * row['rsync'] / t:.0f}% a, {100 * row['rsyncd'] / t:.0f}% d"
+        cells.append(cell + ")")
+    return f"{name:6} {files:>6} {mib:>8.1f} | " + " | ".join(cells)
 
 
 def load_line(what: str) -> str:

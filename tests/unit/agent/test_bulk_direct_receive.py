@@ -1,0 +1,166 @@
+"""The target's end of a direct connection (agent.bulk.direct.receive) over a real TLS
+connection on loopback: the sink works in a thread beside the receive, and a connection
+cut while buffers wait for the sink loses none of them (the resume asks for exactly the
+rest, and the tree is byte-exact)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import threading
+from pathlib import Path
+
+import pytest
+
+from agent.bulk import direct
+from mlsm import errors
+from mlsm.bulk import Sink, build_manifest
+from mlsm.bulk.frames import NO_INDEX, Flag, encode_frame
+from mlsm.wire import bulk as wb
+
+WAIT_S = 30.0
+PIECE = 16 << 10  # bytes of the file in each frame the test's source sends
+CUT_AFTER = 16  # frames sent before the connection is cut (256 KiB: fits the kernel's buffers)
+
+
+def _contexts(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    src = direct.Identity.load(tmp_path / "src-agent", "src")
+    dst = direct.Identity.load(tmp_path / "dst-agent", "dst")
+    server = direct._pinned(dst.cert_pem, ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(src.cert_path, src.key_path)
+    client = direct._pinned(src.cert_pem, ssl.Purpose.SERVER_AUTH)
+    client.load_cert_chain(dst.cert_path, dst.key_path)
+    return server, client
+
+
+def _serve(
+    sock: socket.socket, ctx: ssl.SSLContext, data: bytes, cut_after: int | None
+) -> threading.Thread:
+    """A source on ``sock``: the hello, then the want's frames of file 0 in pieces of
+    PIECE as pipe records (from the want's offset), END; or, with ``cut_after``, that many
+    frames and then the connection dropped mid-answer."""
+
+    def run() -> None:
+        tls = ctx.wrap_socket(sock, server_side=True)
+        try:
+            hello = direct._read_hello(tls)
+            index, offset, _length = hello.want.items[0]
+            for n, pos in enumerate(range(offset, len(data), PIECE)):
+                if cut_after is not None and n == cut_after:
+                    return  # cut: no END, the socket just closes
+                frame = encode_frame(index, pos, data[pos : pos + PIECE])
+                tls.sendall(wb.pipe_record(wb.PipeKind.DATA, frame))
+            end = encode_frame(NO_INDEX, 0, flags=Flag.END)
+            tls.sendall(wb.pipe_record(wb.PipeKind.DATA, end))
+            tls.sendall(wb.pipe_record(wb.PipeKind.END))
+        finally:
+            tls.close()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def _hello(want: object) -> wb.DirectHello:
+    ticket = wb.WireTicket(
+        transfer_id=1, target_node=2, source="dataset ds", serial=1, expires_at=0.0, mac=""
+    )
+    return wb.DirectHello(ticket=ticket, want=want)  # type: ignore[arg-type]
+
+
+def _connect(ctx: ssl.SSLContext, server_ctx: ssl.SSLContext, data: bytes, cut: int | None):  # type: ignore[no-untyped-def]
+    a, b = socket.socketpair()
+    served = _serve(a, server_ctx, data, cut)
+    return ctx.wrap_socket(b, server_hostname=None), served
+
+
+def test_a_cut_while_buffers_wait_for_the_sink_loses_none_and_resumes_exactly(
+    tmp_path: Path,
+) -> None:
+    data = os.urandom(1 << 20)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f.bin").write_bytes(data)
+    manifest = build_manifest(src)
+    server_ctx, client_ctx = _contexts(tmp_path)
+    sink = Sink(manifest, tmp_path / "work", durable=False)
+    gate = threading.Event()
+    fed: list[int] = []
+
+    def slow_feed(piece: memoryview) -> bool:
+        # the sink is held until the source has sent its part and cut the connection:
+        # the receive fills its buffers meanwhile, and the cut comes while they wait
+        gate.wait(WAIT_S)
+        fed.append(len(piece))
+        return sink.feed(piece)
+
+    want = sink.next_want()
+    assert want is not None
+    tls, served = _connect(client_ctx, server_ctx, data, CUT_AFTER)
+    receiver = threading.Thread(target=lambda: _receive_expecting_cut(tls, want, slow_feed))
+    receiver.start()
+    served.join(WAIT_S)
+    assert not served.is_alive()
+    gate.set()
+    receiver.join(WAIT_S)
+    assert not receiver.is_alive()
+    assert outcome == ["cut"]
+    # every byte that came before the cut reached the sink, nothing after
+    sent = CUT_AFTER * PIECE
+    assert sink.progress().bytes_done == sent
+    rest = sink.next_want()
+    assert rest is not None and rest.items[0][:2] == (0, sent)
+
+    tls, served = _connect(client_ctx, server_ctx, data, None)
+    direct.receive(tls, _hello(rest), sink.feed, threading.Event())
+    served.join(WAIT_S)
+    assert sink.complete
+    p = sink.progress()
+    assert p.bytes_redundant == 0 and p.bytes_received == len(data)
+    sink.finish(tmp_path / "dest")
+    assert (tmp_path / "dest" / "f.bin").read_bytes() == data
+
+
+outcome: list[str] = []
+
+
+def _receive_expecting_cut(tls: ssl.SSLSocket, want: object, feed) -> None:  # type: ignore[no-untyped-def]
+    try:
+        direct.receive(tls, _hello(want), feed, threading.Event())
+    except errors.Unreachable:
+        outcome.append("cut")
+    else:
+        outcome.append("ended")
+
+
+def test_the_receive_uses_at_most_its_buffers_while_the_sink_is_slow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The memory of a receive is RECV_BUFFERS buffers, however far the sink falls behind."""
+    made: list[int] = []
+    real = bytearray
+
+    class Counting(real):  # type: ignore[misc,valid-type]
+        def __init__(self, *args: object) -> None:
+            super().__init__(*args)  # type: ignore[arg-type]
+            made.append(len(self))
+
+    import mlsm.bulk.handoff as handoff
+
+    monkeypatch.setattr(handoff, "bytearray", Counting, raising=False)
+    data = os.urandom(4 << 20)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f.bin").write_bytes(data)
+    manifest = build_manifest(src)
+    server_ctx, client_ctx = _contexts(tmp_path)
+    sink = Sink(manifest, tmp_path / "work", durable=False)
+    want = sink.next_want()
+    tls, served = _connect(client_ctx, server_ctx, data, None)
+    direct.receive(tls, _hello(want), sink.feed, threading.Event())
+    served.join(WAIT_S)
+    assert sink.complete
+    assert made == [direct.RECV_BYTES] * direct.RECV_BUFFERS
+    sink.finish(tmp_path / "dest")
+    assert (tmp_path / "dest" / "f.bin").read_bytes() == data
