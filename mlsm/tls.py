@@ -66,6 +66,8 @@ def pinned_context(fingerprint: str, url: str) -> ssl.SSLContext:
 
 
 SELF_SIGNED_DAYS = 3650
+#: Longest a child process may take to make a certificate (:func:`ensure_self_signed_apart`).
+MAKE_CERT_TIMEOUT_S = 60.0
 
 
 def ensure_self_signed(directory: Path, hostnames: list[str]) -> tuple[Path, Path]:
@@ -74,6 +76,9 @@ def ensure_self_signed(directory: Path, hostnames: list[str]) -> tuple[Path, Pat
     Nobody needs to trust it through a CA: join tokens carry its fingerprint, and
     ``mlsm login --fingerprint`` pins it for people.
     """
+    cert_path, key_path = directory / SELF_SIGNED_CERT, directory / SELF_SIGNED_KEY
+    if cert_path.exists() and key_path.exists():
+        return cert_path, key_path  # reused: the cryptography package is not even loaded
     import datetime
     import ipaddress
 
@@ -82,9 +87,6 @@ def ensure_self_signed(directory: Path, hostnames: list[str]) -> tuple[Path, Pat
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    cert_path, key_path = directory / SELF_SIGNED_CERT, directory / SELF_SIGNED_KEY
-    if cert_path.exists() and key_path.exists():
-        return cert_path, key_path
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = ec.generate_private_key(ec.SECP256R1())
     names: list[x509.GeneralName] = []
@@ -120,3 +122,30 @@ def ensure_self_signed(directory: Path, hostnames: list[str]) -> tuple[Path, Pat
         )
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
+
+
+def ensure_self_signed_apart(directory: Path, hostnames: list[str]) -> tuple[Path, Path]:
+    """:func:`ensure_self_signed`, made in a short-lived child process when it does not
+    exist yet. A long-running process that only serves the certificate (the agent) then
+    never maps the cryptography package: 8 MiB of its resident memory, for good."""
+    cert_path, key_path = directory / SELF_SIGNED_CERT, directory / SELF_SIGNED_KEY
+    if cert_path.exists() and key_path.exists():
+        return cert_path, key_path
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "mlsm.tls", str(directory), *hostnames]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=MAKE_CERT_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ConfigError(f"cannot make a certificate in {directory}: {exc}") from None
+    if done.returncode != 0 or not (cert_path.exists() and key_path.exists()):
+        why = (done.stderr.strip().splitlines() or ["no reason given"])[-1]
+        raise ConfigError(f"cannot make a certificate in {directory}: {why}")
+    return cert_path, key_path
+
+
+if __name__ == "__main__":  # python -m mlsm.tls DIR HOSTNAME...: ensure_self_signed_apart's child
+    import sys
+
+    ensure_self_signed(Path(sys.argv[1]), sys.argv[2:])

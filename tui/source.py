@@ -32,11 +32,10 @@ OUTPUT_VIEW_BYTES = 256 << 10
 
 @dataclass
 class Overview:
-    """What the overview shows, fetched together."""
+    """What the overview shows, fetched together: the totals and one row per node."""
 
     summary: api.LabSummary
-    nodes: list[api.Node]
-    running: list[api.Job] = field(default_factory=list)
+    nodes: list[api.NodeRow] = field(default_factory=list)
 
 
 @dataclass
@@ -178,10 +177,16 @@ class DataSource(ABC):
 
     # ------------------------------------------------------------ bundles for screens
     async def overview(self) -> Overview:
+        """From the whole node and job lists; a master answers it in one small call."""
         summary, nodes, running = await asyncio.gather(
             self.summary(), self.nodes(), self.jobs(state="running", limit=5000)
         )
-        return Overview(summary=summary, nodes=nodes, running=running.jobs)
+        on: dict[str, list[tuple[int, str]]] = {}
+        for job in running.jobs:
+            if job.node:
+                on.setdefault(job.node, []).append((job.id, job.user))
+        rows = [api.node_row(n, on.get(n.name, [])) for n in sorted(nodes, key=lambda n: n.name)]
+        return Overview(summary=summary, nodes=rows)
 
     async def node_detail(self, name: str) -> NodeDetail:
         node, history, jobs, datasets = await asyncio.gather(
@@ -252,6 +257,11 @@ class MasterSource(DataSource):
 
     async def summary(self) -> api.LabSummary:
         return await self.client.nodes.summary()
+
+    async def overview(self) -> Overview:
+        """One call: the full node list of a 1,000-node lab was 3.6 MB a poll."""
+        reply = await self.client.nodes.overview()
+        return Overview(summary=reply.summary, nodes=reply.nodes)
 
     async def nodes(self) -> list[api.Node]:
         return await self.client.nodes.list()

@@ -1,7 +1,8 @@
 """The direct path: a source agent serves one transfer's frames to its target over TLS.
 
 **Identity.** Each agent keeps a key and a self-signed certificate in
-``<data dir>/bulk-tls/`` (key 0600, :func:`mlsm.tls.ensure_self_signed`) and reports the
+``<data dir>/bulk-tls/`` (key 0600, :func:`mlsm.tls.ensure_self_signed_apart`: made in a
+child process, so the agent never loads the cryptography package) and reports the
 certificate and its addresses in its node info; the master hands each side the other's
 certificate, so both ends pin: the target accepts only the source's certificate, and the
 source's listener requires a client certificate and accepts only the target's.
@@ -60,7 +61,7 @@ from mlsm import errors
 from mlsm.bulk import Source
 from mlsm.bulk.handoff import Handoff
 from mlsm.bulk.tickets import Ticket, TicketGate
-from mlsm.tls import ensure_self_signed, fingerprint_of_pem
+from mlsm.tls import ensure_self_signed_apart, fingerprint_of_pem
 from mlsm.wire import bulk as wb
 
 from .sources import SourceBook, open_tree
@@ -99,7 +100,7 @@ class Identity:
 
     @classmethod
     def load(cls, data_dir: Path, name: str) -> Identity:
-        cert, key = ensure_self_signed(data_dir / TLS_DIR, [name])
+        cert, key = ensure_self_signed_apart(data_dir / TLS_DIR, [name])
         return cls(cert, key, cert.read_text())
 
 

@@ -69,6 +69,11 @@ def _summary() -> Call[api.LabSummary]:
     return Call("GET", "/api/v1/summary", api.LabSummary)
 
 
+def _overview() -> Call[api.LabOverview]:
+    """The summary and one compact row per node (what the dashboard's overview shows)."""
+    return Call("GET", "/api/v1/overview", api.LabOverview)
+
+
 def _list_join_tokens() -> Call[list[api.JoinToken]]:
     return Call("GET", JOIN_TOKENS, list[api.JoinToken])
 
@@ -92,6 +97,7 @@ class Nodes(SyncResource):
     update = sync_method(_update)
     remove = sync_method(_remove)
     summary = sync_method(_summary)
+    overview = sync_method(_overview)
 
 
 class AsyncNodes(AsyncResource):
@@ -104,6 +110,7 @@ class AsyncNodes(AsyncResource):
     update = async_method(_update)
     remove = async_method(_remove)
     summary = async_method(_summary)
+    overview = async_method(_overview)
 
 
 class JoinTokens(SyncResource):

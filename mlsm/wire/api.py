@@ -510,6 +510,60 @@ class LabSummary(Struct, kw_only=True):
     gpus_by_user: dict[str, int] = {}
 
 
+class GpuBrief(Struct, array_like=True):
+    """One GPU in a node's overview row: what its bars show."""
+
+    util: float
+    mem_used: int
+    mem_total: int
+
+
+class NodeRow(Struct, kw_only=True, omit_defaults=True):
+    """A node as the dashboard's overview row shows it, and nothing more: a 1,000-node
+    lab's full node list is megabytes a poll, its rows a tenth of that."""
+
+    name: str
+    state: NodeState
+    labels: dict[str, str] = {}
+    draining: bool = False
+    gpu_error: str | None = None
+    gpu_model: str = ""  # the first GPU's name
+    simulated: bool = False
+    gpus: list[GpuBrief] = []
+    cpu_percent: float | None = None  # None: no host sample yet
+    mem_used: int = 0
+    mem_total: int = 0
+    running_jobs: int = 0  # processes of mlsm jobs the node reports running
+    jobs: list[tuple[int, str]] = []  # (job id, user) of the jobs running there, by id
+
+
+class LabOverview(Struct, kw_only=True):
+    """The overview in one answer: the lab's totals and every node's row."""
+
+    summary: LabSummary
+    nodes: list[NodeRow]
+
+
+def node_row(node: Node, running: list[tuple[int, str]]) -> NodeRow:
+    """``node``'s overview row; ``running``: (id, user) of the jobs running on it."""
+    host = node.host
+    return NodeRow(
+        name=node.name,
+        state=node.state,
+        labels=node.labels,
+        draining=node.draining,
+        gpu_error=node.gpu_error,
+        gpu_model=node.gpus[0].sample.name if node.gpus else "",
+        simulated=any(g.sample.simulated for g in node.gpus),
+        gpus=[GpuBrief(g.sample.util, g.sample.mem_used, g.sample.mem_total) for g in node.gpus],
+        cpu_percent=host.cpu_percent if host else None,
+        mem_used=host.mem_used if host else 0,
+        mem_total=host.mem_total if host else 0,
+        running_jobs=node.running_jobs,
+        jobs=sorted(running),
+    )
+
+
 class Health(Struct, kw_only=True):
     status: Literal["ok"]
     version: str

@@ -160,6 +160,16 @@ def _dashboard_process(session: str) -> psutil.Process:
     return proc
 
 
+def _py_spy(out: str, pid: int, seconds: float) -> subprocess.Popen[bytes] | None:
+    """Profile ``pid`` for ``seconds`` into ``out`` (collapsed stacks), when asked: py-spy
+    is not a dependency (``pip install py-spy`` into the venv to profile)."""
+    if not out:
+        return None
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    argv = [spy, "record", "-p", str(pid), "-d", str(int(seconds)), "-f", "raw", "-o", out]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def measure_real(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="mlsm-bench-tui-"))
     session = f"mlsm-bench-{os.getpid()}"
@@ -199,10 +209,13 @@ def measure_real(args: argparse.Namespace) -> None:
         first = time.monotonic() - start
         proc = _dashboard_process(session)
         time.sleep(2 * HEARTBEAT_S + 0.5)  # settle: history filled by a couple of polls
+        spy = _py_spy(args.py_spy, proc.pid, args.idle_s)
         cpu0 = proc.cpu_times()
         t0 = time.monotonic()
         time.sleep(args.idle_s)  # the measured idle period
         cpu1 = proc.cpu_times()
+        if spy is not None:
+            spy.wait()
         wall = time.monotonic() - t0
         busy = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
         rss = proc.memory_info().rss
@@ -259,17 +272,64 @@ async def measure_fake(args: argparse.Namespace) -> None:
     print(f"resident memory: {rss / 2**20:.0f} MiB")
 
 
+async def measure_scroll(args: argparse.Namespace) -> None:
+    """Frame time of the jobs table: each key's time until the screen has handled it and
+    composed the frame, and the process CPU the key cost until the app was idle again (a
+    poll landing between keys is in that figure: its p99 shows the poll's hitch)."""
+    from tests.tui.fakes import FakeSource, big_lab
+    from tui.app import MlsmApp
+    from tui.widgets.table import LabTable
+
+    app = MlsmApp(FakeSource(lab=big_lab(args.nodes, args.jobs)), poll_s=2.0)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot_until(pilot, lambda: app.first_data_at, "first data", FIRST_DATA_TIMEOUT_S)
+        app.action_view("jobs")
+
+        def filled() -> LabTable | None:
+            tables = app.screen.query("#jobs").results(LabTable)
+            return next((t for t in tables if t.row_count), None)
+
+        table = await pilot_until(pilot, filled, "jobs on screen", FIRST_DATA_TIMEOUT_S)
+        await pilot.pause(0.5)
+        print(f"jobs table: {table.row_count} rows (FAKE source, {args.jobs} jobs, 160x48)")
+        for key in ("down", "pagedown", "up", "pageup"):
+            frames, cpus = [], []
+            for _ in range(args.scroll):
+                c0, t0 = time.process_time(), time.perf_counter()
+                await pilot.press(key)  # returns once the screen has handled the key
+                app.screen._on_timer_update()  # compose the frame now, not at the next tick
+                frames.append(time.perf_counter() - t0)
+                await pilot.pause()  # idle again (a poll that landed meanwhile is in here)
+                cpus.append(time.process_time() - c0)
+            print(
+                f"{key:>8} x{len(frames)}: frame median {_ms(frames, 0.5)}, p99 "
+                f"{_ms(frames, 0.99)}; CPU per key median {_ms(cpus, 0.5)}, p99 {_ms(cpus, 0.99)}"
+                f" (cursor at row {table.cursor_row})"
+            )
+
+
+def _ms(values: list[float], q: float) -> str:
+    ordered = sorted(values)
+    return f"{ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1000:.1f} ms"
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--real", action="store_true", help="real master + mlsm ui in tmux")
     mode.add_argument("--fake", action="store_true", help="in-process app over the fake lab")
+    mode.add_argument(
+        "--scroll", type=int, default=0, help="Pilot: N presses of each scroll key, jobs table"
+    )
     parser.add_argument("--idle-s", type=float, default=20.0)
     parser.add_argument("--nodes", type=int, default=100)
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--show", action="store_true", help="print the screen at the end")
+    parser.add_argument("--py-spy", default="", help="--real: profile the idle window into FILE")
     args = parser.parse_args()
-    if args.fake or (not args.real and not shutil.which("tmux")):
+    if args.scroll:
+        asyncio.run(measure_scroll(args))
+    elif args.fake or (not args.real and not shutil.which("tmux")):
         asyncio.run(measure_fake(args))
     else:
         if not shutil.which("tmux"):

@@ -70,6 +70,7 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/nodes/{name:str}/resume"): "admin",
     ("POST", "/api/v1/nodes/{name:str}/labels"): "admin",
     ("GET", "/api/v1/summary"): "member",
+    ("GET", "/api/v1/overview"): "member",
     # lab settings
     ("GET", "/api/v1/settings"): "member",
     ("PATCH", "/api/v1/settings"): "admin",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import ssl
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,13 @@ from typing import Any
 import httpx
 import pytest
 
-from mlsm.tls import ensure_self_signed, fingerprint_of_file
+from mlsm.errors import ConfigError
+from mlsm.tls import (
+    SELF_SIGNED_CERT,
+    ensure_self_signed,
+    ensure_self_signed_apart,
+    fingerprint_of_file,
+)
 from tests.integration.helpers import (
     ADMIN,
     ADMIN_PASSWORD,
@@ -238,3 +245,35 @@ def test_an_agent_joins_pinned_and_refuses_a_master_with_another_certificate(
         if agent.poll() is None:
             agent.kill()
             agent.wait(timeout=STOP_TIMEOUT_S)
+
+
+#: A process that makes its certificate apart and says whether it loaded cryptography.
+_APART = """
+import sys
+from pathlib import Path
+from mlsm.tls import ensure_self_signed_apart
+cert, key = ensure_self_signed_apart(Path(sys.argv[1]), ["node-a"])
+print("cryptography" in sys.modules, oct(key.stat().st_mode & 0o777))
+"""
+
+
+def test_agent_certificate_is_made_apart_and_cryptography_is_never_loaded(
+    tmp_path: Path,
+) -> None:
+    """The agent serves its certificate for life but makes it once: made in a child
+    process, the cryptography package (8 MiB resident) is never in the agent."""
+    where = tmp_path / "bulk-tls"
+    argv = [sys.executable, "-c", _APART, str(where)]
+    shown = subprocess.run(argv, capture_output=True, text=True, check=True).stdout.split()
+    assert shown == ["False", "0o600"]
+    pem = (where / SELF_SIGNED_CERT).read_text()
+    assert pem.startswith("-----BEGIN CERTIFICATE-----")
+    again = subprocess.run(argv, capture_output=True, text=True, check=True).stdout.split()
+    assert again == ["False", "0o600"] and (where / SELF_SIGNED_CERT).read_text() == pem
+
+
+def test_certificate_made_apart_fails_with_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the directory should be")
+    with pytest.raises(ConfigError, match="cannot make a certificate in"):
+        ensure_self_signed_apart(blocker / "bulk-tls", ["node-a"])

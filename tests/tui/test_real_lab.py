@@ -16,7 +16,7 @@ from textual.widgets import Input
 
 from mlsm.wire import api
 from tests.integration.lab import Lab
-from tests.support.wait import pilot_until
+from tests.support.wait import pilot_until, wait_until
 from tui.app import MlsmApp
 from tui.screens import AdminScreen, JobScreen, JobsScreen, OverviewScreen
 from tui.source import MasterSource
@@ -83,6 +83,36 @@ def submit(lab: Lab, argv: list[str], **extra: Any) -> int:
         "POST", "/api/v1/jobs", json=api.JobSubmit(argv=argv, **extra), type=api.SubmitReply
     )
     return reply.job.id
+
+
+def test_overview_route_answers_one_compact_row_per_node_with_its_running_jobs(
+    lab: Lab,
+) -> None:
+    """``/api/v1/overview`` is what the overview polls: the summary and, per node, only
+    what its row shows, with the (id, user) of each job running there."""
+    job_id = submit(lab, ["sleep", "60"], name="on-a-node")
+    try:
+        wait_until(lambda: lab.job(job_id).state == "running", DEADLINE_S, "the job running")
+        job = lab.job(job_id)
+        node, mine = job.node, (job_id, job.user)
+
+        def row_with_job() -> api.NodeRow | None:
+            reply = lab.admin.call("GET", "/api/v1/overview", type=api.LabOverview)
+            rows = {r.name: r for r in reply.nodes}
+            return rows[node] if mine in rows[node].jobs else None
+
+        row = wait_until(row_with_job, DEADLINE_S, "the job in its node's row")
+        reply = lab.admin.call("GET", "/api/v1/overview", type=api.LabOverview)
+        assert [r.name for r in reply.nodes] == sorted(NODES)
+        assert reply.summary.nodes_total == len(NODES)
+        full = lab.admin.call("GET", f"/api/v1/nodes/{node}", type=api.Node)
+        assert row.gpu_model == full.gpus[0].sample.name and row.simulated
+        assert [g.mem_total for g in row.gpus] == [g.sample.mem_total for g in full.gpus]
+        assert row.mem_total == (full.host.mem_total if full.host else 0)
+        others = [r for r in reply.nodes if r.name != node]
+        assert all(mine not in r.jobs for r in others)
+    finally:
+        lab.admin.call("POST", "/api/v1/jobs/cancel", json={"ids": [job_id]})
 
 
 async def test_overview_shows_both_nodes_online_with_their_gpus(lab: Lab) -> None:

@@ -16,6 +16,8 @@ from tui.widgets.table import LabTable
 #: ``s`` cycles through these quick state filters.
 STATE_FILTERS = ("all", "active", "queued", "running", "failed", "finished")
 WIDE = 120
+#: Jobs one poll fetches (the master's most per list): newest first, the rest counted.
+JOBS_SHOWN = 10_000
 
 
 def parse_filter(text: str) -> tuple[dict[str, str], list[str]]:
@@ -78,6 +80,9 @@ class JobsScreen(View):
         self.quick = "all"
         self.mine = False
         self.wide = False
+        #: Per job: what its row was built from (the job, its time cell, the width mode)
+        #: and the cells, reused while equal. A poll of a 10,000-job lab changes few rows.
+        self._row_cache: dict[int, tuple[tuple[object, ...], list[object]]] = {}
 
     def body(self) -> ComposeResult:
         yield Static(id="jobs-filter-line")
@@ -125,7 +130,7 @@ class JobsScreen(View):
             table.add_column("Why / exit", key="reason", width=max(self.size.width - used, 8))
 
     async def fetch(self) -> api.JobList:
-        return await self.source.jobs(all=True, limit=2000)
+        return await self.source.jobs(all=True, limit=JOBS_SHOWN)
 
     def apply(self, data: api.JobList) -> None:
         self.jobs = {job.id: job for job in data.jobs}
@@ -146,42 +151,53 @@ class JobsScreen(View):
 
     def _show(self) -> None:
         now = self.mlsm.now()
-        rows = []
+        rows: list[tuple[str, list[object]]] = []
+        cache, self._row_cache = self._row_cache, {}
         for job in self.shown_jobs():
             if job.started_at:
                 time_cell = fmt.duration((job.ended_at or now) - job.started_at)
             else:
                 time_cell = fmt.duration(now - job.created_at)
-            reason = job.reason
-            if (
-                job.exit_code is not None
-                and job.state in api.FINAL_STATES
-                and not reason.startswith("exit")
-            ):
-                reason = f"exit {job.exit_code} {reason}".strip()
-            state = fmt.state_text(job.state)
-            reason_cell = fmt.plain(reason, "dim")
-            if job.idle_warned_at is not None and job.state == "running":
-                # The idle-GPU policy's mark: warned, and stopped after the grace.
-                state.append("!", style="bold yellow")
-                reason_cell = fmt.plain(
-                    f"idle GPUs: warned {fmt.ago(job.idle_warned_at, now)}", "bold yellow"
-                )
-            cells: list[object] = [
-                str(job.id),
-                job.user,
-                job.name or (job.argv[0] if job.argv else ""),
-                state,
-                job.node or fmt.plain(job.node_req or "-", "dim"),
-                str(job.gpus),
-                time_cell,
-                reason_cell,
-            ]
-            if self.wide:
-                cells.append(fmt.command(job.argv).replace("\n", " ⏎ "))
-            rows.append((str(job.id), cells))
+            warned = fmt.ago(job.idle_warned_at, now) if job.idle_warned_at is not None else ""
+            key = (job, time_cell, warned, self.wide)
+            cached = cache.get(job.id)
+            if cached is None or cached[0] != key:
+                cached = (key, self._cells(job, time_cell, now))
+            self._row_cache[job.id] = cached
+            rows.append((str(job.id), cached[1]))
         self.table.sync(rows)
         self._filter_line(len(rows))
+
+    def _cells(self, job: api.Job, time_cell: str, now: float) -> list[object]:
+        """One job's row (built only when what it shows changed)."""
+        reason = job.reason
+        if (
+            job.exit_code is not None
+            and job.state in api.FINAL_STATES
+            and not reason.startswith("exit")
+        ):
+            reason = f"exit {job.exit_code} {reason}".strip()
+        state = fmt.state_text(job.state)
+        reason_cell = fmt.plain(reason, "dim")
+        if job.idle_warned_at is not None and job.state == "running":
+            # The idle-GPU policy's mark: warned, and stopped after the grace.
+            state.append("!", style="bold yellow")
+            reason_cell = fmt.plain(
+                f"idle GPUs: warned {fmt.ago(job.idle_warned_at, now)}", "bold yellow"
+            )
+        cells: list[object] = [
+            str(job.id),
+            job.user,
+            job.name or (job.argv[0] if job.argv else ""),
+            state,
+            job.node or fmt.plain(job.node_req or "-", "dim"),
+            str(job.gpus),
+            time_cell,
+            reason_cell,
+        ]
+        if self.wide:
+            cells.append(fmt.command(job.argv).replace("\n", " ⏎ "))
+        return cells
 
     def _filter_line(self, shown: int | None = None) -> None:
         text = Text()
@@ -192,6 +208,8 @@ class JobsScreen(View):
         text.append("mine" if self.mine else "everyone", style="bold")
         if shown is not None:
             text.append(f" │ {shown} of {len(self.jobs)} shown", style="dim")
+            if self.total > len(self.jobs):  # the master holds more than one list carries
+                text.append(f" (the newest {len(self.jobs)} of {self.total})", style="yellow")
         self.query_one("#jobs-filter-line", Static).update(text)
 
     # ------------------------------------------------------------ actions

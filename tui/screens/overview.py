@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict, deque
+from functools import partial
 
 from rich.text import Text
 from textual import on
@@ -16,18 +17,18 @@ from tui import fmt
 from tui.screens.base import View
 from tui.source import Overview
 from tui.widgets.plain import PlainStatic
-from tui.widgets.table import LabTable
+from tui.widgets.table import LabTable, Lazy
 
 #: Samples kept per node for its sparkline (one per poll).
 HISTORY_POINTS = 60
 WIDE = 120
 
 
-def node_util(node: api.Node) -> float:
+def node_util(node: api.NodeRow) -> float:
     """What the sparkline shows: mean GPU utilisation, or CPU on GPU-less nodes."""
     if node.gpus:
-        return sum(g.sample.util for g in node.gpus) / len(node.gpus)
-    return node.host.cpu_percent if node.host else 0.0
+        return sum(g.util for g in node.gpus) / len(node.gpus)
+    return node.cpu_percent or 0.0
 
 
 def gpu_model(name: str) -> str:
@@ -40,6 +41,38 @@ def gpu_model(name: str) -> str:
 
 def mem_frac(used: int, total: int) -> float:
     return used / total if total else 0.0
+
+
+def _util_cell(utils: tuple[float, ...], mems: tuple[float, ...], wide: bool) -> Text:
+    if wide:
+        return Text(" ").join(fmt.bar(u, 3) for u in utils)
+    return fmt.blocks(utils, colour_by=mems)
+
+
+def _mem_cell(mems: tuple[float, ...], wide: bool) -> Text:
+    if wide:
+        return Text(" ").join(fmt.bar(m, 3) for m in mems)
+    return fmt.blocks(mems)
+
+
+def _text(value: str, style: str = "") -> Lazy:
+    return Lazy(("text", value, style), partial(Text, value, style=style))
+
+
+def _name_cell(name: str, sim: bool) -> Text:
+    return Text(name) + Text(" sim", style="dim") if sim else Text(name)
+
+
+def _cpu_cell(percent: float | None) -> Text:
+    if percent is None:
+        return Text("-")
+    return Text(f"{percent:3.0f}%", style=fmt.level_style(percent / 100))
+
+
+def _ram_cell(frac: float | None) -> Text:
+    if frac is None:
+        return Text("-")
+    return Text(fmt.pct(frac), style=fmt.level_style(frac))
 
 
 class OverviewScreen(View):
@@ -113,92 +146,73 @@ class OverviewScreen(View):
                 self.history[node.name].append(node_util(node))
         self._totals(data)
         term = self.query_one("#filter", Input).value.strip().lower()
-        jobs_by_node: dict[str, list[api.Job]] = defaultdict(list)
-        for job in data.running:
-            if job.node:
-                jobs_by_node[job.node].append(job)
         rows = []
         for node in sorted(data.nodes, key=lambda n: n.name):
             if term and not self._matches(node, term):
                 continue
-            rows.append((node.name, self._row(node, jobs_by_node[node.name])))
+            rows.append((node.name, self._row(node)))
         self.table.sync(rows)
 
     @staticmethod
-    def _matches(node: api.Node, term: str) -> bool:
+    def _matches(node: api.NodeRow, term: str) -> bool:
         hay = " ".join(
             [node.name, node.state, *(f"{k}={v}" for k, v in node.labels.items())]
         ).lower()
         return all(part in hay for part in term.split())
 
-    def _row(self, node: api.Node, jobs: list[api.Job]) -> list[object]:
+    def _row(self, node: api.NodeRow) -> list[object]:
         """The row's cells, rebuilt only when what they show changed (most polls change
         a few nodes; building Rich text for all of them was most of an idle poll)."""
         history = self.history[node.name]
-        host = node.host
-        key = (
-            self.wide,
-            node.state,
-            node.draining,
-            node.gpu_error,
-            node.running_jobs,
-            tuple((g.sample.util, g.sample.mem_used, g.sample.mem_total) for g in node.gpus),
-            node.gpus[0].sample.name if node.gpus else "",
-            (host.cpu_percent, host.mem_used, host.mem_total) if host else None,
-            tuple(history)[-(20 if self.wide else 10) :],
-            tuple((j.id, j.user) for j in jobs),
-        )
+        key = (self.wide, node, tuple(history)[-(20 if self.wide else 10) :])
         cached = self._row_cache.get(node.name)
         if cached is not None and cached[0] == key:
             return cached[1]
-        cells = self._cells(node, jobs)
+        cells = self._cells(node)
         self._row_cache[node.name] = (key, cells)
         return cells
 
-    def _cells(self, node: api.Node, jobs: list[api.Job]) -> list[object]:
+    def _cells(self, node: api.NodeRow) -> list[object]:
+        """The row's cells; the bars, the sparkline and the load figures are :class:`Lazy`:
+        built when drawn, so only the rows on screen cost Rich text."""
         state = "draining" if node.draining and node.state == "online" else node.state
-        utils = [g.sample.util / 100 for g in node.gpus]
-        mems = [mem_frac(g.sample.mem_used, g.sample.mem_total) for g in node.gpus]
-        if self.wide:
-            util_cell: Text = Text(" ").join(fmt.bar(u, 3) for u in utils)
-            mem_cell: Text = Text(" ").join(fmt.bar(m, 3) for m in mems)
-        else:
-            util_cell = fmt.blocks(utils, colour_by=mems)
-            mem_cell = fmt.blocks(mems)
-        simulated = any(g.sample.simulated for g in node.gpus)
+        utils = tuple(g.util / 100 for g in node.gpus)
+        mems = tuple(mem_frac(g.mem_used, g.mem_total) for g in node.gpus)
+        wide = self.wide
+        simulated = node.simulated
         if node.gpu_error and not node.gpus:
-            util_cell = Text("no GPU", style="dim")
-            mem_cell = Text("")
-        host = node.host
-        cpu = (
-            Text(f"{host.cpu_percent:3.0f}%", style=fmt.level_style(host.cpu_percent / 100))
-            if host
-            else Text("-")
-        )
-        ram_frac = mem_frac(host.mem_used, host.mem_total) if host else 0.0
-        ram = Text(fmt.pct(ram_frac), style=fmt.level_style(ram_frac)) if host else Text("-")
-        name: object = node.name
-        if simulated and not self.wide:  # no model column: say it beside the name
-            name = Text(node.name) + Text(" sim", style="dim")
-        cells: list[object] = [name, fmt.state_text(state)]
-        if self.wide:
-            model = gpu_model(node.gpus[0].sample.name) if node.gpus else ""
+            util_cell: object = Text("no GPU", style="dim")
+            mem_cell: object = Text("")
+        else:
+            util_cell = Lazy(("util", wide, utils, mems), partial(_util_cell, utils, mems, wide))
+            mem_cell = Lazy(("mem", wide, mems), partial(_mem_cell, mems, wide))
+        width = 20 if wide else 10
+        tail = tuple(self.history[node.name])[-width:]
+        cpu = Lazy(("cpu", node.cpu_percent), partial(_cpu_cell, node.cpu_percent))
+        host = node.cpu_percent is not None
+        ram_frac = mem_frac(node.mem_used, node.mem_total) if host else None
+        ram = Lazy(("ram", ram_frac), partial(_ram_cell, ram_frac))
+        sim = simulated and not wide  # no model column: say it beside the name
+        cells: list[object] = [
+            Lazy(("name", node.name, sim), partial(_name_cell, node.name, sim)),
+            Lazy(("state", state), partial(fmt.state_text, state)),
+        ]
+        if wide:
+            model = gpu_model(node.gpu_model) if node.gpus else ""
             count = f"{len(node.gpus)}x {model}" if node.gpus else "-"
-            cells.append(f"{count} sim" if simulated else count)
+            cells.append(_text(f"{count} sim" if simulated else count))
         cells += [
             util_cell,
             mem_cell,
-            fmt.sparkline(self.history[node.name], 20 if self.wide else 10),
+            Lazy(("hist", width, tail), partial(fmt.sparkline, tail, width)),
         ]
         cells += [cpu, ram]
-        if self.wide:
-            cells.append(", ".join(f"{j.id}:{j.user}" for j in jobs) or Text("idle", style="dim"))
+        if wide:
+            jobs = ", ".join(f"{job_id}:{user}" for job_id, user in node.jobs)
+            cells.append(_text(jobs) if jobs else _text("idle", "dim"))
         else:
-            cells.append(
-                str(len(jobs) or node.running_jobs)
-                if (jobs or node.running_jobs)
-                else Text("-", style="dim")
-            )
+            count = str(len(node.jobs) or node.running_jobs)
+            cells.append(_text(count) if node.jobs or node.running_jobs else _text("-", "dim"))
         return cells
 
     def _totals(self, data: Overview) -> None:

@@ -141,6 +141,12 @@ async def summary(services: ServicesDep) -> api.LabSummary:
     return services.node_views.summary()
 
 
+@get("/api/v1/overview", opt={"role": "member"}, tags=["nodes"])
+async def overview(services: ServicesDep) -> api.LabOverview:
+    """What the dashboard's overview polls: the summary and one compact row per node."""
+    return services.node_views.overview()
+
+
 ROUTES = [
     list_join_tokens,
     create_join_token,
@@ -154,4 +160,5 @@ ROUTES = [
     update_node,
     remove_node,
     summary,
+    overview,
 ]

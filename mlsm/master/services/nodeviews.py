@@ -136,6 +136,19 @@ class NodeViews:
             n = await self.nodes.set_labels(name, body.labels)
         return self.view(n)
 
+    def overview(self) -> api.LabOverview:
+        """The dashboard's overview: the summary and each node's row, by name."""
+        running: dict[int, list[tuple[int, str]]] = {}
+        for a in self.table.active.values():
+            if a.state == "running":
+                running.setdefault(a.node_id, []).append((a.job_id, a.user))
+        holders = self.table.gpu_holders()
+        rows = [
+            api.node_row(self.view(n, holders), running.get(n.id, []))
+            for n in sorted(self.nodes.nodes.values(), key=lambda n: n.name)
+        ]
+        return api.LabOverview(summary=self.summary(), nodes=rows)
+
     def summary(self) -> api.LabSummary:
         now = time.time()
         online = total = busy = 0
