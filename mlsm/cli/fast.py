@@ -22,6 +22,7 @@ from typing import Any
 FAST: dict[tuple[str, ...], str] = {
     ("submit",): "mlsm.cli.submit",
     ("jobs",): "mlsm.cli.joblist",
+    ("job", "show"): "mlsm.cli.jobshow",
 }
 #: Set by a shell asking click for completions: that is always click's.
 COMPLETE_VAR = "_MLSM_COMPLETE"

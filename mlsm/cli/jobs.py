@@ -8,12 +8,12 @@ from collections.abc import Iterable
 
 import click
 
-from mlsm.cli.common import client_from, human_bytes, json_option, when
+from mlsm.cli import jobshow
+from mlsm.cli.common import client_from, human_bytes, json_option
 from mlsm.cli.jobedit import job_edit
 from mlsm.cli.jobrefs import JOB, JobRef
 from mlsm.cli.output import LogSink, echo, emit_json, log_sink
 from mlsm.errors import Unreachable
-from mlsm.wire import api
 from mlsm.wire.follow import LogEnded, LogEvent, LogText
 
 #: The exit status of ``mlsm logs -f`` (and of any command that waits for a job's end):
@@ -26,90 +26,7 @@ def job() -> None:
     """Show, edit, release or purge a job."""
 
 
-@job.command("show")
-@click.argument("ref", type=JOB, metavar="JOB")
-@json_option
-@click.pass_context
-def job_show(ctx: click.Context, ref: JobRef, as_json: bool) -> None:
-    """Everything about a job: spec, where it ran, why it waits or ended, its history.
-    JOB is an id or an array task (12_3)."""
-    with client_from(ctx) as c:
-        j = c.jobs.get(ref.resolve(c))
-    if as_json:
-        emit_json(j)
-        return
-    import shlex
-
-    rows = [
-        ("job", f"{j.id} {j.name}"),
-        ("user", j.user),
-        ("state", j.state),
-        ("reason", j.reason or "-"),
-        ("command", shlex.join(j.argv)),
-        (
-            "env",
-            j.env_kind
-            + (f" {j.venv}" if j.venv else "")
-            + (f" {j.conda}" if j.conda else "")
-            + (f" {j.image}" if j.image else ""),
-        ),
-        (
-            "resources",
-            f"{j.gpus} GPU(s)"
-            + (f" >= {j.gpu_mem_gib:g} GiB" if j.gpu_mem_gib else "")
-            + (f", {j.cpus:g} CPUs" if j.cpus else "")
-            + (f", {j.mem_gib:g} GiB" if j.mem_gib else ""),
-        ),
-        ("node", f"{j.node} GPUs {j.gpu_indices}" if j.node else "-"),
-        ("priority", j.priority),
-        ("attempt", f"{j.attempt} of {j.retries + 1 + j.preemptions}"),
-        ("time limit", f"{j.timeout_s:g} s" if j.timeout_s else "none"),
-        (
-            "preemptible",
-            (f"yes, {j.preempt_grace_s or 10:g} s to stop" if j.preemptible else "no")
-            + (f", preempted {j.preemptions} time(s)" if j.preemptions else ""),
-        ),
-        ("expected start", when(j.expected_start) if j.expected_start else "-"),
-        ("submitted", when(j.created_at)),
-        ("started", when(j.started_at)),
-        ("ended", when(j.ended_at)),
-        ("exit code", "-" if j.exit_code is None else j.exit_code),
-        ("log", f"{j.log_size} bytes" + (" (removed by retention)" if j.log_removed_at else "")),
-        ("outputs", _outputs_line(j)),
-    ]
-    if j.idle_warned_at is not None or j.idle_exempt:
-        idle = f"warned {when(j.idle_warned_at)}" if j.idle_warned_at else "not warned"
-        rows.append(("idle GPUs", idle + (" (exempt)" if j.idle_exempt else "")))
-    if j.after:
-        rows.append(("after", ", ".join(j.after)))
-    if j.datasets:
-        rows.append(("datasets", ", ".join(j.datasets)))
-    if j.array_index is not None:
-        rows.append(
-            (
-                "array",
-                f"task {j.array_index} of {j.array_parent}"
-                + (f" (max {j.array_throttle} at once)" if j.array_throttle else ""),
-            )
-        )
-    if j.timeout_s:
-        rows.append(("timeout", f"{j.timeout_s:g} s"))
-    if j.restarted_from is not None:
-        rows.append(("restart", f"of job {j.restarted_from}"))
-    for k, v in rows:
-        echo(f"{k:<10} {v}")
-    echo("history:")
-    for e in j.history:
-        echo(f"  {when(e.ts)}  {e.state:<11} {e.message}")
-
-
-def _outputs_line(j: api.Job) -> str:
-    """Where the job's files are on its node, or why they are gone."""
-    if j.outputs_removed_at is not None:
-        return f"removed {when(j.outputs_removed_at)} ({j.outputs_removed_why})"
-    if not j.node:
-        return "-"
-    return f"{j.node}:{j.output_dir}" if j.output_dir else j.node
+job.add_command(jobshow.show, "show")
 
 
 @job.command("purge")

@@ -151,7 +151,10 @@ def fast_parse(opts: Sequence[Opt], arg: Arg | None, argv: Sequence[str]) -> dic
             values = tuple(_value(o, v) for v in given)
             params[o.dest] = values if o.multiple else values[-1]
     if arg is not None:
-        params[arg.dest] = _rest(getattr(ns, arg.dest)) if arg.rest else getattr(ns, arg.dest)
+        value = getattr(ns, arg.dest)
+        if not arg.rest and value.startswith("-"):
+            raise Declined(value)  # argparse takes "-1" as a value; click, as an option
+        params[arg.dest] = _rest(value) if arg.rest else value
     return params
 
 

@@ -159,6 +159,9 @@ SAME_ANSWER = [
     ("submit", "--no-code", "--array", "9-2", "--", "true"),
     ("submit", "--no-code", "--after", "999999", "--", "true"),
     ("submit", "--no-code", "-x y"),
+    ("job", "show", "999999"),
+    ("job", "show", "12_x", "--json"),
+    ("job", "show"),
 ]
 
 
@@ -196,3 +199,8 @@ def test_a_submit_is_the_same_on_both_paths(lab: Lab, shipping: bool) -> None:
     assert answers[0] == answers[1]
     ids = [int(_run(lab, "submit", "-q", "--no-code", "--", "true", fast=f)[1]) for f in (1, 0)]
     assert ids[1] == ids[0] + 1
+    for show in (("job", "show", str(ids[0])), ("job", "show", "--json", str(ids[1]))):
+        rc, out, said, modules = _run(lab, *show)
+        assert (rc, said) == (0, "")
+        assert sorted(m for m in modules if _within(m, HEAVY)) == []
+        assert (rc, out, said) == _run(lab, *show, fast=False)[:3]
