@@ -64,12 +64,11 @@ def click_command(
     opts: Sequence[Opt],
     arg: Arg | None = None,
     *,
-    doc: Callable[..., Any] | None = None,
     arg_type: Any = None,
     **settings: Any,
 ) -> click.Command:
-    """The click command of ``opts`` (in their order) calling ``callback``; its help is
-    ``doc``'s docstring (default: the callback's)."""
+    """The click command of ``opts`` (in their order) calling ``callback``, whose
+    docstring is its help; ``arg_type``: the click type of a one-value ``arg``."""
     import inspect
 
     import click
@@ -84,7 +83,7 @@ def click_command(
         name,
         callback=callback,
         params=params,
-        help=inspect.getdoc(doc or callback),
+        help=inspect.getdoc(callback),
         context_settings=settings or None,
     )
 

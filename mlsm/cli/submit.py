@@ -1,4 +1,13 @@
-"""``mlsm submit``: one job (or an array) from the terminal, with the code it runs in."""
+"""``mlsm submit``: one job (or an array) from the terminal, with the code it runs in.
+
+Its options are written once (:data:`OPTIONS`) for its click command and for the fast
+path (:mod:`mlsm.cli.fast`), which submits an ordinary command line without click.
+
+Over 400 lines as one piece: the option rows, the job spec built from them and every form
+of submit (a command line on either path, a script's directives, ``--from FILE``) share
+the same helpers (``_spec_fields``, ``_ship_dir``, ``_send``); split, the forms would
+drift apart.
+"""
 
 from __future__ import annotations
 
@@ -185,7 +194,7 @@ OPTIONS = (
 COMMAND = Arg("command", rest=True)
 
 
-def submit_help(**params: Any) -> None:
+def _submit(**params: Any) -> None:
     """Submit a job: mlsm submit [OPTIONS] -- CMD ARG...  or  mlsm submit SCRIPT [ARG...]
 
     The current directory (or --code DIR) is shipped with the job: the job runs on its
@@ -203,10 +212,6 @@ def submit_help(**params: Any) -> None:
     lines among the comments at its top are options (options given here win).
     --from FILE submits every line of FILE in one call (all or none); -q prints only ids.
     """
-
-
-def _submit(**params: Any) -> None:
-    """The click command's body: every form of submit."""
     import click
 
     ctx = click.get_current_context()
@@ -329,7 +334,6 @@ def __getattr__(name: str) -> Any:
             _submit,
             OPTIONS,
             COMMAND,
-            doc=submit_help,
             ignore_unknown_options=False,
             allow_interspersed_args=False,
         )
