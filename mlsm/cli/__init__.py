@@ -9,16 +9,12 @@ line on stderr and exit non-zero; a traceback means a bug in mlsm, never a user 
 
 from __future__ import annotations
 
-import importlib
 import sys
 from typing import TYPE_CHECKING, Any
 
-import click
-
-from mlsm import PROTOCOL_VERSION, __version__
-
 if TYPE_CHECKING:
-    from click.shell_completion import CompletionItem
+    from mlsm.cli.root import LazyGroup as LazyGroup
+    from mlsm.cli.root import cli as cli
 
 # httpx imports its own command-line tool (and with it rich and pygments, ~55 ms) only to
 # offer `httpx.main`, which mlsm never uses; every CLI call would pay for it at start-up.
@@ -88,7 +84,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
         "Submit a job: mlsm submit [OPTIONS] -- CMD ARG... or mlsm submit SCRIPT [ARG...]",
     ),
     "jobs": (
-        "mlsm.cli.jobs",
+        "mlsm.cli.joblist",
         "jobs",
         "List jobs (queued and running unless --all); REASON says why a job waits.",
     ),
@@ -201,89 +197,22 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
-class LazyGroup(click.Group):
-    """Commands by name (:data:`_COMMANDS`): a command's module is imported only when that
-    command runs or shows its own help (click's "lazily loading subcommands" pattern)."""
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(_COMMANDS)
-
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        entry = _COMMANDS.get(name)
-        if entry is None:
-            return None
-        try:
-            mod = importlib.import_module(entry[0])
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.startswith(entry[0]):
-                return None  # a command whose module is not part of this build yet
-            raise
-        return getattr(mod, entry[1], None)
-
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = [(name, _COMMANDS[name][2]) for name in self.list_commands(ctx)]
-        with formatter.section("Commands"):
-            formatter.write_dl(rows)
-
-    def shell_complete(self, ctx: click.Context, incomplete: str) -> list[CompletionItem]:
-        """Command names with their short help from the registry (click's own would import
-        every command to ask it), then the group's options."""
-        from click.shell_completion import CompletionItem
-
-        names = [
-            CompletionItem(name, help=_COMMANDS[name][2])
-            for name in self.list_commands(ctx)
-            if name.startswith(incomplete)
-        ]
-        return names + click.Command.shell_complete(self, ctx, incomplete)
-
-
-@click.group(
-    cls=LazyGroup,
-    invoke_without_command=True,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-@click.version_option(
-    __version__, "-V", "--version", message=f"mlsm %(version)s (protocol {PROTOCOL_VERSION})"
-)
-@click.option(
-    "--url",
-    envvar="MLSM_URL",
-    help="Master URL (default: the stored login or the embedded service).",
-)
-@click.option(
-    "--token", envvar="MLSM_TOKEN", help="API or session token (default: the stored login)."
-)
-@click.pass_context
-def cli(ctx: click.Context, url: str | None, token: str | None) -> None:
-    """mlsm - the ML Server Manager: your lab's GPU servers, jobs and datasets.
-
-    With no command, opens the dashboard (starting the embedded local service when
-    nothing is configured).
-    """
-    ctx.ensure_object(dict)
-    ctx.obj["url"] = url
-    ctx.obj["token"] = token
-    if ctx.invoked_subcommand is None:
-        from mlsm.cli.local import open_default
-
-        open_default(ctx)
-
-
 def main(argv: list[str] | None = None) -> Any:
-    from mlsm.cli.output import echo, error, show_click_error
+    """The ``mlsm`` executable: a hot call (:mod:`mlsm.cli.fast`) runs without click, any
+    other through the click CLI (:mod:`mlsm.cli.root`); errors end both the same way."""
+    from mlsm.cli.output import echo, error
     from mlsm.errors import MlsmError
 
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        return cli.main(args=argv, prog_name="mlsm", standalone_mode=False)
-    except click.exceptions.Abort:
-        echo("mlsm: aborted", err=True)
-        sys.exit(130)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        show_click_error(exc)
-        sys.exit(exc.exit_code)
+        from mlsm.cli.fast import fast_call
+
+        call = fast_call(args)
+        if call is not None:
+            return call()
+        from mlsm.cli.root import run
+
+        return run(args)
     except MlsmError as exc:
         error(_one_line(exc))
         sys.exit(2 if exc.code in ("config_invalid", "validation_error", "bad_request") else 1)
@@ -292,6 +221,16 @@ def main(argv: list[str] | None = None) -> Any:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
+
+
+def __getattr__(name: str) -> Any:
+    """``cli`` and ``LazyGroup`` live in :mod:`mlsm.cli.root` (importing click); they are
+    found here too, without making every call import click."""
+    if name in ("cli", "LazyGroup"):
+        from mlsm.cli import root
+
+        return getattr(root, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _one_line(exc: Any) -> str:

@@ -17,12 +17,14 @@ import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import click
 import msgspec
 
 from mlsm.errors import ValidationError
+
+if TYPE_CHECKING:
+    import click
 
 DIRECTIVE = "#MLSM"
 #: How much of a script's top is read for its shebang and directives.
@@ -83,6 +85,8 @@ def directive_values(
     """The options the script's directives set (later lines win), by parameter name, but
     for those ``given`` on the command line; an unknown or bad directive is one error
     naming its line."""
+    import click
+
     cmd = ctx.command
     out: dict[str, Any] = {}
     refused_opts = {

@@ -1,31 +1,58 @@
 """What every CLI command shares: settings, the client, passwords, durations and sizes.
 
-What the CLI prints goes through :mod:`mlsm.cli.output`."""
+What the CLI prints goes through :mod:`mlsm.cli.output`. Click is imported where it is
+used, not here: the hot calls (:mod:`mlsm.cli.fast`) make their client here without it."""
 
 from __future__ import annotations
 
 import os
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-import click
+import msgspec
 
+from mlsm.cli.opts import Opt
 from mlsm.cli.output import prompt_secret
 from mlsm.client import Client, check_url, verify_from
 from mlsm.config import Settings, load_settings
 from mlsm.errors import AuthenticationError, ConfigError, PermissionDenied
 from mlsm.wire.api import ROLE_RANK, Role
 
+if TYPE_CHECKING:
+    import click
 
-def settings_from(ctx: click.Context, **flags: Any) -> Settings:
+
+class RootOptions(msgspec.Struct, frozen=True):
+    """The root command's ``--url`` and ``--token`` (each also read from ``MLSM_URL`` /
+    ``MLSM_TOKEN``, as click reads them: an empty variable is unset). A Struct: it is made
+    at the start of every hot call, where a dataclass would cost more."""
+
+    url: str | None = None
+    token: str | None = None
+
+    @classmethod
+    def from_env(cls) -> RootOptions:
+        """What the root command has when none of its options is on the command line."""
+        return cls(os.environ.get("MLSM_URL") or None, os.environ.get("MLSM_TOKEN") or None)
+
+
+def root_options(ctx: click.Context | RootOptions) -> RootOptions:
+    if isinstance(ctx, RootOptions):
+        return ctx
     root = ctx.find_root().obj or {}
-    overrides = {"url": root.get("url"), "token": root.get("token")}
+    return RootOptions(root.get("url"), root.get("token"))
+
+
+def settings_from(ctx: click.Context | RootOptions, **flags: Any) -> Settings:
+    root = root_options(ctx)
+    overrides = {"url": root.url, "token": root.token}
     overrides.update(flags)
     return load_settings(overrides)
 
 
-def client_from(ctx: click.Context, *, need_token: bool = True) -> Client:
+def client_from(ctx: click.Context | RootOptions, *, need_token: bool = True) -> Client:
     """A client of the master the settings name (else the embedded service), with the
     stored token and TLS trust; plain HTTP to another machine is refused."""
     from mlsm.local import local_url, not_running_hint, recorded_url
@@ -99,6 +126,8 @@ def human_bytes(n: float | int | None) -> str:
 
 def parse_duration(text: str) -> float:
     """'90', '90s', '15m', '2h', '1d', '1h30m' -> seconds."""
+    import click
+
     t = text.strip().lower()
     if not t:
         raise click.BadParameter("empty duration")
@@ -119,4 +148,21 @@ def parse_duration(text: str) -> float:
     return total
 
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+#: ``--json``, which every listing, show and submit command takes.
+JSON = Opt(("--json",), "as_json", "flag", help="Print JSON instead of a table.")
+
+
+def __getattr__(name: str) -> Any:
+    """``json_option``: :data:`JSON` as a click decorator, made when a command module that
+    uses click asks for it."""
+    if name == "json_option":
+        import click
+
+        option = click.option(*JSON.flags, JSON.dest, is_flag=True, help=JSON.help)
+        globals()[name] = option
+        return option
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if TYPE_CHECKING:
+    json_option: Callable[[Callable[..., Any]], Callable[..., Any]]

@@ -9,13 +9,13 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import click
-
 from mlsm.errors import NotFound, ValidationError
 from mlsm.wire import api
 from mlsm.wire.ints import INT64_MAX
 
 if TYPE_CHECKING:
+    import click
+
     from mlsm.client import Client
 
 _ID = r"\d+"
@@ -150,15 +150,28 @@ def parse_ref(text: str) -> JobRef:
     )
 
 
-class JobRefType(click.ParamType[JobRef]):
-    """A click parameter that takes one job: ``12`` or ``12_3``."""
+def __getattr__(name: str) -> Any:
+    """``JOB``, the click parameter type of one job, made when a command that uses click
+    asks for it (``mlsm job show``'s fast path parses with :func:`parse_ref` alone)."""
+    if name == "JOB":
+        import click
 
-    name = "JOB"
+        class JobRefType(click.ParamType[JobRef]):
+            """A click parameter that takes one job: ``12`` or ``12_3``."""
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, JobRef):
-            return value
-        return parse_ref(str(value))  # a bad one is mlsm's one-line error, not click's usage
+            name = "JOB"
+
+            def convert(
+                self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+            ) -> Any:
+                if isinstance(value, JobRef):
+                    return value
+                return parse_ref(str(value))  # a bad one is mlsm's one-line error
+
+        globals()[name] = job = JobRefType()
+        return job
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-JOB = JobRefType()
+if TYPE_CHECKING:
+    JOB: click.ParamType[JobRef]

@@ -8,12 +8,12 @@ from collections.abc import Iterable
 
 import click
 
-from mlsm.cli.common import ago, client_from, human_bytes, json_option, when
+from mlsm.cli import jobshow
+from mlsm.cli.common import client_from, human_bytes, json_option
 from mlsm.cli.jobedit import job_edit
 from mlsm.cli.jobrefs import JOB, JobRef
-from mlsm.cli.output import LogSink, echo, emit_json, log_sink, table
+from mlsm.cli.output import LogSink, echo, emit_json, log_sink
 from mlsm.errors import Unreachable
-from mlsm.wire import api
 from mlsm.wire.follow import LogEnded, LogEvent, LogText
 
 #: The exit status of ``mlsm logs -f`` (and of any command that waits for a job's end):
@@ -21,183 +21,12 @@ from mlsm.wire.follow import LogEnded, LogEvent, LogText
 JOB_END_EXIT: dict[str, int] = {"succeeded": 0, "failed": 3, "cancelled": 4, "interrupted": 5}
 
 
-def _gpus(j: api.Job) -> str:
-    if not j.gpus:
-        return "-"
-    return f"{j.gpus} [{','.join(map(str, j.gpu_indices))}]" if j.gpu_indices else str(j.gpus)
-
-
-@click.command()
-@click.option("--all", "all_jobs", is_flag=True, help="Include ended jobs.")
-@click.option(
-    "--state",
-    help="Only jobs in these states (comma-separated): " + ", ".join(api.JOB_STATES) + ".",
-)
-@click.option("--user", help="Only this user's jobs.")
-@click.option("--node", help="Only jobs on this node.")
-@click.option("--limit", type=click.IntRange(1, 10000), default=1000, show_default=True)
-@click.option(
-    "--expand",
-    "-x",
-    is_flag=True,
-    help="A row per array task (default: an array's tasks in one state are one row, 12_[0-3]).",
-)
-@json_option
-@click.pass_context
-def jobs(
-    ctx: click.Context,
-    all_jobs: bool,
-    state: str | None,
-    user: str | None,
-    node: str | None,
-    limit: int,
-    expand: bool,
-    as_json: bool,
-) -> None:
-    """List jobs (queued and running unless --all); REASON says why a job waits.
-
-    The tasks of an array that share a state are one row (12_[0-3], STATE with their
-    count) unless --expand; every command that takes a job takes a task id (12_3).
-    """
-    from mlsm.cli.arrays import Row, group, task_id
-
-    if state is not None:
-        state = ",".join(api.parse_job_states(state)) or None
-    with client_from(ctx) as c:
-        res = c.jobs.list(all=all_jobs, state=state, user=user, node=node, limit=limit)
-    if as_json:
-        emit_json(res)
-        return
-    rows = [Row([j]) for j in res.jobs] if expand else group(res.jobs)
-    lines: list[tuple[str, ...]] = [
-        (
-            str(r.first.id) if expand else r.id,
-            r.first.name[:24],
-            r.first.user,
-            r.state,
-            r.node,
-            _gpus(r.first) if len(r.jobs) == 1 else _each(r.first),
-            ago(r.first.created_at),
-            (_reason(r.first) if len(r.jobs) == 1 else r.reason) if _shows_reason(r.first) else "",
-        )
-        for r in rows
-    ]
-    heads = ["ID", "NAME", "USER", "STATE", "NODE", "GPUS", "SUBMITTED", "REASON"]
-    if expand:  # the task ids beside the job ids
-        lines = [
-            (line[0], task_id(r.first), *line[1:]) for line, r in zip(lines, rows, strict=True)
-        ]
-        heads.insert(1, "TASK")
-    table(lines, heads)
-    if res.total > len(res.jobs):
-        echo(f"({len(res.jobs)} of {res.total} shown; use --limit)", err=True)
-
-
-def _each(j: api.Job) -> str:
-    """The GPUs of a row of tasks: each task's count."""
-    return f"{j.gpus} each" if j.gpus else "-"
-
-
-def _shows_reason(j: api.Job) -> bool:
-    return j.state in ("queued", "held") or j.state in api.FINAL_STATES
-
-
-def _reason(j: api.Job) -> str:
-    """Why it waits (with its expected start, when GPUs are reserved for it) or ended."""
-    if j.expected_start is not None:
-        return f"{j.reason} (expected start {when(j.expected_start)})"
-    return j.reason
-
-
 @click.group()
 def job() -> None:
     """Show, edit, release or purge a job."""
 
 
-@job.command("show")
-@click.argument("ref", type=JOB, metavar="JOB")
-@json_option
-@click.pass_context
-def job_show(ctx: click.Context, ref: JobRef, as_json: bool) -> None:
-    """Everything about a job: spec, where it ran, why it waits or ended, its history.
-    JOB is an id or an array task (12_3)."""
-    with client_from(ctx) as c:
-        j = c.jobs.get(ref.resolve(c))
-    if as_json:
-        emit_json(j)
-        return
-    import shlex
-
-    rows = [
-        ("job", f"{j.id} {j.name}"),
-        ("user", j.user),
-        ("state", j.state),
-        ("reason", j.reason or "-"),
-        ("command", shlex.join(j.argv)),
-        (
-            "env",
-            j.env_kind
-            + (f" {j.venv}" if j.venv else "")
-            + (f" {j.conda}" if j.conda else "")
-            + (f" {j.image}" if j.image else ""),
-        ),
-        (
-            "resources",
-            f"{j.gpus} GPU(s)"
-            + (f" >= {j.gpu_mem_gib:g} GiB" if j.gpu_mem_gib else "")
-            + (f", {j.cpus:g} CPUs" if j.cpus else "")
-            + (f", {j.mem_gib:g} GiB" if j.mem_gib else ""),
-        ),
-        ("node", f"{j.node} GPUs {j.gpu_indices}" if j.node else "-"),
-        ("priority", j.priority),
-        ("attempt", f"{j.attempt} of {j.retries + 1 + j.preemptions}"),
-        ("time limit", f"{j.timeout_s:g} s" if j.timeout_s else "none"),
-        (
-            "preemptible",
-            (f"yes, {j.preempt_grace_s or 10:g} s to stop" if j.preemptible else "no")
-            + (f", preempted {j.preemptions} time(s)" if j.preemptions else ""),
-        ),
-        ("expected start", when(j.expected_start) if j.expected_start else "-"),
-        ("submitted", when(j.created_at)),
-        ("started", when(j.started_at)),
-        ("ended", when(j.ended_at)),
-        ("exit code", "-" if j.exit_code is None else j.exit_code),
-        ("log", f"{j.log_size} bytes" + (" (removed by retention)" if j.log_removed_at else "")),
-        ("outputs", _outputs_line(j)),
-    ]
-    if j.idle_warned_at is not None or j.idle_exempt:
-        idle = f"warned {when(j.idle_warned_at)}" if j.idle_warned_at else "not warned"
-        rows.append(("idle GPUs", idle + (" (exempt)" if j.idle_exempt else "")))
-    if j.after:
-        rows.append(("after", ", ".join(j.after)))
-    if j.datasets:
-        rows.append(("datasets", ", ".join(j.datasets)))
-    if j.array_index is not None:
-        rows.append(
-            (
-                "array",
-                f"task {j.array_index} of {j.array_parent}"
-                + (f" (max {j.array_throttle} at once)" if j.array_throttle else ""),
-            )
-        )
-    if j.timeout_s:
-        rows.append(("timeout", f"{j.timeout_s:g} s"))
-    if j.restarted_from is not None:
-        rows.append(("restart", f"of job {j.restarted_from}"))
-    for k, v in rows:
-        echo(f"{k:<10} {v}")
-    echo("history:")
-    for e in j.history:
-        echo(f"  {when(e.ts)}  {e.state:<11} {e.message}")
-
-
-def _outputs_line(j: api.Job) -> str:
-    """Where the job's files are on its node, or why they are gone."""
-    if j.outputs_removed_at is not None:
-        return f"removed {when(j.outputs_removed_at)} ({j.outputs_removed_why})"
-    if not j.node:
-        return "-"
-    return f"{j.node}:{j.output_dir}" if j.output_dir else j.node
+job.add_command(jobshow.show, "show")
 
 
 @job.command("purge")

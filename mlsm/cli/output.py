@@ -6,6 +6,10 @@ names and commands, token names, audit targets, node facts an agent reported, a 
 error message. All of it goes through :func:`mlsm.termsafe.visible` here, so no escape
 sequence, control or bidi character in that text can reach the terminal. The CLI's own
 styling (the bold table header, the live progress line) is added after that.
+
+Lines are written as ``click.echo`` writes them (the text, a newline, a flush); click
+itself is imported only where its terminal handling is needed (styles, prompts, text
+that is not ASCII), so that the hot calls (:mod:`mlsm.cli.fast`) run without it.
 """
 
 from __future__ import annotations
@@ -13,19 +17,37 @@ from __future__ import annotations
 import io
 import sys
 from collections.abc import Sequence
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import click
 import msgspec
 
 from mlsm.termsafe import LogFilter, is_unsafe, visible
+
+if TYPE_CHECKING:
+    import click
 
 
 def echo(message: object = "", *, err: bool = False, nl: bool = True, lines: bool = False) -> None:
     """Print one message. Newlines inside it are shown as ``\\n`` (a value cannot fake a
     second line) unless ``lines`` says the text is several lines the CLI itself built."""
     text = "" if message is None else str(message)
-    click.echo(visible(text, "\n" if lines else ""), err=err, nl=nl)
+    _write(visible(text, "\n" if lines else ""), err=err, nl=nl)
+
+
+def _write(text: str, *, err: bool = False, nl: bool = True) -> None:
+    """``click.echo(text)``. ASCII text without escape sequences (all that :func:`visible`
+    leaves of plain text) is written to the stream as click writes it; anything else goes
+    through click, which also fixes a stream that cannot encode it."""
+    if not text.isascii() or "\x1b" in text:
+        import click
+
+        click.echo(text, err=err, nl=nl)
+        return
+    stream = sys.stderr if err else sys.stdout
+    if stream is None:  # no terminal at all (click writes nowhere then, too)
+        return
+    stream.write(text + "\n" if nl else text)
+    stream.flush()
 
 
 def error(message: str) -> None:
@@ -42,7 +64,11 @@ def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     for n, r in enumerate(cells):
         line = "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-        click.echo(click.style(line, bold=True) if n == 0 and sys.stdout.isatty() else line)
+        if n == 0 and sys.stdout.isatty():
+            import click
+
+            line = click.style(line, bold=True)
+        _write(line)
 
 
 def emit_json(data: Any) -> None:
@@ -50,13 +76,13 @@ def emit_json(data: Any) -> None:
     (C0 controls already are; DEL, C1 and format characters are escaped here): the same
     JSON value, safe to print."""
     text = msgspec.json.format(msgspec.json.encode(data), indent=2).decode()
-    click.echo(_json_escape(text))
+    _write(_json_escape(text))
 
 
 def emit_json_line(data: Any) -> None:
     """One compact JSON value on one line (a stream of them is JSON Lines), escaped like
     :func:`emit_json`; flushed, so a pipe reads each line as it comes."""
-    click.echo(_json_escape(msgspec.json.encode(data).decode()))
+    _write(_json_escape(msgspec.json.encode(data).decode()))
     sys.stdout.flush()
 
 
@@ -78,19 +104,27 @@ def _json_char(ch: str) -> str:
 
 def confirm(question: str) -> None:
     """Ask yes/no on the terminal; abort on no. The question may name remote things."""
+    import click
+
     click.confirm(visible(question), abort=True)
 
 
 def prompt_secret(prompt: str, *, confirm: bool = False) -> str:
+    import click
+
     return str(click.prompt(visible(prompt), hide_input=True, confirmation_prompt=confirm))
 
 
 def status_line(text: str) -> None:
     """Redraw the one live progress line on stderr (a terminal)."""
+    import click
+
     click.echo("\r\x1b[2K" + visible(text), nl=False, err=True)
 
 
 def clear_status_line() -> None:
+    import click
+
     click.echo("\r\x1b[2K", nl=False, err=True)
 
 

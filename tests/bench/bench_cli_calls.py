@@ -1,5 +1,5 @@
-"""What one CLI call costs: ``mlsm jobs --json`` and ``mlsm submit`` against a real master
-(with one agent, which runs the submitted jobs).
+"""What one CLI call costs: ``mlsm jobs --json``, ``mlsm submit`` and ``mlsm job show``
+against a real master (with one agent, which runs the submitted jobs).
 
     python tests/bench/bench_cli_calls.py [--runs 20] [--tree DIR]
 
@@ -28,6 +28,7 @@ COMMANDS = {
     "jobs --json": ["jobs", "--json"],
     "submit (ships an empty dir)": ["submit", "--json", "--", "/bin/true"],
     "submit --no-code": ["submit", "--no-code", "--json", "--", "/bin/true"],
+    "job show --json": ["job", "show", "1", "--json"],  # job 1: the first submit's
 }
 
 

@@ -1,7 +1,7 @@
 """mlsm through its CLI beside Slurm, task-spooler and nq, in one run of the shared harness.
 
     python tests/bench/bench_peers.py [--n 200] [--lat 20] [--rounds 1] [--peers slurm,tsp,nq]
-        [--harness ../shared/peers] [--results DIR] [--name mlsm]
+        [--harness ../shared/peers] [--results DIR] [--name mlsm] [--path-python3]
 
 Starts a real master and one agent (no GPUs) in a temporary directory, then runs, round
 after round, the harness's ``bench_slurm.sh``, ``bench_tsp.sh``, ``bench_nq.sh`` and
@@ -13,9 +13,13 @@ and brought down again at the end; a peer whose tool is missing is skipped with 
 
 The mlsm calls run in an empty working directory: ``mlsm submit`` ships the directory it
 is called from, and the peers ship nothing. ``python3`` on the harness's PATH is this
-interpreter: ``bench_mlsm.sh`` pipes every answer through ``python3 -c 'import json...'``
-(timed with the call), and a version manager's shim there (pyenv's is a shell script)
-would add its own start-up to every mlsm figure. Prints figures; asserts nothing.
+interpreter itself (a directory put first on PATH holds a ``python3`` link to
+``sys.executable``'s real path; the script says so as it starts): ``bench_mlsm.sh`` pipes
+every answer through ``python3 -c 'import json...'``, timed with the call, and a version
+manager's shim there (pyenv's is a bash script, ~85 ms a call here) would add its own
+start-up to every mlsm figure, a cost of this machine that a lab server does not have.
+``--path-python3`` leaves PATH's own ``python3`` in place, to show that cost. Prints
+figures; asserts nothing.
 """
 
 from __future__ import annotations
@@ -54,6 +58,11 @@ def main() -> None:
     ap.add_argument("--harness", type=Path, default=ROOT.parent.parent / "shared" / "peers")
     ap.add_argument("--results", type=Path, default=None)
     ap.add_argument("--name", default="mlsm", help="mlsm's results file prefix (its table row)")
+    ap.add_argument(
+        "--path-python3",
+        action="store_true",
+        help="keep PATH's python3 (e.g. a pyenv shim) for the harness's JSON parsing",
+    )
     args = ap.parse_args()
     harness = args.harness.resolve()
     peers = [p for p in args.peers.split(",") if p]
@@ -80,7 +89,16 @@ def main() -> None:
             lab.wait_online()
             work = lab.dir / "work"  # what `mlsm submit` ships: an empty directory
             work.mkdir()
-            path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
+            path = os.environ.get("PATH", "")
+            if args.path_python3:
+                print(f"== python3 on PATH: {shutil.which('python3')}", file=sys.stderr)
+            else:
+                real = Path(sys.executable).resolve()
+                links = lab.dir / "python3-bin"
+                links.mkdir()
+                (links / "python3").symlink_to(real)
+                path = f"{links}:{path}"
+                print(f"== python3 on PATH: {links}/python3 -> {real}", file=sys.stderr)
             env = {
                 **lab.env,
                 "PATH": path,
