@@ -36,7 +36,8 @@ def fast_call(args: list[str]) -> Callable[[], Any] | None:
         if tuple(args[: len(words)]) == words:
             try:
                 prepare = importlib.import_module(module).fast
-                return prepare(args[len(words) :])  # type: ignore[no-any-return]
+                call: Callable[[], Any] | None = prepare(args[len(words) :])
+                return call
             except Exception:  # Declined, or a refusal: click's run of the call words it
                 return None
     return None

@@ -16,7 +16,7 @@ directory holds. So the master *names* candidates and the agent *removes*
   :class:`~mlsm.wire.outputs.PurgeJobDir` and waits a moment for the answer;
 * the agent's :class:`~mlsm.wire.outputs.JobDirsRemoved` report marks each job
   (``outputs_removed_at``, ``outputs_removed_why``) and writes one audit row per removed
-  directory, in the node's name. A node may report only its own jobs.
+  directory in the node's name, once however often the report comes; only its own jobs.
 
 Shipped logs are removed here, by the same retention, one audit row each.
 """
@@ -297,16 +297,13 @@ class DiskHygiene:
     # ---------------------------------------------------------------- agents' reports
     async def removed(self, node: LiveNode, report: wo.JobDirsRemoved) -> None:
         """Mark the jobs whose directories the node removed (or no longer has), audit each
-        removal, and answer a purge waiting for this report.
-
-        Agents deliver these reports at least once (a report whose answer was lost is sent
-        again), so a removal already recorded is neither recorded nor audited twice."""
+        removal, and answer a purge waiting for this report."""
         if report.disk is not None and report.disk != node.info.disk:
             node.info.disk = report.disk
             node.info_dirty = True
         ids = [d.job_id for d in report.removed] + list(report.gone)
         marked: dict[int, tuple[str, str]] = {}
-        repeated: set[int] = set()  # removals recorded by an earlier copy of this report
+        repeated: set[int] = set()  # recorded from an earlier copy of this report
         missing: list[tuple[int, str]] = []
         if ids:
             now = time.time()
@@ -324,18 +321,18 @@ class DiskHygiene:
                 for d in report.removed:
                     r = by_id.get(d.job_id)
                     if r is not None and r.node != node.name and d.job_id in left:
-                        earlier = left[d.job_id]
+                        earlier = left[d.job_id]  # an earlier attempt's directory
                         if all(run.dir_removed_at is not None for run in earlier):
                             repeated.add(d.job_id)  # a report sent again: recorded already
                             continue
-                        for run in earlier:  # an earlier attempt's directory
+                        for run in earlier:
                             run.dir_removed_at = now
                         marked[r.id] = (f"{_why(d)} (an earlier attempt's, on {node.name})", r.user)
                         continue
                     if r is None or r.node != node.name:
                         continue  # a node speaks only for its own jobs
-                    if r.outputs_removed_at is not None:
-                        repeated.add(d.job_id)  # a report sent again: recorded already
+                    if r.outputs_removed_at is not None:  # sent again: recorded already
+                        repeated.add(d.job_id)
                         continue
                     why = _why(d)
                     r.outputs_removed_at = now
@@ -351,10 +348,9 @@ class DiskHygiene:
                     r.outputs_removed_why = "missing"
                     missing.append((r.id, r.user))
         for d in report.removed:
-            if d.job_id in repeated:
-                continue
             if d.job_id not in marked:
-                log.warning("node %s reported removing job %s, not its own", node.name, d.job_id)
+                if d.job_id not in repeated:
+                    log.warning("node %s: job %s is not its own", node.name, d.job_id)
                 continue
             why, user = marked[d.job_id]
             await self._audit(
