@@ -328,19 +328,34 @@ class NodeRegistry:
     # ---------------------------------------------------------------- commands
     async def enqueue(self, node_id: int, kind: type[Any], **fields: Any) -> int:
         """Persist a command (its id comes from the database) and wake the node's long-poll."""
-        async with self.db.transaction() as s:
-            row = CommandRow(node_id=node_id, kind="", body=b"", created_at=time.time())
-            s.add(row)
-            await s.flush()
-            cmd = kind(id=row.id, **fields)
-            row.kind = type(cmd).__name__
-            row.body = w.encoder.encode(cmd)
-            cmd_id = row.id
-        n = self.nodes.get(node_id)
-        if n is not None:
-            n.outbox[cmd_id] = cmd
-            n.wake.set()
+        (cmd_id,) = await self.enqueue_many([(node_id, kind, fields)])
         return cmd_id
+
+    async def enqueue_many(self, items: list[tuple[int, type[Any], dict[str, Any]]]) -> list[int]:
+        """Persist commands ``(node id, kind, fields)`` in one transaction, in order, and
+        wake their nodes' long-polls: a pass that starts or stops a thousand jobs writes
+        one transaction, not a thousand. Their ids, in the same order."""
+        if not items:
+            return []
+        now = time.time()
+        async with self.db.transaction() as s:
+            rows = [
+                CommandRow(node_id=nid, kind="", body=b"", created_at=now) for nid, _, _ in items
+            ]
+            s.add_all(rows)
+            await s.flush()
+            cmds = []
+            for row, (_, kind, fields) in zip(rows, items, strict=True):
+                cmd = kind(id=row.id, **fields)
+                row.kind = type(cmd).__name__
+                row.body = w.encoder.encode(cmd)
+                cmds.append(cmd)
+        for row, cmd in zip(rows, cmds, strict=True):
+            n = self.nodes.get(row.node_id)
+            if n is not None:
+                n.outbox[row.id] = cmd
+                n.wake.set()
+        return [row.id for row in rows]
 
     async def poll(self, n: LiveNode, req: w.CommandPoll) -> w.CommandBatch:
         n.last_seen = time.time()

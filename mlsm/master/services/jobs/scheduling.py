@@ -30,7 +30,7 @@ from mlsm.master.gpustate import gpu_state
 from mlsm.master.services.datasets import DatasetCatalog
 from mlsm.master.services.jobs.launch import KILL_GRACE_S, Accounts, Launcher
 from mlsm.master.services.jobs.limits import effective_default_time_limit
-from mlsm.master.services.jobs.table import PREEMPTING, JobTable, event
+from mlsm.master.services.jobs.table import PREEMPTING, JobTable, event, rows_by_id
 from mlsm.master.services.livenode import LiveNode, NodeEvents
 from mlsm.master.services.nodes import NodeRegistry
 from mlsm.master.services.settings import SettingsService
@@ -330,8 +330,9 @@ class SchedulingLoop(NodeEvents):
                         continue  # edited since the pass ran: the next pass places it anew
                     table.place(r, pl.node, node.id, pl.gpu_indices, now)
                     starts.append((node.id, self.launcher.start_spec(r, node, pl.gpu_indices)))
+            never_rows = await rows_by_id(s, result.never) if result.never else {}
             for jid, why in result.never.items():
-                r = await s.get(JobRow, jid)
+                r = never_rows.get(jid)
                 if r is not None and r.state == "queued":
                     table.finish(r, "cancelled", why, now)
             if changed_reasons:
@@ -340,17 +341,23 @@ class SchedulingLoop(NodeEvents):
                     [{"id": j, "reason": why} for j, why in changed_reasons.items()],
                 )
                 table.reasons.update(changed_reasons)
-        for node_id, job_id, attempt, why, grace in stops:
-            # The agent stops it as it stops a cancelled job (SIGTERM, the job's own grace,
-            # SIGKILL); its end is then read as a preemption (the reason says so).
-            await self.nodes.enqueue(
-                node_id,
-                w.CancelJob,
-                job_id=job_id,
-                attempt=attempt,
-                reason=why,
-                end_kind="cancelled",
-                grace_s=grace,
-            )
-        for node_id, spec in starts:
-            await self.nodes.enqueue(node_id, w.StartJob, job=spec)
+        # The agent stops a preempted job as it stops a cancelled one (SIGTERM, the job's
+        # own grace, SIGKILL); its end is then read as a preemption (the reason says so).
+        # Stops and starts are written in one transaction, stops first.
+        await self.nodes.enqueue_many(
+            [
+                (
+                    node_id,
+                    w.CancelJob,
+                    {
+                        "job_id": job_id,
+                        "attempt": attempt,
+                        "reason": why,
+                        "end_kind": "cancelled",
+                        "grace_s": grace,
+                    },
+                )
+                for node_id, job_id, attempt, why, grace in stops
+            ]
+            + [(node_id, w.StartJob, {"job": spec}) for node_id, spec in starts]
+        )
