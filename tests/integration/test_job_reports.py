@@ -1,4 +1,5 @@
-"""An agent's report that starts and ends many jobs at once, on SQLite and PostgreSQL.
+"""Many jobs at once, on SQLite and PostgreSQL: an agent's report that starts and ends
+many, a pass's result that arrives after jobs left the queue, the submit's cached verdict.
 
 The master applies a report with a constant number of queries (one for the rows, the
 changes flushed together at commit, the commands it sends in one transaction), and each job still
@@ -11,8 +12,8 @@ protocol over HTTP) against a master in this process, so it can count the statem
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -20,6 +21,7 @@ import pytest
 from sqlalchemy import event
 
 from mlsm import PROTOCOL_VERSION
+from mlsm.master import scheduler as sched
 from mlsm.wire import agent as w
 from mlsm.wire import api
 from mlsm.wire.node import NodeInfo
@@ -48,7 +50,9 @@ class Statements:
         self.seen: list[tuple[str, bool]] = []
         self._lock = threading.Lock()
 
-    def __call__(self, _conn: Any, _cur: Any, sql: str, _params: Any, _ctx: Any, many: bool) -> None:
+    def __call__(
+        self, _conn: Any, _cur: Any, sql: str, _params: Any, _ctx: Any, many: bool
+    ) -> None:
         if self.on:
             with self._lock:
                 self.seen.append((" ".join(sql.split()).lower(), many))
@@ -211,3 +215,47 @@ def test_a_report_of_many_ends_applies_every_rule_in_constant_statements(
     cmds = w.decode_batch(lab_.agent_call("commands", poll, secret).content).commands
     cancels = sorted((c.job_id, c.attempt) for c in cmds if isinstance(c, w.CancelJob))
     assert cancels == [(j, 7) for j in ids[:3]]
+
+
+def test_a_pass_result_leaves_jobs_that_left_the_queue_alone(
+    lab: tuple[Lab, InProcessMaster, Statements],
+) -> None:
+    """A pass over a large queue runs in a worker thread: a job cancelled meanwhile keeps
+    its cancel reason and gets no expected start from the pass's (older) result."""
+    lab_, master, _ = lab
+    jid = lab_.admin.jobs.submit(api.JobSubmit(argv=["true"], labels={"rack": "none"})).job.id
+    lab_.admin.jobs.cancel([jid])
+    assert master.services is not None
+    loop = master.services.jobs.scheduling
+    late = sched.SchedResult(reasons={jid: "no online node is labelled rack=none"})
+    late.expected_start[jid] = 1e12
+    master.run(loop._apply(late, time.time()))
+    job = lab_.admin.jobs.get(jid)
+    assert (job.state, job.reason) == ("cancelled", f"cancelled by {ADMIN}"), job
+    assert jid not in loop.table.expected
+
+
+def test_the_never_fits_warning_follows_a_node_that_joins(
+    lab: tuple[Lab, InProcessMaster, Statements],
+) -> None:
+    """The submit's "no node could ever run it" verdict is kept per job shape for a moment;
+    a node that joins clears it, so the next submission of that shape is not warned."""
+    lab_, _, _ = lab
+    spec = api.JobSubmit(argv=["true"], labels={"pool": "late"})
+    first = lab_.admin.jobs.submit(spec)
+    assert "pool=late" in first.warning, first
+    reg = lab_.agent_call(
+        "register",
+        w.RegisterRequest(
+            protocol=PROTOCOL_VERSION,
+            join_token=lab_.join_token(),
+            name="late",
+            labels={"pool": "late"},
+            info=NodeInfo(runtimes=["process"], job_account="nobody"),
+        ),
+        None,
+    )
+    assert reg.status_code == 200, reg.content
+    second = lab_.admin.jobs.submit(spec)
+    assert second.warning == "", second
+    lab_.admin.jobs.cancel([first.job.id, second.job.id])

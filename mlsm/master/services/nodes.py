@@ -74,7 +74,9 @@ class NodeRegistry:
         self._listeners = (*self._listeners, listener)
 
     def announce_change(self) -> None:
-        """Tell the listeners that queued work may be able to run now."""
+        """Tell the listeners that what the nodes can run changed: one joined, came online,
+        left, or changed its labels or info (queued work may run now; verdicts such as
+        "no node could ever run it" are stale)."""
         for listener in self._listeners:
             listener.node_changed()
 
@@ -265,6 +267,7 @@ class NodeRegistry:
         )
         self._index(n)
         log.info("node %s (id %s) joined", name, node_id)
+        self.announce_change()
         return w.RegisterReply(
             node_id=node_id,
             name=name,
@@ -292,7 +295,8 @@ class NodeRegistry:
         n.last_seen = now
         n.lost = False
         n.protocol = hb.protocol
-        if hb.info is not None and hb.info != n.info:
+        info_changed = hb.info is not None and hb.info != n.info
+        if hb.info is not None and info_changed:
             n.info = hb.info
             n.info_dirty = True
         n.host = hb.host
@@ -310,6 +314,7 @@ class NodeRegistry:
                 await listener.node_transfers(n, hb.transfers)
         if came_back:
             log.info("node %s is online", n.name)
+        if came_back or info_changed:  # runtimes, accounts, size: what it can run
             self.announce_change()
         return w.HeartbeatReply(
             heartbeat_interval=self.settings.heartbeat_interval,
@@ -392,6 +397,7 @@ class NodeRegistry:
         n.labels = dict(labels)
         async with self.db.transaction() as s:
             await s.execute(update(Node).where(Node.id == n.id).values(labels=n.labels))
+        self.announce_change()
         return n
 
     async def set_docker_network(self, name: str, network: str) -> LiveNode:
@@ -417,6 +423,7 @@ class NodeRegistry:
         self._unindex(n)
         self.history.forget(n.id)
         n.wake.set()
+        self.announce_change()
         return n
 
 

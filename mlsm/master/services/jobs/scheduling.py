@@ -40,6 +40,18 @@ from mlsm.wire import api
 log = logging.getLogger("mlsm.master.jobs")
 
 MIN_PASS_GAP_S = 0.005  # coalesce bursts of triggers into one pass
+#: After a pass, the loop waits at least this many times as long as the pass took, so
+#: passes over a huge queue take at most a third of the master's time and the requests
+#: in between are answered (a pass runs in a worker thread, but holds the GIL while it
+#: computes).
+PASS_GAP_FACTOR = 2.0
+#: A queue at least this long is scheduled in a worker thread (a short one costs less
+#: than the hand-off).
+THREAD_PASS_MIN_JOBS = 2000
+#: How long a submit's "never fits" verdict is reused for the same job shape (a warning,
+#: not a decision: it is cleared at once by any node change the registry announces).
+NEVER_FITS_CACHE_S = 2.0
+NEVER_FITS_CACHE_MAX = 1024  # shapes kept at most (then the cache starts afresh)
 #: The id a dry run's job has in a pass (no stored job has a negative id).
 PROBE_ID = -1
 
@@ -72,6 +84,16 @@ def whole_gpus(node: LiveNode) -> list[sched.GpuSlot]:
     return [sched.GpuSlot(index=g.index, mem_total_bytes=g.mem_total) for g in node.gpus]
 
 
+def _shape(job: sched.PendingJob) -> tuple[object, ...]:
+    """What the "never fits" verdict depends on: every field but the job's identity, age,
+    dependencies and array (labels as sorted pairs, so it can be a key)."""
+    return tuple(
+        tuple(sorted(job.labels.items())) if f.name == "labels" else getattr(job, f.name)
+        for f in dataclasses.fields(job)
+        if f.name not in ("id", "submitted_at", "deps", "array_parent")
+    )
+
+
 class SchedulingLoop(NodeEvents):
     def __init__(
         self,
@@ -99,12 +121,15 @@ class SchedulingLoop(NodeEvents):
         self._kick = asyncio.Event()
         self.passes = 0
         self.last_pass_ms = 0.0
+        #: never_fits verdicts by job shape: (verdict, when), see NEVER_FITS_CACHE_S.
+        self._never_fits: dict[tuple[object, ...], tuple[str, float]] = {}
 
     def kick(self) -> None:
         """Ask for a pass soon (coalesced with other kicks)."""
         self._kick.set()
 
     def node_changed(self) -> None:
+        self._never_fits.clear()
         self.kick()
 
     async def run(self) -> None:
@@ -121,7 +146,7 @@ class SchedulingLoop(NodeEvents):
                 raise
             except Exception:
                 log.exception("scheduling pass failed; retrying on the next tick")
-            await asyncio.sleep(MIN_PASS_GAP_S)
+            await asyncio.sleep(max(MIN_PASS_GAP_S, PASS_GAP_FACTOR * self.last_pass_ms / 1000))
 
     async def schedule_pass(self) -> sched.SchedResult | None:
         table = self.table
@@ -137,7 +162,14 @@ class SchedulingLoop(NodeEvents):
             pending = [
                 j if j.time_limit_s else replace(j, time_limit_s=default_limit) for j in pending
             ]
-        result = sched.schedule(pending, self.node_caps(now), ctx)
+        caps = self.node_caps(now)
+        # The pass is a pure function of these snapshots: computed in a worker thread, so
+        # a pass over a large queue does not stall every request meanwhile. What changed
+        # while it ran is sorted out by _apply (it rereads the rows).
+        if len(pending) >= THREAD_PASS_MIN_JOBS:
+            result = await asyncio.to_thread(sched.schedule, pending, caps, ctx)
+        else:
+            result = sched.schedule(pending, caps, ctx)
         await self._apply(result, now)
         self.passes += 1
         self.last_pass_ms = (time.perf_counter() - t0) * 1000
@@ -198,6 +230,20 @@ class SchedulingLoop(NodeEvents):
         the scheduler words it; "" when some node could. Dependencies, throttles and the
         GPUs other jobs hold are left out: those are waits, not impossibilities."""
         alone = dataclasses.replace(job, id=PROBE_ID, deps=(), array_parent=None)
+        # A burst of submissions of one shape asks the same question over and over; the
+        # answer needs every node of the lab, so it is kept for a moment.
+        shape = _shape(alone)
+        now = time.monotonic()
+        hit = self._never_fits.get(shape)
+        if hit is not None and now - hit[1] < NEVER_FITS_CACHE_S:
+            return hit[0]
+        if len(self._never_fits) >= NEVER_FITS_CACHE_MAX:
+            self._never_fits.clear()
+        verdict = self._never_fits_now(alone)
+        self._never_fits[shape] = (verdict, now)
+        return verdict
+
+    def _never_fits_now(self, alone: sched.PendingJob) -> str:
         ctx = sched.SchedContext(user_caps=self.accounts.caps, mapped_users=self.accounts.mapped)
         result = sched.schedule([alone], self.node_caps(time.time(), whole=True), ctx)
         if result.placements:
@@ -291,10 +337,15 @@ class SchedulingLoop(NodeEvents):
 
     async def _apply(self, result: sched.SchedResult, now: float) -> None:
         table = self.table
-        changed_reasons = {j: r for j, r in result.reasons.items() if table.reasons.get(j) != r}
+        # Jobs that left the queue while the pass ran (cancelled, held, edited away) keep
+        # the reason their change gave them.
+        pending = table.pending
+        changed_reasons = {
+            j: r for j, r in result.reasons.items() if j in pending and table.reasons.get(j) != r
+        }
         starts: list[tuple[int, w.JobSpec]] = []
         stops: list[tuple[int, int, int, str, float]] = []  # node, job, attempt, why, grace
-        table.expected = dict(result.expected_start)
+        table.expected = {j: t for j, t in result.expected_start.items() if j in pending}
         async with self.db.transaction() as s:
             victims = [
                 v for v in result.preempt if v in table.active and not table.active[v].stopping
