@@ -68,15 +68,20 @@ class NodeRegistry:
         self.by_secret: dict[str, LiveNode] = {}
         self._listeners: tuple[NodeListener, ...] = ()
         self.closing = False  # set at shutdown: long-polls answer at once
+        #: Bumped whenever what the lab could ever run changes (a node joins or leaves,
+        #: its labels, info or datasets change), not when a node merely comes and goes.
+        self.shape_version = 0
 
     def subscribe(self, listener: NodeListener) -> None:
         """Hear node events from now on, after the listeners subscribed before."""
         self._listeners = (*self._listeners, listener)
 
-    def announce_change(self) -> None:
-        """Tell the listeners that what the nodes can run changed: one joined, came online,
-        left, or changed its labels or info (queued work may run now; verdicts such as
-        "no node could ever run it" are stale)."""
+    def announce_change(self, *, shape: bool = False) -> None:
+        """Tell the listeners that queued work may be able to run now: a node came online,
+        or (``shape``) joined, left, or changed its labels, info or datasets, which also
+        makes verdicts about what the lab could ever run stale (:attr:`shape_version`)."""
+        if shape:
+            self.shape_version += 1
         for listener in self._listeners:
             listener.node_changed()
 
@@ -267,7 +272,7 @@ class NodeRegistry:
         )
         self._index(n)
         log.info("node %s (id %s) joined", name, node_id)
-        self.announce_change()
+        self.announce_change(shape=True)
         return w.RegisterReply(
             node_id=node_id,
             name=name,
@@ -314,8 +319,8 @@ class NodeRegistry:
                 await listener.node_transfers(n, hb.transfers)
         if came_back:
             log.info("node %s is online", n.name)
-        if came_back or info_changed:  # runtimes, accounts, size: what it can run
-            self.announce_change()
+        if came_back or info_changed:  # info: runtimes, accounts, size, what it can run
+            self.announce_change(shape=info_changed)
         return w.HeartbeatReply(
             heartbeat_interval=self.settings.heartbeat_interval,
             lease=self.settings.node_lease,
@@ -397,7 +402,7 @@ class NodeRegistry:
         n.labels = dict(labels)
         async with self.db.transaction() as s:
             await s.execute(update(Node).where(Node.id == n.id).values(labels=n.labels))
-        self.announce_change()
+        self.announce_change(shape=True)
         return n
 
     async def set_docker_network(self, name: str, network: str) -> LiveNode:
@@ -423,7 +428,7 @@ class NodeRegistry:
         self._unindex(n)
         self.history.forget(n.id)
         n.wake.set()
-        self.announce_change()
+        self.announce_change(shape=True)
         return n
 
 

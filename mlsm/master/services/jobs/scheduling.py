@@ -49,7 +49,7 @@ PASS_GAP_FACTOR = 2.0
 #: than the hand-off).
 THREAD_PASS_MIN_JOBS = 2000
 #: How long a submit's "never fits" verdict is reused for the same job shape (a warning,
-#: not a decision: it is cleared at once by any node change the registry announces).
+#: not a decision), while the lab's shape (``NodeRegistry.shape_version``) is unchanged.
 NEVER_FITS_CACHE_S = 2.0
 NEVER_FITS_CACHE_MAX = 1024  # shapes kept at most (then the cache starts afresh)
 #: The id a dry run's job has in a pass (no stored job has a negative id).
@@ -122,14 +122,13 @@ class SchedulingLoop(NodeEvents):
         self.passes = 0
         self.last_pass_ms = 0.0
         #: never_fits verdicts by job shape: (verdict, when), see NEVER_FITS_CACHE_S.
-        self._never_fits: dict[tuple[object, ...], tuple[str, float]] = {}
+        self._never_fits: dict[tuple[object, ...], tuple[str, float, int]] = {}
 
     def kick(self) -> None:
         """Ask for a pass soon (coalesced with other kicks)."""
         self._kick.set()
 
     def node_changed(self) -> None:
-        self._never_fits.clear()
         self.kick()
 
     async def run(self) -> None:
@@ -234,13 +233,14 @@ class SchedulingLoop(NodeEvents):
         # answer needs every node of the lab, so it is kept for a moment.
         shape = _shape(alone)
         now = time.monotonic()
+        version = self.nodes.shape_version
         hit = self._never_fits.get(shape)
-        if hit is not None and now - hit[1] < NEVER_FITS_CACHE_S:
+        if hit is not None and now - hit[1] < NEVER_FITS_CACHE_S and hit[2] == version:
             return hit[0]
         if len(self._never_fits) >= NEVER_FITS_CACHE_MAX:
             self._never_fits.clear()
         verdict = self._never_fits_now(alone)
-        self._never_fits[shape] = (verdict, now)
+        self._never_fits[shape] = (verdict, now, version)
         return verdict
 
     def _never_fits_now(self, alone: sched.PendingJob) -> str:
