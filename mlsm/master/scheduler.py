@@ -742,7 +742,10 @@ class _Pass:
             # later only take GPUs away), so a failure holds for every job alike.
             user = job.user if job.user in self.block_users else ""
             rkey = (fkey, job.preemptible, user, job.time_limit_s)
-        if self.restricted_nodes and ti < len(self.thresholds):
+        # A restricted node wins only with fewer usable GPUs than the bucket pick has free:
+        # none can when that pick fits exactly.
+        exact = node is not None and node.counts[ti] <= g
+        if self.restricted_nodes and ti < len(self.thresholds) and not exact:
             if rkey is None or rkey not in self.rfailed:
                 hit = self._pick_restricted(cand, job, ti)
                 if hit is None:
