@@ -1,5 +1,6 @@
 """Many jobs at once, on SQLite and PostgreSQL: an agent's report that starts and ends
-many, a pass's result that arrives after jobs left the queue, the submit's cached verdict.
+many, a pass's result that arrives after jobs left the queue, the submit's cached verdict,
+submissions that arrive together.
 
 The master applies a report with a constant number of queries (one for the rows, the
 changes flushed together at commit, the commands it sends in one transaction), and each job still
@@ -11,17 +12,20 @@ protocol over HTTP) against a master in this process, so it can count the statem
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, select
 
 from mlsm import PROTOCOL_VERSION
 from mlsm.master import scheduler as sched
+from mlsm.master.db.models import Job as JobRow
 from mlsm.wire import agent as w
 from mlsm.wire import api
 from mlsm.wire.node import NodeInfo
@@ -31,6 +35,7 @@ from tests.support.inproc import InProcessMaster
 from tests.support.wait import wait_until
 
 N_JOBS = 15  # three of each end
+N_TOGETHER = 40  # submissions sent at once
 ASSIGN_DEADLINE_S = 30.0
 #: Queries of job rows while a report is applied: its one, and room for a scheduling pass
 #: that may run meanwhile (a row at a time would be one per job).
@@ -259,3 +264,42 @@ def test_the_never_fits_warning_follows_a_node_that_joins(
     second = lab_.admin.jobs.submit(spec)
     assert second.warning == "", second
     lab_.admin.jobs.cancel([first.job.id, second.job.id])
+
+
+def test_concurrent_submissions_each_get_their_own_job_once_it_is_stored(
+    lab: tuple[Lab, InProcessMaster, Statements],
+) -> None:
+    """Submissions that arrive together share a transaction (group commit); each caller
+    is answered with its own job, and only once that job is committed. (On SQLite the
+    request's audit row, written after the job's transaction took the one write lock,
+    holds the answer back as well; on PostgreSQL only the job's own commit does.)"""
+    lab_, master, _ = lab
+    assert master.services is not None
+    db = master.services.db
+
+    async def stored(jid: int) -> str | None:
+        async with db.session() as s:
+            return (await s.execute(select(JobRow.name).where(JobRow.id == jid))).scalar()
+
+    async def submit_all() -> list[tuple[str, int, str | None]]:
+        headers = {"Authorization": f"Bearer {lab_.token}"}
+        async with httpx.AsyncClient(base_url=lab_.url, headers=headers, timeout=60) as c:
+
+            async def one(k: int) -> tuple[str, int, str | None]:
+                name = f"together-{k}"
+                r = await c.post(
+                    "/api/v1/jobs",
+                    json={"argv": ["true"], "name": name, "labels": {"rack": "none"}},
+                )
+                assert r.status_code == 201, r.text
+                jid = int(r.json()["job"]["id"])
+                # Read back at once, from the master's own database, as the caller sees it.
+                return name, jid, master.run(stored(jid))
+
+            return list(await asyncio.gather(*(one(k) for k in range(N_TOGETHER))))
+
+    got = asyncio.run(submit_all())
+    assert len({jid for _, jid, _ in got}) == N_TOGETHER
+    for name, _jid, in_db in got:
+        assert in_db == name
+    lab_.admin.jobs.cancel([jid for _, jid, _ in got])
