@@ -297,6 +297,7 @@ class _Node:
         "cap",
         "counts",
         "cpus",
+        "forbidden",
         "free",
         "mem",
         "mems",
@@ -308,6 +309,7 @@ class _Node:
 
     def __init__(self, cap: NodeCap, pos: int, thresholds: list[int]) -> None:
         self.blocks: list[_Block] = []
+        self.forbidden: dict[tuple[object, ...], set[int]] = {}  # see _Pass._forbidden
         self.restricted = False  # has blocks: out of the buckets, scanned per job
         self.mems = {g.index: g.mem_total_bytes for g in cap.gpus}
         self.cap = cap
@@ -324,7 +326,7 @@ class _Node:
 class _Cand:
     """The nodes one set of job filters allows, or why there are none."""
 
-    __slots__ = ("members", "nodes", "reason", "single", "where")
+    __slots__ = ("_most", "members", "nodes", "reason", "single", "where")
 
     def __init__(self, nodes: list[_Node], where: str, reason: str = "") -> None:
         self.nodes = nodes
@@ -332,6 +334,15 @@ class _Cand:
         self.reason = reason
         self.single = where.startswith("node ")
         self.members: set[int] | None = None  # None = every schedulable node
+        self._most: dict[int, int] = {}
+
+    def most(self, ti: int) -> int:
+        """The most GPUs of memory class ``ti`` any of the nodes has, busy or not (sizes
+        do not change during a pass, so it is counted once per class)."""
+        got = self._most.get(ti)
+        if got is None:
+            got = self._most[ti] = max((n.totals[ti] for n in self.nodes), default=0)
+        return got
 
     def no(self, thing: str) -> str:
         return (
@@ -423,6 +434,7 @@ class _Pass:
     def _block(self, n: _Node, b: _Block) -> None:
         """Keep ``b``'s GPUs on ``n``; the node leaves the buckets for the per-job scan."""
         n.blocks.append(b)
+        n.forbidden.clear()
         self.blocks.append(b)
         if b.job is not None:
             self.block_jobs.add(b.job)
@@ -438,7 +450,20 @@ class _Pass:
     def _forbidden(self, n: _Node, job: PendingJob) -> set[int]:
         """GPUs of ``n`` that blocks keep from ``job`` now. A user's jobs may always use
         the GPUs of that user's reservation while it is on, a backfill reservation there
-        notwithstanding."""
+        notwithstanding. Remembered per node for what the answer depends on (whose job,
+        which block's job, preemptible, time limit) until the node gets another block."""
+        key = (
+            job.user if job.user in self.block_users else "",
+            job.id if job.id in self.block_jobs else None,
+            job.preemptible,
+            job.time_limit_s,
+        )
+        got = n.forbidden.get(key)
+        if got is None:
+            got = n.forbidden[key] = self._forbidden_now(n, job)
+        return got
+
+    def _forbidden_now(self, n: _Node, job: PendingJob) -> set[int]:
         now = self.ctx.now
         own: set[int] = set()
         for b in n.blocks:
@@ -598,8 +623,8 @@ class _Pass:
         g, need, members = job.gpus, job.gpu_mem_bytes, cand.members
         best: tuple[_Node, list[tuple[int, int]]] | None = None
         for n in self.restricted_nodes:
-            if members is not None and n.pos not in members:
-                continue
+            if n.counts[ti] < g or (members is not None and n.pos not in members):
+                continue  # blocks only take GPUs away: too few free suitable ones already
             if (job.cpus and n.cpus < job.cpus) or (job.mem_bytes and n.mem < job.mem_bytes):
                 continue
             bad = self._forbidden(n, job)
@@ -649,7 +674,7 @@ class _Pass:
         if g == 0:
             return cand.no(extra) if res else f"no room on any {cand.where}"
         kind = f" with >= {_gib(need)}" if need else ""
-        most = 0 if ti >= len(self.thresholds) else max(n.totals[ti] for n in cand.nodes)
+        most = 0 if ti >= len(self.thresholds) else cand.most(ti)
         if most == 0:
             return cand.no(f"GPUs{kind}")
         if most < g:
@@ -722,7 +747,10 @@ class _Pass:
             # later only take GPUs away), so a failure holds for every job alike.
             user = job.user if job.user in self.block_users else ""
             rkey = (fkey, job.preemptible, user, job.time_limit_s)
-        if self.restricted_nodes and ti < len(self.thresholds):
+        # A restricted node wins only with fewer usable GPUs than the bucket pick has free:
+        # none can when that pick fits exactly.
+        exact = node is not None and node.counts[ti] <= g
+        if self.restricted_nodes and ti < len(self.thresholds) and not exact:
             if rkey is None or rkey not in self.rfailed:
                 hit = self._pick_restricted(cand, job, ti)
                 if hit is None:

@@ -1,6 +1,7 @@
 """Job figures on a real master and agent: API submit rate and idle submit-to-start.
 
     python tests/bench/bench_jobs.py [--jobs 2000] [--concurrency 16] [--latency-runs 20]
+                                     [--db sqlite|postgres] [--prefill N] [--no-agent]
 
 1. Submit rate: ``--jobs`` submissions through the JSON API from ``--concurrency``
    keep-alive connections. The jobs ask for a label no node has, so they stay queued and
@@ -8,7 +9,11 @@
 2. Idle submit-to-start: on an idle node, the time from the submit call to the job's
    first instruction (the job writes ``time.time()`` to a file in its output dir), over
    ``--latency-runs`` sequential jobs; median and p10/p90.
-Prints figures; asserts nothing. ``shared/peers/bench_mlsm.sh`` measures the same through
+``--db postgres``: the master's database is a fresh PostgreSQL database on the tests'
+server (``MLSM_TEST_POSTGRES_URL``). ``--prefill N``: N jobs (the same unplaceable kind)
+are queued through the bulk route before the flood, so the flood measures submissions
+into a queue of that size (and the scheduler passes over it). ``--no-agent`` skips the
+agent and part 2. Prints figures; asserts nothing. ``shared/peers/bench_mlsm.sh`` measures the same through
 the CLI beside Slurm, task-spooler and nq.
 """
 
@@ -23,11 +28,14 @@ import sys
 import time
 
 import httpx
-from benchlab import BenchLab, wait
+from benchlab import BenchLab, bench_database, wait
+
+PREFILL_PER_CALL = 5000  # jobs per bulk submission while prefilling
+BODY = {"argv": ["true"], "labels": {"bench": "nowhere"}}
 
 
 async def submit_flood(url: str, token: str, n: int, concurrency: int) -> tuple[float, list[float]]:
-    body = {"argv": ["true"], "labels": {"bench": "nowhere"}}
+    body = BODY
     lat: list[float] = []
     todo = iter(range(n))
     async with httpx.AsyncClient(
@@ -53,18 +61,23 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2000)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--latency-runs", type=int, default=20)
+    ap.add_argument("--db", default="sqlite", help="sqlite or postgres")
+    ap.add_argument("--prefill", type=int, default=0, help="jobs queued before the flood")
+    ap.add_argument("--no-agent", action="store_true", help="the flood only (no part 2)")
     args = ap.parse_args()
-    with BenchLab("mlsm-bench-jobs-") as lab:
+    with bench_database(args.db) as db_url, BenchLab("mlsm-bench-jobs-", db_url) as lab:
         lab.start_master()
         url, h, tok = lab.url, lab.headers, lab.token
         agent_dir = lab.agent_dir("bench")
-        lab.start_agent("bench", "--simulate-gpus", "2xA100-80GB")
-        lab.wait_online()
+        runs = 0 if args.no_agent else args.latency_runs
+        if runs:
+            lab.start_agent("bench", "--simulate-gpus", "2xA100-80GB")
+            lab.wait_online()
 
         # 2. idle submit-to-start first, on an empty queue
         starts = []
-        with httpx.Client(base_url=url, headers=h) as c:
-            for _ in range(args.latency_runs):
+        with httpx.Client(base_url=url, headers=h, timeout=600) as c:
+            for _ in range(runs):
                 code = "import os, time; open(os.environ['MLSM_OUTPUT_DIR'] + '/t0', 'w').write(repr(time.time()))"
                 t_submit = time.time()
                 jid = c.post(
@@ -80,7 +93,7 @@ def main() -> None:
                 )
         # the job itself is a Python start (-S); the same job run directly costs:
         direct = []
-        for _ in range(5):
+        for _ in range(5 if runs else 0):
             t = time.time()
             out = subprocess.run(
                 [sys.executable, "-S", "-c", "import time; print(repr(time.time()))"],
@@ -88,6 +101,16 @@ def main() -> None:
                 text=True,
             ).stdout
             direct.append((float(out) - t) * 1000)
+
+        t0 = time.perf_counter()
+        left = args.prefill
+        with httpx.Client(base_url=url, headers=h, timeout=600) as c:
+            while left > 0:
+                n = min(left, PREFILL_PER_CALL)
+                c.post("/api/v1/jobs/bulk", json={"jobs": [BODY] * n}).raise_for_status()
+                left -= n
+        if args.prefill:
+            print(f"prefilled {args.prefill} queued jobs in {time.perf_counter() - t0:.1f} s")
 
         # 1. submit flood (BENCH_PROFILE=path: py-spy samples the master meanwhile)
         spy = None
@@ -113,13 +136,15 @@ def main() -> None:
             spy.wait(timeout=60)
         lat.sort()
         queued = httpx.get(
-            f"{url}/api/v1/jobs", params={"state": "queued", "limit": 1}, headers=h
+            f"{url}/api/v1/jobs", params={"state": "queued", "limit": 1}, headers=h, timeout=60
         ).json()
         reason = queued["jobs"][0]["reason"] if queued["jobs"] else ""
         print(
-            f"submit rate: {args.jobs / wall:.0f} jobs/s ({args.jobs} jobs, {args.concurrency} connections, {wall:.2f} s); "
+            f"db={args.db} prefill={args.prefill}: submit rate: {args.jobs / wall:.0f} jobs/s ({args.jobs} jobs, {args.concurrency} connections, {wall:.2f} s); "
             f"call median {statistics.median(lat):.1f} ms, p99 {lat[int(len(lat) * 0.99) - 1]:.1f} ms; {queued['total']} queued, reason: {reason!r}"
         )
+        if not starts:
+            return
         starts.sort()
         q = statistics.quantiles(starts, n=10)
         print(

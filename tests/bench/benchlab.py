@@ -17,7 +17,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ MLSM = (sys.executable, "-m", "mlsm")
 NOT_YET = (AssertionError, httpx.HTTPError, OSError, ValueError, KeyError, IndexError)
 START_TIMEOUT_S = 30.0
 
-__all__ = ["ROOT", "BenchLab", "free_port", "wait"]
+__all__ = ["ROOT", "BenchLab", "bench_database", "free_port", "wait"]
 
 
 def wait(cond: Callable[[], Any], timeout: float, what: str) -> None:
@@ -52,7 +53,7 @@ def wait(cond: Callable[[], Any], timeout: float, what: str) -> None:
 
 
 class BenchLab:
-    def __init__(self, prefix: str = "mlsm-bench-") -> None:
+    def __init__(self, prefix: str = "mlsm-bench-", database_url: str | None = None) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix=prefix))
         self.env = isolated_env(
             self.dir / "home",
@@ -67,6 +68,7 @@ class BenchLab:
             admin=ADMIN,
             password=PASSWORD,
             command=MLSM,
+            database_url=database_url,
             env={"MLSM_LOG_LEVEL": "warning", "PYTHONPATH": str(ROOT)},
         )
         self.port = self.server.port
@@ -153,3 +155,18 @@ class BenchLab:
             self.stop(proc)
         self.server.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextmanager
+def bench_database(kind: str) -> Iterator[str | None]:
+    """The master's database for a benchmark: None (SQLite in its data dir) or a fresh
+    PostgreSQL database on the tests' server (``MLSM_TEST_POSTGRES_URL``), dropped after."""
+    if kind == "sqlite":
+        yield None
+        return
+    if kind != "postgres":
+        raise SystemExit(f"--db must be sqlite or postgres, not {kind!r}")
+    from tests.support.postgres import fresh_database
+
+    with fresh_database(prefix="mlsm_bench_") as url:
+        yield url

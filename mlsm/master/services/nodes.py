@@ -68,13 +68,20 @@ class NodeRegistry:
         self.by_secret: dict[str, LiveNode] = {}
         self._listeners: tuple[NodeListener, ...] = ()
         self.closing = False  # set at shutdown: long-polls answer at once
+        #: Bumped whenever what the lab could ever run changes (a node joins or leaves,
+        #: its labels, info or datasets change), not when a node merely comes and goes.
+        self.shape_version = 0
 
     def subscribe(self, listener: NodeListener) -> None:
         """Hear node events from now on, after the listeners subscribed before."""
         self._listeners = (*self._listeners, listener)
 
-    def announce_change(self) -> None:
-        """Tell the listeners that queued work may be able to run now."""
+    def announce_change(self, *, shape: bool = False) -> None:
+        """Tell the listeners that queued work may be able to run now: a node came online,
+        or (``shape``) joined, left, or changed its labels, info or datasets, which also
+        makes verdicts about what the lab could ever run stale (:attr:`shape_version`)."""
+        if shape:
+            self.shape_version += 1
         for listener in self._listeners:
             listener.node_changed()
 
@@ -265,6 +272,7 @@ class NodeRegistry:
         )
         self._index(n)
         log.info("node %s (id %s) joined", name, node_id)
+        self.announce_change(shape=True)
         return w.RegisterReply(
             node_id=node_id,
             name=name,
@@ -292,7 +300,8 @@ class NodeRegistry:
         n.last_seen = now
         n.lost = False
         n.protocol = hb.protocol
-        if hb.info is not None and hb.info != n.info:
+        info_changed = hb.info is not None and hb.info != n.info
+        if hb.info is not None and info_changed:
             n.info = hb.info
             n.info_dirty = True
         n.host = hb.host
@@ -310,7 +319,8 @@ class NodeRegistry:
                 await listener.node_transfers(n, hb.transfers)
         if came_back:
             log.info("node %s is online", n.name)
-            self.announce_change()
+        if came_back or info_changed:  # info: runtimes, accounts, size, what it can run
+            self.announce_change(shape=info_changed)
         return w.HeartbeatReply(
             heartbeat_interval=self.settings.heartbeat_interval,
             lease=self.settings.node_lease,
@@ -328,19 +338,34 @@ class NodeRegistry:
     # ---------------------------------------------------------------- commands
     async def enqueue(self, node_id: int, kind: type[Any], **fields: Any) -> int:
         """Persist a command (its id comes from the database) and wake the node's long-poll."""
-        async with self.db.transaction() as s:
-            row = CommandRow(node_id=node_id, kind="", body=b"", created_at=time.time())
-            s.add(row)
-            await s.flush()
-            cmd = kind(id=row.id, **fields)
-            row.kind = type(cmd).__name__
-            row.body = w.encoder.encode(cmd)
-            cmd_id = row.id
-        n = self.nodes.get(node_id)
-        if n is not None:
-            n.outbox[cmd_id] = cmd
-            n.wake.set()
+        (cmd_id,) = await self.enqueue_many([(node_id, kind, fields)])
         return cmd_id
+
+    async def enqueue_many(self, items: list[tuple[int, type[Any], dict[str, Any]]]) -> list[int]:
+        """Persist commands ``(node id, kind, fields)`` in one transaction, in order, and
+        wake their nodes' long-polls: a pass that starts or stops a thousand jobs writes
+        one transaction, not a thousand. Their ids, in the same order."""
+        if not items:
+            return []
+        now = time.time()
+        async with self.db.transaction() as s:
+            rows = [
+                CommandRow(node_id=nid, kind="", body=b"", created_at=now) for nid, _, _ in items
+            ]
+            s.add_all(rows)
+            await s.flush()
+            cmds = []
+            for row, (_, kind, fields) in zip(rows, items, strict=True):
+                cmd = kind(id=row.id, **fields)
+                row.kind = type(cmd).__name__
+                row.body = w.encoder.encode(cmd)
+                cmds.append(cmd)
+        for row, cmd in zip(rows, cmds, strict=True):
+            n = self.nodes.get(row.node_id)
+            if n is not None:
+                n.outbox[row.id] = cmd
+                n.wake.set()
+        return [row.id for row in rows]
 
     async def poll(self, n: LiveNode, req: w.CommandPoll) -> w.CommandBatch:
         n.last_seen = time.time()
@@ -377,6 +402,7 @@ class NodeRegistry:
         n.labels = dict(labels)
         async with self.db.transaction() as s:
             await s.execute(update(Node).where(Node.id == n.id).values(labels=n.labels))
+        self.announce_change(shape=True)
         return n
 
     async def set_docker_network(self, name: str, network: str) -> LiveNode:
@@ -402,6 +428,7 @@ class NodeRegistry:
         self._unindex(n)
         self.history.forget(n.id)
         n.wake.set()
+        self.announce_change(shape=True)
         return n
 
 

@@ -106,8 +106,8 @@ class DatasetCatalog:
                     known.add(e.name)
                 self._where.setdefault(node.id, {})[e.name] = e.path
         node.datasets_digest = report.catalog_digest or node.datasets_digest
-        if report.upsert:
-            self.nodes.announce_change()
+        if report.upsert or report.removed or report.full:
+            self.nodes.announce_change(shape=True)
 
     async def query(self, node: str | None = None) -> list[api.Dataset]:
         async with self.db.session() as s:

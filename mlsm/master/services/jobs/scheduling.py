@@ -30,7 +30,7 @@ from mlsm.master.gpustate import gpu_state
 from mlsm.master.services.datasets import DatasetCatalog
 from mlsm.master.services.jobs.launch import KILL_GRACE_S, Accounts, Launcher
 from mlsm.master.services.jobs.limits import effective_default_time_limit
-from mlsm.master.services.jobs.table import PREEMPTING, JobTable, event
+from mlsm.master.services.jobs.table import PREEMPTING, JobTable, event, rows_by_id
 from mlsm.master.services.livenode import LiveNode, NodeEvents
 from mlsm.master.services.nodes import NodeRegistry
 from mlsm.master.services.settings import SettingsService
@@ -40,6 +40,18 @@ from mlsm.wire import api
 log = logging.getLogger("mlsm.master.jobs")
 
 MIN_PASS_GAP_S = 0.005  # coalesce bursts of triggers into one pass
+#: After a pass, the loop waits at least this many times as long as the pass took, so
+#: passes over a huge queue take at most a third of the master's time and the requests
+#: in between are answered (a pass runs in a worker thread, but holds the GIL while it
+#: computes).
+PASS_GAP_FACTOR = 2.0
+#: A queue at least this long is scheduled in a worker thread (a short one costs less
+#: than the hand-off).
+THREAD_PASS_MIN_JOBS = 2000
+#: How long a submit's "never fits" verdict is reused for the same job shape (a warning,
+#: not a decision), while the lab's shape (``NodeRegistry.shape_version``) is unchanged.
+NEVER_FITS_CACHE_S = 2.0
+NEVER_FITS_CACHE_MAX = 1024  # shapes kept at most (then the cache starts afresh)
 #: The id a dry run's job has in a pass (no stored job has a negative id).
 PROBE_ID = -1
 
@@ -72,6 +84,16 @@ def whole_gpus(node: LiveNode) -> list[sched.GpuSlot]:
     return [sched.GpuSlot(index=g.index, mem_total_bytes=g.mem_total) for g in node.gpus]
 
 
+def _shape(job: sched.PendingJob) -> tuple[object, ...]:
+    """What the "never fits" verdict depends on: every field but the job's identity, age,
+    dependencies and array (labels as sorted pairs, so it can be a key)."""
+    return tuple(
+        tuple(sorted(job.labels.items())) if f.name == "labels" else getattr(job, f.name)
+        for f in dataclasses.fields(job)
+        if f.name not in ("id", "submitted_at", "deps", "array_parent")
+    )
+
+
 class SchedulingLoop(NodeEvents):
     def __init__(
         self,
@@ -99,6 +121,8 @@ class SchedulingLoop(NodeEvents):
         self._kick = asyncio.Event()
         self.passes = 0
         self.last_pass_ms = 0.0
+        #: never_fits verdicts by job shape: (verdict, when), see NEVER_FITS_CACHE_S.
+        self._never_fits: dict[tuple[object, ...], tuple[str, float, int]] = {}
 
     def kick(self) -> None:
         """Ask for a pass soon (coalesced with other kicks)."""
@@ -121,7 +145,7 @@ class SchedulingLoop(NodeEvents):
                 raise
             except Exception:
                 log.exception("scheduling pass failed; retrying on the next tick")
-            await asyncio.sleep(MIN_PASS_GAP_S)
+            await asyncio.sleep(max(MIN_PASS_GAP_S, PASS_GAP_FACTOR * self.last_pass_ms / 1000))
 
     async def schedule_pass(self) -> sched.SchedResult | None:
         table = self.table
@@ -137,7 +161,14 @@ class SchedulingLoop(NodeEvents):
             pending = [
                 j if j.time_limit_s else replace(j, time_limit_s=default_limit) for j in pending
             ]
-        result = sched.schedule(pending, self.node_caps(now), ctx)
+        caps = self.node_caps(now)
+        # The pass is a pure function of these snapshots: computed in a worker thread, so
+        # a pass over a large queue does not stall every request meanwhile. What changed
+        # while it ran is sorted out by _apply (it rereads the rows).
+        if len(pending) >= THREAD_PASS_MIN_JOBS:
+            result = await asyncio.to_thread(sched.schedule, pending, caps, ctx)
+        else:
+            result = sched.schedule(pending, caps, ctx)
         await self._apply(result, now)
         self.passes += 1
         self.last_pass_ms = (time.perf_counter() - t0) * 1000
@@ -198,6 +229,21 @@ class SchedulingLoop(NodeEvents):
         the scheduler words it; "" when some node could. Dependencies, throttles and the
         GPUs other jobs hold are left out: those are waits, not impossibilities."""
         alone = dataclasses.replace(job, id=PROBE_ID, deps=(), array_parent=None)
+        # A burst of submissions of one shape asks the same question over and over; the
+        # answer needs every node of the lab, so it is kept for a moment.
+        shape = _shape(alone)
+        now = time.monotonic()
+        version = self.nodes.shape_version
+        hit = self._never_fits.get(shape)
+        if hit is not None and now - hit[1] < NEVER_FITS_CACHE_S and hit[2] == version:
+            return hit[0]
+        if len(self._never_fits) >= NEVER_FITS_CACHE_MAX:
+            self._never_fits.clear()
+        verdict = self._never_fits_now(alone)
+        self._never_fits[shape] = (verdict, now, version)
+        return verdict
+
+    def _never_fits_now(self, alone: sched.PendingJob) -> str:
         ctx = sched.SchedContext(user_caps=self.accounts.caps, mapped_users=self.accounts.mapped)
         result = sched.schedule([alone], self.node_caps(time.time(), whole=True), ctx)
         if result.placements:
@@ -291,10 +337,15 @@ class SchedulingLoop(NodeEvents):
 
     async def _apply(self, result: sched.SchedResult, now: float) -> None:
         table = self.table
-        changed_reasons = {j: r for j, r in result.reasons.items() if table.reasons.get(j) != r}
+        # Jobs that left the queue while the pass ran (cancelled, held, edited away) keep
+        # the reason their change gave them.
+        pending = table.pending
+        changed_reasons = {
+            j: r for j, r in result.reasons.items() if j in pending and table.reasons.get(j) != r
+        }
         starts: list[tuple[int, w.JobSpec]] = []
         stops: list[tuple[int, int, int, str, float]] = []  # node, job, attempt, why, grace
-        table.expected = dict(result.expected_start)
+        table.expected = {j: t for j, t in result.expected_start.items() if j in pending}
         async with self.db.transaction() as s:
             victims = [
                 v for v in result.preempt if v in table.active and not table.active[v].stopping
@@ -330,8 +381,9 @@ class SchedulingLoop(NodeEvents):
                         continue  # edited since the pass ran: the next pass places it anew
                     table.place(r, pl.node, node.id, pl.gpu_indices, now)
                     starts.append((node.id, self.launcher.start_spec(r, node, pl.gpu_indices)))
+            never_rows = await rows_by_id(s, result.never) if result.never else {}
             for jid, why in result.never.items():
-                r = await s.get(JobRow, jid)
+                r = never_rows.get(jid)
                 if r is not None and r.state == "queued":
                     table.finish(r, "cancelled", why, now)
             if changed_reasons:
@@ -340,17 +392,23 @@ class SchedulingLoop(NodeEvents):
                     [{"id": j, "reason": why} for j, why in changed_reasons.items()],
                 )
                 table.reasons.update(changed_reasons)
-        for node_id, job_id, attempt, why, grace in stops:
-            # The agent stops it as it stops a cancelled job (SIGTERM, the job's own grace,
-            # SIGKILL); its end is then read as a preemption (the reason says so).
-            await self.nodes.enqueue(
-                node_id,
-                w.CancelJob,
-                job_id=job_id,
-                attempt=attempt,
-                reason=why,
-                end_kind="cancelled",
-                grace_s=grace,
-            )
-        for node_id, spec in starts:
-            await self.nodes.enqueue(node_id, w.StartJob, job=spec)
+        # The agent stops a preempted job as it stops a cancelled one (SIGTERM, the job's
+        # own grace, SIGKILL); its end is then read as a preemption (the reason says so).
+        # Stops and starts are written in one transaction, stops first.
+        await self.nodes.enqueue_many(
+            [
+                (
+                    node_id,
+                    w.CancelJob,
+                    {
+                        "job_id": job_id,
+                        "attempt": attempt,
+                        "reason": why,
+                        "end_kind": "cancelled",
+                        "grace_s": grace,
+                    },
+                )
+                for node_id, job_id, attempt, why, grace in stops
+            ]
+            + [(node_id, w.StartJob, {"job": spec}) for node_id, spec in starts]
+        )

@@ -40,6 +40,7 @@ from mlsm.master.services.jobs.table import (
     JobTable,
     event,
     pending_of,
+    rows_by_id,
 )
 from mlsm.master.services.jobs.views import job_view, may_see_private
 from mlsm.master.services.livenode import LiveNode, NodeEvents
@@ -308,8 +309,7 @@ class JobService(NodeEvents):
                     if a is not None:
                         to_stop.append(a)
                 done.append(jid)
-        for a in to_stop:
-            await self._send_cancel(a, why, "cancelled")
+        await self._send_cancels(to_stop, why, "cancelled")
         if not done and skipped and len(ids) == 1:
             msg = next(iter(skipped.values()))
             if msg == "no such job":
@@ -326,14 +326,27 @@ class JobService(NodeEvents):
     async def _send_cancel(
         self, a: Active, reason: str, end_kind: str, grace: float = KILL_GRACE_S
     ) -> None:
-        await self.nodes.enqueue(
-            a.node_id,
-            w.CancelJob,
-            job_id=a.job_id,
-            attempt=a.attempt,
-            reason=reason,
-            end_kind=end_kind,
-            grace_s=grace,
+        await self._send_cancels([a], reason, end_kind, grace)
+
+    async def _send_cancels(
+        self, stop: list[Active], reason: str, end_kind: str, grace: float = KILL_GRACE_S
+    ) -> None:
+        """Tell the jobs' agents to stop them (one transaction for all the commands)."""
+        await self.nodes.enqueue_many(
+            [
+                (
+                    a.node_id,
+                    w.CancelJob,
+                    {
+                        "job_id": a.job_id,
+                        "attempt": a.attempt,
+                        "reason": reason,
+                        "end_kind": end_kind,
+                        "grace_s": grace,
+                    },
+                )
+                for a in stop
+            ]
         )
 
     async def stop_for_policy(self, job_id: int, why: str, *, requeue: bool) -> bool:
@@ -417,8 +430,11 @@ class JobService(NodeEvents):
         resend: list[w.JobSpec] = []
         if updates or missing:
             async with self.db.transaction() as s:
+                # One query for every row the report touches, then the transitions in
+                # memory: the changes are flushed together at commit.
+                rows = await rows_by_id(s, [*updates, *(a.job_id for a in missing)])
                 for jid, rep in updates.items():
-                    r = await s.get(JobRow, jid)
+                    r = rows.get(jid)
                     a = active[jid]
                     if r is None:
                         continue
@@ -429,7 +445,7 @@ class JobService(NodeEvents):
                     ended = True
                     self._end(r, rep, now)
                 for a in missing:
-                    r = await s.get(JobRow, a.job_id)
+                    r = rows.get(a.job_id)
                     if r is None:
                         continue
                     if a.state == "assigned":
@@ -440,22 +456,30 @@ class JobService(NodeEvents):
                     ended = True
                     why = f"the agent on {node.name} no longer knows this job"
                     self.table.interrupt(r, why, now)
-        for spec in resend:  # after the transaction: enqueue writes in its own
-            await self.nodes.enqueue(node.id, w.StartJob, job=spec)
+        # After the transaction (the commands' own), all in one.
+        commands: list[tuple[int, type[Any], dict[str, Any]]] = [
+            (node.id, w.StartJob, {"job": spec}) for spec in resend
+        ]
         pending_cancels = {
             (c.job_id, c.attempt) for c in node.outbox.values() if isinstance(c, w.CancelJob)
         }
         for rep in stale:
             if (rep.job_id, rep.attempt) in pending_cancels:
                 continue  # already told; every heartbeat would otherwise add one more
-            await self.nodes.enqueue(
-                node.id,
-                w.CancelJob,
-                job_id=rep.job_id,
-                attempt=rep.attempt,
-                reason="this attempt is no longer wanted by the master",
-                end_kind="cancelled",
+            pending_cancels.add((rep.job_id, rep.attempt))
+            commands.append(
+                (
+                    node.id,
+                    w.CancelJob,
+                    {
+                        "job_id": rep.job_id,
+                        "attempt": rep.attempt,
+                        "reason": "this attempt is no longer wanted by the master",
+                        "end_kind": "cancelled",
+                    },
+                )
             )
+        await self.nodes.enqueue_many(commands)
         if ended:
             self.scheduling.kick()
 
@@ -495,8 +519,9 @@ class JobService(NodeEvents):
         now = time.time()
         why = f"node {node.name} was lost (no heartbeat for {self.settings.node_lease:.0f} s)"
         async with self.db.transaction() as s:
+            rows = await rows_by_id(s, [a.job_id for a in mine])
             for a in mine:
-                r = await s.get(JobRow, a.job_id)
+                r = rows.get(a.job_id)
                 if r is not None:
                     self.table.interrupt(r, why, now)
         self.scheduling.kick()
@@ -510,8 +535,7 @@ class JobService(NodeEvents):
                 f"node {name} runs {len(mine)} job(s) ({', '.join(str(a.job_id) for a in mine[:5])}); "
                 "drain it and wait, or remove it with --force"
             )
-        for a in mine:
-            await self._send_cancel(a, f"node {name} was removed", "cancelled", grace=KILL_GRACE_S)
+        await self._send_cancels(mine, f"node {name} was removed", "cancelled", grace=KILL_GRACE_S)
         # Give a connected agent the moment it needs to take the cancels before its secret
         # stops working; an offline node's jobs are interrupted all the same.
         deadline = time.monotonic() + REMOVE_ACK_WAIT_S
@@ -524,8 +548,9 @@ class JobService(NodeEvents):
             await asyncio.sleep(REMOVE_ACK_POLL_S)
         now = time.time()
         async with self.db.transaction() as s:
+            rows = await rows_by_id(s, [a.job_id for a in mine])
             for a in mine:
-                r = await s.get(JobRow, a.job_id)
+                r = rows.get(a.job_id)
                 if r is not None:
                     self.table.interrupt(r, f"node {name} was removed by an admin", now)
         await self.nodes.remove(name)

@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import object_session
 
 from mlsm.master import scheduler as sched
@@ -112,6 +114,22 @@ def pending_of(r: JobRow) -> sched.PendingJob:
         time_limit_s=spec.timeout_s,
         preemptible=spec.preemptible,
     )
+
+
+#: Ids per ``IN (...)`` list: well under SQLite's and asyncpg's bound-parameter limits.
+ROWS_PER_QUERY = 5000
+
+
+async def rows_by_id(s: AsyncSession, ids: Iterable[int]) -> dict[int, JobRow]:
+    """Job rows by id, loaded into ``s`` with one query per :data:`ROWS_PER_QUERY` ids (not
+    one per row: a report or a pass may touch thousands)."""
+    want = sorted(set(ids))
+    out: dict[int, JobRow] = {}
+    for i in range(0, len(want), ROWS_PER_QUERY):
+        chunk = want[i : i + ROWS_PER_QUERY]
+        for r in (await s.execute(select(JobRow).where(JobRow.id.in_(chunk)))).scalars():
+            out[r.id] = r
+    return out
 
 
 def queued_since(r: JobRow) -> float:
