@@ -206,12 +206,11 @@ class CutProxy:
 
         async def shutdown() -> None:
             self._server.close()
-            self._drop_all()
+            self._drop_all()  # each connection's task then ends on its own
             me = asyncio.current_task()
             tasks = [t for t in asyncio.all_tasks() if t is not me]
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            if tasks:
+                await asyncio.wait(tasks, timeout=PROXY_STOP_S)
             self.loop.stop()
 
         asyncio.run_coroutine_threadsafe(shutdown(), self.loop)
@@ -320,14 +319,16 @@ class Soak:
     def chaos(self) -> None:
         rng = random.Random(self.seed)
         kinds = ["agent_kill", "master_kill", "cut", "disk_full"]
-        first = rng.sample(kinds, len(kinds))  # each kind early, then at random
+        others = [k for k in kinds if k != "master_kill"]
+        # One of each kind first (the master's while it may still be killed), then at random.
+        first = ["master_kill", *rng.sample(others, len(others))]
         while self.elapsed() < self.duration:
             time.sleep(rng.uniform(*GAP_S))
             if self.elapsed() >= self.duration:
                 break
             kind = first.pop(0) if first else rng.choice(kinds)
             if kind == "master_kill" and self.elapsed() > MASTER_KILLS_UNTIL * self.duration:
-                kind = rng.choice(["agent_kill", "cut", "disk_full"])
+                kind = rng.choice(others)
             if kind in self.run.skipped:
                 continue
             self.fault(kind, rng)
