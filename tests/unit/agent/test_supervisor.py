@@ -338,8 +338,10 @@ async def small_disk_node(tmp_path: Path) -> AsyncIterator[Node]:
         yield Node(master, supervisor, state, probe, data)
     finally:
         stopping.set()
-        await asyncio.gather(*tasks)
-        subprocess.run(["umount", "-l", str(data)], check=False)
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            subprocess.run(["umount", "-l", str(data)], check=False)
 
 
 def fill(disk: Path) -> Path:
@@ -383,3 +385,16 @@ async def test_state_saves_the_full_disk_refuses_stop_nothing(small_disk_node: N
     assert bytes(node.master.logs[7]).endswith(b"seven\n")
     assert [r.job_id for r in node.state.records()] == []
     assert AgentState(node.data / "state.json").load().records() == []  # saved once it could
+
+
+async def test_a_job_that_ends_on_a_full_disk_still_has_its_exit_recorded(
+    small_disk_node: Node,
+) -> None:
+    node = small_disk_node
+    script = "while [ ! -e go ]; do sleep 0.05; done; exit 4"
+    await node.supervisor.start(start(8, ["sh", "-c", script]))
+    fill(node.data)
+    (job_dir_for(node.data, 8) / "go").touch()
+    await wait_until_async(lambda: len(node.master.states(8)) == 2, DEADLINE_S, "the end")
+    end = node.master.events[-1]
+    assert (end.state, end.exit_code) == ("exited", 4), end  # not "the supervisor died"
