@@ -153,11 +153,16 @@ class AgentState:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.fchmod(fd, 0o600)
-            os.write(fd, data)
+            view = memoryview(data)
+            while view:  # a short write (a nearly full disk) must not leave half a state
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
+            os.replace(tmp, self.path)
+        except OSError:
+            tmp.unlink(missing_ok=True)  # a full disk: do not leave half a copy taking room
+            raise
         finally:
             os.close(fd)
-        os.replace(tmp, self.path)
         dfd = os.open(self.path.parent, os.O_RDONLY)
         try:
             os.fsync(dfd)

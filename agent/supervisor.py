@@ -248,6 +248,8 @@ class JobSupervisor:
                 await self._fill_code(spec)
             try:
                 handle = await asyncio.to_thread(runtime.start, spec, job_dir)
+            except OSError as exc:  # the node's disk (full, read-only), not the job
+                raise RuntimeUnavailable(f"could not start on this node: {exc}") from exc
             finally:
                 if spec.code and self._code is not None:
                     await asyncio.to_thread(self._code.release, f"job:{spec.job_id}")
@@ -265,7 +267,7 @@ class JobSupervisor:
             return
         rec = handle.record
         self._state.add(rec, save=False)  # in memory now, on disk before the report:
-        await asyncio.to_thread(self._state.save)
+        await self._save_state()
         report = _running_report(rec)
         self._jobs[spec.job_id] = _Running(handle, spec, report)
         self._watch_exit(spec.job_id, rec.pid)
@@ -299,6 +301,15 @@ class JobSupervisor:
         rec = r.handle.record
         line = "[mlsm] " + " ".join(cmd.text.split())
         await asyncio.to_thread(append_line, Path(rec.job_dir) / LOG_NAME, line, rec.uid)
+
+    async def _save_state(self) -> None:
+        """Write the state file; a write the disk refuses (full, read-only) is logged and
+        left for the next save (the state stays whole in memory): it must neither end the
+        loop that saves nor lose the attempt that already runs."""
+        try:
+            await asyncio.to_thread(self._state.save)
+        except OSError as exc:
+            log.warning("could not save the agent's state (will retry): %s", exc)
 
     async def _report_unstarted(
         self, spec: w.JobSpec, state: Literal["lost", "failed_to_start"], reason: str
@@ -448,7 +459,7 @@ class JobSupervisor:
                     gone.append(rec.job_id)
             if gone:
                 self._state.remove(*gone, save=False)
-                await asyncio.to_thread(self._state.save)
+                await self._save_state()
         if self._finished:
             await nap(self._stopping, backoff(1))
 
@@ -461,5 +472,5 @@ class JobSupervisor:
                 await self._shipper.pump_once()
             if time.monotonic() - last_save > STATE_SAVE_S:
                 last_save = time.monotonic()
-                await asyncio.to_thread(self._state.save)
+                await self._save_state()
             await nap(self._stopping, LOG_PUMP_S)

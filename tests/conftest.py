@@ -9,6 +9,9 @@ one is absent, a test *skips with a visible reason* on a laptop, but under ``CI=
   here for every suite. Tests that use the ``postgres_url``/``fresh_postgres_url`` or
   ``docker_engine``/``docker_test_image`` fixtures are marked ``postgres``/``docker``
   automatically, so ``pytest -m "not docker"`` works and the CI hook below knows them.
+- ``soak`` tests (minutes of faults, ``tests/soak``) run only when ``-m`` names them
+  (``pytest -m soak tests/soak``; not yet a .ci/run phase); any other run deselects them, a
+  ``-m "not docker"`` of its own included.
 - Under ``CI=true`` a ``docker`` or ``postgres`` test that skips for *any* reason
   (``pytest.skip``, ``skipif``, ``importorskip``) is reported as failed.
 
@@ -40,7 +43,12 @@ _MARKER_BY_FIXTURE = {
 
 # ----------------------------------------------------------------------------- hooks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark tests by the engines their fixtures need."""
+    """Mark tests by the engines their fixtures need; leave out the soak unless asked."""
+    if "soak" not in (config.option.markexpr or ""):
+        soaks = [item for item in items if item.get_closest_marker("soak") is not None]
+        if soaks:
+            config.hook.pytest_deselected(items=soaks)
+            items[:] = [item for item in items if item.get_closest_marker("soak") is None]
     for item in items:
         for fixture in getattr(item, "fixturenames", ()):
             marker = _MARKER_BY_FIXTURE.get(fixture)

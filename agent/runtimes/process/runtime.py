@@ -15,18 +15,26 @@ link.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from pathlib import Path
 
 from agent.runtimes import jobfs
 from agent.runtimes.accounts import resolve_account
-from agent.runtimes.base import AdoptRecord, RuntimeContext, RuntimeStartError
+from agent.runtimes.base import (
+    AdoptRecord,
+    RuntimeContext,
+    RuntimeStartError,
+    RuntimeUnavailable,
+)
 from agent.runtimes.process.handle import ProcessHandle
 from agent.runtimes.process.launch import launch
-from agent.runtimes.process.shim import EXIT_NAME, STOP_NAME
+from agent.runtimes.process.shim import EXIT_NAME, STOP_NAME, reserve_exit
 from mlsm.wire.agent import JobReport, JobSpec
 
 _OWNED_KINDS = ("process", "venv", "conda")
+#: Errors of the node's own disk (full, over quota, read-only, failing): not the job's fault.
+NODE_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
 
 
 class ProcessRuntime:
@@ -50,11 +58,15 @@ class ProcessRuntime:
             control = jobfs.ensure_control_dir(self.ctx, spec.job_id)
             for name in (EXIT_NAME, EXIT_NAME + ".tmp", STOP_NAME):  # of an earlier attempt
                 jobfs.remove_file(control / name)
+            reserve_exit(str(control))
             jobfs.prepare_job_dir(self.ctx, job_dir, acct)
             workdir = jobfs.code_workdir(self.ctx, spec, job_dir, acct)
             fd = jobfs.open_job_log(job_dir, acct.uid, acct.gid)
         except OSError as e:
-            raise RuntimeStartError(f"cannot prepare job {spec.job_id}'s files: {e}") from e
+            why = f"cannot prepare job {spec.job_id}'s files: {e}"
+            if e.errno in NODE_DISK_ERRNOS:  # the node's disk, not the job: requeued
+                raise RuntimeUnavailable(why) from e
+            raise RuntimeStartError(why) from e
         try:
             record, proc = launch(
                 self.ctx,

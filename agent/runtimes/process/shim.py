@@ -55,6 +55,9 @@ _USAGE = (
     " [--need WHAT=PATH]... -- ARGV...\n"
 )
 _MAX_ERROR = 2048
+#: Bytes of the exit record taken before the job starts: a record with the longest error
+#: (``_MAX_ERROR`` bytes, each escaped as ``\\uXXXX`` at worst) fits.
+EXIT_RESERVE = 6 * _MAX_ERROR + 256
 
 
 def _json_str(s: str) -> str:
@@ -74,21 +77,50 @@ def _num(v: int | None) -> str:
     return "null" if v is None else str(int(v))
 
 
+def reserve_exit(control_dir: str) -> None:
+    """Take the room of the exit record before the job starts (the agent calls it): a disk
+    the job fills meanwhile cannot then keep :func:`write_exit` from recording its end."""
+    tmp = os.path.join(control_dir, EXIT_NAME + ".tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, 0o600)
+    try:
+        _write_all(fd, b" " * EXIT_RESERVE)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def write_exit(control_dir: str, exit_code: int | None, sig: int | None, error: str = "") -> None:
     body = f'{{"exit_code": {_num(exit_code)}, "signal": {_num(sig)}, "ended_at": {time.time()!r}'
     if error:
         body += ', "error": ' + _json_str(error)
     body += "}\n"
+    data = body.encode()
     path = os.path.join(control_dir, EXIT_NAME)
     tmp = path + ".tmp"
-    try:
-        os.unlink(tmp)
+    try:  # the room reserved at the start: overwritten in place, then cut to size
+        fd = os.open(tmp, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        reserved = len(data) <= os.fstat(fd).st_size
+        if not reserved:
+            os.close(fd)
     except FileNotFoundError:
-        pass
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(tmp, flags, 0o600)
+        reserved = False
+    if not reserved:  # none (an older agent started us) or too small: a fresh file
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(tmp, flags, 0o600)
     try:
-        os.write(fd, body.encode())
+        _write_all(fd, data)
+        os.ftruncate(fd, len(data))
         os.fsync(fd)
     finally:
         os.close(fd)

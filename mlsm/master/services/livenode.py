@@ -38,6 +38,10 @@ class LiveNode:
     dirty: bool = False
     info_dirty: bool = False
     lost: bool = False  # lease expired and its jobs were handled
+    # The master holds attempts placed here: every heartbeat goes to the listeners, even one
+    # that names no job (an agent that lost a StartJob, its node otherwise idle). True until
+    # the job service has read a full report (a restarted master knows nothing yet).
+    has_work: bool = True
 
 
 class NodeListener(Protocol):

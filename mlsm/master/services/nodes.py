@@ -310,7 +310,7 @@ class NodeRegistry:
         n.dirty = True
         self.history.record(n.id, now, hb.host, hb.gpus)
         want_catalog = bool(hb.datasets_digest) and hb.datasets_digest != n.datasets_digest
-        if hb.jobs or n.jobs:
+        if hb.jobs or n.jobs or n.has_work:
             n.jobs = {r.job_id: r for r in hb.jobs}
             for listener in self._listeners:
                 await listener.node_reported(n, hb.jobs, True)
@@ -364,6 +364,7 @@ class NodeRegistry:
             n = self.nodes.get(row.node_id)
             if n is not None:
                 n.outbox[row.id] = cmd
+                n.has_work |= isinstance(cmd, w.StartJob)
                 n.wake.set()
         return [row.id for row in rows]
 

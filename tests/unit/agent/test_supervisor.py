@@ -8,6 +8,8 @@ while (503) to play a master that is away.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,7 @@ from agent.runtimes.registry import Runtimes
 from agent.state import AgentState
 from agent.supervisor import JobSupervisor
 from mlsm.wire import agent as w
+from tests.support.ci import require
 from tests.support.wait import wait_until_async
 
 DEADLINE_S = 15.0
@@ -312,3 +315,86 @@ async def test_a_taken_start_runs_on_its_own_and_a_cancel_waits_for_it(node: Nod
     )
     assert [e.end_kind for e in node.master.events if e.job_id == 13][-1] == "cancelled"
     assert node.master.log_at_end[14].endswith(b"fourteen\n")
+
+
+# ---------------------------------------------------------------- a full disk
+FULL_DISK_SIZE = "1m"
+
+
+@pytest.fixture
+async def small_disk_node(tmp_path: Path) -> AsyncIterator[Node]:
+    """A supervisor whose data dir is a real 1 MiB tmpfs (mounting needs root)."""
+    require(os.geteuid() == 0, "a full disk is a real tmpfs, and mounting one needs root")
+    data = tmp_path / "agent"
+    data.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={FULL_DISK_SIZE}", "tmpfs", str(data)], check=True
+    )
+    master = FakeMaster()
+    stopping = asyncio.Event()
+    supervisor, state, probe = make_supervisor(data, master, stopping)
+    tasks = [asyncio.create_task(supervisor.watch()), asyncio.create_task(supervisor.ship_logs())]
+    try:
+        yield Node(master, supervisor, state, probe, data)
+    finally:
+        stopping.set()
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            subprocess.run(["umount", "-l", str(data)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Write a file until the filesystem is full; returns it (unlink it to free the disk)."""
+    path = disk / "filler"
+    chunk = b"\0" * 65536
+    with open(path, "wb", buffering=0) as fh:
+        while chunk:
+            try:
+                fh.write(chunk)
+            except OSError:
+                chunk = chunk[: len(chunk) // 2]
+    return path
+
+
+async def test_a_start_the_full_disk_refuses_is_reported_lost_at_once(
+    small_disk_node: Node,
+) -> None:
+    node = small_disk_node
+    fill(node.data)
+    await node.supervisor.start(start(5, ["true"]))
+    (report,) = node.master.events  # not left "assigned" on the master for ever
+    assert (report.state, report.end_kind) == ("lost", "lost")
+    assert "No space left on device" in report.reason, report.reason
+    assert node.supervisor.running == 0
+
+
+async def test_state_saves_the_full_disk_refuses_stop_nothing(small_disk_node: Node) -> None:
+    node = small_disk_node
+    await node.supervisor.start(start(6, ["sh", "-c", "while [ ! -e go ]; do sleep 0.05; done"]))
+    filler = fill(node.data)
+    (job_dir_for(node.data, 6) / "go").touch()  # the disk has inodes left, not bytes
+    await wait_until_async(
+        lambda: len(node.master.states(6)) == 2, DEADLINE_S, "the end on a full disk"
+    )
+    filler.unlink()
+    # The loop that reported that end (and saved the state on a full disk) still works.
+    await node.supervisor.start(start(7, ["sh", "-c", "echo seven"]))
+    await wait_until_async(lambda: len(node.master.states(7)) == 2, DEADLINE_S, "the next end")
+    assert node.master.events[-1].exit_code == 0
+    assert bytes(node.master.logs[7]).endswith(b"seven\n")
+    assert [r.job_id for r in node.state.records()] == []
+    assert AgentState(node.data / "state.json").load().records() == []  # saved once it could
+
+
+async def test_a_job_that_ends_on_a_full_disk_still_has_its_exit_recorded(
+    small_disk_node: Node,
+) -> None:
+    node = small_disk_node
+    script = "while [ ! -e go ]; do sleep 0.05; done; exit 4"
+    await node.supervisor.start(start(8, ["sh", "-c", script]))
+    fill(node.data)
+    (job_dir_for(node.data, 8) / "go").touch()
+    await wait_until_async(lambda: len(node.master.states(8)) == 2, DEADLINE_S, "the end")
+    end = node.master.events[-1]
+    assert (end.state, end.exit_code) == ("exited", 4), end  # not "the supervisor died"

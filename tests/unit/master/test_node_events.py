@@ -93,3 +93,33 @@ async def test_a_dataset_change_is_announced_to_every_listener(tmp_path: Path) -
     reg.subscribe(Recorder("jobs", heard))
     reg.announce_change()
     assert heard == [("scheduler", "changed"), ("jobs", "changed")]
+
+
+async def test_a_node_with_work_placed_reaches_the_listeners_even_reporting_no_job(
+    tmp_path: Path,
+) -> None:
+    """An agent that lost a StartJob on an otherwise idle node reports no job at all: the
+    job service must still hear its full reports, or the job stays "assigned" for ever."""
+    reg, n = _registry(tmp_path)
+    heard: list[tuple[str, str]] = []
+
+    class Jobs(Recorder):
+        async def node_reported(
+            self, node: LiveNode, reports: list[w.JobReport], full: bool
+        ) -> None:
+            await super().node_reported(node, reports, full)
+            node.has_work = holds_work  # as the job service does after a full report
+
+    reg.subscribe(Jobs("jobs", heard))
+    holds_work = True
+    await reg.heartbeat(n, w.Heartbeat(protocol=PROTOCOL))  # never reported a job
+    await reg.heartbeat(n, w.Heartbeat(protocol=PROTOCOL))
+    assert [h for h in heard if h[1].startswith("reports")] == [
+        ("jobs", "reports full=True jobs=[]"),
+        ("jobs", "reports full=True jobs=[]"),
+    ]
+    heard.clear()
+    holds_work = False
+    await reg.heartbeat(n, w.Heartbeat(protocol=PROTOCOL))  # told: nothing placed here
+    await reg.heartbeat(n, w.Heartbeat(protocol=PROTOCOL))  # an idle node costs nothing
+    assert heard == [("jobs", "reports full=True jobs=[]")]

@@ -414,9 +414,11 @@ class JobService(NodeEvents):
         missing: list[Active] = []
         if full:
             seen = {r.job_id for r in reports}
+            node.has_work = False
             for a in active.values():
                 if a.node_id != node.id:
                     continue
+                node.has_work = True
                 if a.job_id in seen:
                     a.missed = 0
                 elif a.state == "running":
