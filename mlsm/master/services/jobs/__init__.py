@@ -6,6 +6,7 @@
   bulk submit, dry run, edit, hold, restart): :class:`JobCommands`;
 - :mod:`.table`: the open jobs in memory and the state changes of a job row;
 - :mod:`.scheduling`: the scheduling loop around the pure :mod:`mlsm.master.scheduler`;
+- :mod:`.capacity`: what a node offers the scheduler (its GPUs, whose jobs it takes);
 - :mod:`.fairshare`: users' decayed GPU-hours;
 - :mod:`.launch`: the accounts a job runs as, and the StartJob an agent gets;
 - :mod:`.follow`: logs in (from agents) and out (read, follow);

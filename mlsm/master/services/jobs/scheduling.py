@@ -26,12 +26,12 @@ from mlsm.config import Settings
 from mlsm.master import scheduler as sched
 from mlsm.master.db import Database
 from mlsm.master.db.models import Job as JobRow
-from mlsm.master.gpustate import gpu_state
 from mlsm.master.services.datasets import DatasetCatalog
+from mlsm.master.services.jobs.capacity import gpu_slots, node_accounts, whole_gpus
 from mlsm.master.services.jobs.launch import KILL_GRACE_S, Accounts, Launcher
 from mlsm.master.services.jobs.limits import effective_default_time_limit
 from mlsm.master.services.jobs.table import PREEMPTING, JobTable, event, rows_by_id
-from mlsm.master.services.livenode import LiveNode, NodeEvents
+from mlsm.master.services.livenode import NodeEvents
 from mlsm.master.services.nodes import NodeRegistry
 from mlsm.master.services.settings import SettingsService
 from mlsm.wire import agent as w
@@ -54,34 +54,6 @@ NEVER_FITS_CACHE_S = 2.0
 NEVER_FITS_CACHE_MAX = 1024  # shapes kept at most (then the cache starts afresh)
 #: The id a dry run's job has in a pass (no stored job has a negative id).
 PROBE_ID = -1
-
-
-def gpu_slots(node: LiveNode, holders: dict[int, list[int]]) -> list[sched.GpuSlot]:
-    """The node's GPUs as the scheduler sees them: free by the one GPU rule."""
-    pids = {r.pid for r in node.jobs.values() if r.pid}
-    return [
-        sched.GpuSlot(
-            index=g.index,
-            mem_total_bytes=g.mem_total,
-            free=not gpu_state(g, holders.get(g.index, ()), pids).busy,
-        )
-        for g in node.gpus
-    ]
-
-
-def _node_accounts(info: w.NodeInfo) -> frozenset[str] | None:
-    """Whose jobs a node takes by account name (see accounts.py on the agent): None when
-    it takes anyone's (every job runs as one account there, or it has a default account for
-    users without one); an agent that runs as root and predates the account list takes
-    only mapped users' jobs."""
-    if not info.runs_as_root or info.job_account or info.default_unix_user:
-        return None
-    return frozenset(info.unix_users)
-
-
-def whole_gpus(node: LiveNode) -> list[sched.GpuSlot]:
-    """The node's GPUs, every one free: the node as it would be with nothing running."""
-    return [sched.GpuSlot(index=g.index, mem_total_bytes=g.mem_total) for g in node.gpus]
 
 
 def _shape(job: sched.PendingJob) -> tuple[object, ...]:
@@ -302,7 +274,7 @@ class SchedulingLoop(NodeEvents):
                     # size; a node that has not said its size is not limited.
                     cpus_free=n.info.cpu_cores - rc if n.info.cpu_cores else math.inf,
                     mem_free_bytes=n.info.mem_total - rm if n.info.mem_total else sys.maxsize,
-                    accounts=_node_accounts(n.info),
+                    accounts=node_accounts(n.info),
                     code=n.protocol >= CODE_SINCE,
                     projects=held_projects.get(n.id, frozenset()),
                 )
