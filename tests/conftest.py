@@ -22,6 +22,7 @@ fresh database) is in ``tests/support/``. Fixtures for a running master or agent
 
 from __future__ import annotations
 
+import os
 from collections.abc import Generator
 
 import pytest
@@ -33,6 +34,8 @@ pytest_plugins = ["tests.support.fixtures"]
 
 # Markers whose tests must run (not skip) under CI=true, and the fixtures that imply them.
 CI_REQUIRED_MARKERS = ("docker", "postgres")
+#: What pytest-xdist's workers start with that a serial run does not have.
+XDIST_SIZE_VARIABLES = ("COLUMNS", "LINES")
 _MARKER_BY_FIXTURE = {
     "postgres_url": "postgres",
     "fresh_postgres_url": "postgres",
@@ -42,6 +45,15 @@ _MARKER_BY_FIXTURE = {
 
 
 # ----------------------------------------------------------------------------- hooks
+def pytest_configure(config: pytest.Config) -> None:
+    """In a pytest-xdist worker, forget the ``COLUMNS=80``/``LINES=24`` its start-up sets:
+    a terminal program a test runs under a pty of its own size (the dashboard, a shell)
+    would take those over the pty's real size."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        for name in XDIST_SIZE_VARIABLES:
+            os.environ.pop(name, None)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark tests by the engines their fixtures need; leave out the soak unless asked."""
     if "soak" not in (config.option.markexpr or ""):

@@ -19,7 +19,7 @@ from tests.support.master import MLSM
 from tests.support.wait import wait_until
 
 NODE = "sh1"
-EXPECT_S = 45.0  # a loaded machine (tests in parallel workers) redraws slowly
+EXPECT_S = 20.0
 PROMPT = "MLSM-PROMPT>"
 
 
