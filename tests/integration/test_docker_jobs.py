@@ -10,6 +10,7 @@ are told apart by their ``mlsm.node`` label, so parallel runs on one engine do n
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -191,6 +192,17 @@ def one_line_error(res: CliResult) -> str:
 def node_log_contains(lab: Lab, job_id: int, text: bytes) -> bool:
     path = lab.agents[NODE].data_dir / "jobs" / str(job_id) / "output.log"
     return path.exists() and text in path.read_bytes()
+
+
+def agent_recorded(lab: Lab, job_id: int) -> bool:
+    """Whether the agent's state file (what a restarted agent re-adopts from) holds the job:
+    an agent killed before it wrote the job there knows nothing of it when it comes back."""
+    path = lab.agents[NODE].data_dir / "state.json"
+    try:
+        jobs = json.loads(path.read_bytes()).get("jobs", [])
+    except (OSError, ValueError):
+        return False
+    return any(j.get("job_id") == job_id for j in jobs)
 
 
 # ---------------------------------------------------------------- run
@@ -399,6 +411,7 @@ def test_agent_kill9_keeps_the_container_and_the_restart_resumes_the_log_byte_ex
 ) -> None:
     jid = submit(lab, image, "--", "sh", "-c", _CHATTY)
     wait_until(lambda: node_log_contains(lab, jid, b"out 20 "), JOB_DEADLINE_S, "output")
+    wait_until(lambda: agent_recorded(lab, jid), JOB_DEADLINE_S, "the agent to record the job")
     lab.stop_agent(NODE, signal.SIGKILL)
     container = container_of(engine, jid)
     container.reload()
@@ -434,6 +447,7 @@ def test_a_container_removed_while_the_agent_was_down_interrupts_the_job(
 ) -> None:
     jid = submit(lab, image, "--", "sh", "-c", "echo up; sleep 300")
     wait_until(lambda: node_log_contains(lab, jid, b"up\n"), JOB_DEADLINE_S, "the job to start")
+    wait_until(lambda: agent_recorded(lab, jid), JOB_DEADLINE_S, "the agent to record the job")
     lab.stop_agent(NODE, signal.SIGKILL)
     container_of(engine, jid).remove(force=True)
     start_agent(lab, NODE)
