@@ -89,7 +89,9 @@ def alive(pid: int) -> bool:
 def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Local]:
     home = tmp_path_factory.mktemp("local") / "home"
     home.mkdir()
-    loc = Local(home)
+    # A port of its own, not the usual 8765: another test file's local service (tests run
+    # in parallel workers) may hold that one, and this module checks the port is kept.
+    loc = Local(home, MLSM_PORT=str(free_port()))
     res = loc.cli("up")
     try:
         assert res.rc == 0, res
