@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import os
 import ssl
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -99,6 +100,8 @@ class MasterLink:
         fp_path = data_dir / FINGERPRINT_FILE
         self.pinned = fp_path.read_text().strip() if fp_path.exists() else ""
         self._verify = verify
+        #: Told the monotonic time each answered request was sent (the lease fence's contact).
+        self.on_contact: Callable[[float], None] | None = None
         self._http = httpx.AsyncClient(
             base_url=self.url,
             verify=verify,
@@ -265,6 +268,7 @@ class MasterLink:
         kw: dict[str, Any] = {"headers": headers}
         if timeout is not None:
             kw["timeout"] = httpx.Timeout(timeout, connect=CONNECT_TIMEOUT_S)
+        sent = time.monotonic()
         try:
             resp = await self._http.post(f"/agent/v1/{path}", content=w.encoder.encode(body), **kw)
         except httpx.HTTPError as exc:
@@ -273,6 +277,8 @@ class MasterLink:
             raise errors.Unreachable(f"{type(exc).__name__}: {exc}") from exc
         if resp.status_code >= 400:
             raise _refusal(resp)
+        if self.on_contact is not None:
+            self.on_contact(sent)
         try:
             return decode(resp.content)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:

@@ -34,6 +34,7 @@ from agent.bulk.sources import path_resolver
 from agent.channels import ChannelCommands
 from agent.codecache import CodeCache
 from agent.collectors import AsyncGpuSampler, HostCollector, make_probe
+from agent.fence import LeaseFence
 from agent.link import MasterLink, is_auth_failure
 from agent.logship import LogShipper, send_through
 from agent.outputs.hygiene import NodeOutputs
@@ -99,6 +100,8 @@ class Agent:
         )
         self.name = cfg.name or socket.gethostname().split(".")[0]
         self.link = MasterLink(cfg.master, cfg.data_dir, verify=cfg.verify)
+        self.fence = LeaseFence(cfg.data_dir)
+        self.link.on_contact = self.fence.contact
         # The direct path's certificate (agent.bulk.direct): peers pin it through the master.
         self.bulk_identity = Identity.load(cfg.data_dir, self.name) if cfg.bulk_direct else None
         self.state = AgentState(cfg.data_dir / "state.json").load()
@@ -258,6 +261,7 @@ class Agent:
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._command_loop(), name="commands"),
             asyncio.create_task(self.jobs.watch(), name="jobs"),
+            asyncio.create_task(self.fence.run(self.stopping, self.jobs.stop_lost), name="fence"),
             asyncio.create_task(self.jobs.ship_logs(), name="logs"),
             *self.outputs.tasks(),
         ]
@@ -321,6 +325,7 @@ class Agent:
             self.state.set_node(reply.node_id, reply.name)
             self.name = reply.name
             self.interval = reply.heartbeat_interval
+            self.fence.lease = reply.lease
             log.info("joined the master as node %s (id %s)", reply.name, reply.node_id)
             self.registered.set()
             self._info_sent = True
@@ -392,6 +397,7 @@ class Agent:
             if t.state != "running" and self.transfers.get(t.command_id) is t:
                 del self.transfers[t.command_id]
         self.interval = reply.heartbeat_interval
+        self.fence.lease = reply.lease
         if reply.want_full_catalog and self.catalog is not None:
             self.catalog.want_full()
 

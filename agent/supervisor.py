@@ -82,6 +82,7 @@ class _Running:
     handle: JobHandle
     spec: w.JobSpec
     report: w.JobReport
+    stopped_lost: bool = False  # asked to stop after a lease without the master
 
 
 def _running_report(rec: AdoptRecord) -> w.JobReport:
@@ -266,6 +267,7 @@ class JobSupervisor:
             await self._report_unstarted(spec, "failed_to_start", str(exc))
             return
         rec = handle.record
+        rec.stop_when_lost = spec.stop_when_lost
         self._state.add(rec, save=False)  # in memory now, on disk before the report:
         await self._save_state()
         report = _running_report(rec)
@@ -292,6 +294,19 @@ class JobSupervisor:
         r = self._jobs.get(cmd.job_id)
         if r is not None and r.spec.attempt == cmd.attempt:
             await asyncio.to_thread(r.handle.stop, cmd.reason, cmd.end_kind, cmd.grace_s)
+
+    async def stop_lost(self, reason: str) -> list[int]:
+        """Stop every attempt the master would run again elsewhere (``stop_when_lost``) and
+        not yet asked to stop for that: the node has been out of the master's reach for
+        the lease. Their ends are reported as ``lost``. The job ids stopped now."""
+        stopped = []
+        for job_id, r in list(self._jobs.items()):
+            if not r.spec.stop_when_lost or r.stopped_lost:
+                continue
+            r.stopped_lost = True
+            stopped.append(job_id)
+            await asyncio.to_thread(r.handle.stop, reason, "lost", r.spec.kill_grace_s)
+        return stopped
 
     async def notice(self, cmd: w.JobNotice) -> None:
         """A line from the master for a running attempt's log (shipped like the job's own)."""
@@ -370,7 +385,13 @@ class JobSupervisor:
             if isinstance(got, w.JobReport):
                 self._finished.append((rec, got))
             else:
-                spec = w.JobSpec(job_id=rec.job_id, attempt=rec.attempt, argv=["?"])
+                spec = w.JobSpec(
+                    job_id=rec.job_id,
+                    attempt=rec.attempt,
+                    argv=["?"],
+                    kill_grace_s=rec.kill_grace_s,
+                    stop_when_lost=rec.stop_when_lost,
+                )
                 self._jobs[rec.job_id] = _Running(got, spec, _running_report(rec))
                 self._watch_exit(rec.job_id, rec.pid)
                 log.info("re-adopted job %s (attempt %s)", rec.job_id, rec.attempt)

@@ -66,6 +66,9 @@ class AdoptRecord:
     # agent, whose files were in job_dir.
     control_dir: str = ""
     uid: int | None = None  # the job's account, which owns job_dir and its output.log
+    # The master retries the job elsewhere if this node is lost: stop it after a lease
+    # without the master (see agent.fence).
+    stop_when_lost: bool = False
     gid: int | None = None
 
 

@@ -67,9 +67,11 @@ LogBytes = Annotated[bytes, Meta(max_length=MAX_LOG_CHUNK)]
 # ---------------------------------------------------------------- jobs as the agent sees them
 AgentJobState = Literal["starting", "running", "exited", "failed_to_start", "lost"]
 JobEndKind = Literal["", "exit", "cancelled", "timeout", "oom", "error", "lost"]
-#: How a stop asks the ending to be named (a subset of :data:`JobEndKind`).
-StopKind = Literal["cancelled", "timeout", "error"]
-STOP_KINDS: tuple[StopKind, ...] = ("cancelled", "timeout", "error")
+#: How a stop asks the ending to be named (a subset of :data:`JobEndKind`). ``lost``: the
+#: agent stopped the attempt itself after a lease without the master (see
+#: :attr:`JobSpec.stop_when_lost`); the master counts it as an interruption.
+StopKind = Literal["cancelled", "timeout", "error", "lost"]
+STOP_KINDS: tuple[StopKind, ...] = ("cancelled", "timeout", "error", "lost")
 
 
 class JobReport(Struct, kw_only=True, omit_defaults=True):
@@ -204,6 +206,11 @@ class JobSpec(Struct, kw_only=True, omit_defaults=True):
     code: ShortStr = ""
     # The job runs in this project's tree on the node (``user/name``; see mlsm.wire.code).
     project: ShortStr = ""
+    # The master runs this job again elsewhere if the node is lost (it has retries left):
+    # the agent stops the attempt once it has had no contact with the master for the lease,
+    # so the retry, which the master starts only after the lease and a stop's grace, never
+    # runs beside it. False: the attempt runs on through any outage and reports its real end.
+    stop_when_lost: bool = False
 
 
 class StartJob(Struct, tag="start_job", kw_only=True):

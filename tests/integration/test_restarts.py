@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from mlsm.master.services.jobs.lost import fence_after
 from tests.integration.lab import HEARTBEAT_S, LEASE_S, Lab, kill
 from tests.support.wait import wait_until
 
@@ -94,8 +95,15 @@ def test_master_kill9_mid_job_loses_nothing(lab: Lab) -> None:
 def test_a_node_away_past_its_lease_interrupts_its_jobs_and_requeues_those_with_retries(
     lab: Lab,
 ) -> None:
+    """r1's agent is killed (-9) and stays away past the lease: the job with retries runs
+    again on r2, but only after its first attempt was stopped on r1 by its shim (the agent is
+    dead: the lease fence); the job without retries is interrupted, runs on, and runs again
+    in the master's view once r1 is back."""
     assert lab.cli("node", "drain", "r2").returncode == 0
-    script = 'echo "attempt $MLSM_ATTEMPT on $MLSM_NODE"; [ "$MLSM_NODE" = r2 ] || sleep 120'
+    script = (
+        'if [ "$MLSM_NODE" = r2 ]; then echo "attempt $MLSM_ATTEMPT on r2 $(date +%s.%N)"; '
+        'else while :; do echo "tick $(date +%s.%N)"; sleep 0.1; done; fi'
+    )
     retried = lab.submit("--retries", "1", "--gpus", "1", "--", "sh", "-c", script)
     lost = lab.submit("--gpus", "1", "--", "sleep", "120")
     for jid in (retried, lost):
@@ -111,17 +119,26 @@ def test_a_node_away_past_its_lease_interrupts_its_jobs_and_requeues_those_with_
     assert gone.state == "interrupted", gone
     assert "r1" in gone.reason and "lost" in gone.reason, gone.reason
 
-    done = lab.wait_job(retried, "succeeded", timeout=LEASE_S * 4)
+    done = lab.wait_job(retried, "succeeded", timeout=fence_after(0.0, LEASE_S) + LEASE_S * 2)
     assert (done.node, done.attempt) == ("r2", 1), done
     states = [e.state for e in done.history]
     assert states[states.index("interrupted") + 1] == "queued", states
-    assert "interrupted" not in [done.state] and lab.log(retried).endswith(b"attempt 1 on r2\n")
+    retry_log = lab.log(retried).splitlines()[-1]
+    assert retry_log.startswith(b"attempt 1 on r2 "), retry_log
+    retry_at = float(retry_log.split()[-1])
+    ticks = [float(line.split()[1]) for line in lab.agents["r1"].job_log(retried).splitlines()
+             if line.startswith(b"tick ")]  # fmt: skip
+    assert ticks and max(ticks) < retry_at, (max(ticks), retry_at)  # never both at once
 
-    # r1 comes back: the attempts it still runs are no longer wanted and are stopped.
+    # r1 comes back: the attempt its shim stopped is reported as such, and the job without
+    # retries, which ran on, runs again in the master's view.
     agent = lab.start_agent("r1")
-    for jid in (retried, lost):
-        wait_until(
-            lambda jid=jid: b"no longer wanted" in agent.job_log(jid),
-            what=f"the stale attempt of job {jid} on r1 to be stopped",
-        )
-    assert lab.job(lost).state == "interrupted" and lab.job(retried).state == "succeeded"
+    back = lab.wait_job(lost, "running")
+    assert (back.node, [e.state for e in back.history][-2:]) == ("r1", ["interrupted", "running"])
+    wait_until(
+        lambda: b"no contact with the master" in agent.job_log(retried),
+        what="the shim's stop of the first attempt to be recorded on r1",
+    )
+    assert lab.job(retried).state == "succeeded"
+    assert lab.cli("cancel", str(lost)).returncode == 0
+    assert lab.wait_job(lost).state == "cancelled"

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import psutil
 
+from agent.fence import CONTACT_FILE
 from agent.runtimes.accounts import Account
 from agent.runtimes.base import AdoptRecord, RuntimeContext, RuntimeStartError
 from mlsm.wire.agent import JobSpec
@@ -77,6 +78,8 @@ def launch(
         opts += ["--user", acct.name]
     for what, path in needs:
         opts += ["--need", f"{what}={path}"]
+    if spec.stop_when_lost:  # the shim keeps the lease fence even if the agent dies
+        opts += ["--fence", str(ctx.agent_data / CONTACT_FILE), "--grace", f"{spec.kill_grace_s:g}"]
     when = datetime.now().astimezone().isoformat(timespec="seconds")
     header = (
         f"[mlsm] job {spec.job_id} attempt {spec.attempt} on {ctx.node_name} "

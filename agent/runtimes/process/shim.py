@@ -3,7 +3,8 @@
 Started by :mod:`agent.runtimes.process.launch` as::
 
     python -I -S shim.py CONTROL_DIR [--uid U --gid G --groups G1,G2 --user NAME]
-                                     [--cwd DIR] [--need WHAT=PATH]... -- ARGV...
+                                     [--cwd DIR] [--need WHAT=PATH]...
+                                     [--fence CONTACT_FILE --grace S] -- ARGV...
 
 in a new session, as the agent's own account, with stdin ``/dev/null``, stdout+stderr
 appended to the job's ``output.log`` (a descriptor the agent opened), and
@@ -25,6 +26,13 @@ a directory the job cannot write, atomically (tmp + rename)::
 
 ``error`` is only present when the job could not be started at all (exit_code 127); the
 child tells the shim why through a close-on-exec pipe.
+
+With ``--fence`` (a job the master retries elsewhere if the node is lost, see
+:mod:`agent.fence`) it keeps the lease fence even when the agent is dead: once the agent's
+``CONTACT_FILE`` says the node has been out of the master's reach for longer than the lease
+(with a quarter's slack: the agent rewrites the file at most every quarter lease), it
+records the stop in ``STOP_NAME`` (as the agent would: ``end_kind`` ``lost``), sends the
+job's process group SIGTERM, and SIGKILL after ``--grace`` seconds.
 
 It never touches the agent's pipes, so it survives the agent being kill -9'd. Start-up is
 kept cheap: no ``site``, no imports beyond ``os``, ``sys``, ``_signal`` and ``time``.
@@ -52,9 +60,11 @@ _IGNORED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _RESET = (*_IGNORED, signal.SIGPIPE, signal.SIGXFSZ)
 _USAGE = (
     "usage: shim.py CONTROL_DIR [--uid U --gid G --groups G,... --user NAME] [--cwd DIR]"
-    " [--need WHAT=PATH]... -- ARGV...\n"
+    " [--need WHAT=PATH]... [--fence CONTACT_FILE --grace S] -- ARGV...\n"
 )
 _MAX_ERROR = 2048
+FENCE_CHECK_S = 1.0  # how often a fenced wait reads the agent's contact file
+FENCE_SLACK = 1.25  # of the lease: the agent rewrites the file at most every quarter lease
 #: Bytes of the exit record taken before the job starts: a record with the longest error
 #: (``_MAX_ERROR`` bytes, each escaped as ``\\uXXXX`` at worst) fits.
 EXIT_RESERVE = 6 * _MAX_ERROR + 256
@@ -130,7 +140,7 @@ def write_exit(control_dir: str, exit_code: int | None, sig: int | None, error: 
 class _Opts:
     """The parsed command line (a plain class: `dataclasses` would cost start-up time)."""
 
-    __slots__ = ("argv", "cwd", "dir", "gid", "groups", "need", "uid", "user")
+    __slots__ = ("argv", "cwd", "dir", "fence", "gid", "grace", "groups", "need", "uid", "user")
 
     def __init__(self, control_dir: str, argv: list[str]) -> None:
         self.dir = control_dir
@@ -141,6 +151,8 @@ class _Opts:
         self.gid: int | None = None
         self.groups: list[int] = []
         self.cwd = ""
+        self.fence = ""
+        self.grace = 10.0
 
 
 def _parse(args: list[str]) -> _Opts | None:
@@ -162,6 +174,10 @@ def _parse(args: list[str]) -> _Opts | None:
             out.user = value
         elif key == "--cwd":
             out.cwd = value
+        elif key == "--fence":
+            out.fence = value
+        elif key == "--grace":
+            out.grace = float(value)
         elif key == "--need" and "=" in value:
             what, path = value.split("=", 1)
             out.need.append((what, path))
@@ -244,6 +260,8 @@ def main(args: list[str]) -> int:
     for s in _IGNORED:
         signal.signal(s, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _IGNORED)
+    if o.fence:  # the fenced wait takes child exits with sigtimedwait (the child clears it)
+        signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGCHLD,))
     rd, wr = os.pipe()  # close-on-exec: a successful exec closes the child's end
     pid = os.fork()
     if pid == 0:
@@ -270,13 +288,76 @@ def main(args: list[str]) -> int:
             os.killpg(os.getpgrp(), signal.SIGTERM)
         except OSError:
             pass
-    _, status = os.waitpid(pid, 0)
+    if o.fence:
+        status = _wait_fenced(o, pid)
+    else:
+        _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
     if code < 0:
         write_exit(o.dir, None, -code)
     else:
         write_exit(o.dir, code, None)
     return 0
+
+
+def _write_file(path: str, text: str) -> None:
+    """``text`` into ``path`` atomically (a temporary file, then a rename)."""
+    tmp = path + ".shim.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(tmp, flags, 0o600)
+        try:
+            _write_all(fd, text.encode("utf-8", "replace"))
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a full disk: the stop still happens, reported as a signal
+
+
+def _away(path: str) -> tuple[float, float] | None:
+    """Seconds since the agent's latest contact with the master, and the lease (None:
+    unknown, e.g. an agent that never reached the master yet)."""
+    try:
+        with open(path) as f:
+            wall, lease = f.read().split()
+        return time.time() - float(wall), float(lease)
+    except (OSError, ValueError):
+        return None
+
+
+def _wait_fenced(o: _Opts, pid: int) -> int:
+    """``waitpid`` for the job, stopping it once the node has been out of the master's
+    reach past the lease (see the module docstring). Its wait status."""
+    kill_at = 0.0
+    while True:
+        signal.sigtimedwait((signal.SIGCHLD,), FENCE_CHECK_S)
+        got, status = os.waitpid(pid, os.WNOHANG)
+        if got:
+            return status
+        now = time.time()
+        if not kill_at:
+            seen = _away(o.fence)
+            if seen is None or seen[0] <= seen[1] * FENCE_SLACK:
+                continue
+            kill_at = now + o.grace
+            stop = os.path.join(o.dir, STOP_NAME)
+            if os.path.exists(stop):
+                continue  # the agent stopped it already; only its kill may be missing
+            reason = (
+                f"stopped: no contact with the master for {seen[0]:.0f} s (lease "
+                f"{seen[1]:.0f} s); the master runs this job again elsewhere"
+            )
+            _write_file(
+                stop,
+                f'{{"reason": {_json_str(reason)}, "end_kind": "lost", "kill_at": {kill_at}}}',
+            )
+            try:
+                os.killpg(os.getpgrp(), signal.SIGTERM)
+            except OSError:
+                pass
+        elif now >= kill_at:
+            os.killpg(os.getpgrp(), signal.SIGKILL)  # the shim ends with the job's group
 
 
 if __name__ == "__main__":

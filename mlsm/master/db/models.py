@@ -165,6 +165,9 @@ class Job(Base):
     idle_warned_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     # Times it was preempted and requeued (migration 0006): attempts that used no retry.
     preemptions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Lease fencing (migration 0008): a retry of an attempt lost with its node starts no
+    # sooner than this (that node stops such an attempt by then; see JobTable.interrupt).
+    not_before: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class JobRun(Base):

@@ -85,7 +85,7 @@ class _LabCollector(Collector):
         placed: dict[str, int] = {}
         for a in self.table.active.values():
             placed[a.state] = placed.get(a.state, 0) + 1
-        jq.add_metric(["queued"], len(self.table.pending))
+        jq.add_metric(["queued"], len(self.table.pending) + len(self.table.fenced))
         for k in ("assigned", "running"):
             jq.add_metric([k], placed.get(k, 0))
         yield from (up, state, cpu, mem, memt, gu, gm, gmt, gt, gp, ge, jq)

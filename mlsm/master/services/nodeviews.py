@@ -167,6 +167,6 @@ class NodeViews:
             gpus_total=total,
             gpus_busy=busy,
             jobs_running=len(self.table.active),
-            jobs_queued=len(self.table.pending),
+            jobs_queued=len(self.table.pending) + len(self.table.fenced),
             gpus_by_user={u: g for u, g in by_user.items() if g},
         )

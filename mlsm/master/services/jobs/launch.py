@@ -14,6 +14,7 @@ from mlsm.master.db import Database
 from mlsm.master.db.models import Job as JobRow
 from mlsm.master.db.models import User
 from mlsm.master.services.datasets import DatasetCatalog
+from mlsm.master.services.jobs.table import retries_left
 from mlsm.master.services.livenode import LiveNode
 from mlsm.master.services.settings import SettingsService
 from mlsm.wire import agent as w
@@ -92,4 +93,5 @@ class Launcher:
             ),
             code=spec.code,
             project=f"{r.user}/{spec.project}" if spec.project else "",
+            stop_when_lost=retries_left(r),
         )

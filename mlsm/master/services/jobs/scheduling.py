@@ -121,10 +121,12 @@ class SchedulingLoop(NodeEvents):
 
     async def schedule_pass(self) -> sched.SchedResult | None:
         table = self.table
+        now = time.time()
+        if table.fenced:
+            table.release_fenced(now)
         if not table.pending:
             return None
         t0 = time.perf_counter()
-        now = time.time()
         table.charge_usage(now)
         ctx = await self._context(now=now)
         pending: list[sched.PendingJob] = list(table.pending.values())

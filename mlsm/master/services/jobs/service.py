@@ -32,6 +32,7 @@ from mlsm.master.security import Principal
 from mlsm.master.services.events.record import record_for
 from mlsm.master.services.jobs.launch import KILL_GRACE_S, Launcher
 from mlsm.master.services.jobs.limits import JobAsk, check_limits
+from mlsm.master.services.jobs.lost import end_of, fence_after, lost_reason, settle_late
 from mlsm.master.services.jobs.scheduling import SchedulingLoop
 from mlsm.master.services.jobs.table import (
     OPEN_STATES,
@@ -390,8 +391,7 @@ class JobService(NodeEvents):
         r.state = "held"
         r.reason = held_by(p.name)
         r.history = [*r.history, event("held", r.reason)]
-        self.table.pending.pop(r.id, None)
-        self.table.reasons.pop(r.id, None)
+        self.table.unqueue(r.id)
 
     # ---------------------------------------------------------------- agent reports
     async def node_reported(self, node: LiveNode, reports: list[w.JobReport], full: bool) -> None:
@@ -400,6 +400,7 @@ class JobService(NodeEvents):
         now = time.time()
         ended = False
         stale: list[w.JobReport] = []
+        late: list[w.JobReport] = []  # of jobs not placed anywhere now: lost with the node?
         updates: dict[int, w.JobReport] = {}
         active = self.table.active
         for rep in reports:
@@ -407,6 +408,9 @@ class JobService(NodeEvents):
             if a is None or a.node_id != node.id or a.attempt != rep.attempt:
                 if rep.state in ("starting", "running"):
                     stale.append(rep)
+                queued = rep.job_id in self.table.pending or rep.job_id in self.table.fenced
+                if a is None and not queued:
+                    late.append(rep)
                 continue
             if rep.state in ("running", "starting") and a.state == "running":
                 continue
@@ -429,6 +433,21 @@ class JobService(NodeEvents):
                         missing.append(a)
                 elif now - a.assigned_at > ASSIGN_GRACE_S:
                     missing.append(a)
+        if late:
+            async with self.db.transaction() as s:
+                taken = await settle_late(s, self.table, node, late)
+            if taken:
+                ended = True
+                stale = [rep for rep in stale if (rep.job_id, rep.attempt) not in taken]
+            for rep in late:  # an end that met its job revived meanwhile (a heartbeat's)
+                a = active.get(rep.job_id)
+                if (
+                    rep.state not in ("starting", "running")
+                    and (rep.job_id, rep.attempt) not in taken
+                    and a is not None
+                    and (a.node_id, a.attempt) == (node.id, rep.attempt)
+                ):
+                    updates[rep.job_id] = rep
         resend: list[w.JobSpec] = []
         if updates or missing:
             async with self.db.transaction() as s:
@@ -489,18 +508,11 @@ class JobService(NodeEvents):
         if rep.state == "lost" or rep.end_kind == "lost":
             self.table.interrupt(r, rep.reason or "lost", now)
             return
+        state, reason = end_of(rep)
         if rep.state == "failed_to_start":
-            self.table.finish(r, "failed", rep.reason or "failed to start", now)
+            self.table.finish(r, state, reason, now)
             return
         code = rep.exit_code
-        state: api.JobState
-        if rep.end_kind == "cancelled":
-            state = "cancelled"
-        elif rep.end_kind in ("timeout", "oom", "error"):
-            state = "failed"
-        else:
-            state = "succeeded" if code == 0 else "failed"
-        reason = rep.reason or (f"exit code {code}" if code is not None else state)
         if r.reason.startswith(REQUEUE_MARK) and state == "cancelled":
             self.table.requeue(r, r.reason.removeprefix(REQUEUE_MARK), now)
             return
@@ -519,13 +531,14 @@ class JobService(NodeEvents):
         if not mine:
             return
         now = time.time()
-        why = f"node {node.name} was lost (no heartbeat for {self.settings.node_lease:.0f} s)"
+        why = lost_reason(node.name, self.settings.node_lease)
+        fence = fence_after(node.last_seen, self.settings.node_lease)
         async with self.db.transaction() as s:
             rows = await rows_by_id(s, [a.job_id for a in mine])
             for a in mine:
                 r = rows.get(a.job_id)
                 if r is not None:
-                    self.table.interrupt(r, why, now)
+                    self.table.interrupt(r, why, now, fence)
         self.scheduling.kick()
 
     async def remove_node(self, name: str, *, force: bool) -> list[int]:
@@ -549,12 +562,15 @@ class JobService(NodeEvents):
         ):
             await asyncio.sleep(REMOVE_ACK_POLL_S)
         now = time.time()
+        # A node out of reach may still run them: their retries wait out the lease fence.
+        reachable = self.nodes.state_of(node) == "online"
+        fence = None if reachable else fence_after(node.last_seen, self.settings.node_lease)
         async with self.db.transaction() as s:
             rows = await rows_by_id(s, [a.job_id for a in mine])
             for a in mine:
                 r = rows.get(a.job_id)
                 if r is not None:
-                    self.table.interrupt(r, f"node {name} was removed by an admin", now)
+                    self.table.interrupt(r, f"node {name} was removed by an admin", now, fence)
         await self.nodes.remove(name)
         self.scheduling.kick()
         return [a.job_id for a in mine]

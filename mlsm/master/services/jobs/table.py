@@ -2,7 +2,8 @@
 
 The database is the source of truth across restarts; the table mirrors what the hot paths
 need without a query: the queue (``pending``: queued job id -> scheduler input, and each
-waiting job's ``reasons``), the jobs placed on nodes (``active``), and the final states
+waiting job's ``reasons``; ``fenced``: requeued jobs that may not start yet, see
+:meth:`JobTable.interrupt`), the jobs placed on nodes (``active``), and the final states
 seen lately (``final_states``, for dependencies and log followers). Every transition of a
 job changes its row and the table together, through the methods here, so the two never
 disagree: :meth:`JobTable.queue`, :meth:`~JobTable.place`, :meth:`~JobTable.run`,
@@ -40,7 +41,7 @@ from mlsm.wire.events import EventKind
 
 #: States of a job that holds, or waits for, a place on a node.
 OPEN_STATES = ("queued", "assigned", "running")
-_FINAL_EVENTS: dict[str, EventKind] = {
+FINAL_EVENTS: dict[str, EventKind] = {
     "succeeded": "job.succeeded",
     "failed": "job.failed",
     "cancelled": "job.cancelled",
@@ -83,6 +84,12 @@ class Active:
         if not limit:
             return float("inf")
         return (self.started_at or self.assigned_at) + limit
+
+
+def retries_left(r: JobRow) -> bool:
+    """Whether losing the current attempt requeues the job (attempts lost to preemption
+    used none of its retries)."""
+    return r.attempt - (r.preemptions or 0) < r.retries
 
 
 def event(state: str, message: str = "") -> list[Any]:
@@ -166,6 +173,9 @@ class JobTable:
         self.fair_share = fair_share
         self.logs = logs
         self.pending: dict[int, sched.PendingJob] = {}
+        #: Requeued jobs that wait out a fence (their row's ``not_before``) before the
+        #: scheduler sees them: job id -> (not before, scheduler input).
+        self.fenced: dict[int, tuple[float, sched.PendingJob]] = {}
         self.reasons: dict[int, str] = {}
         self.active: dict[int, Active] = {}
         self.final_states: dict[int, str] = {}
@@ -181,8 +191,8 @@ class JobTable:
         maps to -1, so its jobs are found lost)."""
         for r in rows:
             if r.state == "queued":
-                self.pending[r.id] = pending_of(r)
                 self.reasons[r.id] = r.reason
+                self.queue(r)
             else:
                 node_id = node_ids.get(r.node or "", -1)
                 since = r.started_at or r.created_at
@@ -210,8 +220,28 @@ class JobTable:
 
     # ---------------------------------------------------------------- transitions
     def queue(self, r: JobRow) -> None:
-        """A row that is queued now (submitted, released, or requeued) waits for a pass."""
+        """A row that is queued now (submitted, released, or requeued) waits for a pass, or
+        first for its fence (:meth:`release_fenced`)."""
+        if r.not_before is not None and r.not_before > time.time():
+            self.fenced[r.id] = (r.not_before, pending_of(r))
+            self.pending.pop(r.id, None)
+            return
+        self.fenced.pop(r.id, None)
         self.pending[r.id] = pending_of(r)
+
+    def release_fenced(self, now: float) -> bool:
+        """Fenced jobs whose time has come join the queue; whether any did."""
+        due = [jid for jid, (until, _) in self.fenced.items() if until <= now]
+        for jid in due:
+            self.pending[jid] = self.fenced.pop(jid)[1]
+        return bool(due)
+
+    def unqueue(self, job_id: int) -> None:
+        """The job no longer waits (held, placed, ended)."""
+        self.pending.pop(job_id, None)
+        self.fenced.pop(job_id, None)
+        self.reasons.pop(job_id, None)
+        self.expected.pop(job_id, None)
 
     def place(self, r: JobRow, node: str, node_id: int, gpus: tuple[int, ...], now: float) -> None:
         r.state = "assigned"
@@ -220,9 +250,8 @@ class JobTable:
         r.reason = ""
         where = f"on {node} GPUs {list(gpus)}" if gpus else f"on {node}"
         r.history = [*r.history, event("assigned", where)]
-        self.pending.pop(r.id, None)
-        self.reasons.pop(r.id, None)
-        self.expected.pop(r.id, None)
+        r.not_before = None
+        self.unqueue(r.id)
         self.active[r.id] = _active_of(r, node_id, gpus, now)
 
     def run(self, r: JobRow, a: Active, started_at: float, pid: int | None) -> None:
@@ -234,6 +263,20 @@ class JobTable:
         self.charge_usage(time.time())
         a.state = "running"
         a.started_at = started_at
+
+    def resume(self, r: JobRow, node_id: int, now: float, why: str) -> None:
+        """An attempt given up with its node turned out to run on: the job runs again
+        there (the node came back before anything else could be placed on it)."""
+        self.charge_usage(now)
+        r.state = "running"
+        r.reason = ""
+        r.ended_at = None
+        r.exit_code = None
+        r.history = [*r.history, event("running", why)]
+        self.final_states.pop(r.id, None)
+        a = _active_of(r, node_id, tuple(r.gpu_indices or ()), now)
+        self.active[r.id] = a
+        self.logs.notify(r.id)
 
     def _record_run(self, r: JobRow, state: str, ended_at: float) -> None:
         """The usage facts of the attempt that ends now, if it ran (added to the row's
@@ -275,7 +318,7 @@ class JobTable:
         r.history = [*(r.history or []), event(state, reason)]
         record_for(
             r,
-            _FINAL_EVENTS[state],
+            FINAL_EVENTS[state],
             f"{state}: {reason}" if reason else state,
             state=state,
             reason=reason,
@@ -285,20 +328,28 @@ class JobTable:
         if self.on_final is not None:
             self.on_final(r.id)
         self.active.pop(r.id, None)
-        self.pending.pop(r.id, None)
-        self.reasons.pop(r.id, None)
-        self.expected.pop(r.id, None)
+        self.unqueue(r.id)
         self.logs.notify(r.id)
 
-    def interrupt(self, r: JobRow, why: str, now: float) -> None:
+    def interrupt(self, r: JobRow, why: str, now: float, fence: float | None = None) -> None:
         """Lost to an infrastructure fault: requeued as a new attempt while retries remain
-        (attempts lost to preemption used none)."""
-        if r.attempt - (r.preemptions or 0) >= r.retries:
+        (attempts lost to preemption used none).
+
+        ``fence``: the lost attempt may still run on a node the master cannot reach until
+        then (that node stops it by then: :attr:`~mlsm.wire.agent.JobSpec.stop_when_lost`),
+        so the new attempt starts no sooner; kept in the row, a restarted master keeps it."""
+        if not retries_left(r):
             self.finish(r, "interrupted", why, now)
             return
         r.history = [*r.history, event("interrupted", why)]
         record_for(r, "job.interrupted", f"interrupted: {why}", state="interrupted", reason=why)
+        r.not_before = fence if fence is not None and fence > now else None
         self._requeue(r, why, f"requeued after interruption: {why}", now)
+        if r.not_before is not None:
+            clock = time.strftime("%H:%M:%S", time.localtime(r.not_before))
+            self.reasons[r.id] = (
+                f"{r.reason}; starts after {clock}, when the lost attempt has surely stopped"
+            )
 
     def requeue(self, r: JobRow, why: str, now: float) -> None:
         """Stopped by a lab policy that requeues (the idle-GPU one): a new attempt, whatever
