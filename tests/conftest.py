@@ -10,7 +10,7 @@ one is absent, a test *skips with a visible reason* on a laptop, but under ``CI=
   ``docker_engine``/``docker_test_image`` fixtures are marked ``postgres``/``docker``
   automatically, so ``pytest -m "not docker"`` works and the CI hook below knows them.
 - ``soak`` tests (minutes of faults, ``tests/soak``) run only when ``-m`` names them
-  (``pytest -m soak tests/soak``; not yet a .ci/run phase); any other run deselects them, a
+  (``pytest -m soak tests/soak``, .ci/run's soak phase); any other run deselects them, a
   ``-m "not docker"`` of its own included.
 - Under ``CI=true`` a ``docker`` or ``postgres`` test that skips for *any* reason
   (``pytest.skip``, ``skipif``, ``importorskip``) is reported as failed.
