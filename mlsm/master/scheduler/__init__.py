@@ -82,7 +82,9 @@ job's turn); the order of turns is :func:`schedule` below.
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Iterable
+from operator import attrgetter
 
 from mlsm.master.scheduler.candidates import dep_verdict
 from mlsm.master.scheduler.model import (
@@ -120,8 +122,8 @@ __all__ = [
 ]
 
 
-def _age(job: PendingJob) -> tuple[float, int]:
-    return (job.submitted_at, job.id)
+#: A user's queue runs oldest first (then by id).
+_AGE = attrgetter("submitted_at", "id")
 
 
 def schedule(
@@ -143,25 +145,40 @@ def schedule(
         queues.setdefault(key, {}).setdefault(job.user, []).append(job)
 
     effective: dict[str, float] = {}
+    place = state.place
     for prio in sorted(queues, reverse=True):
         users = queues[prio]
         heap: list[tuple[float, float, int, str, int]] = []
         for user, mine in users.items():
-            mine.sort(key=_age)
+            mine.sort(key=_AGE)
             u = effective.setdefault(user, ctx.usage.get(user, 0.0))
             heap.append((u, mine[0].submitted_at, mine[0].id, user, 0))
         heapq.heapify(heap)
         while heap:
             u, _, _, user, i = heap[0]
             mine = users[user]
-            job = mine[i]
-            if state.place(job, out):
-                u += job.gpus * PASS_CHARGE_GPU_HOURS if job.gpus else CPU_JOB_CHARGE
-                effective[user] = u
-            i += 1
-            if i < len(mine):
-                nxt = mine[i]
-                heapq.heapreplace(heap, (u, nxt.submitted_at, nxt.id, user, i))
+            end = len(mine)
+            # The user whose turn it is keeps it while their next job still comes before
+            # every other user's next one (a job that waits changes no one's usage).
+            if len(heap) > 1:
+                ou, osub, oid = min(heap[1:3])[:3]
             else:
-                heapq.heappop(heap)
+                ou, osub, oid = math.inf, 0.0, 0
+            while True:
+                job = mine[i]
+                if place(job, out):
+                    u += job.gpus * PASS_CHARGE_GPU_HOURS if job.gpus else CPU_JOB_CHARGE
+                    effective[user] = u
+                i += 1
+                if i == end:
+                    heapq.heappop(heap)
+                    break
+                nxt = mine[i]
+                if u < ou or (
+                    u == ou
+                    and (nxt.submitted_at < osub or (nxt.submitted_at == osub and nxt.id < oid))
+                ):
+                    continue
+                heapq.heapreplace(heap, (u, nxt.submitted_at, nxt.id, user, i))
+                break
     return out

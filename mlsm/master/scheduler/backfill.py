@@ -60,6 +60,8 @@ class Backfill:
         self.restricted_nodes: list[Node] = []
         #: Requests known to find no restricted node (see Pass.place's ``rkey``).
         self.rfailed: set[tuple[object, ...]] = set()
+        self.held: dict[tuple[object, ...], tuple[int, str]] = {}
+        self.hits: dict[tuple[object, ...], tuple[int, tuple[Node, list[tuple[int, int]]]]] = {}
         self.block_jobs: set[int] = set()  # jobs that own a block (a backfill reservation)
         self.block_users: set[str] = set()  # users that own a block (a reservation)
         self.reserved = False  # a reservation is made, or no more tries this pass
@@ -79,8 +81,8 @@ class Backfill:
         if b.user is not None:
             self.block_users.add(b.user)
         if not n.restricted:
-            self.free.restrict(n)
             self.restricted_nodes.append(n)
+        self.free.restrict(n)
 
     def forbidden(self, n: Node, job: PendingJob) -> set[int]:
         """GPUs of ``n`` that blocks keep from ``job`` now. A user's jobs may always use
@@ -111,10 +113,18 @@ class Backfill:
         return bad
 
     def pick(
-        self, cand: Cand, job: PendingJob, ti: int
+        self, cand: Cand, job: PendingJob, ti: int, rkey: tuple[object, ...] | None
     ) -> tuple[Node, list[tuple[int, int]]] | None:
         """The restricted candidate node with the fewest GPUs this job may use that is
-        still enough, and those GPUs."""
+        still enough, and those GPUs. The answer depends on the job's ``rkey`` (None: the
+        job owns a block) and the restricted nodes alone: a failure holds for the pass
+        (blocks only take GPUs away), a hit until a restricted node changes."""
+        if rkey is not None:
+            if rkey in self.rfailed:
+                return None
+            seen = self.hits.get(rkey)
+            if seen is not None and seen[0] == self.free.restricted_version:
+                return seen[1]
         g, need, members = job.gpus, job.gpu_mem_bytes, cand.members
         best: tuple[Node, list[tuple[int, int]]] | None = None
         for n in self.restricted_nodes:
@@ -126,12 +136,27 @@ class Backfill:
             usable = [f for f in n.free if f[1] >= need and f[0] not in bad]
             if len(usable) >= g and (best is None or len(usable) < len(best[1])):
                 best = (n, usable)
+        if rkey is not None:
+            if best is None:
+                self.rfailed.add(rkey)
+            else:
+                self.hits[rkey] = (self.free.restricted_version, best)
         return best
 
-    def held_why(self, cand: Cand, job: PendingJob, ti: int) -> str:
-        """When free GPUs that would fit are kept by a hold or reservation: which."""
+    def held_why(self, cand: Cand, job: PendingJob, ti: int, key: tuple[object, ...] | None) -> str:
+        """When free GPUs that would fit are kept by a hold or reservation: which. The
+        answer depends on ``key`` (the candidates, GPUs, memory class and what the job may
+        use of blocks; None: the job owns a block) and the restricted nodes alone."""
         if not self.restricted_nodes or ti >= len(self.free.thresholds):
             return ""
+        if key is None:
+            return self._held_why(cand, job, ti)
+        seen = self.held.get(key)
+        if seen is None or seen[0] != self.free.restricted_version:
+            seen = self.held[key] = (self.free.restricted_version, self._held_why(cand, job, ti))
+        return seen[1]
+
+    def _held_why(self, cand: Cand, job: PendingJob, ti: int) -> str:
         members, now = cand.members, self.now
         for n in self.restricted_nodes:
             if (members is not None and n.pos not in members) or n.counts[ti] < job.gpus:

@@ -3,7 +3,8 @@ runtime, Unix account), or why none does; dependencies; how reasons name things.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import NamedTuple, TypeVar
 
 from mlsm.master.scheduler.model import NodeCap, PendingJob
 from mlsm.master.scheduler.nodes import Node
@@ -18,7 +19,7 @@ _ENDED = {"failed": "failed", "cancelled": "was cancelled", "interrupted": "was 
 class Cand:
     """The nodes one set of job filters allows, or why there are none."""
 
-    __slots__ = ("_most", "members", "nodes", "reason", "single", "where")
+    __slots__ = ("_fits", "_most", "cursors", "members", "nodes", "reason", "single", "where")
 
     def __init__(self, nodes: list[Node], where: str, reason: str = "") -> None:
         self.nodes = nodes
@@ -27,6 +28,10 @@ class Cand:
         self.single = where.startswith("node ")
         self.members: set[int] | None = None  # None = every schedulable node
         self._most: dict[int, int] = {}
+        #: Where FreeIndex.pick resumes, per (memory class, CPUs, memory): one position
+        #: per bucket.
+        self.cursors: dict[tuple[int, float, int], list[int]] = {}
+        self._fits: dict[tuple[int, int], Node | None] = {}
 
     def most(self, ti: int) -> int:
         """The most GPUs of memory class ``ti`` any of the nodes has, busy or not (sizes
@@ -36,10 +41,56 @@ class Cand:
             got = self._most[ti] = max((n.totals[ti] for n in self.nodes), default=0)
         return got
 
+    def has_free(self, ti: int, g: int) -> bool:
+        """Whether a node has ``g`` free GPUs of memory class ``ti`` now (blocks aside).
+        The node that last did is tried first; once none does, none will this pass."""
+        key = (ti, g)
+        if key in self._fits:
+            seen = self._fits[key]
+            if seen is None:
+                return False
+            if seen.counts[ti] >= g:
+                return True
+        found = next((n for n in self.nodes if n.counts[ti] >= g), None)
+        self._fits[key] = found
+        return found is not None
+
     def no(self, thing: str) -> str:
         return (
             f"{self.where} does not have {thing}" if self.single else f"no {self.where} has {thing}"
         )
+
+
+_A = TypeVar("_A")
+
+
+def _holds_dataset(c: NodeCap, d: str) -> bool:
+    return d in c.datasets
+
+
+def _holds_project(c: NodeCap, p: str) -> bool:
+    return p in c.projects
+
+
+def _runs_code(c: NodeCap, _: str) -> bool:
+    return c.code
+
+
+def _labelled(c: NodeCap, kv: tuple[str, str]) -> bool:
+    return c.labels.get(kv[0]) == kv[1]
+
+
+def _runs_env(c: NodeCap, env: str) -> bool:
+    return env in c.runtimes
+
+
+def _has_account(c: NodeCap, acct: str) -> bool:
+    return c.accounts is None or acct in c.accounts
+
+
+class _Test(NamedTuple):
+    nodes: list[Node]  # in input order
+    pos: frozenset[int]
 
 
 class Candidates:
@@ -55,6 +106,7 @@ class Candidates:
         # Whether any online node runs only users' own accounts (else skip the account test).
         self.restricted = any(n.cap.accounts is not None for n in nodes)
         self.cands: dict[object, Cand] = {}
+        self.tests: dict[tuple[object, object], _Test] = {}
 
     def account(self, job: PendingJob) -> str | None:
         """The account name ``job`` needs on its node, or None when any node will do."""
@@ -94,29 +146,29 @@ class Candidates:
         if not self.nodes:
             return Cand([], "", "no online nodes")
         # (what a node must do, the nodes that do it, the reason when none does)
-        tests: list[tuple[str, list[Node], str]] = []
+        tests: list[tuple[str, _Test, str]] = []
         for d in sorted(set(job.datasets)):
-            ok = [n for n in self.nodes if d in n.cap.datasets]
+            ok = self._test(_holds_dataset, d)
             tests.append((f"holds dataset {d}", ok, self._no_ds(d)))
         if job.project:
-            ok = [n for n in self.nodes if job.project in n.cap.projects]
+            ok = self._test(_holds_project, job.project)
             tests.append((f"holds project {job.project}", ok, self._no_project(job.project)))
         if job.code:
-            ok = [n for n in self.nodes if n.cap.code]
-            if len(ok) < len(self.nodes):
+            ok = self._test(_runs_code, "")
+            if len(ok.nodes) < len(self.nodes):
                 tests.append(("can run shipped code", ok, _NO_CODE))
         for k, v in sorted(job.labels.items()):
-            ok = [n for n in self.nodes if n.cap.labels.get(k) == v]
+            ok = self._test(_labelled, (k, v))
             tests.append((f"is labelled {k}={v}", ok, f"no online node is labelled {k}={v}"))
         env = job.env_kind
-        ok = [n for n in self.nodes if env in n.cap.runtimes]
-        if len(ok) < len(self.nodes):  # a runtime every node has is not worth naming
+        ok = self._test(_runs_env, env)
+        if len(ok.nodes) < len(self.nodes):  # a runtime every node has is not worth naming
             docker = " (Docker unavailable)" if env == "docker" else ""
             tests.append((f"can run {env} jobs", ok, f"no online node can run {env} jobs{docker}"))
         acct = self.account(job) if self.restricted else None
         if acct is not None:
-            ok = [n for n in self.nodes if n.cap.accounts is None or acct in n.cap.accounts]
-            if len(ok) < len(self.nodes):
+            ok = self._test(_has_account, acct)
+            if len(ok.nodes) < len(self.nodes):
                 tests.append(
                     (
                         f"has a Unix account for {acct}",
@@ -127,11 +179,14 @@ class Candidates:
         kept = self.nodes
         descs = []
         for desc, ok, alone in tests:
-            if not ok:
+            if not ok.nodes:
                 return Cand([], "", alone)
             descs.append(desc)
-            allowed = {n.pos for n in ok}
-            kept = [n for n in kept if n.pos in allowed]
+            if kept is self.nodes:
+                kept = ok.nodes
+            else:
+                allowed = ok.pos
+                kept = [n for n in kept if n.pos in allowed]
             if not kept:
                 return Cand([], "", "no online node " + " and ".join(descs))
         where = "online node" + (" that " + " and ".join(descs) if descs else "")
@@ -139,6 +194,15 @@ class Candidates:
         if len(kept) < len(self.nodes):
             cand.members = {n.pos for n in kept}
         return cand
+
+    def _test(self, passes: Callable[[NodeCap, _A], bool], arg: _A) -> _Test:
+        """The online nodes that pass one filter (kept for the pass: many jobs share it)."""
+        key = (passes, arg)
+        got = self.tests.get(key)
+        if got is None:
+            ok = [n for n in self.nodes if passes(n.cap, arg)]
+            got = self.tests[key] = _Test(ok, frozenset(n.pos for n in ok))
+        return got
 
     def _no_ds(self, d: str) -> str:
         elsewhere = sorted(

@@ -65,14 +65,22 @@ class FreeIndex:
         self.nodes = [Node(c, i, self.thresholds) for i, c in enumerate(online)]
         self.by_name = {n.name: n for n in self.nodes}
         width = max((len(c.gpus) for c in online), default=0) + 1
-        # buckets[ti][k]: nodes with exactly k free GPUs of >= thresholds[ti] bytes
-        self.buckets: list[list[dict[Node, None]]] = []
+        # buckets[ti][k]: the nodes that have had exactly k free GPUs of >= thresholds[ti]
+        # bytes, in the order they came to have them. A node's count only falls during a
+        # pass, so an entry is live while the node still has that count and no blocks;
+        # sizes[ti][k] counts the live ones. Append-only, so a scan can resume (see pick).
+        self.buckets: list[list[list[Node]]] = []
+        self.sizes: list[list[int]] = []
         for ti in range(len(self.thresholds)):
-            row: list[dict[Node, None]] = [{} for _ in range(width)]
+            row: list[list[Node]] = [[] for _ in range(width)]
             for n in self.nodes:
-                row[n.counts[ti]][n] = None
+                row[n.counts[ti]].append(n)
             self.buckets.append(row)
+            self.sizes.append([len(b) for b in row])
         self.top = [width - 1] * len(self.thresholds)
+        #: Bumped whenever a restricted node loses GPUs or a block is added: what is
+        #: remembered about restricted nodes holds while it is unchanged.
+        self.restricted_version = 0
         # When each busy GPU frees up (node -> index -> time), by running jobs' time limits.
         self.release: dict[str, dict[int, float]] = {}
         for r in running:
@@ -82,21 +90,29 @@ class FreeIndex:
                 per[i] = max(per.get(i, t), t)
 
     def restrict(self, n: Node) -> None:
-        """Take ``n`` out of the buckets (it has blocks: scanned per job instead)."""
+        """Take ``n`` out of the buckets (it has blocks: scanned per job instead); it got
+        another block."""
         if not n.restricted:
             n.restricted = True
-            for ti, row in enumerate(self.buckets):
-                del row[n.counts[ti]][n]
+            for ti, sizes in enumerate(self.sizes):
+                sizes[n.counts[ti]] -= 1
+        self.restricted_version += 1
 
     def maxfree(self, ti: int) -> int:
-        row, k = self.buckets[ti], self.top[ti]
-        while k > 0 and not row[k]:
+        sizes, k = self.sizes[ti], self.top[ti]
+        while k > 0 and not sizes[k]:
             k -= 1
         self.top[ti] = k
         return k
 
     def pick(self, cand: Cand, g: int, ti: int, cpus: float, mem: int) -> Node | None:
-        """The best fit among the candidate nodes outside blocks (see the rules)."""
+        """The best fit among the candidate nodes outside blocks (see the rules).
+
+        A bucket entry that fails a request (gone from the bucket, not a candidate, too few
+        CPUs or too little memory) fails it for the rest of the pass, since capacity only
+        shrinks: each candidate set keeps, per request and bucket, where the next scan
+        starts, so a pass tests each entry at most once per request.
+        """
         if cand.members is not None and len(cand.nodes) <= SMALL_CANDIDATE_SET:
             best, best_key = None, None
             for n in cand.nodes:
@@ -108,20 +124,36 @@ class FreeIndex:
                     best, best_key = n, key
             return best
         members = cand.members
-        row = self.buckets[ti]
+        row, sizes = self.buckets[ti], self.sizes[ti]
+        cursors = cand.cursors.get((ti, cpus, mem))
+        if cursors is None:
+            cursors = cand.cursors[(ti, cpus, mem)] = [0] * len(row)
         for k in range(g, self.maxfree(ti) + 1):
-            for n in row[k]:
-                if members is not None and n.pos not in members:
-                    continue
-                if (cpus and n.cpus < cpus) or (mem and n.mem < mem):
-                    continue
-                return n
+            if not sizes[k]:
+                continue
+            entries = row[k]
+            i, end = cursors[k], len(entries)
+            while i < end:
+                n = entries[i]
+                if (
+                    n.counts[ti] == k
+                    and not n.restricted
+                    and (members is None or n.pos in members)
+                    and not (cpus and n.cpus < cpus)
+                    and not (mem and n.mem < mem)
+                ):
+                    cursors[k] = i
+                    return n
+                i += 1
+            cursors[k] = i
         return None
 
     def take(
         self, n: Node, job: PendingJob, usable: list[tuple[int, int]] | None = None
     ) -> tuple[int, ...]:
         """Give ``job`` what it asks for on ``n`` (of ``usable`` GPUs when given)."""
+        if n.restricted:
+            self.restricted_version += 1
         if job.cpus:
             n.cpus -= job.cpus
         if job.mem_bytes:
@@ -137,9 +169,10 @@ class FreeIndex:
             if lost:
                 old = n.counts[ti]
                 if not n.restricted:
-                    row = self.buckets[ti]
-                    del row[old][n]
-                    row[old - lost][n] = None
+                    sizes = self.sizes[ti]
+                    sizes[old] -= 1
+                    sizes[old - lost] += 1
+                    self.buckets[ti][old - lost].append(n)
                 n.counts[ti] = old - lost
         now = self.now
         ends = now if job.preemptible else now + job.time_limit_s if job.time_limit_s else math.inf

@@ -1,5 +1,8 @@
 """One job's turn in a pass: its limits, its candidate nodes, the best fit (in the buckets
-or on a restricted node), and when nothing fits, the reason, a preemption or a reservation."""
+or on a restricted node), and when nothing fits, the reason, a preemption or a reservation.
+
+Most of a large queue waits, and jobs of one kind wait for the same reason: a kind's
+verdict is worked out once and reused while it cannot change (see ``Pass.place``)."""
 
 from __future__ import annotations
 
@@ -26,6 +29,9 @@ class Pass:
         #: Requests (filters, GPUs, memory class, CPUs, memory) known to find no node in
         #: the buckets, with the reason: capacity only shrinks during a pass.
         self.failed: dict[tuple[object, ...], str] = {}
+        #: rkey -> (FreeIndex.restricted_version, reason): a request whose jobs all wait
+        #: for that reason while no restricted node changes (see the end of ``place``).
+        self.settled: dict[tuple[object, ...], tuple[int, str]] = {}
         self.user_placed: dict[str, int] = {}
         self.array_placed: dict[int, int] = {}
 
@@ -47,7 +53,7 @@ class Pass:
         if most < g:
             return cand.no(f"{gpus_text(g)}{kind}")
         free = f"{g} free GPU{'s' if g > 1 else ''}{kind}"
-        if not res or not any(n.counts[ti] >= g for n in cand.nodes):
+        if not res or not cand.has_free(ti, g):
             return cand.no(free)
         return cand.no(f"{free} plus {extra}")
 
@@ -80,6 +86,17 @@ class Pass:
         free, backfill = self.free, self.backfill
         ti = bisect_left(self.thresholds, job.gpu_mem_bytes) if g else 0
         fkey = (ckey, g, ti, job.cpus, job.mem_bytes)
+        # What a job may use of the blocks depends on its rkey alone (and blocks added
+        # later only take GPUs away), so a failure holds for every job alike; the job
+        # a block is kept for is the exception.
+        rkey: tuple[object, ...] | None = None
+        if job.id not in backfill.block_jobs:
+            user = job.user if job.user in backfill.block_users else ""
+            rkey = (fkey, job.preemptible, user, job.time_limit_s)
+            settled = self.settled.get(rkey)
+            if settled is not None and settled[0] == free.restricted_version:
+                out.reasons[job.id] = settled[1]
+                return False
         why = self.failed.get(fkey)
         node: Node | None = None
         usable: list[tuple[int, int]] | None = None
@@ -88,23 +105,13 @@ class Pass:
                 node = free.pick(cand, g, ti, job.cpus, job.mem_bytes)
             if node is None:
                 why = self.failed[fkey] = self.why(cand, job, ti)
-        rkey: tuple[object, ...] | None = None
-        if backfill.blocks and job.id not in backfill.block_jobs:
-            # What a job may use of the blocks depends on these alone (and blocks added
-            # later only take GPUs away), so a failure holds for every job alike.
-            user = job.user if job.user in backfill.block_users else ""
-            rkey = (fkey, job.preemptible, user, job.time_limit_s)
         # A restricted node wins only with fewer usable GPUs than the bucket pick has free:
         # none can when that pick fits exactly.
         exact = node is not None and node.counts[ti] <= g
         if backfill.restricted_nodes and ti < len(self.thresholds) and not exact:
-            if rkey is None or rkey not in backfill.rfailed:
-                hit = backfill.pick(cand, job, ti)
-                if hit is None:
-                    if rkey is not None:
-                        backfill.rfailed.add(rkey)
-                elif node is None or len(hit[1]) < node.counts[ti]:
-                    node, usable = hit
+            hit = backfill.pick(cand, job, ti, rkey)
+            if hit is not None and (node is None or len(hit[1]) < node.counts[ti]):
+                node, usable = hit
         if node is not None:
             out.placements.append(Placement(job.id, node.name, free.take(node, job, usable)))
             if g:
@@ -113,14 +120,34 @@ class Pass:
                 self.array_placed[parent] = self.array_placed.get(parent, 0) + 1
             return True
         assert why is not None
-        out.reasons[job.id] = backfill.held_why(cand, job, ti) or why
-        if g and not job.preemptible and ti < len(self.thresholds):
-            preemption = self.preemption
+        pkey = (ckey, g, ti)  # preemption and holds look at neither CPUs nor memory
+        hkey = None if rkey is None else (pkey, *rkey[1:])
+        out.reasons[job.id] = reason = backfill.held_why(cand, job, ti, hkey) or why
+        tries = bool(g and not job.preemptible and ti < len(self.thresholds))
+        preemption = self.preemption
+        if tries:
             preempted = False
-            if preemption.on and fkey not in preemption.failed:
+            if preemption.on and pkey not in preemption.failed:
                 preempted = preemption.preempt(job, cand, ti, out)
                 if not preempted:
-                    preemption.failed.add(fkey)
+                    preemption.failed.add(pkey)
             if not preempted and not backfill.reserved:
                 backfill.reserve(job, cand, ti, out)
+        # Settled when nothing above can turn out otherwise for the next job of this rkey
+        # but what restricted nodes have: the bucket search failed (it stays failed), the
+        # restricted scan too, and no preemption or reservation is left to try. Its reason
+        # then holds until a restricted node changes.
+        if (
+            rkey is not None
+            and out.reasons[job.id] is reason
+            and (
+                not (backfill.restricted_nodes and ti < len(self.thresholds))
+                or rkey in backfill.rfailed
+            )
+            and (
+                not tries
+                or ((not preemption.on or pkey in preemption.failed) and backfill.reserved)
+            )
+        ):
+            self.settled[rkey] = (free.restricted_version, reason)
         return False
