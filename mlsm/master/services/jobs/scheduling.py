@@ -95,6 +95,8 @@ class SchedulingLoop(NodeEvents):
         self.last_pass_ms = 0.0
         #: never_fits verdicts by job shape: (verdict, when), see NEVER_FITS_CACHE_S.
         self._never_fits: dict[tuple[object, ...], tuple[str, float, int]] = {}
+        #: Queued job id -> (the job, its copy with the lab's default time limit).
+        self._limited: dict[int, tuple[sched.PendingJob, sched.PendingJob]] = {}
 
     def kick(self) -> None:
         """Ask for a pass soon (coalesced with other kicks)."""
@@ -127,12 +129,7 @@ class SchedulingLoop(NodeEvents):
         now = time.time()
         table.charge_usage(now)
         ctx = await self._context(now=now)
-        pending: list[sched.PendingJob] = list(table.pending.values())
-        default_limit = self._default_limit()
-        if default_limit:  # jobs queued before the lab had a default get it now
-            pending = [
-                j if j.time_limit_s else replace(j, time_limit_s=default_limit) for j in pending
-            ]
+        pending = self._with_default_limit(list(table.pending.values()))
         caps = self.node_caps(now)
         # The pass is a pure function of these snapshots: computed in a worker thread, so
         # a pass over a large queue does not stall every request meanwhile. What changed
@@ -145,6 +142,29 @@ class SchedulingLoop(NodeEvents):
         self.passes += 1
         self.last_pass_ms = (time.perf_counter() - t0) * 1000
         return result
+
+    def _with_default_limit(self, pending: list[sched.PendingJob]) -> list[sched.PendingJob]:
+        """The queue with the lab's default time limit on jobs that name none (jobs queued
+        before the lab had a default get it now). Each such job is copied once, not once
+        a pass: the copy is kept while the job and the default are the same."""
+        default_limit = self._default_limit()
+        if not default_limit:
+            self._limited.clear()
+            return pending
+        kept = self._limited
+        out = []
+        for j in pending:
+            if j.time_limit_s:
+                out.append(j)
+                continue
+            hit = kept.get(j.id)
+            if hit is None or hit[0] is not j or hit[1].time_limit_s != default_limit:
+                hit = kept[j.id] = (j, replace(j, time_limit_s=default_limit))
+            out.append(hit[1])
+        if len(kept) > 2 * len(out):  # forget jobs that left the queue
+            queued = {j.id for j in pending}
+            self._limited = {k: v for k, v in kept.items() if k in queued}
+        return out
 
     def _default_limit(self) -> float:
         return effective_default_time_limit(self.lab_settings.current) if self.lab_settings else 0.0
