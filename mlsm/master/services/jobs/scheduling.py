@@ -17,7 +17,6 @@ import math
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 
 from sqlalchemy import select, update
 
@@ -29,7 +28,7 @@ from mlsm.master.db.models import Job as JobRow
 from mlsm.master.services.datasets import DatasetCatalog
 from mlsm.master.services.jobs.capacity import gpu_slots, node_accounts, whole_gpus
 from mlsm.master.services.jobs.launch import KILL_GRACE_S, Accounts, Launcher
-from mlsm.master.services.jobs.limits import effective_default_time_limit
+from mlsm.master.services.jobs.limits import DefaultLimitCopies, effective_default_time_limit
 from mlsm.master.services.jobs.table import PREEMPTING, JobTable, event, rows_by_id
 from mlsm.master.services.livenode import NodeEvents
 from mlsm.master.services.nodes import NodeRegistry
@@ -95,8 +94,7 @@ class SchedulingLoop(NodeEvents):
         self.last_pass_ms = 0.0
         #: never_fits verdicts by job shape: (verdict, when), see NEVER_FITS_CACHE_S.
         self._never_fits: dict[tuple[object, ...], tuple[str, float, int]] = {}
-        #: Queued job id -> (the job, its copy with the lab's default time limit).
-        self._limited: dict[int, tuple[sched.PendingJob, sched.PendingJob]] = {}
+        self._limited = DefaultLimitCopies()
 
     def kick(self) -> None:
         """Ask for a pass soon (coalesced with other kicks)."""
@@ -129,7 +127,7 @@ class SchedulingLoop(NodeEvents):
         now = time.time()
         table.charge_usage(now)
         ctx = await self._context(now=now)
-        pending = self._with_default_limit(list(table.pending.values()))
+        pending = self._limited.apply(list(table.pending.values()), self._default_limit())
         caps = self.node_caps(now)
         # The pass is a pure function of these snapshots: computed in a worker thread, so
         # a pass over a large queue does not stall every request meanwhile. What changed
@@ -142,29 +140,6 @@ class SchedulingLoop(NodeEvents):
         self.passes += 1
         self.last_pass_ms = (time.perf_counter() - t0) * 1000
         return result
-
-    def _with_default_limit(self, pending: list[sched.PendingJob]) -> list[sched.PendingJob]:
-        """The queue with the lab's default time limit on jobs that name none (jobs queued
-        before the lab had a default get it now). Each such job is copied once, not once
-        a pass: the copy is kept while the job and the default are the same."""
-        default_limit = self._default_limit()
-        if not default_limit:
-            self._limited.clear()
-            return pending
-        kept = self._limited
-        out = []
-        for j in pending:
-            if j.time_limit_s:
-                out.append(j)
-                continue
-            hit = kept.get(j.id)
-            if hit is None or hit[0] is not j or hit[1].time_limit_s != default_limit:
-                hit = kept[j.id] = (j, replace(j, time_limit_s=default_limit))
-            out.append(hit[1])
-        if len(kept) > 2 * len(out):  # forget jobs that left the queue
-            queued = {j.id for j in pending}
-            self._limited = {k: v for k, v in kept.items() if k in queued}
-        return out
 
     def _default_limit(self) -> float:
         return effective_default_time_limit(self.lab_settings.current) if self.lab_settings else 0.0
