@@ -23,10 +23,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from mlsm.errors import LimitExceeded
+from mlsm.master import scheduler as sched
 from mlsm.master.security import Principal
 from mlsm.wire import api
 
-__all__ = ["JobAsk", "check_limits", "effective_default_time_limit"]
+__all__ = ["DefaultLimitCopies", "JobAsk", "check_limits", "effective_default_time_limit"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,3 +106,31 @@ def check_limits(
             },
         )
     return ask
+
+
+class DefaultLimitCopies:
+    """The queue as a pass sees it: the lab's default time limit on jobs that name none
+    (jobs queued before the lab had a default get it too). Each such job is copied once,
+    not once a pass: the copy is kept while the job and the default are the same."""
+
+    def __init__(self) -> None:
+        self._kept: dict[int, tuple[sched.PendingJob, sched.PendingJob]] = {}
+
+    def apply(self, pending: list[sched.PendingJob], default_s: float) -> list[sched.PendingJob]:
+        if not default_s:
+            self._kept.clear()
+            return pending
+        kept = self._kept
+        out = []
+        for j in pending:
+            if j.time_limit_s:
+                out.append(j)
+                continue
+            hit = kept.get(j.id)
+            if hit is None or hit[0] is not j or hit[1].time_limit_s != default_s:
+                hit = kept[j.id] = (j, replace(j, time_limit_s=default_s))
+            out.append(hit[1])
+        if len(kept) > 2 * len(out):  # forget the jobs that left the queue
+            queued = {j.id for j in pending}
+            self._kept = {k: v for k, v in kept.items() if k in queued}
+        return out

@@ -17,7 +17,6 @@ import math
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 
 from sqlalchemy import select, update
 
@@ -29,7 +28,7 @@ from mlsm.master.db.models import Job as JobRow
 from mlsm.master.services.datasets import DatasetCatalog
 from mlsm.master.services.jobs.capacity import gpu_slots, node_accounts, whole_gpus
 from mlsm.master.services.jobs.launch import KILL_GRACE_S, Accounts, Launcher
-from mlsm.master.services.jobs.limits import effective_default_time_limit
+from mlsm.master.services.jobs.limits import DefaultLimitCopies, effective_default_time_limit
 from mlsm.master.services.jobs.table import PREEMPTING, JobTable, event, rows_by_id
 from mlsm.master.services.livenode import NodeEvents
 from mlsm.master.services.nodes import NodeRegistry
@@ -95,6 +94,7 @@ class SchedulingLoop(NodeEvents):
         self.last_pass_ms = 0.0
         #: never_fits verdicts by job shape: (verdict, when), see NEVER_FITS_CACHE_S.
         self._never_fits: dict[tuple[object, ...], tuple[str, float, int]] = {}
+        self._limited = DefaultLimitCopies()
 
     def kick(self) -> None:
         """Ask for a pass soon (coalesced with other kicks)."""
@@ -129,12 +129,7 @@ class SchedulingLoop(NodeEvents):
         t0 = time.perf_counter()
         table.charge_usage(now)
         ctx = await self._context(now=now)
-        pending: list[sched.PendingJob] = list(table.pending.values())
-        default_limit = self._default_limit()
-        if default_limit:  # jobs queued before the lab had a default get it now
-            pending = [
-                j if j.time_limit_s else replace(j, time_limit_s=default_limit) for j in pending
-            ]
+        pending = self._limited.apply(list(table.pending.values()), self._default_limit())
         caps = self.node_caps(now)
         # The pass is a pure function of these snapshots: computed in a worker thread, so
         # a pass over a large queue does not stall every request meanwhile. What changed
