@@ -31,6 +31,7 @@ rule about that state.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -51,8 +52,7 @@ from .journal import JOURNAL_NAME, Journal, JournalState, JournalUnusable, Recor
 from .manifest import Entry, Manifest, show_path, validate_manifest
 from .want import WANT_BYTES, WANT_ITEMS, Want, batch_wants
 
-HASH_AHEAD = 8  # pieces queued for the hashing thread (memory: that many chunks)
-HASH_THREAD_MIN = 256 << 10  # pieces this large are hashed beside the writing
+HASH_THREAD_MIN = 64 << 10  # pieces this large are hashed in a thread beside their writing
 MAX_ATTEMPTS = 3  # deliveries of one file before a mismatch fails the transfer
 #: With ``durable``, a sync point (file system flushed, then a SYNC record) is made after
 #: this many seconds of receiving or this many bytes, whichever comes first, and always
@@ -86,10 +86,13 @@ class Progress:
 
 
 class _Hashing:
-    """sha256 updates run in one helper thread while the next piece is written (hashlib
-    lets go of the GIL for large updates, so hashing and writing use two cores); in order,
-    at most :data:`HASH_AHEAD` pieces behind. Small pieces are hashed inline while nothing
-    is queued. A piece of a chunk that could change (a ``bytearray``) is copied first."""
+    """sha256 updates in one helper thread, beside the writing of the same bytes: a piece
+    is handed to the thread, then written, so writing and hashing (both let go of the GIL
+    for large buffers) use two cores and a piece costs the slower of the two, not their
+    sum. Updates run in order. The pieces are views of the chunk being fed, so
+    :meth:`wait` is called before ``feed`` returns (the caller may then reuse the chunk):
+    nothing is copied, and memory is the chunk. Small pieces are hashed inline while
+    nothing is queued (a hand-over costs more than hashing them)."""
 
     def __init__(self) -> None:
         self._pool: ThreadPoolExecutor | None = None
@@ -101,19 +104,17 @@ class _Hashing:
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="mlsm-bulk-hash")
-        if not data.readonly:
-            data = memoryview(bytes(data))
         self._queued.append(self._pool.submit(hasher.update, data))
-        while len(self._queued) > HASH_AHEAD:
-            self._queued.popleft().result()
 
     def wait(self) -> None:
-        """Every update handed over so far is done."""
+        """Every update handed over so far is done (its error, if any, raised)."""
         while self._queued:
             self._queued.popleft().result()
 
     def close(self) -> None:
-        self.wait()
+        with contextlib.suppress(Exception):  # the error was raised to the feeder already
+            self.wait()
+        self._queued.clear()
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
@@ -316,6 +317,7 @@ class Receiver:
                     return True
             return False
         finally:
+            self._hashing.wait()  # the pieces are views of ``chunk``: done with them here
             self.journal.flush()
             if self.durable and self._unsynced and self._sync_due():
                 self.journal.sync(self.work_fd)
@@ -384,10 +386,16 @@ class Receiver:
                 f"{entry.size}"
             )
         fd = self._fd_of(index, part)
+        self._hashing.update(part.hasher, data)  # hashed while it is written
         pos = 0
-        while pos < n:
-            pos += os.pwrite(fd, data[pos:], part.received + pos)
-        self._hashing.update(part.hasher, data)
+        try:
+            while pos < n:
+                pos += os.pwrite(fd, data[pos:], part.received + pos)
+        except BaseException:  # the hash has bytes the file lacks: start the file again
+            with contextlib.suppress(Exception):
+                self._hashing.wait()
+            self._drop_part(index, remove=True)
+            raise
         part.received += n
         if self.durable and part.received - part.written_back >= WRITEBACK_BYTES:
             start_writeback(fd, part.written_back, part.received - part.written_back)
