@@ -75,7 +75,9 @@ def main() -> None:
     subprocess.run([sys.executable, "-m", "compileall", "-q", *packages], check=True)
     slurm_started = False
     if "slurm" in peers:
-        up = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, check=False)
+        # Slurm not installed yet: slurm_up.sh installs it (Debian's slurm-wlm)
+        ping = ["scontrol", "ping"] if shutil.which("scontrol") else ["true"]
+        up = subprocess.run(ping, capture_output=True, text=True, check=False)
         if "UP" not in up.stdout:
             if subprocess.run(["bash", str(harness / "slurm_up.sh")], check=False).returncode:
                 print("slurm_up.sh could not start Slurm; comparing without it", file=sys.stderr)
