@@ -112,3 +112,16 @@ async def test_jobs_screen_says_when_the_master_holds_more_than_one_list(
         assert table.row_count == 40
         line = str(app.screen.query_one("#jobs-filter-line").render())
         assert "the newest 40 of 100" in line
+
+
+async def test_start_up_objects_are_frozen_for_the_app_s_life_and_released_after() -> None:
+    """Once the first data is drawn the collector stops walking what lives as long as the
+    app (each poll's garbage made it walk every widget and module); when the app ends
+    they go back, so it frees them."""
+    import gc
+
+    app = make_app(FakeSource(lab=big_lab(20, 10)))
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot_until(pilot, lambda: app.first_data_at is not None, "first data")
+        await pilot_until(pilot, lambda: gc.get_freeze_count() > 0, "start-up frozen")
+    assert gc.get_freeze_count() == 0
