@@ -99,6 +99,8 @@ class LogShipper:
         self._backoff_initial = backoff_initial_s
         self._backoff_max = backoff_max_s
         self._tails: dict[int, _Tail] = {}
+        #: Set by :meth:`watch`: a loop that waits while no log is watched wakes on it.
+        self.watched = asyncio.Event()
 
     def watch(
         self,
@@ -114,6 +116,7 @@ class LogShipper:
         if offset is None:
             offset = self._state.log_acked.get(job_id, 0) if self._state else 0
         tail = self._tails.get(job_id)
+        self.watched.set()
         if tail is None:
             self._tails[job_id] = _Tail(job_id, attempt, Path(path), offset, owner)
         else:  # a new attempt of the same job appends to the same file

@@ -1,5 +1,7 @@
 """How the agent's loops wait: capped exponential backoff with jitter, naps that end the
-moment the agent stops, and intervals that tests may shorten through the environment."""
+moment the agent stops, idle waits that end when there is work again (an agent at rest
+wakes only for its heartbeat), and intervals that tests may shorten through the
+environment."""
 
 from __future__ import annotations
 
@@ -23,6 +25,19 @@ async def nap(stopping: asyncio.Event, seconds: float) -> None:
     """Sleep ``seconds``, or less when ``stopping`` is set meanwhile."""
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stopping.wait(), timeout=seconds)
+
+
+async def idle_until(stopping: asyncio.Event, work: asyncio.Event) -> None:
+    """Wait, without a timer, until ``work`` or ``stopping`` is set. The caller clears
+    ``work`` before it looks for work, so a wake-up between the look and the wait is kept."""
+    if work.is_set() or stopping.is_set():
+        return
+    waiters = [asyncio.ensure_future(work.wait()), asyncio.ensure_future(stopping.wait())]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 def env_seconds(name: str, default: float) -> float:

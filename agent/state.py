@@ -17,7 +17,8 @@ A save waits for the disk (two fsyncs), so the agent calls the saving methods fr
 thread, never on its event loop. Saves may run on several threads at once: each writes a
 snapshot taken under the lock, one at a time, and a save whose change a later snapshot
 already holds returns without writing (a group commit: jobs that start or end together
-cost one write).
+cost one write). A save with nothing changed since the last write writes nothing, so the
+periodic save of an agent at rest costs no disk flush.
 """
 
 from __future__ import annotations
@@ -114,7 +115,9 @@ class AgentState:
     def set_log_offset(self, job_id: int, offset: int) -> None:
         """Remember the master's acknowledged offset (in memory; see the module doc)."""
         with self._lock:
-            self._data.log_acked[job_id] = offset
+            if self._data.log_acked.get(job_id) != offset:
+                self._data.log_acked[job_id] = offset
+                self._changes += 1
 
     # ------------------------------------------------------------------ file
     def load(self) -> AgentState:
@@ -137,7 +140,6 @@ class AgentState:
     def save(self) -> None:
         """Write the state (and every change made so far) durably; see the module doc."""
         with self._lock:
-            self._changes += 1  # a save also covers what set_log_offset changed
             wanted = self._changes
         with self._write_lock:
             if self._written >= wanted:

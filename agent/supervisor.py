@@ -49,7 +49,7 @@ from agent.codecache import CodeCache
 from agent.collectors import GpuProbe
 from agent.link import MasterLink
 from agent.logship import LogShipper
-from agent.pacing import backoff, nap
+from agent.pacing import backoff, idle_until, nap
 from agent.runtimes.base import (
     LOG_NAME,
     AdoptRecord,
@@ -67,7 +67,8 @@ from mlsm.wire import agent as w
 
 log = logging.getLogger("mlsm.agent")
 
-JOB_CHECK_S = 0.2  # how often running attempts are polled (an exit also wakes the poll)
+JOB_CHECK_S = 0.2  # how often running attempts are polled (an exit also wakes the poll;
+# with no attempt here, and no end to report, nothing is polled)
 LOG_PUMP_S = 0.5  # how often new log bytes are shipped
 STATE_SAVE_S = 10.0  # how often the state file is saved for its log offsets
 LOG_FLUSH_S = 5.0  # how long a job's end waits for its log to reach the master, per try
@@ -272,6 +273,7 @@ class JobSupervisor:
         await self._save_state()
         report = _running_report(rec)
         self._jobs[spec.job_id] = _Running(handle, spec, report)
+        self._wake.set()  # the watch loop polls again (it waits without a timer when idle)
         self._watch_exit(spec.job_id, rec.pid)
         self._mark_gpus(spec.gpus, True, rec.pid)
         self._shipper.watch(spec.job_id, spec.attempt, job_dir / LOG_NAME, owner=rec.uid)
@@ -438,8 +440,11 @@ class JobSupervisor:
                             self._finished.append((r.handle.record, final))
                 if self._finished:
                     await self._report_finished()
+                # Nothing runs and nothing waits to be reported: no poll until a start
+                # (or the agent stopping) sets the wake.
+                idle = not self._jobs and not self._finished
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=JOB_CHECK_S)
+                    await asyncio.wait_for(self._wake.wait(), None if idle else JOB_CHECK_S)
         finally:
             stop_wakes.cancel()
             for jid in list(self._exit_fds):
@@ -486,9 +491,14 @@ class JobSupervisor:
 
     async def ship_logs(self) -> None:
         """Ship new log bytes of every watched job; save the state file (its log offsets)
-        now and then."""
+        now and then. With no log to ship it waits, without a timer, for the next one."""
         last_save = time.monotonic()
         while not self._stopping.is_set():
+            self._shipper.watched.clear()  # a log watched from here on ends the idle wait
+            if not self._shipper.jobs():
+                await self._save_state()  # the last offsets (writes only what changed)
+                await idle_until(self._stopping, self._shipper.watched)
+                continue
             with contextlib.suppress(Exception):
                 await self._shipper.pump_once()
             if time.monotonic() - last_save > STATE_SAVE_S:

@@ -98,12 +98,18 @@ def level_style(frac: float) -> str:
     return "green"
 
 
+def bar_look(frac: float, width: int) -> tuple[int, str]:
+    """What :func:`bar` draws for ``frac``: how many cells are full, and their colour. Two
+    values with the same look draw the same bar (a screen compares looks, not values)."""
+    frac = min(max(frac, 0.0), 1.0)
+    return round(frac * width), level_style(frac)
+
+
 def bar(frac: float, width: int, *, label: str = "") -> Text:
     """A horizontal bar ``██████░░░░`` with an optional label after it."""
-    frac = min(max(frac, 0.0), 1.0)
-    full = round(frac * width)
+    full, style = bar_look(frac, width)
     text = Text()
-    text.append("█" * full, style=level_style(frac))
+    text.append("█" * full, style=style)
     text.append("░" * (width - full), style="dim")
     if label:
         text.append(f" {label}")
@@ -128,14 +134,20 @@ def blocks(
     return text
 
 
-def sparkline(values: Sequence[float], width: int, *, top: float = 100.0) -> Text:
-    """The last ``width`` values as a one-line sparkline, padded on the left."""
+def spark_chars(values: Sequence[float], width: int, *, top: float = 100.0) -> str:
+    """What :func:`sparkline` shows: the last ``width`` values as characters, padded on
+    the left."""
     tail = list(values)[-width:]
     chars = [
         SPARK[min(len(SPARK) - 1, int(v / top * (len(SPARK) - 1) + 0.5))] if top else SPARK[0]
         for v in tail
     ]
-    return Text(" " * (width - len(chars)) + "".join(chars), style="cyan")
+    return " " * (width - len(chars)) + "".join(chars)
+
+
+def sparkline(values: Sequence[float], width: int, *, top: float = 100.0) -> Text:
+    """The last ``width`` values as a one-line sparkline, padded on the left."""
+    return Text(spark_chars(values, width, top=top), style="cyan")
 
 
 def pct(frac: float) -> str:

@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlsm.client import AsyncClient, Verify
 from mlsm.wire import api
@@ -22,7 +23,9 @@ from mlsm.wire.channels import ForwardInfo
 from mlsm.wire.events import Event
 from mlsm.wire.follow import LogEvent
 from mlsm.wire.outputs import OutputListing
-from tui.outputs import Downloaded, OutputText, download_outputs, read_output
+
+if TYPE_CHECKING:  # loaded when a job's files are first read (not for the first screen)
+    from tui.outputs import Downloaded, OutputText
 
 #: Bytes of an existing log fetched when a log view opens (the tail, not the whole file).
 LOG_TAIL_BYTES = 1 << 20
@@ -319,9 +322,13 @@ class MasterSource(DataSource):
     async def read_output(
         self, job_id: int, path: str, start: int | None, limit: int = OUTPUT_VIEW_BYTES
     ) -> OutputText:
+        from tui.outputs import read_output
+
         return await read_output(self.client, job_id, path, start, limit)
 
     async def download_outputs(self, job_id: int, paths: list[str], dest: Path) -> Downloaded:
+        from tui.outputs import download_outputs
+
         return await download_outputs(self.client, job_id, paths, dest)
 
     async def datasets(self, node: str | None = None) -> list[api.Dataset]:

@@ -32,7 +32,7 @@ from agent.fsutil import remove_tree
 from agent.link import MasterLink
 from agent.outputs.disk import JOBS_DIR, DiskMeter
 from agent.outputs.pins import JobDirPins
-from agent.pacing import backoff, nap
+from agent.pacing import backoff, idle_until, nap
 from agent.runtimes.jobfs import control_dir
 from mlsm import errors
 from mlsm.wire import agent as w
@@ -66,6 +66,7 @@ class JobDirSweeper:
         self.on_disk = on_disk
         self.stopping = stopping
         self._pending: list[wo.JobDirsRemoved] = []
+        self._queued = asyncio.Event()  # set when a report is queued: the resend loop wakes
         # One sender at a time: a sweep's report and the resend loop must not both send
         # the first pending report (the master would be told of its removals twice).
         self._sending = asyncio.Lock()
@@ -167,6 +168,7 @@ class JobDirSweeper:
             return
         self._pending.append(report)
         del self._pending[:-MAX_PENDING_REPORTS]
+        self._queued.set()
         await self.flush()
 
     async def flush(self) -> bool:
@@ -184,10 +186,16 @@ class JobDirSweeper:
             return True
 
     async def resend_loop(self) -> None:
-        """Send again, with backoff, what could not be delivered at once."""
+        """Send again, with backoff, what could not be delivered at once; with nothing
+        kept, wait (without a timer) for the next report."""
         failures = 0
         while not self.stopping.is_set():
-            if self._pending and not await self.flush():
+            self._queued.clear()
+            if not self._pending:
+                failures = 0
+                await idle_until(self.stopping, self._queued)
+                continue
+            if not await self.flush():
                 failures += 1
                 await nap(self.stopping, backoff(failures))
                 continue

@@ -4,6 +4,7 @@ master carries, and says when the master holds more."""
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from mlsm.wire import api
@@ -38,6 +39,37 @@ async def test_overview_builds_cells_only_for_rows_on_screen() -> None:
         table.action_last()
         await pilot_until(pilot, lambda: last.built is not None, "the last row drawn")
         assert len(str(last).split()) == 8  # one bar per GPU
+
+
+async def test_a_poll_builds_only_the_rows_on_screen_and_a_row_scrolled_to_is_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each poll hands the table a builder per row; only the rows on screen are built
+    (compared, repainted), and one that scrolls into view is built then, from the
+    newest poll."""
+    built: list[str] = []
+    cells = OverviewScreen._cells
+
+    def counting(self: OverviewScreen, node: api.NodeRow) -> list[object]:
+        built.append(node.name)
+        return cells(self, node)
+
+    monkeypatch.setattr(OverviewScreen, "_cells", counting)
+    source = FakeSource(lab=big_lab(NODES, 10))
+    app = make_app(source)
+    async with app.run_test(size=(160, 48)) as pilot:
+        table = await pilot_until(pilot, lambda: _table(app, "#nodes"), "node rows")
+        last = f"gpu{NODES:03d}"
+        assert built and last not in built
+        source._nodes[last] = msgspec.structs.replace(source._nodes[last], state="offline")
+        before = table._synced[last]
+        built.clear()
+        app.poll_now()
+        await pilot_until(pilot, lambda: table._synced[last] is not before, "a poll")
+        assert 0 < len(built) < 60 and last not in built  # a screenful: 48 lines
+        table.action_last()
+        await pilot_until(pilot, lambda: last in built, "the last row built once in view")
+        assert "offline" in str(table.get_cell(last, "state"))
 
 
 async def test_overview_row_is_equal_to_one_built_from_the_whole_lists() -> None:
@@ -80,3 +112,16 @@ async def test_jobs_screen_says_when_the_master_holds_more_than_one_list(
         assert table.row_count == 40
         line = str(app.screen.query_one("#jobs-filter-line").render())
         assert "the newest 40 of 100" in line
+
+
+async def test_start_up_objects_are_frozen_for_the_app_s_life_and_released_after() -> None:
+    """Once the first data is drawn the collector stops walking what lives as long as the
+    app (each poll's garbage made it walk every widget and module); when the app ends
+    they go back, so it frees them."""
+    import gc
+
+    app = make_app(FakeSource(lab=big_lab(20, 10)))
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot_until(pilot, lambda: app.first_data_at is not None, "first data")
+        await pilot_until(pilot, lambda: gc.get_freeze_count() > 0, "start-up frozen")
+    assert gc.get_freeze_count() == 0

@@ -42,6 +42,46 @@ async def test_a_changed_cell_repaints_and_the_others_keep_their_render(
         assert "online" in row_text(table, "gpu001")
 
 
+async def test_a_value_that_moves_without_changing_its_bar_does_not_repaint(
+    fake: FakeSource,
+) -> None:
+    """Cells are compared by what they draw: a GPU at 2 % and at 4 % both draw an empty
+    bar, so that poll repaints nothing there; at 95 % the bar changes and repaints."""
+    app = make_app(fake)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot_until(pilot, lambda: app.first_data_at is not None, "first data")
+        table = app.screen.query_one("#nodes", LabTable)
+
+        async def poll_with_util(util: float) -> None:
+            node = fake._nodes["gpu002"]
+            gpus = [
+                msgspec.structs.replace(
+                    g, sample=msgspec.structs.replace(g.sample, util=util if i == 0 else 0.0)
+                )
+                for i, g in enumerate(node.gpus)
+            ]
+            fake._nodes["gpu002"] = msgspec.structs.replace(node, gpus=gpus)
+            last = table._synced["gpu002"]
+            app.poll_now()
+            await pilot_until(pilot, lambda: table._synced["gpu002"] is not last, "a poll")
+
+        def util_version() -> int:
+            return next(
+                n
+                for (row, column), n in table._cell_versions.items()
+                if (row.value, column.value) == ("gpu002", "util")
+            )
+
+        await poll_with_util(2.0)
+        assert "█" not in str(table.get_cell("gpu002", "util"))
+        before = util_version()
+        await poll_with_util(4.0)
+        assert util_version() == before
+        await poll_with_util(95.0)
+        assert util_version() > before
+        assert str(table.get_cell("gpu002", "util")).startswith("███")
+
+
 async def test_log_chunks_split_anywhere_are_joined_into_lines(fake: FakeSource) -> None:
     fake.log_lines = 0
     app = make_app(fake)

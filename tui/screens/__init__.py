@@ -1,13 +1,41 @@
-"""One screen per section (modes) plus detail screens pushed on top of them."""
+"""One screen per section (modes) plus detail screens pushed on top of them.
 
-from tui.screens.admin import AdminScreen
-from tui.screens.datasets import DatasetsScreen
-from tui.screens.events import EventsScreen
-from tui.screens.job import JobScreen
-from tui.screens.jobs import JobsScreen
-from tui.screens.node import NodeScreen
-from tui.screens.overview import OverviewScreen
-from tui.screens.usage import UsageScreen
+Each screen's module loads when the screen is first asked for (the usage screen's charts,
+the job screen's log view): the dashboard's first screen does not wait for the others."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tui.screens.admin import AdminScreen
+    from tui.screens.datasets import DatasetsScreen
+    from tui.screens.events import EventsScreen
+    from tui.screens.job import JobScreen
+    from tui.screens.jobs import JobsScreen
+    from tui.screens.node import NodeScreen
+    from tui.screens.overview import OverviewScreen
+    from tui.screens.usage import UsageScreen
+
+_MODULES = {
+    "AdminScreen": "admin",
+    "DatasetsScreen": "datasets",
+    "EventsScreen": "events",
+    "JobScreen": "job",
+    "JobsScreen": "jobs",
+    "NodeScreen": "node",
+    "OverviewScreen": "overview",
+    "UsageScreen": "usage",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _MODULES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
 
 __all__ = [
     "AdminScreen",

@@ -17,7 +17,7 @@ from tui import fmt
 from tui.screens.base import View
 from tui.source import Overview
 from tui.widgets.plain import PlainStatic
-from tui.widgets.table import LabTable, Lazy
+from tui.widgets.table import LabTable, Lazy, Row
 
 #: Samples kept per node for its sparkline (one per poll).
 HISTORY_POINTS = 60
@@ -55,6 +55,14 @@ def _mem_cell(mems: tuple[float, ...], wide: bool) -> Text:
     return fmt.blocks(mems)
 
 
+def _bars_look(fracs: tuple[float, ...], colour_by: tuple[float, ...], wide: bool) -> object:
+    """What the bars (wide) or blocks of ``fracs`` look like: the cell's key, so a value
+    that moved without changing what is drawn does not repaint the cell."""
+    if wide:
+        return tuple(fmt.bar_look(f, 3) for f in fracs)
+    return tuple((fmt.block(f), fmt.level_style(c)) for f, c in zip(fracs, colour_by, strict=True))
+
+
 def _text(value: str, style: str = "") -> Lazy:
     return Lazy(("text", value, style), partial(Text, value, style=style))
 
@@ -63,16 +71,16 @@ def _name_cell(name: str, sim: bool) -> Text:
     return Text(name) + Text(" sim", style="dim") if sim else Text(name)
 
 
-def _cpu_cell(percent: float | None) -> Text:
+def _cpu_cell(percent: float | None) -> Lazy:
     if percent is None:
-        return Text("-")
-    return Text(f"{percent:3.0f}%", style=fmt.level_style(percent / 100))
+        return _text("-")
+    return _text(f"{percent:3.0f}%", fmt.level_style(percent / 100))
 
 
-def _ram_cell(frac: float | None) -> Text:
+def _ram_cell(frac: float | None) -> Lazy:
     if frac is None:
-        return Text("-")
-    return Text(fmt.pct(frac), style=fmt.level_style(frac))
+        return _text("-")
+    return _text(fmt.pct(frac), fmt.level_style(frac))
 
 
 class OverviewScreen(View):
@@ -93,8 +101,6 @@ class OverviewScreen(View):
         self.wide = False
         self._built_width = 0
         self._totals_shown: Text | None = None
-        #: Per node: the inputs of its row and the cells built from them, reused while equal.
-        self._row_cache: dict[str, tuple[object, list[object]]] = {}
 
     def body(self) -> ComposeResult:
         yield PlainStatic("loading the lab…", id="totals")
@@ -140,17 +146,21 @@ class OverviewScreen(View):
         return await self.source.overview()
 
     def apply(self, data: Overview, *, record: bool = True) -> None:
+        """Record each node's point of history and hand the table one builder per row:
+        only the rows on screen are built and compared now (the others when they come
+        into view), so a poll of a 1,000-node lab costs what a screenful of rows does."""
         self.data = data
         if record:
+            history = self.history
             for node in data.nodes:
-                self.history[node.name].append(node_util(node))
+                history[node.name].append(node_util(node))
         self._totals(data)
         term = self.query_one("#filter", Input).value.strip().lower()
-        rows = []
+        rows: list[Row] = []
         for node in sorted(data.nodes, key=lambda n: n.name):
             if term and not self._matches(node, term):
                 continue
-            rows.append((node.name, self._row(node)))
+            rows.append((node.name, partial(self._cells, node)))
         self.table.sync(rows)
 
     @staticmethod
@@ -160,21 +170,11 @@ class OverviewScreen(View):
         ).lower()
         return all(part in hay for part in term.split())
 
-    def _row(self, node: api.NodeRow) -> list[object]:
-        """The row's cells, rebuilt only when what they show changed (most polls change
-        a few nodes; building Rich text for all of them was most of an idle poll)."""
-        history = self.history[node.name]
-        key = (self.wide, node, tuple(history)[-(20 if self.wide else 10) :])
-        cached = self._row_cache.get(node.name)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        cells = self._cells(node)
-        self._row_cache[node.name] = (key, cells)
-        return cells
-
     def _cells(self, node: api.NodeRow) -> list[object]:
-        """The row's cells; the bars, the sparkline and the load figures are :class:`Lazy`:
-        built when drawn, so only the rows on screen cost Rich text."""
+        """The row's cells, built when the row is on screen. Each is :class:`Lazy`, keyed
+        by what it looks like (a bar's length and colour, the sparkline's characters, the
+        figure's text): a cell whose look did not change is not repainted, and Rich text
+        is built only for cells drawn."""
         state = "draining" if node.draining and node.state == "online" else node.state
         utils = tuple(g.util / 100 for g in node.gpus)
         mems = tuple(mem_frac(g.mem_used, g.mem_total) for g in node.gpus)
@@ -184,14 +184,14 @@ class OverviewScreen(View):
             util_cell: object = Text("no GPU", style="dim")
             mem_cell: object = Text("")
         else:
-            util_cell = Lazy(("util", wide, utils, mems), partial(_util_cell, utils, mems, wide))
-            mem_cell = Lazy(("mem", wide, mems), partial(_mem_cell, mems, wide))
+            util_look = _bars_look(utils, mems, wide)
+            util_cell = Lazy(("util", util_look), partial(_util_cell, utils, mems, wide))
+            mem_look = _bars_look(mems, mems, wide)
+            mem_cell = Lazy(("mem", mem_look), partial(_mem_cell, mems, wide))
         width = 20 if wide else 10
-        tail = tuple(self.history[node.name])[-width:]
-        cpu = Lazy(("cpu", node.cpu_percent), partial(_cpu_cell, node.cpu_percent))
+        spark = fmt.spark_chars(tuple(self.history[node.name])[-width:], width)
         host = node.cpu_percent is not None
         ram_frac = mem_frac(node.mem_used, node.mem_total) if host else None
-        ram = Lazy(("ram", ram_frac), partial(_ram_cell, ram_frac))
         sim = simulated and not wide  # no model column: say it beside the name
         cells: list[object] = [
             Lazy(("name", node.name, sim), partial(_name_cell, node.name, sim)),
@@ -201,12 +201,8 @@ class OverviewScreen(View):
             model = gpu_model(node.gpu_model) if node.gpus else ""
             count = f"{len(node.gpus)}x {model}" if node.gpus else "-"
             cells.append(_text(f"{count} sim" if simulated else count))
-        cells += [
-            util_cell,
-            mem_cell,
-            Lazy(("hist", width, tail), partial(fmt.sparkline, tail, width)),
-        ]
-        cells += [cpu, ram]
+        cells += [util_cell, mem_cell, _text(spark, "cyan")]
+        cells += [_cpu_cell(node.cpu_percent), _ram_cell(ram_frac)]
         if wide:
             jobs = ", ".join(f"{job_id}:{user}" for job_id, user in node.jobs)
             cells.append(_text(jobs) if jobs else _text("idle", "dim"))

@@ -1,6 +1,11 @@
 """A DataTable that knows vim keys, updates its rows by key instead of refilling, and shows
 every cell as plain text (:func:`tui.fmt.safe`): a job named ``[/x]`` is not markup, an
-escape sequence in a cell is shown, not sent to the terminal."""
+escape sequence in a cell is shown, not sent to the terminal.
+
+A row may also be given as a :data:`RowBuilder` (a function that returns its cells): it is
+called only when the row is on screen, or read, so a poll of a 1,000-node lab builds and
+compares the few dozen rows a terminal shows, not all of them; a row that scrolls into
+view is built then."""
 
 from __future__ import annotations
 
@@ -14,7 +19,9 @@ from textual.widgets.data_table import CellDoesNotExist, CellType, ColumnKey, Ro
 
 from tui import fmt
 
-Row = tuple[str, Sequence[object]]
+#: A row's cells, built when the row is on screen (or read): see the module docstring.
+RowBuilder = Callable[[], Sequence[object]]
+Row = tuple[str, Sequence[object] | RowBuilder]
 
 
 class Lazy:
@@ -63,9 +70,11 @@ class LabTable(DataTable[object]):
         self._cell_bumps = 0
         #: Per cell: how many times ``sync`` changed it.
         self._cell_versions: dict[tuple[RowKey | None, ColumnKey | None], int] = {}
-        #: Per row: the cell list ``sync`` last wrote. A screen that keeps its unchanged
-        #: rows' lists passes the same object again, and that row is skipped unread.
-        self._synced: dict[str, Sequence[object]] = {}
+        #: Per row: the cell list (or builder) ``sync`` last took. A screen that keeps its
+        #: unchanged rows' lists passes the same object again, and that row is skipped unread.
+        self._synced: dict[str, Sequence[object] | RowBuilder] = {}
+        #: Rows given as builders that were not on screen: built when they are (or read).
+        self._pending: dict[str, RowBuilder] = {}
 
     def _render_cell(
         self,
@@ -96,6 +105,73 @@ class LabTable(DataTable[object]):
         finally:
             self._update_count = count
 
+    def render_lines(self, crop: Any) -> Any:
+        """Build the rows that came into view (scrolled to, moved up) before drawing."""
+        if self._pending and self._build_rows(self._visible_keys()):
+            self._bump_cells(repaint=False)  # being drawn now
+        return super().render_lines(crop)
+
+    def get_row(self, row_key: RowKey | str) -> list[object]:
+        self._build_now(row_key)
+        return super().get_row(row_key)
+
+    def get_cell(self, row_key: RowKey | str, column_key: ColumnKey | str) -> object:
+        self._build_now(row_key)
+        return super().get_cell(row_key, column_key)
+
+    def get_column(self, column_key: ColumnKey | str) -> Iterable[object]:
+        if self._pending and self._build_rows(list(self._pending)):
+            self._bump_cells()
+        return super().get_column(column_key)
+
+    def _build_now(self, row_key: RowKey | str) -> None:
+        key = row_key.value if isinstance(row_key, RowKey) else row_key
+        if key is not None and key in self._pending and self._build_rows([key]):
+            self._bump_cells()
+
+    def _visible_keys(self) -> list[str]:
+        """The keys of the rows on screen (every row is one line high)."""
+        first = max(int(self.scroll_y), 0)
+        last = min(first + self.size.height, self.row_count)
+        keys = (self._row_locations.get_key(i) for i in range(first, last))
+        return [k.value for k in keys if k is not None and k.value is not None]
+
+    def _build_rows(self, keys: Iterable[str]) -> bool:
+        """Build the pending rows among ``keys`` and write the cells that changed; True
+        when one did."""
+        columns = list(self.columns)
+        changed = False
+        for key in keys:
+            build = self._pending.pop(key, None)
+            data = self._data.get(RowKey(key)) if build is not None else None
+            if build is not None and data is not None:
+                changed = self._write_cells(RowKey(key), data, columns, build()) or changed
+        return changed
+
+    def _write_cells(
+        self,
+        row_key: RowKey,
+        data: dict[ColumnKey, object],
+        columns: list[ColumnKey],
+        cells: Sequence[object],
+    ) -> bool:
+        changed = False
+        for column, cell in zip(columns, cells, strict=False):
+            after = fmt.safe(cell)
+            if data.get(column) != after:
+                data[column] = after
+                at = (row_key, column)
+                self._cell_versions[at] = self._cell_versions.get(at, 0) + 1
+                changed = True
+        return changed
+
+    def _bump_cells(self, *, repaint: bool = True) -> None:
+        """Cells changed (and only cells): one repaint, cached renders of the others kept."""
+        self._update_count += 1
+        self._cell_bumps += 1
+        if repaint:
+            self.refresh()
+
     def add_row(
         self,
         *cells: CellType,
@@ -122,6 +198,7 @@ class LabTable(DataTable[object]):
     def clear(self, columns: bool = False) -> LabTable:
         """Empty the table; the next ``sync`` writes every row afresh."""
         self._synced = {}
+        self._pending = {}
         super().clear(columns)
         return self
 
@@ -151,44 +228,48 @@ class LabTable(DataTable[object]):
     def sync(self, rows: Sequence[Row]) -> None:
         """Make the table show ``rows`` in that order: add, update changed cells, remove,
         sort once. Unchanged cells are not touched, and changed ones are written together
-        with one refresh, so an idle poll costs no repaint. A row whose cell list is the
-        very list of the last sync is not compared at all: with 10,000 jobs, comparing
-        every cell of every row was most of a poll."""
+        with one refresh, so an idle poll costs no repaint. A row whose cell list (or
+        builder) is the very one of the last sync is not compared at all: with 10,000 jobs,
+        comparing every cell of every row was most of a poll. A row given as a builder is
+        built now only when it is on screen (see the module docstring)."""
         keep = self.current_key
         wanted = {key: cells for key, cells in rows}
         gone = {row_key for row_key in self.rows if row_key.value not in wanted}
         for row_key in gone:
             self.remove_row(row_key)
+            if row_key.value is not None:
+                self._pending.pop(row_key.value, None)
         if gone:
             self._cell_versions = {
                 cell: n for cell, n in self._cell_versions.items() if cell[0] not in gone
             }
         synced, self._synced = self._synced, {}
         columns = list(self.columns)
+        blank = [None] * len(columns)
         changed = False
         for key, cells in rows:
             row_key = RowKey(key)
             data = self._data.get(row_key)
             self._synced[key] = cells
+            if synced.get(key) is cells and data is not None:
+                continue
+            if callable(cells):
+                self._pending[key] = cells
+                if data is None or row_key not in self.rows:
+                    self.add_row(*blank, key=key)
+                continue
+            self._pending.pop(key, None)
             if data is None or row_key not in self.rows:
                 self.add_row(*cells, key=key)
                 continue
-            if synced.get(key) is cells:
-                continue
-            for column, cell in zip(columns, cells, strict=False):
-                after = fmt.safe(cell)
-                if data.get(column) != after:
-                    data[column] = after
-                    cell = (row_key, column)
-                    self._cell_versions[cell] = self._cell_versions.get(cell, 0) + 1
-                    changed = True
-        if changed:
-            self._update_count += 1
-            self._cell_bumps += 1
-            self.refresh()
+            changed = self._write_cells(row_key, data, columns, cells) or changed
         order = [key for key, _ in rows]
         if [row.key.value for row in self.ordered_rows] != order:
             self._order_by_keys(order)
+        if self._pending and self.size.height:
+            changed = self._build_rows(self._visible_keys()) or changed
+        if changed:
+            self._bump_cells()
         if keep is not None and keep in wanted:
             index = self.get_row_index(keep)
             if self.cursor_row != index:

@@ -146,3 +146,32 @@ def test_saves_under_way_together_share_one_write(
         t.join(10)
     assert len(written) == 2  # the first snapshot, then one holding both later changes
     assert [r.job_id for r in AgentState(st.path).load().records()] == [1, 2, 3]
+
+
+def test_a_save_with_nothing_changed_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent saves now and then for its log offsets: at rest that must not cost a
+    write (two fsyncs) each time; a changed offset is written."""
+    st = AgentState(tmp_path / "state.json").load()
+    st.add(record(1))
+    real_write = st._write
+    written: list[bytes] = []
+
+    def write(data: bytes) -> None:
+        written.append(data)
+        real_write(data)
+
+    monkeypatch.setattr(st, "_write", write)
+    st.save()
+    st.set_log_offset(1, 0)
+    st.set_log_offset(1, 0)
+    st.save()
+    assert len(written) == 1  # the offset 0 was new once
+    st.set_log_offset(1, 0)
+    st.save()
+    assert len(written) == 1
+    st.set_log_offset(1, 50)
+    st.save()
+    assert len(written) == 2
+    assert AgentState(tmp_path / "state.json").load().log_acked == {1: 50}

@@ -245,3 +245,39 @@ def test_two_flushes_at_once_send_each_report_once(tmp_path: Path) -> None:
 
     sent = asyncio.run(go())
     assert [r.gone for r in sent] == [[5]]
+
+
+def test_the_resend_loop_at_rest_wakes_for_a_report_the_master_did_not_take(
+    tmp_path: Path,
+) -> None:
+    """With nothing to resend the loop waits without a timer; a report that could not be
+    sent wakes it, and it goes once the master takes it again."""
+    from mlsm import errors
+    from tests.support.wait import wait_until_async
+
+    make_job(tmp_path, 1)
+
+    class Flaky(RecordingLink):
+        fail = True
+
+        async def call(self, path: str, body: Any, decode: Any, **kw: Any) -> Any:
+            if self.fail:
+                raise errors.Unreachable("master away")
+            return await super().call(path, body, decode, **kw)
+
+    async def go() -> list[wo.JobDirsRemoved]:
+        s, _ = sweeper(tmp_path)
+        flaky = Flaky()
+        s.link = flaky  # type: ignore[assignment]
+        loop = asyncio.create_task(s.resend_loop())
+        await asyncio.sleep(0)  # the loop is now waiting, nothing kept
+        await s.purge(wo.PurgeJobDir(id=8, job_id=1))
+        assert flaky.sent == [] and s._pending
+        flaky.fail = False
+        await wait_until_async(lambda: flaky.sent, what="the kept report resent")
+        s.stopping.set()
+        await asyncio.wait_for(loop, 10)
+        return flaky.sent
+
+    sent = asyncio.run(go())
+    assert [[d.job_id for d in r.removed] for r in sent] == [[1]]

@@ -281,6 +281,22 @@ async def test_an_exit_is_seen_at_once_not_at_the_next_poll(
     await task
 
 
+async def test_a_job_started_on_a_node_at_rest_is_polled_again(node: Node) -> None:
+    """With no job the watch loop waits without a timer; a start wakes it, so what only
+    the poll enforces (the job's timeout) still acts, and the log of a job started then
+    is shipped."""
+    for _ in range(3):
+        await asyncio.sleep(0)  # the loops reach their waits at rest
+    script = "echo started; sleep 60"
+    await node.supervisor.start(start(12, ["sh", "-c", script], timeout_s=0.5))
+    await wait_until_async(
+        lambda: len(node.master.states(12)) == 2, DEADLINE_S, "the timeout", poll_s=POLL_S
+    )
+    end = node.master.events[-1]
+    assert (end.job_id, end.end_kind) == (12, "timeout")
+    assert b"\nstarted\n" in node.master.logs[12]
+
+
 async def test_ends_waiting_together_go_to_the_master_in_one_report(node: Node) -> None:
     node.master.refuse_events = True  # the master is away while three jobs end
     for job_id in (10, 11, 12):
