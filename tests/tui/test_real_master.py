@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from mlsm.client import Client
+from mlsm.errors import UnavailableError
 from tests.support.wait import pilot_until
 from tests.tui.conftest import RealMaster, assert_screen_safe
 from tui.app import MlsmApp
 from tui.screens import AdminScreen, JobScreen, JobsScreen
-from tui.source import MasterSource
+from tui.source import AdminData, MasterSource
 from tui.widgets.table import LabTable
 
 #: Between tries of a wait: the app waits for a real master, so the wait does not spin.
@@ -64,6 +65,35 @@ async def test_audit_tab_shows_verified_chain(real_master: RealMaster) -> None:
             pilot,
             lambda: "verified" in str(app.screen.query_one("#verify").render()),
             "verify line",
+            pause_s=PAUSE_S,
+        )
+
+
+class _FirstAdminPollFails(MasterSource):
+    """The real master, with one injected fault: the first admin poll fails as a master
+    that went away would (the check it carried must be asked for again)."""
+
+    failed = False
+
+    async def admin(self, *, verify: bool) -> AdminData:
+        if not self.failed:
+            self.failed = True
+            raise UnavailableError("master unreachable (injected once by the test)")
+        return await super().admin(verify=verify)
+
+
+async def test_the_chain_check_survives_a_failed_poll(real_master: RealMaster) -> None:
+    source = _FirstAdminPollFails(real_master.url, real_master.token)
+    app = MlsmApp(source, poll_s=0.5)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot_until(pilot, lambda: app.is_admin, "admin role", pause_s=PAUSE_S)
+        await pilot.press("4")
+        await pilot_until(pilot, lambda: source.failed, "the failed poll", pause_s=PAUSE_S)
+        app.screen.query_one("TabbedContent").active = "audit"
+        await pilot_until(
+            pilot,
+            lambda: "verified" in str(app.screen.query_one("#verify").render()),
+            lambda: f"verify line ({app.screen.query_one('#verify').render()})",
             pause_s=PAUSE_S,
         )
 

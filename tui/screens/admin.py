@@ -138,11 +138,14 @@ class AdminScreen(View):
         self.table().focus()
 
     async def fetch(self) -> AdminData:
-        verify, self.verify_next = self.verify_next, False
-        return await self.source.admin(verify=verify)
+        # Asked for again until a result is on screen: a poll that fails, is cancelled by a
+        # newer one, or lands while the screen still composes must not lose the check.
+        return await self.source.admin(verify=self.verify_next)
 
     def apply(self, data: AdminData) -> None:
-        if data.verify is None and self.data is not None:
+        if data.verify is not None:
+            self.verify_next = False
+        elif self.data is not None:
             data.verify = self.data.verify
         self.data = data
         now = self.mlsm.now()
