@@ -9,7 +9,8 @@ submits 1,000 jobs (most queued: they want a label no node has), then runs the r
 ``--fake``: the app in this process, headless (``App.run_test``), over the FAKE data
 source of ``tests/tui/fakes.py`` (a static lab): the dashboard alone, no network.
 
-    .venv/bin/python tests/bench/bench_tui.py [--fake] [--idle-s 20] [--nodes 100 --jobs 1000]
+    .venv/bin/python tests/bench/bench_tui.py [--fake] [--idle-s 20] [--settle-s 4.5]
+        [--nodes 100 --jobs 1000]
 
 Figures only; targets (issue 7): first data < 1.5 s, idle CPU < 5% of a core, RSS < 200 MB.
 """
@@ -208,7 +209,7 @@ def measure_real(args: argparse.Namespace) -> None:
         )
         first = time.monotonic() - start
         proc = _dashboard_process(session)
-        time.sleep(2 * HEARTBEAT_S + 0.5)  # settle: history filled by a couple of polls
+        time.sleep(args.settle_s)  # settle: a couple of polls (the sparklines fill in 20)
         spy = _py_spy(args.py_spy, proc.pid, args.idle_s)
         cpu0 = proc.cpu_times()
         t0 = time.monotonic()
@@ -322,6 +323,13 @@ if __name__ == "__main__":
         "--scroll", type=int, default=0, help="Pilot: N presses of each scroll key, jobs table"
     )
     parser.add_argument("--idle-s", type=float, default=20.0)
+    parser.add_argument(
+        "--settle-s",
+        type=float,
+        default=2 * HEARTBEAT_S + 0.5,
+        help="--real: wait this long after the first data before measuring (45: the "
+        "history sparklines full, as on a dashboard left open)",
+    )
     parser.add_argument("--nodes", type=int, default=100)
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--show", action="store_true", help="print the screen at the end")
