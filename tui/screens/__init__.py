@@ -5,8 +5,9 @@ the job screen's log view): the dashboard's first screen does not wait for the o
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from tui.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from tui.screens.admin import AdminScreen
@@ -30,11 +31,7 @@ _MODULES = {
 }
 
 
-def __getattr__(name: str) -> object:
-    module = _MODULES.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+__getattr__ = lazy_attributes(__name__, _MODULES)
 
 
 __all__ = [

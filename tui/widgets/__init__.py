@@ -3,8 +3,9 @@ asked for (the log view is the job screen's, not the first screen's)."""
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from tui.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from tui.widgets.confirm import ConfirmModal
@@ -20,11 +21,7 @@ _MODULES = {
 }
 
 
-def __getattr__(name: str) -> object:
-    module = _MODULES.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+__getattr__ = lazy_attributes(__name__, _MODULES)
 
 
 __all__ = ["ConfirmModal", "LabTable", "LogView", "StatusBar"]

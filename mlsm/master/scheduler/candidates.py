@@ -205,28 +205,22 @@ class Candidates:
         return got
 
     def _no_ds(self, d: str) -> str:
-        elsewhere = sorted(
-            c.name for c in self.caps.values() if not c.schedulable and d in c.datasets
-        )
-        if elsewhere:
-            states = ", ".join(
-                f"{n} ({self.caps[n].reason_unschedulable or 'unschedulable'})"
-                for n in elsewhere[:3]
-            )
-            return f"dataset {d} is only on {states}"
-        return f"no online node holds dataset {d}"
+        return self._only_offline("dataset", d, [c for c in self.caps.values() if d in c.datasets])
 
     def _no_project(self, project: str) -> str:
-        elsewhere = sorted(
-            c.name for c in self.caps.values() if not c.schedulable and project in c.projects
-        )
+        holders = [c for c in self.caps.values() if project in c.projects]
+        return self._only_offline("project", project, holders)
+
+    def _only_offline(self, kind: str, what: str, holders: list[NodeCap]) -> str:
+        """Why no candidate holds ``what``: the unschedulable nodes that do, or none."""
+        elsewhere = sorted(c.name for c in holders if not c.schedulable)
         if elsewhere:
             states = ", ".join(
                 f"{n} ({self.caps[n].reason_unschedulable or 'unschedulable'})"
                 for n in elsewhere[:3]
             )
-            return f"project {project} is only on {states}"
-        return f"no online node holds project {project}"
+            return f"{kind} {what} is only on {states}"
+        return f"no online node holds {kind} {what}"
 
     def _named(self, job: PendingJob, name: str) -> Cand:
         cap = self.caps.get(name)
