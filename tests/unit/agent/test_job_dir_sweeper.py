@@ -16,6 +16,7 @@ from agent.outputs import DiskMeter, JobDirPins, JobDirSweeper
 from agent.outputs.disk import JOBS_DIR
 from agent.outputs.pins import DirBeingRemoved
 from agent.runtimes.jobfs import control_dir
+from mlsm import errors
 from mlsm.wire import outputs as wo
 
 DAY = 86400.0
@@ -194,18 +195,19 @@ def test_a_pin_is_refused_while_a_removal_holds_the_directory() -> None:
         pass  # free again once the removal ended
 
 
+class Flaky(RecordingLink):
+    """A link to a master that is away until ``fail`` is cleared."""
+
+    fail = True
+
+    async def call(self, path: str, body: Any, decode: Any, **kw: Any) -> Any:
+        if self.fail:
+            raise errors.Unreachable("master away")
+        return await super().call(path, body, decode, **kw)
+
+
 def test_a_report_the_master_did_not_take_is_sent_again(tmp_path: Path) -> None:
-    from mlsm import errors
-
     make_job(tmp_path, 1)
-
-    class Flaky(RecordingLink):
-        fail = True
-
-        async def call(self, path: str, body: Any, decode: Any, **kw: Any) -> Any:
-            if self.fail:
-                raise errors.Unreachable("master away")
-            return await super().call(path, body, decode, **kw)
 
     s, _ = sweeper(tmp_path)
     flaky = Flaky()
@@ -252,18 +254,9 @@ def test_the_resend_loop_at_rest_wakes_for_a_report_the_master_did_not_take(
 ) -> None:
     """With nothing to resend the loop waits without a timer; a report that could not be
     sent wakes it, and it goes once the master takes it again."""
-    from mlsm import errors
     from tests.support.wait import wait_until_async
 
     make_job(tmp_path, 1)
-
-    class Flaky(RecordingLink):
-        fail = True
-
-        async def call(self, path: str, body: Any, decode: Any, **kw: Any) -> Any:
-            if self.fail:
-                raise errors.Unreachable("master away")
-            return await super().call(path, body, decode, **kw)
 
     async def go() -> list[wo.JobDirsRemoved]:
         s, _ = sweeper(tmp_path)
