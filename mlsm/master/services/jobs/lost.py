@@ -23,9 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mlsm.master.db.models import Job as JobRow
 from mlsm.master.db.models import JobRun
-from mlsm.master.services.events.record import record_for
 from mlsm.master.services.jobs.launch import KILL_GRACE_S
-from mlsm.master.services.jobs.table import FINAL_EVENTS, JobTable, event, rows_by_id
+from mlsm.master.services.jobs.table import JobTable, rows_by_id
 from mlsm.master.services.livenode import LiveNode
 from mlsm.wire import agent as w
 from mlsm.wire.api import JobState
@@ -117,22 +116,4 @@ async def _real_end(
         .where(JobRun.job_id == r.id, JobRun.attempt == r.attempt)
         .values(state=state, ended_at=max(ended, r.started_at or ended))
     )
-    r.state = state
-    r.reason = reason
-    r.ended_at = ended
-    if rep.exit_code is not None:
-        r.exit_code = rep.exit_code
-    r.history = [
-        *r.history,
-        event(state, f"node {node.name} is back and says the attempt ended: {reason}"),
-    ]
-    record_for(
-        r,
-        FINAL_EVENTS[state],
-        f"{state}: {reason} (reported late: node {node.name} was away)",
-        state=state,
-        reason=reason,
-        exit_code=r.exit_code,
-    )
-    table.final_states[r.id] = state
-    table.logs.notify(r.id)
+    table.correct_end(r, state, reason, ended, rep.exit_code, node.name)

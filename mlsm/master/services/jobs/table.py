@@ -17,6 +17,10 @@ transaction that changes the row: ``job.started``, ``job.<final state>``,
 ``job.interrupted`` and ``job.requeued``.
 
 The lifecycle service, the scheduling loop and the log follower share one table.
+
+About 430 lines, as one piece: every state change of a job row is here, beside the
+in-memory view it must keep equal (queue, fence, placements, final states), so that no
+transition can change one without the other.
 """
 
 from __future__ import annotations
@@ -276,6 +280,37 @@ class JobTable:
         self.final_states.pop(r.id, None)
         a = _active_of(r, node_id, tuple(r.gpu_indices or ()), now)
         self.active[r.id] = a
+        self.logs.notify(r.id)
+
+    def correct_end(
+        self,
+        r: JobRow,
+        state: JobState,
+        reason: str,
+        ended_at: float,
+        exit_code: int | None,
+        node: str,
+    ) -> None:
+        """A job ``interrupted`` when ``node`` was lost learns, now that the node is back,
+        how its attempt really ended. Its usage row is the caller's to correct."""
+        r.state = state
+        r.reason = reason
+        r.ended_at = ended_at
+        if exit_code is not None:
+            r.exit_code = exit_code
+        r.history = [
+            *r.history,
+            event(state, f"node {node} is back and says the attempt ended: {reason}"),
+        ]
+        record_for(
+            r,
+            FINAL_EVENTS[state],
+            f"{state}: {reason} (reported late: node {node} was away)",
+            state=state,
+            reason=reason,
+            exit_code=r.exit_code,
+        )
+        self.final_states[r.id] = state
         self.logs.notify(r.id)
 
     def _record_run(self, r: JobRow, state: str, ended_at: float) -> None:
