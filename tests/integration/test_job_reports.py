@@ -266,6 +266,31 @@ def test_the_never_fits_warning_follows_a_node_that_joins(
     lab_.admin.jobs.cancel([first.job.id, second.job.id])
 
 
+def test_no_gpu_warning_while_a_node_with_gpus_has_not_said_which(
+    lab: tuple[Lab, InProcessMaster, Statements],
+) -> None:
+    """A node that joined with a GPU probe but sent no heartbeat yet (or any node right
+    after a master restart: GPU samples are not stored) may hold the GPUs a job asks for:
+    a submit then is not warned that no node has them."""
+    lab_, _, _ = lab
+    spec = api.JobSubmit(argv=["true"], gpus=1, labels={"pool": "unsampled"})
+    reg = lab_.agent_call(
+        "register",
+        w.RegisterRequest(
+            protocol=PROTOCOL_VERSION,
+            join_token=lab_.join_token(),
+            name="unsampled",
+            labels={"pool": "unsampled"},
+            info=NodeInfo(runtimes=["process"], job_account="nobody", gpu_probe="nvml"),
+        ),
+        None,
+    )
+    assert reg.status_code == 200, reg.content
+    reply = lab_.admin.jobs.submit(spec)
+    assert reply.warning == "", reply
+    lab_.admin.jobs.cancel([reply.job.id])
+
+
 def test_concurrent_submissions_each_get_their_own_job_once_it_is_stored(
     lab: tuple[Lab, InProcessMaster, Statements],
 ) -> None:

@@ -197,6 +197,8 @@ class SchedulingLoop(NodeEvents):
         """Why no node of the lab could run ``job`` even with every node up and empty, as
         the scheduler words it; "" when some node could. Dependencies, throttles and the
         GPUs other jobs hold are left out: those are waits, not impossibilities."""
+        if job.gpus and self._gpus_unknown():
+            return ""  # a node that has GPUs but has not said which yet may well fit it
         alone = dataclasses.replace(job, id=PROBE_ID, deps=(), array_parent=None)
         # A burst of submissions of one shape asks the same question over and over; the
         # answer needs every node of the lab, so it is kept for a moment.
@@ -211,6 +213,12 @@ class SchedulingLoop(NodeEvents):
         verdict = self._never_fits_now(alone)
         self._never_fits[shape] = (verdict, now, version)
         return verdict
+
+    def _gpus_unknown(self) -> bool:
+        """Whether a node with a GPU probe has reported no GPU sample yet: one that just
+        joined, or any node before its first heartbeat to a restarted master (samples are
+        not stored)."""
+        return any(n.info.gpu_probe != "none" and not n.gpus for n in self.nodes.nodes.values())
 
     def _never_fits_now(self, alone: sched.PendingJob) -> str:
         ctx = sched.SchedContext(user_caps=self.accounts.caps, mapped_users=self.accounts.mapped)
