@@ -438,7 +438,7 @@ def test_agent_kill9_keeps_the_container_and_the_restart_resumes_the_log_byte_ex
     errs = [int(ln.split()[1]) for ln in lines if ln.startswith("err ")]
     assert outs == list(range(1, len(outs) + 1))  # nothing lost, nothing twice
     assert errs == list(range(1, len(errs) + 1))
-    assert len(outs) > seen + 40 and "done" in lines
+    assert len(outs) >= seen + 40 and "done" in lines  # waited for line seen + 40 above
     assert container_of(engine, jid) is None
 
 
