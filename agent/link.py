@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import ssl
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable
@@ -34,6 +33,7 @@ import httpx
 import msgspec
 
 from mlsm import PROTOCOL_VERSION, errors
+from mlsm.atomicfile import write_atomic
 from mlsm.wire import agent as w
 from mlsm.wire import code as wc
 
@@ -60,12 +60,7 @@ def _is_certificate_failure(exc: BaseException) -> bool:
 
 def write_secret(path: Path, value: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(value)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    write_atomic(path, value, 0o600)
 
 
 def _refusal(resp: httpx.Response) -> errors.MlsmError:

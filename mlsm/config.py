@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from mlsm.atomicfile import write_atomic
 from mlsm.errors import ConfigError
 
 DEFAULT_PORT = 8765
@@ -251,12 +252,7 @@ def save_credentials(url: str, token: str, *, ca_file: str = "", fingerprint: st
         lines.append(f"ca_file = {_toml_str(ca_file)}")
     if fingerprint:
         lines.append(f"fingerprint = {_toml_str(fingerprint)}")
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write("\n".join(lines) + "\n")
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    write_atomic(path, "\n".join(lines) + "\n", 0o600)
     return path
 
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from mlsm.atomicfile import write_atomic
 from mlsm.errors import UnavailableError
 
 STOP_TIMEOUT_S = 15.0
@@ -84,9 +85,8 @@ def choose_port(explicit: int | None, preferred: int) -> tuple[int, str]:
 
 
 def write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
+    """Replace ``path`` whole (mode 0600): a concurrent ``mlsm`` call never reads it half written."""
+    write_atomic(path, text, 0o600)
 
 
 def spawn(args: list[str], log: Path, pidfile: Path, env: dict[str, str]) -> int:

@@ -46,17 +46,13 @@ def install_path(shell: str) -> Path:
 def _write(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename, so a shell never
     reads half a script and a link at ``path`` is replaced, not written through."""
+    from mlsm.atomicfile import write_atomic
     from mlsm.errors import ConfigError
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        write_atomic(path, text, 0o644)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
