@@ -26,6 +26,7 @@ from sqlalchemy import event, select
 from mlsm import PROTOCOL_VERSION
 from mlsm.master import scheduler as sched
 from mlsm.master.db.models import Job as JobRow
+from mlsm.master.security import Principal
 from mlsm.wire import agent as w
 from mlsm.wire import api
 from mlsm.wire.node import NodeInfo
@@ -235,6 +236,38 @@ def test_a_pass_result_leaves_jobs_that_left_the_queue_alone(
     late = sched.SchedResult(reasons={jid: "no online node is labelled rack=none"})
     late.expected_start[jid] = 1e12
     master.run(loop._apply(late, time.time()))
+    job = lab_.admin.jobs.get(jid)
+    assert (job.state, job.reason) == ("cancelled", f"cancelled by {ADMIN}"), job
+    assert jid not in loop.table.expected
+
+
+def test_a_pass_result_waiting_for_its_turn_leaves_a_job_cancelled_meanwhile_alone(
+    lab: tuple[Lab, InProcessMaster, Statements],
+) -> None:
+    """The pass's result waits for the writers' turn while a cancel commits: the cancelled
+    job keeps its cancel reason (the pass used to decide which reasons to write before
+    its turn came, and wrote its own over the cancel's)."""
+    lab_, master, _ = lab
+    jid = lab_.admin.jobs.submit(api.JobSubmit(argv=["true"], labels={"rack": "none"})).job.id
+    assert master.services is not None
+    jobs = master.services.jobs
+    loop = jobs.scheduling
+    late = sched.SchedResult(reasons={jid: "no online node is labelled rack=none"})
+    late.expected_start[jid] = 1e12
+    admin = Principal(kind="user", name=ADMIN, role="superadmin")
+
+    async def race() -> None:
+        lock = loop.db._write_lock
+        async with loop.db.transaction():  # another writer has its turn
+            applying = asyncio.create_task(loop._apply(late, time.time()))
+            deadline = time.monotonic() + 10
+            while not getattr(lock, "_waiters", None):  # the result waits for the turn
+                assert time.monotonic() < deadline, "the pass's result never waited"
+                await asyncio.sleep(0.001)
+            await jobs.cancel(admin, [jid])  # commits first (the same task: nested)
+        await applying
+
+    master.run(race())
     job = lab_.admin.jobs.get(jid)
     assert (job.state, job.reason) == ("cancelled", f"cancelled by {ADMIN}"), job
     assert jid not in loop.table.expected

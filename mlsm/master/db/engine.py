@@ -126,7 +126,7 @@ class Database:
                 )
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
-        self._write_lock: asyncio.Lock | None = asyncio.Lock() if self.is_sqlite else None
+        self._write_lock = asyncio.Lock()
         self._write_owner: asyncio.Task[Any] | None = None
 
     @property
@@ -140,17 +140,18 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """A read-write transaction, committed on exit.
+        """A read-write transaction, committed on exit. The master's writers take turns.
 
-        SQLite has one writer at a time; connections that collide wait in SQLite's busy
-        handler, which sleeps in growing steps (up to 100 ms). So on SQLite the master's own
-        writers queue on an asyncio lock instead: no sleeping, first come first served.
-        The lock is re-entrant per task, so a nested transaction does not deadlock on it.
+        Its transactions read rows, check their state against the in-memory tables and
+        write them; two of them interleaved could each act on a state the other had just
+        changed (on PostgreSQL, at READ COMMITTED, a cancel and a placement of one job
+        both committed: the job started though its owner was told it was cancelled). So
+        every writer waits for the one before it to commit, on both databases. SQLite has
+        one writer at a time anyway, and colliding connections would wait in its busy
+        handler, which sleeps in growing steps (up to 100 ms); here they queue on an
+        asyncio lock instead: no sleeping, first come first served. The lock is
+        re-entrant per task, so a nested transaction does not deadlock on it.
         """
-        if self._write_lock is None:
-            async with self.sessionmaker() as s, s.begin():
-                yield s
-            return
         task = asyncio.current_task()
         if self._write_owner is task:
             async with self.sessionmaker() as s, s.begin():

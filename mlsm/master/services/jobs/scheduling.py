@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 
 from mlsm import CODE_SINCE
 from mlsm.config import Settings
@@ -314,16 +314,19 @@ class SchedulingLoop(NodeEvents):
 
     async def _apply(self, result: sched.SchedResult, now: float) -> None:
         table = self.table
-        # Jobs that left the queue while the pass ran (cancelled, held, edited away) keep
-        # the reason their change gave them.
-        pending = table.pending
-        changed_reasons = {
-            j: r for j, r in result.reasons.items() if j in pending and table.reasons.get(j) != r
-        }
         starts: list[tuple[int, w.JobSpec]] = []
         stops: list[tuple[int, int, int, str, float]] = []  # node, job, attempt, why, grace
-        table.expected = {j: t for j, t in result.expected_start.items() if j in pending}
         async with self.db.transaction() as s:
+            # Jobs that left the queue while the pass ran (cancelled, held, edited away) keep
+            # the reason their change gave them. Read once this transaction has its turn:
+            # a change that committed while it waited has unqueued its job by now.
+            pending = table.pending
+            changed_reasons = {
+                j: r
+                for j, r in result.reasons.items()
+                if j in pending and table.reasons.get(j) != r
+            }
+            table.expected = {j: t for j, t in result.expected_start.items() if j in pending}
             victims = [
                 v for v in result.preempt if v in table.active and not table.active[v].stopping
             ]
@@ -364,9 +367,14 @@ class SchedulingLoop(NodeEvents):
                 if r is not None and r.state == "queued":
                     table.finish(r, "cancelled", why, now)
             if changed_reasons:
-                await s.execute(
-                    update(JobRow).execution_options(synchronize_session=False),
-                    [{"id": j, "reason": why} for j, why in changed_reasons.items()],
+                # Only rows still queued: a reason is a waiting job's, never an ended one's.
+                # (On the connection: a list of rows through the session would be the
+                # ORM's update by primary key, which takes no further condition.)
+                await (await s.connection()).execute(
+                    update(JobRow)
+                    .where(JobRow.id == bindparam("jid"), JobRow.state == "queued")
+                    .values(reason=bindparam("why")),
+                    [{"jid": j, "why": why} for j, why in changed_reasons.items()],
                 )
                 table.reasons.update(changed_reasons)
         # The agent stops a preempted job as it stops a cancelled one (SIGTERM, the job's
