@@ -279,21 +279,26 @@ def test_the_never_fits_warning_follows_a_node_that_joins(
     """The submit's "no node could ever run it" verdict is kept per job shape for a moment;
     a node that joins clears it, so the next submission of that shape is not warned."""
     lab_, _, _ = lab
+
+    def join(name: str, labels: dict[str, str]) -> None:
+        reg = lab_.agent_call(
+            "register",
+            w.RegisterRequest(
+                protocol=PROTOCOL_VERSION,
+                join_token=lab_.join_token(),
+                name=name,
+                labels=labels,
+                info=NodeInfo(runtimes=["process"], job_account="nobody"),
+            ),
+            None,
+        )
+        assert reg.status_code == 200, reg.content
+
+    join("unlabelled", {})  # a lab with a node, none of it labelled pool=late
     spec = api.JobSubmit(argv=["true"], labels={"pool": "late"})
     first = lab_.admin.jobs.submit(spec)
     assert "pool=late" in first.warning, first
-    reg = lab_.agent_call(
-        "register",
-        w.RegisterRequest(
-            protocol=PROTOCOL_VERSION,
-            join_token=lab_.join_token(),
-            name="late",
-            labels={"pool": "late"},
-            info=NodeInfo(runtimes=["process"], job_account="nobody"),
-        ),
-        None,
-    )
-    assert reg.status_code == 200, reg.content
+    join("late", {"pool": "late"})
     second = lab_.admin.jobs.submit(spec)
     assert second.warning == "", second
     lab_.admin.jobs.cancel([first.job.id, second.job.id])
