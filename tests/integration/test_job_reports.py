@@ -273,6 +273,18 @@ def test_a_pass_result_waiting_for_its_turn_leaves_a_job_cancelled_meanwhile_alo
     assert jid not in loop.table.expected
 
 
+def test_a_submit_to_a_lab_no_node_has_joined_says_so(tmp_path: Any) -> None:
+    master = InProcessMaster(tmp_path / "master", admin=ADMIN, password=PASSWORD).start()
+    with Lab(tmp_path / "lab") as lab_:
+        master.adopt(lab_)
+        try:
+            reply = lab_.admin.jobs.submit(api.JobSubmit(argv=["true"]))
+        finally:
+            lab_.close()
+            master.stop()
+    assert reply.warning == "no node has joined the lab yet; the job waits until one does"
+
+
 def test_the_never_fits_warning_follows_a_node_that_joins(
     lab: tuple[Lab, InProcessMaster, Statements],
 ) -> None:
@@ -294,8 +306,8 @@ def test_the_never_fits_warning_follows_a_node_that_joins(
         )
         assert reg.status_code == 200, reg.content
 
-    join("unlabelled", {})  # a lab with a node, none of it labelled pool=late
     spec = api.JobSubmit(argv=["true"], labels={"pool": "late"})
+    join("unlabelled", {})  # a lab with a node, none of it labelled pool=late
     first = lab_.admin.jobs.submit(spec)
     assert "pool=late" in first.warning, first
     join("late", {"pool": "late"})

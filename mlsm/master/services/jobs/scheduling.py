@@ -197,6 +197,8 @@ class SchedulingLoop(NodeEvents):
         """Why no node of the lab could run ``job`` even with every node up and empty, as
         the scheduler words it; "" when some node could. Dependencies, throttles and the
         GPUs other jobs hold are left out: those are waits, not impossibilities."""
+        if not self.nodes.nodes:
+            return "no node has joined the lab yet; the job waits until one does"
         if job.gpus and self._gpus_unknown():
             return ""  # a node that has GPUs but has not said which yet may well fit it
         alone = dataclasses.replace(job, id=PROBE_ID, deps=(), array_parent=None)
