@@ -43,7 +43,7 @@ from mlsm.master.services.jobs.capacity import gpu_slots, node_accounts, whole_g
 from mlsm.master.services.jobs.launch import KILL_GRACE_S, Accounts, Launcher
 from mlsm.master.services.jobs.limits import DefaultLimitCopies, effective_default_time_limit
 from mlsm.master.services.jobs.table import PREEMPTING, JobTable, event, rows_by_id
-from mlsm.master.services.livenode import NodeEvents
+from mlsm.master.services.livenode import LiveNode, NodeEvents
 from mlsm.master.services.nodes import NodeRegistry
 from mlsm.master.services.settings import SettingsService
 from mlsm.wire import agent as w
@@ -125,6 +125,10 @@ class SchedulingLoop(NodeEvents):
         self._never_fits: dict[tuple[object, ...], tuple[str, float, int]] = {}
         self._limited = DefaultLimitCopies()
         self._limited_new = DefaultLimitCopies()
+        #: node id -> (the node, its ``seq``, the jobs on its GPUs, its GPU slots): kept
+        #: until the node reports again or the jobs placed on it change.
+        self._slots: dict[int, tuple[LiveNode, int, dict[int, list[int]], list[sched.GpuSlot]]]
+        self._slots = {}
 
     def kick(self) -> None:
         """Ask for a full pass soon (coalesced with other kicks)."""
@@ -396,7 +400,7 @@ class SchedulingLoop(NodeEvents):
                 sched.NodeCap(
                     name=n.name,
                     schedulable=whole or state == "online",
-                    gpus=whole_gpus(n) if whole else gpu_slots(n, holders.get(n.id, {})),
+                    gpus=whole_gpus(n) if whole else self._gpu_slots(n, holders.get(n.id, {})),
                     labels=n.labels,
                     datasets=frozenset(held_ds.get(n.id, ())),
                     runtimes=frozenset(runtimes),
@@ -411,6 +415,16 @@ class SchedulingLoop(NodeEvents):
                 )
             )
         return caps
+
+    def _gpu_slots(self, n: LiveNode, holders: dict[int, list[int]]) -> list[sched.GpuSlot]:
+        hit = self._slots.get(n.id)
+        if hit is not None and hit[0] is n and hit[1] == n.seq and hit[2] == holders:
+            return hit[3]
+        slots = gpu_slots(n, holders)
+        if len(self._slots) > 2 * len(self.nodes.nodes) + 16:  # forget removed nodes
+            self._slots = {k: v for k, v in self._slots.items() if k in self.nodes.nodes}
+        self._slots[n.id] = (n, n.seq, holders, slots)
+        return slots
 
     async def _dep_states(
         self,
