@@ -13,12 +13,17 @@ the lab's default limit: compared with what the last pass left), when a time-bas
 came (a running job's time limit, a reservation's start or end, a queued job's expected
 start, a fence's end), or every :data:`SAFETY_PASS_S`; a kick runs one (paced, see
 :data:`PASS_GAP_FACTOR`). New jobs alone get a pass over themselves and the jobs the last
-full pass reserved GPUs for (its backfill reservation and preemptions): the older jobs'
-verdicts cannot have changed, since nothing but the new jobs did.
+passes reserved GPUs for (the backfill reservation, preemptions), on the nodes as they are
+now: the older jobs' verdicts cannot have changed, since nothing but the new jobs did, and
+the reserved jobs keep their GPUs against the new ones.
 
 Applying a pass assigns
 the placed jobs (their rows and the job table in one transaction, then a StartJob to each
 node), cancels those that can never run, and writes only the waiting reasons that changed.
+
+The loop stays one piece: when a pass runs, over which jobs, and how its result is applied
+share what the last pass saw (its inputs, the jobs it reserved GPUs for, the queue's new
+jobs); the placement rules themselves are the package :mod:`mlsm.master.scheduler`.
 """
 
 from __future__ import annotations
@@ -240,7 +245,7 @@ class SchedulingLoop(NodeEvents):
         return result
 
     async def schedule_new(self) -> sched.SchedResult | None:
-        """A pass over the jobs queued since the last pass and the jobs the last full pass
+        """A pass over the jobs queued since the last pass and the jobs the last passes
         reserved GPUs for, on the nodes as they are now (the older jobs wait as they did)."""
         table = self.table
         now = time.time()
