@@ -82,6 +82,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     history_retention_days: Positive = 30.0
     fairshare_half_life_hours: Positive = 24.0
     schedule_tick: Positive = 1.0
+    schedule_change_driven_jobs: Annotated[int, Meta(ge=0)] = 2000  # see docs/configuration.md
     max_connections: Annotated[int, Meta(ge=0)] = 0  # 0 = derived from the descriptor limit
     header_timeout: Positive = 10.0  # seconds to send a request head (from connect or 1st byte)
     body_timeout: Positive = 30.0  # seconds a request body may stall

@@ -31,6 +31,9 @@ class LiveNode:
     gpus: list[w.GpuSample] = field(default_factory=list)
     gpu_error: str | None = None
     jobs: dict[int, w.JobReport] = field(default_factory=dict)
+    #: Counts the changes of ``gpus`` and ``jobs`` (each heartbeat and job event): views
+    #: built from them are kept while it stays the same.
+    seq: int = 0
     protocol: int = PROTOCOL_VERSION
     datasets_digest: str = ""
     outbox: dict[int, w.Command] = field(default_factory=dict)

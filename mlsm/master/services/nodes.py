@@ -307,6 +307,7 @@ class NodeRegistry:
         n.host = hb.host
         n.gpus = hb.gpus
         n.gpu_error = hb.gpu_error
+        n.seq += 1
         n.dirty = True
         self.history.record(n.id, now, hb.host, hb.gpus)
         want_catalog = bool(hb.datasets_digest) and hb.datasets_digest != n.datasets_digest
@@ -332,6 +333,7 @@ class NodeRegistry:
         n.last_seen = time.time()
         for r in reports:
             n.jobs[r.job_id] = r
+        n.seq += 1
         for listener in self._listeners:
             await listener.node_reported(n, reports, False)
 

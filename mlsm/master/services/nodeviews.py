@@ -64,6 +64,9 @@ class NodeViews:
         self.table = table
         #: The reservations on a node now, by GPU (the reservation service's).
         self.reserved_on: Callable[[str, float], Mapping[int, Any]] = lambda node, now: {}
+        #: node id -> (the node, its ``seq``, what else the views were built from, the
+        #: views): a dashboard polls far more often than a node reports.
+        self._kept: dict[int, tuple[LiveNode, int, object, list[api.GpuView]]] = {}
 
     def view(
         self,
@@ -92,12 +95,23 @@ class NodeViews:
         )
 
     def _gpus(self, n: LiveNode, holders: Mapping[int, list[int]]) -> list[api.GpuView]:
+        """The node's GPU views, kept until its next report (``seq``) or a change of the
+        jobs placed on it or of the reservations on it (views are never changed once built)."""
         on = self.reserved_on(n.name, time.time())
-        if not on:
-            return gpu_views(n, holders)
-        owners = {a.job_id: a.user for a in self.table.active.values() if a.node_id == n.id}
-        reserved = {i: (r.id, r.user) for i, r in on.items()}
-        return gpu_views(n, holders, reserved, owners)
+        if on:
+            owners = {a.job_id: a.user for a in self.table.active.values() if a.node_id == n.id}
+            reserved = {i: (r.id, r.user) for i, r in on.items()}
+            key: object = (holders, reserved, owners)
+        else:
+            key = holders
+        hit = self._kept.get(n.id)
+        if hit is not None and hit[0] is n and hit[1] == n.seq and hit[2] == key:
+            return hit[3]
+        views = gpu_views(n, holders, reserved, owners) if on else gpu_views(n, holders)
+        if len(self._kept) > 2 * len(self.nodes.nodes) + 16:  # forget removed nodes
+            self._kept = {k: v for k, v in self._kept.items() if k in self.nodes.nodes}
+        self._kept[n.id] = (n, n.seq, key, views)
+        return views
 
     def query(self, labels: Mapping[str, str]) -> list[api.Node]:
         """Every node carrying all of ``labels``, by name."""
@@ -157,7 +171,7 @@ class NodeViews:
             if self.nodes.state_of(n, now) in UP_STATES:
                 online += 1
             total += len(n.gpus)
-            busy += busy_gpus(n, holders.get(n.id, {}))
+            busy += sum(g.busy for g in self._gpus(n, holders.get(n.id, {})))
         by_user: dict[str, int] = {}
         for a in self.table.active.values():
             by_user[a.user] = by_user.get(a.user, 0) + a.gpu_count

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,3 +131,50 @@ def test_the_scheduler_the_node_view_and_the_summary_agree(
     assert [g.sample.index for g in node.gpus if g.foreign] == [1]
     assert summary.gpus_total == len(CASES)
     assert summary.gpus_busy == len(busy_in_view)
+
+
+def test_a_change_shows_at_once_in_the_cached_views_and_capacities(
+    lab: tuple[NodeRegistry, JobTable, SchedulingLoop, NodeViews],
+) -> None:
+    """A node's GPU views and the scheduler's GPU slots are kept until its next report or a
+    change of the jobs placed on it: each such change shows in the very next call."""
+    nodes, table, loop, views = lab
+    n = nodes.nodes[1]
+
+    def busy_views() -> list[int]:
+        return [g.sample.index for g in views.show("gpu-01").gpus if g.busy]
+
+    def free_slots() -> list[int]:
+        return [g.index for cap in loop.node_caps(time.time()) for g in cap.gpus if g.free]
+
+    assert busy_views() == [0, 1, 2, 3] and free_slots() == [4, 5]
+    assert views.show("gpu-01").gpus[0] is views.show("gpu-01").gpus[0]  # kept, not rebuilt
+    # a job placed on GPU 4, then gone
+    table.active[99] = Active(99, "alice", n.id, (4,), 0, "assigned", 0.0, 1, None)
+    assert busy_views() == [0, 1, 2, 3, 4] and free_slots() == [5]
+    assert views.summary().gpus_busy == 5
+    del table.active[99]
+    assert busy_views() == [0, 1, 2, 3] and free_slots() == [4, 5]
+    # a heartbeat: GPU 1's foreign process left; on GPU 5, a process the agent has not
+    # attributed, whose pid is a job's (not foreign)
+    hb = w.Heartbeat(
+        protocol=n.protocol,
+        seq=2,
+        sent_at=time.time(),
+        gpus=[
+            _gpu(0),
+            _gpu(1),
+            _gpu(2, w.GpuProcess(pid=UNATTRIBUTED_PID)),
+            _gpu(3, error="NVML: GPU is lost"),
+            _gpu(4),
+            _gpu(5, w.GpuProcess(pid=OTHER_PID)),
+        ],
+        jobs=list(n.jobs.values()),
+    )
+    asyncio.run(nodes.heartbeat(n, hb))
+    assert busy_views() == [0, 2, 3] and free_slots() == [1, 4, 5]
+    assert views.summary().gpus_busy == 3
+    # an event: that job ended, so the process on GPU 5 is no job's any more
+    asyncio.run(nodes.events(n, [w.JobReport(job_id=OTHER_JOB, state="exited", exit_code=0)]))
+    assert busy_views() == [0, 2, 3, 5] and free_slots() == [1, 4]
+    assert views.show("gpu-01").gpus[5].foreign

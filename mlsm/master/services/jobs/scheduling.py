@@ -1,11 +1,29 @@
 """The scheduling loop: builds each pass's inputs, runs :func:`mlsm.master.scheduler.schedule`,
 applies the result.
 
-A pass runs whenever something changed (a submit, a job's end, a node back or resumed, new
-datasets on a node: :meth:`SchedulingLoop.kick`) and on a periodic tick; passes are
-coalesced, so a flood of submissions does not run a pass per job. Applying a pass assigns
+A pass runs whenever something changed (a job's end, a node back or resumed, new datasets
+on a node, an edit, a cancel: :meth:`SchedulingLoop.kick`; new jobs in the queue:
+:meth:`SchedulingLoop.queued`) and on a periodic tick; passes are coalesced, so a flood of
+submissions does not run a pass per job.
+
+A queue of :attr:`~mlsm.config.Settings.schedule_change_driven_jobs` jobs or more is
+scheduled change-driven, since a pass over it costs seconds: the tick runs a full pass
+only when an input of the pass changed (the nodes' capacities, the holds, the users' caps,
+the lab's default limit: compared with what the last pass left), when a time-based event
+came (a running job's time limit, a reservation's start or end, a queued job's expected
+start, a fence's end), or every :data:`SAFETY_PASS_S`; a kick runs one (paced, see
+:data:`PASS_GAP_FACTOR`). New jobs alone get a pass over themselves and the jobs the last
+passes reserved GPUs for (the backfill reservation, preemptions), on the nodes as they are
+now: the older jobs' verdicts cannot have changed, since nothing but the new jobs did, and
+the reserved jobs keep their GPUs against the new ones.
+
+Applying a pass assigns
 the placed jobs (their rows and the job table in one transaction, then a StartJob to each
 node), cancels those that can never run, and writes only the waiting reasons that changed.
+
+The loop stays one piece: when a pass runs, over which jobs, and how its result is applied
+share what the last pass saw (its inputs, the jobs it reserved GPUs for, the queue's new
+jobs); the placement rules themselves are the package :mod:`mlsm.master.scheduler`.
 """
 
 from __future__ import annotations
@@ -30,7 +48,7 @@ from mlsm.master.services.jobs.capacity import gpu_slots, node_accounts, whole_g
 from mlsm.master.services.jobs.launch import KILL_GRACE_S, Accounts, Launcher
 from mlsm.master.services.jobs.limits import DefaultLimitCopies, effective_default_time_limit
 from mlsm.master.services.jobs.table import PREEMPTING, JobTable, event, rows_by_id
-from mlsm.master.services.livenode import NodeEvents
+from mlsm.master.services.livenode import LiveNode, NodeEvents
 from mlsm.master.services.nodes import NodeRegistry
 from mlsm.master.services.settings import SettingsService
 from mlsm.wire import agent as w
@@ -50,6 +68,9 @@ THREAD_PASS_MIN_JOBS = 2000
 #: How long a submit's "never fits" verdict is reused for the same job shape (a warning,
 #: not a decision), while the lab's shape (``NodeRegistry.shape_version``) is unchanged.
 NEVER_FITS_CACHE_S = 2.0
+#: With a change-driven queue, a full pass at least this often even when nothing a pass
+#: depends on seems to have changed (what no kick reports: fair-share decay reorders).
+SAFETY_PASS_S = 30.0
 NEVER_FITS_CACHE_MAX = 1024  # shapes kept at most (then the cache starts afresh)
 #: The id a dry run's job has in a pass (no stored job has a negative id).
 PROBE_ID = -1
@@ -90,14 +111,37 @@ class SchedulingLoop(NodeEvents):
         #: The lab's limits (its default time limit counts for jobs that name none).
         self.lab_settings: SettingsService | None = None
         self._kick = asyncio.Event()
+        #: A kick came since the last full pass began (a change beyond new jobs).
+        self._full = True
+        #: When the last full pass began (wall clock, and monotonic for the safety pass).
+        self._full_at = 0.0
+        self._full_mono = -math.inf
+        self._checked_mono = -math.inf
+        #: What the last pass left: the inputs besides the queue (see _inputs).
+        self._seen: tuple[object, ...] | None = None
+        #: Jobs the last passes reserved GPUs for (backfill, preemption): every pass over
+        #: new jobs includes them, so their GPUs stay theirs.
+        self._reserved: frozenset[int] = frozenset()
+        self._gap_s = MIN_PASS_GAP_S
         self.passes = 0
+        self.partial_passes = 0
         self.last_pass_ms = 0.0
         #: never_fits verdicts by job shape: (verdict, when), see NEVER_FITS_CACHE_S.
         self._never_fits: dict[tuple[object, ...], tuple[str, float, int]] = {}
         self._limited = DefaultLimitCopies()
+        self._limited_new = DefaultLimitCopies()
+        #: node id -> (the node, its ``seq``, the jobs on its GPUs, its GPU slots): kept
+        #: until the node reports again or the jobs placed on it change.
+        self._slots: dict[int, tuple[LiveNode, int, dict[int, list[int]], list[sched.GpuSlot]]]
+        self._slots = {}
 
     def kick(self) -> None:
-        """Ask for a pass soon (coalesced with other kicks)."""
+        """Ask for a full pass soon (coalesced with other kicks)."""
+        self._full = True
+        self._kick.set()
+
+    def queued(self) -> None:
+        """New jobs joined the queue (:attr:`JobTable.fresh`): a pass for them soon."""
         self._kick.set()
 
     def node_changed(self) -> None:
@@ -112,25 +156,77 @@ class SchedulingLoop(NodeEvents):
                 pass
             self._kick.clear()
             try:
-                await self.schedule_pass()
+                await self.step()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("scheduling pass failed; retrying on the next tick")
-            await asyncio.sleep(max(MIN_PASS_GAP_S, PASS_GAP_FACTOR * self.last_pass_ms / 1000))
+            await asyncio.sleep(self._gap_s)
+
+    async def step(self) -> None:
+        """One turn of the loop: a full pass, a pass over the new jobs, or none."""
+        table = self.table
+        if len(table.pending) < self.settings.schedule_change_driven_jobs or self._full_due():
+            await self.schedule_pass()
+        elif table.fresh:
+            await self.schedule_new()
+
+    def _full_due(self) -> bool:
+        """Whether a change-driven queue needs a full pass now (see the module docstring)."""
+        mono = time.monotonic()
+        if self._full or mono - self._full_mono >= SAFETY_PASS_S:
+            return True
+        if mono - self._checked_mono < self.settings.schedule_tick:
+            return False  # checked this tick (a flood of submissions wakes the loop often)
+        self._checked_mono = mono
+        now = time.time()
+        return self._next_event(self._full_at) <= now or self._inputs(now) != self._seen
+
+    def _next_event(self, after: float) -> float:
+        """The first time-based event after ``after`` that can change a pass's verdicts."""
+        table = self.table
+        default_limit = self._default_limit()
+        times = [a.ends_at(default_limit) for a in table.active.values()]
+        times += table.expected.values()
+        times += (until for until, _ in table.fenced.values())
+        for h in self.holds(after):
+            times += (h.start, h.end)
+        return min((t for t in times if t > after), default=math.inf)
+
+    def _inputs(
+        self,
+        now: float,
+        caps: list[sched.NodeCap] | None = None,
+        holds: Sequence[sched.Hold] | None = None,
+    ) -> tuple[object, ...]:
+        """A pass's inputs besides the queue, the running jobs and the clock: equal
+        between two passes, the older jobs' verdicts cannot differ."""
+        return (
+            self.node_caps(now) if caps is None else caps,
+            self.holds(now) if holds is None else holds,
+            self.accounts.caps,
+            self.accounts.mapped,
+            self._default_limit(),
+        )
 
     async def schedule_pass(self) -> sched.SchedResult | None:
         table = self.table
         now = time.time()
+        self._full = False
+        self._full_at = now
+        self._full_mono = time.monotonic()
+        table.fresh.clear()
         if table.fenced:
             table.release_fenced(now)
         if not table.pending:
+            self._gap_s = MIN_PASS_GAP_S
             return None
         t0 = time.perf_counter()
         table.charge_usage(now)
         ctx = await self._context(now=now)
         pending = self._limited.apply(list(table.pending.values()), self._default_limit())
         caps = self.node_caps(now)
+        seen = self._inputs(now, caps, ctx.holds)
         # The pass is a pure function of these snapshots: computed in a worker thread, so
         # a pass over a large queue does not stall every request meanwhile. What changed
         # while it ran is sorted out by _apply (it rereads the rows).
@@ -139,18 +235,57 @@ class SchedulingLoop(NodeEvents):
         else:
             result = sched.schedule(pending, caps, ctx)
         await self._apply(result, now)
+        self._reserved = frozenset(result.expected_start) | frozenset(result.preempt.values())
+        # What this pass saw (a change while it ran shows at the next check), or once its
+        # placements are applied, the nodes as they are now.
+        self._seen = self._inputs(time.time()) if result.placements else seen
         self.passes += 1
         self.last_pass_ms = (time.perf_counter() - t0) * 1000
+        self._gap_s = max(MIN_PASS_GAP_S, PASS_GAP_FACTOR * self.last_pass_ms / 1000)
+        return result
+
+    async def schedule_new(self) -> sched.SchedResult | None:
+        """A pass over the jobs queued since the last pass and the jobs the last passes
+        reserved GPUs for, on the nodes as they are now (the older jobs wait as they did)."""
+        table = self.table
+        now = time.time()
+        fresh = table.fresh
+        table.fresh = set()
+        pending = table.pending
+        jobs = [pending[j] for j in fresh if j in pending]
+        if not jobs:
+            return None
+        t0 = time.perf_counter()
+        jobs += [pending[j] for j in self._reserved if j in pending and j not in fresh]
+        table.charge_usage(now)
+        jobs = self._limited_new.apply(jobs, self._default_limit())
+        ctx = await self._context(now=now, jobs=jobs)
+        result = sched.schedule(jobs, self.node_caps(now), ctx)
+        ids = [j.id for j in jobs]
+        await self._apply(result, now, only=ids)
+        self._reserved = (
+            self._reserved.difference(ids)
+            | frozenset(result.expected_start)
+            | frozenset(result.preempt.values())
+        )
+        if result.placements:
+            self._seen = self._inputs(time.time())
+        self.partial_passes += 1
+        self._gap_s = max(MIN_PASS_GAP_S, PASS_GAP_FACTOR * (time.perf_counter() - t0))
         return result
 
     def _default_limit(self) -> float:
         return effective_default_time_limit(self.lab_settings.current) if self.lab_settings else 0.0
 
     async def _context(
-        self, extra: sched.PendingJob | None = None, *, now: float
+        self,
+        extra: sched.PendingJob | None = None,
+        *,
+        now: float,
+        jobs: Sequence[sched.PendingJob] | None = None,
     ) -> sched.SchedContext:
-        """A pass's view of the users, arrays, dependencies (``extra``'s too), running
-        jobs' ends and reservations at ``now``."""
+        """A pass's view of the users, arrays, dependencies (of ``jobs``, by default the
+        whole queue, and ``extra``'s), running jobs' ends and reservations at ``now``."""
         table = self.table
         in_use: dict[str, int] = {}
         running_array: dict[int, int] = {}
@@ -159,7 +294,7 @@ class SchedulingLoop(NodeEvents):
             if a.array_parent is not None:
                 running_array[a.array_parent] = running_array.get(a.array_parent, 0) + 1
         return sched.SchedContext(
-            dep_states=await self._dep_states(extra),
+            dep_states=await self._dep_states(extra, jobs),
             running_array=running_array,
             user_gpus_in_use=in_use,
             user_caps=self.accounts.caps,
@@ -272,7 +407,7 @@ class SchedulingLoop(NodeEvents):
                 sched.NodeCap(
                     name=n.name,
                     schedulable=whole or state == "online",
-                    gpus=whole_gpus(n) if whole else gpu_slots(n, holders.get(n.id, {})),
+                    gpus=whole_gpus(n) if whole else self._gpu_slots(n, holders.get(n.id, {})),
                     labels=n.labels,
                     datasets=frozenset(held_ds.get(n.id, ())),
                     runtimes=frozenset(runtimes),
@@ -288,9 +423,23 @@ class SchedulingLoop(NodeEvents):
             )
         return caps
 
-    async def _dep_states(self, extra: sched.PendingJob | None = None) -> dict[int, str]:
+    def _gpu_slots(self, n: LiveNode, holders: dict[int, list[int]]) -> list[sched.GpuSlot]:
+        hit = self._slots.get(n.id)
+        if hit is not None and hit[0] is n and hit[1] == n.seq and hit[2] == holders:
+            return hit[3]
+        slots = gpu_slots(n, holders)
+        if len(self._slots) > 2 * len(self.nodes.nodes) + 16:  # forget removed nodes
+            self._slots = {k: v for k, v in self._slots.items() if k in self.nodes.nodes}
+        self._slots[n.id] = (n, n.seq, holders, slots)
+        return slots
+
+    async def _dep_states(
+        self,
+        extra: sched.PendingJob | None = None,
+        jobs: Sequence[sched.PendingJob] | None = None,
+    ) -> dict[int, str]:
         table = self.table
-        want = {d for j in table.pending.values() for d, _ in j.deps}
+        want = {d for j in (table.pending.values() if jobs is None else jobs) for d, _ in j.deps}
         if extra is not None:
             want.update(d for d, _ in extra.deps)
         out: dict[int, str] = {}
@@ -314,7 +463,10 @@ class SchedulingLoop(NodeEvents):
                         table.final_states[jid] = st
         return out
 
-    async def _apply(self, result: sched.SchedResult, now: float) -> None:
+    async def _apply(
+        self, result: sched.SchedResult, now: float, only: Sequence[int] | None = None
+    ) -> None:
+        """Apply a pass's ``result``: a full pass's, or one over the jobs ``only``."""
         table = self.table
         starts: list[tuple[int, w.JobSpec]] = []
         stops: list[tuple[int, int, int, str, float]] = []  # node, job, attempt, why, grace
@@ -328,7 +480,13 @@ class SchedulingLoop(NodeEvents):
                 for j, r in result.reasons.items()
                 if j in pending and table.reasons.get(j) != r
             }
-            table.expected = {j: t for j, t in result.expected_start.items() if j in pending}
+            expected = {j: t for j, t in result.expected_start.items() if j in pending}
+            if only is None:
+                table.expected = expected
+            else:
+                for j in only:
+                    table.expected.pop(j, None)
+                table.expected.update(expected)
             victims = [
                 v for v in result.preempt if v in table.active and not table.active[v].stopping
             ]

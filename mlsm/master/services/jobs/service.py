@@ -171,7 +171,7 @@ class JobService(NodeEvents):
         for r in queued:
             self.table.queue(r)
         if queued:
-            self.scheduling.kick()
+            self.scheduling.queued()
 
     async def _insert(self, submissions: list[list[JobRow]]) -> None:
         """Insert submissions' rows (each a job, or an array's tasks) in one transaction;

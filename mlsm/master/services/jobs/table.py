@@ -181,6 +181,8 @@ class JobTable:
         #: scheduler sees them: job id -> (not before, scheduler input).
         self.fenced: dict[int, tuple[float, sched.PendingJob]] = {}
         self.reasons: dict[int, str] = {}
+        #: Jobs queued since the scheduling loop's last pass (it takes and clears them).
+        self.fresh: set[int] = set()
         self.active: dict[int, Active] = {}
         self.final_states: dict[int, str] = {}
         #: Told the id of every job that reaches a final state (the code store unpins).
@@ -232,6 +234,7 @@ class JobTable:
             return
         self.fenced.pop(r.id, None)
         self.pending[r.id] = pending_of(r)
+        self.fresh.add(r.id)
 
     def release_fenced(self, now: float) -> bool:
         """Fenced jobs whose time has come join the queue; whether any did."""
