@@ -32,9 +32,11 @@ WAITING_FOR_LOCK = text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisor
 @pytest.mark.postgres
 async def test_event_ids_are_in_commit_order_on_postgresql(fresh_postgres_url: str) -> None:
     """Two transactions write events at once: the one that drew the smaller id commits
-    first, because the second waits for the first before it may draw one."""
+    first, because the second waits for the first before it may draw one. (Two engines,
+    as two processes would have: one master's writers already take turns.)"""
     db = Database(fresh_postgres_url)
     await db.migrate()
+    other = Database(fresh_postgres_url)
     committed: list[int] = []
     first_flushed = asyncio.Event()
     try:
@@ -52,7 +54,7 @@ async def test_event_ids_are_in_commit_order_on_postgresql(fresh_postgres_url: s
 
         async def second() -> None:
             await first_flushed.wait()
-            async with db.transaction() as s:
+            async with other.transaction() as s:
                 record(s.sync_session, "node.online", "second", public=True)
             committed.append(2)
 
@@ -62,6 +64,7 @@ async def test_event_ids_are_in_commit_order_on_postgresql(fresh_postgres_url: s
         assert [r.message for r in rows] == ["first", "second"]
         assert committed == [1, 2]
     finally:
+        await other.close()
         await db.close()
 
 
