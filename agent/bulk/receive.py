@@ -151,12 +151,12 @@ class _Puller:
     async def manifest(self) -> Manifest:
         data = bytearray()
         async for chunk in self._records(
-            wb.BulkPull(transfer_id=self.transfer_id, what="manifest")
+            wb.BulkPull(transfer_id=self.transfer_id, what="manifest", hashes_later=True)
         ):
             data += chunk
             if len(data) > MANIFEST_MAX_BYTES:
                 raise errors.PayloadTooLarge(f"the manifest is over {MANIFEST_MAX_BYTES} bytes")
-        manifest = decode_manifest(bytes(data))
+        manifest = decode_manifest(bytes(data), hashes_later=True)
         self.digest = manifest.digest()
         return manifest
 

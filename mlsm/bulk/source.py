@@ -19,6 +19,12 @@ is still served. A file that cannot be read for another reason (permissions) get
 ERROR frame naming it. Files are read 1 MiB at a time with ``pread``, so memory is one
 block per chunk in flight, whatever the file's size.
 
+**Hashes to come.** An entry without a sha256 (a manifest made with hashes to come, see
+:mod:`mlsm.bulk.manifest`) is hashed while it is read, from its first byte (a want that
+starts inside the file has the part before read and hashed, not sent), and its HASH frame
+follows its last byte, unless the file changed while it was read (then GONE, as above).
+:attr:`Source.on_hashed` hears of each such hash, so the caller can keep it.
+
 From a content store (:meth:`Source.from_store`) entry *i* is the blob named by its
 sha256; a missing blob is GONE.
 
@@ -29,10 +35,12 @@ a few directory descriptors until :meth:`close` (or the end of its ``with`` bloc
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat
+import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .frames import CHUNK, FrameWriter
 from .fstree import DirFds
@@ -80,6 +88,9 @@ class Source:
         self._open = opener
         self._on_close = on_close
         self.bytes_sent = 0  # file bytes put into frames, over all responses
+        #: Called with (entry, its fstat after the read, hex sha256, when the read began
+        #: in ns) for each streamed file sent whole and unchanged (a hash cache fills).
+        self.on_hashed: Callable[[Entry, os.stat_result, str, int], None] | None = None
 
     @classmethod
     def from_tree(cls, root: int | str | os.PathLike[str], manifest: Manifest) -> Source:
@@ -171,8 +182,12 @@ class Source:
         self, out: FrameWriter, index: int, entry: Entry, start: int, end: int
     ) -> Iterator[None]:
         """Frames of ``entry``'s bytes [start, end); yields after each block is written
-        to ``out`` (so the caller can pass the chunks on before the next read)."""
-        if start == end:
+        to ``out`` (so the caller can pass the chunks on before the next read). A file whose
+        hash is to come (``sha256`` empty) is hashed from its first byte as it is read (a
+        prefix not asked for is read and hashed first), and its HASH frame follows its
+        last byte."""
+        streamed = not entry.sha256
+        if start == end and not (streamed and end == entry.size):
             return
         try:
             fd = self._open(entry)
@@ -183,19 +198,46 @@ class Source:
             out.error(index, f"{show_path(entry.path)}: {exc.strerror or exc}")
             return
         try:
+            hashed_at = time.time_ns()
+            hasher = hashlib.sha256() if streamed else None
+            if hasher is not None and start and not _hash_prefix(fd, hasher, start):
+                out.gone(index)  # shrunk since it was opened
+                return
             pos = start
             while pos < end:
                 data = os.pread(fd, min(BLOCK, end - pos), pos)
                 if not data:  # shrunk since it was opened
                     out.gone(index)
                     return
+                if hasher is not None:
+                    hasher.update(data)
                 out.data(index, pos, data)
                 pos += len(data)
                 self.bytes_sent += len(data)
                 yield None
-            if end == entry.size and _changed(os.fstat(fd), entry):
-                out.gone(index)  # written to while it was read: the bytes sent are void
+            if end == entry.size:
+                st = os.fstat(fd)
+                if _changed(st, entry):
+                    out.gone(index)  # written to while it was read: the bytes sent are void
+                elif hasher is not None:
+                    digest = hasher.digest()
+                    out.hash(index, digest)
+                    if self.on_hashed is not None:
+                        self.on_hashed(entry, st, digest.hex(), hashed_at)
         except OSError as exc:
             out.error(index, f"{show_path(entry.path)}: {exc.strerror or exc}")
         finally:
             os.close(fd)
+
+
+def _hash_prefix(fd: int, hasher: Any, length: int) -> bool:
+    """Hash ``fd``'s first ``length`` bytes (a resumed file's, not sent again); False when
+    the file holds fewer."""
+    pos = 0
+    while pos < length:
+        data = os.pread(fd, min(BLOCK, length - pos), pos)
+        if not data:
+            return False
+        hasher.update(data)
+        pos += len(data)
+    return True
