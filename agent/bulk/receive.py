@@ -7,8 +7,11 @@ the transfer (``<root>/.mlsm-bulk-<name>-<transfer id>``, 0700, root's), so the 
 it survives a cut: a network fault, or the master or the source being away, is retried
 here (until :data:`RETRY_WINDOW_S` pass without progress, each try resuming from what the
 journal verified), and a new run for the same transfer (the agent restarted, the command
-came again) resumes from it too. The manifest always comes through the master. The
-frames of each want come over a direct connection (:mod:`agent.bulk.direct`: a fresh
+came again) resumes from it too. The manifest always comes through the master, with the
+hashes the source has not got yet to come (each sent after its file's bytes, verified by
+the sink before it journals the file: :mod:`mlsm.bulk.frames`), so the source starts
+sending without reading the whole tree first; the first direct offer is asked for beside
+it. The frames of each want come over a direct connection (:mod:`agent.bulk.direct`: a fresh
 ticket from the master each time) until that fails once — the source is not reachable,
 or the master offers no direct path — and from then on through the relay, the progress
 saying why ("via master relay: source not reachable (...)"). A direct answer is read and
