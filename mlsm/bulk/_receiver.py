@@ -64,6 +64,7 @@ SYNC_BYTES = 1 << 30
 #: (:func:`~mlsm.bulk.fstree.start_writeback`): the disk works while data still comes, so
 #: the sync points (and the last one, before the rename) find little left to write.
 WRITEBACK_BYTES = 8 << 20
+_ERROR, _GONE, _HASH, _END = int(Flag.ERROR), int(Flag.GONE), int(Flag.HASH), int(Flag.END)
 OPEN_PARTS = 8  # partial files kept open at once
 NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _EXISTING = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -174,6 +175,7 @@ class Receiver:
             self._failures = dict(state.failures)
             self._stats.files_total = sum(1 for e in self.entries if e.kind == "f")
             self._stats.bytes_total = manifest.total_bytes()
+            self._fresh = fresh  # an empty work dir: no partial file to adopt
             self.prepare(fresh, state)
             self.journal.flush()
         except BaseException:
@@ -211,7 +213,8 @@ class Receiver:
             self._stats.bytes_done += entry.size
         else:
             self._pending[index] = None
-            self._adopt(index, state.rebooted)
+            if not self._fresh:
+                self._adopt(index, state.rebooted)
             if entry.size == 0 and index in self._pending:  # nothing to ask a source for
                 self._complete(index, self._parts.get(index) or self._begin(index))
 
@@ -312,19 +315,20 @@ class Receiver:
 
     # ------------------------------------------------------------ frames
     def _control(self, frame: Frame) -> bool:
-        if frame.flags & Flag.ERROR:
+        flags = frame.flags  # tested as plain ints: IntFlag operators cost a call each
+        if flags & _ERROR:
             if frame.index < len(self.entries):
                 what = show_path(self.entries[frame.index].path)
                 raise TransferFailed(f"the source could not send {what}: {frame.message()}")
             raise TransferFailed(f"the source failed: {frame.message()}")
-        if frame.flags & Flag.GONE:
+        if flags & _GONE:
             if frame.index >= len(self.entries):
                 raise FrameError(f"malformed frame stream: GONE for entry {frame.index}")
             if frame.index in self._pending:
                 self._gone_entry(frame.index, journal=True)
-        if frame.flags & Flag.HASH:
+        if flags & _HASH:
             self._hash_came(frame.index, frame.data)
-        return bool(frame.flags & Flag.END)
+        return bool(flags & _END)
 
     def _hash_came(self, index: int, data: memoryview) -> None:
         """A streamed file's sha256, after its bytes: verify the file against it."""
