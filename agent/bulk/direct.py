@@ -290,7 +290,7 @@ def _answer(
 ) -> None:
     """The want's frames as pipe records, through ``send``; END last."""
     tree, manifest = sources.serving(cmd.source, hello.manifest_digest)
-    with sources.source(tree, manifest) as source:
+    with sources.source(tree, manifest, hello.manifest_digest) as source:
         for chunk in source.chunks(hello.want):
             head = wb.pipe_header(wb.PipeKind.DATA, len(chunk))
             if len(chunk) < SMALL_RECORD:

@@ -93,7 +93,7 @@ class BulkCommands:
 
     def _serve(self, cmd: wb.BulkServe, stop: threading.Event) -> Iterator[bytes]:
         tree, manifest = self.sources.serving(cmd.source, cmd.manifest_digest, stop)
-        with self.sources.source(tree, manifest) as source:
+        with self.sources.source(tree, manifest, cmd.manifest_digest) as source:
             for chunk in source.chunks(cmd.want):
                 if stop.is_set():
                     return

@@ -72,6 +72,7 @@ from mlsm.bulk import (
 )
 from mlsm.bulk.fstree import DIR_FLAGS, open_dir
 from mlsm.bulk.hashing import EMPTY_SHA256
+from mlsm.bulk.source import HashStates
 from mlsm.datasets_names import import_path_problem
 from mlsm.wire.bulk import SourceSpec
 
@@ -256,6 +257,7 @@ class SourceBook:
                 d.mkdir(mode=0o700, exist_ok=True)
                 os.chmod(d, 0o700)
         self._resolvers: dict[str, Resolver] = {}
+        self.hash_states = HashStates()
         self._kept: OrderedDict[tuple[SourceSpec, str], Manifest] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -310,16 +312,19 @@ class SourceBook:
             cache.save(path)
 
     @contextlib.contextmanager
-    def source(self, tree: Tree, manifest: Manifest) -> Iterator[Source]:
-        """A :class:`~mlsm.bulk.Source` of ``manifest`` over ``tree``; the hashes of the
-        files it streams go into the tree's cache when it closes."""
+    def source(self, tree: Tree, manifest: Manifest, digest: str = "") -> Iterator[Source]:
+        """A :class:`~mlsm.bulk.Source` of ``manifest`` (whose digest is ``digest``) over
+        ``tree``; the hashes of the files it streams go into the tree's cache when it
+        closes, and a file streamed in parts is hashed once (:class:`HashStates`)."""
         hashed: list[tuple[FileKey, str, int]] = []
         root = open_tree(tree)
         try:
             with Source.from_tree(root, manifest) as source:
-                source.on_hashed = lambda e, st, digest, at: hashed.append(
-                    (FileKey.of(e.path, st), digest, at)
+                source.on_hashed = lambda e, st, sha, at: hashed.append(
+                    (FileKey.of(e.path, st), sha, at)
                 )
+                if digest:
+                    source.hash_states, source.hash_key = self.hash_states, digest
                 yield source
         finally:
             os.close(root)

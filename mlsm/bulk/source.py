@@ -23,7 +23,8 @@ block per chunk in flight, whatever the file's size.
 :mod:`mlsm.bulk.manifest`) is hashed while it is read, from its first byte (a want that
 starts inside the file has the part before read and hashed, not sent), and its HASH frame
 follows its last byte, unless the file changed while it was read (then GONE, as above).
-:attr:`Source.on_hashed` hears of each such hash, so the caller can keep it.
+:attr:`Source.on_hashed` hears of each such hash, so the caller can keep it, and
+:class:`HashStates` keeps the running hash of a file sent in parts between its wants.
 
 From a content store (:meth:`Source.from_store`) entry *i* is the blob named by its
 sha256; a missing blob is GONE.
@@ -38,7 +39,9 @@ import errno
 import hashlib
 import os
 import stat
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -51,7 +54,7 @@ from .want import Want
 if TYPE_CHECKING:
     from .cas import Store
 
-__all__ = ["Gone", "Source"]
+__all__ = ["Gone", "HashStates", "Source"]
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 # what opening an entry fails with when it is no longer what the manifest says
@@ -91,6 +94,10 @@ class Source:
         #: Called with (entry, its fstat after the read, hex sha256, when the read began
         #: in ns) for each streamed file sent whole and unchanged (a hash cache fills).
         self.on_hashed: Callable[[Entry, os.stat_result, str, int], None] | None = None
+        #: Where the running hash of a streamed file cut between wants (a large file is
+        #: asked for in parts) is kept for the next want, under (hash_key, entry index).
+        self.hash_states: HashStates | None = None
+        self.hash_key = ""
 
     @classmethod
     def from_tree(cls, root: int | str | os.PathLike[str], manifest: Manifest) -> Source:
@@ -189,6 +196,8 @@ class Source:
         streamed = not entry.sha256
         if start == end and not (streamed and end == entry.size):
             return
+        states = self.hash_states if streamed else None
+        key = (self.hash_key, index)
         try:
             fd = self._open(entry)
         except Gone:
@@ -200,9 +209,13 @@ class Source:
         try:
             hashed_at = time.time_ns()
             hasher = hashlib.sha256() if streamed else None
-            if hasher is not None and start and not _hash_prefix(fd, hasher, start):
-                out.gone(index)  # shrunk since it was opened
-                return
+            if hasher is not None and start:
+                kept = states.take(key, start) if states is not None else None
+                if kept is not None:  # the response before this one stopped at start
+                    hasher = kept
+                elif not _hash_prefix(fd, hasher, start):
+                    out.gone(index)  # shrunk since it was opened
+                    return
             pos = start
             while pos < end:
                 data = os.pread(fd, min(BLOCK, end - pos), pos)
@@ -215,6 +228,8 @@ class Source:
                 pos += len(data)
                 self.bytes_sent += len(data)
                 yield None
+            if end < entry.size and states is not None and hasher is not None:
+                states.put(key, end, hasher)  # the next want of this file goes on from here
             if end == entry.size:
                 st = os.fstat(fd)
                 if _changed(st, entry):
@@ -228,6 +243,29 @@ class Source:
             out.error(index, f"{show_path(entry.path)}: {exc.strerror or exc}")
         finally:
             os.close(fd)
+
+
+class HashStates:
+    """Running sha256 of streamed files whose bytes were sent only in part (a large file
+    comes in several wants), by (key, entry index) and the offset reached: the next want
+    of the file goes on from it instead of hashing what was sent again (a want that starts
+    elsewhere, or after this process restarted, hashes its file's start). Bounded to
+    ``limit`` files, oldest dropped; shared by the threads serving one agent's responses."""
+
+    def __init__(self, limit: int = 64) -> None:
+        self._limit = limit
+        self._states: OrderedDict[tuple[tuple[str, int], int], Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def take(self, key: tuple[str, int], offset: int) -> Any:
+        with self._lock:
+            return self._states.pop((key, offset), None)
+
+    def put(self, key: tuple[str, int], offset: int, hasher: Any) -> None:
+        with self._lock:
+            self._states[(key, offset)] = hasher
+            while len(self._states) > self._limit:
+                self._states.popitem(last=False)
 
 
 def _hash_prefix(fd: int, hasher: Any, length: int) -> bool:

@@ -16,11 +16,13 @@ from mlsm.bulk import (
     Manifest,
     Sink,
     Source,
+    Want,
     build_manifest,
     pump,
     validate_manifest,
 )
 from mlsm.bulk.frames import Flag, FrameError, encode_frame
+from mlsm.bulk.source import HashStates
 from mlsm.errors import TransferFailed, UnsafeTree
 from tests.unit.bulk.support import tree_digest, write
 
@@ -135,3 +137,35 @@ def test_only_a_sink_takes_a_manifest_with_hashes_to_come(tmp_path: Path) -> Non
     (tmp_path / "dest").mkdir()
     with pytest.raises(UnsafeTree, match="without a sha256"):
         InPlaceSink(manifest, tmp_path / "dest", tmp_path / "work")
+
+
+def test_a_file_sent_in_parts_is_hashed_once_when_its_wants_follow_each_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = _tree(tmp_path / "src")
+    manifest = _streamed(build_manifest(src))
+    states = HashStates()
+
+    def source() -> Source:
+        s = Source.from_tree(src, manifest)
+        s.hash_states, s.hash_key = states, "m1"
+        return s
+
+    sink = Sink(manifest, tmp_path / "work", durable=False)
+    monkeypatch.setattr("mlsm.bulk.source._hash_prefix", _no_prefix)
+    while (want := sink.next_want(budget=1 << 20)) is not None:  # big.bin in 4 wants
+        with source() as s:
+            for chunk in s.chunks(want):
+                sink.feed(chunk)
+    sink.finish(tmp_path / "dest")
+    assert tree_digest(tmp_path / "dest") == tree_digest(src)
+
+    monkeypatch.undo()  # a want that starts where no response stopped hashes the start
+    big = _index(manifest, "b/big.bin")
+    with source() as s:
+        stream = b"".join(s.chunks(Want([(big, 5, BIG - 5)])))
+    assert hashlib.sha256((src / "b" / "big.bin").read_bytes()).digest() in stream
+
+
+def _no_prefix(*args: object) -> bool:
+    raise AssertionError("the start of the file was hashed again")
