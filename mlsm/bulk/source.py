@@ -23,6 +23,8 @@ block per chunk in flight, whatever the file's size.
 :mod:`mlsm.bulk.manifest`) is hashed while it is read, from its first byte (a want that
 starts inside the file has the part before read and hashed, not sent), and its HASH frame
 follows its last byte, unless the file changed while it was read (then GONE, as above).
+A block is hashed in a helper thread while the caller sends it (the sha256 and the TLS
+encryption of the sending thread use two cores, not one in turns).
 :attr:`Source.on_hashed` hears of each such hash, so the caller can keep it, and
 :class:`HashStates` keeps the running hash of a file sent in parts between its wants.
 
@@ -35,6 +37,7 @@ a few directory descriptors until :meth:`close` (or the end of its ``with`` bloc
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -47,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 from .frames import CHUNK, FrameWriter
 from .fstree import DirFds
-from .hashing import BLOCK
+from .hashing import BLOCK, HashingThread
 from .manifest import Entry, Manifest, show_path
 from .want import Want
 
@@ -98,6 +101,7 @@ class Source:
         #: asked for in parts) is kept for the next want, under (hash_key, entry index).
         self.hash_states: HashStates | None = None
         self.hash_key = ""
+        self._hashing = HashingThread()
 
     @classmethod
     def from_tree(cls, root: int | str | os.PathLike[str], manifest: Manifest) -> Source:
@@ -136,6 +140,7 @@ class Source:
         return cls(manifest, opener)
 
     def close(self) -> None:
+        self._hashing.close()
         if self._on_close is not None:
             self._on_close()
             self._on_close = None
@@ -222,12 +227,14 @@ class Source:
                 if not data:  # shrunk since it was opened
                     out.gone(index)
                     return
-                if hasher is not None:
-                    hasher.update(data)
+                if hasher is not None:  # hashed in a thread while the caller sends it
+                    self._hashing.wait()
+                    self._hashing.update(hasher, memoryview(data))
                 out.data(index, pos, data)
                 pos += len(data)
                 self.bytes_sent += len(data)
                 yield None
+            self._hashing.wait()
             if end < entry.size and states is not None and hasher is not None:
                 states.put(key, end, hasher)  # the next want of this file goes on from here
             if end == entry.size:
@@ -242,6 +249,8 @@ class Source:
         except OSError as exc:
             out.error(index, f"{show_path(entry.path)}: {exc.strerror or exc}")
         finally:
+            with contextlib.suppress(Exception):  # nothing of this file's hash is used
+                self._hashing.wait()
             os.close(fd)
 
 
