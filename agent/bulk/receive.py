@@ -22,6 +22,10 @@ thread in batches of about :data:`FEED_BYTES`, read ahead while the sink works. 
 way the event loop never decrypts, writes or hashes; it reports the sink's progress every
 :data:`PROGRESS_EVERY_S`. Nothing is visible under the dataset's name until the verified
 tree is renamed there (``RENAME_NOREPLACE``).
+
+Over 400 lines, as one piece: the target's side of a transfer (the pulls, the direct
+connection's offers and their fallback to the relay, the retries, the sink they feed)
+share one puller's state, and each rule above is about that state.
 """
 
 from __future__ import annotations
