@@ -44,7 +44,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import select
 import socket
 import ssl
@@ -58,13 +57,12 @@ from pathlib import Path
 import msgspec
 
 from mlsm import errors
-from mlsm.bulk import Source
 from mlsm.bulk.handoff import Handoff
 from mlsm.bulk.tickets import Ticket, TicketGate
 from mlsm.tls import ensure_self_signed_apart, fingerprint_of_pem
 from mlsm.wire import bulk as wb
 
-from .sources import SourceBook, open_tree
+from .sources import SourceBook
 
 log = logging.getLogger("mlsm.agent.bulk")
 
@@ -292,18 +290,14 @@ def _answer(
 ) -> None:
     """The want's frames as pipe records, through ``send``; END last."""
     tree, manifest = sources.serving(cmd.source, hello.manifest_digest)
-    root = open_tree(tree)
-    try:
-        with Source.from_tree(root, manifest) as source:
-            for chunk in source.chunks(hello.want):
-                head = wb.pipe_header(wb.PipeKind.DATA, len(chunk))
-                if len(chunk) < SMALL_RECORD:
-                    send(head + chunk)
-                else:  # a whole block: its header on its own, the block never copied
-                    send(head)
-                    send(chunk)
-    finally:
-        os.close(root)
+    with sources.source(tree, manifest, hello.manifest_digest) as source:
+        for chunk in source.chunks(hello.want):
+            head = wb.pipe_header(wb.PipeKind.DATA, len(chunk))
+            if len(chunk) < SMALL_RECORD:
+                send(head + chunk)
+            else:  # a whole block: its header on its own, the block never copied
+                send(head)
+                send(chunk)
     send(wb.pipe_record(wb.PipeKind.END))
 
 

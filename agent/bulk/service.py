@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -23,12 +22,12 @@ import msgspec
 
 from agent.link import MasterLink
 from mlsm import errors
-from mlsm.bulk import Source, encode_manifest
+from mlsm.bulk import encode_manifest
 from mlsm.wire import bulk as wb
 
 from .direct import DirectServer, Identity
 from .pipes import push_answer
-from .sources import SourceBook, open_tree
+from .sources import SourceBook
 
 log = logging.getLogger("mlsm.agent.bulk")
 
@@ -82,7 +81,8 @@ class BulkCommands:
 
     # ---------------------------------------------------------------- answers
     def _manifest(self, cmd: wb.BulkManifest, stop: threading.Event) -> Iterator[bytes]:
-        yield encode_manifest(self.sources.manifest(cmd.source, stop))
+        manifest = self.sources.manifest(cmd.source, stop, hashes_later=cmd.hashes_later)
+        yield encode_manifest(manifest)
 
     def _listen(self, cmd: wb.BulkListen, stop: threading.Event) -> Iterator[bytes]:
         """Open the direct listener (on the event loop) and answer with its port."""
@@ -93,12 +93,8 @@ class BulkCommands:
 
     def _serve(self, cmd: wb.BulkServe, stop: threading.Event) -> Iterator[bytes]:
         tree, manifest = self.sources.serving(cmd.source, cmd.manifest_digest, stop)
-        root = open_tree(tree)
-        try:
-            with Source.from_tree(root, manifest) as source:
-                for chunk in source.chunks(cmd.want):
-                    if stop.is_set():
-                        return
-                    yield chunk
-        finally:
-            os.close(root)
+        with self.sources.source(tree, manifest, cmd.manifest_digest) as source:
+            for chunk in source.chunks(cmd.want):
+                if stop.is_set():
+                    return
+                yield chunk

@@ -26,17 +26,33 @@ the wants of one transfer are served without hashing the tree again; after a res
 want for a digest not kept rebuilds the manifest and serves it only if the digest is the
 same (``SourceChanged`` otherwise). Serving (:class:`mlsm.bulk.Source`) checks each file's
 size and mtime against the manifest as it reads, so a file changed since is sent as GONE.
+
+**Hashes to come.** A dataset copy's target asks for a manifest with hashes to come
+(``hashes_later``): a file the cache does not know is not read for it (its sha256 is left
+empty) but hashed while it is sent, its hash sent after its bytes, and kept in the cache
+then (:meth:`SourceBook.source`), so the first byte leaves after a walk, not after reading
+the whole tree. Such a manifest is written down (``<data dir>/bulk-manifests/``, the last
+:data:`MANIFESTS_KEPT`, named by the source spec and the tree's shape: paths, sizes,
+modes, mtimes) and announced again while the tree keeps that shape and every hash it gave
+is still the cache's: a target that restarts asks again and gets the manifest its journal
+was made for (the cache has filled meanwhile: a fresh one would differ), and after this
+agent restarts a want for it is served from it.
+
+Over 400 lines, as one piece: the manifests a source announces, the hash cache they are
+made with and filled from, and what is served for a digest are one state.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import secrets
 import stat
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,16 +63,22 @@ from mlsm.bulk import (
     FileKey,
     HashCache,
     Manifest,
+    Source,
+    decode_manifest,
+    encode_manifest,
     sha256_fd,
     sort_entries,
     validate_manifest,
 )
 from mlsm.bulk.fstree import DIR_FLAGS, open_dir
+from mlsm.bulk.hashing import EMPTY_SHA256
+from mlsm.bulk.source import HashStates
 from mlsm.datasets_names import import_path_problem
 from mlsm.wire.bulk import SourceSpec
 
 MANIFESTS_KEPT = 16
 HASHES_DIR = "bulk-hashes"  # under the agent's data dir: one hash cache file per tree
+MANIFESTS_DIR = "bulk-manifests"  # under the agent's data dir: manifests announced
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
@@ -98,10 +120,26 @@ def _stopped(stop: threading.Event | None) -> None:
 
 
 def _file_entry(
-    rel: str, name: str, dir_fd: int, cache: HashCache | None, *, lookup: bool = True
+    rel: str,
+    name: str,
+    dir_fd: int,
+    cache: HashCache | None,
+    *,
+    lookup: bool = True,
+    lazy: bool = False,
 ) -> Entry | None:
     """The entry of a regular file, hashed from a descriptor unless ``cache`` knows it
-    (``lookup=False``: the caller asked the cache already)."""
+    (``lookup=False``: the caller asked the cache already); ``lazy``: not hashed, its
+    hash to come (a non-empty file the cache does not know)."""
+    if lazy:
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        known = _cached_entry(rel, st, cache) if lookup else None
+        return known or _lazy_entry(rel, st)
     try:
         fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
     except OSError:
@@ -127,24 +165,29 @@ def _file_entry(
 
 
 def build_tree_manifest(
-    tree: Tree, stop: threading.Event | None = None, cache: HashCache | None = None
+    tree: Tree,
+    stop: threading.Event | None = None,
+    cache: HashCache | None = None,
+    *,
+    lazy: bool = False,
 ) -> Manifest:
     """The manifest of ``tree`` (files and directories; see the module docstring);
-    hashes come from ``cache`` where it knows the file, and go into it."""
+    hashes come from ``cache`` where it knows the file, and go into it. ``lazy``: a file
+    the cache does not know is not read; its hash is left to come (sent after its bytes)."""
     entries: list[Entry] = []
     fd = open_tree(tree)
     try:
         if tree.only:
-            entry = _file_entry(tree.only, tree.only, fd, cache)
+            entry = _file_entry(tree.only, tree.only, fd, cache, lazy=lazy)
             if entry is None:
                 raise errors.NotFound(f"{tree.only} is no longer a regular file")
             entries.append(entry)
         else:
-            _walk_entries(fd, entries, stop, cache)
+            _walk_entries(fd, entries, stop, cache, lazy)
     finally:
         os.close(fd)
     manifest = Manifest(sort_entries(entries))
-    validate_manifest(manifest)
+    validate_manifest(manifest, hashes_later=lazy)
     return manifest
 
 
@@ -162,7 +205,11 @@ def open_tree(tree: Tree) -> int:
 
 
 def _walk_entries(
-    fd: int, entries: list[Entry], stop: threading.Event | None, cache: HashCache | None
+    fd: int,
+    entries: list[Entry],
+    stop: threading.Event | None,
+    cache: HashCache | None,
+    lazy: bool,
 ) -> None:
     for we in walk(fd, sort=True):
         _stopped(stop)
@@ -171,10 +218,19 @@ def _walk_entries(
             st = e.stat(follow_symlinks=False)
             entries.append(Entry(we.rel, "d", 0, st.st_mode & 0o777, st.st_mtime_ns))
         elif e.is_file(follow_symlinks=False):
-            known = _cached_entry(we.rel, e.stat(follow_symlinks=False), cache)
+            st = e.stat(follow_symlinks=False)
+            known = _cached_entry(we.rel, st, cache)
+            if known is None and lazy:
+                known = _lazy_entry(we.rel, st)
             file_entry = known or _file_entry(we.rel, e.name, we.dir_fd, cache, lookup=False)
             if file_entry is not None:
                 entries.append(file_entry)
+
+
+def _lazy_entry(rel: str, st: os.stat_result) -> Entry:
+    """A file's entry with its hash to come (an empty file's is known)."""
+    digest = "" if st.st_size else EMPTY_SHA256
+    return Entry(rel, "f", st.st_size, st.st_mode & 0o777, st.st_mtime_ns, digest)
 
 
 def _cached_entry(rel: str, st: os.stat_result, cache: HashCache | None) -> Entry | None:
@@ -195,10 +251,13 @@ class SourceBook:
         """With ``data_dir`` the hashes of the trees served are kept there between
         manifests (and agent runs); without it nothing is kept."""
         self.hashes_dir = data_dir / HASHES_DIR if data_dir is not None else None
-        if self.hashes_dir is not None:
-            self.hashes_dir.mkdir(mode=0o700, exist_ok=True)
-            os.chmod(self.hashes_dir, 0o700)
+        self.manifests_dir = data_dir / MANIFESTS_DIR if data_dir is not None else None
+        for d in (self.hashes_dir, self.manifests_dir):
+            if d is not None:
+                d.mkdir(mode=0o700, exist_ok=True)
+                os.chmod(d, 0o700)
         self._resolvers: dict[str, Resolver] = {}
+        self.hash_states = HashStates()
         self._kept: OrderedDict[tuple[SourceSpec, str], Manifest] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -211,23 +270,101 @@ class SourceBook:
             raise errors.NotFound(f"this node serves no {spec.kind!r} trees")
         return resolver(spec.name)
 
-    def manifest(self, spec: SourceSpec, stop: threading.Event | None = None) -> Manifest:
-        """A fresh manifest of ``spec`` (kept for the wants that follow)."""
-        manifest = self._build(self.resolve(spec), stop)
+    def manifest(
+        self, spec: SourceSpec, stop: threading.Event | None = None, *, hashes_later: bool = False
+    ) -> Manifest:
+        """A fresh manifest of ``spec`` (kept for the wants that follow); ``hashes_later``:
+        with the hashes the cache does not know to come (see the module docstring)."""
+        tree = self.resolve(spec)
+        manifest = self._build(tree, stop, lazy=hashes_later)
+        if hashes_later:
+            manifest = self._announce(spec, manifest)
         self._keep(spec, manifest.digest(), manifest)
         return manifest
 
-    def _build(self, tree: Tree, stop: threading.Event | None) -> Manifest:
-        """:func:`build_tree_manifest` with the tree's hash cache, saved after."""
+    def _cache_path(self, tree: Tree) -> Path | None:
         if self.hashes_dir is None:
-            return build_tree_manifest(tree, stop)
+            return None
         ident = f"{tree.root}\0{tree.only}".encode("utf-8", "surrogateescape")
-        path = self.hashes_dir / hashlib.sha256(ident).hexdigest()[:32]
+        return self.hashes_dir / hashlib.sha256(ident).hexdigest()[:32]
+
+    def _build(self, tree: Tree, stop: threading.Event | None, *, lazy: bool = False) -> Manifest:
+        """:func:`build_tree_manifest` with the tree's hash cache, saved after."""
+        path = self._cache_path(tree)
+        if path is None:
+            return build_tree_manifest(tree, stop, lazy=lazy)
         cache = HashCache.load(path)
-        manifest = build_tree_manifest(tree, stop, cache)
+        manifest = build_tree_manifest(tree, stop, cache, lazy=lazy)
         if cache.misses or cache.hits != len(cache):  # something new, or something gone
             cache.save(path)
         return manifest
+
+    def learn(self, tree: Tree, hashed: list[tuple[FileKey, str, int]]) -> None:
+        """Keep the hashes of files streamed whole (key, hex sha256, when the read began)."""
+        path = self._cache_path(tree)
+        if path is None or not hashed:
+            return
+        with self._lock:
+            cache = HashCache.load(path)
+            cache.keep_all()
+            for key, digest, hashed_at in hashed:
+                cache.put(key, digest, hashed_at_ns=hashed_at)
+            cache.save(path)
+
+    @contextlib.contextmanager
+    def source(self, tree: Tree, manifest: Manifest, digest: str = "") -> Iterator[Source]:
+        """A :class:`~mlsm.bulk.Source` of ``manifest`` (whose digest is ``digest``) over
+        ``tree``; the hashes of the files it streams go into the tree's cache when it
+        closes, and a file streamed in parts is hashed once (:class:`HashStates`)."""
+        hashed: list[tuple[FileKey, str, int]] = []
+        root = open_tree(tree)
+        try:
+            with Source.from_tree(root, manifest) as source:
+                source.on_hashed = lambda e, st, sha, at: hashed.append(
+                    (FileKey.of(e.path, st), sha, at)
+                )
+                if digest:
+                    source.hash_states, source.hash_key = self.hash_states, digest
+                yield source
+        finally:
+            os.close(root)
+            self.learn(tree, hashed)
+
+    def _announced_path(self, spec: SourceSpec, shape: str) -> Path | None:
+        if self.manifests_dir is None:
+            return None
+        ident = f"{spec}\0{shape}".encode("utf-8", "surrogateescape")
+        return self.manifests_dir / hashlib.sha256(ident).hexdigest()[:32]
+
+    def _announced(self, spec: SourceSpec, fresh: Manifest) -> Manifest | None:
+        """The manifest with hashes to come announced for ``spec`` when the tree looked as
+        ``fresh`` does, if every hash it gave is still the one the cache knows."""
+        path = self._announced_path(spec, fresh.shape_digest())
+        if path is None:
+            return None
+        try:
+            old = decode_manifest(path.read_bytes(), hashes_later=True)
+        except (OSError, errors.UnsafeTree):
+            return None
+        if old.shape_digest() != fresh.shape_digest():
+            return None
+        pairs = zip(old.entries, fresh.entries, strict=True)
+        return None if any(o.sha256 and o.sha256 != f.sha256 for o, f in pairs) else old
+
+    def _announce(self, spec: SourceSpec, fresh: Manifest) -> Manifest:
+        """The manifest to announce: the one announced before for the same tree, so a
+        target that asks again (it restarted) gets the manifest its journal is for;
+        otherwise ``fresh``, written down so this agent serves it after a restart too."""
+        old = self._announced(spec, fresh)
+        if old is not None:
+            return old
+        path = self._announced_path(spec, fresh.shape_digest())
+        if path is not None:
+            write_private(path, encode_manifest(fresh))
+            kept = sorted(path.parent.iterdir(), key=lambda p: p.stat().st_mtime_ns)
+            for stale in kept[:-MANIFESTS_KEPT]:
+                stale.unlink(missing_ok=True)
+        return fresh
 
     def serving(
         self, spec: SourceSpec, digest: str, stop: threading.Event | None = None
@@ -239,6 +376,11 @@ class SourceBook:
             if kept is not None:
                 self._kept.move_to_end((spec, digest))
                 return tree, kept
+        lazy = self._build(tree, stop, lazy=True)  # no file read: the tree's shape
+        for known in (self._announced(spec, lazy), lazy):
+            if known is not None and known.digest() == digest:
+                self._keep(spec, digest, known)
+                return tree, known
         manifest = self._build(tree, stop)
         now = manifest.digest()
         if digest and now != digest:
@@ -334,3 +476,16 @@ def check_import_path(path: str) -> Path:
     if problem is not None:
         raise errors.ValidationError(problem, path="path")
     return Path(path.rstrip("/"))
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """``data`` into ``path``, whole or not at all (a temp file renamed), mode 0600."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        with open(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -4,7 +4,10 @@
 Per file: bytes are written where they belong at the offset the file has reached (a frame
 must start at or before it: bytes already held are skipped and counted as redundant, a
 gap is a malformed stream), hashed as they come, and verified when the file reaches the
-manifest's size. A mismatch discards the file; it is wanted again from 0, and after
+manifest's size, or, for a file whose hash the manifest left to come (a
+:class:`~mlsm.bulk.sink.Sink` accepts such manifests: :attr:`Receiver.HASHES_LATER`),
+when the HASH frame that follows its bytes comes (until then it is whole but pending: the
+next want asks for its hash alone, ``(index, size, 0)``). A mismatch discards the file; it is wanted again from 0, and after
 ``max_attempts`` failures the transfer fails naming the file
 (:class:`~mlsm.errors.TransferFailed`). GONE from the source drops the entry (the finish
 decides whether that is acceptable). ERROR from the source fails the transfer with the
@@ -37,8 +40,6 @@ import hashlib
 import os
 import stat
 import time
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -47,12 +48,11 @@ from mlsm.errors import TransferFailed, UnsafeTree
 
 from .frames import Flag, Frame, FrameError, FrameReader
 from .fstree import remove_at, start_writeback
-from .hashing import BLOCK
+from .hashing import BLOCK, HashingThread
 from .journal import JOURNAL_NAME, Journal, JournalState, JournalUnusable, Record
 from .manifest import Entry, Manifest, show_path, validate_manifest
 from .want import WANT_BYTES, WANT_ITEMS, Want, batch_wants
 
-HASH_THREAD_MIN = 64 << 10  # pieces this large are hashed in a thread beside their writing
 MAX_ATTEMPTS = 3  # deliveries of one file before a mismatch fails the transfer
 #: With ``durable``, a sync point (file system flushed, then a SYNC record) is made after
 #: this many seconds of receiving or this many bytes, whichever comes first, and always
@@ -64,6 +64,7 @@ SYNC_BYTES = 1 << 30
 #: (:func:`~mlsm.bulk.fstree.start_writeback`): the disk works while data still comes, so
 #: the sync points (and the last one, before the rename) find little left to write.
 WRITEBACK_BYTES = 8 << 20
+_ERROR, _GONE, _HASH, _END = int(Flag.ERROR), int(Flag.GONE), int(Flag.HASH), int(Flag.END)
 OPEN_PARTS = 8  # partial files kept open at once
 NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _EXISTING = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -85,45 +86,10 @@ class Progress:
     gone: int = 0
 
 
-class _Hashing:
-    """sha256 updates in one helper thread, beside the writing of the same bytes: a piece
-    is handed to the thread, then written, so writing and hashing (both let go of the GIL
-    for large buffers) use two cores and a piece costs the slower of the two, not their
-    sum. Updates run in order. The pieces are views of the chunk being fed, so
-    :meth:`wait` is called before ``feed`` returns (the caller may then reuse the chunk):
-    nothing is copied, and memory is the chunk. Small pieces are hashed inline while
-    nothing is queued (a hand-over costs more than hashing them)."""
-
-    def __init__(self) -> None:
-        self._pool: ThreadPoolExecutor | None = None
-        self._queued: deque[Future[None]] = deque()
-
-    def update(self, hasher: Any, data: memoryview) -> None:
-        if not self._queued and len(data) < HASH_THREAD_MIN:
-            hasher.update(data)
-            return
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="mlsm-bulk-hash")
-        self._queued.append(self._pool.submit(hasher.update, data))
-
-    def wait(self) -> None:
-        """Every update handed over so far is done (its error, if any, raised)."""
-        while self._queued:
-            self._queued.popleft().result()
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):  # the error was raised to the feeder already
-            self.wait()
-        self._queued.clear()
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
-
-
 class _Part:
     """A file being received: descriptor (-1 while closed), length so far, running hash."""
 
-    __slots__ = ("fd", "hasher", "ident", "received", "written_back")
+    __slots__ = ("digest", "fd", "hasher", "ident", "received", "written_back")
 
     def __init__(self, fd: int, received: int, hasher: Any, ident: tuple[int, int]) -> None:
         self.fd = fd
@@ -131,6 +97,7 @@ class _Part:
         self.hasher = hasher
         self.ident = ident
         self.written_back = received  # bytes handed to start_writeback (or adopted)
+        self.digest: str | None = None  # a whole streamed file's hash, until its HASH comes
 
 
 def open_work(work: Path) -> tuple[int, bool]:
@@ -158,6 +125,9 @@ class Receiver:
     """Base of the sinks; subclasses say where a file's bytes are written and how a
     verified file is put in place (see the module docstring)."""
 
+    #: The manifest may leave files' hashes to come (each checked against its HASH frame).
+    HASHES_LATER = False
+
     def __init__(
         self,
         manifest: Manifest,
@@ -169,7 +139,7 @@ class Receiver:
         sync_bytes: int = SYNC_BYTES,
         sync_interval_s: float = SYNC_INTERVAL_S,
     ) -> None:
-        validate_manifest(manifest)
+        validate_manifest(manifest, hashes_later=self.HASHES_LATER)
         self.manifest = manifest
         self.entries: list[Entry] = manifest.entries
         self.work = Path(work)
@@ -181,7 +151,7 @@ class Receiver:
         self._synced_at = time.monotonic()
         self.gone: list[int] = []  # entries the source said changed, in arrival order
         self._reader = FrameReader()
-        self._hashing = _Hashing()
+        self._hashing = HashingThread()
         self._parts: dict[int, _Part] = {}
         self._open: dict[int, None] = {}  # parts with an open descriptor, oldest first
         self._pending: dict[int, None] = {}  # files still wanted, in manifest order
@@ -205,6 +175,7 @@ class Receiver:
             self._failures = dict(state.failures)
             self._stats.files_total = sum(1 for e in self.entries if e.kind == "f")
             self._stats.bytes_total = manifest.total_bytes()
+            self._fresh = fresh  # an empty work dir: no partial file to adopt
             self.prepare(fresh, state)
             self.journal.flush()
         except BaseException:
@@ -242,7 +213,8 @@ class Receiver:
             self._stats.bytes_done += entry.size
         else:
             self._pending[index] = None
-            self._adopt(index, state.rebooted)
+            if not self._fresh:
+                self._adopt(index, state.rebooted)
             if entry.size == 0 and index in self._pending:  # nothing to ask a source for
                 self._complete(index, self._parts.get(index) or self._begin(index))
 
@@ -343,17 +315,34 @@ class Receiver:
 
     # ------------------------------------------------------------ frames
     def _control(self, frame: Frame) -> bool:
-        if frame.flags & Flag.ERROR:
+        flags = frame.flags  # tested as plain ints: IntFlag operators cost a call each
+        if flags & _ERROR:
             if frame.index < len(self.entries):
                 what = show_path(self.entries[frame.index].path)
                 raise TransferFailed(f"the source could not send {what}: {frame.message()}")
             raise TransferFailed(f"the source failed: {frame.message()}")
-        if frame.flags & Flag.GONE:
+        if flags & _GONE:
             if frame.index >= len(self.entries):
                 raise FrameError(f"malformed frame stream: GONE for entry {frame.index}")
             if frame.index in self._pending:
                 self._gone_entry(frame.index, journal=True)
-        return bool(frame.flags & Flag.END)
+        if flags & _HASH:
+            self._hash_came(frame.index, frame.data)
+        return bool(flags & _END)
+
+    def _hash_came(self, index: int, data: memoryview) -> None:
+        """A streamed file's sha256, after its bytes: verify the file against it."""
+        if index >= len(self.entries) or self.entries[index].kind != "f" or len(data) != 32:
+            raise FrameError(f"malformed frame stream: a HASH frame for entry {index}")
+        entry = self.entries[index]
+        if index not in self._pending or entry.sha256:  # done, gone, or known from the start
+            return
+        part = self._parts.get(index)
+        if part is None or part.digest is None:
+            raise FrameError(
+                f"malformed frame stream: the hash of {show_path(entry.path)} before its bytes"
+            )
+        self._verify(index, part, part.digest, bytes(data).hex())
 
     def _data(self, frame: Frame) -> None:
         index = frame.index
@@ -468,10 +457,17 @@ class Receiver:
             remove_entry(dir_fd, name)
 
     def _complete(self, index: int, part: _Part) -> None:
-        entry = self.entries[index]
         self._hashing.wait()
         got = part.hasher.hexdigest()
-        if got != entry.sha256:
+        expected = self.entries[index].sha256
+        if not expected:  # streamed: verified when its HASH frame comes
+            part.digest = got
+            return
+        self._verify(index, part, got, expected)
+
+    def _verify(self, index: int, part: _Part, got: str, expected: str) -> None:
+        entry = self.entries[index]
+        if got != expected:
             self._drop_part(index, remove=True)
             count = self._failures.get(index, 0) + 1
             self._failures[index] = count
@@ -482,8 +478,8 @@ class Receiver:
                 self.journal.flush()
                 raise TransferFailed(
                     f"{show_path(entry.path)} arrived damaged {count} times (sha256 {got}, "
-                    f"expected {entry.sha256}); giving up",
-                    details={"path": entry.path, "expected": entry.sha256, "got": got},
+                    f"expected {expected}); giving up",
+                    details={"path": entry.path, "expected": expected, "got": got},
                 )
             return
         fd = self._fd_of(index, part)

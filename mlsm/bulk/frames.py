@@ -5,20 +5,24 @@ A frame is a fixed 20-byte little-endian header, then ``length`` bytes::
     u32 index   entry of the manifest (NO_INDEX: about the whole response)
     u64 offset  where the bytes go in that file
     u32 length  bytes that follow
-    u32 flags   0 = file data; END, ERROR, GONE (below); other bits are refused
+    u32 flags   0 = file data; END, ERROR, GONE, HASH (below); other bits are refused
 
 - data (flags 0): ``length`` bytes of entry ``index`` starting at ``offset``;
 - ``END``: this response is complete (index NO_INDEX, no bytes);
 - ``ERROR``: the bytes are a UTF-8 message about ``index``, or about the whole response
   when ``index == NO_INDEX``;
-- ``GONE``: entry ``index`` changed or vanished at the source since the manifest was made.
+- ``GONE``: entry ``index`` changed or vanished at the source since the manifest was made;
+- ``HASH``: the bytes are the 32-byte sha256 of entry ``index``'s whole file, sent right
+  after its last byte when the manifest left that hash to come (a *streamed* file: the
+  source hashed it while it sent it). Only such entries get one, and only receivers that
+  asked for such a manifest ever see one (an older reader refuses the flag).
 
 :class:`FrameReader` takes the stream in chunks split anywhere (an async body, a socket)
 and returns :class:`Frame` s. File data is handed on *as it arrives*: a data frame whose
 bytes span several chunks comes out as several pieces (each a :class:`Frame` with its own
 offset), every piece a zero-copy ``memoryview`` of the chunk it came in, so nothing is
 buffered and memory stays bounded whatever the frame size. Control frames (END, ERROR,
-GONE) come out whole, their bytes bounded by :data:`MAX_CONTROL_BYTES`. A stream that
+GONE, HASH) come out whole, their bytes bounded by :data:`MAX_CONTROL_BYTES`. A stream that
 breaks the format raises :class:`FrameError`.
 
 :class:`FrameWriter` builds a stream for a ``write`` callable: small frames are coalesced
@@ -37,6 +41,7 @@ from mlsm.errors import TransferFailed
 
 __all__ = [
     "CHUNK",
+    "HASH_BYTES",
     "HEADER",
     "HEADER_SIZE",
     "MAX_CONTROL_BYTES",
@@ -64,9 +69,11 @@ class Flag(enum.IntFlag):
     END = 1
     ERROR = 2
     GONE = 4
+    HASH = 8
 
 
-_KNOWN_FLAGS = int(Flag.END | Flag.ERROR | Flag.GONE)
+_KNOWN_FLAGS = int(Flag.END | Flag.ERROR | Flag.GONE | Flag.HASH)
+HASH_BYTES = 32  # a HASH frame's bytes: a raw sha256
 
 
 class FrameError(TransferFailed):
@@ -212,6 +219,10 @@ class FrameWriter:
 
     def gone(self, index: int) -> None:
         self.control(index, Flag.GONE)
+
+    def hash(self, index: int, digest: bytes) -> None:
+        """A HASH frame: ``digest`` (raw sha256) of the whole file ``index``."""
+        self.control(index, Flag.HASH, digest)
 
     def error(self, index: int, message: str) -> None:
         """An ERROR frame about ``index`` (:data:`NO_INDEX`: the whole response)."""

@@ -14,16 +14,21 @@ it was hashed is not cached ("racily clean", as git calls it): a second write in
 would otherwise leave a stale hash behind an unchanged key. The cache is one small
 MessagePack file per tree (the caller picks its path, e.g. by the tree's real path), written
 atomically, mode 0600; one it cannot read is treated as empty (it is only a cache).
+
+:class:`HashingThread` hashes a receiver's pieces beside their writing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -33,12 +38,14 @@ __all__ = [
     "RACY_NS",
     "FileKey",
     "HashCache",
+    "HashingThread",
     "sha256_fd",
 ]
 
 BLOCK = 1 << 20  # bytes read (and sent) at a time
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 RACY_NS = 2_000_000_000  # a file changed this close to its hashing is hashed again next time
+HASH_THREAD_MIN = 64 << 10  # pieces this large are hashed in a thread beside their writing
 _CACHE_VERSION = 2  # 2: the key has the ctime
 
 
@@ -124,6 +131,11 @@ class HashCache:
         self._rows[key] = sha256
         self._used[key] = sha256
 
+    def keep_all(self) -> None:
+        """Keep every loaded key at the next :meth:`save` (a caller that adds hashes
+        without walking the whole tree)."""
+        self._used = {**self._rows, **self._used}
+
     def __len__(self) -> int:
         return len(self._rows)
 
@@ -142,3 +154,38 @@ class HashCache:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+
+class HashingThread:
+    """sha256 updates in one helper thread, beside the writing of the same bytes: a piece
+    is handed to the thread, then written, so writing and hashing (both let go of the GIL
+    for large buffers) use two cores and a piece costs the slower of the two, not their
+    sum. Updates run in order. The pieces are views of the chunk being fed, so
+    :meth:`wait` is called before ``feed`` returns (the caller may then reuse the chunk):
+    nothing is copied, and memory is the chunk. Small pieces are hashed inline while
+    nothing is queued (a hand-over costs more than hashing them)."""
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._queued: deque[Future[None]] = deque()
+
+    def update(self, hasher: Any, data: memoryview) -> None:
+        if not self._queued and len(data) < HASH_THREAD_MIN:
+            hasher.update(data)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="mlsm-bulk-hash")
+        self._queued.append(self._pool.submit(hasher.update, data))
+
+    def wait(self) -> None:
+        """Every update handed over so far is done (its error, if any, raised)."""
+        while self._queued:
+            self._queued.popleft().result()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):  # the error was raised to the feeder already
+            self.wait()
+        self._queued.clear()
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None

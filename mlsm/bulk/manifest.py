@@ -13,7 +13,11 @@ What a receiver accepts (:func:`validate_manifest`; every sink runs it before wr
   UTF-8, each name at most 255 bytes (the OS limit), at most :data:`MAX_PATH_CHARS` in all;
   no two entries with one path; every parent is a ``d`` entry that comes earlier.
 - ``f`` (file): ``size`` >= 0 and ``sha256`` 64 lowercase hex digits (the empty file's
-  hash when ``size`` is 0), no target.
+  hash when ``size`` is 0), no target. A manifest with *hashes to come* (validated with
+  ``hashes_later=True``: a dataset copy's target asks its source for one) may leave the
+  ``sha256`` of a non-empty file empty: the source hashes that file while it sends it and
+  sends the hash right after its bytes (a HASH frame, :mod:`mlsm.bulk.frames`), so the
+  first byte leaves before the whole tree was read.
 - ``d`` (directory): size 0, no hash, no target.
 - ``l`` (symlink): a non-empty relative ``target`` without NUL that resolves inside the
   tree, following the other links of the manifest (lexically: ``a -> b/..`` is fine,
@@ -97,6 +101,16 @@ class Manifest(msgspec.Struct):
     def file_count(self) -> int:
         return sum(1 for e in self.entries if e.kind == "f")
 
+    def shape_digest(self) -> str:
+        """:meth:`digest` of this manifest with every file's sha256 left out: what the tree
+        looked like (paths, kinds, sizes, modes, mtimes), whatever of it was hashed."""
+        blank = [msgspec.structs.replace(e, sha256="") if e.sha256 else e for e in self.entries]
+        return Manifest(blank).digest()
+
+    def hashes_to_come(self) -> int:
+        """Files whose sha256 the source sends after their bytes (see the module docstring)."""
+        return sum(1 for e in self.entries if e.kind == "f" and not e.sha256)
+
 
 _ENCODER = msgspec.msgpack.Encoder()
 _DECODER = msgspec.msgpack.Decoder(Manifest)
@@ -106,15 +120,16 @@ def encode_manifest(manifest: Manifest) -> bytes:
     return _ENCODER.encode(manifest)
 
 
-def decode_manifest(data: bytes | memoryview) -> Manifest:
-    """A manifest from MessagePack, bounds-checked and validated (:func:`validate_manifest`).
+def decode_manifest(data: bytes | memoryview, *, hashes_later: bool = False) -> Manifest:
+    """A manifest from MessagePack, bounds-checked and validated (:func:`validate_manifest`;
+    ``hashes_later``: files may have their hash to come).
 
     Raises :class:`~mlsm.errors.UnsafeTree` for bytes that are not a valid manifest."""
     try:
         manifest = _DECODER.decode(data)
     except msgspec.DecodeError as exc:
         raise UnsafeTree(f"not a valid manifest: {exc}") from None
-    validate_manifest(manifest)
+    validate_manifest(manifest, hashes_later=hashes_later)
     return manifest
 
 
@@ -167,9 +182,11 @@ def sort_entries(entries: Iterable[Entry]) -> list[Entry]:
     return sorted(entries, key=_component_key)
 
 
-def _check_entry(e: Entry) -> None:
+def _check_entry(e: Entry, hashes_later: bool) -> None:
     if e.kind == "f":
-        if len(e.sha256) != 64:
+        if not e.sha256 and hashes_later and e.size > 0:
+            pass  # its hash comes after its bytes
+        elif len(e.sha256) != 64:
             raise _refuse(e.path, "is a file without a sha256")
         if e.size == 0 and e.sha256 != EMPTY_SHA256:
             raise _refuse(e.path, "is an empty file whose sha256 is not that of no bytes")
@@ -194,9 +211,10 @@ def _check_entry(e: Entry) -> None:
         raise _refuse(e.path, f"is a symlink to {show_path(t)}, outside the tree")
 
 
-def validate_manifest(manifest: Manifest) -> None:
+def validate_manifest(manifest: Manifest, *, hashes_later: bool = False) -> None:
     """Raise :class:`~mlsm.errors.UnsafeTree` naming the first entry that breaks a rule of
-    the module docstring; return when every entry may be written."""
+    the module docstring; return when every entry may be written. ``hashes_later``: a
+    non-empty file may have its sha256 to come."""
     entries = manifest.entries
     if len(entries) > MAX_ENTRIES:
         raise UnsafeTree(f"a manifest holds more than {MAX_ENTRIES} entries")
@@ -209,7 +227,7 @@ def validate_manifest(manifest: Manifest) -> None:
         parent = e.path.rpartition("/")[0]
         if parent and kinds.get(parent) != "d":
             raise _refuse(e.path, "comes before its directory, or its parent is not a directory")
-        _check_entry(e)
+        _check_entry(e, hashes_later)
         kinds[e.path] = e.kind
         if e.kind == "l":
             links[e.path] = e.target

@@ -60,6 +60,8 @@ class Sink(Receiver):
     it). See the module docstring and :class:`~mlsm.bulk._receiver.Receiver`.
     """
 
+    HASHES_LATER = True
+
     def __init__(
         self,
         manifest: Manifest,

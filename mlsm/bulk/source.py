@@ -19,6 +19,15 @@ is still served. A file that cannot be read for another reason (permissions) get
 ERROR frame naming it. Files are read 1 MiB at a time with ``pread``, so memory is one
 block per chunk in flight, whatever the file's size.
 
+**Hashes to come.** An entry without a sha256 (a manifest made with hashes to come, see
+:mod:`mlsm.bulk.manifest`) is hashed while it is read, from its first byte (a want that
+starts inside the file has the part before read and hashed, not sent), and its HASH frame
+follows its last byte, unless the file changed while it was read (then GONE, as above).
+A block is hashed in a helper thread while the caller sends it (the sha256 and the TLS
+encryption of the sending thread use two cores, not one in turns).
+:attr:`Source.on_hashed` hears of each such hash, so the caller can keep it, and
+:class:`HashStates` keeps the running hash of a file sent in parts between its wants.
+
 From a content store (:meth:`Source.from_store`) entry *i* is the blob named by its
 sha256; a missing blob is GONE.
 
@@ -28,22 +37,27 @@ a few directory descriptors until :meth:`close` (or the end of its ``with`` bloc
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import hashlib
 import os
 import stat
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .frames import CHUNK, FrameWriter
 from .fstree import DirFds
-from .hashing import BLOCK
+from .hashing import BLOCK, HashingThread
 from .manifest import Entry, Manifest, show_path
 from .want import Want
 
 if TYPE_CHECKING:
     from .cas import Store
 
-__all__ = ["Gone", "Source"]
+__all__ = ["Gone", "HashStates", "Source"]
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 # what opening an entry fails with when it is no longer what the manifest says
@@ -80,6 +94,14 @@ class Source:
         self._open = opener
         self._on_close = on_close
         self.bytes_sent = 0  # file bytes put into frames, over all responses
+        #: Called with (entry, its fstat after the read, hex sha256, when the read began
+        #: in ns) for each streamed file sent whole and unchanged (a hash cache fills).
+        self.on_hashed: Callable[[Entry, os.stat_result, str, int], None] | None = None
+        #: Where the running hash of a streamed file cut between wants (a large file is
+        #: asked for in parts) is kept for the next want, under (hash_key, entry index).
+        self.hash_states: HashStates | None = None
+        self.hash_key = ""
+        self._hashing = HashingThread()
 
     @classmethod
     def from_tree(cls, root: int | str | os.PathLike[str], manifest: Manifest) -> Source:
@@ -118,6 +140,7 @@ class Source:
         return cls(manifest, opener)
 
     def close(self) -> None:
+        self._hashing.close()
         if self._on_close is not None:
             self._on_close()
             self._on_close = None
@@ -171,9 +194,15 @@ class Source:
         self, out: FrameWriter, index: int, entry: Entry, start: int, end: int
     ) -> Iterator[None]:
         """Frames of ``entry``'s bytes [start, end); yields after each block is written
-        to ``out`` (so the caller can pass the chunks on before the next read)."""
-        if start == end:
+        to ``out`` (so the caller can pass the chunks on before the next read). A file whose
+        hash is to come (``sha256`` empty) is hashed from its first byte as it is read (a
+        prefix not asked for is read and hashed first), and its HASH frame follows its
+        last byte."""
+        streamed = not entry.sha256
+        if start == end and not (streamed and end == entry.size):
             return
+        states = self.hash_states if streamed else None
+        key = (self.hash_key, index)
         try:
             fd = self._open(entry)
         except Gone:
@@ -183,19 +212,79 @@ class Source:
             out.error(index, f"{show_path(entry.path)}: {exc.strerror or exc}")
             return
         try:
+            hashed_at = time.time_ns()
+            hasher = hashlib.sha256() if streamed else None
+            if hasher is not None and start:
+                kept = states.take(key, start) if states is not None else None
+                if kept is not None:  # the response before this one stopped at start
+                    hasher = kept
+                elif not _hash_prefix(fd, hasher, start):
+                    out.gone(index)  # shrunk since it was opened
+                    return
             pos = start
             while pos < end:
                 data = os.pread(fd, min(BLOCK, end - pos), pos)
                 if not data:  # shrunk since it was opened
                     out.gone(index)
                     return
+                if hasher is not None:  # hashed in a thread while the caller sends it
+                    self._hashing.wait()
+                    self._hashing.update(hasher, memoryview(data))
                 out.data(index, pos, data)
                 pos += len(data)
                 self.bytes_sent += len(data)
                 yield None
-            if end == entry.size and _changed(os.fstat(fd), entry):
-                out.gone(index)  # written to while it was read: the bytes sent are void
+            self._hashing.wait()
+            if end < entry.size and states is not None and hasher is not None:
+                states.put(key, end, hasher)  # the next want of this file goes on from here
+            if end == entry.size:
+                st = os.fstat(fd)
+                if _changed(st, entry):
+                    out.gone(index)  # written to while it was read: the bytes sent are void
+                elif hasher is not None:
+                    digest = hasher.digest()
+                    out.hash(index, digest)
+                    if self.on_hashed is not None:
+                        self.on_hashed(entry, st, digest.hex(), hashed_at)
         except OSError as exc:
             out.error(index, f"{show_path(entry.path)}: {exc.strerror or exc}")
         finally:
+            with contextlib.suppress(Exception):  # nothing of this file's hash is used
+                self._hashing.wait()
             os.close(fd)
+
+
+class HashStates:
+    """Running sha256 of streamed files whose bytes were sent only in part (a large file
+    comes in several wants), by (key, entry index) and the offset reached: the next want
+    of the file goes on from it instead of hashing what was sent again (a want that starts
+    elsewhere, or after this process restarted, hashes its file's start). Bounded to
+    ``limit`` files, oldest dropped; shared by the threads serving one agent's responses."""
+
+    def __init__(self, limit: int = 64) -> None:
+        self._limit = limit
+        self._states: OrderedDict[tuple[tuple[str, int], int], Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def take(self, key: tuple[str, int], offset: int) -> Any:
+        with self._lock:
+            return self._states.pop((key, offset), None)
+
+    def put(self, key: tuple[str, int], offset: int, hasher: Any) -> None:
+        with self._lock:
+            self._states[(key, offset)] = hasher
+            while len(self._states) > self._limit:
+                self._states.popitem(last=False)
+
+
+def _hash_prefix(fd: int, hasher: Any, length: int) -> bool:
+    """Hash ``fd``'s first ``length`` bytes (a resumed file's, not sent again); False when
+    the file holds fewer."""
+    pos = 0
+    while pos < length:
+        data = os.pread(fd, min(BLOCK, length - pos), pos)
+        if not data:
+            return False
+        hasher.update(data)
+        pos += len(data)
+    return True

@@ -82,11 +82,14 @@ class SourceSpec(Struct, kw_only=True, frozen=True):
 
 class BulkManifest(Struct, tag="bulk_manifest", kw_only=True):
     """Source side: push the manifest (MessagePack :class:`~mlsm.bulk.Manifest`) of
-    ``source`` into relay pipe ``pipe_id``."""
+    ``source`` into relay pipe ``pipe_id``. ``hashes_later``: files the source's hash cache
+    does not know are left with their hash to come (sent after each file's bytes; a
+    dataset copy's target asks for that, an older source ignores it and hashes all)."""
 
     id: Int64
     pipe_id: PipeId
     source: SourceSpec
+    hashes_later: bool = False
 
 
 class BulkServe(Struct, tag="bulk_serve", kw_only=True):
@@ -125,6 +128,7 @@ class BulkPull(Struct, kw_only=True):
     want: Want | None = None
     manifest_digest: Annotated[str, Meta(max_length=64)] = ""
     fresh: bool = False  # direct: the last offer's listener did not answer; open another
+    hashes_later: bool = False  # manifest: this target takes hashes to come (BulkManifest)
 
 
 # ---------------------------------------------------------------- the direct path

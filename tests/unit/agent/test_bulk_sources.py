@@ -15,6 +15,7 @@ import pytest
 import agent.bulk.sources as sources
 from agent.bulk.sources import SourceBook, Tree, build_tree_manifest, open_tree, path_resolver
 from mlsm import errors
+from mlsm.bulk import Sink, pump
 from mlsm.wire.bulk import SourceSpec
 
 SPEC = SourceSpec(kind="dataset", name="ds")
@@ -140,3 +141,33 @@ def test_a_link_on_the_way_is_never_followed_even_when_swapped_in_after_the_chec
         build_tree_manifest(tree)
     with pytest.raises(errors.UnsafeTree, match="link"):
         open_tree(tree)
+
+
+def test_a_manifest_with_hashes_to_come_reads_nothing_and_the_stream_fills_the_cache(
+    tmp_path: Path, hashed: list[int]
+) -> None:
+    tree = _dataset(tmp_path / "roots")
+    book = _book(tmp_path / "data", tree)
+    announced = book.manifest(SPEC, hashes_later=True)
+    assert hashed == [] and announced.hashes_to_come() == 5
+    where, served = book.serving(SPEC, announced.digest())
+    assert served == announced
+    with book.source(where, served) as source:
+        sink = Sink(served, tmp_path / "work", durable=False)
+        pump(sink, source.chunks)
+    sink.finish(tmp_path / "copy")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "copy").iterdir()} == {
+        p.name: p.read_bytes() for p in tree.iterdir()
+    }
+
+    restarted = _book(tmp_path / "data", tree)  # a new agent process
+    full = restarted.manifest(SPEC)
+    assert hashed == [] and full.hashes_to_come() == 0  # the stream's hashes were kept
+    # a target that asks again (it restarted) gets the manifest its journal is for
+    assert restarted.manifest(SPEC, hashes_later=True).digest() == announced.digest()
+    assert _book(tmp_path / "data", tree).serving(SPEC, announced.digest())[1] == announced
+
+    (tree / "f0.bin").write_bytes(b"changed")
+    assert _book(tmp_path / "data", tree).manifest(SPEC, hashes_later=True) != announced
+    with pytest.raises(errors.SourceChanged):
+        _book(tmp_path / "data", tree).serving(SPEC, announced.digest())

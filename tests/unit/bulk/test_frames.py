@@ -86,7 +86,7 @@ def test_a_stream_cut_mid_header_or_mid_frame_is_not_at_a_boundary() -> None:
 @pytest.mark.parametrize(
     ("header", "why"),
     [
-        (HEADER.pack(0, 0, 10, 8), "unknown flags"),
+        (HEADER.pack(0, 0, 10, 16), "unknown flags"),
         (HEADER.pack(0, 0, 10, 0xFFFFFFFF), "unknown flags"),
         (HEADER.pack(0, 0, MAX_FRAME_BYTES + 1, 0), "bytes"),
         (HEADER.pack(0, 0, 0xFFFFFFFF, 0), "bytes"),

@@ -93,7 +93,9 @@ class CopyRelay:
                 self._sessions.pop(live.id, None)
             return _encode(await self._offer(live.id, src, node, spec))
         if req.what == "manifest":
-            return await self.pipes.open(src, wb.BulkManifest, source=spec)
+            return await self.pipes.open(
+                src, wb.BulkManifest, source=spec, hashes_later=req.hashes_later
+            )
         if req.want is None:
             raise ValidationError("a pull of frames needs a want", path="want")
         return await self.pipes.open(
