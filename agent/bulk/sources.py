@@ -47,7 +47,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import secrets
 import stat
 import threading
 import time
@@ -58,6 +57,7 @@ from pathlib import Path
 
 from agent.fsutil import walk
 from mlsm import errors
+from mlsm.atomicfile import write_atomic
 from mlsm.bulk import (
     Entry,
     FileKey,
@@ -360,7 +360,7 @@ class SourceBook:
             return old
         path = self._announced_path(spec, fresh.shape_digest())
         if path is not None:
-            write_private(path, encode_manifest(fresh))
+            write_atomic(path, encode_manifest(fresh))
             kept = sorted(path.parent.iterdir(), key=lambda p: p.stat().st_mtime_ns)
             for stale in kept[:-MANIFESTS_KEPT]:
                 stale.unlink(missing_ok=True)
@@ -476,16 +476,3 @@ def check_import_path(path: str) -> Path:
     if problem is not None:
         raise errors.ValidationError(problem, path="path")
     return Path(path.rstrip("/"))
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """``data`` into ``path``, whole or not at all (a temp file renamed), mode 0600."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        with open(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -45,7 +45,8 @@ def test_a_link_planted_at_the_temporary_name_is_replaced_not_written_through(
     victim = tmp_path / "victim"
     victim.write_text("untouched")
     path = tmp_path / "credentials.toml"
-    os.symlink(victim, tmp_path / f".credentials.toml.{os.getpid()}.tmp")
+    for n in range(64):  # the temporary names the next writes may take
+        os.symlink(victim, tmp_path / f".credentials.toml.{os.getpid()}.{n}.tmp")
     os.symlink(victim, path)  # and one at the name itself: replaced by the rename
     write_atomic(path, "token = 'x'\n")
     assert victim.read_text() == "untouched"
