@@ -111,10 +111,18 @@ class NodeRow(Struct, kw_only=True, omit_defaults=True):
 
 
 class LabOverview(Struct, kw_only=True):
-    """The overview in one answer: the lab's totals and every node's row."""
+    """The overview in one answer: the lab's totals and the nodes' rows, by name.
+
+    Asked with ``since`` (the ``cursor`` of an earlier answer), ``nodes`` holds only the
+    rows that changed after it and ``removed`` the names of the nodes gone since; ``full``
+    says the answer is the whole list instead (no cursor, or one this master cannot
+    answer from: too old, or from before a restart)."""
 
     summary: LabSummary
     nodes: list[NodeRow]
+    cursor: str = ""  # send it back as ``since`` to get only what changed after this
+    full: bool = True  # ``nodes`` is every node (false: only the changed ones)
+    removed: list[str] = []  # nodes gone since ``since`` (only when not ``full``)
 
 
 def node_row(node: Node, running: list[tuple[int, str]]) -> NodeRow:
