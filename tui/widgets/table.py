@@ -14,6 +14,7 @@ from typing import Any
 
 from textual._two_way_dict import TwoWayDict
 from textual.binding import Binding
+from textual.geometry import Region
 from textual.widgets import DataTable
 from textual.widgets.data_table import CellDoesNotExist, CellType, ColumnKey, RowKey
 
@@ -22,6 +23,8 @@ from tui import fmt
 #: A row's cells, built when the row is on screen (or read): see the module docstring.
 RowBuilder = Callable[[], Sequence[object]]
 Row = tuple[str, Sequence[object] | RowBuilder]
+#: A cell by its row and column.
+Cell = tuple[RowKey, ColumnKey]
 
 
 class Lazy:
@@ -66,8 +69,6 @@ class LabTable(DataTable[object]):
 
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes, cursor_type="row", zebra_stripes=False)
-        #: Bumps of ``_update_count`` that only ``sync`` made for changed cells.
-        self._cell_bumps = 0
         #: Per cell: how many times ``sync`` changed it.
         self._cell_versions: dict[tuple[RowKey | None, ColumnKey | None], int] = {}
         #: Per row: the cell list (or builder) ``sync`` last took. A screen that keeps its
@@ -87,18 +88,19 @@ class LabTable(DataTable[object]):
     ) -> Any:
         """Render a body cell, cached by that cell's own version.
 
-        ``DataTable`` keys its cell cache on one global update counter, so changing one
-        cell re-renders every visible cell. With 100 nodes polled every 2 s that was most of
-        the dashboard's idle CPU. Here a cell's key is the table's structure generation
-        (every change ``sync`` did not make as a plain cell write: rows added, removed,
-        sorted, columns) plus the cell's own version, row position and width."""
+        ``DataTable`` keys its caches on one global update counter, so changing one cell
+        re-renders every visible cell and line, and recounts every row's offset. A cell
+        written by ``sync`` does not bump that counter (it counts only structure: rows
+        added, removed, sorted, columns); the cell's key here is that counter plus the
+        cell's own version, row position and width, and the cached lines of its row are
+        dropped (:meth:`_cells_changed`)."""
         if row_index < 0 or column_index < 0:
             return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
         count = self._update_count
         row_key = self._row_locations.get_key(row_index)
         column_key = self._column_locations.get_key(column_index)
         version = self._cell_versions.get((row_key, column_key), 0)
-        key: Hashable = (count - self._cell_bumps, row_key, column_key, version, row_index, width)
+        key: Hashable = (count, row_key, column_key, version, row_index, width)
         self._update_count = key  # type: ignore[assignment]  # only read as a cache key
         try:
             return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
@@ -107,8 +109,10 @@ class LabTable(DataTable[object]):
 
     def render_lines(self, crop: Any) -> Any:
         """Build the rows that came into view (scrolled to, moved up) before drawing."""
-        if self._pending and self._build_rows(self._visible_keys()):
-            self._bump_cells(repaint=False)  # being drawn now
+        if self._pending:
+            built = self._build_rows(self._visible_keys())
+            if built:
+                self._cells_changed(built, repaint=False)  # being drawn now
         return super().render_lines(crop)
 
     def get_row(self, row_key: RowKey | str) -> list[object]:
@@ -120,14 +124,14 @@ class LabTable(DataTable[object]):
         return super().get_cell(row_key, column_key)
 
     def get_column(self, column_key: ColumnKey | str) -> Iterable[object]:
-        if self._pending and self._build_rows(list(self._pending)):
-            self._bump_cells()
+        if self._pending:
+            self._cells_changed(self._build_rows(list(self._pending)))
         return super().get_column(column_key)
 
     def _build_now(self, row_key: RowKey | str) -> None:
         key = row_key.value if isinstance(row_key, RowKey) else row_key
-        if key is not None and key in self._pending and self._build_rows([key]):
-            self._bump_cells()
+        if key is not None and key in self._pending:
+            self._cells_changed(self._build_rows([key]))
 
     def _visible_keys(self) -> list[str]:
         """The keys of the rows on screen (every row is one line high)."""
@@ -136,16 +140,16 @@ class LabTable(DataTable[object]):
         keys = (self._row_locations.get_key(i) for i in range(first, last))
         return [k.value for k in keys if k is not None and k.value is not None]
 
-    def _build_rows(self, keys: Iterable[str]) -> bool:
-        """Build the pending rows among ``keys`` and write the cells that changed; True
-        when one did."""
+    def _build_rows(self, keys: Iterable[str]) -> list[Cell]:
+        """Build the pending rows among ``keys`` and write the cells that changed; those
+        cells."""
         columns = list(self.columns)
-        changed = False
+        changed: list[Cell] = []
         for key in keys:
             build = self._pending.pop(key, None)
             data = self._data.get(RowKey(key)) if build is not None else None
             if build is not None and data is not None:
-                changed = self._write_cells(RowKey(key), data, columns, build()) or changed
+                self._write_cells(RowKey(key), data, columns, build(), changed)
         return changed
 
     def _write_cells(
@@ -154,23 +158,59 @@ class LabTable(DataTable[object]):
         data: dict[ColumnKey, object],
         columns: list[ColumnKey],
         cells: Sequence[object],
-    ) -> bool:
-        changed = False
+        changed: list[Cell],
+    ) -> None:
+        """Write the cells that differ from the row's, adding them to ``changed``."""
+        versions = self._cell_versions
         for column, cell in zip(columns, cells, strict=False):
             after = fmt.safe(cell)
             if data.get(column) != after:
                 data[column] = after
                 at = (row_key, column)
-                self._cell_versions[at] = self._cell_versions.get(at, 0) + 1
-                changed = True
-        return changed
+                versions[at] = versions.get(at, 0) + 1
+                changed.append(at)
 
-    def _bump_cells(self, *, repaint: bool = True) -> None:
-        """Cells changed (and only cells): one repaint, cached renders of the others kept."""
-        self._update_count += 1
-        self._cell_bumps += 1
-        if repaint:
-            self.refresh()
+    def _cells_changed(self, cells: list[Cell], *, repaint: bool = True) -> None:
+        """Cells were written (and only cells): drop the cached lines of their rows and
+        repaint those cells alone, so a poll that changed one figure per row costs one
+        cell through Rich and one line's assembly per row, and the terminal is sent the
+        cells, not the screen. The rest of the table's caches (other rows' lines, row
+        offsets, the row order) stay valid."""
+        if not cells:
+            return
+        rows = {row_key for row_key, _ in cells}
+        # The line caches are keyed by the row (row_key first) or its y (first); a row is
+        # one line high, under the header.
+        header = self.header_height if self.show_header else 0
+        ys = set()
+        for row_key in rows:
+            index = self._row_locations.get(row_key)
+            if index is not None:
+                ys.add(index + header)
+        row_cache, line_cache = self._row_render_cache, self._line_cache
+        for row_cache_key in [key for key in row_cache.keys() if key[0] in rows]:
+            row_cache.discard(row_cache_key)
+        for line_key in [key for key in line_cache.keys() if key[0] in ys]:
+            line_cache.discard(line_key)
+        if not repaint:
+            return
+        x_of = self._column_offsets()
+        for row_key, column_key in cells:
+            row_index = self._row_locations.get(row_key)
+            placed = x_of.get(column_key)
+            if row_index is not None and placed is not None:
+                x, width = placed
+                self._refresh_region(Region(x, row_index + header, width, 1))
+
+    def _column_offsets(self) -> dict[ColumnKey, tuple[int, int]]:
+        """Each column's x and width on the table (row labels first)."""
+        offsets: dict[ColumnKey, tuple[int, int]] = {}
+        x = self._row_label_column_width
+        for column in self.ordered_columns:
+            width = column.get_render_width(self)
+            offsets[column.key] = (x, width)
+            x += width
+        return offsets
 
     def add_row(
         self,
@@ -246,7 +286,7 @@ class LabTable(DataTable[object]):
         synced, self._synced = self._synced, {}
         columns = list(self.columns)
         blank = [None] * len(columns)
-        changed = False
+        changed: list[Cell] = []
         for key, cells in rows:
             row_key = RowKey(key)
             data = self._data.get(row_key)
@@ -262,14 +302,13 @@ class LabTable(DataTable[object]):
             if data is None or row_key not in self.rows:
                 self.add_row(*cells, key=key)
                 continue
-            changed = self._write_cells(row_key, data, columns, cells) or changed
+            self._write_cells(row_key, data, columns, cells, changed)
         order = [key for key, _ in rows]
         if [row.key.value for row in self.ordered_rows] != order:
             self._order_by_keys(order)
         if self._pending and self.size.height:
-            changed = self._build_rows(self._visible_keys()) or changed
-        if changed:
-            self._bump_cells()
+            changed += self._build_rows(self._visible_keys())
+        self._cells_changed(changed)
         if keep is not None and keep in wanted:
             index = self.get_row_index(keep)
             if self.cursor_row != index:
