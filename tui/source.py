@@ -270,18 +270,13 @@ class MasterSource(DataSource):
         answer merged in. The first call, or an answer the master could not give as
         changes (``full``: a master restarted, a cursor too old), replaces them all."""
         reply = await self.client.nodes.overview(since=self._overview_cursor or None)
-        rows = self._overview_rows
-        if reply.full:
-            rows = {row.name: row for row in reply.nodes}
-        else:
-            new = False
-            for row in reply.nodes:
-                new = new or row.name not in rows
-                rows[row.name] = row
-            for name in reply.removed:
-                rows.pop(name, None)
-            if new:  # keep the rows by name, as the master answers them
-                rows = dict(sorted(rows.items()))
+        rows = {} if reply.full else self._overview_rows
+        new = any(row.name not in rows for row in reply.nodes)
+        rows.update((row.name, row) for row in reply.nodes)
+        for name in reply.removed:
+            rows.pop(name, None)
+        if new and not reply.full:  # keep the rows by name, as the master answers them
+            rows = dict(sorted(rows.items()))
         self._overview_rows = rows
         self._overview_cursor = reply.cursor
         return Overview(summary=reply.summary, nodes=list(rows.values()))

@@ -5,16 +5,25 @@ escape sequence in a cell is shown, not sent to the terminal.
 A row may also be given as a :data:`RowBuilder` (a function that returns its cells): it is
 called only when the row is on screen, or read, so a poll of a 1,000-node lab builds and
 compares the few dozen rows a terminal shows, not all of them; a row that scrolls into
-view is built then."""
+view is built then.
+
+About 420 lines, as one piece: ``sync``'s cell writes, the per-cell versions, the cached
+lines it drops and the shared renders of equal cells are one bookkeeping over
+``DataTable``'s caches; split apart, each half would reach into the other's state."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any
 
+from rich.padding import Padding
+from rich.segment import Segment
+from rich.style import Style
 from textual._two_way_dict import TwoWayDict
 from textual.binding import Binding
+from textual.cache import LRUCache
 from textual.geometry import Region
+from textual.renderables.styled import Styled
 from textual.widgets import DataTable
 from textual.widgets.data_table import CellDoesNotExist, CellType, ColumnKey, RowKey
 
@@ -25,6 +34,8 @@ RowBuilder = Callable[[], Sequence[object]]
 Row = tuple[str, Sequence[object] | RowBuilder]
 #: A cell by its row and column.
 Cell = tuple[RowKey, ColumnKey]
+#: Distinct cell looks kept rendered (a screenful is ~450 cells, many alike).
+LOOKS_KEPT = 4096
 
 
 class Lazy:
@@ -76,6 +87,12 @@ class LabTable(DataTable[object]):
         self._synced: dict[str, Sequence[object] | RowBuilder] = {}
         #: Rows given as builders that were not on screen: built when they are (or read).
         self._pending: dict[str, RowBuilder] = {}
+        #: Rendered one-line Lazy cells by what they look like (:meth:`_render_look`).
+        self._looks: LRUCache[Hashable, list[list[Segment]]] = LRUCache(LOOKS_KEPT)
+        #: The same with their place (row and column) added, as drawn.
+        self._placed: LRUCache[Hashable, list[list[Segment]]] = LRUCache(LOOKS_KEPT)
+        #: The update counter and row order ``sync`` last saw in place.
+        self._ordered: tuple[int, list[str]] = (-1, [])
 
     def _render_cell(
         self,
@@ -99,6 +116,18 @@ class LabTable(DataTable[object]):
         count = self._update_count
         row_key = self._row_locations.get_key(row_index)
         column_key = self._column_locations.get_key(column_index)
+        row = self.rows.get(row_key) if row_key is not None else None
+        data = self._data.get(row_key) if row_key is not None else None
+        cell = data.get(column_key) if data is not None and column_key is not None else None
+        if (
+            isinstance(cell, Lazy)
+            and row is not None
+            and row.height == 1
+            and not self.fixed_columns
+        ):
+            return self._render_look(
+                cell, row_index, column_index, base_style, width, cursor, hover
+            )
         version = self._cell_versions.get((row_key, column_key), 0)
         key: Hashable = (count, row_key, column_key, version, row_index, width)
         self._update_count = key  # type: ignore[assignment]  # only read as a cache key
@@ -106,6 +135,73 @@ class LabTable(DataTable[object]):
             return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
         finally:
             self._update_count = count
+
+    def _render_look(
+        self,
+        cell: Lazy,
+        row_index: int,
+        column_index: int,
+        base_style: Style,
+        width: int,
+        cursor: bool,
+        hover: bool,
+    ) -> list[list[Segment]]:
+        """A one-line :class:`Lazy` cell, rendered through Rich once per look: two cells
+        with equal keys draw the same (that is what their key says), so every row's
+        "  3%" or empty bar is rendered once and shared. ``DataTable`` renders each cell
+        with its row and column in the style (the mouse finds a cell by them); that is
+        added to the shared segments here, which costs a fraction of a Rich render."""
+        look = (
+            cell.key,
+            width,
+            base_style,
+            cursor,
+            hover,
+            self._show_hover_cursor,
+            self._pseudo_class_state,
+        )
+        placed = (look, row_index, column_index)
+        done = self._placed.get(placed)
+        if done is not None:
+            return done
+        lines = self._looks.get(look)
+        if lines is None:
+            component_style, post_style = self._get_styles_to_render_cell(
+                False,
+                False,
+                row_index < self.fixed_rows,
+                hover,
+                cursor,
+                self.show_cursor,
+                self._show_hover_cursor,
+                self.cursor_foreground_priority == "css",
+                self.cursor_background_priority == "css",
+            )
+            options = self.app.console_options.update_dimensions(width, 1).update(no_wrap=True)
+            lines = self.app.console.render_lines(
+                Styled(
+                    Padding(cell, (0, self.cell_padding)),
+                    pre_style=base_style + component_style,
+                    post_style=post_style,
+                ),
+                options,
+            )
+            lines = [list(Segment.simplify(line)) for line in lines]
+            self._looks.set(look, lines)
+        meta = Style.from_meta({"row": row_index, "column": column_index})
+        done = [list(Segment.apply_style(line, post_style=meta)) for line in lines]
+        self._placed.set(placed, done)
+        return done
+
+    def _clear_caches(self) -> None:
+        self._looks.clear()
+        self._placed.clear()
+        super()._clear_caches()
+
+    def notify_style_update(self) -> None:
+        self._looks.clear()
+        self._placed.clear()
+        super().notify_style_update()
 
     def render_lines(self, crop: Any) -> Any:
         """Build the rows that came into view (scrolled to, moved up) before drawing."""
@@ -239,6 +335,7 @@ class LabTable(DataTable[object]):
         """Empty the table; the next ``sync`` writes every row afresh."""
         self._synced = {}
         self._pending = {}
+        self._ordered = (-1, [])
         super().clear(columns)
         return self
 
@@ -287,10 +384,14 @@ class LabTable(DataTable[object]):
         columns = list(self.columns)
         blank = [None] * len(columns)
         changed: list[Cell] = []
+        now = self._synced
         for key, cells in rows:
+            now[key] = cells
+            if callable(cells) and key in synced:  # a row of the last sync: build it later
+                self._pending[key] = cells
+                continue
             row_key = RowKey(key)
             data = self._data.get(row_key)
-            self._synced[key] = cells
             if synced.get(key) is cells and data is not None:
                 continue
             if callable(cells):
@@ -304,8 +405,12 @@ class LabTable(DataTable[object]):
                 continue
             self._write_cells(row_key, data, columns, cells, changed)
         order = [key for key, _ in rows]
-        if [row.key.value for row in self.ordered_rows] != order:
-            self._order_by_keys(order)
+        # The table's order can only have moved if its structure did (rows added,
+        # removed or sorted bump the update counter) or the order asked for is another.
+        if (self._update_count, order) != self._ordered:
+            if [row.key.value for row in self.ordered_rows] != order:
+                self._order_by_keys(order)
+            self._ordered = (self._update_count, order)
         if self._pending and self.size.height:
             changed += self._build_rows(self._visible_keys())
         self._cells_changed(changed)

@@ -83,17 +83,19 @@ class LabSummary(Struct, kw_only=True):
     gpus_by_user: dict[str, int] = {}
 
 
-class GpuBrief(Struct, array_like=True):
-    """One GPU in a node's overview row: what its bars show."""
+class GpuBrief(Struct, array_like=True, gc=False):
+    """One GPU in a node's overview row: what its bars show. Rows are decoded by the
+    thousand every poll and hold no cycle: kept out of the cyclic collector (``gc``)."""
 
     util: float
     mem_used: int
     mem_total: int
 
 
-class NodeRow(Struct, kw_only=True, omit_defaults=True):
+class NodeRow(Struct, kw_only=True, omit_defaults=True, gc=False):
     """A node as the dashboard's overview row shows it, and nothing more: a 1,000-node
-    lab's full node list is megabytes a poll, its rows a tenth of that."""
+    lab's full node list is megabytes a poll, its rows a tenth of that. Not tracked by
+    the cyclic collector (no field can refer back to a row)."""
 
     name: str
     state: NodeState
