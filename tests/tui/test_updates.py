@@ -149,3 +149,24 @@ async def test_a_poll_repaints_the_changed_cells_alone_and_keeps_the_other_lines
         assert any(r.y == y and r.x == state_x for r in regions)
         if not any(column.value == "hist" and row.value == "gpu001" for row, column in changed):
             assert all(key in table._line_cache for key in kept)
+
+
+async def test_a_click_on_a_shared_cell_selects_its_own_row(fake: FakeSource) -> None:
+    """Cells that look alike share one render; each drawn cell still carries its own row
+    and column, so a click on a cell selects the row it is on."""
+    app = make_app(fake)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot_until(pilot, lambda: app.first_data_at is not None, "first data")
+        table = app.screen.query_one("#nodes", LabTable)
+        await pilot.pause()
+        keys = [str(row.key.value) for row in table.ordered_rows]
+        online = [key for key in keys if str(table.get_cell(key, "state")) == "online"]
+        assert len(online) >= 2  # the same look in two rows or more
+        x = sum(
+            c.get_render_width(table)
+            for c in table.ordered_columns[: table.get_column_index("state")]
+        )
+        for key in reversed(online):
+            y = table.get_row_index(key) + 1  # + the header line
+            await pilot.click(table, offset=(x + 1, y))
+            await pilot_until(pilot, lambda k=key: table.current_key == k, f"{key} selected")
