@@ -69,9 +69,10 @@ def _summary() -> Call[api.LabSummary]:
     return Call("GET", "/api/v1/summary", api.LabSummary)
 
 
-def _overview() -> Call[api.LabOverview]:
-    """The summary and one compact row per node (what the dashboard's overview shows)."""
-    return Call("GET", "/api/v1/overview", api.LabOverview)
+def _overview(*, since: str | None = None) -> Call[api.LabOverview]:
+    """The summary and one compact row per node (what the dashboard's overview shows);
+    ``since``: an earlier answer's cursor, to get only the rows changed after it."""
+    return Call("GET", "/api/v1/overview", api.LabOverview, params={"since": since or None})
 
 
 def _list_join_tokens() -> Call[list[api.JoinToken]]:

@@ -51,8 +51,12 @@ JOBS_PER_SUBMIT = 250  # array jobs: one request submits this many
 class Lab:
     """A real master with ``nodes`` heartbeat-driven simulated nodes and ``jobs`` jobs."""
 
-    def __init__(self, tmp: Path, nodes: int, jobs: int) -> None:
+    def __init__(self, tmp: Path, nodes: int, jobs: int, changing: int | None = None) -> None:
         self.tmp = tmp
+        #: Nodes whose telemetry moves every beat; the others resend their first sample
+        #: (a lab where most servers sit idle). None: every node.
+        self.changing = nodes if changing is None else changing
+        self._steady: dict[str, tuple[w.HostSample, list[w.GpuSample]]] = {}
         self.server = MasterProcess(
             tmp / "m",
             log_path=tmp / "master.log",
@@ -110,12 +114,16 @@ class Lab:
         host = self.host.sample()
         try:
             for seq, (name, secret) in enumerate(self.secrets):
+                if seq < self.changing:
+                    sample, gpus = host, self.probes[name].sample()
+                else:
+                    sample, gpus = self._steady.setdefault(name, (host, self.probes[name].sample()))
                 hb = w.Heartbeat(
                     protocol=PROTOCOL_VERSION,
                     seq=seq,
                     sent_at=time.time(),
-                    host=host,
-                    gpus=self.probes[name].sample(),
+                    host=sample,
+                    gpus=gpus,
                 )
                 c.post(
                     "/agent/v1/heartbeat",
@@ -174,7 +182,7 @@ def _py_spy(out: str, pid: int, seconds: float) -> subprocess.Popen[bytes] | Non
 def measure_real(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="mlsm-bench-tui-"))
     session = f"mlsm-bench-{os.getpid()}"
-    lab = Lab(tmp, args.nodes, args.jobs)
+    lab = Lab(tmp, args.nodes, args.jobs, args.changing)
     try:
         env = {
             "HOME": str(tmp),
@@ -332,6 +340,13 @@ if __name__ == "__main__":
     )
     parser.add_argument("--nodes", type=int, default=100)
     parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument(
+        "--changing",
+        type=int,
+        default=None,
+        help="--real: only this many nodes' telemetry moves each beat (default: all); the "
+        "others resend their first sample, as idle servers with steady readings",
+    )
     parser.add_argument("--show", action="store_true", help="print the screen at the end")
     parser.add_argument("--py-spy", default="", help="--real: profile the idle window into FILE")
     args = parser.parse_args()

@@ -10,6 +10,7 @@ import stat
 import time
 from collections.abc import Iterator
 
+import httpx
 import msgspec
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -508,3 +509,50 @@ def test_metrics_are_prometheus_text_with_node_and_gpu_gauges(lab: Lab) -> None:
         assert all(s.value >= 0 for s in samples), name
     totals = [s.value for s in families["mlsm_gpu_memory_total_bytes"].samples]
     assert (80 << 30) in totals
+
+
+# ---------------------------------------------------------------- the overview's changes
+def _overview(lab: Lab, since: str | None = None) -> api.LabOverview:
+    path = "/api/v1/overview" + (f"?since={since}" if since is not None else "")
+    return lab.admin.call("GET", path, type=api.LabOverview)
+
+
+def test_the_overview_since_a_cursor_answers_new_changed_and_removed_nodes(lab: Lab) -> None:
+    """What the dashboard polls: after a cursor, a joined node, its state changing (by a
+    heartbeat, by time passing: stale) and its removal each show in the next answer."""
+    first = _overview(lab)
+    assert first.full and first.cursor
+
+    def changed_row(cursor: str, name: str) -> tuple[api.LabOverview, api.NodeRow] | None:
+        reply = _overview(lab, cursor)
+        assert not reply.full, "a fresh cursor of this master is answered with changes"
+        rows = {r.name: r for r in reply.nodes}
+        return (reply, rows[name]) if name in rows else None
+
+    joined = register_raw(lab, "ov-new", lab.join_token())
+    reply, row = wait_until(lambda: changed_row(first.cursor, "ov-new"), 10, "the new row")
+    assert row.state == "offline"
+    hb = w.Heartbeat(protocol=PROTOCOL_VERSION)
+    assert lab.agent_call("heartbeat", hb, joined.node_secret).status_code == 200
+    reply, row = wait_until(lambda: changed_row(reply.cursor, "ov-new"), 10, "a heartbeat")
+    assert row.state in ("online", "stale")  # stale once STALE_S passed without another
+    if row.state == "online":
+        reply, row = wait_until(lambda: changed_row(reply.cursor, "ov-new"), 10, "stale")
+        assert row.state == "stale"
+    assert lab.cli("node", "remove", "ov-new", "--yes").returncode == 0
+    gone = wait_until(lambda: (r := _overview(lab, reply.cursor)).removed and r, 10, "the removal")
+    assert gone.removed == ["ov-new"] and "ov-new" not in {r.name for r in gone.nodes}
+    assert "ov-new" not in {r.name for r in _overview(lab).nodes}
+
+
+def test_an_overview_cursor_it_cannot_answer_gets_the_whole_list(lab: Lab) -> None:
+    whole = {r.name for r in _overview(lab).nodes}
+    for cursor in ("0000.1", "junk", ""):  # another master's (or before a restart), bad
+        reply = _overview(lab, cursor)
+        assert reply.full and {"a", "b"} <= {r.name for r in reply.nodes} <= whole | {"a", "b"}
+    r = httpx.get(
+        f"{lab.url}/api/v1/overview",
+        params={"since": "x" * 65},
+        headers={"Authorization": f"Bearer {lab.token}"},
+    )
+    assert r.status_code == 400 and r.json()["error"]["code"] == "validation_error", r.text

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from textual.widgets import Input
 
+from mlsm import PROTOCOL_VERSION
+from mlsm.wire import agent as w
 from mlsm.wire import api
 from tests.integration.lab import Lab
 from tests.support.wait import pilot_until, wait_until
@@ -113,6 +115,61 @@ def test_overview_route_answers_one_compact_row_per_node_with_its_running_jobs(
         assert all(mine not in r.jobs for r in others)
     finally:
         lab.admin.call("POST", "/api/v1/jobs/cancel", json={"ids": [job_id]})
+
+
+async def test_overview_polled_as_changes_shows_new_changed_and_removed_nodes_at_once(
+    lab: Lab,
+) -> None:
+    """The overview asks the master only for what changed since its last answer: a node
+    that joins, its state changing (a heartbeat, then going stale with time) and its
+    removal each reach the table by the next poll."""
+    source = MasterSource(lab.url, lab.token)
+    answers: list[api.LabOverview] = []
+    asked = source.client.nodes.overview
+
+    async def overview(*, since: str | None = None) -> api.LabOverview:
+        answers.append(await asked(since=since))
+        return answers[-1]
+
+    source.client.nodes.overview = overview  # type: ignore[method-assign]
+    app = MlsmApp(source, poll_s=POLL_S)
+
+    async def state_is(*states: str) -> None:
+        await pilot_until(
+            pilot,
+            lambda: (
+                "lab-z" in rows(app, "#nodes") and cell(app, "#nodes", "lab-z", "state") in states
+            ),
+            f"lab-z {' or '.join(states)}",
+            DEADLINE_S,
+            pause_s=PAUSE_S,
+        )
+
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot_until(
+            pilot, lambda: set(NODES) <= set(rows(app, "#nodes")), "both rows", DEADLINE_S
+        )
+        reply = lab.agent_call(
+            "register",
+            w.RegisterRequest(protocol=PROTOCOL_VERSION, join_token=lab.join_token(), name="lab-z"),
+            None,
+        )
+        secret = w.decode_register_reply(reply.content).node_secret
+        try:
+            await state_is("offline")
+            assert rows(app, "#nodes") == sorted([*NODES, "lab-z"])
+            hb = w.Heartbeat(protocol=PROTOCOL_VERSION)
+            assert lab.agent_call("heartbeat", hb, secret).status_code == 200
+            await state_is("online", "stale")
+            await state_is("stale")  # no heartbeat since: time alone changed the row
+        finally:
+            lab.cli("node", "remove", "lab-z", "--yes")
+        await pilot_until(
+            pilot, lambda: "lab-z" not in rows(app, "#nodes"), "lab-z removed", DEADLINE_S
+        )
+        assert rows(app, "#nodes") == sorted(NODES)
+    assert answers[0].full and not any(a.full for a in answers[1:])
+    assert any(a.removed == ["lab-z"] for a in answers)
 
 
 async def test_overview_shows_both_nodes_online_with_their_gpus(lab: Lab) -> None:

@@ -4,6 +4,8 @@ alone, and log chunks that split lines anywhere are joined (fake lab, a test dou
 from __future__ import annotations
 
 import msgspec
+import pytest
+from textual.geometry import Region
 
 from tests.support.wait import pilot_until
 from tests.tui.conftest import make_app
@@ -106,3 +108,65 @@ async def test_log_chunks_split_anywhere_are_joined_into_lines(fake: FakeSource)
         await fake.follow_queue.put(("end", "succeeded"))
         await pilot_until(pilot, lambda: view.ended == "succeeded", "the end")
         assert list(view.lines)[-1] == "tail without newline"
+
+
+async def test_a_poll_repaints_the_changed_cells_alone_and_keeps_the_other_lines(
+    fake: FakeSource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A changed cell does not invalidate the table: its update counter (row offsets, row
+    order, every line's cache key) stays, the other rows' cached lines are kept, and only
+    the changed cells' regions are repainted."""
+    app = make_app(fake)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot_until(pilot, lambda: app.first_data_at is not None, "first data")
+        table = app.screen.query_one("#nodes", LabTable)
+        await pilot.pause()
+        assert "online" in row_text(table, "gpu002") and "online" in row_text(table, "gpu001")
+        y_unchanged = table.get_row_index("gpu001") + 1
+        kept = [key for key in table._line_cache.keys() if key[0] == y_unchanged]
+        assert kept
+        count = table._update_count
+        regions: list[Region] = []
+        refresh_region = table._refresh_region
+
+        def record(region: Region) -> LabTable:
+            regions.append(region)
+            return refresh_region(region)
+
+        monkeypatch.setattr(table, "_refresh_region", record)
+        before = dict(table._cell_versions)
+        fake._nodes["gpu002"] = msgspec.structs.replace(fake._nodes["gpu002"], state="offline")
+        app.poll_now()
+        await pilot_until(pilot, lambda: "offline" in row_text(table, "gpu002"), "gpu002 offline")
+        assert table._update_count == count
+        changed = [cell for cell, n in table._cell_versions.items() if before.get(cell, 0) != n]
+        assert len(regions) == len(changed) and all(r.height == 1 for r in regions)
+        state_x = sum(
+            c.get_render_width(table)
+            for c in table.ordered_columns[: table.get_column_index("state")]
+        )
+        y = table.get_row_index("gpu002") + 1
+        assert any(r.y == y and r.x == state_x for r in regions)
+        if not any(column.value == "hist" and row.value == "gpu001" for row, column in changed):
+            assert all(key in table._line_cache for key in kept)
+
+
+async def test_a_click_on_a_shared_cell_selects_its_own_row(fake: FakeSource) -> None:
+    """Cells that look alike share one render; each drawn cell still carries its own row
+    and column, so a click on a cell selects the row it is on."""
+    app = make_app(fake)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot_until(pilot, lambda: app.first_data_at is not None, "first data")
+        table = app.screen.query_one("#nodes", LabTable)
+        await pilot.pause()
+        keys = [str(row.key.value) for row in table.ordered_rows]
+        online = [key for key in keys if str(table.get_cell(key, "state")) == "online"]
+        assert len(online) >= 2  # the same look in two rows or more
+        x = sum(
+            c.get_render_width(table)
+            for c in table.ordered_columns[: table.get_column_index("state")]
+        )
+        for key in reversed(online):
+            y = table.get_row_index(key) + 1  # + the header line
+            await pilot.click(table, offset=(x + 1, y))
+            await pilot_until(pilot, lambda k=key: table.current_key == k, f"{key} selected")

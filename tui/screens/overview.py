@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict, deque
 from functools import partial
+from operator import attrgetter
 
 from rich.text import Text
 from textual import on
@@ -26,8 +27,8 @@ WIDE = 120
 
 def node_util(node: api.NodeRow) -> float:
     """What the sparkline shows: mean GPU utilisation, or CPU on GPU-less nodes."""
-    if node.gpus:
-        return sum(g.util for g in node.gpus) / len(node.gpus)
+    if gpus := node.gpus:
+        return sum([g.util for g in gpus]) / len(gpus)
     return node.cpu_percent or 0.0
 
 
@@ -37,6 +38,9 @@ def gpu_model(name: str) -> str:
     for prefix in ("NVIDIA ", "Simulated "):
         name = name.removeprefix(prefix)
     return name
+
+
+_by_name = attrgetter("name")
 
 
 def mem_frac(used: int, total: int) -> float:
@@ -156,11 +160,12 @@ class OverviewScreen(View):
                 history[node.name].append(node_util(node))
         self._totals(data)
         term = self.query_one("#filter", Input).value.strip().lower()
-        rows: list[Row] = []
-        for node in sorted(data.nodes, key=lambda n: n.name):
-            if term and not self._matches(node, term):
-                continue
-            rows.append((node.name, partial(self._cells, node)))
+        cells = self._cells
+        rows: list[Row] = [
+            (node.name, partial(cells, node))
+            for node in sorted(data.nodes, key=_by_name)
+            if not term or self._matches(node, term)
+        ]
         self.table.sync(rows)
 
     @staticmethod

@@ -12,6 +12,9 @@ from mlsm.master.http import audit_target
 from mlsm.master.routes.common import DbId, ServicesDep, principal
 from mlsm.wire import api
 
+#: Longest overview cursor taken (one is ``<8 hex>.<number>``).
+OVERVIEW_CURSOR_MAX = 64
+
 
 @get("/api/v1/join-tokens", opt={"role": "admin"}, tags=["nodes"])
 async def list_join_tokens(services: ServicesDep) -> list[api.JoinToken]:
@@ -142,9 +145,17 @@ async def summary(services: ServicesDep) -> api.LabSummary:
 
 
 @get("/api/v1/overview", opt={"role": "member"}, tags=["nodes"])
-async def overview(services: ServicesDep) -> api.LabOverview:
-    """What the dashboard's overview polls: the summary and one compact row per node."""
-    return services.node_views.overview()
+async def overview(
+    services: ServicesDep,
+    since: str | None = Parameter(
+        default=None,
+        max_length=OVERVIEW_CURSOR_MAX,
+        description="the cursor of an earlier answer: answer only the rows changed since",
+    ),
+) -> api.LabOverview:
+    """What the dashboard's overview polls: the summary and one compact row per node
+    (with ``since``, only the rows changed after that cursor, and the nodes removed)."""
+    return services.node_views.overview(since)
 
 
 ROUTES = [

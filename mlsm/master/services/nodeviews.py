@@ -19,6 +19,7 @@ from mlsm.master.gpustate import gpu_state
 from mlsm.master.services.jobs.table import JobTable
 from mlsm.master.services.livenode import LiveNode
 from mlsm.master.services.nodes import NodeRegistry
+from mlsm.master.services.overviewlog import OverviewLog
 from mlsm.wire import api
 
 #: Node states in which a node counts as online in the summary.
@@ -67,6 +68,8 @@ class NodeViews:
         #: node id -> (the node, its ``seq``, what else the views were built from, the
         #: views): a dashboard polls far more often than a node reports.
         self._kept: dict[int, tuple[LiveNode, int, object, list[api.GpuView]]] = {}
+        #: The overview rows as last answered, to answer a cursor with what changed.
+        self.overview_log = OverviewLog()
 
     def view(
         self,
@@ -150,18 +153,21 @@ class NodeViews:
             n = await self.nodes.set_labels(name, body.labels)
         return self.view(n)
 
-    def overview(self) -> api.LabOverview:
-        """The dashboard's overview: the summary and each node's row, by name."""
+    def overview(self, since: str | None = None) -> api.LabOverview:
+        """The dashboard's overview: the summary and each node's row, by name; with
+        ``since`` (an earlier answer's cursor) only the rows changed after it
+        (:mod:`mlsm.master.services.overviewlog`)."""
         running: dict[int, list[tuple[int, str]]] = {}
         for a in self.table.active.values():
             if a.state == "running":
                 running.setdefault(a.node_id, []).append((a.job_id, a.user))
         holders = self.table.gpu_holders()
-        rows = [
-            api.node_row(self.view(n, holders), running.get(n.id, []))
+        now = time.time()
+        self.overview_log.record(
+            api.node_row(self.view(n, holders, now), running.get(n.id, []))
             for n in sorted(self.nodes.nodes.values(), key=lambda n: n.name)
-        ]
-        return api.LabOverview(summary=self.summary(), nodes=rows)
+        )
+        return self.overview_log.answer(self.summary(), since)
 
     def summary(self) -> api.LabSummary:
         now = time.time()

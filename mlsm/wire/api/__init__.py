@@ -137,6 +137,7 @@ GET    /api/v1/join-tokens               list[JoinToken]   admin
 POST   /api/v1/join-tokens               JoinTokenCreate -> JoinTokenCreated admin
 DELETE /api/v1/join-tokens/{id}                            admin
 GET    /api/v1/summary                   LabSummary
+GET    /api/v1/overview[?since=CURSOR]   LabOverview       (only the rows changed since)
 GET    /api/v1/nodes[?label=k=v]         list[Node]
 GET    /api/v1/nodes/{name}              Node
 GET    /api/v1/nodes/{name}/history[?window=3600]  NodeHistory

@@ -83,17 +83,19 @@ class LabSummary(Struct, kw_only=True):
     gpus_by_user: dict[str, int] = {}
 
 
-class GpuBrief(Struct, array_like=True):
-    """One GPU in a node's overview row: what its bars show."""
+class GpuBrief(Struct, array_like=True, gc=False):
+    """One GPU in a node's overview row: what its bars show. Rows are decoded by the
+    thousand every poll and hold no cycle: kept out of the cyclic collector (``gc``)."""
 
     util: float
     mem_used: int
     mem_total: int
 
 
-class NodeRow(Struct, kw_only=True, omit_defaults=True):
+class NodeRow(Struct, kw_only=True, omit_defaults=True, gc=False):
     """A node as the dashboard's overview row shows it, and nothing more: a 1,000-node
-    lab's full node list is megabytes a poll, its rows a tenth of that."""
+    lab's full node list is megabytes a poll, its rows a tenth of that. Not tracked by
+    the cyclic collector (no field can refer back to a row)."""
 
     name: str
     state: NodeState
@@ -111,10 +113,18 @@ class NodeRow(Struct, kw_only=True, omit_defaults=True):
 
 
 class LabOverview(Struct, kw_only=True):
-    """The overview in one answer: the lab's totals and every node's row."""
+    """The overview in one answer: the lab's totals and the nodes' rows, by name.
+
+    Asked with ``since`` (the ``cursor`` of an earlier answer), ``nodes`` holds only the
+    rows that changed after it and ``removed`` the names of the nodes gone since; ``full``
+    says the answer is the whole list instead (no cursor, or one this master cannot
+    answer from: too old, or from before a restart)."""
 
     summary: LabSummary
     nodes: list[NodeRow]
+    cursor: str = ""  # send it back as ``since`` to get only what changed after this
+    full: bool = True  # ``nodes`` is every node (false: only the changed ones)
+    removed: list[str] = []  # nodes gone since ``since`` (only when not ``full``)
 
 
 def node_row(node: Node, running: list[tuple[int, str]]) -> NodeRow:
