@@ -56,6 +56,14 @@ def submit(lab: Lab, token: str, script: str) -> int:
     return lab.submit("--node", NODE, "--", "sh", "-c", script, token=token)
 
 
+def size_of(path: Path) -> int:
+    """The file's size, -1 while the job has not created it yet."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return -1
+
+
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -65,7 +73,7 @@ def running_then_done(lab: Lab, alice: str) -> Iterator[int]:
     """A job of alice's that runs until told to stop."""
     jid = submit(lab, alice, RUNNING)
     lab.wait_job(jid, "running", DEADLINE_S)
-    wait_until(lambda: (job_dir(lab, jid) / "blob.bin").stat().st_size == 70000, DEADLINE_S)
+    wait_until(lambda: size_of(job_dir(lab, jid) / "blob.bin") == 70000, DEADLINE_S)
     yield jid
 
 
@@ -109,7 +117,7 @@ def test_another_member_is_refused_and_an_admin_allowed(
 def test_fetch_while_running_verified_and_again_after(lab: Lab, alice: str) -> None:
     jid = submit(lab, alice, RUNNING)
     lab.wait_job(jid, "running", DEADLINE_S)
-    wait_until(lambda: (job_dir(lab, jid) / "blob.bin").stat().st_size == 70000, DEADLINE_S)
+    wait_until(lambda: size_of(job_dir(lab, jid) / "blob.bin") == 70000, DEADLINE_S)
     dest = lab.root / f"fetch-{jid}"
     res = lab.cli("outputs", "get", "--json", str(jid), "-o", str(dest), token=alice)
     assert res.returncode == 0, res.stderr
