@@ -33,6 +33,7 @@ from typing import Any
 import httpx
 import msgspec
 
+from mlsm import errors
 from mlsm.client import Client
 from mlsm.wire import agent as w
 from mlsm.wire import api
@@ -312,6 +313,23 @@ class Lab:
             return j if j.state in want else None
 
         return wait_until(check, timeout, f"job {job_id} to be {'/'.join(want)}")
+
+    def end_all(self, timeout: float = DEADLINE_S) -> None:
+        """Cancel every job not yet ended and every reservation, and wait for the jobs' ends
+        (a test module's lab left as the next test expects it)."""
+        res = self.admin.call("GET", "/api/v1/jobs", type=api.JobList)
+        if res.jobs:
+            # A job that ends between the listing and the cancel is a 409 for a single id.
+            with contextlib.suppress(errors.Conflict):
+                self.admin.call(
+                    "POST",
+                    "/api/v1/jobs/cancel",
+                    json=api.CancelRequest(ids=[j.id for j in res.jobs]),
+                )
+            for j in res.jobs:
+                self.wait_job(j.id, timeout=timeout)
+        for r in self.admin.reservations.list():
+            self.admin.reservations.cancel(r.id)
 
     def submit(self, *args: str, token: str | None = None, cwd: Path | None = None) -> int:
         """``mlsm submit ARGS`` through the real CLI (in ``cwd``, see :meth:`cli`); returns

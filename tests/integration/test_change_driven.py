@@ -6,13 +6,10 @@ its expected start comes by itself, and a reservation's end frees its GPUs."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 
 import pytest
 
-from mlsm import errors
-from mlsm.wire import api
 from mlsm.wire import usage as wu
 from tests.integration.lab import Lab
 from tests.support.wait import wait_until
@@ -31,16 +28,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 @pytest.fixture(autouse=True)
 def _idle_after(lab: Lab) -> Iterator[None]:
     yield
-    res = lab.admin.call("GET", "/api/v1/jobs", type=api.JobList)
-    if res.jobs:
-        with contextlib.suppress(errors.Conflict):
-            lab.admin.call(
-                "POST", "/api/v1/jobs/cancel", json=api.CancelRequest(ids=[j.id for j in res.jobs])
-            )
-        for j in res.jobs:
-            lab.wait_job(j.id, timeout=60)
-    for r in lab.admin.reservations.list():
-        lab.admin.reservations.cancel(r.id)
+    lab.end_all(60)
 
 
 def _submit(lab: Lab, *args: str) -> int:

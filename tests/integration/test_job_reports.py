@@ -88,12 +88,17 @@ def lab(
             master.stop()
 
 
-def _node(lab: Lab, name: str) -> str:
+def _node(lab: Lab, name: str, labels: dict[str, str] | None = None) -> str:
+    """A node joined and online (one heartbeat); its secret."""
     info = NodeInfo(cpu_cores=64, runtimes=["process"], job_account="nobody")
     reg = lab.agent_call(
         "register",
         w.RegisterRequest(
-            protocol=PROTOCOL_VERSION, join_token=lab.join_token(), name=name, info=info
+            protocol=PROTOCOL_VERSION,
+            join_token=lab.join_token(),
+            name=name,
+            labels=labels or {},
+            info=info,
         ),
         None,
     )
@@ -291,26 +296,11 @@ def test_the_never_fits_warning_follows_a_node_that_joins(
     """The submit's "no node could ever run it" verdict is kept per job shape for a moment;
     a node that joins clears it, so the next submission of that shape is not warned."""
     lab_, _, _ = lab
-
-    def join(name: str, labels: dict[str, str]) -> None:
-        reg = lab_.agent_call(
-            "register",
-            w.RegisterRequest(
-                protocol=PROTOCOL_VERSION,
-                join_token=lab_.join_token(),
-                name=name,
-                labels=labels,
-                info=NodeInfo(runtimes=["process"], job_account="nobody"),
-            ),
-            None,
-        )
-        assert reg.status_code == 200, reg.content
-
     spec = api.JobSubmit(argv=["true"], labels={"pool": "late"})
-    join("unlabelled", {})  # a lab with a node, none of it labelled pool=late
+    _node(lab_, "unlabelled")  # a lab with a node, none of it labelled pool=late
     first = lab_.admin.jobs.submit(spec)
     assert "pool=late" in first.warning, first
-    join("late", {"pool": "late"})
+    _node(lab_, "late", {"pool": "late"})
     second = lab_.admin.jobs.submit(spec)
     assert second.warning == "", second
     lab_.admin.jobs.cancel([first.job.id, second.job.id])

@@ -5,7 +5,6 @@ reports (checked against figures computed by hand from a scripted history)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -15,7 +14,6 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from mlsm import errors
 from mlsm.wire import api
 from tests.integration.lab import Lab
 from tests.support.wait import wait_until
@@ -36,17 +34,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 def _idle_after(lab: Lab) -> Iterator[None]:
     """Each test leaves no job queued or running, no reservation and the default limits."""
     yield
-    res = lab.admin.call("GET", "/api/v1/jobs", type=api.JobList)
-    if res.jobs:
-        # A job that ends between the listing and the cancel is a 409 for a single id.
-        with contextlib.suppress(errors.Conflict):
-            lab.admin.call(
-                "POST", "/api/v1/jobs/cancel", json=api.CancelRequest(ids=[j.id for j in res.jobs])
-            )
-        for j in res.jobs:
-            lab.wait_job(j.id, timeout=JOB_WAIT_S)
-    for r in lab.admin.reservations.list():
-        lab.admin.reservations.cancel(r.id)
+    lab.end_all(JOB_WAIT_S)
     lab.admin.settings.update(
         api.LabSettingsUpdate(
             default_time_limit_s=0,
