@@ -280,7 +280,7 @@ class MlsmApp(App[None]):
             self.exit()
         elif word == "theme":
             self.action_toggle_theme()
-        elif word in ("job", "j") and arg.strip().isdigit():
+        elif word in ("job", "j") and arg.strip().isdecimal():
             self.open_job(int(arg))
         elif word in ("node", "n") and arg.strip():
             self.open_node(arg.strip())

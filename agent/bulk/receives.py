@@ -90,8 +90,8 @@ class ReceiveBook:
     def running(self) -> list[ReceiveRecord]:
         """Receives an earlier run of the agent left unfinished (oldest first)."""
         out = []
-        for p in sorted(self.dir.iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else -1):
-            if not p.name.isdigit():
+        for p in sorted(self.dir.iterdir(), key=lambda p: int(p.name) if p.name.isdecimal() else -1):
+            if not p.name.isdecimal():
                 p.unlink(missing_ok=True)  # a temp file a kill left behind
                 continue
             rec = self.get(int(p.name))
@@ -111,7 +111,7 @@ class ReceiveBook:
     def _prune(self) -> None:
         ended: list[tuple[float, Path]] = []
         for p in self.dir.iterdir():
-            if not p.name.isdigit():
+            if not p.name.isdecimal():
                 continue
             rec = self.get(int(p.name))
             if rec is not None and rec.state != "running":

@@ -64,7 +64,7 @@ def _uid_range(path: str = LOGIN_DEFS) -> tuple[int, int]:
         with open(path, encoding="utf-8", errors="replace") as f:
             for line in f:
                 parts = line.split()
-                if len(parts) >= 2 and parts[1].isdigit():
+                if len(parts) >= 2 and parts[1].isdecimal():
                     if parts[0] == "UID_MIN":
                         lo = int(parts[1])
                     elif parts[0] == "UID_MAX":

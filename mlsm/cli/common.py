@@ -132,17 +132,19 @@ def parse_duration(text: str) -> float:
     if not t:
         raise click.BadParameter("empty duration")
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    refusal = click.BadParameter(f"{text!r} is not a duration like 90s, 15m, 2h, 1d")
     total, num = 0.0, ""
-    for ch in t:
-        if ch.isdigit() or ch == ".":
+    for ch in t + ("" if t[-1] in units else "s"):  # a bare number is seconds
+        if ch.isdecimal() or ch == ".":
             num += ch
         elif ch in units and num:
-            total += float(num) * units[ch]
+            try:
+                total += float(num) * units[ch]
+            except ValueError:  # '1.2.3', '.'
+                raise refusal from None
             num = ""
         else:
-            raise click.BadParameter(f"{text!r} is not a duration like 90s, 15m, 2h, 1d")
-    if num:
-        total += float(num)
+            raise refusal
     if total <= 0:
         raise click.BadParameter(f"{text!r}: a duration must be positive")
     return total

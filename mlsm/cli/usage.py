@@ -30,7 +30,7 @@ def parse_time(text: str, *, now: float | None = None, future: bool = False) -> 
     t = text.strip()
     if t == "now":
         return now
-    if t and (t[0].isdigit() or t[0] == "+") and t[-1].lower() in "smhd":
+    if t and (t[0].isdecimal() or t[0] == "+") and t[-1].lower() in "smhd":
         d = parse_duration(t.lstrip("+"))
         return now + d if future or t.startswith("+") else now - d
     try:

@@ -102,7 +102,9 @@ def test_another_masters_an_old_or_a_malformed_cursor_gets_the_whole_list() -> N
     restarted.record([row("a")])
     cursor = log.answer(SUMMARY, None).cursor
     assert restarted.answer(SUMMARY, cursor).full
-    for bad in ("", "x", f"{log.epoch}.", f"{log.epoch}.-1", f"{log.epoch}.99", "a.b.c"):
+    odd_digits = ("\u00b2", "\u0661", "\uff11", "1_0")  # superscript, Arabic, fullwidth
+    malformed = ("", "x", f"{log.epoch}.", f"{log.epoch}.-1", f"{log.epoch}.99", "a.b.c")
+    for bad in (*malformed, *(f"{log.epoch}.{d}" for d in odd_digits)):
         reply = log.answer(SUMMARY, bad)
         assert reply.full and [r.name for r in reply.nodes] == ["a"], bad
 

@@ -64,7 +64,7 @@ def parse_engine_time(text: str) -> float | None:
     try:
         head, _, rest = text.partition(".")
         base = calendar.timegm(time.strptime(head[:19], "%Y-%m-%dT%H:%M:%S"))
-        digits = "".join(c for c in rest[:9] if c.isdigit()) if rest else ""
+        digits = "".join(c for c in rest[:9] if c.isdecimal()) if rest else ""
         return base + (int(digits) / 10 ** len(digits) if digits else 0.0)
     except ValueError:
         return None

@@ -214,7 +214,7 @@ class DockerJobHandle:
             return False
         self.keep_container = container.labels.get("mlsm.keep") == "1"
         gpus = container.labels.get("mlsm.gpus", "")
-        self.device_request_ids = [int(g) for g in gpus.split(",") if g.isdigit()]
+        self.device_request_ids = [int(g) for g in gpus.split(",") if g.isdecimal()]
         sink = LogSink.resume(
             self._log_path(), self._cursor_path, container.id, (record.uid, record.gid)
         )

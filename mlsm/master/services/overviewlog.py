@@ -70,11 +70,12 @@ class OverviewLog:
 
     def _since(self, cursor: str | None) -> int | None:
         """The sequence number a cursor of this master stands for; None when it must be
-        answered with the whole list (none, another master's, too old, malformed)."""
+        answered with the whole list (none, another master's, too old, malformed: only
+        ASCII digits count, as ``str.isdigit`` alone takes '²', which ``int`` refuses)."""
         if not cursor:
             return None
         epoch, _, number = cursor.partition(".")
-        if epoch != self.epoch or not number.isdigit():
+        if epoch != self.epoch or not (number.isascii() and number.isdigit()):
             return None
         seq = int(number)
         return seq if self._floor <= seq <= self.seq else None
