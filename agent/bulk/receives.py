@@ -90,7 +90,9 @@ class ReceiveBook:
     def running(self) -> list[ReceiveRecord]:
         """Receives an earlier run of the agent left unfinished (oldest first)."""
         out = []
-        for p in sorted(self.dir.iterdir(), key=lambda p: int(p.name) if p.name.isdecimal() else -1):
+        for p in sorted(
+            self.dir.iterdir(), key=lambda p: int(p.name) if p.name.isdecimal() else -1
+        ):
             if not p.name.isdecimal():
                 p.unlink(missing_ok=True)  # a temp file a kill left behind
                 continue
