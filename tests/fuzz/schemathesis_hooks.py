@@ -2,6 +2,12 @@
 
 - Authentication: a superadmin session from ``POST /api/v1/auth/login``; schemathesis logs
   in again whenever a request answers 401 (the fuzzer itself logs out and revokes tokens).
+  The hooks log in from their own loopback address (:data:`HOOKS_ADDRESS`), as an admin at
+  their own machine would: the fuzzer's generated logins (from 127.0.0.1) can name the
+  superadmin (the stateful phase takes usernames from responses), and their wrong passwords
+  back off logins for that user *from 127.0.0.1* for up to 15 minutes, which once ended the
+  run's ability to log in ("Token fetch failed"). A right password from another address is
+  never refused (the login limits' per-user delay slows it by at most 2 s).
 - The fuzzing account is never the one fuzzed: a request that would edit it
   (``PATCH /api/v1/users/{username}``) edits a stand-in account instead, or a generated
   password change would end the run's ability to log in.
@@ -21,6 +27,7 @@ Settings come from the environment the test sets: ``MLSM_FUZZ_URL``, ``MLSM_FUZZ
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import httpx
@@ -36,18 +43,30 @@ HTTP_TIMEOUT_S = 30.0
 INT64_MAX = 2**63 - 1
 #: How long a login is reused before logging in again (401s refresh it sooner).
 TOKEN_REFRESH_S = 600
+#: The source address of the hooks' own requests (any 127/8 address is this host's).
+HOOKS_ADDRESS = "127.0.0.2"
 
 
 _session: dict[str, str] = {}  # the hooks' own login, apart from the fuzzed requests'
 
 
+def _client() -> httpx.Client:
+    transport = httpx.HTTPTransport(local_address=HOOKS_ADDRESS)
+    return httpx.Client(transport=transport, timeout=HTTP_TIMEOUT_S)
+
+
 def _login() -> str:
-    resp = httpx.post(
-        f"{URL}/api/v1/auth/login",
-        json={"username": USER, "password": PASSWORD},
-        timeout=HTTP_TIMEOUT_S,
-    )
-    resp.raise_for_status()
+    with _client() as client:
+        resp = client.post(
+            f"{URL}/api/v1/auth/login",
+            json={"username": USER, "password": PASSWORD},
+        )
+    if resp.status_code != 200:
+        # schemathesis reports only "Token fetch failed": say why on stderr, which the test shows.
+        print(
+            f"fuzz hooks: login as {USER} answered {resp.status_code}: {resp.text}", file=sys.stderr
+        )
+        resp.raise_for_status()
     return str(resp.json()["token"])
 
 
@@ -56,13 +75,10 @@ def _as_superadmin(method: str, path: str, body: Any) -> None:
     for _ in range(2):
         token = _session.get("token") or _login()
         _session["token"] = token
-        resp = httpx.request(
-            method,
-            f"{URL}{path}",
-            json=body,
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=HTTP_TIMEOUT_S,
-        )
+        with _client() as client:
+            resp = client.request(
+                method, f"{URL}{path}", json=body, headers={"Authorization": f"Bearer {token}"}
+            )
         if resp.status_code != 401:
             return
         _session.pop("token", None)

@@ -12,8 +12,8 @@ Two budgets, chosen by ``MLSM_FUZZ``:
 - ``full`` (``.ci/run``'s own ``fuzz`` phase): more examples, all phases, repeated until
   180 s of fuzzing are spent (about 4 minutes in all on 2 cores).
 
-The summary (operations fuzzed, test cases run, the seed to replay with ``--seed``) is
-printed, and the JSON report stays in the test's tmp dir.
+The summary (operations fuzzed, test cases run, the seed) is printed, and the JSON report
+stays in the test's tmp dir. ``MLSM_FUZZ_SEED=<seed>`` replays a run with that seed.
 """
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ BUDGETS = {
 
 
 MODE = os.environ.get("MLSM_FUZZ", "quick")
+SEED = os.environ.get("MLSM_FUZZ_SEED", "")
 BUDGET = BUDGETS.get(MODE, BUDGETS["quick"])
 RUN_LIMIT_S = (BUDGET.max_time_s or 0) + RUN_SLACK_S
 #: pytest's own limit for this test: the run's, plus the master's start and stop.
@@ -134,6 +135,8 @@ def test_openapi_fuzz(
     ]
     if budget.max_time_s is not None:
         args += ["--max-time", str(budget.max_time_s)]
+    if SEED:
+        args += ["--seed", SEED]
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO),
