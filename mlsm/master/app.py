@@ -44,6 +44,7 @@ from mlsm.master.routes import tokens as token_routes
 from mlsm.master.routes import usage as usage_routes
 from mlsm.master.routes import users as user_routes
 from mlsm.master.routes.common import SERVICES
+from mlsm.master.routeshape import check_no_shadowed_names
 from mlsm.master.security import RoleGuard, check_handler_roles
 from mlsm.master.services.container import STATE_KEY, Services
 
@@ -96,6 +97,7 @@ def create_app(
     database = db or Database(settings.db_url)
     handlers = _all_route_handlers()
     check_handler_roles(handlers)
+    check_no_shadowed_names(handlers)
     services = Services(
         settings,
         database,

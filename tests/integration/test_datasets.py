@@ -70,6 +70,9 @@ BEFORE: dict[str, dict[str, dict[str, bytes]]] = {
         "tomove": TOMOVE,
         "inuse": {"data": b"needed"},
         "only-b": {"f": b"b"},
+        # named like the static action routes POST /api/v1/datasets/{transfer,import}
+        "transfer": {"t": b"named transfer"},
+        "import": {"i": b"named import"},
     },
 }
 
@@ -212,6 +215,32 @@ def test_owners_and_admins_edit_description_and_tags(lab: Lab) -> None:
     d = catalog(lab, "shared")
     assert d is not None
     assert (d.description, d.tags, d.owner) == ("mine", ["nlp", "vision"], "dsowner")
+
+
+@pytest.mark.parametrize("name", ["transfer", "import"])
+def test_a_dataset_named_like_an_action_route_is_shown_edited_and_deleted(
+    lab: Lab, name: str
+) -> None:
+    wait_copies(lab, name, {"dsb"})
+    show = lab.cli("dataset", "show", name, "--json")
+    assert show.returncode == 0, show.stderr
+    assert show.json()["name"] == name
+    res = lab.cli("dataset", "set", name, "--description", f"the {name} set")
+    assert res.returncode == 0, res.stderr
+    d = catalog(lab, name)
+    assert d is not None and d.description == f"the {name} set"
+    member = lab.add_user(f"m-{name}")
+    refused = raw(lab, "DELETE", f"/api/v1/datasets/{name}", params={"node": "dsb"}, token=member)
+    assert refused.status_code == 403, refused.text
+    res = lab.cli("dataset", "rm", name, "--node", "dsb", "--yes", "--wait")
+    assert res.returncode == 0, res.stderr
+    assert not (root_of(lab, "dsb") / name).exists()
+    wait_copies(lab, name, set())
+    audit = lab.admin.call("GET", "/api/v1/audit", params={"action": "dataset.delete"})
+    # a refused request never reached its handler: its row names the path
+    targets = {f"dataset:{name}", f"/api/v1/datasets/{name}"}
+    outcomes = {(a["actor"], a["outcome"]) for a in audit if a["target"] in targets}
+    assert outcomes == {(f"m-{name}", "denied"), ("root", "ok")}
 
 
 # ------------------------------------------------------------------ imports

@@ -104,6 +104,13 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/datasets/transfer"): "admin",
     ("DELETE", "/api/v1/datasets/{name:str}"): "admin",
     ("POST", "/api/v1/datasets/{name:str}/digest"): "admin",
+    # ... for datasets named like the static action routes (mlsm.master.routeshape)
+    ("GET", "/api/v1/datasets/import"): "member",
+    ("PATCH", "/api/v1/datasets/import"): "member",
+    ("DELETE", "/api/v1/datasets/import"): "admin",
+    ("GET", "/api/v1/datasets/transfer"): "member",
+    ("PATCH", "/api/v1/datasets/transfer"): "member",
+    ("DELETE", "/api/v1/datasets/transfer"): "admin",
     ("GET", "/api/v1/transfers"): "member",
     ("GET", "/api/v1/transfers/{transfer_id:int}"): "member",
     ("POST", "/api/v1/transfers/{transfer_id:int}/cancel"): "admin",
@@ -114,6 +121,7 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/projects"): "member",
     ("POST", "/api/v1/projects/copy"): "admin",
     ("DELETE", "/api/v1/projects/{name:str}"): "member",
+    ("DELETE", "/api/v1/projects/copy"): "member",
     # events and notifications
     ("GET", "/api/v1/events"): "member",
     ("GET", "/api/v1/events/follow"): "member",

@@ -154,3 +154,23 @@ def test_an_admin_copies_a_project_between_nodes(lab: Lab, tmp_path: Path) -> No
     # Copying what the source does not hold is one clear line.
     res = lab.cli("project", "copy", "nope", "--from", "pa", "--to", "pb", "--user", "fay-p")
     assert res.returncode != 0 and "no project fay-p/nope on node pa" in res.stderr
+
+
+def test_a_project_named_copy_is_removed_like_any_other(lab: Lab, tmp_path: Path) -> None:
+    # ``POST /api/v1/projects/copy`` is a static route; ``DELETE /api/v1/projects/copy``
+    # must still reach the project named "copy" (mlsm.master.routeshape).
+    gail = lab.add_user("gail-p")
+    src = _tree(tmp_path / "src", {"c.txt": "c"})
+    assert lab.cli("project", "push", "copy", str(src), "--node", "pa", token=gail).returncode == 0
+    tree = lab.agents["pa"].data_dir / "projects" / "gail-p" / "copy"
+    assert tree.is_dir()
+    other = lab.add_user("hank-p")
+    res = lab.cli("project", "rm", "copy", "--node", "pa", "--user", "gail-p", token=other)
+    assert res.returncode != 0 and "only admins" in res.stderr
+    res = lab.cli("project", "rm", "copy", "--node", "pa", token=gail)
+    assert res.returncode == 0, res.stderr
+    wait_until(
+        lambda: not tree.exists() and lab.cli("projects", "--json", token=gail).json() == [],
+        JOB_DEADLINE_S,
+        "the project named copy to be removed",
+    )

@@ -103,6 +103,25 @@ async def remove_project(
     return await services.projects.remove(principal(request), name, node, user)
 
 
+@delete(
+    "/api/v1/projects/copy",
+    opt={"role": "member", "audit": "project.remove"},
+    status_code=200,
+    include_in_schema=False,
+)
+async def remove_project_named_copy(
+    request: Request[Any, Any, Any],
+    services: ServicesDep,
+    node: Annotated[str, Parameter(min_length=1, max_length=63)],
+    user: Annotated[str, Parameter(max_length=64)] = "",
+) -> wc.Project:
+    """``DELETE /api/v1/projects/{name}`` for a project named ``copy``, which the static
+    ``POST /api/v1/projects/copy`` would otherwise answer with 405."""
+    return await remove_project.fn(
+        request=request, services=services, name="copy", node=node, user=user
+    )
+
+
 # ---------------------------------------------------------------- agents
 async def _agent_body(request: Request[Any, Any, Any], services: ServicesDep) -> bytes:
     body = await request.body()
@@ -165,6 +184,7 @@ ROUTES = [
     push_project,
     copy_project,
     remove_project,
+    remove_project_named_copy,
     agent_manifest,
     agent_blobs,
     agent_project_pull,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, delete, get, patch, post
+from litestar.handlers import HTTPRouteHandler
 from litestar.params import Parameter
 
 from mlsm.master.http import audit_target
@@ -135,6 +136,39 @@ async def cancel_transfer(
     return await services.transfers.cancel(principal(request), transfer_id)
 
 
+def _named_like_an_action(word: str) -> list[HTTPRouteHandler]:
+    """The routes of a dataset named ``word`` where a static action route of the same
+    path (``POST /api/v1/datasets/{word}``) would otherwise answer them with 405: the
+    router matches a static segment before a parameter. Not in the OpenAPI document:
+    ``/api/v1/datasets/{name}`` already describes them."""
+    path = f"/api/v1/datasets/{word}"
+
+    @get(path, opt={"role": "member"}, include_in_schema=False)
+    async def show(services: ServicesDep) -> api.Dataset:
+        return await show_dataset.fn(services=services, name=word)
+
+    @patch(path, opt={"role": "member", "audit": "dataset.update"}, include_in_schema=False)
+    async def update(
+        request: Request[Any, Any, Any], services: ServicesDep, data: api.DatasetUpdate
+    ) -> api.Dataset:
+        return await update_dataset.fn(request=request, services=services, name=word, data=data)
+
+    @delete(
+        path,
+        opt={"role": "admin", "audit": "dataset.delete"},
+        status_code=202,
+        include_in_schema=False,
+    )
+    async def remove(
+        request: Request[Any, Any, Any],
+        services: ServicesDep,
+        node: str = Parameter(min_length=1, max_length=63),
+    ) -> api.Transfer:
+        return await delete_dataset.fn(request=request, services=services, name=word, node=node)
+
+    return [show, update, remove]
+
+
 ROUTES = [
     list_datasets,
     show_dataset,
@@ -146,4 +180,6 @@ ROUTES = [
     list_transfers,
     show_transfer,
     cancel_transfer,
+    *_named_like_an_action("import"),
+    *_named_like_an_action("transfer"),
 ]
