@@ -97,6 +97,7 @@ class Bench:
         self.src_root = src_root
         self.dst_root = dst_root
         self.client = httpx.Client(base_url=lab.url, headers=lab.headers, timeout=60.0)
+        self.last_split = ""
 
     def copies(self, name: str) -> set[str]:
         for d in self.client.get("/api/v1/datasets").json():
@@ -106,6 +107,7 @@ class Bench:
 
     def copy(self, name: str, src: str) -> tuple[float, str]:
         """Start a copy to ``dst`` and poll it to its end: seconds, and its final message."""
+        quiet_disk()
         started = time.perf_counter()
         resp = self.client.post(
             "/api/v1/datasets/transfer", json={"name": name, "src": src, "dst": "dst"}
@@ -123,7 +125,23 @@ class Bench:
         took = time.perf_counter() - started
         if end["state"] != "succeeded":
             raise SystemExit(f"copy of {name} from {src}: {end['state']}: {end['message']}")
+        self.last_split = self.split(tid)
         return took, str(end["message"])
+
+    def split(self, tid: int) -> str:
+        """The target's own account of a copy: the receive, the sink's share of it, and
+        the finish (the flush to disk and the rename), from its log."""
+        log = self.lab.dir / "agent-dst.log"
+        pattern = re.compile(
+            rf"transfer {tid}: .* in ([\d.]+) s \(([\d.]+) s of it in the sink, "
+            r"finished in ([\d.]+) s"
+        )
+
+        def found() -> re.Match[str] | None:
+            return pattern.search(log.read_text(errors="replace")) if log.exists() else None
+
+        m = wait(found, 10, f"transfer {tid}'s line in the target's log")
+        return f"receive {m.group(1)} s (sink {m.group(2)} s), finish {m.group(3)} s"
 
     def drop(self, name: str) -> None:
         """Delete the target's copy (between runs)."""
@@ -132,10 +150,18 @@ class Bench:
         wait(lambda: "dst" not in self.copies(name), 120, f"{name} gone from dst")
 
 
+def quiet_disk() -> None:
+    """Flush what earlier copies left dirty before a timed one starts: mlsm's copies make
+    their data durable before they publish it, and a flush of the file system would
+    otherwise also write out the copy before (rsync's, not flushed by rsync)."""
+    os.sync()
+
+
 def rsync(src: Path, dest: Path) -> float:
     if dest.exists():
         shutil.rmtree(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    quiet_disk()
     started = time.perf_counter()
     subprocess.run(["rsync", "-a", f"{src}/", f"{dest}/"], check=True)
     return time.perf_counter() - started
@@ -181,6 +207,7 @@ class RsyncDaemon:
         if dest.exists():
             shutil.rmtree(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
+        quiet_disk()
         started = time.perf_counter()
         subprocess.run(
             ["rsync", "-a", f"rsync://127.0.0.1:{self.port}/mod/{name}/", f"{dest}/"], check=True
@@ -209,6 +236,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--mixed", type=int, default=20000)
     ap.add_argument("--only", default="big,small,mixed")
     args = ap.parse_args(argv)
+    if shutil.which("rsync") is None:
+        raise SystemExit("rsync is not installed (the baseline): apt-get install rsync")
     results: dict[str, float] = {}
     with BenchLab(prefix="mlsm-bench-transfers-") as lab:
         src_root, dst_root = lab.dir / "roots" / "src", lab.dir / "roots" / "dst"
@@ -218,8 +247,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         sets = make_sets(src_root, args.big_mib, args.small, args.mixed)
         lab.start_master()
         lab.start_agent("src", "--dataset-root", str(src_root))
-        lab.start_agent("dst", "--dataset-root", str(dst_root))
         env = lab.env
+        lab.env = {**env, "MLSM_LOG_LEVEL": "info"}  # its "received ... in" lines
+        lab.start_agent("dst", "--dataset-root", str(dst_root))
         lab.env = {**env, "MLSM_BULK_DIRECT": "0"}
         lab.start_agent("srcr", "--dataset-root", str(src_root))
         lab.env = env
@@ -234,6 +264,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             for name in args.only.split(","):
                 files, size = size_of(sets[name])
                 want = digest_tree(sets[name])
+                splits: dict[str, str] = {}
                 row = {"rsync": rsync(sets[name], lab.dir / "rsync" / name)}
                 row["rsyncd"] = daemon.copy(name, lab.dir / "rsyncd-copy" / name)
                 if digest_tree(lab.dir / "rsyncd-copy" / name) != want:
@@ -246,8 +277,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                     if expect not in line:
                         raise SystemExit(f"{name} from {src}: not {key}: {line}")
                     row[key] = took
+                    splits[key] = bench.last_split
                     bench.drop(name)
                 print(format_row(name, files, size, row), flush=True)
+                for key, split in splits.items():
+                    print(f"    {key}: {split}", flush=True)
                 for k, v in row.items():
                     results[f"{name}.{k}"] = v
         finally:

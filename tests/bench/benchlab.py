@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -43,11 +43,14 @@ START_TIMEOUT_S = 30.0
 __all__ = ["ROOT", "BenchLab", "bench_database", "free_port", "wait"]
 
 
-def wait(cond: Callable[[], Any], timeout: float, what: str) -> None:
-    """Poll ``cond`` until it is true (:data:`NOT_YET` errors count as "not yet"); a missed
-    deadline ends the script with one line."""
+T = TypeVar("T")
+
+
+def wait(cond: Callable[[], T], timeout: float, what: str) -> T:
+    """Poll ``cond`` until it is true (:data:`NOT_YET` errors count as "not yet") and return
+    what it returned; a missed deadline ends the script with one line."""
     try:
-        wait_until(cond, timeout, what, retry_on=NOT_YET)
+        return wait_until(cond, timeout, what, retry_on=NOT_YET)
     except AssertionError as exc:
         raise SystemExit(str(exc)) from None
 
@@ -123,6 +126,7 @@ class BenchLab:
             "--data-dir",
             str(self.agent_dir(name)),
             *extra,
+            log=f"agent-{name}.log",
         )
 
     def agent_dir(self, name: str) -> Path:
