@@ -47,7 +47,6 @@ from agent.bulk import direct
 from agent.link import MasterLink
 from mlsm import errors
 from mlsm.bulk import Manifest, Progress, Sink, Want, decode_manifest
-from mlsm.bulk.settle import SettleBook
 from mlsm.bulk.want import no_progress
 from mlsm.wire import bulk as wb
 
@@ -312,28 +311,20 @@ async def receive_tree(
     *,
     max_bytes: int,
     identity: direct.Identity | None = None,
-    settle: SettleBook | None = None,
 ) -> Received:
     """Bring the transfer's tree to ``dest`` (see the module docstring); its counters.
     A tree of more than ``max_bytes`` is refused before any file is asked for. With
-    ``identity`` the files come directly from the source while it can be reached. With
-    ``settle`` the verified tree is published without waiting for the disk, under a
-    settle record (:mod:`mlsm.bulk.settle`)."""
+    ``identity`` the files come directly from the source while it can be reached."""
     puller = _Puller(link, transfer_id, identity)
     puller.offer_early()
     try:
-        return await _receive(puller, work, dest, report, max_bytes, settle)
+        return await _receive(puller, work, dest, report, max_bytes)
     finally:
         puller.close()
 
 
 async def _receive(
-    puller: _Puller,
-    work: Path,
-    dest: Path,
-    report: Report,
-    max_bytes: int,
-    settle: SettleBook | None,
+    puller: _Puller, work: Path, dest: Path, report: Report, max_bytes: int
 ) -> Received:
     transfer_id = puller.transfer_id
     manifest = await _retrying(puller.manifest, lambda m: report(Progress(), m))
@@ -343,7 +334,7 @@ async def _receive(
             f"the dataset holds {total} bytes, over the limit of {max_bytes} bytes "
             "(lab setting import_max_bytes)"
         )
-    sink = await asyncio.to_thread(Sink, manifest, work, writeback=settle is None)
+    sink = await asyncio.to_thread(Sink, manifest, work)
     try:
         started = time.monotonic()
         held = sink.progress().bytes_done
@@ -380,7 +371,7 @@ async def _receive(
             reporter.cancel()
         final = sink.progress()
         pumped = time.monotonic()
-        await asyncio.to_thread(_publish, sink, dest, settle)
+        await asyncio.to_thread(sink.finish, dest)
         log.info(
             "transfer %s: %d files, %d bytes received %s in %.2f s (%.2f s of it in the sink, "
             "finished in %.2f s; %d re-sent)",
@@ -397,22 +388,6 @@ async def _receive(
     except BaseException:
         sink.close()
         raise
-
-
-def _publish(sink: Sink, dest: Path, settle: SettleBook | None) -> None:
-    """Rename the verified tree into place: without waiting for the disk where a settle
-    record can vouch for it (every file's sha256 known), else flushed first."""
-    files = sink.digests() if settle is not None else None
-    if settle is None or files is None:
-        sink.finish(dest)
-        return
-    record = settle.publishing(dest, files)
-    try:
-        sink.finish(dest, flush=False)
-    except BaseException:
-        record.unlink(missing_ok=True)  # not published: the record must not vouch for dest
-        raise
-    settle.settle_later(record, dest)
 
 
 async def _retrying(

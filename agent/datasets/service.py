@@ -42,7 +42,6 @@ from agent.bulk.receives import ReceiveBook, ReceiveRecord
 from agent.link import MasterLink
 from mlsm import errors
 from mlsm.bulk import Progress
-from mlsm.bulk.settle import SettleBook
 from mlsm.redact import redact_text, url_secrets
 from mlsm.wire import agent as w
 from mlsm.wire import bulk as wb
@@ -66,7 +65,6 @@ from .errors import DatasetExistsError
 
 log = logging.getLogger("mlsm.agent.datasets")
 
-SETTLE_DIR = "bulk-settling"  # settle records of copies published before the disk had them
 AGENT_MAX_BYTES = 1 << 40  # this agent's own import/receive limit; commands may only lower it
 
 
@@ -98,7 +96,6 @@ class DatasetCommands:
         self.seen: set[int] = set()
         self.secrets: dict[int, tuple[str, ...]] = {}  # command id -> its URL's secret parts
         self.book = ReceiveBook(data_dir) if data_dir is not None else None
-        self.settle = SettleBook(data_dir / SETTLE_DIR) if data_dir is not None else None
         self.receiving: dict[int, list[int]] = {}  # transfer id -> command ids it reports as
 
     def install(self, handlers: dict[type, Callable[[Any], Awaitable[None]]]) -> None:
@@ -107,8 +104,6 @@ class DatasetCommands:
         keep = self.book.keep() if self.book is not None else set()
         for path in purge_leftovers(self.roots, keep):
             log.info("removed leftover %s of an interrupted dataset operation", path)
-        for line in self.settle.recover() if self.settle is not None else ():
-            log.warning("dataset copy published before the machine went down: %s", line)
         handlers[w.ImportDataset] = self._once(self._import)
         handlers[w.DeleteDataset] = self._once(self._delete)
         handlers[w.DigestDataset] = self._once(self._digest)
@@ -388,7 +383,6 @@ class DatasetCommands:
                     report,
                     max_bytes=min(cmd.max_bytes or AGENT_MAX_BYTES, AGENT_MAX_BYTES),
                     identity=self.identity,
-                    settle=self.settle,
                 ),
                 cancel,
             )

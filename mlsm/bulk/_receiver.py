@@ -138,7 +138,6 @@ class Receiver:
         durable: bool = True,
         sync_bytes: int = SYNC_BYTES,
         sync_interval_s: float = SYNC_INTERVAL_S,
-        writeback: bool = True,
     ) -> None:
         validate_manifest(manifest, hashes_later=self.HASHES_LATER)
         self.manifest = manifest
@@ -147,10 +146,6 @@ class Receiver:
         self.owner = owner
         self.max_attempts = max(1, max_attempts)
         self.durable = durable
-        # Start each file's writeback as its bytes come (a durable finish then finds little
-        # left to flush); off for a tree settled after its rename (mlsm.bulk.settle): the
-        # requests wait for a busy disk, and so held the receive to the disk's pace.
-        self.writeback = durable and writeback
         self.sync_bytes = sync_bytes
         self.sync_interval_s = sync_interval_s
         self._synced_at = time.monotonic()
@@ -161,7 +156,6 @@ class Receiver:
         self._open: dict[int, None] = {}  # parts with an open descriptor, oldest first
         self._pending: dict[int, None] = {}  # files still wanted, in manifest order
         self._failures: dict[int, int] = {}
-        self._digests: dict[int, str] = {}  # sha256 of the files verified by this receiver
         self._mark = 0
         self._unsynced = 0
         self._stats = Progress()
@@ -297,8 +291,7 @@ class Receiver:
         finally:
             self._hashing.wait()  # the pieces are views of ``chunk``: done with them here
             self.journal.flush()
-            # with nothing left to come, the finish decides how the tree reaches the disk
-            if self.durable and self._unsynced and self._pending and self._sync_due():
+            if self.durable and self._unsynced and self._sync_due():
                 self.journal.sync(self.work_fd)
                 self._unsynced = 0
                 self._synced_at = time.monotonic()
@@ -308,21 +301,6 @@ class Receiver:
             self._unsynced >= self.sync_bytes
             or time.monotonic() - self._synced_at >= self.sync_interval_s
         )
-
-    def digests(self) -> list[tuple[str, int, str]] | None:
-        """(path, size, sha256) of every file of the tree, or None where one's sha256 is
-        not known here (verified by an earlier receiver of a resumed transfer whose
-        manifest did not carry it)."""
-        gone = set(self.gone)
-        out: list[tuple[str, int, str]] = []
-        for i, e in enumerate(self.entries):
-            if e.kind != "f" or i in gone:
-                continue
-            sha256 = e.sha256 or self._digests.get(i)
-            if not sha256:
-                return None
-            out.append((e.path, e.size, sha256))
-        return out
 
     def progress_mark(self) -> int:
         return self._mark
@@ -408,7 +386,7 @@ class Receiver:
             self._drop_part(index, remove=True)
             raise
         part.received += n
-        if self.writeback and part.received - part.written_back >= WRITEBACK_BYTES:
+        if self.durable and part.received - part.written_back >= WRITEBACK_BYTES:
             start_writeback(fd, part.written_back, part.received - part.written_back)
             part.written_back = part.received
         self._unsynced += n
@@ -506,7 +484,6 @@ class Receiver:
             return
         fd = self._fd_of(index, part)
         self.commit(index, fd)
-        self._digests[index] = got
         self._parts.pop(index)
         self._open.pop(index, None)
         os.close(fd)

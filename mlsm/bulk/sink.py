@@ -13,8 +13,7 @@ journaled), and :meth:`Sink.finish` puts it in place:
 4. directories get their modes and mtimes (permission bits only: never setuid, setgid or
    sticky; files got theirs when verified);
 5. with ``durable`` the file system is flushed (so the rename never publishes bytes a power
-   loss could take back), unless the caller settles the tree after the rename instead
-   (``finish(flush=False)`` and :mod:`mlsm.bulk.settle`);
+   loss could take back);
 6. the tree is renamed to ``dest`` with ``RENAME_NOREPLACE``
    (:class:`~mlsm.errors.DestinationExists` when the name is taken: the sink stays as it
    was, so the caller may abort or finish elsewhere), and the work dir is removed.
@@ -74,7 +73,6 @@ class Sink(Receiver):
         durable: bool = True,
         sync_bytes: int = SYNC_BYTES,
         sync_interval_s: float = SYNC_INTERVAL_S,
-        writeback: bool = True,
     ) -> None:
         self.root_mode = root_mode & 0o777
         self.tree_fd = -1
@@ -87,7 +85,6 @@ class Sink(Receiver):
             durable=durable,
             sync_bytes=sync_bytes,
             sync_interval_s=sync_interval_s,
-            writeback=writeback,
         )
 
     # ------------------------------------------------------------ hooks
@@ -157,14 +154,11 @@ class Sink(Receiver):
         *,
         dest_dir_fd: int | None = None,
         allow_gone: bool = False,
-        flush: bool = True,
     ) -> None:
         """Put the verified tree at ``dest`` (relative to ``dest_dir_fd`` when given); see
         the module docstring for the steps. ``allow_gone`` publishes the tree without the
         files the source said changed; otherwise they fail it
-        (:class:`~mlsm.errors.SourceChanged`). ``flush=False`` renames a durable sink's
-        tree without waiting for the disk: the caller has made a settle record for it
-        (:mod:`mlsm.bulk.settle`)."""
+        (:class:`~mlsm.errors.SourceChanged`)."""
         if self._closed:
             raise TransferFailed("finish() on a closed sink")
         if self._pending:
@@ -184,15 +178,14 @@ class Sink(Receiver):
         self._check_shape(gone)
         self._make_links()
         self._set_dir_attrs()
-        flush = flush and self.durable
-        if flush:
+        if self.durable:
             self.journal.sync(self.work_fd)
         try:
             rename_noreplace(TREE_NAME, dest, src_dir_fd=self.work_fd, dst_dir_fd=dest_dir_fd)
         except FileExistsError:
             raise DestinationExists(f"{os.fspath(dest)} already exists") from None
         os.fchmod(self.tree_fd, self.root_mode)
-        if flush:
+        if self.durable:
             sync_fs(self.tree_fd)
         self.close()
         remove_tree(self.work)

@@ -20,6 +20,13 @@ of mixed sizes (most under 16 KiB, some up to 4 MiB). For each, in the same run 
   manifest is built by the source as part of the copy: it reads and hashes every file
   once); the target's copy is deleted between runs.
 
+Every timed copy (rsync's too) starts with the disk flushed (``sync``): a copy that
+flushes would otherwise also pay for the writes the copy before left. With
+``--other-writes-mib N`` another program writes N MiB to the target's file system just
+before each mlsm copy and leaves them unflushed (a job writing checkpoints beside the copy).
+After each set, the target's own account of each copy is printed from its log: the
+receive, the sink's share of it, and the finish (flush and rename).
+
 Then: the master's RSS sampled every 20 ms during a relayed copy of the big file (max -
 min, with the total), and a relayed copy of the big file whose target agent is killed
 with SIGKILL at 50 % and started again: the bytes held when it resumed, the bytes sent
@@ -54,6 +61,7 @@ from tests.bench.benchlab import BenchLab, free_port, wait
 from tests.support.procs import end_process
 
 COPY_TIMEOUT_S = 1800.0
+OTHER_BLOCK = os.urandom(1 << 20)
 RSS_SAMPLE_S = 0.02
 CUT_AT = 0.5
 
@@ -98,6 +106,7 @@ class Bench:
         self.dst_root = dst_root
         self.client = httpx.Client(base_url=lab.url, headers=lab.headers, timeout=60.0)
         self.last_split = ""
+        self.other_writes = 0  # MiB another program writes (unflushed) before each copy
 
     def copies(self, name: str) -> set[str]:
         for d in self.client.get("/api/v1/datasets").json():
@@ -108,6 +117,11 @@ class Bench:
     def copy(self, name: str, src: str) -> tuple[float, str]:
         """Start a copy to ``dst`` and poll it to its end: seconds, and its final message."""
         quiet_disk()
+        if self.other_writes:  # another program's writes, not yet on disk
+            other = self.dst_root.parent / "other-program.bin"
+            with open(other, "wb") as f:
+                for _ in range(self.other_writes):
+                    f.write(OTHER_BLOCK)
         started = time.perf_counter()
         resp = self.client.post(
             "/api/v1/datasets/transfer", json={"name": name, "src": src, "dst": "dst"}
@@ -235,6 +249,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--small", type=int, default=5000)
     ap.add_argument("--mixed", type=int, default=20000)
     ap.add_argument("--only", default="big,small,mixed")
+    ap.add_argument(
+        "--other-writes-mib",
+        type=int,
+        default=0,
+        help="before each mlsm copy, another program writes this many MiB to the target's "
+        "file system and does not flush them (a job writing checkpoints)",
+    )
     args = ap.parse_args(argv)
     if shutil.which("rsync") is None:
         raise SystemExit("rsync is not installed (the baseline): apt-get install rsync")
@@ -255,6 +276,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         lab.env = env
         lab.wait_online(3)
         bench = Bench(lab, src_root, dst_root)
+        bench.other_writes = args.other_writes_mib
         for name in args.only.split(","):  # a set of 0 files is never listed
             wait(lambda n=name: {"src", "srcr"} <= bench.copies(n), 300, f"{name} scanned")
         daemon = RsyncDaemon(src_root, lab.dir / "rsyncd")
