@@ -117,9 +117,10 @@ async def remove_project_named_copy(
 ) -> wc.Project:
     """``DELETE /api/v1/projects/{name}`` for a project named ``copy``, which the static
     ``POST /api/v1/projects/copy`` would otherwise answer with 405."""
-    return await remove_project.fn(
+    removed: wc.Project = await remove_project.fn(
         request=request, services=services, name="copy", node=node, user=user
     )
+    return removed
 
 
 # ---------------------------------------------------------------- agents

@@ -145,13 +145,17 @@ def _named_like_an_action(word: str) -> list[HTTPRouteHandler]:
 
     @get(path, opt={"role": "member"}, include_in_schema=False)
     async def show(services: ServicesDep) -> api.Dataset:
-        return await show_dataset.fn(services=services, name=word)
+        shown: api.Dataset = await show_dataset.fn(services=services, name=word)
+        return shown
 
     @patch(path, opt={"role": "member", "audit": "dataset.update"}, include_in_schema=False)
     async def update(
         request: Request[Any, Any, Any], services: ServicesDep, data: api.DatasetUpdate
     ) -> api.Dataset:
-        return await update_dataset.fn(request=request, services=services, name=word, data=data)
+        updated: api.Dataset = await update_dataset.fn(
+            request=request, services=services, name=word, data=data
+        )
+        return updated
 
     @delete(
         path,
@@ -164,7 +168,10 @@ def _named_like_an_action(word: str) -> list[HTTPRouteHandler]:
         services: ServicesDep,
         node: str = Parameter(min_length=1, max_length=63),
     ) -> api.Transfer:
-        return await delete_dataset.fn(request=request, services=services, name=word, node=node)
+        started: api.Transfer = await delete_dataset.fn(
+            request=request, services=services, name=word, node=node
+        )
+        return started
 
     return [show, update, remove]
 
