@@ -105,8 +105,8 @@ async def remove_project(
 
 @delete(
     "/api/v1/projects/copy",
-    opt={"role": "member", "audit": "project.remove"},
-    status_code=200,
+    opt=dict(remove_project.opt),
+    status_code=remove_project.status_code,
     include_in_schema=False,
 )
 async def remove_project_named_copy(

@@ -140,15 +140,16 @@ def _named_like_an_action(word: str) -> list[HTTPRouteHandler]:
     """The routes of a dataset named ``word`` where a static action route of the same
     path (``POST /api/v1/datasets/{word}``) would otherwise answer them with 405: the
     router matches a static segment before a parameter. Not in the OpenAPI document:
-    ``/api/v1/datasets/{name}`` already describes them."""
+    ``/api/v1/datasets/{name}`` already describes them. Roles, audit actions and status
+    codes are the name routes' own."""
     path = f"/api/v1/datasets/{word}"
 
-    @get(path, opt={"role": "member"}, include_in_schema=False)
+    @get(path, opt=dict(show_dataset.opt), include_in_schema=False)
     async def show(services: ServicesDep) -> api.Dataset:
         shown: api.Dataset = await show_dataset.fn(services=services, name=word)
         return shown
 
-    @patch(path, opt={"role": "member", "audit": "dataset.update"}, include_in_schema=False)
+    @patch(path, opt=dict(update_dataset.opt), include_in_schema=False)
     async def update(
         request: Request[Any, Any, Any], services: ServicesDep, data: api.DatasetUpdate
     ) -> api.Dataset:
@@ -159,8 +160,8 @@ def _named_like_an_action(word: str) -> list[HTTPRouteHandler]:
 
     @delete(
         path,
-        opt={"role": "admin", "audit": "dataset.delete"},
-        status_code=202,
+        opt=dict(delete_dataset.opt),
+        status_code=delete_dataset.status_code,
         include_in_schema=False,
     )
     async def remove(
