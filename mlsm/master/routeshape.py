@@ -12,8 +12,21 @@ like a static segment, so it needs nothing.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
+from litestar.handlers import HTTPRouteHandler
 from litestar.handlers.base import BaseRouteHandler
+
+
+def standing_in_for(handler: HTTPRouteHandler) -> dict[str, Any]:
+    """Decorator arguments for a route that answers a static path for the name route
+    ``handler``: its role, audit action and status code, left out of the OpenAPI document
+    (which describes the name route already)."""
+    return {
+        "opt": dict(handler.opt),
+        "status_code": handler.status_code,
+        "include_in_schema": False,
+    }
 
 
 def _methods(handler: BaseRouteHandler) -> set[str]:

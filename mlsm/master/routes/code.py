@@ -15,6 +15,7 @@ from mlsm.errors import PayloadTooLarge
 from mlsm.master.bodies import decode_agent_body
 from mlsm.master.http import audit_target
 from mlsm.master.routes.common import ServicesDep, principal
+from mlsm.master.routeshape import standing_in_for
 from mlsm.wire import agent as w
 from mlsm.wire import code as wc
 
@@ -103,12 +104,7 @@ async def remove_project(
     return await services.projects.remove(principal(request), name, node, user)
 
 
-@delete(
-    "/api/v1/projects/copy",
-    opt=dict(remove_project.opt),
-    status_code=remove_project.status_code,
-    include_in_schema=False,
-)
+@delete("/api/v1/projects/copy", **standing_in_for(remove_project))
 async def remove_project_named_copy(
     request: Request[Any, Any, Any],
     services: ServicesDep,

@@ -10,6 +10,7 @@ from litestar.params import Parameter
 
 from mlsm.master.http import audit_target
 from mlsm.master.routes.common import DbId, ServicesDep, principal
+from mlsm.master.routeshape import standing_in_for
 from mlsm.redact import redact_url
 from mlsm.wire import api
 
@@ -139,17 +140,15 @@ async def cancel_transfer(
 def _named_like_an_action(word: str) -> list[HTTPRouteHandler]:
     """The routes of a dataset named ``word`` where a static action route of the same
     path (``POST /api/v1/datasets/{word}``) would otherwise answer them with 405: the
-    router matches a static segment before a parameter. Not in the OpenAPI document:
-    ``/api/v1/datasets/{name}`` already describes them. Roles, audit actions and status
-    codes are the name routes' own."""
+    router matches a static segment before a parameter (:mod:`mlsm.master.routeshape`)."""
     path = f"/api/v1/datasets/{word}"
 
-    @get(path, opt=dict(show_dataset.opt), include_in_schema=False)
+    @get(path, **standing_in_for(show_dataset))
     async def show(services: ServicesDep) -> api.Dataset:
         shown: api.Dataset = await show_dataset.fn(services=services, name=word)
         return shown
 
-    @patch(path, opt=dict(update_dataset.opt), include_in_schema=False)
+    @patch(path, **standing_in_for(update_dataset))
     async def update(
         request: Request[Any, Any, Any], services: ServicesDep, data: api.DatasetUpdate
     ) -> api.Dataset:
@@ -158,12 +157,7 @@ def _named_like_an_action(word: str) -> list[HTTPRouteHandler]:
         )
         return updated
 
-    @delete(
-        path,
-        opt=dict(delete_dataset.opt),
-        status_code=delete_dataset.status_code,
-        include_in_schema=False,
-    )
+    @delete(path, **standing_in_for(delete_dataset))
     async def remove(
         request: Request[Any, Any, Any],
         services: ServicesDep,
