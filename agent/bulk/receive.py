@@ -7,7 +7,8 @@ the transfer (``<root>/.mlsm-bulk-<name>-<transfer id>``, 0700, root's), so the 
 it survives a cut: a network fault, or the master or the source being away, is retried
 here (until :data:`RETRY_WINDOW_S` pass without progress, each try resuming from what the
 journal verified), and a new run for the same transfer (the agent restarted, the command
-came again) resumes from it too. The manifest always comes through the master, with the
+came again) resumes from it too: it asks the source for the manifest its journal is for
+(:attr:`~mlsm.wire.bulk.BulkManifest.resume`). The manifest always comes through the master, with the
 hashes the source has not got yet to come (each sent after its file's bytes, verified by
 the sink before it journals the file: :mod:`mlsm.bulk.frames`), so the source starts
 sending without reading the whole tree first; the first direct offer is asked for beside
@@ -47,6 +48,7 @@ from agent.bulk import direct
 from agent.link import MasterLink
 from mlsm import errors
 from mlsm.bulk import Manifest, Progress, Sink, Want, decode_manifest
+from mlsm.bulk.journal import journal_digest
 from mlsm.bulk.want import no_progress
 from mlsm.wire import bulk as wb
 
@@ -183,11 +185,18 @@ class _Puller:
             async for chunk in _decoded(body, "relayed"):
                 yield chunk
 
-    async def manifest(self) -> Manifest:
+    async def manifest(self, resume: str = "") -> Manifest:
+        """The source's manifest, with hashes to come; ``resume``: the digest of the
+        manifest the work dir's journal is for (the source answers with it again while
+        its tree still matches it, so the journal's files are kept)."""
         data = bytearray()
-        async for chunk in self._records(
-            wb.BulkPull(transfer_id=self.transfer_id, what="manifest", hashes_later=True)
-        ):
+        req = wb.BulkPull(
+            transfer_id=self.transfer_id,
+            what="manifest",
+            hashes_later=True,
+            manifest_digest=resume,
+        )
+        async for chunk in self._records(req):
             data += chunk
             if len(data) > MANIFEST_MAX_BYTES:
                 raise errors.PayloadTooLarge(f"the manifest is over {MANIFEST_MAX_BYTES} bytes")
@@ -327,7 +336,8 @@ async def _receive(
     puller: _Puller, work: Path, dest: Path, report: Report, max_bytes: int
 ) -> Received:
     transfer_id = puller.transfer_id
-    manifest = await _retrying(puller.manifest, lambda m: report(Progress(), m))
+    resume = await asyncio.to_thread(journal_digest, work)  # "" for a fresh transfer
+    manifest = await _retrying(lambda: puller.manifest(resume), lambda m: report(Progress(), m))
     total = manifest.total_bytes()
     if total > max_bytes:
         raise errors.PayloadTooLarge(

@@ -81,7 +81,9 @@ class BulkCommands:
 
     # ---------------------------------------------------------------- answers
     def _manifest(self, cmd: wb.BulkManifest, stop: threading.Event) -> Iterator[bytes]:
-        manifest = self.sources.manifest(cmd.source, stop, hashes_later=cmd.hashes_later)
+        manifest = self.sources.manifest(
+            cmd.source, stop, hashes_later=cmd.hashes_later, resume=cmd.resume
+        )
         yield encode_manifest(manifest)
 
     def _listen(self, cmd: wb.BulkListen, stop: threading.Event) -> Iterator[bytes]:

@@ -32,11 +32,14 @@ size and mtime against the manifest as it reads, so a file changed since is sent
 empty) but hashed while it is sent, its hash sent after its bytes, and kept in the cache
 then (:meth:`SourceBook.source`), so the first byte leaves after a walk, not after reading
 the whole tree. Such a manifest is written down (``<data dir>/bulk-manifests/``, the last
-:data:`MANIFESTS_KEPT`, named by the source spec and the tree's shape: paths, sizes,
-modes, mtimes) and announced again while the tree keeps that shape and every hash it gave
-is still the cache's: a target that restarts asks again and gets the manifest its journal
-was made for (the cache has filled meanwhile: a fresh one would differ), and after this
-agent restarts a want for it is served from it.
+:data:`MANIFESTS_KEPT`, named by the source spec and the manifest's digest). A target that
+restarts asks again naming the manifest its journal was made for (``resume``) and gets it
+while the tree keeps its shape (paths, sizes, modes, mtimes) and every hash it gave is
+still the cache's (the cache has filled meanwhile: a fresh one would differ); after this
+agent restarts a want for it is served from it. Any other ask gets a fresh manifest, with
+every hash the cache knows by then: a second copy of an unchanged dataset is not hashed
+again while it is sent (announcing the first copy's manifest again, as this once did,
+hashed every file again on every copy).
 
 Over 400 lines, as one piece: the manifests a source announces, the hash cache they are
 made with and filled from, and what is served for a digest are one state.
@@ -271,14 +274,21 @@ class SourceBook:
         return resolver(spec.name)
 
     def manifest(
-        self, spec: SourceSpec, stop: threading.Event | None = None, *, hashes_later: bool = False
+        self,
+        spec: SourceSpec,
+        stop: threading.Event | None = None,
+        *,
+        hashes_later: bool = False,
+        resume: str = "",
     ) -> Manifest:
         """A fresh manifest of ``spec`` (kept for the wants that follow); ``hashes_later``:
-        with the hashes the cache does not know to come (see the module docstring)."""
+        with the hashes the cache does not know to come; ``resume``: the digest of the
+        manifest a target's journal is for, announced again while the tree matches it
+        (see the module docstring)."""
         tree = self.resolve(spec)
         manifest = self._build(tree, stop, lazy=hashes_later)
         if hashes_later:
-            manifest = self._announce(spec, manifest)
+            manifest = self._announce(spec, manifest, resume)
         self._keep(spec, manifest.digest(), manifest)
         return manifest
 
@@ -330,36 +340,38 @@ class SourceBook:
             os.close(root)
             self.learn(tree, hashed)
 
-    def _announced_path(self, spec: SourceSpec, shape: str) -> Path | None:
-        if self.manifests_dir is None:
+    def _announced_path(self, spec: SourceSpec, digest: str) -> Path | None:
+        if self.manifests_dir is None or not digest:
             return None
-        ident = f"{spec}\0{shape}".encode("utf-8", "surrogateescape")
+        ident = f"{spec}\0{digest}".encode("utf-8", "surrogateescape")
         return self.manifests_dir / hashlib.sha256(ident).hexdigest()[:32]
 
-    def _announced(self, spec: SourceSpec, fresh: Manifest) -> Manifest | None:
-        """The manifest with hashes to come announced for ``spec`` when the tree looked as
-        ``fresh`` does, if every hash it gave is still the one the cache knows."""
-        path = self._announced_path(spec, fresh.shape_digest())
+    def _announced(self, spec: SourceSpec, fresh: Manifest, digest: str) -> Manifest | None:
+        """The manifest of ``digest`` with hashes to come announced for ``spec``, if the
+        tree still looks as it did (``fresh``: the same paths, sizes, modes and mtimes)
+        and every hash it gave is still the one the cache knows."""
+        path = self._announced_path(spec, digest)
         if path is None:
             return None
         try:
             old = decode_manifest(path.read_bytes(), hashes_later=True)
         except (OSError, errors.UnsafeTree):
             return None
-        if old.shape_digest() != fresh.shape_digest():
+        if old.digest() != digest or old.shape_digest() != fresh.shape_digest():
             return None
         pairs = zip(old.entries, fresh.entries, strict=True)
         return None if any(o.sha256 and o.sha256 != f.sha256 for o, f in pairs) else old
 
-    def _announce(self, spec: SourceSpec, fresh: Manifest) -> Manifest:
-        """The manifest to announce: the one announced before for the same tree, so a
-        target that asks again (it restarted) gets the manifest its journal is for;
-        otherwise ``fresh``, written down so this agent serves it after a restart too."""
-        old = self._announced(spec, fresh)
+    def _announce(self, spec: SourceSpec, fresh: Manifest, resume: str) -> Manifest:
+        """The manifest to announce: the one of ``resume`` (a target's journal is for it:
+        it restarted and asks again) while the tree matches it; otherwise ``fresh``, with
+        every hash the cache knows now, written down (while it has hashes to come) so a
+        target that asks again, and this agent after a restart, get it too."""
+        old = self._announced(spec, fresh, resume)
         if old is not None:
             return old
-        path = self._announced_path(spec, fresh.shape_digest())
-        if path is not None:
+        path = self._announced_path(spec, fresh.digest())
+        if path is not None and fresh.hashes_to_come():
             write_atomic(path, encode_manifest(fresh))
             kept = sorted(path.parent.iterdir(), key=lambda p: p.stat().st_mtime_ns)
             for stale in kept[:-MANIFESTS_KEPT]:
@@ -377,7 +389,7 @@ class SourceBook:
                 self._kept.move_to_end((spec, digest))
                 return tree, kept
         lazy = self._build(tree, stop, lazy=True)  # no file read: the tree's shape
-        for known in (self._announced(spec, lazy), lazy):
+        for known in (self._announced(spec, lazy, digest), lazy):
             if known is not None and known.digest() == digest:
                 self._keep(spec, digest, known)
                 return tree, known

@@ -38,7 +38,14 @@ from mlsm.errors import TransferFailed
 
 from .fstree import sync_fs
 
-__all__ = ["JOURNAL_NAME", "Journal", "JournalState", "JournalUnusable", "Record"]
+__all__ = [
+    "JOURNAL_NAME",
+    "Journal",
+    "JournalState",
+    "JournalUnusable",
+    "Record",
+    "journal_digest",
+]
 
 JOURNAL_NAME = "journal"
 _MAGIC = b"MLSMJNL1"
@@ -146,6 +153,33 @@ def _read_all(fd: int) -> bytes:
     while chunk := os.read(fd, 1 << 20):
         parts.append(chunk)
     return b"".join(parts)
+
+
+def journal_digest(work: str | os.PathLike[str]) -> str:
+    """The digest of the manifest the journal in work dir ``work`` is for; "" when there
+    is none (no work dir, no journal, not an mlsm journal, a link on the way). A hint for
+    asking the source again for that manifest: the journal itself is checked against the
+    manifest the receiver is given (:meth:`Journal.open`)."""
+    try:
+        dir_fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return ""
+    try:
+        fd = os.open(JOURNAL_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+    except OSError:
+        return ""
+    finally:
+        os.close(dir_fd)
+    try:
+        head = os.pread(fd, _HEADER.size, 0)
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
+    if len(head) < _HEADER.size:
+        return ""
+    magic, manifest, _boot = _HEADER.unpack(head)
+    return manifest.hex() if magic == _MAGIC else ""
 
 
 def _rewrite(fd: int, digest: str, state: JournalState) -> None:

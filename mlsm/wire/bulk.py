@@ -84,12 +84,16 @@ class BulkManifest(Struct, tag="bulk_manifest", kw_only=True):
     """Source side: push the manifest (MessagePack :class:`~mlsm.bulk.Manifest`) of
     ``source`` into relay pipe ``pipe_id``. ``hashes_later``: files the source's hash cache
     does not know are left with their hash to come (sent after each file's bytes; a
-    dataset copy's target asks for that, an older source ignores it and hashes all)."""
+    dataset copy's target asks for that, an older source ignores it and hashes all).
+    ``resume``: the digest of the manifest the target's journal is for (it asks again
+    after a cut); the source answers with that manifest while the tree still matches it,
+    else with a fresh one."""
 
     id: Int64
     pipe_id: PipeId
     source: SourceSpec
     hashes_later: bool = False
+    resume: Annotated[str, Meta(max_length=64)] = ""
 
 
 class BulkServe(Struct, tag="bulk_serve", kw_only=True):
@@ -121,7 +125,9 @@ class BulkReceive(Struct, tag="bulk_receive", kw_only=True):
 class BulkPull(Struct, kw_only=True):
     """Target -> master (``POST /agent/v1/bulk/pull``): the manifest, or the frames of
     ``want``, of the transfer's source, or (``direct``) a :class:`DirectOffer` for one
-    connection to the source itself; answered with pipe records."""
+    connection to the source itself; answered with pipe records. ``manifest_digest``
+    names the manifest a want's indices refer to; with ``manifest``, the one the target's
+    journal is for (:attr:`BulkManifest.resume`), when it has one."""
 
     transfer_id: Int64
     what: Literal["manifest", "want", "direct"] = "want"
@@ -233,6 +239,10 @@ class PipeReader:
         self._left = 0
         self._control = bytearray()
         self.ended = False  # END or ERROR seen
+        #: The last :meth:`feed` ended inside a DATA record's payload, some of it in that
+        #: chunk: the last piece it gave ends the chunk, and the next feed's first piece
+        #: (from the start of its chunk) is more of the same record.
+        self.open_data = False
 
     @property
     def at_boundary(self) -> bool:
@@ -242,6 +252,7 @@ class PipeReader:
         view = chunk if isinstance(chunk, memoryview) else memoryview(chunk)
         out: list[tuple[PipeKind, memoryview]] = []
         pos, end = 0, len(view)
+        self.open_data = False
         while pos < end:
             if self.ended:
                 raise errors.TransferFailed("the pipe stream goes on after its end")
@@ -261,6 +272,7 @@ class PipeReader:
             self._left -= take
             if self._kind is PipeKind.DATA:
                 out.append((PipeKind.DATA, piece))
+                self.open_data = pos == end and self._left > 0
             else:
                 self._control += piece
                 if not self._left:

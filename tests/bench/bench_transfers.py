@@ -311,8 +311,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         if "big" in args.only.split(","):
             assert lab.master is not None
             took_box: list[float] = []
-            run = threading.Thread(target=lambda: took_box.append(bench.copy("big", "srcr")[0]))
+            failed: list[BaseException] = []
+
+            def relayed_copy() -> None:
+                try:
+                    took_box.append(bench.copy("big", "srcr")[0])
+                except BaseException as exc:  # raised below, in the main thread
+                    failed.append(exc)
+
+            run = threading.Thread(target=relayed_copy)
             lo, hi = rss_during(lab.master.pid, run)
+            if failed:
+                raise SystemExit(f"the relayed copy watched for RSS failed: {failed[0]!r}")
             print(
                 f"master RSS during a relayed copy of big: min {lo / 2**20:.1f} MiB, "
                 f"max {hi / 2**20:.1f} MiB, max - min {(hi - lo) / 2**20:.1f} MiB "

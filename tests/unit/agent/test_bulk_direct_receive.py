@@ -35,21 +35,25 @@ def _contexts(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
 
 
 def _serve(
-    sock: socket.socket, ctx: ssl.SSLContext, data: bytes, cut_after: int | None
+    sock: socket.socket,
+    ctx: ssl.SSLContext,
+    data: bytes,
+    cut_after: int | None,
+    piece: int = PIECE,
 ) -> threading.Thread:
     """A source on ``sock``: the hello, then the want's frames of file 0 in pieces of
-    PIECE as pipe records (from the want's offset), END; or, with ``cut_after``, that many
-    frames and then the connection dropped mid-answer."""
+    ``piece`` bytes as pipe records (from the want's offset), END; or, with ``cut_after``,
+    that many frames and then the connection dropped mid-answer."""
 
     def run() -> None:
         tls = ctx.wrap_socket(sock, server_side=True)
         try:
             hello = direct._read_hello(tls)
             index, offset, _length = hello.want.items[0]
-            for n, pos in enumerate(range(offset, len(data), PIECE)):
+            for n, pos in enumerate(range(offset, len(data), piece)):
                 if cut_after is not None and n == cut_after:
                     return  # cut: no END, the socket just closes
-                frame = encode_frame(index, pos, data[pos : pos + PIECE])
+                frame = encode_frame(index, pos, data[pos : pos + piece])
                 tls.sendall(wb.pipe_record(wb.PipeKind.DATA, frame))
             end = encode_frame(NO_INDEX, 0, flags=Flag.END)
             tls.sendall(wb.pipe_record(wb.PipeKind.DATA, end))
@@ -69,9 +73,15 @@ def _hello(want: object) -> wb.DirectHello:
     return wb.DirectHello(ticket=ticket, want=want)  # type: ignore[arg-type]
 
 
-def _connect(ctx: ssl.SSLContext, server_ctx: ssl.SSLContext, data: bytes, cut: int | None):  # type: ignore[no-untyped-def]
+def _connect(  # type: ignore[no-untyped-def]
+    ctx: ssl.SSLContext,
+    server_ctx: ssl.SSLContext,
+    data: bytes,
+    cut: int | None,
+    piece: int = PIECE,
+):
     a, b = socket.socketpair()
-    served = _serve(a, server_ctx, data, cut)
+    served = _serve(a, server_ctx, data, cut, piece)
     return ctx.wrap_socket(b, server_hostname=None), served
 
 
@@ -162,5 +172,51 @@ def test_the_receive_uses_at_most_its_buffers_while_the_sink_is_slow(
     served.join(WAIT_S)
     assert sink.complete
     assert made == [direct.RECV_BYTES] * direct.RECV_BUFFERS
+    sink.finish(tmp_path / "dest")
+    assert (tmp_path / "dest" / "f.bin").read_bytes() == data
+
+
+def test_a_record_that_came_in_many_tls_records_reaches_the_sink_as_one_piece(
+    tmp_path: Path,
+) -> None:
+    """TLS delivers at most 16 KiB a read; a DATA record of 512 KiB is still handed to the
+    sink in pieces only as small as the record and buffer boundaries make them (a piece a
+    TLS record was what kept a sink hashing inline, one small piece after another)."""
+    record = 512 << 10
+    data = os.urandom(3 << 20)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f.bin").write_bytes(data)
+    manifest = build_manifest(src)
+    server_ctx, client_ctx = _contexts(tmp_path)
+    sink = Sink(manifest, tmp_path / "work", durable=False)
+    gate = threading.Event()
+    fed: list[int] = []
+
+    def held_feed(piece: memoryview) -> bool:
+        gate.wait(WAIT_S)  # the first hand-over waits: the receive fills whole buffers
+        fed.append(len(piece))
+        return sink.feed(piece)
+
+    want = sink.next_want()
+    assert want is not None
+    tls, served = _connect(client_ctx, server_ctx, data, None, record)
+    receiver = threading.Thread(
+        target=lambda: direct.receive(tls, _hello(want), held_feed, threading.Event())
+    )
+    receiver.start()
+    # the source sends all (it fits the receive's buffers) while the sink is held
+    served.join(WAIT_S)
+    assert not served.is_alive()
+    gate.set()
+    receiver.join(WAIT_S)
+    assert not receiver.is_alive() and sink.complete
+    assert sum(fed) > len(data)  # the frames' headers and the END frame came too
+    # 6 records over buffers of 1 MiB: a record is cut by the buffers it spans, and the
+    # first hand-over may be a partial buffer; a piece per TLS record would be 192+
+    records = len(data) // record
+    buffers = -(-sum(fed) // direct.RECV_BYTES) + 1
+    assert len(fed) <= records + buffers + 2, fed
+    assert max(fed) >= record
     sink.finish(tmp_path / "dest")
     assert (tmp_path / "dest" / "f.bin").read_bytes() == data

@@ -163,11 +163,20 @@ def test_a_manifest_with_hashes_to_come_reads_nothing_and_the_stream_fills_the_c
     restarted = _book(tmp_path / "data", tree)  # a new agent process
     full = restarted.manifest(SPEC)
     assert hashed == [] and full.hashes_to_come() == 0  # the stream's hashes were kept
-    # a target that asks again (it restarted) gets the manifest its journal is for
-    assert restarted.manifest(SPEC, hashes_later=True).digest() == announced.digest()
+    # a target that asks again (it restarted) naming its journal's manifest gets it
+    again = restarted.manifest(SPEC, hashes_later=True, resume=announced.digest())
+    assert again.digest() == announced.digest()
     assert _book(tmp_path / "data", tree).serving(SPEC, announced.digest())[1] == announced
+    # a new copy gets the hashes the stream left: nothing is hashed again while it is sent
+    second = restarted.manifest(SPEC, hashes_later=True)
+    assert second.hashes_to_come() == 0 and second.digest() == full.digest()
+    # ... and the first copy's manifest is still there for its target to resume with
+    after = _book(tmp_path / "data", tree)
+    assert after.manifest(SPEC, hashes_later=True, resume=announced.digest()) == announced
+    assert after.manifest(SPEC, hashes_later=True, resume="0" * 64) == full  # unknown: fresh
 
     (tree / "f0.bin").write_bytes(b"changed")
-    assert _book(tmp_path / "data", tree).manifest(SPEC, hashes_later=True) != announced
+    changed = _book(tmp_path / "data", tree)
+    assert changed.manifest(SPEC, hashes_later=True, resume=announced.digest()) != announced
     with pytest.raises(errors.SourceChanged):
         _book(tmp_path / "data", tree).serving(SPEC, announced.digest())

@@ -19,7 +19,7 @@ import pytest
 from mlsm.bulk import Sink, Source, Want, apump, build_manifest, encode_manifest, pump
 from mlsm.bulk.frames import HEADER
 from mlsm.bulk.fstree import remove_tree
-from mlsm.bulk.journal import JOURNAL_NAME
+from mlsm.bulk.journal import JOURNAL_NAME, journal_digest
 from mlsm.bulk.sink import TREE_NAME
 from mlsm.errors import TransferFailed
 from tests.unit.bulk.support import copy, tree_digest, write
@@ -355,3 +355,36 @@ def test_a_durable_sink_syncs_by_time_and_amount_not_every_few_mib(tmp_path: Pat
     assert _sync_records(by_amount) == 2
     sink.finish(tmp_path / "dest")
     assert tree_digest(tmp_path / "dest") == m.digest()
+
+
+def test_the_digest_a_work_dirs_journal_is_for_is_read_without_following_links(
+    tmp_path: Path, setup: tuple[Path, Path, list[bytes]]
+) -> None:
+    """What a restarted target names when it asks the source for its manifest again."""
+    src, manifest_file, frames = setup
+    m = build_manifest(src)
+    work = tmp_path / "work"
+    assert journal_digest(work) == ""  # no work dir yet: a fresh transfer
+    _receive_then_kill(manifest_file, work, frames[:3])
+    assert journal_digest(work) == m.digest()
+    journal = work / JOURNAL_NAME
+    good = journal.read_bytes()
+    cases = _journal_cases(journal, "ab" * 32)
+    for case, data in cases.items():
+        journal.write_bytes(data)
+        expected = "ab" * 32 if case == "another manifest" else m.digest()
+        assert journal_digest(work) == (
+            "" if case in ("empty", "torn header", "bad magic") else expected
+        ), case
+    journal.unlink()
+    assert journal_digest(work) == ""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_bytes(good)
+    journal.symlink_to(elsewhere)  # a planted link is not read through
+    assert journal_digest(work) == ""
+    linked = tmp_path / "linked-work"
+    linked.symlink_to(work)
+    journal.unlink()
+    journal.write_bytes(good)
+    assert journal_digest(linked) == ""
+    assert journal_digest(work) == m.digest()

@@ -94,7 +94,11 @@ class CopyRelay:
             return _encode(await self._offer(live.id, src, node, spec))
         if req.what == "manifest":
             return await self.pipes.open(
-                src, wb.BulkManifest, source=spec, hashes_later=req.hashes_later
+                src,
+                wb.BulkManifest,
+                source=spec,
+                hashes_later=req.hashes_later,
+                resume=req.manifest_digest,
             )
         if req.want is None:
             raise ValidationError("a pull of frames needs a want", path="want")
