@@ -15,6 +15,8 @@ of mixed sizes (most under 16 KiB, some up to 4 MiB). For each, in the same run 
 - ``rsync -a rsync://127.0.0.1:PORT/mod/SET/`` to a fresh directory: a real transfer between
   two rsync processes over loopback TCP (an ``rsync --daemon`` the script starts on
   127.0.0.1 with a config of its own, serving the sets' root read-only);
+- the same with ``--fsync``: each file flushed to disk before rsync is done with it, the
+  guarantee mlsm's copy gives (its tree is on disk before the rename);
 - a dataset copy from ``src`` (direct) and from ``srcr`` (relayed), timed from the request
   (``POST /api/v1/datasets/transfer``) to the transfer's end (polled every 50 ms; the
   manifest is built by the source as part of the copy: it reads and hashes every file
@@ -217,14 +219,19 @@ class RsyncDaemon:
 
         wait(listening, 30, "rsync --daemon listening")
 
-    def copy(self, name: str, dest: Path) -> float:
+    def copy(self, name: str, dest: Path, *, fsync: bool = False) -> float:
+        """Seconds to fetch set ``name`` into ``dest``; ``fsync``: with ``--fsync`` (each
+        file flushed to disk before rsync is done with it, as mlsm's copy has its tree on
+        disk before the rename)."""
         if dest.exists():
             shutil.rmtree(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         quiet_disk()
         started = time.perf_counter()
+        flags = ["-a", "--fsync"] if fsync else ["-a"]
         subprocess.run(
-            ["rsync", "-a", f"rsync://127.0.0.1:{self.port}/mod/{name}/", f"{dest}/"], check=True
+            ["rsync", *flags, f"rsync://127.0.0.1:{self.port}/mod/{name}/", f"{dest}/"],
+            check=True,
         )
         return time.perf_counter() - started
 
@@ -291,6 +298,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 row["rsyncd"] = daemon.copy(name, lab.dir / "rsyncd-copy" / name)
                 if digest_tree(lab.dir / "rsyncd-copy" / name) != want:
                     raise SystemExit(f"{name} through rsync --daemon: the copy differs")
+                durable = lab.dir / "rsyncd-fsync-copy" / name
+                row["rsyncdf"] = daemon.copy(name, durable, fsync=True)
+                if digest_tree(durable) != want:
+                    raise SystemExit(f"{name} through rsync --daemon --fsync: the copy differs")
                 for src, key in (("src", "direct"), ("srcr", "relayed")):
                     took, line = bench.copy(name, src)
                     if digest_tree(dst_root / name) != want:
@@ -336,19 +347,29 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     return results
 
 
-COLUMNS = {"rsync": "rsync -a", "rsyncd": "rsync daemon", "direct": "direct", "relayed": "relayed"}
+COLUMNS = {
+    "rsync": "rsync -a",
+    "rsyncd": "rsync daemon",
+    "rsyncdf": "rsyncd --fsync",
+    "direct": "direct",
+    "relayed": "relayed",
+}
 
 
 def format_row(name: str, files: int, size: int, row: dict[str, float]) -> str:
     """One set's times, rates and (for mlsm's copies) the share of each rsync baseline's
-    throughput: ``a%`` against local ``rsync -a``, ``d%`` against the rsync daemon."""
+    throughput: ``a%`` against local ``rsync -a``, ``d%`` against the rsync daemon, ``f%``
+    against the rsync daemon with ``--fsync`` (on disk when done, as mlsm's copy is)."""
     mib = size / 2**20
     cells = []
     for k in COLUMNS:
         t = row[k]
         cell = f"{t:.2f} s ({mib / t:.1f} MiB/s, {files / t:.0f} f/s"
         if k in ("direct", "relayed"):
-            cell += f", {100 * row['rsync'] / t:.0f}% a, {100 * row['rsyncd'] / t:.0f}% d"
+            cell += (
+                f", {100 * row['rsync'] / t:.0f}% a, {100 * row['rsyncd'] / t:.0f}% d, "
+                f"{100 * row['rsyncdf'] / t:.0f}% f"
+            )
         cells.append(cell + ")")
     return f"{name:6} {files:>6} {mib:>8.1f} | " + " | ".join(cells)
 
