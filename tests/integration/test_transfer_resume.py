@@ -32,7 +32,9 @@ RESENT_MAX_FRACTION = 0.1  # bytes re-sent after a cut, at most (of the total)
 def make_dataset(root: Path, name: str) -> dict[str, bytes]:
     files = {"big.bin": os.urandom(BIG)}
     for i in range(SMALL_FILES):
-        files[f"small/{i:04d}.txt"] = f"file {i}\n".encode() * (i % 7 + 1)
+        # before big.bin: done, and their hashes learned by the source, before the cut (a
+        # target that restarts then gets its manifest only by naming it)
+        files[f"a-small/{i:04d}.txt"] = f"file {i}\n".encode() * (i % 7 + 1)
     for rel, data in files.items():
         p = root / name / rel
         p.parent.mkdir(parents=True, exist_ok=True)
