@@ -85,16 +85,22 @@ def _connect(  # type: ignore[no-untyped-def]
     return ctx.wrap_socket(b, server_hostname=None), served
 
 
-def test_a_cut_while_buffers_wait_for_the_sink_loses_none_and_resumes_exactly(
-    tmp_path: Path,
-) -> None:
-    data = os.urandom(1 << 20)
+def _one_file(tmp_path: Path, size: int) -> tuple[bytes, Sink, ssl.SSLContext, ssl.SSLContext]:
+    """A tree of one random file of ``size`` bytes: its bytes, a fresh sink for it, and the
+    source's and target's pinned contexts."""
+    data = os.urandom(size)
     src = tmp_path / "src"
     src.mkdir()
     (src / "f.bin").write_bytes(data)
-    manifest = build_manifest(src)
+    sink = Sink(build_manifest(src), tmp_path / "work", durable=False)
     server_ctx, client_ctx = _contexts(tmp_path)
-    sink = Sink(manifest, tmp_path / "work", durable=False)
+    return data, sink, server_ctx, client_ctx
+
+
+def test_a_cut_while_buffers_wait_for_the_sink_loses_none_and_resumes_exactly(
+    tmp_path: Path,
+) -> None:
+    data, sink, server_ctx, client_ctx = _one_file(tmp_path, 1 << 20)
     gate = threading.Event()
     fed: list[int] = []
 
@@ -159,13 +165,7 @@ def test_the_receive_uses_at_most_its_buffers_while_the_sink_is_slow(
     import mlsm.bulk.handoff as handoff
 
     monkeypatch.setattr(handoff, "bytearray", Counting, raising=False)
-    data = os.urandom(4 << 20)
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "f.bin").write_bytes(data)
-    manifest = build_manifest(src)
-    server_ctx, client_ctx = _contexts(tmp_path)
-    sink = Sink(manifest, tmp_path / "work", durable=False)
+    data, sink, server_ctx, client_ctx = _one_file(tmp_path, 4 << 20)
     want = sink.next_want()
     tls, served = _connect(client_ctx, server_ctx, data, None)
     direct.receive(tls, _hello(want), sink.feed, threading.Event())
@@ -183,13 +183,7 @@ def test_a_record_that_came_in_many_tls_records_reaches_the_sink_as_one_piece(
     sink in pieces only as small as the record and buffer boundaries make them (a piece a
     TLS record was what kept a sink hashing inline, one small piece after another)."""
     record = 512 << 10
-    data = os.urandom(3 << 20)
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "f.bin").write_bytes(data)
-    manifest = build_manifest(src)
-    server_ctx, client_ctx = _contexts(tmp_path)
-    sink = Sink(manifest, tmp_path / "work", durable=False)
+    data, sink, server_ctx, client_ctx = _one_file(tmp_path, 3 << 20)
     gate = threading.Event()
     fed: list[int] = []
 
